@@ -1,0 +1,152 @@
+"""Primitives for ECDH private set intersection over X25519 (the protocol lives in fedcredit.protocols).
+
+Each party hashes its ids to curve points, blinds them with a secret scalar, and
+the peer blinds them again; because scalar multiplication commutes,
+``a·(b·H(x)) == b·(a·H(x))``, so doubly-blinded values match exactly when the ids
+match, and nothing else about the other side's ids is revealed (DDH on Curve25519).
+
+Id normalization — a documented decision, because a silent mismatch here shrinks
+the intersection without any error:
+
+* ids are compared as **strings**; the result is UTF-8 bytes;
+* ``str``/``bytes`` are stripped of surrounding whitespace and otherwise kept as
+  written: ``"00123"`` and ``"123"`` are DIFFERENT ids, and ``"123.0"`` stays
+  ``"123.0"`` (read id columns as strings to avoid surprises);
+* ``int`` (incl. numpy integers) → its decimal text;
+* integral ``float`` (``123.0``) → ``"123"`` — what pandas does to an int column
+  with missing values; non-integral floats, floats beyond 2**53 (already rounded),
+  NaN/inf, empty strings, ``None`` and ``bool`` → DataError.
+
+Hash to point: ``u = SHA-256(DOMAIN || id || counter_be32)`` used directly as an
+X25519 u-coordinate (RFC 7748 ignores the top bit).  About half of all u values lie
+on the quadratic twist rather than the curve; X25519's Montgomery ladder is correct
+on both and Curve25519 is twist-secure, so blinding stays sound and commutative.
+The only inputs X25519 cannot take are the ≤ 8-torsion u-coordinates (output all
+zero; ``cryptography`` raises ValueError).  Since the scalar is clamped to a
+multiple of 8 this depends on u alone, so :func:`hash_to_point` checks the
+candidate against that list (mod p, top bit cleared) and re-hashes with the next
+counter — it never happens in practice (probability ~2**-252) but the loop makes
+blinding provably total.  A peer *sending* such a point on purpose gets
+SecurityError from :meth:`PsiKey.blind`.
+
+Measured (this machine, ``python -m crypto.psi``): ~29–30k blinds/s on one core
+and hashing ~0.4–0.6M ids/s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+from typing import Iterable, Sequence
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from fedcredit.errors import DataError, ProtocolError, SecurityError
+
+DOMAIN = b"fedcredit/psi/x25519/v1\x00"
+POINT_LEN = 32
+
+_P = 2**255 - 19
+# u-coordinates of points of order dividing 8 on Curve25519 and its twist (mod p).
+_LOW_ORDER_U = frozenset(
+    {
+        0,
+        1,
+        _P - 1,
+        325606250916557431795983626356110631294008115727848805560023387167927233504,
+        39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    }
+)
+_TOP_BIT_CLEAR = (1 << 255) - 1
+
+
+def normalize_id(value: object) -> bytes:
+    """Canonical UTF-8 bytes of a customer id (rules in the module docstring)."""
+    if value is None or isinstance(value, bool):
+        raise DataError(f"invalid id {value!r}: ids must be strings or integers")
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"invalid id {value!r}: bytes ids must be UTF-8") from None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise DataError(f"invalid id {value!r}: empty after stripping whitespace")
+        return text.encode("utf-8")
+    if isinstance(value, numbers.Integral):
+        return str(int(value)).encode("ascii")
+    if isinstance(value, numbers.Real):
+        f = float(value)
+        if math.isnan(f) or math.isinf(f):
+            raise DataError(f"invalid id {value!r}: missing/non-finite id")
+        if not f.is_integer():
+            raise DataError(f"invalid id {value!r}: fractional number cannot be a customer id")
+        if abs(f) >= 2**53:
+            raise DataError(f"invalid id {value!r}: too large to be exact as a float; read the id column as strings")
+        return str(int(f)).encode("ascii")
+    # pandas.NA / NaT and other missing markers end up here
+    raise DataError(f"invalid id {value!r} of type {type(value).__name__}: ids must be strings or integers")
+
+
+def _is_low_order(u: bytes) -> bool:
+    return (int.from_bytes(u, "little") & _TOP_BIT_CLEAR) % _P in _LOW_ORDER_U
+
+
+def hash_to_point(id_bytes: bytes) -> bytes:
+    """Map normalized id bytes to a 32-byte X25519 u-coordinate that is never low-order."""
+    for counter in range(256):
+        u = hashlib.sha256(DOMAIN + bytes(id_bytes) + counter.to_bytes(4, "big")).digest()
+        if not _is_low_order(u):
+            return u
+    raise AssertionError("unreachable: 256 consecutive SHA-256 outputs were low-order points")  # pragma: no cover
+
+
+def hash_ids(values: Iterable[object]) -> list[bytes]:
+    """``hash_to_point(normalize_id(v))`` for each value."""
+    return [hash_to_point(normalize_id(v)) for v in values]
+
+
+class PsiKey:
+    """A party's secret blinding scalar for one PSI run (never serialized, never reused)."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: X25519PrivateKey) -> None:
+        self._key = key
+
+    @classmethod
+    def generate(cls) -> "PsiKey":
+        return cls(X25519PrivateKey.generate())
+
+    def blind(self, points: Sequence[bytes]) -> list[bytes]:
+        """X25519(k, u) for each 32-byte u; SecurityError on a malicious low-order input."""
+        exchange = self._key.exchange
+        from_bytes = X25519PublicKey.from_public_bytes
+        out: list[bytes] = []
+        for i, u in enumerate(points):
+            if len(u) != POINT_LEN:
+                raise ProtocolError(f"PSI point at index {i} has {len(u)} bytes, expected {POINT_LEN}")
+            try:
+                out.append(exchange(from_bytes(u)))
+            except ValueError:
+                raise SecurityError(f"PSI point at index {i} is a low-order point (malformed or malicious peer input)") from None
+        return out
+
+    def __repr__(self) -> str:
+        return "PsiKey(<secret>)"
+
+
+if __name__ == "__main__":  # pragma: no cover - benchmark
+    import time
+
+    ids = [f"cust-{i}" for i in range(20000)]
+    t = time.perf_counter()
+    pts = hash_ids(ids)
+    t_hash = time.perf_counter() - t
+    k = PsiKey.generate()
+    t = time.perf_counter()
+    k.blind(pts)
+    t_blind = time.perf_counter() - t
+    print(f"hash {len(ids) / t_hash:,.0f} ids/s; blind {len(ids) / t_blind:,.0f} points/s (one core)")

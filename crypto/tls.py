@@ -1,0 +1,111 @@
+"""gRPC mutual-TLS credentials for the data plane, control and scoring services.
+
+Both directions authenticate with certificates from the federation CA:
+the server requires a client certificate (``require_client_auth=True``) chaining to
+the CA, the client checks the server certificate against the same CA and the
+target host name against the server cert's SAN.
+
+What gRPC Python (BoringSSL) lets us enforce, and what it does not:
+
+* Protocol version: gRPC core's SSL credentials negotiate TLS 1.2–1.3; the Python
+  API exposes no minimum-version knob.  Between two gRPC peers TLS 1.3 is always
+  negotiated (verified by ``tests/test_crypto.py::test_grpc_server_negotiates_tls13``
+  with a plain ``ssl`` client); TLS 1.1 and lower are refused.  TLS 1.2 remains
+  possible only for a foreign client that cannot do 1.3, and then only with
+  ECDHE + AEAD suites (gRPC's default list; override via the
+  ``GRPC_SSL_CIPHER_SUITES`` environment variable if a policy demands it).
+* Client authentication: enforced by the handshake — a client without a cert, or
+  with a cert from a foreign CA, never reaches a handler.
+* Authorization is ours: call :func:`peer_identity` in each handler to learn the
+  caller's CN and role (and optionally re-check the validity window against the CA
+  with ``verify_peer``).  gRPC does not check revocation; short-lived certs + reissue
+  are the revocation story.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import grpc
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from crypto.certs import Identity, verify_peer
+from fedcredit.errors import SecurityError
+
+# Messages on the data plane can carry CKKS contexts (~2 MB) and batches of
+# ciphertexts; gRPC's default 4 MB receive cap is too small.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+GRPC_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+def server_credentials(identity: Identity) -> grpc.ServerCredentials:
+    """Server credentials that present ``identity``'s cert and require a CA-issued client cert."""
+    return grpc.ssl_server_credentials(
+        [(identity.key_pem, identity.cert_pem)],
+        root_certificates=identity.ca_pem,
+        require_client_auth=True,
+    )
+
+
+def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
+    """Client credentials: trust only the federation CA and present ``identity``'s cert."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=identity.ca_pem,
+        private_key=identity.key_pem,
+        certificate_chain=identity.cert_pem,
+    )
+
+
+def secure_channel(
+    target: str,
+    identity: Identity,
+    server_name: str | None = None,
+    options: Sequence[tuple[str, object]] = (),
+) -> grpc.Channel:
+    """Open an mTLS channel to ``target``.
+
+    ``server_name`` overrides the name checked against the server cert's SAN (use the
+    peer's cert host name when dialing by an address not in its SAN).
+    """
+    opts: list[tuple[str, object]] = list(GRPC_OPTIONS) + list(options)
+    if server_name:
+        opts.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.secure_channel(target, channel_credentials(identity), options=opts)
+
+
+def _first(ctx: dict, key: str) -> bytes | None:
+    values = ctx.get(key) or []
+    return values[0] if values else None
+
+
+def peer_identity(context: grpc.ServicerContext, ca_pem: bytes | None = None) -> tuple[str, str]:
+    """Return ``(CN, role)`` of the mTLS-authenticated caller.
+
+    Raises SecurityError when the call did not arrive over mutual TLS (e.g. a
+    misconfigured insecure port).  With ``ca_pem`` the certificate is re-verified
+    with :func:`crypto.certs.verify_peer` (signature, validity window, role).
+    """
+    auth = context.auth_context() or {}
+    pem = _first(auth, "x509_pem_cert")
+    if pem is None:
+        raise SecurityError(
+            f"caller {context.peer()} presented no client certificate (call did not arrive over mutual TLS)"
+        )
+    if ca_pem is not None:
+        info = verify_peer(pem, ca_pem)
+        return info.name, info.role
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise SecurityError(f"caller {context.peer()} certificate cannot be parsed: {exc}") from None
+    cn_attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    ou_attrs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    cn = str(cn_attrs[0].value) if cn_attrs else ""
+    grpc_cn = _first(auth, "x509_common_name")
+    if not cn or (grpc_cn is not None and grpc_cn.decode("utf-8", "replace") != cn):
+        raise SecurityError(f"caller {context.peer()} certificate has no usable common name")
+    return cn, (str(ou_attrs[0].value) if ou_attrs else "")
