@@ -1,0 +1,302 @@
+"""Model families for horizontal federation, behind one flat-parameter-vector interface.
+
+Federated averaging only needs to add and scale parameter vectors, so every model
+exposes its parameters as one float64 vector (``get_flat``/``set_flat``); that
+vector is what gets pre-weighted, encrypted and summed.  Initialisation is a pure
+function of (family, dimensions, seed), so every party starts from the same global
+model without any message.
+
+Families:
+* ``"lr"``  — logistic regression in numpy (mini-batch SGD, L2), the scorecard workhorse;
+* ``"mlp"`` — a small torch MLP ``d -> hidden -> 1`` (ReLU), trained with SGD.
+
+``fit_local`` supports FedProx: with ``prox_mu > 0`` the local objective adds
+``mu/2 * ||theta - theta_global||^2`` so non-IID parties do not drift far from the
+global model during their local epochs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+import numpy as np
+
+FAMILIES = ("lr", "mlp")
+
+
+class Model(Protocol):
+    family: str
+
+    @property
+    def n_params(self) -> int: ...
+
+    def get_flat(self) -> np.ndarray: ...
+
+    def set_flat(self, v: np.ndarray) -> None: ...
+
+    def fit_local(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        epochs: int,
+        lr: float,
+        batch_size: int,
+        prox_mu: float = 0.0,
+        global_flat: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None: ...
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    order = rng.permutation(n)
+    bs = max(1, min(int(batch_size), n)) if batch_size > 0 else n
+    for s in range(0, n, bs):
+        yield order[s : s + bs]
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
+
+
+class LogisticModel:
+    """Binary logistic regression; parameters = [w_1..w_d, b]."""
+
+    family = "lr"
+
+    def __init__(self, d: int, seed: int = 0, l2: float = 1e-4) -> None:
+        self.d = int(d)
+        self.l2 = float(l2)
+        self.seed = int(seed)
+        # Zero init is optimal for a convex model and trivially identical at every party.
+        self.w = np.zeros(self.d, dtype=np.float64)
+        self.b = 0.0
+
+    @property
+    def n_params(self) -> int:
+        return self.d + 1
+
+    def get_flat(self) -> np.ndarray:
+        return np.concatenate([self.w, [self.b]]).astype(np.float64)
+
+    def set_flat(self, v: np.ndarray) -> None:
+        v = np.asarray(v, dtype=np.float64).ravel()
+        if v.shape[0] != self.n_params:
+            raise ValueError(f"lr model over {self.d} features has {self.n_params} parameters, got {v.shape[0]}")
+        self.w = v[:-1].copy()
+        self.b = float(v[-1])
+
+    def fit_local(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        epochs: int,
+        lr: float,
+        batch_size: int,
+        prox_mu: float = 0.0,
+        global_flat: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None:
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64).ravel()
+        rng = np.random.default_rng(seed)
+        g = np.asarray(global_flat, dtype=np.float64) if global_flat is not None else self.get_flat()
+        gw, gb = g[:-1], float(g[-1])
+        for _ in range(int(epochs)):
+            for idx in _batches(X.shape[0], batch_size, rng):
+                xb, yb = X[idx], y[idx]
+                r = _sigmoid(xb @ self.w + self.b) - yb
+                grad_w = xb.T @ r / len(idx) + self.l2 * self.w
+                grad_b = float(r.mean())
+                if prox_mu > 0:
+                    grad_w = grad_w + prox_mu * (self.w - gw)
+                    grad_b = grad_b + prox_mu * (self.b - gb)
+                self.w -= lr * grad_w
+                self.b -= lr * grad_b
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return _sigmoid(np.asarray(X, dtype=np.float64) @ self.w + self.b)
+
+    def config(self) -> dict[str, Any]:
+        return {"family": self.family, "d": self.d, "l2": self.l2}
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Small models train fastest single-threaded; and the machine is shared."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+class MLPModel:
+    """``d -> hidden -> 1`` ReLU network in torch (float32 inside, float64 flat vector outside)."""
+
+    family = "mlp"
+
+    def __init__(self, d: int, seed: int = 0, hidden: int = 16, l2: float = 1e-4) -> None:
+        import torch
+
+        self.d, self.hidden, self.l2, self.seed = int(d), int(hidden), float(l2), int(seed)
+        # Fork the RNG so a deterministic init does not disturb anyone else's torch RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(self.d, self.hidden),
+                torch.nn.ReLU(),
+                torch.nn.Linear(self.hidden, 1),
+            ).to(torch.float32)
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def get_flat(self) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return torch.nn.utils.parameters_to_vector(self.net.parameters()).double().numpy().copy()
+
+    def set_flat(self, v: np.ndarray) -> None:
+        import torch
+
+        v = np.asarray(v, dtype=np.float64).ravel()
+        if v.shape[0] != self.n_params:
+            raise ValueError(
+                f"mlp model ({self.d}->{self.hidden}->1) has {self.n_params} parameters, got {v.shape[0]}"
+            )
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(torch.from_numpy(v.astype(np.float32)), self.net.parameters())
+
+    def fit_local(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        epochs: int,
+        lr: float,
+        batch_size: int,
+        prox_mu: float = 0.0,
+        global_flat: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None:
+        import torch
+
+        Xt = torch.from_numpy(np.asarray(X, dtype=np.float32))
+        yt = torch.from_numpy(np.asarray(y, dtype=np.float32).ravel())
+        rng = np.random.default_rng(seed)
+        g = self.get_flat() if global_flat is None else np.asarray(global_flat, dtype=np.float64)
+        g_params = []
+        if prox_mu > 0:
+            start = 0
+            for p in self.net.parameters():
+                k = p.numel()
+                g_params.append(torch.from_numpy(g[start : start + k].astype(np.float32)).view_as(p))
+                start += k
+        opt = torch.optim.SGD(self.net.parameters(), lr=lr, weight_decay=self.l2)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        self.net.train()
+        with _torch_threads(1):
+            for _ in range(int(epochs)):
+                for idx in _batches(Xt.shape[0], batch_size, rng):
+                    ix = torch.from_numpy(idx)
+                    opt.zero_grad()
+                    loss = loss_fn(self.net(Xt[ix]).squeeze(-1), yt[ix])
+                    if prox_mu > 0:
+                        prox = sum(((p - gp) ** 2).sum() for p, gp in zip(self.net.parameters(), g_params))
+                        loss = loss + 0.5 * prox_mu * prox
+                    loss.backward()
+                    opt.step()
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        self.net.eval()
+        with torch.no_grad(), _torch_threads(1):
+            z = self.net(torch.from_numpy(np.asarray(X, dtype=np.float32))).squeeze(-1)
+            return torch.sigmoid(z).double().numpy()
+
+    def config(self) -> dict[str, Any]:
+        return {"family": self.family, "d": self.d, "hidden": self.hidden, "l2": self.l2}
+
+
+def make_model(family: str, d: int, seed: int = 0, *, hidden: int = 16, l2: float = 1e-4) -> Model:
+    """Build a model of ``family`` over ``d`` features with a seed-deterministic init."""
+    if family == "lr":
+        return LogisticModel(d, seed=seed, l2=l2)
+    if family == "mlp":
+        return MLPModel(d, seed=seed, hidden=hidden, l2=l2)
+    raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+
+
+@dataclass
+class SavedModel:
+    """A global model as a party stores it: parameters plus the federated standardization."""
+
+    model: Model
+    mean: np.ndarray
+    std: np.ndarray
+    feature_names: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def predict_proba(self, X_raw: np.ndarray) -> np.ndarray:
+        """Score raw (unstandardized) feature rows in ``feature_names`` order."""
+        return self.model.predict_proba((np.asarray(X_raw, dtype=np.float64) - self.mean) / self.std)
+
+
+def save_model(
+    path: str | Path,
+    model: Model,
+    *,
+    mean: np.ndarray,
+    std: np.ndarray,
+    feature_names: Sequence[str],
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write the model as human-readable JSON, atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "format": "fedcredit-model/1",
+        "config": model.config(),
+        "feature_names": list(feature_names),
+        "standardization": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+        "params": [float(v) for v in model.get_flat()],
+        "meta": meta or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def load_model(path: str | Path) -> SavedModel:
+    """Read a model written by :func:`save_model`."""
+    doc = json.loads(Path(path).read_text())
+    if doc.get("format") != "fedcredit-model/1":
+        raise ValueError(f"{path}: not a fedcredit model file (format {doc.get('format')!r})")
+    cfg = dict(doc["config"])
+    family = cfg.pop("family")
+    d = cfg.pop("d")
+    model = make_model(family, d, **cfg)
+    model.set_flat(np.asarray(doc["params"], dtype=np.float64))
+    st = doc["standardization"]
+    return SavedModel(
+        model=model,
+        mean=np.asarray(st["mean"], dtype=np.float64),
+        std=np.asarray(st["std"], dtype=np.float64),
+        feature_names=list(doc["feature_names"]),
+        meta=dict(doc.get("meta", {})),
+    )
