@@ -7,13 +7,15 @@ target host name against the server cert's SAN.
 
 What gRPC Python (BoringSSL) lets us enforce, and what it does not:
 
-* Protocol version: gRPC core's SSL credentials negotiate TLS 1.2–1.3; the Python
-  API exposes no minimum-version knob.  Between two gRPC peers TLS 1.3 is always
-  negotiated (verified by ``tests/test_crypto.py::test_grpc_server_negotiates_tls13``
-  with a plain ``ssl`` client); TLS 1.1 and lower are refused.  TLS 1.2 remains
-  possible only for a foreign client that cannot do 1.3, and then only with
-  ECDHE + AEAD suites (gRPC's default list; override via the
-  ``GRPC_SSL_CIPHER_SUITES`` environment variable if a policy demands it).
+* Protocol version: gRPC core's SSL credentials accept TLS 1.2 and 1.3 and the
+  Python API exposes no minimum-version knob.  Measured with grpcio 1.85.1: two
+  gRPC peers always negotiate TLS 1.3 (``TLS_AES_256_GCM_SHA384``, key exchange
+  group ``X25519MLKEM768``), but the server still completes a TLS 1.2 handshake
+  (``ECDHE-ECDSA-AES256-GCM-SHA384``) for a client that caps itself at 1.2.  So
+  TLS 1.3 is enforced one layer up: :func:`peer_identity` reads
+  ``ssl_tls_version`` from the auth context and refuses any call that did not
+  arrive over TLS 1.3 (``require_tls13=True`` by default).  gRPC's default TLS 1.2
+  suites are ECDHE + AEAD only; ``GRPC_SSL_CIPHER_SUITES`` can narrow them.
 * Client authentication: enforced by the handshake — a client without a cert, or
   with a cert from a foreign CA, never reaches a handler.
 * Authorization is ours: call :func:`peer_identity` in each handler to learn the
@@ -82,12 +84,17 @@ def _first(ctx: dict, key: str) -> bytes | None:
     return values[0] if values else None
 
 
-def peer_identity(context: grpc.ServicerContext, ca_pem: bytes | None = None) -> tuple[str, str]:
+def peer_identity(
+    context: grpc.ServicerContext,
+    ca_pem: bytes | None = None,
+    require_tls13: bool = True,
+) -> tuple[str, str]:
     """Return ``(CN, role)`` of the mTLS-authenticated caller.
 
     Raises SecurityError when the call did not arrive over mutual TLS (e.g. a
-    misconfigured insecure port).  With ``ca_pem`` the certificate is re-verified
-    with :func:`crypto.certs.verify_peer` (signature, validity window, role).
+    misconfigured insecure port) or, with ``require_tls13``, over an older TLS.
+    With ``ca_pem`` the certificate is re-verified with
+    :func:`crypto.certs.verify_peer` (signature, validity window, role).
     """
     auth = context.auth_context() or {}
     pem = _first(auth, "x509_pem_cert")
@@ -95,6 +102,11 @@ def peer_identity(context: grpc.ServicerContext, ca_pem: bytes | None = None) ->
         raise SecurityError(
             f"caller {context.peer()} presented no client certificate (call did not arrive over mutual TLS)"
         )
+    if require_tls13:
+        version = _first(auth, "ssl_tls_version")
+        if version != b"TLSv1.3":
+            shown = version.decode("ascii", "replace") if version else "unknown"
+            raise SecurityError(f"caller {context.peer()} connected with TLS version {shown}; TLS 1.3 is required")
     if ca_pem is not None:
         info = verify_peer(pem, ca_pem)
         return info.name, info.role
