@@ -183,6 +183,8 @@ def add_encrypted(ctx: ts.Context, blobs: Sequence[bytes]) -> bytes:
     if not blobs:
         raise ProtocolError("add_encrypted needs at least one blob")
     n0, first = _split(blobs[0], "blob 0")
+    if len(first) != math.ceil(n0 / slot_count(ctx)):
+        raise ProtocolError(f"blob 0 header says n={n0} but carries {len(first)} chunks")
     acc = [_load_chunk(ctx, c, "blob 0", i) for i, c in enumerate(first)]
     for b, blob in enumerate(blobs[1:], start=1):
         what = f"blob {b}"
@@ -232,3 +234,29 @@ def mask_zero_sum(n: int, rng: np.random.Generator | None = None, scale: float =
     mask -= mask.mean()
     mask[-1] = -mask[:-1].sum()
     return mask
+
+
+if __name__ == "__main__":  # pragma: no cover - benchmark
+    import time
+
+    sk = new_context()
+    pk = load_context(public_bytes(sk))
+    x = np.random.default_rng(0).normal(size=100_000)
+    t = time.perf_counter()
+    blob = encrypt_vector(pk, x)
+    t_enc = time.perf_counter() - t
+    t = time.perf_counter()
+    total = add_encrypted(pk, [blob] * 5)
+    t_add = time.perf_counter() - t
+    t = time.perf_counter()
+    scaled = scale_encrypted(pk, total, 0.2)
+    t_scale = time.perf_counter() - t
+    t = time.perf_counter()
+    out = decrypt_vector(sk, scaled)
+    t_dec = time.perf_counter() - t
+    print(
+        f"n=100k ({len(blob) / 1e6:.1f} MB blob, {math.ceil(x.size / slot_count(pk))} chunks): "
+        f"encrypt {t_enc * 1e3:.0f} ms, add 5 blobs {t_add * 1e3:.0f} ms, "
+        f"scale {t_scale * 1e3:.0f} ms, decrypt {t_dec * 1e3:.0f} ms, max err {np.abs(out - x).max():.1e}; "
+        f"public context {len(public_bytes(sk)) / 1e6:.2f} MB"
+    )
