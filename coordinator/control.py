@@ -1,0 +1,128 @@
+"""The coordinator's Control service: submit jobs, list and follow runs.
+
+Served next to the relay on the data-plane port with mutual TLS; only certificates
+with role ``operator`` or ``coordinator`` may call it.  A submitted job is
+validated here (config errors come back to the CLI naming the file and field),
+recorded in the registry, then launched as a Flower run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from pathlib import Path
+from typing import Callable, Iterator
+
+import grpc
+
+from coordinator.registry import TERMINAL, Registry, RunRecord
+from crypto.tls import peer_identity
+from fedcredit.config import CoordinatorConfig, JobConfig, parse_config
+from fedcredit.errors import ConfigError, FedCreditError, SecurityError
+from protos import control_pb2, control_pb2_grpc
+
+Launcher = Callable[[str], str]  # run_id -> flower run id
+
+
+def run_info(rec: RunRecord) -> control_pb2.RunInfo:
+    return control_pb2.RunInfo(
+        run_id=rec.run_id,
+        name=rec.name,
+        type=rec.type,
+        status=rec.status,
+        created=rec.created,
+        started=rec.started or 0.0,
+        ended=rec.ended or 0.0,
+        error=rec.error or "",
+        result_json=json.dumps(rec.result) if rec.result is not None else "",
+        flower_run_id=rec.flower_run_id or "",
+    )
+
+
+def validate_job(text: str, source: str, config: CoordinatorConfig) -> JobConfig:
+    """Parse a job file's text and check it against the federation's registered parties."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    job = parse_config(data, JobConfig, Path(source))
+    known = {p.name for p in config.parties}
+    for p in job.job.parties:
+        if p not in known:
+            raise ConfigError(
+                f"{source}: [job].parties: party '{p}' is not registered with this coordinator "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
+    return job
+
+
+class ControlServicer(control_pb2_grpc.ControlServicer):
+    def __init__(self, config: CoordinatorConfig, registry: Registry, launcher: Launcher, poll_s: float = 0.25) -> None:
+        self.config = config
+        self.registry = registry
+        self.launcher = launcher
+        self.poll_s = poll_s
+
+    def _authorize(self, context: grpc.ServicerContext) -> str:
+        try:
+            name, role = peer_identity(context)
+        except SecurityError as e:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
+        if role not in ("operator", "coordinator"):
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"'{name}' has role '{role}'; only operator or coordinator certificates may control runs",
+            )
+        return name
+
+    def SubmitJob(self, request: control_pb2.SubmitJobRequest, context: grpc.ServicerContext) -> control_pb2.SubmitJobReply:
+        self._authorize(context)
+        source = request.source_name or "job.toml"
+        try:
+            job = validate_job(request.job_toml, source, self.config)
+        except ConfigError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        run_id = self.registry.create_run(job.job.name, job.job.type, request.job_toml)
+        try:
+            flower_run = self.launcher(run_id)
+        except FedCreditError as e:
+            self.registry.fail(run_id, f"could not launch the Flower run: {e}")
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"run {run_id} failed to launch: {e}")
+        self.registry.set_flower_run(run_id, flower_run)
+        return control_pb2.SubmitJobReply(run_id=run_id)
+
+    def GetRun(self, request: control_pb2.RunRequest, context: grpc.ServicerContext) -> control_pb2.RunInfo:
+        self._authorize(context)
+        rec = self.registry.get(request.run_id)
+        if rec is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no run '{request.run_id}'")
+        return run_info(rec)
+
+    def ListRuns(self, request: control_pb2.ListRunsRequest, context: grpc.ServicerContext) -> control_pb2.ListRunsReply:
+        self._authorize(context)
+        return control_pb2.ListRunsReply(runs=[run_info(r) for r in self.registry.list(request.limit or 50)])
+
+    def WatchRun(self, request: control_pb2.WatchRequest, context: grpc.ServicerContext) -> Iterator[control_pb2.RunEvent]:
+        """Stream progress events until the run reaches a terminal status."""
+        self._authorize(context)
+        if self.registry.get(request.run_id) is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no run '{request.run_id}'")
+        seq = request.after_seq
+        while context.is_active():
+            rec = self.registry.get(request.run_id)
+            for s, t, data in self.registry.events(request.run_id, seq):
+                seq = s
+                yield control_pb2.RunEvent(seq=s, time=t, data_json=json.dumps(data))
+            if rec is not None and rec.status in TERMINAL:
+                # events written before the terminal status are all flushed above
+                for s, t, data in self.registry.events(request.run_id, seq):
+                    seq = s
+                    yield control_pb2.RunEvent(seq=s, time=t, data_json=json.dumps(data))
+                yield control_pb2.RunEvent(seq=seq, time=time.time(), run=run_info(rec))
+                return
+            time.sleep(self.poll_s)  # polling the registry; ServerApp writes from another process
+
+
+def add_control_service(servicer: ControlServicer) -> Callable[[grpc.Server], None]:
+    return lambda server: control_pb2_grpc.add_ControlServicer_to_server(servicer, server)

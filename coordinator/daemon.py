@@ -1,0 +1,161 @@
+"""``fedcredit coordinator start``: the SuperLink, the relay and the Control service.
+
+The coordinator is honest-but-curious by design: it holds a TLS certificate, the
+parties' public certificates and SuperNode public keys — never a CKKS secret key
+or a party's envelope key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from coordinator import flower
+from coordinator.control import ControlServicer, add_control_service
+from coordinator.registry import Registry
+from coordinator.relay import RelayHandle, start_relay
+from crypto.certs import Identity, verify_peer
+from fedcredit.config import CoordinatorConfig, load_coordinator_config
+from fedcredit.errors import ConfigError, FedCreditError, SecurityError
+
+
+@dataclass
+class CoordinatorHandle:
+    config: CoordinatorConfig
+    config_path: Path
+    registry: Registry
+    superlink: subprocess.Popen[bytes]
+    relay: RelayHandle
+    flwr_home: Path
+    _stop: threading.Event
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.relay.stop()
+        if self.superlink.poll() is None:
+            os.killpg(self.superlink.pid, signal.SIGTERM)
+            try:
+                self.superlink.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.superlink.pid, signal.SIGKILL)
+
+
+def _check_party_certs(config: CoordinatorConfig, ca_pem: bytes) -> list[bytes]:
+    """Every listed party must hold a valid certificate from this federation's CA."""
+    certs = []
+    for p in config.parties:
+        if not p.certificate.exists():
+            raise ConfigError(f"[[parties]] '{p.name}': certificate {p.certificate} not found")
+        pem = p.certificate.read_bytes()
+        try:
+            verify_peer(pem, ca_pem, expected_name=p.name)
+        except SecurityError as e:
+            raise ConfigError(f"[[parties]] '{p.name}': {e}") from None
+        certs.append(pem)
+    return certs
+
+
+def _monitor(handle: CoordinatorHandle, interval: float = 5.0) -> None:
+    """Fail runs whose Flower run ended without the ServerApp recording a result."""
+    while not handle._stop.wait(interval):
+        for rec in handle.registry.list(limit=20):
+            if rec.status not in ("queued", "running") or not rec.flower_run_id:
+                continue
+            try:
+                st = flower.run_status(handle.flwr_home, rec.flower_run_id)
+            except FedCreditError:
+                continue
+            if st.startswith("finished"):
+                # the ServerApp writes its result before Flower marks the run finished; re-check
+                time.sleep(1.0)
+                again = handle.registry.get(rec.run_id)
+                if again is not None and again.status in ("queued", "running"):
+                    handle.registry.fail(rec.run_id, f"Flower run {rec.flower_run_id} ended ({st}) without a result")
+
+
+def start(config_path: Path, *, log=print) -> CoordinatorHandle:
+    """Start everything and return once the SuperLink and the relay accept connections."""
+    config_path = Path(config_path).resolve()
+    config = load_coordinator_config(config_path)
+    c = config.coordinator
+    identity = Identity.load(c.identity_dir, c.name)
+    if identity.role != "coordinator":
+        raise ConfigError(f"{config_path}: [coordinator].identity_dir holds a '{identity.role}' certificate, expected role 'coordinator'")
+    party_certs = _check_party_certs(config, identity.ca_pem)
+
+    state = c.state_dir
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    registry = Registry(state / "registry.db")
+    stale = registry.fail_interrupted("the coordinator stopped while this run was active")
+    if stale:
+        log(f"marked {len(stale)} interrupted run(s) as failed: {', '.join(stale)}")
+
+    home = flower.write_flwr_home(state / "flwr-home", config.flower_address, identity.ca_path)
+    superlink = flower.start_superlink(
+        state_dir=state,
+        host=c.host,
+        port=c.flower_port,
+        cert=identity.cert_path,
+        key=identity.key_path,
+        ca_cert=identity.ca_path,
+        log_path=state / "superlink.log",
+    )
+    try:
+        flower.wait_tls_port(c.host, c.flower_port, identity.ca_path, timeout=60, proc=superlink)
+        known = registry.nodes()
+        for p in config.parties:
+            if p.name not in known:
+                node_id = flower.register_supernode(home, p.name, p.flower_public_key)
+                registry.set_node(p.name, node_id)
+                log(f"registered party '{p.name}' as SuperNode {node_id}")
+
+        def launch(run_id: str) -> str:
+            return flower.run_app(
+                home,
+                {"run_id": run_id, "registry": str(registry.path), "coordinator_config": str(config_path)},
+            )
+
+        servicer = ControlServicer(config, registry, launch)
+        relay = start_relay(
+            identity,
+            config.relay_address,
+            extra_servicers=[add_control_service(servicer)],
+            directory_certs=party_certs,
+        )
+    except BaseException:
+        os.killpg(superlink.pid, signal.SIGTERM)
+        raise
+    handle = CoordinatorHandle(config, config_path, registry, superlink, relay, home, threading.Event())
+    threading.Thread(target=_monitor, args=(handle,), daemon=True, name="run-monitor").start()
+    (state / "coordinator.ready.json").write_text(
+        json.dumps({"flower": config.flower_address, "relay": relay.address, "pid": os.getpid()})
+    )
+    return handle
+
+
+def serve_forever(config_path: Path) -> int:
+    """Foreground daemon: runs until SIGINT/SIGTERM or until the SuperLink dies."""
+    handle = start(config_path)
+    cfg = handle.config
+    print(
+        f"coordinator ready: flower {cfg.flower_address} (TLS, SuperNode auth), "
+        f"relay+control {handle.relay.address} (mutual TLS); state in {cfg.coordinator.state_dir}",
+        flush=True,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        if handle.superlink.poll() is not None:
+            print(f"flower-superlink exited with code {handle.superlink.returncode}; see "
+                  f"{cfg.coordinator.state_dir / 'superlink.log'}", flush=True)
+            handle.stop()
+            return 1
+    handle.stop()
+    return 0

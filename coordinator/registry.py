@@ -1,0 +1,208 @@
+"""The coordinator's run registry: runs, their progress events and public results.
+
+SQLite (WAL) in the coordinator's state directory, so runs and their metrics
+survive a coordinator restart and can be read while a job writes to them (the
+Flower ServerApp runs in its own process and writes here directly).  It stores
+only what the coordinator is allowed to know: job configs, statuses, public
+metrics, byte counts — never a key, a row or an update.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    job_toml TEXT NOT NULL,
+    flower_run_id TEXT,
+    error TEXT,
+    result_json TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    time REAL NOT NULL,
+    data_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    party TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    registered REAL NOT NULL
+);
+"""
+
+ACTIVE = ("queued", "running")
+TERMINAL = ("finished", "failed")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    name: str
+    type: str
+    status: str
+    created: float
+    started: float | None
+    ended: float | None
+    job_toml: str
+    flower_run_id: str | None
+    error: str | None
+    result: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "name": self.name,
+            "type": self.type,
+            "status": self.status,
+            "created": self.created,
+            "started": self.started,
+            "ended": self.ended,
+            "flower_run_id": self.flower_run_id,
+            "error": self.error,
+            "result": self.result,
+        }
+
+
+class Registry:
+    """Thin, process-safe access to the registry database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._conn() as c:
+            c.executescript(SCHEMA)
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA busy_timeout=30000")
+            yield c
+        finally:
+            c.close()
+
+    # ------------------------------------------------------------------ runs
+    def create_run(self, name: str, type_: str, job_toml: str) -> str:
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        with self._conn() as c:
+            c.execute(
+                "INSERT INTO runs (run_id, name, type, status, created, job_toml) VALUES (?,?,?,?,?,?)",
+                (run_id, name, type_, "queued", time.time(), job_toml),
+            )
+        return run_id
+
+    def set_flower_run(self, run_id: str, flower_run_id: str) -> None:
+        with self._conn() as c:
+            c.execute("UPDATE runs SET flower_run_id=? WHERE run_id=?", (flower_run_id, run_id))
+
+    def mark_running(self, run_id: str) -> None:
+        with self._conn() as c:
+            c.execute(
+                "UPDATE runs SET status='running', started=? WHERE run_id=? AND status='queued'", (time.time(), run_id)
+            )
+
+    def finish(self, run_id: str, result: dict[str, Any]) -> None:
+        with self._conn() as c:
+            c.execute(
+                "UPDATE runs SET status='finished', ended=?, result_json=? WHERE run_id=? AND status IN ('queued','running')",
+                (time.time(), json.dumps(result), run_id),
+            )
+
+    def fail(self, run_id: str, error: str, result: dict[str, Any] | None = None) -> None:
+        with self._conn() as c:
+            c.execute(
+                "UPDATE runs SET status='failed', ended=?, error=?, result_json=COALESCE(?, result_json) "
+                "WHERE run_id=? AND status IN ('queued','running')",
+                (time.time(), error, json.dumps(result) if result is not None else None, run_id),
+            )
+
+    def fail_interrupted(self, reason: str) -> list[str]:
+        """Mark runs that were active when the coordinator stopped as failed (at start-up)."""
+        with self._conn() as c:
+            ids = [r[0] for r in c.execute("SELECT run_id FROM runs WHERE status IN ('queued','running')")]
+        for rid in ids:
+            self.fail(rid, reason)
+        return ids
+
+    def get(self, run_id: str) -> RunRecord | None:
+        with self._conn() as c:
+            row = c.execute(
+                "SELECT run_id, name, type, status, created, started, ended, job_toml, flower_run_id, error, "
+                "result_json FROM runs WHERE run_id=?",
+                (run_id,),
+            ).fetchone()
+        return _record(row) if row else None
+
+    def list(self, limit: int = 50) -> list[RunRecord]:
+        with self._conn() as c:
+            rows = c.execute(
+                "SELECT run_id, name, type, status, created, started, ended, job_toml, flower_run_id, error, "
+                "result_json FROM runs ORDER BY created DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_record(r) for r in rows]
+
+    # ------------------------------------------------------------------ events
+    def add_event(self, run_id: str, data: dict[str, Any]) -> int:
+        with self._conn() as c:
+            c.execute("BEGIN IMMEDIATE")
+            seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id=?", (run_id,)).fetchone()[0]
+            c.execute(
+                "INSERT INTO events (run_id, seq, time, data_json) VALUES (?,?,?,?)",
+                (run_id, seq, time.time(), json.dumps(data)),
+            )
+            c.execute("COMMIT")
+        return int(seq)
+
+    def events(self, run_id: str, after_seq: int = 0) -> list[tuple[int, float, dict[str, Any]]]:
+        with self._conn() as c:
+            rows = c.execute(
+                "SELECT seq, time, data_json FROM events WHERE run_id=? AND seq>? ORDER BY seq", (run_id, after_seq)
+            ).fetchall()
+        return [(int(s), float(t), json.loads(d)) for s, t, d in rows]
+
+    # ------------------------------------------------------------------ nodes
+    def set_node(self, party: str, node_id: str) -> None:
+        with self._conn() as c:
+            c.execute(
+                "INSERT INTO nodes (party, node_id, registered) VALUES (?,?,?) "
+                "ON CONFLICT(party) DO UPDATE SET node_id=excluded.node_id, registered=excluded.registered",
+                (party, node_id, time.time()),
+            )
+
+    def nodes(self) -> dict[str, str]:
+        with self._conn() as c:
+            return {p: n for p, n in c.execute("SELECT party, node_id FROM nodes")}
+
+
+def _record(row: tuple[Any, ...]) -> RunRecord:
+    return RunRecord(
+        run_id=row[0],
+        name=row[1],
+        type=row[2],
+        status=row[3],
+        created=row[4],
+        started=row[5],
+        ended=row[6],
+        job_toml=row[7],
+        flower_run_id=row[8],
+        error=row[9],
+        result=json.loads(row[10]) if row[10] else None,
+    )

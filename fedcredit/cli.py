@@ -1,0 +1,262 @@
+"""The ``fedcredit`` command line: certificates, daemons, jobs, runs, simulation.
+
+argparse (stdlib) for parsing, rich for progress and tables.  Every user-facing
+failure is a :class:`fedcredit.errors.FedCreditError` printed as one clear line
+with exit code 2 — no tracebacks for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from fedcredit.errors import FedCreditError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+# --------------------------------------------------------------------------- certs
+
+
+def cmd_certs_init(args: argparse.Namespace) -> int:
+    from crypto.certs import init_ca
+
+    d = init_ca(Path(args.ca_dir), args.federation, days=args.days, force=args.force)
+    console.print(f"federation CA '{args.federation}' created in {d} (ca.crt, ca.key 0600, federation-signing.key 0600)")
+    return 0
+
+
+def cmd_certs_issue(args: argparse.Namespace) -> int:
+    from crypto.certs import issue
+
+    out = Path(args.out_dir) if args.out_dir else Path(args.ca_dir).parent / args.name
+    ident = issue(Path(args.ca_dir), out, args.name, role=args.role, hosts=args.host or ("127.0.0.1", "localhost"),
+                  days=args.days, force=args.force)
+    console.print(
+        f"issued '{ident.name}' (role {ident.role}) in {out}: {ident.cert_path.name}, {ident.key_path.name} (0600), "
+        f"{ident.envelope_key_path.name} (0600), {ident.flower_key_path.name} (0600), {ident.flower_pub_path.name}"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- daemons
+
+
+def cmd_coordinator_start(args: argparse.Namespace) -> int:
+    from coordinator.daemon import serve_forever
+
+    return serve_forever(Path(args.config))
+
+
+def cmd_party_start(args: argparse.Namespace) -> int:
+    from party.daemon import serve_forever
+
+    return serve_forever(Path(args.config))
+
+
+# --------------------------------------------------------------------------- control client
+
+
+def _control_client(args: argparse.Namespace, job_control: Any = None):  # -> ControlClient
+    from coordinator.client import ControlClient
+
+    address = args.control or (job_control.address if job_control else None)
+    ident_dir = args.identity_dir or (job_control.identity_dir if job_control else None)
+    name = args.name or (job_control.name if job_control else "operator")
+    return ControlClient.connect(address, ident_dir, name)
+
+
+def _fmt_time(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _print_run(info: Any) -> None:
+    result = json.loads(info.result_json) if info.result_json else None
+    console.print(f"run [bold]{info.run_id}[/bold]  {info.name} ({info.type})  status: [bold]{info.status}[/bold]")
+    console.print(f"  created {_fmt_time(info.created)}  started {_fmt_time(info.started)}  ended {_fmt_time(info.ended)}")
+    if info.error:
+        console.print(f"  [red]error:[/red] {info.error}")
+    if result:
+        _print_result(result)
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    g = result.get("global") or {}
+    if g:
+        console.print("  global test: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in g.items()))
+    parties = result.get("parties") or {}
+    if parties:
+        t = Table(title="per-party (public metrics)")
+        keys = sorted({k for m in parties.values() if isinstance(m, dict) for k in m})
+        t.add_column("party")
+        for k in keys:
+            t.add_column(k)
+        for p, m in parties.items():
+            t.add_row(p, *[f"{m.get(k):.4f}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k in keys])
+        console.print(t)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fedcredit.config import load_job_config
+
+    job = load_job_config(args.job)  # validate locally first: errors name the file and field
+    client = _control_client(args, job.control)
+    run_id = client.submit(Path(args.job))
+    console.print(f"submitted run [bold]{run_id}[/bold] ({job.job.type}, parties: {', '.join(job.job.parties)})")
+    if args.detach:
+        return 0
+    info = follow(client, run_id)
+    return 0 if info.status == "finished" else 1
+
+
+def follow(client: Any, run_id: str) -> Any:
+    """Show live progress (round, per-party status, metrics) until the run ends."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    final = None
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False) as prog:
+        task = prog.add_task("waiting for parties", total=None)
+        for ev in client.watch(run_id):
+            if ev.HasField("run"):
+                final = ev.run
+                break
+            data = json.loads(ev.data_json)
+            desc = data.get("message") or data.get("event", "")
+            if "round" in data and "rounds" in data:
+                prog.update(task, total=data["rounds"], completed=data["round"])
+                desc = f"round {data['round']}/{data['rounds']}"
+            parties = data.get("parties")
+            if isinstance(parties, dict):
+                desc += "  " + " ".join(f"{p}:{s}" for p, s in parties.items())
+            metrics = data.get("metrics")
+            if isinstance(metrics, dict):
+                desc += "  " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+            prog.update(task, description=desc)
+            if data.get("log"):
+                prog.console.print(data["log"])
+    if final is None:
+        final = client.get(run_id)
+    _print_run(final)
+    return final
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    client = _control_client(args)
+    runs = client.list(args.limit)
+    t = Table(title="runs")
+    for col in ("run", "name", "type", "status", "created", "duration", "global AUC"):
+        t.add_column(col)
+    for r in runs:
+        res = json.loads(r.result_json) if r.result_json else {}
+        auc = (res.get("global") or {}).get("auc")
+        dur = f"{r.ended - r.started:.1f} s" if r.ended and r.started else "-"
+        t.add_row(r.run_id, r.name, r.type, r.status, _fmt_time(r.created), dur, f"{auc:.4f}" if auc else "-")
+    console.print(t)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _control_client(args)
+    _print_run(client.get(args.run_id))
+    return 0
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulations.harness import simulate
+
+    report = simulate(args.scenario, deployment=args.deployment, out_dir=Path(args.out) if args.out else None,
+                      console=console)
+    return 0 if report.get("status", "finished") == "finished" else 1
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_control_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--control", help="coordinator control address host:port (default: from the job file)")
+    p.add_argument("--identity-dir", help="directory with your operator certificate and key")
+    p.add_argument("--name", help="your operator certificate name (default: operator)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fedcredit", description="Privacy-preserving federated credit-risk modelling")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    certs = sub.add_parser("certs", help="federation CA and party certificates").add_subparsers(dest="sub", required=True)
+    p = certs.add_parser("init", help="create the federation certificate authority")
+    p.add_argument("--ca-dir", default="certs/ca")
+    p.add_argument("--federation", default="fedcredit")
+    p.add_argument("--days", type=int, default=3650)
+    p.add_argument("--force", action="store_true", help="overwrite an existing CA (never done silently)")
+    p.set_defaults(func=cmd_certs_init)
+    p = certs.add_parser("issue", help="issue a party/coordinator/operator certificate and keys")
+    p.add_argument("name")
+    p.add_argument("--role", choices=["party", "coordinator", "operator"], default="party")
+    p.add_argument("--ca-dir", default="certs/ca")
+    p.add_argument("--out-dir", help="default: <ca-dir>/../<name>")
+    p.add_argument("--host", action="append", help="DNS name or IP the holder serves on (repeatable)")
+    p.add_argument("--days", type=int, default=825)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_certs_issue)
+
+    coord = sub.add_parser("coordinator", help="coordinator daemon").add_subparsers(dest="sub", required=True)
+    p = coord.add_parser("start", help="run the SuperLink, relay and control service")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_coordinator_start)
+
+    party = sub.add_parser("party", help="party daemon").add_subparsers(dest="sub", required=True)
+    p = party.add_parser("start", help="run this institution's party daemon")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_party_start)
+
+    p = sub.add_parser("train", help="submit a training job and follow it")
+    p.add_argument("job")
+    p.add_argument("--detach", action="store_true", help="submit and return without following")
+    _add_control_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("runs", help="list past runs")
+    p.add_argument("--limit", type=int, default=50)
+    _add_control_args(p)
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("status", help="show one run")
+    p.add_argument("run_id")
+    _add_control_args(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("simulate", help="run a whole federation on this machine")
+    p.add_argument("scenario", nargs="?", default="horizontal-demo",
+                   help="a built-in scenario name or a scenario .toml file (default: horizontal-demo)")
+    p.add_argument("--deployment", action="store_true",
+                   help="real processes on 127.0.0.1 with TLS (the code path of a real installation)")
+    p.add_argument("--out", help="output directory for reports (default: ./fedcredit-demo/<scenario>)")
+    p.set_defaults(func=cmd_simulate)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FedCreditError as e:
+        err_console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""TOML configs for the coordinator, a party daemon and a training job.
+
+Validated with pydantic so a bad file fails at start-up with an error naming the
+file and the field (``coordinator.toml: [coordinator].relay_port: expected an
+integer``), instead of failing mid-job.  Relative paths are resolved against the
+directory of the config file, so a federation folder can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedcredit.errors import ConfigError
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_name(v: str) -> str:
+    if not NAME_RE.match(v):
+        raise ValueError(f"'{v}' is not a valid party name (lower-case letters, digits, '-', '_'; max 63)")
+    return v
+
+
+# --------------------------------------------------------------------------- coordinator
+
+
+class FederationSection(_Strict):
+    name: str = "fedcredit"
+    ca_dir: Path = Field(description="directory holding ca.crt (and ca.key on the CA host)")
+
+
+class CoordinatorSection(_Strict):
+    name: str = "coordinator"
+    identity_dir: Path
+    state_dir: Path
+    host: str = "127.0.0.1"
+    flower_port: int = Field(9100, ge=1, le=65535)
+    relay_port: int = Field(9200, ge=1, le=65535)
+    min_parties: int = Field(2, ge=1)
+
+    _n = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
+
+
+class PartyEntry(_Strict):
+    name: str
+    certificate: Path = Field(description="the party's federation certificate (public)")
+    flower_public_key: Path = Field(description="the party's SuperNode public key (OpenSSH format)")
+
+    _n = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
+
+
+class CoordinatorConfig(_Strict):
+    federation: FederationSection
+    coordinator: CoordinatorSection
+    parties: list[PartyEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_parties(self) -> "CoordinatorConfig":
+        seen: set[str] = set()
+        for p in self.parties:
+            if p.name in seen:
+                raise ValueError(f"party '{p.name}' is listed twice in [[parties]]")
+            seen.add(p.name)
+        return self
+
+    @property
+    def flower_address(self) -> str:
+        return f"{self.coordinator.host}:{self.coordinator.flower_port}"
+
+    @property
+    def relay_address(self) -> str:
+        return f"{self.coordinator.host}:{self.coordinator.relay_port}"
+
+
+# --------------------------------------------------------------------------- party
+
+
+class DatasetSection(_Strict):
+    path: Path
+    id_column: str | None = "id"
+    label_column: str | None = None
+    feature_columns: list[str] | None = None
+
+
+class PartySection(_Strict):
+    name: str
+    role: str = "bank"
+    identity_dir: Path
+    state_dir: Path
+    runtime_port: int = Field(0, ge=0, le=65535, description="Flower SuperNode's local runtime API port (0 = pick)")
+
+    _n = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
+
+
+class CoordinatorLink(_Strict):
+    flower_address: str
+    relay_address: str
+
+
+class PartyConfig(_Strict):
+    party: PartySection
+    coordinator: CoordinatorLink
+    datasets: dict[str, DatasetSection] = Field(default_factory=dict)
+
+    def dataset(self, key: str) -> DatasetSection:
+        if key not in self.datasets:
+            raise ConfigError(
+                f"party '{self.party.name}': job asks for dataset '{key}', but its party config only "
+                f"defines [datasets.{{{', '.join(sorted(self.datasets)) or ''}}}]"
+            )
+        return self.datasets[key]
+
+
+# --------------------------------------------------------------------------- job
+
+
+class JobSection(_Strict):
+    name: str = "job"
+    type: Literal["horizontal", "vertical-lr", "secureboost"] = "horizontal"
+    parties: list[str]
+    min_parties: int | None = Field(None, ge=1)
+    train_dataset: str = "train"
+    test_dataset: str | None = "test"
+    label_party: str | None = None
+    round_timeout_s: float = Field(600.0, gt=0)
+
+    @field_validator("parties")
+    @classmethod
+    def _parties(cls, v: list[str]) -> list[str]:
+        for p in v:
+            _check_name(p)
+        if len(set(v)) != len(v):
+            raise ValueError("a party is listed twice")
+        if len(v) < 2:
+            raise ValueError("a federated job needs at least 2 parties")
+        return v
+
+
+class ControlSection(_Strict):
+    address: str | None = None
+    identity_dir: Path | None = None
+    name: str = "operator"
+
+
+class JobConfig(_Strict):
+    job: JobSection
+    model: dict[str, Any] = Field(default_factory=dict)
+    control: ControlSection = Field(default_factory=ControlSection)
+
+    @model_validator(mode="after")
+    def _min(self) -> "JobConfig":
+        if self.job.min_parties is not None and self.job.min_parties > len(self.job.parties):
+            raise ValueError(
+                f"min_parties={self.job.min_parties} exceeds the {len(self.job.parties)} parties listed"
+            )
+        if self.job.type != "horizontal":
+            if not self.job.label_party:
+                raise ValueError(f"a {self.job.type} job needs [job].label_party")
+            if self.job.label_party not in self.job.parties:
+                raise ValueError(f"label_party '{self.job.label_party}' is not in [job].parties")
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+T = TypeVar("T", bound=BaseModel)
+
+_PATH_FIELDS = {"ca_dir", "identity_dir", "state_dir", "path", "flower_public_key", "certificate", "party_config"}
+
+
+def _resolve_paths(obj: Any, base: Path) -> Any:
+    if isinstance(obj, dict):
+        return {
+            k: (str((base / v).resolve()) if k in _PATH_FIELDS and isinstance(v, str) else _resolve_paths(v, base))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [_resolve_paths(v, base) for v in obj]
+    return obj
+
+
+def _format_validation(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = e.get("loc", ())
+        head = [str(x) for x in loc if not isinstance(x, int)]
+        where = f"[{head[0]}]" + ("." + ".".join(head[1:]) if len(head) > 1 else "") if head else "(top level)"
+        idx = [x for x in loc if isinstance(x, int)]
+        if idx:
+            where += f" (entry {idx[0] + 1})"
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown field (typo?)"
+        lines.append(f"{path}: {where}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], model: type[T], source: Path) -> T:
+    """Validate an already-parsed TOML table; errors name ``source`` and the field."""
+    try:
+        return model.model_validate(_resolve_paths(data, source.parent))
+    except ValidationError as e:
+        raise ConfigError(_format_validation(source, e)) from None
+
+
+def load_config(path: str | Path, model: type[T]) -> T:
+    """Read and validate a TOML config file."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return parse_config(data, model, p.resolve())
+
+
+def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
+    return load_config(path, CoordinatorConfig)
+
+
+def load_party_config(path: str | Path) -> PartyConfig:
+    return load_config(path, PartyConfig)
+
+
+def load_job_config(path: str | Path) -> JobConfig:
+    return load_config(path, JobConfig)

@@ -1,0 +1,105 @@
+"""``fedcredit party start``: the party daemon at an institution.
+
+Runs a real ``flower-supernode`` that dials the coordinator's SuperLink over TLS
+and authenticates with the party's registered SuperNode key.  Each job message
+starts our ClientApp (``fedcredit.flowerapp``), which reads this party's config
+through the ``party-config`` node setting — data paths and keys never leave the
+institution; only protocol messages (ciphertexts, sealed envelopes, public
+metrics) do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from coordinator.flower import _bin
+from crypto.certs import Identity
+from fedcredit.config import PartyConfig, load_party_config
+from fedcredit.errors import ConfigError
+from party.data import load_table
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def check_datasets(config: PartyConfig) -> dict[str, int]:
+    """Load every configured dataset once at start-up so bad files fail now, not mid-job."""
+    sizes = {}
+    for key, ds in config.datasets.items():
+        table = load_table(
+            ds.path,
+            party=config.party.name,
+            id_column=ds.id_column,
+            label_column=ds.label_column,
+            feature_columns=ds.feature_columns,
+        )
+        sizes[key] = len(table.ids)
+    return sizes
+
+
+@dataclass
+class PartyHandle:
+    config: PartyConfig
+    supernode: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.supernode.poll() is None:
+            os.killpg(self.supernode.pid, signal.SIGTERM)
+            try:
+                self.supernode.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.supernode.pid, signal.SIGKILL)
+
+
+def start(config_path: Path) -> PartyHandle:
+    config_path = Path(config_path).resolve()
+    config = load_party_config(config_path)
+    p = config.party
+    identity = Identity.load(p.identity_dir, p.name)
+    if identity.role != "party":
+        raise ConfigError(f"{config_path}: [party].identity_dir holds a '{identity.role}' certificate, expected 'party'")
+    check_datasets(config)
+    p.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    port = p.runtime_port or _free_port()
+    log = open(p.state_dir / "supernode.log", "ab")
+    cmd = [
+        _bin("flower-supernode"),
+        "--superlink", config.coordinator.flower_address,
+        "--root-certificates", str(identity.ca_path),
+        "--auth-supernode-private-key", str(identity.flower_key_path),
+        "--node-config", f'party-config="{config_path}"',
+        "--port", str(port),
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    return PartyHandle(config, proc)
+
+
+def serve_forever(config_path: Path) -> int:
+    handle = start(config_path)
+    p = handle.config.party
+    print(
+        f"party '{p.name}' ({p.role}) ready: SuperNode dialing {handle.config.coordinator.flower_address} over TLS; "
+        f"datasets: {', '.join(sorted(handle.config.datasets)) or 'none'}; state in {p.state_dir}",
+        flush=True,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        if handle.supernode.poll() is not None:
+            print(f"flower-supernode exited with code {handle.supernode.returncode}; see {p.state_dir / 'supernode.log'}",
+                  file=sys.stderr, flush=True)
+            return 1
+    handle.stop()
+    return 0
