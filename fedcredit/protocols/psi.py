@@ -1,0 +1,486 @@
+"""ECDH private set intersection over X25519 for two or more parties (all roles in this module).
+
+Scheme (star around a *leader* party; see docs/psi.md for the leakage table)::
+
+    every party P:  k_P fresh secret scalar, ids normalized + checked for duplicates
+    P -> peer  hello            {n, batches}               (or {error} so the peer fails fast)
+    P -> peer  s/i   k_P·H(x)    for P's own ids, in P's order, batch i
+    peer -> P  d/i   k_peer·k_P·H(x)  for the same items, same order (first 16 bytes)
+    P:  intersect {k_peer·k_P·H(own)} with {k_P·k_peer·H(peer's)} -> pairwise intersection
+    leader -> P  final          the doubly-blinded values of the final intersection, in the common order
+
+Peers are the leader and each non-leader (pairs leader<->P_k); non-leaders never
+talk to each other.  The common order is the ascending order of the
+doubly-blinded values of the leader's pair with the first partner — pseudorandom,
+so the order itself says nothing about the ids.  For two parties the final message
+only confirms what both already computed; for more it also removes the ids missing
+at some third party.
+
+Work per party: blinding its own ids once and each peer's ids once (X25519 scalar
+multiplications, ~25-30k/s per core), hashing its own ids.  Large sets are blinded
+in a process pool (``workers``), batch by batch, so memory stays at flat 16/32-byte
+buffers per id plus one batch of Python objects.  The blinding scalar reaches the
+pool's worker processes over a local pipe and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from crypto.psi import POINT_LEN, PsiKey, hash_to_point, normalize_id
+from fedcredit.errors import DataError, ProtocolError
+from fedcredit.transport import Transport
+
+__all__ = ["PsiResult", "run_psi", "save_intersection", "load_intersection", "DEFAULT_BATCH", "MATCH_LEN"]
+
+DEFAULT_BATCH = 50_000
+MATCH_LEN = 16  # bytes of a doubly-blinded point kept for matching/ordering (128-bit: collisions ~2^-88 at 1M ids)
+_VERSION = 1
+_PARALLEL_THRESHOLD = 40_000  # below this many blinds a process pool costs more than it saves
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class PsiResult:
+    """What one party holds after PSI: its own ids of the intersection, in the order shared by every party."""
+
+    intersection_ids: list[str]
+    size: int
+    indices: np.ndarray = field(repr=False)  # positions of intersection_ids in this party's input ids
+    own_size: int = 0
+    peer_sizes: dict[str, int] = field(default_factory=dict)
+    pairwise_sizes: dict[str, int] = field(default_factory=dict)  # this party's intersection with each peer
+
+
+# --------------------------------------------------------------------------- blinding workers
+
+_OP_HASH_BLIND, _OP_BLIND, _OP_ERROR = 1, 2, 255
+_FRAME = struct.Struct("<BI")
+
+
+def _hash_blind(key: PsiKey, ids: Sequence[bytes]) -> bytes:
+    return b"".join(key.blind([hash_to_point(i) for i in ids]))
+
+
+def _blind_buf(key: PsiKey, buf: bytes, keep: int) -> bytes:
+    pts = [buf[o : o + POINT_LEN] for o in range(0, len(buf), POINT_LEN)]
+    out = key.blind(pts)
+    return b"".join(out) if keep == POINT_LEN else b"".join(p[:keep] for p in out)
+
+
+def _pack_ids(ids: Sequence[bytes]) -> bytes:
+    lens = np.fromiter((len(i) for i in ids), dtype="<u4", count=len(ids))
+    return struct.pack("<I", len(ids)) + lens.tobytes() + b"".join(ids)
+
+
+def _unpack_ids(buf: bytes) -> list[bytes]:
+    (n,) = struct.unpack_from("<I", buf, 0)
+    lens = np.frombuffer(buf, dtype="<u4", count=n, offset=4)
+    ends = np.cumsum(lens) + 4 + 4 * n
+    starts = ends - lens
+    return [buf[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
+
+
+def _read_exact(f: Any, n: int) -> bytes:
+    chunks = []
+    while n:
+        c = f.read(n)
+        if not c:
+            raise EOFError
+        chunks.append(c)
+        n -= len(c)
+    return b"".join(chunks)
+
+
+def _write_frame(f: Any, op: int, payload: bytes) -> None:
+    f.write(_FRAME.pack(op, len(payload)))
+    f.write(payload)
+    f.flush()
+
+
+def _read_frame(f: Any) -> tuple[int, bytes]:
+    op, n = _FRAME.unpack(_read_exact(f, _FRAME.size))
+    return op, _read_exact(f, n)
+
+
+def _worker_main() -> None:
+    """Blinding helper process: key from stdin first, then (op, batch) frames; replies on stdout."""
+    inp = os.fdopen(os.dup(0), "rb", buffering=0)
+    out = os.fdopen(os.dup(1), "wb")
+    sys.stdout = sys.stderr  # nothing but frames may reach the parent's pipe
+    try:
+        _, raw = _read_frame(inp)
+    except EOFError:
+        return
+    key = PsiKey(X25519PrivateKey.from_private_bytes(raw))
+    del raw
+    while True:
+        try:
+            op, payload = _read_frame(inp)
+        except EOFError:
+            return
+        try:
+            if op == _OP_HASH_BLIND:
+                res = _hash_blind(key, _unpack_ids(payload))
+            else:
+                res = _blind_buf(key, payload[1:], payload[0])
+            _write_frame(out, op, res)
+        except Exception as e:  # reported to the parent, which raises it as a protocol error
+            _write_frame(out, _OP_ERROR, f"{type(e).__name__}: {e}".encode())
+
+
+class _Blinder:
+    """One party's PSI scalar, plus helper processes holding the same scalar for large sets.
+
+    Helpers are plain ``python -m fedcredit.protocols.psi --blind-worker`` children
+    fed over their stdin/stdout pipes (no multiprocessing re-import of the caller's
+    main module); each has at most one batch in flight, so pipes never deadlock.
+    """
+
+    def __init__(self, workers: int) -> None:
+        sk = X25519PrivateKey.generate()
+        self._key = PsiKey(sk)
+        self._procs: list[subprocess.Popen[bytes]] = []
+        if workers > 1:
+            from cryptography.hazmat.primitives import serialization
+
+            raw = sk.private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            )
+            for _ in range(workers):
+                p = subprocess.Popen(
+                    [sys.executable, "-m", "fedcredit.protocols.psi", "--blind-worker"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
+                self._procs.append(p)
+                _write_frame(p.stdin, 0, raw)
+
+    def close(self) -> None:
+        for p in self._procs:
+            try:
+                if p.stdin:
+                    p.stdin.close()
+            except OSError:
+                pass
+        for p in self._procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stdout:
+                p.stdout.close()
+        self._procs = []
+
+    def _run(self, op: int, payloads: Iterable[bytes]) -> Iterator[bytes]:
+        """Round-robin over helpers, results in input order."""
+        procs = self._procs
+        inflight: list[subprocess.Popen[bytes]] = []
+        it = iter(payloads)
+        for p in procs:  # prime: one batch per helper
+            pl = next(it, None)
+            if pl is None:
+                break
+            _write_frame(p.stdin, op, pl)
+            inflight.append(p)
+        while inflight:
+            p = inflight.pop(0)
+            rop, res = _read_frame(p.stdout)
+            if rop == _OP_ERROR:
+                raise ProtocolError(f"PSI blinding helper failed: {res.decode(errors='replace')}")
+            pl = next(it, None)
+            if pl is not None:
+                _write_frame(p.stdin, op, pl)
+                inflight.append(p)
+            yield res
+
+    def hash_blind(self, batches: Iterable[Sequence[bytes]]) -> Iterator[bytes]:
+        if not self._procs:
+            for b in batches:
+                yield _hash_blind(self._key, b)
+        else:
+            yield from self._run(_OP_HASH_BLIND, (_pack_ids(b) for b in batches))
+
+    def blind(self, bufs: Iterable[bytes], keep: int) -> Iterator[bytes]:
+        if not self._procs:
+            for b in bufs:
+                yield _blind_buf(self._key, b, keep)
+        else:
+            yield from self._run(_OP_BLIND, (bytes([keep]) + b for b in bufs))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _normalize_all(ids: Sequence[Any], me: str, source: str) -> list[bytes]:
+    out: list[bytes] = []
+    seen: dict[bytes, int] = {}
+    for k, v in enumerate(ids):
+        try:
+            b = normalize_id(v)
+        except DataError as e:
+            raise DataError(f"party '{me}': {source}, id #{k + 1}: {e}") from None
+        if b in seen:
+            raise DataError(
+                f"party '{me}': duplicate id {b.decode('utf-8', 'replace')!r} in {source} "
+                f"(positions {seen[b] + 1} and {k + 1}); PSI needs unique ids"
+            )
+        seen[b] = k
+        out.append(b)
+    return out
+
+
+def _batches(seq: Sequence[bytes], size: int) -> Iterator[Sequence[bytes]]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+def _hello(n: int, batch: int, error: str | None = None) -> bytes:
+    d: dict[str, Any] = {"v": _VERSION, "n": n, "batches": math.ceil(n / batch) if n else 0}
+    if error:
+        d["error"] = error
+    return json.dumps(d).encode()
+
+
+def _read_hello(payload: bytes, me: str, peer: str) -> tuple[int, int]:
+    try:
+        d = json.loads(payload.decode())
+        if "error" in d:
+            raise ProtocolError(f"party '{me}': PSI aborted, party '{peer}' reported: {d['error']}")
+        if d.get("v") != _VERSION:
+            raise ProtocolError(f"party '{me}': party '{peer}' speaks PSI version {d.get('v')}, expected {_VERSION}")
+        return int(d["n"]), int(d["batches"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ProtocolError(f"party '{me}': malformed PSI hello from party '{peer}'") from None
+
+
+def _recv_points(transport: Transport, peer: str, tag: str, n_batches: int, width: int, what: str) -> Iterator[bytes]:
+    me = transport.me
+    for i in range(n_batches):
+        buf = transport.recv(peer, f"{tag}/{i}")
+        if len(buf) == 0 or len(buf) % width:
+            raise ProtocolError(f"party '{me}': {what} batch {i} from party '{peer}' has {len(buf)} bytes, not k*{width}")
+        yield buf
+
+
+def _as_matchable(chunks: list[bytes], n: int, me: str, peer: str, what: str) -> np.ndarray:
+    arr = np.frombuffer(b"".join(chunks), dtype=f"S{MATCH_LEN}")
+    if len(arr) != n:
+        raise ProtocolError(f"party '{me}': party '{peer}' sent {len(arr)} {what}, expected {n}")
+    return arr
+
+
+def _pair_exchange(
+    transport: Transport,
+    peer: str,
+    blinder: _Blinder,
+    own_n: int,
+    own_batches: int,
+    peer_n: int,
+    peer_batches: int,
+    prefix: str,
+    progress: Progress | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blind the peer's singly-blinded ids (sending them back), then receive ours doubly blinded.
+
+    Returns (own_double, peer_double): 16-byte arrays in own / peer input order.
+    """
+    me = transport.me
+    peer_double: list[bytes] = []
+    done = 0
+    incoming = _recv_points(transport, peer, f"{prefix}/s", peer_batches, POINT_LEN, "singly-blinded")
+    for i, dbl in enumerate(blinder.blind(incoming, MATCH_LEN)):
+        transport.send(peer, f"{prefix}/d/{i}", dbl)
+        peer_double.append(dbl)
+        done += len(dbl) // MATCH_LEN
+        if progress:
+            progress(f"blind ids of {peer}", done, peer_n)
+    own_double = list(_recv_points(transport, peer, f"{prefix}/d", own_batches, MATCH_LEN, "doubly-blinded"))
+    return (
+        _as_matchable(own_double, own_n, me, peer, "doubly-blinded own ids"),
+        _as_matchable(peer_double, peer_n, me, peer, "doubly-blinded peer ids"),
+    )
+
+
+def _unique_or_fail(arr: np.ndarray, me: str, what: str) -> None:
+    if len(np.unique(arr)) != len(arr):
+        raise ProtocolError(f"party '{me}': {what} contains repeated values (misbehaving peer or corrupted stream)")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run_psi(
+    transport: Transport,
+    ids: Sequence[Any],
+    parties: list[str],
+    *,
+    leader: str,
+    min_size: int = 1,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
+    workers: int | None = None,
+    source: str = "ids",
+    tag_prefix: str = "psi",
+) -> PsiResult:
+    """Run this party's role of the PSI; every party in ``parties`` calls it with the same ``parties``/``leader``.
+
+    ``ids``: this party's customer ids (normalized with ``crypto.psi.normalize_id``;
+    duplicates are an error naming ``source``).  Returns this party's own ids of the
+    intersection of *all* parties' sets, in an order identical at every party.
+    ``progress(stage, done, total)`` is called per batch.  ``workers``: blinding
+    processes (default: all cores for large sets, none for small ones).
+    """
+    me = transport.me
+    if me not in parties:
+        raise ProtocolError(f"party '{me}' is not among the PSI parties {parties}")
+    if leader not in parties:
+        raise ProtocolError(f"PSI leader '{leader}' is not among the PSI parties {parties}")
+    if len(set(parties)) != len(parties) or len(parties) < 2:
+        raise ProtocolError(f"PSI needs at least two distinct parties, got {parties}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    peers = [p for p in parties if p != leader] if me == leader else [leader]
+
+    # 1. validate locally, tell peers (a failure is reported to peers so they stop waiting)
+    try:
+        norm = _normalize_all(ids, me, source)
+        if not norm:
+            raise DataError(f"party '{me}': {source} holds no ids; nothing to intersect")
+    except DataError as e:
+        for p in peers:
+            transport.send(p, f"{tag_prefix}/hello", _hello(0, batch_size, error=str(e)))
+        raise
+    n = len(norm)
+    for p in peers:
+        transport.send(p, f"{tag_prefix}/hello", _hello(n, batch_size))
+    peer_info = {p: _read_hello(transport.recv(p, f"{tag_prefix}/hello"), me, p) for p in peers}
+
+    if workers is None:
+        total = n + sum(pn for pn, _ in peer_info.values())
+        workers = (os.cpu_count() or 1) if total >= _PARALLEL_THRESHOLD else 0
+    blinder = _Blinder(workers)
+    try:
+        # 2. stream own ids, hashed and blinded once, to every peer
+        own_batches = 0
+        done = 0
+        for i, buf in enumerate(blinder.hash_blind(_batches(norm, batch_size))):
+            for p in peers:
+                transport.send(p, f"{tag_prefix}/s/{i}", buf)
+            own_batches += 1
+            done += len(buf) // POINT_LEN
+            if progress:
+                progress("hash+blind own ids", done, n)
+
+        # 3. per peer: blind their ids, get ours back doubly blinded, intersect pairwise
+        pair_masks: dict[str, np.ndarray] = {}
+        pair_own_double: dict[str, np.ndarray] = {}
+        pair_sizes: dict[str, int] = {}
+        for p in peers:
+            pn, pb = peer_info[p]
+            own_d, peer_d = _pair_exchange(transport, p, blinder, n, own_batches, pn, pb, tag_prefix, progress)
+            _unique_or_fail(own_d, me, f"the doubly-blinded ids returned by party '{p}'")
+            mask = np.isin(own_d, peer_d, assume_unique=True)
+            pair_masks[p], pair_own_double[p], pair_sizes[p] = mask, own_d, int(mask.sum())
+            del peer_d
+            if progress:
+                progress(f"intersect with {p}", int(mask.sum()), n)
+    finally:
+        blinder.close()
+
+    # 4. the leader fixes the final set and order and tells every peer; the others map it back
+    ordered: np.ndarray
+    if me == leader:
+        final = np.logical_and.reduce([pair_masks[p] for p in peers])
+        rows = np.flatnonzero(final)
+        order_key = pair_own_double[peers[0]][rows]
+        ordered = rows[np.argsort(order_key, kind="stable")]
+        size = len(ordered)
+        err = _size_error(size, min_size, parties, me, source)
+        for p in peers:
+            meta = {"size": size, "error": err}
+            transport.send(p, f"{tag_prefix}/final", json.dumps(meta).encode() + b"\n" + pair_own_double[p][ordered].tobytes())
+        if err:
+            raise DataError(err)
+    else:
+        payload = transport.recv(leader, f"{tag_prefix}/final")
+        head, _, body = payload.partition(b"\n")
+        try:
+            meta = json.loads(head.decode())
+        except (ValueError, UnicodeDecodeError):
+            raise ProtocolError(f"party '{me}': malformed PSI result from leader '{leader}'") from None
+        if meta.get("error"):
+            raise DataError(f"{meta['error']} (reported by PSI leader '{leader}' to party '{me}')")
+        vals = np.frombuffer(body, dtype=f"S{MATCH_LEN}")
+        if len(vals) != int(meta.get("size", -1)) or len(body) % MATCH_LEN:
+            raise ProtocolError(f"party '{me}': PSI result from leader '{leader}' is inconsistent with its size")
+        own_d = pair_own_double[leader]
+        sorter = np.argsort(own_d, kind="stable")
+        pos = np.searchsorted(own_d, vals, sorter=sorter)
+        pos = np.clip(pos, 0, len(own_d) - 1)
+        ordered = sorter[pos]
+        ok = (own_d[ordered] == vals) & pair_masks[leader][ordered]
+        if not ok.all():
+            raise ProtocolError(
+                f"party '{me}': leader '{leader}' announced {int((~ok).sum())} intersection values that are not in "
+                "this party's pairwise intersection (misbehaving leader)"
+            )
+        if len(parties) == 2 and len(ordered) != pair_sizes[leader]:
+            raise ProtocolError(
+                f"party '{me}': leader '{leader}' announced {len(ordered)} common ids, this party computed "
+                f"{pair_sizes[leader]}"
+            )
+        size = len(ordered)
+
+    return PsiResult(
+        intersection_ids=[norm[i].decode("utf-8") for i in ordered],
+        size=size,
+        indices=ordered.astype(np.int64),
+        own_size=n,
+        peer_sizes={p: peer_info[p][0] for p in peers},
+        pairwise_sizes=pair_sizes,
+    )
+
+
+def _size_error(size: int, min_size: int, parties: list[str], me: str, source: str) -> str | None:
+    if size == 0:
+        return f"PSI: the intersection of parties {parties} is empty (leader '{me}', {source}); check that all parties use the same id column and format"
+    if size < min_size:
+        return f"PSI: the intersection of parties {parties} has {size} ids, below the configured min_size {min_size} (leader '{me}', {source})"
+    return None
+
+
+def save_intersection(path: str | os.PathLike[str], result: PsiResult) -> None:
+    """Store the aligned intersection (one id per line, common order) with owner-only permissions."""
+    tmp = f"{os.fspath(path)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        for i in result.intersection_ids:
+            f.write(i + "\n")
+    os.replace(tmp, path)
+
+
+def load_intersection(path: str | os.PathLike[str]) -> list[str]:
+    """Read ids written by :func:`save_intersection`."""
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--blind-worker"]:
+        _worker_main()
+    else:
+        print("usage: python -m fedcredit.protocols.psi --blind-worker  (internal helper of run_psi)", file=sys.stderr)
+        sys.exit(2)
