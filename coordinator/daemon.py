@@ -38,12 +38,7 @@ class CoordinatorHandle:
     def stop(self) -> None:
         self._stop.set()
         self.relay.stop()
-        if self.superlink.poll() is None:
-            os.killpg(self.superlink.pid, signal.SIGTERM)
-            try:
-                self.superlink.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.superlink.pid, signal.SIGKILL)
+        flower.stop_process_group(self.superlink)
 
 
 def _check_party_certs(config: CoordinatorConfig, ca_pem: bytes) -> list[bytes]:
@@ -129,7 +124,7 @@ def start(config_path: Path, *, log=print) -> CoordinatorHandle:
             directory_certs=party_certs,
         )
     except BaseException:
-        os.killpg(superlink.pid, signal.SIGTERM)
+        flower.stop_process_group(superlink)
         raise
     handle = CoordinatorHandle(config, config_path, registry, superlink, relay, home, threading.Event())
     threading.Thread(target=_monitor, args=(handle,), daemon=True, name="run-monitor").start()

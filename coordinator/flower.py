@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -38,6 +39,16 @@ def _bin(name: str) -> str:
     if not found:
         raise FedCreditError(f"'{name}' not found: is flwr installed in this environment?")
     return found
+
+
+def flower_env(**extra: str) -> dict[str, str]:
+    """Environment for Flower processes: its helper executables (flower-superexec,
+    flwr-serverapp, flwr-clientapp) are spawned by name, so our venv's bin dir
+    must be on PATH even when fedcredit was started by absolute path."""
+    bindir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    return env
 
 
 def write_flwr_home(home: Path, address: str, ca_cert: Path) -> Path:
@@ -88,12 +99,12 @@ def start_superlink(
         "--port", str(port),
         "--disable-runtime-dependency-installation",
     ]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=flower_env())
 
 
 def flwr_cli(home: Path, *args: str, timeout: float = 120.0) -> dict[str, Any]:
     """Run a ``flwr`` subcommand with ``--format json`` and return the parsed answer."""
-    env = dict(os.environ, FLWR_HOME=str(home))
+    env = flower_env(FLWR_HOME=str(home))
     proc = subprocess.run(
         [_bin("flwr"), *args, "--format", "json"], capture_output=True, text=True, env=env, timeout=timeout
     )
@@ -122,6 +133,20 @@ def run_app(home: Path, run_config: dict[str, str]) -> str:
     cfg = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
     data = flwr_cli(home, "run", str(APP_DIR), FEDERATION_ALIAS, "--run-config", cfg)
     return str(data["run-id"])
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """Terminate a daemon we started in its own session (and everything it spawned)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
 
 
 def run_status(home: Path, flower_run_id: str) -> str:

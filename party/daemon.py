@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.flower import _bin
+from coordinator.flower import _bin, flower_env, stop_process_group
 from crypto.certs import Identity
 from fedcredit.config import PartyConfig, load_party_config
 from fedcredit.errors import ConfigError
@@ -53,12 +53,7 @@ class PartyHandle:
     supernode: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        if self.supernode.poll() is None:
-            os.killpg(self.supernode.pid, signal.SIGTERM)
-            try:
-                self.supernode.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.supernode.pid, signal.SIGKILL)
+        stop_process_group(self.supernode)
 
 
 def start(config_path: Path) -> PartyHandle:
@@ -80,8 +75,7 @@ def start(config_path: Path) -> PartyHandle:
         "--node-config", f'party-config="{config_path}"',
         "--port", str(port),
     ]  # fmt: skip
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=flower_env())
     return PartyHandle(config, proc)
 
 

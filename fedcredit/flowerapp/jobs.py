@@ -1,0 +1,157 @@
+"""Job dispatch behind the Flower apps: which protocol role runs for a job type.
+
+Coordinator side (:func:`run_coordinator_role`) and party side
+(:func:`run_party_role`) sit side by side so the contract between them — the
+message ``meta`` (run id, job text, peer certificates) — is visible in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from coordinator.registry import Registry
+from crypto.certs import Identity, verify_peer
+from fedcredit.config import CoordinatorConfig, JobConfig, PartyConfig, load_party_config, parse_config
+from fedcredit.errors import ConfigError, ProtocolError
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def parse_job(job_toml: str, source: str = "job.toml") -> JobConfig:
+    try:
+        return parse_config(tomllib.loads(job_toml), JobConfig, Path(source))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+
+
+# =========================================================================== coordinator side
+
+
+def run_coordinator_role(
+    grid: Any,
+    coord: CoordinatorConfig,
+    registry: Registry,
+    run_id: str,
+    job_toml: str,
+    progress: Progress,
+    wait_for_nodes: Callable[..., None],
+) -> dict[str, Any]:
+    """Drive one job from the ServerApp; returns the public result stored in the registry."""
+    from fedcredit.flowerapp.apps import FlowerChannel
+
+    job = parse_job(job_toml)
+    nodes_by_party = registry.nodes()
+    missing = [p for p in job.job.parties if p not in nodes_by_party]
+    if missing:
+        raise ConfigError(f"job parties not registered with the coordinator: {', '.join(missing)}")
+    nodes = {p: int(nodes_by_party[p]) for p in job.job.parties}
+    certs = {p.name: p.certificate.read_text() for p in coord.parties if p.name in nodes}
+    progress({"event": "starting", "message": f"waiting for {len(nodes)} parties", "parties": {p: "waiting" for p in nodes}})
+    wait_for_nodes(grid, nodes, timeout=job.job.round_timeout_s, progress=progress)
+    meta = {"run_id": run_id, "job_toml": job_toml, "peer_certs": certs}
+    channel = FlowerChannel(grid, nodes, meta, timeout=job.job.round_timeout_s)
+    if job.job.type == "horizontal":
+        return _coordinate_horizontal(channel, job, progress)
+    return _coordinate_vertical(channel, job, progress)
+
+
+def _coordinate_horizontal(channel: Any, job: JobConfig, progress: Progress) -> dict[str, Any]:
+    from fedcredit.protocols import horizontal
+
+    hjob = horizontal.HorizontalJob.from_config(job)
+    result = horizontal.run_coordinator(channel, hjob, progress=progress)
+    out = result.to_public_dict()
+    out["bytes_from_parties"] = dict(channel.bytes_received)
+    out["bytes_to_parties"] = dict(channel.bytes_sent)
+    return out
+
+
+def _coordinate_vertical(channel: Any, job: JobConfig, progress: Progress) -> dict[str, Any]:
+    """One Flower message per party launches the whole protocol over the data plane."""
+    progress({"event": "vertical", "message": f"{job.job.type}: PSI then training over the data plane",
+              "parties": {p: "running" for p in job.job.parties}})
+    replies = channel.call_all({p: ("vertical.run", b"") for p in job.job.parties})
+    parties = {p: json.loads(r.decode()) for p, r in replies.items()}
+    label = job.job.label_party
+    out: dict[str, Any] = {"global": parties[label].get("metrics", {}), "parties": {}}
+    for p, rep in parties.items():
+        out["parties"][p] = {k: v for k, v in rep.items() if k != "metrics"}
+    out["bytes_from_parties"] = dict(channel.bytes_received)
+    return out
+
+
+# =========================================================================== party side
+
+
+class PartyRuntime:
+    """What a party's ClientApp knows for one message: its config, identity, verified peers."""
+
+    def __init__(self, config_path: str, meta: Mapping[str, Any]) -> None:
+        self.config: PartyConfig = load_party_config(config_path)
+        p = self.config.party
+        self.identity = Identity.load(p.identity_dir, p.name)
+        self.run_id = str(meta["run_id"])
+        if not self.run_id.replace("-", "").isalnum():
+            raise ProtocolError(f"party '{p.name}': malformed run id {self.run_id!r}")
+        self.job = parse_job(str(meta["job_toml"]))
+        if p.name not in self.job.job.parties:
+            raise ConfigError(f"party '{p.name}' is not listed in this job's [job].parties")
+        # every peer certificate is checked against OUR copy of the federation CA
+        self.peers = {
+            name: verify_peer(pem.encode(), self.identity.ca_pem, expected_name=name).envelope_public
+            for name, pem in dict(meta.get("peer_certs", {})).items()
+            if name != p.name
+        }
+        self.run_dir = p.state_dir / "runs" / self.run_id
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @property
+    def name(self) -> str:
+        return self.config.party.name
+
+
+def _audit_reply(rt: PartyRuntime, method: str, reply: bytes) -> None:
+    """Record what leaves the party towards the coordinator (what, to whom, size, hash)."""
+    from party.audit import AuditLog
+
+    log = AuditLog(rt.config.party.state_dir / "audit.jsonl")
+    try:
+        log.record_sent(session=rt.run_id, sender=rt.name, receiver="coordinator", tag=method + ".reply", seq=0,
+                        sealed=reply)
+    finally:
+        log.close()
+
+
+def run_party_role(config_path: str, method: str, payload: bytes, meta: Mapping[str, Any]) -> bytes:
+    rt = PartyRuntime(config_path, meta)
+    if rt.job.job.type == "horizontal":
+        reply = _party_horizontal(rt, method, payload)
+    elif method == "vertical.run":
+        reply = json.dumps(_party_vertical(rt)).encode()
+    else:
+        raise ProtocolError(f"party '{rt.name}': unexpected method '{method}' for a {rt.job.job.type} job")
+    _audit_reply(rt, method, reply)
+    return reply
+
+
+def _party_horizontal(rt: PartyRuntime, method: str, payload: bytes) -> bytes:
+    from fedcredit.channel import DirState
+    from fedcredit.protocols import horizontal
+
+    env = horizontal.PartyEnv.from_runtime(rt)
+    handler = horizontal.party_handler(env)
+    return handler(method, payload, DirState(rt.run_dir / "state"))
+
+
+def _party_vertical(rt: PartyRuntime) -> dict[str, Any]:
+    from fedcredit.protocols.vertical_jobs import run_vertical_party
+
+    return run_vertical_party(rt)
+
+
+def digest(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
