@@ -368,7 +368,7 @@ class RelayServicer(pb_grpc.RelayServicer):
             if not peers:  # session over: forget who left it
                 for k in [k for k in self._gone if k[0] == session]:
                     del self._gone[k]
-        for peer in []:
+        for peer in peers:
             peer.outbox.put(
                 Frame(kind=Frame.PEER_GONE, session=session, sender=name, error=f"party {name!r} {reason}"),
                 force=True,

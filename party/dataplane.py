@@ -300,25 +300,34 @@ class RelayTransport:
                 closing = self._closed
             if closing:
                 return
-            text = _describe_rpc_error(exc)
-            code = exc.code() if hasattr(exc, "code") else None
-            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
-                not self._acked and _looks_like_tls_failure(text)
-            ):
-                self._fail(
-                    SecurityError(
-                        f"{self.me}: mutual TLS with the relay at {self.relay_address} failed — the relay and this "
-                        f"party must hold certificates issued by the same federation CA ({text})"
-                    )
-                )
-            elif not self._acked:
-                self._fail(ProtocolError(f"{self.me}: cannot connect to the relay at {self.relay_address}: {text}"))
-            else:
-                self._fail(ProtocolError(f"{self.me}: lost the connection to the relay at {self.relay_address}: {text}"))
+            self._fail(self._connect_error(exc))
         except FedCreditError as exc:
             self._fail(exc)
         except Exception as exc:  # never die silently: waiters must learn why
             self._fail(ProtocolError(f"{self.me}: data-plane reader failed: {type(exc).__name__}: {exc}"))
+
+    def _connect_error(self, exc: grpc.RpcError) -> FedCreditError:
+        """Turn a stream failure into an error saying what to check."""
+        text = _describe_rpc_error(exc)
+        code = exc.code() if hasattr(exc, "code") else None
+        where = f"the relay at {self.relay_address}"
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return SecurityError(f"{self.me}: {where} refused this party: {text}")
+        if self._acked:
+            return ProtocolError(f"{self.me}: lost the connection to {where} (session {self.session!r}): {text}")
+        low = text.lower()
+        if "certificate_verify_failed" in low or "handshake" in low:
+            return SecurityError(
+                f"{self.me}: TLS handshake with {where} failed: the relay's certificate does not verify against "
+                f"this party's federation CA ({self._id.dir}/ca.crt) or the relay rejected this party's "
+                f"certificate; both must be issued by the same federation CA and be within their validity ({text})"
+            )
+        if "socket closed" in low:
+            return SecurityError(
+                f"{self.me}: {where} closed the connection during the TLS handshake: it most likely rejected this "
+                f"party's certificate (not issued by the federation CA, or expired) ({text})"
+            )
+        return ProtocolError(f"{self.me}: cannot connect to {where}: {text}")
 
     def _dispatch(self, frame: Frame) -> None:
         kind = frame.kind

@@ -1,0 +1,348 @@
+"""The gRPC data plane end to end: real relay, real mutual TLS, real sealed envelopes.
+
+Every test starts a relay on 127.0.0.1:0 with certificates from crypto.certs in a
+temp dir and connects parties through party.dataplane.RelayTransport.  The relay's
+``capture`` hook records what an honest-but-curious (or, when it mutates frames,
+malicious) relay operator sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import pytest
+
+from coordinator.relay import GRPC_OPTIONS, Frame, RelayHandle, start_relay
+from crypto.certs import Identity, init_ca, issue
+from crypto.tls import channel_credentials
+from fedcredit.errors import ProtocolError, SecurityError
+from party.audit import AuditLog
+from party.dataplane import RelayTransport
+from protos import dataplane_pb2 as pb
+from protos import dataplane_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Identity]:
+    d = tmp_path_factory.mktemp("pki")
+    init_ca(d / "ca", "testfed")
+    ids = {"coord": issue(d / "ca", d / "coord", "coord", role="coordinator")}
+    for name in ("alice", "bob", "carol", "crash"):
+        ids[name] = issue(d / "ca", d / name, name)
+    ids["op"] = issue(d / "ca", d / "op", "op", role="operator")
+    init_ca(d / "evilca", "evilfed")
+    ids["mallory"] = issue(d / "evilca", d / "mallory", "mallory")
+    return ids
+
+
+@pytest.fixture()
+def captured() -> list[Frame]:
+    return []
+
+
+@pytest.fixture()
+def relay(pki: dict[str, Identity], captured: list[Frame]) -> Iterator[RelayHandle]:
+    h = start_relay(pki["coord"], capture=lambda f: captured.append(_copy(f)))
+    yield h
+    h.stop(grace=0)
+
+
+def _copy(f: Frame) -> Frame:
+    c = Frame()
+    c.CopyFrom(f)
+    return c
+
+
+def _pair(pki: dict[str, Identity], relay: RelayHandle, session: str = "job-1", **kw: object) -> tuple[RelayTransport, RelayTransport]:
+    return (
+        RelayTransport(pki["alice"], relay.address, session, **kw),  # type: ignore[arg-type]
+        RelayTransport(pki["bob"], relay.address, session, **kw),  # type: ignore[arg-type]
+    )
+
+
+def test_roundtrip_and_ping_pong(pki: dict[str, Identity], relay: RelayHandle) -> None:
+    a, b = _pair(pki, relay)
+    with a, b:
+        assert a.me == "alice" and b.me == "bob"
+        a.send("bob", "hello", b"hi bob")
+        a.send("bob", "hello", b"second")
+        a.send("bob", "other", b"other tag")
+        # per-tag queues: a later tag can be read first, order within a tag is kept
+        assert b.recv("alice", "other", timeout=10) == b"other tag"
+        assert b.recv("alice", "hello", timeout=10) == b"hi bob"
+        assert b.recv("alice", "hello", timeout=10) == b"second"
+
+        n = 200
+
+        def echo() -> None:
+            for _ in range(n):
+                msg = b.recv("alice", "ping", timeout=20)
+                b.send("alice", "pong", msg[::-1] + b"!")
+
+        t = threading.Thread(target=echo)
+        t.start()
+        for i in range(n):
+            payload = os.urandom(1 + (i * 37) % 2000)
+            a.send("bob", "ping", payload)
+            assert a.recv("bob", "pong", timeout=20) == payload[::-1] + b"!"
+        t.join(timeout=20)
+        assert not t.is_alive()
+        assert relay.servicer.traffic("job-1")[("alice", "bob")][0] == n + 3
+        assert relay.servicer.traffic("job-1")[("bob", "alice")][0] == n
+
+
+def test_five_megabyte_payload(pki: dict[str, Identity], relay: RelayHandle) -> None:
+    a, b = _pair(pki, relay)
+    with a, b:
+        big = os.urandom(5 * 1024 * 1024)
+        a.send("bob", "ctx", big)
+        got = b.recv("alice", "ctx", timeout=30)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(big).digest()
+        b.send("alice", "ack", got[:16])
+        assert a.recv("bob", "ack", timeout=30) == big[:16]
+
+
+def test_relay_sees_only_sealed_payloads(pki: dict[str, Identity], relay: RelayHandle, captured: list[Frame]) -> None:
+    secret_a = b"LABEL-VECTOR:" + os.urandom(48).hex().encode()
+    secret_b = b"GRADIENT:" + os.urandom(48).hex().encode()
+    a, b = _pair(pki, relay)
+    with a, b:
+        a.send("bob", "labels", secret_a * 20)
+        assert b.recv("alice", "labels", timeout=10) == secret_a * 20
+        b.send("alice", "grads", secret_b)
+        assert a.recv("bob", "grads", timeout=10) == secret_b
+    data = [f for f in captured if f.kind == Frame.DATA]
+    assert [(f.sender, f.receiver, f.tag) for f in data] == [("alice", "bob", "labels"), ("bob", "alice", "grads")]
+    for f in data:
+        wire = f.SerializeToString()
+        for secret in (secret_a, secret_b, secret_a[:16], secret_b[:16]):
+            assert secret not in wire
+    # what the relay does learn: sizes (plaintext + fixed envelope overhead)
+    assert len(data[0].payload) - len(secret_a * 20) == len(data[1].payload) - len(secret_b) > 0
+
+
+def test_tampering_relay_is_detected(pki: dict[str, Identity], captured: list[Frame]) -> None:
+    """A relay that edits a payload byte, a tag or a seq makes the receiver fail loudly."""
+
+    def tamper(f: Frame) -> None:
+        if f.tag == "flip":
+            f.payload = f.payload[:-1] + bytes([f.payload[-1] ^ 1])
+        elif f.tag == "relabel":
+            f.tag = "other"
+
+    with start_relay(pki["coord"], capture=tamper) as h:
+        a, b = _pair(pki, h)
+        with a, b:
+            a.send("bob", "flip", b"x" * 100)
+            with pytest.raises(SecurityError, match="alice"):
+                b.recv("alice", "flip", timeout=10)
+        a, b = _pair(pki, h, session="job-2")
+        with a, b:
+            a.send("bob", "relabel", b"y")
+            with pytest.raises(SecurityError, match="alice"):
+                b.recv("alice", "other", timeout=10)
+
+
+def test_foreign_ca_party_is_refused(pki: dict[str, Identity], relay: RelayHandle) -> None:
+    mallory = pki["mallory"]
+    with pytest.raises(SecurityError, match=r"TLS handshake with the relay at 127\.0\.0\.1:\d+ failed"):
+        RelayTransport(mallory, relay.address, "job-1", connect_timeout=10)
+    # Even trusting the federation CA (so it accepts the relay), its own cert is rejected by the relay.
+    sneaky = Identity(mallory.name, mallory.role, mallory.cert_pem, mallory.key_pem, pki["alice"].ca_pem,
+                      mallory.envelope_private, mallory.dir)
+    with pytest.raises(SecurityError, match="rejected this party's certificate"):
+        RelayTransport(sneaky, relay.address, "job-1", connect_timeout=10)
+    assert relay.servicer.connected() == []
+
+
+def test_non_party_role_is_refused(pki: dict[str, Identity], relay: RelayHandle) -> None:
+    with pytest.raises(SecurityError, match="role 'operator'"):
+        RelayTransport(pki["op"], relay.address, "job-1", connect_timeout=10)
+
+
+def test_duplicate_stream_is_refused(pki: dict[str, Identity], relay: RelayHandle) -> None:
+    with RelayTransport(pki["alice"], relay.address, "job-1"):
+        with pytest.raises(ProtocolError, match="already connected to session 'job-1'"):
+            RelayTransport(pki["alice"], relay.address, "job-1", connect_timeout=10)
+        # another session is fine
+        RelayTransport(pki["alice"], relay.address, "job-2").close()
+
+
+def test_sender_cannot_be_spoofed(pki: dict[str, Identity], relay: RelayHandle, captured: list[Frame]) -> None:
+    alice = pki["alice"]
+    with RelayTransport(pki["carol"], relay.address, "job-1") as carol:
+        channel = grpc.secure_channel(relay.address, channel_credentials(alice), options=list(GRPC_OPTIONS))
+        outq: queue.Queue[Frame | None] = queue.Queue()
+        outq.put(Frame(kind=Frame.HELLO, session="job-1", sender="bob"))
+        call = pb_grpc.RelayStub(channel).Connect(iter(outq.get, None))
+        ack = next(call)
+        assert ack.kind == Frame.HELLO_ACK and ack.receiver == "alice"  # the relay knows who we are
+        outq.put(Frame(kind=Frame.DATA, session="job-1", sender="bob", receiver="carol", tag="t", seq=1,
+                       payload=b"\x01" + os.urandom(80)))
+        with pytest.raises(SecurityError, match="from party 'alice'"):
+            carol.recv("alice", "t", timeout=10)  # stamped as alice; junk payload fails to open
+        with pytest.raises(ProtocolError, match="no message 't' from party 'bob'"):
+            carol.recv("bob", "t", timeout=0.3)
+        outq.put(None)
+        call.cancel()
+        channel.close()
+    assert [(f.sender, f.receiver) for f in captured if f.kind == Frame.DATA] == [("alice", "carol")]
+
+
+def test_orderly_close_fails_peer_recv_fast(pki: dict[str, Identity], relay: RelayHandle) -> None:
+    a, b = _pair(pki, relay)
+    with a:
+        b.send("alice", "last", b"bye")
+        b.close()
+        # messages sent before leaving are still delivered ...
+        assert a.recv("bob", "last", timeout=10) == b"bye"
+        # ... then waiting for more fails at once, naming the party, instead of hanging
+        t = time.monotonic()
+        with pytest.raises(ProtocolError, match="party 'bob' closed its connection"):
+            a.recv("bob", "never", timeout=30)
+        assert time.monotonic() - t < 5
+        with pytest.raises(ProtocolError, match="bob"):
+            a.send("bob", "x", b"late")
+
+
+_CRASHER = """
+import sys
+from crypto.certs import Identity
+from party.dataplane import RelayTransport
+t = RelayTransport(Identity.load(sys.argv[1], "crash"), sys.argv[2], "job-1")
+t.send("alice", "first", b"one")
+print("sent", flush=True)
+sys.stdin.read()  # block until killed
+"""
+
+
+def test_crashed_peer_fails_pending_recv(pki: dict[str, Identity], relay: RelayHandle) -> None:
+    with RelayTransport(pki["alice"], relay.address, "job-1") as a:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CRASHER, str(pki["crash"].dir), relay.address],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO,
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == b"sent"
+            assert a.recv("crash", "first", timeout=20) == b"one"
+            result: list[BaseException] = []
+
+            def waiter() -> None:
+                try:
+                    a.recv("crash", "second", timeout=40)
+                except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+                    result.append(exc)
+
+            w = threading.Thread(target=waiter)
+            w.start()
+            proc.kill()
+            t = time.monotonic()
+            w.join(timeout=20)
+            assert not w.is_alive(), "recv kept waiting for a crashed peer"
+            assert time.monotonic() - t < 10
+            assert isinstance(result[0], ProtocolError)
+            assert "party 'crash' lost its connection" in str(result[0])
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_audit_log_records_every_send_without_content(pki: dict[str, Identity], relay: RelayHandle,
+                                                     captured: list[Frame], tmp_path: Path) -> None:
+    secret = b"ROW:" + os.urandom(32).hex().encode()
+    log = AuditLog(tmp_path / "audit" / "alice.jsonl")
+    a = RelayTransport(pki["alice"], relay.address, "job-1", audit=log)
+    b = RelayTransport(pki["bob"], relay.address, "job-1")
+    with a, b:
+        for i in range(3):
+            a.send("bob", f"step-{i}", secret * (i + 1))
+            assert b.recv("alice", f"step-{i}", timeout=10) == secret * (i + 1)
+        b.send("alice", "reply", b"r")  # received, not sent, by alice: not in her log
+        assert a.recv("bob", "reply", timeout=10) == b"r"
+    assert stat.S_IMODE(os.stat(log.path).st_mode) == 0o600
+    recs = log.records()
+    sent = [f for f in captured if f.kind == Frame.DATA and f.sender == "alice"]
+    assert len(recs) == len(sent) == 3
+    for rec, f in zip(recs, sent):
+        assert (rec.session, rec.sender, rec.receiver, rec.tag, rec.seq) == ("job-1", "alice", "bob", f.tag, f.seq)
+        assert rec.size == len(f.payload)
+        assert rec.sha256 == hashlib.sha256(f.payload).hexdigest()
+        assert rec.time.endswith("+00:00")
+    raw = log.path.read_bytes()
+    assert secret not in raw and secret[:12] not in raw
+    log.close()
+    # append-only across reopen
+    log2 = AuditLog(log.path)
+    log2.record_sent(session="s", sender="alice", receiver="bob", tag="t", seq=1, sealed=b"xyz")
+    assert len(log2.records()) == 4 and log2.records()[:3] == recs
+    log2.close()
+
+
+def test_sessions_are_isolated(pki: dict[str, Identity], relay: RelayHandle, captured: list[Frame]) -> None:
+    a1, b1 = _pair(pki, relay, session="job-1")
+    a2, b2 = _pair(pki, relay, session="job-2")
+    with a1, b1, a2, b2:
+        a1.send("bob", "t", b"for job 1")
+        a2.send("bob", "t", b"for job 2")
+        assert b2.recv("alice", "t", timeout=10) == b"for job 2"
+        assert b1.recv("alice", "t", timeout=10) == b"for job 1"
+        with pytest.raises(ProtocolError, match="no message"):
+            b2.recv("alice", "t", timeout=0.3)
+        # leaving one session does not disturb the other
+        b1.close()
+        with pytest.raises(ProtocolError, match="closed its connection"):
+            a1.recv("bob", "x", timeout=10)
+        b2.send("alice", "u", b"still here")
+        assert a2.recv("bob", "u", timeout=10) == b"still here"
+    assert {f.session for f in captured} == {"job-1", "job-2"}
+
+
+def test_frames_queue_until_receiver_connects(pki: dict[str, Identity]) -> None:
+    with start_relay(pki["coord"], directory_certs=[pki["bob"].cert_pem]) as h:
+        with RelayTransport(pki["alice"], h.address, "job-1") as a:
+            for i in range(5):
+                a.send("bob", "early", str(i).encode())  # bob has not connected yet
+            with RelayTransport(pki["bob"], h.address, "job-1") as b:
+                assert [b.recv("alice", "early", timeout=10) for _ in range(5)] == [b"0", b"1", b"2", b"3", b"4"]
+
+
+def test_absent_receiver_errors(pki: dict[str, Identity]) -> None:
+    certs = [pki["bob"].cert_pem, pki["carol"].cert_pem]
+    with start_relay(pki["coord"], directory_certs=certs, pending_timeout=0.5, max_pending_frames=2) as h:
+        with RelayTransport(pki["alice"], h.address, "job-1", peer_timeout=0.3) as a:
+            a.send("bob", "t", b"1")
+            t = time.monotonic()
+            with pytest.raises(ProtocolError, match=r"party 'bob' did not connect to session 'job-1' within 0.5 s"):
+                a.recv("bob", "reply", timeout=20)
+            assert time.monotonic() - t < 10
+            for i in range(3):
+                a.send("carol", "t", b"x")
+            with pytest.raises(ProtocolError, match="relay queue for party 'carol'.*is full"):
+                a.recv("carol", "reply", timeout=10)
+            with pytest.raises(ProtocolError, match="party 'ghost' has not registered with the relay"):
+                a.send("ghost", "t", b"x")
+
+
+def test_directory_serves_verifiable_certs(pki: dict[str, Identity], relay: RelayHandle) -> None:
+    with RelayTransport(pki["alice"], relay.address, "job-1"):
+        channel = grpc.secure_channel(relay.address, channel_credentials(pki["bob"]))
+        reply = pb_grpc.RelayStub(channel).Directory(pb.DirectoryRequest(names=["alice", "nobody"]), timeout=10)
+        channel.close()
+    assert [(p.name, p.role) for p in reply.parties] == [("alice", "party")]
+    assert reply.parties[0].cert_pem == pki["alice"].cert_pem
+    assert list(reply.missing) == ["nobody"]
