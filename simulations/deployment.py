@@ -144,13 +144,14 @@ class LocalFederation:
         return path
 
     # ------------------------------------------------------------------ processes
-    def _spawn(self, key: str, args: Sequence[str], ready_text: str, timeout: float) -> subprocess.Popen[bytes]:
+    def _spawn(self, key: str, args: Sequence[str], ready_text: str, timeout: float,
+               env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         log_path = self.root / "logs" / f"{key}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         proc = subprocess.Popen([sys.executable, "-m", "fedcredit.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
+                                env=full_env, start_new_session=True)
         self.procs[key] = proc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -162,15 +163,15 @@ class LocalFederation:
             time.sleep(0.1)  # waiting for the daemon's own "ready" line
         raise FedCreditError(f"{key} not ready after {timeout:.0f} s; log: {log_path}")
 
-    def start_coordinator(self, timeout: float = 90) -> None:
+    def start_coordinator(self, timeout: float = 90, env: Mapping[str, str] | None = None) -> None:
         self._spawn("coordinator", ["coordinator", "start", "--config", str(self.root / "coordinator.toml")],
-                    "coordinator ready", timeout)
+                    "coordinator ready", timeout, env)
 
     def start_party(self, name: str, timeout: float = 90) -> None:
         self._spawn(name, ["party", "start", "--config", str(self.root / f"{name}.toml")], "ready", timeout)
 
-    def start(self) -> "LocalFederation":
-        self.start_coordinator()
+    def start(self, coordinator_env: Mapping[str, str] | None = None) -> "LocalFederation":
+        self.start_coordinator(env=coordinator_env)
         for p in self.parties:
             self.start_party(p.name)
         return self

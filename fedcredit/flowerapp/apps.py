@@ -13,6 +13,7 @@ party role of the job's protocol.  Protocol logic lives in
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from pathlib import Path
@@ -58,6 +59,18 @@ class FlowerChannel:
         self.timeout = timeout
         self.bytes_received: dict[str, int] = {p: 0 for p in nodes}
         self.bytes_sent: dict[str, int] = {p: 0 for p in nodes}
+        # Coordinator-side wire capture for privacy audits and tests: every payload the
+        # coordinator receives is written as-is (it only ever holds ciphertexts and public data).
+        cap = os.environ.get("FEDCREDIT_CAPTURE_DIR")
+        self.capture_dir = Path(cap) if cap else None
+        self._seq = 0
+
+    def _capture(self, party: str, method: str, payload: bytes) -> None:
+        if self.capture_dir is None:
+            return
+        self.capture_dir.mkdir(parents=True, exist_ok=True)
+        self._seq += 1
+        (self.capture_dir / f"{self._seq:05d}-{party}-{method}.bin").write_bytes(payload)
 
     @property
     def parties(self) -> list[str]:
@@ -83,6 +96,7 @@ class FlowerChannel:
                 errors[party] = str(meta["error"])
                 continue
             self.bytes_received[party] = self.bytes_received.get(party, 0) + len(payload)
+            self._capture(party, requests[party][0] + ".reply", payload)
             out[party] = payload
         for party in requests:
             if party not in out and party not in errors:
