@@ -12,6 +12,9 @@ against the federation CA with the expected name.  The associated data of each
 envelope binds (session, sender, receiver, tag, seq), so a relay that replays,
 reorders, drops, redirects or relabels a frame is detected (SecurityError).
 
+Peer certificates may also be handed in up front (``peer_certs``, e.g. from the
+job metadata); they are verified the same way and the directory is then skipped.
+
 Threads: ``send`` seals in the caller's thread and queues the frame (it only
 blocks to fetch a peer's certificate the first time, up to ``peer_timeout``);
 one background thread reads the stream, opens frames, and files plaintexts
@@ -25,7 +28,7 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
@@ -90,6 +93,7 @@ class RelayTransport:
         recv_timeout: float = 600.0,
         connect_timeout: float = 30.0,
         server_name: str | None = None,
+        peer_certs: Mapping[str, bytes] | None = None,
     ) -> None:
         if not session:
             raise ProtocolError(f"{identity.name}: a data-plane session id must be non-empty")
@@ -114,6 +118,9 @@ class RelayTransport:
         self._keys: dict[str, X25519PublicKey] = {}
         self._keys_lock = threading.Lock()
         self._outq: queue.Queue[Frame | None] = queue.Queue()
+        for peer, pem in (peer_certs or {}).items():
+            if peer != identity.name:
+                self._keys[peer] = self._verified_key(peer, pem)
 
         opts: list[tuple[str, object]] = list(GRPC_OPTIONS)
         if server_name:
@@ -269,14 +276,18 @@ class RelayTransport:
                 f"{self.me}: party '{name}' has not registered with the relay at {self.relay_address} "
                 f"within {self.peer_timeout:g} s (is it running and configured for session {self.session!r}?)"
             )
-        try:
-            info = verify_peer(entry.cert_pem, self._id.ca_pem, expected_name=name)
-        except SecurityError as exc:
-            raise SecurityError(f"{self.me}: relay directory entry for party '{name}' rejected: {exc}") from None
-        if info.role != "party":
-            raise SecurityError(f"{self.me}: certificate for '{name}' has role {info.role!r}, expected 'party'")
+        key = self._verified_key(name, entry.cert_pem, "relay directory entry")
         with self._keys_lock:
-            self._keys[name] = info.envelope_public
+            self._keys[name] = key
+        return key
+
+    def _verified_key(self, name: str, cert_pem: bytes, source: str = "certificate") -> X25519PublicKey:
+        try:
+            info = verify_peer(cert_pem, self._id.ca_pem, expected_name=name)
+        except SecurityError as exc:
+            raise SecurityError(f"{self._id.name}: {source} for party '{name}' rejected: {exc}") from None
+        if info.role != "party":
+            raise SecurityError(f"{self._id.name}: certificate for '{name}' has role {info.role!r}, expected 'party'")
         return info.envelope_public
 
     def _fail(self, error: FedCreditError) -> None:

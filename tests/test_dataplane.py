@@ -346,3 +346,40 @@ def test_directory_serves_verifiable_certs(pki: dict[str, Identity], relay: Rela
     assert [(p.name, p.role) for p in reply.parties] == [("alice", "party")]
     assert reply.parties[0].cert_pem == pki["alice"].cert_pem
     assert list(reply.missing) == ["nobody"]
+
+
+def test_relay_shutdown_fails_recv_fast(pki: dict[str, Identity]) -> None:
+    h = start_relay(pki["coord"])
+    a = RelayTransport(pki["alice"], h.address, "job-1")
+    try:
+        result: list[BaseException] = []
+        w = threading.Thread(target=lambda: _catch(result, lambda: a.recv("bob", "t", timeout=40)))
+        w.start()
+        h.stop(grace=0)
+        w.join(timeout=20)
+        assert not w.is_alive(), "recv kept waiting after the relay went down"
+        assert isinstance(result[0], ProtocolError) and "relay at 127.0.0.1" in str(result[0])
+        with pytest.raises(ProtocolError, match="relay"):
+            a.send("bob", "t", b"x")
+    finally:
+        a.close()
+
+
+def _catch(out: list[BaseException], fn: object) -> None:
+    try:
+        fn()  # type: ignore[operator]
+    except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+        out.append(exc)
+
+
+def test_peer_certs_given_up_front_are_verified(pki: dict[str, Identity], relay: RelayHandle) -> None:
+    # a preloaded certificate skips the directory (bob has not connected yet: frames queue)
+    with RelayTransport(pki["alice"], relay.address, "job-1", peer_certs={"bob": pki["bob"].cert_pem}) as a:
+        a.send("bob", "t", b"early")
+        with RelayTransport(pki["bob"], relay.address, "job-1") as b:
+            assert b.recv("alice", "t", timeout=10) == b"early"
+    # a certificate under the wrong name, or from another CA, is refused before anything is sent
+    with pytest.raises(SecurityError, match="'bob' was expected"):
+        RelayTransport(pki["alice"], relay.address, "job-2", peer_certs={"bob": pki["carol"].cert_pem})
+    with pytest.raises(SecurityError, match="not issued by federation CA"):
+        RelayTransport(pki["alice"], relay.address, "job-2", peer_certs={"mallory": pki["mallory"].cert_pem})
