@@ -34,6 +34,9 @@ __all__ = [
     "epoch_batches",
     "pack_arrays",
     "unpack_arrays",
+    "pack_blobs",
+    "unpack_blobs",
+    "ids_digest",
     "auc_ks",
     "write_evaluation",
 ]
@@ -269,11 +272,15 @@ def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarray]:
-    """Mini-batch row positions for one epoch (shared shuffle: every party derives the same batches)."""
+    """Mini-batch row positions (each batch at most ``batch_size`` rows, sizes within 1 of each other).
+
+    The shuffle depends only on (seed, epoch), so every party derives the same batches
+    without any message; ``batch_size <= 0`` means full batch.
+    """
     if batch_size <= 0 or batch_size >= n:
         return [np.arange(n)]
     perm = np.random.default_rng([seed, epoch]).permutation(n)
-    n_batches = max(1, int(round(n / batch_size)))
+    n_batches = -(-n // batch_size)
     return [np.sort(b) for b in np.array_split(perm, n_batches)]
 
 
@@ -296,6 +303,40 @@ def pack_arrays(arrays: Mapping[str, np.ndarray] | None = None, meta: Mapping[st
         bufs.append(b)
     h = json.dumps(header, separators=(",", ":")).encode("utf-8")
     return b"".join([_MAGIC, struct.pack("<I", len(h)), h, *bufs])
+
+
+def pack_blobs(blobs: Sequence[bytes], meta: Mapping[str, Any] | None = None) -> bytes:
+    """Frame several opaque byte strings (e.g. serialized ciphertexts) + a JSON ``meta`` into one payload."""
+    lens = np.fromiter((len(b) for b in blobs), dtype="<u8", count=len(blobs))
+    return pack_arrays({"_len": lens}, {**dict(meta or {}), "_blobs": len(blobs)}) + b"".join(blobs)
+
+
+def unpack_blobs(payload: bytes, *, what: str = "message") -> tuple[list[bytes], dict[str, Any]]:
+    """Inverse of :func:`pack_blobs`; a malformed payload is a :class:`ProtocolError` naming ``what``."""
+    try:
+        if payload[:4] != _MAGIC:
+            raise ValueError("bad magic")
+        (hl,) = struct.unpack("<I", payload[4:8])
+        header = json.loads(payload[8 : 8 + hl].decode("utf-8"))
+        (spec,) = header["arrays"]
+        if spec["name"] != "_len" or spec["dtype"] != "<u8":
+            raise ValueError("not a blob frame")
+        n = int(header["meta"].pop("_blobs"))
+        off = 8 + hl
+        lens = np.frombuffer(payload, dtype="<u8", count=n, offset=off)
+        off += 8 * n
+        out: list[bytes] = []
+        mv = memoryview(payload)
+        for ln in lens.tolist():
+            if off + ln > len(payload):
+                raise ValueError("truncated")
+            out.append(bytes(mv[off : off + ln]))
+            off += ln
+        if off != len(payload):
+            raise ValueError("trailing bytes")
+        return out, header["meta"]
+    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as e:
+        raise ProtocolError(f"malformed {what}: {e}") from None
 
 
 def unpack_arrays(payload: bytes, *, what: str = "message") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -323,6 +364,18 @@ def unpack_arrays(payload: bytes, *, what: str = "message") -> tuple[dict[str, n
         return out, header["meta"]
     except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as e:
         raise ProtocolError(f"malformed {what}: {e}") from None
+
+
+def ids_digest(ids: Sequence[str]) -> str:
+    """SHA-256 over the ordered ids: parties compare digests to prove their rows are aligned (reveals nothing new)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in ids:
+        b = i.encode("utf-8")
+        h.update(struct.pack("<I", len(b)))
+        h.update(b)
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- evaluation
