@@ -53,6 +53,7 @@ GRPC_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 _MAX_DIRECTORY_WAIT = 600.0
+MAX_SESSION_CHARS = 256
 
 
 def _frame_size(frame: Frame) -> int:
@@ -219,8 +220,11 @@ class RelayServicer(pb_grpc.RelayServicer):
             hello = next(request_iterator)
         except (StopIteration, grpc.RpcError):
             return
-        if hello.kind != Frame.HELLO or not hello.session:
-            yield _error_frame(hello.session, "", "", 0, "first frame on a relay stream must be HELLO with a session id")
+        if hello.kind != Frame.HELLO or not hello.session or len(hello.session) > MAX_SESSION_CHARS:
+            yield _error_frame(
+                hello.session[:MAX_SESSION_CHARS], "", "", 0,
+                f"first frame on a relay stream must be HELLO with a session id of 1..{MAX_SESSION_CHARS} characters",
+            )
             return
         session = hello.session
         conn = _Conn(name=name, role=role, session=session, outbox=_Outbox(self._outbox_bytes))
@@ -241,6 +245,14 @@ class RelayServicer(pb_grpc.RelayServicer):
                         pending.timer.cancel()
                     for frame, _sender in pending.frames:
                         conn.outbox.put(frame, force=True)
+                # Peers that already left (possibly after queueing frames for us): say so
+                # after their frames, or a recv waiting on them would hang.
+                for (s, other), why in self._gone.items():
+                    if s == session:
+                        conn.outbox.put(
+                            Frame(kind=Frame.PEER_GONE, session=session, sender=other, error=f"party {other!r} {why}"),
+                            force=True,
+                        )
                 self._cond.notify_all()
         if refused:
             yield _error_frame(session, name, "", 0, refused)
@@ -338,11 +350,19 @@ class RelayServicer(pb_grpc.RelayServicer):
         pending.bytes += size
         return ""
 
+    def _forget_if_idle(self, session: str) -> None:
+        """Drop who-left records of a session nobody is in and nothing is queued for (lock held)."""
+        if any(k[0] == session for k in self._conns) or any(k[0] == session for k in self._pending):
+            return
+        for k in [k for k in self._gone if k[0] == session]:
+            del self._gone[k]
+
     def _pending_expired(self, key: tuple[str, str], pending: _Pending) -> None:
         with self._cond:
             if self._pending.get(key) is not pending:
                 return  # the party connected (or the queue was replaced) in the meantime
             del self._pending[key]
+            self._forget_if_idle(key[0])
         session, receiver = key
         dropped: dict[int, tuple[_Conn, int, Frame]] = {}
         for frame, sender in pending.frames:
@@ -365,9 +385,7 @@ class RelayServicer(pb_grpc.RelayServicer):
                 del self._conns[(session, name)]
                 self._gone[(session, name)] = reason
             peers = [c for (s, _n), c in self._conns.items() if s == session]
-            if not peers:  # session over: forget who left it
-                for k in [k for k in self._gone if k[0] == session]:
-                    del self._gone[k]
+            self._forget_if_idle(session)
         for peer in peers:
             peer.outbox.put(
                 Frame(kind=Frame.PEER_GONE, session=session, sender=name, error=f"party {name!r} {reason}"),

@@ -319,6 +319,13 @@ def test_frames_queue_until_receiver_connects(pki: dict[str, Identity]) -> None:
                 a.send("bob", "early", str(i).encode())  # bob has not connected yet
             with RelayTransport(pki["bob"], h.address, "job-1") as b:
                 assert [b.recv("alice", "early", timeout=10) for _ in range(5)] == [b"0", b"1", b"2", b"3", b"4"]
+        # the sender may even leave before the receiver joins: frames still arrive, then "gone"
+        with RelayTransport(pki["carol"], h.address, "job-2", peer_certs={"bob": pki["bob"].cert_pem}) as c:
+            c.send("bob", "early", b"from carol")
+        with RelayTransport(pki["bob"], h.address, "job-2") as b:
+            assert b.recv("carol", "early", timeout=10) == b"from carol"
+            with pytest.raises(ProtocolError, match="party 'carol' closed its connection"):
+                b.recv("carol", "more", timeout=20)
 
 
 def test_absent_receiver_errors(pki: dict[str, Identity]) -> None:
