@@ -1,0 +1,856 @@
+"""Encrypted horizontal federation (FedAvg / FedProx) between banks with one feature schema.
+
+Roles, side by side in this module:
+
+* **party** (:func:`party_handler`) — one handler per bank, called once per
+  coordinator message; every piece of state between calls (the shared CKKS secret
+  context, the federated standardization, the job) lives in the party's
+  :class:`~fedcredit.channel.StateStore`, because in deployment each call runs in a
+  fresh process.
+* **coordinator** (:func:`run_coordinator`) — drives the rounds over a
+  :class:`~fedcredit.channel.PartyChannel`.  It holds only the *public* CKKS
+  context: it sums ciphertexts and forwards sealed envelopes it cannot open.
+
+Message flow (each line is one coordinator->parties hop; a hop costs 3-6 s in
+Flower deployment mode, so steps are merged wherever the data dependencies allow):
+
+1. ``setup``         -> all:   job spec.  Each party validates its data and replies its
+   public schema (feature names + fingerprint).  The key holder also creates the
+   CKKS context and replies the public context, one envelope per other party
+   (the secret context sealed to that party's X25519 key from its certificate)
+   and its encrypted standardization sums.
+2. ``install_key``   -> others: the sealed envelope.  The party opens it (authenticated
+   as coming from the key holder), stores the secret context, replies its encrypted
+   standardization sums ``[sum x, sum x^2, n]`` (exact: see :func:`encode_exact`).
+3. ``fit`` (r=1..R)  -> all:   round 1 carries the summed statistics, later rounds the
+   summed previous updates.  The party decrypts, derives the global model
+   (``sum_k n_k w_k / sum_k n_k`` -- the total weight rides in the same
+   ciphertext), trains locally (FedProx: proximal term to the global model), and
+   replies ``encrypt([n_k * w_k, n_k])`` plus public test metrics of the global model.
+4. ``finalize``      -> all:   the last sum.  The party saves the global model and the
+   standardization, evaluates on its own test table, replies public AUC/KS/n_test and
+   an *encrypted* score histogram.
+5. ``global_metrics`` -> one party: the summed histogram; replies the global AUC/KS only.
+
+Hops: R + 4.  Every payload is ``FCHZ`` framing: a JSON header plus named binary
+blobs (no pickle).  The leakage table (what each role sees in plaintext) is in
+``docs/horizontal.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import struct
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from crypto import ckks
+from crypto.envelope import open_sealed, seal
+from fedcredit import metrics
+from fedcredit.channel import Handler, PartyChannel, StateStore
+from fedcredit.errors import ConfigError, DataError, FedCreditError, ProtocolError, SecurityError
+from fedcredit.models import FAMILIES, Model, make_model, save_model
+from party.data import LocalTable, load_table, schema_fingerprint
+
+log = logging.getLogger("fedcredit.horizontal")
+
+PROTOCOL = "horizontal/1"
+Progress = Callable[[dict[str, Any]], None]
+
+# --------------------------------------------------------------------------- job
+
+# Tuned on the three-bank UCI split (docs/horizontal.md): 10 rounds reach the pooled
+# model's AUC, and hops are what cost time in deployment, so fewer rounds with more
+# local work per round.
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lr": {"lr": 1.0, "batch_size": 1024, "local_epochs": 3, "prox_mu": 0.1},
+    "mlp": {"lr": 0.2, "batch_size": 128, "local_epochs": 2, "prox_mu": 0.01},
+}
+
+
+@dataclass
+class HorizontalJob:
+    """Everything every party must agree on; sent to each party in ``setup``."""
+
+    run_id: str
+    parties: list[str]
+    key_holder: str | None = None  # default: the first party
+    family: str = "lr"  # "lr" | "mlp"
+    algorithm: str = "fedavg"  # "fedavg" | "fedprox"
+    rounds: int = 10
+    local_epochs: int | None = None  # None: family default (see FAMILY_DEFAULTS)
+    lr: float | None = None
+    batch_size: int | None = None
+    l2: float = 1e-4
+    prox_mu: float | None = None  # FedProx proximal weight (fedprox only); None: family default
+    hidden: int = 16  # mlp only
+    seed: int = 0
+    min_parties: int | None = None  # None: every party must finish
+    standardize: bool = True
+    feature_columns: list[str] | None = None  # None: the party's configured / all non-id, non-label columns
+    hist_bins: int = 1000
+    ckks_poly_modulus_degree: int = 8192
+    ckks_coeff_mod_bit_sizes: list[int] = field(default_factory=lambda: [60, 40, 40, 60])
+    ckks_scale_bits: int = 40
+
+    def __post_init__(self) -> None:
+        if self.family in FAMILY_DEFAULTS:
+            for k, v in FAMILY_DEFAULTS[self.family].items():
+                if getattr(self, k) is None:
+                    setattr(self, k, v)
+        self.parties = list(self.parties)
+        self.ckks_coeff_mod_bit_sizes = list(self.ckks_coeff_mod_bit_sizes)
+        self.validate()
+
+    @property
+    def holder(self) -> str:
+        return self.key_holder or self.parties[0]
+
+    @property
+    def required(self) -> int:
+        return len(self.parties) if self.min_parties is None else int(self.min_parties)
+
+    @property
+    def mu(self) -> float:
+        return float(self.prox_mu) if self.algorithm == "fedprox" else 0.0
+
+    def validate(self) -> None:
+        def bad(f: str, msg: str) -> ConfigError:
+            return ConfigError(f"horizontal job '{self.run_id}': {f}: {msg}")
+
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", str(self.run_id)):
+            raise bad("run_id", f"{self.run_id!r} must be 1-128 of letters, digits, '_', '-', '.'")
+        if not self.parties or len(set(self.parties)) != len(self.parties):
+            raise bad("parties", f"need a non-empty list of distinct party names, got {self.parties}")
+        if self.key_holder is not None and self.key_holder not in self.parties:
+            raise bad("key_holder", f"'{self.key_holder}' is not one of the parties {self.parties}")
+        if self.family not in FAMILIES:
+            raise bad("family", f"{self.family!r}; expected one of {list(FAMILIES)}")
+        if self.algorithm not in ("fedavg", "fedprox"):
+            raise bad("algorithm", f"{self.algorithm!r}; expected 'fedavg' or 'fedprox'")
+        for name in ("rounds", "local_epochs", "batch_size", "hidden", "hist_bins"):
+            if not isinstance(getattr(self, name), int) or int(getattr(self, name)) < 1:
+                raise bad(name, f"must be >= 1, got {getattr(self, name)}")
+        for name, lo in (("lr", None), ("l2", 0.0), ("prox_mu", 0.0)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or (v <= 0 if lo is None else v < lo):
+                raise bad(name, f"must be a number {'> 0' if lo is None else '>= 0'}, got {v!r}")
+        if self.min_parties is not None and not 1 <= int(self.min_parties) <= len(self.parties):
+            raise bad("min_parties", f"must be between 1 and {len(self.parties)}, got {self.min_parties}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "HorizontalJob":
+        """Build from a parsed job config / message; unknown keys are an error (typos)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"horizontal job: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        try:
+            return cls(**dict(d))
+        except TypeError as e:
+            raise ConfigError(f"horizontal job: {e}") from None
+
+
+# --------------------------------------------------------------------------- wire format
+
+_MAGIC = b"FCHZ"
+_VERSION = 1
+_HDR = struct.Struct("<4sBI")
+
+
+def encode_message(header: Mapping[str, Any], blobs: Mapping[str, bytes] | None = None) -> bytes:
+    """JSON header + named binary blobs (ciphertexts, envelopes); never pickle."""
+    blobs = dict(blobs or {})
+    h = dict(header)
+    h["_blobs"] = [[name, len(b)] for name, b in blobs.items()]
+    hj = json.dumps(h, separators=(",", ":"), allow_nan=True).encode("utf-8")
+    return b"".join([_HDR.pack(_MAGIC, _VERSION, len(hj)), hj, *(bytes(b) for b in blobs.values())])
+
+
+def decode_message(data: bytes, what: str = "message") -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Inverse of :func:`encode_message`; malformed input is a ProtocolError naming ``what``."""
+    data = bytes(data)
+    try:
+        magic, version, hl = _HDR.unpack_from(data, 0)
+        if magic != _MAGIC:
+            raise ValueError(f"bad magic {magic!r}")
+        if version != _VERSION:
+            raise ValueError(f"version {version}, this build reads {_VERSION}")
+        off = _HDR.size
+        header = json.loads(data[off : off + hl].decode("utf-8"))
+        off += hl
+        blobs: dict[str, bytes] = {}
+        for name, n in header.pop("_blobs"):
+            if off + int(n) > len(data):
+                raise ValueError(f"blob '{name}' truncated")
+            blobs[str(name)] = data[off : off + int(n)]
+            off += int(n)
+        if off != len(data):
+            raise ValueError(f"{len(data) - off} trailing bytes")
+        return header, blobs
+    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as e:
+        raise ProtocolError(f"malformed horizontal {what}: {e}") from None
+
+
+# --------------------------------------------------------------------------- exact encrypted sums
+
+_FRAC_BITS = 40
+_LIMB_BITS = 24
+_LIMBS = 6  # covers |v| < 2**(6*24-40) = 2**104 at a resolution of 2**-40
+
+
+def encode_exact(v: np.ndarray) -> np.ndarray:
+    """Split each value into integer limbs of 24 bits so CKKS sums of them are exact.
+
+    CKKS error is relative to the *largest* slot of a ciphertext (~1e-15 of it), so a
+    sum of squared bill amounts (~1e14) next to a row count would drown the count.
+    Limbs are integers below 2**24; summed over parties and decrypted they round back
+    exactly, whatever the magnitudes of the data.  Layout: limb-major, ``_LIMBS * len(v)``.
+    """
+    v = np.asarray(v, dtype=np.float64).ravel()
+    r = np.round(np.abs(v) * 2.0**_FRAC_BITS)
+    top = 2.0 ** (_LIMBS * _LIMB_BITS)
+    if np.any(r >= top):
+        i = int(np.argmax(r >= top))
+        raise DataError(f"statistic #{i} ({v[i]:.3g}) is too large for exact encrypted sums (|v| < 2**104)")
+    sign = np.sign(v)
+    out = np.empty((_LIMBS, v.shape[0]))
+    for k in reversed(range(_LIMBS)):
+        base = 2.0 ** (_LIMB_BITS * k)
+        d = np.floor(r / base)
+        r = r - d * base
+        out[k] = d * sign
+    return out.ravel()
+
+
+def decode_exact(enc: np.ndarray, n: int) -> np.ndarray:
+    limbs = np.rint(np.asarray(enc, dtype=np.float64)).reshape(_LIMBS, n)
+    scale = 2.0 ** (_LIMB_BITS * np.arange(_LIMBS) - _FRAC_BITS)
+    return (limbs * scale[:, None]).sum(axis=0)
+
+
+# --------------------------------------------------------------------------- shared math
+
+
+def fit_seed(job: HorizontalJob, round_idx: int, party: str) -> int:
+    """Per-(run seed, round, party) training seed: reproducible, different at every party."""
+    h = hashlib.sha256(f"{job.seed}/{round_idx}/{party}".encode()).digest()
+    return int.from_bytes(h[:4], "little")
+
+
+def build_model(job: HorizontalJob, d: int) -> Model:
+    """The round-0 global model: a pure function of the job, identical at every party."""
+    return make_model(job.family, d, seed=job.seed, hidden=job.hidden, l2=job.l2)
+
+
+def local_stats(X: np.ndarray) -> np.ndarray:
+    """``[sum x_j..., sum x_j^2..., n]`` for federated standardization."""
+    return np.concatenate([X.sum(axis=0), (X * X).sum(axis=0), [float(X.shape[0])]])
+
+
+def standardizer_from_sums(sums: np.ndarray, d: int, standardize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Global mean and std from summed statistics (std of a constant feature is taken as 1)."""
+    if not standardize:
+        return np.zeros(d), np.ones(d)
+    s1, s2, n = sums[:d], sums[d : 2 * d], float(sums[2 * d])
+    if n <= 0:
+        raise ProtocolError(f"federated statistics report {n} rows in total")
+    mean = s1 / n
+    var = np.maximum(s2 / n - mean * mean, 0.0)
+    std = np.sqrt(var)
+    std[std < 1e-12 * np.maximum(1.0, np.abs(mean))] = 1.0
+    return mean, std
+
+
+def local_update(
+    job: HorizontalJob, global_flat: np.ndarray, X: np.ndarray, y: np.ndarray, round_idx: int, party: str
+) -> np.ndarray:
+    """One party's local training from the global model; returns its new flat parameters."""
+    model = build_model(job, X.shape[1])
+    model.set_flat(global_flat)
+    model.fit_local(
+        X,
+        y,
+        epochs=job.local_epochs,
+        lr=job.lr,
+        batch_size=job.batch_size,
+        prox_mu=job.mu,
+        global_flat=global_flat,
+        seed=fit_seed(job, round_idx, party),
+    )
+    return model.get_flat()
+
+
+# --------------------------------------------------------------------------- party role
+
+
+@dataclass
+class PartyEnv:
+    """What a bank's party process knows locally (never sent anywhere as such).
+
+    ``train``/``test`` are a file path (loaded with the column options below) or a
+    callable returning a :class:`LocalTable`.  ``peers`` maps other parties' names to
+    their envelope public keys, taken from their CA-verified certificates.
+    ``tap`` (audit/tests) sees every plaintext vector right before it is encrypted.
+    """
+
+    name: str
+    envelope_private: X25519PrivateKey
+    peers: Mapping[str, X25519PublicKey]
+    train: Path | str | Callable[[], LocalTable]
+    test: Path | str | Callable[[], LocalTable] | None = None
+    output_dir: Path = Path("runs")
+    id_column: str | None = "id"
+    label_column: str = "y"
+    feature_columns: Sequence[str] | None = None
+    tap: Callable[[str, np.ndarray], None] | None = None
+
+
+_METHODS = ("setup", "install_key", "fit", "finalize", "global_metrics")
+
+
+def _safe(run_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", run_id)
+
+
+class _Party:
+    """The party role; methods take (header, blobs, state) and return (header, blobs)."""
+
+    def __init__(self, env: PartyEnv) -> None:
+        self.env = env
+        self._tables: dict[tuple[str, tuple[str, ...] | None], tuple[Any, LocalTable]] = {}
+
+    # -- state helpers
+    def _key(self, run_id: str, what: str) -> str:
+        return f"hz-{_safe(run_id)}-{what}"
+
+    def _job(self, header: Mapping[str, Any], state: StateStore) -> HorizontalJob:
+        run_id = str(header.get("run_id", ""))
+        raw = state.get(self._key(run_id, "job")) if run_id else None
+        if raw is None:
+            raise ProtocolError(f"party '{self.env.name}': no 'setup' for run '{run_id}' in this party's state")
+        return HorizontalJob.from_dict(json.loads(raw))
+
+    def _ctx(self, job: HorizontalJob, state: StateStore) -> Any:
+        raw = state.get(self._key(job.run_id, "ckks"))
+        if raw is None:
+            raise ProtocolError(f"party '{self.env.name}': no CKKS key installed for run '{job.run_id}'")
+        ctx = ckks.load_context(raw)
+        if not ckks.has_secret_key(ctx):
+            raise SecurityError(f"party '{self.env.name}': stored CKKS context has no secret key")
+        return ctx
+
+    def _std(self, job: HorizontalJob, state: StateStore) -> tuple[np.ndarray, np.ndarray]:
+        raw = state.get(self._key(job.run_id, "std"))
+        if raw is None:
+            raise ProtocolError(f"party '{self.env.name}': no federated standardization for run '{job.run_id}'")
+        a = np.frombuffer(raw, dtype="<f8")
+        d = a.shape[0] // 2
+        return a[:d].copy(), a[d:].copy()
+
+    # -- data
+    def _features(self, job: HorizontalJob) -> list[str] | None:
+        mine, theirs = self.env.feature_columns, job.feature_columns
+        if mine is not None and theirs is not None and list(mine) != list(theirs):
+            raise ConfigError(
+                f"party '{self.env.name}': its dataset config lists features {list(mine)} but job "
+                f"'{job.run_id}' asks for {list(theirs)}"
+            )
+        f = theirs if theirs is not None else mine
+        return list(f) if f is not None else None
+
+    def _load(self, src: Path | str | Callable[[], LocalTable], features: list[str] | None) -> LocalTable:
+        if callable(src):
+            t = src()
+            if features is not None and t.feature_names != features:
+                raise DataError(
+                    f"party '{self.env.name}', file {t.path}: features {t.feature_names} differ from the "
+                    f"requested {features}"
+                )
+            return t
+        p = Path(src)
+        key = (str(p.resolve()), tuple(features) if features else None)
+        stamp = (p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None
+        hit = self._tables.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        t = load_table(
+            p,
+            party=self.env.name,
+            id_column=self.env.id_column,
+            label_column=self.env.label_column,
+            feature_columns=features,
+        )
+        self._tables[key] = (stamp, t)
+        return t
+
+    def _train(self, job: HorizontalJob) -> LocalTable:
+        t = self._load(self.env.train, self._features(job))
+        if t.y is None:
+            raise DataError(f"party '{self.env.name}', file {t.path}: training needs a label column")
+        return t
+
+    def _test(self, job: HorizontalJob, features: list[str]) -> LocalTable | None:
+        if self.env.test is None:
+            return None
+        t = self._load(self.env.test, features)
+        if t.feature_names != features:
+            raise DataError(
+                f"party '{self.env.name}', file {t.path}: test features {t.feature_names} differ from its "
+                f"training features {features}"
+            )
+        return t
+
+    def _encrypt(self, ctx: Any, what: str, vec: np.ndarray) -> bytes:
+        if self.env.tap is not None:
+            self.env.tap(what, np.array(vec, dtype=np.float64, copy=True))
+        return ckks.encrypt_vector(ctx, vec)
+
+    def _stats_blob(self, job: HorizontalJob, ctx: Any, t: LocalTable) -> bytes:
+        return self._encrypt(ctx, "stats", encode_exact(local_stats(t.X)))
+
+    def _aad(self, job: HorizontalJob, recipient: str) -> bytes:
+        return f"fedcredit/{PROTOCOL}/{job.run_id}/ckks-secret/{job.holder}->{recipient}".encode()
+
+    # -- methods
+    def setup(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
+        job = HorizontalJob.from_dict(header["job"])
+        me = self.env.name
+        if me not in job.parties:
+            raise ProtocolError(f"party '{me}' received setup for run '{job.run_id}' but is not one of {job.parties}")
+        t = self._train(job)
+        test = self._test(job, t.feature_names)
+        state.put(self._key(job.run_id, "job"), json.dumps(job.to_dict()).encode())
+        out_h: dict[str, Any] = {
+            "features": t.feature_names,
+            "fingerprint": schema_fingerprint(t.feature_names),
+            "has_test": test is not None,
+        }
+        out_b: dict[str, bytes] = {}
+        if me == job.holder:
+            missing = [p for p in job.parties if p != me and p not in self.env.peers]
+            if missing:
+                raise SecurityError(
+                    f"key holder '{me}' has no verified envelope key (certificate) for part(ies) {missing}"
+                )
+            ctx = ckks.new_context(
+                poly_modulus_degree=job.ckks_poly_modulus_degree,
+                coeff_mod_bit_sizes=tuple(job.ckks_coeff_mod_bit_sizes),
+                scale_bits=job.ckks_scale_bits,
+            )
+            secret = ckks.secret_bytes(ctx)
+            state.put(self._key(job.run_id, "ckks"), secret)
+            out_b["public_ctx"] = ckks.public_bytes(ctx)
+            for p in job.parties:
+                if p != me:
+                    out_b[f"envelope:{p}"] = seal(secret, self.env.peers[p], self.env.envelope_private, self._aad(job, p))
+            out_b["stats"] = self._stats_blob(job, ctx, t)
+        return out_h, out_b
+
+    def install_key(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
+        job = self._job(header, state)
+        me, holder = self.env.name, job.holder
+        if holder not in self.env.peers:
+            raise SecurityError(f"party '{me}' has no verified envelope key (certificate) for key holder '{holder}'")
+        if "envelope" not in blobs:
+            raise ProtocolError(f"party '{me}': install_key carries no envelope")
+        try:
+            secret = open_sealed(blobs["envelope"], self.env.envelope_private, self.env.peers[holder], self._aad(job, me))
+        except SecurityError as e:
+            raise SecurityError(f"party '{me}': the CKKS key envelope from '{holder}' failed to open: {e}") from None
+        ctx = ckks.load_context(secret)
+        if not ckks.has_secret_key(ctx):
+            raise SecurityError(f"party '{me}': the key envelope from '{holder}' holds no secret key")
+        state.put(self._key(job.run_id, "ckks"), secret)
+        return {}, {"stats": self._stats_blob(job, ctx, self._train(job))}
+
+    def _global(self, job: HorizontalJob, ctx: Any, blob: bytes, n_params: int) -> np.ndarray:
+        agg = ckks.decrypt_vector(ctx, blob)
+        if agg.shape[0] != n_params + 1:
+            raise ProtocolError(
+                f"party '{self.env.name}': aggregate has {agg.shape[0] - 1} parameters, the "
+                f"{job.family} model has {n_params}"
+            )
+        total = agg[-1]
+        if not total > 0.5:
+            raise ProtocolError(f"party '{self.env.name}': aggregate total weight is {total:.3g}; expected >= 1")
+        return agg[:-1] / total
+
+    def _eval(self, model: Model, test: LocalTable | None, mean: np.ndarray, std: np.ndarray) -> dict[str, Any]:
+        if test is None:
+            return {}
+        p = model.predict_proba((test.X - mean) / std)
+        assert test.y is not None
+        return {"auc": _num(metrics.auc(test.y, p)), "ks": _num(metrics.ks(test.y, p)), "n_test": test.n}
+
+    def fit(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
+        job = self._job(header, state)
+        r = int(header["round"])
+        ctx = self._ctx(job, state)
+        t = self._train(job)
+        d = t.d
+        if "stats" in blobs:
+            sums = decode_exact(ckks.decrypt_vector(ctx, blobs["stats"]), 2 * d + 1)
+            mean, std = standardizer_from_sums(sums, d, job.standardize)
+            state.put(self._key(job.run_id, "std"), np.concatenate([mean, std]).astype("<f8").tobytes())
+        mean, std = self._std(job, state)
+        model = build_model(job, d)
+        if "model" in blobs:
+            model.set_flat(self._global(job, ctx, blobs["model"], model.n_params))
+        global_flat = model.get_flat()
+        out_h: dict[str, Any] = {"round": r, "metrics": self._eval(model, self._test(job, t.feature_names), mean, std)}
+        assert t.y is not None
+        new = local_update(job, global_flat, (t.X - mean) / std, t.y, r, self.env.name)
+        n_k = float(t.n)
+        return out_h, {"update": self._encrypt(ctx, "update", np.concatenate([new * n_k, [n_k]]))}
+
+    def finalize(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
+        job = self._job(header, state)
+        ctx = self._ctx(job, state)
+        t = self._train(job)
+        mean, std = self._std(job, state)
+        model = build_model(job, t.d)
+        model.set_flat(self._global(job, ctx, blobs["model"], model.n_params))
+        test = self._test(job, t.feature_names)
+        m = self._eval(model, test, mean, std)
+        out_dir = Path(self.env.output_dir) / _safe(job.run_id)
+        meta = {
+            "run_id": job.run_id,
+            "protocol": PROTOCOL,
+            "algorithm": job.algorithm,
+            "rounds": int(header.get("round", job.rounds)),
+            "parties": list(header.get("parties", job.parties)),
+            "party": self.env.name,
+            "local_test": m,
+        }
+        path = save_model(out_dir / "global_model.json", model, mean=mean, std=std, feature_names=t.feature_names, meta=meta)
+        (out_dir / "metrics.json").write_text(json.dumps({"party": self.env.name, "local_test": m}, indent=1))
+        out_b: dict[str, bytes] = {}
+        if test is not None:
+            assert test.y is not None
+            hist = metrics.score_histogram(test.y, model.predict_proba((test.X - mean) / std), bins=job.hist_bins)
+            out_b["hist"] = self._encrypt(ctx, "histogram", hist.ravel())
+        return {"metrics": m, "model_path": str(path)}, out_b
+
+    def global_metrics(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
+        job = self._job(header, state)
+        ctx = self._ctx(job, state)
+        hist = ckks.decrypt_vector(ctx, blobs["hist"]).reshape(2, -1)
+        a, k = metrics.auc_ks_from_histogram(hist)
+        return {"auc": _num(a), "ks": _num(k), "n_test": int(np.rint(hist).sum())}, {}
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def party_handler(env: PartyEnv) -> Handler:
+    """The party role as a :data:`~fedcredit.channel.Handler` (``handle(method, payload, state)``).
+
+    Never raises for a protocol or data problem: the reply says ``ok: false`` with an
+    error that names this party, so the coordinator can report it and carry on with
+    the others (min_parties).  Every method is idempotent for a given (state,
+    payload), so the coordinator may safely re-ask.
+    """
+    role = _Party(env)
+
+    def handle(method: str, payload: bytes, state: StateStore) -> bytes:
+        try:
+            if method not in _METHODS:
+                raise ProtocolError(f"party '{env.name}': unknown horizontal method '{method}'")
+            header, blobs = decode_message(payload, f"'{method}' request to party '{env.name}'")
+            out_h, out_b = getattr(role, method)(header, blobs, state)
+            return encode_message({"ok": True, **out_h}, out_b)
+        except FedCreditError as e:
+            log.warning("party %s: %s failed: %s", env.name, method, e)
+            return encode_message({"ok": False, "kind": type(e).__name__, "error": str(e)})
+        except Exception as e:  # noqa: BLE001 - report, do not crash the party daemon
+            log.exception("party %s: %s crashed", env.name, method)
+            return encode_message(
+                {"ok": False, "kind": "InternalError", "error": f"party '{env.name}': {method}: {type(e).__name__}: {e}"}
+            )
+
+    return handle
+
+
+# --------------------------------------------------------------------------- coordinator role
+
+
+@dataclass
+class HorizontalResult:
+    """Public outcome of a run: everything here is safe to show the coordinator's operator."""
+
+    run_id: str
+    parties: list[str]  # parties that finished
+    dropped: dict[str, str]  # party -> reason
+    rounds: int
+    feature_names: list[str]
+    schema_fingerprint: str
+    party_metrics: dict[str, dict[str, Any]]
+    global_metrics: dict[str, Any] | None
+    history: list[dict[str, Any]]
+    traffic: dict[str, dict[str, dict[str, int]]]  # method -> party -> {"to_party", "from_party"} bytes
+    timings: dict[str, float]
+    wall_time_s: float
+    public_context_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def bytes_per_round(self) -> dict[str, dict[str, float]]:
+        """Mean bytes per fit round per party, both directions."""
+        fit = self.traffic.get("fit", {})
+        return {
+            p: {k: v / max(1, self.rounds) for k, v in d.items()}
+            for p, d in fit.items()
+        }
+
+
+class _Coordinator:
+    def __init__(self, channel: PartyChannel, job: HorizontalJob, progress: Progress | None) -> None:
+        self.ch, self.job = channel, job
+        self.progress = progress or (lambda ev: None)
+        self.alive = list(job.parties)
+        self.dropped: dict[str, str] = {}
+        self.kinds: dict[str, str] = {}
+        self.traffic: dict[str, dict[str, dict[str, int]]] = {}
+        self.t0 = time.perf_counter()
+
+    def emit(self, ev: dict[str, Any]) -> None:
+        ev.setdefault("run_id", self.job.run_id)
+        ev.setdefault("elapsed_s", round(time.perf_counter() - self.t0, 3))
+        try:
+            self.progress(ev)
+        except Exception:  # noqa: BLE001 - a broken progress display must not break training
+            log.exception("progress callback failed")
+
+    def _count(self, method: str, party: str, to_party: int, from_party: int) -> None:
+        d = self.traffic.setdefault(method, {}).setdefault(party, {"to_party": 0, "from_party": 0})
+        d["to_party"] += to_party
+        d["from_party"] += from_party
+
+    def call(self, method: str, requests: Mapping[str, bytes]) -> dict[str, tuple[dict[str, Any], dict[str, bytes]]]:
+        """One hop to ``requests``' parties; returns the good replies, drops the failed parties."""
+        reqs = {p: (method, pl) for p, pl in requests.items()}
+        raw: dict[str, bytes] = {}
+        failed: dict[str, tuple[str, str]] = {}
+        try:
+            raw = dict(self.ch.call_all(reqs))
+        except Exception as e:  # noqa: BLE001 - classify per party below
+            errs = getattr(e, "errors", None)
+            if isinstance(errs, Mapping):  # channel says which parties failed (e.g. Flower PartyFailure)
+                raw = dict(getattr(e, "replies", {}) or {})
+                for p, why in errs.items():
+                    failed[str(p)] = ("ProtocolError", str(why))
+            elif len(reqs) == 1:
+                failed[next(iter(reqs))] = (type(e).__name__, str(e))
+            else:  # re-ask one by one to learn who failed (every party method is idempotent)
+                for p, req in reqs.items():
+                    try:
+                        raw.update(self.ch.call_all({p: req}))
+                    except Exception as e1:  # noqa: BLE001
+                        failed[p] = (type(e1).__name__, str(e1))
+        out: dict[str, tuple[dict[str, Any], dict[str, bytes]]] = {}
+        for p, (m, pl) in reqs.items():
+            if p in failed:
+                self._count(method, p, len(pl), 0)
+                continue
+            if p not in raw:
+                failed[p] = ("ProtocolError", "no reply")
+                continue
+            self._count(method, p, len(pl), len(raw[p]))
+            try:
+                h, b = decode_message(raw[p], f"'{method}' reply from party '{p}'")
+            except ProtocolError as e:
+                failed[p] = ("ProtocolError", str(e))
+                continue
+            if not h.get("ok"):
+                failed[p] = (str(h.get("kind", "ProtocolError")), str(h.get("error", "unspecified error")))
+                continue
+            out[p] = (h, b)
+        for p, (kind, why) in failed.items():
+            self.drop(p, kind, f"{method}: {why}")
+        return out
+
+    def drop(self, party: str, kind: str, why: str) -> None:
+        if party in self.alive:
+            self.alive.remove(party)
+        self.dropped[party] = why
+        self.kinds[party] = kind
+        self.emit({"event": "party_failed", "party": party, "reason": why, "alive": list(self.alive)})
+        self.check()
+
+    def check(self) -> None:
+        if len(self.alive) >= self.job.required:
+            return
+        reasons = "; ".join(f"party '{p}': {why}" for p, why in self.dropped.items())
+        msg = (
+            f"run '{self.job.run_id}' failed: {len(self.alive)} of {len(self.job.parties)} parties left, "
+            f"min_parties={self.job.required}. {reasons}"
+        )
+        kinds = set(self.kinds.values())
+        if kinds and kinds <= {"DataError"}:
+            raise DataError(msg)
+        if kinds and kinds <= {"ConfigError"}:
+            raise ConfigError(msg)
+        if "SecurityError" in kinds:
+            raise SecurityError(msg)
+        raise ProtocolError(msg)
+
+    def require_holder(self, stage: str) -> None:
+        h = self.job.holder
+        if h not in self.alive:
+            raise ProtocolError(
+                f"run '{self.job.run_id}' failed at {stage}: key holder '{h}' failed "
+                f"({self.dropped.get(h, 'unknown reason')}); no one can distribute the CKKS key"
+            )
+
+    def msg(self, header: Mapping[str, Any] | None = None, blobs: Mapping[str, bytes] | None = None) -> bytes:
+        return encode_message({"run_id": self.job.run_id, **(header or {})}, blobs)
+
+
+def run_coordinator(channel: PartyChannel, job: HorizontalJob, progress: Progress | None = None) -> HorizontalResult:
+    """Drive an encrypted horizontal job to completion; returns public results only.
+
+    The coordinator never holds a secret key: it receives the public CKKS context
+    from the key holder (refusing one that contains a secret key), sums parties'
+    ciphertexts, and relays sealed envelopes.  A party that fails (error reply,
+    exception or no reply) is dropped; the run continues while at least
+    ``job.min_parties`` remain, otherwise it raises an error naming the parties.
+    """
+    job.validate()
+    c = _Coordinator(channel, job, progress)
+    unknown = [p for p in job.parties if p not in channel.parties]
+    if unknown:
+        raise ProtocolError(f"run '{job.run_id}': part(ies) {unknown} are not connected (channel has {channel.parties})")
+    timings: dict[str, float] = {}
+    holder = job.holder
+    c.emit({"event": "start", "parties": list(job.parties), "key_holder": holder, "rounds": job.rounds,
+            "family": job.family, "algorithm": job.algorithm})
+
+    # 1. setup (+ key generation at the key holder)
+    t = time.perf_counter()
+    rep = c.call("setup", {p: c.msg({"job": job.to_dict()}) for p in c.alive})
+    c.require_holder("setup")
+    ref = rep[holder][0]
+    features, fp = list(ref["features"]), str(ref["fingerprint"])
+    for p, (h, _) in rep.items():
+        if p != holder and h.get("fingerprint") != fp:
+            c.drop(p, "DataError", _schema_diff(p, list(h.get("features", [])), holder, features))
+    pub_raw = rep[holder][1].get("public_ctx")
+    if pub_raw is None:
+        raise ProtocolError(f"run '{job.run_id}': key holder '{holder}' sent no public CKKS context")
+    pub = ckks.load_context(pub_raw)
+    if ckks.has_secret_key(pub):
+        raise SecurityError(
+            f"run '{job.run_id}': key holder '{holder}' sent a CKKS context containing the secret key to the "
+            "coordinator; refusing it"
+        )
+    stats = {holder: rep[holder][1]["stats"]}
+    envelopes = {p: rep[holder][1].get(f"envelope:{p}") for p in c.alive if p != holder}
+    timings["setup_s"] = time.perf_counter() - t
+    c.emit({"event": "setup", "features": features, "fingerprint": fp, "alive": list(c.alive),
+            "public_context_bytes": len(pub_raw)})
+
+    # 2. key distribution (sealed envelopes, relayed untouched) + encrypted statistics
+    t = time.perf_counter()
+    for p, env_blob in list(envelopes.items()):
+        if env_blob is None and p in c.alive:
+            c.drop(p, "ProtocolError", f"key holder '{holder}' produced no key envelope for it")
+    others = [p for p in c.alive if p != holder]
+    if others:
+        rep = c.call("install_key", {p: c.msg({}, {"envelope": envelopes[p]}) for p in others})
+        for p, (_, b) in rep.items():
+            stats[p] = b["stats"]
+    stats_sum = ckks.add_encrypted(pub, [stats[p] for p in c.alive])
+    timings["keys_and_stats_s"] = time.perf_counter() - t
+    c.emit({"event": "keys", "alive": list(c.alive)})
+
+    # 3. rounds
+    history: list[dict[str, Any]] = []
+    agg: bytes | None = None
+    t_rounds = time.perf_counter()
+    for r in range(1, job.rounds + 1):
+        tr = time.perf_counter()
+        blobs = {"stats": stats_sum} if r == 1 else {"model": agg}
+        payload = c.msg({"round": r}, blobs)  # type: ignore[arg-type]
+        rep = c.call("fit", {p: payload for p in c.alive})
+        if not rep:
+            c.check()
+        agg = ckks.add_encrypted(pub, [b["update"] for _, (_, b) in sorted(rep.items())])
+        per_party = {p: {"status": "ok", **h.get("metrics", {})} for p, (h, _) in rep.items()}
+        for p in job.parties:
+            if p not in per_party:
+                per_party[p] = {"status": "failed" if p in c.dropped else "absent"}
+        entry = {"round": r, "parties": per_party, "contributors": sorted(rep), "seconds": time.perf_counter() - tr}
+        history.append(entry)
+        c.emit({"event": "round", "round": r, "rounds": job.rounds, **{k: v for k, v in entry.items() if k != "round"}})
+    timings["rounds_s"] = time.perf_counter() - t_rounds
+
+    # 4. finalize: save the global model everywhere, public local metrics, encrypted histograms
+    t = time.perf_counter()
+    final_parties = sorted(c.alive)
+    payload = c.msg({"round": job.rounds, "parties": final_parties}, {"model": agg})  # type: ignore[dict-item]
+    rep = c.call("finalize", {p: payload for p in c.alive})
+    party_metrics = {p: dict(h.get("metrics", {})) for p, (h, _) in rep.items()}
+    hists = [b["hist"] for _, (_, b) in sorted(rep.items()) if "hist" in b]
+    timings["finalize_s"] = time.perf_counter() - t
+
+    # 5. global metrics from the summed histogram, decrypted by one party (AUC/KS come back only)
+    global_m: dict[str, Any] | None = None
+    if hists and c.alive:
+        t = time.perf_counter()
+        hsum = ckks.add_encrypted(pub, hists)
+        target = holder if holder in c.alive else c.alive[0]
+        rep = c.call("global_metrics", {target: c.msg({}, {"hist": hsum})})
+        if target in rep:
+            h = rep[target][0]
+            global_m = {"auc": h.get("auc"), "ks": h.get("ks"), "n_test": h.get("n_test"), "decrypted_by": target}
+        timings["global_metrics_s"] = time.perf_counter() - t
+    wall = time.perf_counter() - c.t0
+    result = HorizontalResult(
+        run_id=job.run_id,
+        parties=sorted(c.alive),
+        dropped=dict(c.dropped),
+        rounds=job.rounds,
+        feature_names=features,
+        schema_fingerprint=fp,
+        party_metrics=party_metrics,
+        global_metrics=global_m,
+        history=history,
+        traffic=c.traffic,
+        timings={k: round(v, 4) for k, v in timings.items()},
+        wall_time_s=round(wall, 4),
+        public_context_bytes=len(pub_raw),
+    )
+    c.emit({"event": "done", "parties": result.parties, "dropped": result.dropped,
+            "party_metrics": party_metrics, "global_metrics": global_m, "wall_time_s": result.wall_time_s})
+    return result
+
+
+def _schema_diff(party: str, theirs: list[str], holder: str, ref: list[str]) -> str:
+    missing = [f for f in ref if f not in theirs]
+    extra = [f for f in theirs if f not in ref]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing feature(s) {missing}")
+        if extra:
+            parts.append(f"unexpected feature(s) {extra}")
+        detail = ", ".join(parts)
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(theirs, ref)) if a != b)
+        detail = f"feature order differs at position {i + 1}: '{theirs[i]}' where '{ref[i]}' is expected"
+    return f"setup: schema of party '{party}' differs from key holder '{holder}': {detail}"
