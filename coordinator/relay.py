@@ -277,7 +277,10 @@ class RelayServicer(pb_grpc.RelayServicer):
                     conn.orderly = True
                     continue
                 self._route(conn, frame)
-            reason = "closed its connection" if conn.orderly else "ended its stream without saying goodbye"
+            # Without BYE, an ended stream is a vanished party too (a killed process can
+            # look like a half-close to the server as often as like a cancellation).
+            if conn.orderly:
+                reason = "closed its connection"
         except grpc.RpcError:
             pass  # cancelled: process killed, network cut, or relay stopping
         except Exception as exc:  # keep the relay up; tell the peers why
