@@ -68,9 +68,9 @@ def _describe_rpc_error(exc: grpc.RpcError) -> str:
     return f"{code.name if code else 'UNKNOWN'}: {details}"
 
 
-def _looks_like_tls_failure(text: str) -> bool:
-    t = text.lower()
-    return any(k in t for k in ("handshake", "ssl", "tls", "certificate", "tsi_", "alert"))
+def _fresh(err: FedCreditError) -> FedCreditError:
+    """A new instance of a stored error, so repeated raises don't pile up tracebacks."""
+    return type(err)(str(err))
 
 
 class RelayTransport:
@@ -177,13 +177,13 @@ class RelayTransport:
                 if box:
                     return box.popleft()
                 if frm in self._peer_errors:
-                    raise self._peer_errors[frm]
+                    raise _fresh(self._peer_errors[frm])
                 if frm in self._gone:
                     raise ProtocolError(
                         f"{self.me}: {self._gone[frm]} (session {self.session!r}) before sending '{tag}'"
                     )
                 if self._broken is not None:
-                    raise self._broken
+                    raise _fresh(self._broken)
                 if self._closed:
                     raise ProtocolError(f"{self.me}: data-plane transport for session {self.session!r} is closed")
                 remaining = deadline - time.monotonic()
@@ -247,9 +247,9 @@ class RelayTransport:
             if self._closed:
                 raise ProtocolError(f"{self.me}: cannot {what} {peer}: transport for session {self.session!r} is closed")
             if self._broken is not None:
-                raise self._broken
+                raise _fresh(self._broken)
             if peer in self._peer_errors:
-                raise self._peer_errors[peer]
+                raise _fresh(self._peer_errors[peer])
             if peer in self._gone:
                 raise ProtocolError(f"{self.me}: cannot {what} {peer}: {self._gone[peer]} (session {self.session!r})")
 
@@ -333,7 +333,7 @@ class RelayTransport:
                 f"this party's federation CA ({self._id.dir}/ca.crt) or the relay rejected this party's "
                 f"certificate; both must be issued by the same federation CA and be within their validity ({text})"
             )
-        if "socket closed" in low:
+        if any(k in low for k in ("socket closed", "connection reset", "alert")):
             return SecurityError(
                 f"{self.me}: {where} closed the connection during the TLS handshake: it most likely rejected this "
                 f"party's certificate (not issued by the federation CA, or expired) ({text})"
