@@ -1,0 +1,711 @@
+"""Signed model artifacts: what a finished training run hands to each party.
+
+A run produces **one artifact per party**: its part of the model (horizontal: the
+whole global model; vertical: only that party's weights or split table), the
+feature schema it expects, public metrics, and a manifest with the SHA-256 of every
+file, signed by the federation's Ed25519 key (``federation-signing.key`` from
+:func:`crypto.certs.init_ca`).  A party installs an artifact only after
+:func:`read_artifact` has checked the signature *and* every byte it is about to copy.
+
+Layout (a directory, or the same files flat in a ``.tar`` / ``.tar.gz``)::
+
+    manifest.json   signed; see below
+    schema.json     {"format": "fedcredit-schema/1", "feature_names": [...],
+                     "id_column": "id", "preprocessing": {...}, ...}
+    model.json      and/or model.npz, or any other flat file names the kind needs
+
+``manifest.json`` (canonical JSON is what is signed; the file is pretty-printed)::
+
+    {"format": "fedcredit-artifact/1", "run_id": "...", "party": "bank",
+     "kind": "vertical-lr-label", "created": "2025-01-01T00:00:00Z",
+     "metrics": {...public...},
+     "files": {"model.json": {"sha256": "...", "size": 123}, "schema.json": {...}},
+     "model_hash": "<sha256 over party, kind and the file hashes>",
+     "peers": {"fintech": {"kind": "vertical-lr-passive", "model_hash": "..."}},
+     "signature": {"alg": "ed25519", "key_id": "...", "value": "..."}}
+
+Why ``model_hash`` and ``peers``: in vertical scoring every party contributes a
+partial result from *its* installed part.  Each party's manifest names the exact
+part every other party must be serving (:func:`check_peers`), so a label party on
+run A combined with a passive party still on run B is an error, not a silent
+wrong score.  The hash reveals nothing about a part's content.
+
+Why the signer needs only the manifest: the manifest holds hashes, never weights
+or thresholds, so the federation operator can sign a passive party's manifest
+without ever seeing its split table (:func:`sign_artifact` with
+``check_files=False`` on a directory holding just ``manifest.json``).
+
+Everything here is deterministic: the same inputs (including ``created``) give
+byte-identical files, so a rebuilt artifact has the same hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+
+from crypto import signing
+from fedcredit.config import NAME_RE
+from fedcredit.errors import ConfigError, DataError, SecurityError
+
+FORMAT = "fedcredit-artifact/1"
+SCHEMA_FORMAT = "fedcredit-schema/1"
+MANIFEST = "manifest.json"
+SCHEMA = "schema.json"
+
+#: Every kind of model part an artifact can carry, and which peer kinds it pairs with.
+KINDS: dict[str, tuple[str, ...]] = {
+    "horizontal-lr": (),
+    "horizontal-mlp": (),
+    "vertical-lr-label": ("vertical-lr-passive",),
+    "vertical-lr-passive": ("vertical-lr-label", "vertical-lr-passive"),
+    "secureboost-label": ("secureboost-passive",),
+    "secureboost-passive": ("secureboost-label", "secureboost-passive"),
+}
+VERTICAL_KINDS = frozenset(k for k, peers in KINDS.items() if peers)
+
+FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_FILE_MODE = 0o600  # a vertical part (e.g. a passive party's thresholds) is the institution's secret
+_DIR_MODE = 0o700
+
+
+# --------------------------------------------------------------------------- data types
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed, validated manifest; ``key_id`` is the signer's key id (None while unsigned)."""
+
+    format: str
+    run_id: str
+    party: str
+    kind: str
+    created: str
+    metrics: dict[str, Any]
+    files: dict[str, FileEntry]
+    model_hash: str
+    peers: dict[str, dict[str, str]]
+    key_id: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_vertical(self) -> bool:
+        return self.kind in VERTICAL_KINDS
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as stored (signature included when signed)."""
+        return json.loads(json.dumps(self.raw))
+
+
+class Artifact(NamedTuple):
+    """A verified artifact: its manifest and the exact bytes whose hashes were checked."""
+
+    manifest: Manifest
+    files: dict[str, bytes]
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        return json.loads(self.files[SCHEMA])
+
+    def json(self, name: str) -> Any:
+        """Parse one of the artifact's JSON files."""
+        if name not in self.files:
+            raise DataError(
+                f"artifact {self.manifest.run_id}/{self.manifest.party} ({self.manifest.kind}) has no file "
+                f"{name!r}; it holds {sorted(self.files)}"
+            )
+        return json.loads(self.files[name])
+
+
+# --------------------------------------------------------------------------- file encodings
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Deterministic, human-readable JSON (sorted keys, no NaN) for model/schema files."""
+    try:
+        return (json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"artifact content is not JSON serializable (NaN/inf or a non-JSON type?): {exc}") from None
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """A ``.npz`` with fixed zip timestamps (``np.savez`` stamps the wall clock, which breaks determinism)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            a = np.asarray(arrays[name])
+            if a.dtype.kind not in "biuf":
+                raise ConfigError(f"npz array {name!r} has dtype {a.dtype}; only numeric arrays (no pickle) are allowed")
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(a), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, member.getvalue())
+    return buf.getvalue()
+
+
+def load_npz(data: bytes) -> dict[str, np.ndarray]:
+    """Read :func:`npz_bytes` output; pickled objects are refused."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
+        raise ConfigError(
+            f"run_id {run_id!r} is not usable in an artifact (letters, digits, '.', '_', '-'; max 128; "
+            "it becomes part of a directory name)"
+        )
+    return run_id
+
+
+def _check_party(party: str, what: str = "party") -> str:
+    if not isinstance(party, str) or not NAME_RE.match(party):
+        raise ConfigError(f"{what} name {party!r} is not a valid party name (lower-case letters, digits, '-', '_')")
+    return party
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ConfigError(f"unknown artifact kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return kind
+
+
+def _check_file_name(name: str) -> str:
+    if not isinstance(name, str) or not FILE_NAME_RE.match(name) or name in (MANIFEST, SCHEMA):
+        raise ConfigError(
+            f"artifact file name {name!r} is not allowed (flat names of letters, digits, '.', '_', '-'; "
+            f"{MANIFEST!r} and {SCHEMA!r} are reserved)"
+        )
+    return name
+
+
+def _normalize_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(schema, Mapping):
+        raise ConfigError(f"schema must be a mapping, got {type(schema).__name__}")
+    out = dict(schema)
+    out["format"] = SCHEMA_FORMAT
+    names = out.get("feature_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError("schema['feature_names'] must be a list of non-empty column names (in model order)")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"schema['feature_names'] lists {dup} more than once")
+    if "id_column" not in out:
+        raise ConfigError("schema needs 'id_column' (the customer id column name, or null for horizontal models)")
+    if out["id_column"] is not None and not isinstance(out["id_column"], str):
+        raise ConfigError(f"schema['id_column'] must be a string or null, got {out['id_column']!r}")
+    pre = out.get("preprocessing", {})
+    if not isinstance(pre, Mapping):
+        raise ConfigError("schema['preprocessing'] must be a mapping")
+    out["preprocessing"] = dict(pre)
+    return out
+
+
+def _normalize_peers(peers: Mapping[str, Any], party: str, kind: str) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for name, entry in (peers or {}).items():
+        _check_party(name, "peer")
+        if name == party:
+            raise ConfigError(f"party {party!r} lists itself among its peers")
+        if isinstance(entry, str):
+            entry = {"model_hash": entry}
+        if not isinstance(entry, Mapping) or not _SHA_RE.match(str(entry.get("model_hash", ""))):
+            raise ConfigError(f"peer {name!r}: expected a 64-hex model_hash (from model_part_hash), got {entry!r}")
+        item = {"model_hash": str(entry["model_hash"])}
+        if entry.get("kind") is not None:
+            pk = _check_kind(str(entry["kind"]))
+            if pk not in KINDS[kind]:
+                raise ConfigError(f"peer {name!r} has kind {pk!r}, which cannot pair with a {kind!r} part")
+            item["kind"] = pk
+        out[name] = item
+    if kind in VERTICAL_KINDS and not out:
+        raise ConfigError(
+            f"a {kind!r} artifact needs its peers (the other parties' names and model hashes): a vertical "
+            "part cannot score alone, and scoring must detect a version mismatch between parties"
+        )
+    return dict(sorted(out.items()))
+
+
+def _model_hash(party: str, kind: str, file_hashes: Mapping[str, str]) -> str:
+    return _sha256(
+        signing.canonical_json({"format": FORMAT, "party": party, "kind": kind, "files": dict(file_hashes)})
+    )
+
+
+def model_part_hash(*, party: str, kind: str, files: Mapping[str, bytes], schema: Mapping[str, Any]) -> str:
+    """The ``model_hash`` :func:`build_artifact` will record for these inputs (to fill other parties' ``peers``)."""
+    all_files = {**{_check_file_name(n): bytes(b) for n, b in files.items()}, SCHEMA: json_bytes(_normalize_schema(schema))}
+    return _model_hash(_check_party(party), _check_kind(kind), {n: _sha256(b) for n, b in sorted(all_files.items())})
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _parse_manifest(doc: Any, where: str) -> Manifest:
+    """Structural validation of a manifest dict (signature already checked or absent)."""
+    if not isinstance(doc, dict):
+        raise SecurityError(f"{where}: manifest.json is not a JSON object")
+    if doc.get("format") != FORMAT:
+        raise SecurityError(f"{where}: manifest format {doc.get('format')!r} is not supported (expected {FORMAT!r})")
+    try:
+        run_id = _check_run_id(doc["run_id"])
+        party = _check_party(doc["party"])
+        kind = _check_kind(doc["kind"])
+        files_doc = doc["files"]
+        if not isinstance(files_doc, dict) or SCHEMA not in files_doc:
+            raise ConfigError(f"'files' must be an object listing at least {SCHEMA!r}")
+        files: dict[str, FileEntry] = {}
+        for name, e in files_doc.items():
+            if name != SCHEMA:
+                _check_file_name(name)
+            if not isinstance(e, dict) or not _SHA_RE.match(str(e.get("sha256", ""))) or not isinstance(e.get("size"), int):
+                raise ConfigError(f"file entry {name!r} needs a 64-hex 'sha256' and an integer 'size'")
+            files[name] = FileEntry(sha256=e["sha256"], size=e["size"])
+        if len(files) < 2:
+            raise ConfigError("the artifact lists no model file besides schema.json")
+        peers = _normalize_peers(doc.get("peers", {}), party, kind)
+        metrics = doc.get("metrics", {})
+        if not isinstance(metrics, dict):
+            raise ConfigError("'metrics' must be an object")
+        created = doc.get("created")
+        if not isinstance(created, str):
+            raise ConfigError("'created' must be an ISO-8601 string")
+        model_hash = doc.get("model_hash")
+    except KeyError as exc:
+        raise SecurityError(f"{where}: manifest.json lacks field {exc.args[0]!r}") from None
+    except ConfigError as exc:
+        raise SecurityError(f"{where}: malformed manifest.json: {exc}") from None
+    expected = _model_hash(party, kind, {n: e.sha256 for n, e in sorted(files.items())})
+    if model_hash != expected:
+        raise SecurityError(f"{where}: manifest model_hash {model_hash!r} does not match its file list ({expected})")
+    sig = doc.get(signing.SIGNATURE_FIELD)
+    return Manifest(
+        format=FORMAT,
+        run_id=run_id,
+        party=party,
+        kind=kind,
+        created=created,
+        metrics=metrics,
+        files=files,
+        model_hash=expected,
+        peers=peers,
+        key_id=sig.get("key_id") if isinstance(sig, dict) else None,
+        raw=doc,
+    )
+
+
+# --------------------------------------------------------------------------- build / sign
+
+
+def _write_dir_atomically(out_dir: Path, contents: Mapping[str, bytes]) -> Path:
+    """Create ``out_dir`` with ``contents``; a crash leaves no half-built directory; never overwrites."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConfigError(f"refusing to overwrite {out_dir}: it already exists and is not an empty directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        os.chmod(tmp, _DIR_MODE)
+        for name, data in contents.items():
+            _write_new(tmp / name, data)
+        _fsync_dir(tmp)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above); rename cannot replace a directory portably otherwise
+        os.rename(tmp, out_dir)
+        _fsync_dir(out_dir.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def build_artifact(
+    out_dir: str | Path,
+    *,
+    run_id: str,
+    party: str,
+    kind: str,
+    files: Mapping[str, bytes],
+    schema: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None = None,
+    peers: Mapping[str, Any] | None = None,
+    created: str | None = None,
+) -> Path:
+    """Write an **unsigned** artifact directory; sign it with :func:`sign_artifact`.
+
+    ``files`` maps flat file names (e.g. ``model.json``, ``model.npz``) to bytes;
+    ``schema`` becomes ``schema.json``; ``peers`` maps each other party of a
+    vertical model to its ``model_hash`` (a str, or ``{"model_hash", "kind"}``).
+    ``created`` defaults to now (UTC); pass it for byte-identical rebuilds.
+    """
+    _check_run_id(run_id)
+    _check_party(party)
+    _check_kind(kind)
+    if not files:
+        raise ConfigError(f"artifact for party {party!r} ({kind}) has no model file")
+    contents: dict[str, bytes] = {}
+    for name, data in files.items():
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ConfigError(f"artifact file {name!r} must be bytes, got {type(data).__name__}")
+        contents[_check_file_name(name)] = bytes(data)
+    contents[SCHEMA] = json_bytes(_normalize_schema(schema))
+    contents = dict(sorted(contents.items()))
+    entries = {n: {"sha256": _sha256(b), "size": len(b)} for n, b in contents.items()}
+    manifest = {
+        "format": FORMAT,
+        "run_id": run_id,
+        "party": party,
+        "kind": kind,
+        "created": created or _utc_now(),
+        "metrics": dict(metrics or {}),
+        "files": entries,
+        "model_hash": _model_hash(party, kind, {n: e["sha256"] for n, e in entries.items()}),
+        "peers": _normalize_peers(peers or {}, party, kind),
+    }
+    signing.canonical_json(manifest)  # NaN in metrics etc. fails here, naming the problem
+    return _write_dir_atomically(Path(out_dir), {**contents, MANIFEST: json_bytes(manifest)})
+
+
+def build_run_artifacts(
+    out_root: str | Path,
+    *,
+    run_id: str,
+    parts: Mapping[str, Mapping[str, Any]],
+    created: str | None = None,
+) -> dict[str, Path]:
+    """Build every party's artifact of one run with ``peers`` cross-filled.
+
+    ``parts`` maps party -> ``{"kind", "files", "schema", "metrics"?}``.  Each
+    artifact goes to ``out_root/<party>``.  In a real deployment each party builds
+    its own (its files never leave it) and only the model hashes are exchanged;
+    this helper is that exchange done in one place (simulation, tests).
+    """
+    hashes = {
+        p: model_part_hash(party=p, kind=spec["kind"], files=spec["files"], schema=spec["schema"])
+        for p, spec in parts.items()
+    }
+    created = created or _utc_now()
+    out: dict[str, Path] = {}
+    for p, spec in parts.items():
+        vertical = spec["kind"] in VERTICAL_KINDS
+        peers = {q: {"model_hash": hashes[q], "kind": parts[q]["kind"]} for q in parts if q != p} if vertical else {}
+        out[p] = build_artifact(
+            Path(out_root) / p,
+            run_id=run_id,
+            party=p,
+            kind=spec["kind"],
+            files=spec["files"],
+            schema=spec["schema"],
+            metrics=spec.get("metrics", {}),
+            peers=peers,
+            created=created,
+        )
+    return out
+
+
+def sign_artifact(path: str | Path, signing_key: Any, *, check_files: bool = True, resign: bool = False) -> Manifest:
+    """Sign ``path/manifest.json`` in place with the federation key (an Ed25519 private key or its PEM path).
+
+    With ``check_files`` (default) the files on disk must match the manifest first, so
+    the federation never signs a directory that was altered after it was built.
+    ``check_files=False`` signs a manifest shipped alone (the signer never sees model bytes).
+    """
+    path = Path(path)
+    key = signing.load_private(Path(signing_key)) if isinstance(signing_key, (str, Path)) else signing_key
+    mpath = path / MANIFEST
+    doc = _load_manifest_json(mpath.read_bytes() if mpath.is_file() else None, f"artifact {path}")
+    if signing.SIGNATURE_FIELD in doc:
+        if not resign:
+            raise ConfigError(f"artifact {path} is already signed (key {doc['signature'].get('key_id')}); pass resign=True")
+        doc = {k: v for k, v in doc.items() if k != signing.SIGNATURE_FIELD}
+    manifest = _parse_manifest(doc, f"artifact {path}")
+    if check_files:
+        _check_contents(manifest, _read_dir(path), f"artifact {path}")
+    signed = signing.sign_manifest(doc, key)
+    tmp = path / f".{MANIFEST}.tmp"
+    tmp.write_bytes(json_bytes(signed))
+    os.replace(tmp, mpath)
+    return _parse_manifest(signed, f"artifact {path}")
+
+
+# --------------------------------------------------------------------------- tar
+
+
+def pack_artifact(path: str | Path, tar_path: str | Path) -> Path:
+    """Pack an artifact directory into one deterministic ``.tar`` (or ``.tar.gz``) for shipping."""
+    src, tar_path = Path(path), Path(tar_path)
+    if tar_path.exists():
+        raise ConfigError(f"refusing to overwrite {tar_path}")
+    files = _read_dir(src)
+    if MANIFEST not in files:
+        raise ConfigError(f"{src} is not an artifact directory (no {MANIFEST})")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name in sorted(files):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid = len(files[name]), 0, 0o600, 0, 0
+            tf.addfile(info, io.BytesIO(files[name]))
+    data = buf.getvalue()
+    if tar_path.name.endswith((".tar.gz", ".tgz")):
+        import gzip
+
+        data = gzip.compress(data, mtime=0)
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tar_path.with_name(f".{tar_path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, tar_path)
+    return tar_path
+
+
+def _read_tar(path: Path) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, mode="r:*") as tf:
+            for m in tf.getmembers():
+                name = m.name[2:] if m.name.startswith("./") else m.name
+                if not m.isreg():
+                    raise SecurityError(f"artifact {path}: tar member {m.name!r} is not a regular file")
+                if "/" in name or not FILE_NAME_RE.match(name):
+                    raise SecurityError(f"artifact {path}: tar member {m.name!r} is not a flat artifact file name")
+                if name in out:
+                    raise SecurityError(f"artifact {path}: tar member {name!r} appears twice")
+                fh = tf.extractfile(m)
+                out[name] = fh.read() if fh else b""
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise SecurityError(f"artifact {path}: not a readable tar archive: {exc}") from None
+    return out
+
+
+def _read_dir(path: Path) -> dict[str, bytes]:
+    """Every entry of an artifact directory as bytes; anything but a regular file is refused."""
+    if not path.is_dir():
+        raise ConfigError(f"artifact {path} does not exist or is not a directory / tar file")
+    out: dict[str, bytes] = {}
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            raise SecurityError(f"artifact {path}: leftover temporary file {entry.name!r} (interrupted write?)")
+        if not entry.is_file(follow_symlinks=False):
+            raise SecurityError(
+                f"artifact {path}: {entry.name!r} is not a regular file (directories and symlinks are refused)"
+            )
+        with open(entry.path, "rb") as fh:
+            out[entry.name] = fh.read()
+    return out
+
+
+def _is_tar(path: Path) -> bool:
+    return path.is_file() and tarfile.is_tarfile(path)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def _load_manifest_json(raw: bytes | None, where: str) -> dict[str, Any]:
+    if raw is None:
+        raise SecurityError(f"{where}: no {MANIFEST} (not a fedcredit artifact)")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SecurityError(f"{where}: {MANIFEST} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise SecurityError(f"{where}: {MANIFEST} is not a JSON object")
+    return doc
+
+
+def _check_contents(manifest: Manifest, contents: Mapping[str, bytes], where: str) -> None:
+    """Exactly the listed files, each with the listed size and SHA-256."""
+    present = set(contents) - {MANIFEST}
+    listed = set(manifest.files)
+    extra, missing = sorted(present - listed), sorted(listed - present)
+    if missing:
+        raise SecurityError(f"{where}: file(s) {missing} listed in the signed manifest are missing")
+    if extra:
+        raise SecurityError(f"{where}: unexpected file(s) {extra} not listed in the signed manifest")
+    for name in sorted(listed):
+        entry, data = manifest.files[name], contents[name]
+        if len(data) != entry.size:
+            raise SecurityError(
+                f"{where}: {name} is {len(data)} bytes, the signed manifest says {entry.size} (file altered)"
+            )
+        got = _sha256(data)
+        if got != entry.sha256:
+            raise SecurityError(
+                f"{where}: {name} has sha256 {got[:16]}…, the signed manifest says {entry.sha256[:16]}… "
+                "(file altered after signing)"
+            )
+    try:
+        schema = json.loads(contents[SCHEMA])
+        _normalize_schema(schema)
+    except (ValueError, ConfigError) as exc:
+        raise SecurityError(f"{where}: {SCHEMA} is unusable: {exc}") from None
+
+
+def _public_key(key: Any) -> Any:
+    return signing.load_public(Path(key)) if isinstance(key, (str, Path)) else key
+
+
+def read_artifact(path: str | Path, federation_public_key: Any, *, party: str | None = None) -> Artifact:
+    """Verify an artifact (dir or tar) and return its manifest with the verified bytes.
+
+    Checks, in order: ``manifest.json`` is signed by ``federation_public_key`` (a key
+    or a PEM path); the manifest is well formed; no file is missing or extra; every
+    file has its signed size and SHA-256; ``schema.json`` is usable; and, when
+    ``party`` is given, that the artifact is for that party.  Any failure is a
+    :class:`SecurityError` naming the artifact and the file or field.
+    """
+    path = Path(path)
+    where = f"artifact {path}"
+    contents = _read_tar(path) if _is_tar(path) else _read_dir(path)
+    doc = _load_manifest_json(contents.get(MANIFEST), where)
+    public = _public_key(federation_public_key)
+    try:
+        signing.verify_manifest(doc, public)
+    except SecurityError as exc:
+        raise SecurityError(f"{where}: {exc}") from None
+    manifest = _parse_manifest(doc, where)
+    _check_contents(manifest, contents, where)
+    if party is not None and manifest.party != party:
+        raise SecurityError(
+            f"{where}: this artifact is party {manifest.party!r}'s part of run {manifest.run_id}, not {party!r}'s"
+        )
+    return Artifact(manifest, {n: b for n, b in contents.items() if n != MANIFEST})
+
+
+def check_artifact_integrity(path: str | Path) -> Artifact:
+    """Hash-only re-check of an artifact that was verified when installed (integrity at rest).
+
+    Not a substitute for :func:`read_artifact`: without the signature anyone can
+    rewrite manifest and files together.  Used by a model store that was not given
+    the federation key.
+    """
+    path = Path(path)
+    where = f"artifact {path}"
+    contents = _read_tar(path) if _is_tar(path) else _read_dir(path)
+    manifest = _parse_manifest(_load_manifest_json(contents.get(MANIFEST), where), where)
+    _check_contents(manifest, contents, where)
+    return Artifact(manifest, {n: b for n, b in contents.items() if n != MANIFEST})
+
+
+def verify_artifact(path: str | Path, federation_public_key: Any, *, party: str | None = None) -> Manifest:
+    """Verify signature and every file of an artifact; return its manifest (see :func:`read_artifact`)."""
+    return read_artifact(path, federation_public_key, party=party).manifest
+
+
+def check_peers(manifest: Manifest, observed: Mapping[str, str]) -> None:
+    """Refuse to combine partial results unless every peer serves the exact part this manifest names.
+
+    ``observed`` maps peer party -> the ``model_hash`` that peer reports for its
+    active part (e.g. in its scoring reply).  Raises SecurityError naming the party.
+    """
+    for peer, entry in manifest.peers.items():
+        got = observed.get(peer)
+        if got is None:
+            raise SecurityError(
+                f"model version mismatch: run {manifest.run_id} at {manifest.party!r} needs a partial result from "
+                f"{peer!r}, which did not report its model part"
+            )
+        if got != entry["model_hash"]:
+            raise SecurityError(
+                f"model version mismatch: {manifest.party!r} runs {manifest.run_id} which expects {peer!r}'s part "
+                f"{entry['model_hash'][:12]}, but {peer!r} serves {got[:12]} (activate the same run at every party)"
+            )
+    unknown = sorted(set(observed) - set(manifest.peers))
+    if unknown:
+        raise SecurityError(
+            f"model version mismatch: {unknown} answered for run {manifest.run_id} at {manifest.party!r}, "
+            "but are not parties of that model"
+        )
+
+
+# --------------------------------------------------------------------------- horizontal helpers
+
+
+def horizontal_parts(saved: Any, *, id_column: str | None = "id") -> tuple[str, dict[str, bytes], dict[str, Any]]:
+    """(kind, files, schema) for a horizontal global model (:class:`fedcredit.models.SavedModel`).
+
+    ``model.json`` is exactly :func:`fedcredit.models.save_model`'s document, so
+    :func:`load_horizontal` (and ``load_model``) read it back unchanged.
+    """
+    from fedcredit.models import save_model
+
+    family = saved.model.family
+    kind = {"lr": "horizontal-lr", "mlp": "horizontal-mlp"}.get(family)
+    if kind is None:
+        raise ConfigError(f"no artifact kind for horizontal model family {family!r}")
+    with tempfile.TemporaryDirectory() as d:
+        p = save_model(Path(d) / "model.json", saved.model, mean=saved.mean, std=saved.std,
+                       feature_names=saved.feature_names, meta=saved.meta)
+        model_json = p.read_bytes()
+    schema = {
+        "feature_names": list(saved.feature_names),
+        "id_column": id_column,
+        "preprocessing": {
+            "standardize": {"mean": [float(v) for v in saved.mean], "std": [float(v) for v in saved.std]},
+        },
+    }
+    return kind, {"model.json": model_json}, schema
+
+
+def load_horizontal(artifact: Artifact) -> Any:
+    """The :class:`fedcredit.models.SavedModel` inside a verified horizontal artifact."""
+    from fedcredit.models import load_model
+
+    m = artifact.manifest
+    if m.kind not in ("horizontal-lr", "horizontal-mlp"):
+        raise ConfigError(f"artifact {m.run_id}/{m.party} is a {m.kind!r} part, not a horizontal model")
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "model.json"
+        p.write_bytes(artifact.files.get("model.json", b""))
+        try:
+            saved = load_model(p)
+        except (ValueError, KeyError, json.JSONDecodeError) as exc:
+            raise DataError(f"artifact {m.run_id}/{m.party}: model.json is not a horizontal model: {exc}") from None
+    if list(saved.feature_names) != list(artifact.schema["feature_names"]):
+        raise DataError(f"artifact {m.run_id}/{m.party}: model.json and schema.json disagree on the feature order")
+    return saved

@@ -1,0 +1,269 @@
+"""Export a horizontal logistic regression for use outside fedcredit.
+
+A horizontal LR is the one model every party holds whole, and it is a linear model
+on standardized features, so it can leave fedcredit in formats a bank's existing
+decision engine reads without any fedcredit code:
+
+* ``scorecard.csv`` — a points-based scorecard (see :func:`export_scorecard_csv`);
+* ``model.linear.json`` — a plain JSON linear model with the formula written in it;
+* ``model.pmml`` — PMML 4.4 ``RegressionModel`` (``normalizationMethod="logit"``).
+
+Folding standardization into raw-scale coefficients (``z_j = (x_j - mean_j) / std_j``)::
+
+    logit = b + sum_j w_j z_j = (b - sum_j w_j mean_j / std_j) + sum_j (w_j / std_j) x_j
+    pd    = 1 / (1 + exp(-logit))
+    score = offset + factor * ln((1 - pd) / pd) = offset - factor * logit
+
+ONNX is not offered: the ``onnx`` package is not a dependency of this project, and
+the JSON/PMML files above already carry the full model.  Vertical parts are not
+exportable: a party's part alone is not a model (its score needs the other parties).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from fedcredit.artifacts import Artifact, json_bytes, load_horizontal
+from fedcredit.errors import ConfigError, DataError
+from party.decision import Contributions, ScoreScale, lr_contributions
+
+LINEAR_FORMAT = "fedcredit-linear-model/1"
+SCORECARD_COLUMNS = ("row_type", "feature", "lower", "upper", "reference", "points_per_unit", "points")
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """A logistic regression on standardized features, with what is needed to score raw rows."""
+
+    feature_names: list[str]
+    weights: np.ndarray  # on standardized features
+    bias: float
+    mean: np.ndarray
+    std: np.ndarray
+    source: dict[str, Any]
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact) -> "LinearModel":
+        m = artifact.manifest
+        if m.kind != "horizontal-lr":
+            why = (
+                "a vertical part is only one party's share of the model"
+                if m.is_vertical
+                else "a neural network has no linear scorecard form"
+            )
+            raise ConfigError(
+                f"cannot export {m.run_id}/{m.party}: kind {m.kind!r} is not exportable ({why}); "
+                "only 'horizontal-lr' models can be exported"
+            )
+        saved = load_horizontal(artifact)
+        params = saved.model.get_flat()
+        return cls(
+            feature_names=list(saved.feature_names),
+            weights=np.asarray(params[:-1], dtype=np.float64),
+            bias=float(params[-1]),
+            mean=np.asarray(saved.mean, dtype=np.float64),
+            std=np.asarray(saved.std, dtype=np.float64),
+            source={"run_id": m.run_id, "party": m.party, "kind": m.kind, "model_hash": m.model_hash},
+        )
+
+    @property
+    def raw_coefficients(self) -> np.ndarray:
+        return self.weights / self.std
+
+    @property
+    def raw_intercept(self) -> float:
+        return float(self.bias - np.sum(self.weights * self.mean / self.std))
+
+    def _raw(self, x: Mapping[str, float] | Sequence[float]) -> np.ndarray:
+        if isinstance(x, Mapping):
+            missing = [n for n in self.feature_names if n not in x]
+            if missing:
+                raise DataError(f"application lacks feature(s) {missing} required by model {self.source.get('run_id')}")
+            return np.asarray([float(x[n]) for n in self.feature_names], dtype=np.float64)
+        return np.asarray(x, dtype=np.float64).ravel()
+
+    def logit(self, x: Mapping[str, float] | Sequence[float]) -> float:
+        z = (self._raw(x) - self.mean) / self.std
+        return float(self.bias + z @ self.weights)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        Z = (np.asarray(X, dtype=np.float64) - self.mean) / self.std
+        return 1.0 / (1.0 + np.exp(-(Z @ self.weights + self.bias)))
+
+    def contributions(self, x: Mapping[str, float] | Sequence[float]) -> Contributions:
+        """Per-feature logit contributions relative to the population-mean applicant."""
+        z = (self._raw(x) - self.mean) / self.std
+        return lr_contributions(self.weights, z, self.feature_names, intercept=self.bias)
+
+
+def _fmt(v: float) -> str:
+    return "" if v is None else repr(float(v))
+
+
+def _write_new(path: Path, data: bytes) -> Path:
+    path = Path(path)
+    if path.exists():
+        raise ConfigError(f"refusing to overwrite existing export file {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def scorecard_rows(
+    model: LinearModel, scale: ScoreScale, bins: Mapping[str, Sequence[float]] | None = None
+) -> list[dict[str, str]]:
+    """Rows of the scorecard table (see :func:`export_scorecard_csv`)."""
+    bins = dict(bins or {})
+    unknown = sorted(set(bins) - set(model.feature_names))
+    if unknown:
+        raise ConfigError(f"scorecard bins given for unknown feature(s) {unknown}")
+    rows = [dict(row_type="base", feature="", lower="", upper="", reference="", points_per_unit="",
+                 points=_fmt(scale.offset - scale.factor * model.bias))]
+    ppu = -scale.factor * model.raw_coefficients
+    for j, name in enumerate(model.feature_names):
+        ref = float(model.mean[j])
+        rows.append(dict(row_type="linear", feature=name, lower="-inf", upper="inf", reference=_fmt(ref),
+                         points_per_unit=_fmt(ppu[j]), points=""))
+        if name in bins:
+            edges = [float(e) for e in bins[name]]
+            if not edges or any(b <= a for a, b in zip(edges, edges[1:])) or not all(map(math.isfinite, edges)):
+                raise ConfigError(f"scorecard bins for {name!r} must be finite, strictly increasing edges, got {edges}")
+            bounds = [-math.inf, *edges, math.inf]
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                rep = hi if lo == -math.inf else lo if hi == math.inf else (lo + hi) / 2.0
+                rows.append(dict(row_type="bin", feature=name, lower=_fmt(lo), upper=_fmt(hi), reference=_fmt(rep),
+                                 points_per_unit="", points=_fmt(ppu[j] * (rep - ref))))
+    return rows
+
+
+def export_scorecard_csv(
+    model: LinearModel, path: str | Path, scale: ScoreScale, bins: Mapping[str, Sequence[float]] | None = None
+) -> Path:
+    """Write a points scorecard CSV (columns ``row_type,feature,lower,upper,reference,points_per_unit,points``).
+
+    * one ``base`` row: ``points`` = score of the population-mean applicant;
+    * one ``linear`` row per feature: **exact** scoring is
+      ``score = base.points + sum_features points_per_unit * (x - reference)``;
+    * optional ``bin`` rows (when ``bins`` gives edges for a feature): the bin
+      ``[lower, upper)`` scores ``points`` — the linear points at the bin's
+      ``reference`` value (midpoint; the finite edge for open-ended bins), the
+      usual binned-scorecard approximation.  Use either a feature's bins or its
+      linear row, not both.
+    """
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SCORECARD_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(scorecard_rows(model, scale, bins))
+    return _write_new(Path(path), buf.getvalue().encode("utf-8"))
+
+
+def linear_model_doc(model: LinearModel, scale: ScoreScale | None = None) -> dict[str, Any]:
+    """The plain JSON linear model (self-describing: the formula is in the file)."""
+    doc: dict[str, Any] = {
+        "format": LINEAR_FORMAT,
+        "model_type": "logistic_regression",
+        "target": "probability of default (label 1)",
+        "formula": "logit = intercept + sum_j coefficients[j] * x[j]  (x = raw feature values, in 'features' order); "
+        "pd = 1 / (1 + exp(-logit))",
+        "features": list(model.feature_names),
+        "coefficients": [float(v) for v in model.raw_coefficients],
+        "intercept": model.raw_intercept,
+        "standardized": {
+            "formula": "z[j] = (x[j] - mean[j]) / std[j]; logit = intercept + sum_j coefficients[j] * z[j]",
+            "mean": [float(v) for v in model.mean],
+            "std": [float(v) for v in model.std],
+            "coefficients": [float(v) for v in model.weights],
+            "intercept": float(model.bias),
+        },
+        "source": dict(model.source),
+    }
+    if scale is not None:
+        doc["score_scale"] = {
+            "formula": "score = offset - factor * logit  (= offset + factor * ln((1 - pd) / pd))",
+            "base_points": scale.base_points,
+            "base_odds": scale.base_odds,
+            "pdo": scale.pdo,
+            "factor": scale.factor,
+            "offset": scale.offset,
+        }
+    return doc
+
+
+def export_linear_json(model: LinearModel, path: str | Path, scale: ScoreScale | None = None) -> Path:
+    return _write_new(Path(path), json_bytes(linear_model_doc(model, scale)))
+
+
+def pmml_bytes(model: LinearModel) -> bytes:
+    """PMML 4.4 RegressionModel; P(default) is the probability of target category "1"."""
+    ns = "http://www.dmg.org/PMML-4_4"
+    root = ET.Element("PMML", {"xmlns": ns, "version": "4.4"})
+    header = ET.SubElement(root, "Header", {
+        "description": f"fedcredit horizontal logistic regression, run {model.source.get('run_id')}, "
+        f"model_hash {model.source.get('model_hash')}"
+    })
+    ET.SubElement(header, "Application", {"name": "fedcredit"})
+    dd = ET.SubElement(root, "DataDictionary", {"numberOfFields": str(len(model.feature_names) + 1)})
+    for n in model.feature_names:
+        ET.SubElement(dd, "DataField", {"name": n, "optype": "continuous", "dataType": "double"})
+    target = ET.SubElement(dd, "DataField", {"name": "default", "optype": "categorical", "dataType": "integer"})
+    for v in ("0", "1"):
+        ET.SubElement(target, "Value", {"value": v})
+    rm = ET.SubElement(root, "RegressionModel", {
+        "functionName": "classification", "normalizationMethod": "logit",
+        "modelName": f"fedcredit-{model.source.get('run_id')}",
+    })
+    ms = ET.SubElement(rm, "MiningSchema")
+    for n in model.feature_names:
+        ET.SubElement(ms, "MiningField", {"name": n})
+    ET.SubElement(ms, "MiningField", {"name": "default", "usageType": "target"})
+    out = ET.SubElement(rm, "Output")
+    ET.SubElement(out, "OutputField", {"name": "probability_default", "optype": "continuous", "dataType": "double",
+                                       "feature": "probability", "value": "1"})
+    t1 = ET.SubElement(rm, "RegressionTable", {"intercept": repr(model.raw_intercept), "targetCategory": "1"})
+    for n, c in zip(model.feature_names, model.raw_coefficients):
+        ET.SubElement(t1, "NumericPredictor", {"name": n, "exponent": "1", "coefficient": repr(float(c))})
+    ET.SubElement(rm, "RegressionTable", {"intercept": "0", "targetCategory": "0"})
+    ET.indent(root)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
+
+
+def export_pmml(model: LinearModel, path: str | Path) -> Path:
+    return _write_new(Path(path), pmml_bytes(model))
+
+
+def export_artifact(
+    artifact: Artifact,
+    out_dir: str | Path,
+    scale: ScoreScale | None = None,
+    bins: Mapping[str, Sequence[float]] | None = None,
+) -> dict[str, Path]:
+    """Write ``scorecard.csv``, ``model.linear.json`` and ``model.pmml`` for a verified horizontal-lr artifact.
+
+    ``bins`` defaults to ``schema.json``'s ``preprocessing.bins`` when the training
+    run recorded (federated) bin edges there.  Refuses to overwrite any file.
+    """
+    model = LinearModel.from_artifact(artifact)
+    scale = scale or ScoreScale()
+    if bins is None:
+        bins = artifact.schema.get("preprocessing", {}).get("bins")
+    out_dir = Path(out_dir)
+    targets = {"scorecard": out_dir / "scorecard.csv", "linear_json": out_dir / "model.linear.json",
+               "pmml": out_dir / "model.pmml"}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing:
+        raise ConfigError(f"refusing to overwrite existing export file(s) {existing}")
+    export_scorecard_csv(model, targets["scorecard"], scale, bins)
+    export_linear_json(model, targets["linear_json"], scale)
+    export_pmml(model, targets["pmml"])
+    return targets
