@@ -267,6 +267,18 @@ def model_part_hash(*, party: str, kind: str, files: Mapping[str, bytes], schema
     return _model_hash(_check_party(party), _check_kind(kind), {n: _sha256(b) for n, b in sorted(all_files.items())})
 
 
+def _non_finite(obj: Any, where: str) -> str | None:
+    """Dotted path of the first NaN/inf float inside ``obj`` (metrics often carry one)."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return where
+    items = obj.items() if isinstance(obj, Mapping) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{where}.{k}")
+        if found:
+            return found
+    return None
+
+
 def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -408,7 +420,10 @@ def build_artifact(
         "model_hash": _model_hash(party, kind, {n: e["sha256"] for n, e in entries.items()}),
         "peers": _normalize_peers(peers or {}, party, kind),
     }
-    signing.canonical_json(manifest)  # NaN in metrics etc. fails here, naming the problem
+    bad = _non_finite(manifest["metrics"], "metrics")
+    if bad:
+        raise ConfigError(f"artifact for party {party!r}: {bad} is NaN or infinite (JSON has no portable form for it)")
+    signing.canonical_json(manifest)  # any other non-JSON value fails here
     return _write_dir_atomically(Path(out_dir), {**contents, MANIFEST: json_bytes(manifest)})
 
 
