@@ -136,7 +136,7 @@ def follow(client: Any, run_id: str) -> Any:
                 desc = f"round {data['round']}/{data['rounds']}"
             parties = data.get("parties")
             if isinstance(parties, dict):
-                desc += "  " + " ".join(f"{p}:{s}" for p, s in parties.items())
+                desc += "  " + " ".join(f"{p}:{s.get('status', '?') if isinstance(s, dict) else s}" for p, s in parties.items())
             metrics = data.get("metrics")
             if isinstance(metrics, dict):
                 desc += "  " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())

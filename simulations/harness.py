@@ -131,13 +131,24 @@ def simulate(scenario: str, *, deployment: bool = False, out_dir: Path | None = 
 
 
 def _run_inprocess(tables: dict[str, Any], banks: dict[str, dict[str, Path]], out: Path, console: Console) -> dict[str, Any]:
+    from fedcredit.channel import LocalChannel
     from fedcredit.config import JobConfig
-    from simulations.horizontal_sim import run_inprocess
+    from fedcredit.flowerapp.jobs import horizontal_job, horizontal_public_result
+    from fedcredit.protocols.horizontal import run_coordinator
+    from simulations.horizontal_sim import make_local_federation
 
     job = JobConfig.model_validate(tables)
     if job.job.type != "horizontal":
         raise ConfigError(f"in-process simulation of '{job.job.type}' jobs: use the vertical benchmarks or --deployment")
-    return run_inprocess(banks, job, out, console=console)
+    run_id = f"sim-{time.strftime('%Y%m%d-%H%M%S')}"
+    hjob = horizontal_job(job, run_id)
+    fed = make_local_federation({b: f["train"] for b, f in banks.items()}, {b: f["test"] for b, f in banks.items()}, out)
+    assert isinstance(fed.channel, LocalChannel)
+    with _progress(console) as show:
+        result = run_coordinator(fed.channel, hjob, progress=show)
+    report = horizontal_public_result(result)
+    report.update(run_id=run_id, status="finished", models={b: str(e.output_dir / run_id) for b, e in fed.envs.items()})
+    return report
 
 
 def _run_deployment(tables: dict[str, Any], banks: dict[str, dict[str, Path]], out: Path, console: Console) -> dict[str, Any]:
@@ -162,6 +173,36 @@ def _run_deployment(tables: dict[str, Any], banks: dict[str, dict[str, Path]], o
     if info.result_json:
         report.update(json.loads(info.result_json))
     return report
+
+
+class _progress:
+    """Rich progress for in-process runs, fed by the protocol's progress events."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.prog = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                             TimeElapsedColumn(), console=console)
+
+    def __enter__(self):
+        self.prog.__enter__()
+        self.task = self.prog.add_task("setting up", total=None)
+
+        def show(ev: dict[str, Any]) -> None:
+            if "round" in ev and "rounds" in ev:
+                self.prog.update(self.task, total=ev["rounds"], completed=ev["round"])
+            desc = ev.get("message") or ev.get("event", "")
+            if "round" in ev and "rounds" in ev:
+                desc = f"round {ev['round']}/{ev['rounds']}"
+            m = ev.get("metrics")
+            if isinstance(m, dict):
+                desc += "  " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
+            self.prog.update(self.task, description=desc)
+
+        return show
+
+    def __exit__(self, *exc: object) -> None:
+        self.prog.__exit__(*exc)
 
 
 def _summary(report: dict[str, Any], console: Console) -> None:

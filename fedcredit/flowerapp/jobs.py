@@ -59,12 +59,36 @@ def run_coordinator_role(
     return _coordinate_vertical(channel, job, progress)
 
 
+def horizontal_job(job: JobConfig, run_id: str) -> Any:
+    """The protocol's job spec from a job file: [job] names the parties, [model] the rest."""
+    from fedcredit.protocols import horizontal
+
+    spec = dict(job.model)
+    spec.update(run_id=run_id, parties=list(job.job.parties), min_parties=job.job.min_parties)
+    return horizontal.HorizontalJob.from_dict(spec)
+
+
+def horizontal_public_result(result: Any) -> dict[str, Any]:
+    """The part of a horizontal result the coordinator's registry and reports keep."""
+    return {
+        "global": result.global_metrics or {},
+        "parties": result.party_metrics,
+        "dropped": result.dropped,
+        "rounds": result.rounds,
+        "features": result.feature_names,
+        "history": result.history,
+        "bytes_per_round": result.bytes_per_round(),
+        "traffic": result.traffic,
+        "protocol_wall_time_s": result.wall_time_s,
+    }
+
+
 def _coordinate_horizontal(channel: Any, job: JobConfig, progress: Progress) -> dict[str, Any]:
     from fedcredit.protocols import horizontal
 
-    hjob = horizontal.HorizontalJob.from_config(job)
+    hjob = horizontal_job(job, channel.meta["run_id"])
     result = horizontal.run_coordinator(channel, hjob, progress=progress)
-    out = result.to_public_dict()
+    out = horizontal_public_result(result)
     out["bytes_from_parties"] = dict(channel.bytes_received)
     out["bytes_to_parties"] = dict(channel.bytes_sent)
     return out
@@ -142,7 +166,19 @@ def _party_horizontal(rt: PartyRuntime, method: str, payload: bytes) -> bytes:
     from fedcredit.channel import DirState
     from fedcredit.protocols import horizontal
 
-    env = horizontal.PartyEnv.from_runtime(rt)
+    train = rt.config.dataset(rt.job.job.train_dataset)
+    test = rt.config.dataset(rt.job.job.test_dataset) if rt.job.job.test_dataset else None
+    env = horizontal.PartyEnv(
+        name=rt.name,
+        envelope_private=rt.identity.envelope_private,
+        peers=rt.peers,
+        train=train.path,
+        test=test.path if test else None,
+        output_dir=rt.config.party.state_dir / "models",
+        id_column=train.id_column,
+        label_column=train.label_column or "y",
+        feature_columns=train.feature_columns,
+    )
     handler = horizontal.party_handler(env)
     return handler(method, payload, DirState(rt.run_dir / "state"))
 
