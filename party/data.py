@@ -168,7 +168,7 @@ def load_table(
             i = int(np.flatnonzero(dup.to_numpy())[0])
             first = int(np.flatnonzero(ids == ids[i])[0])
             raise DataError(
-                f"{_where(party, path, i, is_csv)}: duplicate id {ids[i]!r} in column '{id_column}' "
+                f"{_where(party, path, i, is_csv)}: duplicate id {str(ids[i])!r} in column '{id_column}' "
                 f"(first seen at row {first + 1}); ids must be unique ({int(dup.sum())} duplicate(s))"
             )
     else:
