@@ -1,0 +1,815 @@
+"""Vertical (hetero) logistic regression: one label party, one or more passive parties (all roles here).
+
+Model: ``logit(x) = b + w_L·x_L + Σ_k w_k·x_k`` — the label party L owns ``b, w_L``
+and the labels, passive party k owns ``w_k`` and its features.  Each party
+standardizes its own features locally; nothing about raw rows crosses.
+
+Training (mini-batch Nesterov SGD, L2, early stopping on a validation split); per
+batch, with rows fixed by a shared seed (no row lists cross):
+
+    P_k -> L   z_k = X_k[batch] w_k            partial logits (fixed-point, masked so that
+                                               with >= 2 passives L learns only Σ_k z_k)
+    L          d = sigmoid(z) - y              residual, exact sigmoid
+    L -> P_k   Enc(d)                          CKKS, chunks of <= slot_count rows
+    P_k        for each own column c:  Enc(d) ⊙ X_k[:, c] + m_c   (plaintext multiply, no rotation)
+    P_k -> L   the masked ciphertexts          m_c random per slot, known only to P_k
+    L -> P_k   s_c = Σ_slots Dec(...)          = (X_k^T d)_c + Σ m_c  (still masked)
+    P_k        g_k = (s - Σ m) / |batch| + l2 w_k ; update w_k
+
+Slot sums are taken by the key holder after decryption, so no rotation (and no
+Galois key) is ever needed; the cost is |batch|·d_k/slots plaintext multiplications
+per passive per step.  Joint scoring (evaluation here, online scoring later):
+each passive returns ``z_k`` for the requested ids; L adds them to its own logit
+(:func:`passive_partial_scores`, :func:`combine`, :func:`request_scores`,
+:func:`serve_scores`).  The leakage table is in docs/vertical_lr.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import tenseal as ts
+
+from crypto import ckks
+from fedcredit.errors import ConfigError, DataError, ProtocolError
+from fedcredit.protocols.vertical_common import (
+    Standardizer,
+    VerticalTable,
+    auc_ks,
+    epoch_batches,
+    ids_digest,
+    pack_arrays,
+    pack_blobs,
+    split_by_ids,
+    unpack_arrays,
+    unpack_blobs,
+    validation_split,
+    write_evaluation,
+)
+from fedcredit.transport import InMemoryHub, Observer, Transport
+
+__all__ = [
+    "VerticalLRConfig",
+    "LabelModel",
+    "PassiveModel",
+    "LabelResult",
+    "PassiveResult",
+    "InprocessResult",
+    "run_vertical_lr_label",
+    "run_vertical_lr_passive",
+    "run_vertical_lr_inprocess",
+    "passive_partial_scores",
+    "combine",
+    "request_scores",
+    "serve_scores",
+]
+
+Progress = Callable[[str, int, int], None]
+
+_FIXED_SCALE = 2.0**32  # fixed-point scale for masked partial logits (|z| < 2^31, resolution 2^-32)
+_VERSION = 1
+
+
+# --------------------------------------------------------------------------- config and models
+
+
+@dataclass(frozen=True)
+class VerticalLRConfig:
+    """Hyper-parameters (decided by the label party and sent to the passives) and local safety knobs."""
+
+    learning_rate: float = 0.25
+    momentum: float = 0.8  # Nesterov
+    precondition: bool = True  # scale each party's step by its own fixed Hessian bound (X^T X/4n + l2)^-1
+    l2: float = 1e-3  # objective: mean log-loss + l2/2 · |w|^2 (intercept not penalized)
+    max_epochs: int = 10
+    batch_size: int = 4096  # rows per step; 0 = full batch.  4096 = one CKKS ciphertext at N=8192
+    validation_fraction: float = 0.1
+    patience: int = 2  # epochs without validation-loss improvement before stopping
+    seed: int = 0
+    poly_modulus_degree: int = 8192
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
+    scale_bits: int = 40
+    min_batch: int = 512  # label party refuses smaller batches: a passive's gradient must aggregate many rows
+    mask_bound: float = 2.0**30  # passive: slot masks are uniform in [-mask_bound, mask_bound]
+    tag_prefix: str = "vlr"
+    timeout: float | None = None  # per message; None = transport default
+
+    def validate(self) -> None:
+        if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
+            raise ConfigError(f"vertical LR: learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"vertical LR: momentum must be in [0, 1), got {self.momentum}")
+        if self.l2 < 0:
+            raise ConfigError(f"vertical LR: l2 must be >= 0, got {self.l2}")
+        if self.max_epochs < 1:
+            raise ConfigError(f"vertical LR: max_epochs must be >= 1, got {self.max_epochs}")
+        if not 0 <= self.validation_fraction < 0.5:
+            raise ConfigError(f"vertical LR: validation_fraction must be in [0, 0.5), got {self.validation_fraction}")
+        if self.patience < 1:
+            raise ConfigError(f"vertical LR: patience must be >= 1, got {self.patience}")
+        if 0 < self.batch_size < self.min_batch:
+            raise ConfigError(
+                f"vertical LR: batch_size {self.batch_size} is below min_batch {self.min_batch}; small batches let a "
+                "passive party's plaintext gradient reveal individual residuals (labels)"
+            )
+
+    def public(self) -> dict[str, Any]:
+        """The part the label party announces to passive parties."""
+        keys = (
+            "learning_rate",
+            "momentum",
+            "precondition",
+            "l2",
+            "max_epochs",
+            "batch_size",
+            "validation_fraction",
+            "seed",
+        )
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class LabelModel:
+    """The label party's part: its standardizer, weights and the intercept (nothing about passive features)."""
+
+    party: str
+    feature_names: list[str]
+    standardizer: Standardizer
+    weights: np.ndarray
+    intercept: float
+    passive_parties: list[str]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "kind": "vertical_lr/label",
+                "version": _VERSION,
+                "party": self.party,
+                "feature_names": self.feature_names,
+                "standardizer": self.standardizer.to_dict(),
+                "weights": self.weights.tolist(),
+                "intercept": self.intercept,
+                "passive_parties": self.passive_parties,
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "LabelModel":
+        d = json.loads(text)
+        if d.get("kind") != "vertical_lr/label":
+            raise DataError(f"not a vertical LR label-party model (kind={d.get('kind')!r})")
+        return cls(
+            party=d["party"],
+            feature_names=list(d["feature_names"]),
+            standardizer=Standardizer.from_dict(d["standardizer"]),
+            weights=np.asarray(d["weights"], dtype=np.float64),
+            intercept=float(d["intercept"]),
+            passive_parties=list(d["passive_parties"]),
+        )
+
+    def save(self, path: str | Path) -> None:
+        _write_private(Path(path), self.to_json())
+
+
+@dataclass
+class PassiveModel:
+    """A passive party's part: its standardizer and weights over its own features only."""
+
+    party: str
+    feature_names: list[str]
+    standardizer: Standardizer
+    weights: np.ndarray
+    label_party: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "kind": "vertical_lr/passive",
+                "version": _VERSION,
+                "party": self.party,
+                "feature_names": self.feature_names,
+                "standardizer": self.standardizer.to_dict(),
+                "weights": self.weights.tolist(),
+                "label_party": self.label_party,
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "PassiveModel":
+        d = json.loads(text)
+        if d.get("kind") != "vertical_lr/passive":
+            raise DataError(f"not a vertical LR passive-party model (kind={d.get('kind')!r})")
+        return cls(
+            party=d["party"],
+            feature_names=list(d["feature_names"]),
+            standardizer=Standardizer.from_dict(d["standardizer"]),
+            weights=np.asarray(d["weights"], dtype=np.float64),
+            label_party=d["label_party"],
+        )
+
+    def save(self, path: str | Path) -> None:
+        _write_private(Path(path), self.to_json())
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class LabelResult:
+    model: LabelModel
+    history: list[dict[str, float]]  # per epoch: val_loss, val_auc (label-party-only knowledge)
+    best_epoch: int
+    epochs_run: int
+    steps: int
+    train_seconds: float
+    test_metrics: dict[str, Any] | None = None  # auc, ks, n (public metrics)
+    test_scores: np.ndarray | None = field(default=None, repr=False)
+    counters: dict[str, int] = field(default_factory=dict)  # encryptions, decryptions
+    timings: dict[str, float] = field(default_factory=dict)  # seconds spent per activity at this party
+
+
+@dataclass
+class PassiveResult:
+    model: PassiveModel
+    epochs_run: int
+    steps: int
+    counters: dict[str, int] = field(default_factory=dict)  # plaintext multiplications, rotations (always 0)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- joint scoring
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+
+
+def passive_partial_scores(model: PassiveModel, X: np.ndarray) -> np.ndarray:
+    """A passive party's contribution to the logit of each row of its raw feature matrix ``X``."""
+    if X.shape[1] != len(model.weights):
+        raise DataError(
+            f"party '{model.party}': scoring needs {len(model.weights)} features {model.feature_names}, got {X.shape[1]}"
+        )
+    return model.standardizer.transform(X) @ model.weights
+
+
+def combine(model: LabelModel, X_label: np.ndarray, partials: Sequence[np.ndarray]) -> np.ndarray:
+    """Default probability per row: the label party's own logit plus every passive party's partial logit."""
+    if X_label.shape[1] != len(model.weights):
+        raise DataError(f"party '{model.party}': scoring needs {len(model.weights)} features, got {X_label.shape[1]}")
+    z = model.standardizer.transform(X_label) @ model.weights + model.intercept
+    for p in partials:
+        if p.shape != z.shape:
+            raise ProtocolError(f"party '{model.party}': a partial score vector has shape {p.shape}, expected {z.shape}")
+        z = z + p
+    return _sigmoid(z)
+
+
+def request_scores(
+    transport: Transport, passive: str, ids: Sequence[str], *, tag: str = "vlr/score", timeout: float | None = None
+) -> np.ndarray:
+    """Label side of one joint-scoring round trip: send ids, get that passive party's partial logits in id order."""
+    payload = json.dumps({"ids": list(ids)}).encode()
+    transport.send(passive, f"{tag}/req", payload)
+    arrays, meta = unpack_arrays(transport.recv(passive, f"{tag}/resp", timeout), what=f"scores from '{passive}'")
+    if meta.get("error"):
+        raise DataError(f"party '{passive}' could not score: {meta['error']}")
+    z = arrays.get("z")
+    if z is None or z.shape != (len(ids),):
+        raise ProtocolError(f"party '{passive}' returned {None if z is None else z.shape} scores for {len(ids)} ids")
+    return z.astype(np.float64)
+
+
+def serve_scores(
+    transport: Transport,
+    label: str,
+    model: PassiveModel,
+    table: VerticalTable,
+    *,
+    tag: str = "vlr/score",
+    timeout: float | None = None,
+) -> int:
+    """Passive side of one joint-scoring round trip: answer partial logits for the ids the label party asks for."""
+    req = transport.recv(label, f"{tag}/req", timeout)
+    try:
+        ids = json.loads(req.decode())["ids"]
+        if not isinstance(ids, list):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ProtocolError(f"party '{transport.me}': malformed scoring request from '{label}'") from None
+    index = table.index()
+    missing = [i for i in ids if i not in index]
+    if missing:
+        msg = f"{len(missing)} requested ids are not in {table.source}"
+        transport.send(label, f"{tag}/resp", pack_arrays({}, {"error": msg}))
+        raise DataError(f"party '{transport.me}': {msg} (first: {missing[0]!r})")
+    rows = np.fromiter((index[i] for i in ids), dtype=np.int64, count=len(ids))
+    z = passive_partial_scores(model, table.X[rows]) if len(rows) else np.zeros(0)
+    transport.send(label, f"{tag}/resp", pack_arrays({"z": z}))
+    return len(ids)
+
+
+# --------------------------------------------------------------------------- fixed-point masking between passives
+
+
+def _to_fixed(z: np.ndarray) -> np.ndarray:
+    if np.any(np.abs(z) >= 2.0**31):
+        raise ProtocolError("a partial logit exceeds the fixed-point range (|z| >= 2^31); training diverged")
+    return np.round(z * _FIXED_SCALE).astype(np.int64).view(np.uint64)
+
+
+def _from_fixed(q: np.ndarray) -> np.ndarray:
+    return q.view(np.int64).astype(np.float64) / _FIXED_SCALE
+
+
+def _prg_u64(seed: bytes, label: str, n: int) -> np.ndarray:
+    """n uniform 64-bit words from SHAKE-256(seed, label): a cryptographic stream both mask holders can derive."""
+    return np.frombuffer(hashlib.shake_256(seed + label.encode()).digest(8 * n), dtype="<u8").astype(np.uint64)
+
+
+class _PairMasks:
+    """Zero-sum masks among passive parties (pairwise seeds), so the label party only learns Σ_k z_k."""
+
+    def __init__(self, me: str, seeds: Mapping[str, bytes]) -> None:
+        self.me = me
+        self.seeds = dict(seeds)
+
+    def mask(self, label: str, n: int) -> np.ndarray:
+        m = np.zeros(n, dtype=np.uint64)
+        for other, seed in self.seeds.items():
+            r = _prg_u64(seed, label, n)
+            m = m + r if self.me < other else m - r  # uint64 arithmetic wraps mod 2^64
+        return m
+
+
+def _exchange_pair_seeds(transport: Transport, passives: Sequence[str], prefix: str, timeout: float | None) -> dict[str, bytes]:
+    me = transport.me
+    seeds: dict[str, bytes] = {}
+    for other in passives:
+        if other == me:
+            continue
+        if me < other:
+            seeds[other] = os.urandom(32)
+            transport.send(other, f"{prefix}/pairseed", seeds[other])
+    for other in passives:
+        if other != me and other < me:
+            s = transport.recv(other, f"{prefix}/pairseed", timeout)
+            if len(s) != 32:
+                raise ProtocolError(f"party '{me}': mask seed from party '{other}' has {len(s)} bytes, expected 32")
+            seeds[other] = s
+    return seeds
+
+
+# --------------------------------------------------------------------------- label party
+
+
+def _chunk_bounds(n: int, slots: int) -> tuple[int, int]:
+    """(number of ciphertexts, padded chunk length) for a batch of n rows."""
+    k = max(1, -(-n // slots))
+    return k, -(-n // k)
+
+
+def _preconditioner(X: np.ndarray, l2: np.ndarray, enabled: bool) -> np.ndarray:
+    """Inverse of this party's block of the fixed Hessian bound X^T X/(4n) + diag(l2) (Böhning).
+
+    Computed locally from the party's own features: it removes the within-party
+    correlation (e.g. six monthly bill amounts) that makes plain SGD slow, at no
+    communication and no leakage.  Cross-party correlation is left to the iterations.
+    """
+    if not enabled:
+        return np.eye(X.shape[1])
+    H = X.T @ X / (4.0 * len(X)) + np.diag(np.maximum(l2, 1e-8))
+    return np.linalg.inv(H)
+
+
+def _logloss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def run_vertical_lr_label(
+    transport: Transport,
+    train: VerticalTable,
+    passive_parties: Sequence[str],
+    cfg: VerticalLRConfig = VerticalLRConfig(),
+    *,
+    test: VerticalTable | None = None,
+    progress: Progress | None = None,
+    out_dir: str | Path | None = None,
+    report_name: str = "vertical_lr",
+) -> LabelResult:
+    """Label party's role: owns the CKKS secret key, the labels and the intercept.
+
+    ``train``/``test`` are this party's rows already aligned to the PSI order and
+    split by ids (``vertical_common.split_by_ids``).  With ``test`` given, the joint
+    model is scored on it (one round trip per passive party) and, with ``out_dir``,
+    a JSON report and ROC/KS PNG are written there.
+    """
+    cfg.validate()
+    me = transport.me
+    if train.y is None:
+        raise DataError(f"party '{me}': the label party's table {train.source} has no label column")
+    if len(np.unique(train.y)) < 2:
+        raise DataError(f"party '{me}': labels in {train.source} are all {int(train.y[0])}; need both classes")
+    passives = list(passive_parties)
+    if not passives or me in passives or len(set(passives)) != len(passives):
+        raise ConfigError(f"party '{me}': invalid passive party list {passives}")
+    pf, to = cfg.tag_prefix, cfg.timeout
+    t0 = time.perf_counter()
+
+    ctx = ckks.new_context(cfg.poly_modulus_degree, cfg.coeff_mod_bit_sizes, cfg.scale_bits)
+    slots = ckks.slot_count(ctx)
+    n = len(train)
+    fit_rows, val_rows = validation_split(n, cfg.validation_fraction, cfg.seed)
+    setup = {
+        "version": _VERSION,
+        "config": cfg.public(),
+        "passives": passives,
+        "n_train": n,
+        "n_test": 0 if test is None else len(test),
+        "train_digest": ids_digest(train.ids),
+        "test_digest": None if test is None else ids_digest(test.ids),
+    }
+    pub = ckks.public_bytes(ctx)
+    for p in passives:
+        transport.send(p, f"{pf}/setup", json.dumps(setup).encode())
+        transport.send(p, f"{pf}/ctx", pub)
+    dims: dict[str, int] = {}
+    for p in passives:
+        hello = json.loads(transport.recv(p, f"{pf}/hello", to).decode())
+        if hello.get("error"):
+            raise ProtocolError(f"party '{me}': passive party '{p}' refused the job: {hello['error']}")
+        dims[p] = int(hello["n_features"])
+
+    std = Standardizer.fit(train.X)
+    X = std.transform(train.X)
+    y = train.y.astype(np.float64)
+    d = X.shape[1]
+    XA = np.hstack([X, np.ones((n, 1))])  # last coefficient is the intercept (not penalized)
+    l2v = np.r_[np.full(d, cfg.l2), 0.0]
+    theta = np.zeros(d + 1)
+    vel = np.zeros(d + 1)
+    lr, mu = cfg.learning_rate, cfg.momentum
+    counters = {"encryptions": 0, "decryptions": 0, "rotations": 0}
+    tm = {"encrypt": 0.0, "decrypt": 0.0, "wait": 0.0}
+    history: list[dict[str, float]] = []
+    best: tuple[float, int, np.ndarray] = (math.inf, 0, theta.copy())
+    stale = 0
+    steps = 0
+    epochs_run = 0
+    Xf, yf = XA[fit_rows], y[fit_rows]
+    P = _preconditioner(Xf, l2v, cfg.precondition)
+    for epoch in range(cfg.max_epochs):
+        for bi, rows in enumerate(epoch_batches(len(fit_rows), cfg.batch_size, epoch, cfg.seed)):
+            step = f"{epoch}/{bi}"
+            look = theta + mu * vel  # Nesterov look-ahead point
+            z = Xf[rows] @ look
+            z += _sum_partials(transport, passives, f"{pf}/z/{step}", len(rows), to)
+            resid = _sigmoid(z) - yf[rows]
+            # encrypt the residual once, send the same ciphertexts to every passive party
+            k, L = _chunk_bounds(len(rows), slots)
+            padded = np.zeros(k * L)
+            padded[: len(rows)] = resid
+            t1 = time.perf_counter()
+            cts = [ts.ckks_vector(ctx, padded[i * L : (i + 1) * L].tolist()).serialize() for i in range(k)]
+            tm["encrypt"] += time.perf_counter() - t1
+            counters["encryptions"] += k
+            enc = pack_blobs(cts, {"step": step, "rows": len(rows), "chunk": L})
+            for p in passives:
+                transport.send(p, f"{pf}/r/{step}", enc)
+            # own gradient in plaintext while the passives work
+            g = Xf[rows].T @ resid / len(rows) + l2v * look
+            vel = mu * vel - lr * (P @ g)
+            theta = theta + vel
+            for p in passives:
+                t1 = time.perf_counter()
+                msg = transport.recv(p, f"{pf}/g/{step}", to)
+                tm["wait"] += time.perf_counter() - t1
+                t1 = time.perf_counter()
+                blobs, meta = unpack_blobs(msg, what=f"gradient from '{p}'")
+                if len(blobs) != dims[p] or meta.get("step") != step:
+                    raise ProtocolError(f"party '{me}': party '{p}' sent {len(blobs)} gradient ciphertexts for {step}")
+                sums = np.empty(len(blobs))
+                for c, blob in enumerate(blobs):
+                    try:
+                        sums[c] = float(np.sum(ts.ckks_vector_from(ctx, blob).decrypt()))
+                    except Exception as e:  # TenSEAL raises bare exceptions for foreign ciphertexts
+                        raise ProtocolError(f"party '{me}': gradient ciphertext {c} from '{p}' is invalid: {e}") from None
+                counters["decryptions"] += len(blobs)
+                tm["decrypt"] += time.perf_counter() - t1
+                transport.send(p, f"{pf}/gs/{step}", pack_arrays({"s": sums}, {"step": step}))
+            steps += 1
+        epochs_run = epoch + 1
+        # validation at the label party: partial logits on the validation rows with the current weights
+        if len(val_rows):
+            zv = XA[val_rows] @ theta + _sum_partials(transport, passives, f"{pf}/zv/{epoch}", len(val_rows), to)
+            pv = _sigmoid(zv)
+            loss = _logloss(y[val_rows], pv)
+            vauc = auc_ks(y[val_rows], pv)[0] if len(np.unique(y[val_rows])) == 2 else float("nan")
+            improved = loss < best[0] - 1e-7
+            history.append({"epoch": epoch + 1, "val_loss": loss, "val_auc": vauc})
+            if improved:
+                best, stale = (loss, epoch + 1, theta.copy()), 0
+            else:
+                stale += 1
+            stop = stale >= cfg.patience or epoch + 1 == cfg.max_epochs
+        else:
+            improved, stop = True, epoch + 1 == cfg.max_epochs
+            best = (math.nan, epoch + 1, theta.copy())
+            history.append({"epoch": epoch + 1})
+        for p in passives:
+            transport.send(p, f"{pf}/ctl/{epoch}", json.dumps({"improved": improved, "stop": stop}).encode())
+        if progress:
+            h = history[-1]
+            msg = f"epoch {epoch + 1}" + (f": val_loss={h['val_loss']:.4f} val_auc={h['val_auc']:.4f}" if "val_loss" in h else "")
+            progress(msg, epoch + 1, cfg.max_epochs)
+        if stop:
+            break
+    _, best_epoch, theta = best
+    w, b = theta[:d], float(theta[d])
+    train_seconds = time.perf_counter() - t0
+    model = LabelModel(me, list(train.feature_names), std, w, float(b), passives)
+
+    test_metrics = None
+    scores = None
+    if test is not None:
+        partials = [request_scores(transport, p, test.ids, tag=f"{pf}/score", timeout=to) for p in passives]
+        scores = combine(model, test.X, partials)
+        if test.y is not None and len(np.unique(test.y)) == 2:
+            auc, ks = auc_ks(test.y, scores)
+            test_metrics = {"auc": auc, "ks": ks, "n": len(test)}
+            if out_dir is not None:
+                test_metrics = write_evaluation(
+                    out_dir,
+                    test.y,
+                    scores,
+                    name=report_name,
+                    extra={
+                        "model": "vertical_lr",
+                        "label_party": me,
+                        "passive_parties": passives,
+                        "best_epoch": best_epoch,
+                        "epochs_run": epochs_run,
+                        "train_seconds": round(train_seconds, 3),
+                        "history": history,
+                        "config": cfg.public(),
+                    },
+                )
+    if out_dir is not None:
+        model.save(Path(out_dir) / f"{report_name}_{me}_model.json")
+    return LabelResult(model, history, best_epoch, epochs_run, steps, train_seconds, test_metrics, scores, counters, tm)
+
+
+def _sum_partials(transport: Transport, passives: Sequence[str], tag: str, n: int, timeout: float | None) -> np.ndarray:
+    """Σ_k z_k from the passives (each masked so only the sum is revealed when there are several)."""
+    acc = np.zeros(n, dtype=np.uint64)
+    for p in passives:
+        arrays, meta = unpack_arrays(transport.recv(p, tag, timeout), what=f"partial logits from '{p}'")
+        q = arrays.get("q")
+        if q is None or q.dtype != np.dtype("<u8") or q.shape != (n,):
+            raise ProtocolError(f"{transport.me}: party '{p}' sent malformed partial logits for {tag} (expected {n})")
+        acc = acc + q.astype(np.uint64)
+    return _from_fixed(acc)
+
+
+# --------------------------------------------------------------------------- passive party
+
+
+def run_vertical_lr_passive(
+    transport: Transport,
+    train: VerticalTable,
+    label_party: str,
+    cfg: VerticalLRConfig = VerticalLRConfig(),
+    *,
+    test: VerticalTable | None = None,
+    out_dir: str | Path | None = None,
+    model_name: str = "vertical_lr",
+) -> PassiveResult:
+    """Passive party's role: public CKKS context only; keeps its features and weights, sees no label.
+
+    Hyper-parameters come from the label party's setup message; this party's own
+    choices are ``mask_bound`` (how strongly it masks what it sends for decryption).
+    """
+    me = transport.me
+    pf, to = cfg.tag_prefix, cfg.timeout
+    setup = json.loads(transport.recv(label_party, f"{pf}/setup", to).decode())
+    ctx = ckks.load_context(transport.recv(label_party, f"{pf}/ctx", to))
+    error = None
+    if ckks.has_secret_key(ctx):
+        error = "the context sent by the label party contains a secret key (refusing: keys must stay with their owner)"
+    elif setup.get("version") != _VERSION:
+        error = f"protocol version {setup.get('version')} (this party speaks {_VERSION})"
+    elif setup["n_train"] != len(train) or setup["train_digest"] != ids_digest(train.ids):
+        error = f"training rows are not aligned: label party has {setup['n_train']}, '{me}' has {len(train)} (or different ids/order)"
+    elif setup["n_test"] and (test is None or setup["test_digest"] != ids_digest(test.ids)):
+        error = "test rows are not aligned with the label party's"
+    if error:
+        transport.send(label_party, f"{pf}/hello", json.dumps({"error": error}).encode())
+        raise ProtocolError(f"party '{me}': {error}")
+    transport.send(label_party, f"{pf}/hello", json.dumps({"n_features": train.n_features}).encode())
+
+    pc = setup["config"]
+    lr, mu, l2 = float(pc["learning_rate"]), float(pc["momentum"]), float(pc["l2"])
+    precondition = bool(pc.get("precondition", False))
+    passives = list(setup["passives"])
+    masks = _PairMasks(me, _exchange_pair_seeds(transport, passives, pf, to)) if len(passives) > 1 else None
+
+    std = Standardizer.fit(train.X)
+    X = std.transform(train.X)
+    d = X.shape[1]
+    w = np.zeros(d)
+    v = np.zeros(d)
+    best_w = w.copy()
+    fit_rows, val_rows = validation_split(len(train), float(pc["validation_fraction"]), int(pc["seed"]))
+    Xf = X[fit_rows]
+    Xcols = np.asfortranarray(Xf)
+    P = _preconditioner(Xf, np.full(d, l2), precondition)
+    counters = {"plain_multiplications": 0, "rotations": 0}
+    tm = {"he_gradient": 0.0, "wait": 0.0}
+    steps = 0
+    epochs_run = 0
+    for epoch in range(int(pc["max_epochs"])):
+        for bi, rows in enumerate(epoch_batches(len(fit_rows), int(pc["batch_size"]), epoch, int(pc["seed"]))):
+            step = f"{epoch}/{bi}"
+            wl = w + mu * v
+            _send_partial(transport, label_party, f"{pf}/z/{step}", Xf[rows] @ wl, masks)
+            t1 = time.perf_counter()
+            msg = transport.recv(label_party, f"{pf}/r/{step}", to)
+            tm["wait"] += time.perf_counter() - t1
+            t1 = time.perf_counter()
+            blobs, meta = unpack_blobs(msg, what="encrypted residual")
+            if meta.get("step") != step or meta.get("rows") != len(rows):
+                raise ProtocolError(f"party '{me}': encrypted residual out of step (expected {step}, {len(rows)} rows)")
+            L = int(meta["chunk"])
+            if len(blobs) * L < len(rows) or (len(blobs) - 1) * L >= len(rows):
+                raise ProtocolError(f"party '{me}': residual chunking {len(blobs)}x{L} does not fit {len(rows)} rows")
+            try:
+                cts = [ts.ckks_vector_from(ctx, blob) for blob in blobs]
+            except Exception as e:
+                raise ProtocolError(f"party '{me}': residual ciphertext from '{label_party}' is invalid: {e}") from None
+            Xb = np.zeros((len(blobs) * L, d))
+            Xb[: len(rows)] = Xcols[rows]
+            out: list[bytes] = []
+            mask_sums = np.empty(d)
+            for c in range(d):
+                col = Xb[:, c]
+                acc = cts[0] * col[:L].tolist()
+                for i in range(1, len(cts)):
+                    acc += cts[i] * col[i * L : (i + 1) * L].tolist()
+                m = _uniform_mask(L, cfg.mask_bound)
+                acc += m.tolist()
+                mask_sums[c] = m.sum()
+                out.append(acc.serialize())
+            counters["plain_multiplications"] += d * len(cts)
+            tm["he_gradient"] += time.perf_counter() - t1
+            transport.send(label_party, f"{pf}/g/{step}", pack_blobs(out, {"step": step}))
+            arrays, meta = unpack_arrays(transport.recv(label_party, f"{pf}/gs/{step}", to), what="gradient sums")
+            s = arrays.get("s")
+            if s is None or s.shape != (d,) or meta.get("step") != step:
+                raise ProtocolError(f"party '{me}': malformed decrypted gradient sums for step {step}")
+            g = (s - mask_sums) / len(rows) + l2 * wl
+            v = mu * v - lr * (P @ g)
+            w = w + v
+            steps += 1
+        epochs_run = epoch + 1
+        if len(val_rows):
+            _send_partial(transport, label_party, f"{pf}/zv/{epoch}", X[val_rows] @ w, masks)
+        ctl = json.loads(transport.recv(label_party, f"{pf}/ctl/{epoch}", to).decode())
+        if ctl.get("improved"):
+            best_w = w.copy()
+        if ctl.get("stop"):
+            break
+    model = PassiveModel(me, list(train.feature_names), std, best_w, label_party)
+    if setup["n_test"] and test is not None:
+        serve_scores(transport, label_party, model, test, tag=f"{pf}/score", timeout=to)
+    if out_dir is not None:
+        model.save(Path(out_dir) / f"{model_name}_{me}_model.json")
+    return PassiveResult(model, epochs_run, steps, counters, tm)
+
+
+def _uniform_mask(n: int, bound: float) -> np.ndarray:
+    """Uniform reals in [-bound, bound) from the OS CSPRNG (the label party must not predict them)."""
+    u = np.frombuffer(os.urandom(8 * n), dtype="<u8") >> np.uint64(11)  # 53 random bits
+    return (u.astype(np.float64) / 2.0**53 * 2.0 - 1.0) * bound
+
+
+def _send_partial(transport: Transport, label: str, tag: str, z: np.ndarray, masks: _PairMasks | None) -> None:
+    q = _to_fixed(z)
+    if masks is not None:
+        q = q + masks.mask(tag, len(q))
+    transport.send(label, tag, pack_arrays({"q": q}))
+
+
+# --------------------------------------------------------------------------- in-process federation
+
+
+@dataclass
+class InprocessResult:
+    """Everything a test or benchmark wants from one in-process run (PSI, training, scoring)."""
+
+    label: LabelResult
+    passives: dict[str, PassiveResult]
+    intersection_size: int
+    psi_seconds: float
+    train_seconds: float
+    wall_seconds: float
+    bytes_by_sender: dict[str, int]
+    psi_bytes: int
+    train_bytes: int
+
+
+def run_vertical_lr_inprocess(
+    guest: VerticalTable,
+    hosts: Mapping[str, VerticalTable],
+    cfg: VerticalLRConfig = VerticalLRConfig(),
+    *,
+    test_ids: set[str] | frozenset[str] | None = None,
+    psi: bool = True,
+    out_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    observers: Sequence[Observer] = (),
+    hub_timeout: float = 120.0,
+) -> InprocessResult:
+    """Whole federation in one process (threads over an :class:`InMemoryHub`): PSI, alignment, training, scoring.
+
+    ``guest`` is the label party's table (with ``y``), ``hosts`` the passive parties'
+    tables.  ``test_ids`` (e.g. the homo test ids) are held out and scored jointly.
+    ``observers`` see every message (leakage tests).
+    """
+    from fedcredit.protocols.psi import run_psi
+
+    hub = InMemoryHub(default_timeout=hub_timeout)
+    hub.observers.extend(observers)
+    parties = [guest.party, *hosts]
+    tables = {guest.party: guest, **dict(hosts)}
+    errors: dict[str, BaseException] = {}
+    results: dict[str, Any] = {}
+    t_start = time.perf_counter()
+
+    def _parallel(fn: Callable[[str], Any]) -> None:
+        threads = [threading.Thread(target=_guard, args=(fn, p), name=f"vlr-{p}") for p in parties]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            first = next(iter(errors.values()))
+            raise first
+
+    def _guard(fn: Callable[[str], Any], p: str) -> None:
+        try:
+            results[p] = fn(p)
+        except BaseException as e:  # re-raised in the caller's thread
+            errors[p] = e
+
+    aligned = dict(tables)
+    size = len(guest)
+    if psi:
+        _parallel(lambda p: run_psi(hub.endpoint(p), tables[p].ids, parties, leader=guest.party, source=tables[p].source))
+        aligned = {p: tables[p].take(results[p].indices) for p in parties}
+        size = results[guest.party].size
+    psi_seconds = time.perf_counter() - t_start
+    psi_bytes = sum(hub.bytes_sent.values())
+
+    splits = {p: split_by_ids(t, test_ids) if test_ids else (t, None) for p, t in aligned.items()}
+    results.clear()
+    passives = list(hosts)
+
+    def _role(p: str) -> Any:
+        tr, te = splits[p]
+        ep = hub.endpoint(p)
+        if p == guest.party:
+            return run_vertical_lr_label(ep, tr, passives, cfg, test=te, progress=progress, out_dir=out_dir)
+        return run_vertical_lr_passive(ep, tr, guest.party, cfg, test=te, out_dir=out_dir)
+
+    _parallel(_role)
+    wall = time.perf_counter() - t_start
+    label_res: LabelResult = results[guest.party]
+    return InprocessResult(
+        label=label_res,
+        passives={p: results[p] for p in passives},
+        intersection_size=size,
+        psi_seconds=psi_seconds,
+        train_seconds=label_res.train_seconds,
+        wall_seconds=wall,
+        bytes_by_sender=dict(hub.bytes_sent),
+        psi_bytes=psi_bytes,
+        train_bytes=sum(hub.bytes_sent.values()) - psi_bytes,
+    )
