@@ -1,0 +1,173 @@
+"""ECDH PSI: correctness for 2 and 3 parties, common order, id normalization, errors, what crosses the wire."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytest
+
+from crypto.psi import hash_to_point, normalize_id
+from fedcredit.errors import DataError, ProtocolError
+from fedcredit.protocols.psi import PsiResult, load_intersection, run_psi, save_intersection
+from fedcredit.transport import InMemoryHub, WireRecord
+
+
+def _run(sets: dict[str, Sequence[Any]], leader: str, **kw: Any) -> tuple[dict[str, PsiResult], dict[str, BaseException], list[WireRecord]]:
+    hub = InMemoryHub(default_timeout=30)
+    wire: list[WireRecord] = []
+    hub.observers.append(wire.append)
+    parties = list(sets)
+    res: dict[str, PsiResult] = {}
+    errs: dict[str, BaseException] = {}
+
+    def go(p: str) -> None:
+        try:
+            res[p] = run_psi(hub.endpoint(p), sets[p], parties, leader=leader, source=f"{p}.csv", **kw)
+        except Exception as e:  # collected and asserted by the test
+            errs[p] = e
+
+    threads = [threading.Thread(target=go, args=(p,)) for p in parties]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return res, errs, wire
+
+
+def _ids(rng: random.Random, lo: int, hi: int) -> list[str]:
+    ids = [f"cust-{i:07d}" for i in range(lo, hi)]
+    rng.shuffle(ids)
+    return ids
+
+
+def test_two_parties_same_order_and_exact_intersection() -> None:
+    rng = random.Random(1)
+    a, b = _ids(rng, 0, 3000), _ids(rng, 2000, 4500)
+    res, errs, wire = _run({"bank": a, "fintech": b}, "bank", batch_size=512)
+    assert not errs
+    expected = set(a) & set(b)
+    assert res["bank"].size == res["fintech"].size == len(expected) == 1000
+    assert set(res["bank"].intersection_ids) == expected
+    assert res["bank"].intersection_ids == res["fintech"].intersection_ids  # same order at both parties
+    # indices point into each party's own input
+    assert [a[i] for i in res["bank"].indices] == res["bank"].intersection_ids
+    assert [b[i] for i in res["fintech"].indices] == res["fintech"].intersection_ids
+    # the order is not the input order of either party nor sorted ids (it is pseudorandom)
+    assert res["bank"].intersection_ids != sorted(expected)
+    assert res["bank"].peer_sizes == {"fintech": 2500} and res["fintech"].peer_sizes == {"bank": 3000}
+
+
+def test_three_parties_leader_in_the_middle() -> None:
+    rng = random.Random(2)
+    sets = {"a": _ids(rng, 0, 2000), "b": _ids(rng, 500, 2500), "c": _ids(rng, 1000, 3000)}
+    res, errs, _ = _run(sets, "b", batch_size=700)
+    assert not errs
+    expected = set(sets["a"]) & set(sets["b"]) & set(sets["c"])
+    assert len(expected) == 1000
+    orders = [res[p].intersection_ids for p in sets]
+    assert orders[0] == orders[1] == orders[2]
+    assert set(orders[0]) == expected
+    # what each non-leader learns beyond the result: only its pairwise intersection size with the leader
+    assert res["a"].pairwise_sizes == {"b": 1500}
+    assert res["c"].pairwise_sizes == {"b": 1500}
+    assert res["b"].pairwise_sizes == {"a": 1500, "c": 1500}
+
+
+def test_nothing_but_blinded_points_cross_and_coordinator_sees_nothing() -> None:
+    rng = random.Random(3)
+    a, b = _ids(rng, 0, 1500), _ids(rng, 1000, 2000)
+    res, errs, wire = _run({"bank": a, "fintech": b}, "bank", batch_size=400)
+    assert not errs
+    assert {(r.sender, r.receiver) for r in wire} == {("bank", "fintech"), ("fintech", "bank")}
+    everything = b"".join(r.payload for r in wire)
+    assert b"cust-" not in everything  # no raw id
+    for i in a[:200] + b[:200]:  # no unblinded hash point either (it would allow a dictionary attack)
+        assert hash_to_point(normalize_id(i)) not in everything
+    assert res["bank"].size == 500
+
+
+def test_id_normalization_is_string_based_and_documented() -> None:
+    # 00123 and 123 are different customers; whitespace is trimmed; integral floats are integers; ints are text
+    a = ["00123", " 200 ", 300, 400.0, "500", "0600"]
+    b = ["123", "200", "300", "400", "500.0", "600"]
+    res, errs, _ = _run({"p": a, "q": b}, "p")
+    assert not errs
+    assert sorted(res["p"].intersection_ids) == ["200", "300", "400"]
+    assert sorted(res["q"].intersection_ids) == ["200", "300", "400"]
+
+
+def test_duplicate_ids_fail_at_the_owner_and_stop_the_peer() -> None:
+    a = [f"c{i}" for i in range(100)]
+    b = [f"c{i}" for i in range(50, 150)] + ["c60"]
+    res, errs, _ = _run({"bank": a, "fintech": b}, "bank")
+    assert isinstance(errs["fintech"], DataError)
+    assert "fintech" in str(errs["fintech"]) and "fintech.csv" in str(errs["fintech"]) and "'c60'" in str(errs["fintech"])
+    assert isinstance(errs["bank"], ProtocolError) and "fintech" in str(errs["bank"])
+
+
+def test_duplicates_after_normalization_are_duplicates() -> None:
+    res, errs, _ = _run({"bank": [123, "123 ", "7"], "fintech": ["7"]}, "bank")
+    assert isinstance(errs["bank"], DataError) and "duplicate id '123'" in str(errs["bank"])
+
+
+def test_missing_id_is_a_data_error() -> None:
+    res, errs, _ = _run({"bank": ["1", float("nan")], "fintech": ["1"]}, "bank")
+    assert isinstance(errs["bank"], DataError) and "bank.csv" in str(errs["bank"]) and "#2" in str(errs["bank"])
+
+
+def test_empty_intersection_is_an_error_at_every_party() -> None:
+    res, errs, _ = _run({"bank": ["1", "2"], "fintech": ["3", "4"], "shop": ["1", "3"]}, "shop")
+    assert set(errs) == {"bank", "fintech", "shop"}
+    for e in errs.values():
+        assert isinstance(e, DataError) and "empty" in str(e)
+
+
+def test_min_size_is_enforced_at_every_party() -> None:
+    res, errs, _ = _run({"bank": [str(i) for i in range(100)], "fintech": [str(i) for i in range(90, 200)]}, "bank", min_size=50)
+    assert set(errs) == {"bank", "fintech"}
+    for e in errs.values():
+        assert isinstance(e, DataError) and "10 ids" in str(e) and "min_size 50" in str(e)
+
+
+def test_helper_processes_give_the_same_result() -> None:
+    rng = random.Random(4)
+    a, b = _ids(rng, 0, 6000), _ids(rng, 3000, 9000)
+    res, errs, _ = _run({"bank": a, "fintech": b}, "bank", batch_size=1000, workers=2)
+    assert not errs
+    assert res["bank"].intersection_ids == res["fintech"].intersection_ids
+    assert set(res["bank"].intersection_ids) == set(a) & set(b)
+
+
+def test_progress_is_reported_per_batch() -> None:
+    seen: list[tuple[str, int, int]] = []
+    hub = InMemoryHub(default_timeout=30)
+    out: dict[str, PsiResult] = {}
+
+    def go(p: str, ids: list[str], cb: Any) -> None:
+        out[p] = run_psi(hub.endpoint(p), ids, ["x", "y"], leader="x", batch_size=100, progress=cb)
+
+    t = threading.Thread(target=go, args=("y", [str(i) for i in range(250, 600)], None))
+    t.start()
+    go("x", [str(i) for i in range(300)], lambda s, d, n: seen.append((s, d, n)))
+    t.join()
+    own = [d for s, d, n in seen if s == "hash+blind own ids"]
+    assert own == [100, 200, 300]
+    assert [d for s, d, n in seen if s == "blind ids of y"] == [100, 200, 300, 350]
+
+
+def test_save_and_load_intersection(tmp_path: Path) -> None:
+    res, errs, _ = _run({"p": ["a", "b", "c"], "q": ["c", "b"]}, "p")
+    save_intersection(tmp_path / "ids.txt", res["p"])
+    assert load_intersection(tmp_path / "ids.txt") == res["q"].intersection_ids
+    assert (tmp_path / "ids.txt").stat().st_mode & 0o077 == 0
+
+
+def test_bad_party_lists_are_refused() -> None:
+    hub = InMemoryHub()
+    with pytest.raises(ProtocolError, match="not among"):
+        run_psi(hub.endpoint("z"), ["1"], ["a", "b"], leader="a")
+    with pytest.raises(ProtocolError, match="leader"):
+        run_psi(hub.endpoint("a"), ["1"], ["a", "b"], leader="c")
