@@ -300,16 +300,25 @@ def pd_from_score(score: float, scale: ScoreScale) -> float:
     return 1.0 / (1.0 + odds_good)
 
 
+# A PD computed to sit exactly on a threshold must not flip on float noise (1/(1+50/32) scores 499.99999999999994).
+_SCORE_EPS = 1e-9
+_PD_EPS = 1e-12
+
+
 def _classify(pd: float, score: float, t: Thresholds) -> Literal["approve", "refer", "decline"]:
     if t.on == "score":
-        return "approve" if score >= t.approve else ("decline" if score < t.decline else "refer")
-    return "approve" if pd <= t.approve else ("decline" if pd > t.decline else "refer")
+        if score >= t.approve - _SCORE_EPS:
+            return "approve"
+        return "decline" if score < t.decline - _SCORE_EPS else "refer"
+    if pd <= t.approve + _PD_EPS:
+        return "approve"
+    return "decline" if pd > t.decline + _PD_EPS else "refer"
 
 
 def _limit(pd: float, decision: str, exposure: float | None, lp: LimitPolicy, notes: list[str]) -> tuple[float, int | None]:
     if decision == "decline" or (decision == "refer" and not lp.limit_on_refer):
         return 0.0, None
-    band = next((i for i, b in enumerate(lp.bands) if pd <= b.max_pd), None)
+    band = next((i for i, b in enumerate(lp.bands) if pd <= b.max_pd + _PD_EPS), None)
     if band is None:
         notes.append(f"pd {pd:.4f} is above every limit band (highest max_pd {lp.bands[-1].max_pd}); no credit line")
         return 0.0, None
