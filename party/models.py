@@ -218,6 +218,11 @@ class ModelStore:
                     "signed_by": m.key_id,
                 })
                 os.rename(stage, self._versions / version)
+                dfd = os.open(self._versions, os.O_RDONLY)  # make the new entry durable before reporting it
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
             except BaseException:
                 shutil.rmtree(stage, ignore_errors=True)
                 raise
@@ -306,3 +311,20 @@ class ModelStore:
         if not p.exists():
             return []
         return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+FEDERATION_KEY_FILE = "federation-signing.pub"
+
+
+def open_store(config: Any, federation_public_key: str | Path | None = None) -> ModelStore:
+    """The model store of a party daemon: ``<state_dir>/models``, bound to the party's name.
+
+    ``config`` is a :class:`fedcredit.config.PartyConfig`.  The federation key
+    defaults to ``<identity_dir>/federation-signing.pub`` when that file exists
+    (copy it there from the CA directory); otherwise pass it explicitly.
+    """
+    key: Any = federation_public_key
+    if key is None:
+        candidate = Path(config.party.identity_dir) / FEDERATION_KEY_FILE
+        key = candidate if candidate.exists() else None
+    return ModelStore(Path(config.party.state_dir) / "models", party=config.party.name, federation_public_key=key)

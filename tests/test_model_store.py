@@ -224,3 +224,23 @@ def test_concurrent_installs_and_activations_do_not_corrupt(tmp_path: Path, fed:
     activations = sum(1 for e in store.history() if e["event"] == "activate")
     assert len(st["previous"]) == activations - 1  # every switch kept its rollback target
     assert store.rollback().version == st["previous"][-1]
+
+
+def test_open_store_from_party_config(tmp_path: Path, fed: dict) -> None:
+    from fedcredit.config import load_party_config
+    from party.models import open_store
+
+    ident = tmp_path / "ident"
+    ident.mkdir()
+    (ident / "federation-signing.pub").write_bytes(fed["pk_path"].read_bytes())
+    cfg = tmp_path / "party.toml"
+    cfg.write_text(
+        "[party]\nname = 'bank-a'\nidentity_dir = 'ident'\nstate_dir = 'state'\n"
+        "[coordinator]\nflower_address = '127.0.0.1:1'\nrelay_address = '127.0.0.1:2'\n"
+    )
+    store = open_store(load_party_config(cfg))
+    assert store.root == (tmp_path / "state" / "models").resolve() and store.party == "bank-a"
+    v = store.install(make_artifact(tmp_path / "a", fed["sk"]), activate=True)  # key found in identity_dir
+    assert store.active().version == v
+    with pytest.raises(SecurityError, match="not 'bank-a'"):
+        store.install(make_artifact(tmp_path / "b", fed["sk"], party="bank-b"))
