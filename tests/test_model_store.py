@@ -244,3 +244,48 @@ def test_open_store_from_party_config(tmp_path: Path, fed: dict) -> None:
     assert store.active().version == v
     with pytest.raises(SecurityError, match="not 'bank-a'"):
         store.install(make_artifact(tmp_path / "b", fed["sk"], party="bank-b"))
+
+
+def test_vertical_lr_parts_deploy_to_each_party_and_score_jointly(tmp_path: Path, fed: dict) -> None:
+    """Real vertical LR model parts -> one run's artifacts -> each party's own store -> a joint PD with reasons."""
+    from fedcredit.protocols.vertical_common import Standardizer
+    from fedcredit.protocols.vertical_lr import LabelModel, PassiveModel
+    from party.decision import DecisionPolicy, decide, lr_contributions, sigmoid
+
+    label = LabelModel(party="bank", feature_names=["PAY_0", "AGE"],
+                       standardizer=Standardizer(mean=np.array([0.0, 35.0]), scale=np.array([1.0, 9.0])),
+                       weights=np.array([0.7, -0.1]), intercept=-1.4, passive_parties=["fintech"])
+    passive = PassiveModel(party="fintech", feature_names=["orders", "returns"],
+                           standardizer=Standardizer(mean=np.array([10.0, 1.0]), scale=np.array([5.0, 1.0])),
+                           weights=np.array([-0.3, 0.4]), label_party="bank")
+
+    def spec(kind: str, m) -> dict:
+        return {"kind": kind, "files": {"model.json": m.to_json().encode()},
+                "schema": {"feature_names": m.feature_names, "id_column": "id",
+                           "preprocessing": {"standardize": m.standardizer.to_dict()}}}
+
+    paths = A.build_run_artifacts(tmp_path / "run-5", run_id="run-5",
+                                  parts={"bank": spec("vertical-lr-label", label),
+                                         "fintech": spec("vertical-lr-passive", passive)})
+    for p in paths.values():
+        A.sign_artifact(p, fed["sk"])
+    stores = {}
+    for party, p in paths.items():
+        stores[party] = ModelStore(tmp_path / f"{party}-store", party=party, federation_public_key=fed["pk"])
+        stores[party].install(p, activate=True)
+        with pytest.raises(SecurityError, match=f"not '{party}'"):  # the other party's part is refused
+            stores[party].install(paths["fintech" if party == "bank" else "bank"])
+
+    bank_art, fin_art = stores["bank"].load(), stores["fintech"].load()
+    lab = LabelModel.from_json(bank_art.files["model.json"].decode())
+    pas = PassiveModel.from_json(fin_art.files["model.json"].decode())
+    # the passive party computes its partial logit from its own features and reports its model hash
+    partial = float(pas.standardizer.transform(np.array([[20.0, 3.0]]))[0] @ pas.weights)
+    A.check_peers(bank_art.manifest, {"fintech": fin_art.manifest.model_hash})
+    z = lab.standardizer.transform(np.array([[2.0, 26.0]]))[0]
+    c = lr_contributions(lab.weights, z, lab.feature_names, intercept=lab.intercept, passive_partials={"fintech": partial})
+    assert partial == pytest.approx(-0.3 * 2 + 0.4 * 2)
+    assert c.logit == pytest.approx(-1.4 + 0.7 * 2 - 0.1 * (-1.0) + 0.2)
+    d = decide(c.pd, c, None, DecisionPolicy())
+    assert d.pd == pytest.approx(sigmoid(0.3))
+    assert [(r.name, r.source) for r in d.reasons] == [("PAY_0", "feature"), ("AGE", "feature"), ("fintech", "party")]
