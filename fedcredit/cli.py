@@ -149,11 +149,21 @@ def follow(client: Any, run_id: str) -> Any:
     return final
 
 
+def _info_dict(r: Any) -> dict[str, Any]:
+    return {"run_id": r.run_id, "name": r.name, "type": r.type, "status": r.status, "created": r.created,
+            "started": r.started or None, "ended": r.ended or None, "error": r.error or None,
+            "result": json.loads(r.result_json) if r.result_json else None}
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     client = _control_client(args)
     runs = client.list(args.limit)
+    if args.json:
+        print(json.dumps([_info_dict(r) for r in runs], indent=1))
+        return 0
     t = Table(title="runs")
-    for col in ("run", "name", "type", "status", "created", "duration", "global AUC"):
+    t.add_column("run", no_wrap=True)
+    for col in ("name", "type", "status", "created", "duration", "global AUC"):
         t.add_column(col)
     for r in runs:
         res = json.loads(r.result_json) if r.result_json else {}
@@ -166,7 +176,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     client = _control_client(args)
-    _print_run(client.get(args.run_id))
+    info = client.get(args.run_id)
+    if args.json:
+        print(json.dumps(_info_dict(info), indent=1))
+    else:
+        _print_run(info)
     return 0
 
 
@@ -220,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = party.add_parser("start", help="run this institution's party daemon")
     p.add_argument("--config", required=True)
     p.set_defaults(func=cmd_party_start)
+    try:  # model store / scoring commands (fedcredit/cli_models.py)
+        from fedcredit import cli_models
+    except ImportError:
+        cli_models = None  # type: ignore[assignment]
+    if cli_models is not None:
+        cli_models.register_party_commands(party)
+        cli_models.register_top_level_commands(sub)
 
     p = sub.add_parser("train", help="submit a training job and follow it")
     p.add_argument("job")
@@ -229,11 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="list past runs")
     p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_control_args(p)
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("status", help="show one run")
     p.add_argument("run_id")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_control_args(p)
     p.set_defaults(func=cmd_status)
 
