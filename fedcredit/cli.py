@@ -234,13 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = party.add_parser("start", help="run this institution's party daemon")
     p.add_argument("--config", required=True)
     p.set_defaults(func=cmd_party_start)
-    try:  # model store / scoring commands (fedcredit/cli_models.py)
-        from fedcredit import cli_models
-    except ImportError:
-        cli_models = None  # type: ignore[assignment]
-    if cli_models is not None:
-        cli_models.register_party_commands(party)
-        cli_models.register_top_level_commands(sub)
+    from fedcredit import cli_models  # model store / scoring commands
+
+    cli_models.register_party_commands(party)
+    cli_models.register_top_level_commands(sub)
 
     p = sub.add_parser("train", help="submit a training job and follow it")
     p.add_argument("job")
