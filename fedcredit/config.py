@@ -36,6 +36,9 @@ def _check_name(v: str) -> str:
 class FederationSection(_Strict):
     name: str = "fedcredit"
     ca_dir: Path = Field(description="directory holding ca.crt (and ca.key on the CA host)")
+    signing_key: Path | None = Field(
+        None, description="federation Ed25519 signing key for model manifests (default <ca_dir>/federation-signing.key)"
+    )
 
 
 class CoordinatorSection(_Strict):
@@ -101,6 +104,19 @@ class PartySection(_Strict):
     _n = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
 
+class ScoringSection(_Strict):
+    """The party daemon's scoring service (``party/scoring.py``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535, description="0 = pick a free port")
+    dataset: str | None = Field(None, description="[datasets] key whose rows a passive party scores by id")
+    peers: dict[str, str] = Field(default_factory=dict, description="passive party name -> its scoring host:port")
+    deadline_ms: float = Field(500.0, gt=0, description="per-request deadline for every passive party's answer")
+    fallback_version: str | None = Field(None, description="label-party-only model version used when a passive party fails")
+    decision_log: Path | None = Field(None, description="JSONL audit log of decisions (default <state_dir>/decisions.jsonl)")
+    workers: int = Field(16, ge=1, le=256)
+
+
 class CoordinatorLink(_Strict):
     flower_address: str
     relay_address: str
@@ -110,6 +126,8 @@ class PartyConfig(_Strict):
     party: PartySection
     coordinator: CoordinatorLink
     datasets: dict[str, DatasetSection] = Field(default_factory=dict)
+    scoring: ScoringSection | None = None
+    decision: dict[str, Any] | None = Field(None, description="[decision] policy, validated by party.decision")
 
     def dataset(self, key: str) -> DatasetSection:
         if key not in self.datasets:
@@ -174,7 +192,8 @@ class JobConfig(_Strict):
 
 T = TypeVar("T", bound=BaseModel)
 
-_PATH_FIELDS = {"ca_dir", "identity_dir", "state_dir", "path", "flower_public_key", "certificate", "party_config"}
+_PATH_FIELDS = {"ca_dir", "identity_dir", "state_dir", "path", "flower_public_key", "certificate", "party_config",
+                "signing_key", "decision_log"}
 
 
 def _resolve_paths(obj: Any, base: Path) -> Any:
