@@ -130,6 +130,10 @@ class PartyRuntime:
             for name, pem in dict(meta.get("peer_certs", {})).items()
             if name != p.name
         }
+        # the verified PEMs, for the data plane (RelayTransport re-verifies them and skips the relay directory)
+        self.peer_certs: dict[str, bytes] = {
+            name: str(pem).encode() for name, pem in dict(meta.get("peer_certs", {})).items() if name in self.peers
+        }
         self.run_dir = p.state_dir / "runs" / self.run_id
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
