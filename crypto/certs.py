@@ -280,6 +280,17 @@ def issue(
                 f"{ca_dir / CA_CERT} (pass force=True / --force to replace it)"
             )
 
+    # the federation's artifact-signing public key goes beside ca.crt, so the party can verify model artifacts
+    sig_pub, sig_copy = ca_dir / SIGNING_PUB, out_dir / SIGNING_PUB
+    copy_sig = sig_pub.exists() and sig_copy.resolve() != sig_pub.resolve()
+    if copy_sig and sig_copy.exists():
+        if sig_copy.read_bytes() == sig_pub.read_bytes():
+            copy_sig = False
+        elif not force:
+            raise ConfigError(
+                f"refusing to overwrite existing {sig_copy}: it differs from {sig_pub} (pass force=True / --force)"
+            )
+
     tls_key = ec.generate_private_key(ec.SECP256R1())
     env_key = x25519.X25519PrivateKey.generate()
     fl_key = ec.generate_private_key(ec.SECP384R1())
@@ -342,6 +353,8 @@ def issue(
     write_file(cert_path, cert_pem, PUBLIC_MODE)
     if copy_ca:
         write_file(ca_copy, ca_pem, PUBLIC_MODE)
+    if copy_sig:
+        write_file(sig_copy, sig_pub.read_bytes(), PUBLIC_MODE)
     return Identity(
         name=name, role=role, cert_pem=cert_pem, key_pem=key_pem, ca_pem=ca_pem, envelope_private=env_key, dir=out_dir
     )
