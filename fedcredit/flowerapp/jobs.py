@@ -55,8 +55,28 @@ def run_coordinator_role(
     meta = {"run_id": run_id, "job_toml": job_toml, "peer_certs": certs}
     channel = FlowerChannel(grid, nodes, meta, timeout=job.job.round_timeout_s)
     if job.job.type == "horizontal":
-        return _coordinate_horizontal(channel, job, progress)
-    return _coordinate_vertical(channel, job, progress)
+        out = _coordinate_horizontal(channel, job, progress)
+    else:
+        out = _coordinate_vertical(channel, job, progress)
+    out["publish"] = _publish(channel, coord, job, run_id, out, progress)
+    return out
+
+
+def _publish(channel: Any, coord: CoordinatorConfig, job: JobConfig, run_id: str, out: Mapping[str, Any],
+             progress: Progress) -> dict[str, Any]:
+    """Signed artifacts for every party after training (fedcredit.flowerapp.publish); a failure is reported, the
+    trained run stays finished."""
+    from fedcredit.errors import FedCreditError
+    from fedcredit.flowerapp.publish import default_signing_key, publish_run
+
+    key = coord.federation.signing_key or default_signing_key(coord.federation.ca_dir)
+    parties = [p for p in job.job.parties if p not in set(out.get("dropped") or [])]
+    try:
+        return publish_run(channel, run_id=run_id, parties=parties, signing_key=key,
+                           metrics=out.get("global") or {}, progress=progress)
+    except FedCreditError as e:
+        progress({"event": "publish", "step": "failed", "message": f"publishing failed: {e}"})
+        return {"published": False, "error": str(e)}
 
 
 def horizontal_job(job: JobConfig, run_id: str) -> Any:
@@ -156,7 +176,12 @@ def _audit_reply(rt: PartyRuntime, method: str, reply: bytes) -> None:
 
 def run_party_role(config_path: str, method: str, payload: bytes, meta: Mapping[str, Any]) -> bytes:
     rt = PartyRuntime(config_path, meta)
-    if rt.job.job.type == "horizontal":
+    if method.startswith("artifact."):
+        from fedcredit.flowerapp.publish import party_handler
+
+        train = rt.config.datasets.get(rt.job.job.train_dataset)
+        reply = party_handler(rt.config, id_column=train.id_column if train else "id")(method, payload)
+    elif rt.job.job.type == "horizontal":
         reply = _party_horizontal(rt, method, payload)
     elif method == "vertical.run":
         reply = json.dumps(_party_vertical(rt)).encode()

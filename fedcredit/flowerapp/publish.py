@@ -227,8 +227,12 @@ def party_install(store: Any, model_root: Path, party: str, payload: bytes) -> b
     return json.dumps({"version": version, "active": store.active_version() == version}).encode()
 
 
-def party_handler(config: Any) -> Callable[[str, bytes], bytes]:
-    """The party side for a :class:`fedcredit.config.PartyConfig` (used by ``run_party_role``)."""
+def party_handler(config: Any, *, id_column: str | None = "id") -> Callable[[str, bytes], bytes]:
+    """The party side for a :class:`fedcredit.config.PartyConfig` (used by ``run_party_role``).
+
+    ``id_column``: the training dataset's id column, recorded in the schema so the
+    scorer looks rows up by the same column.
+    """
     from party.models import open_store
 
     root = Path(config.party.state_dir) / "models"
@@ -236,7 +240,7 @@ def party_handler(config: Any) -> Callable[[str, bytes], bytes]:
 
     def handle(method: str, payload: bytes) -> bytes:
         if method == BUILD:
-            return party_build(root, name, payload)
+            return party_build(root, name, payload, id_column=id_column)
         if method == INSTALL:
             store = open_store(config)
             if store.federation_public_key is None:
