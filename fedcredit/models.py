@@ -17,7 +17,6 @@ global model during their local epochs.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -129,17 +128,18 @@ class LogisticModel:
         return {"family": self.family, "d": self.d, "l2": self.l2}
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Small models train fastest single-threaded; and the machine is shared."""
+def _torch_single_thread() -> None:
+    """Pin torch to one intra-op thread for the whole process.
+
+    Small models train fastest single-threaded, the machine is shared, and -- the
+    real reason -- a thread count that changes while several parties train in one
+    process (in-process simulation) changes float summation order, and an MLP
+    amplifies that into different models.  One fixed setting keeps runs reproducible.
+    """
     import torch
 
-    prev = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 class MLPModel:
@@ -150,15 +150,23 @@ class MLPModel:
     def __init__(self, d: int, seed: int = 0, hidden: int = 16, l2: float = 1e-4) -> None:
         import torch
 
+        _torch_single_thread()
         self.d, self.hidden, self.l2, self.seed = int(d), int(hidden), float(l2), int(seed)
-        # Fork the RNG so a deterministic init does not disturb anyone else's torch RNG.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            self.net = torch.nn.Sequential(
-                torch.nn.Linear(self.d, self.hidden),
-                torch.nn.ReLU(),
-                torch.nn.Linear(self.hidden, 1),
-            ).to(torch.float32)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(self.d, self.hidden),
+            torch.nn.ReLU(),
+            torch.nn.Linear(self.hidden, 1),
+        ).to(torch.float32)
+        # Deterministic init from a private numpy RNG (torch's default init draws from its
+        # global RNG, which races when several parties build models in one process).
+        # Same distribution as torch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        rng = np.random.default_rng(self.seed)
+        parts = []
+        for layer in (self.net[0], self.net[2]):  # parameter order: w1, b1, w2, b2
+            bound = 1.0 / np.sqrt(layer.in_features)
+            parts.append(rng.uniform(-bound, bound, size=layer.weight.numel()))
+            parts.append(rng.uniform(-bound, bound, size=layer.bias.numel()))
+        self.set_flat(np.concatenate(parts))
 
     @property
     def n_params(self) -> int:
@@ -208,23 +216,22 @@ class MLPModel:
         opt = torch.optim.SGD(self.net.parameters(), lr=lr, weight_decay=self.l2)
         loss_fn = torch.nn.BCEWithLogitsLoss()
         self.net.train()
-        with _torch_threads(1):
-            for _ in range(int(epochs)):
-                for idx in _batches(Xt.shape[0], batch_size, rng):
-                    ix = torch.from_numpy(idx)
-                    opt.zero_grad()
-                    loss = loss_fn(self.net(Xt[ix]).squeeze(-1), yt[ix])
-                    if prox_mu > 0:
-                        prox = sum(((p - gp) ** 2).sum() for p, gp in zip(self.net.parameters(), g_params))
-                        loss = loss + 0.5 * prox_mu * prox
-                    loss.backward()
-                    opt.step()
+        for _ in range(int(epochs)):
+            for idx in _batches(Xt.shape[0], batch_size, rng):
+                ix = torch.from_numpy(idx)
+                opt.zero_grad()
+                loss = loss_fn(self.net(Xt[ix]).squeeze(-1), yt[ix])
+                if prox_mu > 0:
+                    prox = sum(((p - gp) ** 2).sum() for p, gp in zip(self.net.parameters(), g_params))
+                    loss = loss + 0.5 * prox_mu * prox
+                loss.backward()
+                opt.step()
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         import torch
 
         self.net.eval()
-        with torch.no_grad(), _torch_threads(1):
+        with torch.no_grad():
             z = self.net(torch.from_numpy(np.asarray(X, dtype=np.float32))).squeeze(-1)
             return torch.sigmoid(z).double().numpy()
 

@@ -66,6 +66,27 @@ def test_model_init_is_seed_deterministic_and_flat_roundtrips(family: str) -> No
         a.set_flat(v[:-1])
 
 
+def test_mlp_init_and_training_are_reproducible_across_threads() -> None:
+    """Parties build and train models concurrently in one process (simulation): no shared-RNG races."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(600, 6)), rng.integers(0, 2, 600)
+
+    def one(_: int) -> np.ndarray:
+        m = make_model("mlp", 6, seed=3)
+        m.fit_local(X, y, epochs=2, lr=0.1, batch_size=32, seed=9)
+        return m.get_flat()
+
+    with ThreadPoolExecutor(3) as pool:
+        inits = list(pool.map(lambda _: make_model("mlp", 23, seed=3).get_flat(), range(40)))
+        flats = list(pool.map(one, range(4)))
+    for f in inits[1:]:
+        np.testing.assert_array_equal(f, inits[0])
+    for f in flats[1:]:
+        np.testing.assert_array_equal(f, flats[0])
+
+
 @pytest.mark.parametrize("family", ["lr", "mlp"])
 def test_fit_learns_and_fedprox_holds_model_near_global(family: str) -> None:
     rng = np.random.default_rng(1)

@@ -1,0 +1,343 @@
+"""Benchmark: encrypted horizontal FedAvg/FedProx vs pooled, local-only and plaintext FedAvg.
+
+Three banks = ``default_credit_homo_{guest,host_1,host_2}.csv`` (8,000 rows each),
+test = ``default_credit_homo_test.csv`` (6,000 rows).  From ONE run it prints, side
+by side, for logistic regression and the MLP:
+
+* pooled plaintext model on all 24,000 rows (sklearn LogisticRegression, and the
+  same model/optimizer as the federation trained centrally),
+* each bank's local-only model (its own data and standardization),
+* plaintext FedAvg: the same protocol shape (same hops, same threads, same local
+  training and seeds) with raw float64 payloads instead of CKKS ciphertexts,
+* encrypted FedAvg: the real protocol (``fedcredit.protocols.horizontal``) over an
+  in-process channel,
+
+with test AUC, KS, wall time, bytes per party per round and the encryption
+overhead (time and bytes) as a ratio to plaintext FedAvg.  Then the same 24,000
+rows re-split non-IID (by label rate, and by credit limit) with FedAvg vs FedProx.
+
+    python -m simulations.bench_horizontal --out bench-out/horizontal
+
+Results: ``<out>/results.json`` plus ROC/KS plots; figures are copied into
+docs/horizontal.md by hand with the command and output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+
+from fedcredit import metrics
+from fedcredit.channel import LocalChannel, MemoryState, StateStore
+from fedcredit.models import load_model
+from fedcredit.protocols.horizontal import (
+    HorizontalJob,
+    build_model,
+    decode_message,
+    encode_message,
+    local_stats,
+    local_update,
+    standardizer_from_sums,
+)
+from party.data import LocalTable, load_table
+from simulations.horizontal_sim import run_inprocess
+from simulations.partition import partition
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BANKS = ["guest", "host_1", "host_2"]
+
+# hyper-parameters: IID uses the protocol defaults; non-IID uses more local work per
+# round (the realistic regime when every round trip costs seconds), where client
+# drift appears and FedProx is meant to help.
+IID = {"lr": {"rounds": 10}, "mlp": {"rounds": 10}}
+NONIID = {
+    "lr": {"rounds": 10, "lr": 0.3, "batch_size": 64, "local_epochs": 5, "prox_mu": 0.1},
+    "mlp": {"rounds": 10, "lr": 0.2, "batch_size": 128, "local_epochs": 3, "prox_mu": 0.01},
+}
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def _std(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return standardizer_from_sums(local_stats(X), X.shape[1])
+
+
+def _score(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    return {"auc": metrics.auc(y, p), "ks": metrics.ks(y, p)}
+
+
+def sklearn_pooled(tables: Mapping[str, LocalTable], test: LocalTable) -> dict[str, Any]:
+    t = time.perf_counter()
+    X = np.vstack([tb.X for tb in tables.values()])
+    y = np.concatenate([tb.y for tb in tables.values()])  # type: ignore[misc]
+    mean, std = _std(X)
+    m = LogisticRegression(max_iter=2000).fit((X - mean) / std, y)
+    p = m.predict_proba((test.X - mean) / std)[:, 1]
+    return {**_score(test.y, p), "seconds": time.perf_counter() - t, "rows": int(len(y))}  # type: ignore[arg-type]
+
+
+def centralized(tables: Mapping[str, LocalTable], test: LocalTable, job: HorizontalJob) -> dict[str, Any]:
+    """The federation's model and optimizer, trained on one table: pooled (all banks) or local-only."""
+    t = time.perf_counter()
+    X = np.vstack([tb.X for tb in tables.values()])
+    y = np.concatenate([tb.y for tb in tables.values()])  # type: ignore[misc]
+    mean, std = _std(X)
+    m = build_model(job, X.shape[1])
+    assert job.local_epochs is not None and job.lr is not None and job.batch_size is not None
+    m.fit_local((X - mean) / std, y, epochs=job.rounds * job.local_epochs, lr=job.lr,
+                batch_size=job.batch_size, seed=job.seed)
+    p = m.predict_proba((test.X - mean) / std)
+    return {**_score(test.y, p), "seconds": time.perf_counter() - t, "rows": int(len(y))}  # type: ignore[arg-type]
+
+
+def plaintext_fedavg(files: Mapping[str, Path], test: LocalTable, job: HorizontalJob) -> dict[str, Any]:
+    """FedAvg with the protocol's hop structure and math but raw float64 payloads (no encryption).
+
+    Hops: one for standardization sums, one per round.  The coordinator sums the
+    plaintext vectors (it would see every bank's update: this is the insecure
+    baseline the encrypted protocol is measured against).
+    """
+    tables = {p: load_table(f, party=p) for p, f in files.items()}
+
+    def handler(name: str):
+        def handle(method: str, payload: bytes, state: StateStore) -> bytes:
+            h, b = decode_message(payload)
+            t = tables[name]
+            if method == "stats":
+                return encode_message({}, {"v": local_stats(t.X).astype("<f8").tobytes()})
+            if "stats" in b:
+                sums = np.frombuffer(b["stats"], "<f8")
+                state.put("std", np.concatenate(standardizer_from_sums(sums, t.d)).astype("<f8").tobytes())
+            ms = np.frombuffer(state.get("std") or b"", "<f8")
+            mean, std = ms[: t.d], ms[t.d :]
+            if "model" in b:
+                agg = np.frombuffer(b["model"], "<f8")
+                g = agg[:-1] / agg[-1]
+            else:
+                g = build_model(job, t.d).get_flat()
+            new = local_update(job, g, (t.X - mean) / std, t.y, int(h["round"]), name)  # type: ignore[arg-type]
+            return encode_message({}, {"update": np.concatenate([new * t.n, [t.n]]).astype("<f8").tobytes()})
+
+        return handle
+
+    ch = LocalChannel({p: handler(p) for p in files}, {p: MemoryState() for p in files})
+    traffic: dict[str, dict[str, int]] = {p: {"to_party": 0, "from_party": 0} for p in files}
+    rounds_bytes = {p: {"to_party": 0, "from_party": 0} for p in files}
+
+    def call(method: str, payload: bytes, count_round: bool) -> dict[str, dict[str, bytes]]:
+        reps = ch.call_all({p: (method, payload) for p in files})
+        for p, r in reps.items():
+            for d in ([traffic[p], rounds_bytes[p]] if count_round else [traffic[p]]):
+                d["to_party"] += len(payload)
+                d["from_party"] += len(r)
+        return {p: decode_message(r)[1] for p, r in reps.items()}
+
+    t0 = time.perf_counter()
+    reps = call("stats", encode_message({}), False)
+    sums = sum(np.frombuffer(b["v"], "<f8") for b in reps.values())
+    agg: np.ndarray | None = None
+    t_rounds = time.perf_counter()
+    for r in range(1, job.rounds + 1):
+        blobs = {"stats": sums.astype("<f8").tobytes()} if r == 1 else {"model": agg.astype("<f8").tobytes()}  # type: ignore[union-attr]
+        reps = call("fit", encode_message({"round": r}, blobs), True)
+        agg = sum(np.frombuffer(b["update"], "<f8") for b in reps.values())  # type: ignore[assignment]
+    rounds_s = time.perf_counter() - t_rounds
+    wall = time.perf_counter() - t0
+    d = next(iter(tables.values())).d
+    mean, std = standardizer_from_sums(sums, d)
+    m = build_model(job, d)
+    assert agg is not None
+    m.set_flat(agg[:-1] / agg[-1])
+    p = m.predict_proba((test.X - mean) / std)
+    return {
+        **_score(test.y, p),  # type: ignore[arg-type]
+        "seconds": wall,
+        "rounds_seconds": rounds_s,
+        "bytes_per_round": {q: {k: v / job.rounds for k, v in rb.items()} for q, rb in rounds_bytes.items()},
+        "flat": m.get_flat().tolist(),
+    }
+
+
+def encrypted_fedavg(files: Mapping[str, Path], test_file: Path, test: LocalTable, job: HorizontalJob,
+                     out: Path) -> dict[str, Any]:
+    rep = run_inprocess(dict(files), test_file, job, out, split_test=True)
+    res = rep["result"]
+    saved = load_model(next(iter(rep["harness_check"]["models_saved"].values())))
+    p = saved.predict_proba(test.X)
+    return {
+        **_score(test.y, p),  # type: ignore[arg-type]
+        "global_from_encrypted_histograms": res["global_metrics"],
+        "seconds": res["wall_time_s"],
+        "rounds_seconds": res["timings"]["rounds_s"],
+        "timings": res["timings"],
+        "bytes_per_round": rep["bytes_per_round"],
+        "public_context_bytes": res["public_context_bytes"],
+        "total_bytes": rep["messages"]["total_bytes"],
+        "flat": saved.model.get_flat().tolist(),
+        "report": str(out / "report.json"),
+        "plot": rep.get("plots", {}).get("roc_ks"),
+    }
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+def _job(run_id: str, family: str, hp: Mapping[str, Any], algorithm: str = "fedavg") -> HorizontalJob:
+    return HorizontalJob(run_id=run_id, parties=list(BANKS), family=family, algorithm=algorithm, **dict(hp))
+
+
+def _mean_bpr(bpr: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([v[k] for v in bpr.values()])) for k in ("from_party", "to_party")}
+
+
+def scenario(name: str, files: Mapping[str, Path], test_file: Path, out: Path, hp: Mapping[str, Mapping[str, Any]],
+             families: list[str], algorithms: list[str], mu_sweep: list[float]) -> dict[str, Any]:
+    test = load_table(test_file, party="test")
+    tables = {p: load_table(f, party=p) for p, f in files.items()}
+    res: dict[str, Any] = {
+        "banks": {p: {"rows": t.n, "default_rate": float(t.y.mean())} for p, t in tables.items()},  # type: ignore[union-attr]
+        "sklearn_pooled_lr": sklearn_pooled(tables, test),
+        "families": {},
+    }
+    for fam in families:
+        f: dict[str, Any] = {"hyperparameters": _job("x", fam, hp[fam]).to_dict()}
+        base = _job(f"{name}-{fam}", fam, hp[fam])
+        f["pooled"] = centralized(tables, test, base)
+        f["local_only"] = {p: centralized({p: t}, test, base) for p, t in tables.items()}
+        for alg in algorithms:
+            job = _job(f"{name}-{fam}-{alg}", fam, hp[fam], alg)
+            plain = plaintext_fedavg(files, test, job)
+            enc = encrypted_fedavg(files, test_file, test, job, out / f"{name}-{fam}-{alg}")
+            diff = float(np.max(np.abs(np.asarray(enc.pop("flat")) - np.asarray(plain.pop("flat")))))
+            pb, eb = _mean_bpr(plain["bytes_per_round"]), _mean_bpr(enc["bytes_per_round"])
+            f[alg] = {
+                "plaintext": plain,
+                "encrypted": enc,
+                "max_abs_param_diff_encrypted_vs_plaintext": diff,
+                "overhead": {
+                    "wall_time_ratio": enc["seconds"] / plain["seconds"],
+                    "rounds_time_ratio": enc["rounds_seconds"] / plain["rounds_seconds"],
+                    "bytes_per_round_ratio_up": eb["from_party"] / pb["from_party"],
+                    "bytes_per_round_ratio_down": eb["to_party"] / pb["to_party"],
+                },
+            }
+        if mu_sweep:
+            f["fedprox_mu_sweep_plaintext"] = {
+                str(mu): {k: v for k, v in plaintext_fedavg(files, test, _job("sweep", fam, {**hp[fam], "prox_mu": mu},
+                                                                               "fedprox")).items()
+                          if k in ("auc", "ks")}
+                for mu in mu_sweep
+            }
+        res["families"][fam] = f
+    return res
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def _kb(b: float) -> str:
+    return f"{b / 1024:,.1f} KB" if b < 1024 * 1024 else f"{b / 1024 / 1024:,.2f} MB"
+
+
+def print_scenario(title: str, r: Mapping[str, Any]) -> None:
+    print(f"\n=== {title} ===")
+    print("banks: " + ", ".join(f"{p} {v['rows']} rows, default rate {v['default_rate']:.3f}" for p, v in r["banks"].items()))
+    hdr = f"{'model':<44} {'AUC':>7} {'KS':>7} {'wall s':>8} {'up/party/round':>15} {'down/party/round':>17}"
+    s = r["sklearn_pooled_lr"]
+    for fam, f in r["families"].items():
+        print(f"\n[{fam}]  hyper-parameters: " + ", ".join(
+            f"{k}={f['hyperparameters'][k]}" for k in ("rounds", "local_epochs", "lr", "batch_size", "prox_mu")))
+        print(hdr)
+        print("-" * len(hdr))
+        if fam == "lr":
+            print(f"{'pooled plaintext, sklearn LR (' + str(s['rows']) + ' rows)':<44} {s['auc']:7.4f} {s['ks']:7.4f} {s['seconds']:8.2f}")
+        pl = f["pooled"]
+        print(f"{'pooled plaintext, same model+optimizer':<44} {pl['auc']:7.4f} {pl['ks']:7.4f} {pl['seconds']:8.2f}")
+        for p, v in f["local_only"].items():
+            print(f"{'local only: ' + p:<44} {v['auc']:7.4f} {v['ks']:7.4f} {v['seconds']:8.2f}")
+        for alg in ("fedavg", "fedprox"):
+            if alg not in f:
+                continue
+            a = f[alg]
+            for kind in ("plaintext", "encrypted"):
+                v = a[kind]
+                b = _mean_bpr(v["bytes_per_round"])
+                label = f"{kind} {'FedAvg' if alg == 'fedavg' else 'FedProx'}"
+                print(f"{label:<44} {v['auc']:7.4f} {v['ks']:7.4f} {v['seconds']:8.2f} {_kb(b['from_party']):>15} {_kb(b['to_party']):>17}")
+            g = a["encrypted"]["global_from_encrypted_histograms"]
+            o = a["overhead"]
+            print(f"{'  global AUC/KS from encrypted histograms':<44} {g['auc']:7.4f} {g['ks']:7.4f}")
+            print(f"  encryption overhead vs plaintext {alg}: wall time x{o['wall_time_ratio']:.1f} "
+                  f"(rounds only x{o['rounds_time_ratio']:.1f}), bytes/round up x{o['bytes_per_round_ratio_up']:.0f}, "
+                  f"down x{o['bytes_per_round_ratio_down']:.0f}; max |param diff| {a['max_abs_param_diff_encrypted_vs_plaintext']:.1e}")
+        if "fedprox_mu_sweep_plaintext" in f:
+            print("  FedProx mu sweep (plaintext, AUC): " + ", ".join(
+                f"mu={mu}: {v['auc']:.4f}" for mu, v in f["fedprox_mu_sweep_plaintext"].items()))
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _noniid_files(files: Mapping[str, Path], out: Path, **kw: Any) -> dict[str, Path]:
+    df = pd.concat([pd.read_csv(f, dtype={"id": str}) for f in files.values()], ignore_index=True)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for p, part in zip(BANKS, partition(df, len(BANKS), seed=0, **kw)):
+        paths[p] = out / f"{p}.csv"
+        part.to_csv(paths[p], index=False)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", type=Path, default=DATA)
+    ap.add_argument("--out", type=Path, default=Path("bench-out/horizontal"))
+    ap.add_argument("--families", default="lr,mlp")
+    ap.add_argument("--skip-noniid", action="store_true")
+    a = ap.parse_args(argv)
+    fams = [f for f in a.families.split(",") if f]
+    files = {p: a.data_dir / f"default_credit_homo_{p}.csv" for p in BANKS}
+    test_file = a.data_dir / "default_credit_homo_test.csv"
+    for f in [*files.values(), test_file]:
+        if not f.exists():
+            raise SystemExit(f"missing data file {f} (expected the shared credit data beside the project)")
+    a.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {
+        "command": "python -m simulations.bench_horizontal " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_at_start": os.getloadavg()},
+    }
+    results["iid"] = scenario("iid", files, test_file, a.out, IID, fams, ["fedavg"], [])
+    print_scenario("IID: the three given banks (8,000 rows each), test 6,000 rows", results["iid"])
+    if not a.skip_noniid:
+        lab = _noniid_files(files, a.out / "data-noniid-label", mode="label", skew=0.9)
+        results["noniid_label"] = scenario("noniid-label", lab, test_file, a.out, NONIID, fams,
+                                           ["fedavg", "fedprox"], [0.01, 0.1, 0.3])
+        print_scenario("non-IID by label rate (same 24,000 rows; skew 0.9)", results["noniid_label"])
+        lim = _noniid_files(files, a.out / "data-noniid-limit", mode="feature", feature="x13", skew=0.9)
+        results["noniid_limit"] = scenario("noniid-limit", lim, test_file, a.out, NONIID, fams,
+                                           ["fedavg", "fedprox"], [0.01, 0.1, 0.3])
+        print_scenario("non-IID by credit limit (x13 = LIMIT_BAL; same 24,000 rows; skew 0.9)", results["noniid_limit"])
+    results["total_seconds"] = time.perf_counter() - t0
+    results["machine"]["load_avg_at_end"] = os.getloadavg()
+    (a.out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    lr = results["iid"]["families"].get("lr")
+    print(f"\ntotal {results['total_seconds']:.0f} s; results in {a.out / 'results.json'}")
+    if lr:
+        auc = lr["fedavg"]["encrypted"]["auc"]
+        print(f"target: encrypted FedAvg LR test AUC >= 0.727 -> {auc:.4f} {'PASS' if auc >= 0.727 else 'FAIL'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
