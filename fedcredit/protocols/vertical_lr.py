@@ -91,9 +91,11 @@ class VerticalLRConfig:
     precondition: bool = True  # scale each party's step by its own fixed Hessian bound (X^T X/4n + l2)^-1
     l2: float = 1e-3  # objective: mean log-loss + l2/2 · |w|^2 (intercept not penalized)
     max_epochs: int = 10
-    batch_size: int = 4096  # rows per step; 0 = full batch.  4096 = one CKKS ciphertext at N=8192
+    batch_size: int = 4096  # at most this many rows per step; 0 = full batch.  4096 = one ciphertext at N=8192
+    steps_per_epoch: int = 6  # smaller sets get smaller batches (>= min_batch) so an epoch still makes progress
     validation_fraction: float = 0.1
-    patience: int = 2  # epochs without validation-loss improvement before stopping
+    patience: int = 2  # epochs without validation-loss improvement before stopping; each one reverts to the
+    # best weights and halves the learning rate (all parties, on the label party's instruction)
     seed: int = 0
     poly_modulus_degree: int = 8192
     coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
@@ -116,11 +118,19 @@ class VerticalLRConfig:
             raise ConfigError(f"vertical LR: validation_fraction must be in [0, 0.5), got {self.validation_fraction}")
         if self.patience < 1:
             raise ConfigError(f"vertical LR: patience must be >= 1, got {self.patience}")
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"vertical LR: steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         if 0 < self.batch_size < self.min_batch:
             raise ConfigError(
                 f"vertical LR: batch_size {self.batch_size} is below min_batch {self.min_batch}; small batches let a "
                 "passive party's plaintext gradient reveal individual residuals (labels)"
             )
+
+    def effective_batch(self, n_fit: int) -> int:
+        """Rows per step for ``n_fit`` training rows: <= batch_size, >= min_batch, about steps_per_epoch steps."""
+        if self.batch_size <= 0:
+            return n_fit
+        return int(min(self.batch_size, n_fit, max(self.min_batch, -(-n_fit // self.steps_per_epoch))))
 
     def public(self) -> dict[str, Any]:
         """The part the label party announces to passive parties."""
@@ -243,6 +253,7 @@ class LabelResult:
     test_scores: np.ndarray | None = field(default=None, repr=False)
     counters: dict[str, int] = field(default_factory=dict)  # encryptions, decryptions
     timings: dict[str, float] = field(default_factory=dict)  # seconds spent per activity at this party
+    train_ids: list[str] = field(default_factory=list, repr=False)  # the aligned training ids, in protocol order
 
 
 @dataclass
@@ -424,6 +435,8 @@ def run_vertical_lr_label(
     """
     cfg.validate()
     me = transport.me
+    if test is not None and len(test) == 0:
+        test = None
     if train.y is None:
         raise DataError(f"party '{me}': the label party's table {train.source} has no label column")
     if len(np.unique(train.y)) < 2:
@@ -438,12 +451,18 @@ def run_vertical_lr_label(
     slots = ckks.slot_count(ctx)
     n = len(train)
     fit_rows, val_rows = validation_split(n, cfg.validation_fraction, cfg.seed)
+    if len(fit_rows) < cfg.min_batch:
+        raise DataError(
+            f"party '{me}': only {len(fit_rows)} aligned training rows in {train.source} after the validation split; "
+            f"vertical LR needs at least min_batch={cfg.min_batch} so no gradient is computed over fewer rows"
+        )
+    batch = cfg.effective_batch(len(fit_rows))
     setup = {
         "version": _VERSION,
-        "config": cfg.public(),
+        "config": {**cfg.public(), "batch_size": batch},
         "passives": passives,
         "n_train": n,
-        "n_test": 0 if test is None else len(test),
+        "n_test": 0 if test is None else len(test),  # 0: no joint scoring at the end
         "train_digest": ids_digest(train.ids),
         "test_digest": None if test is None else ids_digest(test.ids),
     }
@@ -477,7 +496,7 @@ def run_vertical_lr_label(
     Xf, yf = XA[fit_rows], y[fit_rows]
     P = _preconditioner(Xf, l2v, cfg.precondition)
     for epoch in range(cfg.max_epochs):
-        for bi, rows in enumerate(epoch_batches(len(fit_rows), cfg.batch_size, epoch, cfg.seed)):
+        for bi, rows in enumerate(epoch_batches(len(fit_rows), batch, epoch, cfg.seed)):
             step = f"{epoch}/{bi}"
             look = theta + mu * vel  # Nesterov look-ahead point
             z = Xf[rows] @ look
@@ -527,8 +546,9 @@ def run_vertical_lr_label(
             history.append({"epoch": epoch + 1, "val_loss": loss, "val_auc": vauc})
             if improved:
                 best, stale = (loss, epoch + 1, theta.copy()), 0
-            else:
+            else:  # back to the best point, slower: damps the oscillation momentum causes near the optimum
                 stale += 1
+                theta, vel, lr = best[2].copy(), np.zeros_like(vel), lr * 0.5
             stop = stale >= cfg.patience or epoch + 1 == cfg.max_epochs
         else:
             improved, stop = True, epoch + 1 == cfg.max_epochs
@@ -574,7 +594,7 @@ def run_vertical_lr_label(
                 )
     if out_dir is not None:
         model.save(Path(out_dir) / f"{report_name}_{me}_model.json")
-    return LabelResult(model, history, best_epoch, epochs_run, steps, train_seconds, test_metrics, scores, counters, tm)
+    return LabelResult(model, history, best_epoch, epochs_run, steps, train_seconds, test_metrics, scores, counters, tm, list(train.ids))
 
 
 def _sum_partials(transport: Transport, passives: Sequence[str], tag: str, n: int, timeout: float | None) -> np.ndarray:
@@ -694,6 +714,8 @@ def run_vertical_lr_passive(
         ctl = json.loads(transport.recv(label_party, f"{pf}/ctl/{epoch}", to).decode())
         if ctl.get("improved"):
             best_w = w.copy()
+        else:  # the label party's instruction: back to the best point with half the step
+            w, v, lr = best_w.copy(), np.zeros_like(v), lr * 0.5
         if ctl.get("stop"):
             break
     model = PassiveModel(me, list(train.feature_names), std, best_w, label_party)

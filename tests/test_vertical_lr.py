@@ -1,0 +1,273 @@
+"""Vertical LR on the real credit data: quality vs pooled plaintext, and what each role receives (leakage table)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from crypto import ckks
+from fedcredit.errors import ConfigError, DataError, ProtocolError
+from fedcredit.protocols.vertical_common import (
+    VerticalTable,
+    epoch_batches,
+    load_id_set,
+    load_vertical_table,
+    split_by_ids,
+    unpack_arrays,
+    unpack_blobs,
+    validation_split,
+)
+from fedcredit.protocols.vertical_lr import (
+    LabelModel,
+    PassiveModel,
+    VerticalLRConfig,
+    _from_fixed,
+    combine,
+    passive_partial_scores,
+    request_scores,
+    run_vertical_lr_inprocess,
+    run_vertical_lr_passive,
+    serve_scores,
+)
+from fedcredit.transport import InMemoryHub, WireRecord
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+N_SUBSET = 9000
+
+
+def _subset(t: VerticalTable, rows: np.ndarray) -> VerticalTable:
+    return t.take(rows)
+
+
+@pytest.fixture(scope="module")
+def tables() -> tuple[VerticalTable, VerticalTable, set[str]]:
+    guest = load_vertical_table(DATA / "default_credit_hetero_guest.csv", party="guest", label_col="y")
+    host = load_vertical_table(DATA / "default_credit_hetero_host.csv", party="host")
+    test_ids = load_id_set(DATA / "default_credit_homo_test.csv", party="guest")
+    rng = np.random.default_rng(7)
+    keep = set(np.asarray(guest.ids)[rng.choice(len(guest), N_SUBSET, replace=False)].tolist())
+    g = guest.take([i for i, x in enumerate(guest.ids) if x in keep])
+    # the host holds a superset (PSI must drop the extra ids) in a different order
+    extra = set(np.asarray(host.ids)[rng.choice(len(host), 500, replace=False)].tolist())
+    h_rows = [i for i, x in enumerate(host.ids) if x in keep or x in extra]
+    rng.shuffle(h_rows)
+    h = host.take(h_rows)
+    return g, h, test_ids & keep
+
+
+@pytest.fixture(scope="module")
+def one_passive(tables):  # type: ignore[no-untyped-def]
+    g, h, test_ids = tables
+    wire: list[WireRecord] = []
+    res = run_vertical_lr_inprocess(g, {"host": h}, VerticalLRConfig(), test_ids=test_ids, observers=[wire.append])
+    return res, wire
+
+
+def _pooled_auc(g: VerticalTable, h: VerticalTable, test_ids: set[str], cfg: VerticalLRConfig) -> tuple[float, float]:
+    h = h.align(g.ids)
+    gtr, gte = split_by_ids(g, test_ids)
+    htr, hte = split_by_ids(h, test_ids)
+    mu = lambda X: (X.mean(0), X.std(0))  # noqa: E731
+    (mg, sg), (mh, sh) = mu(gtr.X), mu(htr.X)
+    Xtr = np.hstack([(gtr.X - mg) / sg, (htr.X - mh) / sh])
+    Xte = np.hstack([(gte.X - mg) / sg, (hte.X - mh) / sh])
+    C = 1.0 / (cfg.l2 * len(gtr))
+    pooled = LogisticRegression(C=C, max_iter=2000).fit(Xtr, gtr.y)
+    label_only = LogisticRegression(C=C, max_iter=2000).fit(Xtr[:, : g.n_features], gtr.y)
+    return (
+        roc_auc_score(gte.y, pooled.decision_function(Xte)),
+        roc_auc_score(gte.y, label_only.decision_function(Xte[:, : g.n_features])),
+    )
+
+
+def test_reaches_pooled_quality_and_beats_label_party_alone(tables, one_passive) -> None:  # type: ignore[no-untyped-def]
+    g, h, test_ids = tables
+    res, _ = one_passive
+    pooled, label_only = _pooled_auc(g, h, test_ids, VerticalLRConfig())
+    fed = res.label.test_metrics["auc"]
+    assert res.intersection_size == N_SUBSET
+    assert res.label.test_metrics["n"] == len(test_ids)
+    assert fed >= pooled - 0.006, (fed, pooled)
+    assert fed >= label_only + 0.03, (fed, label_only)
+    assert 0.3 < res.label.test_metrics["ks"] < 0.6
+    assert res.label.counters["rotations"] == 0 and res.passives["host"].counters["rotations"] == 0
+    # one plaintext multiplication per passive feature per ciphertext of residuals
+    assert res.passives["host"].counters["plain_multiplications"] == h.n_features * res.label.counters["encryptions"]
+
+
+def test_leakage_table_passive_receives_no_labels(tables, one_passive) -> None:  # type: ignore[no-untyped-def]
+    g, h, test_ids = tables
+    res, wire = one_passive
+    to_passive = [r for r in wire if r.receiver == "host" and r.tag.startswith("vlr/")]
+    ctx_payload = next(r.payload for r in to_passive if r.tag == "vlr/ctx")
+    pub = ckks.load_context(ctx_payload)
+    assert not ckks.has_secret_key(pub)
+
+    kinds: dict[str, int] = {}
+    for r in to_passive:
+        kind = r.tag.split("/")[1]
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if kind == "setup":
+            meta = json.loads(r.payload)
+            assert set(meta) == {"version", "config", "passives", "n_train", "n_test", "train_digest", "test_digest"}
+        elif kind == "ctx":
+            pass
+        elif kind == "r":  # encrypted residuals: CKKS ciphertexts the passive cannot decrypt
+            blobs, meta = unpack_blobs(r.payload)
+            assert set(meta) == {"step", "rows", "chunk"}
+            for b in blobs:
+                v = ckks.ts.ckks_vector_from(pub, b)
+                with pytest.raises(Exception):
+                    v.decrypt()
+        elif kind == "gs":  # decrypted gradient sums, still masked by the passive's own mask
+            arrays, _ = unpack_arrays(r.payload)
+            assert arrays["s"].shape == (h.n_features,)
+            assert np.median(np.abs(arrays["s"])) > 1e6
+        elif kind == "ctl":
+            assert set(json.loads(r.payload)) == {"improved", "stop"}
+        elif kind == "score":
+            assert r.tag == "vlr/score/req"
+            assert set(json.loads(r.payload)["ids"]) == test_ids
+        else:
+            pytest.fail(f"message kind {r.tag!r} to the passive party is not in the leakage table")
+    assert set(kinds) == {"setup", "ctx", "r", "gs", "ctl", "score"}
+
+    # the label vector in no encoding, neither in aligned order nor in any batch's order
+    everything = b"".join(r.payload for r in wire if r.receiver == "host")
+    y_aligned = g.align(res.label.train_ids).y
+    fit, _ = validation_split(len(y_aligned), 0.1, 0)
+    orders = [y_aligned, y_aligned[fit]] + [y_aligned[fit][b] for b in epoch_batches(len(fit), 4096, 0, 0)]
+    for ys in orders:
+        for dt in (np.int8, np.uint8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_):
+            assert ys[:24].astype(dt).tobytes() not in everything, dt
+    # the coordinator (or anyone else) is not on the vertical data path at all
+    assert {r.receiver for r in wire} | {r.sender for r in wire} == {"guest", "host"}
+
+
+def test_leakage_table_label_receives_no_passive_features(tables, one_passive) -> None:  # type: ignore[no-untyped-def]
+    g, h, test_ids = tables
+    res, wire = one_passive
+    to_label = [r for r in wire if r.receiver == "guest" and r.tag.startswith("vlr/")]
+    kinds = {r.tag.split("/")[1] for r in to_label}
+    assert kinds == {"hello", "z", "g", "zv", "score"}
+    everything = b"".join(r.payload for r in to_label)
+    for c in range(h.n_features):
+        for dt in (np.float64, np.float32):
+            assert h.X[:8, c].astype(dt).tobytes() not in everything
+            assert np.sort(h.X[:, c])[:8].astype(dt).tobytes() not in everything
+    hello = json.loads(next(r.payload for r in to_label if r.tag == "vlr/hello"))
+    assert hello == {"n_features": h.n_features}
+    # each party's saved model holds only its own features
+    assert res.label.model.feature_names == g.feature_names
+    assert res.passives["host"].model.feature_names == h.feature_names
+    assert "weights" in json.loads(res.passives["host"].model.to_json())
+    assert len(res.passives["host"].model.weights) == h.n_features
+
+
+def test_two_passives_label_learns_only_the_sum(tables) -> None:  # type: ignore[no-untyped-def]
+    g, h, test_ids = tables
+    rows = np.sort(np.random.default_rng(1).choice(len(g), 4000, replace=False))
+    g2 = g.take(rows)
+    h_al = h.align(g2.ids)
+    ha = VerticalTable("bank_a", "a.csv", h_al.ids, h_al.X[:, :5], h_al.feature_names[:5])
+    hb = VerticalTable("bank_b", "b.csv", h_al.ids, h_al.X[:, 5:], h_al.feature_names[5:])
+    wire: list[WireRecord] = []
+    res = run_vertical_lr_inprocess(
+        g2, {"bank_a": ha, "bank_b": hb}, VerticalLRConfig(batch_size=2048, max_epochs=4), test_ids=test_ids,
+        observers=[wire.append],
+    )
+    assert res.label.test_metrics["auc"] > 0.70
+    z = {r.sender: unpack_arrays(r.payload)[0]["q"] for r in wire if r.tag == "vlr/z/0/0"}
+    assert set(z) == {"bank_a", "bank_b"}
+    alone = _from_fixed(z["bank_a"])
+    total = _from_fixed(z["bank_a"] + z["bank_b"])
+    assert np.median(np.abs(alone)) > 1e6  # one passive's partial logits are masked...
+    assert np.max(np.abs(total)) < 10  # ...only the sum of all passives is meaningful
+    # passives exchanged a mask seed directly, nothing else
+    between = [r for r in wire if {r.sender, r.receiver} == {"bank_a", "bank_b"}]
+    assert [r.tag for r in between] == ["vlr/pairseed"]
+
+
+def test_joint_scoring_round_trip_matches_local_combination(tables, one_passive) -> None:  # type: ignore[no-untyped-def]
+    g, h, test_ids = tables
+    res, _ = one_passive
+    lm: LabelModel = LabelModel.from_json(res.label.model.to_json())
+    pm: PassiveModel = PassiveModel.from_json(res.passives["host"].model.to_json())
+    ids = sorted(test_ids)[:300]
+    hub = InMemoryHub(default_timeout=20)
+    t = threading.Thread(target=serve_scores, args=(hub.endpoint("host"), "guest", pm, h))
+    t.start()
+    z = request_scores(hub.endpoint("guest"), "host", ids)
+    t.join()
+    ga = g.align(ids)
+    p_remote = combine(lm, ga.X, [z])
+    p_local = combine(lm, ga.X, [passive_partial_scores(pm, h.align(ids).X)])
+    np.testing.assert_allclose(p_remote, p_local, rtol=0, atol=1e-12)
+    # an id the passive party does not have: a clear error on both sides
+    errs: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            serve_scores(hub.endpoint("host"), "guest", pm, h)
+        except DataError as e:
+            errs.append(e)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    with pytest.raises(DataError, match="host"):
+        request_scores(hub.endpoint("guest"), "host", ["no-such-customer"])
+    t.join()
+    assert errs and "1 requested ids" in str(errs[0])
+
+
+def test_models_are_saved_per_party_with_reports(tables, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    g, h, test_ids = tables
+    rows = np.sort(np.random.default_rng(2).choice(len(g), 3000, replace=False))
+    g2 = g.take(rows)
+    res = run_vertical_lr_inprocess(
+        g2, {"host": h.align(g2.ids)}, VerticalLRConfig(max_epochs=2, batch_size=1024), test_ids=test_ids,
+        psi=False, out_dir=tmp_path,
+    )
+    report = json.loads((tmp_path / "vertical_lr_report.json").read_text())
+    assert report["auc"] == pytest.approx(res.label.test_metrics["auc"], abs=1e-6)
+    assert (tmp_path / "vertical_lr_roc_ks.png").stat().st_size > 10_000
+    label_file = json.loads((tmp_path / "vertical_lr_guest_model.json").read_text())
+    host_file = json.loads((tmp_path / "vertical_lr_host_model.json").read_text())
+    assert label_file["feature_names"] == g.feature_names and "intercept" in label_file
+    assert host_file["feature_names"] == h.feature_names and "intercept" not in host_file
+    assert (tmp_path / "vertical_lr_host_model.json").stat().st_mode & 0o077 == 0
+
+
+def test_misaligned_rows_are_refused_by_both_parties(tables) -> None:  # type: ignore[no-untyped-def]
+    g, h, _ = tables
+    g2 = g.take(np.arange(2000))
+    h2 = h.align(list(reversed(g2.ids)))
+    with pytest.raises(ProtocolError, match="not aligned"):
+        run_vertical_lr_inprocess(g2, {"host": h2}, VerticalLRConfig(max_epochs=1), psi=False, hub_timeout=20)
+
+
+def test_passive_refuses_a_context_with_secret_key(tables) -> None:  # type: ignore[no-untyped-def]
+    g, h, _ = tables
+    h2 = h.take(np.arange(600))
+    hub = InMemoryHub(default_timeout=20)
+    lab = hub.endpoint("guest")
+    from fedcredit.protocols.vertical_common import ids_digest
+
+    setup = {"version": 1, "config": VerticalLRConfig().public(), "passives": ["host"], "n_train": len(h2),
+             "n_test": 0, "train_digest": ids_digest(h2.ids), "test_digest": None}
+    lab.send("host", "vlr/setup", json.dumps(setup).encode())
+    lab.send("host", "vlr/ctx", ckks.secret_bytes(ckks.new_context()))
+    with pytest.raises(ProtocolError, match="secret key"):
+        run_vertical_lr_passive(hub.endpoint("host"), h2, "guest")
+    assert "secret key" in json.loads(lab.recv("host", "vlr/hello"))["error"]
+
+
+def test_small_batches_are_refused() -> None:
+    with pytest.raises(ConfigError, match="min_batch"):
+        VerticalLRConfig(batch_size=64).validate()
