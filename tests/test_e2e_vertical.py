@@ -1,0 +1,215 @@
+"""End-to-end vertical jobs over the real path: PSI + vertical LR, PSI + SecureBoost.
+
+A coordinator and two parties as processes on 127.0.0.1 (Flower SuperLink/SuperNodes
+with TLS and key authentication, the mutual-TLS data-plane relay): the label party
+"bank" (hetero guest: id, y, 13 features) and the passive party "fintech" (hetero
+host: id, 10 features), with overlapping but different customers so PSI matters.
+Jobs are submitted through the Control service like ``fedcredit train job.toml``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedcredit.protocols.vertical_jobs import hash_test_mask
+from simulations.deployment import LocalFederation, PartySpec
+
+pytestmark = pytest.mark.e2e
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+N_BANK, N_COMMON, N_FINTECH_ONLY = 6000, 4500, 1000
+BANK_FEATURES = [f"x{i}" for i in range(13)]
+FINTECH_FEATURES = [f"f{i}" for i in range(10)]  # renamed so a leak of a name into the wrong part is visible
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("vfed")
+    data = root / "data"
+    data.mkdir()
+    guest = pd.read_csv(DATA / "default_credit_hetero_guest.csv")
+    host = pd.read_csv(DATA / "default_credit_hetero_host.csv")
+    rng = np.random.default_rng(3)
+    ids = rng.permutation(guest["id"].to_numpy())
+    bank_ids = ids[:N_BANK]
+    fintech_ids = np.concatenate([ids[:N_COMMON], ids[N_BANK : N_BANK + N_FINTECH_ONLY]])
+    bank = guest.set_index("id").loc[bank_ids].reset_index()
+    fintech = host.set_index("id").loc[rng.permutation(fintech_ids)].reset_index()
+    fintech.columns = ["id", *FINTECH_FEATURES]
+    bank.to_csv(data / "bank.csv", index=False)
+    fintech.to_csv(data / "fintech.csv", index=False)
+    # the agreed test customers (the benchmark's homo test ids), known to the label party only
+    test = pd.read_csv(DATA / "default_credit_homo_test.csv", usecols=["id", "y"])
+    test[test["id"].isin(bank_ids)].to_csv(data / "bank_test_ids.csv", index=False)
+
+    parties = [
+        PartySpec("bank", {"train": {"path": data / "bank.csv", "label_column": "y"},
+                           "test_ids": {"path": data / "bank_test_ids.csv"}}),
+        PartySpec("fintech", {"train": {"path": data / "fintech.csv"}}, role="fintech"),
+    ]
+    capture = root / "coordinator-capture"
+    federation = LocalFederation(root / "fed", parties).setup()
+    federation.capture = capture  # type: ignore[attr-defined]
+    federation.truth = {"common": {str(i) for i in ids[:N_COMMON]}, "bank": bank, "fintech": fintech,  # type: ignore[attr-defined]
+                        "test_ids": {str(i) for i in test["id"]}}
+    federation.start(coordinator_env={"FEDCREDIT_CAPTURE_DIR": str(capture)})
+    yield federation
+    federation.stop()
+
+
+def _run(fed: LocalFederation, name: str, jtype: str, model: dict[str, Any], **job: Any) -> tuple[str, Any]:
+    path = fed.write_job(name, {"job": {"name": name, "type": jtype, "parties": ["bank", "fintech"],
+                                        "label_party": "bank", "round_timeout_s": 300.0, **job}, "model": model})
+    client = fed.client()
+    run_id = client.submit(path)
+    for ev in client.watch(run_id):
+        if ev.HasField("run"):
+            break
+    info = client.get(run_id)
+    client.close()
+    return run_id, info
+
+
+def _label_only_auc(fed: LocalFederation, test_mask_of, trees: bool = False) -> float:
+    """The bank alone on the same rows (plaintext scikit-learn, same model family): the bar federation must clear."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    bank = fed.truth["bank"]  # type: ignore[attr-defined]
+    common = fed.truth["common"]  # type: ignore[attr-defined]
+    df = bank[bank["id"].astype(str).isin(common)]
+    is_test = test_mask_of([str(i) for i in df["id"]])
+    X, y = df[BANK_FEATURES].to_numpy(), df["y"].to_numpy()
+    m = (HistGradientBoostingClassifier(max_iter=5, max_depth=3, learning_rate=0.3, max_bins=16) if trees
+         else LogisticRegression(max_iter=1000)).fit(X[~is_test], y[~is_test])
+    return float(roc_auc_score(y[is_test], m.predict_proba(X[is_test])[:, 1]))
+
+
+def _walk(obj: Any):
+    yield obj
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _walk(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk(v)
+
+
+def _check_privacy(fed: LocalFederation, run_id: str, result: dict[str, Any]) -> None:
+    n_common = len(fed.truth["common"])  # type: ignore[attr-defined]
+    # coordinator: only the two replies of the one Flower hop, public JSON, no per-row arrays
+    captured = sorted(fed.capture.glob(f"*-vertical.run.reply.bin"))  # type: ignore[attr-defined]
+    mine = [p for p in captured if json.loads(p.read_bytes()).get("model_dir", "").endswith(run_id)]
+    assert {p.name.split("-")[1] for p in mine} == {"bank", "fintech"}
+    for p in mine:
+        raw = p.read_bytes()
+        assert len(raw) < 8000, f"{p.name}: {len(raw)} bytes is more than a public summary"
+        reply = json.loads(raw)
+        for node in _walk(reply):
+            assert not (isinstance(node, list) and len(node) > 16), f"{p.name}: an array of {len(node)} values"
+        assert not {"ids", "scores", "weights", "y", "labels", "gradients"} & set(reply)
+        if "metrics" in reply:
+            assert set(reply["metrics"]) <= {"auc", "ks", "n_test", "train_auc"}
+
+    # data plane: every message a party sent went through the sealing path and is in its audit log
+    # (sizes and hashes of the sealed bytes only; the relay never held a key to open them)
+    for party in ("bank", "fintech"):
+        log = [json.loads(line) for line in (fed.root / "state" / party / "audit.jsonl").read_text().splitlines()]
+        dp = [r for r in log if r["session"] == run_id and r["receiver"] != "coordinator"]
+        traffic = result["parties"][party]["traffic"]
+        assert len(dp) == traffic["messages_sent"] > 10
+        assert all(set(r) == {"time", "session", "sender", "receiver", "tag", "seq", "size", "sha256"} for r in dp)
+        assert sum(r["size"] for r in dp) > traffic["bytes_sent"]  # sealing overhead on every frame
+        assert {r["receiver"] for r in dp} == {"fintech" if party == "bank" else "bank"}
+
+    # the fintech keeps no labels: nothing 0/1 per row anywhere in what it stored for this run
+    st = fed.root / "state" / "fintech"
+    for f in [*(st / "models" / run_id).iterdir(), *(st / "runs" / run_id).rglob("*")]:
+        if not f.is_file():
+            continue
+        text = f.read_text(errors="replace")
+        assert '"y"' not in text and "label_column" not in text
+        if f.suffix == ".json":
+            for node in _walk(json.loads(text)):
+                if isinstance(node, list) and len(node) >= 50:
+                    assert not set(node) <= {0, 1}, f"{f}: a 0/1 vector of {len(node)} values"
+        else:  # the aligned intersection: exactly the true common ids
+            assert f.name == "intersection.txt" and len(text.split()) == n_common
+
+
+def test_psi_and_vertical_lr_job(fed: LocalFederation) -> None:
+    run_id, info = _run(fed, "e2e-vlr", "vertical-lr", {"test_fraction": 0.25, "split_seed": 11, "max_epochs": 8})
+    assert info.status == "finished", info.error
+    result = json.loads(info.result_json)
+    bank, fintech = result["parties"]["bank"], result["parties"]["fintech"]
+    truth = fed.truth["common"]  # type: ignore[attr-defined]
+    assert bank["intersection_size"] == fintech["intersection_size"] == len(truth) == N_COMMON
+    assert bank["n_train"] + bank["n_test"] == N_COMMON and bank["n_test"] == fintech["n_test"]
+    expected_test = int(hash_test_mask(sorted(truth), 0.25, 11).sum())
+    assert bank["n_test"] == expected_test == result["global"]["n_test"]
+
+    auc = result["global"]["auc"]
+    base = _label_only_auc(fed, lambda ids: hash_test_mask(ids, 0.25, 11))
+    print(f"vertical LR: federated test AUC {auc:.4f} KS {result['global']['ks']:.4f}; bank alone {base:.4f}; "
+          f"timings bank {bank['timings_s']} fintech {fintech['timings_s']}")
+    assert auc > 0.70 and auc > base + 0.02, (auc, base)
+
+    # each party saved its own part only
+    mb = fed.root / "state" / "bank" / "models" / run_id
+    mf = fed.root / "state" / "fintech" / "models" / run_id
+    bm = json.loads((mb / "vertical_lr_bank_model.json").read_text())
+    fm = json.loads((mf / "vertical_lr_fintech_model.json").read_text())
+    assert bm["feature_names"] == BANK_FEATURES and len(bm["weights"]) == 13
+    assert fm["feature_names"] == FINTECH_FEATURES and len(fm["weights"]) == 10
+    assert not set(BANK_FEATURES) & set(json.dumps(fm).split('"')) and "f0" not in json.dumps(bm)
+    assert sorted(p.name for p in mf.iterdir()) == ["vertical_lr_fintech_model.json"]
+    report = json.loads((mb / "vertical_lr_report.json").read_text())
+    assert report["auc"] == pytest.approx(auc, abs=1e-6)
+    assert (mb / "vertical_lr_roc_ks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _check_privacy(fed, run_id, result)
+
+
+def test_psi_and_secureboost_job_with_agreed_test_ids(fed: LocalFederation) -> None:
+    run_id, info = _run(fed, "e2e-sb", "secureboost", {"n_trees": 5, "max_depth": 3, "n_bins": 16,
+                                                        "learning_rate": 0.3}, test_dataset="test_ids")
+    assert info.status == "finished", info.error
+    result = json.loads(info.result_json)
+    bank, fintech = result["parties"]["bank"], result["parties"]["fintech"]
+    truth = fed.truth["common"]  # type: ignore[attr-defined]
+    test_ids = fed.truth["test_ids"]  # type: ignore[attr-defined]
+    assert bank["intersection_size"] == fintech["intersection_size"] == N_COMMON
+    assert bank["n_test"] == fintech["n_test"] == len(truth & test_ids)
+    auc = result["global"]["auc"]
+    base = _label_only_auc(fed, lambda ids: np.array([i in test_ids for i in ids]), trees=True)
+    print(f"SecureBoost: federated test AUC {auc:.4f} KS {result['global']['ks']:.4f}; bank alone {base:.4f}; "
+          f"splits {bank.get('splits_by_party')}; timings bank {bank['timings_s']} fintech {fintech['timings_s']}")
+    assert auc > 0.72 and auc > base + 0.02, (auc, base)
+    assert bank["splits_by_party"].get("fintech", 0) > 0  # the fintech's features were used
+
+    mb = fed.root / "state" / "bank" / "models" / run_id
+    mf = fed.root / "state" / "fintech" / "models" / run_id
+    lp = json.loads((mb / "secureboost_bank_model.json").read_text())
+    pp = json.loads((mf / "secureboost_fintech_model.json").read_text())
+    assert lp["feature_names"] == BANK_FEATURES
+    assert pp["feature_names"] == FINTECH_FEATURES and pp["splits"]
+    assert {s["feature"] for s in pp["splits"]} <= set(FINTECH_FEATURES)
+    # the bank knows a fintech split only by its opaque id: no fintech feature name or threshold
+    for node in (n for tree in lp["trees"] for n in tree):
+        if node.get("owner") == "fintech":
+            assert set(node) <= {"owner", "left", "right", "split_id"}, node
+    assert "f0" not in json.dumps(lp["feature_names"])
+    assert (mb / "secureboost_test_report.json").exists() and (mb / "secureboost_test_roc_ks.png").exists()
+    _check_privacy(fed, run_id, result)
+
+
+def test_psi_below_min_size_fails_with_a_clear_error(fed: LocalFederation) -> None:
+    _, info = _run(fed, "e2e-psi-min", "vertical-lr", {"psi_min_size": 10_000})
+    assert info.status == "failed"
+    assert "min_size 10000" in info.error and "4500" in info.error, info.error
