@@ -1,0 +1,648 @@
+"""Online scoring in the party daemon: a mutual-TLS gRPC service over the party's active model.
+
+* **Horizontal** model (every bank holds the whole model): scored locally.
+* **Vertical** model, label party: ``Score`` / ``ScoreBatch`` take the application
+  (customer id + the label party's own features), ask every passive party for its
+  partial result with **one** ``PartialScore`` call per passive party per request
+  or batch, all concurrently under one deadline, combine, and hand the PD to the
+  decision layer (:mod:`party.decision`).
+* **Vertical** model, passive party: ``PartialScore`` looks the ids up in the
+  party's own dataset and answers only its partial result — LR: the partial logit
+  per id; SecureBoost: the left/right bit of each split it owns.  It answers only
+  the label party named in its manifest, and only for the exact model part the
+  caller expects (``model_hash``).
+
+Failure is never a silent wrong score: a passive party that is down or slower than
+the deadline fails the request with an error naming it (or, when configured, the
+label-party-only fallback model answers, marked ``fallback``); an unknown id, a
+missing feature or a model version mismatch between parties is a clear error.
+
+Every decision is appended to the deciding party's JSONL decision log (model
+version, score, decision, reasons, each party's contribution) for audit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import grpc
+import numpy as np
+
+from crypto.certs import Identity
+from crypto.tls import GRPC_OPTIONS, peer_identity, secure_channel, server_credentials
+from fedcredit.artifacts import Artifact, check_peers, load_horizontal
+from fedcredit.errors import ConfigError, DataError, FedCreditError, ProtocolError, SecurityError
+from party.decision import Contributions, DecisionPolicy, decide, lr_contributions, tree_contributions
+from party.models import ModelStore
+from protos import scoring_pb2 as pb
+from protos import scoring_pb2_grpc as pbg
+
+LABEL_KINDS = ("vertical-lr-label", "secureboost-label")
+PASSIVE_KINDS = ("vertical-lr-passive", "secureboost-passive")
+HORIZONTAL_KINDS = ("horizontal-lr", "horizontal-mlp")
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class Application:
+    """One application to score: the customer id and the deciding party's own feature values."""
+
+    id: str
+    features: Mapping[str, float]
+    exposure: float | None = None
+
+
+class PartyUnavailable(ProtocolError):
+    """A passive party failed to answer in time (``party`` names it)."""
+
+    def __init__(self, party: str, message: str) -> None:
+        self.party = party
+        super().__init__(message)
+
+
+# --------------------------------------------------------------------------- loaded models
+
+
+@dataclass
+class LoadedModel:
+    """A verified version from the store, parsed once and kept while it is in use."""
+
+    version: str
+    artifact: Artifact
+    model: Any
+    feature_names: list[str]
+    node_values: list[list[float]] = field(default_factory=list)  # SecureBoost: mean leaf value below each node
+
+    @property
+    def kind(self) -> str:
+        return self.artifact.manifest.kind
+
+    @property
+    def manifest(self) -> Any:
+        return self.artifact.manifest
+
+
+def _load(version: str, art: Artifact) -> LoadedModel:
+    kind = art.manifest.kind
+    raw = art.files.get("model.json", b"")
+    if kind in HORIZONTAL_KINDS:
+        saved = load_horizontal(art)
+        return LoadedModel(version, art, saved, list(saved.feature_names))
+    if kind == "vertical-lr-label":
+        from fedcredit.protocols.vertical_lr import LabelModel
+
+        m = LabelModel.from_json(raw.decode())
+        return LoadedModel(version, art, m, list(m.feature_names))
+    if kind == "vertical-lr-passive":
+        from fedcredit.protocols.vertical_lr import PassiveModel
+
+        m = PassiveModel.from_json(raw.decode())
+        return LoadedModel(version, art, m, list(m.feature_names))
+    if kind == "secureboost-label":
+        from fedcredit.protocols.secureboost import LabelModelPart
+
+        m = LabelModelPart.from_bytes(raw, source=f"model version {version}")
+        return LoadedModel(version, art, m, list(m.feature_names), [_mean_leaf_values(t) for t in m.trees])
+    if kind == "secureboost-passive":
+        from fedcredit.protocols.secureboost import PassiveModelPart
+
+        m = PassiveModelPart.from_bytes(raw, source=f"model version {version}")
+        return LoadedModel(version, art, m, list(m.feature_names))
+    raise ConfigError(f"model version {version}: scoring does not support kind {kind!r}")
+
+
+def _mean_leaf_values(tree: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Unweighted mean of the leaf values below each node.
+
+    The model part stores no node covers, so the Saabas node value (the cover-weighted
+    mean) is approximated by the plain mean; contributions still sum exactly to the
+    margin (each path telescopes from the root value to the leaf).
+    """
+    memo: dict[int, tuple[float, int]] = {}
+
+    def walk(i: int) -> tuple[float, int]:
+        if i in memo:
+            return memo[i]
+        nd = tree[i]
+        if nd.get("leaf"):
+            r = (float(nd["value"]), 1)
+        else:
+            a, b = walk(int(nd["left"])), walk(int(nd["right"]))
+            r = (a[0] + b[0], a[1] + b[1])
+        memo[i] = r
+        return r
+
+    return [walk(i)[0] / walk(i)[1] for i in range(len(tree))]
+
+
+# --------------------------------------------------------------------------- decision log
+
+
+class DecisionLog:
+    """Append-only JSONL audit log of decisions at the deciding party (no feature values)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fh = os.fdopen(fd, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
+        text = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in records)
+        with self._lock:
+            self._fh.write(text)
+            self._fh.flush()  # one write per request/batch; the OS makes it durable (no fsync on the hot path)
+
+    def close(self) -> None:
+        with self._lock:
+            self._fh.close()
+
+
+# --------------------------------------------------------------------------- the service core
+
+
+class PeerClient:
+    """The label party's stub to one passive party's scoring endpoint (one mTLS channel, reused)."""
+
+    def __init__(self, party: str, address: str, identity: Identity, server_name: str | None = None) -> None:
+        self.party = party
+        self.address = address
+        self.channel = secure_channel(address, identity, server_name=server_name)
+        self.stub = pbg.ScoringStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class ScoringService:
+    """Scoring at one party, independent of gRPC serving (the CLI batch scorer uses it directly).
+
+    ``store``: the party's :class:`party.models.ModelStore`; the active version is
+    used unless a request names another.  ``peers``: passive party -> scoring
+    address (label party only).  ``table_loader``: returns the party's own
+    :class:`~fedcredit.protocols.vertical_common.VerticalTable` for a list of feature
+    names (passive party: features are looked up by id there).
+    """
+
+    def __init__(
+        self,
+        party: str,
+        store: ModelStore,
+        *,
+        identity: Identity | None = None,
+        peers: Mapping[str, str] | None = None,
+        table_loader: Callable[[list[str]], Any] | None = None,
+        policy: DecisionPolicy | None = None,
+        deadline_s: float = 0.5,
+        fallback_version: str | None = None,
+        decision_log: Path | None = None,
+    ) -> None:
+        self.party = party
+        self.store = store
+        self.identity = identity
+        self.policy = policy or DecisionPolicy()
+        self.deadline_s = float(deadline_s)
+        self.fallback_version = fallback_version
+        self.table_loader = table_loader
+        self.log = DecisionLog(decision_log) if decision_log else None
+        self._peers_cfg = dict(peers or {})
+        self._peers: dict[str, PeerClient] = {}
+        self._models: dict[str, LoadedModel] = {}
+        self._tables: dict[tuple[str, ...], Any] = {}
+        self._lock = threading.Lock()
+        self._active: tuple[float, str | None] = (-1.0, None)
+        self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="partials")
+
+    # ------------------------------------------------------------------ models
+
+    def active_version(self) -> str:
+        """The store's active version, re-read only when active.json changes."""
+        p = self.store.root / "active.json"
+        try:
+            mtime = p.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = -1
+        if mtime != self._active[0]:
+            self._active = (mtime, self.store.active_version())
+        if self._active[1] is None:
+            raise ConfigError(f"party '{self.party}': no active model to score with (fedcredit party models activate …)")
+        return self._active[1]
+
+    def model(self, version: str | None = None) -> LoadedModel:
+        """A parsed version (default: active), verified by the store on first use and cached."""
+        version = version or self.active_version()
+        m = self._models.get(version)
+        if m is None:
+            with self._lock:
+                m = self._models.get(version)
+                if m is None:
+                    m = _load(version, self.store.load(version))
+                    self._models[version] = m
+        return m
+
+    def _table(self, names: list[str]) -> Any:
+        key = tuple(names)
+        t = self._tables.get(key)
+        if t is None:
+            if self.table_loader is None:
+                raise ConfigError(f"party '{self.party}': no dataset configured to look ids up in ([scoring].dataset)")
+            with self._lock:
+                t = self._tables.get(key) or self.table_loader(names)
+                self._tables[key] = t
+        return t
+
+    def _peer(self, party: str) -> PeerClient:
+        c = self._peers.get(party)
+        if c is None:
+            addr = self._peers_cfg.get(party)
+            if addr is None:
+                raise ConfigError(f"party '{self.party}': no scoring address for passive party '{party}' "
+                                  f"([scoring].peers has {sorted(self._peers_cfg) or 'none'})")
+            if self.identity is None:
+                raise ConfigError(f"party '{self.party}': joint scoring needs the party's TLS identity")
+            with self._lock:
+                c = self._peers.get(party) or PeerClient(party, addr, self.identity)
+                self._peers[party] = c
+        return c
+
+    def warm(self) -> None:
+        """Load the active version (and, at a passive party, its id-indexed dataset) before the first request,
+        so the first partial answer is not spent reading a CSV inside the label party's deadline."""
+        try:
+            m = self.model()
+        except ConfigError:
+            return  # nothing active yet; loaded on first use
+        if m.kind in PASSIVE_KINDS and self.table_loader is not None:
+            self._table(m.feature_names).index()
+
+    # ------------------------------------------------------------------ passive side
+
+    def partial(self, model_hash: str, ids: Sequence[str], caller: str | None) -> pb.PartialReply:
+        """A passive party's answer for ``ids`` under its active part (only for its label party)."""
+        m = self.model()
+        man = m.manifest
+        if m.kind not in PASSIVE_KINDS:
+            raise ConfigError(f"party '{self.party}' serves a {m.kind!r} model (version {m.version}), "
+                              "not a passive part: no partial scores to give")
+        label = m.model.label_party
+        if caller is not None and caller != label:
+            raise SecurityError(f"party '{self.party}': partial scores of run {man.run_id} are only for the label "
+                                f"party '{label}', not '{caller}'")
+        if model_hash != man.model_hash:
+            raise SecurityError(
+                f"model version mismatch: '{label}' asks '{self.party}' for part {model_hash[:12]}, but "
+                f"'{self.party}' serves {man.model_hash[:12]} (run {man.run_id}, version {m.version}); "
+                "activate the same run at every party")
+        table = self._table(m.feature_names)
+        index = table.index()
+        rows = np.empty(len(ids), dtype=np.int64)
+        for k, i in enumerate(ids):
+            r = index.get(i.strip())  # the PSI id rule: strings are compared stripped
+            if r is None:
+                raise DataError(f"party '{self.party}': id {i!r} is not in its dataset {table.source}")
+            rows[k] = r
+        X = table.X[rows]
+        rep = pb.PartialReply(party=self.party, model_hash=man.model_hash, kind=m.kind)
+        if m.kind == "vertical-lr-passive":
+            from fedcredit.protocols.vertical_lr import passive_partial_scores
+
+            rep.partial_logits.extend(passive_partial_scores(m.model, X).tolist() if len(ids) else [])
+        else:
+            from fedcredit.protocols.secureboost import passive_decisions
+
+            rep.decisions = passive_decisions(m.model, X)
+        return rep
+
+    # ------------------------------------------------------------------ label side
+
+    def _fetch_partials(self, m: LoadedModel, ids: list[str]) -> dict[str, pb.PartialReply]:
+        """One PartialScore per passive party, concurrently, all under one deadline."""
+        peers = dict(m.manifest.peers)
+        req = {p: pb.PartialRequest(model_hash=e["model_hash"], ids=ids, run_id=m.manifest.run_id)
+               for p, e in peers.items()}
+        calls = {p: self._peer(p).stub.PartialScore.future(r, timeout=self.deadline_s) for p, r in req.items()}
+        out: dict[str, pb.PartialReply] = {}
+        failures: list[FedCreditError] = []
+        for p, fut in calls.items():
+            try:
+                out[p] = fut.result()
+            except grpc.RpcError as e:
+                failures.append(_peer_error(p, self._peers_cfg.get(p, "?"), e, self.deadline_s))
+        if failures:
+            raise failures[0]
+        check_peers(m.manifest, {p: r.model_hash for p, r in out.items()})
+        return out
+
+    def _joint(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions]]:
+        ids = [a.id for a in apps]
+        X = _matrix(self.party, m, apps)
+        parts = self._fetch_partials(m, ids)
+        if m.kind == "vertical-lr-label":
+            from fedcredit.protocols.vertical_lr import combine
+
+            z = {}
+            for p, r in parts.items():
+                v = np.asarray(r.partial_logits, dtype=np.float64)
+                if v.shape != (len(ids),):
+                    raise ProtocolError(f"passive party '{p}' returned {v.shape[0]} partial scores for {len(ids)} ids")
+                z[p] = v
+            pd = combine(m.model, X, [z[p] for p in m.model.passive_parties])
+            Z = m.model.standardizer.transform(X)
+            contribs = [lr_contributions(m.model.weights, Z[k], m.feature_names, intercept=m.model.intercept,
+                                         passive_partials={p: float(z[p][k]) for p in z}) for k in range(len(ids))]
+            return pd, contribs
+        from fedcredit.protocols.secureboost import _parse_decisions, label_predict
+
+        dec = {p: r.decisions for p, r in parts.items()}
+        pd = label_predict(m.model, X, dec)
+        bits = {p: _parse_decisions(p, d, len(ids)) for p, d in dec.items()}
+        return pd, [_tree_contrib(m, X[k], {p: {s: b[k] for s, b in bp.items()} for p, bp in bits.items()})
+                    for k in range(len(ids))]
+
+    def _local(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions | None]]:
+        X = _matrix(self.party, m, apps)
+        pd = m.model.predict_proba(X)
+        if m.kind != "horizontal-lr":
+            return pd, [None] * len(apps)
+        flat = m.model.model.get_flat()
+        w, b = flat[:-1], float(flat[-1])
+        Z = (X - m.model.mean) / m.model.std
+        return pd, [lr_contributions(w, Z[k], m.feature_names, intercept=b) for k in range(len(apps))]
+
+    def score(self, apps: Sequence[Application], model_version: str | None = None) -> list[dict[str, Any]]:
+        """Score a batch of applications; decisions are logged; returns ``ScoreReply``-shaped dicts."""
+        active = self.active_version()
+        if model_version and model_version != active:
+            known = {v.version for v in self.store.list()}
+            if model_version not in known:
+                raise ConfigError(f"party '{self.party}': no model version {model_version!r} "
+                                  f"(installed: {', '.join(sorted(known)) or 'none'})")
+        m = self.model(model_version or active)
+        if m.kind in PASSIVE_KINDS:
+            raise ConfigError(f"party '{self.party}' holds the passive part of run {m.manifest.run_id}; "
+                              f"applications are scored at the label party")
+        fallback_reason = ""
+        used = m
+        if m.kind in LABEL_KINDS:
+            try:
+                pd, contribs = self._joint(m, apps)
+            except PartyUnavailable as e:
+                if not self.fallback_version:
+                    raise
+                used = self.model(self.fallback_version)
+                fallback_reason = str(e)
+                pd, contribs = self._local(used, apps)
+        else:
+            pd, contribs = self._local(m, apps)
+        out, log = [], []
+        lim = self.policy.limit
+        for k, a in enumerate(apps):
+            exposure = a.exposure
+            if exposure is None and lim is not None and lim.exposure_feature in a.features:
+                exposure = float(a.features[lim.exposure_feature])
+            d = decide(float(pd[k]), contribs[k], exposure, self.policy).to_dict()
+            rep = {"id": a.id, **d, "model_version": used.version, "fallback": bool(fallback_reason),
+                   "fallback_reason": fallback_reason}
+            out.append(rep)
+            log.append({"time": time.time(), "id": a.id, "model_version": used.version, "run_id": used.manifest.run_id,
+                        "model_hash": used.manifest.model_hash, "pd": d["pd"], "score": d["score"],
+                        "decision": d["decision"], "credit_limit": d["credit_limit"], "reasons": d["reasons"],
+                        "party_contributions": d["party_contributions"], "fallback": bool(fallback_reason)})
+        if self.log is not None:
+            self.log.write(log)
+        return out
+
+    def close(self) -> None:
+        for c in self._peers.values():
+            c.close()
+        self._pool.shutdown(wait=False)
+        if self.log is not None:
+            self.log.close()
+
+
+def _matrix(party: str, m: LoadedModel, apps: Sequence[Application]) -> np.ndarray:
+    names = m.feature_names
+    X = np.empty((len(apps), len(names)), dtype=np.float64)
+    for k, a in enumerate(apps):
+        f = a.features
+        try:
+            X[k] = [f[n] for n in names]
+        except KeyError:
+            missing = [n for n in names if n not in f]
+            raise DataError(f"party '{party}': application {a.id!r} lacks feature(s) {missing} that model "
+                            f"version {m.version} needs") from None
+    if not np.all(np.isfinite(X)):
+        bad = sorted({names[j] for j in np.argwhere(~np.isfinite(X))[:, 1]})
+        raise DataError(f"party '{party}': feature(s) {bad} are missing or not finite")
+    return X
+
+
+def _tree_contrib(m: LoadedModel, x: np.ndarray, bits: Mapping[str, Mapping[int, bool]]) -> Contributions:
+    part = m.model
+    paths = []
+    for t, tree in enumerate(part.trees):
+        vals, i, path = m.node_values[t], 0, []
+        while True:
+            nd = tree[i]
+            if nd.get("leaf"):
+                path.append((None, float(nd["value"])))
+                break
+            if nd["owner"] == part.party:
+                f = int(nd["feature"])
+                path.append((part.feature_names[f], vals[i]))
+                left = x[f] <= float(nd["threshold"])
+            else:
+                path.append((nd["owner"], vals[i]))
+                left = bool(bits[nd["owner"]][int(nd["split_id"])])
+            i = int(nd["left"] if left else nd["right"])
+        paths.append(path)
+    return tree_contributions(paths, passive_parties=part.passive_parties, base_score=part.base_score)
+
+
+def _peer_error(party: str, address: str, e: grpc.RpcError, deadline: float) -> FedCreditError:
+    code, details = e.code(), e.details() or ""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return PartyUnavailable(party, f"passive party '{party}' ({address}) did not answer within the "
+                                       f"{deadline * 1000:.0f} ms scoring deadline")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return PartyUnavailable(party, f"passive party '{party}' ({address}) is unreachable: {details}")
+    if code == grpc.StatusCode.NOT_FOUND or code == grpc.StatusCode.INVALID_ARGUMENT:
+        return DataError(details if f"party '{party}'" in details else f"passive party '{party}': {details}")
+    if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED):
+        return SecurityError(details) if "mismatch" in details or "only for" in details else ConfigError(
+            f"passive party '{party}': {details}")
+    return ProtocolError(f"passive party '{party}' failed: {code.name}: {details}")
+
+
+# --------------------------------------------------------------------------- gRPC
+
+
+def _status(e: FedCreditError) -> grpc.StatusCode:
+    if isinstance(e, PartyUnavailable):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(e, DataError):
+        return grpc.StatusCode.NOT_FOUND if "is not in its dataset" in str(e) else grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(e, SecurityError):
+        return grpc.StatusCode.FAILED_PRECONDITION if "mismatch" in str(e) else grpc.StatusCode.PERMISSION_DENIED
+    if isinstance(e, ConfigError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INTERNAL
+
+
+def _to_app(r: pb.ScoreRequest) -> Application:
+    return Application(r.id, dict(r.features), r.exposure if r.HasField("exposure") else None)
+
+
+def _to_reply(d: Mapping[str, Any]) -> pb.ScoreReply:
+    return pb.ScoreReply(
+        id=d["id"], pd=d["pd"], score=d["score"], decision=d["decision"],
+        credit_limit=d["credit_limit"] or 0.0,
+        reasons=[pb.Reason(name=r["name"], contribution=r["contribution"], source=r["source"], code=r["code"] or "")
+                 for r in d["reasons"]],
+        party_contributions=d["party_contributions"], model_version=d["model_version"], fallback=d["fallback"],
+        fallback_reason=d["fallback_reason"], notes=list(d.get("notes", [])))
+
+
+class _Servicer(pbg.ScoringServicer):
+    def __init__(self, service: ScoringService, ca_pem: bytes | None) -> None:
+        self.service = service
+
+    def _run(self, context: grpc.ServicerContext, fn: Callable[[str], Any]) -> Any:
+        try:
+            caller, _role = peer_identity(context)
+            return fn(caller)
+        except FedCreditError as e:
+            context.abort(_status(e), str(e))
+
+    def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreReply:
+        return self._run(context, lambda c: _to_reply(self.service.score([_to_app(request)], request.model_version)[0]))
+
+    def ScoreBatch(self, request: pb.ScoreBatchRequest, context: grpc.ServicerContext) -> pb.ScoreBatchReply:
+        return self._run(context, lambda c: pb.ScoreBatchReply(replies=[
+            _to_reply(d) for d in self.service.score([_to_app(r) for r in request.requests], request.model_version)]))
+
+    def PartialScore(self, request: pb.PartialRequest, context: grpc.ServicerContext) -> pb.PartialReply:
+        return self._run(context, lambda c: self.service.partial(request.model_hash, list(request.ids), c))
+
+
+@dataclass
+class ScoringServer:
+    """A running scoring server; ``address`` is host:port actually bound."""
+
+    server: grpc.Server
+    service: ScoringService
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self, grace: float | None = 0.5) -> None:
+        self.server.stop(grace).wait()
+        self.service.close()
+
+
+def serve(service: ScoringService, identity: Identity, *, host: str = "127.0.0.1", port: int = 0,
+          workers: int = 16) -> ScoringServer:
+    """Start the mutual-TLS scoring server (TLS 1.3 enforced per call by ``peer_identity``)."""
+    service.warm()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"score-{service.party}"),
+                         options=GRPC_OPTIONS)
+    pbg.add_ScoringServicer_to_server(_Servicer(service, identity.ca_pem), server)
+    bound = server.add_secure_port(f"{host}:{port}", server_credentials(identity))
+    if bound == 0:
+        raise ConfigError(f"party '{service.party}': cannot bind the scoring server to {host}:{port}")
+    server.start()
+    return ScoringServer(server, service, host, bound)
+
+
+class ScoringClient:
+    """A client of a party's scoring service (banks' approval systems, tests, benchmarks)."""
+
+    def __init__(self, address: str, identity: Identity, server_name: str | None = None) -> None:
+        self.channel = secure_channel(address, identity, server_name=server_name)
+        self.stub = pbg.ScoringStub(self.channel)
+
+    def score(self, id: str, features: Mapping[str, float], *, exposure: float | None = None,
+              model_version: str = "", timeout: float = 10.0) -> pb.ScoreReply:
+        req = pb.ScoreRequest(id=id, features=dict(features), model_version=model_version)
+        if exposure is not None:
+            req.exposure = exposure
+        return self.stub.Score(req, timeout=timeout)
+
+    def score_batch(self, apps: Sequence[Application], *, model_version: str = "",
+                    timeout: float = 60.0) -> list[pb.ScoreReply]:
+        reqs = []
+        for a in apps:
+            r = pb.ScoreRequest(id=a.id, features=dict(a.features))
+            if a.exposure is not None:
+                r.exposure = a.exposure
+            reqs.append(r)
+        return list(self.stub.ScoreBatch(pb.ScoreBatchRequest(model_version=model_version, requests=reqs),
+                                         timeout=timeout).replies)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+# --------------------------------------------------------------------------- from a party config
+
+
+def service_from_config(config: Any, *, identity: Identity | None = None) -> ScoringService:
+    """A :class:`ScoringService` for a :class:`fedcredit.config.PartyConfig` ([scoring], [decision])."""
+    from fedcredit.protocols.vertical_common import load_vertical_table
+    from party.models import open_store
+
+    p = config.party
+    sc = config.scoring
+    if identity is None:
+        identity = Identity.load(p.identity_dir, p.name)
+    policy = DecisionPolicy()
+    if config.decision is not None:
+        try:
+            policy = DecisionPolicy.model_validate(config.decision)
+        except Exception as e:  # pydantic ValidationError -> name the section
+            raise ConfigError(f"party '{p.name}': [decision] is invalid: {e}") from None
+
+    def loader(names: list[str]) -> Any:
+        key = sc.dataset if sc is not None else None
+        if key is None:
+            raise ConfigError(f"party '{p.name}': [scoring].dataset names no dataset to look ids up in")
+        ds = config.dataset(key)
+        return load_vertical_table(ds.path, party=p.name, id_col=ds.id_column or "id", feature_cols=names)
+
+    return ScoringService(
+        p.name,
+        open_store(config),
+        identity=identity,
+        peers=sc.peers if sc else {},
+        table_loader=loader,
+        policy=policy,
+        deadline_s=(sc.deadline_ms if sc else 500.0) / 1000.0,
+        fallback_version=sc.fallback_version if sc else None,
+        decision_log=(sc.decision_log if sc and sc.decision_log else Path(p.state_dir) / "decisions.jsonl"),
+    )
+
+
+def start_from_config(config: Any) -> ScoringServer:
+    """Start the scoring server the party config's ``[scoring]`` section describes."""
+    p = config.party
+    identity = Identity.load(p.identity_dir, p.name)
+    service = service_from_config(config, identity=identity)
+    return serve(service, identity, host=config.scoring.host, port=config.scoring.port, workers=config.scoring.workers)
+
+
+__all__ = ["Application", "PartyUnavailable", "ScoringService", "ScoringServer", "ScoringClient", "serve",
+           "service_from_config", "start_from_config", "DecisionLog"]
