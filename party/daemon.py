@@ -18,6 +18,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from coordinator.flower import _bin, flower_env, stop_process_group
 from crypto.certs import Identity
@@ -51,8 +52,11 @@ def check_datasets(config: PartyConfig) -> dict[str, int]:
 class PartyHandle:
     config: PartyConfig
     supernode: subprocess.Popen[bytes]
+    scoring: Any = None  # party.scoring.ScoringServer when [scoring] is configured
 
     def stop(self) -> None:
+        if self.scoring is not None:
+            self.scoring.stop()
         stop_process_group(self.supernode)
 
 
@@ -75,8 +79,13 @@ def start(config_path: Path) -> PartyHandle:
         "--node-config", f'party-config="{config_path}"',
         "--port", str(port),
     ]  # fmt: skip
+    scoring = None
+    if config.scoring is not None:  # started first: a bad [scoring] section fails before the SuperNode runs
+        from party.scoring import start_from_config
+
+        scoring = start_from_config(config)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=flower_env())
-    return PartyHandle(config, proc)
+    return PartyHandle(config, proc, scoring)
 
 
 def serve_forever(config_path: Path) -> int:
@@ -84,7 +93,8 @@ def serve_forever(config_path: Path) -> int:
     p = handle.config.party
     print(
         f"party '{p.name}' ({p.role}) ready: SuperNode dialing {handle.config.coordinator.flower_address} over TLS; "
-        f"datasets: {', '.join(sorted(handle.config.datasets)) or 'none'}; state in {p.state_dir}",
+        f"datasets: {', '.join(sorted(handle.config.datasets)) or 'none'}; state in {p.state_dir}"
+        + (f"; scoring on {handle.scoring.address} (mutual TLS)" if handle.scoring is not None else ""),
         flush=True,
     )
     stop = threading.Event()
