@@ -60,6 +60,10 @@ def prepare_data(data_cfg: dict[str, Any], out: Path, source: Path) -> dict[str,
     from simulations.generator import write_bank_files
 
     kind = data_cfg.get("source", "generated")
+    if str(kind).startswith("vertical-"):  # {party: {dataset key: dataset table}} (see vertical_jobs)
+        from fedcredit.protocols.vertical_jobs import prepare_vertical_data
+
+        return prepare_vertical_data(data_cfg, out, source)  # type: ignore[return-value]
     if kind == "generated":
         paths = write_bank_files(
             out,
@@ -156,7 +160,8 @@ def _run_deployment(tables: dict[str, Any], banks: dict[str, dict[str, Path]], o
     from simulations.deployment import LocalFederation, PartySpec
 
     parties = [
-        PartySpec(b, {"train": {"path": f["train"], "label_column": "y"}, "test": {"path": f["test"], "label_column": "y"}})
+        PartySpec(b, f) if isinstance(f.get("train"), dict)  # vertical: dataset tables prepared per party
+        else PartySpec(b, {"train": {"path": f["train"], "label_column": "y"}, "test": {"path": f["test"], "label_column": "y"}})
         for b, f in banks.items()
     ]
     fed = LocalFederation(out / "federation", parties).setup()
