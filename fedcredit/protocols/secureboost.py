@@ -815,6 +815,7 @@ def _chunks(n: int) -> int:
 
 
 def _check_public_context(ctx: Any, me: str, label: str) -> None:
+    _sealapi()  # registers SEAL's pybind types (seal::Modulus) before coeff_modulus() below, in a fresh process
     if ckks.has_secret_key(ctx):
         raise SecurityError(
             f"party '{me}': the CKKS context from label party '{label}' contains a secret key; refusing it "
