@@ -4,15 +4,205 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import math
+from pathlib import Path
 from typing import Any
+
+from fedcredit.errors import ConfigError, DataError
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from fedcredit.config import load_party_config
+    from party.models import open_store
+
+    cfg = load_party_config(args.config)
+    return open_store(cfg, getattr(args, "federation_key", None))
+
+
+def _print_versions(versions: list[Any], as_json: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if as_json:
+        print(json.dumps([v.to_dict() for v in versions], indent=1, sort_keys=True))
+        return
+    table = Table(title="installed model versions")
+    for col in ("", "version", "run", "kind", "created", "installed", "metrics"):
+        table.add_column(col)
+    for v in versions:
+        metrics = ", ".join(f"{k}={val:.4g}" if isinstance(val, float) else f"{k}={val}" for k, val in v.metrics.items())
+        table.add_row("*" if v.active else "", v.version, v.run_id, v.kind, v.created, v.installed, metrics)
+    Console().print(table)
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    versions = store.list()
+    if not versions and not args.json:
+        print(f"no model installed in {store.root}")
+        return 0
+    _print_versions(versions, args.json)
+    return 0
+
+
+def cmd_models_install(args: argparse.Namespace) -> int:
+    store = _store(args)
+    version = store.install(args.artifact, activate=args.activate)
+    v = store.get(version)
+    print(f"installed {version} ({v.kind}, run {v.run_id}, model hash {v.model_hash[:12]})"
+          + ("; active" if v.active else f"; activate with: fedcredit party models activate --config {args.config} {version}"))
+    return 0
+
+
+def cmd_models_activate(args: argparse.Namespace) -> int:
+    v = _store(args).activate(args.version)
+    print(f"active: {v.version} ({v.kind}, run {v.run_id})")
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    v = _store(args).rollback()
+    print(f"rolled back; active: {v.version} ({v.kind}, run {v.run_id})")
+    return 0
+
+
+def cmd_models_export(args: argparse.Namespace) -> int:
+    from fedcredit.export import export_artifact
+    from party.decision import load_decision_policy
+
+    store = _store(args)
+    art = store.load(args.version)
+    scale = load_decision_policy(args.decision).scale if args.decision else None
+    out = export_artifact(art, args.out, scale=scale)
+    for name, path in out.items():
+        print(f"wrote {name}: {path}")
+    return 0
 
 
 def register_party_commands(party_sub: Any) -> None:
     """Add ``models`` (list/install/activate/rollback/export) under ``fedcredit party``."""
+    models = party_sub.add_parser("models", help="installed model versions (signed artifacts)").add_subparsers(
+        dest="models_cmd", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", required=True, help="the party config (party.toml)")
+        p.add_argument("--federation-key", help="federation-signing.pub (default: <identity_dir>/federation-signing.pub)")
+
+    p = models.add_parser("list", help="versions side by side, the active one marked *")
+    common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models_list)
+    p = models.add_parser("install", help="verify (signature + every hash) and install an artifact")
+    common(p)
+    p.add_argument("artifact", help="artifact directory or .tar/.tar.gz")
+    p.add_argument("--activate", action="store_true")
+    p.set_defaults(func=cmd_models_install)
+    p = models.add_parser("activate", help="make an installed version the active one")
+    common(p)
+    p.add_argument("version")
+    p.set_defaults(func=cmd_models_activate)
+    p = models.add_parser("rollback", help="re-activate the previously active version")
+    common(p)
+    p.set_defaults(func=cmd_models_rollback)
+    p = models.add_parser("export", help="scorecard CSV / linear JSON / PMML of a horizontal LR version")
+    common(p)
+    p.add_argument("version", nargs="?", help="default: the active version")
+    p.add_argument("--out", required=True)
+    p.add_argument("--decision", help="TOML with a [decision] section (score scale)")
+    p.set_defaults(func=cmd_models_export)
+
+
+# --------------------------------------------------------------------------- batch scoring
+
+
+def _read_applications(path: Path, id_column: str, features: list[str], exposure: str | None) -> list[Any]:
+    from party.scoring import Application
+
+    if not path.exists():
+        raise ConfigError(f"{path}: input file not found")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = reader.fieldnames or []
+        if id_column not in cols:
+            raise DataError(f"{path}: no id column {id_column!r} (columns: {', '.join(cols)})")
+        missing = [f for f in features if f not in cols]
+        if missing:
+            raise DataError(f"{path}: the model needs feature column(s) {missing}, which the file lacks")
+        wanted = list(dict.fromkeys(features + ([exposure] if exposure and exposure in cols else [])))
+        apps = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                vals = {f: float(row[f]) for f in wanted}
+            except (TypeError, ValueError):
+                bad = [f for f in wanted if not _is_float(row.get(f))]
+                raise DataError(f"{path}: line {line}: column(s) {bad} are not numbers") from None
+            apps.append(Application(str(row[id_column]).strip(), vals))
+    return apps
+
+
+def _is_float(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from fedcredit.config import load_party_config
+    from party.scoring import service_from_config
+
+    cfg = load_party_config(args.config)
+    service = service_from_config(cfg)
+    try:
+        version = args.model or service.active_version()
+        m = service.model(version)
+        id_column = args.id_column or m.artifact.schema.get("id_column") or "id"
+        lim = service.policy.limit
+        apps = _read_applications(Path(args.input), id_column, m.feature_names, lim.exposure_feature if lim else None)
+        out = Path(args.output)
+        if out.exists() and not args.force:
+            raise ConfigError(f"refusing to overwrite {out} (pass --force)")
+        tmp = out.with_name(f".{out.name}.tmp")
+        counts: dict[str, int] = {}
+        with open(tmp, "w", newline="") as fh, Progress(
+            TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=False
+        ) as bar:
+            w = csv.writer(fh)
+            w.writerow(["id", "pd", "score", "decision", "credit_limit", "model_version", "fallback", "reasons",
+                        "party_contributions"])
+            task = bar.add_task("score", total=len(apps))
+            for start in range(0, len(apps), args.batch_size):
+                batch = apps[start:start + args.batch_size]
+                for r in service.score(batch, model_version=version):
+                    counts[r["decision"]] = counts.get(r["decision"], 0) + 1
+                    w.writerow([r["id"], f"{r['pd']:.10g}", f"{r['score']:.4f}", r["decision"],
+                                "" if r["credit_limit"] is None else r["credit_limit"], r["model_version"],
+                                int(r["fallback"]), json.dumps(r["reasons"]), json.dumps(r["party_contributions"])])
+                bar.advance(task, len(batch))
+        tmp.replace(out)
+        print(f"scored {len(apps)} applications with {version} -> {out}: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    finally:
+        service.close()
+    return 0
 
 
 def register_top_level_commands(sub: Any) -> None:
     """Add top-level commands (``score``)."""
+    p = sub.add_parser("score", help="score a file of applications with an installed model (batch)")
+    p.add_argument("--config", required=True, help="the deciding party's config (party.toml)")
+    p.add_argument("--model", help="model version (default: the active one)")
+    p.add_argument("--id-column", help="default: the model schema's id column")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="applications per joint round trip to the passive parties")
+    p.add_argument("--force", action="store_true", help="overwrite the output file")
+    p.add_argument("input", help="CSV with the id column and this party's feature columns")
+    p.add_argument("output", help="CSV of decisions")
+    p.set_defaults(func=cmd_score)
 
 
-__all__ = ["register_party_commands", "register_top_level_commands", "argparse"]
+__all__ = ["register_party_commands", "register_top_level_commands"]

@@ -337,3 +337,48 @@ def test_score_on_passive_party_or_without_active_model_is_a_config_error(tmp_pa
     empty = ModelStore(tmp_path / "empty", party="guest")
     with pytest.raises(ConfigError, match="no active model"):
         ScoringService("guest", empty).score(apps)
+
+
+def test_cli_batch_score_file_and_models_commands(tmp_path: Path, pki, frames, capsys) -> None:
+    from fedcredit.cli import main
+
+    lab, pas = _fit_lr(frames)
+    stores = _install(tmp_path, pki, "vlr-11", _lr_parts(lab, pas))
+    host = serve(ScoringService("host", stores["host"], identity=pki["host"], table_loader=_host_loader), pki["host"])
+    try:
+        cfg = tmp_path / "guest.toml"
+        cfg.write_text(f"""
+[party]
+name = "guest"
+identity_dir = "{pki['guest'].dir}"
+state_dir = "{tmp_path / 'guest'}"
+[coordinator]
+flower_address = "127.0.0.1:1"
+relay_address = "127.0.0.1:2"
+[scoring]
+peers = {{ host = "{host.address}" }}
+deadline_ms = 2000
+[decision.thresholds]
+approve = 560
+decline = 500
+""")
+        g = frames[0].iloc[N_FIT:N_FIT + 30]
+        g.drop(columns=["y"]).to_csv(tmp_path / "in.csv", index=False)
+        assert main(["score", "--config", str(cfg), "--batch-size", "8", str(tmp_path / "in.csv"),
+                     str(tmp_path / "out.csv")]) == 0
+        out = pd.read_csv(tmp_path / "out.csv")
+        Xh = frames[1].iloc[N_FIT:N_FIT + 30][pas.feature_names].to_numpy()
+        expected = vlr.combine(lab, g[lab.feature_names].to_numpy(), [vlr.passive_partial_scores(pas, Xh)])
+        np.testing.assert_allclose(out["pd"].to_numpy(), expected, rtol=1e-9)
+        assert list(out["id"].astype(str)) == list(g["id"].astype(str))
+        assert set(out["decision"]) <= {"approve", "refer", "decline"}
+        assert (tmp_path / "guest" / "decisions.jsonl").read_text().count("\n") == 30
+        capsys.readouterr()
+        assert main(["party", "models", "list", "--config", str(cfg), "--json"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert [v["version"] for v in listed] == ["vlr-11-guest-1"] and listed[0]["active"]
+        assert main(["party", "models", "rollback", "--config", str(cfg)]) == 2  # nothing to roll back to
+        assert main(["score", "--config", str(cfg), "--model", "nope", str(tmp_path / "in.csv"),
+                     str(tmp_path / "out2.csv")]) == 2
+    finally:
+        host.stop(0)
