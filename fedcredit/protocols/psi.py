@@ -18,9 +18,9 @@ at some third party.
 
 Work per party: blinding its own ids once and each peer's ids once (X25519 scalar
 multiplications, ~25-30k/s per core), hashing its own ids.  Large sets are blinded
-in a process pool (``workers``), batch by batch, so memory stays at flat 16/32-byte
-buffers per id plus one batch of Python objects.  The blinding scalar reaches the
-pool's worker processes over a local pipe and nowhere else.
+by helper processes (``workers``), batch by batch, so memory stays at flat 16-byte
+buffers per id plus a few batches in flight.  The blinding scalar reaches the
+helpers over their stdin pipe and nowhere else.
 """
 
 from __future__ import annotations
@@ -392,6 +392,7 @@ def run_psi(
             pn, pb = peer_info[p]
             own_d, peer_d = _pair_exchange(transport, p, blinder, n, own_batches, pn, pb, tag_prefix, progress)
             _unique_or_fail(own_d, me, f"the doubly-blinded ids returned by party '{p}'")
+            _unique_or_fail(peer_d, me, f"the blinded ids sent by party '{p}'")
             mask = np.isin(own_d, peer_d, assume_unique=True)
             pair_masks[p], pair_own_double[p], pair_sizes[p] = mask, own_d, int(mask.sum())
             del peer_d
