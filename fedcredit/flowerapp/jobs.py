@@ -124,6 +124,8 @@ def _coordinate_vertical(channel: Any, job: JobConfig, progress: Progress) -> di
     out: dict[str, Any] = {"global": parties[label].get("metrics", {}), "parties": {}}
     for p, rep in parties.items():
         out["parties"][p] = {k: v for k, v in rep.items() if k != "metrics"}
+    out["label_party"] = label
+    out["intersection_size"] = parties[label].get("intersection_size")
     out["bytes_from_parties"] = dict(channel.bytes_received)
     return out
 
