@@ -41,10 +41,6 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 N_SUBSET = 9000
 
 
-def _subset(t: VerticalTable, rows: np.ndarray) -> VerticalTable:
-    return t.take(rows)
-
-
 @pytest.fixture(scope="module")
 def tables() -> tuple[VerticalTable, VerticalTable, set[str]]:
     guest = load_vertical_table(DATA / "default_credit_hetero_guest.csv", party="guest", label_col="y")
@@ -142,7 +138,9 @@ def test_leakage_table_passive_receives_no_labels(tables, one_passive) -> None: 
     everything = b"".join(r.payload for r in wire if r.receiver == "host")
     y_aligned = g.align(res.label.train_ids).y
     fit, _ = validation_split(len(y_aligned), 0.1, 0)
-    orders = [y_aligned, y_aligned[fit]] + [y_aligned[fit][b] for b in epoch_batches(len(fit), 4096, 0, 0)]
+    batch = VerticalLRConfig().effective_batch(len(fit))
+    assert sum(1 for r in wire if r.tag.startswith("vlr/r/0/")) == len(epoch_batches(len(fit), batch, 0, 0))
+    orders = [y_aligned, y_aligned[fit]] + [y_aligned[fit][b] for b in epoch_batches(len(fit), batch, 0, 0)]
     for ys in orders:
         for dt in (np.int8, np.uint8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_):
             assert ys[:24].astype(dt).tobytes() not in everything, dt

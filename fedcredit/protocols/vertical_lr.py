@@ -636,6 +636,8 @@ def run_vertical_lr_passive(
         error = "the context sent by the label party contains a secret key (refusing: keys must stay with their owner)"
     elif setup.get("version") != _VERSION:
         error = f"protocol version {setup.get('version')} (this party speaks {_VERSION})"
+    elif me not in setup.get("passives", []):
+        error = f"'{me}' is not among the passive parties {setup.get('passives')} announced by '{label_party}'"
     elif setup["n_train"] != len(train) or setup["train_digest"] != ids_digest(train.ids):
         error = f"training rows are not aligned: label party has {setup['n_train']}, '{me}' has {len(train)} (or different ids/order)"
     elif setup["n_test"] and (test is None or setup["test_digest"] != ids_digest(test.ids)):
