@@ -259,8 +259,11 @@ def _label_test_mask(rt: "PartyRuntime", spec: SplitSpec, ids: Sequence[str]) ->
 def run_vertical_party(rt: "PartyRuntime") -> dict[str, Any]:
     """This party's whole vertical job (PSI, split, training, evaluation); returns its PUBLIC result.
 
-    Label party: ``{"role": "label", "metrics": {auc, ks, n_test}, "intersection_size", "n_train",
-    "n_test", "timings_s", "traffic", "model_files"}``.  Passive party: the same without metrics.
+    Flat JSON-able dict: ``role``, ``type``, ``run_id``, ``intersection_size``, ``own_rows``, ``n_train``,
+    ``n_test``, ``split`` (the rule), wall times ``psi_s``/``model_s``/``total_s``, ``psi_bytes_sent``,
+    ``bytes_sent``/``bytes_received``/``messages_sent``/``messages_received`` (payload bytes over the
+    relay), ``model_files`` (names under ``state_dir/models/<run_id>/``), a few model counters, and at
+    the label party ``metrics`` = ``{auc, ks, n_test[, train_auc]}``.
     """
     from fedcredit.protocols.psi import DEFAULT_BATCH, run_psi, save_intersection
     from party.audit import AuditLog
@@ -389,18 +392,17 @@ def run_vertical_party(rt: "PartyRuntime") -> dict[str, Any]:
     out: dict[str, Any] = {
         "role": "label" if is_label else "passive",
         "type": jtype,
+        "run_id": rt.run_id,
         "intersection_size": int(psi.size),
         "own_rows": len(table),
         "n_train": len(train),
         "n_test": len(test),
         "split": rule,
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "traffic": {
-            "psi_bytes_sent": psi_traffic["bytes_sent"],
-            "model_bytes_sent": traffic["bytes_sent"] - psi_traffic["bytes_sent"],
-            **traffic,
-        },
-        "model_dir": str(model_dir),
+        "psi_s": round(timings["psi"], 3),
+        "model_s": round(timings["train_and_eval"], 3),
+        "total_s": round(timings["total"], 3),
+        "psi_bytes_sent": psi_traffic["bytes_sent"],
+        **traffic,
         "model_files": files,
         **extra,
     }
