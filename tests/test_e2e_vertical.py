@@ -217,3 +217,46 @@ def test_psi_below_min_size_fails_with_a_clear_error(fed: LocalFederation) -> No
     _, info = _run(fed, "e2e-psi-min", "vertical-lr", {"psi_min_size": 10_000})
     assert info.status == "failed"
     assert "min_size 10000" in info.error and "4500" in info.error, info.error
+
+
+# --------------------------------------------------------------------------- fast checks (no federation)
+
+
+def test_hash_split_is_a_function_of_the_id_only() -> None:
+    ids = [str(i) for i in range(20_000)]
+    m = hash_test_mask(ids, 0.25, 11)
+    assert 0.23 < m.mean() < 0.27
+    # same ids in another order / another party's subset -> the same decision per id
+    sub = ids[::-3]
+    assert np.array_equal(hash_test_mask(sub, 0.25, 11), m[::-3])
+    assert not np.array_equal(hash_test_mask(ids, 0.25, 12), m)  # the seed matters
+    assert not hash_test_mask(ids, 0.0, 11).any()
+
+
+def test_model_config_rejects_unknown_keys_and_strips_job_keys() -> None:
+    from fedcredit.errors import ConfigError
+    from fedcredit.protocols.vertical_jobs import model_config
+
+    cfg = model_config("vertical-lr", {"test_fraction": 0.2, "split_seed": 3, "psi_min_size": 10, "max_epochs": 4},
+                       timeout=60.0)
+    assert cfg.max_epochs == 4 and cfg.timeout == 60.0
+    sb = model_config("secureboost", {"n_trees": 3, "test_fraction": 0.1}, timeout=60.0)
+    assert sb.n_trees == 3 and sb.timeout_s == 60.0
+    with pytest.raises(ConfigError, match="max_epoch"):
+        model_config("vertical-lr", {"max_epoch": 4}, timeout=60.0)
+    with pytest.raises(ConfigError, match="n_tree"):
+        model_config("secureboost", {"n_tree": 4}, timeout=60.0)
+
+
+def test_generated_vertical_scenario_splits_columns_and_customers(tmp_path: Path) -> None:
+    from fedcredit.protocols.vertical_jobs import prepare_vertical_data
+
+    specs = prepare_vertical_data({"source": "vertical-generated", "rows": 1000, "overlap": 0.6, "seed": 2},
+                                  tmp_path, tmp_path / "scenario.toml")
+    bank = pd.read_csv(specs["bank"]["train"]["path"], dtype={"id": str})
+    fintech = pd.read_csv(specs["fintech"]["train"]["path"], dtype={"id": str})
+    assert specs["bank"]["train"]["label_column"] == "y" and "label_column" not in specs["fintech"]["train"]
+    assert "y" in bank.columns and "y" not in fintech.columns
+    assert set(bank.columns) & set(fintech.columns) == {"id"}
+    assert len(set(bank["id"]) & set(fintech["id"])) == 600
+    assert len(bank) == len(fintech) == 800
