@@ -218,6 +218,7 @@ class ScoringService:
         self.log = DecisionLog(decision_log) if decision_log else None
         self._peers_cfg = dict(peers or {})
         self._peers: dict[str, PeerClient] = {}
+        self._aio_stubs: dict[str, Any] = {}  # grpc.aio stubs, created on the server's event loop
         self._models: dict[str, LoadedModel] = {}
         self._tables: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
@@ -328,17 +329,63 @@ class ScoringService:
 
     def _fetch_partials(self, m: LoadedModel, ids: list[str]) -> dict[str, pb.PartialReply]:
         """One PartialScore per passive party, concurrently, all under one deadline."""
-        peers = dict(m.manifest.peers)
-        req = {p: pb.PartialRequest(model_hash=e["model_hash"], ids=ids, run_id=m.manifest.run_id)
-               for p, e in peers.items()}
-        calls = {p: self._peer(p).stub.PartialScore.future(r, timeout=self.deadline_s) for p, r in req.items()}
+        req = self._partial_requests(m, ids)
+        stubs = {p: self._peer(p).stub for p in req}
+        deadline = self.deadline_s
+
+        def call(p: str) -> pb.PartialReply | FedCreditError:
+            try:
+                return stubs[p].PartialScore(req[p], timeout=deadline)
+            except grpc.RpcError as e:
+                return _peer_error(p, self._peers_cfg.get(p, "?"), e, deadline)
+
+        # blocking calls (a sync-stub .future() starts a thread per call); all but the last run on the pool,
+        # so every passive party is asked at once and the whole fan-out is bounded by one deadline
+        names = list(req)
+        pending = {p: self._pool.submit(call, p) for p in names[:-1]}
+        results = {names[-1]: call(names[-1])} if names else {}
+        results.update({p: f.result() for p, f in pending.items()})
+        return self._checked(m, names, results)
+
+    def _partial_requests(self, m: LoadedModel, ids: list[str]) -> dict[str, pb.PartialRequest]:
+        return {p: pb.PartialRequest(model_hash=e["model_hash"], ids=ids, run_id=m.manifest.run_id)
+                for p, e in m.manifest.peers.items()}
+
+    async def _fetch_partials_async(self, m: LoadedModel, ids: list[str]) -> dict[str, pb.PartialReply]:
+        """As :meth:`_fetch_partials`, on the server's event loop (grpc.aio channels, one per passive party)."""
+        import asyncio
+
+        req = self._partial_requests(m, ids)
+        deadline = self.deadline_s
+
+        async def call(p: str) -> pb.PartialReply | FedCreditError:
+            stub = self._aio_stubs.get(p)
+            if stub is None:
+                addr = self._peers_cfg.get(p)
+                if addr is None or self.identity is None:
+                    self._peer(p)  # raises the ConfigError naming what is missing
+                from crypto.tls import channel_credentials
+
+                ch = grpc.aio.secure_channel(addr, channel_credentials(self.identity), options=GRPC_OPTIONS)
+                stub = self._aio_stubs[p] = pbg.ScoringStub(ch)
+            try:
+                return await stub.PartialScore(req[p], timeout=deadline)
+            except grpc.RpcError as e:
+                return _peer_error(p, self._peers_cfg.get(p, "?"), e, deadline)
+
+        names = list(req)
+        results = dict(zip(names, await asyncio.gather(*(call(p) for p in names))))
+        return self._checked(m, names, results)
+
+    def _checked(self, m: LoadedModel, names: list[str], results: Mapping[str, Any]) -> dict[str, pb.PartialReply]:
         out: dict[str, pb.PartialReply] = {}
         failures: list[FedCreditError] = []
-        for p, fut in calls.items():
-            try:
-                out[p] = fut.result()
-            except grpc.RpcError as e:
-                failures.append(_peer_error(p, self._peers_cfg.get(p, "?"), e, self.deadline_s))
+        for p in names:
+            r = results[p]
+            if isinstance(r, FedCreditError):
+                failures.append(r)
+            else:
+                out[p] = r
         if failures:
             raise failures[0]
         check_peers(m.manifest, {p: r.model_hash for p, r in out.items()})
@@ -347,7 +394,15 @@ class ScoringService:
     def _joint(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions]]:
         ids = [a.id for a in apps]
         X = _matrix(self.party, m, apps)
-        parts = self._fetch_partials(m, ids)
+        return self._combine(m, X, ids, self._fetch_partials(m, ids))
+
+    async def _joint_async(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions]]:
+        ids = [a.id for a in apps]
+        X = _matrix(self.party, m, apps)
+        return self._combine(m, X, ids, await self._fetch_partials_async(m, ids))
+
+    def _combine(self, m: LoadedModel, X: np.ndarray, ids: list[str],
+                 parts: Mapping[str, pb.PartialReply]) -> tuple[np.ndarray, list[Contributions]]:
         if m.kind == "vertical-lr-label":
             from fedcredit.protocols.vertical_lr import combine
 
@@ -382,16 +437,7 @@ class ScoringService:
 
     def score(self, apps: Sequence[Application], model_version: str | None = None) -> list[dict[str, Any]]:
         """Score a batch of applications; decisions are logged; returns ``ScoreReply``-shaped dicts."""
-        active = self.active_version()
-        if model_version and model_version != active:
-            known = {v.version for v in self.store.list()}
-            if model_version not in known:
-                raise ConfigError(f"party '{self.party}': no model version {model_version!r} "
-                                  f"(installed: {', '.join(sorted(known)) or 'none'})")
-        m = self.model(model_version or active)
-        if m.kind in PASSIVE_KINDS:
-            raise ConfigError(f"party '{self.party}' holds the passive part of run {m.manifest.run_id}; "
-                              f"applications are scored at the label party")
+        m = self._resolve(model_version)
         fallback_reason = ""
         used = m
         if m.kind in LABEL_KINDS:
@@ -405,6 +451,41 @@ class ScoringService:
                 pd, contribs = self._local(used, apps)
         else:
             pd, contribs = self._local(m, apps)
+        return self._finish(apps, used, pd, contribs, fallback_reason)
+
+    async def score_async(self, apps: Sequence[Application], model_version: str | None = None) -> list[dict[str, Any]]:
+        """:meth:`score` for the asyncio server: the passive parties are asked without blocking a thread."""
+        m = self._resolve(model_version)
+        fallback_reason = ""
+        used = m
+        if m.kind in LABEL_KINDS:
+            try:
+                pd, contribs = await self._joint_async(m, apps)
+            except PartyUnavailable as e:
+                if not self.fallback_version:
+                    raise
+                used = self.model(self.fallback_version)
+                fallback_reason = str(e)
+                pd, contribs = self._local(used, apps)
+        else:
+            pd, contribs = self._local(m, apps)
+        return self._finish(apps, used, pd, contribs, fallback_reason)
+
+    def _resolve(self, model_version: str | None) -> LoadedModel:
+        active = self.active_version()
+        if model_version and model_version != active:
+            known = {v.version for v in self.store.list()}
+            if model_version not in known:
+                raise ConfigError(f"party '{self.party}': no model version {model_version!r} "
+                                  f"(installed: {', '.join(sorted(known)) or 'none'})")
+        m = self.model(model_version or active)
+        if m.kind in PASSIVE_KINDS:
+            raise ConfigError(f"party '{self.party}' holds the passive part of run {m.manifest.run_id}; "
+                              f"applications are scored at the label party")
+        return m
+
+    def _finish(self, apps: Sequence[Application], used: LoadedModel, pd: np.ndarray,
+                contribs: Sequence[Contributions | None], fallback_reason: str) -> list[dict[str, Any]]:
         out, log = [], []
         lim = self.policy.limit
         for k, a in enumerate(apps):
@@ -515,57 +596,96 @@ def _to_reply(d: Mapping[str, Any]) -> pb.ScoreReply:
 
 
 class _Servicer(pbg.ScoringServicer):
-    def __init__(self, service: ScoringService, ca_pem: bytes | None) -> None:
+    """asyncio servicer: a request waiting for passive parties holds no thread (the GIL-bound sync
+    server spent most of its time switching threads under concurrency)."""
+
+    def __init__(self, service: ScoringService) -> None:
         self.service = service
 
-    def _run(self, context: grpc.ServicerContext, fn: Callable[[str], Any]) -> Any:
+    async def _run(self, context: Any, fn: Callable[[str], Any]) -> Any:
         try:
             caller, _role = peer_identity(context)
-            return fn(caller)
+            result = fn(caller)
+            if hasattr(result, "__await__"):
+                result = await result
+            return result
         except FedCreditError as e:
-            context.abort(_status(e), str(e))
+            await context.abort(_status(e), str(e))
 
-    def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreReply:
-        return self._run(context, lambda c: _to_reply(self.service.score([_to_app(request)], request.model_version)[0]))
+    async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreReply:
+        async def run(_c: str) -> pb.ScoreReply:
+            return _to_reply((await self.service.score_async([_to_app(request)], request.model_version))[0])
+        return await self._run(context, run)
 
-    def ScoreBatch(self, request: pb.ScoreBatchRequest, context: grpc.ServicerContext) -> pb.ScoreBatchReply:
-        return self._run(context, lambda c: pb.ScoreBatchReply(replies=[
-            _to_reply(d) for d in self.service.score([_to_app(r) for r in request.requests], request.model_version)]))
+    async def ScoreBatch(self, request: pb.ScoreBatchRequest, context: Any) -> pb.ScoreBatchReply:
+        async def run(_c: str) -> pb.ScoreBatchReply:
+            done = await self.service.score_async([_to_app(r) for r in request.requests], request.model_version)
+            return pb.ScoreBatchReply(replies=[_to_reply(d) for d in done])
+        return await self._run(context, run)
 
-    def PartialScore(self, request: pb.PartialRequest, context: grpc.ServicerContext) -> pb.PartialReply:
-        return self._run(context, lambda c: self.service.partial(request.model_hash, list(request.ids), c))
+    async def PartialScore(self, request: pb.PartialRequest, context: Any) -> pb.PartialReply:
+        return await self._run(context, lambda c: self.service.partial(request.model_hash, list(request.ids), c))
 
 
-@dataclass
+_LOOP_LOCK = threading.Lock()
+_LOOP: Any = None
+
+
+def _server_loop() -> Any:
+    """The one asyncio loop (own daemon thread) every scoring server of this process runs on:
+    grpc.aio supports one event loop per process."""
+    import asyncio
+
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="scoring-loop", daemon=True).start()
+            _LOOP = loop
+    return _LOOP
+
+
 class ScoringServer:
-    """A running scoring server; ``address`` is host:port actually bound."""
+    """A running scoring server on the process's scoring event loop; ``address`` is host:port actually bound."""
 
-    server: grpc.Server
-    service: ScoringService
-    host: str
-    port: int
+    def __init__(self, service: ScoringService, identity: Identity, host: str, port: int) -> None:
+        import asyncio
+
+        self.service = service
+        self.host = host
+        self._loop = _server_loop()
+
+        async def start() -> tuple[Any, int]:
+            server = grpc.aio.server(options=GRPC_OPTIONS)
+            pbg.add_ScoringServicer_to_server(_Servicer(service), server)
+            bound = server.add_secure_port(f"{host}:{port}", server_credentials(identity))
+            await server.start()
+            return server, bound
+
+        try:
+            self._server, self.port = asyncio.run_coroutine_threadsafe(start(), self._loop).result(timeout=30)
+        except Exception as e:  # noqa: BLE001 - a bind failure names the address
+            raise ConfigError(f"party '{service.party}': cannot start the scoring server on {host}:{port}: {e}") from None
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     def stop(self, grace: float | None = 0.5) -> None:
-        self.server.stop(grace).wait()
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result(timeout=30)
         self.service.close()
 
 
 def serve(service: ScoringService, identity: Identity, *, host: str = "127.0.0.1", port: int = 0,
           workers: int = 16) -> ScoringServer:
-    """Start the mutual-TLS scoring server (TLS 1.3 enforced per call by ``peer_identity``)."""
+    """Start the mutual-TLS scoring server (TLS 1.3 enforced per call by ``peer_identity``).
+
+    ``workers`` is kept for configuration compatibility; the asyncio server needs no thread pool.
+    """
     service.warm()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"score-{service.party}"),
-                         options=GRPC_OPTIONS)
-    pbg.add_ScoringServicer_to_server(_Servicer(service, identity.ca_pem), server)
-    bound = server.add_secure_port(f"{host}:{port}", server_credentials(identity))
-    if bound == 0:
-        raise ConfigError(f"party '{service.party}': cannot bind the scoring server to {host}:{port}")
-    server.start()
-    return ScoringServer(server, service, host, bound)
+    return ScoringServer(service, identity, host, port)
 
 
 class ScoringClient:

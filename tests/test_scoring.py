@@ -9,6 +9,7 @@ installed in real model stores; the servers score from the stores.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -214,8 +215,10 @@ def test_slow_passive_party_hits_the_deadline(tmp_path: Path, pki, frames) -> No
 
     class Stuck(ScoringService):
         def partial(self, *a, **kw):
-            release.wait(5)  # the passive party hangs (e.g. a stalled disk) before answering
-            return super().partial(*a, **kw)
+            async def late():
+                await asyncio.sleep(5)  # the passive party hangs (e.g. a stalled disk) before answering
+                return ScoringService.partial(self, *a, **kw)
+            return late()
 
     host = serve(Stuck("host", stores["host"], identity=pki["host"], table_loader=_host_loader), pki["host"])
     guest = ScoringService("guest", stores["guest"], identity=pki["guest"], peers={"host": host.address},

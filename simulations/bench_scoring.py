@@ -1,0 +1,271 @@
+"""Benchmark: joint online scoring of vertical SecureBoost and LR models over mutual TLS on 127.0.0.1.
+
+Setup (all real parts): a federation CA; the label party ``guest`` and the passive
+party ``host`` each get a certificate, a party config with ``[scoring]``, and a
+model store holding a signed artifact of their model part.  Each party's scoring
+server runs in **its own process** (``party.scoring.start_from_config``, as the
+party daemon starts it).  The load generator (grpc.aio, one mTLS channel) sends
+single-application ``Score`` requests to the label party from 1, 16 and 128
+concurrent clients; every request costs one label->passive ``PartialScore`` round
+trip, the decision layer, and a line in the decision log.
+
+Beside it, the **in-process floor**: the same model parts scored in one process
+with no network (passive partial + combine + decision), one application at a time.
+
+Models are trained quickly in-process on the shared hetero data: by default with
+the plaintext reference trainers (SecureBoost: ``train_plaintext_reference``, the
+trees the federated protocol reproduces; LR: a pooled logistic fit split into the
+two parties' weights) — a latency benchmark does not depend on how the weights
+were found.  ``--federated`` trains with the real CKKS protocols instead (slower).
+
+Usage::
+
+    python simulations/bench_scoring.py [--clients 1,16,128] [--requests 2000] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+GUEST_CSV = DATA / "default_credit_hetero_guest.csv"
+HOST_CSV = DATA / "default_credit_hetero_host.csv"
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def _train(kind: str, g: pd.DataFrame, h: pd.DataFrame, n_fit: int, federated: bool) -> tuple[Any, Any]:
+    from fedcredit.protocols import secureboost as sb
+    from fedcredit.protocols import vertical_lr as vlr
+    from fedcredit.protocols.vertical_common import Standardizer, table_from_frame
+
+    gf = [c for c in g.columns if c.startswith("x")]
+    hf = [c for c in h.columns if c.startswith("x")]
+    gt, ht = g.iloc[:n_fit], h.iloc[:n_fit]
+    if kind == "secureboost":
+        cfg = sb.SecureBoostConfig(n_trees=10, max_depth=3, n_bins=16)
+        if federated:
+            res = sb.run_secureboost_inprocess(gt, {"host": ht}, cfg, guest_name="guest")
+            return res.label.model, res.passive_models["host"]
+        lab, pas = sb.train_plaintext_reference(gt[gf].to_numpy(), gt["y"].to_numpy(), {"host": ht[hf].to_numpy()},
+                                                cfg, label_party="guest", label_feature_names=gf,
+                                                passive_feature_names={"host": hf})
+        return lab, pas["host"]
+    if federated:
+        guest = table_from_frame(gt, party="guest", source="guest", id_col="id", label_col="y")
+        host = table_from_frame(ht, party="host", source="host", id_col="id")
+        res = vlr.run_vertical_lr_inprocess(guest, {"host": host}, vlr.VerticalLRConfig(max_epochs=2), psi=False)
+        return res.label.model, res.passives["host"].model
+    from sklearn.linear_model import LogisticRegression
+
+    sg, sh = Standardizer.fit(gt[gf].to_numpy()), Standardizer.fit(ht[hf].to_numpy())
+    clf = LogisticRegression(max_iter=500).fit(
+        np.hstack([sg.transform(gt[gf].to_numpy()), sh.transform(ht[hf].to_numpy())]), gt["y"].to_numpy())
+    w = clf.coef_.ravel()
+    return (vlr.LabelModel("guest", gf, sg, w[: len(gf)], float(clf.intercept_[0]), ["host"]),
+            vlr.PassiveModel("host", hf, sh, w[len(gf):], "guest"))
+
+
+def _parts(kind: str, lab: Any, pas: Any) -> dict[str, Any]:
+    if kind == "secureboost":
+        lb, pb_ = lab.to_bytes(), pas.to_bytes()
+        kl, kp = "secureboost-label", "secureboost-passive"
+    else:
+        lb, pb_ = lab.to_json().encode(), pas.to_json().encode()
+        kl, kp = "vertical-lr-label", "vertical-lr-passive"
+    return {"guest": {"kind": kl, "files": {"model.json": lb}, "schema": {"feature_names": lab.feature_names, "id_column": "id"}},
+            "host": {"kind": kp, "files": {"model.json": pb_}, "schema": {"feature_names": pas.feature_names, "id_column": "id"}}}
+
+
+def _party_toml(work: Path, party: str, scoring: str) -> Path:
+    p = work / f"{party}.toml"
+    p.write_text(f"""[party]
+name = "{party}"
+identity_dir = "{work / 'pki' / party}"
+state_dir = "{work / party}"
+[coordinator]
+flower_address = "127.0.0.1:1"
+relay_address = "127.0.0.1:2"
+[datasets.serve]
+path = "{HOST_CSV if party == 'host' else GUEST_CSV}"
+label_column = {'"y"' if party == 'guest' else '""'}
+{scoring}
+[decision.thresholds]
+approve = 560
+decline = 500
+""".replace('label_column = ""\n', ""))
+    return p
+
+
+def _start_server(cfg: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, __file__, "_serve", str(cfg)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    line = proc.stdout.readline().strip() if proc.stdout else ""
+    if not line.startswith("ADDR "):
+        proc.kill()
+        raise RuntimeError(f"scoring server for {cfg} did not start (got {line!r})")
+    return proc, line.split()[1]
+
+
+def _serve(cfg_path: str) -> int:
+    """Child process: one party's scoring server, as the party daemon starts it."""
+    import signal
+    import threading
+
+    from fedcredit.config import load_party_config
+    from party.scoring import start_from_config
+
+    server = start_from_config(load_party_config(cfg_path))
+    print(f"ADDR {server.address}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop(0)
+    return 0
+
+
+# --------------------------------------------------------------------------- load
+
+
+async def _load(address: str, identity: Any, apps: list[tuple[str, dict[str, float]]], clients: int,
+                n_requests: int) -> tuple[np.ndarray, float]:
+    import grpc
+
+    from crypto.tls import GRPC_OPTIONS, channel_credentials
+    from protos import scoring_pb2 as pb
+    from protos import scoring_pb2_grpc as pbg
+
+    async with grpc.aio.secure_channel(address, channel_credentials(identity), options=GRPC_OPTIONS) as ch:
+        stub = pbg.ScoringStub(ch)
+        reqs = [pb.ScoreRequest(id=i, features=f) for i, f in apps]
+        for r in reqs[:20]:  # warm-up: channel, model cache, TLS session
+            await stub.Score(r, timeout=10)
+        lat: list[float] = []
+        counter = iter(range(n_requests))
+
+        async def worker() -> None:
+            for k in counter:
+                r = reqs[k % len(reqs)]
+                t = time.perf_counter()
+                rep = await stub.Score(r, timeout=10)
+                lat.append(time.perf_counter() - t)
+                assert rep.decision
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    return np.asarray(lat), wall
+
+
+def _floor(kind: str, lab: Any, pas: Any, g: pd.DataFrame, h: pd.DataFrame, n: int) -> tuple[np.ndarray, float]:
+    """In-process: passive partial + combine + decision, one application at a time, no network."""
+    from fedcredit.protocols import secureboost as sb
+    from fedcredit.protocols import vertical_lr as vlr
+    from party.decision import DecisionPolicy, decide
+
+    policy = DecisionPolicy()
+    Xg, Xh = g[lab.feature_names].to_numpy(), h[pas.feature_names].to_numpy()
+    lat = []
+    t0 = time.perf_counter()
+    for k in range(n):
+        t = time.perf_counter()
+        i = k % len(Xg)
+        if kind == "secureboost":
+            pd_ = sb.label_predict(lab, Xg[i:i + 1], {"host": sb.passive_decisions(pas, Xh[i:i + 1])})
+        else:
+            pd_ = vlr.combine(lab, Xg[i:i + 1], [vlr.passive_partial_scores(pas, Xh[i:i + 1])])
+        decide(float(pd_[0]), None, None, policy)
+        lat.append(time.perf_counter() - t)
+    return np.asarray(lat), time.perf_counter() - t0
+
+
+def _row(model: str, mode: str, clients: int, lat: np.ndarray, wall: float) -> dict[str, Any]:
+    return {"model": model, "mode": mode, "clients": clients, "requests": int(len(lat)),
+            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "decisions_per_s": float(len(lat) / wall)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "_serve":
+        return _serve(argv[1])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clients", default="1,16,128")
+    ap.add_argument("--requests", type=int, default=2000, help="requests per concurrency level")
+    ap.add_argument("--models", default="secureboost,vertical-lr")
+    ap.add_argument("--n-fit", type=int, default=20000, help="training rows (the rest are scored)")
+    ap.add_argument("--federated", action="store_true", help="train with the CKKS protocols instead of plaintext")
+    ap.add_argument("--out", help="write results JSON here")
+    args = ap.parse_args(argv)
+
+    from crypto.certs import Identity, init_ca, issue
+    from fedcredit.artifacts import build_run_artifacts, sign_artifact
+    from party.models import ModelStore
+
+    g, h = pd.read_csv(GUEST_CSV), pd.read_csv(HOST_CSV)
+    assert (g["id"].to_numpy() == h["id"].to_numpy()).all()
+    clients = [int(c) for c in args.clients.split(",")]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-scoring-") as tmp:
+        work = Path(tmp)
+        ca = init_ca(work / "pki" / "ca", "bench")
+        ids = {p: issue(ca, work / "pki" / p, p) for p in ("guest", "host", "client")}
+        gs, hs = g.iloc[args.n_fit:], h.iloc[args.n_fit:]
+        apps = [(str(i), dict(zip(lab_f, map(float, r)))) for lab_f in [[c for c in g.columns if c.startswith("x")]]
+                for i, r in zip(gs["id"], gs[lab_f].to_numpy())]
+        for model in args.models.split(","):
+            t = time.perf_counter()
+            lab, pas = _train(model, g, h, args.n_fit, args.federated)
+            print(f"[{model}] trained in {time.perf_counter() - t:.1f} s", flush=True)
+            arts = build_run_artifacts(work / f"build-{model}", run_id=f"bench-{model}", parts=_parts(model, lab, pas))
+            for p, path in arts.items():
+                sign_artifact(path, ca / "federation-signing.key")
+                ModelStore(work / model / p / "models", party=p,
+                           federation_public_key=ca / "federation-signing.pub").install(path, activate=True)
+            mwork = work / model
+            (mwork / "pki").symlink_to(work / "pki")
+            host_cfg = _party_toml(mwork, "host", '[scoring]\ndataset = "serve"\nworkers = 16')
+            host_proc, host_addr = _start_server(host_cfg)
+            guest_cfg = _party_toml(mwork, "guest", f'[scoring]\nworkers = 64\ndeadline_ms = 2000\n'
+                                                    f'peers = {{ host = "{host_addr}" }}')
+            guest_proc, guest_addr = _start_server(guest_cfg)
+            try:
+                lat, wall = _floor(model, lab, pas, gs, hs, args.requests)
+                rows.append(_row(model, "in-process", 1, lat, wall))
+                print(json.dumps(rows[-1]), flush=True)
+                for c in clients:
+                    lat, wall = asyncio.run(_load(guest_addr, ids["client"], apps, c, max(args.requests, 4 * c)))
+                    rows.append(_row(model, "grpc-mtls", c, lat, wall))
+                    print(json.dumps(rows[-1]), flush=True)
+                n_log = (mwork / "guest" / "decisions.jsonl").read_text().count("\n")
+                print(f"[{model}] decisions logged at guest: {n_log}", flush=True)
+            finally:
+                for proc in (guest_proc, host_proc):
+                    proc.terminate()
+                    proc.wait(10)
+    print()
+    print(f"{'model':<12} {'mode':<11} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'decisions/s':>12}")
+    for r in rows:
+        print(f"{r['model']:<12} {r['mode']:<11} {r['clients']:>7} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+              f"{r['decisions_per_s']:>12.0f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
