@@ -240,7 +240,7 @@ class FeatureBinner:
 # --------------------------------------------------------------------------- model parts
 
 
-def _feature_index(names: Sequence[str], X: np.ndarray, who: str) -> None:
+def _check_columns(names: Sequence[str], X: np.ndarray, who: str) -> None:
     if X.ndim != 2 or X.shape[1] != len(names):
         raise DataError(f"{who}: expected a matrix with {len(names)} feature columns {list(names)[:6]}..., got shape {X.shape}")
 
@@ -398,7 +398,7 @@ def passive_decisions(model_part: PassiveModelPart, X: np.ndarray) -> bytes:
     ``model_part.feature_names`` order).  Only bits leave: never a value or threshold.
     """
     X = np.asarray(X, dtype=np.float64)
-    _feature_index(model_part.feature_names, X, f"party '{model_part.party}'")
+    _check_columns(model_part.feature_names, X, f"party '{model_part.party}'")
     ids = np.array(sorted(model_part.splits), dtype=np.int64)
     bits = np.zeros((len(ids), X.shape[0]), dtype=bool)
     for k, sid in enumerate(ids.tolist()):
@@ -428,7 +428,7 @@ def _parse_decisions(party: str, payload: bytes, n: int) -> dict[int, np.ndarray
 def label_margin(model_part: LabelModelPart, X_label: np.ndarray, decisions_by_party: Mapping[str, bytes]) -> np.ndarray:
     """Raw score (log-odds) of a batch: walks every tree with own thresholds and the passive parties' bits."""
     X = np.asarray(X_label, dtype=np.float64)
-    _feature_index(model_part.feature_names, X, f"label party '{model_part.party}'")
+    _check_columns(model_part.feature_names, X, f"label party '{model_part.party}'")
     n = X.shape[0]
     missing = [p for p in model_part.passive_parties if p not in decisions_by_party]
     if missing:
