@@ -269,3 +269,29 @@ def test_passive_refuses_a_context_with_secret_key(tables) -> None:  # type: ign
 def test_small_batches_are_refused() -> None:
     with pytest.raises(ConfigError, match="min_batch"):
         VerticalLRConfig(batch_size=64).validate()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("id,y,a\n1,0,1.0\n2,1,x\n", "column 'a': non-numeric value 'x' at row 3"),
+        ("cid,y,a\n1,0,1\n", "no id column 'id'"),
+        ("id,y,a\n1,0,\n2,1,3\n", "column 'a': missing or non-finite value at row 2"),
+        ("id,y,a\n001,0,1\n001,1,3\n", "duplicate id '001'"),
+        ("id,y,a\n001,0,1\n1,2,3\n", "label column 'y' must be 0/1, got 2 at row 3"),
+        ("id,a\n1,1\n", "no label column 'y'"),
+    ],
+)
+def test_bad_tables_name_party_file_and_field(tmp_path: Path, text: str, message: str) -> None:
+    f = tmp_path / "bank.csv"
+    f.write_text(text)
+    with pytest.raises(DataError) as e:
+        load_vertical_table(f, party="bank", label_col="y")
+    assert message in str(e.value) and "party 'bank'" in str(e.value)
+
+
+def test_ids_keep_leading_zeros(tmp_path: Path) -> None:
+    f = tmp_path / "bank.csv"
+    f.write_text("id,a\n00123,1\n123,2\n 7 ,3\n")
+    t = load_vertical_table(f, party="bank")
+    assert t.ids == ["00123", "123", "7"]

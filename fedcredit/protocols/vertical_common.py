@@ -193,7 +193,7 @@ def table_from_frame(
         if not ok.all():
             row = int(np.flatnonzero(~ok)[0])
             raise DataError(
-                f"party '{party}': {source}, label column '{label_col}' must be 0/1, got {df[label_col].iloc[row]!r} "
+                f"party '{party}': {source}, label column '{label_col}' must be 0/1, got {df[label_col].iloc[row]} "
                 f"at row {row + 2}"
             )
         y = yv.astype(np.int8)
