@@ -137,8 +137,30 @@ def test_histogram_subtraction_computes_one_child_per_pair(fed):
     # depth 3: root + one child at level 1 + one child per pair at level 2 = at most 4 per tree (not 7)
     assert rep["label_timings"]["histograms_computed"] <= 4 * CFG.n_trees
     for p in ("bank", "telco"):
-        # every computed histogram costs chunks*(pack-1) rotations at the passive party (1 chunk here)
-        assert rep["passive"][p]["timings"]["rotations"] == rep["label_timings"]["histograms_computed"] * (CFG.pack - 1)
+        t = rep["passive"][p]["timings"]
+        # every computed histogram costs the same rotations at the passive party; none is spent on slot sums
+        assert t["rotations"] == rep["label_timings"]["histograms_computed"] * t["rotations_per_pass"]
+        assert 0 < t["rotations_per_pass"] <= CFG.pack - 1  # one chunk here: at most K-1
+
+
+def test_giant_steps_rotate_outputs_when_chunks_outnumber_groups():
+    """Masks pre-shifted for the giant step give the same sums as rotating every input K-1 times."""
+    rng = np.random.default_rng(5)
+    n = 4 * sb.SLOTS + 100  # 5 chunks, 1 feature with 2 candidates -> 1 group: output rotation wins
+    X = rng.integers(0, 3, (n, 1)).astype(float)
+    b = sb.FeatureBinner.fit(X, ["a"], 8)
+    src = sb._PlainSource("p", b, b.transform(X), own=False, shuffle=True)
+    lab = sb._LabelCrypto()
+    eng = sb._PassiveCrypto(ckks.load_context(lab.public_bytes), src, 8, 64)
+    assert eng.a == 1 and eng.rotations_per_pass == 7  # 7 output rotations instead of 5*7 input rotations
+    g, h = rng.uniform(-1, 1, n), rng.uniform(0, 0.25, n)
+    rows = np.flatnonzero(rng.random(n) < 0.6)
+    z = np.zeros(n, complex)
+    z[rows] = g[rows] + 1j * h[rows]
+    GL, HL = lab.decrypt_candidates(eng.histogram(lab.encrypt_rows(z), "guest"), src.n_candidates, 8, "p")
+    rGL, rHL = src.histogram(rows, g, h)
+    np.testing.assert_allclose(GL, rGL, atol=1e-4)
+    np.testing.assert_allclose(HL, rHL, atol=1e-4)
 
 
 def test_binning_thresholds_match_bins():
@@ -212,10 +234,19 @@ def test_label_party_never_receives_passive_values_or_thresholds(fed):
         for f, thr in part.splits.values():
             secret.add(np.float64(thr).tobytes())
         secret.update(np.float64(v).tobytes() for v in np.unique(fed["passive_X"][p]))
+    setup = next(r for r in fed["records"] if r.receiver == "bank" and unpack_blobs(r.payload)[1]["op"] == "setup")
+    ctx = ckks.load_context(unpack_blobs(setup.payload)[0][0])
+    io = sb._SealIO(ctx.seal_context().data)
+    n_hist = 0
     for r in recs:
         blobs, meta = unpack_blobs(r.payload)
         assert set(meta) <= _LABEL_META, f"unexpected fields {set(meta) - _LABEL_META}"
         assert all(path[:1] == ("timings",) for path in _floats(meta)), "only timing figures may be floats"
+        if meta["op"] == "hist":  # only CKKS ciphertexts (masked histograms) at the last level
+            for b in blobs:
+                assert io.load(b, "histogram").parms_id() == ctx.seal_context().data.last_parms_id()
+                n_hist += 1
+            continue
         for s in secret:
             assert s not in r.payload
         if meta["op"] == "split":
@@ -225,6 +256,8 @@ def test_label_party_never_receives_passive_values_or_thresholds(fed):
             arrays, m = unpack_arrays(blobs[0])
             assert set(arrays) == {"split_ids", "bits"} and arrays["bits"].dtype == np.uint8
             assert set(m) == {"party", "n"}
+    io.close()
+    assert n_hist > 0
 
 
 def test_model_parts_hold_only_their_owners_information(fed, tmp_path):

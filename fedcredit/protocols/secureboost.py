@@ -881,7 +881,13 @@ class _LabelCrypto:
 
 
 class _PassiveCrypto:
-    """Passive side: encrypted cumulative histograms with pre-encoded masks (see module docstring)."""
+    """Passive side: encrypted cumulative histograms with pre-encoded masks (see module docstring).
+
+    Rotations use a baby-step/giant-step split of the K shifts ``r = r1 + a*r2``: each input
+    chunk is rotated by ``r1 < a`` (C*(a-1) rotations), each group's partial sums by ``a*r2``
+    (Horner, J*(K/a - 1) rotations, only power-of-two steps).  ``a`` minimises the total:
+    inputs are rotated when chunks are few, outputs when chunks outnumber groups.
+    """
 
     def __init__(self, ctx: Any, src: _PlainSource, pack: int, cache_mb: float) -> None:
         sa = _sealapi()
@@ -898,6 +904,9 @@ class _PassiveCrypto:
         self.K = pack
         self.P = src.n_candidates
         self.J = -(-self.P // self.K) if self.P else 0
+        steps = [1 << i for i in range(self.K.bit_length()) if (1 << i) <= self.K]
+        self.a = min(steps, key=lambda a: (self.C * (a - 1) + self.J * (self.K // a - 1), -a))
+        self.rotations_per_pass = self.C * (self.a - 1) + self.J * (self.K // self.a - 1) if self.J else 0
         self.rng = np.random.default_rng(secrets.randbits(128))
         plain_bytes = CKKS_POLY_MODULUS_DEGREE * (len(CKKS_COEFF_MOD_BIT_SIZES) - 1) * 8
         self.cache_limit = int(cache_mb * 2**20 // plain_bytes)
@@ -912,7 +921,8 @@ class _PassiveCrypto:
         self.stats["mask_encode_s"] += time.perf_counter() - t
 
     def _mask_matrix(self, c: int, r: int) -> np.ndarray:
-        """(J, SLOTS) 0/1: slot s of group j selects row (s + r) of chunk c for candidate j*K + s%K."""
+        """(J, SLOTS) 0/1: after a total shift r, slot s of group j selects row (s + r) of chunk c
+        for candidate j*K + s%K; stored pre-shifted by the giant step ``a*(r // a)``."""
         s = np.arange(SLOTS)
         rows = c * SLOTS + (s + r) % SLOTS
         k = s % self.K
@@ -923,7 +933,8 @@ class _PassiveCrypto:
             ok = valid & (p < self.P)
             pp, rr = p[ok], rows[ok]
             m[j, ok] = self.src.Xb[rr, self.src.cand_f[pp]] <= self.src.cand_b[pp]
-        return m
+        giant = self.a * (r // self.a)
+        return np.roll(m, giant, axis=1) if giant else m  # rot_{-giant}(M): undone by the giant rotation
 
     def _encode_masks(self, c: int, r: int) -> list[Any]:
         out = []
@@ -947,29 +958,39 @@ class _PassiveCrypto:
             return []
         sa, ev = self._sa, self.evaluator
         t0 = time.perf_counter()
-        outs: list[Any] = [None] * self.J
+        a, m = self.a, self.K // self.a
+        acc: list[list[Any]] = [[None] * self.J for _ in range(m)]  # acc[r2][j]
         tmp = sa.Ciphertext()
         for c, b in enumerate(blobs):
             x = self.io.load(b, f"gradient ciphertext {c} from label party '{label}'")
             if x.parms_id() != self.top or x.size() != 2 or abs(math.log2(x.scale) - CKKS_SCALE_BITS) > 1e-6:
                 raise ProtocolError(f"gradient ciphertext {c} from label party '{label}' has unexpected level/scale")
-            for r in range(self.K):
-                if r:
+            for r1 in range(a):
+                if r1:
                     y = sa.Ciphertext()
                     ev.rotate_vector(x, 1, self.galois, y)
                     x = y
                     self.stats["rotations"] += 1
-                for j, pt in enumerate(self._masks(c, r)):
-                    if outs[j] is None:
-                        outs[j] = sa.Ciphertext()
-                        ev.multiply_plain(x, pt, outs[j])
-                    else:
-                        ev.multiply_plain(x, pt, tmp)
-                        ev.add_inplace(outs[j], tmp)
-                self.stats["plain_mults"] += self.J
+                for r2 in range(m):
+                    row = acc[r2]
+                    for j, pt in enumerate(self._masks(c, r1 + a * r2)):
+                        if row[j] is None:
+                            row[j] = sa.Ciphertext()
+                            ev.multiply_plain(x, pt, row[j])
+                        else:
+                            ev.multiply_plain(x, pt, tmp)
+                            ev.add_inplace(row[j], tmp)
+                    self.stats["plain_mults"] += self.J
         result = []
         zpt = sa.Plaintext()
-        for o in outs:
+        for j in range(self.J):
+            o = acc[m - 1][j]
+            for r2 in range(m - 2, -1, -1):  # Horner: rot_a(...) + acc[r2]
+                y = sa.Ciphertext()
+                ev.rotate_vector(o, a, self.galois, y)
+                ev.add_inplace(y, acc[r2][j])
+                o = y
+                self.stats["rotations"] += 1
             ev.rescale_to_next_inplace(o)
             z = self.rng.normal(0.0, _MASK_SIGMA, (SLOTS // self.K, self.K)) + 1j * self.rng.normal(
                 0.0, _MASK_SIGMA, (SLOTS // self.K, self.K)
@@ -1357,6 +1378,8 @@ def run_secureboost_passive(
             elif op == "finish":
                 part = src.model_part(label_party)
                 timings = {k: round(float(v), 3) for k, v in (engine.stats if engine else {}).items()}
+                if engine is not None:
+                    timings["rotations_per_pass"] = engine.rotations_per_pass
                 answer(
                     model_sha256=hashlib.sha256(part.to_bytes()).hexdigest(),
                     splits=len(part.splits),
