@@ -24,7 +24,7 @@ from crypto.certs import Identity, init_ca, issue
 from fedcredit.errors import FedCreditError, SecurityError
 from fedcredit.models import load_model
 from fedcredit.protocols.horizontal import decode_message
-from simulations.deployment import LocalFederation, PartySpec
+from simulations.deployment import LocalFederation, PartySpec, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -180,17 +180,24 @@ def test_unregistered_supernode_key_is_refused(fed: LocalFederation, tmp_path: P
     ca = tmp_path / "rogue-ca"
     init_ca(ca, "rogue")
     ident = issue(ca, tmp_path / "mallory", "mallory")
-    from coordinator.flower import _bin, flower_env
+    from coordinator.flower import _bin, flower_env, stop_process_group
 
-    proc = subprocess.run(
-        [_bin("flower-supernode"), "--superlink", f"127.0.0.1:{fed.flower_port}",
-         "--root-certificates", str(fed.certs / "ca" / "ca.crt"),
-         "--auth-supernode-private-key", str(ident.flower_key_path), "--max-retries", "1", "--max-wait-time", "20",
-         "--port", "0"],
-        capture_output=True, text=True, env=flower_env(), timeout=120,
-    )
-    assert proc.returncode != 0
-    assert "Failed to activate SuperNode" in proc.stdout + proc.stderr
+    log = tmp_path / "rogue-supernode.log"
+    with open(log, "wb") as out:
+        # Flower's SuperExec child inherits stdout: log to a file and wait for the SuperNode itself
+        proc = subprocess.Popen(
+            [_bin("flower-supernode"), "--superlink", f"127.0.0.1:{fed.flower_port}",
+             "--root-certificates", str(fed.certs / "ca" / "ca.crt"),
+             "--auth-supernode-private-key", str(ident.flower_key_path), "--max-retries", "1",
+             "--max-wait-time", "20", "--port", str(free_port())],
+            stdout=out, stderr=subprocess.STDOUT, env=flower_env(), start_new_session=True,
+        )
+        try:
+            rc = proc.wait(120)
+        finally:
+            stop_process_group(proc)
+    assert rc != 0
+    assert "Failed to activate SuperNode" in log.read_text()
 
 
 def test_party_with_certificate_from_another_ca_is_refused_by_relay(fed: LocalFederation, tmp_path: Path) -> None:
@@ -208,6 +215,7 @@ def test_party_with_certificate_from_another_ca_is_refused_by_relay(fed: LocalFe
 def test_party_start_rejects_bad_data_file_naming_file_and_column(fed: LocalFederation, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     df = pd.read_csv(DATA / "default_credit_homo_guest.csv").iloc[:50]
+    df["x3"] = df["x3"].astype(object)
     df.loc[7, "x3"] = "n/a"
     df.to_csv(bad, index=False)
     cfg = (fed.root / "bank1.toml").read_text().replace(str(fed.root.parent / "data" / "bank1.csv"), str(bad))
