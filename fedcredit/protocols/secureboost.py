@@ -21,11 +21,11 @@ Encrypted histograms — why this layout (measured, see docs/secureboost.md):
 * Masks are *cumulative* (``bin <= b``), so each output is directly the left-child sum
   ``(G_L, H_L)`` of one split candidate; candidates are shuffled by the passive party,
   so the label party sees neither feature boundaries nor bin order.
-* Packing ``pack`` (K) candidates per output ciphertext: the passive party rotates each
-  input chunk K-1 times by one slot; candidate ``k`` of a group is read from the slots
-  ``s ≡ k (mod K)``, and the mask for rotation ``r`` selects row ``s + r`` there, so every
-  row is counted exactly once per candidate.  This cuts the returned ciphertexts K-fold
-  for K-1 rotations per input chunk.
+* Packing ``pack`` (K) candidates per output ciphertext: candidate ``k`` of a group is
+  read from the slots ``s ≡ k (mod K)``, and for each shift ``r < K`` the mask selects row
+  ``s + r`` there, so every row is counted exactly once per candidate.  The shifts are
+  slot rotations split baby-step/giant-step (inputs by ``r1 < a``, per-group sums by
+  ``a*r2``), which cuts the returned ciphertexts K-fold for C*(a-1) + J*(K/a-1) rotations.
 * Before returning, the passive party adds a random mask whose slots sum to zero within
   each residue class, so after decrypting the label party learns only the per-candidate
   sums (no per-row products).  No rotate-and-sum is ever done.
