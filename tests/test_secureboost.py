@@ -330,3 +330,28 @@ def test_labels_must_have_both_classes():
     t = table_from_frame(g, party="guest", source="guest.csv", label_col="y")
     with pytest.raises(DataError, match="both classes"):
         sb.run_secureboost_label(InMemoryHub().endpoint("guest"), t, [], CFG)
+
+
+def test_passive_failure_reaches_label_party_with_its_reason():
+    """A passive party that cannot serve a request answers with its error instead of leaving the label hanging."""
+    g, hosts, _ = _frames()
+    g, host = g.iloc[:400].reset_index(drop=True), hosts["telco"].set_index("id").loc[g["id"].iloc[:400]].reset_index()
+    guest_t = table_from_frame(g, party="guest", source="guest.csv", label_col="y")
+    host_t = table_from_frame(host, party="telco", source="telco.csv")
+    train, test = guest_t.take(np.arange(300)), guest_t.take(np.arange(300, 400))
+    hub = InMemoryHub(default_timeout=60)
+    err: list[BaseException] = []
+    cfg = replace(CFG, n_trees=1, max_depth=1)
+
+    def passive() -> None:  # serves training, but has no test rows to look scoring ids up in
+        try:
+            sb.run_secureboost_passive(hub.endpoint("telco"), host_t.take(np.arange(300)), "guest", cfg)
+        except BaseException as e:
+            err.append(e)
+
+    th = threading.Thread(target=passive)
+    th.start()
+    with pytest.raises(ProtocolError, match="passive party 'telco' failed: .*scoring id"):
+        sb.run_secureboost_label(hub.endpoint("guest"), train, ["telco"], cfg, test_table=test)
+    th.join(30)
+    assert err and isinstance(err[0], DataError)
