@@ -142,7 +142,9 @@ def _serve(cfg_path: str) -> int:
 
 
 async def _load(address: str, identity: Any, apps: list[tuple[str, dict[str, float]]], clients: int,
-                n_requests: int) -> tuple[np.ndarray, float]:
+                n_requests: int, batch: int = 1) -> tuple[np.ndarray, float]:
+    """``clients`` concurrent callers; ``batch`` > 1 sends ScoreBatch calls of that many applications
+    (latency is then per call, throughput per decision)."""
     import grpc
 
     from crypto.tls import GRPC_OPTIONS, channel_credentials
@@ -155,15 +157,19 @@ async def _load(address: str, identity: Any, apps: list[tuple[str, dict[str, flo
         for r in reqs[:20]:  # warm-up: channel, model cache, TLS session
             await stub.Score(r, timeout=10)
         lat: list[float] = []
-        counter = iter(range(n_requests))
+        counter = iter(range(0, n_requests, batch))
 
         async def worker() -> None:
             for k in counter:
-                r = reqs[k % len(reqs)]
                 t = time.perf_counter()
-                rep = await stub.Score(r, timeout=10)
+                if batch == 1:
+                    rep = await stub.Score(reqs[k % len(reqs)], timeout=10)
+                    assert rep.decision
+                else:
+                    chunk = [reqs[(k + j) % len(reqs)] for j in range(batch)]
+                    reps = await stub.ScoreBatch(pb.ScoreBatchRequest(requests=chunk), timeout=30)
+                    assert len(reps.replies) == batch
                 lat.append(time.perf_counter() - t)
-                assert rep.decision
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
@@ -193,6 +199,12 @@ def _floor(kind: str, lab: Any, pas: Any, g: pd.DataFrame, h: pd.DataFrame, n: i
     return np.asarray(lat), time.perf_counter() - t0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """user+system CPU seconds of a process (Linux /proc), to separate our cost from machine load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _row(model: str, mode: str, clients: int, lat: np.ndarray, wall: float) -> dict[str, Any]:
     return {"model": model, "mode": mode, "clients": clients, "requests": int(len(lat)),
             "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
@@ -209,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="secureboost,vertical-lr")
     ap.add_argument("--n-fit", type=int, default=20000, help="training rows (the rest are scored)")
     ap.add_argument("--federated", action="store_true", help="train with the CKKS protocols instead of plaintext")
+    ap.add_argument("--batch", type=int, default=32,
+                    help="also measure ScoreBatch calls of this many applications from 16 clients (1 = skip)")
     ap.add_argument("--out", help="write results JSON here")
     args = ap.parse_args(argv)
 
@@ -251,15 +265,30 @@ def main(argv: list[str] | None = None) -> int:
                     lat, wall = asyncio.run(_load(guest_addr, ids["client"], apps, c, max(args.requests, 4 * c)))
                     rows.append(_row(model, "grpc-mtls", c, lat, wall))
                     print(json.dumps(rows[-1]), flush=True)
+                if args.batch > 1:
+                    lat, wall = asyncio.run(_load(guest_addr, ids["client"], apps, 16, max(args.requests, 16 * args.batch),
+                                                  batch=args.batch))
+                    rows.append(_row(model, f"batch-{args.batch}", 16, lat, wall))
+                    rows[-1]["decisions_per_s"] *= args.batch  # each call carried `batch` decisions
+                    print(json.dumps(rows[-1]), flush=True)
                 n_log = (mwork / "guest" / "decisions.jsonl").read_text().count("\n")
-                print(f"[{model}] decisions logged at guest: {n_log}", flush=True)
+                cpu = {p: _cpu_seconds(proc.pid) for p, proc in (("guest", guest_proc), ("host", host_proc))}
+                print(f"[{model}] decisions logged at guest: {n_log}; server CPU per decision: "
+                      + ", ".join(f"{p} {c / n_log * 1e3:.3f} ms" for p, c in cpu.items()), flush=True)
+                rows.append({"model": model, "mode": "cpu-per-decision-ms", "decisions": n_log,
+                             **{p: c / n_log * 1e3 for p, c in cpu.items()}})
             finally:
                 for proc in (guest_proc, host_proc):
                     proc.terminate()
                     proc.wait(10)
     print()
-    print(f"{'model':<12} {'mode':<11} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'decisions/s':>12}")
+    print(f"{'model':<12} {'mode':<11} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'decisions/s':>12}"
+          "   (batch-N rows: latency per ScoreBatch call of N applications)")
     for r in rows:
+        if r["mode"] == "cpu-per-decision-ms":
+            print(f"{r['model']:<12} server CPU per decision: guest {r['guest']:.3f} ms, host {r['host']:.3f} ms "
+                  f"(over {r['decisions']} decisions incl. warm-up)")
+            continue
         print(f"{r['model']:<12} {r['mode']:<11} {r['clients']:>7} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
               f"{r['decisions_per_s']:>12.0f}")
     if args.out:
