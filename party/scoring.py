@@ -219,6 +219,7 @@ class ScoringService:
         self._peers_cfg = dict(peers or {})
         self._peers: dict[str, PeerClient] = {}
         self._aio_stubs: dict[str, Any] = {}  # grpc.aio stubs, created on the server's event loop
+        self._aio_channels: dict[str, Any] = {}
         self._queue: dict[str, list[tuple[Sequence[Application], Any]]] = {}
         self._flushing: dict[str, bool] = {}
         self.max_batch = 512
@@ -370,6 +371,7 @@ class ScoringService:
                 from crypto.tls import channel_credentials
 
                 ch = grpc.aio.secure_channel(addr, channel_credentials(self.identity), options=GRPC_OPTIONS)
+                self._aio_channels[p] = ch
                 stub = self._aio_stubs[p] = pbg.ScoringStub(ch)
             try:
                 return await stub.PartialScore(req[p], timeout=deadline)
@@ -566,6 +568,18 @@ class ScoringService:
     def close(self) -> None:
         for c in self._peers.values():
             c.close()
+        if self._aio_stubs and _LOOP is not None:  # aio channels live on the scoring loop
+            import asyncio
+
+            chans = [self._aio_channels[p] for p in self._aio_stubs if p in self._aio_channels]
+
+            async def close_all() -> None:
+                for ch in chans:
+                    await ch.close()
+            try:
+                asyncio.run_coroutine_threadsafe(close_all(), _LOOP).result(timeout=5)
+            except Exception:  # noqa: BLE001 - closing on shutdown is best effort
+                pass
         self._pool.shutdown(wait=False)
         if self.log is not None:
             self.log.close()

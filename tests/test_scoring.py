@@ -385,3 +385,48 @@ decline = 500
                      str(tmp_path / "out2.csv")]) == 2
     finally:
         host.stop(0)
+
+
+def test_concurrent_requests_share_a_round_trip_and_a_bad_id_fails_only_its_request(tmp_path: Path, pki,
+                                                                                     frames) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    lab, pas = _fit_lr(frames)
+    stores = _install(tmp_path, pki, "vlr-12", _lr_parts(lab, pas))
+    calls: list[int] = []
+
+    class Counting(ScoringService):
+        def partial(self, model_hash, ids, caller):
+            calls.append(len(ids))
+
+            async def later():
+                await asyncio.sleep(0.15)  # keep the first round trip in flight while the others queue
+                return ScoringService.partial(self, model_hash, ids, caller)
+            return later()
+
+    host = serve(Counting("host", stores["host"], identity=pki["host"], table_loader=_host_loader), pki["host"])
+    guest = serve(ScoringService("guest", stores["guest"], identity=pki["guest"], peers={"host": host.address},
+                                 deadline_s=5.0), pki["guest"])
+    client = ScoringClient(guest.address, pki["client"])
+    try:
+        apps, Xg, Xh = _apps(frames, slice(0, 12))
+        apps[7] = Application("ghost-7", apps[7].features)
+
+        def one(a: Application):
+            try:
+                return client.score(a.id, a.features).pd
+            except grpc.RpcError as e:
+                return e
+
+        with ThreadPoolExecutor(12) as pool:
+            out = list(pool.map(one, apps))
+        assert isinstance(out[7], grpc.RpcError) and "ghost-7" in out[7].details()
+        expected = vlr.combine(lab, Xg, [vlr.passive_partial_scores(pas, Xh)])
+        for k, v in enumerate(out):
+            if k != 7:
+                assert v == pytest.approx(expected[k], abs=1e-12)
+        assert max(calls) > 1  # requests were coalesced into shared partial round trips
+    finally:
+        client.close()
+        guest.stop(0)
+        host.stop(0)
