@@ -77,18 +77,19 @@ def _score(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def sklearn_pooled(tables: Mapping[str, LocalTable], test: LocalTable) -> dict[str, Any]:
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     X = np.vstack([tb.X for tb in tables.values()])
     y = np.concatenate([tb.y for tb in tables.values()])  # type: ignore[misc]
     mean, std = _std(X)
     m = LogisticRegression(max_iter=2000).fit((X - mean) / std, y)
     p = m.predict_proba((test.X - mean) / std)[:, 1]
-    return {**_score(test.y, p), "seconds": time.perf_counter() - t, "rows": int(len(y))}  # type: ignore[arg-type]
+    return {**_score(test.y, p), "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c,  # type: ignore[arg-type]
+            "rows": int(len(y))}
 
 
 def centralized(tables: Mapping[str, LocalTable], test: LocalTable, job: HorizontalJob) -> dict[str, Any]:
     """The federation's model and optimizer, trained on one table: pooled (all banks) or local-only."""
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     X = np.vstack([tb.X for tb in tables.values()])
     y = np.concatenate([tb.y for tb in tables.values()])  # type: ignore[misc]
     mean, std = _std(X)
@@ -97,7 +98,8 @@ def centralized(tables: Mapping[str, LocalTable], test: LocalTable, job: Horizon
     m.fit_local((X - mean) / std, y, epochs=job.rounds * job.local_epochs, lr=job.lr,
                 batch_size=job.batch_size, seed=job.seed)
     p = m.predict_proba((test.X - mean) / std)
-    return {**_score(test.y, p), "seconds": time.perf_counter() - t, "rows": int(len(y))}  # type: ignore[arg-type]
+    return {**_score(test.y, p), "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c,  # type: ignore[arg-type]
+            "rows": int(len(y))}
 
 
 def plaintext_fedavg(files: Mapping[str, Path], test: LocalTable, job: HorizontalJob) -> dict[str, Any]:
@@ -142,17 +144,17 @@ def plaintext_fedavg(files: Mapping[str, Path], test: LocalTable, job: Horizonta
                 d["from_party"] += len(r)
         return {p: decode_message(r)[1] for p, r in reps.items()}
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     reps = call("stats", encode_message({}), False)
     sums = sum(np.frombuffer(b["v"], "<f8") for b in reps.values())
     agg: np.ndarray | None = None
-    t_rounds = time.perf_counter()
+    t_rounds, c_rounds = time.perf_counter(), time.process_time()
     for r in range(1, job.rounds + 1):
         blobs = {"stats": sums.astype("<f8").tobytes()} if r == 1 else {"model": agg.astype("<f8").tobytes()}  # type: ignore[union-attr]
         reps = call("fit", encode_message({"round": r}, blobs), True)
         agg = sum(np.frombuffer(b["update"], "<f8") for b in reps.values())  # type: ignore[assignment]
-    rounds_s = time.perf_counter() - t_rounds
-    wall = time.perf_counter() - t0
+    rounds_s, rounds_cpu = time.perf_counter() - t_rounds, time.process_time() - c_rounds
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     d = next(iter(tables.values())).d
     mean, std = standardizer_from_sums(sums, d)
     m = build_model(job, d)
@@ -163,6 +165,8 @@ def plaintext_fedavg(files: Mapping[str, Path], test: LocalTable, job: Horizonta
         **_score(test.y, p),  # type: ignore[arg-type]
         "seconds": wall,
         "rounds_seconds": rounds_s,
+        "cpu_seconds": cpu,
+        "rounds_cpu_seconds": rounds_cpu,
         "bytes_per_round": {q: {k: v / job.rounds for k, v in rb.items()} for q, rb in rounds_bytes.items()},
         "flat": m.get_flat().tolist(),
     }
@@ -179,6 +183,8 @@ def encrypted_fedavg(files: Mapping[str, Path], test_file: Path, test: LocalTabl
         "global_from_encrypted_histograms": res["global_metrics"],
         "seconds": res["wall_time_s"],
         "rounds_seconds": res["timings"]["rounds_s"],
+        "cpu_seconds": rep["cpu_time_s"],
+        "rounds_cpu_seconds": rep["rounds_cpu_s"],
         "timings": res["timings"],
         "bytes_per_round": rep["bytes_per_round"],
         "public_context_bytes": res["public_context_bytes"],
@@ -231,6 +237,8 @@ def scenario(name: str, files: Mapping[str, Path], test_file: Path, out: Path, h
                 "overhead": {
                     "wall_time_ratio": enc["seconds"] / plain["seconds"],
                     "rounds_time_ratio": enc["rounds_seconds"] / plain["rounds_seconds"],
+                    "cpu_time_ratio": enc["cpu_seconds"] / plain["cpu_seconds"],
+                    "rounds_cpu_time_ratio": enc["rounds_cpu_seconds"] / plain["rounds_cpu_seconds"],
                     "bytes_per_round_ratio_up": eb["from_party"] / pb["from_party"],
                     "bytes_per_round_ratio_down": eb["to_party"] / pb["to_party"],
                 },
@@ -262,7 +270,7 @@ def _kb(b: float) -> str:
 def print_scenario(title: str, r: Mapping[str, Any]) -> None:
     print(f"\n=== {title} ===")
     print("banks: " + ", ".join(f"{p} {v['rows']} rows, default rate {v['default_rate']:.3f}" for p, v in r["banks"].items()))
-    hdr = f"{'model':<44} {'AUC':>7} {'KS':>7} {'wall s':>8} {'up/party/round':>15} {'down/party/round':>17}"
+    hdr = f"{'model':<44} {'AUC':>7} {'KS':>7} {'wall s':>7} {'CPU s':>7} {'up/party/round':>15} {'down/party/round':>17}"
     s = r["sklearn_pooled_lr"]
     for fam, f in r["families"].items():
         print(f"\n[{fam}]  hyper-parameters: " + ", ".join(
@@ -270,11 +278,11 @@ def print_scenario(title: str, r: Mapping[str, Any]) -> None:
         print(hdr)
         print("-" * len(hdr))
         if fam == "lr":
-            print(f"{'pooled plaintext, sklearn LR (' + str(s['rows']) + ' rows)':<44} {s['auc']:7.4f} {s['ks']:7.4f} {s['seconds']:8.2f}")
+            print(f"{'pooled plaintext, sklearn LR (' + str(s['rows']) + ' rows)':<44} {s['auc']:7.4f} {s['ks']:7.4f} {s['seconds']:7.2f} {s['cpu_seconds']:7.2f}")
         pl = f["pooled"]
-        print(f"{'pooled plaintext, same model+optimizer':<44} {pl['auc']:7.4f} {pl['ks']:7.4f} {pl['seconds']:8.2f}")
+        print(f"{'pooled plaintext, same model+optimizer':<44} {pl['auc']:7.4f} {pl['ks']:7.4f} {pl['seconds']:7.2f} {pl['cpu_seconds']:7.2f}")
         for p, v in f["local_only"].items():
-            print(f"{'local only: ' + p:<44} {v['auc']:7.4f} {v['ks']:7.4f} {v['seconds']:8.2f}")
+            print(f"{'local only: ' + p:<44} {v['auc']:7.4f} {v['ks']:7.4f} {v['seconds']:7.2f} {v['cpu_seconds']:7.2f}")
         for alg in ("fedavg", "fedprox"):
             if alg not in f:
                 continue
@@ -283,18 +291,19 @@ def print_scenario(title: str, r: Mapping[str, Any]) -> None:
                 v = a[kind]
                 b = _mean_bpr(v["bytes_per_round"])
                 label = f"{kind} {'FedAvg' if alg == 'fedavg' else 'FedProx'}" + (", CKKS N=4096" if kind == "encrypted" else "")
-                print(f"{label:<44} {v['auc']:7.4f} {v['ks']:7.4f} {v['seconds']:8.2f} {_kb(b['from_party']):>15} {_kb(b['to_party']):>17}")
+                print(f"{label:<44} {v['auc']:7.4f} {v['ks']:7.4f} {v['seconds']:7.2f} {v['cpu_seconds']:7.2f} {_kb(b['from_party']):>15} {_kb(b['to_party']):>17}")
             if "encrypted_n8192" in a:
                 v = a["encrypted_n8192"]
                 b = _mean_bpr(v["bytes_per_round"])
                 label = f"encrypted {'FedAvg' if alg == 'fedavg' else 'FedProx'}, CKKS N=8192"
-                print(f"{label:<44} {v['auc']:7.4f} {v['ks']:7.4f} {v['seconds']:8.2f} {_kb(b['from_party']):>15} {_kb(b['to_party']):>17}")
+                print(f"{label:<44} {v['auc']:7.4f} {v['ks']:7.4f} {v['seconds']:7.2f} {v['cpu_seconds']:7.2f} {_kb(b['from_party']):>15} {_kb(b['to_party']):>17}")
             g = a["encrypted"]["global_from_encrypted_histograms"]
             o = a["overhead"]
             print(f"{'  global AUC/KS from encrypted histograms':<44} {g['auc']:7.4f} {g['ks']:7.4f}")
-            print(f"  encryption overhead vs plaintext {alg}: wall time x{o['wall_time_ratio']:.1f} "
-                  f"(rounds only x{o['rounds_time_ratio']:.1f}), bytes/round up x{o['bytes_per_round_ratio_up']:.0f}, "
-                  f"down x{o['bytes_per_round_ratio_down']:.0f}; max |param diff| {a['max_abs_param_diff_encrypted_vs_plaintext']:.1e}")
+            print(f"  encryption overhead vs plaintext {alg}: CPU x{o['cpu_time_ratio']:.1f} (rounds only "
+                  f"x{o['rounds_cpu_time_ratio']:.1f}), wall x{o['wall_time_ratio']:.1f}, bytes/round up "
+                  f"x{o['bytes_per_round_ratio_up']:.0f}, down x{o['bytes_per_round_ratio_down']:.0f}; "
+                  f"max |param diff| {a['max_abs_param_diff_encrypted_vs_plaintext']:.1e}")
         if "fedprox_mu_sweep_plaintext" in f:
             print("  FedProx mu sweep (plaintext, AUC): " + ", ".join(
                 f"mu={mu}: {v['auc']:.4f}" for mu, v in f["fedprox_mu_sweep_plaintext"].items()))

@@ -417,6 +417,11 @@ class _Party:
             )
         return t
 
+    def _need(self, method: str, blobs: Mapping[str, bytes], *names: str) -> None:
+        missing = [n for n in names if n not in blobs]
+        if missing:
+            raise ProtocolError(f"party '{self.env.name}': '{method}' request lacks {missing} (has {sorted(blobs)})")
+
     def _encrypt(self, ctx: Any, what: str, vec: np.ndarray) -> bytes:
         if self.env.tap is not None:
             self.env.tap(what, np.array(vec, dtype=np.float64, copy=True))
@@ -468,8 +473,7 @@ class _Party:
         me, holder = self.env.name, job.holder
         if holder not in self.env.peers:
             raise SecurityError(f"party '{me}' has no verified envelope key (certificate) for key holder '{holder}'")
-        if "envelope" not in blobs:
-            raise ProtocolError(f"party '{me}': install_key carries no envelope")
+        self._need("install_key", blobs, "envelope")
         try:
             secret = open_sealed(blobs["envelope"], self.env.envelope_private, self.env.peers[holder], self._aad(job, me))
         except SecurityError as e:
@@ -502,6 +506,7 @@ class _Party:
     def fit(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
         job = self._job(header, state)
         r = int(header["round"])
+        self._need("fit", blobs, "stats" if r == 1 else "model")
         ctx = self._ctx(job, state)
         t = self._train(job)
         d = t.d
@@ -522,6 +527,7 @@ class _Party:
 
     def finalize(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
         job = self._job(header, state)
+        self._need("finalize", blobs, "model")
         ctx = self._ctx(job, state)
         t = self._train(job)
         mean, std = self._std(job, state)
@@ -550,6 +556,7 @@ class _Party:
 
     def global_metrics(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
         job = self._job(header, state)
+        self._need("global_metrics", blobs, "hist")
         ctx = self._ctx(job, state)
         hist = ckks.decrypt_vector(ctx, blobs["hist"]).reshape(2, -1)
         a, k = metrics.auc_ks_from_histogram(hist)
