@@ -26,6 +26,8 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 N_BANK, N_COMMON, N_FINTECH_ONLY = 6000, 4500, 1000
 BANK_FEATURES = [f"x{i}" for i in range(13)]
 FINTECH_FEATURES = [f"f{i}" for i in range(10)]  # renamed so a leak of a name into the wrong part is visible
+TELCO_FEATURES = [f"t{i}" for i in range(5)]
+TELCO_FROM = 500  # telco shares ids[500:4500] with both others
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,11 @@ def fed(tmp_path_factory: pytest.TempPathFactory):
     fintech.columns = ["id", *FINTECH_FEATURES]
     bank.to_csv(data / "bank.csv", index=False)
     fintech.to_csv(data / "fintech.csv", index=False)
+    # a second passive party (only in the three-party job): 5 host columns over yet another customer set
+    telco_ids = np.concatenate([ids[TELCO_FROM:N_COMMON], ids[N_BANK + N_FINTECH_ONLY : N_BANK + N_FINTECH_ONLY + 500]])
+    telco = host.set_index("id").loc[rng.permutation(telco_ids)].reset_index()[["id", "x5", "x6", "x7", "x8", "x9"]]
+    telco.columns = ["id", *TELCO_FEATURES]
+    telco.to_csv(data / "telco.csv", index=False)
     # the agreed test customers (the benchmark's homo test ids), known to the label party only
     test = pd.read_csv(DATA / "default_credit_homo_test.csv", usecols=["id", "y"])
     test[test["id"].isin(bank_ids)].to_csv(data / "bank_test_ids.csv", index=False)
@@ -52,20 +59,22 @@ def fed(tmp_path_factory: pytest.TempPathFactory):
         PartySpec("bank", {"train": {"path": data / "bank.csv", "label_column": "y"},
                            "test_ids": {"path": data / "bank_test_ids.csv"}}),
         PartySpec("fintech", {"train": {"path": data / "fintech.csv"}}, role="fintech"),
+        PartySpec("telco", {"train": {"path": data / "telco.csv"}}, role="telco"),
     ]
     capture = root / "coordinator-capture"
     federation = LocalFederation(root / "fed", parties).setup()
     federation.capture = capture  # type: ignore[attr-defined]
     federation.truth = {"common": {str(i) for i in ids[:N_COMMON]}, "bank": bank, "fintech": fintech,  # type: ignore[attr-defined]
-                        "test_ids": {str(i) for i in test["id"]}}
+                        "test_ids": {str(i) for i in test["id"]}, "ids": ids}
     federation.start(coordinator_env={"FEDCREDIT_CAPTURE_DIR": str(capture)})
     yield federation
     federation.stop()
 
 
 def _run(fed: LocalFederation, name: str, jtype: str, model: dict[str, Any], **job: Any) -> tuple[str, Any]:
-    path = fed.write_job(name, {"job": {"name": name, "type": jtype, "parties": ["bank", "fintech"],
-                                        "label_party": "bank", "round_timeout_s": 300.0, **job}, "model": model})
+    job = {"name": name, "type": jtype, "parties": ["bank", "fintech"], "label_party": "bank",
+           "round_timeout_s": 300.0, **job}
+    path = fed.write_job(name, {"job": job, "model": model})
     client = fed.client()
     run_id = client.submit(path)
     for ev in client.watch(run_id):
@@ -76,14 +85,14 @@ def _run(fed: LocalFederation, name: str, jtype: str, model: dict[str, Any], **j
     return run_id, info
 
 
-def _label_only_auc(fed: LocalFederation, test_mask_of, trees: bool = False) -> float:
+def _label_only_auc(fed: LocalFederation, test_mask_of, trees: bool = False, common: set[str] | None = None) -> float:
     """The bank alone on the same rows (plaintext scikit-learn, same model family): the bar federation must clear."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
     bank = fed.truth["bank"]  # type: ignore[attr-defined]
-    common = fed.truth["common"]  # type: ignore[attr-defined]
+    common = fed.truth["common"] if common is None else common  # type: ignore[attr-defined]
     df = bank[bank["id"].astype(str).isin(common)]
     is_test = test_mask_of([str(i) for i in df["id"]])
     X, y = df[BANK_FEATURES].to_numpy(), df["y"].to_numpy()
@@ -211,6 +220,25 @@ def test_psi_and_secureboost_job_with_agreed_test_ids(fed: LocalFederation) -> N
     assert "f0" not in json.dumps(lp["feature_names"])
     assert (mb / "secureboost_test_report.json").exists() and (mb / "secureboost_test_roc_ks.png").exists()
     _check_privacy(fed, run_id, result)
+
+
+def test_three_party_psi_and_vertical_lr(fed: LocalFederation) -> None:
+    """Two passive parties: PSI over all three sets, each passive keeps its own weights only."""
+    run_id, info = _run(fed, "e2e-vlr3", "vertical-lr", {"test_fraction": 0.25, "split_seed": 5, "max_epochs": 6},
+                        parties=["bank", "fintech", "telco"])
+    assert info.status == "finished", info.error
+    result = json.loads(info.result_json)
+    n3 = N_COMMON - TELCO_FROM
+    assert {p: r["intersection_size"] for p, r in result["parties"].items()} == {"bank": n3, "fintech": n3, "telco": n3}
+    auc = result["global"]["auc"]
+    ids = fed.truth["ids"]  # type: ignore[attr-defined]
+    base = _label_only_auc(fed, lambda x: hash_test_mask(x, 0.25, 5), common={str(i) for i in ids[TELCO_FROM:N_COMMON]})
+    print(f"three parties: federated test AUC {auc:.4f}; bank alone {base:.4f}")
+    assert auc > base + 0.01, (auc, base)
+    tm = json.loads((fed.root / "state" / "telco" / "models" / run_id / "vertical_lr_telco_model.json").read_text())
+    assert tm["feature_names"] == TELCO_FEATURES
+    lines = (fed.root / "state" / "telco" / "runs" / run_id / "intersection.txt").read_text().split()
+    assert lines == (fed.root / "state" / "bank" / "runs" / run_id / "intersection.txt").read_text().split()
 
 
 def test_psi_below_min_size_fails_with_a_clear_error(fed: LocalFederation) -> None:
