@@ -286,22 +286,28 @@ def run_vertical_party(rt: "PartyRuntime") -> dict[str, Any]:
     model_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     t_start = time.perf_counter()
-    table, source = _load_own_table(rt, label)
-    _say(rt, f"{'label' if is_label else 'passive'} party: {len(table)} rows, {table.n_features} features from {source}")
-
     peer_certs = {p: pem for p, pem in getattr(rt, "peer_certs", {}).items() if p != me}
     audit = AuditLog(rt.config.party.state_dir / "audit.jsonl")
-    raw = RelayTransport(
-        rt.identity,
-        rt.config.coordinator.relay_address,
-        session=rt.run_id,
-        audit=audit,
-        peer_certs=peer_certs or None,
-        recv_timeout=job.round_timeout_s,
-    )
+    try:
+        raw = RelayTransport(
+            rt.identity,
+            rt.config.coordinator.relay_address,
+            session=rt.run_id,
+            audit=audit,
+            peer_certs=peer_certs or None,
+            recv_timeout=job.round_timeout_s,
+        )
+    except BaseException:
+        audit.close()
+        raise
     tr = CountingTransport(raw)
     timings: dict[str, float] = {}
     try:
+        # joined the session first: if this party's data is bad, closing the transport tells peers at once
+        table, source = _load_own_table(rt, label)
+        _say(rt, f"{'label' if is_label else 'passive'} party: {len(table)} rows, {table.n_features} features "
+                 f"from {source}")
+
         # ---- 1. PSI over the data plane (leader = label party)
         t0 = time.perf_counter()
         psi = run_psi(tr, table.ids, parties, leader=label, min_size=psi_min, batch_size=psi_batch,
