@@ -172,3 +172,54 @@ def test_build_without_saved_model_names_party_and_path(tmp_path: Path, ca: Path
         publish_run(LocalChannel(_handlers(stores)), run_id="r3", parties=["bank1", "bank2"],
                     signing_key=ca / "federation-signing.key")
     assert "bank2" in str(exc.value) and "r3" in str(exc.value)
+
+
+@pytest.mark.e2e
+def test_after_a_deployment_horizontal_job_every_bank_has_the_model_installed_and_active(tmp_path: Path) -> None:
+    """Real coordinator + SuperNodes over TLS: the run ends with signed artifacts active at every bank."""
+    import pandas as pd
+
+    from party.models import FEDERATION_KEY_FILE
+    from simulations.deployment import LocalFederation, PartySpec
+
+    data_dir = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    banks = {"bank1": "default_credit_homo_guest.csv", "bank2": "default_credit_homo_host_1.csv"}
+    (tmp_path / "data").mkdir()
+    test = pd.read_csv(data_dir / "default_credit_homo_test.csv")
+    parties = []
+    for i, (bank, fname) in enumerate(banks.items()):
+        pd.read_csv(data_dir / fname).iloc[:1500].to_csv(tmp_path / "data" / f"{bank}.csv", index=False)
+        test.iloc[i::2].iloc[:500].to_csv(tmp_path / "data" / f"{bank}_test.csv", index=False)
+        parties.append(PartySpec(bank, {"train": {"path": tmp_path / "data" / f"{bank}.csv", "label_column": "y"},
+                                        "test": {"path": tmp_path / "data" / f"{bank}_test.csv", "label_column": "y"}}))
+    fed = LocalFederation(tmp_path / "fed", parties).setup()
+    fed.start()
+    try:
+        job = fed.write_job("pub", {"job": {"name": "pub", "type": "horizontal", "parties": list(banks),
+                                            "round_timeout_s": 120.0},
+                                    "model": {"family": "lr", "algorithm": "fedavg", "rounds": 1}})
+        client = fed.client()
+        run_id = client.submit(job)
+        events = [json.loads(ev.data_json) for ev in client.watch(run_id) if not ev.HasField("run")]
+        info = client.get(run_id)
+        client.close()
+        assert info.status == "finished", info.error
+        result = json.loads(info.result_json)
+        assert result["publish"]["published"] is True, result["publish"]
+        assert [e.get("step") for e in events if e.get("event") == "publish"] == ["build", "install", "done"]
+        from fedcredit.artifacts import load_horizontal
+
+        hashes, flats = set(), []
+        for bank in banks:
+            store = ModelStore(fed.root / "state" / bank / "models", party=bank,
+                               federation_public_key=fed.certs / bank / FEDERATION_KEY_FILE)
+            v = store.active()
+            assert v.run_id == run_id and v.kind == "horizontal-lr"
+            assert v.version == result["publish"]["parties"][bank]["version"]
+            assert v.metrics["auc"] == pytest.approx(result["global"]["auc"])
+            hashes.add(store.load().manifest.model_hash)
+            flats.append(load_horizontal(store.load()).model.get_flat())
+        assert len(hashes) == 2  # each bank's own artifact (its own CKKS decryption of the same global model)
+        assert np.allclose(flats[0], flats[1], atol=1e-6)
+    finally:
+        fed.stop()
