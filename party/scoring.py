@@ -149,22 +149,43 @@ def _mean_leaf_values(tree: Sequence[Mapping[str, Any]]) -> list[float]:
 
 
 class DecisionLog:
-    """Append-only JSONL audit log of decisions at the deciding party (no feature values)."""
+    """Append-only JSONL audit log of decisions at the deciding party (no feature values).
 
-    def __init__(self, path: Path) -> None:
+    Lines are written to a buffer and flushed to the file by a background thread every
+    ``flush_interval`` seconds (and on close): a write syscall per decision was ~10 % of
+    a decision's CPU time.  A crash of the daemon can lose at most that interval.
+    """
+
+    def __init__(self, path: Path, flush_interval: float = 0.05) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._fh = os.fdopen(fd, "a", encoding="utf-8")
+        self._fh = os.fdopen(fd, "a", encoding="utf-8", buffering=1 << 20)
         self._lock = threading.Lock()
+        self._dirty = False
+        self._closed = threading.Event()
+        self._flusher = threading.Thread(target=self._run, args=(flush_interval,), name="decision-log", daemon=True)
+        self._flusher.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            self.flush()
 
     def write(self, records: Sequence[Mapping[str, Any]]) -> None:
         text = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in records)
         with self._lock:
             self._fh.write(text)
-            self._fh.flush()  # one write per request/batch; the OS makes it durable (no fsync on the hot path)
+            self._dirty = True
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._dirty and not self._fh.closed:
+                self._fh.flush()
+                self._dirty = False
 
     def close(self) -> None:
+        self._closed.set()
+        self.flush()
         with self._lock:
             self._fh.close()
 

@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(_row(model, f"batch-{args.batch}", 16, lat, wall))
                     rows[-1]["decisions_per_s"] *= args.batch  # each call carried `batch` decisions
                     print(json.dumps(rows[-1]), flush=True)
+                time.sleep(0.2)  # the decision log is flushed every 50 ms
                 n_log = (mwork / "guest" / "decisions.jsonl").read_text().count("\n")
                 cpu = {p: _cpu_seconds(proc.pid) for p, proc in (("guest", guest_proc), ("host", host_proc))}
                 print(f"[{model}] decisions logged at guest: {n_log}; server CPU per decision: "

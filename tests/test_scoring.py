@@ -159,6 +159,7 @@ def test_vertical_lr_joint_scoring_equals_in_process_combine(tmp_path: Path, pki
         assert not any(r.name in pas.feature_names and r.source == "feature" for r in single.reasons
                        if r.name not in lab.feature_names)
         # every decision is logged at the deciding party
+        fed.guest_service.log.flush()
         lines = (tmp_path / "guest-decisions.jsonl").read_text().splitlines()
         assert len(lines) == 41
         rec = json.loads(lines[-1])
@@ -437,3 +438,84 @@ def test_concurrent_requests_share_a_round_trip_and_a_bad_id_fails_only_its_requ
         client.close()
         guest.stop(0)
         host.stop(0)
+
+
+@pytest.mark.e2e
+def test_e2e_vertical_lr_train_publish_and_score_online(tmp_path: Path, frames) -> None:
+    """Real path: coordinator + 2 parties as processes (Flower, TLS, relay), a vertical LR job with PSI,
+    publishing, then scoring servers built from the parties' configs: online scores equal the
+    in-process combine of the installed parts; stopping the passive party gives the deadline error."""
+    import time
+
+    from fedcredit.config import load_party_config
+    from fedcredit.protocols.vertical_lr import LabelModel, PassiveModel
+    from party.scoring import service_from_config
+    from simulations.deployment import LocalFederation, PartySpec
+
+    g, h = frames
+    ids = g["id"].to_numpy()[:3000]
+    (tmp_path / "data").mkdir()
+    g.iloc[:3000].to_csv(tmp_path / "data" / "bank.csv", index=False)
+    h.iloc[200:3000].sample(frac=1.0, random_state=1).to_csv(tmp_path / "data" / "fintech.csv", index=False)
+    parties = [PartySpec("bank", {"train": {"path": tmp_path / "data" / "bank.csv", "label_column": "y"}}),
+               PartySpec("fintech", {"train": {"path": tmp_path / "data" / "fintech.csv"}}, role="fintech")]
+    fed = LocalFederation(tmp_path / "fed", parties).setup()
+    fed.start()
+    servers = []
+    try:
+        job = fed.write_job("v", {"job": {"name": "v", "type": "vertical-lr", "parties": ["bank", "fintech"],
+                                          "label_party": "bank", "round_timeout_s": 300.0},
+                                  "model": {"max_epochs": 2, "test_fraction": 0.2}})
+        client = fed.client()
+        run_id = client.submit(job)
+        for ev in client.watch(run_id):
+            if ev.HasField("run"):
+                break
+        info = client.get(run_id)
+        client.close()
+        assert info.status == "finished", info.error
+        pub = json.loads(info.result_json)["publish"]
+        assert pub["published"] is True, pub
+        assert pub["parties"]["bank"]["active"] and pub["parties"]["fintech"]["active"]
+
+        with open(fed.root / "fintech.toml", "a") as fh:
+            fh.write('\n[scoring]\ndataset = "train"\n')
+        fcfg = load_party_config(fed.root / "fintech.toml")
+        fin = serve(service_from_config(fcfg), Identity.load(fcfg.party.identity_dir, "fintech"))
+        servers.append(fin)
+        with open(fed.root / "bank.toml", "a") as fh:
+            fh.write(f'\n[scoring]\npeers = {{ fintech = "{fin.address}" }}\ndeadline_ms = 1000\n')
+        bcfg = load_party_config(fed.root / "bank.toml")
+        bank_svc = service_from_config(bcfg)
+        bank = serve(bank_svc, Identity.load(bcfg.party.identity_dir, "bank"))
+        servers.append(bank)
+
+        lab = LabelModel.from_json(bank_svc.model().artifact.files["model.json"].decode())
+        pas = PassiveModel.from_json(fin.service.model().artifact.files["model.json"].decode())
+        rows = slice(300, 340)  # customers both parties hold
+        apps, Xg, Xh = _apps(frames, rows)
+        expected = vlr.combine(lab, Xg, [vlr.passive_partial_scores(pas, Xh)])
+        sc = ScoringClient(bank.address, Identity.load(fed.certs / "operator", "operator"))
+        try:
+            got = [r.pd for r in sc.score_batch(apps)]
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+            one = sc.score(apps[0].id, apps[0].features)
+            assert one.pd == pytest.approx(expected[0], abs=1e-12) and one.model_version == pub["parties"]["bank"]["version"]
+            # a customer only the bank has: clear error naming the passive party
+            with pytest.raises(grpc.RpcError) as exc:
+                sc.score(str(ids[0]), dict(zip(lab.feature_names, Xg[0])))
+            assert exc.value.code() == grpc.StatusCode.NOT_FOUND and "'fintech'" in exc.value.details()
+            fin.stop(0)
+            t0 = time.monotonic()
+            with pytest.raises(grpc.RpcError) as exc:
+                sc.score(apps[0].id, apps[0].features)
+            assert time.monotonic() - t0 < 3.0 and "passive party 'fintech'" in exc.value.details()
+        finally:
+            sc.close()
+    finally:
+        for s in servers:
+            try:
+                s.stop(0)
+            except Exception:  # noqa: BLE001 - already stopped
+                pass
+        fed.stop()
