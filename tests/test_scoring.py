@@ -441,7 +441,9 @@ def test_concurrent_requests_share_a_round_trip_and_a_bad_id_fails_only_its_requ
 
 
 @pytest.mark.e2e
-def test_e2e_vertical_lr_train_publish_and_score_online(tmp_path: Path, frames) -> None:
+@pytest.mark.parametrize("jtype,model", [("vertical-lr", {"max_epochs": 2}),
+                                         ("secureboost", {"n_trees": 3, "max_depth": 2, "n_bins": 8})])
+def test_e2e_vertical_train_publish_and_score_online(tmp_path: Path, frames, jtype: str, model: dict) -> None:
     """Real path: coordinator + 2 parties as processes (Flower, TLS, relay), a vertical LR job with PSI,
     publishing, then scoring servers built from the parties' configs: online scores equal the
     in-process combine of the installed parts; stopping the passive party gives the deadline error."""
@@ -463,9 +465,9 @@ def test_e2e_vertical_lr_train_publish_and_score_online(tmp_path: Path, frames) 
     fed.start()
     servers = []
     try:
-        job = fed.write_job("v", {"job": {"name": "v", "type": "vertical-lr", "parties": ["bank", "fintech"],
+        job = fed.write_job("v", {"job": {"name": "v", "type": jtype, "parties": ["bank", "fintech"],
                                           "label_party": "bank", "round_timeout_s": 300.0},
-                                  "model": {"max_epochs": 2, "test_fraction": 0.2}})
+                                  "model": {**model, "test_fraction": 0.2}})
         client = fed.client()
         run_id = client.submit(job)
         for ev in client.watch(run_id):
@@ -490,11 +492,16 @@ def test_e2e_vertical_lr_train_publish_and_score_online(tmp_path: Path, frames) 
         bank = serve(bank_svc, Identity.load(bcfg.party.identity_dir, "bank"))
         servers.append(bank)
 
-        lab = LabelModel.from_json(bank_svc.model().artifact.files["model.json"].decode())
-        pas = PassiveModel.from_json(fin.service.model().artifact.files["model.json"].decode())
+        lab_bytes = bank_svc.model().artifact.files["model.json"]
+        pas_bytes = fin.service.model().artifact.files["model.json"]
         rows = slice(300, 340)  # customers both parties hold
         apps, Xg, Xh = _apps(frames, rows)
-        expected = vlr.combine(lab, Xg, [vlr.passive_partial_scores(pas, Xh)])
+        if jtype == "vertical-lr":
+            lab, pas = LabelModel.from_json(lab_bytes.decode()), PassiveModel.from_json(pas_bytes.decode())
+            expected = vlr.combine(lab, Xg, [vlr.passive_partial_scores(pas, Xh)])
+        else:
+            lab, pas = sb.LabelModelPart.from_bytes(lab_bytes), sb.PassiveModelPart.from_bytes(pas_bytes)
+            expected = sb.label_predict(lab, Xg, {"fintech": sb.passive_decisions(pas, Xh)})
         sc = ScoringClient(bank.address, Identity.load(fed.certs / "operator", "operator"))
         try:
             got = [r.pd for r in sc.score_batch(apps)]
