@@ -88,6 +88,9 @@ def _print_run(info: Any) -> None:
         _print_result(result)
 
 
+PARTY_COLUMNS = ("role", "auc", "ks", "n_test", "n_train", "intersection_size", "total_s", "status")
+
+
 def _print_result(result: dict[str, Any]) -> None:
     g = result.get("global") or {}
     if g:
@@ -95,13 +98,17 @@ def _print_result(result: dict[str, Any]) -> None:
     parties = result.get("parties") or {}
     if parties:
         t = Table(title="per-party (public metrics)")
-        keys = sorted({k for m in parties.values() if isinstance(m, dict) for k in m})
+        present = {k for m in parties.values() if isinstance(m, dict) for k in m}
+        keys = [k for k in PARTY_COLUMNS if k in present]
         t.add_column("party")
         for k in keys:
             t.add_column(k)
         for p, m in parties.items():
             t.add_row(p, *[f"{m.get(k):.4f}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k in keys])
         console.print(t)
+    if result.get("dropped"):
+        for p, why in result["dropped"].items():
+            console.print(f"  [yellow]dropped[/yellow] {p}: {why}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
