@@ -24,7 +24,6 @@ version, score, decision, reasons, each party's contribution) for audit.
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 import time

@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write results JSON here")
     args = ap.parse_args(argv)
 
-    from crypto.certs import Identity, init_ca, issue
+    from crypto.certs import init_ca, issue
     from fedcredit.artifacts import build_run_artifacts, sign_artifact
     from party.models import ModelStore
 

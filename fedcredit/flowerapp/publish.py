@@ -24,7 +24,6 @@ metrics, exactly what it already knows; it never holds a party's secret.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -142,7 +141,7 @@ def find_model_part(model_dir: Path, party: str) -> tuple[str, dict[str, bytes],
     ``global_model.json`` (horizontal), a ``vertical_lr/label|passive`` JSON
     (``LabelModel/PassiveModel.to_json``) or a SecureBoost label/passive part.
     """
-    from fedcredit.artifacts import horizontal_parts, json_bytes
+    from fedcredit.artifacts import horizontal_parts
 
     if not model_dir.is_dir():
         raise DataError(f"party '{party}': no saved model for this run ({model_dir} does not exist)")
@@ -181,7 +180,7 @@ def find_model_part(model_dir: Path, party: str) -> tuple[str, dict[str, bytes],
 
 def party_build(model_root: Path, party: str, payload: bytes, *, id_column: str | None = "id") -> bytes:
     """``artifact.build`` at a party: write a draft artifact beside the run's model, reply its manifest."""
-    from fedcredit.artifacts import VERTICAL_KINDS, build_artifact, json_bytes, model_part_hash
+    from fedcredit.artifacts import VERTICAL_KINDS, build_artifact, model_part_hash
 
     req = json.loads(payload.decode())
     run_id = str(req["run_id"])
@@ -198,7 +197,8 @@ def party_build(model_root: Path, party: str, payload: bytes, *, id_column: str 
                    metrics=req.get("metrics") or {}, peers=placeholder, created=req.get("created"))
     doc = json.loads((draft / "manifest.json").read_text())
     doc.pop("peers", None)
-    assert doc["model_hash"] == model_part_hash(party=party, kind=kind, files=files, schema=schema)
+    if doc["model_hash"] != model_part_hash(party=party, kind=kind, files=files, schema=schema):
+        raise ProtocolError(f"party '{party}': draft artifact of run {run_id} does not match its model part")
     return json.dumps(doc).encode()
 
 
