@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-import tomllib
-from pathlib import Path
 from typing import Callable, Iterator
 
 import grpc
 
 from coordinator.registry import TERMINAL, Registry, RunRecord
 from crypto.tls import peer_identity
-from fedcredit.config import CoordinatorConfig, JobConfig, parse_config
+from fedcredit.config import CoordinatorConfig, JobConfig, parse_job_text
 from fedcredit.errors import ConfigError, FedCreditError, SecurityError
 from protos import control_pb2, control_pb2_grpc
 
@@ -42,11 +40,7 @@ def run_info(rec: RunRecord) -> control_pb2.RunInfo:
 
 def validate_job(text: str, source: str, config: CoordinatorConfig) -> JobConfig:
     """Parse a job file's text and check it against the federation's registered parties."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{source}: not valid TOML: {e}") from None
-    job = parse_config(data, JobConfig, Path(source))
+    job = parse_job_text(text, source)
     known = {p.name for p in config.parties}
     for p in job.job.parties:
         if p not in known:

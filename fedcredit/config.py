@@ -231,16 +231,30 @@ def parse_config(data: dict[str, Any], model: type[T], source: Path) -> T:
         raise ConfigError(_format_validation(source, e)) from None
 
 
+def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """Parse a TOML file; a missing or malformed file is a ConfigError naming it."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: {what} file not found")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+
+
 def load_config(path: str | Path, model: type[T]) -> T:
     """Read and validate a TOML config file."""
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: config file not found")
+    return parse_config(read_toml(p), model, p.resolve())
+
+
+def parse_job_text(text: str, source: str = "job.toml") -> JobConfig:
+    """Validate a job file's text (as submitted to the coordinator)."""
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
-    return parse_config(data, model, p.resolve())
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    return parse_config(data, JobConfig, Path(source))
 
 
 def load_coordinator_config(path: str | Path) -> CoordinatorConfig:

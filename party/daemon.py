@@ -10,7 +10,6 @@ metrics) do.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess

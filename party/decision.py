@@ -26,7 +26,6 @@ Config lives in a ``[decision]`` TOML section (:func:`load_decision_policy`); se
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
@@ -131,15 +130,10 @@ class _DecisionFile(BaseModel):
 
 def load_decision_policy(path: str | Path) -> DecisionPolicy:
     """The ``[decision]`` section of a TOML file (a dedicated file or the party config)."""
-    from fedcredit.config import parse_config
+    from fedcredit.config import parse_config, read_toml
 
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: decision config file not found")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    data = read_toml(p, "decision config")
     if "decision" not in data:
         raise ConfigError(f"{p}: no [decision] section")
     return parse_config({"decision": data["decision"]}, _DecisionFile, p.resolve()).decision

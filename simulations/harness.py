@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from fedcredit.config import read_toml
 from fedcredit.errors import ConfigError
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "fedcredit" / "scenarios"
@@ -43,12 +43,7 @@ def load_scenario(name_or_path: str) -> tuple[dict[str, Any], Path]:
                 f"unknown scenario '{name_or_path}'; built-in scenarios: {', '.join(builtin_scenarios())} "
                 "(or pass a scenario .toml file)"
             )
-    if not p.exists():
-        raise ConfigError(f"{p}: scenario file not found")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    data = read_toml(p, "scenario")
     for section in ("scenario", "data", "job"):
         if section not in data:
             raise ConfigError(f"{p}: missing [{section}] section")

@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from coordinator.registry import Registry
 from crypto.certs import Identity, verify_peer
-from fedcredit.config import CoordinatorConfig, JobConfig, PartyConfig, load_party_config, parse_config
+from fedcredit.config import CoordinatorConfig, JobConfig, PartyConfig, load_party_config, parse_job_text
 from fedcredit.errors import ConfigError, ProtocolError
 
 Progress = Callable[[dict[str, Any]], None]
 
 
 def parse_job(job_toml: str, source: str = "job.toml") -> JobConfig:
-    try:
-        return parse_config(tomllib.loads(job_toml), JobConfig, Path(source))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    return parse_job_text(job_toml, source)
 
 
 # =========================================================================== coordinator side
