@@ -6,6 +6,11 @@ runs party-to-party over the data plane (``party.dataplane.RelayTransport``: mut
 TLS to the coordinator's relay, every payload sealed end-to-end to its receiver).
 Flower costs seconds per hop; vertical protocols need hundreds of exchanges.
 
+The party code itself (:func:`run_vertical_party_core`) needs only a :class:`Transport`
+and a :class:`VerticalParty`; :func:`run_vertical_party` is the deployment wrapper that
+builds the RelayTransport, and ``simulations.vertical_sim`` runs the same core for every
+party in one process over ``fedcredit.transport.InMemoryHub``.
+
 What the coordinator gets back is the *public* reply of :func:`run_vertical_party`:
 sizes, public test metrics (label party only), wall times and byte counts — never
 ids, rows, labels, gradients, scores or model parameters.
@@ -40,26 +45,30 @@ import json
 import struct
 import sys
 import time
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from fedcredit.config import DatasetSection, JobConfig
 from fedcredit.errors import ConfigError, DataError, ProtocolError
 from fedcredit.protocols.vertical_common import VerticalTable, load_id_set, load_vertical_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from fedcredit.flowerapp.jobs import PartyRuntime
+    from fedcredit.transport import Transport
 
 __all__ = [
     "JOB_KEYS",
     "CountingTransport",
     "SplitSpec",
+    "VerticalParty",
     "hash_test_mask",
     "split_spec",
     "model_config",
     "run_vertical_party",
+    "run_vertical_party_core",
     "prepare_vertical_data",
 ]
 
@@ -106,6 +115,41 @@ class CountingTransport:
         }
 
 
+# --------------------------------------------------------------------------- the party's view
+
+
+@dataclass(frozen=True)
+class VerticalParty:
+    """What one party's vertical job needs besides a transport: its name, the job, its own datasets, its state dir.
+
+    Why not the deployment's ``PartyRuntime``: the same party code also runs in-process
+    (``simulations.vertical_sim``), where there is no identity, no relay and no party config file.
+    """
+
+    name: str
+    run_id: str
+    job: JobConfig
+    datasets: Mapping[str, DatasetSection]
+    state_dir: Path
+
+    @classmethod
+    def from_runtime(cls, rt: "PartyRuntime") -> "VerticalParty":
+        return cls(rt.name, rt.run_id, rt.job, dict(rt.config.datasets), rt.config.party.state_dir)
+
+    @property
+    def run_dir(self) -> Path:
+        """``<state_dir>/runs/<run_id>`` (same place as ``PartyRuntime.run_dir``)."""
+        return self.state_dir / "runs" / self.run_id
+
+    def dataset(self, key: str) -> DatasetSection:
+        if key not in self.datasets:
+            raise ConfigError(
+                f"party '{self.name}': job asks for dataset '{key}', but its party config only "
+                f"defines [datasets.{{{', '.join(sorted(self.datasets))}}}]"
+            )
+        return self.datasets[key]
+
+
 # --------------------------------------------------------------------------- split
 
 
@@ -137,7 +181,7 @@ class SplitSpec:
         return f"test ids from the label party's dataset '{self.test_dataset}'"
 
 
-def split_spec(rt: "PartyRuntime") -> SplitSpec:
+def split_spec(rt: VerticalParty) -> SplitSpec:
     """The job's split rule, as seen from this party (see the module docstring)."""
     m = rt.job.model
     seed = m.get("split_seed", 0)
@@ -150,7 +194,7 @@ def split_spec(rt: "PartyRuntime") -> SplitSpec:
         return SplitSpec(float(frac), seed, None)
     name = rt.job.job.test_dataset
     if rt.name == rt.job.job.label_party:
-        if name and name in rt.config.datasets:
+        if name and name in rt.datasets:
             return SplitSpec(None, seed, name)
         return SplitSpec(DEFAULT_TEST_FRACTION, seed, None)
     # passive: the label party decides between an id list and the default hash split; we accept its bitmask
@@ -213,7 +257,7 @@ def model_config(job_type: str, model: Mapping[str, Any], *, timeout: float) -> 
 # --------------------------------------------------------------------------- the party's whole job
 
 
-def _say(rt: "PartyRuntime", msg: str) -> None:
+def _say(rt: VerticalParty, msg: str) -> None:
     """Progress line in the party's own log (the coordinator sees only the one Flower hop)."""
     print(f"[fedcredit {rt.job.job.type} run {rt.run_id} party {rt.name}] {msg}", file=sys.stderr, flush=True)
 
@@ -221,7 +265,7 @@ def _say(rt: "PartyRuntime", msg: str) -> None:
 class _Throttled:
     """A protocol progress callback printing at most every ``every`` seconds (and on the last step)."""
 
-    def __init__(self, rt: "PartyRuntime", every: float = 2.0) -> None:
+    def __init__(self, rt: VerticalParty, every: float = 2.0) -> None:
         self.rt, self.every, self.last = rt, every, 0.0
 
     def __call__(self, stage: str, done: int, total: int) -> None:
@@ -231,8 +275,8 @@ class _Throttled:
             _say(self.rt, f"{stage}: {done}/{total}" if total else f"{stage}: {done}")
 
 
-def _load_own_table(rt: "PartyRuntime", label: str) -> tuple[VerticalTable, str]:
-    ds = rt.config.dataset(rt.job.job.train_dataset)
+def _load_own_table(rt: VerticalParty, label: str) -> tuple[VerticalTable, str]:
+    ds = rt.dataset(rt.job.job.train_dataset)
     id_col = ds.id_column or "id"
     label_col = (ds.label_column or "y") if rt.name == label else None
     features = ds.feature_columns
@@ -247,27 +291,57 @@ def _load_own_table(rt: "PartyRuntime", label: str) -> tuple[VerticalTable, str]
     return table, str(ds.path)
 
 
-def _label_test_mask(rt: "PartyRuntime", spec: SplitSpec, ids: Sequence[str]) -> np.ndarray:
+def _label_test_mask(rt: VerticalParty, spec: SplitSpec, ids: Sequence[str]) -> np.ndarray:
     if spec.fraction is not None:
         return hash_test_mask(ids, spec.fraction, spec.seed)
     assert spec.test_dataset is not None
-    ds = rt.config.dataset(spec.test_dataset)
+    ds = rt.dataset(spec.test_dataset)
     test_ids = load_id_set(ds.path, party=rt.name, id_col=ds.id_column or "id")
     return np.fromiter((i in test_ids for i in ids), dtype=bool, count=len(ids))
 
 
 def run_vertical_party(rt: "PartyRuntime") -> dict[str, Any]:
-    """This party's whole vertical job (PSI, split, training, evaluation); returns its PUBLIC result.
+    """The deployment wrapper: joins the run's data-plane session, then :func:`run_vertical_party_core`.
 
-    Flat JSON-able dict: ``role``, ``type``, ``run_id``, ``intersection_size``, ``own_rows``, ``n_train``,
-    ``n_test``, ``split`` (the rule), wall times ``psi_s``/``model_s``/``total_s``, ``psi_bytes_sent``,
-    ``bytes_sent``/``bytes_received``/``messages_sent``/``messages_received`` (payload bytes over the
-    relay), ``model_files`` (names under ``state_dir/models/<run_id>/``), a few model counters, and at
-    the label party ``metrics`` = ``{auc, ks, n_test[, train_auc]}``.
+    The RelayTransport is built first: if this party's data is bad, closing it tells the peers at once.
     """
-    from fedcredit.protocols.psi import DEFAULT_BATCH, run_psi, save_intersection
     from party.audit import AuditLog
     from party.dataplane import RelayTransport
+
+    party = VerticalParty.from_runtime(rt)
+    peer_certs = {p: pem for p, pem in getattr(rt, "peer_certs", {}).items() if p != rt.name}
+    audit = AuditLog(rt.config.party.state_dir / "audit.jsonl")
+    try:
+        raw = RelayTransport(
+            rt.identity,
+            rt.config.coordinator.relay_address,
+            session=rt.run_id,
+            audit=audit,
+            peer_certs=peer_certs or None,
+            recv_timeout=rt.job.job.round_timeout_s,
+        )
+    except BaseException:
+        audit.close()
+        raise
+    try:
+        return run_vertical_party_core(raw, party)
+    finally:
+        raw.close()
+        audit.close()
+
+
+def run_vertical_party_core(transport: "Transport", rt: VerticalParty) -> dict[str, Any]:
+    """This party's whole vertical job (PSI, split, training, evaluation) over ``transport``; its PUBLIC result.
+
+    Transport-agnostic (RelayTransport in a deployment, an InMemoryHub endpoint in-process); the
+    caller owns and closes the transport.  Flat JSON-able dict: ``role``, ``type``, ``run_id``,
+    ``intersection_size``, ``own_rows``, ``n_train``, ``n_test``, ``split`` (the rule), wall times
+    ``psi_s``/``model_s``/``total_s``, ``psi_bytes_sent``, ``bytes_sent``/``bytes_received``/
+    ``messages_sent``/``messages_received`` (payload bytes over the transport), ``model_files`` (names
+    under ``state_dir/models/<run_id>/``), a few model counters, and at the label party ``metrics`` =
+    ``{auc, ks, n_test[, train_auc]}``.
+    """
+    from fedcredit.protocols.psi import DEFAULT_BATCH, run_psi, save_intersection
 
     job = rt.job.job
     jtype = job.type
@@ -278,121 +352,104 @@ def run_vertical_party(rt: "PartyRuntime") -> dict[str, Any]:
     passives = [p for p in parties if p != label]
     me = rt.name
     is_label = me == label
+    t_start = time.perf_counter()
     cfg = model_config(jtype, rt.job.model, timeout=job.round_timeout_s)
     spec = split_spec(rt)
     psi_min = int(rt.job.model.get("psi_min_size", 1))
     psi_batch = int(rt.job.model.get("psi_batch_size", DEFAULT_BATCH))
-    model_dir = rt.config.party.state_dir / "models" / rt.run_id
+    model_dir = rt.state_dir / "models" / rt.run_id
     model_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    rt.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    t_start = time.perf_counter()
-    peer_certs = {p: pem for p, pem in getattr(rt, "peer_certs", {}).items() if p != me}
-    audit = AuditLog(rt.config.party.state_dir / "audit.jsonl")
-    try:
-        raw = RelayTransport(
-            rt.identity,
-            rt.config.coordinator.relay_address,
-            session=rt.run_id,
-            audit=audit,
-            peer_certs=peer_certs or None,
-            recv_timeout=job.round_timeout_s,
-        )
-    except BaseException:
-        audit.close()
-        raise
-    tr = CountingTransport(raw)
+    tr = CountingTransport(transport)
     timings: dict[str, float] = {}
-    try:
-        # joined the session first: if this party's data is bad, closing the transport tells peers at once
-        table, source = _load_own_table(rt, label)
-        _say(rt, f"{'label' if is_label else 'passive'} party: {len(table)} rows, {table.n_features} features "
-                 f"from {source}")
+    # the caller joined the session first: if this party's data is bad, closing the transport tells peers at once
+    table, source = _load_own_table(rt, label)
+    _say(rt, f"{'label' if is_label else 'passive'} party: {len(table)} rows, {table.n_features} features "
+             f"from {source}")
 
-        # ---- 1. PSI over the data plane (leader = label party)
-        t0 = time.perf_counter()
-        psi = run_psi(tr, table.ids, parties, leader=label, min_size=psi_min, batch_size=psi_batch,
-                      progress=_Throttled(rt), source=source)
-        timings["psi"] = time.perf_counter() - t0
-        psi_traffic = tr.snapshot()
-        save_intersection(rt.run_dir / "intersection.txt", psi)
-        aligned = table.take(psi.indices)
-        _say(rt, f"PSI done: {psi.size} common ids of {len(table)} in {timings['psi']:.2f} s")
+    # ---- 1. PSI over the data plane (leader = label party)
+    t0 = time.perf_counter()
+    psi = run_psi(tr, table.ids, parties, leader=label, min_size=psi_min, batch_size=psi_batch,
+                  progress=_Throttled(rt), source=source)
+    timings["psi"] = time.perf_counter() - t0
+    psi_traffic = tr.snapshot()
+    save_intersection(rt.run_dir / "intersection.txt", psi)
+    aligned = table.take(psi.indices)
+    _say(rt, f"PSI done: {psi.size} common ids of {len(table)} in {timings['psi']:.2f} s")
 
-        # ---- 2. train/test split by ids (label party decides; passives check what they can)
-        if is_label:
-            try:
-                mask = _label_test_mask(rt, spec, aligned.ids)
-            except (DataError, ConfigError) as e:
-                for p in passives:
-                    tr.send(p, _SPLIT_TAG, json.dumps({"error": str(e)}).encode() + b"\n")
-                raise
+    # ---- 2. train/test split by ids (label party decides; passives check what they can)
+    if is_label:
+        try:
+            mask = _label_test_mask(rt, spec, aligned.ids)
+        except (DataError, ConfigError) as e:
             for p in passives:
-                tr.send(p, _SPLIT_TAG, _pack_mask(mask, spec))
-            rule = spec.describe()
+                tr.send(p, _SPLIT_TAG, json.dumps({"error": str(e)}).encode() + b"\n")
+            raise
+        for p in passives:
+            tr.send(p, _SPLIT_TAG, _pack_mask(mask, spec))
+        rule = spec.describe()
+    else:
+        mask, meta = _unpack_mask(tr.recv(label, _SPLIT_TAG), len(aligned), me, label)
+        rule = str(meta.get("rule", ""))
+        if spec.fraction is not None and not np.array_equal(mask, hash_test_mask(aligned.ids, spec.fraction, spec.seed)):
+            raise ProtocolError(
+                f"party '{me}': the test rows announced by label party '{label}' differ from the job's hash split "
+                f"({spec.describe()})"
+            )
+    train = aligned.take(np.flatnonzero(~mask))
+    test = aligned.take(np.flatnonzero(mask))
+    if len(train) == 0:
+        raise DataError(f"party '{me}': every one of the {len(aligned)} common ids is a test id ({rule})")
+    _say(rt, f"split ({rule}): {len(train)} train / {len(test)} test rows")
+
+    # ---- 3. the model
+    t0 = time.perf_counter()
+    files: list[str] = []
+    metrics: dict[str, Any] | None = None
+    extra: dict[str, Any] = {}
+    test_arg = test if len(test) else None
+    if jtype == "vertical-lr":
+        from fedcredit.protocols import vertical_lr as vlr
+
+        if is_label:
+            res = vlr.run_vertical_lr_label(tr, train, passives, cfg, test=test_arg, progress=_Throttled(rt),
+                                            out_dir=model_dir, report_name="vertical_lr")
+            if res.test_metrics:
+                metrics = {"auc": float(res.test_metrics["auc"]), "ks": float(res.test_metrics["ks"]),
+                           "n_test": len(test)}
+            extra = {"epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "steps": res.steps}
+            files += [f"vertical_lr_{me}_model.json"]
+            if metrics:
+                files += ["vertical_lr_report.json", "vertical_lr_roc_ks.png"]
         else:
-            mask, meta = _unpack_mask(tr.recv(label, _SPLIT_TAG), len(aligned), me, label)
-            rule = str(meta.get("rule", ""))
-            if spec.fraction is not None and not np.array_equal(mask, hash_test_mask(aligned.ids, spec.fraction, spec.seed)):
-                raise ProtocolError(
-                    f"party '{me}': the test rows announced by label party '{label}' differ from the job's hash split "
-                    f"({spec.describe()})"
-                )
-        train = aligned.take(np.flatnonzero(~mask))
-        test = aligned.take(np.flatnonzero(mask))
-        if len(train) == 0:
-            raise DataError(f"party '{me}': every one of the {len(aligned)} common ids is a test id ({rule})")
-        _say(rt, f"split ({rule}): {len(train)} train / {len(test)} test rows")
+            pres = vlr.run_vertical_lr_passive(tr, train, label, cfg, test=test_arg, out_dir=model_dir,
+                                               model_name="vertical_lr")
+            extra = {"epochs_run": pres.epochs_run, "steps": pres.steps}
+            files += [f"vertical_lr_{me}_model.json"]
+    else:
+        from fedcredit.protocols import secureboost as sb
 
-        # ---- 3. the model
-        t0 = time.perf_counter()
-        files: list[str] = []
-        metrics: dict[str, Any] | None = None
-        extra: dict[str, Any] = {}
-        test_arg = test if len(test) else None
-        if jtype == "vertical-lr":
-            from fedcredit.protocols import vertical_lr as vlr
+        # Registers SEAL's pybind types (seal::Modulus...) in this process before secureboost's passive
+        # context check calls coeff_modulus(); without it a fresh ClientApp process fails with a TypeError.
+        import tenseal.sealapi  # noqa: F401
 
-            if is_label:
-                res = vlr.run_vertical_lr_label(tr, train, passives, cfg, test=test_arg, progress=_Throttled(rt),
-                                                out_dir=model_dir, report_name="vertical_lr")
-                if res.test_metrics:
-                    metrics = {"auc": float(res.test_metrics["auc"]), "ks": float(res.test_metrics["ks"]),
-                               "n_test": len(test)}
-                extra = {"epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "steps": res.steps}
-                files += [f"vertical_lr_{me}_model.json"]
-                if metrics:
-                    files += ["vertical_lr_report.json", "vertical_lr_roc_ks.png"]
-            else:
-                pres = vlr.run_vertical_lr_passive(tr, train, label, cfg, test=test_arg, out_dir=model_dir,
-                                                   model_name="vertical_lr")
-                extra = {"epochs_run": pres.epochs_run, "steps": pres.steps}
-                files += [f"vertical_lr_{me}_model.json"]
+        if is_label:
+            sres = sb.run_secureboost_label(tr, train, passives, cfg, _Throttled(rt), test_table=test_arg,
+                                            out_dir=model_dir)
+            sres.model.save(model_dir / f"secureboost_{me}_model.json")
+            files += [f"secureboost_{me}_model.json"]
+            if sres.test_auc is not None:
+                metrics = {"auc": float(sres.test_auc), "ks": float(sres.test_ks or 0.0), "n_test": len(test),
+                           "train_auc": round(float(sres.train_auc), 6)}
+                files += ["secureboost_test_report.json", "secureboost_test_roc_ks.png"]
+            extra = {"n_trees": len(sres.model.trees), "splits_by_party": sres.model.splits_by_party()}
         else:
-            from fedcredit.protocols import secureboost as sb
-
-            # Registers SEAL's pybind types (seal::Modulus...) in this process before secureboost's passive
-            # context check calls coeff_modulus(); without it a fresh ClientApp process fails with a TypeError.
-            import tenseal.sealapi  # noqa: F401
-
-            if is_label:
-                sres = sb.run_secureboost_label(tr, train, passives, cfg, _Throttled(rt), test_table=test_arg,
-                                                out_dir=model_dir)
-                sres.model.save(model_dir / f"secureboost_{me}_model.json")
-                files += [f"secureboost_{me}_model.json"]
-                if sres.test_auc is not None:
-                    metrics = {"auc": float(sres.test_auc), "ks": float(sres.test_ks or 0.0), "n_test": len(test),
-                               "train_auc": round(float(sres.train_auc), 6)}
-                    files += ["secureboost_test_report.json", "secureboost_test_roc_ks.png"]
-                extra = {"n_trees": len(sres.model.trees), "splits_by_party": sres.model.splits_by_party()}
-            else:
-                part = sb.run_secureboost_passive(tr, train, label, cfg, test_table=test_arg, progress=_Throttled(rt, 5.0))
-                part.save(model_dir / f"secureboost_{me}_model.json")
-                files += [f"secureboost_{me}_model.json"]
-                extra = {"splits": len(part.splits)}
-        timings["train_and_eval"] = time.perf_counter() - t0
-    finally:
-        raw.close()
-        audit.close()
+            part = sb.run_secureboost_passive(tr, train, label, cfg, test_table=test_arg, progress=_Throttled(rt, 5.0))
+            part.save(model_dir / f"secureboost_{me}_model.json")
+            files += [f"secureboost_{me}_model.json"]
+            extra = {"splits": len(part.splits)}
+    timings["train_and_eval"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     traffic = tr.snapshot()
     out: dict[str, Any] = {
