@@ -137,8 +137,10 @@ def _run_inprocess(tables: dict[str, Any], banks: dict[str, dict[str, Path]], ou
     from simulations.horizontal_sim import make_local_federation
 
     job = JobConfig.model_validate(tables)
-    if job.job.type != "horizontal":
-        raise ConfigError(f"in-process simulation of '{job.job.type}' jobs: use the vertical benchmarks or --deployment")
+    if job.job.type != "horizontal":  # every party's real party code, one thread each, over an InMemoryHub
+        from simulations.vertical_sim import run_vertical_inprocess
+
+        return run_vertical_inprocess(job, banks, out, console)  # type: ignore[arg-type]
     run_id = f"sim-{time.strftime('%Y%m%d-%H%M%S')}"
     hjob = horizontal_job(job, run_id)
     fed = make_local_federation({b: f["train"] for b, f in banks.items()}, {b: f["test"] for b, f in banks.items()}, out)
