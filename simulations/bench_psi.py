@@ -4,22 +4,67 @@
 
 Both parties run in this one process (threads over the in-memory hub), each with
 its own blinding helper processes, so the machine's cores are shared by both sides
-(in a deployment each party has its own machine).  Peak memory is reported for
-this process (both parties together) and for the largest helper process.
+(in a deployment each party has its own machine).  Memory is sampled from /proc
+every 0.2 s: peak RSS of this process (both parties), of the largest helper, and of
+everything together.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
-import resource
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from fedcredit.protocols.psi import DEFAULT_BATCH, PsiResult, run_psi
 from fedcredit.transport import InMemoryHub
+
+
+def _rss_kb(pid: int | str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+class MemorySampler(threading.Thread):
+    """Peak RSS of this process, of its largest child, and of all of them together (sampled)."""
+
+    def __init__(self, period: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.period = period
+        self.stop = threading.Event()
+        self.peak_main = self.peak_child = self.peak_total = 0
+
+    def run(self) -> None:
+        me = os.getpid()
+        while not self.stop.is_set():
+            main = _rss_kb(me)
+            kids = [_rss_kb(c) for c in _children(me)]
+            self.peak_main = max(self.peak_main, main)
+            self.peak_child = max([self.peak_child, *kids])
+            self.peak_total = max(self.peak_total, main + sum(kids))
+            self.stop.wait(self.period)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -34,7 +79,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     b = [f"C{i:09d}" for i in range(n // 2, n + n // 2)]
     rng.shuffle(a)
     rng.shuffle(b)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = _rss_kb(os.getpid()) / 1024
+    sampler = MemorySampler()
+    sampler.start()
 
     hub = InMemoryHub(default_timeout=600)
     out: dict[str, PsiResult] = {}
@@ -63,12 +110,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    sampler.stop.set()
+    sampler.join()
     if errors:
         raise next(iter(errors.values()))
     assert out["bank"].intersection_ids == out["fintech"].intersection_ids, "parties disagree on the order"
     assert out["bank"].size == n // 2, out["bank"].size
-    peak_main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    peak_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    peak_main, peak_child, peak_total = (x / 1024 for x in (sampler.peak_main, sampler.peak_child, sampler.peak_total))
     sent = sum(hub.bytes_sent.values())
     summary = {
         "ids_per_party": n,
@@ -78,12 +126,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_rss_mb_process_both_parties": round(peak_main),
         "rss_mb_before_psi_ids_only": round(rss_before),
         "peak_rss_mb_largest_helper": round(peak_child),
+        "peak_rss_mb_total": round(peak_total),
         "bytes_exchanged": sent,
     }
     print(f"intersection {out['bank'].size:,} ids, same order at both parties")
     print(f"wall time {wall:.1f} s ({4 * n / wall:,.0f} X25519 blinds/s over both parties)")
     print(f"peak RSS: this process (both parties + their id lists) {peak_main:.0f} MB "
-          f"(of which {rss_before:.0f} MB before PSI started), largest helper process {peak_child:.0f} MB")
+          f"(of which {rss_before:.0f} MB before PSI started: the two generated id lists), "
+          f"largest helper process {peak_child:.0f} MB, everything together {peak_total:.0f} MB")
     print(f"bytes exchanged: {sent / 1e6:.1f} MB")
     print(json.dumps(summary))
     return summary

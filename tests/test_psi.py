@@ -171,3 +171,21 @@ def test_bad_party_lists_are_refused() -> None:
         run_psi(hub.endpoint("z"), ["1"], ["a", "b"], leader="a")
     with pytest.raises(ProtocolError, match="leader"):
         run_psi(hub.endpoint("a"), ["1"], ["a", "b"], leader="c")
+
+
+def test_lookup_confirms_full_values_and_survives_prefix_collisions() -> None:
+    import numpy as np
+
+    from fedcredit.protocols.psi import _Lookup
+
+    same_prefix = [b"\x01" * 8 + bytes([i]) * 8 for i in range(1, 5)]  # equal 64-bit keys, distinct values
+    vals = np.frombuffer(b"".join(same_prefix + [b"\x02" * 16]), dtype="S16")
+    lk = _Lookup(vals, "p", "test values")
+    assert not lk.by_key
+    q = np.frombuffer(b"".join([same_prefix[2], b"\x03" * 16, b"\x02" * 16]), dtype="S16")
+    assert lk.find(q).tolist() == [2, -1, 4]
+    fast = _Lookup(np.frombuffer(b"".join(bytes([i]) * 16 for i in range(1, 9)), dtype="S16"), "p", "x")
+    assert fast.by_key
+    assert fast.find(np.frombuffer(b"\x05" * 16 + b"\x05" * 8 + b"\x06" * 8, dtype="S16")).tolist() == [4, -1]
+    with pytest.raises(ProtocolError, match="repeated"):
+        _Lookup(np.frombuffer(b"\x07" * 32, dtype="S16"), "p", "values from 'q'")
