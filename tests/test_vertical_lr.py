@@ -137,10 +137,13 @@ def test_leakage_table_passive_receives_no_labels(tables, one_passive) -> None: 
     # the label vector in no encoding, neither in aligned order nor in any batch's order
     everything = b"".join(r.payload for r in wire if r.receiver == "host")
     y_aligned = g.align(res.label.train_ids).y
-    fit, _ = validation_split(len(y_aligned), 0.1, 0)
+    ids = res.label.train_ids
+    fit, _ = validation_split(len(y_aligned), 0.1, 0, ids)
+    fit_ids = [ids[i] for i in fit]
     batch = VerticalLRConfig().effective_batch(len(fit))
-    assert sum(1 for r in wire if r.tag.startswith("vlr/r/0/")) == len(epoch_batches(len(fit), batch, 0, 0))
-    orders = [y_aligned, y_aligned[fit]] + [y_aligned[fit][b] for b in epoch_batches(len(fit), batch, 0, 0)]
+    batches = epoch_batches(len(fit), batch, 0, 0, fit_ids)
+    assert sum(1 for r in wire if r.tag.startswith("vlr/r/0/")) == len(batches)
+    orders = [y_aligned, y_aligned[fit]] + [y_aligned[fit][b] for b in batches]
     for ys in orders:
         for dt in (np.int8, np.uint8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_):
             assert ys[:24].astype(dt).tobytes() not in everything, dt
@@ -295,3 +298,16 @@ def test_ids_keep_leading_zeros(tmp_path: Path) -> None:
     f.write_text("id,a\n00123,1\n123,2\n 7 ,3\n")
     t = load_vertical_table(f, party="bank")
     assert t.ids == ["00123", "123", "7"]
+
+
+def test_splits_and_batches_follow_ids_not_row_order() -> None:
+    ids = [f"c{i:03d}" for i in range(200)]
+    perm = np.random.default_rng(3).permutation(200)
+    shuffled = [ids[i] for i in perm]
+    f1, v1 = validation_split(200, 0.2, 5, ids)
+    f2, v2 = validation_split(200, 0.2, 5, shuffled)
+    assert {ids[i] for i in v1} == {shuffled[i] for i in v2}
+    b1 = epoch_batches(160, 50, 2, 5, [ids[i] for i in f1])
+    b2 = epoch_batches(160, 50, 2, 5, [shuffled[i] for i in f2])
+    assert [{ids[f1[i]] for i in b} for b in b1] == [{shuffled[f2[i]] for i in b} for b in b2]
+    assert [len(b) for b in b1] == [40, 40, 40, 40]

@@ -262,24 +262,40 @@ class Standardizer:
         return cls(mean=np.asarray(d["mean"], dtype=np.float64), scale=np.asarray(d["scale"], dtype=np.float64))
 
 
-def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(fit_rows, validation_rows) of an aligned training set; same seed -> same rows at every party."""
+def _canonical(n: int, ids: Sequence[str] | None) -> np.ndarray:
+    """Row of the k-th smallest id (identity without ids).
+
+    A permutation drawn over id ranks instead of row positions picks the same
+    customers whatever order PSI produced (its order changes with its fresh keys),
+    so splits and batches, hence the trained model, are reproducible run to run.
+    """
+    if ids is None:
+        return np.arange(n)
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} ids for {n} rows")
+    return np.argsort(np.asarray(ids, dtype=object).astype(str), kind="stable")
+
+
+def validation_split(
+    n: int, fraction: float, seed: int, ids: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(fit_rows, validation_rows) of an aligned training set; same seed (and ids) -> same rows at every party."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
-    perm = np.random.default_rng(seed).permutation(n)
+    perm = _canonical(n, ids)[np.random.default_rng(seed).permutation(n)]
     n_val = int(round(n * fraction))
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def epoch_batches(n: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarray]:
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, ids: Sequence[str] | None = None) -> list[np.ndarray]:
     """Mini-batch row positions (each batch at most ``batch_size`` rows, sizes within 1 of each other).
 
-    The shuffle depends only on (seed, epoch), so every party derives the same batches
-    without any message; ``batch_size <= 0`` means full batch.
+    The shuffle depends only on (seed, epoch) and, if given, the rows' ids, so every
+    party derives the same batches without any message; ``batch_size <= 0`` means full batch.
     """
     if batch_size <= 0 or batch_size >= n:
         return [np.arange(n)]
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    perm = _canonical(n, ids)[np.random.default_rng([seed, epoch]).permutation(n)]
     n_batches = -(-n // batch_size)
     return [np.sort(b) for b in np.array_split(perm, n_batches)]
 

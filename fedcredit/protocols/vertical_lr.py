@@ -450,7 +450,8 @@ def run_vertical_lr_label(
     ctx = ckks.new_context(cfg.poly_modulus_degree, cfg.coeff_mod_bit_sizes, cfg.scale_bits)
     slots = ckks.slot_count(ctx)
     n = len(train)
-    fit_rows, val_rows = validation_split(n, cfg.validation_fraction, cfg.seed)
+    fit_rows, val_rows = validation_split(n, cfg.validation_fraction, cfg.seed, train.ids)
+    fit_ids = [train.ids[i] for i in fit_rows]
     if len(fit_rows) < cfg.min_batch:
         raise DataError(
             f"party '{me}': only {len(fit_rows)} aligned training rows in {train.source} after the validation split; "
@@ -496,7 +497,7 @@ def run_vertical_lr_label(
     Xf, yf = XA[fit_rows], y[fit_rows]
     P = _preconditioner(Xf, l2v, cfg.precondition)
     for epoch in range(cfg.max_epochs):
-        for bi, rows in enumerate(epoch_batches(len(fit_rows), batch, epoch, cfg.seed)):
+        for bi, rows in enumerate(epoch_batches(len(fit_rows), batch, epoch, cfg.seed, fit_ids)):
             step = f"{epoch}/{bi}"
             look = theta + mu * vel  # Nesterov look-ahead point
             z = Xf[rows] @ look
@@ -659,7 +660,8 @@ def run_vertical_lr_passive(
     w = np.zeros(d)
     v = np.zeros(d)
     best_w = w.copy()
-    fit_rows, val_rows = validation_split(len(train), float(pc["validation_fraction"]), int(pc["seed"]))
+    fit_rows, val_rows = validation_split(len(train), float(pc["validation_fraction"]), int(pc["seed"]), train.ids)
+    fit_ids = [train.ids[i] for i in fit_rows]
     Xf = X[fit_rows]
     Xcols = np.asfortranarray(Xf)
     P = _preconditioner(Xf, np.full(d, l2), precondition)
@@ -668,7 +670,8 @@ def run_vertical_lr_passive(
     steps = 0
     epochs_run = 0
     for epoch in range(int(pc["max_epochs"])):
-        for bi, rows in enumerate(epoch_batches(len(fit_rows), int(pc["batch_size"]), epoch, int(pc["seed"]))):
+        batches = epoch_batches(len(fit_rows), int(pc["batch_size"]), epoch, int(pc["seed"]), fit_ids)
+        for bi, rows in enumerate(batches):
             step = f"{epoch}/{bi}"
             wl = w + mu * v
             _send_partial(transport, label_party, f"{pf}/z/{step}", Xf[rows] @ wl, masks)
