@@ -120,6 +120,24 @@ class PsiKey:
     def generate(cls) -> "PsiKey":
         return cls(X25519PrivateKey.generate())
 
+    def export_for_local_helper(self) -> bytes:
+        """The raw scalar, only for this party's own blinding helper processes (over a pipe).
+
+        It must never be written to disk or sent across the party's boundary.
+        """
+        from cryptography.hazmat.primitives import serialization
+
+        return self._key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+
+    @classmethod
+    def import_from_parent(cls, raw: bytes) -> "PsiKey":
+        """Inverse of :meth:`export_for_local_helper`, in the helper process."""
+        if len(raw) != 32:
+            raise SecurityError(f"PSI helper received a {len(raw)}-byte scalar, expected 32")
+        return cls(X25519PrivateKey.from_private_bytes(raw))
+
     def blind(self, points: Sequence[bytes]) -> list[bytes]:
         """X25519(k, u) for each 32-byte u; SecurityError on a malicious low-order input."""
         exchange = self._key.exchange

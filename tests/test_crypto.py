@@ -637,3 +637,14 @@ def test_psi_blind_rate() -> None:
     k.blind(pts)
     rate = len(pts) / (time.perf_counter() - t)
     assert rate > 5_000, f"{rate:.0f} blinds/s"
+
+
+def test_psi_key_survives_handoff_to_local_helper_only_as_32_bytes() -> None:
+    from crypto.psi import PsiKey, hash_to_point
+
+    key = PsiKey.generate()
+    helper = PsiKey.import_from_parent(key.export_for_local_helper())
+    pts = [hash_to_point(f"id{i}".encode()) for i in range(5)]
+    assert helper.blind(pts) == key.blind(pts)
+    with pytest.raises(SecurityError):
+        PsiKey.import_from_parent(b"short")

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from crypto.psi import POINT_LEN, PsiKey, hash_to_point, normalize_id
 from fedcredit.errors import DataError, ProtocolError
@@ -123,7 +122,7 @@ def _worker_main() -> None:
         _, raw = _read_frame(inp)
     except EOFError:
         return
-    key = PsiKey(X25519PrivateKey.from_private_bytes(raw))
+    key = PsiKey.import_from_parent(raw)
     del raw
     while True:
         try:
@@ -149,15 +148,10 @@ class _Blinder:
     """
 
     def __init__(self, workers: int) -> None:
-        sk = X25519PrivateKey.generate()
-        self._key = PsiKey(sk)
+        self._key = PsiKey.generate()
         self._procs: list[subprocess.Popen[bytes]] = []
         if workers >= 1:
-            from cryptography.hazmat.primitives import serialization
-
-            raw = sk.private_bytes(
-                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-            )
+            raw = self._key.export_for_local_helper()
             for _ in range(workers):
                 p = subprocess.Popen(
                     [sys.executable, "-m", "fedcredit.protocols.psi", "--blind-worker"],
