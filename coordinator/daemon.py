@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -143,14 +142,6 @@ def serve_forever(config_path: Path) -> int:
         f"relay+control {handle.relay.address} (mutual TLS); state in {cfg.coordinator.state_dir}",
         flush=True,
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        if handle.superlink.poll() is not None:
-            print(f"flower-superlink exited with code {handle.superlink.returncode}; see "
-                  f"{cfg.coordinator.state_dir / 'superlink.log'}", flush=True)
-            handle.stop()
-            return 1
+    rc = flower.supervise(handle.superlink, "flower-superlink", cfg.coordinator.state_dir / "superlink.log")
     handle.stop()
-    return 0
+    return rc

@@ -149,6 +149,20 @@ def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> No
         proc.wait(5)
 
 
+def supervise(proc: subprocess.Popen[bytes], what: str, log_path: Path) -> int:
+    """Foreground loop of a daemon: 0 after SIGINT/SIGTERM, 1 if the Flower process it runs dies."""
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        if proc.poll() is not None:
+            print(f"{what} exited with code {proc.returncode}; see {log_path}", file=sys.stderr, flush=True)
+            return 1
+    return 0
+
+
 def run_status(home: Path, flower_run_id: str) -> str:
     data = flwr_cli(home, "list", FEDERATION_ALIAS, "--run-id", flower_run_id, timeout=60)
     runs = data.get("runs") or []

@@ -10,16 +10,13 @@ metrics) do.
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
-import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.flower import _bin, flower_env, stop_process_group
+from coordinator.flower import _bin, flower_env, stop_process_group, supervise
 from crypto.certs import Identity
 from fedcredit.config import PartyConfig, load_party_config
 from fedcredit.errors import ConfigError
@@ -96,13 +93,6 @@ def serve_forever(config_path: Path) -> int:
         + (f"; scoring on {handle.scoring.address} (mutual TLS)" if handle.scoring is not None else ""),
         flush=True,
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        if handle.supernode.poll() is not None:
-            print(f"flower-supernode exited with code {handle.supernode.returncode}; see {p.state_dir / 'supernode.log'}",
-                  file=sys.stderr, flush=True)
-            return 1
+    rc = supervise(handle.supernode, "flower-supernode", p.state_dir / "supernode.log")
     handle.stop()
-    return 0
+    return rc

@@ -597,11 +597,7 @@ class ScoringService:
             try:
                 pd, contribs = self._joint(m, apps)
             except PartyUnavailable as e:
-                if not self.fallback_version:
-                    raise
-                used = self.model(self.fallback_version)
-                fallback_reason = str(e)
-                pd, contribs = self._local(used, apps)
+                used, pd, contribs, fallback_reason = self._fallback(apps, e)
         else:
             pd, contribs = self._local(m, apps)
         return self._finish(apps, used, pd, contribs, fallback_reason)
@@ -615,14 +611,18 @@ class ScoringService:
             try:
                 pd, contribs = await self._joint_coalesced(m, apps)
             except PartyUnavailable as e:
-                if not self.fallback_version:
-                    raise
-                used = self.model(self.fallback_version)
-                fallback_reason = str(e)
-                pd, contribs = self._local(used, apps)
+                used, pd, contribs, fallback_reason = self._fallback(apps, e)
         else:
             pd, contribs = self._local(m, apps)
         return self._finish(apps, used, pd, contribs, fallback_reason)
+
+    def _fallback(self, apps: Sequence[Application], err: "PartyUnavailable") -> tuple[Any, Any, Any, str]:
+        """A passive party is down or late: the configured label-party-only model, or the error."""
+        if not self.fallback_version:
+            raise err
+        used = self.model(self.fallback_version)
+        pd, contribs = self._local(used, apps)
+        return used, pd, contribs, str(err)
 
     def _resolve(self, model_version: str | None) -> LoadedModel:
         active = self.active_version()
