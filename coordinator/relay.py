@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import grpc
 
 from crypto.certs import Identity, verify_peer
+from crypto.tls import GRPC_OPTIONS as TLS_GRPC_OPTIONS
 from crypto.tls import peer_identity, server_credentials
 from fedcredit.errors import ConfigError, SecurityError
 from protos import dataplane_pb2 as pb
@@ -38,13 +39,10 @@ from protos import dataplane_pb2_grpc as pb_grpc
 
 Frame = pb.Frame
 
-#: Largest gRPC message either side accepts (a 256 MB sealed payload plus headers).
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024 + 64 * 1024
-
-#: Keepalive so a party whose network silently drops is noticed within ~1 min.
+#: The project-wide message limits plus keepalive, so a party whose network silently
+#: drops is noticed within ~1 min.
 GRPC_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    *TLS_GRPC_OPTIONS,
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),

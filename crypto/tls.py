@@ -36,8 +36,9 @@ from crypto.certs import Identity, verify_peer
 from fedcredit.errors import SecurityError
 
 # Messages on the data plane can carry CKKS contexts (~2 MB) and batches of
-# ciphertexts; gRPC's default 4 MB receive cap is too small.
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# ciphertexts; gRPC's default 4 MB receive cap is too small.  256 MB of sealed
+# payload plus 64 KB of frame headers.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024 + 64 * 1024
 GRPC_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -33,7 +33,8 @@ from typing import Iterator, Mapping
 import grpc
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from coordinator.relay import GRPC_OPTIONS, MAX_MESSAGE_BYTES
+from coordinator.relay import GRPC_OPTIONS
+from crypto.tls import MAX_MESSAGE_BYTES
 from crypto.certs import Identity, verify_peer
 from crypto.envelope import open_sealed, seal
 from crypto.tls import channel_credentials
