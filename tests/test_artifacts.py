@@ -393,7 +393,7 @@ def test_export_refuses_mlp_and_vertical_parts(tmp_path: Path, keys: dict) -> No
         LinearModel.from_artifact(A.check_artifact_integrity(paths["bank"]))
 
 
-@pytest.mark.skipif(not (DATA / "UCI_Credit_Card.csv").exists(), reason="shared credit data not present")
+@pytest.mark.usefixtures("shared_data")
 def test_export_on_real_credit_data_scores_like_the_model(tmp_path: Path, keys: dict) -> None:
     """Raw UCI columns -> LR -> artifact -> exported files reproduce the model's PD and score on 6,000 rows."""
     import pandas as pd

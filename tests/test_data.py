@@ -12,7 +12,7 @@ from fedcredit.errors import DataError
 from party.data import load_table, schema_fingerprint
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "default_credit_homo_guest.csv").exists(), reason=f"{DATA} not present")
+needs_data = pytest.mark.usefixtures("shared_data")
 
 
 def _write(tmp_path: Path, text: str, name: str = "bank.csv") -> Path:

@@ -31,7 +31,7 @@ from simulations.horizontal_sim import make_local_federation, run_inprocess
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BANKS = ["guest", "host_1", "host_2"]
-needs_data = pytest.mark.skipif(not (DATA / "default_credit_homo_guest.csv").exists(), reason=f"{DATA} not present")
+needs_data = pytest.mark.usefixtures("shared_data")
 
 
 def _homo(p: str) -> Path:

@@ -25,7 +25,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GUEST_CSV = DATA / "default_credit_hetero_guest.csv"
 HOST_CSV = DATA / "default_credit_hetero_host.csv"
 
-pytestmark = pytest.mark.skipif(not GUEST_CSV.exists(), reason=f"real credit data not found at {DATA}")
+pytestmark = pytest.mark.usefixtures("shared_data")
 
 N_ROWS, N_TEST = 3000, 500
 CFG = sb.SecureBoostConfig(n_trees=3, max_depth=3, n_bins=32, learning_rate=0.3, timeout_s=120)
