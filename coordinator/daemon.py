@@ -22,6 +22,7 @@ from coordinator.relay import RelayHandle, start_relay
 from crypto.certs import Identity, verify_peer
 from fedcredit.config import CoordinatorConfig, load_coordinator_config
 from fedcredit.errors import ConfigError, FedCreditError, SecurityError
+from fedcredit.processes import stop_process_group, supervise
 
 
 @dataclass
@@ -37,7 +38,7 @@ class CoordinatorHandle:
     def stop(self) -> None:
         self._stop.set()
         self.relay.stop()
-        flower.stop_process_group(self.superlink)
+        stop_process_group(self.superlink)
 
 
 def _check_party_certs(config: CoordinatorConfig, ca_pem: bytes) -> list[bytes]:
@@ -123,7 +124,7 @@ def start(config_path: Path, *, log=print) -> CoordinatorHandle:
             directory_certs=party_certs,
         )
     except BaseException:
-        flower.stop_process_group(superlink)
+        stop_process_group(superlink)
         raise
     handle = CoordinatorHandle(config, config_path, registry, superlink, relay, home, threading.Event())
     threading.Thread(target=_monitor, args=(handle,), daemon=True, name="run-monitor").start()
@@ -142,6 +143,6 @@ def serve_forever(config_path: Path) -> int:
         f"relay+control {handle.relay.address} (mutual TLS); state in {cfg.coordinator.state_dir}",
         flush=True,
     )
-    rc = flower.supervise(handle.superlink, "flower-superlink", cfg.coordinator.state_dir / "superlink.log")
+    rc = supervise(handle.superlink, "flower-superlink", cfg.coordinator.state_dir / "superlink.log")
     handle.stop()
     return rc

@@ -13,42 +13,25 @@ directory, so they never touch the operator's own Flower configuration.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
+from importlib import resources
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from fedcredit.errors import ConfigError, FedCreditError
+from fedcredit.processes import find_executable, flower_env
 
 FEDERATION_ALIAS = "fedcredit"
-APP_DIR = Path(__file__).resolve().parents[1] / "fedcredit" / "flowerapp" / "app"
+#: The Flower app descriptor we submit (no code of its own: its components are our installed
+#: packages).  A package resource, so a wheel install has it too.
+APP_DIR = Path(str(resources.files("coordinator") / "flower_app"))
 
 
-def _bin(name: str) -> str:
-    """Flower's executables live next to the running interpreter (venv/bin)."""
-    cand = Path(sys.executable).parent / name
-    if cand.exists():
-        return str(cand)
-    found = shutil.which(name)
-    if not found:
-        raise FedCreditError(f"'{name}' not found: is flwr installed in this environment?")
-    return found
 
 
-def flower_env(**extra: str) -> dict[str, str]:
-    """Environment for Flower processes: its helper executables (flower-superexec,
-    flwr-serverapp, flwr-clientapp) are spawned by name, so our venv's bin dir
-    must be on PATH even when fedcredit was started by absolute path."""
-    bindir = str(Path(sys.executable).parent)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    return env
 
 
 def write_flwr_home(home: Path, address: str, ca_cert: Path) -> Path:
@@ -89,7 +72,7 @@ def start_superlink(
     """Start ``flower-superlink`` with TLS and SuperNode authentication."""
     log = open(log_path, "ab")
     cmd = [
-        _bin("flower-superlink"),
+        find_executable("flower-superlink"),
         "--ssl-certfile", str(cert),
         "--ssl-keyfile", str(key),
         "--ssl-ca-certfile", str(ca_cert),
@@ -106,7 +89,7 @@ def flwr_cli(home: Path, *args: str, timeout: float = 120.0) -> dict[str, Any]:
     """Run a ``flwr`` subcommand with ``--format json`` and return the parsed answer."""
     env = flower_env(FLWR_HOME=str(home))
     proc = subprocess.run(
-        [_bin("flwr"), *args, "--format", "json"], capture_output=True, text=True, env=env, timeout=timeout
+        [find_executable("flwr"), *args, "--format", "json"], capture_output=True, text=True, env=env, timeout=timeout
     )
     out = proc.stdout.strip()
     start = out.find("{")
@@ -135,32 +118,8 @@ def run_app(home: Path, run_config: dict[str, str]) -> str:
     return str(data["run-id"])
 
 
-def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
-    """Terminate a daemon we started in its own session (and everything it spawned)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(grace)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
-def supervise(proc: subprocess.Popen[bytes], what: str, log_path: Path) -> int:
-    """Foreground loop of a daemon: 0 after SIGINT/SIGTERM, 1 if the Flower process it runs dies."""
-    import threading
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        if proc.poll() is not None:
-            print(f"{what} exited with code {proc.returncode}; see {log_path}", file=sys.stderr, flush=True)
-            return 1
-    return 0
 
 
 def run_status(home: Path, flower_run_id: str) -> str:

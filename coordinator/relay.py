@@ -31,24 +31,14 @@ from typing import Callable, Iterable, Iterator, Sequence
 import grpc
 
 from crypto.certs import Identity, verify_peer
-from crypto.tls import GRPC_OPTIONS as TLS_GRPC_OPTIONS
 from crypto.tls import peer_identity, server_credentials
+from fedcredit.dataplane import GRPC_OPTIONS
 from fedcredit.errors import ConfigError, SecurityError
 from protos import dataplane_pb2 as pb
 from protos import dataplane_pb2_grpc as pb_grpc
 
 Frame = pb.Frame
 
-#: The project-wide message limits plus keepalive, so a party whose network silently
-#: drops is noticed within ~1 min.
-GRPC_OPTIONS: tuple[tuple[str, int], ...] = (
-    *TLS_GRPC_OPTIONS,
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-)
 
 _MAX_DIRECTORY_WAIT = 600.0
 MAX_SESSION_CHARS = 256

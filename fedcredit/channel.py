@@ -6,7 +6,7 @@ with its own persistent :class:`StateStore` (a party's secret key and local mode
 live there, never in a message).  The coordinator role only ever calls
 :meth:`PartyChannel.call_all`.  The same handler runs behind
 :class:`LocalChannel` (in-process simulation, tests) and behind Flower messages
-(``fedcredit.flowerapp``), so protocol logic is never forked per transport.
+(``coordinator.serverapp.FlowerChannel``), so protocol logic is never forked per transport.
 """
 
 from __future__ import annotations

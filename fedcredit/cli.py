@@ -14,13 +14,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from rich.console import Console
 from rich.table import Table
 
 from fedcredit.errors import FedCreditError
-
-console = Console()
-err_console = Console(stderr=True)
+from fedcredit.progress import console, err_console, fmt_time, follow, print_run
 
 
 # --------------------------------------------------------------------------- certs
@@ -74,43 +71,6 @@ def _control_client(args: argparse.Namespace, job_control: Any = None):  # -> Co
     return ControlClient.connect(address, ident_dir, name)
 
 
-def _fmt_time(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
-
-
-def _print_run(info: Any) -> None:
-    result = json.loads(info.result_json) if info.result_json else None
-    console.print(f"run [bold]{info.run_id}[/bold]  {info.name} ({info.type})  status: [bold]{info.status}[/bold]")
-    console.print(f"  created {_fmt_time(info.created)}  started {_fmt_time(info.started)}  ended {_fmt_time(info.ended)}")
-    if info.error:
-        console.print(f"  [red]error:[/red] {info.error}")
-    if result:
-        _print_result(result)
-
-
-PARTY_COLUMNS = ("role", "auc", "ks", "n_test", "n_train", "intersection_size", "total_s", "status")
-
-
-def _print_result(result: dict[str, Any]) -> None:
-    g = result.get("global") or {}
-    if g:
-        console.print("  global test: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in g.items()))
-    parties = result.get("parties") or {}
-    if parties:
-        t = Table(title="per-party (public metrics)")
-        present = {k for m in parties.values() if isinstance(m, dict) for k in m}
-        keys = [k for k in PARTY_COLUMNS if k in present]
-        t.add_column("party")
-        for k in keys:
-            t.add_column(k)
-        for p, m in parties.items():
-            t.add_row(p, *[f"{m.get(k):.4f}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k in keys])
-        console.print(t)
-    if result.get("dropped"):
-        for p, why in result["dropped"].items():
-            console.print(f"  [yellow]dropped[/yellow] {p}: {why}")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from fedcredit.config import load_job_config
 
@@ -120,40 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     console.print(f"submitted run [bold]{run_id}[/bold] ({job.job.type}, parties: {', '.join(job.job.parties)})")
     if args.detach:
         return 0
-    info = follow(client, run_id)
+    info = follow(client.watch(run_id), lambda: client.get(run_id))
     return 0 if info.status == "finished" else 1
-
-
-def follow(client: Any, run_id: str) -> Any:
-    """Show live progress (round, per-party status, metrics) until the run ends."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    final = None
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=False) as prog:
-        task = prog.add_task("waiting for parties", total=None)
-        for ev in client.watch(run_id):
-            if ev.HasField("run"):
-                final = ev.run
-                break
-            data = json.loads(ev.data_json)
-            desc = data.get("message") or data.get("event", "")
-            if "round" in data and "rounds" in data:
-                prog.update(task, total=data["rounds"], completed=data["round"])
-                desc = f"round {data['round']}/{data['rounds']}"
-            parties = data.get("parties")
-            if isinstance(parties, dict):
-                desc += "  " + " ".join(f"{p}:{s.get('status', '?') if isinstance(s, dict) else s}" for p, s in parties.items())
-            metrics = data.get("metrics")
-            if isinstance(metrics, dict):
-                desc += "  " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-            prog.update(task, description=desc)
-            if data.get("log"):
-                prog.console.print(data["log"])
-    if final is None:
-        final = client.get(run_id)
-    _print_run(final)
-    return final
 
 
 def _info_dict(r: Any) -> dict[str, Any]:
@@ -176,7 +104,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         res = json.loads(r.result_json) if r.result_json else {}
         auc = (res.get("global") or {}).get("auc")
         dur = f"{r.ended - r.started:.1f} s" if r.ended and r.started else "-"
-        t.add_row(r.run_id, r.name, r.type, r.status, _fmt_time(r.created), dur, f"{auc:.4f}" if auc else "-")
+        t.add_row(r.run_id, r.name, r.type, r.status, fmt_time(r.created), dur, f"{auc:.4f}" if auc else "-")
     console.print(t)
     return 0
 
@@ -187,7 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_info_dict(info), indent=1))
     else:
-        _print_run(info)
+        print_run(info)
     return 0
 
 
@@ -279,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FedCreditError as e:
-        err_console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        err_console.print("[red]error:[/red] ", end="")
+        err_console.print(str(e), markup=False, highlight=False)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -127,7 +127,7 @@ class PartyConfig(_Strict):
     coordinator: CoordinatorLink
     datasets: dict[str, DatasetSection] = Field(default_factory=dict)
     scoring: ScoringSection | None = None
-    decision: dict[str, Any] | None = Field(None, description="[decision] policy, validated by party.decision")
+    decision: dict[str, Any] | None = Field(None, description="[decision] policy, validated by fedcredit.decision")
 
     def dataset(self, key: str) -> DatasetSection:
         if key not in self.datasets:

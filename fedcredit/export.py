@@ -34,7 +34,7 @@ import numpy as np
 
 from fedcredit.artifacts import Artifact, json_bytes, load_horizontal
 from fedcredit.errors import ConfigError, DataError
-from party.decision import Contributions, ScoreScale, lr_contributions
+from fedcredit.decision import Contributions, ScoreScale, lr_contributions
 
 LINEAR_FORMAT = "fedcredit-linear-model/1"
 SCORECARD_COLUMNS = ("row_type", "feature", "lower", "upper", "reference", "points_per_unit", "points")

@@ -107,3 +107,37 @@ class InMemoryTransport:
 
     def recv(self, frm: str, tag: str, timeout: float | None = None) -> bytes:
         return self._hub.take(frm, self._name, tag, timeout)
+
+
+class CountingTransport:
+    """A Transport that counts payload bytes/messages per direction (the public traffic figures)."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.messages_sent = 0
+        self.messages_received = 0
+
+    @property
+    def me(self) -> str:
+        return str(self.inner.me)
+
+    def send(self, to: str, tag: str, payload: bytes) -> None:
+        self.inner.send(to, tag, payload)
+        self.bytes_sent += len(payload)
+        self.messages_sent += 1
+
+    def recv(self, frm: str, tag: str, timeout: float | None = None) -> bytes:
+        b = self.inner.recv(frm, tag, timeout)
+        self.bytes_received += len(b)
+        self.messages_received += 1
+        return b
+
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "messages_sent": self.messages_sent,
+            "messages_received": self.messages_received,
+        }

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.flower import _bin, flower_env, stop_process_group, supervise
 from crypto.certs import Identity
 from fedcredit.config import PartyConfig, load_party_config
 from fedcredit.errors import ConfigError
+from fedcredit.processes import find_executable, flower_env, stop_process_group, supervise
 from party.data import load_table
 
 
@@ -68,7 +68,7 @@ def start(config_path: Path) -> PartyHandle:
     port = p.runtime_port or _free_port()
     log = open(p.state_dir / "supernode.log", "ab")
     cmd = [
-        _bin("flower-supernode"),
+        find_executable("flower-supernode"),
         "--superlink", config.coordinator.flower_address,
         "--root-certificates", str(identity.ca_path),
         "--auth-supernode-private-key", str(identity.flower_key_path),

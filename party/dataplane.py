@@ -24,7 +24,6 @@ into per-(sender, tag) queues that ``recv`` waits on.
 from __future__ import annotations
 
 import queue
-import struct
 import threading
 import time
 from collections import deque
@@ -33,34 +32,16 @@ from typing import Iterator, Mapping
 import grpc
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from coordinator.relay import GRPC_OPTIONS
-from crypto.tls import MAX_MESSAGE_BYTES
 from crypto.certs import Identity, verify_peer
 from crypto.envelope import open_sealed, seal
 from crypto.tls import channel_credentials
+from fedcredit.dataplane import GRPC_OPTIONS, MAX_SEALED_BYTES, frame_aad
 from fedcredit.errors import FedCreditError, ProtocolError, SecurityError
 from party.audit import AuditLog
 from protos import dataplane_pb2 as pb
 from protos import dataplane_pb2_grpc as pb_grpc
 
 Frame = pb.Frame
-
-_AAD_LABEL = b"fedcredit.dataplane.v1"
-#: Largest sealed payload one frame carries (room left for the frame's other fields).
-MAX_SEALED_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
-
-
-def frame_aad(session: str, sender: str, receiver: str, tag: str, seq: int) -> bytes:
-    """Associated data binding a sealed payload to its place in the conversation.
-
-    Length-prefixed fields, so no two different tuples encode to the same bytes.
-    """
-    parts = [_AAD_LABEL]
-    for s in (session, sender, receiver, tag):
-        b = s.encode("utf-8")
-        parts.append(struct.pack(">I", len(b)) + b)
-    parts.append(struct.pack(">Q", seq))
-    return b"".join(parts)
 
 
 def _describe_rpc_error(exc: grpc.RpcError) -> str:

@@ -5,7 +5,7 @@
   (customer id + the label party's own features), ask every passive party for its
   partial result with **one** ``PartialScore`` call per passive party per request
   or batch, all concurrently under one deadline, combine, and hand the PD to the
-  decision layer (:mod:`party.decision`).
+  decision layer (:mod:`fedcredit.decision`).
 * **Vertical** model, passive party: ``PartialScore`` looks the ids up in the
   party's own dataset and answers only its partial result — LR: the partial logit
   per id; SecureBoost: the left/right bit of each split it owns.  It answers only
@@ -39,7 +39,7 @@ from crypto.certs import Identity
 from crypto.tls import GRPC_OPTIONS, peer_identity, secure_channel, server_credentials
 from fedcredit.artifacts import Artifact, check_peers, load_horizontal
 from fedcredit.errors import ConfigError, DataError, FedCreditError, ProtocolError, SecurityError
-from party.decision import Contributions, DecisionPolicy, decide, lr_contributions, tree_contributions
+from fedcredit.decision import Contributions, DecisionPolicy, decide, lr_contributions, tree_contributions
 from party.models import ModelStore
 from protos import scoring_pb2 as pb
 from protos import scoring_pb2_grpc as pbg

@@ -181,7 +181,7 @@ def _floor(kind: str, lab: Any, pas: Any, g: pd.DataFrame, h: pd.DataFrame, n: i
     """In-process: passive partial + combine + decision, one application at a time, no network."""
     from fedcredit.protocols import secureboost as sb
     from fedcredit.protocols import vertical_lr as vlr
-    from party.decision import DecisionPolicy, decide
+    from fedcredit.decision import DecisionPolicy, decide
 
     policy = DecisionPolicy()
     Xg, Xh = g[lab.feature_names].to_numpy(), h[pas.feature_names].to_numpy()

@@ -20,7 +20,7 @@ from fedcredit import artifacts as A
 from fedcredit.errors import ConfigError, SecurityError
 from fedcredit.export import LinearModel, export_artifact, pmml_bytes
 from fedcredit.models import LogisticModel, MLPModel, SavedModel
-from party.decision import DecisionPolicy, ScoreScale, decide, score_from_pd
+from fedcredit.decision import DecisionPolicy, ScoreScale, decide, score_from_pd
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CREATED = "2025-03-01T12:00:00Z"

@@ -1,4 +1,4 @@
-"""Decision layer (party/decision.py): points scale, thresholds, credit limits, reason codes, config."""
+"""Decision layer (fedcredit/decision.py): points scale, thresholds, credit limits, reason codes, config."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedcredit.errors import ConfigError, DataError
-from party.decision import (
+from fedcredit.decision import (
     Contributions,
     DecisionPolicy,
     LimitPolicy,

@@ -186,13 +186,13 @@ def test_unregistered_supernode_key_is_refused(fed: LocalFederation, tmp_path: P
     ca = tmp_path / "rogue-ca"
     init_ca(ca, "rogue")
     ident = issue(ca, tmp_path / "mallory", "mallory")
-    from coordinator.flower import _bin, flower_env, stop_process_group
+    from fedcredit.processes import find_executable, flower_env, stop_process_group
 
     log = tmp_path / "rogue-supernode.log"
     with open(log, "wb") as out:
         # Flower's SuperExec child inherits stdout: log to a file and wait for the SuperNode itself
         proc = subprocess.Popen(
-            [_bin("flower-supernode"), "--superlink", f"127.0.0.1:{fed.flower_port}",
+            [find_executable("flower-supernode"), "--superlink", f"127.0.0.1:{fed.flower_port}",
              "--root-certificates", str(fed.certs / "ca" / "ca.crt"),
              "--auth-supernode-private-key", str(ident.flower_key_path), "--max-retries", "1",
              "--max-wait-time", "20", "--port", str(free_port())],

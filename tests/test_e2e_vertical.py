@@ -277,7 +277,7 @@ def test_model_config_rejects_unknown_keys_and_strips_job_keys() -> None:
 
 
 def test_generated_vertical_scenario_splits_columns_and_customers(tmp_path: Path) -> None:
-    from fedcredit.protocols.vertical_jobs import prepare_vertical_data
+    from simulations.scenario_data import prepare_vertical_data
 
     specs = prepare_vertical_data({"source": "vertical-generated", "rows": 1000, "overlap": 0.6, "seed": 2},
                                   tmp_path, tmp_path / "scenario.toml")

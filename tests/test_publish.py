@@ -15,7 +15,10 @@ import pytest
 from crypto.certs import init_ca
 from fedcredit.channel import LocalChannel
 from fedcredit.errors import SecurityError
-from fedcredit.flowerapp.publish import BUILD, INSTALL, party_build, party_install, publish_run
+from coordinator.publish import publish_run
+from fedcredit.control_plane import ARTIFACT_BUILD as BUILD
+from fedcredit.control_plane import ARTIFACT_INSTALL as INSTALL
+from party.publish import party_build, party_install
 from fedcredit.models import make_model, save_model
 from fedcredit.protocols.vertical_common import Standardizer
 from fedcredit.protocols.vertical_lr import LabelModel, PassiveModel

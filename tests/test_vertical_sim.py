@@ -19,7 +19,7 @@ from rich.console import Console
 
 from fedcredit.config import JobConfig
 from fedcredit.errors import DataError
-from fedcredit.protocols.vertical_jobs import prepare_vertical_data
+from simulations.scenario_data import prepare_vertical_data
 from simulations.harness import SCENARIO_DIR, simulate
 from simulations.vertical_sim import run_vertical_inprocess
 

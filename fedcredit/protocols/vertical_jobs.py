@@ -7,11 +7,11 @@ TLS to the coordinator's relay, every payload sealed end-to-end to its receiver)
 Flower costs seconds per hop; vertical protocols need hundreds of exchanges.
 
 The party code itself (:func:`run_vertical_party_core`) needs only a :class:`Transport`
-and a :class:`VerticalParty`; :func:`run_vertical_party` is the deployment wrapper that
-builds the RelayTransport, and ``simulations.vertical_sim`` runs the same core for every
-party in one process over ``fedcredit.transport.InMemoryHub``.
+and a :class:`VerticalParty`; ``party.clientapp.run_vertical_party`` is the deployment
+wrapper that builds the RelayTransport, and ``simulations.vertical_sim`` runs the same
+core for every party in one process over ``fedcredit.transport.InMemoryHub``.
 
-What the coordinator gets back is the *public* reply of :func:`run_vertical_party`:
+What the coordinator gets back is the *public* reply of :func:`run_vertical_party_core`:
 sizes, public test metrics (label party only), wall times and byte counts — never
 ids, rows, labels, gradients, scores or model parameters.
 
@@ -47,72 +47,29 @@ import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from fedcredit.config import DatasetSection, JobConfig
 from fedcredit.errors import ConfigError, DataError, ProtocolError
 from fedcredit.protocols.vertical_common import VerticalTable, load_id_set, load_vertical_table
-
-if TYPE_CHECKING:  # pragma: no cover
-    from fedcredit.flowerapp.jobs import PartyRuntime
-    from fedcredit.transport import Transport
+from fedcredit.transport import CountingTransport, Transport
 
 __all__ = [
     "JOB_KEYS",
-    "CountingTransport",
     "SplitSpec",
     "VerticalParty",
     "hash_test_mask",
     "split_spec",
     "model_config",
-    "run_vertical_party",
     "run_vertical_party_core",
-    "prepare_vertical_data",
 ]
 
 #: ``[model]`` keys handled here (the split and PSI), not by the model's own config.
 JOB_KEYS = ("test_fraction", "split_seed", "psi_min_size", "psi_batch_size")
 DEFAULT_TEST_FRACTION = 0.2
 _SPLIT_TAG = "vjob/split"
-
-
-# --------------------------------------------------------------------------- transport accounting
-
-
-class CountingTransport:
-    """A Transport that counts payload bytes/messages per direction (the public traffic figures)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.bytes_sent = 0
-        self.bytes_received = 0
-        self.messages_sent = 0
-        self.messages_received = 0
-
-    @property
-    def me(self) -> str:
-        return str(self.inner.me)
-
-    def send(self, to: str, tag: str, payload: bytes) -> None:
-        self.inner.send(to, tag, payload)
-        self.bytes_sent += len(payload)
-        self.messages_sent += 1
-
-    def recv(self, frm: str, tag: str, timeout: float | None = None) -> bytes:
-        b = self.inner.recv(frm, tag, timeout)
-        self.bytes_received += len(b)
-        self.messages_received += 1
-        return b
-
-    def snapshot(self) -> dict[str, int]:
-        return {
-            "bytes_sent": self.bytes_sent,
-            "bytes_received": self.bytes_received,
-            "messages_sent": self.messages_sent,
-            "messages_received": self.messages_received,
-        }
 
 
 # --------------------------------------------------------------------------- the party's view
@@ -131,10 +88,6 @@ class VerticalParty:
     job: JobConfig
     datasets: Mapping[str, DatasetSection]
     state_dir: Path
-
-    @classmethod
-    def from_runtime(cls, rt: "PartyRuntime") -> "VerticalParty":
-        return cls(rt.name, rt.run_id, rt.job, dict(rt.config.datasets), rt.config.party.state_dir)
 
     @property
     def run_dir(self) -> Path:
@@ -300,37 +253,7 @@ def _label_test_mask(rt: VerticalParty, spec: SplitSpec, ids: Sequence[str]) -> 
     return np.fromiter((i in test_ids for i in ids), dtype=bool, count=len(ids))
 
 
-def run_vertical_party(rt: "PartyRuntime") -> dict[str, Any]:
-    """The deployment wrapper: joins the run's data-plane session, then :func:`run_vertical_party_core`.
-
-    The RelayTransport is built first: if this party's data is bad, closing it tells the peers at once.
-    """
-    from party.audit import AuditLog
-    from party.dataplane import RelayTransport
-
-    party = VerticalParty.from_runtime(rt)
-    peer_certs = {p: pem for p, pem in getattr(rt, "peer_certs", {}).items() if p != rt.name}
-    audit = AuditLog(rt.config.party.state_dir / "audit.jsonl")
-    try:
-        raw = RelayTransport(
-            rt.identity,
-            rt.config.coordinator.relay_address,
-            session=rt.run_id,
-            audit=audit,
-            peer_certs=peer_certs or None,
-            recv_timeout=rt.job.job.round_timeout_s,
-        )
-    except BaseException:
-        audit.close()
-        raise
-    try:
-        return run_vertical_party_core(raw, party)
-    finally:
-        raw.close()
-        audit.close()
-
-
-def run_vertical_party_core(transport: "Transport", rt: VerticalParty) -> dict[str, Any]:
+def run_vertical_party_core(transport: Transport, rt: VerticalParty) -> dict[str, Any]:
     """This party's whole vertical job (PSI, split, training, evaluation) over ``transport``; its PUBLIC result.
 
     Transport-agnostic (RelayTransport in a deployment, an InMemoryHub endpoint in-process); the
@@ -476,68 +399,3 @@ def run_vertical_party_core(transport: "Transport", rt: VerticalParty) -> dict[s
     _say(rt, f"done in {timings['total']:.2f} s (PSI {timings['psi']:.2f} s, model {timings['train_and_eval']:.2f} s)"
              f"{auc}; sent {traffic['bytes_sent']} bytes")
     return out
-
-
-# --------------------------------------------------------------------------- simulation data
-
-
-def prepare_vertical_data(data_cfg: Mapping[str, Any], out: Path, source: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per-party dataset tables for a vertical scenario: ``{party: {dataset key: {path, label_column, ...}}}``.
-
-    ``[data] source = "vertical-generated"``: generated applications
-    (``simulations.generator.generate_applications``) split by columns between the
-    label party (``label_party``, default "bank": id, y and the repayment history) and
-    a passive party (``passive_party``, default "fintech": id and the rest), with
-    ``overlap`` (default 0.8) of the customers shared.
-
-    ``[data] source = "vertical-files"``: ``[data.parties]`` maps party name to a file
-    (the label party's has the ``y`` column); optional ``test_ids`` = a file whose ids
-    are the test customers (given to the label party as dataset "test").
-    """
-    kind = data_cfg.get("source")
-    out.mkdir(parents=True, exist_ok=True)
-    label = str(data_cfg.get("label_party", "bank"))
-    if kind == "vertical-generated":
-        from simulations.generator import generate_applications
-
-        passive = str(data_cfg.get("passive_party", "fintech"))
-        n = int(data_cfg.get("rows", 8000))
-        overlap = float(data_cfg.get("overlap", 0.8))
-        if not 0 < overlap <= 1:
-            raise ConfigError(f"{source}: [data].overlap must be in (0, 1], got {overlap}")
-        df = generate_applications(n, seed=int(data_cfg.get("seed", 7)))
-        feats = [c for c in df.columns if c not in ("id", "y")]
-        # the bank: demographics, credit line and monthly statements; the fintech: repayment behaviour
-        label_feats = [c for c in feats if not c.startswith("PAY")] if "PAY_0" in feats else feats[: len(feats) // 2]
-        passive_feats = [c for c in feats if c not in label_feats]
-        rng = np.random.default_rng(int(data_cfg.get("seed", 7)))
-        order = rng.permutation(n)
-        n_common = int(round(n * overlap))
-        n_only = (n - n_common) // 2
-        label_rows = np.sort(order[: n_common + n_only])
-        passive_rows = np.sort(np.concatenate([order[:n_common], order[n_common + n_only :]]))
-        lp, pp = out / f"{label}.csv", out / f"{passive}.csv"
-        df.iloc[label_rows][["id", "y", *label_feats]].to_csv(lp, index=False)
-        df.iloc[passive_rows][["id", *passive_feats]].to_csv(pp, index=False)
-        return {label: {"train": {"path": lp, "label_column": "y"}}, passive: {"train": {"path": pp}}}
-    if kind == "vertical-files":
-        files = data_cfg.get("parties")
-        if not isinstance(files, dict) or label not in files:
-            raise ConfigError(
-                f"{source}: [data] with source='vertical-files' needs [data.parties] (name = path) including the "
-                f"label party '{label}'"
-            )
-        specs: dict[str, dict[str, dict[str, Any]]] = {}
-        for p, f in files.items():
-            path = (source.parent / str(f)).resolve()
-            if not path.exists():
-                raise ConfigError(f"{source}: [data.parties].{p}: file {path} not found")
-            specs[p] = {"train": {"path": path, **({"label_column": "y"} if p == label else {})}}
-        if data_cfg.get("test_ids"):
-            tp = (source.parent / str(data_cfg["test_ids"])).resolve()
-            if not tp.exists():
-                raise ConfigError(f"{source}: [data].test_ids: file {tp} not found")
-            # only its ids are used; the party daemon still validates it as a table at start-up
-            specs[label]["test"] = {"path": tp}
-        return specs
-    raise ConfigError(f"{source}: [data].source for a vertical scenario must be 'vertical-generated' or 'vertical-files'")

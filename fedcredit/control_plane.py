@@ -1,0 +1,51 @@
+"""The control-plane contract between the coordinator's ServerApp and each party's ClientApp.
+
+Why here: the ServerApp (``coordinator/serverapp.py``) and the ClientApp
+(``party/clientapp.py``) run in different institutions and never import each other;
+what both must agree on — the Flower record envelope, the method names, the job
+``meta`` keys — is declared once, below both.
+
+A message is one Flower ``RecordDict``: a ConfigRecord with the method name and a
+JSON ``meta`` (run id, job text, verified-by-the-receiver peer certificates), and
+an ArrayRecord holding the raw payload bytes.  A party reports failure by replying
+with ``meta = {"error": "..."}`` and an empty payload.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+__all__ = ["META", "BODY", "VERTICAL_RUN", "ARTIFACT_BUILD", "ARTIFACT_INSTALL", "REPLY_SUFFIX", "pack", "unpack"]
+
+META = "fc-meta"
+BODY = "fc-body"
+
+#: Launches a whole vertical job at a party (the protocol itself runs over the data plane).
+VERTICAL_RUN = "vertical.run"
+#: Publishing, step 1: the party builds its artifact draft and replies its unsigned manifest.
+ARTIFACT_BUILD = "artifact.build"
+#: Publishing, step 2: the party verifies the signed manifest and installs the artifact.
+ARTIFACT_INSTALL = "artifact.install"
+#: Appended to a method name for its reply (horizontal methods are the protocol's own, see protocols.horizontal).
+REPLY_SUFFIX = ".reply"
+
+
+def pack(method: str, payload: bytes, meta: Mapping[str, Any]) -> RecordDict:
+    """A protocol message as Flower records: JSON metadata + raw payload bytes."""
+    arr = Array(dtype="bytes", shape=(len(payload),), stype="raw", data=bytes(payload))
+    return RecordDict(
+        {
+            META: ConfigRecord({"method": method, "meta": json.dumps(dict(meta))}),
+            BODY: ArrayRecord({"payload": arr}),
+        }
+    )
+
+
+def unpack(content: RecordDict) -> tuple[str, bytes, dict[str, Any]]:
+    """(method, payload, meta) of a message built by :func:`pack`."""
+    meta = content.config_records[META]
+    payload = content.array_records[BODY]["payload"].data
+    return str(meta["method"]), bytes(payload), json.loads(str(meta["meta"]))

@@ -1,0 +1,123 @@
+"""Scenario data for ``fedcredit simulate``: per-party files from a scenario's ``[data]`` table.
+
+Why apart from the protocols: generating or splitting demo data is simulation work;
+deployed code never imports it.  Horizontal scenarios get one train/test file pair
+per bank (:func:`prepare_data`); vertical ones one table per party, split by columns
+(:func:`prepare_vertical_data`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from fedcredit.errors import ConfigError
+from simulations.generator import generate_applications, write_bank_files
+
+__all__ = ["prepare_data", "prepare_vertical_data"]
+
+
+def prepare_data(data_cfg: dict[str, Any], out: Path, source: Path) -> dict[str, dict[str, Path]]:
+    """Materialise per-bank train/test files; returns {bank: {"train": path, "test": path}}."""
+    kind = data_cfg.get("source", "generated")
+    if str(kind).startswith("vertical-"):  # {party: {dataset key: dataset table}}
+        return prepare_vertical_data(data_cfg, out, source)  # type: ignore[return-value]
+    if kind == "generated":
+        paths = write_bank_files(
+            out,
+            int(data_cfg.get("banks", 3)),
+            int(data_cfg.get("rows_per_bank", 4000)),
+            int(data_cfg.get("test_rows", 3000)),
+            seed=int(data_cfg.get("seed", 7)),
+            split=str(data_cfg.get("split", "iid")),  # type: ignore[arg-type]
+        )
+        banks = [k for k in paths if k != "test"]
+        test = pd.read_csv(paths["test"])
+    elif kind == "files":
+        banks_cfg = data_cfg.get("banks")
+        if not isinstance(banks_cfg, dict) or "test" not in data_cfg:
+            raise ConfigError(f"{source}: [data] with source='files' needs a [data.banks] table (name = path) and test = path")
+        paths = {b: (source.parent / p).resolve() for b, p in banks_cfg.items()}
+        for b, p in paths.items():
+            if not p.exists():
+                raise ConfigError(f"{source}: [data.banks].{b}: file {p} not found")
+        banks = list(paths)
+        test_path = (source.parent / str(data_cfg["test"])).resolve()
+        if not test_path.exists():
+            raise ConfigError(f"{source}: [data].test: file {test_path} not found")
+        test = pd.read_csv(test_path)
+    else:
+        raise ConfigError(f"{source}: [data].source must be 'generated' or 'files', got '{kind}'")
+    # each bank keeps its own held-out slice of the shared test population
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, dict[str, Path]] = {}
+    n = len(banks)
+    for i, b in enumerate(banks):
+        tp = out / f"{b}_test.csv"
+        test.iloc[i::n].to_csv(tp, index=False)
+        result[b] = {"train": Path(paths[b]), "test": tp}
+    return result
+
+
+
+def prepare_vertical_data(data_cfg: Mapping[str, Any], out: Path, source: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per-party dataset tables for a vertical scenario: ``{party: {dataset key: {path, label_column, ...}}}``.
+
+    ``[data] source = "vertical-generated"``: generated applications
+    (``simulations.generator.generate_applications``) split by columns between the
+    label party (``label_party``, default "bank": id, y and the repayment history) and
+    a passive party (``passive_party``, default "fintech": id and the rest), with
+    ``overlap`` (default 0.8) of the customers shared.
+
+    ``[data] source = "vertical-files"``: ``[data.parties]`` maps party name to a file
+    (the label party's has the ``y`` column); optional ``test_ids`` = a file whose ids
+    are the test customers (given to the label party as dataset "test").
+    """
+    kind = data_cfg.get("source")
+    out.mkdir(parents=True, exist_ok=True)
+    label = str(data_cfg.get("label_party", "bank"))
+    if kind == "vertical-generated":
+        passive = str(data_cfg.get("passive_party", "fintech"))
+        n = int(data_cfg.get("rows", 8000))
+        overlap = float(data_cfg.get("overlap", 0.8))
+        if not 0 < overlap <= 1:
+            raise ConfigError(f"{source}: [data].overlap must be in (0, 1], got {overlap}")
+        df = generate_applications(n, seed=int(data_cfg.get("seed", 7)))
+        feats = [c for c in df.columns if c not in ("id", "y")]
+        # the bank: demographics, credit line and monthly statements; the fintech: repayment behaviour
+        label_feats = [c for c in feats if not c.startswith("PAY")] if "PAY_0" in feats else feats[: len(feats) // 2]
+        passive_feats = [c for c in feats if c not in label_feats]
+        rng = np.random.default_rng(int(data_cfg.get("seed", 7)))
+        order = rng.permutation(n)
+        n_common = int(round(n * overlap))
+        n_only = (n - n_common) // 2
+        label_rows = np.sort(order[: n_common + n_only])
+        passive_rows = np.sort(np.concatenate([order[:n_common], order[n_common + n_only :]]))
+        lp, pp = out / f"{label}.csv", out / f"{passive}.csv"
+        df.iloc[label_rows][["id", "y", *label_feats]].to_csv(lp, index=False)
+        df.iloc[passive_rows][["id", *passive_feats]].to_csv(pp, index=False)
+        return {label: {"train": {"path": lp, "label_column": "y"}}, passive: {"train": {"path": pp}}}
+    if kind == "vertical-files":
+        files = data_cfg.get("parties")
+        if not isinstance(files, dict) or label not in files:
+            raise ConfigError(
+                f"{source}: [data] with source='vertical-files' needs [data.parties] (name = path) including the "
+                f"label party '{label}'"
+            )
+        specs: dict[str, dict[str, dict[str, Any]]] = {}
+        for p, f in files.items():
+            path = (source.parent / str(f)).resolve()
+            if not path.exists():
+                raise ConfigError(f"{source}: [data.parties].{p}: file {path} not found")
+            specs[p] = {"train": {"path": path, **({"label_column": "y"} if p == label else {})}}
+        if data_cfg.get("test_ids"):
+            tp = (source.parent / str(data_cfg["test_ids"])).resolve()
+            if not tp.exists():
+                raise ConfigError(f"{source}: [data].test_ids: file {tp} not found")
+            # only its ids are used; the party daemon still validates it as a table at start-up
+            specs[label]["test"] = {"path": tp}
+        return specs
+    raise ConfigError(f"{source}: [data].source for a vertical scenario must be 'vertical-generated' or 'vertical-files'")
