@@ -91,6 +91,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         rec = self.registry.get(request.run_id)
         if rec is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no run '{request.run_id}'")
+            raise AssertionError("unreachable: abort() raises")
         return run_info(rec)
 
     def ListRuns(self, request: control_pb2.ListRunsRequest, context: grpc.ServicerContext) -> control_pb2.ListRunsReply:

@@ -9,6 +9,8 @@ metrics, byte counts — never a key, a row or an update.
 
 from __future__ import annotations
 
+import builtins
+
 import json
 import secrets
 import sqlite3
@@ -171,7 +173,7 @@ class Registry:
             c.execute("COMMIT")
         return int(seq)
 
-    def events(self, run_id: str, after_seq: int = 0) -> list[tuple[int, float, dict[str, Any]]]:
+    def events(self, run_id: str, after_seq: int = 0) -> builtins.list[tuple[int, float, dict[str, Any]]]:
         with self._conn() as c:
             rows = c.execute(
                 "SELECT seq, time, data_json FROM events WHERE run_id=? AND seq>? ORDER BY seq", (run_id, after_seq)

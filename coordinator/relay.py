@@ -252,10 +252,10 @@ class RelayServicer(pb_grpc.RelayServicer):
         reader.start()
         yield Frame(kind=Frame.HELLO_ACK, session=session, receiver=name)
         while True:
-            frame = conn.outbox.get()
-            if frame is None:
+            out = conn.outbox.get()
+            if out is None:
                 return
-            yield frame
+            yield out
 
     def _read_loop(self, conn: _Conn, request_iterator: Iterator[Frame]) -> None:
         reason = "lost its connection to the relay"

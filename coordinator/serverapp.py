@@ -84,7 +84,7 @@ class FlowerChannel:
         for rep in replies:
             party = by_node.get(rep.metadata.src_node_id, f"node {rep.metadata.src_node_id}")
             if rep.has_error():
-                errors[party] = rep.error.reason
+                errors[party] = str(rep.error.reason)
                 continue
             _, payload, meta = unpack(rep.content)
             if meta.get("error"):

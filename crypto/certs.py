@@ -59,7 +59,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
-from crypto._files import PUBLIC_MODE, SECRET_MODE, read_file, refuse_existing, write_file
+from crypto.files import PUBLIC_MODE, SECRET_MODE, read_file, refuse_existing, write_file
 from fedcredit.errors import ConfigError, SecurityError
 
 #: Private enterprise arc for fedcredit; ``.1`` = the envelope-key extension.

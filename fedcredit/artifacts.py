@@ -58,8 +58,9 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from crypto import signing
+from crypto.files import fsync_dir, write_file
 from fedcredit.config import NAME_RE
-from fedcredit.errors import ConfigError, DataError, SecurityError
+from fedcredit.errors import ConfigError, DataError, ModelMismatch, SecurityError
 
 FORMAT = "fedcredit-artifact/1"
 SCHEMA_FORMAT = "fedcredit-schema/1"
@@ -349,32 +350,16 @@ def _write_dir_atomically(out_dir: Path, contents: Mapping[str, bytes]) -> Path:
     try:
         os.chmod(tmp, _DIR_MODE)
         for name, data in contents.items():
-            _write_new(tmp / name, data)
-        _fsync_dir(tmp)
+            write_file(tmp / name, data, _FILE_MODE, exclusive=True, what="artifact")
+        fsync_dir(tmp)
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above); rename cannot replace a directory portably otherwise
         os.rename(tmp, out_dir)
-        _fsync_dir(out_dir.parent)
+        fsync_dir(out_dir.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def build_artifact(
@@ -408,7 +393,7 @@ def build_artifact(
         contents[_check_file_name(name)] = bytes(data)
     contents[SCHEMA] = json_bytes(_normalize_schema(schema))
     contents = dict(sorted(contents.items()))
-    entries = {n: {"sha256": _sha256(b), "size": len(b)} for n, b in contents.items()}
+    entries: dict[str, dict[str, Any]] = {n: {"sha256": _sha256(b), "size": len(b)} for n, b in contents.items()}
     manifest = {
         "format": FORMAT,
         "run_id": run_id,
@@ -483,9 +468,7 @@ def sign_artifact(path: str | Path, signing_key: Any, *, check_files: bool = Tru
     if check_files:
         _check_contents(manifest, _read_dir(path), f"artifact {path}")
     signed = signing.sign_manifest(doc, key)
-    tmp = path / f".{MANIFEST}.tmp"
-    tmp.write_bytes(json_bytes(signed))
-    os.replace(tmp, mpath)
+    write_file(mpath, json_bytes(signed), _FILE_MODE)
     return _parse_manifest(signed, f"artifact {path}")
 
 
@@ -511,11 +494,7 @@ def pack_artifact(path: str | Path, tar_path: str | Path) -> Path:
         import gzip
 
         data = gzip.compress(data, mtime=0)
-    tar_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tar_path.with_name(f".{tar_path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, tar_path)
-    return tar_path
+    return write_file(tar_path, data, _FILE_MODE, exclusive=True, what="artifact archive")
 
 
 def _read_tar(path: Path) -> dict[str, bytes]:
@@ -661,18 +640,18 @@ def check_peers(manifest: Manifest, observed: Mapping[str, str]) -> None:
     for peer, entry in manifest.peers.items():
         got = observed.get(peer)
         if got is None:
-            raise SecurityError(
+            raise ModelMismatch(
                 f"model version mismatch: run {manifest.run_id} at {manifest.party!r} needs a partial result from "
                 f"{peer!r}, which did not report its model part"
             )
         if got != entry["model_hash"]:
-            raise SecurityError(
+            raise ModelMismatch(
                 f"model version mismatch: {manifest.party!r} runs {manifest.run_id} which expects {peer!r}'s part "
                 f"{entry['model_hash'][:12]}, but {peer!r} serves {got[:12]} (activate the same run at every party)"
             )
     unknown = sorted(set(observed) - set(manifest.peers))
     if unknown:
-        raise SecurityError(
+        raise ModelMismatch(
             f"model version mismatch: {unknown} answered for run {manifest.run_id} at {manifest.party!r}, "
             "but are not parties of that model"
         )

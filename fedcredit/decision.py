@@ -164,8 +164,8 @@ def sigmoid(z: float) -> float:
 
 
 def lr_contributions(
-    weights: Sequence[float],
-    standardized: Sequence[float],
+    weights: Sequence[float] | np.ndarray,
+    standardized: Sequence[float] | np.ndarray,
     feature_names: Sequence[str],
     *,
     intercept: float = 0.0,

@@ -21,3 +21,23 @@ class ProtocolError(FedCreditError):
 
 class SecurityError(FedCreditError):
     """A signature, certificate, or sealed envelope failed verification."""
+
+
+class ModelMismatch(SecurityError):
+    """Parties of a joint model serve different versions of it (activate the same run everywhere)."""
+
+
+class NotAuthorized(SecurityError):
+    """An authenticated caller asked for something its name or role may not have."""
+
+
+class UnknownId(DataError):
+    """A scoring request names an id the party does not hold."""
+
+
+class PartyUnavailable(ProtocolError):
+    """A peer party did not answer in time or could not be reached; ``party`` names it."""
+
+    def __init__(self, party: str, message: str) -> None:
+        self.party = party
+        super().__init__(message)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from crypto.files import PUBLIC_MODE, write_file
 from fedcredit.artifacts import Artifact, json_bytes, load_horizontal
 from fedcredit.errors import ConfigError, DataError
 from fedcredit.decision import Contributions, ScoreScale, lr_contributions
@@ -109,17 +109,6 @@ def _fmt(v: float) -> str:
     return "" if v is None else repr(float(v))
 
 
-def _write_new(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    if path.exists():
-        raise ConfigError(f"refusing to overwrite existing export file {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
-
-
 def scorecard_rows(
     model: LinearModel, scale: ScoreScale, bins: Mapping[str, Sequence[float]] | None = None
 ) -> list[dict[str, str]]:
@@ -165,7 +154,7 @@ def export_scorecard_csv(
     w = csv.DictWriter(buf, fieldnames=SCORECARD_COLUMNS, lineterminator="\n")
     w.writeheader()
     w.writerows(scorecard_rows(model, scale, bins))
-    return _write_new(Path(path), buf.getvalue().encode("utf-8"))
+    return write_file(Path(path), buf.getvalue().encode("utf-8"), PUBLIC_MODE, exclusive=True, what="export")
 
 
 def linear_model_doc(model: LinearModel, scale: ScoreScale | None = None) -> dict[str, Any]:
@@ -201,7 +190,7 @@ def linear_model_doc(model: LinearModel, scale: ScoreScale | None = None) -> dic
 
 
 def export_linear_json(model: LinearModel, path: str | Path, scale: ScoreScale | None = None) -> Path:
-    return _write_new(Path(path), json_bytes(linear_model_doc(model, scale)))
+    return write_file(Path(path), json_bytes(linear_model_doc(model, scale)), PUBLIC_MODE, exclusive=True, what="export")
 
 
 def pmml_bytes(model: LinearModel) -> bytes:
@@ -239,7 +228,7 @@ def pmml_bytes(model: LinearModel) -> bytes:
 
 
 def export_pmml(model: LinearModel, path: str | Path) -> Path:
-    return _write_new(Path(path), pmml_bytes(model))
+    return write_file(Path(path), pmml_bytes(model), PUBLIC_MODE, exclusive=True, what="export")
 
 
 def export_artifact(

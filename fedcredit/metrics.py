@@ -10,7 +10,9 @@ ties).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -39,6 +41,41 @@ def ks(y: np.ndarray, p: np.ndarray) -> float:
         return float("nan")
     fpr, tpr, _ = roc_curve(y, p)
     return float(np.max(tpr - fpr))
+
+
+def auc_ks(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """(ROC AUC, KS): the two figures credit teams report."""
+    return auc(y, p), ks(y, p)
+
+
+def write_evaluation(
+    out_dir: str | Path,
+    y: np.ndarray,
+    scores: np.ndarray,
+    *,
+    name: str,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``<name>_report.json`` and ``<name>_roc_ks.png`` into ``out_dir``; return the report."""
+    y, scores = _check(y, scores)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    a, k = auc_ks(y, scores)
+    fpr, tpr, thr = roc_curve(y, scores)
+    i = int(np.argmax(tpr - fpr))
+    png = roc_ks_plot(y, scores, out / f"{name}_roc_ks.png", title=name)
+    report: dict[str, Any] = {
+        "name": name,
+        "n": int(len(y)),
+        "positives": int(np.sum(y)),
+        "auc": round(a, 6),
+        "ks": round(k, 6),
+        "ks_threshold": float(thr[i]) if np.isfinite(thr[i]) else None,
+        **dict(extra or {}),
+        "plot": png.name,
+    }
+    (out / f"{name}_report.json").write_text(json.dumps(report, indent=2))
+    return report
 
 
 def roc_ks_plot(y: np.ndarray, p: np.ndarray, path: str | Path, title: str = "") -> Path:

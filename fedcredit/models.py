@@ -162,7 +162,8 @@ class MLPModel:
         # Same distribution as torch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
         rng = np.random.default_rng(self.seed)
         parts = []
-        for layer in (self.net[0], self.net[2]):  # parameter order: w1, b1, w2, b2
+        layers: tuple[torch.nn.Linear, torch.nn.Linear] = (self.net[0], self.net[2])  # type: ignore[assignment]
+        for layer in layers:  # parameter order: w1, b1, w2, b2
             bound = 1.0 / np.sqrt(layer.in_features)
             parts.append(rng.uniform(-bound, bound, size=layer.weight.numel()))
             parts.append(rng.uniform(-bound, bound, size=layer.bias.numel()))

@@ -28,6 +28,7 @@ Why this shape:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import json
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from crypto.files import write_file
 from fedcredit.artifacts import MANIFEST, Artifact, check_artifact_integrity, json_bytes, read_artifact
 from fedcredit.errors import ConfigError, SecurityError
 
@@ -78,18 +80,7 @@ def _now_iso() -> str:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_file(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode(), 0o600)
 
 
 class ModelStore:
@@ -200,11 +191,7 @@ class ModelStore:
                 adir = stage / ARTIFACT_DIR
                 adir.mkdir(mode=0o700)
                 for name, data in {**art.files, MANIFEST: manifest_bytes}.items():
-                    fd = os.open(adir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    with os.fdopen(fd, "wb") as fh:
-                        fh.write(data)
-                        fh.flush()
-                        os.fsync(fh.fileno())
+                    write_file(adir / name, data, 0o600, exclusive=True, what="artifact")
                 n = 1 + sum(1 for p in self._versions.iterdir() if p.name.startswith(f"{m.run_id}-{m.party}-"))
                 version = f"{m.run_id}-{m.party}-{n}"
                 while (self._versions / version).exists():
@@ -305,7 +292,7 @@ class ModelStore:
         except SecurityError as exc:
             raise SecurityError(f"model store version {version!r} failed its integrity check: {exc}") from None
 
-    def history(self) -> list[dict[str, Any]]:
+    def history(self) -> builtins.list[dict[str, Any]]:
         """Install / activate / rollback events, oldest first."""
         p = self.root / HISTORY
         if not p.exists():

@@ -38,8 +38,11 @@ import numpy as np
 from crypto.certs import Identity
 from crypto.tls import GRPC_OPTIONS, peer_identity, secure_channel, server_credentials
 from fedcredit.artifacts import Artifact, check_peers, load_horizontal
-from fedcredit.errors import ConfigError, DataError, FedCreditError, ProtocolError, SecurityError
+from fedcredit.errors import (ConfigError, DataError, FedCreditError, ModelMismatch, NotAuthorized, PartyUnavailable,
+                              ProtocolError, SecurityError, UnknownId)
+from fedcredit.rpc_errors import ERROR_KEY, error_from_rpc, status_of, trailer_of
 from fedcredit.decision import Contributions, DecisionPolicy, decide, lr_contributions, tree_contributions
+from party.audit import DecisionLog
 from party.models import ModelStore
 from protos import scoring_pb2 as pb
 from protos import scoring_pb2_grpc as pbg
@@ -59,14 +62,6 @@ class Application:
     id: str
     features: Mapping[str, float]
     exposure: float | None = None
-
-
-class PartyUnavailable(ProtocolError):
-    """A passive party failed to answer in time (``party`` names it)."""
-
-    def __init__(self, party: str, message: str) -> None:
-        self.party = party
-        super().__init__(message)
 
 
 # --------------------------------------------------------------------------- loaded models
@@ -213,51 +208,6 @@ def _mean_leaf_values(tree: Sequence[Mapping[str, Any]]) -> list[float]:
     return [walk(i)[0] / walk(i)[1] for i in range(len(tree))]
 
 
-# --------------------------------------------------------------------------- decision log
-
-
-class DecisionLog:
-    """Append-only JSONL audit log of decisions at the deciding party (no feature values).
-
-    Lines are written to a buffer and flushed to the file by a background thread every
-    ``flush_interval`` seconds (and on close): a write syscall per decision was ~10 % of
-    a decision's CPU time.  A crash of the daemon can lose at most that interval.
-    """
-
-    def __init__(self, path: Path, flush_interval: float = 0.05) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._fh = os.fdopen(fd, "a", encoding="utf-8", buffering=1 << 20)
-        self._lock = threading.Lock()
-        self._dirty = False
-        self._closed = threading.Event()
-        self._flusher = threading.Thread(target=self._run, args=(flush_interval,), name="decision-log", daemon=True)
-        self._flusher.start()
-
-    def _run(self, interval: float) -> None:
-        while not self._closed.wait(interval):
-            self.flush()
-
-    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
-        text = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in records)
-        with self._lock:
-            self._fh.write(text)
-            self._dirty = True
-
-    def flush(self) -> None:
-        with self._lock:
-            if self._dirty and not self._fh.closed:
-                self._fh.flush()
-                self._dirty = False
-
-    def close(self) -> None:
-        self._closed.set()
-        self.flush()
-        with self._lock:
-            self._fh.close()
-
-
 # --------------------------------------------------------------------------- the service core
 
 
@@ -391,10 +341,10 @@ class ScoringService:
                               "not a passive part: no partial scores to give")
         label = m.model.label_party
         if caller is not None and caller != label:
-            raise SecurityError(f"party '{self.party}': partial scores of run {man.run_id} are only for the label "
+            raise NotAuthorized(f"party '{self.party}': partial scores of run {man.run_id} are only for the label "
                                 f"party '{label}', not '{caller}'")
         if model_hash != man.model_hash:
-            raise SecurityError(
+            raise ModelMismatch(
                 f"model version mismatch: '{label}' asks '{self.party}' for part {model_hash[:12]}, but "
                 f"'{self.party}' serves {man.model_hash[:12]} (run {man.run_id}, version {m.version}); "
                 "activate the same run at every party")
@@ -404,7 +354,7 @@ class ScoringService:
         for k, i in enumerate(ids):
             r = index.get(i.strip())  # the PSI id rule: strings are compared stripped
             if r is None:
-                raise DataError(f"party '{self.party}': id {i!r} is not in its dataset {table.source}")
+                raise UnknownId(f"party '{self.party}': id {i!r} is not in its dataset {table.source}")
             rows[k] = r
         X = table.X[rows]
         rep = pb.PartialReply(party=self.party, model_hash=man.model_hash, kind=m.kind)
@@ -717,33 +667,18 @@ def _tree_contrib(m: LoadedModel, x: np.ndarray, bits: Mapping[str, Mapping[int,
 
 
 def _peer_error(party: str, address: str, e: grpc.RpcError, deadline: float) -> FedCreditError:
-    code, details = e.code(), e.details() or ""
+    """A failed call to a passive party as our error: unreachable/late -> PartyUnavailable (fallback may
+    answer), otherwise the type the peer raised (``fedcredit.rpc_errors``)."""
+    code = e.code()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return PartyUnavailable(party, f"passive party '{party}' ({address}) did not answer within the "
                                        f"{deadline * 1000:.0f} ms scoring deadline")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return PartyUnavailable(party, f"passive party '{party}' ({address}) is unreachable: {details}")
-    if code == grpc.StatusCode.NOT_FOUND or code == grpc.StatusCode.INVALID_ARGUMENT:
-        return DataError(details if f"party '{party}'" in details else f"passive party '{party}': {details}")
-    if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED):
-        return SecurityError(details) if "mismatch" in details or "only for" in details else ConfigError(
-            f"passive party '{party}': {details}")
-    return ProtocolError(f"passive party '{party}' failed: {code.name}: {details}")
+    if code == grpc.StatusCode.UNAVAILABLE and not any(k == ERROR_KEY for k, _ in e.trailing_metadata() or ()):
+        return PartyUnavailable(party, f"passive party '{party}' ({address}) is unreachable: {e.details()}")
+    return error_from_rpc(e, party=party)
 
 
 # --------------------------------------------------------------------------- gRPC
-
-
-def _status(e: FedCreditError) -> grpc.StatusCode:
-    if isinstance(e, PartyUnavailable):
-        return grpc.StatusCode.UNAVAILABLE
-    if isinstance(e, DataError):
-        return grpc.StatusCode.NOT_FOUND if "is not in its dataset" in str(e) else grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(e, SecurityError):
-        return grpc.StatusCode.FAILED_PRECONDITION if "mismatch" in str(e) else grpc.StatusCode.PERMISSION_DENIED
-    if isinstance(e, ConfigError):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    return grpc.StatusCode.INTERNAL
 
 
 def _to_app(r: pb.ScoreRequest) -> Application:
@@ -788,7 +723,8 @@ class _Servicer(pbg.ScoringServicer):
                 result = await result
             return result
         except FedCreditError as e:
-            await context.abort(_status(e), str(e))
+            context.set_trailing_metadata(trailer_of(e))
+            await context.abort(status_of(e), str(e))
 
     async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreReply:
         async def run(_c: str) -> pb.ScoreReply:
@@ -943,4 +879,4 @@ def start_from_config(config: Any) -> ScoringServer:
 
 
 __all__ = ["Application", "PartyUnavailable", "ScoringService", "ScoringServer", "ScoringClient", "serve",
-           "service_from_config", "start_from_config", "DecisionLog"]
+           "service_from_config", "start_from_config"]

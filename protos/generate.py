@@ -26,7 +26,7 @@ def proto_files(protos_dir: Path = PROTOS_DIR) -> list[Path]:
 def generated_names(proto: Path) -> list[str]:
     """File names protoc writes for ``proto``."""
     stem = proto.stem
-    return [f"{stem}_pb2.py", f"{stem}_pb2_grpc.py"]
+    return [f"{stem}_pb2.py", f"{stem}_pb2.pyi", f"{stem}_pb2_grpc.py"]
 
 
 def generate(out_root: Path = REPO_ROOT, protos_dir: Path = PROTOS_DIR) -> list[Path]:
@@ -54,6 +54,7 @@ def generate(out_root: Path = REPO_ROOT, protos_dir: Path = PROTOS_DIR) -> list[
         f"-I{repo_root}",
         f"-I{well_known}",
         f"--python_out={out_root}",
+        f"--pyi_out={out_root}",  # type stubs: mypy checks our use of the messages
         f"--grpc_python_out={out_root}",
         *[str(p.relative_to(repo_root)) for p in protos],
     ]

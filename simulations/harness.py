@@ -112,7 +112,7 @@ def _run_deployment(tables: dict[str, Any], banks: dict[str, dict[str, Path]], o
     from simulations.deployment import LocalFederation, PartySpec
 
     parties = [
-        PartySpec(b, f) if isinstance(f.get("train"), dict)  # vertical: dataset tables prepared per party
+        PartySpec(b, f) if isinstance(f.get("train"), dict)  # type: ignore[arg-type]  # vertical: dataset tables prepared per party
         else PartySpec(b, {"train": {"path": f["train"], "label_column": "y"}, "test": {"path": f["test"], "label_column": "y"}})
         for b, f in banks.items()
     ]

@@ -32,7 +32,7 @@ def prepare_data(data_cfg: dict[str, Any], out: Path, source: Path) -> dict[str,
             int(data_cfg.get("rows_per_bank", 4000)),
             int(data_cfg.get("test_rows", 3000)),
             seed=int(data_cfg.get("seed", 7)),
-            split=str(data_cfg.get("split", "iid")),  # type: ignore[arg-type]
+            split=str(data_cfg.get("split", "iid")),
         )
         banks = [k for k in paths if k != "test"]
         test = pd.read_csv(paths["test"])

@@ -32,10 +32,12 @@ import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from crypto.files import write_text
 from crypto.psi import POINT_LEN, PsiKey, hash_to_point, normalize_id
 from fedcredit.errors import DataError, ProtocolError
 from fedcredit.transport import Transport
@@ -480,12 +482,7 @@ def _size_error(size: int, min_size: int, parties: list[str], me: str, source: s
 
 def save_intersection(path: str | os.PathLike[str], result: PsiResult) -> None:
     """Store the aligned intersection (one id per line, common order) with owner-only permissions."""
-    tmp = f"{os.fspath(path)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for i in result.intersection_ids:
-            f.write(i + "\n")
-    os.replace(tmp, path)
+    write_text(Path(path), "".join(i + "\n" for i in result.intersection_ids))
 
 
 def load_intersection(path: str | os.PathLike[str]) -> list[str]:

@@ -1,0 +1,99 @@
+"""The project's one owner-only, atomic file writer (keys, model parts, artifacts, state).
+
+Why one helper, and why in crypto: every secret we write — keys, model parts, the
+PSI intersection, artifact files — must be created with its mode from the first byte
+(no chmod-after-write window), be complete or absent after a crash (temp file, fsync,
+rename), and never replace an existing file unless the caller asked for it (a silently
+overwritten CA key orphans every issued cert).  crypto is the bottom layer, so every
+other package can use this one writer.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from fedcredit.errors import ConfigError
+
+SECRET_MODE = 0o600
+PUBLIC_MODE = 0o644
+
+
+def refuse_existing(paths: Iterable[Path], force: bool, what: str) -> None:
+    """Raise ConfigError naming the first existing path unless ``force``.
+
+    Checked for *all* outputs before anything is written, so a refusal leaves the
+    directory exactly as it was.
+    """
+    if force:
+        return
+    for path in paths:
+        if path.exists():
+            raise ConfigError(
+                f"refusing to overwrite existing {what} file {path} "
+                "(pass force=True / --force to replace it)"
+            )
+
+
+def write_file(path: Path, data: bytes, mode: int = SECRET_MODE, *, exclusive: bool = False,
+               what: str = "output") -> Path:
+    """Atomically write ``data`` to ``path`` with ``mode`` set at creation time; returns ``path``.
+
+    ``exclusive``: refuse (ConfigError naming the file) if ``path`` already exists.
+    """
+    path = Path(path)
+    if exclusive and path.exists():
+        raise ConfigError(f"refusing to overwrite existing {what} file {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if exclusive:
+            os.link(tmp, path)  # fails if the path appeared meanwhile: never replaces
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+    except FileExistsError:
+        _unlink(tmp)
+        raise ConfigError(f"refusing to overwrite {what} file {path} (it appeared while writing)") from None
+    except BaseException:
+        _unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: Path, text: str, mode: int = SECRET_MODE, *, exclusive: bool = False) -> Path:
+    """:func:`write_file` for UTF-8 text."""
+    return write_file(path, text.encode("utf-8"), mode, exclusive=exclusive)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's new entries durable (after a rename into it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(p: str) -> None:
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        pass
+
+
+def read_file(path: Path, what: str) -> bytes:
+    """Read ``path`` or raise ConfigError naming the missing file and its role."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"missing {what} file {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror}") from None
