@@ -32,7 +32,7 @@ Flower deployment mode, so steps are merged wherever the data dependencies allow
    an *encrypted* score histogram.
 5. ``global_metrics`` -> one party: the summed histogram; replies the global AUC/KS only.
 
-Hops: R + 4.  Every payload is ``FCHZ`` framing: a JSON header plus named binary
+Hops: R + 4.  Every payload is ``fedcredit.codec`` framing: a JSON header plus named binary
 blobs (no pickle).  The leakage table (what each role sees in plaintext) is in
 ``docs/horizontal.md``.
 """
@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from crypto import ckks
 from crypto.envelope import open_sealed, seal
-from fedcredit import metrics
+from fedcredit import codec, metrics
 from fedcredit.channel import Handler, PartyChannel, StateStore
 from fedcredit.errors import ConfigError, DataError, FedCreditError, ProtocolError, SecurityError
 from fedcredit.models import FAMILIES, Model, make_model, save_model
@@ -169,43 +169,15 @@ class HorizontalJob:
 
 # --------------------------------------------------------------------------- wire format
 
-_MAGIC = b"FCHZ"
-_VERSION = 1
-_HDR = struct.Struct("<4sBI")
-
-
 def encode_message(header: Mapping[str, Any], blobs: Mapping[str, bytes] | None = None) -> bytes:
-    """JSON header + named binary blobs (ciphertexts, envelopes); never pickle."""
-    blobs = dict(blobs or {})
-    h = dict(header)
-    h["_blobs"] = [[name, len(b)] for name, b in blobs.items()]
-    hj = json.dumps(h, separators=(",", ":"), allow_nan=True).encode("utf-8")
-    return b"".join([_HDR.pack(_MAGIC, _VERSION, len(hj)), hj, *(bytes(b) for b in blobs.values())])
+    """A horizontal message: JSON header + named binary blobs (ciphertexts, envelopes), framed by fedcredit.codec."""
+    return codec.pack(header, None, blobs)
 
 
 def decode_message(data: bytes, what: str = "message") -> tuple[dict[str, Any], dict[str, bytes]]:
     """Inverse of :func:`encode_message`; malformed input is a ProtocolError naming ``what``."""
-    data = bytes(data)
-    try:
-        magic, version, hl = _HDR.unpack_from(data, 0)
-        if magic != _MAGIC:
-            raise ValueError(f"bad magic {magic!r}")
-        if version != _VERSION:
-            raise ValueError(f"version {version}, this build reads {_VERSION}")
-        off = _HDR.size
-        header = json.loads(data[off : off + hl].decode("utf-8"))
-        off += hl
-        blobs: dict[str, bytes] = {}
-        for name, n in header.pop("_blobs"):
-            if off + int(n) > len(data):
-                raise ValueError(f"blob '{name}' truncated")
-            blobs[str(name)] = data[off : off + int(n)]
-            off += int(n)
-        if off != len(data):
-            raise ValueError(f"{len(data) - off} trailing bytes")
-        return header, blobs
-    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as e:
-        raise ProtocolError(f"malformed horizontal {what}: {e}") from None
+    header, _, blobs = codec.unpack(data, what=f"horizontal {what}")
+    return header, blobs
 
 
 # --------------------------------------------------------------------------- exact encrypted sums

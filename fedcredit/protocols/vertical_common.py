@@ -20,6 +20,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from fedcredit.codec import pack_arrays, pack_blobs, unpack_arrays, unpack_blobs  # noqa: F401 - callers move next
+from fedcredit.metrics import auc_ks, write_evaluation  # noqa: F401 - callers move next
 from fedcredit.errors import DataError, ProtocolError
 
 __all__ = [
@@ -300,86 +302,7 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, ids: Sequence[
     return [np.sort(b) for b in np.array_split(perm, n_batches)]
 
 
-# --------------------------------------------------------------------------- wire format
-
-_MAGIC = b"FCA1"
-
-
-def pack_arrays(arrays: Mapping[str, np.ndarray] | None = None, meta: Mapping[str, Any] | None = None) -> bytes:
-    """Serialize named numeric arrays + a JSON ``meta`` dict to bytes (no pickle)."""
-    header: dict[str, Any] = {"meta": dict(meta or {}), "arrays": []}
-    bufs: list[bytes] = []
-    for name, a in (arrays or {}).items():
-        a = np.ascontiguousarray(a)
-        if a.dtype.kind not in "biuf":
-            raise TypeError(f"array '{name}' has non-numeric dtype {a.dtype}")
-        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-        b = a.tobytes()
-        header["arrays"].append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "nbytes": len(b)})
-        bufs.append(b)
-    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    return b"".join([_MAGIC, struct.pack("<I", len(h)), h, *bufs])
-
-
-def pack_blobs(blobs: Sequence[bytes], meta: Mapping[str, Any] | None = None) -> bytes:
-    """Frame several opaque byte strings (e.g. serialized ciphertexts) + a JSON ``meta`` into one payload."""
-    lens = np.fromiter((len(b) for b in blobs), dtype="<u8", count=len(blobs))
-    return pack_arrays({"_len": lens}, {**dict(meta or {}), "_blobs": len(blobs)}) + b"".join(blobs)
-
-
-def unpack_blobs(payload: bytes, *, what: str = "message") -> tuple[list[bytes], dict[str, Any]]:
-    """Inverse of :func:`pack_blobs`; a malformed payload is a :class:`ProtocolError` naming ``what``."""
-    try:
-        if payload[:4] != _MAGIC:
-            raise ValueError("bad magic")
-        (hl,) = struct.unpack("<I", payload[4:8])
-        header = json.loads(payload[8 : 8 + hl].decode("utf-8"))
-        (spec,) = header["arrays"]
-        if spec["name"] != "_len" or spec["dtype"] != "<u8":
-            raise ValueError("not a blob frame")
-        n = int(header["meta"].pop("_blobs"))
-        off = 8 + hl
-        lens = np.frombuffer(payload, dtype="<u8", count=n, offset=off)
-        off += 8 * n
-        out: list[bytes] = []
-        mv = memoryview(payload)
-        for ln in lens.tolist():
-            if off + ln > len(payload):
-                raise ValueError("truncated")
-            out.append(bytes(mv[off : off + ln]))
-            off += ln
-        if off != len(payload):
-            raise ValueError("trailing bytes")
-        return out, header["meta"]
-    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as e:
-        raise ProtocolError(f"malformed {what}: {e}") from None
-
-
-def unpack_arrays(payload: bytes, *, what: str = "message") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Inverse of :func:`pack_arrays`; a malformed payload is a :class:`ProtocolError` naming ``what``."""
-    try:
-        if payload[:4] != _MAGIC:
-            raise ValueError("bad magic")
-        (hl,) = struct.unpack("<I", payload[4:8])
-        header = json.loads(payload[8 : 8 + hl].decode("utf-8"))
-        off = 8 + hl
-        out: dict[str, np.ndarray] = {}
-        for spec in header["arrays"]:
-            dt = np.dtype(spec["dtype"])
-            if dt.kind not in "biuf":
-                raise ValueError(f"dtype {dt} not allowed")
-            nb = int(spec["nbytes"])
-            if off + nb > len(payload):
-                raise ValueError("truncated")
-            out[spec["name"]] = np.frombuffer(payload, dtype=dt, count=nb // dt.itemsize, offset=off).reshape(
-                spec["shape"]
-            )
-            off += nb
-        if off != len(payload):
-            raise ValueError("trailing bytes")
-        return out, header["meta"]
-    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as e:
-        raise ProtocolError(f"malformed {what}: {e}") from None
+# --------------------------------------------------------------------------- alignment digest
 
 
 def ids_digest(ids: Sequence[str]) -> str:
@@ -392,72 +315,3 @@ def ids_digest(ids: Sequence[str]) -> str:
         h.update(struct.pack("<I", len(b)))
         h.update(b)
     return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def auc_ks(y: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """ROC AUC and the Kolmogorov-Smirnov statistic (max TPR - FPR), the two figures credit teams report."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    fpr, tpr, _ = roc_curve(y, scores)
-    return float(roc_auc_score(y, scores)), float(np.max(tpr - fpr))
-
-
-def write_evaluation(
-    out_dir: str | Path,
-    y: np.ndarray,
-    scores: np.ndarray,
-    *,
-    name: str,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write ``<name>_report.json`` and ``<name>_roc_ks.png`` (ROC + KS curves) into ``out_dir``; return the report."""
-    from sklearn.metrics import roc_curve
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    auc, ks = auc_ks(y, scores)
-    fpr, tpr, thr = roc_curve(y, scores)
-    k = int(np.argmax(tpr - fpr))
-    report: dict[str, Any] = {
-        "name": name,
-        "n": int(len(y)),
-        "positives": int(np.sum(y)),
-        "auc": round(auc, 6),
-        "ks": round(ks, 6),
-        "ks_threshold": float(thr[k]) if np.isfinite(thr[k]) else None,
-        **dict(extra or {}),
-    }
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
-    a1.plot(fpr, tpr, label=f"AUC = {auc:.4f}")
-    a1.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
-    a1.set_xlabel("false positive rate")
-    a1.set_ylabel("true positive rate")
-    a1.set_title(f"ROC — {name}")
-    a1.legend(loc="lower right")
-    order = np.argsort(-np.asarray(scores))
-    ys = np.asarray(y)[order]
-    frac = np.arange(1, len(ys) + 1) / len(ys)
-    cum_pos = np.cumsum(ys) / max(1, ys.sum())
-    cum_neg = np.cumsum(1 - ys) / max(1, (1 - ys).sum())
-    a2.plot(frac, cum_pos, label="cumulative bad")
-    a2.plot(frac, cum_neg, label="cumulative good")
-    kk = int(np.argmax(cum_pos - cum_neg))
-    a2.vlines(frac[kk], cum_neg[kk], cum_pos[kk], colors="red", label=f"KS = {ks:.4f}")
-    a2.set_xlabel("fraction of population (by descending score)")
-    a2.set_title(f"KS — {name}")
-    a2.legend(loc="lower right")
-    fig.tight_layout()
-    png = out / f"{name}_roc_ks.png"
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    report["plot"] = png.name
-    (out / f"{name}_report.json").write_text(json.dumps(report, indent=2))
-    return report
