@@ -57,7 +57,7 @@ def secret_ctx():
 
 @pytest.fixture(scope="module")
 def public_ctx(secret_ctx):
-    return ckks.load_context(ckks.public_bytes(secret_ctx))
+    return ckks.load_public(ckks.public_bytes(secret_ctx))
 
 
 def _mode(path: Path) -> int:
@@ -495,19 +495,36 @@ def test_ckks_roundtrip_any_length(secret_ctx, public_ctx, n: int) -> None:
 
 
 def test_ckks_public_context_has_no_secret_and_cannot_decrypt(secret_ctx, public_ctx) -> None:
-    assert ckks.has_secret_key(secret_ctx)
-    assert not ckks.has_secret_key(public_ctx)
+    assert isinstance(secret_ctx, ckks.SecretContext) and isinstance(public_ctx, ckks.PublicContext)
+    assert secret_ctx.tenseal_context.has_secret_key()
+    assert not public_ctx.tenseal_context.has_secret_key()
     assert ckks.slot_count(public_ctx) == 4096
     blob = ckks.encrypt_vector(public_ctx, np.arange(5.0))
     with pytest.raises(SecurityError, match="public"):
-        ckks.decrypt_vector(public_ctx, blob)
+        ckks.decrypt_vector(public_ctx, blob)  # type: ignore[arg-type]
     with pytest.raises(SecurityError):
-        ckks.secret_bytes(public_ctx)
+        ckks.secret_bytes(public_ctx)  # type: ignore[arg-type]
     # public_bytes of a secret context still strips the secret key
-    assert not ckks.has_secret_key(ckks.load_context(ckks.public_bytes(secret_ctx)))
+    assert not ckks.load_public(ckks.public_bytes(secret_ctx)).tenseal_context.has_secret_key()
+    assert secret_ctx.public_bytes() == ckks.public_bytes(secret_ctx) == secret_ctx.public().to_bytes()
     # the secret context, shipped (inside an envelope) to another party, decrypts
-    clone = ckks.load_context(ckks.secret_bytes(secret_ctx))
+    clone = ckks.load_secret(ckks.secret_bytes(secret_ctx))
     assert np.allclose(ckks.decrypt_vector(clone, blob), np.arange(5.0), atol=1e-3)
+    # a secret context encrypts too; both kinds of context produce the same blob format
+    assert ckks.blob_length(ckks.encrypt_vector(secret_ctx, np.arange(7.0))) == 7
+
+
+def test_ckks_load_public_refuses_a_secret_context_and_load_secret_a_public_one(secret_ctx) -> None:
+    with pytest.raises(SecurityError, match="party 'bank': the context from 'guest' contains a secret key"):
+        ckks.load_public(secret_ctx.secret_bytes(), what="party 'bank': the context from 'guest'")
+    with pytest.raises(SecurityError, match="holds no secret key"):
+        ckks.load_secret(secret_ctx.public_bytes())
+    with pytest.raises(ProtocolError, match="cannot load CKKS context"):
+        ckks.load_public(b"not a context")
+    with pytest.raises(SecurityError):  # the wrapper types keep their promise
+        ckks.PublicContext(secret_ctx.tenseal_context)
+    with pytest.raises(TypeError):  # a bare TenSEAL context is not accepted by the API
+        ckks.encrypt_vector(secret_ctx.tenseal_context, np.ones(3))  # type: ignore[arg-type]
 
 
 def test_ckks_add_encrypted_matches_plaintext_sum(secret_ctx, public_ctx) -> None:

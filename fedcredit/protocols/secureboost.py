@@ -814,14 +814,14 @@ def _chunks(n: int) -> int:
     return max(1, -(-n // SLOTS))
 
 
-def _check_public_context(ctx: Any, me: str, label: str) -> None:
+def _check_public_context(ctx: ckks.PublicContext, me: str, label: str) -> None:
     _sealapi()  # registers SEAL's pybind types (seal::Modulus) before coeff_modulus() below, in a fresh process
-    if ckks.has_secret_key(ctx):
+    if not isinstance(ctx, ckks.PublicContext):
         raise SecurityError(
             f"party '{me}': the CKKS context from label party '{label}' contains a secret key; refusing it "
             "(a passive party must only ever hold the public context)"
         )
-    sctx = ctx.seal_context().data
+    sctx = ctx.tenseal_context.seal_context().data
     parms = sctx.key_context_data().parms()
     bits = [m.bit_count() for m in parms.coeff_modulus()]
     if parms.poly_modulus_degree() != CKKS_POLY_MODULUS_DEGREE or tuple(bits) != CKKS_COEFF_MOD_BIT_SIZES:
@@ -829,7 +829,7 @@ def _check_public_context(ctx: Any, me: str, label: str) -> None:
             f"party '{me}': CKKS context from '{label}' has N={parms.poly_modulus_degree()}, moduli {bits}; "
             f"this protocol uses N={CKKS_POLY_MODULUS_DEGREE}, moduli {list(CKKS_COEFF_MOD_BIT_SIZES)}"
         )
-    if not ctx.has_galois_keys():
+    if not ctx.tenseal_context.has_galois_keys():
         raise ProtocolError(f"party '{me}': CKKS context from '{label}' has no Galois keys (needed for slot rotations)")
 
 
@@ -841,10 +841,10 @@ class _LabelCrypto:
         self.ctx = ckks.new_context(
             CKKS_POLY_MODULUS_DEGREE, CKKS_COEFF_MOD_BIT_SIZES, CKKS_SCALE_BITS, galois_keys=True
         )
-        self.public_bytes = ckks.public_bytes(self.ctx)
-        self.sctx = self.ctx.seal_context().data
+        self.public_bytes = self.ctx.public_bytes()
+        self.sctx = self.ctx.tenseal_context.seal_context().data
         self.encoder = sa.CKKSEncoder(self.sctx)
-        sk = self.ctx.secret_key().data
+        sk = self.ctx.tenseal_context.secret_key().data
         self.encryptor = sa.Encryptor(self.sctx, sk)
         self.decryptor = sa.Decryptor(self.sctx, sk)
         self.io = _SealIO(self.sctx)
@@ -889,13 +889,13 @@ class _PassiveCrypto:
     inputs are rotated when chunks are few, outputs when chunks outnumber groups.
     """
 
-    def __init__(self, ctx: Any, src: _PlainSource, pack: int, cache_mb: float) -> None:
+    def __init__(self, ctx: ckks.PublicContext, src: _PlainSource, pack: int, cache_mb: float) -> None:
         sa = _sealapi()
         self._sa = sa
-        self.sctx = ctx.seal_context().data
+        self.sctx = ctx.tenseal_context.seal_context().data
         self.encoder = sa.CKKSEncoder(self.sctx)
         self.evaluator = sa.Evaluator(self.sctx)
-        self.galois = ctx.galois_keys().data
+        self.galois = ctx.tenseal_context.galois_keys().data
         self.io = _SealIO(self.sctx)
         self.top = self.sctx.first_parms_id()
         self.src = src
@@ -1337,7 +1337,7 @@ def run_secureboost_passive(
                     src = _PlainSource(me, binner, binner.transform(table.X), own=False, shuffle=True)
                 if len(blobs) != 1:
                     raise ProtocolError(f"party '{me}': setup from '{label_party}' must carry exactly one CKKS context")
-                ctx = ckks.load_context(blobs[0])
+                ctx = ckks.load_public(blobs[0], what=f"party '{me}': the CKKS context from label party '{label_party}'")
                 _check_public_context(ctx, me, label_party)
                 engine = _PassiveCrypto(ctx, src, cfg.pack, cfg.mask_cache_mb)
                 answer(n_candidates=src.n_candidates)

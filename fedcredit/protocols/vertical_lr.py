@@ -40,7 +40,7 @@ import numpy as np
 import tenseal as ts
 
 from crypto import ckks
-from fedcredit.errors import ConfigError, DataError, ProtocolError
+from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
 from fedcredit.protocols.vertical_common import (
     Standardizer,
     VerticalTable,
@@ -508,7 +508,7 @@ def run_vertical_lr_label(
             padded = np.zeros(k * L)
             padded[: len(rows)] = resid
             t1 = time.perf_counter()
-            cts = [ts.ckks_vector(ctx, padded[i * L : (i + 1) * L].tolist()).serialize() for i in range(k)]
+            cts = [ts.ckks_vector(ctx.tenseal_context, padded[i * L : (i + 1) * L].tolist()).serialize() for i in range(k)]
             tm["encrypt"] += time.perf_counter() - t1
             counters["encryptions"] += k
             enc = pack_blobs(cts, {"step": step, "rows": len(rows), "chunk": L})
@@ -529,7 +529,7 @@ def run_vertical_lr_label(
                 sums = np.empty(len(blobs))
                 for c, blob in enumerate(blobs):
                     try:
-                        sums[c] = float(np.sum(ts.ckks_vector_from(ctx, blob).decrypt()))
+                        sums[c] = float(np.sum(ts.ckks_vector_from(ctx.tenseal_context, blob).decrypt()))
                     except Exception as e:  # TenSEAL raises bare exceptions for foreign ciphertexts
                         raise ProtocolError(f"party '{me}': gradient ciphertext {c} from '{p}' is invalid: {e}") from None
                 counters["decryptions"] += len(blobs)
@@ -631,10 +631,14 @@ def run_vertical_lr_passive(
     me = transport.me
     pf, to = cfg.tag_prefix, cfg.timeout
     setup = json.loads(transport.recv(label_party, f"{pf}/setup", to).decode())
-    ctx = ckks.load_context(transport.recv(label_party, f"{pf}/ctx", to))
+    ctx_raw = transport.recv(label_party, f"{pf}/ctx", to)
     error = None
-    if ckks.has_secret_key(ctx):
-        error = "the context sent by the label party contains a secret key (refusing: keys must stay with their owner)"
+    try:
+        ctx = ckks.load_public(ctx_raw, what="the CKKS context sent by the label party")
+    except SecurityError as e:  # answered to the label party like every other refusal below
+        error = str(e)
+    if error is not None:
+        pass
     elif setup.get("version") != _VERSION:
         error = f"protocol version {setup.get('version')} (this party speaks {_VERSION})"
     elif me not in setup.get("passives", []):
@@ -686,7 +690,7 @@ def run_vertical_lr_passive(
             if len(blobs) * L < len(rows) or (len(blobs) - 1) * L >= len(rows):
                 raise ProtocolError(f"party '{me}': residual chunking {len(blobs)}x{L} does not fit {len(rows)} rows")
             try:
-                cts = [ts.ckks_vector_from(ctx, blob) for blob in blobs]
+                cts = [ts.ckks_vector_from(ctx.tenseal_context, blob) for blob in blobs]
             except Exception as e:
                 raise ProtocolError(f"party '{me}': residual ciphertext from '{label_party}' is invalid: {e}") from None
             Xb = np.zeros((len(blobs) * L, d))
