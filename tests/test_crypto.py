@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from crypto import ckks, envelope, psi, signing, tls
+from crypto import ckks, ckks_hist, envelope, psi, signing, tls
 from crypto.certs import ENVELOPE_KEY_OID, Identity, PeerInfo, init_ca, issue, verify_peer
 from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
 
@@ -512,6 +512,38 @@ def test_ckks_public_context_has_no_secret_and_cannot_decrypt(secret_ctx, public
     assert np.allclose(ckks.decrypt_vector(clone, blob), np.arange(5.0), atol=1e-3)
     # a secret context encrypts too; both kinds of context produce the same blob format
     assert ckks.blob_length(ckks.encrypt_vector(secret_ctx, np.arange(7.0))) == 7
+
+
+def test_ckks_hist_evaluator_output_decrypts_to_the_plaintext_histogram() -> None:
+    rng = np.random.default_rng(11)
+    n, pack = 6000, 4  # two gradient chunks; 3 features of 4 bins -> 9 cumulative candidates, 3 outputs
+    Xb = rng.integers(0, 4, (n, 3)).astype(np.uint8)
+    cand_f = np.repeat(np.arange(3), 3)
+    cand_b = np.tile(np.arange(3), 3)
+    perm = rng.permutation(len(cand_f))  # any candidate order works (passive parties shuffle theirs)
+    cand_f, cand_b = cand_f[perm], cand_b[perm]
+    keeper = ckks_hist.HistogramKeeper()
+    ev = ckks_hist.HistogramEvaluator(ckks.load_public(keeper.public_bytes), Xb, cand_f, cand_b, pack, 16)
+    assert ev.n_chunks == 2 and ev.n_outputs == ckks_hist.n_outputs(9, pack) == 3
+    g, h = rng.uniform(-1, 1, n), rng.uniform(0, 0.25, n)
+    node = rng.random(n) < 0.5
+    z = np.where(node, g + 1j * h, 0)
+    out = ev.histogram(keeper.encrypt_rows(z), "label party 'guest'")
+    assert len(out) == 3
+    assert all(ckks_hist.describe_ciphertext(keeper.ctx, b).chain_index == 0 for b in out)
+    GL, HL = keeper.decrypt_candidates(out, 9, pack, "bank")
+    left = (Xb[:, cand_f] <= cand_b) & node[:, None]  # rows x candidates
+    np.testing.assert_allclose(GL, g @ left, atol=1e-4)
+    np.testing.assert_allclose(HL, h @ left, atol=1e-4)
+    with pytest.raises(ProtocolError, match="2 gradient ciphertexts"):
+        ev.histogram(keeper.encrypt_rows(z)[:1])
+    ev.close()
+    keeper.close()
+
+
+def test_ckks_hist_evaluator_refuses_other_parameters(public_ctx) -> None:
+    with pytest.raises(ProtocolError, match=r"moduli \[60, 40, 40, 60\]"):
+        ckks_hist.HistogramEvaluator(public_ctx, np.zeros((4, 1), np.uint8), np.zeros(1, np.int64), np.zeros(1, np.int64), 8, 1)
 
 
 def test_ckks_load_public_refuses_a_secret_context_and_load_secret_a_public_one(secret_ctx) -> None:

@@ -9,32 +9,12 @@ Roles (all side by side in this module, every send names its receiver):
   It returns encrypted histograms, and for a split on one of its features it alone knows
   the feature and threshold; the label party only sees ``(party, opaque split id)``.
 
-Encrypted histograms — why this layout (measured, see docs/secureboost.md):
-
-* One CKKS ciphertext has 4096 *complex* slots.  Row ``i`` of the aligned training set
-  always sits in slot ``i mod 4096`` of chunk ``i // 4096`` and carries ``g_i + 1j*h_i``
-  (gradient and hessian packed in one slot).  For a node, rows outside it carry 0.
-  Because the layout never changes, the passive party encodes its 0/1 selection masks
-  **once** per training and every histogram is only ``multiply_plain`` + ``add``
-  (0.2 ms per 4096 rows) — no encoding on the hot path.  A side effect is that the
-  passive party never learns which rows are in a node.
-* Masks are *cumulative* (``bin <= b``), so each output is directly the left-child sum
-  ``(G_L, H_L)`` of one split candidate; candidates are shuffled by the passive party,
-  so the label party sees neither feature boundaries nor bin order.
-* Packing ``pack`` (K) candidates per output ciphertext: candidate ``k`` of a group is
-  read from the slots ``s ≡ k (mod K)``, and for each shift ``r < K`` the mask selects row
-  ``s + r`` there, so every row is counted exactly once per candidate.  The shifts are
-  slot rotations split baby-step/giant-step (inputs by ``r1 < a``, per-group sums by
-  ``a*r2``), which cuts the returned ciphertexts K-fold for C*(a-1) + J*(K/a-1) rotations.
-* Before returning, the passive party adds a random mask whose slots sum to zero within
-  each residue class, so after decrypting the label party learns only the per-candidate
-  sums (no per-row products).  No rotate-and-sum is ever done.
-* Histogram subtraction: per pair of siblings only one child is computed; the other is
-  ``parent - child`` at the label party (in plaintext, after decryption).
-
-Ciphertexts are handled with TenSEAL's SEAL bindings (``tenseal.sealapi``) because the
-hot path needs pre-encoded plaintexts, complex slots and slot rotations, which the
-TenSEAL vector API does not expose; contexts and keys come from :mod:`crypto.ckks`.
+Encrypted histograms: the packed CKKS kernel (row layout, cumulative masks, K-fold
+packing with baby-step/giant-step rotations, zero-sum output masks — and why) lives in
+:mod:`crypto.ckks_hist`; the label party drives a :class:`~crypto.ckks_hist.HistogramKeeper`,
+each passive party a :class:`~crypto.ckks_hist.HistogramEvaluator`.  Histogram
+subtraction: per pair of siblings only one child is computed; the other is
+``parent - child`` at the label party (in plaintext, after decryption).
 """
 
 from __future__ import annotations
@@ -44,8 +24,6 @@ import json
 import math
 import os
 import secrets
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -55,7 +33,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from crypto import ckks
-from fedcredit.errors import ConfigError, DataError, FedCreditError, ProtocolError, SecurityError
+from crypto.ckks_hist import HistogramEvaluator, HistogramKeeper, n_outputs
+from fedcredit.errors import ConfigError, DataError, FedCreditError, ProtocolError
 from fedcredit.protocols.vertical_common import (
     VerticalTable,
     auc_ks,
@@ -88,18 +67,6 @@ __all__ = [
 
 Progress = Callable[[str, int, int], None]
 
-# CKKS parameters of the histogram protocol.  N=8192 with a 160-bit modulus is within the
-# 218-bit bound of the HE standard for 128-bit security.  Data primes 60+40 bits: inputs
-# and masks are encoded at 2^40, the product (2^80) is rescaled by the 40-bit prime and
-# returned at the last level (one 60-bit prime: the smallest ciphertext we can send).
-CKKS_POLY_MODULUS_DEGREE = 8192
-CKKS_COEFF_MOD_BIT_SIZES = (60, 40, 60)
-CKKS_SCALE_BITS = 40
-SLOTS = CKKS_POLY_MODULUS_DEGREE // 2
-# Std-dev of the per-slot zero-sum mask on returned histograms.  Individual slots hold
-# partial sums of at most chunks*K gradients (|g| <= 1); a Gaussian mask with sigma 2^16
-# hides them statistically while the decrypted coefficients stay far below 2^59.
-_MASK_SIGMA = 2.0**16
 # Two split candidates whose left sums (G_L, H_L) agree this closely partition the node
 # identically (CKKS noise on a sum is ~1e-5; one row's hessian is >> 1e-4 unless p is
 # within 1e-4 of 0 or 1).
@@ -759,253 +726,6 @@ def train_plaintext_reference(
     return label, {s.party: s.model_part(label_party) for s in sources[1:]}
 
 
-# --------------------------------------------------------------------------- CKKS plumbing
-
-
-def _sealapi() -> Any:
-    from tenseal import sealapi
-
-    return sealapi
-
-
-class _SealIO:
-    """Bytes <-> SEAL ciphertexts.  The bindings only (de)serialize through a path, so we use
-    an anonymous in-memory file (memfd) — nothing touches disk; only ciphertexts pass here."""
-
-    def __init__(self, seal_context: Any) -> None:
-        self._sa = _sealapi()
-        self._ctx = seal_context
-        self._lock = threading.Lock()
-        self._dir: str | None = None
-        if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
-            self._fd = os.memfd_create("fedcredit-secureboost", os.MFD_CLOEXEC)
-            self._path = f"/proc/self/fd/{self._fd}"
-        else:  # pragma: no cover - non-Linux fallback
-            self._dir = tempfile.mkdtemp(prefix="fedcredit-sb-")
-            self._path = os.path.join(self._dir, "ct")
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-
-    def dump(self, obj: Any) -> bytes:
-        with self._lock:
-            obj.save(self._path)
-            return os.pread(self._fd, os.fstat(self._fd).st_size, 0)
-
-    def load(self, data: bytes, what: str) -> Any:
-        with self._lock:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, data, 0)
-            ct = self._sa.Ciphertext()
-            try:
-                ct.load(self._ctx, self._path)
-            except (RuntimeError, ValueError) as e:
-                raise ProtocolError(f"{what} is not a valid CKKS ciphertext for this context: {e}") from None
-            return ct
-
-    def close(self) -> None:
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
-        if self._dir:
-            shutil.rmtree(self._dir, ignore_errors=True)
-
-
-def _chunks(n: int) -> int:
-    return max(1, -(-n // SLOTS))
-
-
-def _check_public_context(ctx: ckks.PublicContext, me: str, label: str) -> None:
-    _sealapi()  # registers SEAL's pybind types (seal::Modulus) before coeff_modulus() below, in a fresh process
-    if not isinstance(ctx, ckks.PublicContext):
-        raise SecurityError(
-            f"party '{me}': the CKKS context from label party '{label}' contains a secret key; refusing it "
-            "(a passive party must only ever hold the public context)"
-        )
-    sctx = ctx.tenseal_context.seal_context().data
-    parms = sctx.key_context_data().parms()
-    bits = [m.bit_count() for m in parms.coeff_modulus()]
-    if parms.poly_modulus_degree() != CKKS_POLY_MODULUS_DEGREE or tuple(bits) != CKKS_COEFF_MOD_BIT_SIZES:
-        raise ProtocolError(
-            f"party '{me}': CKKS context from '{label}' has N={parms.poly_modulus_degree()}, moduli {bits}; "
-            f"this protocol uses N={CKKS_POLY_MODULUS_DEGREE}, moduli {list(CKKS_COEFF_MOD_BIT_SIZES)}"
-        )
-    if not ctx.tenseal_context.has_galois_keys():
-        raise ProtocolError(f"party '{me}': CKKS context from '{label}' has no Galois keys (needed for slot rotations)")
-
-
-class _LabelCrypto:
-    """Key holder side: encrypt node gradients (symmetric, seeded: half-size ciphertexts), decrypt histograms."""
-
-    def __init__(self) -> None:
-        sa = _sealapi()
-        self.ctx = ckks.new_context(
-            CKKS_POLY_MODULUS_DEGREE, CKKS_COEFF_MOD_BIT_SIZES, CKKS_SCALE_BITS, galois_keys=True
-        )
-        self.public_bytes = self.ctx.public_bytes()
-        self.sctx = self.ctx.tenseal_context.seal_context().data
-        self.encoder = sa.CKKSEncoder(self.sctx)
-        sk = self.ctx.tenseal_context.secret_key().data
-        self.encryptor = sa.Encryptor(self.sctx, sk)
-        self.decryptor = sa.Decryptor(self.sctx, sk)
-        self.io = _SealIO(self.sctx)
-        self.top = self.sctx.first_parms_id()
-        self.last = self.sctx.last_parms_id()
-        self._sa = sa
-
-    def encrypt_rows(self, z: np.ndarray) -> list[bytes]:
-        out = []
-        pt = self._sa.Plaintext()
-        for c in range(_chunks(len(z))):
-            seg = np.zeros(SLOTS, dtype=np.complex128)
-            part = z[c * SLOTS : (c + 1) * SLOTS]
-            seg[: len(part)] = part
-            self.encoder.encode(seg, self.top, 2.0**CKKS_SCALE_BITS, pt)  # ndarray: faster than a list here
-            out.append(self.io.dump(self.encryptor.encrypt_symmetric(pt)))
-        return out
-
-    def decrypt_candidates(self, blobs: Sequence[bytes], n_candidates: int, pack: int, party: str) -> tuple[np.ndarray, np.ndarray]:
-        vals = np.zeros(len(blobs) * pack, dtype=np.complex128)
-        pt = self._sa.Plaintext()
-        for j, b in enumerate(blobs):
-            ct = self.io.load(b, f"histogram ciphertext {j} from party '{party}'")
-            if ct.parms_id() != self.last or ct.size() != 2:
-                raise ProtocolError(f"histogram ciphertext {j} from party '{party}' is not at the expected CKKS level")
-            self.decryptor.decrypt(ct, pt)
-            v = np.asarray(self.encoder.decode_complex(pt), dtype=np.complex128)
-            vals[j * pack : (j + 1) * pack] = v.reshape(-1, pack).sum(axis=0)
-        vals = vals[:n_candidates]
-        return vals.real.copy(), vals.imag.copy()
-
-    def close(self) -> None:
-        self.io.close()
-
-
-class _PassiveCrypto:
-    """Passive side: encrypted cumulative histograms with pre-encoded masks (see module docstring).
-
-    Rotations use a baby-step/giant-step split of the K shifts ``r = r1 + a*r2``: each input
-    chunk is rotated by ``r1 < a`` (C*(a-1) rotations), each group's partial sums by ``a*r2``
-    (Horner, J*(K/a - 1) rotations, only power-of-two steps).  ``a`` minimises the total:
-    inputs are rotated when chunks are few, outputs when chunks outnumber groups.
-    """
-
-    def __init__(self, ctx: ckks.PublicContext, src: _PlainSource, pack: int, cache_mb: float) -> None:
-        sa = _sealapi()
-        self._sa = sa
-        self.sctx = ctx.tenseal_context.seal_context().data
-        self.encoder = sa.CKKSEncoder(self.sctx)
-        self.evaluator = sa.Evaluator(self.sctx)
-        self.galois = ctx.tenseal_context.galois_keys().data
-        self.io = _SealIO(self.sctx)
-        self.top = self.sctx.first_parms_id()
-        self.src = src
-        self.n = src.Xb.shape[0]
-        self.C = _chunks(self.n)
-        self.K = pack
-        self.P = src.n_candidates
-        self.J = -(-self.P // self.K) if self.P else 0
-        steps = [1 << i for i in range(self.K.bit_length()) if (1 << i) <= self.K]
-        self.a = min(steps, key=lambda a: (self.C * (a - 1) + self.J * (self.K // a - 1), -a))
-        self.rotations_per_pass = self.C * (self.a - 1) + self.J * (self.K // self.a - 1) if self.J else 0
-        self.rng = np.random.default_rng(secrets.randbits(128))
-        plain_bytes = CKKS_POLY_MODULUS_DEGREE * (len(CKKS_COEFF_MOD_BIT_SIZES) - 1) * 8
-        self.cache_limit = int(cache_mb * 2**20 // plain_bytes)
-        self._cache: dict[tuple[int, int], list[Any]] = {}
-        self.stats = {"mask_encode_s": 0.0, "hist_s": 0.0, "rotations": 0, "plain_mults": 0}
-        t = time.perf_counter()
-        for c in range(self.C):  # pre-encode as many masks as the budget allows (chunk-major)
-            for r in range(self.K):
-                if (len(self._cache) + 1) * self.J > self.cache_limit:
-                    break
-                self._cache[(c, r)] = self._encode_masks(c, r)
-        self.stats["mask_encode_s"] += time.perf_counter() - t
-
-    def _mask_matrix(self, c: int, r: int) -> np.ndarray:
-        """(J, SLOTS) 0/1: after a total shift r, slot s of group j selects row (s + r) of chunk c
-        for candidate j*K + s%K; stored pre-shifted by the giant step ``a*(r // a)``."""
-        s = np.arange(SLOTS)
-        rows = c * SLOTS + (s + r) % SLOTS
-        k = s % self.K
-        m = np.zeros((self.J, SLOTS))
-        valid = rows < self.n
-        for j in range(self.J):
-            p = j * self.K + k
-            ok = valid & (p < self.P)
-            pp, rr = p[ok], rows[ok]
-            m[j, ok] = self.src.Xb[rr, self.src.cand_f[pp]] <= self.src.cand_b[pp]
-        giant = self.a * (r // self.a)
-        return np.roll(m, giant, axis=1) if giant else m  # rot_{-giant}(M): undone by the giant rotation
-
-    def _encode_masks(self, c: int, r: int) -> list[Any]:
-        out = []
-        for row in self._mask_matrix(c, r):
-            pt = self._sa.Plaintext()
-            self.encoder.encode(row.tolist(), self.top, 2.0**CKKS_SCALE_BITS, pt)
-            out.append(pt)
-        return out
-
-    def _masks(self, c: int, r: int) -> list[Any]:
-        m = self._cache.get((c, r))
-        if m is None:
-            t = time.perf_counter()
-            m = self._encode_masks(c, r)
-            self.stats["mask_encode_s"] += time.perf_counter() - t
-        return m
-
-    def histogram(self, blobs: Sequence[bytes], label: str) -> list[bytes]:
-        """J ciphertexts; slot class k of ciphertext j sums to (G_L, H_L) of candidate j*K + k."""
-        if self.J == 0:
-            return []
-        sa, ev = self._sa, self.evaluator
-        t0 = time.perf_counter()
-        a, m = self.a, self.K // self.a
-        acc: list[list[Any]] = [[None] * self.J for _ in range(m)]  # acc[r2][j]
-        tmp = sa.Ciphertext()
-        for c, b in enumerate(blobs):
-            x = self.io.load(b, f"gradient ciphertext {c} from label party '{label}'")
-            if x.parms_id() != self.top or x.size() != 2 or abs(math.log2(x.scale) - CKKS_SCALE_BITS) > 1e-6:
-                raise ProtocolError(f"gradient ciphertext {c} from label party '{label}' has unexpected level/scale")
-            for r1 in range(a):
-                if r1:
-                    y = sa.Ciphertext()
-                    ev.rotate_vector(x, 1, self.galois, y)
-                    x = y
-                    self.stats["rotations"] += 1
-                for r2 in range(m):
-                    row = acc[r2]
-                    for j, pt in enumerate(self._masks(c, r1 + a * r2)):
-                        if row[j] is None:
-                            row[j] = sa.Ciphertext()
-                            ev.multiply_plain(x, pt, row[j])
-                        else:
-                            ev.multiply_plain(x, pt, tmp)
-                            ev.add_inplace(row[j], tmp)
-                    self.stats["plain_mults"] += self.J
-        result = []
-        zpt = sa.Plaintext()
-        for j in range(self.J):
-            o = acc[m - 1][j]
-            for r2 in range(m - 2, -1, -1):  # Horner: rot_a(...) + acc[r2]
-                y = sa.Ciphertext()
-                ev.rotate_vector(o, a, self.galois, y)
-                ev.add_inplace(y, acc[r2][j])
-                o = y
-                self.stats["rotations"] += 1
-            ev.rescale_to_next_inplace(o)
-            z = self.rng.normal(0.0, _MASK_SIGMA, (SLOTS // self.K, self.K)) + 1j * self.rng.normal(
-                0.0, _MASK_SIGMA, (SLOTS // self.K, self.K)
-            )
-            z -= z.mean(axis=0, keepdims=True)  # zero sum within every residue class
-            self.encoder.encode(z.ravel(), o.parms_id(), o.scale, zpt)
-            ev.add_plain_inplace(o, zpt)
-            result.append(self.io.dump(o))
-        self.stats["hist_s"] += time.perf_counter() - t0
-        return result
-
-    def close(self) -> None:
-        self.io.close()
-
-
 # --------------------------------------------------------------------------- wire helpers
 
 
@@ -1054,7 +774,7 @@ class _RemotePassive:
 class _FederatedBackend(_Backend):
     """Label party's view: own candidates in plaintext, passive candidates through CKKS."""
 
-    def __init__(self, own: _PlainSource, remotes: list[_RemotePassive], crypto: _LabelCrypto, pack: int) -> None:
+    def __init__(self, own: _PlainSource, remotes: list[_RemotePassive], crypto: HistogramKeeper, pack: int) -> None:
         self.own = own
         self.remotes = remotes
         self.crypto = crypto
@@ -1081,7 +801,7 @@ class _FederatedBackend(_Backend):
             t = time.perf_counter()
             out, _ = rem.recv("hist")
             self.stats["wait_s"] += time.perf_counter() - t
-            J = -(-rem.n_candidates // self.pack) if rem.n_candidates else 0
+            J = n_outputs(rem.n_candidates, self.pack)
             if len(out) != J * len(reqs):
                 raise ProtocolError(
                     f"passive party '{rem.party}' returned {len(out)} histogram ciphertexts, expected {J * len(reqs)}"
@@ -1169,7 +889,7 @@ def run_secureboost_label(
     binner = FeatureBinner.fit(table.X, table.feature_names, cfg.n_bins)
     own = _PlainSource(me, binner, binner.transform(table.X), own=True, shuffle=False)
     remotes = [_RemotePassive(transport, p, tag_prefix, cfg.timeout_s) for p in passive_parties]
-    crypto = _LabelCrypto() if remotes else None
+    crypto = HistogramKeeper() if remotes else None
     try:
         for rem in remotes:
             rem.send(
@@ -1301,7 +1021,7 @@ def run_secureboost_passive(
     cmd, reply = _tags(tag_prefix)
     binner = FeatureBinner.fit(table.X, table.feature_names, cfg.n_bins)
     src = _PlainSource(me, binner, binner.transform(table.X), own=False, shuffle=True)
-    engine: _PassiveCrypto | None = None
+    engine: HistogramEvaluator | None = None
     lookup: dict[str, tuple[VerticalTable, int]] = {}
     for tb in (table, test_table):
         if tb is not None:
@@ -1337,22 +1057,23 @@ def run_secureboost_passive(
                     src = _PlainSource(me, binner, binner.transform(table.X), own=False, shuffle=True)
                 if len(blobs) != 1:
                     raise ProtocolError(f"party '{me}': setup from '{label_party}' must carry exactly one CKKS context")
-                ctx = ckks.load_public(blobs[0], what=f"party '{me}': the CKKS context from label party '{label_party}'")
-                _check_public_context(ctx, me, label_party)
-                engine = _PassiveCrypto(ctx, src, cfg.pack, cfg.mask_cache_mb)
+                what = f"party '{me}': the CKKS context from label party '{label_party}'"
+                ctx = ckks.load_public(blobs[0], what=what)
+                engine = HistogramEvaluator(ctx, src.Xb, src.cand_f, src.cand_b, cfg.pack, cfg.mask_cache_mb, what=what)
                 answer(n_candidates=src.n_candidates)
             elif op == "hist":
                 if engine is None:
                     raise ProtocolError(f"party '{me}': histogram request before setup")
                 nodes = int(meta.get("nodes", -1))
-                if nodes < 1 or len(blobs) != nodes * engine.C:
+                if nodes < 1 or len(blobs) != nodes * engine.n_chunks:
                     raise ProtocolError(
                         f"party '{me}': histogram request with {len(blobs)} ciphertexts for {nodes} nodes "
-                        f"(expected {engine.C} per node)"
+                        f"(expected {engine.n_chunks} per node)"
                     )
                 out: list[bytes] = []
                 for k in range(nodes):
-                    out += engine.histogram(blobs[k * engine.C : (k + 1) * engine.C], label_party)
+                    C = engine.n_chunks
+                    out += engine.histogram(blobs[k * C : (k + 1) * C], f"label party '{label_party}'")
                 hist_calls += nodes
                 answer(out)
                 if progress:
