@@ -323,6 +323,61 @@ def scale_encrypted(ctx: Context, blob: bytes, factor: float) -> bytes:
     return _join(n, out)
 
 
+def encrypt_chunks(ctx: Context, values: np.ndarray, chunk: int) -> list[bytes]:
+    """Encrypt ``values`` as consecutive serialized CKKS vectors of ``chunk`` values each (the last may be shorter).
+
+    Unframed: the caller (vertical LR) frames the list and announces ``chunk`` itself.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or chunk < 1 or chunk > slot_count(ctx):
+        raise DataError(f"encrypt_chunks expects a 1-D vector and 1 <= chunk <= slots, got {arr.shape}, chunk={chunk}")
+    tctx = _ts(ctx)
+    return [ts.ckks_vector(tctx, arr[i : i + chunk].tolist()).serialize() for i in range(0, len(arr), chunk)]
+
+
+def masked_column_products(
+    ctx: Context, chunks: Sequence[bytes], X: np.ndarray, masks: np.ndarray, *, what: str
+) -> list[bytes]:
+    """Per column ``c`` of ``X``: ``Σ_i Enc(r_i) ⊙ X[i*L:(i+1)*L, c] + masks[c]``, serialized.
+
+    ``chunks`` are the :func:`encrypt_chunks` ciphertexts of a vector ``r`` (chunk length
+    ``L``); ``X`` has ``len(chunks) * L`` rows (zero-padded) and ``masks`` is
+    ``(X.shape[1], L)``.  Plaintext multiplications only (one per chunk and column) and
+    no rotation: the key holder decrypts and sums the slots (:func:`decrypt_sums`), which
+    gives ``(X^T r)_c + Σ masks[c]``, still hidden by the mask only the caller knows.
+    """
+    try:
+        cts = [ts.ckks_vector_from(_ts(ctx), blob) for blob in chunks]
+    except Exception as e:  # TenSEAL raises bare exceptions for foreign ciphertexts
+        raise ProtocolError(f"{what} is invalid: {e}") from None
+    if not cts:
+        raise ProtocolError(f"{what} holds no ciphertext")
+    L = len(X) // len(cts)
+    if X.ndim != 2 or L * len(cts) != len(X) or masks.shape != (X.shape[1], L):
+        raise DataError(f"{what}: matrix {X.shape} / masks {masks.shape} do not fit {len(cts)} chunks")
+    out: list[bytes] = []
+    for c in range(X.shape[1]):
+        col = X[:, c]
+        acc = cts[0] * col[:L].tolist()
+        for i in range(1, len(cts)):
+            acc += cts[i] * col[i * L : (i + 1) * L].tolist()
+        acc += masks[c].tolist()
+        out.append(acc.serialize())
+    return out
+
+
+def decrypt_sums(ctx: SecretContext, cts: Sequence[bytes], *, what: str) -> np.ndarray:
+    """Slot sum of each serialized CKKS vector (key holder only); ``what`` names the sender in errors."""
+    tctx = _require_secret(ctx, f"decrypt {what}")
+    sums = np.empty(len(cts))
+    for c, blob in enumerate(cts):
+        try:
+            sums[c] = float(np.sum(ts.ckks_vector_from(tctx, blob).decrypt()))
+        except Exception as e:  # TenSEAL raises bare exceptions for foreign ciphertexts
+            raise ProtocolError(f"{what}: ciphertext {c} is invalid: {e}") from None
+    return sums
+
+
 def mask_zero_sum(n: int, rng: np.random.Generator | None = None, scale: float = 1.0) -> np.ndarray:
     """Random vector of length ``n`` whose entries sum to 0 (up to float rounding).
 

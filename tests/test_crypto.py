@@ -514,6 +514,23 @@ def test_ckks_public_context_has_no_secret_and_cannot_decrypt(secret_ctx, public
     assert ckks.blob_length(ckks.encrypt_vector(secret_ctx, np.arange(7.0))) == 7
 
 
+def test_ckks_lr_kernel_gives_masked_column_sums_and_only_the_key_holder_decrypts(secret_ctx, public_ctx) -> None:
+    rng = np.random.default_rng(4)
+    n, L, d = 5000, 2500, 3
+    r = rng.normal(size=n)
+    X = rng.normal(size=(n, d))
+    cts = ckks.encrypt_chunks(secret_ctx, r, L)
+    assert len(cts) == 2
+    masks = rng.uniform(-1e6, 1e6, (d, L))
+    out = ckks.masked_column_products(public_ctx, cts, X, masks, what="residual")  # public context suffices
+    sums = ckks.decrypt_sums(secret_ctx, out, what="gradient")
+    np.testing.assert_allclose(sums - masks.sum(axis=1), X.T @ r, atol=1e-2)
+    with pytest.raises(SecurityError, match="public"):
+        ckks.decrypt_sums(public_ctx, out, what="gradient")  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="residual is invalid"):
+        ckks.masked_column_products(public_ctx, [b"junk"], X[:L], masks, what="residual")
+
+
 def test_ckks_hist_evaluator_output_decrypts_to_the_plaintext_histogram() -> None:
     rng = np.random.default_rng(11)
     n, pack = 6000, 4  # two gradient chunks; 3 features of 4 bins -> 9 cumulative candidates, 3 outputs

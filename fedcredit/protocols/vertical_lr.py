@@ -18,7 +18,8 @@ batch, with rows fixed by a shared seed (no row lists cross):
 
 Slot sums are taken by the key holder after decryption, so no rotation (and no
 Galois key) is ever needed; the cost is |batch|·d_k/slots plaintext multiplications
-per passive per step.  Joint scoring (evaluation here, online scoring later):
+per passive per step.  The ciphertext work is :func:`crypto.ckks.encrypt_chunks`,
+:func:`crypto.ckks.masked_column_products` and :func:`crypto.ckks.decrypt_sums`.  Joint scoring (evaluation here, online scoring later):
 each passive returns ``z_k`` for the requested ids; L adds them to its own logit
 (:func:`passive_partial_scores`, :func:`combine`, :func:`request_scores`,
 :func:`serve_scores`).  The leakage table is in docs/vertical_lr.md.
@@ -37,7 +38,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import tenseal as ts
 
 from crypto import ckks
 from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
@@ -508,7 +508,7 @@ def run_vertical_lr_label(
             padded = np.zeros(k * L)
             padded[: len(rows)] = resid
             t1 = time.perf_counter()
-            cts = [ts.ckks_vector(ctx.tenseal_context, padded[i * L : (i + 1) * L].tolist()).serialize() for i in range(k)]
+            cts = ckks.encrypt_chunks(ctx, padded, L)
             tm["encrypt"] += time.perf_counter() - t1
             counters["encryptions"] += k
             enc = pack_blobs(cts, {"step": step, "rows": len(rows), "chunk": L})
@@ -526,12 +526,7 @@ def run_vertical_lr_label(
                 blobs, meta = unpack_blobs(msg, what=f"gradient from '{p}'")
                 if len(blobs) != dims[p] or meta.get("step") != step:
                     raise ProtocolError(f"party '{me}': party '{p}' sent {len(blobs)} gradient ciphertexts for {step}")
-                sums = np.empty(len(blobs))
-                for c, blob in enumerate(blobs):
-                    try:
-                        sums[c] = float(np.sum(ts.ckks_vector_from(ctx.tenseal_context, blob).decrypt()))
-                    except Exception as e:  # TenSEAL raises bare exceptions for foreign ciphertexts
-                        raise ProtocolError(f"party '{me}': gradient ciphertext {c} from '{p}' is invalid: {e}") from None
+                sums = ckks.decrypt_sums(ctx, blobs, what=f"party '{me}': gradient from '{p}'")
                 counters["decryptions"] += len(blobs)
                 tm["decrypt"] += time.perf_counter() - t1
                 transport.send(p, f"{pf}/gs/{step}", pack_arrays({"s": sums}, {"step": step}))
@@ -689,24 +684,14 @@ def run_vertical_lr_passive(
             L = int(meta["chunk"])
             if len(blobs) * L < len(rows) or (len(blobs) - 1) * L >= len(rows):
                 raise ProtocolError(f"party '{me}': residual chunking {len(blobs)}x{L} does not fit {len(rows)} rows")
-            try:
-                cts = [ts.ckks_vector_from(ctx.tenseal_context, blob) for blob in blobs]
-            except Exception as e:
-                raise ProtocolError(f"party '{me}': residual ciphertext from '{label_party}' is invalid: {e}") from None
             Xb = np.zeros((len(blobs) * L, d))
             Xb[: len(rows)] = Xcols[rows]
-            out: list[bytes] = []
-            mask_sums = np.empty(d)
-            for c in range(d):
-                col = Xb[:, c]
-                acc = cts[0] * col[:L].tolist()
-                for i in range(1, len(cts)):
-                    acc += cts[i] * col[i * L : (i + 1) * L].tolist()
-                m = _uniform_mask(L, cfg.mask_bound)
-                acc += m.tolist()
-                mask_sums[c] = m.sum()
-                out.append(acc.serialize())
-            counters["plain_multiplications"] += d * len(cts)
+            col_masks = _uniform_mask(d * L, cfg.mask_bound).reshape(d, L)  # one per column, known only here
+            mask_sums = col_masks.sum(axis=1)
+            out = ckks.masked_column_products(
+                ctx, blobs, Xb, col_masks, what=f"party '{me}': residual ciphertext from '{label_party}'"
+            )
+            counters["plain_multiplications"] += d * len(blobs)
             tm["he_gradient"] += time.perf_counter() - t1
             transport.send(label_party, f"{pf}/g/{step}", pack_blobs(out, {"step": step}))
             arrays, meta = unpack_arrays(transport.recv(label_party, f"{pf}/gs/{step}", to), what="gradient sums")
