@@ -20,6 +20,7 @@ from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityErro
 from fedcredit.protocols import secureboost as sb
 from fedcredit.protocols.vertical_common import ids_digest, pack_blobs, table_from_frame, unpack_arrays, unpack_blobs
 from fedcredit.transport import InMemoryHub, WireRecord
+from simulations.inprocess import run_secureboost_inprocess
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GUEST_CSV = DATA / "default_credit_hetero_guest.csv"
@@ -46,7 +47,7 @@ def _frames() -> tuple[pd.DataFrame, dict[str, pd.DataFrame], set[str]]:
 def fed():
     g, hosts, test_ids = _frames()
     records: list[WireRecord] = []
-    res = sb.run_secureboost_inprocess(g, hosts, CFG, test_ids=test_ids, observers=[records.append])
+    res = run_secureboost_inprocess(g, hosts, CFG, test_ids=test_ids, observers=[records.append])
     train = ~g["id"].isin(test_ids)
     h_by_id = {p: df.set_index("id").loc[g["id"]] for p, df in hosts.items()}
     X_label = g.loc[train, [f"x{i}" for i in range(13)]].to_numpy()

@@ -31,11 +31,11 @@ from fedcredit.protocols.vertical_lr import (
     combine,
     passive_partial_scores,
     request_scores,
-    run_vertical_lr_inprocess,
     run_vertical_lr_passive,
     serve_scores,
 )
 from fedcredit.transport import InMemoryHub, WireRecord
+from simulations.inprocess import run_vertical_lr_inprocess
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 N_SUBSET = 9000

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -41,13 +40,11 @@ from fedcredit.protocols.vertical_common import (
     ids_digest,
     pack_arrays,
     pack_blobs,
-    split_by_ids,
-    table_from_frame,
     unpack_arrays,
     unpack_blobs,
     write_evaluation,
 )
-from fedcredit.transport import InMemoryHub, Observer, Transport
+from fedcredit.transport import Transport
 
 __all__ = [
     "SecureBoostConfig",
@@ -55,10 +52,8 @@ __all__ = [
     "LabelModelPart",
     "PassiveModelPart",
     "SecureBoostResult",
-    "InProcessResult",
     "run_secureboost_label",
     "run_secureboost_passive",
-    "run_secureboost_inprocess",
     "train_plaintext_reference",
     "passive_decisions",
     "label_predict",
@@ -1119,89 +1114,3 @@ def run_secureboost_passive(
     finally:
         if engine is not None:
             engine.close()
-
-
-# --------------------------------------------------------------------------- in-process federation
-
-
-@dataclass
-class InProcessResult:
-    label: SecureBoostResult
-    passive_models: dict[str, PassiveModelPart]
-    bytes_sent: dict[str, int]
-    wall_seconds: float
-
-
-def run_secureboost_inprocess(
-    guest_df: Any,
-    host_dfs: Mapping[str, Any],
-    cfg: SecureBoostConfig | None = None,
-    *,
-    test_ids: set[str] | frozenset[str] | None = None,
-    guest_name: str = "guest",
-    id_col: str = "id",
-    label_col: str = "y",
-    out_dir: str | Path | None = None,
-    progress: Progress | None = None,
-    observers: Sequence[Observer] = (),
-) -> InProcessResult:
-    """Whole federation in one process over an :class:`InMemoryHub` (one thread per party).
-
-    Rows are aligned by a plain id intersection here (the deployment path runs PSI);
-    ``test_ids`` are held out and scored with the joint inference protocol.
-    """
-    cfg = cfg or SecureBoostConfig()
-    guest = table_from_frame(guest_df, party=guest_name, source=f"{guest_name} frame", id_col=id_col, label_col=label_col)
-    hosts = {p: table_from_frame(df, party=p, source=f"{p} frame", id_col=id_col) for p, df in host_dfs.items()}
-    common = set(guest.ids)
-    for t in hosts.values():
-        common &= set(t.ids)
-    order = [i for i in guest.ids if i in common]
-    if not order:
-        raise DataError(f"no id is shared by {guest_name} and {sorted(hosts)}")
-    guest = guest.align(order)
-    hosts = {p: t.align(order) for p, t in hosts.items()}
-    tid = frozenset(test_ids or ())
-    g_train, g_test = split_by_ids(guest, tid)
-    h_split = {p: split_by_ids(t, tid) for p, t in hosts.items()}
-
-    hub = InMemoryHub(default_timeout=cfg.timeout_s)
-    hub.observers.extend(observers)
-    results: dict[str, PassiveModelPart] = {}
-    errors: dict[str, BaseException] = {}
-
-    def passive(p: str) -> None:
-        try:
-            tr, te = h_split[p]
-            results[p] = run_secureboost_passive(hub.endpoint(p), tr, guest_name, cfg, test_table=te if len(te) else None)
-        except BaseException as e:  # reported by the main thread
-            errors[p] = e
-
-    threads = [threading.Thread(target=passive, args=(p,), name=f"secureboost-{p}", daemon=True) for p in hosts]
-    t0 = time.perf_counter()
-    for th in threads:
-        th.start()
-    try:
-        label = run_secureboost_label(
-            hub.endpoint(guest_name),
-            g_train,
-            list(hosts),
-            cfg,
-            progress,
-            test_table=g_test if len(g_test) else None,
-            out_dir=out_dir,
-        )
-    except BaseException:
-        for th in threads:
-            th.join(timeout=30)
-        if errors:  # the passive party's own error says more than the label's view of it
-            p, e = next(iter(errors.items()))
-            if isinstance(e, FedCreditError):
-                raise e
-        raise
-    for th in threads:
-        th.join(timeout=cfg.timeout_s)
-    if errors:
-        p, e = next(iter(errors.items()))
-        raise ProtocolError(f"passive party '{p}' failed: {e}") from e
-    return InProcessResult(label, results, dict(hub.bytes_sent), time.perf_counter() - t0)

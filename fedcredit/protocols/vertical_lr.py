@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,13 +48,12 @@ from fedcredit.protocols.vertical_common import (
     ids_digest,
     pack_arrays,
     pack_blobs,
-    split_by_ids,
     unpack_arrays,
     unpack_blobs,
     validation_split,
     write_evaluation,
 )
-from fedcredit.transport import InMemoryHub, Observer, Transport
+from fedcredit.transport import Transport
 
 __all__ = [
     "VerticalLRConfig",
@@ -63,10 +61,8 @@ __all__ = [
     "PassiveModel",
     "LabelResult",
     "PassiveResult",
-    "InprocessResult",
     "run_vertical_lr_label",
     "run_vertical_lr_passive",
-    "run_vertical_lr_inprocess",
     "passive_partial_scores",
     "combine",
     "request_scores",
@@ -731,101 +727,3 @@ def _send_partial(transport: Transport, label: str, tag: str, z: np.ndarray, mas
     if masks is not None:
         q = q + masks.mask(tag, len(q))
     transport.send(label, tag, pack_arrays({"q": q}))
-
-
-# --------------------------------------------------------------------------- in-process federation
-
-
-@dataclass
-class InprocessResult:
-    """Everything a test or benchmark wants from one in-process run (PSI, training, scoring)."""
-
-    label: LabelResult
-    passives: dict[str, PassiveResult]
-    intersection_size: int
-    psi_seconds: float
-    train_seconds: float
-    wall_seconds: float
-    bytes_by_sender: dict[str, int]
-    psi_bytes: int
-    train_bytes: int
-
-
-def run_vertical_lr_inprocess(
-    guest: VerticalTable,
-    hosts: Mapping[str, VerticalTable],
-    cfg: VerticalLRConfig = VerticalLRConfig(),
-    *,
-    test_ids: set[str] | frozenset[str] | None = None,
-    psi: bool = True,
-    out_dir: str | Path | None = None,
-    progress: Progress | None = None,
-    observers: Sequence[Observer] = (),
-    hub_timeout: float = 120.0,
-) -> InprocessResult:
-    """Whole federation in one process (threads over an :class:`InMemoryHub`): PSI, alignment, training, scoring.
-
-    ``guest`` is the label party's table (with ``y``), ``hosts`` the passive parties'
-    tables.  ``test_ids`` (e.g. the homo test ids) are held out and scored jointly.
-    ``observers`` see every message (leakage tests).
-    """
-    from fedcredit.protocols.psi import run_psi
-
-    hub = InMemoryHub(default_timeout=hub_timeout)
-    hub.observers.extend(observers)
-    parties = [guest.party, *hosts]
-    tables = {guest.party: guest, **dict(hosts)}
-    errors: dict[str, BaseException] = {}
-    results: dict[str, Any] = {}
-    t_start = time.perf_counter()
-
-    def _parallel(fn: Callable[[str], Any]) -> None:
-        threads = [threading.Thread(target=_guard, args=(fn, p), name=f"vlr-{p}") for p in parties]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            first = next(iter(errors.values()))
-            raise first
-
-    def _guard(fn: Callable[[str], Any], p: str) -> None:
-        try:
-            results[p] = fn(p)
-        except BaseException as e:  # re-raised in the caller's thread
-            errors[p] = e
-
-    aligned = dict(tables)
-    size = len(guest)
-    if psi:
-        _parallel(lambda p: run_psi(hub.endpoint(p), tables[p].ids, parties, leader=guest.party, source=tables[p].source))
-        aligned = {p: tables[p].take(results[p].indices) for p in parties}
-        size = results[guest.party].size
-    psi_seconds = time.perf_counter() - t_start
-    psi_bytes = sum(hub.bytes_sent.values())
-
-    splits = {p: split_by_ids(t, test_ids) if test_ids else (t, None) for p, t in aligned.items()}
-    results.clear()
-    passives = list(hosts)
-
-    def _role(p: str) -> Any:
-        tr, te = splits[p]
-        ep = hub.endpoint(p)
-        if p == guest.party:
-            return run_vertical_lr_label(ep, tr, passives, cfg, test=te, progress=progress, out_dir=out_dir)
-        return run_vertical_lr_passive(ep, tr, guest.party, cfg, test=te, out_dir=out_dir)
-
-    _parallel(_role)
-    wall = time.perf_counter() - t_start
-    label_res: LabelResult = results[guest.party]
-    return InprocessResult(
-        label=label_res,
-        passives={p: results[p] for p in passives},
-        intersection_size=size,
-        psi_seconds=psi_seconds,
-        train_seconds=label_res.train_seconds,
-        wall_seconds=wall,
-        bytes_by_sender=dict(hub.bytes_sent),
-        psi_bytes=psi_bytes,
-        train_bytes=sum(hub.bytes_sent.values()) - psi_bytes,
-    )
