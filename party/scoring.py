@@ -567,12 +567,12 @@ class ScoringService:
             contribs = [lr_contributions(m.model.weights, Z[k], m.feature_names, intercept=m.model.intercept,
                                          passive_partials={p: float(z[p][k]) for p in z}) for k in range(len(ids))]
             return pd, contribs
-        from fedcredit.protocols.secureboost import _parse_decisions
+        from fedcredit.protocols.secureboost import parse_decisions
 
         missing = [p for p in m.model.passive_parties if p not in parts]
         if missing:
             raise ProtocolError(f"scoring needs decisions from every passive party; missing {missing}")
-        bits = {p: _parse_decisions(p, r.decisions, len(ids)) for p, r in parts.items()}
+        bits = {p: parse_decisions(p, r.decisions, len(ids)) for p, r in parts.items()}
         margin = _sb_margin(m, X, bits)
         pd = 1.0 / (1.0 + np.exp(-np.clip(margin, -500, 500)))  # secureboost.label_predict's link
         return pd, [_tree_contrib(m, X[k], {p: {s: b[k] for s, b in bp.items()} for p, bp in bits.items()})

@@ -18,7 +18,8 @@ import pytest
 from crypto import ckks, ckks_hist
 from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
 from fedcredit.protocols import secureboost as sb
-from fedcredit.protocols.vertical_common import ids_digest, pack_blobs, table_from_frame, unpack_arrays, unpack_blobs
+from fedcredit.protocols.secureboost.trees import PlainSource, _sigmoid
+from fedcredit.protocols.vertical_common import auc_ks, ids_digest, pack_blobs, table_from_frame, unpack_arrays, unpack_blobs
 from fedcredit.transport import InMemoryHub, WireRecord
 from simulations.inprocess import run_secureboost_inprocess
 
@@ -123,11 +124,11 @@ def test_federated_trees_equal_plaintext_reference(fed):
 
 def test_joint_inference_matches_reference_and_reports_metrics(fed):
     res = fed["res"]
-    ref_scores = sb._sigmoid(_margin(fed["ref_label"], fed["ref_passive"], fed["X_label_test"], fed["passive_X_test"]))
+    ref_scores = _sigmoid(_margin(fed["ref_label"], fed["ref_passive"], fed["X_label_test"], fed["passive_X_test"]))
     # equal up to tie-equivalent thresholds (a test row may fall between two of them)
     assert np.mean(np.abs(res.label.test_scores - ref_scores) < 1e-3) > 0.98
     rep = res.label.report
-    ref_auc = sb.auc_ks(fed["y_test"], ref_scores)[0]
+    ref_auc = auc_ks(fed["y_test"], ref_scores)[0]
     assert rep["test_auc"] == pytest.approx(ref_auc, abs=0.005)
     assert rep["n_test"] == N_TEST and 0.6 < rep["test_auc"] <= 1.0 and 0.0 < rep["test_ks"] <= 1.0
     assert rep["train_auc"] >= rep["test_auc"] - 0.1
@@ -150,7 +151,7 @@ def test_giant_steps_rotate_outputs_when_chunks_outnumber_groups():
     n = 4 * ckks_hist.SLOTS + 100  # 5 chunks, 1 feature with 2 candidates -> 1 group: output rotation wins
     X = rng.integers(0, 3, (n, 1)).astype(float)
     b = sb.FeatureBinner.fit(X, ["a"], 8)
-    src = sb._PlainSource("p", b, b.transform(X), own=False, shuffle=True)
+    src = PlainSource("p", b, b.transform(X), own=False, shuffle=True)
     lab = ckks_hist.HistogramKeeper()
     eng = ckks_hist.HistogramEvaluator(ckks.load_public(lab.public_bytes), src.Xb, src.cand_f, src.cand_b, 8, 64)
     assert eng.baby_step == 1 and eng.rotations_per_pass == 7  # 7 output rotations instead of 5*7 input rotations
