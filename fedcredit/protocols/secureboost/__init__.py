@@ -25,7 +25,13 @@ subtraction: per pair of siblings only one child is computed; the other is
 
 from fedcredit.protocols.secureboost.label import SecureBoostResult, run_secureboost_label
 from fedcredit.protocols.secureboost.passive import run_secureboost_passive
-from fedcredit.protocols.secureboost.scoring import label_margin, label_predict, parse_decisions, passive_decisions
+from fedcredit.protocols.secureboost.scoring import (
+    LabelScorer,
+    label_margin,
+    label_predict,
+    parse_decisions,
+    passive_decisions,
+)
 from fedcredit.protocols.secureboost.trees import (
     FeatureBinner,
     LabelModelPart,
@@ -45,6 +51,7 @@ __all__ = [
     "train_plaintext_reference",
     "passive_decisions",
     "parse_decisions",
+    "LabelScorer",
     "label_predict",
     "label_margin",
 ]

@@ -8,7 +8,8 @@ joint evaluation at the end of training and by the party's scoring service.
 
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from fedcredit.errors import ProtocolError
 from fedcredit.protocols.secureboost.trees import LabelModelPart, PassiveModelPart, _sigmoid, check_columns
 from fedcredit.protocols.vertical_common import pack_arrays, unpack_arrays
 
-__all__ = ["passive_decisions", "parse_decisions", "label_margin", "label_predict"]
+__all__ = ["passive_decisions", "parse_decisions", "LabelScorer", "TreeArrays", "mean_leaf_values", "label_margin", "label_predict"]
 
 
 def passive_decisions(model_part: PassiveModelPart, X: np.ndarray) -> bytes:
@@ -54,6 +55,139 @@ def parse_decisions(party: str, payload: bytes, n: int) -> dict[int, np.ndarray]
     return {int(s): unpacked[k] for k, s in enumerate(ids.tolist())}
 
 
+@dataclass(frozen=True)
+class TreeArrays:
+    """One tree of a label model part as arrays, built once (the JSON nodes are walked only here)."""
+
+    is_leaf: np.ndarray
+    value: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    own_nodes: np.ndarray
+    own_feature: np.ndarray
+    own_threshold: np.ndarray
+    passive: dict[str, tuple[np.ndarray, list[int]]]  # owner -> (node indices, their split ids)
+
+    @classmethod
+    def of(cls, tree: Sequence[Mapping[str, Any]], me: str) -> "TreeArrays":
+        own = [i for i, nd in enumerate(tree) if not nd.get("leaf") and nd["owner"] == me]
+        passive: dict[str, tuple[list[int], list[int]]] = {}
+        for i, nd in enumerate(tree):
+            if not nd.get("leaf") and nd["owner"] != me:
+                nodes, sids = passive.setdefault(nd["owner"], ([], []))
+                nodes.append(i)
+                sids.append(int(nd["split_id"]))
+        return cls(
+            is_leaf=np.array([bool(nd.get("leaf")) for nd in tree]),
+            value=np.array([float(nd["value"]) if nd.get("leaf") else 0.0 for nd in tree]),
+            left=np.array([int(nd.get("left", i)) for i, nd in enumerate(tree)], dtype=np.int64),
+            right=np.array([int(nd.get("right", i)) for i, nd in enumerate(tree)], dtype=np.int64),
+            own_nodes=np.array(own, dtype=np.int64),
+            own_feature=np.array([int(tree[i]["feature"]) for i in own], dtype=np.int64),
+            own_threshold=np.array([float(tree[i]["threshold"]) for i in own], dtype=np.float64),
+            passive={p: (np.array(n, dtype=np.int64), s) for p, (n, s) in passive.items()},
+        )
+
+
+def mean_leaf_values(tree: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Unweighted mean of the leaf values below each node.
+
+    The model part stores no node covers, so the Saabas node value (the cover-weighted
+    mean) is approximated by the plain mean; contributions still sum exactly to the
+    margin (each path telescopes from the root value to the leaf).
+    """
+    memo: dict[int, tuple[float, int]] = {}
+
+    def walk(i: int) -> tuple[float, int]:
+        if i in memo:
+            return memo[i]
+        nd = tree[i]
+        if nd.get("leaf"):
+            r = (float(nd["value"]), 1)
+        else:
+            a, b = walk(int(nd["left"])), walk(int(nd["right"]))
+            r = (a[0] + b[0], a[1] + b[1])
+        memo[i] = r
+        return r
+
+    return [walk(i)[0] / walk(i)[1] for i in range(len(tree))]
+
+
+DecisionPath = list[tuple[Optional[str], float]]  # one tree's decision path: (split key, node value) root -> leaf
+
+
+class LabelScorer:
+    """A label model part compiled once into arrays for batch scoring (what a scoring service caches).
+
+    Rebuilding the arrays from the JSON nodes on every call was most of a single
+    decision's in-process cost; :func:`label_margin` is this walk on a fresh scorer.
+    """
+
+    def __init__(self, part: LabelModelPart) -> None:
+        self.part = part
+        self.trees = [TreeArrays.of(t, part.party) for t in part.trees]
+        self.node_values = [mean_leaf_values(t) for t in part.trees]
+
+    def margin(self, X: np.ndarray, bits: Mapping[str, Mapping[int, np.ndarray]]) -> np.ndarray:
+        """Raw score (log-odds) of a batch from own features ``X`` and every passive party's parsed bits."""
+        n = X.shape[0]
+        out = np.full(n, self.part.base_score, dtype=np.float64)
+        rows = np.arange(n)
+        for t, ta in enumerate(self.trees):
+            go_left = np.zeros((len(ta.is_leaf), n), dtype=bool)
+            if len(ta.own_nodes):
+                go_left[ta.own_nodes] = X[:, ta.own_feature].T <= ta.own_threshold[:, None]
+            for p, (nodes, sids) in ta.passive.items():
+                pb = bits.get(p)
+                if pb is None:
+                    raise ProtocolError(f"scoring needs decisions from party '{p}', which sent none")
+                try:
+                    go_left[nodes] = np.stack([pb[s] for s in sids])
+                except KeyError as e:
+                    raise ProtocolError(
+                        f"tree {t}: party '{p}' sent no decision for its split id {e.args[0]} "
+                        "(is its model part from the same training run?)"
+                    ) from None
+            cur = np.zeros(n, dtype=np.int64)
+            for _ in range(len(ta.is_leaf)):
+                internal = ~ta.is_leaf[cur]
+                if not internal.any():
+                    break
+                cur = np.where(internal, np.where(go_left[cur, rows], ta.left[cur], ta.right[cur]), cur)
+            out += ta.value[cur]
+        return out
+
+    def predict(self, X: np.ndarray, bits: Mapping[str, Mapping[int, np.ndarray]]) -> np.ndarray:
+        """Probability of the positive class (default) for a batch."""
+        return _sigmoid(self.margin(X, bits))
+
+    def decision_paths(self, x: np.ndarray, bits: Mapping[str, Mapping[int, bool]]) -> list[DecisionPath]:
+        """One row's path through every tree, each split keyed by the label party's feature name or the owner party.
+
+        Node values are :func:`mean_leaf_values`; this is the input of
+        ``decision.tree_contributions`` (reasons for a decision).
+        """
+        part = self.part
+        paths = []
+        for t, tree in enumerate(part.trees):
+            vals, i, path = self.node_values[t], 0, []
+            while True:
+                nd = tree[i]
+                if nd.get("leaf"):
+                    path.append((None, float(nd["value"])))
+                    break
+                if nd["owner"] == part.party:
+                    f = int(nd["feature"])
+                    path.append((part.feature_names[f], vals[i]))
+                    left = x[f] <= float(nd["threshold"])
+                else:
+                    path.append((nd["owner"], vals[i]))
+                    left = bool(bits[nd["owner"]][int(nd["split_id"])])
+                i = int(nd["left"] if left else nd["right"])
+            paths.append(path)
+        return paths
+
+
 def label_margin(model_part: LabelModelPart, X_label: np.ndarray, decisions_by_party: Mapping[str, bytes]) -> np.ndarray:
     """Raw score (log-odds) of a batch: walks every tree with own thresholds and the passive parties' bits."""
     X = np.asarray(X_label, dtype=np.float64)
@@ -63,36 +197,7 @@ def label_margin(model_part: LabelModelPart, X_label: np.ndarray, decisions_by_p
     if missing:
         raise ProtocolError(f"scoring needs decisions from every passive party; missing {missing}")
     dec = {p: parse_decisions(p, decisions_by_party[p], n) for p in model_part.passive_parties}
-    out = np.full(n, model_part.base_score, dtype=np.float64)
-    rows = np.arange(n)
-    for t, tree in enumerate(model_part.trees):
-        m = len(tree)
-        is_leaf = np.array([bool(nd.get("leaf")) for nd in tree])
-        value = np.array([float(nd["value"]) if nd.get("leaf") else 0.0 for nd in tree])
-        left = np.array([int(nd.get("left", i)) for i, nd in enumerate(tree)], dtype=np.int64)
-        right = np.array([int(nd.get("right", i)) for i, nd in enumerate(tree)], dtype=np.int64)
-        go_left = np.zeros((m, n), dtype=bool)
-        for i, nd in enumerate(tree):
-            if nd.get("leaf"):
-                continue
-            if nd["owner"] == model_part.party:
-                go_left[i] = X[:, int(nd["feature"])] <= float(nd["threshold"])
-            else:
-                bits = dec[nd["owner"]].get(int(nd["split_id"]))
-                if bits is None:
-                    raise ProtocolError(
-                        f"tree {t}: party '{nd['owner']}' sent no decision for its split id {nd['split_id']} "
-                        "(is its model part from the same training run?)"
-                    )
-                go_left[i] = bits
-        cur = np.zeros(n, dtype=np.int64)
-        for _ in range(m):
-            internal = ~is_leaf[cur]
-            if not internal.any():
-                break
-            cur = np.where(internal, np.where(go_left[cur, rows], left[cur], right[cur]), cur)
-        out += value[cur]
-    return out
+    return LabelScorer(model_part).margin(X, dec)
 
 
 def label_predict(model_part: LabelModelPart, X_label: np.ndarray, decisions_by_party: Mapping[str, bytes]) -> np.ndarray:
