@@ -159,8 +159,7 @@ class Contributions:
         return sigmoid(self.logit)
 
 
-def sigmoid(z: float) -> float:
-    return 0.5 * (1.0 + math.tanh(0.5 * z))
+from fedcredit.metrics import sigmoid  # noqa: E402 - the one logistic link (re-exported: party.decision.sigmoid)
 
 
 def lr_contributions(

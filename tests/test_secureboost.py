@@ -18,7 +18,8 @@ import pytest
 from crypto import ckks, ckks_hist
 from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
 from fedcredit.protocols import secureboost as sb
-from fedcredit.protocols.secureboost.trees import PlainSource, _sigmoid
+from fedcredit.metrics import sigmoid
+from fedcredit.protocols.secureboost.trees import PlainSource
 from fedcredit.protocols.vertical_common import auc_ks, ids_digest, pack_blobs, table_from_frame, unpack_arrays, unpack_blobs
 from fedcredit.transport import InMemoryHub, WireRecord
 from simulations.inprocess import run_secureboost_inprocess
@@ -124,7 +125,7 @@ def test_federated_trees_equal_plaintext_reference(fed):
 
 def test_joint_inference_matches_reference_and_reports_metrics(fed):
     res = fed["res"]
-    ref_scores = _sigmoid(_margin(fed["ref_label"], fed["ref_passive"], fed["X_label_test"], fed["passive_X_test"]))
+    ref_scores = sigmoid(_margin(fed["ref_label"], fed["ref_passive"], fed["X_label_test"], fed["passive_X_test"]))
     # equal up to tie-equivalent thresholds (a test row may fall between two of them)
     assert np.mean(np.abs(res.label.test_scores - ref_scores) < 1e-3) > 0.98
     rep = res.label.report

@@ -40,6 +40,7 @@ import numpy as np
 
 from crypto import ckks
 from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
+from fedcredit.metrics import sigmoid
 from fedcredit.protocols.vertical_common import (
     Standardizer,
     VerticalTable,
@@ -264,10 +265,6 @@ class PassiveResult:
 # --------------------------------------------------------------------------- joint scoring
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
-
-
 def passive_partial_scores(model: PassiveModel, X: np.ndarray) -> np.ndarray:
     """A passive party's contribution to the logit of each row of its raw feature matrix ``X``."""
     if X.shape[1] != len(model.weights):
@@ -286,7 +283,7 @@ def combine(model: LabelModel, X_label: np.ndarray, partials: Sequence[np.ndarra
         if p.shape != z.shape:
             raise ProtocolError(f"party '{model.party}': a partial score vector has shape {p.shape}, expected {z.shape}")
         z = z + p
-    return _sigmoid(z)
+    return sigmoid(z)
 
 
 def request_scores(
@@ -498,7 +495,7 @@ def run_vertical_lr_label(
             look = theta + mu * vel  # Nesterov look-ahead point
             z = Xf[rows] @ look
             z += _sum_partials(transport, passives, f"{pf}/z/{step}", len(rows), to)
-            resid = _sigmoid(z) - yf[rows]
+            resid = sigmoid(z) - yf[rows]
             # encrypt the residual once, send the same ciphertexts to every passive party
             k, L = _chunk_bounds(len(rows), slots)
             padded = np.zeros(k * L)
@@ -531,7 +528,7 @@ def run_vertical_lr_label(
         # validation at the label party: partial logits on the validation rows with the current weights
         if len(val_rows):
             zv = XA[val_rows] @ theta + _sum_partials(transport, passives, f"{pf}/zv/{epoch}", len(val_rows), to)
-            pv = _sigmoid(zv)
+            pv = sigmoid(zv)
             loss = _logloss(y[val_rows], pv)
             vauc = auc_ks(y[val_rows], pv)[0] if len(np.unique(y[val_rows])) == 2 else float("nan")
             improved = loss < best[0] - 1e-7

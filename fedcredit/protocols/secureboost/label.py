@@ -19,6 +19,7 @@ import numpy as np
 
 from crypto.ckks_hist import HistogramKeeper, n_outputs
 from fedcredit.errors import ConfigError, ProtocolError
+from fedcredit.metrics import sigmoid
 from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, Op, send, tags
 from fedcredit.protocols.secureboost.scoring import label_predict
 from fedcredit.protocols.secureboost.trees import (
@@ -29,7 +30,6 @@ from fedcredit.protocols.secureboost.trees import (
     PlainSource,
     Progress,
     SecureBoostConfig,
-    _sigmoid,
     boost,
     check_labels,
 )
@@ -212,7 +212,7 @@ def run_secureboost_label(
         base, trees, F = boost(y, backend, cfg, progress, stats)
         train_s = time.perf_counter() - t_start
         model = LabelModelPart(me, passive_parties, list(table.feature_names), base, trees, cfg.to_dict())
-        train_auc, train_ks = auc_ks(y, _sigmoid(F))
+        train_auc, train_ks = auc_ks(y, sigmoid(F))
 
         test_auc = test_ks = None
         scores = None

@@ -14,7 +14,8 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from fedcredit.errors import ProtocolError
-from fedcredit.protocols.secureboost.trees import LabelModelPart, PassiveModelPart, _sigmoid, check_columns
+from fedcredit.metrics import sigmoid
+from fedcredit.protocols.secureboost.trees import LabelModelPart, PassiveModelPart, check_columns
 from fedcredit.protocols.vertical_common import pack_arrays, unpack_arrays
 
 __all__ = ["passive_decisions", "parse_decisions", "LabelScorer", "TreeArrays", "mean_leaf_values", "label_margin", "label_predict"]
@@ -159,7 +160,7 @@ class LabelScorer:
 
     def predict(self, X: np.ndarray, bits: Mapping[str, Mapping[int, np.ndarray]]) -> np.ndarray:
         """Probability of the positive class (default) for a batch."""
-        return _sigmoid(self.margin(X, bits))
+        return sigmoid(self.margin(X, bits))
 
     def decision_paths(self, x: np.ndarray, bits: Mapping[str, Mapping[int, bool]]) -> list[DecisionPath]:
         """One row's path through every tree, each split keyed by the label party's feature name or the owner party.
@@ -202,4 +203,4 @@ def label_margin(model_part: LabelModelPart, X_label: np.ndarray, decisions_by_p
 
 def label_predict(model_part: LabelModelPart, X_label: np.ndarray, decisions_by_party: Mapping[str, bytes]) -> np.ndarray:
     """Probability of the positive class (default) for a scoring batch; see :func:`passive_decisions`."""
-    return _sigmoid(label_margin(model_part, X_label, decisions_by_party))
+    return sigmoid(label_margin(model_part, X_label, decisions_by_party))

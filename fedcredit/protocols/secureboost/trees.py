@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from fedcredit.errors import ConfigError, DataError
+from fedcredit.metrics import sigmoid
 
 __all__ = [
     "SecureBoostConfig",
@@ -559,7 +560,7 @@ def boost(
     F = np.full(len(y), base)
     trees = []
     for t in range(cfg.n_trees):
-        p = _sigmoid(F)
+        p = sigmoid(F)
         g = p - y
         h = np.maximum(p * (1.0 - p), 1e-16)
         nodes, row_value, computed = _grow_tree(g, h, backend, cfg)
@@ -603,6 +604,3 @@ def train_plaintext_reference(
     label = LabelModelPart(label_party, list(passive_X), lnames, base, trees, cfg.to_dict())
     return label, {s.party: s.model_part(label_party) for s in sources[1:]}
 
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -500, 500)))
