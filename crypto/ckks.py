@@ -15,13 +15,26 @@ deserializes each chunk once, accumulates in place (``+=`` / ``*=``) and never
 copies.  ``new_context`` enables no Galois keys by default: rotations are avoided
 by design (see :func:`mask_zero_sum`), and Galois keys make the public context
 much larger.
+
+Key keeper as a type: :class:`SecretContext` (the key holder's context) and
+:class:`PublicContext` (everyone else's).  Bytes from the wire become a context only
+through :func:`load_public`, which refuses a secret key, or :func:`load_secret`; so
+"is this context public?" is answered once, here, and a party that holds a
+``PublicContext`` provably cannot decrypt.  ``decrypt_*`` accept only a
+``SecretContext``; encrypting and evaluating accept either.
+
+Vertical LR's kernel (:func:`encrypt_chunks`, :func:`masked_column_products`,
+:func:`decrypt_sums`) works on bare serialized CKKS vectors (no ``FCKK`` framing; the
+protocol frames them): the passive party multiplies each residual chunk by a
+plaintext feature column and adds a mask, and the key holder only ever decrypts
+slot *sums*, so no rotation and no Galois key is needed.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 import tenseal as ts
@@ -34,12 +47,79 @@ _HEADER = struct.Struct("<4sBQI")
 _LEN = struct.Struct("<I")
 
 
+class PublicContext:
+    """A CKKS context without a secret key: encrypts and evaluates, never decrypts.
+
+    Made by :func:`load_public` or :meth:`SecretContext.public`; the constructor refuses a
+    context that holds a secret key, so the type itself is the proof.
+    """
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: ts.Context) -> None:
+        if ctx.has_secret_key():
+            raise SecurityError("a PublicContext cannot wrap a CKKS context that holds a secret key")
+        self._ctx = ctx
+
+    @property
+    def tenseal_context(self) -> ts.Context:
+        """The wrapped TenSEAL context, for the kernels inside ``crypto/`` (and tests) only."""
+        return self._ctx
+
+    def to_bytes(self) -> bytes:
+        """Serialized public context (what :func:`load_public` reads)."""
+        return public_bytes(self)
+
+
+class SecretContext:
+    """The key holder's CKKS context (holds the secret key): the only type ``decrypt_*`` accept."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: ts.Context) -> None:
+        if not ctx.has_secret_key():
+            raise SecurityError("a SecretContext needs a CKKS context that holds its secret key")
+        self._ctx = ctx
+
+    @property
+    def tenseal_context(self) -> ts.Context:
+        """The wrapped TenSEAL context, for the kernels inside ``crypto/`` (and tests) only."""
+        return self._ctx
+
+    def public_bytes(self) -> bytes:
+        """This context WITHOUT its secret key (safe to send to the coordinator / passive parties)."""
+        return public_bytes(self)
+
+    def secret_bytes(self) -> bytes:
+        """This context including its secret key (only ever inside a sealed envelope)."""
+        return secret_bytes(self)
+
+    def public(self) -> PublicContext:
+        """The matching public context (a separate copy without the secret key)."""
+        return load_public(self.public_bytes())
+
+
+Context = Union[PublicContext, SecretContext]
+
+
+def _ts(ctx: Context) -> ts.Context:
+    if not isinstance(ctx, (PublicContext, SecretContext)):
+        raise TypeError(f"expected a crypto.ckks PublicContext or SecretContext, got {type(ctx).__name__}")
+    return ctx.tenseal_context
+
+
+def _require_secret(ctx: Context, action: str) -> ts.Context:
+    if not isinstance(ctx, SecretContext):
+        raise SecurityError(f"cannot {action}: this context is public (holds no secret key)")
+    return ctx.tenseal_context
+
+
 def new_context(
     poly_modulus_degree: int = 8192,
     coeff_mod_bit_sizes: Sequence[int] = (60, 40, 40, 60),
     scale_bits: int = 40,
     galois_keys: bool = False,
-) -> ts.Context:
+) -> SecretContext:
     """Fresh CKKS context holding a secret key (keep it at the key holder only).
 
     The defaults give 128-bit security (N=8192, 200-bit modulus) and two multiplicative
@@ -55,36 +135,57 @@ def new_context(
     ctx.generate_relin_keys()
     if galois_keys:
         ctx.generate_galois_keys()
-    return ctx
+    return SecretContext(ctx)
 
 
-def public_bytes(ctx: ts.Context) -> bytes:
+def public_bytes(ctx: Context) -> bytes:
     """Serialize ``ctx`` WITHOUT its secret key (safe to send to the coordinator / passive parties)."""
-    return ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=True)
+    return _ts(ctx).serialize(save_public_key=True, save_secret_key=False, save_galois_keys=True, save_relin_keys=True)
 
 
-def secret_bytes(ctx: ts.Context) -> bytes:
+def secret_bytes(ctx: SecretContext) -> bytes:
     """Serialize ``ctx`` including its secret key (only ever inside a sealed envelope)."""
-    if not has_secret_key(ctx):
+    if not isinstance(ctx, SecretContext):
         raise SecurityError("cannot export a secret CKKS context: this context holds no secret key")
-    return ctx.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=True, save_relin_keys=True)
+    return ctx.tenseal_context.serialize(
+        save_public_key=True, save_secret_key=True, save_galois_keys=True, save_relin_keys=True
+    )
 
 
-def load_context(data: bytes) -> ts.Context:
-    """Deserialize a context from :func:`public_bytes` or :func:`secret_bytes`."""
+def _parse(data: bytes, what: str) -> ts.Context:
     try:
         return ts.context_from(bytes(data))
     except Exception as exc:  # TenSEAL raises bare ValueError/RuntimeError for garbage
-        raise ProtocolError(f"cannot load CKKS context ({len(data)} bytes): {exc}") from None
+        raise ProtocolError(f"cannot load {what} ({len(data)} bytes): {exc}") from None
 
 
-def has_secret_key(ctx: ts.Context) -> bool:
-    return bool(ctx.has_secret_key())
+def load_public(data: bytes, *, what: str = "CKKS context") -> PublicContext:
+    """Deserialize a context that must be public; bytes carrying a secret key are refused.
+
+    ``what`` names the context and its sender in the error (e.g. "party 'bank': the CKKS
+    context from label party 'guest'").  This is the one place that decides whether a
+    received context may be held by a non-key-holder.
+    """
+    ctx = _parse(data, what)
+    if ctx.has_secret_key():
+        raise SecurityError(
+            f"{what} contains a secret key; refusing it (a CKKS secret key never leaves its holder unsealed, "
+            "only the public context may be held here)"
+        )
+    return PublicContext(ctx)
 
 
-def slot_count(ctx: ts.Context) -> int:
+def load_secret(data: bytes, *, what: str = "CKKS context") -> SecretContext:
+    """Deserialize the key holder's context (e.g. from a sealed envelope); it must hold the secret key."""
+    ctx = _parse(data, what)
+    if not ctx.has_secret_key():
+        raise SecurityError(f"{what} holds no secret key")
+    return SecretContext(ctx)
+
+
+def slot_count(ctx: Context) -> int:
     """Values per ciphertext (N/2)."""
-    return ctx.seal_context().data.key_context_data().parms().poly_modulus_degree() // 2
+    return _ts(ctx).seal_context().data.key_context_data().parms().poly_modulus_degree() // 2
 
 
 def _check_header(blob: bytes, what: str) -> tuple[int, int]:
@@ -144,7 +245,7 @@ def blob_length(blob: bytes) -> int:
     return n
 
 
-def encrypt_vector(ctx: ts.Context, values: np.ndarray) -> bytes:
+def encrypt_vector(ctx: Context, values: np.ndarray) -> bytes:
     """Encrypt a 1-D float vector of any length into one blob (public context suffices)."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1:
@@ -154,21 +255,21 @@ def encrypt_vector(ctx: ts.Context, values: np.ndarray) -> bytes:
         raise DataError(f"encrypt_vector got a non-finite value at index {bad} ({arr[bad]})")
     slots = slot_count(ctx)
     n = int(arr.shape[0])
-    chunks = [ts.ckks_vector(ctx, arr[i : i + slots].tolist()).serialize() for i in range(0, n, slots)]
+    tctx = _ts(ctx)
+    chunks = [ts.ckks_vector(tctx, arr[i : i + slots].tolist()).serialize() for i in range(0, n, slots)]
     return _join(n, chunks)
 
 
-def decrypt_vector(ctx: ts.Context, blob: bytes) -> np.ndarray:
+def decrypt_vector(ctx: SecretContext, blob: bytes) -> np.ndarray:
     """Decrypt a blob to a float64 vector of its original length (needs the secret key)."""
-    if not has_secret_key(ctx):
-        raise SecurityError("cannot decrypt CKKS blob: this context is public (holds no secret key)")
+    tctx = _require_secret(ctx, "decrypt CKKS blob")
     n, chunks = _split(blob, "blob")
     if len(chunks) != math.ceil(n / slot_count(ctx)):
         raise ProtocolError(f"blob header says n={n} but carries {len(chunks)} chunks")
     out = np.empty(n, dtype=np.float64)
     off = 0
     for i, c in enumerate(chunks):
-        vals = _load_chunk(ctx, c, "blob", i).decrypt()
+        vals = _load_chunk(tctx, c, "blob", i).decrypt()
         if off + len(vals) > n:
             raise ProtocolError(f"blob chunk {i} holds more values than the header's n={n}")
         out[off : off + len(vals)] = vals
@@ -178,14 +279,15 @@ def decrypt_vector(ctx: ts.Context, blob: bytes) -> np.ndarray:
     return out
 
 
-def add_encrypted(ctx: ts.Context, blobs: Sequence[bytes]) -> bytes:
+def add_encrypted(ctx: Context, blobs: Sequence[bytes]) -> bytes:
     """Sum blobs of identical shape, ciphertext + ciphertext (no secret key needed)."""
     if not blobs:
         raise ProtocolError("add_encrypted needs at least one blob")
     n0, first = _split(blobs[0], "blob 0")
     if len(first) != math.ceil(n0 / slot_count(ctx)):
         raise ProtocolError(f"blob 0 header says n={n0} but carries {len(first)} chunks")
-    acc = [_load_chunk(ctx, c, "blob 0", i) for i, c in enumerate(first)]
+    tctx = _ts(ctx)
+    acc = [_load_chunk(tctx, c, "blob 0", i) for i, c in enumerate(first)]
     for b, blob in enumerate(blobs[1:], start=1):
         what = f"blob {b}"
         n, chunks = _split(blob, what)
@@ -195,7 +297,7 @@ def add_encrypted(ctx: ts.Context, blobs: Sequence[bytes]) -> bytes:
             )
         for i, c in enumerate(chunks):
             try:
-                acc[i] += _load_chunk(ctx, c, what, i)
+                acc[i] += _load_chunk(tctx, c, what, i)
             except ProtocolError:
                 raise
             except Exception as exc:  # e.g. scale mismatch after scale_encrypted on one side only
@@ -203,21 +305,77 @@ def add_encrypted(ctx: ts.Context, blobs: Sequence[bytes]) -> bytes:
     return _join(n0, [v.serialize() for v in acc])
 
 
-def scale_encrypted(ctx: ts.Context, blob: bytes, factor: float) -> bytes:
+def scale_encrypted(ctx: Context, blob: bytes, factor: float) -> bytes:
     """Multiply every encrypted value by a plaintext scalar (consumes one CKKS level)."""
     factor = float(factor)
     if not math.isfinite(factor):
         raise DataError(f"scale factor must be finite, got {factor}")
     n, chunks = _split(blob, "blob")
+    tctx = _ts(ctx)
     out = []
     for i, c in enumerate(chunks):
-        v = _load_chunk(ctx, c, "blob", i)
+        v = _load_chunk(tctx, c, "blob", i)
         try:
             v *= factor
         except Exception as exc:  # out of levels
             raise ProtocolError(f"cannot scale blob chunk {i} by {factor}: {exc}") from None
         out.append(v.serialize())
     return _join(n, out)
+
+
+def encrypt_chunks(ctx: Context, values: np.ndarray, chunk: int) -> list[bytes]:
+    """Encrypt ``values`` as consecutive serialized CKKS vectors of ``chunk`` values each (the last may be shorter).
+
+    Unframed: the caller (vertical LR) frames the list and announces ``chunk`` itself.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or chunk < 1 or chunk > slot_count(ctx):
+        raise DataError(f"encrypt_chunks expects a 1-D vector and 1 <= chunk <= slots, got {arr.shape}, chunk={chunk}")
+    tctx = _ts(ctx)
+    return [ts.ckks_vector(tctx, arr[i : i + chunk].tolist()).serialize() for i in range(0, len(arr), chunk)]
+
+
+def masked_column_products(
+    ctx: Context, chunks: Sequence[bytes], X: np.ndarray, masks: np.ndarray, *, what: str
+) -> list[bytes]:
+    """Per column ``c`` of ``X``: ``Σ_i Enc(r_i) ⊙ X[i*L:(i+1)*L, c] + masks[c]``, serialized.
+
+    ``chunks`` are the :func:`encrypt_chunks` ciphertexts of a vector ``r`` (chunk length
+    ``L``); ``X`` has ``len(chunks) * L`` rows (zero-padded) and ``masks`` is
+    ``(X.shape[1], L)``.  Plaintext multiplications only (one per chunk and column) and
+    no rotation: the key holder decrypts and sums the slots (:func:`decrypt_sums`), which
+    gives ``(X^T r)_c + Σ masks[c]``, still hidden by the mask only the caller knows.
+    """
+    try:
+        cts = [ts.ckks_vector_from(_ts(ctx), blob) for blob in chunks]
+    except Exception as e:  # TenSEAL raises bare exceptions for foreign ciphertexts
+        raise ProtocolError(f"{what} is invalid: {e}") from None
+    if not cts:
+        raise ProtocolError(f"{what} holds no ciphertext")
+    L = len(X) // len(cts)
+    if X.ndim != 2 or L * len(cts) != len(X) or masks.shape != (X.shape[1], L):
+        raise DataError(f"{what}: matrix {X.shape} / masks {masks.shape} do not fit {len(cts)} chunks")
+    out: list[bytes] = []
+    for c in range(X.shape[1]):
+        col = X[:, c]
+        acc = cts[0] * col[:L].tolist()
+        for i in range(1, len(cts)):
+            acc += cts[i] * col[i * L : (i + 1) * L].tolist()
+        acc += masks[c].tolist()
+        out.append(acc.serialize())
+    return out
+
+
+def decrypt_sums(ctx: SecretContext, cts: Sequence[bytes], *, what: str) -> np.ndarray:
+    """Slot sum of each serialized CKKS vector (key holder only); ``what`` names the sender in errors."""
+    tctx = _require_secret(ctx, f"decrypt {what}")
+    sums = np.empty(len(cts))
+    for c, blob in enumerate(cts):
+        try:
+            sums[c] = float(np.sum(ts.ckks_vector_from(tctx, blob).decrypt()))
+        except Exception as e:  # TenSEAL raises bare exceptions for foreign ciphertexts
+            raise ProtocolError(f"{what}: ciphertext {c} is invalid: {e}") from None
+    return sums
 
 
 def mask_zero_sum(n: int, rng: np.random.Generator | None = None, scale: float = 1.0) -> np.ndarray:
@@ -240,7 +398,7 @@ if __name__ == "__main__":  # pragma: no cover - benchmark
     import time
 
     sk = new_context()
-    pk = load_context(public_bytes(sk))
+    pk = sk.public()
     x = np.random.default_rng(0).normal(size=100_000)
     t = time.perf_counter()
     blob = encrypt_vector(pk, x)

@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedcredit.errors import ConfigError, DataError
+from fedcredit.metrics import sigmoid
 
 DECISIONS = ("approve", "refer", "decline")
 
@@ -157,10 +158,6 @@ class Contributions:
     @property
     def pd(self) -> float:
         return sigmoid(self.logit)
-
-
-def sigmoid(z: float) -> float:
-    return 0.5 * (1.0 + math.tanh(0.5 * z))
 
 
 def lr_contributions(

@@ -35,6 +35,7 @@ from crypto.files import PUBLIC_MODE, write_file
 from fedcredit.artifacts import Artifact, json_bytes, load_horizontal
 from fedcredit.errors import ConfigError, DataError
 from fedcredit.decision import Contributions, ScoreScale, lr_contributions
+from fedcredit.metrics import sigmoid
 
 LINEAR_FORMAT = "fedcredit-linear-model/1"
 SCORECARD_COLUMNS = ("row_type", "feature", "lower", "upper", "reference", "points_per_unit", "points")
@@ -97,7 +98,7 @@ class LinearModel:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         Z = (np.asarray(X, dtype=np.float64) - self.mean) / self.std
-        return 1.0 / (1.0 + np.exp(-(Z @ self.weights + self.bias)))
+        return sigmoid(Z @ self.weights + self.bias)
 
     def contributions(self, x: Mapping[str, float] | Sequence[float]) -> Contributions:
         """Per-feature logit contributions relative to the population-mean applicant."""

@@ -147,3 +147,9 @@ def auc_ks_from_histogram(hist: np.ndarray) -> tuple[float, float]:
     tpr = np.cumsum(pos[::-1]) / n_pos
     fpr = np.cumsum(neg[::-1]) / n_neg
     return a, float(np.max(tpr - fpr))
+
+
+def sigmoid(z: "np.ndarray | float") -> "np.ndarray | float":
+    """Logistic link ``1 / (1 + e^-z)`` of every model here, numerically stable: ``z`` is clipped to
+    [-500, 500], so ``exp`` never overflows, and small probabilities keep their relative precision."""
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))

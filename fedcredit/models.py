@@ -25,6 +25,8 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from fedcredit.metrics import sigmoid
+
 FAMILIES = ("lr", "mlp")
 
 
@@ -60,10 +62,6 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.n
     bs = max(1, min(int(batch_size), n)) if batch_size > 0 else n
     for s in range(0, n, bs):
         yield order[s : s + bs]
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
 
 
 class LogisticModel:
@@ -112,7 +110,7 @@ class LogisticModel:
         for _ in range(int(epochs)):
             for idx in _batches(X.shape[0], batch_size, rng):
                 xb, yb = X[idx], y[idx]
-                r = _sigmoid(xb @ self.w + self.b) - yb
+                r = sigmoid(xb @ self.w + self.b) - yb
                 grad_w = xb.T @ r / len(idx) + self.l2 * self.w
                 grad_b = float(r.mean())
                 if prox_mu > 0:
@@ -122,7 +120,7 @@ class LogisticModel:
                 self.b -= lr * grad_b
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return _sigmoid(np.asarray(X, dtype=np.float64) @ self.w + self.b)
+        return sigmoid(np.asarray(X, dtype=np.float64) @ self.w + self.b)
 
     def config(self) -> dict[str, Any]:
         return {"family": self.family, "d": self.d, "l2": self.l2}

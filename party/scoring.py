@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -75,8 +75,7 @@ class LoadedModel:
     artifact: Artifact
     model: Any
     feature_names: list[str]
-    node_values: list[list[float]] = field(default_factory=list)  # SecureBoost: mean leaf value below each node
-    trees: list[Any] = field(default_factory=list)  # SecureBoost: per-tree arrays for the batch walk (_TreeArrays)
+    scorer: Any = None  # SecureBoost label part: its secureboost.LabelScorer, compiled once per version
 
     @property
     def kind(self) -> str:
@@ -104,11 +103,10 @@ def _load(version: str, art: Artifact) -> LoadedModel:
         m = PassiveModel.from_json(raw.decode())
         return LoadedModel(version, art, m, list(m.feature_names))
     if kind == "secureboost-label":
-        from fedcredit.protocols.secureboost import LabelModelPart
+        from fedcredit.protocols.secureboost import LabelModelPart, LabelScorer
 
         m = LabelModelPart.from_bytes(raw, source=f"model version {version}")
-        return LoadedModel(version, art, m, list(m.feature_names), [_mean_leaf_values(t) for t in m.trees],
-                           [_TreeArrays.of(t, m.party) for t in m.trees])
+        return LoadedModel(version, art, m, list(m.feature_names), LabelScorer(m))
     if kind == "secureboost-passive":
         from fedcredit.protocols.secureboost import PassiveModelPart
 
@@ -117,95 +115,6 @@ def _load(version: str, art: Artifact) -> LoadedModel:
     raise ConfigError(f"model version {version}: scoring does not support kind {kind!r}")
 
 
-@dataclass
-class _TreeArrays:
-    """One tree of a SecureBoost label part as arrays, built once per loaded version.
-
-    ``secureboost.label_margin`` rebuilds these from the JSON nodes on every call,
-    which was most of a single decision's in-process cost; the walk below is the same
-    algorithm (tests check it equals ``label_predict`` exactly).
-    """
-
-    is_leaf: np.ndarray
-    value: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
-    own_nodes: np.ndarray
-    own_feature: np.ndarray
-    own_threshold: np.ndarray
-    passive: dict[str, tuple[np.ndarray, list[int]]]
-
-    @classmethod
-    def of(cls, tree: Sequence[Mapping[str, Any]], me: str) -> "_TreeArrays":
-        own = [i for i, nd in enumerate(tree) if not nd.get("leaf") and nd["owner"] == me]
-        passive: dict[str, tuple[list[int], list[int]]] = {}
-        for i, nd in enumerate(tree):
-            if not nd.get("leaf") and nd["owner"] != me:
-                nodes, sids = passive.setdefault(nd["owner"], ([], []))
-                nodes.append(i)
-                sids.append(int(nd["split_id"]))
-        return cls(
-            is_leaf=np.array([bool(nd.get("leaf")) for nd in tree]),
-            value=np.array([float(nd["value"]) if nd.get("leaf") else 0.0 for nd in tree]),
-            left=np.array([int(nd.get("left", i)) for i, nd in enumerate(tree)], dtype=np.int64),
-            right=np.array([int(nd.get("right", i)) for i, nd in enumerate(tree)], dtype=np.int64),
-            own_nodes=np.array(own, dtype=np.int64),
-            own_feature=np.array([int(tree[i]["feature"]) for i in own], dtype=np.int64),
-            own_threshold=np.array([float(tree[i]["threshold"]) for i in own], dtype=np.float64),
-            passive={p: (np.array(n, dtype=np.int64), s) for p, (n, s) in passive.items()},
-        )
-
-
-def _sb_margin(m: LoadedModel, X: np.ndarray, bits: Mapping[str, Mapping[int, np.ndarray]]) -> np.ndarray:
-    """Raw SecureBoost score of a batch from the label party's cached trees and the passive parties' bits."""
-    n = X.shape[0]
-    out = np.full(n, m.model.base_score, dtype=np.float64)
-    rows = np.arange(n)
-    for t, ta in enumerate(m.trees):
-        go_left = np.zeros((len(ta.is_leaf), n), dtype=bool)
-        if len(ta.own_nodes):
-            go_left[ta.own_nodes] = X[:, ta.own_feature].T <= ta.own_threshold[:, None]
-        for p, (nodes, sids) in ta.passive.items():
-            pb_ = bits.get(p)
-            if pb_ is None:
-                raise ProtocolError(f"scoring needs decisions from party '{p}', which sent none")
-            try:
-                go_left[nodes] = np.stack([pb_[s] for s in sids])
-            except KeyError as e:
-                raise ProtocolError(f"tree {t}: party '{p}' sent no decision for its split id {e.args[0]} "
-                                    "(is its model part from the same training run?)") from None
-        cur = np.zeros(n, dtype=np.int64)
-        for _ in range(len(ta.is_leaf)):
-            internal = ~ta.is_leaf[cur]
-            if not internal.any():
-                break
-            cur = np.where(internal, np.where(go_left[cur, rows], ta.left[cur], ta.right[cur]), cur)
-        out += ta.value[cur]
-    return out
-
-
-def _mean_leaf_values(tree: Sequence[Mapping[str, Any]]) -> list[float]:
-    """Unweighted mean of the leaf values below each node.
-
-    The model part stores no node covers, so the Saabas node value (the cover-weighted
-    mean) is approximated by the plain mean; contributions still sum exactly to the
-    margin (each path telescopes from the root value to the leaf).
-    """
-    memo: dict[int, tuple[float, int]] = {}
-
-    def walk(i: int) -> tuple[float, int]:
-        if i in memo:
-            return memo[i]
-        nd = tree[i]
-        if nd.get("leaf"):
-            r = (float(nd["value"]), 1)
-        else:
-            a, b = walk(int(nd["left"])), walk(int(nd["right"]))
-            r = (a[0] + b[0], a[1] + b[1])
-        memo[i] = r
-        return r
-
-    return [walk(i)[0] / walk(i)[1] for i in range(len(tree))]
 
 
 # --------------------------------------------------------------------------- the service core
@@ -517,14 +426,13 @@ class ScoringService:
             contribs = [lr_contributions(m.model.weights, Z[k], m.feature_names, intercept=m.model.intercept,
                                          passive_partials={p: float(z[p][k]) for p in z}) for k in range(len(ids))]
             return pd, contribs
-        from fedcredit.protocols.secureboost import _parse_decisions
+        from fedcredit.protocols.secureboost import parse_decisions
 
         missing = [p for p in m.model.passive_parties if p not in parts]
         if missing:
             raise ProtocolError(f"scoring needs decisions from every passive party; missing {missing}")
-        bits = {p: _parse_decisions(p, r.decisions, len(ids)) for p, r in parts.items()}
-        margin = _sb_margin(m, X, bits)
-        pd = 1.0 / (1.0 + np.exp(-np.clip(margin, -500, 500)))  # secureboost.label_predict's link
+        bits = {p: parse_decisions(p, r.decisions, len(ids)) for p, r in parts.items()}
+        pd = m.scorer.predict(X, bits)
         return pd, [_tree_contrib(m, X[k], {p: {s: b[k] for s, b in bp.items()} for p, bp in bits.items()})
                     for k in range(len(ids))]
 
@@ -646,24 +554,8 @@ def _matrix(party: str, m: LoadedModel, apps: Sequence[Application]) -> np.ndarr
 
 def _tree_contrib(m: LoadedModel, x: np.ndarray, bits: Mapping[str, Mapping[int, bool]]) -> Contributions:
     part = m.model
-    paths = []
-    for t, tree in enumerate(part.trees):
-        vals, i, path = m.node_values[t], 0, []
-        while True:
-            nd = tree[i]
-            if nd.get("leaf"):
-                path.append((None, float(nd["value"])))
-                break
-            if nd["owner"] == part.party:
-                f = int(nd["feature"])
-                path.append((part.feature_names[f], vals[i]))
-                left = x[f] <= float(nd["threshold"])
-            else:
-                path.append((nd["owner"], vals[i]))
-                left = bool(bits[nd["owner"]][int(nd["split_id"])])
-            i = int(nd["left"] if left else nd["right"])
-        paths.append(path)
-    return tree_contributions(paths, passive_parties=part.passive_parties, base_score=part.base_score)
+    return tree_contributions(m.scorer.decision_paths(x, bits), passive_parties=part.passive_parties,
+                              base_score=part.base_score)
 
 
 def _peer_error(party: str, address: str, e: grpc.RpcError, deadline: float) -> FedCreditError:

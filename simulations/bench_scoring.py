@@ -52,6 +52,7 @@ def _train(kind: str, g: pd.DataFrame, h: pd.DataFrame, n_fit: int, federated: b
     from fedcredit.protocols import secureboost as sb
     from fedcredit.protocols import vertical_lr as vlr
     from fedcredit.protocols.vertical_common import Standardizer, table_from_frame
+    from simulations.inprocess import run_secureboost_inprocess, run_vertical_lr_inprocess
 
     gf = [c for c in g.columns if c.startswith("x")]
     hf = [c for c in h.columns if c.startswith("x")]
@@ -59,7 +60,7 @@ def _train(kind: str, g: pd.DataFrame, h: pd.DataFrame, n_fit: int, federated: b
     if kind == "secureboost":
         cfg = sb.SecureBoostConfig(n_trees=10, max_depth=3, n_bins=16)
         if federated:
-            res = sb.run_secureboost_inprocess(gt, {"host": ht}, cfg, guest_name="guest")
+            res = run_secureboost_inprocess(gt, {"host": ht}, cfg, guest_name="guest")
             return res.label.model, res.passive_models["host"]
         lab, pas = sb.train_plaintext_reference(gt[gf].to_numpy(), gt["y"].to_numpy(), {"host": ht[hf].to_numpy()},
                                                 cfg, label_party="guest", label_feature_names=gf,
@@ -68,7 +69,7 @@ def _train(kind: str, g: pd.DataFrame, h: pd.DataFrame, n_fit: int, federated: b
     if federated:
         guest = table_from_frame(gt, party="guest", source="guest", id_col="id", label_col="y")
         host = table_from_frame(ht, party="host", source="host", id_col="id")
-        res = vlr.run_vertical_lr_inprocess(guest, {"host": host}, vlr.VerticalLRConfig(max_epochs=2), psi=False)
+        res = run_vertical_lr_inprocess(guest, {"host": host}, vlr.VerticalLRConfig(max_epochs=2), psi=False)
         return res.label.model, res.passives["host"].model
     from sklearn.linear_model import LogisticRegression
 

@@ -28,6 +28,7 @@ import pandas as pd
 
 from fedcredit.protocols import secureboost as sb
 from fedcredit.protocols.vertical_common import auc_ks
+from simulations.inprocess import run_secureboost_inprocess
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  federated: tree {done}/{total}  ({time.perf_counter() - t0:.1f} s)", flush=True)
 
     t0, c0 = time.perf_counter(), time.process_time()
-    res = sb.run_secureboost_inprocess(
+    res = run_secureboost_inprocess(
         guest, {"host": host}, cfg, test_ids=test_ids, out_dir=args.out, progress=progress
     )
     fed_cpu = time.process_time() - c0  # training + joint scoring, every party (one GIL)

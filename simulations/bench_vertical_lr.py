@@ -27,8 +27,9 @@ from fedcredit.protocols.vertical_common import (
     load_vertical_table,
     split_by_ids,
 )
-from fedcredit.protocols.vertical_lr import VerticalLRConfig, run_vertical_lr_inprocess
+from fedcredit.protocols.vertical_lr import VerticalLRConfig
 from fedcredit.transport import WireRecord
+from simulations.inprocess import run_vertical_lr_inprocess
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from crypto import ckks, envelope, psi, signing, tls
+from crypto import ckks, ckks_hist, envelope, psi, signing, tls
 from crypto.certs import ENVELOPE_KEY_OID, Identity, PeerInfo, init_ca, issue, verify_peer
 from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
 
@@ -57,7 +57,7 @@ def secret_ctx():
 
 @pytest.fixture(scope="module")
 def public_ctx(secret_ctx):
-    return ckks.load_context(ckks.public_bytes(secret_ctx))
+    return ckks.load_public(ckks.public_bytes(secret_ctx))
 
 
 def _mode(path: Path) -> int:
@@ -495,19 +495,85 @@ def test_ckks_roundtrip_any_length(secret_ctx, public_ctx, n: int) -> None:
 
 
 def test_ckks_public_context_has_no_secret_and_cannot_decrypt(secret_ctx, public_ctx) -> None:
-    assert ckks.has_secret_key(secret_ctx)
-    assert not ckks.has_secret_key(public_ctx)
+    assert isinstance(secret_ctx, ckks.SecretContext) and isinstance(public_ctx, ckks.PublicContext)
+    assert secret_ctx.tenseal_context.has_secret_key()
+    assert not public_ctx.tenseal_context.has_secret_key()
     assert ckks.slot_count(public_ctx) == 4096
     blob = ckks.encrypt_vector(public_ctx, np.arange(5.0))
     with pytest.raises(SecurityError, match="public"):
-        ckks.decrypt_vector(public_ctx, blob)
+        ckks.decrypt_vector(public_ctx, blob)  # type: ignore[arg-type]
     with pytest.raises(SecurityError):
-        ckks.secret_bytes(public_ctx)
+        ckks.secret_bytes(public_ctx)  # type: ignore[arg-type]
     # public_bytes of a secret context still strips the secret key
-    assert not ckks.has_secret_key(ckks.load_context(ckks.public_bytes(secret_ctx)))
+    assert not ckks.load_public(ckks.public_bytes(secret_ctx)).tenseal_context.has_secret_key()
+    assert secret_ctx.public_bytes() == ckks.public_bytes(secret_ctx) == secret_ctx.public().to_bytes()
     # the secret context, shipped (inside an envelope) to another party, decrypts
-    clone = ckks.load_context(ckks.secret_bytes(secret_ctx))
+    clone = ckks.load_secret(ckks.secret_bytes(secret_ctx))
     assert np.allclose(ckks.decrypt_vector(clone, blob), np.arange(5.0), atol=1e-3)
+    # a secret context encrypts too; both kinds of context produce the same blob format
+    assert ckks.blob_length(ckks.encrypt_vector(secret_ctx, np.arange(7.0))) == 7
+
+
+def test_ckks_lr_kernel_gives_masked_column_sums_and_only_the_key_holder_decrypts(secret_ctx, public_ctx) -> None:
+    rng = np.random.default_rng(4)
+    n, L, d = 5000, 2500, 3
+    r = rng.normal(size=n)
+    X = rng.normal(size=(n, d))
+    cts = ckks.encrypt_chunks(secret_ctx, r, L)
+    assert len(cts) == 2
+    masks = rng.uniform(-1e6, 1e6, (d, L))
+    out = ckks.masked_column_products(public_ctx, cts, X, masks, what="residual")  # public context suffices
+    sums = ckks.decrypt_sums(secret_ctx, out, what="gradient")
+    np.testing.assert_allclose(sums - masks.sum(axis=1), X.T @ r, atol=1e-2)
+    with pytest.raises(SecurityError, match="public"):
+        ckks.decrypt_sums(public_ctx, out, what="gradient")  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="residual is invalid"):
+        ckks.masked_column_products(public_ctx, [b"junk"], X[:L], masks, what="residual")
+
+
+def test_ckks_hist_evaluator_output_decrypts_to_the_plaintext_histogram() -> None:
+    rng = np.random.default_rng(11)
+    n, pack = 6000, 4  # two gradient chunks; 3 features of 4 bins -> 9 cumulative candidates, 3 outputs
+    Xb = rng.integers(0, 4, (n, 3)).astype(np.uint8)
+    cand_f = np.repeat(np.arange(3), 3)
+    cand_b = np.tile(np.arange(3), 3)
+    perm = rng.permutation(len(cand_f))  # any candidate order works (passive parties shuffle theirs)
+    cand_f, cand_b = cand_f[perm], cand_b[perm]
+    keeper = ckks_hist.HistogramKeeper()
+    ev = ckks_hist.HistogramEvaluator(ckks.load_public(keeper.public_bytes), Xb, cand_f, cand_b, pack, 16)
+    assert ev.n_chunks == 2 and ev.n_outputs == ckks_hist.n_outputs(9, pack) == 3
+    g, h = rng.uniform(-1, 1, n), rng.uniform(0, 0.25, n)
+    node = rng.random(n) < 0.5
+    z = np.where(node, g + 1j * h, 0)
+    out = ev.histogram(keeper.encrypt_rows(z), "label party 'guest'")
+    assert len(out) == 3
+    assert all(ckks_hist.describe_ciphertext(keeper.ctx, b).chain_index == 0 for b in out)
+    GL, HL = keeper.decrypt_candidates(out, 9, pack, "bank")
+    left = (Xb[:, cand_f] <= cand_b) & node[:, None]  # rows x candidates
+    np.testing.assert_allclose(GL, g @ left, atol=1e-4)
+    np.testing.assert_allclose(HL, h @ left, atol=1e-4)
+    with pytest.raises(ProtocolError, match="2 gradient ciphertexts"):
+        ev.histogram(keeper.encrypt_rows(z)[:1])
+    ev.close()
+    keeper.close()
+
+
+def test_ckks_hist_evaluator_refuses_other_parameters(public_ctx) -> None:
+    with pytest.raises(ProtocolError, match=r"moduli \[60, 40, 40, 60\]"):
+        ckks_hist.HistogramEvaluator(public_ctx, np.zeros((4, 1), np.uint8), np.zeros(1, np.int64), np.zeros(1, np.int64), 8, 1)
+
+
+def test_ckks_load_public_refuses_a_secret_context_and_load_secret_a_public_one(secret_ctx) -> None:
+    with pytest.raises(SecurityError, match="party 'bank': the context from 'guest' contains a secret key"):
+        ckks.load_public(secret_ctx.secret_bytes(), what="party 'bank': the context from 'guest'")
+    with pytest.raises(SecurityError, match="holds no secret key"):
+        ckks.load_secret(secret_ctx.public_bytes())
+    with pytest.raises(ProtocolError, match="cannot load CKKS context"):
+        ckks.load_public(b"not a context")
+    with pytest.raises(SecurityError):  # the wrapper types keep their promise
+        ckks.PublicContext(secret_ctx.tenseal_context)
+    with pytest.raises(TypeError):  # a bare TenSEAL context is not accepted by the API
+        ckks.encrypt_vector(secret_ctx.tenseal_context, np.ones(3))  # type: ignore[arg-type]
 
 
 def test_ckks_add_encrypted_matches_plaintext_sum(secret_ctx, public_ctx) -> None:

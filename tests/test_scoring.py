@@ -182,7 +182,7 @@ def test_secureboost_joint_scoring_equals_in_process_label_predict(tmp_path: Pat
         from party.scoring import _tree_contrib
 
         dec = sb.passive_decisions(pas, Xh[:1])
-        bits = {"host": {s: b[0] for s, b in sb._parse_decisions("host", dec, 1).items()}}
+        bits = {"host": {s: b[0] for s, b in sb.parse_decisions("host", dec, 1).items()}}
         c = _tree_contrib(fed.guest_service.model(), Xg[0], bits)
         assert c.logit == pytest.approx(sb.label_margin(lab, Xg[:1], {"host": dec})[0], abs=1e-9)
         assert set(c.parties) == {"host"} and set(c.features) <= set(lab.feature_names)

@@ -15,11 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crypto import ckks
+from crypto import ckks, ckks_hist
 from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
 from fedcredit.protocols import secureboost as sb
-from fedcredit.protocols.vertical_common import table_from_frame, unpack_arrays, unpack_blobs
+from fedcredit.metrics import sigmoid
+from fedcredit.protocols.secureboost.trees import PlainSource
+from fedcredit.protocols.vertical_common import auc_ks, ids_digest, pack_blobs, table_from_frame, unpack_arrays, unpack_blobs
 from fedcredit.transport import InMemoryHub, WireRecord
+from simulations.inprocess import run_secureboost_inprocess
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GUEST_CSV = DATA / "default_credit_hetero_guest.csv"
@@ -46,7 +49,7 @@ def _frames() -> tuple[pd.DataFrame, dict[str, pd.DataFrame], set[str]]:
 def fed():
     g, hosts, test_ids = _frames()
     records: list[WireRecord] = []
-    res = sb.run_secureboost_inprocess(g, hosts, CFG, test_ids=test_ids, observers=[records.append])
+    res = run_secureboost_inprocess(g, hosts, CFG, test_ids=test_ids, observers=[records.append])
     train = ~g["id"].isin(test_ids)
     h_by_id = {p: df.set_index("id").loc[g["id"]] for p, df in hosts.items()}
     X_label = g.loc[train, [f"x{i}" for i in range(13)]].to_numpy()
@@ -122,11 +125,11 @@ def test_federated_trees_equal_plaintext_reference(fed):
 
 def test_joint_inference_matches_reference_and_reports_metrics(fed):
     res = fed["res"]
-    ref_scores = sb._sigmoid(_margin(fed["ref_label"], fed["ref_passive"], fed["X_label_test"], fed["passive_X_test"]))
+    ref_scores = sigmoid(_margin(fed["ref_label"], fed["ref_passive"], fed["X_label_test"], fed["passive_X_test"]))
     # equal up to tie-equivalent thresholds (a test row may fall between two of them)
     assert np.mean(np.abs(res.label.test_scores - ref_scores) < 1e-3) > 0.98
     rep = res.label.report
-    ref_auc = sb.auc_ks(fed["y_test"], ref_scores)[0]
+    ref_auc = auc_ks(fed["y_test"], ref_scores)[0]
     assert rep["test_auc"] == pytest.approx(ref_auc, abs=0.005)
     assert rep["n_test"] == N_TEST and 0.6 < rep["test_auc"] <= 1.0 and 0.0 < rep["test_ks"] <= 1.0
     assert rep["train_auc"] >= rep["test_auc"] - 0.1
@@ -146,18 +149,20 @@ def test_histogram_subtraction_computes_one_child_per_pair(fed):
 def test_giant_steps_rotate_outputs_when_chunks_outnumber_groups():
     """Masks pre-shifted for the giant step give the same sums as rotating every input K-1 times."""
     rng = np.random.default_rng(5)
-    n = 4 * sb.SLOTS + 100  # 5 chunks, 1 feature with 2 candidates -> 1 group: output rotation wins
+    n = 4 * ckks_hist.SLOTS + 100  # 5 chunks, 1 feature with 2 candidates -> 1 group: output rotation wins
     X = rng.integers(0, 3, (n, 1)).astype(float)
     b = sb.FeatureBinner.fit(X, ["a"], 8)
-    src = sb._PlainSource("p", b, b.transform(X), own=False, shuffle=True)
-    lab = sb._LabelCrypto()
-    eng = sb._PassiveCrypto(ckks.load_context(lab.public_bytes), src, 8, 64)
-    assert eng.a == 1 and eng.rotations_per_pass == 7  # 7 output rotations instead of 5*7 input rotations
+    src = PlainSource("p", b, b.transform(X), own=False, shuffle=True)
+    lab = ckks_hist.HistogramKeeper()
+    eng = ckks_hist.HistogramEvaluator(ckks.load_public(lab.public_bytes), src.Xb, src.cand_f, src.cand_b, 8, 64)
+    assert eng.baby_step == 1 and eng.rotations_per_pass == 7  # 7 output rotations instead of 5*7 input rotations
     g, h = rng.uniform(-1, 1, n), rng.uniform(0, 0.25, n)
     rows = np.flatnonzero(rng.random(n) < 0.6)
     z = np.zeros(n, complex)
     z[rows] = g[rows] + 1j * h[rows]
     GL, HL = lab.decrypt_candidates(eng.histogram(lab.encrypt_rows(z), "guest"), src.n_candidates, 8, "p")
+    eng.close()
+    lab.close()
     rGL, rHL = src.histogram(rows, g, h)
     np.testing.assert_allclose(GL, rGL, atol=1e-4)
     np.testing.assert_allclose(HL, rHL, atol=1e-4)
@@ -208,22 +213,18 @@ def test_passive_parties_receive_only_public_context_ciphertexts_and_ids(fed):
         for s in secrets_bytes:
             assert s not in r.payload
         if meta["op"] == "setup":
-            ctx = ckks.load_context(blobs[0])
-            assert not ckks.has_secret_key(ctx), "passive parties must get the public context only"
+            ctx = ckks.load_public(blobs[0])  # passive parties must get the public context only
         elif meta["op"] == "hist":
-            io = sb._SealIO(ctx.seal_context().data)
-            for b in blobs:
-                ct = io.load(b, "gradient ciphertext")  # a real CKKS ciphertext under the label's key ...
-                assert ct.size() == 2
+            for b in blobs:  # a real CKKS ciphertext under the label's key ...
+                assert ckks_hist.describe_ciphertext(ctx, b, "gradient ciphertext").size == 2
                 n_ct += 1
-            io.close()
         elif meta["op"] == "predict":
             assert all(isinstance(i, str) for i in meta["ids"])
         else:
             assert not blobs
     assert n_ct > 0
     with pytest.raises(Exception):  # ... which the public context cannot decrypt
-        ctx.secret_key()
+        ctx.tenseal_context.secret_key()
 
 
 def test_label_party_never_receives_passive_values_or_thresholds(fed):
@@ -235,8 +236,7 @@ def test_label_party_never_receives_passive_values_or_thresholds(fed):
             secret.add(np.float64(thr).tobytes())
         secret.update(np.float64(v).tobytes() for v in np.unique(fed["passive_X"][p]))
     setup = next(r for r in fed["records"] if r.receiver == "bank" and unpack_blobs(r.payload)[1]["op"] == "setup")
-    ctx = ckks.load_context(unpack_blobs(setup.payload)[0][0])
-    io = sb._SealIO(ctx.seal_context().data)
+    ctx = ckks.load_public(unpack_blobs(setup.payload)[0][0])
     n_hist = 0
     for r in recs:
         blobs, meta = unpack_blobs(r.payload)
@@ -244,7 +244,7 @@ def test_label_party_never_receives_passive_values_or_thresholds(fed):
         assert all(path[:1] == ("timings",) for path in _floats(meta)), "only timing figures may be floats"
         if meta["op"] == "hist":  # only CKKS ciphertexts (masked histograms) at the last level
             for b in blobs:
-                assert io.load(b, "histogram").parms_id() == ctx.seal_context().data.last_parms_id()
+                assert ckks_hist.describe_ciphertext(ctx, b, "histogram").chain_index == 0  # the last level
                 n_hist += 1
             continue
         for s in secret:
@@ -256,7 +256,6 @@ def test_label_party_never_receives_passive_values_or_thresholds(fed):
             arrays, m = unpack_arrays(blobs[0])
             assert set(arrays) == {"split_ids", "bits"} and arrays["bits"].dtype == np.uint8
             assert set(m) == {"party", "n"}
-    io.close()
     assert n_hist > 0
 
 
@@ -298,8 +297,20 @@ def test_label_predict_needs_every_passive_party(fed):
 
 
 def test_passive_refuses_a_secret_context():
+    g, hosts, _ = _frames()
+    host = table_from_frame(hosts["telco"].iloc[:200], party="telco", source="telco.csv")
+    secret = ckks.new_context(8192, (60, 40, 60), 40, galois_keys=True)
+    hub = InMemoryHub(default_timeout=20)
+    setup = {"op": "setup", "seq": 1, "version": 1, "n_rows": len(host), "ids_digest": ids_digest(host.ids),
+             "pack": CFG.pack, "n_bins": CFG.n_bins}
+    hub.endpoint("guest").send("telco", "sb.cmd", pack_blobs([secret.secret_bytes()], setup))
+    with pytest.raises(SecurityError, match="party 'telco': the CKKS context from label party 'guest' contains a secret key"):
+        sb.run_secureboost_passive(hub.endpoint("telco"), host, "guest", CFG)
+    _, reply = unpack_blobs(hub.endpoint("guest").recv("telco", "sb.reply"))
+    assert reply["op"] == "error" and "secret key" in reply["message"]
+    # the evaluator itself, handed the secret context by mistake, refuses it too
     with pytest.raises(SecurityError, match="secret key"):
-        sb._check_public_context(ckks.new_context(8192, (60, 40, 60), 40, galois_keys=True), "bank", "guest")
+        ckks_hist.HistogramEvaluator(secret, np.zeros((4, 1), np.uint8), np.zeros(1, np.int64), np.zeros(1, np.int64), 8, 1)  # type: ignore[arg-type]
 
 
 def test_misaligned_rows_fail_fast_with_party_name():

@@ -319,14 +319,11 @@ class _Party:
             raise ProtocolError(f"party '{self.env.name}': no 'setup' for run '{run_id}' in this party's state")
         return HorizontalJob.from_dict(json.loads(raw))
 
-    def _ctx(self, job: HorizontalJob, state: StateStore) -> Any:
+    def _ctx(self, job: HorizontalJob, state: StateStore) -> ckks.SecretContext:
         raw = state.get(self._key(job.run_id, "ckks"))
         if raw is None:
             raise ProtocolError(f"party '{self.env.name}': no CKKS key installed for run '{job.run_id}'")
-        ctx = ckks.load_context(raw)
-        if not ckks.has_secret_key(ctx):
-            raise SecurityError(f"party '{self.env.name}': stored CKKS context has no secret key")
-        return ctx
+        return ckks.load_secret(raw, what=f"party '{self.env.name}': stored CKKS context")
 
     def _std(self, job: HorizontalJob, state: StateStore) -> tuple[np.ndarray, np.ndarray]:
         raw = state.get(self._key(job.run_id, "std"))
@@ -394,12 +391,12 @@ class _Party:
         if missing:
             raise ProtocolError(f"party '{self.env.name}': '{method}' request lacks {missing} (has {sorted(blobs)})")
 
-    def _encrypt(self, ctx: Any, what: str, vec: np.ndarray) -> bytes:
+    def _encrypt(self, ctx: ckks.Context, what: str, vec: np.ndarray) -> bytes:
         if self.env.tap is not None:
             self.env.tap(what, np.array(vec, dtype=np.float64, copy=True))
         return ckks.encrypt_vector(ctx, vec)
 
-    def _stats_blob(self, job: HorizontalJob, ctx: Any, t: LocalTable) -> bytes:
+    def _stats_blob(self, job: HorizontalJob, ctx: ckks.Context, t: LocalTable) -> bytes:
         return self._encrypt(ctx, "stats", encode_exact(local_stats(t.X)))
 
     def _aad(self, job: HorizontalJob, recipient: str) -> bytes:
@@ -450,13 +447,11 @@ class _Party:
             secret = open_sealed(blobs["envelope"], self.env.envelope_private, self.env.peers[holder], self._aad(job, me))
         except SecurityError as e:
             raise SecurityError(f"party '{me}': the CKKS key envelope from '{holder}' failed to open: {e}") from None
-        ctx = ckks.load_context(secret)
-        if not ckks.has_secret_key(ctx):
-            raise SecurityError(f"party '{me}': the key envelope from '{holder}' holds no secret key")
+        ctx = ckks.load_secret(secret, what=f"party '{me}': the key envelope from '{holder}'")
         state.put(self._key(job.run_id, "ckks"), secret)
         return {}, {"stats": self._stats_blob(job, ctx, self._train(job))}
 
-    def _global(self, job: HorizontalJob, ctx: Any, blob: bytes, n_params: int) -> np.ndarray:
+    def _global(self, job: HorizontalJob, ctx: ckks.SecretContext, blob: bytes, n_params: int) -> np.ndarray:
         agg = ckks.decrypt_vector(ctx, blob)
         if agg.shape[0] != n_params + 1:
             raise ProtocolError(
@@ -735,12 +730,9 @@ def run_coordinator(channel: PartyChannel, job: HorizontalJob, progress: Progres
     pub_raw = rep[holder][1].get("public_ctx")
     if pub_raw is None:
         raise ProtocolError(f"run '{job.run_id}': key holder '{holder}' sent no public CKKS context")
-    pub = ckks.load_context(pub_raw)
-    if ckks.has_secret_key(pub):
-        raise SecurityError(
-            f"run '{job.run_id}': key holder '{holder}' sent a CKKS context containing the secret key to the "
-            "coordinator; refusing it"
-        )
+    pub = ckks.load_public(
+        pub_raw, what=f"run '{job.run_id}': the CKKS context key holder '{holder}' sent to the coordinator"
+    )
     stats = {holder: rep[holder][1]["stats"]}
     envelopes = {p: rep[holder][1].get(f"envelope:{p}") for p in c.alive if p != holder}
     timings["setup_s"] = time.perf_counter() - t

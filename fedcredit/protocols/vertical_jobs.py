@@ -353,10 +353,6 @@ def run_vertical_party_core(transport: Transport, rt: VerticalParty) -> dict[str
     else:
         from fedcredit.protocols import secureboost as sb
 
-        # Registers SEAL's pybind types (seal::Modulus...) in this process before secureboost's passive
-        # context check calls coeff_modulus(); without it a fresh ClientApp process fails with a TypeError.
-        import tenseal.sealapi  # noqa: F401
-
         if is_label:
             sres = sb.run_secureboost_label(tr, train, passives, cfg, _Throttled(rt), test_table=test_arg,
                                             out_dir=model_dir)

@@ -18,7 +18,8 @@ batch, with rows fixed by a shared seed (no row lists cross):
 
 Slot sums are taken by the key holder after decryption, so no rotation (and no
 Galois key) is ever needed; the cost is |batch|·d_k/slots plaintext multiplications
-per passive per step.  Joint scoring (evaluation here, online scoring later):
+per passive per step.  The ciphertext work is :func:`crypto.ckks.encrypt_chunks`,
+:func:`crypto.ckks.masked_column_products` and :func:`crypto.ckks.decrypt_sums`.  Joint scoring (evaluation here, online scoring later):
 each passive returns ``z_k`` for the requested ids; L adds them to its own logit
 (:func:`passive_partial_scores`, :func:`combine`, :func:`request_scores`,
 :func:`serve_scores`).  The leakage table is in docs/vertical_lr.md.
@@ -30,17 +31,16 @@ import hashlib
 import json
 import math
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import tenseal as ts
 
 from crypto import ckks
-from fedcredit.errors import ConfigError, DataError, ProtocolError
+from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
+from fedcredit.metrics import sigmoid
 from fedcredit.protocols.vertical_common import (
     Standardizer,
     VerticalTable,
@@ -49,13 +49,12 @@ from fedcredit.protocols.vertical_common import (
     ids_digest,
     pack_arrays,
     pack_blobs,
-    split_by_ids,
     unpack_arrays,
     unpack_blobs,
     validation_split,
     write_evaluation,
 )
-from fedcredit.transport import InMemoryHub, Observer, Transport
+from fedcredit.transport import Transport
 
 __all__ = [
     "VerticalLRConfig",
@@ -63,10 +62,8 @@ __all__ = [
     "PassiveModel",
     "LabelResult",
     "PassiveResult",
-    "InprocessResult",
     "run_vertical_lr_label",
     "run_vertical_lr_passive",
-    "run_vertical_lr_inprocess",
     "passive_partial_scores",
     "combine",
     "request_scores",
@@ -268,10 +265,6 @@ class PassiveResult:
 # --------------------------------------------------------------------------- joint scoring
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
-
-
 def passive_partial_scores(model: PassiveModel, X: np.ndarray) -> np.ndarray:
     """A passive party's contribution to the logit of each row of its raw feature matrix ``X``."""
     if X.shape[1] != len(model.weights):
@@ -290,7 +283,7 @@ def combine(model: LabelModel, X_label: np.ndarray, partials: Sequence[np.ndarra
         if p.shape != z.shape:
             raise ProtocolError(f"party '{model.party}': a partial score vector has shape {p.shape}, expected {z.shape}")
         z = z + p
-    return _sigmoid(z)
+    return sigmoid(z)
 
 
 def request_scores(
@@ -502,13 +495,13 @@ def run_vertical_lr_label(
             look = theta + mu * vel  # Nesterov look-ahead point
             z = Xf[rows] @ look
             z += _sum_partials(transport, passives, f"{pf}/z/{step}", len(rows), to)
-            resid = _sigmoid(z) - yf[rows]
+            resid = sigmoid(z) - yf[rows]
             # encrypt the residual once, send the same ciphertexts to every passive party
             k, L = _chunk_bounds(len(rows), slots)
             padded = np.zeros(k * L)
             padded[: len(rows)] = resid
             t1 = time.perf_counter()
-            cts = [ts.ckks_vector(ctx, padded[i * L : (i + 1) * L].tolist()).serialize() for i in range(k)]
+            cts = ckks.encrypt_chunks(ctx, padded, L)
             tm["encrypt"] += time.perf_counter() - t1
             counters["encryptions"] += k
             enc = pack_blobs(cts, {"step": step, "rows": len(rows), "chunk": L})
@@ -526,12 +519,7 @@ def run_vertical_lr_label(
                 blobs, meta = unpack_blobs(msg, what=f"gradient from '{p}'")
                 if len(blobs) != dims[p] or meta.get("step") != step:
                     raise ProtocolError(f"party '{me}': party '{p}' sent {len(blobs)} gradient ciphertexts for {step}")
-                sums = np.empty(len(blobs))
-                for c, blob in enumerate(blobs):
-                    try:
-                        sums[c] = float(np.sum(ts.ckks_vector_from(ctx, blob).decrypt()))
-                    except Exception as e:  # TenSEAL raises bare exceptions for foreign ciphertexts
-                        raise ProtocolError(f"party '{me}': gradient ciphertext {c} from '{p}' is invalid: {e}") from None
+                sums = ckks.decrypt_sums(ctx, blobs, what=f"party '{me}': gradient from '{p}'")
                 counters["decryptions"] += len(blobs)
                 tm["decrypt"] += time.perf_counter() - t1
                 transport.send(p, f"{pf}/gs/{step}", pack_arrays({"s": sums}, {"step": step}))
@@ -540,7 +528,7 @@ def run_vertical_lr_label(
         # validation at the label party: partial logits on the validation rows with the current weights
         if len(val_rows):
             zv = XA[val_rows] @ theta + _sum_partials(transport, passives, f"{pf}/zv/{epoch}", len(val_rows), to)
-            pv = _sigmoid(zv)
+            pv = sigmoid(zv)
             loss = _logloss(y[val_rows], pv)
             vauc = auc_ks(y[val_rows], pv)[0] if len(np.unique(y[val_rows])) == 2 else float("nan")
             improved = loss < best[0] - 1e-7
@@ -631,10 +619,14 @@ def run_vertical_lr_passive(
     me = transport.me
     pf, to = cfg.tag_prefix, cfg.timeout
     setup = json.loads(transport.recv(label_party, f"{pf}/setup", to).decode())
-    ctx = ckks.load_context(transport.recv(label_party, f"{pf}/ctx", to))
+    ctx_raw = transport.recv(label_party, f"{pf}/ctx", to)
     error = None
-    if ckks.has_secret_key(ctx):
-        error = "the context sent by the label party contains a secret key (refusing: keys must stay with their owner)"
+    try:
+        ctx = ckks.load_public(ctx_raw, what="the CKKS context sent by the label party")
+    except SecurityError as e:  # answered to the label party like every other refusal below
+        error = str(e)
+    if error is not None:
+        pass
     elif setup.get("version") != _VERSION:
         error = f"protocol version {setup.get('version')} (this party speaks {_VERSION})"
     elif me not in setup.get("passives", []):
@@ -685,24 +677,14 @@ def run_vertical_lr_passive(
             L = int(meta["chunk"])
             if len(blobs) * L < len(rows) or (len(blobs) - 1) * L >= len(rows):
                 raise ProtocolError(f"party '{me}': residual chunking {len(blobs)}x{L} does not fit {len(rows)} rows")
-            try:
-                cts = [ts.ckks_vector_from(ctx, blob) for blob in blobs]
-            except Exception as e:
-                raise ProtocolError(f"party '{me}': residual ciphertext from '{label_party}' is invalid: {e}") from None
             Xb = np.zeros((len(blobs) * L, d))
             Xb[: len(rows)] = Xcols[rows]
-            out: list[bytes] = []
-            mask_sums = np.empty(d)
-            for c in range(d):
-                col = Xb[:, c]
-                acc = cts[0] * col[:L].tolist()
-                for i in range(1, len(cts)):
-                    acc += cts[i] * col[i * L : (i + 1) * L].tolist()
-                m = _uniform_mask(L, cfg.mask_bound)
-                acc += m.tolist()
-                mask_sums[c] = m.sum()
-                out.append(acc.serialize())
-            counters["plain_multiplications"] += d * len(cts)
+            col_masks = _uniform_mask(d * L, cfg.mask_bound).reshape(d, L)  # one per column, known only here
+            mask_sums = col_masks.sum(axis=1)
+            out = ckks.masked_column_products(
+                ctx, blobs, Xb, col_masks, what=f"party '{me}': residual ciphertext from '{label_party}'"
+            )
+            counters["plain_multiplications"] += d * len(blobs)
             tm["he_gradient"] += time.perf_counter() - t1
             transport.send(label_party, f"{pf}/g/{step}", pack_blobs(out, {"step": step}))
             arrays, meta = unpack_arrays(transport.recv(label_party, f"{pf}/gs/{step}", to), what="gradient sums")
@@ -742,101 +724,3 @@ def _send_partial(transport: Transport, label: str, tag: str, z: np.ndarray, mas
     if masks is not None:
         q = q + masks.mask(tag, len(q))
     transport.send(label, tag, pack_arrays({"q": q}))
-
-
-# --------------------------------------------------------------------------- in-process federation
-
-
-@dataclass
-class InprocessResult:
-    """Everything a test or benchmark wants from one in-process run (PSI, training, scoring)."""
-
-    label: LabelResult
-    passives: dict[str, PassiveResult]
-    intersection_size: int
-    psi_seconds: float
-    train_seconds: float
-    wall_seconds: float
-    bytes_by_sender: dict[str, int]
-    psi_bytes: int
-    train_bytes: int
-
-
-def run_vertical_lr_inprocess(
-    guest: VerticalTable,
-    hosts: Mapping[str, VerticalTable],
-    cfg: VerticalLRConfig = VerticalLRConfig(),
-    *,
-    test_ids: set[str] | frozenset[str] | None = None,
-    psi: bool = True,
-    out_dir: str | Path | None = None,
-    progress: Progress | None = None,
-    observers: Sequence[Observer] = (),
-    hub_timeout: float = 120.0,
-) -> InprocessResult:
-    """Whole federation in one process (threads over an :class:`InMemoryHub`): PSI, alignment, training, scoring.
-
-    ``guest`` is the label party's table (with ``y``), ``hosts`` the passive parties'
-    tables.  ``test_ids`` (e.g. the homo test ids) are held out and scored jointly.
-    ``observers`` see every message (leakage tests).
-    """
-    from fedcredit.protocols.psi import run_psi
-
-    hub = InMemoryHub(default_timeout=hub_timeout)
-    hub.observers.extend(observers)
-    parties = [guest.party, *hosts]
-    tables = {guest.party: guest, **dict(hosts)}
-    errors: dict[str, BaseException] = {}
-    results: dict[str, Any] = {}
-    t_start = time.perf_counter()
-
-    def _parallel(fn: Callable[[str], Any]) -> None:
-        threads = [threading.Thread(target=_guard, args=(fn, p), name=f"vlr-{p}") for p in parties]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            first = next(iter(errors.values()))
-            raise first
-
-    def _guard(fn: Callable[[str], Any], p: str) -> None:
-        try:
-            results[p] = fn(p)
-        except BaseException as e:  # re-raised in the caller's thread
-            errors[p] = e
-
-    aligned = dict(tables)
-    size = len(guest)
-    if psi:
-        _parallel(lambda p: run_psi(hub.endpoint(p), tables[p].ids, parties, leader=guest.party, source=tables[p].source))
-        aligned = {p: tables[p].take(results[p].indices) for p in parties}
-        size = results[guest.party].size
-    psi_seconds = time.perf_counter() - t_start
-    psi_bytes = sum(hub.bytes_sent.values())
-
-    splits = {p: split_by_ids(t, test_ids) if test_ids else (t, None) for p, t in aligned.items()}
-    results.clear()
-    passives = list(hosts)
-
-    def _role(p: str) -> Any:
-        tr, te = splits[p]
-        ep = hub.endpoint(p)
-        if p == guest.party:
-            return run_vertical_lr_label(ep, tr, passives, cfg, test=te, progress=progress, out_dir=out_dir)
-        return run_vertical_lr_passive(ep, tr, guest.party, cfg, test=te, out_dir=out_dir)
-
-    _parallel(_role)
-    wall = time.perf_counter() - t_start
-    label_res: LabelResult = results[guest.party]
-    return InprocessResult(
-        label=label_res,
-        passives={p: results[p] for p in passives},
-        intersection_size=size,
-        psi_seconds=psi_seconds,
-        train_seconds=label_res.train_seconds,
-        wall_seconds=wall,
-        bytes_by_sender=dict(hub.bytes_sent),
-        psi_bytes=psi_bytes,
-        train_bytes=sum(hub.bytes_sent.values()) - psi_bytes,
-    )

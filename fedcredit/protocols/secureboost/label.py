@@ -1,0 +1,295 @@
+"""SecureBoost label party (guest): labels, own features, the CKKS secret key; finds every split.
+
+It computes gradients ``g`` and hessians ``h``, encrypts them with its
+:class:`~crypto.ckks_hist.HistogramKeeper`, decrypts only per-candidate sums from the
+passive parties, and keeps the tree structure and leaf weights.  For a split on a
+passive party's feature it only ever sees ``(party, opaque split id)`` and the
+partition bits.  Histogram subtraction: per pair of siblings only one child is
+computed; the other is ``parent - child`` here (in plaintext, after decryption).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from crypto.ckks_hist import HistogramKeeper, n_outputs
+from fedcredit.errors import ConfigError, ProtocolError
+from fedcredit.metrics import sigmoid
+from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, Op, send, tags
+from fedcredit.protocols.secureboost.scoring import label_predict
+from fedcredit.protocols.secureboost.trees import (
+    Backend,
+    FeatureBinner,
+    LabelModelPart,
+    PlainBackend,
+    PlainSource,
+    Progress,
+    SecureBoostConfig,
+    boost,
+    check_labels,
+)
+from fedcredit.protocols.vertical_common import VerticalTable, auc_ks, ids_digest, unpack_arrays, unpack_blobs, write_evaluation
+from fedcredit.transport import Transport
+
+__all__ = ["SecureBoostResult", "run_secureboost_label"]
+
+
+class RemotePassive:
+    """The label party's handle on one passive party (request/reply over the transport)."""
+
+    def __init__(self, transport: Transport, party: str, prefix: str, timeout: float) -> None:
+        self.t = transport
+        self.party = party
+        self.cmd, self.reply = tags(prefix)
+        self.timeout = timeout
+        self.seq = 0
+        self.n_candidates = 0
+        self.bytes_in = 0
+
+    def send(self, op: str, blobs: Sequence[bytes] = (), **meta: Any) -> None:
+        self.seq += 1
+        send(self.t, self.party, self.cmd, op, self.seq, blobs, **meta)
+
+    def recv(self, op: str) -> tuple[list[bytes], dict[str, Any]]:
+        raw = self.t.recv(self.party, self.reply, timeout=self.timeout)
+        self.bytes_in += len(raw)
+        blobs, meta = unpack_blobs(raw, what=f"'{op}' reply from passive party '{self.party}'")
+        if meta.get("op") == Op.ERROR:
+            raise ProtocolError(f"passive party '{self.party}' failed: {meta.get('message', 'no reason given')}")
+        if meta.get("op") != op or meta.get("seq") != self.seq:
+            raise ProtocolError(
+                f"passive party '{self.party}' answered {meta.get('op')!r} #{meta.get('seq')} "
+                f"while '{op}' #{self.seq} was expected (protocol out of step)"
+            )
+        return blobs, meta
+
+
+class FederatedBackend(Backend):
+    """Label party's view: own candidates in plaintext, passive candidates through CKKS."""
+
+    def __init__(self, own: PlainSource, remotes: list[RemotePassive], crypto: HistogramKeeper, pack: int) -> None:
+        self.own = own
+        self.remotes = remotes
+        self.crypto = crypto
+        self.pack = pack
+        self.stats = {"encrypt_s": 0.0, "decrypt_s": 0.0, "own_hist_s": 0.0, "wait_s": 0.0, "split_rounds": 0}
+
+    def histograms(self, reqs, g, h):
+        t = time.perf_counter()
+        own = [self.own.histogram(rows, g, h) for rows in reqs]
+        self.stats["own_hist_s"] += time.perf_counter() - t
+        if not self.remotes:
+            return [[o] for o in own]
+        t = time.perf_counter()
+        blobs: list[bytes] = []
+        for rows in reqs:
+            z = np.zeros(len(g), dtype=np.complex128)
+            z[rows] = g[rows] + 1j * h[rows]
+            blobs += self.crypto.encrypt_rows(z)
+        self.stats["encrypt_s"] += time.perf_counter() - t
+        for rem in self.remotes:  # send to all first: passive parties work in parallel
+            rem.send(Op.HIST, blobs, nodes=len(reqs))
+        per_remote = []
+        for rem in self.remotes:
+            t = time.perf_counter()
+            out, _ = rem.recv(Op.HIST)
+            self.stats["wait_s"] += time.perf_counter() - t
+            J = n_outputs(rem.n_candidates, self.pack)
+            if len(out) != J * len(reqs):
+                raise ProtocolError(
+                    f"passive party '{rem.party}' returned {len(out)} histogram ciphertexts, expected {J * len(reqs)}"
+                )
+            t = time.perf_counter()
+            per_remote.append(
+                [
+                    self.crypto.decrypt_candidates(out[k * J : (k + 1) * J], rem.n_candidates, self.pack, rem.party)
+                    for k in range(len(reqs))
+                ]
+            )
+            self.stats["decrypt_s"] += time.perf_counter() - t
+        return [[own[k]] + [pr[k] for pr in per_remote] for k in range(len(reqs))]
+
+    def partitions(self, picks):
+        out: list[tuple[dict[str, Any], np.ndarray] | None] = [None] * len(picks)
+        asked: dict[int, list[int]] = {}
+        for k, (s, c) in enumerate(picks):
+            if s == 0:
+                out[k] = (self.own.split_record(c), self.own.left_mask(c))
+            else:
+                asked.setdefault(s, []).append(k)
+        for s, ks in asked.items():
+            self.remotes[s - 1].send(Op.SPLIT, candidates=[int(picks[k][1]) for k in ks])
+        n = len(self.own.Xb)
+        for s, ks in asked.items():
+            rem = self.remotes[s - 1]
+            t = time.perf_counter()
+            blobs, meta = rem.recv(Op.SPLIT)
+            self.stats["wait_s"] += time.perf_counter() - t
+            ids = meta.get("split_ids")
+            if len(blobs) != 1 or not isinstance(ids, list) or len(ids) != len(ks):
+                raise ProtocolError(f"passive party '{rem.party}' sent a malformed split reply")
+            arrays, _ = unpack_arrays(blobs[0], what=f"split bits from passive party '{rem.party}'")
+            bits = arrays.get("bits")
+            if bits is None or bits.shape != (len(ks), (n + 7) // 8):
+                raise ProtocolError(f"passive party '{rem.party}' sent split bits of the wrong shape")
+            masks = np.unpackbits(bits, axis=1, count=n).astype(bool)
+            for row, (k, sid) in enumerate(zip(ks, ids)):
+                out[k] = ({"owner": rem.party, "split_id": int(sid)}, masks[row])
+        self.stats["split_rounds"] += 1
+        return out  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- label party role
+
+
+@dataclass
+class SecureBoostResult:
+    """Label party's outcome: its model part, public metrics, and timings (no per-row data)."""
+
+    model: LabelModelPart
+    train_auc: float
+    train_ks: float
+    test_auc: float | None
+    test_ks: float | None
+    test_scores: np.ndarray | None
+    train_seconds: float
+    report: dict[str, Any]
+
+
+def run_secureboost_label(
+    transport: Transport,
+    table: VerticalTable,
+    passive_parties: Sequence[str],
+    cfg: SecureBoostConfig | None = None,
+    progress: Progress | None = None,
+    *,
+    test_table: VerticalTable | None = None,
+    out_dir: str | Path | None = None,
+    tag_prefix: str = "sb",
+) -> SecureBoostResult:
+    """Label party: train SecureBoost with ``passive_parties`` (rows already aligned by PSI), then score ``test_table``.
+
+    ``progress(stage, done, total)`` is called after each tree and each scoring batch.
+    Writes ``secureboost_test_report.json`` + ROC/KS PNG into ``out_dir`` when given.
+    """
+    cfg = cfg or SecureBoostConfig()
+    me = transport.me
+    passive_parties = list(passive_parties)
+    if len(set(passive_parties)) != len(passive_parties) or me in passive_parties:
+        raise ConfigError(f"label party '{me}': passive parties {passive_parties} must be distinct and exclude itself")
+    y = check_labels(table.y, f"label party '{me}' ({table.source})")
+    t_start = time.perf_counter()
+    binner = FeatureBinner.fit(table.X, table.feature_names, cfg.n_bins)
+    own = PlainSource(me, binner, binner.transform(table.X), own=True, shuffle=False)
+    remotes = [RemotePassive(transport, p, tag_prefix, cfg.timeout_s) for p in passive_parties]
+    crypto = HistogramKeeper() if remotes else None
+    try:
+        for rem in remotes:
+            rem.send(
+                Op.SETUP,
+                [crypto.public_bytes],  # type: ignore[union-attr]
+                version=PROTOCOL_VERSION,
+                n_rows=len(table),
+                ids_digest=ids_digest(table.ids),
+                pack=cfg.pack,
+                n_bins=cfg.n_bins,
+            )
+        for rem in remotes:
+            _, meta = rem.recv(Op.SETUP)
+            rem.n_candidates = int(meta.get("n_candidates", -1))
+            if rem.n_candidates < 0:
+                raise ProtocolError(f"passive party '{rem.party}' did not report its number of split candidates")
+        setup_s = time.perf_counter() - t_start
+        backend: Backend = (
+            FederatedBackend(own, remotes, crypto, cfg.pack) if crypto else PlainBackend([own])  # type: ignore[arg-type]
+        )
+        stats: dict[str, float] = {}
+        base, trees, F = boost(y, backend, cfg, progress, stats)
+        train_s = time.perf_counter() - t_start
+        model = LabelModelPart(me, passive_parties, list(table.feature_names), base, trees, cfg.to_dict())
+        train_auc, train_ks = auc_ks(y, sigmoid(F))
+
+        test_auc = test_ks = None
+        scores = None
+        t_eval = time.perf_counter()
+        if test_table is not None and len(test_table):
+            scores = _joint_predict(model, test_table, remotes, cfg, progress)
+        eval_s = time.perf_counter() - t_eval
+        passive_stats = {}
+        for rem in remotes:
+            rem.send(Op.FINISH, status="ok")
+        for rem in remotes:
+            _, meta = rem.recv(Op.FINISH)
+            passive_stats[rem.party] = {
+                "model_sha256": meta.get("model_sha256"),
+                "splits": meta.get("splits"),
+                "timings": meta.get("timings"),
+            }
+    except BaseException as e:
+        for rem in remotes:
+            try:
+                rem.send(Op.ABORT, reason=f"{type(e).__name__}: {e}"[:500])
+            except Exception:  # the transport itself may be what failed
+                pass
+        raise
+    finally:
+        if crypto:
+            crypto.close()
+
+    report: dict[str, Any] = {
+        "model": "secureboost",
+        "label_party": me,
+        "passive_parties": passive_parties,
+        "n_train": len(table),
+        "config": cfg.to_dict(),
+        "train_auc": round(train_auc, 6),
+        "train_ks": round(train_ks, 6),
+        "train_seconds": round(train_s, 3),
+        "setup_seconds": round(setup_s, 3),
+        "eval_seconds": round(eval_s, 3),
+        "splits_by_party": model.splits_by_party(),
+        "label_timings": {k: round(float(v), 3) for k, v in getattr(backend, "stats", {}).items()} | {
+            "histograms_computed": int(stats.get("histograms", 0))
+        },
+        "passive": passive_stats,
+        "bytes_received_from_passive": {rem.party: rem.bytes_in for rem in remotes},
+    }
+    if scores is not None and test_table is not None and test_table.y is not None:
+        test_auc, test_ks = auc_ks(test_table.y, scores)
+        report.update({"n_test": len(test_table), "test_auc": round(test_auc, 6), "test_ks": round(test_ks, 6)})
+        if out_dir is not None:
+            write_evaluation(out_dir, test_table.y, scores, name="secureboost_test", extra={"train": report})
+    return SecureBoostResult(model, train_auc, train_ks, test_auc, test_ks, scores, train_s, report)
+
+
+def _joint_predict(
+    model: LabelModelPart,
+    table: VerticalTable,
+    remotes: list[RemotePassive],
+    cfg: SecureBoostConfig,
+    progress: Progress | None,
+) -> np.ndarray:
+    """Joint inference: per batch one round trip per passive party (ids out, decision bits back)."""
+    n = len(table)
+    out = np.empty(n)
+    batches = list(range(0, n, cfg.predict_batch))
+    for b, lo in enumerate(batches):
+        hi = min(n, lo + cfg.predict_batch)
+        ids = table.ids[lo:hi]
+        for rem in remotes:
+            rem.send(Op.PREDICT, ids=ids)
+        dec = {}
+        for rem in remotes:
+            blobs, _ = rem.recv(Op.PREDICT)
+            if len(blobs) != 1:
+                raise ProtocolError(f"passive party '{rem.party}' sent a malformed decision reply")
+            dec[rem.party] = blobs[0]
+        out[lo:hi] = label_predict(model, table.X[lo:hi], dec)
+        if progress:
+            progress("predict", b + 1, len(batches))
+    return out

@@ -1,0 +1,50 @@
+"""The SecureBoost wire vocabulary both roles use, declared once: tags, command names, framing.
+
+Every label -> passive message goes under tag ``<prefix>.cmd`` and every reply under
+``<prefix>.reply`` (prefix ``sb`` by default); the payload is
+:func:`~fedcredit.protocols.vertical_common.pack_blobs` framing with a JSON header
+``{"op": <Op>, "seq": n, ...}``.  A reply echoes its command's op and seq, or is
+``op = "error"`` with a ``message``.  The per-op fields are the leakage table of
+docs/secureboost.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, NamedTuple, Sequence
+
+from fedcredit.protocols.vertical_common import pack_blobs, unpack_blobs
+from fedcredit.transport import Transport
+
+__all__ = ["PROTOCOL_VERSION", "Op", "Tags", "tags", "send", "recv"]
+
+PROTOCOL_VERSION: Final = 1
+
+
+class Op:
+    """Command names (``op`` of the JSON header)."""
+
+    SETUP: Final = "setup"  # label -> passive: public CKKS context, row digest, pack, n_bins
+    HIST: Final = "hist"  # encrypted node gradients -> encrypted masked candidate sums
+    SPLIT: Final = "split"  # chosen candidates -> opaque split ids + left-row bits
+    PREDICT: Final = "predict"  # scoring ids -> decision bits
+    FINISH: Final = "finish"  # end of the job -> model digest, timings
+    ABORT: Final = "abort"  # the label party failed (no reply)
+    ERROR: Final = "error"  # a passive party's reply when it failed
+
+
+class Tags(NamedTuple):
+    cmd: str
+    reply: str
+
+
+def tags(prefix: str) -> Tags:
+    """The command and reply tags of a SecureBoost session with tag prefix ``prefix``."""
+    return Tags(f"{prefix}.cmd", f"{prefix}.reply")
+
+
+def send(transport: Transport, to: str, tag: str, op: str, seq: int, blobs: Sequence[bytes] = (), **meta: Any) -> None:
+    transport.send(to, tag, pack_blobs(list(blobs), {"op": op, "seq": seq, **meta}))
+
+
+def recv(transport: Transport, frm: str, tag: str, timeout: float, what: str) -> tuple[list[bytes], dict[str, Any]]:
+    return unpack_blobs(transport.recv(frm, tag, timeout=timeout), what=what)

@@ -1,0 +1,146 @@
+"""SecureBoost passive party (host): its own features and the *public* CKKS context only.
+
+It serves the label party's commands (:class:`~fedcredit.protocols.secureboost.messages.Op`):
+encrypted histograms through its :class:`~crypto.ckks_hist.HistogramEvaluator`, the
+partition of a chosen split, and scoring decisions.  For a split on one of its features
+it alone knows the feature and threshold; the label party only gets an opaque split id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from crypto import ckks
+from crypto.ckks_hist import HistogramEvaluator
+from fedcredit.errors import DataError, FedCreditError, ProtocolError
+from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, Op, recv, send, tags
+from fedcredit.protocols.secureboost.scoring import passive_decisions
+from fedcredit.protocols.secureboost.trees import FeatureBinner, PassiveModelPart, PlainSource, Progress, SecureBoostConfig
+from fedcredit.protocols.vertical_common import VerticalTable, ids_digest, pack_arrays
+from fedcredit.transport import Transport
+
+__all__ = ["run_secureboost_passive"]
+
+
+def run_secureboost_passive(
+    transport: Transport,
+    table: VerticalTable,
+    label_party: str,
+    cfg: SecureBoostConfig | None = None,
+    *,
+    test_table: VerticalTable | None = None,
+    tag_prefix: str = "sb",
+    progress: Progress | None = None,
+) -> PassiveModelPart:
+    """Passive party: serve histogram / split / scoring requests until the label party says finish.
+
+    Rows of ``table`` must be in the PSI order shared with the label party (checked by
+    digest).  Scoring requests name ids, looked up in ``test_table`` then ``table``.
+    Returns this party's model part (its split table only).
+    """
+    cfg = cfg or SecureBoostConfig()
+    me = transport.me
+    cmd, reply = tags(tag_prefix)
+    binner = FeatureBinner.fit(table.X, table.feature_names, cfg.n_bins)
+    src = PlainSource(me, binner, binner.transform(table.X), own=False, shuffle=True)
+    engine: HistogramEvaluator | None = None
+    lookup: dict[str, tuple[VerticalTable, int]] = {}
+    for tb in (table, test_table):
+        if tb is not None:
+            for k, i in enumerate(tb.ids):
+                lookup.setdefault(i, (tb, k))
+    expected = 0
+    hist_calls = 0
+    try:
+        while True:
+            blobs, meta = recv(transport, label_party, cmd, cfg.timeout_s, f"command from label party '{label_party}'")
+            op, seq = meta.get("op"), meta.get("seq")
+            if op == Op.ABORT:
+                raise ProtocolError(f"party '{me}': label party '{label_party}' aborted: {meta.get('reason', '')}")
+            expected += 1
+            if seq != expected:
+                raise ProtocolError(f"party '{me}': command #{seq} from '{label_party}' arrived, #{expected} was expected")
+
+            def answer(out_blobs: Sequence[bytes] = (), **m: Any) -> None:
+                send(transport, label_party, reply, str(op), int(seq), out_blobs, **m)
+
+            if op == Op.SETUP:
+                if meta.get("version") != PROTOCOL_VERSION:
+                    raise ProtocolError(f"party '{me}': label party speaks SecureBoost protocol v{meta.get('version')}, this is v{PROTOCOL_VERSION}")
+                if int(meta.get("n_rows", -1)) != len(table) or meta.get("ids_digest") != ids_digest(table.ids):
+                    raise ProtocolError(
+                        f"party '{me}': training rows of {table.source} ({len(table)} rows) are not aligned with label "
+                        f"party '{label_party}' ({meta.get('n_rows')} rows): the ordered id lists differ; align both "
+                        "tables to the same PSI intersection"
+                    )
+                if int(meta.get("n_bins", cfg.n_bins)) != cfg.n_bins or int(meta.get("pack", cfg.pack)) != cfg.pack:
+                    cfg = SecureBoostConfig(**{**cfg.to_dict(), "n_bins": int(meta["n_bins"]), "pack": int(meta["pack"])})
+                    binner = FeatureBinner.fit(table.X, table.feature_names, cfg.n_bins)
+                    src = PlainSource(me, binner, binner.transform(table.X), own=False, shuffle=True)
+                if len(blobs) != 1:
+                    raise ProtocolError(f"party '{me}': setup from '{label_party}' must carry exactly one CKKS context")
+                what = f"party '{me}': the CKKS context from label party '{label_party}'"
+                ctx = ckks.load_public(blobs[0], what=what)
+                engine = HistogramEvaluator(ctx, src.Xb, src.cand_f, src.cand_b, cfg.pack, cfg.mask_cache_mb, what=what)
+                answer(n_candidates=src.n_candidates)
+            elif op == Op.HIST:
+                if engine is None:
+                    raise ProtocolError(f"party '{me}': histogram request before setup")
+                nodes = int(meta.get("nodes", -1))
+                if nodes < 1 or len(blobs) != nodes * engine.n_chunks:
+                    raise ProtocolError(
+                        f"party '{me}': histogram request with {len(blobs)} ciphertexts for {nodes} nodes "
+                        f"(expected {engine.n_chunks} per node)"
+                    )
+                out: list[bytes] = []
+                for k in range(nodes):
+                    C = engine.n_chunks
+                    out += engine.histogram(blobs[k * C : (k + 1) * C], f"label party '{label_party}'")
+                hist_calls += nodes
+                answer(out)
+                if progress:
+                    progress("histograms", hist_calls, 0)
+            elif op == Op.SPLIT:
+                cands = meta.get("candidates")
+                if not isinstance(cands, list) or not all(isinstance(c, int) and 0 <= c < src.n_candidates for c in cands):
+                    raise ProtocolError(f"party '{me}': split request names unknown candidates")
+                ids = [src.register(c) for c in cands]
+                bits = np.packbits(np.stack([src.left_mask(c) for c in cands]), axis=1)
+                answer([pack_arrays({"bits": bits})], split_ids=ids)
+            elif op == Op.PREDICT:
+                want = meta.get("ids")
+                if not isinstance(want, list):
+                    raise ProtocolError(f"party '{me}': scoring request without an id list")
+                X = np.empty((len(want), table.n_features))
+                for k, i in enumerate(want):
+                    hit = lookup.get(str(i))
+                    if hit is None:
+                        raise DataError(f"party '{me}': scoring id {i!r} is not in {table.source} or the test table")
+                    X[k] = hit[0].X[hit[1]]
+                answer([passive_decisions(src.model_part(label_party), X)])
+            elif op == Op.FINISH:
+                part = src.model_part(label_party)
+                timings = {k: round(float(v), 3) for k, v in (engine.stats if engine else {}).items()}
+                if engine is not None:
+                    timings["rotations_per_pass"] = engine.rotations_per_pass
+                answer(
+                    model_sha256=hashlib.sha256(part.to_bytes()).hexdigest(),
+                    splits=len(part.splits),
+                    timings=timings,
+                )
+                return part
+            else:
+                raise ProtocolError(f"party '{me}': unknown command {op!r} from label party '{label_party}'")
+    except FedCreditError as e:
+        if "aborted:" not in str(e):
+            try:
+                send(transport, label_party, reply, Op.ERROR, -1, message=str(e)[:500])
+            except Exception:
+                pass
+        raise
+    finally:
+        if engine is not None:
+            engine.close()

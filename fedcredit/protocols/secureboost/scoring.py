@@ -1,0 +1,206 @@
+"""SecureBoost online inference: passive decisions, their parsing, and the label party's tree walk.
+
+A passive party answers a scoring batch with only the left/right bit of every split it
+owns (:func:`passive_decisions`); the label party walks every tree with its own
+thresholds and those bits (:func:`label_margin`, :func:`label_predict`).  Used for the
+joint evaluation at the end of training and by the party's scoring service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from fedcredit.errors import ProtocolError
+from fedcredit.metrics import sigmoid
+from fedcredit.protocols.secureboost.trees import LabelModelPart, PassiveModelPart, check_columns
+from fedcredit.protocols.vertical_common import pack_arrays, unpack_arrays
+
+__all__ = ["passive_decisions", "parse_decisions", "LabelScorer", "TreeArrays", "mean_leaf_values", "label_margin", "label_predict"]
+
+
+def passive_decisions(model_part: PassiveModelPart, X: np.ndarray) -> bytes:
+    """A passive party's answer to a scoring batch: left/right bit of every split it owns, for every row.
+
+    ``X`` is the passive party's own feature matrix for the batch (columns in
+    ``model_part.feature_names`` order).  Only bits leave: never a value or threshold.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    check_columns(model_part.feature_names, X, f"party '{model_part.party}'")
+    ids = np.array(sorted(model_part.splits), dtype=np.int64)
+    bits = np.zeros((len(ids), X.shape[0]), dtype=bool)
+    for k, sid in enumerate(ids.tolist()):
+        f, thr = model_part.splits[sid]
+        bits[k] = X[:, f] <= thr
+    return pack_arrays(
+        {"split_ids": ids, "bits": np.packbits(bits, axis=1)},
+        {"party": model_part.party, "n": int(X.shape[0])},
+    )
+
+
+def parse_decisions(party: str, payload: bytes, n: int) -> dict[int, np.ndarray]:
+    """Split id -> left/right bit per row, from one passive party's :func:`passive_decisions` answer for ``n`` rows."""
+    arrays, meta = unpack_arrays(payload, what=f"decisions from party '{party}'")
+    if meta.get("party") != party:
+        raise ProtocolError(f"decisions labelled as party {meta.get('party')!r} were given for party '{party}'")
+    if int(meta.get("n", -1)) != n:
+        raise ProtocolError(f"decisions from party '{party}' cover {meta.get('n')} rows, the batch has {n}")
+    ids, bits = arrays.get("split_ids"), arrays.get("bits")
+    if ids is None or bits is None or bits.ndim != 2 or bits.shape[0] != ids.shape[0]:
+        raise ProtocolError(f"decisions from party '{party}' are malformed (need split_ids and a bits matrix)")
+    if bits.shape[1] != (n + 7) // 8:
+        raise ProtocolError(f"decisions from party '{party}' have {bits.shape[1]} bytes per split, expected {(n + 7) // 8}")
+    unpacked = np.unpackbits(bits, axis=1, count=n).astype(bool)
+    return {int(s): unpacked[k] for k, s in enumerate(ids.tolist())}
+
+
+@dataclass(frozen=True)
+class TreeArrays:
+    """One tree of a label model part as arrays, built once (the JSON nodes are walked only here)."""
+
+    is_leaf: np.ndarray
+    value: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    own_nodes: np.ndarray
+    own_feature: np.ndarray
+    own_threshold: np.ndarray
+    passive: dict[str, tuple[np.ndarray, list[int]]]  # owner -> (node indices, their split ids)
+
+    @classmethod
+    def of(cls, tree: Sequence[Mapping[str, Any]], me: str) -> "TreeArrays":
+        own = [i for i, nd in enumerate(tree) if not nd.get("leaf") and nd["owner"] == me]
+        passive: dict[str, tuple[list[int], list[int]]] = {}
+        for i, nd in enumerate(tree):
+            if not nd.get("leaf") and nd["owner"] != me:
+                nodes, sids = passive.setdefault(nd["owner"], ([], []))
+                nodes.append(i)
+                sids.append(int(nd["split_id"]))
+        return cls(
+            is_leaf=np.array([bool(nd.get("leaf")) for nd in tree]),
+            value=np.array([float(nd["value"]) if nd.get("leaf") else 0.0 for nd in tree]),
+            left=np.array([int(nd.get("left", i)) for i, nd in enumerate(tree)], dtype=np.int64),
+            right=np.array([int(nd.get("right", i)) for i, nd in enumerate(tree)], dtype=np.int64),
+            own_nodes=np.array(own, dtype=np.int64),
+            own_feature=np.array([int(tree[i]["feature"]) for i in own], dtype=np.int64),
+            own_threshold=np.array([float(tree[i]["threshold"]) for i in own], dtype=np.float64),
+            passive={p: (np.array(n, dtype=np.int64), s) for p, (n, s) in passive.items()},
+        )
+
+
+def mean_leaf_values(tree: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Unweighted mean of the leaf values below each node.
+
+    The model part stores no node covers, so the Saabas node value (the cover-weighted
+    mean) is approximated by the plain mean; contributions still sum exactly to the
+    margin (each path telescopes from the root value to the leaf).
+    """
+    memo: dict[int, tuple[float, int]] = {}
+
+    def walk(i: int) -> tuple[float, int]:
+        if i in memo:
+            return memo[i]
+        nd = tree[i]
+        if nd.get("leaf"):
+            r = (float(nd["value"]), 1)
+        else:
+            a, b = walk(int(nd["left"])), walk(int(nd["right"]))
+            r = (a[0] + b[0], a[1] + b[1])
+        memo[i] = r
+        return r
+
+    return [walk(i)[0] / walk(i)[1] for i in range(len(tree))]
+
+
+DecisionPath = list[tuple[Optional[str], float]]  # one tree's decision path: (split key, node value) root -> leaf
+
+
+class LabelScorer:
+    """A label model part compiled once into arrays for batch scoring (what a scoring service caches).
+
+    Rebuilding the arrays from the JSON nodes on every call was most of a single
+    decision's in-process cost; :func:`label_margin` is this walk on a fresh scorer.
+    """
+
+    def __init__(self, part: LabelModelPart) -> None:
+        self.part = part
+        self.trees = [TreeArrays.of(t, part.party) for t in part.trees]
+        self.node_values = [mean_leaf_values(t) for t in part.trees]
+
+    def margin(self, X: np.ndarray, bits: Mapping[str, Mapping[int, np.ndarray]]) -> np.ndarray:
+        """Raw score (log-odds) of a batch from own features ``X`` and every passive party's parsed bits."""
+        n = X.shape[0]
+        out = np.full(n, self.part.base_score, dtype=np.float64)
+        rows = np.arange(n)
+        for t, ta in enumerate(self.trees):
+            go_left = np.zeros((len(ta.is_leaf), n), dtype=bool)
+            if len(ta.own_nodes):
+                go_left[ta.own_nodes] = X[:, ta.own_feature].T <= ta.own_threshold[:, None]
+            for p, (nodes, sids) in ta.passive.items():
+                pb = bits.get(p)
+                if pb is None:
+                    raise ProtocolError(f"scoring needs decisions from party '{p}', which sent none")
+                try:
+                    go_left[nodes] = np.stack([pb[s] for s in sids])
+                except KeyError as e:
+                    raise ProtocolError(
+                        f"tree {t}: party '{p}' sent no decision for its split id {e.args[0]} "
+                        "(is its model part from the same training run?)"
+                    ) from None
+            cur = np.zeros(n, dtype=np.int64)
+            for _ in range(len(ta.is_leaf)):
+                internal = ~ta.is_leaf[cur]
+                if not internal.any():
+                    break
+                cur = np.where(internal, np.where(go_left[cur, rows], ta.left[cur], ta.right[cur]), cur)
+            out += ta.value[cur]
+        return out
+
+    def predict(self, X: np.ndarray, bits: Mapping[str, Mapping[int, np.ndarray]]) -> np.ndarray:
+        """Probability of the positive class (default) for a batch."""
+        return sigmoid(self.margin(X, bits))
+
+    def decision_paths(self, x: np.ndarray, bits: Mapping[str, Mapping[int, bool]]) -> list[DecisionPath]:
+        """One row's path through every tree, each split keyed by the label party's feature name or the owner party.
+
+        Node values are :func:`mean_leaf_values`; this is the input of
+        ``decision.tree_contributions`` (reasons for a decision).
+        """
+        part = self.part
+        paths = []
+        for t, tree in enumerate(part.trees):
+            vals, i, path = self.node_values[t], 0, []
+            while True:
+                nd = tree[i]
+                if nd.get("leaf"):
+                    path.append((None, float(nd["value"])))
+                    break
+                if nd["owner"] == part.party:
+                    f = int(nd["feature"])
+                    path.append((part.feature_names[f], vals[i]))
+                    left = x[f] <= float(nd["threshold"])
+                else:
+                    path.append((nd["owner"], vals[i]))
+                    left = bool(bits[nd["owner"]][int(nd["split_id"])])
+                i = int(nd["left"] if left else nd["right"])
+            paths.append(path)
+        return paths
+
+
+def label_margin(model_part: LabelModelPart, X_label: np.ndarray, decisions_by_party: Mapping[str, bytes]) -> np.ndarray:
+    """Raw score (log-odds) of a batch: walks every tree with own thresholds and the passive parties' bits."""
+    X = np.asarray(X_label, dtype=np.float64)
+    check_columns(model_part.feature_names, X, f"label party '{model_part.party}'")
+    n = X.shape[0]
+    missing = [p for p in model_part.passive_parties if p not in decisions_by_party]
+    if missing:
+        raise ProtocolError(f"scoring needs decisions from every passive party; missing {missing}")
+    dec = {p: parse_decisions(p, decisions_by_party[p], n) for p in model_part.passive_parties}
+    return LabelScorer(model_part).margin(X, dec)
+
+
+def label_predict(model_part: LabelModelPart, X_label: np.ndarray, decisions_by_party: Mapping[str, bytes]) -> np.ndarray:
+    """Probability of the positive class (default) for a scoring batch; see :func:`passive_decisions`."""
+    return sigmoid(label_margin(model_part, X_label, decisions_by_party))

@@ -1,0 +1,270 @@
+"""Threaded in-process federations for tests and benchmarks: every role a thread of this process.
+
+One generic runner, :func:`run_roles`: one thread per role over a
+:class:`fedcredit.transport.InMemoryHub`; the first error (in order of failure) is
+re-raised in the caller's thread, and the other roles are aborted at their next
+send/receive instead of waiting out their timeouts — the deployment gets the same effect
+from the relay, where a failing party closes its session.  The idea is the one of
+:mod:`simulations.vertical_sim` (which runs the deployment's party code this way).
+
+On top of it, the protocols' whole-federation helpers (they used to live in the
+protocol modules): :func:`run_secureboost_inprocess` and :func:`run_vertical_lr_inprocess`.
+Rows are aligned by a plain id intersection (SecureBoost) or by the real PSI protocol
+(vertical LR, unless ``psi=False``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+from fedcredit.errors import DataError, ProtocolError
+from fedcredit.protocols import secureboost as sb
+from fedcredit.protocols import vertical_lr as vlr
+from fedcredit.protocols.psi import run_psi
+from fedcredit.protocols.vertical_common import VerticalTable, split_by_ids, table_from_frame
+from fedcredit.transport import InMemoryHub, InMemoryTransport, Observer, Transport
+
+__all__ = [
+    "Aborted",
+    "AbortableEndpoint",
+    "run_roles",
+    "SecureBoostInProcessResult",
+    "run_secureboost_inprocess",
+    "VerticalLRInProcessResult",
+    "run_vertical_lr_inprocess",
+]
+
+T = TypeVar("T")
+Progress = Callable[[str, int, int], None]
+
+#: how often a blocked ``recv`` checks whether another role has failed (not a readiness wait)
+_ABORT_POLL_S = 0.2
+
+
+class Aborted(ProtocolError):
+    """Raised in a role's thread because another role failed; never the reported cause."""
+
+
+class AbortableEndpoint:
+    """An InMemoryHub endpoint whose ``send``/``recv`` give up once ``abort`` is set (a peer failed)."""
+
+    def __init__(self, inner: InMemoryTransport, hub: InMemoryHub, abort: threading.Event) -> None:
+        self._inner, self._hub, self._abort = inner, hub, abort
+
+    @property
+    def me(self) -> str:
+        return self._inner.me
+
+    def send(self, to: str, tag: str, payload: bytes) -> None:
+        if self._abort.is_set():
+            raise Aborted(f"party '{self.me}': stopped, another party failed")
+        self._inner.send(to, tag, payload)
+
+    def recv(self, frm: str, tag: str, timeout: float | None = None) -> bytes:
+        total = self._hub.default_timeout if timeout is None else timeout
+        deadline = time.monotonic() + total
+        while True:
+            if self._abort.is_set():
+                raise Aborted(f"party '{self.me}': stopped waiting for '{tag}' from '{frm}', another party failed")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ProtocolError(f"{self.me}: no message '{tag}' from party '{frm}' within {total:.0f} s")
+            try:
+                return self._inner.recv(frm, tag, min(left, _ABORT_POLL_S))
+            except ProtocolError:
+                continue  # this slice timed out; check abort and the real deadline
+
+
+def run_roles(
+    hub: InMemoryHub,
+    roles: Mapping[str, Callable[[Transport], T]],
+    *,
+    join_timeout: float = 60.0,
+    name: str = "party",
+) -> dict[str, T]:
+    """Run ``roles[p](endpoint of p)`` for every party ``p``, each in its own thread; return their results.
+
+    The first role to fail aborts the others; its error is re-raised here.  After a
+    failure a role busy computing notices the abort at its next send/receive; one still
+    running after ``join_timeout`` seconds is reported as stuck.
+    """
+    abort = threading.Event()
+    done = threading.Condition()
+    results: dict[str, T] = {}
+    errors: list[tuple[str, BaseException]] = []  # in order of failure: the first is the cause
+    finished: set[str] = set()
+
+    def role_thread(p: str, fn: Callable[[Transport], T]) -> None:
+        try:
+            results[p] = fn(AbortableEndpoint(hub.endpoint(p), hub, abort))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            with done:
+                errors.append((p, e))
+            abort.set()
+        finally:
+            with done:
+                finished.add(p)
+                done.notify_all()
+
+    threads = {p: threading.Thread(target=role_thread, args=(p, fn), name=f"{name}-{p}", daemon=True)
+               for p, fn in roles.items()}
+    for t in threads.values():
+        t.start()
+    with done:
+        while len(finished) < len(threads) and not errors:
+            done.wait()
+    for t in threads.values():
+        t.join(timeout=join_timeout)
+    causes = [(p, e) for p, e in errors if not isinstance(e, Aborted)] or errors
+    if causes:
+        raise causes[0][1]
+    stuck = [p for p, t in threads.items() if t.is_alive()]
+    if stuck:
+        raise ProtocolError(f"in-process run: {stuck} did not finish within {join_timeout:.0f} s of the others")
+    return results
+
+
+# --------------------------------------------------------------------------- SecureBoost
+
+
+@dataclass
+class SecureBoostInProcessResult:
+    label: sb.SecureBoostResult
+    passive_models: dict[str, sb.PassiveModelPart]
+    bytes_sent: dict[str, int]
+    wall_seconds: float
+
+
+def run_secureboost_inprocess(
+    guest_df: Any,
+    host_dfs: Mapping[str, Any],
+    cfg: sb.SecureBoostConfig | None = None,
+    *,
+    test_ids: set[str] | frozenset[str] | None = None,
+    guest_name: str = "guest",
+    id_col: str = "id",
+    label_col: str = "y",
+    out_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    observers: Sequence[Observer] = (),
+) -> SecureBoostInProcessResult:
+    """Whole SecureBoost federation in one process over an :class:`InMemoryHub` (one thread per party).
+
+    Rows are aligned by a plain id intersection here (the deployment path runs PSI);
+    ``test_ids`` are held out and scored with the joint inference protocol.
+    """
+    cfg = cfg or sb.SecureBoostConfig()
+    guest = table_from_frame(guest_df, party=guest_name, source=f"{guest_name} frame", id_col=id_col, label_col=label_col)
+    hosts = {p: table_from_frame(df, party=p, source=f"{p} frame", id_col=id_col) for p, df in host_dfs.items()}
+    common = set(guest.ids)
+    for t in hosts.values():
+        common &= set(t.ids)
+    order = [i for i in guest.ids if i in common]
+    if not order:
+        raise DataError(f"no id is shared by {guest_name} and {sorted(hosts)}")
+    guest = guest.align(order)
+    hosts = {p: t.align(order) for p, t in hosts.items()}
+    tid = frozenset(test_ids or ())
+    g_train, g_test = split_by_ids(guest, tid)
+    h_split = {p: split_by_ids(t, tid) for p, t in hosts.items()}
+
+    hub = InMemoryHub(default_timeout=cfg.timeout_s)
+    hub.observers.extend(observers)
+
+    def label(tr: Transport) -> Any:
+        return sb.run_secureboost_label(
+            tr, g_train, list(hosts), cfg, progress, test_table=g_test if len(g_test) else None, out_dir=out_dir
+        )
+
+    def passive(p: str) -> Callable[[Transport], Any]:
+        tr_, te = h_split[p]
+        return lambda tr: sb.run_secureboost_passive(tr, tr_, guest_name, cfg, test_table=te if len(te) else None)
+
+    t0 = time.perf_counter()
+    results = run_roles(hub, {guest_name: label, **{p: passive(p) for p in hosts}}, name="secureboost")
+    return SecureBoostInProcessResult(
+        results[guest_name], {p: results[p] for p in hosts}, dict(hub.bytes_sent), time.perf_counter() - t0
+    )
+
+
+# --------------------------------------------------------------------------- vertical LR
+
+
+@dataclass
+class VerticalLRInProcessResult:
+    """Everything a test or benchmark wants from one in-process run (PSI, training, scoring)."""
+
+    label: vlr.LabelResult
+    passives: dict[str, vlr.PassiveResult]
+    intersection_size: int
+    psi_seconds: float
+    train_seconds: float
+    wall_seconds: float
+    bytes_by_sender: dict[str, int]
+    psi_bytes: int
+    train_bytes: int
+
+
+def run_vertical_lr_inprocess(
+    guest: VerticalTable,
+    hosts: Mapping[str, VerticalTable],
+    cfg: vlr.VerticalLRConfig = vlr.VerticalLRConfig(),
+    *,
+    test_ids: set[str] | frozenset[str] | None = None,
+    psi: bool = True,
+    out_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    observers: Sequence[Observer] = (),
+    hub_timeout: float = 120.0,
+) -> VerticalLRInProcessResult:
+    """Whole vertical LR federation in one process (threads over an :class:`InMemoryHub`): PSI, alignment, training, scoring.
+
+    ``guest`` is the label party's table (with ``y``), ``hosts`` the passive parties'
+    tables.  ``test_ids`` (e.g. the homo test ids) are held out and scored jointly.
+    ``observers`` see every message (leakage tests).
+    """
+    hub = InMemoryHub(default_timeout=hub_timeout)
+    hub.observers.extend(observers)
+    parties = [guest.party, *hosts]
+    tables = {guest.party: guest, **dict(hosts)}
+    t_start = time.perf_counter()
+
+    def psi_role(p: str) -> Callable[[Transport], Any]:
+        return lambda tr: run_psi(tr, tables[p].ids, parties, leader=guest.party, source=tables[p].source)
+
+    aligned = dict(tables)
+    size = len(guest)
+    if psi:
+        found = run_roles(hub, {p: psi_role(p) for p in parties}, name="psi")
+        aligned = {p: tables[p].take(found[p].indices) for p in parties}
+        size = found[guest.party].size
+    psi_seconds = time.perf_counter() - t_start
+    psi_bytes = sum(hub.bytes_sent.values())
+
+    splits = {p: split_by_ids(t, test_ids) if test_ids else (t, None) for p, t in aligned.items()}
+    passives = list(hosts)
+
+    def role(p: str) -> Callable[[Transport], Any]:
+        tr_, te = splits[p]
+        if p == guest.party:
+            return lambda tr: vlr.run_vertical_lr_label(tr, tr_, passives, cfg, test=te, progress=progress, out_dir=out_dir)
+        return lambda tr: vlr.run_vertical_lr_passive(tr, tr_, guest.party, cfg, test=te, out_dir=out_dir)
+
+    results = run_roles(hub, {p: role(p) for p in parties}, name="vlr")
+    wall = time.perf_counter() - t_start
+    label_res: vlr.LabelResult = results[guest.party]
+    return VerticalLRInProcessResult(
+        label=label_res,
+        passives={p: results[p] for p in passives},
+        intersection_size=size,
+        psi_seconds=psi_seconds,
+        train_seconds=label_res.train_seconds,
+        wall_seconds=wall,
+        bytes_by_sender=dict(hub.bytes_sent),
+        psi_bytes=psi_bytes,
+        train_bytes=sum(hub.bytes_sent.values()) - psi_bytes,
+    )
