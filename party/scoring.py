@@ -280,7 +280,7 @@ class ScoringService:
     ``store``: the party's :class:`party.models.ModelStore`; the active version is
     used unless a request names another.  ``peers``: passive party -> scoring
     address (label party only).  ``table_loader``: returns the party's own
-    :class:`~fedcredit.protocols.vertical_common.VerticalTable` for a list of feature
+    :class:`~fedcredit.data.Table` for a list of feature
     names (passive party: features are looked up by id there).
     """
 
@@ -900,7 +900,7 @@ class ScoringClient:
 
 def service_from_config(config: Any, *, identity: Identity | None = None) -> ScoringService:
     """A :class:`ScoringService` for a :class:`fedcredit.config.PartyConfig` ([scoring], [decision])."""
-    from fedcredit.protocols.vertical_common import load_vertical_table
+    from fedcredit.data import load_table
     from party.models import open_store
 
     p = config.party
@@ -919,7 +919,7 @@ def service_from_config(config: Any, *, identity: Identity | None = None) -> Sco
         if key is None:
             raise ConfigError(f"party '{p.name}': [scoring].dataset names no dataset to look ids up in")
         ds = config.dataset(key)
-        return load_vertical_table(ds.path, party=p.name, id_col=ds.id_column or "id", feature_cols=names)
+        return load_table(ds.path, party=p.name, id_col=ds.id_column or "id", feature_cols=names)
 
     return ScoringService(
         p.name,

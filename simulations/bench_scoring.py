@@ -51,7 +51,8 @@ HOST_CSV = DATA / "default_credit_hetero_host.csv"
 def _train(kind: str, g: pd.DataFrame, h: pd.DataFrame, n_fit: int, federated: bool) -> tuple[Any, Any]:
     from fedcredit.protocols import secureboost as sb
     from fedcredit.protocols import vertical_lr as vlr
-    from fedcredit.protocols.vertical_common import Standardizer, table_from_frame
+    from fedcredit.data import table_from_frame
+    from fedcredit.protocols.vertical_common import Standardizer
 
     gf = [c for c in g.columns if c.startswith("x")]
     hf = [c for c in h.columns if c.startswith("x")]

@@ -27,10 +27,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedcredit import metrics
 from fedcredit.channel import LocalChannel, MemoryState
+from fedcredit.data import load_table
 from fedcredit.models import load_model
 from fedcredit.protocols.horizontal import HorizontalJob, PartyEnv, party_handler, run_coordinator
 from fedcredit.transport import WireRecord
-from party.data import load_table
 from simulations.generator import write_bank_files
 from simulations.partition import partition
 
@@ -203,8 +203,8 @@ def run_inprocess(
     }
     if test_file is not None and flats:
         sm = load_model(next(iter(saved.values())))
-        tt = load_table(Path(test_file), party="harness", id_column=id_column, label_column=label_column,
-                        feature_columns=sm.feature_names)
+        tt = load_table(Path(test_file), party="harness", id_col=id_column, label_col=label_column,
+                        feature_cols=sm.feature_names)
         p_hat = sm.predict_proba(tt.X)
         assert tt.y is not None
         harness["full_test_auc"] = metrics.auc(tt.y, p_hat)

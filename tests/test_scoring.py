@@ -23,7 +23,8 @@ from fedcredit.artifacts import build_run_artifacts, sign_artifact
 from fedcredit.errors import ConfigError, DataError, SecurityError
 from fedcredit.protocols import secureboost as sb
 from fedcredit.protocols import vertical_lr as vlr
-from fedcredit.protocols.vertical_common import Standardizer, load_vertical_table
+from fedcredit.data import load_table
+from fedcredit.protocols.vertical_common import Standardizer
 from party.models import ModelStore
 from party.scoring import Application, PartyUnavailable, ScoringClient, ScoringService, serve
 
@@ -107,7 +108,7 @@ _TABLES: dict = {}
 def _host_loader(names):
     key = tuple(names)
     if key not in _TABLES:
-        _TABLES[key] = load_vertical_table(HOST_CSV, party="host", feature_cols=names)
+        _TABLES[key] = load_table(HOST_CSV, party="host", feature_cols=names)
     return _TABLES[key]
 
 

@@ -18,7 +18,8 @@ import pytest
 from crypto import ckks
 from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
 from fedcredit.protocols import secureboost as sb
-from fedcredit.protocols.vertical_common import table_from_frame, unpack_arrays, unpack_blobs
+from fedcredit.data import table_from_frame
+from fedcredit.protocols.vertical_common import unpack_arrays, unpack_blobs
 from fedcredit.transport import InMemoryHub, WireRecord
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -59,7 +59,7 @@ from fedcredit import metrics
 from fedcredit.channel import Handler, PartyChannel, StateStore
 from fedcredit.errors import ConfigError, DataError, FedCreditError, ProtocolError, SecurityError
 from fedcredit.models import FAMILIES, Model, make_model, save_model
-from party.data import LocalTable, load_table, schema_fingerprint
+from fedcredit.data import Table, load_table, schema_fingerprint
 
 log = logging.getLogger("fedcredit.horizontal")
 
@@ -305,7 +305,7 @@ class PartyEnv:
     """What a bank's party process knows locally (never sent anywhere as such).
 
     ``train``/``test`` are a file path (loaded with the column options below) or a
-    callable returning a :class:`LocalTable`.  ``peers`` maps other parties' names to
+    callable returning a :class:`Table`.  ``peers`` maps other parties' names to
     their envelope public keys, taken from their CA-verified certificates.
     ``tap`` (audit/tests) sees every plaintext vector right before it is encrypted.
     """
@@ -313,8 +313,8 @@ class PartyEnv:
     name: str
     envelope_private: X25519PrivateKey
     peers: Mapping[str, X25519PublicKey]
-    train: Path | str | Callable[[], LocalTable]
-    test: Path | str | Callable[[], LocalTable] | None = None
+    train: Path | str | Callable[[], Table]
+    test: Path | str | Callable[[], Table] | None = None
     output_dir: Path = Path("runs")
     id_column: str | None = "id"
     label_column: str = "y"
@@ -334,7 +334,7 @@ class _Party:
 
     def __init__(self, env: PartyEnv) -> None:
         self.env = env
-        self._tables: dict[tuple[str, tuple[str, ...] | None], tuple[Any, LocalTable]] = {}
+        self._tables: dict[tuple[str, tuple[str, ...] | None], tuple[Any, Table]] = {}
 
     # -- state helpers
     def _key(self, run_id: str, what: str) -> str:
@@ -375,12 +375,12 @@ class _Party:
         f = theirs if theirs is not None else mine
         return list(f) if f is not None else None
 
-    def _load(self, src: Path | str | Callable[[], LocalTable], features: list[str] | None) -> LocalTable:
+    def _load(self, src: Path | str | Callable[[], Table], features: list[str] | None) -> Table:
         if callable(src):
             t = src()
             if features is not None and t.feature_names != features:
                 raise DataError(
-                    f"party '{self.env.name}', file {t.path}: features {t.feature_names} differ from the "
+                    f"party '{self.env.name}', file {t.source}: features {t.feature_names} differ from the "
                     f"requested {features}"
                 )
             return t
@@ -393,26 +393,26 @@ class _Party:
         t = load_table(
             p,
             party=self.env.name,
-            id_column=self.env.id_column,
-            label_column=self.env.label_column,
-            feature_columns=features,
+            id_col=self.env.id_column,
+            label_col=self.env.label_column,
+            feature_cols=features,
         )
         self._tables[key] = (stamp, t)
         return t
 
-    def _train(self, job: HorizontalJob) -> LocalTable:
+    def _train(self, job: HorizontalJob) -> Table:
         t = self._load(self.env.train, self._features(job))
         if t.y is None:
-            raise DataError(f"party '{self.env.name}', file {t.path}: training needs a label column")
+            raise DataError(f"party '{self.env.name}', file {t.source}: training needs a label column")
         return t
 
-    def _test(self, job: HorizontalJob, features: list[str]) -> LocalTable | None:
+    def _test(self, job: HorizontalJob, features: list[str]) -> Table | None:
         if self.env.test is None:
             return None
         t = self._load(self.env.test, features)
         if t.feature_names != features:
             raise DataError(
-                f"party '{self.env.name}', file {t.path}: test features {t.feature_names} differ from its "
+                f"party '{self.env.name}', file {t.source}: test features {t.feature_names} differ from its "
                 f"training features {features}"
             )
         return t
@@ -427,7 +427,7 @@ class _Party:
             self.env.tap(what, np.array(vec, dtype=np.float64, copy=True))
         return ckks.encrypt_vector(ctx, vec)
 
-    def _stats_blob(self, job: HorizontalJob, ctx: Any, t: LocalTable) -> bytes:
+    def _stats_blob(self, job: HorizontalJob, ctx: Any, t: Table) -> bytes:
         return self._encrypt(ctx, "stats", encode_exact(local_stats(t.X)))
 
     def _aad(self, job: HorizontalJob, recipient: str) -> bytes:
@@ -496,12 +496,12 @@ class _Party:
             raise ProtocolError(f"party '{self.env.name}': aggregate total weight is {total:.3g}; expected >= 1")
         return agg[:-1] / total
 
-    def _eval(self, model: Model, test: LocalTable | None, mean: np.ndarray, std: np.ndarray) -> dict[str, Any]:
+    def _eval(self, model: Model, test: Table | None, mean: np.ndarray, std: np.ndarray) -> dict[str, Any]:
         if test is None:
             return {}
         p = model.predict_proba((test.X - mean) / std)
         assert test.y is not None
-        return {"auc": _num(metrics.auc(test.y, p)), "ks": _num(metrics.ks(test.y, p)), "n_test": test.n}
+        return {"auc": _num(metrics.auc(test.y, p)), "ks": _num(metrics.ks(test.y, p)), "n_test": len(test)}
 
     def fit(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
         job = self._job(header, state)
@@ -509,7 +509,7 @@ class _Party:
         self._need("fit", blobs, "stats" if r == 1 else "model")
         ctx = self._ctx(job, state)
         t = self._train(job)
-        d = t.d
+        d = t.n_features
         if "stats" in blobs:
             sums = decode_exact(ckks.decrypt_vector(ctx, blobs["stats"]), 2 * d + 1)
             mean, std = standardizer_from_sums(sums, d, job.standardize)
@@ -522,7 +522,7 @@ class _Party:
         out_h: dict[str, Any] = {"round": r, "metrics": self._eval(model, self._test(job, t.feature_names), mean, std)}
         assert t.y is not None
         new = local_update(job, global_flat, (t.X - mean) / std, t.y, r, self.env.name)
-        n_k = float(t.n)
+        n_k = float(len(t))
         return out_h, {"update": self._encrypt(ctx, "update", np.concatenate([new * n_k, [n_k]]))}
 
     def finalize(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
@@ -531,7 +531,7 @@ class _Party:
         ctx = self._ctx(job, state)
         t = self._train(job)
         mean, std = self._std(job, state)
-        model = build_model(job, t.d)
+        model = build_model(job, t.n_features)
         model.set_flat(self._global(job, ctx, blobs["model"], model.n_params))
         test = self._test(job, t.feature_names)
         m = self._eval(model, test, mean, std)

@@ -45,7 +45,7 @@ import json
 import struct
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -53,7 +53,7 @@ import numpy as np
 
 from fedcredit.config import DatasetSection, JobConfig
 from fedcredit.errors import ConfigError, DataError, ProtocolError
-from fedcredit.protocols.vertical_common import VerticalTable, load_id_set, load_vertical_table
+from fedcredit.data import Table, load_table
 from fedcredit.transport import CountingTransport, Transport
 
 __all__ = [
@@ -228,19 +228,13 @@ class _Throttled:
             _say(self.rt, f"{stage}: {done}/{total}" if total else f"{stage}: {done}")
 
 
-def _load_own_table(rt: VerticalParty, label: str) -> tuple[VerticalTable, str]:
+def _load_own_table(rt: VerticalParty, label: str) -> tuple[Table, str]:
     ds = rt.dataset(rt.job.job.train_dataset)
-    id_col = ds.id_column or "id"
-    label_col = (ds.label_column or "y") if rt.name == label else None
-    features = ds.feature_columns
-    if rt.name != label and features is None and ds.label_column:
-        # a passive party's file may carry a label column of its own: it is not a feature and never used
-        import pandas as pd
-
-        cols = list(pd.read_csv(ds.path, nrows=0).columns) if ds.path.suffix.lower() == ".csv" else None
-        if cols is not None:
-            features = [c for c in cols if c not in (id_col, ds.label_column)]
-    table = load_vertical_table(ds.path, party=rt.name, id_col=id_col, label_col=label_col, feature_cols=features)
+    label_col = (ds.label_column or "y") if rt.name == label else ds.label_column
+    table = load_table(ds.path, party=rt.name, id_col=ds.id_column or "id", label_col=label_col,
+                       feature_cols=ds.feature_columns)
+    if rt.name != label:  # a passive party's file may carry a label column of its own: never a feature, never used
+        table = replace(table, y=None)
     return table, str(ds.path)
 
 
@@ -249,7 +243,7 @@ def _label_test_mask(rt: VerticalParty, spec: SplitSpec, ids: Sequence[str]) -> 
         return hash_test_mask(ids, spec.fraction, spec.seed)
     assert spec.test_dataset is not None
     ds = rt.dataset(spec.test_dataset)
-    test_ids = load_id_set(ds.path, party=rt.name, id_col=ds.id_column or "id")
+    test_ids = set(load_table(ds.path, party=rt.name, id_col=ds.id_column or "id", feature_cols=[]).ids)
     return np.fromiter((i in test_ids for i in ids), dtype=bool, count=len(ids))
 
 

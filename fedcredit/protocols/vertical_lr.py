@@ -40,6 +40,7 @@ import numpy as np
 import tenseal as ts
 
 from crypto import ckks
+from fedcredit.data import split_by_ids
 from fedcredit.errors import ConfigError, DataError, ProtocolError
 from fedcredit.protocols.vertical_common import (
     Standardizer,
@@ -49,7 +50,6 @@ from fedcredit.protocols.vertical_common import (
     ids_digest,
     pack_arrays,
     pack_blobs,
-    split_by_ids,
     unpack_arrays,
     unpack_blobs,
     validation_split,
