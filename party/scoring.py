@@ -38,6 +38,7 @@ import numpy as np
 from crypto.certs import Identity
 from crypto.tls import GRPC_OPTIONS, peer_identity, secure_channel, server_credentials
 from fedcredit.artifacts import Artifact, check_peers, load_horizontal
+from fedcredit.data import load_table, normalize_id
 from fedcredit.errors import ConfigError, DataError, FedCreditError, ProtocolError, SecurityError
 from fedcredit.decision import Contributions, DecisionPolicy, decide, lr_contributions, tree_contributions
 from party.models import ModelStore
@@ -402,7 +403,10 @@ class ScoringService:
         index = table.index()
         rows = np.empty(len(ids), dtype=np.int64)
         for k, i in enumerate(ids):
-            r = index.get(i.strip())  # the PSI id rule: strings are compared stripped
+            try:
+                r = index.get(normalize_id(i))  # the loader's id rule: the table's ids were normalized with it
+            except DataError:
+                r = None  # not an id at all, so not in the table either
             if r is None:
                 raise DataError(f"party '{self.party}': id {i!r} is not in its dataset {table.source}")
             rows[k] = r
@@ -900,7 +904,6 @@ class ScoringClient:
 
 def service_from_config(config: Any, *, identity: Identity | None = None) -> ScoringService:
     """A :class:`ScoringService` for a :class:`fedcredit.config.PartyConfig` ([scoring], [decision])."""
-    from fedcredit.data import load_table
     from party.models import open_store
 
     p = config.party
