@@ -18,6 +18,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -53,19 +54,22 @@ def make_local_federation(
     label_column: str = "y",
     tap: Callable[[str, str, np.ndarray], None] | None = None,
 ) -> LocalFederation:
-    """One handler per bank over a LocalChannel; ``tap(party, what, vector)`` sees plaintext pre-encryption."""
+    """One handler per bank over a LocalChannel; ``tap(party, what, vector)`` sees plaintext pre-encryption.
+
+    Each bank's tables are loaded by its own role on first use (as in a deployment), so
+    a bad file is that bank's failure inside the protocol, not the harness's.
+    """
     keys = {p: X25519PrivateKey.generate() for p in train_files}
     envs: dict[str, PartyEnv] = {}
     for p, path in train_files.items():
+        test = test_files.get(p)
         envs[p] = PartyEnv(
             name=p,
             envelope_private=keys[p],
             peers={q: k.public_key() for q, k in keys.items() if q != p},
-            train=Path(path),
-            test=test_files.get(p),
+            train=partial(load_table, Path(path), party=p, id_col=id_column, label_col=label_column),
+            test=partial(load_table, Path(test), party=p, id_col=id_column, label_col=label_column) if test else None,
             output_dir=Path(out_dir) / "parties" / p,
-            id_column=id_column,
-            label_column=label_column,
             tap=(lambda what, v, _p=p: tap(_p, what, v)) if tap else None,
         )
     states = {p: MemoryState() for p in train_files}

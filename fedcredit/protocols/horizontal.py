@@ -59,7 +59,7 @@ from fedcredit import metrics
 from fedcredit.channel import Handler, PartyChannel, StateStore
 from fedcredit.errors import ConfigError, DataError, FedCreditError, ProtocolError, SecurityError
 from fedcredit.models import FAMILIES, Model, make_model, save_model
-from fedcredit.data import Table, load_table, schema_fingerprint
+from fedcredit.data import Table, schema_fingerprint
 
 log = logging.getLogger("fedcredit.horizontal")
 
@@ -304,21 +304,20 @@ def local_update(
 class PartyEnv:
     """What a bank's party process knows locally (never sent anywhere as such).
 
-    ``train``/``test`` are a file path (loaded with the column options below) or a
-    callable returning a :class:`Table`.  ``peers`` maps other parties' names to
-    their envelope public keys, taken from their CA-verified certificates.
-    ``tap`` (audit/tests) sees every plaintext vector right before it is encrypted.
+    ``train``/``test`` are the bank's tables (the party runtime loads them), or
+    zero-arg callables returning them: in a deployment every coordinator call runs in
+    a fresh process, so a table is loaded only by a method that needs it, at most once
+    per process.  ``peers`` maps other parties' names to their envelope public keys,
+    taken from their CA-verified certificates.  ``tap`` (audit/tests) sees every
+    plaintext vector right before it is encrypted.
     """
 
     name: str
     envelope_private: X25519PrivateKey
     peers: Mapping[str, X25519PublicKey]
-    train: Path | str | Callable[[], Table]
-    test: Path | str | Callable[[], Table] | None = None
+    train: Table | Callable[[], Table]
+    test: Table | Callable[[], Table] | None = None
     output_dir: Path = Path("runs")
-    id_column: str | None = "id"
-    label_column: str = "y"
-    feature_columns: Sequence[str] | None = None
     tap: Callable[[str, np.ndarray], None] | None = None
 
 
@@ -334,7 +333,7 @@ class _Party:
 
     def __init__(self, env: PartyEnv) -> None:
         self.env = env
-        self._tables: dict[tuple[str, tuple[str, ...] | None], tuple[Any, Table]] = {}
+        self._tables: dict[str, Table] = {}
 
     # -- state helpers
     def _key(self, run_id: str, what: str) -> str:
@@ -365,56 +364,28 @@ class _Party:
         return a[:d].copy(), a[d:].copy()
 
     # -- data
-    def _features(self, job: HorizontalJob) -> list[str] | None:
-        mine, theirs = self.env.feature_columns, job.feature_columns
-        if mine is not None and theirs is not None and list(mine) != list(theirs):
-            raise ConfigError(
-                f"party '{self.env.name}': its dataset config lists features {list(mine)} but job "
-                f"'{job.run_id}' asks for {list(theirs)}"
-            )
-        f = theirs if theirs is not None else mine
-        return list(f) if f is not None else None
-
-    def _load(self, src: Path | str | Callable[[], Table], features: list[str] | None) -> Table:
-        if callable(src):
-            t = src()
-            if features is not None and t.feature_names != features:
-                raise DataError(
-                    f"party '{self.env.name}', file {t.source}: features {t.feature_names} differ from the "
-                    f"requested {features}"
-                )
-            return t
-        p = Path(src)
-        key = (str(p.resolve()), tuple(features) if features else None)
-        stamp = (p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None
-        hit = self._tables.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        t = load_table(
-            p,
-            party=self.env.name,
-            id_col=self.env.id_column,
-            label_col=self.env.label_column,
-            feature_cols=features,
-        )
-        self._tables[key] = (stamp, t)
+    def _table(self, which: str, src: Table | Callable[[], Table]) -> Table:
+        t = self._tables.get(which)
+        if t is None:
+            t = self._tables[which] = src() if callable(src) else src
         return t
 
     def _train(self, job: HorizontalJob) -> Table:
-        t = self._load(self.env.train, self._features(job))
+        t = self._table("train", self.env.train)
+        if job.feature_columns is not None:
+            t = t.select(job.feature_columns)
         if t.y is None:
-            raise DataError(f"party '{self.env.name}', file {t.source}: training needs a label column")
+            raise DataError(f"party '{self.env.name}', file {t.source}: training needs a label column "
+                            "(label_column in its dataset config)")
         return t
 
     def _test(self, job: HorizontalJob, features: list[str]) -> Table | None:
         if self.env.test is None:
             return None
-        t = self._load(self.env.test, features)
-        if t.feature_names != features:
-            raise DataError(
-                f"party '{self.env.name}', file {t.source}: test features {t.feature_names} differ from its "
-                f"training features {features}"
-            )
+        t = self._table("test", self.env.test).select(features)
+        if t.y is None:
+            raise DataError(f"party '{self.env.name}', file {t.source}: testing needs a label column "
+                            "(label_column in its dataset config)")
         return t
 
     def _need(self, method: str, blobs: Mapping[str, bytes], *names: str) -> None:
