@@ -93,8 +93,7 @@ def test_protocols_stay_pure() -> None:
 
 #: Calls that read a party's data table.  Protocol roles get their tables handed in (loaded once, by
 #: ``fedcredit.data``, in the party runtime); they only read or write the files they are given.
-_TABLE_READERS = {"read_csv", "read_parquet", "read_table", "ParquetFile", "load_table", "load_vertical_table",
-                  "load_id_set"}
+_TABLE_READERS = {"read_csv", "read_parquet", "read_table", "ParquetFile", "load_table", "load_dataset"}
 
 
 def test_protocols_open_no_file_they_were_not_handed() -> None:
