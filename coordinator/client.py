@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 
@@ -21,7 +21,7 @@ class ControlClient:
 
     @classmethod
     def connect(cls, address: str | None, identity_dir: Path | str | None, name: str = "operator",
-                timeout: float = 15.0) -> "ControlClient":
+                timeout: float = 15.0) -> ControlClient:
         if not address:
             raise ConfigError("no coordinator control address: pass --control host:port or set [control].address in the job file")
         if not identity_dir:

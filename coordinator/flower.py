@@ -13,11 +13,11 @@ directory, so they never touch the operator's own Flower configuration.
 from __future__ import annotations
 
 import json
-from importlib import resources
 import socket
 import ssl
 import subprocess
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 

@@ -10,15 +10,15 @@ metrics, byte counts — never a key, a row or an update.
 from __future__ import annotations
 
 import builtins
-
 import json
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
 
 import grpc
 
@@ -108,7 +108,7 @@ class _Conn:
 class _Pending:
     """Frames for a party that has not joined the session yet."""
 
-    frames: deque[tuple[Frame, "_Conn"]] = field(default_factory=deque)
+    frames: deque[tuple[Frame, _Conn]] = field(default_factory=deque)
     bytes: int = 0
     timer: threading.Timer | None = None
 
@@ -431,7 +431,7 @@ class RelayHandle:
         """Block until the server terminates (daemon mode)."""
         return self.server.wait_for_termination(timeout)
 
-    def __enter__(self) -> "RelayHandle":
+    def __enter__(self) -> RelayHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -49,9 +49,9 @@ from __future__ import annotations
 import datetime as _dt
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -79,7 +79,7 @@ _BACKDATE = _dt.timedelta(minutes=5)
 
 
 def _utcnow() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(_dt.UTC)
 
 
 def _pem_private(key: ec.EllipticCurvePrivateKey | x25519.X25519PrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
@@ -248,7 +248,7 @@ def issue(
     hosts: Sequence[str] = ("127.0.0.1", "localhost"),
     days: int = 825,
     force: bool = False,
-) -> "Identity":
+) -> Identity:
     """Issue a credential directory for ``name`` (see the module docstring for files).
 
     All outputs are checked before anything is written, so a refusal changes nothing.
@@ -373,7 +373,7 @@ class Identity:
     dir: Path
 
     @classmethod
-    def load(cls, dir: Path, name: str) -> "Identity":
+    def load(cls, dir: Path, name: str) -> Identity:
         """Load ``name``'s credentials from ``dir``; ConfigError names any missing/mismatched file.
 
         Checks that the TLS key and the envelope key belong to the certificate, so a
@@ -474,7 +474,7 @@ def verify_peer(
     """
     now = now or _utcnow()
     if now.tzinfo is None:
-        now = now.replace(tzinfo=_dt.timezone.utc)
+        now = now.replace(tzinfo=_dt.UTC)
     cert = _load_cert(cert_pem, "peer certificate")
     ca = _load_cert(ca_pem, "federation CA certificate")
     who = _cn(cert) or "<no CN>"

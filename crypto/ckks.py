@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import tenseal as ts
@@ -99,7 +99,7 @@ class SecretContext:
         return load_public(self.public_bytes())
 
 
-Context = Union[PublicContext, SecretContext]
+Context = PublicContext | SecretContext
 
 
 def _ts(ctx: Context) -> ts.Context:

@@ -45,8 +45,9 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tenseal import sealapi as _sa  # registers SEAL's pybind types (see the module docstring)

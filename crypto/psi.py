@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -117,7 +117,7 @@ class PsiKey:
         self._key = key
 
     @classmethod
-    def generate(cls) -> "PsiKey":
+    def generate(cls) -> PsiKey:
         return cls(X25519PrivateKey.generate())
 
     def export_for_local_helper(self) -> bytes:
@@ -132,7 +132,7 @@ class PsiKey:
         )
 
     @classmethod
-    def import_from_parent(cls, raw: bytes) -> "PsiKey":
+    def import_from_parent(cls, raw: bytes) -> PsiKey:
         """Inverse of :meth:`export_for_local_helper`, in the helper process."""
         if len(raw) != 32:
             raise SecurityError(f"PSI helper received a {len(raw)}-byte scalar, expected 32")

@@ -26,7 +26,7 @@ What gRPC Python (BoringSSL) lets us enforce, and what it does not:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import grpc
 from cryptography import x509

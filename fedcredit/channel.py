@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
 
 from fedcredit.transport import Observer, WireRecord
 

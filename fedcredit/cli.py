@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rich.table import Table
 
 from fedcredit.errors import FedCreditError
 from fedcredit.progress import console, err_console, fmt_time, follow, print_run
-
 
 # --------------------------------------------------------------------------- certs
 

@@ -69,8 +69,8 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_models_export(args: argparse.Namespace) -> int:
-    from fedcredit.export import export_artifact
     from fedcredit.decision import load_decision_policy
+    from fedcredit.export import export_artifact
 
     store = _store(args)
     art = store.load(args.version)

@@ -67,7 +67,7 @@ class CoordinatorConfig(_Strict):
     parties: list[PartyEntry] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _unique_parties(self) -> "CoordinatorConfig":
+    def _unique_parties(self) -> CoordinatorConfig:
         seen: set[str] = set()
         for p in self.parties:
             if p.name in seen:
@@ -175,7 +175,7 @@ class JobConfig(_Strict):
     control: ControlSection = Field(default_factory=ControlSection)
 
     @model_validator(mode="after")
-    def _min(self) -> "JobConfig":
+    def _min(self) -> JobConfig:
         if self.job.min_parties is not None and self.job.min_parties > len(self.job.parties):
             raise ValueError(
                 f"min_parties={self.job.min_parties} exceeds the {len(self.job.parties)} parties listed"

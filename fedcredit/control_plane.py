@@ -14,7 +14,8 @@ with ``meta = {"error": "..."}`` and an empty payload.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 

@@ -26,9 +26,10 @@ Config lives in a ``[decision]`` TOML section (:func:`load_decision_policy`); se
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -72,7 +73,7 @@ class Thresholds(_Strict):
     decline: float = 500.0
 
     @model_validator(mode="after")
-    def _order(self) -> "Thresholds":
+    def _order(self) -> Thresholds:
         if self.on == "score" and self.approve < self.decline:
             raise ValueError(f"score thresholds need approve >= decline (got approve={self.approve}, decline={self.decline})")
         if self.on == "pd":
@@ -100,7 +101,7 @@ class LimitPolicy(_Strict):
     limit_on_refer: bool = True
 
     @model_validator(mode="after")
-    def _bands(self) -> "LimitPolicy":
+    def _bands(self) -> LimitPolicy:
         edges = [b.max_pd for b in self.bands]
         if any(b <= a for a, b in zip(edges, edges[1:])):
             raise ValueError(f"bands must be listed with strictly increasing max_pd, got {edges}")

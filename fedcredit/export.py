@@ -25,16 +25,17 @@ import csv
 import io
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from crypto.files import PUBLIC_MODE, write_file
 from fedcredit.artifacts import Artifact, json_bytes, load_horizontal
-from fedcredit.errors import ConfigError, DataError
 from fedcredit.decision import Contributions, ScoreScale, lr_contributions
+from fedcredit.errors import ConfigError, DataError
 from fedcredit.metrics import sigmoid
 
 LINEAR_FORMAT = "fedcredit-linear-model/1"
@@ -53,7 +54,7 @@ class LinearModel:
     source: dict[str, Any]
 
     @classmethod
-    def from_artifact(cls, artifact: Artifact) -> "LinearModel":
+    def from_artifact(cls, artifact: Artifact) -> LinearModel:
         m = artifact.manifest
         if m.kind != "horizontal-lr":
             why = (

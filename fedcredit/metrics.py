@@ -11,8 +11,9 @@ ties).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -149,7 +150,7 @@ def auc_ks_from_histogram(hist: np.ndarray) -> tuple[float, float]:
     return a, float(np.max(tpr - fpr))
 
 
-def sigmoid(z: "np.ndarray | float") -> "np.ndarray | float":
+def sigmoid(z: np.ndarray | float) -> np.ndarray | float:
     """Logistic link ``1 / (1 + e^-z)`` of every model here, numerically stable: ``z`` is clipped to
     [-500, 500], so ``exp`` never overflows, and small probabilities keep their relative precision."""
     return 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))

@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 from fedcredit.errors import ProtocolError
 
@@ -69,7 +70,7 @@ class InMemoryHub:
                 self._boxes[key] = queue.Queue()
             return self._boxes[key]
 
-    def endpoint(self, name: str) -> "InMemoryTransport":
+    def endpoint(self, name: str) -> InMemoryTransport:
         return InMemoryTransport(self, name)
 
     def deliver(self, frm: str, to: str, tag: str, payload: bytes) -> None:

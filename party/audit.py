@@ -29,9 +29,10 @@ import json
 import os
 import stat
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from fedcredit.errors import ConfigError
 
@@ -104,7 +105,7 @@ class JsonlLog:
                 os.close(self._fd)
                 self._fd = -1
 
-    def __enter__(self) -> "JsonlLog":
+    def __enter__(self) -> JsonlLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -128,7 +129,7 @@ class AuditLog(JsonlLog):
     ) -> AuditRecord:
         """Append the line for one sealed message that is about to leave this party."""
         rec = AuditRecord(
-            time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
+            time=_dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
             session=session,
             sender=sender,
             receiver=receiver,

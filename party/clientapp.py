@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -24,6 +25,7 @@ from crypto.certs import Identity, verify_peer
 from fedcredit.channel import DirState
 from fedcredit.config import PartyConfig, load_party_config
 from fedcredit.control_plane import REPLY_SUFFIX, VERTICAL_RUN, pack, unpack
+from fedcredit.data import Table, load_dataset
 from fedcredit.errors import ConfigError, FedCreditError, ProtocolError
 from fedcredit.jobs import parse_job
 from fedcredit.protocols import horizontal
@@ -67,9 +69,14 @@ class PartyRuntime:
     def name(self) -> str:
         return self.config.party.name
 
+    def table(self, key: str) -> Table:
+        """This party's dataset ``key``, loaded exactly as the daemon's start-up check loads it."""
+        return load_dataset(self.config.dataset(key), party=self.name)
+
     def vertical_party(self) -> VerticalParty:
-        """This party's view for the transport-agnostic vertical job core."""
-        return VerticalParty(self.name, self.run_id, self.job, dict(self.config.datasets), self.config.party.state_dir)
+        """This party's view for the transport-agnostic vertical job core (tables loaded when the job needs them)."""
+        return VerticalParty(self.name, self.run_id, self.job, frozenset(self.config.datasets), self.table,
+                             self.config.party.state_dir)
 
 
 @client_app.query()
@@ -113,18 +120,15 @@ def run_party_role(config_path: str | Path, method: str, payload: bytes, meta: M
 
 
 def _party_horizontal(rt: PartyRuntime, method: str, payload: bytes) -> bytes:
-    train = rt.config.dataset(rt.job.job.train_dataset)
-    test = rt.config.dataset(rt.job.job.test_dataset) if rt.job.job.test_dataset else None
+    # this process answers one call: a table is loaded only if that method needs it
+    train, test = rt.job.job.train_dataset, rt.job.job.test_dataset
     env = horizontal.PartyEnv(
         name=rt.name,
         envelope_private=rt.identity.envelope_private,
         peers=rt.peers,
-        train=train.path,
-        test=test.path if test else None,
+        train=lambda: rt.table(train),
+        test=(lambda: rt.table(test)) if test else None,
         output_dir=rt.config.party.state_dir / "models",
-        id_column=train.id_column,
-        label_column=train.label_column or "y",
-        feature_columns=train.feature_columns,
     )
     handler = horizontal.party_handler(env)
     return handler(method, payload, DirState(rt.run_dir / "state"))

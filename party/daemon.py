@@ -18,9 +18,9 @@ from typing import Any
 
 from crypto.certs import Identity
 from fedcredit.config import PartyConfig, load_party_config
+from fedcredit.data import Table, load_dataset
 from fedcredit.errors import ConfigError
 from fedcredit.processes import find_executable, flower_env, stop_process_group, supervise
-from party.data import load_table
 
 
 def _free_port() -> int:
@@ -29,19 +29,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def check_datasets(config: PartyConfig) -> dict[str, int]:
-    """Load every configured dataset once at start-up so bad files fail now, not mid-job."""
-    sizes = {}
-    for key, ds in config.datasets.items():
-        table = load_table(
-            ds.path,
-            party=config.party.name,
-            id_column=ds.id_column,
-            label_column=ds.label_column,
-            feature_columns=ds.feature_columns,
-        )
-        sizes[key] = len(table.ids)
-    return sizes
+def check_datasets(config: PartyConfig) -> dict[str, Table]:
+    """Load every configured dataset once at start-up so bad files fail now, not mid-job; the validated tables.
+
+    A real assurance because it is the jobs' own loader with the same arguments
+    (``load_dataset`` of the dataset's section, as ``PartyRuntime.table`` calls it).
+    """
+    return {key: load_dataset(ds, party=config.party.name) for key, ds in config.datasets.items()}
 
 
 @dataclass

@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
@@ -188,7 +188,7 @@ class RelayTransport:
         self._reader.join(timeout=10.0)
         self._teardown()
 
-    def __enter__(self) -> "RelayTransport":
+    def __enter__(self) -> RelayTransport:
         return self
 
     def __exit__(self, *exc: object) -> None:

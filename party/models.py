@@ -36,9 +36,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from crypto.files import write_file
 from fedcredit.artifacts import MANIFEST, Artifact, check_artifact_integrity, json_bytes, read_artifact

@@ -17,8 +17,9 @@ import json
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fedcredit.artifacts import MANIFEST, VERTICAL_KINDS, build_artifact, horizontal_parts, json_bytes, model_part_hash
 from fedcredit.config import PartyConfig

@@ -23,14 +23,13 @@ version, score, decision, reasons, each party's contribution) for audit.
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -38,10 +37,19 @@ import numpy as np
 from crypto.certs import Identity
 from crypto.tls import GRPC_OPTIONS, peer_identity, secure_channel, server_credentials
 from fedcredit.artifacts import Artifact, check_peers, load_horizontal
-from fedcredit.errors import (ConfigError, DataError, FedCreditError, ModelMismatch, NotAuthorized, PartyUnavailable,
-                              ProtocolError, SecurityError, UnknownId)
-from fedcredit.rpc_errors import ERROR_KEY, error_from_rpc, status_of, trailer_of
+from fedcredit.data import load_table, normalize_id
 from fedcredit.decision import Contributions, DecisionPolicy, decide, lr_contributions, tree_contributions
+from fedcredit.errors import (
+    ConfigError,
+    DataError,
+    FedCreditError,
+    ModelMismatch,
+    NotAuthorized,
+    PartyUnavailable,
+    ProtocolError,
+    UnknownId,
+)
+from fedcredit.rpc_errors import ERROR_KEY, error_from_rpc, status_of, trailer_of
 from party.audit import DecisionLog
 from party.models import ModelStore
 from protos import scoring_pb2 as pb
@@ -139,7 +147,7 @@ class ScoringService:
     ``store``: the party's :class:`party.models.ModelStore`; the active version is
     used unless a request names another.  ``peers``: passive party -> scoring
     address (label party only).  ``table_loader``: returns the party's own
-    :class:`~fedcredit.protocols.vertical_common.VerticalTable` for a list of feature
+    :class:`~fedcredit.data.Table` for a list of feature
     names (passive party: features are looked up by id there).
     """
 
@@ -261,7 +269,10 @@ class ScoringService:
         index = table.index()
         rows = np.empty(len(ids), dtype=np.int64)
         for k, i in enumerate(ids):
-            r = index.get(i.strip())  # the PSI id rule: strings are compared stripped
+            try:
+                r = index.get(normalize_id(i))  # the loader's id rule: the table's ids were normalized with it
+            except DataError:
+                r = None  # not an id at all, so not in the table either
             if r is None:
                 raise UnknownId(f"party '{self.party}': id {i!r} is not in its dataset {table.source}")
             rows[k] = r
@@ -474,7 +485,7 @@ class ScoringService:
             pd, contribs = self._local(m, apps)
         return self._finish(apps, used, pd, contribs, fallback_reason)
 
-    def _fallback(self, apps: Sequence[Application], err: "PartyUnavailable") -> tuple[Any, Any, Any, str]:
+    def _fallback(self, apps: Sequence[Application], err: PartyUnavailable) -> tuple[Any, Any, Any, str]:
         """A passive party is down or late: the configured label-party-only model, or the error."""
         if not self.fallback_version:
             raise err
@@ -728,7 +739,6 @@ class ScoringClient:
 
 def service_from_config(config: Any, *, identity: Identity | None = None) -> ScoringService:
     """A :class:`ScoringService` for a :class:`fedcredit.config.PartyConfig` ([scoring], [decision])."""
-    from fedcredit.protocols.vertical_common import load_vertical_table
     from party.models import open_store
 
     p = config.party
@@ -747,7 +757,7 @@ def service_from_config(config: Any, *, identity: Identity | None = None) -> Sco
         if key is None:
             raise ConfigError(f"party '{p.name}': [scoring].dataset names no dataset to look ids up in")
         ds = config.dataset(key)
-        return load_vertical_table(ds.path, party=p.name, id_col=ds.id_column or "id", feature_cols=names)
+        return load_table(ds.path, party=p.name, id_col=ds.id_column or "id", feature_cols=names)
 
     return ScoringService(
         p.name,

@@ -35,8 +35,8 @@ def generate(out_root: Path = REPO_ROOT, protos_dir: Path = PROTOS_DIR) -> list[
     ``out_root`` is the repo root normally, a temp dir in the sync test.
     """
     try:
-        from grpc_tools import protoc
         import grpc_tools
+        from grpc_tools import protoc
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise SystemExit(
             "grpcio-tools is required to regenerate protos/ (pip install -e '.[test]'): " + str(exc)

@@ -29,8 +29,9 @@ import json
 import os
 import platform
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,7 @@ from sklearn.linear_model import LogisticRegression
 
 from fedcredit import metrics
 from fedcredit.channel import LocalChannel, MemoryState, StateStore
+from fedcredit.data import Table, load_table
 from fedcredit.models import load_model
 from fedcredit.protocols.horizontal import (
     HorizontalJob,
@@ -48,7 +50,6 @@ from fedcredit.protocols.horizontal import (
     local_update,
     standardizer_from_sums,
 )
-from party.data import LocalTable, load_table
 from simulations.horizontal_sim import run_inprocess
 from simulations.partition import partition
 
@@ -76,7 +77,7 @@ def _score(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return {"auc": metrics.auc(y, p), "ks": metrics.ks(y, p)}
 
 
-def sklearn_pooled(tables: Mapping[str, LocalTable], test: LocalTable) -> dict[str, Any]:
+def sklearn_pooled(tables: Mapping[str, Table], test: Table) -> dict[str, Any]:
     t, c = time.perf_counter(), time.process_time()
     X = np.vstack([tb.X for tb in tables.values()])
     y = np.concatenate([tb.y for tb in tables.values()])  # type: ignore[misc]
@@ -87,7 +88,7 @@ def sklearn_pooled(tables: Mapping[str, LocalTable], test: LocalTable) -> dict[s
             "rows": int(len(y))}
 
 
-def centralized(tables: Mapping[str, LocalTable], test: LocalTable, job: HorizontalJob) -> dict[str, Any]:
+def centralized(tables: Mapping[str, Table], test: Table, job: HorizontalJob) -> dict[str, Any]:
     """The federation's model and optimizer, trained on one table: pooled (all banks) or local-only."""
     t, c = time.perf_counter(), time.process_time()
     X = np.vstack([tb.X for tb in tables.values()])
@@ -102,14 +103,14 @@ def centralized(tables: Mapping[str, LocalTable], test: LocalTable, job: Horizon
             "rows": int(len(y))}
 
 
-def plaintext_fedavg(files: Mapping[str, Path], test: LocalTable, job: HorizontalJob) -> dict[str, Any]:
+def plaintext_fedavg(files: Mapping[str, Path], test: Table, job: HorizontalJob) -> dict[str, Any]:
     """FedAvg with the protocol's hop structure and math but raw float64 payloads (no encryption).
 
     Hops: one for standardization sums, one per round.  The coordinator sums the
     plaintext vectors (it would see every bank's update: this is the insecure
     baseline the encrypted protocol is measured against).
     """
-    tables = {p: load_table(f, party=p) for p, f in files.items()}
+    tables = {p: load_table(f, party=p, label_col="y") for p, f in files.items()}
 
     def handler(name: str):
         def handle(method: str, payload: bytes, state: StateStore) -> bytes:
@@ -119,16 +120,16 @@ def plaintext_fedavg(files: Mapping[str, Path], test: LocalTable, job: Horizonta
                 return encode_message({}, {"v": local_stats(t.X).astype("<f8").tobytes()})
             if "stats" in b:
                 sums = np.frombuffer(b["stats"], "<f8")
-                state.put("std", np.concatenate(standardizer_from_sums(sums, t.d)).astype("<f8").tobytes())
+                state.put("std", np.concatenate(standardizer_from_sums(sums, t.n_features)).astype("<f8").tobytes())
             ms = np.frombuffer(state.get("std") or b"", "<f8")
-            mean, std = ms[: t.d], ms[t.d :]
+            mean, std = ms[: t.n_features], ms[t.n_features :]
             if "model" in b:
                 agg = np.frombuffer(b["model"], "<f8")
                 g = agg[:-1] / agg[-1]
             else:
-                g = build_model(job, t.d).get_flat()
+                g = build_model(job, t.n_features).get_flat()
             new = local_update(job, g, (t.X - mean) / std, t.y, int(h["round"]), name)  # type: ignore[arg-type]
-            return encode_message({}, {"update": np.concatenate([new * t.n, [t.n]]).astype("<f8").tobytes()})
+            return encode_message({}, {"update": np.concatenate([new * len(t), [len(t)]]).astype("<f8").tobytes()})
 
         return handle
 
@@ -155,7 +156,7 @@ def plaintext_fedavg(files: Mapping[str, Path], test: LocalTable, job: Horizonta
         agg = sum(np.frombuffer(b["update"], "<f8") for b in reps.values())  # type: ignore[assignment]
     rounds_s, rounds_cpu = time.perf_counter() - t_rounds, time.process_time() - c_rounds
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    d = next(iter(tables.values())).d
+    d = next(iter(tables.values())).n_features
     mean, std = standardizer_from_sums(sums, d)
     m = build_model(job, d)
     assert agg is not None
@@ -172,7 +173,7 @@ def plaintext_fedavg(files: Mapping[str, Path], test: LocalTable, job: Horizonta
     }
 
 
-def encrypted_fedavg(files: Mapping[str, Path], test_file: Path, test: LocalTable, job: HorizontalJob,
+def encrypted_fedavg(files: Mapping[str, Path], test_file: Path, test: Table, job: HorizontalJob,
                      out: Path) -> dict[str, Any]:
     rep = run_inprocess(dict(files), test_file, job, out, split_test=True)
     res = rep["result"]
@@ -212,10 +213,10 @@ N8192 = {"ckks_poly_modulus_degree": 8192, "ckks_coeff_mod_bit_sizes": [60, 40, 
 def scenario(name: str, files: Mapping[str, Path], test_file: Path, out: Path, hp: Mapping[str, Mapping[str, Any]],
              families: list[str], algorithms: list[str], mu_sweep: list[float],
              big_context: bool = False) -> dict[str, Any]:
-    test = load_table(test_file, party="test")
-    tables = {p: load_table(f, party=p) for p, f in files.items()}
+    test = load_table(test_file, party="test", label_col="y")
+    tables = {p: load_table(f, party=p, label_col="y") for p, f in files.items()}
     res: dict[str, Any] = {
-        "banks": {p: {"rows": t.n, "default_rate": float(t.y.mean())} for p, t in tables.items()},  # type: ignore[union-attr]
+        "banks": {p: {"rows": len(t), "default_rate": float(t.y.mean())} for p, t in tables.items()},  # type: ignore[union-attr]
         "sklearn_pooled_lr": sklearn_pooled(tables, test),
         "families": {},
     }

@@ -49,9 +49,10 @@ HOST_CSV = DATA / "default_credit_hetero_host.csv"
 
 
 def _train(kind: str, g: pd.DataFrame, h: pd.DataFrame, n_fit: int, federated: bool) -> tuple[Any, Any]:
+    from fedcredit.data import table_from_frame
     from fedcredit.protocols import secureboost as sb
     from fedcredit.protocols import vertical_lr as vlr
-    from fedcredit.protocols.vertical_common import Standardizer, table_from_frame
+    from fedcredit.protocols.vertical_common import Standardizer
     from simulations.inprocess import run_secureboost_inprocess, run_vertical_lr_inprocess
 
     gf = [c for c in g.columns if c.startswith("x")]
@@ -180,9 +181,9 @@ async def _load(address: str, identity: Any, apps: list[tuple[str, dict[str, flo
 
 def _floor(kind: str, lab: Any, pas: Any, g: pd.DataFrame, h: pd.DataFrame, n: int) -> tuple[np.ndarray, float]:
     """In-process: passive partial + combine + decision, one application at a time, no network."""
+    from fedcredit.decision import DecisionPolicy, decide
     from fedcredit.protocols import secureboost as sb
     from fedcredit.protocols import vertical_lr as vlr
-    from fedcredit.decision import DecisionPolicy, decide
 
     policy = DecisionPolicy()
     Xg, Xh = g[lab.feature_names].to_numpy(), h[pas.feature_names].to_numpy()

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedcredit.metrics import auc_ks
 from fedcredit.protocols import secureboost as sb
-from fedcredit.protocols.vertical_common import auc_ks
 from simulations.inprocess import run_secureboost_inprocess
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

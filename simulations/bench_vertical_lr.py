@@ -20,13 +20,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from fedcredit.protocols.vertical_common import (
-    Standardizer,
-    auc_ks,
-    load_id_set,
-    load_vertical_table,
-    split_by_ids,
-)
+from fedcredit.data import load_table, split_by_ids
+from fedcredit.metrics import auc_ks
+from fedcredit.protocols.vertical_common import Standardizer
 from fedcredit.protocols.vertical_lr import VerticalLRConfig
 from fedcredit.transport import WireRecord
 from simulations.inprocess import run_vertical_lr_inprocess
@@ -51,9 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     cfg = VerticalLRConfig(seed=args.seed)
 
-    guest = load_vertical_table(args.data / "default_credit_hetero_guest.csv", party="guest", label_col="y")
-    host = load_vertical_table(args.data / "default_credit_hetero_host.csv", party="host")
-    test_ids = load_id_set(args.data / "default_credit_homo_test.csv", party="guest")
+    guest = load_table(args.data / "default_credit_hetero_guest.csv", party="guest", label_col="y")
+    host = load_table(args.data / "default_credit_hetero_host.csv", party="host")
+    test_ids = set(load_table(args.data / "default_credit_homo_test.csv", party="guest", feature_cols=[]).ids)
 
     # ---- plaintext baselines (what pooling the raw data would give; the label party alone)
     h_al = host.align(guest.ids)

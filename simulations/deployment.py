@@ -16,9 +16,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from crypto.certs import init_ca, issue
 from fedcredit.errors import FedCreditError
@@ -90,7 +91,7 @@ class LocalFederation:
         self.control = f"127.0.0.1:{self.relay_port}"
 
     # ------------------------------------------------------------------ set-up
-    def setup(self) -> "LocalFederation":
+    def setup(self) -> LocalFederation:
         self.root.mkdir(parents=True, exist_ok=True)
         ca = self.certs / "ca"
         if not (ca / "ca.crt").exists():
@@ -170,7 +171,7 @@ class LocalFederation:
     def start_party(self, name: str, timeout: float = 90) -> None:
         self._spawn(name, ["party", "start", "--config", str(self.root / f"{name}.toml")], "ready", timeout)
 
-    def start(self, coordinator_env: Mapping[str, str] | None = None) -> "LocalFederation":
+    def start(self, coordinator_env: Mapping[str, str] | None = None) -> LocalFederation:
         self.start_coordinator(env=coordinator_env)
         for p in self.parties:
             self.start_party(p.name)
@@ -191,7 +192,7 @@ class LocalFederation:
         for key in [k for k in self.procs if k != "coordinator"] + ["coordinator"]:
             self.stop_process(key)
 
-    def __enter__(self) -> "LocalFederation":
+    def __enter__(self) -> LocalFederation:
         return self
 
     def __exit__(self, *exc: object) -> None:

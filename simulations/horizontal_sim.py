@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,10 +29,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedcredit import metrics
 from fedcredit.channel import LocalChannel, MemoryState
+from fedcredit.data import load_table
 from fedcredit.models import load_model
 from fedcredit.protocols.horizontal import HorizontalJob, PartyEnv, party_handler, run_coordinator
 from fedcredit.transport import WireRecord
-from party.data import load_table
 from simulations.generator import write_bank_files
 from simulations.partition import partition
 
@@ -53,19 +55,22 @@ def make_local_federation(
     label_column: str = "y",
     tap: Callable[[str, str, np.ndarray], None] | None = None,
 ) -> LocalFederation:
-    """One handler per bank over a LocalChannel; ``tap(party, what, vector)`` sees plaintext pre-encryption."""
+    """One handler per bank over a LocalChannel; ``tap(party, what, vector)`` sees plaintext pre-encryption.
+
+    Each bank's tables are loaded by its own role on first use (as in a deployment), so
+    a bad file is that bank's failure inside the protocol, not the harness's.
+    """
     keys = {p: X25519PrivateKey.generate() for p in train_files}
     envs: dict[str, PartyEnv] = {}
     for p, path in train_files.items():
+        test = test_files.get(p)
         envs[p] = PartyEnv(
             name=p,
             envelope_private=keys[p],
             peers={q: k.public_key() for q, k in keys.items() if q != p},
-            train=Path(path),
-            test=test_files.get(p),
+            train=partial(load_table, Path(path), party=p, id_col=id_column, label_col=label_column),
+            test=partial(load_table, Path(test), party=p, id_col=id_column, label_col=label_column) if test else None,
             output_dir=Path(out_dir) / "parties" / p,
-            id_column=id_column,
-            label_column=label_column,
             tap=(lambda what, v, _p=p: tap(_p, what, v)) if tap else None,
         )
     states = {p: MemoryState() for p in train_files}
@@ -203,8 +208,8 @@ def run_inprocess(
     }
     if test_file is not None and flats:
         sm = load_model(next(iter(saved.values())))
-        tt = load_table(Path(test_file), party="harness", id_column=id_column, label_column=label_column,
-                        feature_columns=sm.feature_names)
+        tt = load_table(Path(test_file), party="harness", id_col=id_column, label_col=label_column,
+                        feature_cols=sm.feature_names)
         p_hat = sm.predict_proba(tt.X)
         assert tt.y is not None
         harness["full_test_auc"] = metrics.auc(tt.y, p_hat)

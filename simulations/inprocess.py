@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
+from fedcredit.data import Table, split_by_ids, table_from_frame
 from fedcredit.errors import DataError, ProtocolError
 from fedcredit.protocols import secureboost as sb
 from fedcredit.protocols import vertical_lr as vlr
 from fedcredit.protocols.psi import run_psi
-from fedcredit.protocols.vertical_common import VerticalTable, split_by_ids, table_from_frame
 from fedcredit.transport import InMemoryHub, InMemoryTransport, Observer, Transport
 
 __all__ = [
@@ -210,8 +211,8 @@ class VerticalLRInProcessResult:
 
 
 def run_vertical_lr_inprocess(
-    guest: VerticalTable,
-    hosts: Mapping[str, VerticalTable],
+    guest: Table,
+    hosts: Mapping[str, Table],
     cfg: vlr.VerticalLRConfig = vlr.VerticalLRConfig(),
     *,
     test_ids: set[str] | frozenset[str] | None = None,

@@ -8,8 +8,9 @@ per bank (:func:`prepare_data`); vertical ones one table per party, split by col
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd

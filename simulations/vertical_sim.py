@@ -18,12 +18,15 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from rich.console import Console
 
 from fedcredit.config import DatasetSection, JobConfig
+from fedcredit.data import Table, load_dataset
 from fedcredit.errors import ConfigError, FedCreditError, ProtocolError
 from fedcredit.transport import InMemoryHub, InMemoryTransport
 
@@ -78,6 +81,11 @@ def _datasets(party: str, tables: Mapping[str, Mapping[str, Any]]) -> dict[str, 
         raise ConfigError(f"party '{party}': bad dataset table for the in-process simulation: {e}") from None
 
 
+def _load(sections: Mapping[str, DatasetSection], party: str, key: str) -> Table:
+    """A party thread's table, loaded as a deployed party loads it (the keys were checked up front)."""
+    return load_dataset(sections[key], party=party)
+
+
 def run_vertical_inprocess(job: JobConfig, parties: Mapping[str, Mapping[str, Mapping[str, Any]]], out: Path,
                            console: Console, *, run_id: str | None = None,
                            timeout_s: float | None = None) -> dict[str, Any]:
@@ -94,14 +102,17 @@ def run_vertical_inprocess(job: JobConfig, parties: Mapping[str, Mapping[str, Ma
     timeout, ``[job].round_timeout_s``).  The first party failure is re-raised.
     """
     spec = job.job
-    missing = [p for p in spec.parties if p not in parties]
+    missing = [p for p in spec.parties if spec.train_dataset not in parties.get(p, {})]
     if missing:
-        raise ConfigError(f"{spec.type} job: no data for part{'ies' if len(missing) > 1 else 'y'} {missing}")
+        raise ConfigError(f"{spec.type} job: no '{spec.train_dataset}' data for part{'ies' if len(missing) > 1 else 'y'} "
+                          f"{missing}")
     run_id = run_id or f"sim-{time.strftime('%Y%m%d-%H%M%S')}"
     from fedcredit.protocols.vertical_jobs import VerticalParty, run_vertical_party_core
 
+    sections = {p: _datasets(p, parties[p]) for p in spec.parties}
     views = {
-        p: VerticalParty(p, run_id, job, _datasets(p, parties[p]), (out / "parties" / p).resolve())
+        p: VerticalParty(p, run_id, job, frozenset(sections[p]), partial(_load, sections[p], p),
+                         (out / "parties" / p).resolve())
         for p in spec.parties
     }
     # same receive timeout as the deployment's RelayTransport (recv_timeout = round_timeout_s)
@@ -140,7 +151,7 @@ def run_vertical_inprocess(job: JobConfig, parties: Mapping[str, Mapping[str, Ma
                 abort.set()
                 break
             done.wait(timeout=left)
-    for p, t in threads.items():
+    for t in threads.values():
         t.join(timeout=60.0)  # after a failure: a party busy computing notices the abort at its next receive
     stuck = [p for p, t in threads.items() if t.is_alive()]
     causes = [(p, e) for p, e in errors if not isinstance(e, _Aborted)] or errors

@@ -17,10 +17,10 @@ import pytest
 from crypto import signing
 from crypto.certs import init_ca
 from fedcredit import artifacts as A
+from fedcredit.decision import DecisionPolicy, ScoreScale, decide, score_from_pd
 from fedcredit.errors import ConfigError, SecurityError
 from fedcredit.export import LinearModel, export_artifact, pmml_bytes
 from fedcredit.models import LogisticModel, MLPModel, SavedModel
-from fedcredit.decision import DecisionPolicy, ScoreScale, decide, score_from_pd
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CREATED = "2025-03-01T12:00:00Z"

@@ -27,7 +27,7 @@ from crypto import ckks, ckks_hist, envelope, psi, signing, tls
 from crypto.certs import ENVELOPE_KEY_OID, Identity, PeerInfo, init_ca, issue, verify_peer
 from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 # ---------------------------------------------------------------- fixtures

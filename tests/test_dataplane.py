@@ -16,8 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -337,7 +337,7 @@ def test_absent_receiver_errors(pki: dict[str, Identity]) -> None:
             with pytest.raises(ProtocolError, match=r"party 'bob' did not connect to session 'job-1' within 0.5 s"):
                 a.recv("bob", "reply", timeout=20)
             assert time.monotonic() - t < 10
-            for i in range(3):
+            for _i in range(3):
                 a.send("carol", "t", b"x")
             with pytest.raises(ProtocolError, match="relay queue for party 'carol'.*is full"):
                 a.recv("carol", "reply", timeout=10)

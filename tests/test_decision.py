@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from fedcredit.errors import ConfigError, DataError
 from fedcredit.decision import (
     Contributions,
     DecisionPolicy,
@@ -23,6 +22,7 @@ from fedcredit.decision import (
     sigmoid,
     tree_contributions,
 )
+from fedcredit.errors import ConfigError, DataError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "deployment.md"
 

@@ -94,7 +94,7 @@ def test_encrypted_fedavg_job_completes_and_coordinator_sees_no_plaintext(fed: L
     assert len(captured) >= 3 * 4
     messages = [decode_message(p.read_bytes(), p.name) for p in captured]
     pub = None
-    for (header, blobs), p in zip(messages, captured):
+    for _header, blobs in messages:
         if "public_ctx" in blobs:
             pub = ckks.load_public(blobs["public_ctx"])  # refuses a context carrying the secret key
     assert pub is not None
@@ -120,7 +120,7 @@ def test_encrypted_fedavg_job_completes_and_coordinator_sees_no_plaintext(fed: L
 
     # each bank's audit log recorded exactly what the coordinator received from it
     for bank in BANKS:
-        log = [json.loads(l) for l in (fed.root / "state" / bank / "audit.jsonl").read_text().splitlines()]
+        log = [json.loads(line) for line in (fed.root / "state" / bank / "audit.jsonl").read_text().splitlines()]
         mine = {r["sha256"] for r in log if r["session"] == run_id and r["receiver"] == "coordinator"}
         got = {hashlib.sha256(p.read_bytes()).hexdigest() for p in captured if f"-{bank}-" in p.name}
         assert got and got <= mine

@@ -118,7 +118,7 @@ def _walk(obj: Any):
 def _check_privacy(fed: LocalFederation, run_id: str, result: dict[str, Any]) -> None:
     n_common = len(fed.truth["common"])  # type: ignore[attr-defined]
     # coordinator: only the two replies of the one Flower hop, public JSON, no per-row arrays
-    captured = sorted(fed.capture.glob(f"*-vertical.run.reply.bin"))  # type: ignore[attr-defined]
+    captured = sorted(fed.capture.glob("*-vertical.run.reply.bin"))  # type: ignore[attr-defined]
     mine = [p for p in captured if json.loads(p.read_bytes()).get("run_id") == run_id]
     assert {p.name.split("-")[1] for p in mine} == {"bank", "fintech"}
     for p in mine:

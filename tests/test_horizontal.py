@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -259,7 +260,7 @@ def test_coordinator_receives_only_undecryptable_ciphertexts(tmp_path: Path) -> 
     # the wrapper nor with raw TenSEAL); a party's secret context can (so the parse is right)
     secret_ctx = ckks.load_secret(fed.states["host_2"].get("hz-priv-ckks"))
     for r in replies:
-        for name, blob in decode_message(r.payload)[1].items():
+        for blob in decode_message(r.payload)[1].values():
             if ckks.is_ckks_blob(blob):
                 with pytest.raises(SecurityError):
                     ckks.decrypt_vector(public_ctx, blob)

@@ -248,10 +248,10 @@ def test_open_store_from_party_config(tmp_path: Path, fed: dict) -> None:
 
 def test_vertical_lr_parts_deploy_to_each_party_and_score_jointly(tmp_path: Path, fed: dict) -> None:
     """Real vertical LR model parts -> one run's artifacts -> each party's own store -> a joint PD with reasons."""
-    from fedcredit.protocols.vertical_common import Standardizer
-    from fedcredit.protocols.vertical_lr import LabelModel, PassiveModel
     from fedcredit.decision import DecisionPolicy, decide, lr_contributions
     from fedcredit.metrics import sigmoid
+    from fedcredit.protocols.vertical_common import Standardizer
+    from fedcredit.protocols.vertical_lr import LabelModel, PassiveModel
 
     label = LabelModel(party="bank", feature_names=["PAY_0", "AGE"],
                        standardizer=Standardizer(mean=np.array([0.0, 35.0]), scale=np.array([1.0, 9.0])),

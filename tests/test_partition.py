@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from party.data import load_table
+from fedcredit.data import load_table
 from simulations.generator import FEATURES, generate_applications, write_bank_files
 from simulations.partition import partition
 
@@ -97,15 +97,15 @@ def test_generator_is_realistic_and_learnable(apps: pd.DataFrame) -> None:
 def test_write_bank_files_noniid_label(tmp_path: Path) -> None:
     paths = write_bank_files(tmp_path, n_banks=4, rows_per_bank=500, test_rows=300, seed=5, split="noniid-label")
     assert sorted(paths) == ["bank1", "bank2", "bank3", "bank4", "test"]
-    tables = {p: load_table(f, party=p) for p, f in paths.items()}
-    assert [tables[f"bank{i}"].n for i in range(1, 5)] == [500] * 4 and tables["test"].n == 300
+    tables = {p: load_table(f, party=p, label_col="y") for p, f in paths.items()}
+    assert [len(tables[f"bank{i}"]) for i in range(1, 5)] == [500] * 4 and len(tables["test"]) == 300
     rates = [tables[f"bank{i}"].y.mean() for i in range(1, 5)]
     assert rates[-1] - rates[0] > 0.15
     all_ids = np.concatenate([t.ids for t in tables.values()])
     assert len(set(all_ids)) == len(all_ids) == 2300
     age = write_bank_files(tmp_path / "age", 2, 400, 100, seed=5, split="noniid-age")
-    assert load_table(age["bank2"], party="b").X[:, FEATURES.index("AGE")].mean() > load_table(
-        age["bank1"], party="b"
+    assert load_table(age["bank2"], party="b", label_col="y").X[:, FEATURES.index("AGE")].mean() > load_table(
+        age["bank1"], party="b", label_col="y"
     ).X[:, FEATURES.index("AGE")].mean() + 3
     with pytest.raises(ValueError, match="unknown split"):
         write_bank_files(tmp_path, 2, 10, 10, seed=1, split="noniid-income")

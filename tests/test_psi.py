@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 
 from crypto.psi import hash_to_point, normalize_id
+from fedcredit.data import normalize_ids
 from fedcredit.errors import DataError, ProtocolError
 from fedcredit.protocols.psi import PsiResult, load_intersection, run_psi, save_intersection
 from fedcredit.transport import InMemoryHub, WireRecord
@@ -90,9 +92,10 @@ def test_nothing_but_blinded_points_cross_and_coordinator_sees_nothing() -> None
 
 
 def test_id_normalization_is_string_based_and_documented() -> None:
-    # 00123 and 123 are different customers; whitespace is trimmed; integral floats are integers; ints are text
-    a = ["00123", " 200 ", 300, 400.0, "500", "0600"]
-    b = ["123", "200", "300", "400", "500.0", "600"]
+    # 00123 and 123 are different customers; whitespace is trimmed; integral floats are integers; ints are text.
+    # The rule is applied once, where tables are loaded (fedcredit.data); PSI takes the result as it is.
+    a = normalize_ids(["00123", " 200 ", 300, 400.0, "500", "0600"], party="p", source="p.csv")
+    b = normalize_ids(["123", "200", "300", "400", "500.0", "600"], party="q", source="q.csv")
     res, errs, _ = _run({"p": a, "q": b}, "p")
     assert not errs
     assert sorted(res["p"].intersection_ids) == ["200", "300", "400"]
@@ -109,8 +112,17 @@ def test_duplicate_ids_fail_at_the_owner_and_stop_the_peer() -> None:
 
 
 def test_duplicates_after_normalization_are_duplicates() -> None:
-    res, errs, _ = _run({"bank": [123, "123 ", "7"], "fintech": ["7"]}, "bank")
+    ids = normalize_ids([123, "123 ", "7"], party="bank", source="bank.csv")
+    res, errs, _ = _run({"bank": ids, "fintech": ["7"]}, "bank")
     assert isinstance(errs["bank"], DataError) and "duplicate id '123'" in str(errs["bank"])
+
+
+def test_ids_are_not_normalized_a_second_time() -> None:
+    """PSI refuses an id that is not in normal form instead of applying the rule again (possibly differently)."""
+    for raw in (" 7 ", 7, b"7"):
+        res, errs, _ = _run({"bank": ["1", raw], "fintech": ["1"]}, "bank")
+        assert isinstance(errs["bank"], DataError) and "#2" in str(errs["bank"]) and "not a normalized id" in str(errs["bank"])
+        assert isinstance(errs["fintech"], ProtocolError)  # told at once, not left waiting
 
 
 def test_missing_id_is_a_data_error() -> None:

@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coordinator.publish import publish_run
 from crypto.certs import init_ca
 from fedcredit.channel import LocalChannel
-from fedcredit.errors import SecurityError
-from coordinator.publish import publish_run
 from fedcredit.control_plane import ARTIFACT_BUILD as BUILD
 from fedcredit.control_plane import ARTIFACT_INSTALL as INSTALL
-from party.publish import party_build, party_install
+from fedcredit.errors import SecurityError
 from fedcredit.models import make_model, save_model
 from fedcredit.protocols.vertical_common import Standardizer
 from fedcredit.protocols.vertical_lr import LabelModel, PassiveModel
 from party.models import ModelStore
+from party.publish import party_build, party_install
 
 
 @pytest.fixture()
@@ -70,7 +70,7 @@ def test_horizontal_publish_installs_and_activates_at_every_party(tmp_path: Path
         assert v.kind == "horizontal-lr" and v.metrics == {"auc": 0.75}
         assert s.load().manifest.key_id == res["key_id"]
     # the coordinator never received model bytes: only manifests with hashes
-    for p, method, payload in seen:
+    for _p, _method, payload in seen:
         assert b"params" not in payload
     assert [e.get("step") for e in events] == ["build", "install", "done"]
 

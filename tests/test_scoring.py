@@ -20,10 +20,11 @@ import pytest
 
 from crypto.certs import Identity, init_ca, issue
 from fedcredit.artifacts import build_run_artifacts, sign_artifact
+from fedcredit.data import load_table
 from fedcredit.errors import ConfigError, DataError, SecurityError
 from fedcredit.protocols import secureboost as sb
 from fedcredit.protocols import vertical_lr as vlr
-from fedcredit.protocols.vertical_common import Standardizer, load_vertical_table
+from fedcredit.protocols.vertical_common import Standardizer
 from party.models import ModelStore
 from party.scoring import Application, PartyUnavailable, ScoringClient, ScoringService, serve
 
@@ -107,7 +108,7 @@ _TABLES: dict = {}
 def _host_loader(names):
     key = tuple(names)
     if key not in _TABLES:
-        _TABLES[key] = load_vertical_table(HOST_CSV, party="host", feature_cols=names)
+        _TABLES[key] = load_table(HOST_CSV, party="host", feature_cols=names)
     return _TABLES[key]
 
 
@@ -307,9 +308,9 @@ def test_model_hash_mismatch_between_parties_is_refused(tmp_path: Path, pki, fra
 
 
 def test_partial_scores_only_for_the_label_party(tmp_path: Path, pki, frames) -> None:
+    from crypto.tls import secure_channel
     from protos import scoring_pb2 as pb
     from protos import scoring_pb2_grpc as pbg
-    from crypto.tls import secure_channel
 
     lab, pas = _fit_lr(frames)
     stores = _install(tmp_path, pki, "vlr-8", _lr_parts(lab, pas))

@@ -12,17 +12,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from crypto import ckks
+from fedcredit.codec import unpack_arrays, unpack_blobs
+from fedcredit.data import Table, load_table, split_by_ids
 from fedcredit.errors import ConfigError, DataError, ProtocolError
-from fedcredit.protocols.vertical_common import (
-    VerticalTable,
-    epoch_batches,
-    load_id_set,
-    load_vertical_table,
-    split_by_ids,
-    unpack_arrays,
-    unpack_blobs,
-    validation_split,
-)
+from fedcredit.protocols.vertical_common import epoch_batches, validation_split
 from fedcredit.protocols.vertical_lr import (
     LabelModel,
     PassiveModel,
@@ -42,10 +35,10 @@ N_SUBSET = 9000
 
 
 @pytest.fixture(scope="module")
-def tables() -> tuple[VerticalTable, VerticalTable, set[str]]:
-    guest = load_vertical_table(DATA / "default_credit_hetero_guest.csv", party="guest", label_col="y")
-    host = load_vertical_table(DATA / "default_credit_hetero_host.csv", party="host")
-    test_ids = load_id_set(DATA / "default_credit_homo_test.csv", party="guest")
+def tables() -> tuple[Table, Table, set[str]]:
+    guest = load_table(DATA / "default_credit_hetero_guest.csv", party="guest", label_col="y")
+    host = load_table(DATA / "default_credit_hetero_host.csv", party="host")
+    test_ids = set(load_table(DATA / "default_credit_homo_test.csv", party="guest", feature_cols=[]).ids)
     rng = np.random.default_rng(7)
     keep = set(np.asarray(guest.ids)[rng.choice(len(guest), N_SUBSET, replace=False)].tolist())
     g = guest.take([i for i, x in enumerate(guest.ids) if x in keep])
@@ -65,7 +58,7 @@ def one_passive(tables):  # type: ignore[no-untyped-def]
     return res, wire
 
 
-def _pooled_auc(g: VerticalTable, h: VerticalTable, test_ids: set[str], cfg: VerticalLRConfig) -> tuple[float, float]:
+def _pooled_auc(g: Table, h: Table, test_ids: set[str], cfg: VerticalLRConfig) -> tuple[float, float]:
     h = h.align(g.ids)
     gtr, gte = split_by_ids(g, test_ids)
     htr, hte = split_by_ids(h, test_ids)
@@ -118,7 +111,7 @@ def test_leakage_table_passive_receives_no_labels(tables, one_passive) -> None: 
             assert set(meta) == {"step", "rows", "chunk"}
             for b in blobs:
                 v = ckks.ts.ckks_vector_from(pub.tenseal_context, b)
-                with pytest.raises(Exception):
+                with pytest.raises(Exception):  # noqa: B017 - TenSEAL raises its own types
                     v.decrypt()
         elif kind == "gs":  # decrypted gradient sums, still masked by the passive's own mask
             arrays, _ = unpack_arrays(r.payload)
@@ -175,8 +168,8 @@ def test_two_passives_label_learns_only_the_sum(tables) -> None:  # type: ignore
     rows = np.sort(np.random.default_rng(1).choice(len(g), 4000, replace=False))
     g2 = g.take(rows)
     h_al = h.align(g2.ids)
-    ha = VerticalTable("bank_a", "a.csv", h_al.ids, h_al.X[:, :5], h_al.feature_names[:5])
-    hb = VerticalTable("bank_b", "b.csv", h_al.ids, h_al.X[:, 5:], h_al.feature_names[5:])
+    ha = Table("bank_a", "a.csv", h_al.ids, h_al.X[:, :5], h_al.feature_names[:5])
+    hb = Table("bank_b", "b.csv", h_al.ids, h_al.X[:, 5:], h_al.feature_names[5:])
     wire: list[WireRecord] = []
     res = run_vertical_lr_inprocess(
         g2, {"bank_a": ha, "bank_b": hb}, VerticalLRConfig(batch_size=2048, max_epochs=4), test_ids=test_ids,
@@ -276,26 +269,26 @@ def test_small_batches_are_refused() -> None:
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("id,y,a\n1,0,1.0\n2,1,x\n", "column 'a': non-numeric value 'x' at row 3"),
-        ("cid,y,a\n1,0,1\n", "no id column 'id'"),
-        ("id,y,a\n1,0,\n2,1,3\n", "column 'a': missing or non-finite value at row 2"),
+        ("id,y,a\n1,0,1.0\n2,1,x\n", "row 2 (line 3): column 'a' has non-numeric value 'x'"),
+        ("cid,y,a\n1,0,1\n", "missing column(s) ['id']"),
+        ("id,y,a\n1,0,\n2,1,3\n", "row 1 (line 2): column 'a' has a missing/NaN value"),
         ("id,y,a\n001,0,1\n001,1,3\n", "duplicate id '001'"),
-        ("id,y,a\n001,0,1\n1,2,3\n", "label column 'y' must be 0/1, got 2 at row 3"),
-        ("id,a\n1,1\n", "no label column 'y'"),
+        ("id,y,a\n001,0,1\n1,2,3\n", "row 2 (line 3): label column 'y' has value 2; expected 0 or 1"),
+        ("id,a\n1,1\n", "missing column(s) ['y']"),
     ],
 )
 def test_bad_tables_name_party_file_and_field(tmp_path: Path, text: str, message: str) -> None:
     f = tmp_path / "bank.csv"
     f.write_text(text)
     with pytest.raises(DataError) as e:
-        load_vertical_table(f, party="bank", label_col="y")
+        load_table(f, party="bank", label_col="y")
     assert message in str(e.value) and "party 'bank'" in str(e.value)
 
 
 def test_ids_keep_leading_zeros(tmp_path: Path) -> None:
     f = tmp_path / "bank.csv"
     f.write_text("id,a\n00123,1\n123,2\n 7 ,3\n")
-    t = load_vertical_table(f, party="bank")
+    t = load_table(f, party="bank")
     assert t.ids == ["00123", "123", "7"]
 
 

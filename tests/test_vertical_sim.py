@@ -19,8 +19,8 @@ from rich.console import Console
 
 from fedcredit.config import JobConfig
 from fedcredit.errors import DataError
-from simulations.scenario_data import prepare_vertical_data
 from simulations.harness import SCENARIO_DIR, simulate
+from simulations.scenario_data import prepare_vertical_data
 from simulations.vertical_sim import run_vertical_inprocess
 
 # what a party may tell the coordinator: sizes, timings, traffic, file names, model counters — no rows or labels
@@ -102,6 +102,6 @@ def test_a_failing_party_surfaces_instead_of_hanging(tmp_path: Path) -> None:
                                             "label_party": "bank", "round_timeout_s": 900.0},
                                     "model": {"test_fraction": 0.2, "max_epochs": 2}})
     t0 = time.perf_counter()
-    with pytest.raises(DataError, match=r"party 'fintech'.*no id column 'id'"):
+    with pytest.raises(DataError, match=r"party 'fintech'.*missing column\(s\) \['id'\]"):
         run_vertical_inprocess(job, data, tmp_path / "out", Console(quiet=True))
     assert time.perf_counter() - t0 < 30

@@ -44,11 +44,11 @@ import json
 import logging
 import math
 import re
-import struct
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -57,9 +57,9 @@ from crypto import ckks
 from crypto.envelope import open_sealed, seal
 from fedcredit import codec, metrics
 from fedcredit.channel import Handler, PartyChannel, StateStore
+from fedcredit.data import Table, schema_fingerprint
 from fedcredit.errors import ConfigError, DataError, FedCreditError, ProtocolError, SecurityError
 from fedcredit.models import FAMILIES, Model, make_model, save_model
-from party.data import LocalTable, load_table, schema_fingerprint
 
 log = logging.getLogger("fedcredit.horizontal")
 
@@ -155,7 +155,7 @@ class HorizontalJob:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "HorizontalJob":
+    def from_dict(cls, d: Mapping[str, Any]) -> HorizontalJob:
         """Build from a parsed job config / message; unknown keys are an error (typos)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
@@ -276,21 +276,20 @@ def local_update(
 class PartyEnv:
     """What a bank's party process knows locally (never sent anywhere as such).
 
-    ``train``/``test`` are a file path (loaded with the column options below) or a
-    callable returning a :class:`LocalTable`.  ``peers`` maps other parties' names to
-    their envelope public keys, taken from their CA-verified certificates.
-    ``tap`` (audit/tests) sees every plaintext vector right before it is encrypted.
+    ``train``/``test`` are the bank's tables (the party runtime loads them), or
+    zero-arg callables returning them: in a deployment every coordinator call runs in
+    a fresh process, so a table is loaded only by a method that needs it, at most once
+    per process.  ``peers`` maps other parties' names to their envelope public keys,
+    taken from their CA-verified certificates.  ``tap`` (audit/tests) sees every
+    plaintext vector right before it is encrypted.
     """
 
     name: str
     envelope_private: X25519PrivateKey
     peers: Mapping[str, X25519PublicKey]
-    train: Path | str | Callable[[], LocalTable]
-    test: Path | str | Callable[[], LocalTable] | None = None
+    train: Table | Callable[[], Table]
+    test: Table | Callable[[], Table] | None = None
     output_dir: Path = Path("runs")
-    id_column: str | None = "id"
-    label_column: str = "y"
-    feature_columns: Sequence[str] | None = None
     tap: Callable[[str, np.ndarray], None] | None = None
 
 
@@ -306,7 +305,7 @@ class _Party:
 
     def __init__(self, env: PartyEnv) -> None:
         self.env = env
-        self._tables: dict[tuple[str, tuple[str, ...] | None], tuple[Any, LocalTable]] = {}
+        self._tables: dict[str, Table] = {}
 
     # -- state helpers
     def _key(self, run_id: str, what: str) -> str:
@@ -334,56 +333,28 @@ class _Party:
         return a[:d].copy(), a[d:].copy()
 
     # -- data
-    def _features(self, job: HorizontalJob) -> list[str] | None:
-        mine, theirs = self.env.feature_columns, job.feature_columns
-        if mine is not None and theirs is not None and list(mine) != list(theirs):
-            raise ConfigError(
-                f"party '{self.env.name}': its dataset config lists features {list(mine)} but job "
-                f"'{job.run_id}' asks for {list(theirs)}"
-            )
-        f = theirs if theirs is not None else mine
-        return list(f) if f is not None else None
-
-    def _load(self, src: Path | str | Callable[[], LocalTable], features: list[str] | None) -> LocalTable:
-        if callable(src):
-            t = src()
-            if features is not None and t.feature_names != features:
-                raise DataError(
-                    f"party '{self.env.name}', file {t.path}: features {t.feature_names} differ from the "
-                    f"requested {features}"
-                )
-            return t
-        p = Path(src)
-        key = (str(p.resolve()), tuple(features) if features else None)
-        stamp = (p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None
-        hit = self._tables.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        t = load_table(
-            p,
-            party=self.env.name,
-            id_column=self.env.id_column,
-            label_column=self.env.label_column,
-            feature_columns=features,
-        )
-        self._tables[key] = (stamp, t)
+    def _table(self, which: str, src: Table | Callable[[], Table]) -> Table:
+        t = self._tables.get(which)
+        if t is None:
+            t = self._tables[which] = src() if callable(src) else src
         return t
 
-    def _train(self, job: HorizontalJob) -> LocalTable:
-        t = self._load(self.env.train, self._features(job))
+    def _train(self, job: HorizontalJob) -> Table:
+        t = self._table("train", self.env.train)
+        if job.feature_columns is not None:
+            t = t.select(job.feature_columns)
         if t.y is None:
-            raise DataError(f"party '{self.env.name}', file {t.path}: training needs a label column")
+            raise DataError(f"party '{self.env.name}', file {t.source}: training needs a label column "
+                            "(label_column in its dataset config)")
         return t
 
-    def _test(self, job: HorizontalJob, features: list[str]) -> LocalTable | None:
+    def _test(self, job: HorizontalJob, features: list[str]) -> Table | None:
         if self.env.test is None:
             return None
-        t = self._load(self.env.test, features)
-        if t.feature_names != features:
-            raise DataError(
-                f"party '{self.env.name}', file {t.path}: test features {t.feature_names} differ from its "
-                f"training features {features}"
-            )
+        t = self._table("test", self.env.test).select(features)
+        if t.y is None:
+            raise DataError(f"party '{self.env.name}', file {t.source}: testing needs a label column "
+                            "(label_column in its dataset config)")
         return t
 
     def _need(self, method: str, blobs: Mapping[str, bytes], *names: str) -> None:
@@ -396,7 +367,7 @@ class _Party:
             self.env.tap(what, np.array(vec, dtype=np.float64, copy=True))
         return ckks.encrypt_vector(ctx, vec)
 
-    def _stats_blob(self, job: HorizontalJob, ctx: ckks.Context, t: LocalTable) -> bytes:
+    def _stats_blob(self, job: HorizontalJob, ctx: ckks.Context, t: Table) -> bytes:
         return self._encrypt(ctx, "stats", encode_exact(local_stats(t.X)))
 
     def _aad(self, job: HorizontalJob, recipient: str) -> bytes:
@@ -463,12 +434,12 @@ class _Party:
             raise ProtocolError(f"party '{self.env.name}': aggregate total weight is {total:.3g}; expected >= 1")
         return agg[:-1] / total
 
-    def _eval(self, model: Model, test: LocalTable | None, mean: np.ndarray, std: np.ndarray) -> dict[str, Any]:
+    def _eval(self, model: Model, test: Table | None, mean: np.ndarray, std: np.ndarray) -> dict[str, Any]:
         if test is None:
             return {}
         p = model.predict_proba((test.X - mean) / std)
         assert test.y is not None
-        return {"auc": _num(metrics.auc(test.y, p)), "ks": _num(metrics.ks(test.y, p)), "n_test": test.n}
+        return {"auc": _num(metrics.auc(test.y, p)), "ks": _num(metrics.ks(test.y, p)), "n_test": len(test)}
 
     def fit(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
         job = self._job(header, state)
@@ -476,7 +447,7 @@ class _Party:
         self._need("fit", blobs, "stats" if r == 1 else "model")
         ctx = self._ctx(job, state)
         t = self._train(job)
-        d = t.d
+        d = t.n_features
         if "stats" in blobs:
             sums = decode_exact(ckks.decrypt_vector(ctx, blobs["stats"]), 2 * d + 1)
             mean, std = standardizer_from_sums(sums, d, job.standardize)
@@ -489,7 +460,7 @@ class _Party:
         out_h: dict[str, Any] = {"round": r, "metrics": self._eval(model, self._test(job, t.feature_names), mean, std)}
         assert t.y is not None
         new = local_update(job, global_flat, (t.X - mean) / std, t.y, r, self.env.name)
-        n_k = float(t.n)
+        n_k = float(len(t))
         return out_h, {"update": self._encrypt(ctx, "update", np.concatenate([new * n_k, [n_k]]))}
 
     def finalize(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
@@ -498,7 +469,7 @@ class _Party:
         ctx = self._ctx(job, state)
         t = self._train(job)
         mean, std = self._std(job, state)
-        model = build_model(job, t.d)
+        model = build_model(job, t.n_features)
         model.set_flat(self._global(job, ctx, blobs["model"], model.n_params))
         test = self._test(job, t.feature_names)
         m = self._eval(model, test, mean, std)
@@ -641,7 +612,7 @@ class _Coordinator:
                     except Exception as e1:  # noqa: BLE001
                         failed[p] = (type(e1).__name__, str(e1))
         out: dict[str, tuple[dict[str, Any], dict[str, bytes]]] = {}
-        for p, (m, pl) in reqs.items():
+        for p, (_m, pl) in reqs.items():
             if p in failed:
                 self._count(method, p, len(pl), 0)
                 continue

@@ -2,7 +2,7 @@
 
 Scheme (star around a *leader* party; see docs/psi.md for the leakage table)::
 
-    every party P:  k_P fresh secret scalar, ids normalized + checked for duplicates
+    every party P:  k_P fresh secret scalar, ids (normalized at load) checked for duplicates
     P -> peer  hello            {n, batches}               (or {error} so the peer fails fast)
     P -> peer  s/i   k_P·H(x)    for P's own ids, in P's order, batch i
     peer -> P  d/i   k_peer·k_P·H(x)  for the same items, same order (first 16 bytes)
@@ -31,9 +31,10 @@ import os
 import struct
 import subprocess
 import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -220,14 +221,25 @@ class _Blinder:
 # --------------------------------------------------------------------------- helpers
 
 
-def _normalize_all(ids: Sequence[Any], me: str, source: str) -> list[bytes]:
+def _encode_all(ids: Sequence[str], me: str, source: str) -> list[bytes]:
+    """UTF-8 of ids that are already normalized (a Table's): refused, never re-normalized, if they are not.
+
+    The check is the id rule's fixed point (``normalize_id(x) == x``), so PSI cannot
+    come to hold a different notion of an id than the loader that normalized it.
+    """
     out: list[bytes] = []
     seen: dict[bytes, int] = {}
     for k, v in enumerate(ids):
+        b = v.encode("utf-8") if isinstance(v, str) else None
         try:
-            b = normalize_id(v)
-        except DataError as e:
-            raise DataError(f"party '{me}': {source}, id #{k + 1}: {e}") from None
+            ok = b is not None and normalize_id(b) == b
+        except DataError:
+            ok = False
+        if not ok:
+            raise DataError(
+                f"party '{me}': {source}, id #{k + 1}: {v!r} is not a normalized id string; ids reach PSI "
+                "normalized once, at load (fedcredit.data.normalize_ids, a Table's ids)"
+            )
         if b in seen:
             raise DataError(
                 f"party '{me}': duplicate id {b.decode('utf-8', 'replace')!r} in {source} "
@@ -347,7 +359,7 @@ class _Lookup:
 
 def run_psi(
     transport: Transport,
-    ids: Sequence[Any],
+    ids: Sequence[str],
     parties: list[str],
     *,
     leader: str,
@@ -360,8 +372,9 @@ def run_psi(
 ) -> PsiResult:
     """Run this party's role of the PSI; every party in ``parties`` calls it with the same ``parties``/``leader``.
 
-    ``ids``: this party's customer ids (normalized with ``crypto.psi.normalize_id``;
-    duplicates are an error naming ``source``).  Returns this party's own ids of the
+    ``ids``: this party's customer ids, already normalized (a :class:`fedcredit.data.Table`'s
+    ids, or :func:`fedcredit.data.normalize_ids`); an id that is not, or a duplicate, is an
+    error naming ``source``.  Returns this party's own ids of the
     intersection of *all* parties' sets, in an order identical at every party.
     ``progress(stage, done, total)`` is called per batch.  ``workers``: blinding
     helper processes, 0 = blind in the calling thread (default: all cores for
@@ -378,13 +391,13 @@ def run_psi(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     peers = [p for p in parties if p != leader] if me == leader else [leader]
 
-    if workers is None:  # decided before validation so the helpers boot while ids are normalized
+    if workers is None:  # decided before validation so the helpers boot while ids are checked
         workers = (os.cpu_count() or 1) if len(ids) >= _PARALLEL_THRESHOLD else 0
     blinder = _Blinder(workers)
     try:
         # 1. validate locally, tell peers (a failure is reported to peers so they stop waiting)
         try:
-            norm = _normalize_all(ids, me, source)
+            norm = _encode_all(ids, me, source)
             if not norm:
                 raise DataError(f"party '{me}': {source} holds no ids; nothing to intersect")
         except DataError as e:

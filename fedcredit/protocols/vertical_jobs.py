@@ -45,15 +45,17 @@ import json
 import struct
 import sys
 import time
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from fedcredit.config import DatasetSection, JobConfig
+from fedcredit.config import JobConfig
+from fedcredit.data import Table
 from fedcredit.errors import ConfigError, DataError, ProtocolError
-from fedcredit.protocols.vertical_common import VerticalTable, load_id_set, load_vertical_table
 from fedcredit.transport import CountingTransport, Transport
 
 __all__ = [
@@ -77,30 +79,25 @@ _SPLIT_TAG = "vjob/split"
 
 @dataclass(frozen=True)
 class VerticalParty:
-    """What one party's vertical job needs besides a transport: its name, the job, its own datasets, its state dir.
+    """What one party's vertical job needs besides a transport: its name, the job, its own tables, its state dir.
 
     Why not the deployment's ``PartyRuntime``: the same party code also runs in-process
     (``simulations.vertical_sim``), where there is no identity, no relay and no party config file.
+    The job reads no file itself: ``load(key)`` is the party runtime's loader (``fedcredit.data``,
+    the same call as the daemon's start-up check), called when the job needs that table.
     """
 
     name: str
     run_id: str
     job: JobConfig
-    datasets: Mapping[str, DatasetSection]
+    datasets: AbstractSet[str]  # the keys ``load`` knows (whether a test-id list exists decides the split)
+    load: Callable[[str], Table]
     state_dir: Path
 
     @property
     def run_dir(self) -> Path:
         """``<state_dir>/runs/<run_id>`` (same place as ``PartyRuntime.run_dir``)."""
         return self.state_dir / "runs" / self.run_id
-
-    def dataset(self, key: str) -> DatasetSection:
-        if key not in self.datasets:
-            raise ConfigError(
-                f"party '{self.name}': job asks for dataset '{key}', but its party config only "
-                f"defines [datasets.{{{', '.join(sorted(self.datasets))}}}]"
-            )
-        return self.datasets[key]
 
 
 # --------------------------------------------------------------------------- split
@@ -228,28 +225,24 @@ class _Throttled:
             _say(self.rt, f"{stage}: {done}/{total}" if total else f"{stage}: {done}")
 
 
-def _load_own_table(rt: VerticalParty, label: str) -> tuple[VerticalTable, str]:
-    ds = rt.dataset(rt.job.job.train_dataset)
-    id_col = ds.id_column or "id"
-    label_col = (ds.label_column or "y") if rt.name == label else None
-    features = ds.feature_columns
-    if rt.name != label and features is None and ds.label_column:
-        # a passive party's file may carry a label column of its own: it is not a feature and never used
-        import pandas as pd
-
-        cols = list(pd.read_csv(ds.path, nrows=0).columns) if ds.path.suffix.lower() == ".csv" else None
-        if cols is not None:
-            features = [c for c in cols if c not in (id_col, ds.label_column)]
-    table = load_vertical_table(ds.path, party=rt.name, id_col=id_col, label_col=label_col, feature_cols=features)
-    return table, str(ds.path)
+def _own_table(rt: VerticalParty, label: str) -> Table:
+    key = rt.job.job.train_dataset
+    table = rt.load(key)
+    if table.n_features == 0:
+        raise DataError(f"party '{rt.name}': dataset '{key}' ({table.source}) has no feature columns to train on")
+    if rt.name != label:  # a passive party's file may carry a label column of its own: never a feature, never used
+        return replace(table, y=None)
+    if table.y is None:
+        raise DataError(f"party '{rt.name}': the label party's dataset '{key}' ({table.source}) has no label "
+                        "column (set label_column in its dataset config)")
+    return table
 
 
 def _label_test_mask(rt: VerticalParty, spec: SplitSpec, ids: Sequence[str]) -> np.ndarray:
     if spec.fraction is not None:
         return hash_test_mask(ids, spec.fraction, spec.seed)
     assert spec.test_dataset is not None
-    ds = rt.dataset(spec.test_dataset)
-    test_ids = load_id_set(ds.path, party=rt.name, id_col=ds.id_column or "id")
+    test_ids = set(rt.load(spec.test_dataset).ids)
     return np.fromiter((i in test_ids for i in ids), dtype=bool, count=len(ids))
 
 
@@ -287,7 +280,8 @@ def run_vertical_party_core(transport: Transport, rt: VerticalParty) -> dict[str
     tr = CountingTransport(transport)
     timings: dict[str, float] = {}
     # the caller joined the session first: if this party's data is bad, closing the transport tells peers at once
-    table, source = _load_own_table(rt, label)
+    table = _own_table(rt, label)
+    source = table.source
     _say(rt, f"{'label' if is_label else 'passive'} party: {len(table)} rows, {table.n_features} features "
              f"from {source}")
 

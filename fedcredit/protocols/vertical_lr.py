@@ -32,28 +32,19 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from crypto import ckks
+from fedcredit.codec import pack_arrays, pack_blobs, unpack_arrays, unpack_blobs
+from fedcredit.data import Table
 from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
-from fedcredit.metrics import sigmoid
-from fedcredit.protocols.vertical_common import (
-    Standardizer,
-    VerticalTable,
-    auc_ks,
-    epoch_batches,
-    ids_digest,
-    pack_arrays,
-    pack_blobs,
-    unpack_arrays,
-    unpack_blobs,
-    validation_split,
-    write_evaluation,
-)
+from fedcredit.metrics import auc_ks, sigmoid, write_evaluation
+from fedcredit.protocols.vertical_common import Standardizer, epoch_batches, ids_digest, validation_split
 from fedcredit.transport import Transport
 
 __all__ = [
@@ -171,7 +162,7 @@ class LabelModel:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "LabelModel":
+    def from_json(cls, text: str) -> LabelModel:
         d = json.loads(text)
         if d.get("kind") != "vertical_lr/label":
             raise DataError(f"not a vertical LR label-party model (kind={d.get('kind')!r})")
@@ -213,7 +204,7 @@ class PassiveModel:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "PassiveModel":
+    def from_json(cls, text: str) -> PassiveModel:
         d = json.loads(text)
         if d.get("kind") != "vertical_lr/passive":
             raise DataError(f"not a vertical LR passive-party model (kind={d.get('kind')!r})")
@@ -305,7 +296,7 @@ def serve_scores(
     transport: Transport,
     label: str,
     model: PassiveModel,
-    table: VerticalTable,
+    table: Table,
     *,
     tag: str = "vlr/score",
     timeout: float | None = None,
@@ -410,11 +401,11 @@ def _logloss(y: np.ndarray, p: np.ndarray) -> float:
 
 def run_vertical_lr_label(
     transport: Transport,
-    train: VerticalTable,
+    train: Table,
     passive_parties: Sequence[str],
     cfg: VerticalLRConfig = VerticalLRConfig(),
     *,
-    test: VerticalTable | None = None,
+    test: Table | None = None,
     progress: Progress | None = None,
     out_dir: str | Path | None = None,
     report_name: str = "vertical_lr",
@@ -422,7 +413,7 @@ def run_vertical_lr_label(
     """Label party's role: owns the CKKS secret key, the labels and the intercept.
 
     ``train``/``test`` are this party's rows already aligned to the PSI order and
-    split by ids (``vertical_common.split_by_ids``).  With ``test`` given, the joint
+    split by ids (``fedcredit.data.split_by_ids``).  With ``test`` given, the joint
     model is scored on it (one round trip per passive party) and, with ``out_dir``,
     a JSON report and ROC/KS PNG are written there.
     """
@@ -603,11 +594,11 @@ def _sum_partials(transport: Transport, passives: Sequence[str], tag: str, n: in
 
 def run_vertical_lr_passive(
     transport: Transport,
-    train: VerticalTable,
+    train: Table,
     label_party: str,
     cfg: VerticalLRConfig = VerticalLRConfig(),
     *,
-    test: VerticalTable | None = None,
+    test: Table | None = None,
     out_dir: str | Path | None = None,
     model_name: str = "vertical_lr",
 ) -> PassiveResult:

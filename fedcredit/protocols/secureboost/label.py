@@ -11,15 +11,18 @@ computed; the other is ``parent - child`` here (in plaintext, after decryption).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from crypto.ckks_hist import HistogramKeeper, n_outputs
+from fedcredit.codec import unpack_arrays, unpack_blobs
+from fedcredit.data import Table
 from fedcredit.errors import ConfigError, ProtocolError
-from fedcredit.metrics import sigmoid
+from fedcredit.metrics import auc_ks, sigmoid, write_evaluation
 from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, Op, send, tags
 from fedcredit.protocols.secureboost.scoring import label_predict
 from fedcredit.protocols.secureboost.trees import (
@@ -33,7 +36,7 @@ from fedcredit.protocols.secureboost.trees import (
     boost,
     check_labels,
 )
-from fedcredit.protocols.vertical_common import VerticalTable, auc_ks, ids_digest, unpack_arrays, unpack_blobs, write_evaluation
+from fedcredit.protocols.vertical_common import ids_digest
 from fedcredit.transport import Transport
 
 __all__ = ["SecureBoostResult", "run_secureboost_label"]
@@ -163,12 +166,12 @@ class SecureBoostResult:
 
 def run_secureboost_label(
     transport: Transport,
-    table: VerticalTable,
+    table: Table,
     passive_parties: Sequence[str],
     cfg: SecureBoostConfig | None = None,
     progress: Progress | None = None,
     *,
-    test_table: VerticalTable | None = None,
+    test_table: Table | None = None,
     out_dir: str | Path | None = None,
     tag_prefix: str = "sb",
 ) -> SecureBoostResult:
@@ -269,7 +272,7 @@ def run_secureboost_label(
 
 def _joint_predict(
     model: LabelModelPart,
-    table: VerticalTable,
+    table: Table,
     remotes: list[RemotePassive],
     cfg: SecureBoostConfig,
     progress: Progress | None,

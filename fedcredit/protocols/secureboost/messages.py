@@ -2,7 +2,7 @@
 
 Every label -> passive message goes under tag ``<prefix>.cmd`` and every reply under
 ``<prefix>.reply`` (prefix ``sb`` by default); the payload is
-:func:`~fedcredit.protocols.vertical_common.pack_blobs` framing with a JSON header
+:func:`~fedcredit.codec.pack_blobs` framing with a JSON header
 ``{"op": <Op>, "seq": n, ...}``.  A reply echoes its command's op and seq, or is
 ``op = "error"`` with a ``message``.  The per-op fields are the leakage table of
 docs/secureboost.md.
@@ -10,9 +10,10 @@ docs/secureboost.md.
 
 from __future__ import annotations
 
-from typing import Any, Final, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, Final, NamedTuple
 
-from fedcredit.protocols.vertical_common import pack_blobs, unpack_blobs
+from fedcredit.codec import pack_blobs, unpack_blobs
 from fedcredit.transport import Transport
 
 __all__ = ["PROTOCOL_VERSION", "Op", "Tags", "tags", "send", "recv"]

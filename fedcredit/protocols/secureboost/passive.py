@@ -9,17 +9,26 @@ it alone knows the feature and threshold; the label party only gets an opaque sp
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from crypto import ckks
 from crypto.ckks_hist import HistogramEvaluator
+from fedcredit.codec import pack_arrays
+from fedcredit.data import Table
 from fedcredit.errors import DataError, FedCreditError, ProtocolError
 from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, Op, recv, send, tags
 from fedcredit.protocols.secureboost.scoring import passive_decisions
-from fedcredit.protocols.secureboost.trees import FeatureBinner, PassiveModelPart, PlainSource, Progress, SecureBoostConfig
-from fedcredit.protocols.vertical_common import VerticalTable, ids_digest, pack_arrays
+from fedcredit.protocols.secureboost.trees import (
+    FeatureBinner,
+    PassiveModelPart,
+    PlainSource,
+    Progress,
+    SecureBoostConfig,
+)
+from fedcredit.protocols.vertical_common import ids_digest
 from fedcredit.transport import Transport
 
 __all__ = ["run_secureboost_passive"]
@@ -27,11 +36,11 @@ __all__ = ["run_secureboost_passive"]
 
 def run_secureboost_passive(
     transport: Transport,
-    table: VerticalTable,
+    table: Table,
     label_party: str,
     cfg: SecureBoostConfig | None = None,
     *,
-    test_table: VerticalTable | None = None,
+    test_table: Table | None = None,
     tag_prefix: str = "sb",
     progress: Progress | None = None,
 ) -> PassiveModelPart:
@@ -47,7 +56,7 @@ def run_secureboost_passive(
     binner = FeatureBinner.fit(table.X, table.feature_names, cfg.n_bins)
     src = PlainSource(me, binner, binner.transform(table.X), own=False, shuffle=True)
     engine: HistogramEvaluator | None = None
-    lookup: dict[str, tuple[VerticalTable, int]] = {}
+    lookup: dict[str, tuple[Table, int]] = {}
     for tb in (table, test_table):
         if tb is not None:
             for k, i in enumerate(tb.ids):
@@ -64,8 +73,8 @@ def run_secureboost_passive(
             if seq != expected:
                 raise ProtocolError(f"party '{me}': command #{seq} from '{label_party}' arrived, #{expected} was expected")
 
-            def answer(out_blobs: Sequence[bytes] = (), **m: Any) -> None:
-                send(transport, label_party, reply, str(op), int(seq), out_blobs, **m)
+            def answer(out_blobs: Sequence[bytes] = (), _op: str = str(op), _seq: int = int(seq), **m: Any) -> None:
+                send(transport, label_party, reply, _op, _seq, out_blobs, **m)
 
             if op == Op.SETUP:
                 if meta.get("version") != PROTOCOL_VERSION:

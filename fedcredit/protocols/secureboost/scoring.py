@@ -8,15 +8,16 @@ joint evaluation at the end of training and by the party's scoring service.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
+from fedcredit.codec import pack_arrays, unpack_arrays
 from fedcredit.errors import ProtocolError
 from fedcredit.metrics import sigmoid
 from fedcredit.protocols.secureboost.trees import LabelModelPart, PassiveModelPart, check_columns
-from fedcredit.protocols.vertical_common import pack_arrays, unpack_arrays
 
 __all__ = ["passive_decisions", "parse_decisions", "LabelScorer", "TreeArrays", "mean_leaf_values", "label_margin", "label_predict"]
 
@@ -70,7 +71,7 @@ class TreeArrays:
     passive: dict[str, tuple[np.ndarray, list[int]]]  # owner -> (node indices, their split ids)
 
     @classmethod
-    def of(cls, tree: Sequence[Mapping[str, Any]], me: str) -> "TreeArrays":
+    def of(cls, tree: Sequence[Mapping[str, Any]], me: str) -> TreeArrays:
         own = [i for i, nd in enumerate(tree) if not nd.get("leaf") and nd["owner"] == me]
         passive: dict[str, tuple[list[int], list[int]]] = {}
         for i, nd in enumerate(tree):
@@ -114,7 +115,7 @@ def mean_leaf_values(tree: Sequence[Mapping[str, Any]]) -> list[float]:
     return [walk(i)[0] / walk(i)[1] for i in range(len(tree))]
 
 
-DecisionPath = list[tuple[Optional[str], float]]  # one tree's decision path: (split key, node value) root -> leaf
+DecisionPath = list[tuple[str | None, float]]  # one tree's decision path: (split key, node value) root -> leaf
 
 
 class LabelScorer:

@@ -14,9 +14,10 @@ import json
 import math
 import os
 import secrets
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -105,7 +106,7 @@ class SecureBoostConfig:
             raise bad("timeout_s", "> 0")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "SecureBoostConfig":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> SecureBoostConfig:
         """Build from a job's ``[model]`` table; unknown keys are an error (typos must not pass silently)."""
         d = dict(d or {})
         d.pop("type", None)
@@ -135,7 +136,7 @@ class FeatureBinner:
     edges: list[np.ndarray]
 
     @classmethod
-    def fit(cls, X: np.ndarray, feature_names: Sequence[str], n_bins: int) -> "FeatureBinner":
+    def fit(cls, X: np.ndarray, feature_names: Sequence[str], n_bins: int) -> FeatureBinner:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != len(feature_names):
             raise DataError(f"binning expects a matrix with {len(feature_names)} columns, got shape {X.shape}")
@@ -203,7 +204,7 @@ class PassiveModelPart:
         return json.dumps(self.to_dict(), indent=1).encode("utf-8")
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, source: str = "passive model part") -> "PassiveModelPart":
+    def from_bytes(cls, data: bytes, *, source: str = "passive model part") -> PassiveModelPart:
         try:
             d = json.loads(bytes(data).decode("utf-8"))
             if d.get("format") != _PASSIVE_FORMAT:
@@ -219,7 +220,7 @@ class PassiveModelPart:
         return atomic_write(Path(path), self.to_bytes())
 
     @classmethod
-    def load(cls, path: str | Path) -> "PassiveModelPart":
+    def load(cls, path: str | Path) -> PassiveModelPart:
         p = Path(path)
         if not p.exists():
             raise DataError(f"model part {p} does not exist")
@@ -257,7 +258,7 @@ class LabelModelPart:
         return json.dumps(self.to_dict(), indent=1).encode("utf-8")
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, source: str = "label model part") -> "LabelModelPart":
+    def from_bytes(cls, data: bytes, *, source: str = "label model part") -> LabelModelPart:
         try:
             d = json.loads(bytes(data).decode("utf-8"))
             if d.get("format") != _LABEL_FORMAT:
@@ -298,7 +299,7 @@ class LabelModelPart:
         return atomic_write(Path(path), self.to_bytes())
 
     @classmethod
-    def load(cls, path: str | Path) -> "LabelModelPart":
+    def load(cls, path: str | Path) -> LabelModelPart:
         p = Path(path)
         if not p.exists():
             raise DataError(f"model part {p} does not exist")

@@ -1,0 +1,333 @@
+"""A party's data table: ONE type (:class:`Table`) and ONE validating loader, for every protocol.
+
+Why one module: a party's data never leaves the party, so a bad file must be caught
+before any protocol step, with an error the data owner can act on, and the check the
+party daemon runs at start-up must be the very check a job runs (else it is a false
+assurance).  Every error names the party, the file, the column and the first
+offending row; rows are 1-based data rows (the header is not counted), and for CSV
+files the line number in the file is given as well.
+
+Ids are read as text and normalised ONCE, here, with the PSI id rule
+(:func:`crypto.psi.normalize_id`: ``"00123"`` stays ``"00123"``, surrounding
+whitespace is dropped); everything downstream (PSI, splits, scoring look-ups)
+compares the table's ids as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from crypto.psi import normalize_id as _psi_normalize_id
+from fedcredit.config import DatasetSection
+from fedcredit.errors import DataError
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "Table",
+    "normalize_id",
+    "normalize_ids",
+    "schema_fingerprint",
+    "table_from_frame",
+    "load_table",
+    "load_dataset",
+    "split_by_ids",
+]
+
+SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def normalize_id(value: object) -> str:
+    """The PSI id rule as text: the one definition of when two ids are the same customer."""
+    return _psi_normalize_id(value).decode("utf-8")
+
+
+def normalize_ids(values: Iterable[object], *, party: str, source: str) -> list[str]:
+    """:func:`normalize_id` of each value; a bad one is a DataError naming party, source and position."""
+    out: list[str] = []
+    for k, v in enumerate(values):
+        try:
+            out.append(normalize_id(v))
+        except DataError as e:
+            raise DataError(f"party '{party}': {source}, id #{k + 1}: {e}") from None
+    return out
+
+
+def schema_fingerprint(feature_names: Sequence[str]) -> str:
+    """Stable hash of an ordered feature list: parties compare schemas without shipping data."""
+    blob = json.dumps(list(feature_names), separators=(",", ":"), ensure_ascii=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass
+class Table:
+    """One party's validated rows: normalised unique string ids, a float64 feature matrix, 0/1 labels or None."""
+
+    party: str
+    source: str
+    ids: list[str]
+    X: np.ndarray
+    feature_names: list[str]
+    y: np.ndarray | None = None
+    _index: dict[str, int] | None = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def has_labels(self) -> bool:
+        return self.y is not None
+
+    def index(self) -> dict[str, int]:
+        """id -> row number (built once; ids are unique by construction)."""
+        if self._index is None:
+            self._index = {i: k for k, i in enumerate(self.ids)}
+        return self._index
+
+    def take(self, rows: np.ndarray | Sequence[int]) -> Table:
+        """The given rows, in the given order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return Table(
+            party=self.party,
+            source=self.source,
+            ids=[self.ids[int(r)] for r in rows],
+            X=self.X[rows],
+            feature_names=list(self.feature_names),
+            y=None if self.y is None else self.y[rows],
+        )
+
+    def align(self, ids: Sequence[str]) -> Table:
+        """Rows reordered to ``ids`` (e.g. the PSI intersection order); every id must be present."""
+        idx = self.index()
+        rows = np.empty(len(ids), dtype=np.int64)
+        for k, i in enumerate(ids):
+            r = idx.get(i)
+            if r is None:
+                raise DataError(
+                    f"party '{self.party}': id {i!r} of the aligned id list is not in {self.source} "
+                    "(was the intersection computed on a different file?)"
+                )
+            rows[k] = r
+        return self.take(rows)
+
+    def select(self, features: Sequence[str]) -> Table:
+        """The same rows with only ``features``, in that order (a job or a model asks for its columns by name)."""
+        features = list(features)
+        if features == self.feature_names:
+            return self
+        missing = [c for c in features if c not in self.feature_names]
+        if missing:
+            raise DataError(
+                f"party '{self.party}', file {self.source}: missing column(s) {missing}; expected {features}, "
+                f"the table's features are {self.feature_names}"
+            )
+        cols = [self.feature_names.index(c) for c in features]
+        return Table(self.party, self.source, self.ids, self.X[:, cols], features, self.y, self._index)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _where(party: str, source: str, row: int, csv_lines: bool) -> str:
+    loc = f"row {row + 1}"
+    if csv_lines:
+        loc += f" (line {row + 2})"
+    return f"party '{party}', file {source}: {loc}"
+
+
+def _numeric_column(df: pd.DataFrame, col: str, party: str, source: str, csv_lines: bool) -> np.ndarray:
+    raw = df[col]
+    if pd.api.types.is_bool_dtype(raw):
+        return raw.to_numpy(dtype=np.float64)
+    if pd.api.types.is_numeric_dtype(raw):
+        vals = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        coerced = pd.to_numeric(raw, errors="coerce")
+        bad = coerced.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            shown = str(raw.iloc[i])
+            shown = shown if len(shown) <= 24 else shown[:21] + "..."
+            raise DataError(
+                f"{_where(party, source, i, csv_lines)}: column '{col}' has non-numeric value {shown!r}; "
+                f"expected a number ({int(bad.sum())} such value(s) in this column)"
+            )
+        vals = coerced.to_numpy(dtype=np.float64, na_value=np.nan)
+    finite = np.isfinite(vals)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        kind = "missing/NaN" if np.isnan(vals[i]) else "infinite"
+        raise DataError(
+            f"{_where(party, source, i, csv_lines)}: column '{col}' has a {kind} value; "
+            f"expected a finite number ({int((~finite).sum())} such value(s) in this column)"
+        )
+    return vals
+
+
+def _ids(df: pd.DataFrame, id_col: str, party: str, source: str, csv_lines: bool) -> list[str]:
+    raw = df[id_col]
+    if raw.isna().any():
+        i = int(np.flatnonzero(raw.isna().to_numpy())[0])
+        raise DataError(f"{_where(party, source, i, csv_lines)}: id column '{id_col}' is empty")
+    ids: list[str] = []
+    for k, v in enumerate(raw.tolist()):
+        try:
+            ids.append(normalize_id(v))
+        except DataError as e:
+            raise DataError(f"{_where(party, source, k, csv_lines)}: id column '{id_col}': {e}") from None
+    first: dict[str, int] = {}
+    dups = 0
+    row = -1
+    for k, i in enumerate(ids):
+        if i in first:
+            dups += 1
+            row = k if row < 0 else row
+        else:
+            first[i] = k
+    if dups:
+        raise DataError(
+            f"{_where(party, source, row, csv_lines)}: duplicate id {ids[row]!r} in column '{id_col}' "
+            f"(first seen at row {first[ids[row]] + 1}); ids must be unique ({dups} duplicate(s))"
+        )
+    return ids
+
+
+def table_from_frame(
+    df: pd.DataFrame,
+    *,
+    party: str,
+    source: str,
+    id_col: str | None = "id",
+    label_col: str | None = None,
+    feature_cols: Sequence[str] | None = None,
+    csv_lines: bool = False,
+) -> Table:
+    """Validate a DataFrame into a :class:`Table` (what :func:`load_table` does after reading the file).
+
+    ``feature_cols=None``: every column except the id and label columns, in frame
+    order; ``feature_cols=[]``: no features, an id list (e.g. the agreed test ids).
+    ``id_col=None`` numbers the rows instead.  ``csv_lines``: the frame was read from
+    a CSV file, so errors give file line numbers too.
+    """
+    cols = [str(c) for c in df.columns]
+    df = df.set_axis(cols, axis=1)
+    expected = [c for c in (id_col, label_col) if c] + list(feature_cols or [])
+    missing = [c for c in expected if c not in cols]
+    if missing:
+        raise DataError(
+            f"party '{party}', file {source}: missing column(s) {missing}; expected {expected}, the file has {cols}"
+        )
+    dupes = sorted({c for c in cols if cols.count(c) > 1})
+    if dupes:
+        raise DataError(f"party '{party}', file {source}: duplicate column name(s) {dupes}")
+    if feature_cols is None:
+        features = [c for c in cols if c not in (id_col, label_col)]
+        if not features:
+            raise DataError(
+                f"party '{party}', file {source}: no feature columns (the file has only {cols}); "
+                "a list of ids is declared with feature_columns = [] in its [datasets] section"
+            )
+    else:
+        features = list(feature_cols)
+        if len(set(features)) != len(features):
+            raise DataError(f"party '{party}': feature columns list a column twice: {features}")
+        clash = [c for c in features if c in (id_col, label_col)]
+        if clash:
+            raise DataError(f"party '{party}': column(s) {clash} cannot be both a feature and the id/label")
+    if len(df) == 0:
+        raise DataError(f"party '{party}', file {source}: the table has a header but no rows")
+
+    ids = _ids(df, id_col, party, source, csv_lines) if id_col else [str(k) for k in range(len(df))]
+    X = np.empty((len(df), len(features)), dtype=np.float64)
+    for j, c in enumerate(features):
+        X[:, j] = _numeric_column(df, c, party, source, csv_lines)
+    y: np.ndarray | None = None
+    if label_col:
+        lab = _numeric_column(df, label_col, party, source, csv_lines)
+        bad = (lab != 0.0) & (lab != 1.0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{_where(party, source, i, csv_lines)}: label column '{label_col}' has value {lab[i]:g}; "
+                f"expected 0 or 1 ({int(bad.sum())} such value(s))"
+            )
+        y = lab.astype(np.int64)
+    return Table(party=party, source=source, ids=ids, X=X, feature_names=features, y=y)
+
+
+def _read(path: Path, party: str, id_col: str | None) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(
+            f"party '{party}', file {path}: unsupported file type '{path.suffix or '(none)'}'; "
+            f"expected one of {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    try:
+        if suffix == ".csv":
+            # ids are text ("00123" stays "00123"); only an empty cell is missing ("NA" may be an id)
+            return pd.read_csv(path, dtype={id_col: str} if id_col else None, skipinitialspace=True,
+                               keep_default_na=False, na_values=[""])
+        return pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"party '{party}', file {path}: the file is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as e:
+        raise DataError(f"party '{party}', file {path}: cannot be parsed as {suffix[1:]}: {e}") from None
+
+
+def load_table(
+    path: str | Path,
+    *,
+    party: str,
+    id_col: str | None = "id",
+    label_col: str | None = None,
+    feature_cols: Sequence[str] | None = None,
+) -> Table:
+    """Read ``path`` (CSV or Parquet by suffix) and validate it with :func:`table_from_frame`.
+
+    Raises :class:`~fedcredit.errors.DataError` naming party, file, column and row.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"party '{party}': data file {path} does not exist")
+    if not path.is_file():
+        raise DataError(f"party '{party}': data path {path} is not a file")
+    df = _read(path, party, id_col)
+    return table_from_frame(df, party=party, source=str(path), id_col=id_col, label_col=label_col,
+                            feature_cols=feature_cols, csv_lines=path.suffix.lower() == ".csv")
+
+
+def load_dataset(ds: DatasetSection, *, party: str) -> Table:
+    """A configured dataset, loaded with the options of its ``[datasets.<key>]`` section.
+
+    The one call behind the party daemon's start-up check and every job's tables, so
+    a dataset that passed the check loads the same way, with the same errors, in a job.
+    ``feature_columns = []`` declares an id list (e.g. the agreed test customers).
+    """
+    return load_table(ds.path, party=party, id_col=ds.id_column, label_col=ds.label_column,
+                      feature_cols=ds.feature_columns)
+
+
+def split_by_ids(table: Table, test_ids: set[str] | frozenset[str]) -> tuple[Table, Table]:
+    """(train, test) keeping the table's (aligned) order; every party cuts the same rows."""
+    is_test = np.fromiter((i in test_ids for i in table.ids), dtype=bool, count=len(table))
+    train, test = table.take(np.flatnonzero(~is_test)), table.take(np.flatnonzero(is_test))
+    if len(train) == 0:
+        raise DataError(f"party '{table.party}': every aligned row of {table.source} is a test id; no training rows")
+    return train, test
+
