@@ -26,8 +26,9 @@ from fedcredit.processes import find_executable, flower_env
 
 FEDERATION_ALIAS = "fedcredit"
 #: The Flower app descriptor we submit (no code of its own: its components are our installed
-#: packages).  A package resource, so a wheel install has it too.
-APP_DIR = Path(str(resources.files("coordinator") / "flower_app"))
+#: packages).  A package resource of the shared library, so a wheel install has it and every
+#: party can build the same app to check what it is asked to run.
+APP_DIR = Path(str(resources.files("fedcredit") / "flower_app"))
 
 
 

@@ -28,10 +28,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from crypto import signing
-from fedcredit.artifacts import VERTICAL_KINDS, sign_artifact
+from fedcredit.artifacts import sign_artifact
 from fedcredit.channel import PartyChannel
 from fedcredit.control_plane import ARTIFACT_BUILD, ARTIFACT_INSTALL
 from fedcredit.errors import ProtocolError
+from fedcredit.kinds import VERTICAL_KINDS
 
 __all__ = ["publish_run", "default_signing_key"]
 

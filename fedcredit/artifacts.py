@@ -62,22 +62,13 @@ from crypto import signing
 from crypto.files import fsync_dir, write_file
 from fedcredit.config import NAME_RE
 from fedcredit.errors import ConfigError, DataError, ModelMismatch, SecurityError
+from fedcredit.kinds import KINDS, LOCAL, VERTICAL_KINDS
 
 FORMAT = "fedcredit-artifact/1"
 SCHEMA_FORMAT = "fedcredit-schema/1"
 MANIFEST = "manifest.json"
 SCHEMA = "schema.json"
 
-#: Every kind of model part an artifact can carry, and which peer kinds it pairs with.
-KINDS: dict[str, tuple[str, ...]] = {
-    "horizontal-lr": (),
-    "horizontal-mlp": (),
-    "vertical-lr-label": ("vertical-lr-passive",),
-    "vertical-lr-passive": ("vertical-lr-label", "vertical-lr-passive"),
-    "secureboost-label": ("secureboost-passive",),
-    "secureboost-passive": ("secureboost-label", "secureboost-passive"),
-}
-VERTICAL_KINDS = frozenset(k for k, peers in KINDS.items() if peers)
 
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -245,7 +236,7 @@ def _normalize_peers(peers: Mapping[str, Any], party: str, kind: str) -> dict[st
         item = {"model_hash": str(entry["model_hash"])}
         if entry.get("kind") is not None:
             pk = _check_kind(str(entry["kind"]))
-            if pk not in KINDS[kind]:
+            if pk not in KINDS[kind].peers:
                 raise ConfigError(f"peer {name!r} has kind {pk!r}, which cannot pair with a {kind!r} part")
             item["kind"] = pk
         out[name] = item
@@ -689,18 +680,10 @@ def horizontal_parts(saved: Any, *, id_column: str | None = "id") -> tuple[str, 
 
 def load_horizontal(artifact: Artifact) -> Any:
     """The :class:`fedcredit.models.SavedModel` inside a verified horizontal artifact."""
-    from fedcredit.models import load_model
-
     m = artifact.manifest
-    if m.kind not in ("horizontal-lr", "horizontal-mlp"):
+    if KINDS[m.kind].role != LOCAL:
         raise ConfigError(f"artifact {m.run_id}/{m.party} is a {m.kind!r} part, not a horizontal model")
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "model.json"
-        p.write_bytes(artifact.files.get("model.json", b""))
-        try:
-            saved = load_model(p)
-        except (ValueError, KeyError, json.JSONDecodeError) as exc:
-            raise DataError(f"artifact {m.run_id}/{m.party}: model.json is not a horizontal model: {exc}") from None
+    saved = KINDS[m.kind].load(artifact.files.get("model.json", b""), f"artifact {m.run_id}/{m.party}")
     if list(saved.feature_names) != list(artifact.schema["feature_names"]):
         raise DataError(f"artifact {m.run_id}/{m.party}: model.json and schema.json disagree on the feature order")
     return saved

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedcredit.errors import ConfigError
+from fedcredit.params import JOB_TYPES, ModelTable, format_errors
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -170,9 +171,30 @@ class ControlSection(_Strict):
 
 
 class JobConfig(_Strict):
+    """A job file.  ``[model]`` is validated by the schema of ``[job].type`` (:mod:`fedcredit.params`)."""
+
     job: JobSection
-    model: dict[str, Any] = Field(default_factory=dict)
+    model: ModelTable
     control: ControlSection = Field(default_factory=ControlSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tag_model(cls, data: Any) -> Any:
+        """Tag ``[model]`` with ``[job].type`` so the matching schema validates it (and only it)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        job = data.get("job") if isinstance(data.get("job"), dict) else {}
+        jtype = job.get("type", "horizontal") if isinstance(job, dict) else "horizontal"
+        model = data.get("model", {})
+        if isinstance(model, dict):
+            model = dict(model)
+            if model.get("type", jtype) != jtype:
+                raise ValueError(f"[model].type = {model['type']!r} disagrees with [job].type = {jtype!r}")
+            if jtype in JOB_TYPES:
+                model["type"] = jtype
+        data["model"] = model
+        return data
 
     @model_validator(mode="after")
     def _min(self) -> JobConfig:
@@ -208,19 +230,7 @@ def _resolve_paths(obj: Any, base: Path) -> Any:
 
 
 def _format_validation(path: Path, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = e.get("loc", ())
-        head = [str(x) for x in loc if not isinstance(x, int)]
-        where = f"[{head[0]}]" + ("." + ".".join(head[1:]) if len(head) > 1 else "") if head else "(top level)"
-        idx = [x for x in loc if isinstance(x, int)]
-        if idx:
-            where += f" (entry {idx[0] + 1})"
-        msg = e.get("msg", "invalid")
-        if e.get("type") == "extra_forbidden":
-            msg = "unknown field (typo?)"
-        lines.append(f"{path}: {where}: {msg}")
-    return "\n".join(lines)
+    return format_errors(err, str(path))
 
 
 def parse_config(data: dict[str, Any], model: type[T], source: Path) -> T:

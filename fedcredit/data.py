@@ -194,12 +194,12 @@ def _ids(df: pd.DataFrame, id_col: str, party: str, source: str, csv_lines: bool
     first: dict[str, int] = {}
     dups = 0
     row = -1
-    for k, i in enumerate(ids):
-        if i in first:
+    for k, ident in enumerate(ids):
+        if ident in first:
             dups += 1
             row = k if row < 0 else row
         else:
-            first[i] = k
+            first[ident] = k
     if dups:
         raise DataError(
             f"{_where(party, source, row, csv_lines)}: duplicate id {ids[row]!r} in column '{id_col}' "

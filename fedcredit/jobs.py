@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from fedcredit.config import JobConfig, parse_job_text
+from fedcredit.errors import ConfigError
+from fedcredit.params import HorizontalJob, HorizontalParams
 from fedcredit.protocols import horizontal
 
 __all__ = ["parse_job", "horizontal_job", "horizontal_public_result"]
@@ -20,11 +22,13 @@ def parse_job(job_toml: str, source: str = "job.toml") -> JobConfig:
     return parse_job_text(job_toml, source)
 
 
-def horizontal_job(job: JobConfig, run_id: str) -> horizontal.HorizontalJob:
-    """The protocol's job spec from a job file: [job] names the parties, [model] the rest."""
-    spec = dict(job.model)
-    spec.update(run_id=run_id, parties=list(job.job.parties), min_parties=job.job.min_parties)
-    return horizontal.HorizontalJob.from_dict(spec)
+def horizontal_job(job: JobConfig, run_id: str) -> HorizontalJob:
+    """The protocol's job spec from a job file: [job] names the parties, [model] (already validated) the rest."""
+    if not isinstance(job.model, HorizontalParams):
+        raise ConfigError(f"a {job.job.type} job is not a horizontal job")
+    params = {k: getattr(job.model, k) for k in HorizontalParams.model_fields}
+    return HorizontalJob.from_dict({**params, "run_id": run_id, "parties": list(job.job.parties),
+                                    "min_parties": job.job.min_parties})
 
 
 def horizontal_public_result(result: horizontal.HorizontalResult) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -150,6 +150,10 @@ def auc_ks_from_histogram(hist: np.ndarray) -> tuple[float, float]:
     return a, float(np.max(tpr - fpr))
 
 
+@overload
+def sigmoid(z: float) -> float: ...
+@overload
+def sigmoid(z: np.ndarray) -> np.ndarray: ...
 def sigmoid(z: np.ndarray | float) -> np.ndarray | float:
     """Logistic link ``1 / (1 + e^-z)`` of every model here, numerically stable: ``z`` is clipped to
     [-500, 500], so ``exp`` never overflows, and small probabilities keep their relative precision."""

@@ -18,7 +18,6 @@ global model during their local epochs.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from crypto.files import write_text
 from fedcredit.metrics import sigmoid
 
 FAMILIES = ("lr", "mlp")
@@ -283,17 +283,20 @@ def save_model(
         "params": [float(v) for v in model.get_flat()],
         "meta": meta or {},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(doc, indent=1))
 
 
 def load_model(path: str | Path) -> SavedModel:
     """Read a model written by :func:`save_model`."""
-    doc = json.loads(Path(path).read_text())
-    if doc.get("format") != "fedcredit-model/1":
-        raise ValueError(f"{path}: not a fedcredit model file (format {doc.get('format')!r})")
+    return load_model_bytes(Path(path).read_bytes(), source=str(path))
+
+
+def load_model_bytes(raw: bytes, source: str = "model.json") -> SavedModel:
+    """A model from :func:`save_model`'s bytes (e.g. an artifact's ``model.json``)."""
+    doc = json.loads(raw.decode("utf-8"))
+    if not isinstance(doc, dict) or doc.get("format") != "fedcredit-model/1":
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"{source}: not a fedcredit model file (format {got!r})")
     cfg = dict(doc["config"])
     family = cfg.pop("family")
     d = cfg.pop("d")

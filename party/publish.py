@@ -21,10 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedcredit.artifacts import MANIFEST, VERTICAL_KINDS, build_artifact, horizontal_parts, json_bytes, model_part_hash
+from fedcredit.artifacts import MANIFEST, build_artifact, horizontal_parts, json_bytes, model_part_hash
 from fedcredit.config import PartyConfig
 from fedcredit.control_plane import ARTIFACT_BUILD, ARTIFACT_INSTALL
 from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
+from fedcredit.kinds import VERTICAL_KINDS, kind_of_part
 from fedcredit.models import load_model
 from party.models import ModelStore, open_store
 
@@ -57,12 +58,9 @@ def find_model_part(model_dir: Path, party: str) -> tuple[str, dict[str, bytes],
             continue
         if not isinstance(d, dict):
             continue
-        tag = d.get("kind") if isinstance(d.get("kind"), str) else d.get("format")
-        kind = {"vertical_lr/label": "vertical-lr-label", "vertical_lr/passive": "vertical-lr-passive",
-                "fedcredit.secureboost.label/1": "secureboost-label",
-                "fedcredit.secureboost.passive/1": "secureboost-passive"}.get(str(tag))
-        if kind and d.get("party", party) == party:
-            found.append((kind, f, d))
+        k = kind_of_part(d)
+        if k is not None and d.get("party", party) == party:
+            found.append((k.name, f, d))
     if not found:
         raise DataError(f"party '{party}': {model_dir} holds no model part (global_model.json, a vertical LR part "
                         "or a SecureBoost part)")

@@ -38,7 +38,7 @@ from crypto.certs import Identity
 from crypto.tls import GRPC_OPTIONS, peer_identity, secure_channel, server_credentials
 from fedcredit.artifacts import Artifact, check_peers, load_horizontal
 from fedcredit.data import load_table, normalize_id
-from fedcredit.decision import Contributions, DecisionPolicy, decide, lr_contributions, tree_contributions
+from fedcredit.decision import Contributions, DecisionPolicy, decide, lr_contributions
 from fedcredit.errors import (
     ConfigError,
     DataError,
@@ -46,19 +46,14 @@ from fedcredit.errors import (
     ModelMismatch,
     NotAuthorized,
     PartyUnavailable,
-    ProtocolError,
     UnknownId,
 )
+from fedcredit.kinds import KINDS, LABEL, LOCAL, PASSIVE, load_part
 from fedcredit.rpc_errors import ERROR_KEY, error_from_rpc, status_of, trailer_of
 from party.audit import DecisionLog
 from party.models import ModelStore
 from protos import scoring_pb2 as pb
 from protos import scoring_pb2_grpc as pbg
-
-LABEL_KINDS = ("vertical-lr-label", "secureboost-label")
-PASSIVE_KINDS = ("vertical-lr-passive", "secureboost-passive")
-HORIZONTAL_KINDS = ("horizontal-lr", "horizontal-mlp")
-
 
 # --------------------------------------------------------------------------- requests
 
@@ -77,17 +72,20 @@ class Application:
 
 @dataclass
 class LoadedModel:
-    """A verified version from the store, parsed once and kept while it is in use."""
+    """A verified version from the store, loaded once for online use (``fedcredit.kinds``) and cached."""
 
     version: str
     artifact: Artifact
-    model: Any
+    model: Any  # local: SavedModel; label: the protocol's OnlineLabel; passive: its OnlinePassive
     feature_names: list[str]
-    scorer: Any = None  # SecureBoost label part: its secureboost.LabelScorer, compiled once per version
 
     @property
     def kind(self) -> str:
         return self.artifact.manifest.kind
+
+    @property
+    def role(self) -> str:
+        return KINDS[self.kind].role
 
     @property
     def manifest(self) -> Any:
@@ -95,34 +93,13 @@ class LoadedModel:
 
 
 def _load(version: str, art: Artifact) -> LoadedModel:
-    kind = art.manifest.kind
-    raw = art.files.get("model.json", b"")
-    if kind in HORIZONTAL_KINDS:
-        saved = load_horizontal(art)
+    if KINDS.get(art.manifest.kind) is None:
+        raise ConfigError(f"model version {version}: scoring does not support kind {art.manifest.kind!r}")
+    if KINDS[art.manifest.kind].role == LOCAL:
+        saved = load_horizontal(art)  # also checks model.json against schema.json
         return LoadedModel(version, art, saved, list(saved.feature_names))
-    if kind == "vertical-lr-label":
-        from fedcredit.protocols.vertical_lr import LabelModel
-
-        m = LabelModel.from_json(raw.decode())
-        return LoadedModel(version, art, m, list(m.feature_names))
-    if kind == "vertical-lr-passive":
-        from fedcredit.protocols.vertical_lr import PassiveModel
-
-        m = PassiveModel.from_json(raw.decode())
-        return LoadedModel(version, art, m, list(m.feature_names))
-    if kind == "secureboost-label":
-        from fedcredit.protocols.secureboost import LabelModelPart, LabelScorer
-
-        m = LabelModelPart.from_bytes(raw, source=f"model version {version}")
-        return LoadedModel(version, art, m, list(m.feature_names), LabelScorer(m))
-    if kind == "secureboost-passive":
-        from fedcredit.protocols.secureboost import PassiveModelPart
-
-        m = PassiveModelPart.from_bytes(raw, source=f"model version {version}")
-        return LoadedModel(version, art, m, list(m.feature_names))
-    raise ConfigError(f"model version {version}: scoring does not support kind {kind!r}")
-
-
+    m = load_part(art.manifest.kind, art.files.get("model.json", b""), f"model version {version}")
+    return LoadedModel(version, art, m, list(m.feature_names))
 
 
 # --------------------------------------------------------------------------- the service core
@@ -244,7 +221,7 @@ class ScoringService:
             m = self.model()
         except ConfigError:
             return  # nothing active yet; loaded on first use
-        if m.kind in PASSIVE_KINDS and self.table_loader is not None:
+        if m.role == PASSIVE and self.table_loader is not None:
             self._table(m.feature_names).index()
 
     # ------------------------------------------------------------------ passive side
@@ -253,7 +230,7 @@ class ScoringService:
         """A passive party's answer for ``ids`` under its active part (only for its label party)."""
         m = self.model()
         man = m.manifest
-        if m.kind not in PASSIVE_KINDS:
+        if m.role != PASSIVE:
             raise ConfigError(f"party '{self.party}' serves a {m.kind!r} model (version {m.version}), "
                               "not a passive part: no partial scores to give")
         label = m.model.label_party
@@ -278,14 +255,11 @@ class ScoringService:
             rows[k] = r
         X = table.X[rows]
         rep = pb.PartialReply(party=self.party, model_hash=man.model_hash, kind=m.kind)
-        if m.kind == "vertical-lr-passive":
-            from fedcredit.protocols.vertical_lr import passive_partial_scores
-
-            rep.partial_logits.extend(passive_partial_scores(m.model, X).tolist() if len(ids) else [])
+        answer = m.model.answer(X)
+        if KINDS[m.kind].answer_field == "partial_logits":
+            rep.partial_logits.extend(np.asarray(answer, dtype=np.float64).tolist())
         else:
-            from fedcredit.protocols.secureboost import passive_decisions
-
-            rep.decisions = passive_decisions(m.model, X)
+            rep.decisions = bytes(answer)
         return rep
 
     # ------------------------------------------------------------------ label side
@@ -327,6 +301,7 @@ class ScoringService:
                 addr = self._peers_cfg.get(p)
                 if addr is None or self.identity is None:
                     self._peer(p)  # raises the ConfigError naming what is missing
+                    raise AssertionError("unreachable")
                 from crypto.tls import channel_credentials
 
                 ch = grpc.aio.secure_channel(addr, channel_credentials(self.identity), options=GRPC_OPTIONS)
@@ -388,7 +363,8 @@ class ScoringService:
 
         try:
             while self._queue.get(m.version):
-                batch, rest = [], self._queue[m.version]
+                batch: list[tuple[Sequence[Application], Any]] = []
+                rest = self._queue[m.version]
                 n = 0
                 while rest and (not batch or n + len(rest[0][0]) <= self.max_batch):
                     item = rest.pop(0)
@@ -423,34 +399,16 @@ class ScoringService:
 
     def _combine(self, m: LoadedModel, X: np.ndarray, ids: list[str],
                  parts: Mapping[str, pb.PartialReply]) -> tuple[np.ndarray, list[Contributions]]:
-        if m.kind == "vertical-lr-label":
-            from fedcredit.protocols.vertical_lr import combine
-
-            z = {}
-            for p, r in parts.items():
-                v = np.asarray(r.partial_logits, dtype=np.float64)
-                if v.shape != (len(ids),):
-                    raise ProtocolError(f"passive party '{p}' returned {v.shape[0]} partial scores for {len(ids)} ids")
-                z[p] = v
-            pd = combine(m.model, X, [z[p] for p in m.model.passive_parties])
-            Z = m.model.standardizer.transform(X)
-            contribs = [lr_contributions(m.model.weights, Z[k], m.feature_names, intercept=m.model.intercept,
-                                         passive_partials={p: float(z[p][k]) for p in z}) for k in range(len(ids))]
-            return pd, contribs
-        from fedcredit.protocols.secureboost import parse_decisions
-
-        missing = [p for p in m.model.passive_parties if p not in parts]
-        if missing:
-            raise ProtocolError(f"scoring needs decisions from every passive party; missing {missing}")
-        bits = {p: parse_decisions(p, r.decisions, len(ids)) for p, r in parts.items()}
-        pd = m.scorer.predict(X, bits)
-        return pd, [_tree_contrib(m, X[k], {p: {s: b[k] for s, b in bp.items()} for p, bp in bits.items()})
-                    for k in range(len(ids))]
+        """The label part's score from each passive party's answer (the field its kind answers in)."""
+        answers = {p: getattr(r, KINDS[r.kind].answer_field) if r.kind in KINDS and KINDS[r.kind].answer_field
+                   else b"" for p, r in parts.items()}
+        pd, contribs = m.model.score(X, answers)
+        return pd, list(contribs)
 
     def _local(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions | None]]:
         X = _matrix(self.party, m, apps)
         pd = m.model.predict_proba(X)
-        if m.kind != "horizontal-lr":
+        if m.model.model.family != "lr":  # reasons need a linear model
             return pd, [None] * len(apps)
         flat = m.model.model.get_flat()
         w, b = flat[:-1], float(flat[-1])
@@ -462,7 +420,8 @@ class ScoringService:
         m = self._resolve(model_version)
         fallback_reason = ""
         used = m
-        if m.kind in LABEL_KINDS:
+        contribs: Sequence[Contributions | None]
+        if m.role == LABEL:
             try:
                 pd, contribs = self._joint(m, apps)
             except PartyUnavailable as e:
@@ -476,7 +435,8 @@ class ScoringService:
         m = self._resolve(model_version)
         fallback_reason = ""
         used = m
-        if m.kind in LABEL_KINDS:
+        contribs: Sequence[Contributions | None]
+        if m.role == LABEL:
             try:
                 pd, contribs = await self._joint_coalesced(m, apps)
             except PartyUnavailable as e:
@@ -501,7 +461,7 @@ class ScoringService:
                 raise ConfigError(f"party '{self.party}': no model version {model_version!r} "
                                   f"(installed: {', '.join(sorted(known)) or 'none'})")
         m = self.model(model_version or active)
-        if m.kind in PASSIVE_KINDS:
+        if m.role == PASSIVE:
             raise ConfigError(f"party '{self.party}' holds the passive part of run {m.manifest.run_id}; "
                               f"applications are scored at the label party")
         return m
@@ -512,7 +472,8 @@ class ScoringService:
         lim = self.policy.limit
         for k, a in enumerate(apps):
             exposure = a.exposure
-            if exposure is None and lim is not None and lim.exposure_feature in a.features:
+            if exposure is None and lim is not None and lim.exposure_feature is not None \
+                    and lim.exposure_feature in a.features:
                 exposure = float(a.features[lim.exposure_feature])
             d = decide(float(pd[k]), contribs[k], exposure, self.policy).to_dict()
             rep = {"id": a.id, **d, "model_version": used.version, "fallback": bool(fallback_reason),
@@ -561,12 +522,6 @@ def _matrix(party: str, m: LoadedModel, apps: Sequence[Application]) -> np.ndarr
         bad = sorted({names[j] for j in np.argwhere(~np.isfinite(X))[:, 1]})
         raise DataError(f"party '{party}': feature(s) {bad} are missing or not finite")
     return X
-
-
-def _tree_contrib(m: LoadedModel, x: np.ndarray, bits: Mapping[str, Mapping[int, bool]]) -> Contributions:
-    part = m.model
-    return tree_contributions(m.scorer.decision_paths(x, bits), passive_parties=part.passive_parties,
-                              base_score=part.base_score)
 
 
 def _peer_error(party: str, address: str, e: grpc.RpcError, deadline: float) -> FedCreditError:

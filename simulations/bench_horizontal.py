@@ -25,9 +25,11 @@ docs/horizontal.md by hand with the command and output.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -77,14 +79,19 @@ def _score(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return {"auc": metrics.auc(y, p), "ks": metrics.ks(y, p)}
 
 
+def _labels(t: Table) -> np.ndarray:
+    assert t.y is not None, f"{t.source} has no label column"
+    return t.y
+
+
 def sklearn_pooled(tables: Mapping[str, Table], test: Table) -> dict[str, Any]:
     t, c = time.perf_counter(), time.process_time()
     X = np.vstack([tb.X for tb in tables.values()])
-    y = np.concatenate([tb.y for tb in tables.values()])  # type: ignore[misc]
+    y = np.concatenate([_labels(tb) for tb in tables.values()])
     mean, std = _std(X)
     m = LogisticRegression(max_iter=2000).fit((X - mean) / std, y)
     p = m.predict_proba((test.X - mean) / std)[:, 1]
-    return {**_score(test.y, p), "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c,  # type: ignore[arg-type]
+    return {**_score(_labels(test), p), "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c,
             "rows": int(len(y))}
 
 
@@ -92,7 +99,7 @@ def centralized(tables: Mapping[str, Table], test: Table, job: HorizontalJob) ->
     """The federation's model and optimizer, trained on one table: pooled (all banks) or local-only."""
     t, c = time.perf_counter(), time.process_time()
     X = np.vstack([tb.X for tb in tables.values()])
-    y = np.concatenate([tb.y for tb in tables.values()])  # type: ignore[misc]
+    y = np.concatenate([_labels(tb) for tb in tables.values()])
     mean, std = _std(X)
     m = build_model(job, X.shape[1])
     assert job.local_epochs is not None and job.lr is not None and job.batch_size is not None
@@ -147,13 +154,13 @@ def plaintext_fedavg(files: Mapping[str, Path], test: Table, job: HorizontalJob)
 
     t0, c0 = time.perf_counter(), time.process_time()
     reps = call("stats", encode_message({}), False)
-    sums = sum(np.frombuffer(b["v"], "<f8") for b in reps.values())
+    sums = functools.reduce(np.add, (np.frombuffer(b["v"], "<f8") for b in reps.values()))
     agg: np.ndarray | None = None
     t_rounds, c_rounds = time.perf_counter(), time.process_time()
     for r in range(1, job.rounds + 1):
         blobs = {"stats": sums.astype("<f8").tobytes()} if r == 1 else {"model": agg.astype("<f8").tobytes()}  # type: ignore[union-attr]
         reps = call("fit", encode_message({"round": r}, blobs), True)
-        agg = sum(np.frombuffer(b["update"], "<f8") for b in reps.values())  # type: ignore[assignment]
+        agg = functools.reduce(np.add, (np.frombuffer(b["update"], "<f8") for b in reps.values()))
     rounds_s, rounds_cpu = time.perf_counter() - t_rounds, time.process_time() - c_rounds
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     d = next(iter(tables.values())).n_features
@@ -339,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results: dict[str, Any] = {
-        "command": "python -m simulations.bench_horizontal " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+        "command": "python -m simulations.bench_horizontal " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_at_start": os.getloadavg()},
     }
     results["iid"] = scenario("iid", files, test_file, a.out, IID, fams, ["fedavg"], [], big_context=True)

@@ -70,8 +70,8 @@ def _train(kind: str, g: pd.DataFrame, h: pd.DataFrame, n_fit: int, federated: b
     if federated:
         guest = table_from_frame(gt, party="guest", source="guest", id_col="id", label_col="y")
         host = table_from_frame(ht, party="host", source="host", id_col="id")
-        res = run_vertical_lr_inprocess(guest, {"host": host}, vlr.VerticalLRConfig(max_epochs=2), psi=False)
-        return res.label.model, res.passives["host"].model
+        vres = run_vertical_lr_inprocess(guest, {"host": host}, vlr.VerticalLRConfig(max_epochs=2), psi=False)
+        return vres.label.model, vres.passives["host"].model
     from sklearn.linear_model import LogisticRegression
 
     sg, sh = Standardizer.fit(gt[gf].to_numpy()), Standardizer.fit(ht[hf].to_numpy())

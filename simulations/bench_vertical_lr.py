@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     sg, sh = Standardizer.fit(gtr.X), Standardizer.fit(htr.X)
     Xtr = np.hstack([sg.transform(gtr.X), sh.transform(htr.X)])
     Xte = np.hstack([sg.transform(gte.X), sh.transform(hte.X)])
+    assert gtr.y is not None and gte.y is not None  # the guest file has the label column
     pooled = _sklearn_lr(Xtr, gtr.y, Xte, gte.y, cfg.l2)
     label_only = _sklearn_lr(Xtr[:, : guest.n_features], gtr.y, Xte[:, : guest.n_features], gte.y, cfg.l2)
     host_raw_bytes = (args.data / "default_credit_hetero_host.csv").stat().st_size

@@ -71,7 +71,7 @@ def make_local_federation(
             train=partial(load_table, Path(path), party=p, id_col=id_column, label_col=label_column),
             test=partial(load_table, Path(test), party=p, id_col=id_column, label_col=label_column) if test else None,
             output_dir=Path(out_dir) / "parties" / p,
-            tap=(lambda what, v, _p=p: tap(_p, what, v)) if tap else None,
+            tap=partial(tap, p) if tap else None,
         )
     states = {p: MemoryState() for p in train_files}
     channel = LocalChannel({p: party_handler(e) for p, e in envs.items()}, states)

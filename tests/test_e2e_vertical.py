@@ -262,18 +262,25 @@ def test_hash_split_is_a_function_of_the_id_only() -> None:
 
 
 def test_model_config_rejects_unknown_keys_and_strips_job_keys() -> None:
+    from fedcredit.config import parse_job_text
     from fedcredit.errors import ConfigError
     from fedcredit.protocols.vertical_jobs import model_config
 
-    cfg = model_config("vertical-lr", {"test_fraction": 0.2, "split_seed": 3, "psi_min_size": 10, "max_epochs": 4},
-                       timeout=60.0)
-    assert cfg.max_epochs == 4 and cfg.timeout == 60.0
-    sb = model_config("secureboost", {"n_trees": 3, "test_fraction": 0.1}, timeout=60.0)
-    assert sb.n_trees == 3 and sb.timeout_s == 60.0
-    with pytest.raises(ConfigError, match="max_epoch"):
-        model_config("vertical-lr", {"max_epoch": 4}, timeout=60.0)
-    with pytest.raises(ConfigError, match="n_tree"):
-        model_config("secureboost", {"n_tree": 4}, timeout=60.0)
+    def job(jtype: str, model: str, timeout: str = "") -> str:
+        return (f"[job]\ntype = '{jtype}'\nparties = ['bank', 'fintech']\nlabel_party = 'bank'\n"
+                f"round_timeout_s = 60\n[model]\n{model}\n")
+
+    cfg = model_config(parse_job_text(job("vertical-lr", "test_fraction = 0.2\nsplit_seed = 3\npsi_min_size = 10\n"
+                                              "max_epochs = 4")))
+    assert cfg.max_epochs == 4 and cfg.timeout == 60.0 and not hasattr(cfg, "test_fraction")
+    sb = model_config(parse_job_text(job("secureboost", "n_trees = 3\ntest_fraction = 0.1\ntimeout_s = 30")))
+    assert sb.n_trees == 3 and sb.timeout_s == 30.0  # set in [model]: not replaced by round_timeout_s
+    with pytest.raises(ConfigError, match=r"job.toml: \[model\]\.max_epoch: unknown field"):
+        parse_job_text(job("vertical-lr", "max_epoch = 4"))
+    with pytest.raises(ConfigError, match=r"job.toml: \[model\]\.n_tree: unknown field"):
+        parse_job_text(job("secureboost", "n_tree = 4"))
+    with pytest.raises(ConfigError, match=r"\[model\]\.n_trees: unknown field"):  # a SecureBoost key in an LR job
+        parse_job_text(job("vertical-lr", "n_trees = 4"))
 
 
 def test_generated_vertical_scenario_splits_columns_and_customers(tmp_path: Path) -> None:

@@ -149,11 +149,11 @@ def test_message_framing_roundtrip_and_rejects_garbage() -> None:
 
 
 def test_job_validation_names_the_field() -> None:
-    with pytest.raises(ConfigError, match="rounds"):
-        HorizontalJob(run_id="r", parties=["a", "b"], rounds=0)
+    with pytest.raises(ConfigError, match=r"\[model\]\.rounds"):
+        HorizontalJob.from_dict({"run_id": "r", "parties": ["a", "b"], "rounds": 0})
     with pytest.raises(ConfigError, match="key_holder"):
-        HorizontalJob(run_id="r", parties=["a", "b"], key_holder="c")
-    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['roundz'\]"):
+        HorizontalJob.from_dict({"run_id": "r", "parties": ["a", "b"], "key_holder": "c"})
+    with pytest.raises(ConfigError, match=r"\[model\]\.roundz: unknown field"):
         HorizontalJob.from_dict({"run_id": "r", "parties": ["a"], "roundz": 3})
     j = HorizontalJob(run_id="r", parties=["a", "b"], family="mlp")
     assert (j.lr, j.batch_size) == (0.2, 128) and j.mu == 0.0

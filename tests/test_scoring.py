@@ -180,11 +180,9 @@ def test_secureboost_joint_scoring_equals_in_process_label_predict(tmp_path: Pat
         replies = fed.client.score_batch(apps)
         np.testing.assert_allclose([r.pd for r in replies], expected, rtol=0, atol=1e-12)
         # tree contributions sum to the margin (baseline + features + parties = logit)
-        from party.scoring import _tree_contrib
-
         dec = sb.passive_decisions(pas, Xh[:1])
-        bits = {"host": {s: b[0] for s, b in sb.parse_decisions("host", dec, 1).items()}}
-        c = _tree_contrib(fed.guest_service.model(), Xg[0], bits)
+        online = fed.guest_service.model().model  # the service's cached OnlineLabel (fedcredit.kinds)
+        _, (c,) = online.score(Xg[:1], {"host": dec})
         assert c.logit == pytest.approx(sb.label_margin(lab, Xg[:1], {"host": dec})[0], abs=1e-9)
         assert set(c.parties) == {"host"} and set(c.features) <= set(lab.feature_names)
         r = fed.guest_service.score(apps[:1])[0]

@@ -17,6 +17,7 @@ import pytest
 
 from crypto import ckks, ckks_hist
 from fedcredit.codec import pack_blobs, unpack_arrays, unpack_blobs
+from fedcredit.config import parse_job_text
 from fedcredit.data import table_from_frame
 from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
 from fedcredit.metrics import auc_ks, sigmoid
@@ -284,13 +285,17 @@ def test_model_parts_hold_only_their_owners_information(fed, tmp_path):
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(ConfigError, match="n_bins"):
-        sb.SecureBoostConfig(n_bins=1)
-    with pytest.raises(ConfigError, match="pack"):
-        sb.SecureBoostConfig(pack=3)
-    with pytest.raises(ConfigError, match="max_dept"):
+    with pytest.raises(ConfigError, match=r"\[model\]\.n_bins"):
+        sb.SecureBoostConfig.from_dict({"n_bins": 1})
+    with pytest.raises(ConfigError, match=r"\[model\]\.pack: .*power of two"):
+        sb.SecureBoostConfig.from_dict({"pack": 3})
+    with pytest.raises(ConfigError, match=r"\[model\]\.max_dept: unknown field"):
         sb.SecureBoostConfig.from_dict({"max_dept": 3})
-    assert sb.SecureBoostConfig.from_dict({"type": "secureboost", "n_trees": 5}).n_trees == 5
+    # the same schema validates a job file's [model], with the file named
+    job = "[job]\ntype = 'secureboost'\nparties = ['bank', 'fintech']\nlabel_party = 'bank'\n[model]\n"
+    assert parse_job_text(job + "n_trees = 5\n").model.n_trees == 5
+    with pytest.raises(ConfigError, match=r"job.toml: \[model\]\.n_bins: .*greater than or equal to 2"):
+        parse_job_text(job + "n_bins = 1\n")
 
 
 def test_label_predict_needs_every_passive_party(fed):
@@ -354,7 +359,7 @@ def test_passive_failure_reaches_label_party_with_its_reason():
     train, test = guest_t.take(np.arange(300)), guest_t.take(np.arange(300, 400))
     hub = InMemoryHub(default_timeout=60)
     err: list[BaseException] = []
-    cfg = replace(CFG, n_trees=1, max_depth=1)
+    cfg = CFG.model_copy(update={"n_trees": 1, "max_depth": 1})
 
     def passive() -> None:  # serves training, but has no test rows to look scoring ids up in
         try:

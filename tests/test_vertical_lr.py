@@ -263,7 +263,7 @@ def test_passive_refuses_a_context_with_secret_key(tables) -> None:  # type: ign
 
 def test_small_batches_are_refused() -> None:
     with pytest.raises(ConfigError, match="min_batch"):
-        VerticalLRConfig(batch_size=64).validate()
+        VerticalLRConfig.from_dict({"batch_size": 64})
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,8 @@ from fedcredit import codec, metrics
 from fedcredit.channel import Handler, PartyChannel, StateStore
 from fedcredit.data import Table, schema_fingerprint
 from fedcredit.errors import ConfigError, DataError, FedCreditError, ProtocolError, SecurityError
-from fedcredit.models import FAMILIES, Model, make_model, save_model
+from fedcredit.models import Model, make_model, save_model
+from fedcredit.params import HorizontalJob
 
 log = logging.getLogger("fedcredit.horizontal")
 
@@ -71,102 +72,6 @@ Progress = Callable[[dict[str, Any]], None]
 # Tuned on the three-bank UCI split (docs/horizontal.md): 10 rounds reach the pooled
 # model's AUC, and hops are what cost time in deployment, so fewer rounds with more
 # local work per round.
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lr": {"lr": 1.0, "batch_size": 1024, "local_epochs": 3, "prox_mu": 0.1},
-    "mlp": {"lr": 0.2, "batch_size": 128, "local_epochs": 2, "prox_mu": 0.01},
-}
-
-
-@dataclass
-class HorizontalJob:
-    """Everything every party must agree on; sent to each party in ``setup``."""
-
-    run_id: str
-    parties: list[str]
-    key_holder: str | None = None  # default: the first party
-    family: str = "lr"  # "lr" | "mlp"
-    algorithm: str = "fedavg"  # "fedavg" | "fedprox"
-    rounds: int = 10
-    local_epochs: int | None = None  # None: family default (see FAMILY_DEFAULTS)
-    lr: float | None = None
-    batch_size: int | None = None
-    l2: float = 1e-4
-    prox_mu: float | None = None  # FedProx proximal weight (fedprox only); None: family default
-    hidden: int = 16  # mlp only
-    seed: int = 0
-    min_parties: int | None = None  # None: every party must finish
-    standardize: bool = True
-    feature_columns: list[str] | None = None  # None: the party's configured / all non-id, non-label columns
-    hist_bins: int = 1000
-    # Aggregation needs additions only (no multiplicative depth), so a small context is
-    # enough: N=4096 with a 100-bit modulus is 128-bit secure, holds 2048 values per
-    # ciphertext (81 KB instead of 332 KB at N=8192), and its ~1e-2 absolute noise on
-    # sums of n_k-weighted parameters is ~1e-6 after dividing by the total weight.
-    ckks_poly_modulus_degree: int = 4096
-    ckks_coeff_mod_bit_sizes: list[int] = field(default_factory=lambda: [40, 20, 40])
-    ckks_scale_bits: int = 20
-
-    def __post_init__(self) -> None:
-        if self.family in FAMILY_DEFAULTS:
-            for k, v in FAMILY_DEFAULTS[self.family].items():
-                if getattr(self, k) is None:
-                    setattr(self, k, v)
-        self.parties = list(self.parties)
-        self.ckks_coeff_mod_bit_sizes = list(self.ckks_coeff_mod_bit_sizes)
-        self.validate()
-
-    @property
-    def holder(self) -> str:
-        return self.key_holder or self.parties[0]
-
-    @property
-    def required(self) -> int:
-        return len(self.parties) if self.min_parties is None else int(self.min_parties)
-
-    @property
-    def mu(self) -> float:
-        return float(self.prox_mu) if self.algorithm == "fedprox" else 0.0
-
-    def validate(self) -> None:
-        def bad(f: str, msg: str) -> ConfigError:
-            return ConfigError(f"horizontal job '{self.run_id}': {f}: {msg}")
-
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", str(self.run_id)):
-            raise bad("run_id", f"{self.run_id!r} must be 1-128 of letters, digits, '_', '-', '.'")
-        if not self.parties or len(set(self.parties)) != len(self.parties):
-            raise bad("parties", f"need a non-empty list of distinct party names, got {self.parties}")
-        if self.key_holder is not None and self.key_holder not in self.parties:
-            raise bad("key_holder", f"'{self.key_holder}' is not one of the parties {self.parties}")
-        if self.family not in FAMILIES:
-            raise bad("family", f"{self.family!r}; expected one of {list(FAMILIES)}")
-        if self.algorithm not in ("fedavg", "fedprox"):
-            raise bad("algorithm", f"{self.algorithm!r}; expected 'fedavg' or 'fedprox'")
-        for name in ("rounds", "local_epochs", "batch_size", "hidden", "hist_bins"):
-            if not isinstance(getattr(self, name), int) or int(getattr(self, name)) < 1:
-                raise bad(name, f"must be >= 1, got {getattr(self, name)}")
-        for name, lo in (("lr", None), ("l2", 0.0), ("prox_mu", 0.0)):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or (v <= 0 if lo is None else v < lo):
-                raise bad(name, f"must be a number {'> 0' if lo is None else '>= 0'}, got {v!r}")
-        if self.min_parties is not None and not 1 <= int(self.min_parties) <= len(self.parties):
-            raise bad("min_parties", f"must be between 1 and {len(self.parties)}, got {self.min_parties}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> HorizontalJob:
-        """Build from a parsed job config / message; unknown keys are an error (typos)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"horizontal job: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        try:
-            return cls(**dict(d))
-        except TypeError as e:
-            raise ConfigError(f"horizontal job: {e}") from None
-
-
 # --------------------------------------------------------------------------- wire format
 
 def encode_message(header: Mapping[str, Any], blobs: Mapping[str, bytes] | None = None) -> bytes:
@@ -679,7 +584,6 @@ def run_coordinator(channel: PartyChannel, job: HorizontalJob, progress: Progres
     exception or no reply) is dropped; the run continues while at least
     ``job.min_parties`` remain, otherwise it raises an error naming the parties.
     """
-    job.validate()
     c = _Coordinator(channel, job, progress)
     unknown = [p for p in job.parties if p not in channel.parties]
     if unknown:
@@ -705,16 +609,18 @@ def run_coordinator(channel: PartyChannel, job: HorizontalJob, progress: Progres
         pub_raw, what=f"run '{job.run_id}': the CKKS context key holder '{holder}' sent to the coordinator"
     )
     stats = {holder: rep[holder][1]["stats"]}
-    envelopes = {p: rep[holder][1].get(f"envelope:{p}") for p in c.alive if p != holder}
+    envelopes: dict[str, bytes] = {}
+    for p in c.alive:
+        if p != holder and (env_blob := rep[holder][1].get(f"envelope:{p}")) is not None:
+            envelopes[p] = env_blob
     timings["setup_s"] = time.perf_counter() - t
     c.emit({"event": "setup", "features": features, "fingerprint": fp, "alive": list(c.alive),
             "public_context_bytes": len(pub_raw)})
 
     # 2. key distribution (sealed envelopes, relayed untouched) + encrypted statistics
     t = time.perf_counter()
-    for p, env_blob in list(envelopes.items()):
-        if env_blob is None and p in c.alive:
-            c.drop(p, "ProtocolError", f"key holder '{holder}' produced no key envelope for it")
+    for p in [q for q in c.alive if q != holder and q not in envelopes]:
+        c.drop(p, "ProtocolError", f"key holder '{holder}' produced no key envelope for it")
     others = [p for p in c.alive if p != holder]
     if others:
         rep = c.call("install_key", {p: c.msg({}, {"envelope": envelopes[p]}) for p in others})

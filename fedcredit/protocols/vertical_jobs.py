@@ -45,9 +45,9 @@ import json
 import struct
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +56,10 @@ import numpy as np
 from fedcredit.config import JobConfig
 from fedcredit.data import Table
 from fedcredit.errors import ConfigError, DataError, ProtocolError
+from fedcredit.params import SecureBoostConfig, SecureBoostModel, VerticalLRConfig, VerticalLRModel
 from fedcredit.transport import CountingTransport, Transport
 
 __all__ = [
-    "JOB_KEYS",
     "SplitSpec",
     "VerticalParty",
     "hash_test_mask",
@@ -68,8 +68,6 @@ __all__ = [
     "run_vertical_party_core",
 ]
 
-#: ``[model]`` keys handled here (the split and PSI), not by the model's own config.
-JOB_KEYS = ("test_fraction", "split_seed", "psi_min_size", "psi_batch_size")
 DEFAULT_TEST_FRACTION = 0.2
 _SPLIT_TAG = "vjob/split"
 
@@ -133,15 +131,10 @@ class SplitSpec:
 
 def split_spec(rt: VerticalParty) -> SplitSpec:
     """The job's split rule, as seen from this party (see the module docstring)."""
-    m = rt.job.model
-    seed = m.get("split_seed", 0)
-    if not isinstance(seed, (int, str)) or isinstance(seed, bool):
-        raise ConfigError(f"job [model].split_seed must be an integer or a string, got {seed!r}")
-    frac = m.get("test_fraction")
-    if frac is not None:
-        if not isinstance(frac, (int, float)) or isinstance(frac, bool) or not 0.0 <= float(frac) < 1.0:
-            raise ConfigError(f"job [model].test_fraction must be a number in [0, 1), got {frac!r}")
-        return SplitSpec(float(frac), seed, None)
+    m = _vertical_model(rt.job)
+    seed = m.split_seed
+    if m.test_fraction is not None:
+        return SplitSpec(float(m.test_fraction), seed, None)
     name = rt.job.job.test_dataset
     if rt.name == rt.job.job.label_party:
         if name and name in rt.datasets:
@@ -175,33 +168,24 @@ def _unpack_mask(payload: bytes, n: int, me: str, label: str) -> tuple[np.ndarra
 # --------------------------------------------------------------------------- model configs
 
 
-def model_config(job_type: str, model: Mapping[str, Any], *, timeout: float) -> Any:
-    """The protocol config from ``[model]`` minus :data:`JOB_KEYS`; unknown keys are a ConfigError naming them."""
-    d = {k: v for k, v in model.items() if k not in JOB_KEYS and k != "type"}
-    if job_type == "secureboost":
-        from fedcredit.protocols.secureboost import SecureBoostConfig
+def _vertical_model(job: JobConfig) -> VerticalLRModel | SecureBoostModel:
+    if not isinstance(job.model, (VerticalLRModel, SecureBoostModel)):
+        raise ConfigError(f"job type '{job.job.type}' is not a vertical job (expected 'vertical-lr' or 'secureboost')")
+    return job.model
 
-        d.setdefault("timeout_s", timeout)
-        return SecureBoostConfig.from_dict(d)
-    if job_type == "vertical-lr":
-        from fedcredit.protocols.vertical_lr import VerticalLRConfig
 
-        known = {f.name for f in fields(VerticalLRConfig)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(
-                f"vertical-lr job: unknown [model] field(s) {unknown}; known: {sorted(known | set(JOB_KEYS))}"
-            )
-        if "coeff_mod_bit_sizes" in d:
-            d["coeff_mod_bit_sizes"] = tuple(int(x) for x in d["coeff_mod_bit_sizes"])
-        d.setdefault("timeout", timeout)
-        try:
-            cfg = VerticalLRConfig(**d)
-        except TypeError as e:
-            raise ConfigError(f"vertical-lr job: bad [model] table: {e}") from None
-        cfg.validate()
-        return cfg
-    raise ConfigError(f"job type '{job_type}' is not a vertical job (expected 'vertical-lr' or 'secureboost')")
+def model_config(job: JobConfig) -> VerticalLRConfig | SecureBoostConfig:
+    """The protocol's own config from the job's validated ``[model]`` (the split/PSI keys stay here).
+
+    The message timeout defaults to the job's ``round_timeout_s`` unless ``[model]`` sets it.
+    """
+    m = _vertical_model(job)
+    timeout = job.job.round_timeout_s
+    if isinstance(m, SecureBoostModel):
+        cfg = m.narrow(SecureBoostConfig)
+        return cfg if "timeout_s" in m.model_fields_set else cfg.model_copy(update={"timeout_s": timeout})
+    lr = m.narrow(VerticalLRConfig)
+    return lr if "timeout" in m.model_fields_set else lr.model_copy(update={"timeout": timeout})
 
 
 # --------------------------------------------------------------------------- the party's whole job
@@ -257,7 +241,7 @@ def run_vertical_party_core(transport: Transport, rt: VerticalParty) -> dict[str
     under ``state_dir/models/<run_id>/``), a few model counters, and at the label party ``metrics`` =
     ``{auc, ks, n_test[, train_auc]}``.
     """
-    from fedcredit.protocols.psi import DEFAULT_BATCH, run_psi, save_intersection
+    from fedcredit.protocols.psi import run_psi, save_intersection
 
     job = rt.job.job
     jtype = job.type
@@ -269,10 +253,10 @@ def run_vertical_party_core(transport: Transport, rt: VerticalParty) -> dict[str
     me = rt.name
     is_label = me == label
     t_start = time.perf_counter()
-    cfg = model_config(jtype, rt.job.model, timeout=job.round_timeout_s)
+    cfg = model_config(rt.job)
     spec = split_spec(rt)
-    psi_min = int(rt.job.model.get("psi_min_size", 1))
-    psi_batch = int(rt.job.model.get("psi_batch_size", DEFAULT_BATCH))
+    psi_min = _vertical_model(rt.job).psi_min_size
+    psi_batch = _vertical_model(rt.job).psi_batch_size
     model_dir = rt.state_dir / "models" / rt.run_id
     model_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     rt.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -326,7 +310,7 @@ def run_vertical_party_core(transport: Transport, rt: VerticalParty) -> dict[str
     metrics: dict[str, Any] | None = None
     extra: dict[str, Any] = {}
     test_arg = test if len(test) else None
-    if jtype == "vertical-lr":
+    if isinstance(cfg, VerticalLRConfig):
         from fedcredit.protocols import vertical_lr as vlr
 
         if is_label:

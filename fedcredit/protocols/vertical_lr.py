@@ -40,10 +40,13 @@ from typing import Any
 import numpy as np
 
 from crypto import ckks
+from crypto.files import write_text
 from fedcredit.codec import pack_arrays, pack_blobs, unpack_arrays, unpack_blobs
 from fedcredit.data import Table
+from fedcredit.decision import Contributions, lr_contributions
 from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
 from fedcredit.metrics import auc_ks, sigmoid, write_evaluation
+from fedcredit.params import VerticalLRConfig
 from fedcredit.protocols.vertical_common import Standardizer, epoch_batches, ids_digest, validation_split
 from fedcredit.transport import Transport
 
@@ -68,71 +71,6 @@ _VERSION = 1
 
 
 # --------------------------------------------------------------------------- config and models
-
-
-@dataclass(frozen=True)
-class VerticalLRConfig:
-    """Hyper-parameters (decided by the label party and sent to the passives) and local safety knobs."""
-
-    learning_rate: float = 0.25
-    momentum: float = 0.8  # Nesterov
-    precondition: bool = True  # scale each party's step by its own fixed Hessian bound (X^T X/4n + l2)^-1
-    l2: float = 1e-3  # objective: mean log-loss + l2/2 · |w|^2 (intercept not penalized)
-    max_epochs: int = 10
-    batch_size: int = 4096  # at most this many rows per step; 0 = full batch.  4096 = one ciphertext at N=8192
-    steps_per_epoch: int = 6  # smaller sets get smaller batches (>= min_batch) so an epoch still makes progress
-    validation_fraction: float = 0.1
-    patience: int = 2  # epochs without validation-loss improvement before stopping; each one reverts to the
-    # best weights and halves the learning rate (all parties, on the label party's instruction)
-    seed: int = 0
-    poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
-    scale_bits: int = 40
-    min_batch: int = 512  # label party refuses smaller batches: a passive's gradient must aggregate many rows
-    mask_bound: float = 2.0**30  # passive: slot masks are uniform in [-mask_bound, mask_bound]
-    tag_prefix: str = "vlr"
-    timeout: float | None = None  # per message; None = transport default
-
-    def validate(self) -> None:
-        if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
-            raise ConfigError(f"vertical LR: learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"vertical LR: momentum must be in [0, 1), got {self.momentum}")
-        if self.l2 < 0:
-            raise ConfigError(f"vertical LR: l2 must be >= 0, got {self.l2}")
-        if self.max_epochs < 1:
-            raise ConfigError(f"vertical LR: max_epochs must be >= 1, got {self.max_epochs}")
-        if not 0 <= self.validation_fraction < 0.5:
-            raise ConfigError(f"vertical LR: validation_fraction must be in [0, 0.5), got {self.validation_fraction}")
-        if self.patience < 1:
-            raise ConfigError(f"vertical LR: patience must be >= 1, got {self.patience}")
-        if self.steps_per_epoch < 1:
-            raise ConfigError(f"vertical LR: steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
-        if 0 < self.batch_size < self.min_batch:
-            raise ConfigError(
-                f"vertical LR: batch_size {self.batch_size} is below min_batch {self.min_batch}; small batches let a "
-                "passive party's plaintext gradient reveal individual residuals (labels)"
-            )
-
-    def effective_batch(self, n_fit: int) -> int:
-        """Rows per step for ``n_fit`` training rows: <= batch_size, >= min_batch, about steps_per_epoch steps."""
-        if self.batch_size <= 0:
-            return n_fit
-        return int(min(self.batch_size, n_fit, max(self.min_batch, -(-n_fit // self.steps_per_epoch))))
-
-    def public(self) -> dict[str, Any]:
-        """The part the label party announces to passive parties."""
-        keys = (
-            "learning_rate",
-            "momentum",
-            "precondition",
-            "l2",
-            "max_epochs",
-            "batch_size",
-            "validation_fraction",
-            "seed",
-        )
-        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass
@@ -176,7 +114,7 @@ class LabelModel:
         )
 
     def save(self, path: str | Path) -> None:
-        _write_private(Path(path), self.to_json())
+        write_text(Path(path), self.to_json())
 
 
 @dataclass
@@ -217,16 +155,7 @@ class PassiveModel:
         )
 
     def save(self, path: str | Path) -> None:
-        _write_private(Path(path), self.to_json())
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+        write_text(Path(path), self.to_json())
 
 
 @dataclass
@@ -275,6 +204,47 @@ def combine(model: LabelModel, X_label: np.ndarray, partials: Sequence[np.ndarra
             raise ProtocolError(f"party '{model.party}': a partial score vector has shape {p.shape}, expected {z.shape}")
         z = z + p
     return sigmoid(z)
+
+
+class OnlineLabel:
+    """The label party's side of online joint scoring: its own logit plus each passive party's partial logit.
+
+    What the scoring service caches per installed version (``fedcredit.kinds``); the
+    contributions give the decision layer its reasons (a passive party's is its partial logit).
+    """
+
+    def __init__(self, model: LabelModel) -> None:
+        self.model = model
+        self.feature_names = list(model.feature_names)
+        self.passive_parties = list(model.passive_parties)
+
+    def score(self, X: np.ndarray, partials: Mapping[str, Any]) -> tuple[np.ndarray, list[Contributions]]:
+        """(PD per row, contributions per row) from own features ``X`` and every passive party's partial logits."""
+        z: dict[str, np.ndarray] = {}
+        for p in self.passive_parties:
+            if p not in partials:
+                raise ProtocolError(f"scoring needs the partial scores of every passive party; missing '{p}'")
+            v = np.asarray(partials[p], dtype=np.float64)
+            if v.shape != (X.shape[0],):
+                raise ProtocolError(f"passive party '{p}' returned {v.shape[0]} partial scores for {X.shape[0]} ids")
+            z[p] = v
+        pd = combine(self.model, X, [z[p] for p in self.passive_parties])
+        Z = self.model.standardizer.transform(X)
+        contribs = [lr_contributions(self.model.weights, Z[k], self.feature_names, intercept=self.model.intercept,
+                                     passive_partials={p: float(z[p][k]) for p in z}) for k in range(X.shape[0])]
+        return pd, contribs
+
+
+class OnlinePassive:
+    """A passive party's side of online joint scoring: the partial logit of each asked-for row."""
+
+    def __init__(self, model: PassiveModel) -> None:
+        self.model = model
+        self.feature_names = list(model.feature_names)
+        self.label_party = model.label_party
+
+    def answer(self, X: np.ndarray) -> np.ndarray:
+        return passive_partial_scores(self.model, X)
 
 
 def request_scores(
@@ -417,7 +387,6 @@ def run_vertical_lr_label(
     model is scored on it (one round trip per passive party) and, with ``out_dir``,
     a JSON report and ROC/KS PNG are written there.
     """
-    cfg.validate()
     me = transport.me
     if test is not None and len(test) == 0:
         test = None
@@ -538,8 +507,8 @@ def run_vertical_lr_label(
             transport.send(p, f"{pf}/ctl/{epoch}", json.dumps({"improved": improved, "stop": stop}).encode())
         if progress:
             h = history[-1]
-            msg = f"epoch {epoch + 1}" + (f": val_loss={h['val_loss']:.4f} val_auc={h['val_auc']:.4f}" if "val_loss" in h else "")
-            progress(msg, epoch + 1, cfg.max_epochs)
+            note = f"epoch {epoch + 1}" + (f": val_loss={h['val_loss']:.4f} val_auc={h['val_auc']:.4f}" if "val_loss" in h else "")
+            progress(note, epoch + 1, cfg.max_epochs)
         if stop:
             break
     _, best_epoch, theta = best

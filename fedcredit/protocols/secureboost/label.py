@@ -144,7 +144,7 @@ class FederatedBackend(Backend):
             for row, (k, sid) in enumerate(zip(ks, ids)):
                 out[k] = ({"owner": rem.party, "split_id": int(sid)}, masks[row])
         self.stats["split_rounds"] += 1
-        return out  # type: ignore[return-value]
+        return out
 
 
 # --------------------------------------------------------------------------- label party role
@@ -209,7 +209,7 @@ def run_secureboost_label(
                 raise ProtocolError(f"passive party '{rem.party}' did not report its number of split candidates")
         setup_s = time.perf_counter() - t_start
         backend: Backend = (
-            FederatedBackend(own, remotes, crypto, cfg.pack) if crypto else PlainBackend([own])  # type: ignore[arg-type]
+            FederatedBackend(own, remotes, crypto, cfg.pack) if crypto else PlainBackend([own])
         )
         stats: dict[str, float] = {}
         base, trees, F = boost(y, backend, cfg, progress, stats)

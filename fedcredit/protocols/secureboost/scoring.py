@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 
 from fedcredit.codec import pack_arrays, unpack_arrays
+from fedcredit.decision import Contributions, tree_contributions
 from fedcredit.errors import ProtocolError
 from fedcredit.metrics import sigmoid
 from fedcredit.protocols.secureboost.trees import LabelModelPart, PassiveModelPart, check_columns
 
-__all__ = ["passive_decisions", "parse_decisions", "LabelScorer", "TreeArrays", "mean_leaf_values", "label_margin", "label_predict"]
+__all__ = ["passive_decisions", "parse_decisions", "LabelScorer", "TreeArrays", "mean_leaf_values", "label_margin",
+           "label_predict", "OnlineLabel", "OnlinePassive"]
 
 
 def passive_decisions(model_part: PassiveModelPart, X: np.ndarray) -> bytes:
@@ -172,7 +174,8 @@ class LabelScorer:
         part = self.part
         paths = []
         for t, tree in enumerate(part.trees):
-            vals, i, path = self.node_values[t], 0, []
+            vals, i = self.node_values[t], 0
+            path: DecisionPath = []
             while True:
                 nd = tree[i]
                 if nd.get("leaf"):
@@ -205,3 +208,39 @@ def label_margin(model_part: LabelModelPart, X_label: np.ndarray, decisions_by_p
 def label_predict(model_part: LabelModelPart, X_label: np.ndarray, decisions_by_party: Mapping[str, bytes]) -> np.ndarray:
     """Probability of the positive class (default) for a scoring batch; see :func:`passive_decisions`."""
     return sigmoid(label_margin(model_part, X_label, decisions_by_party))
+
+
+class OnlineLabel:
+    """The label party's side of online joint scoring: the compiled trees and the passives' split bits."""
+
+    def __init__(self, part: LabelModelPart) -> None:
+        self.part = part
+        self.scorer = LabelScorer(part)
+        self.feature_names = list(part.feature_names)
+        self.passive_parties = list(part.passive_parties)
+
+    def score(self, X: np.ndarray, partials: Mapping[str, Any]) -> tuple[np.ndarray, list[Contributions]]:
+        """(PD per row, contributions per row) from own features ``X`` and every passive party's decisions."""
+        missing = [p for p in self.passive_parties if p not in partials]
+        if missing:
+            raise ProtocolError(f"scoring needs decisions from every passive party; missing {missing}")
+        n = X.shape[0]
+        bits = {p: parse_decisions(p, bytes(partials[p]), n) for p in self.passive_parties}
+        pd = self.scorer.predict(X, bits)
+        contribs = [tree_contributions(self.scorer.decision_paths(X[k], {p: {s: b[k] for s, b in bp.items()}
+                                                                         for p, bp in bits.items()}),
+                                       passive_parties=self.passive_parties, base_score=self.part.base_score)
+                    for k in range(n)]
+        return pd, contribs
+
+
+class OnlinePassive:
+    """A passive party's side of online joint scoring: the left/right bit of each of its splits per row."""
+
+    def __init__(self, part: PassiveModelPart) -> None:
+        self.part = part
+        self.feature_names = list(part.feature_names)
+        self.label_party = part.label_party
+
+    def answer(self, X: np.ndarray) -> bytes:
+        return passive_decisions(self.part, X)

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedcredit.errors import ConfigError, DataError
+from crypto.files import write_file
+from fedcredit.errors import DataError
 from fedcredit.metrics import sigmoid
+from fedcredit.params import SecureBoostConfig
 
 __all__ = [
     "SecureBoostConfig",
@@ -44,80 +45,6 @@ _PASSIVE_FORMAT = "fedcredit.secureboost.passive/1"
 
 
 # --------------------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True)
-class SecureBoostConfig:
-    """Hyper-parameters (same meaning as XGBoost's) and protocol knobs.
-
-    ``reg_lambda`` defaults to 0 like scikit-learn's HistGradientBoosting ``l2_regularization``
-    (5-fold CV on the benchmark's training rows ties it with the best of 0/0.1/1/10).
-
-    ``pack`` is K, the number of split candidates returned per ciphertext (K-1 slot
-    rotations per input chunk); ``mask_cache_mb`` bounds the passive party's cache of
-    pre-encoded masks (beyond it masks are encoded on the fly, ~4x slower).
-    """
-
-    n_trees: int = 30
-    max_depth: int = 3
-    n_bins: int = 32
-    learning_rate: float = 0.3
-    reg_lambda: float = 0.0
-    min_child_weight: float = 1.0
-    min_split_gain: float = 0.0
-    pack: int = 8
-    mask_cache_mb: float = 1024.0
-    predict_batch: int = 4096
-    timeout_s: float = 600.0
-
-    def __post_init__(self) -> None:
-        def bad(name: str, expected: str) -> ConfigError:
-            return ConfigError(f"secureboost config: '{name}' = {getattr(self, name)!r}, expected {expected}")
-
-        for name in ("n_trees", "max_depth", "n_bins", "pack", "predict_batch"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise bad(name, "an integer")
-        for name in ("learning_rate", "reg_lambda", "min_child_weight", "min_split_gain", "mask_cache_mb", "timeout_s"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise bad(name, "a finite number")
-        if self.n_trees < 1:
-            raise bad("n_trees", ">= 1")
-        if not 1 <= self.max_depth <= 16:
-            raise bad("max_depth", "between 1 and 16")
-        if not 2 <= self.n_bins <= 256:
-            raise bad("n_bins", "between 2 and 256 (bins are stored as uint8)")
-        if not 0 < self.learning_rate <= 1:
-            raise bad("learning_rate", "in (0, 1]")
-        if self.reg_lambda < 0:
-            raise bad("reg_lambda", ">= 0")
-        if self.min_child_weight <= 0:
-            raise bad("min_child_weight", "> 0 (an empty child must never be a valid split)")
-        if self.min_split_gain < 0:
-            raise bad("min_split_gain", ">= 0")
-        if self.pack < 1 or self.pack > 64 or (self.pack & (self.pack - 1)):
-            raise bad("pack", "a power of two between 1 and 64 (it must divide the 4096 slots)")
-        if self.mask_cache_mb < 0:
-            raise bad("mask_cache_mb", ">= 0")
-        if self.predict_batch < 1:
-            raise bad("predict_batch", ">= 1")
-        if self.timeout_s <= 0:
-            raise bad("timeout_s", "> 0")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> SecureBoostConfig:
-        """Build from a job's ``[model]`` table; unknown keys are an error (typos must not pass silently)."""
-        d = dict(d or {})
-        d.pop("type", None)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"secureboost config: unknown field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 # --------------------------------------------------------------------------- binning
@@ -217,7 +144,7 @@ class PassiveModelPart:
             raise DataError(f"{source}: not a SecureBoost passive model part: {e}") from None
 
     def save(self, path: str | Path) -> Path:
-        return atomic_write(Path(path), self.to_bytes())
+        return write_file(Path(path), self.to_bytes())
 
     @classmethod
     def load(cls, path: str | Path) -> PassiveModelPart:
@@ -296,7 +223,7 @@ class LabelModelPart:
                     int(nd["split_id"])
 
     def save(self, path: str | Path) -> Path:
-        return atomic_write(Path(path), self.to_bytes())
+        return write_file(Path(path), self.to_bytes())
 
     @classmethod
     def load(cls, path: str | Path) -> LabelModelPart:
@@ -313,13 +240,6 @@ class LabelModelPart:
                     out[nd["owner"]] = out.get(nd["owner"], 0) + 1
         return out
 
-
-def atomic_write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
 
 
 # --------------------------------------------------------------------------- split candidates (plaintext side)

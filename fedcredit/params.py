@@ -1,0 +1,267 @@
+"""Every protocol's hyper-parameters as one validated schema each (pydantic), and a job's ``[model]`` table.
+
+Why one module of schemas, apart from the protocol code: the job file is validated
+at the CLI, at the coordinator and again at every party, with the same
+``file: [model].field: message`` errors — so the coordinator's config loader must know
+each protocol's parameters without importing the protocols' numeric and crypto code
+(FATE keeps its ``param`` classes apart for the same reason).  A protocol imports
+its own schema from here and uses it as its config; there is no second validator
+beside it.  Built from an untrusted mapping (``from_dict``: a peer's setup message),
+a schema raises :class:`~fedcredit.errors.ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedcredit.errors import ConfigError
+
+__all__ = [
+    "Params", "format_errors", "FAMILY_DEFAULTS", "HorizontalParams", "HorizontalJob", "VerticalJobParams",
+    "VerticalLRConfig", "SecureBoostConfig", "HorizontalModel", "VerticalLRModel", "SecureBoostModel", "ModelTable",
+    "JOB_TYPES",
+]
+
+
+def format_errors(err: ValidationError, source: str, section: str | None = None) -> str:
+    """``source: [section].field: message`` lines of a validation error (one per problem)."""
+    lines = []
+    for e in err.errors():
+        loc = [str(x) for x in e.get("loc", ()) if not isinstance(x, int)]
+        if len(loc) > 1 and loc[0] == "model" and loc[1] in JOB_TYPES:
+            del loc[1]  # the discriminated union's tag (the job type), not a field
+        if section is None:
+            where = f"[{loc[0]}]" + ("." + ".".join(loc[1:]) if len(loc) > 1 else "") if loc else "(top level)"
+        else:
+            where = f"[{section}]" + ("." + ".".join(loc) if loc else "")
+        idx = [x for x in e.get("loc", ()) if isinstance(x, int)]
+        if idx:
+            where += f" (entry {idx[0] + 1})"
+        msg = "unknown field (typo?)" if e.get("type") == "extra_forbidden" else e.get("msg", "invalid")
+        lines.append(f"{source}: {where}: {msg}")
+    return "\n".join(lines)
+
+
+class Params(BaseModel):
+    """A protocol's parameters: unknown keys are errors, values are checked once, here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: How errors from direct construction name their source (e.g. "secureboost config").
+    what: ClassVar[str] = "parameters"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Self:
+        """Build from an untrusted mapping (a peer's setup message, a hand-written table): a ConfigError
+        names every bad field.  (Keyword construction raises pydantic's ValidationError, which names them too.)"""
+        try:
+            return cls.model_validate(dict(d or {}))
+        except ValidationError as e:
+            raise ConfigError(format_errors(e, cls.what, "model")) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def narrow(self, cls: type[Params]) -> Any:
+        """This table's values for the fields of ``cls`` only (e.g. a protocol config from a job's [model])."""
+        return cls(**{k: getattr(self, k) for k in cls.model_fields})
+
+
+# --------------------------------------------------------------------------- horizontal
+
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lr": {"lr": 1.0, "batch_size": 1024, "local_epochs": 3, "prox_mu": 0.1},
+    "mlp": {"lr": 0.2, "batch_size": 128, "local_epochs": 2, "prox_mu": 0.01},
+}
+
+
+class HorizontalParams(Params):
+    """Encrypted FedAvg / FedProx hyper-parameters (a horizontal job's ``[model]``)."""
+
+    what = "horizontal job"
+
+    key_holder: str | None = None  # default: the first party
+    family: Literal["lr", "mlp"] = "lr"
+    algorithm: Literal["fedavg", "fedprox"] = "fedavg"
+    rounds: int = Field(10, ge=1)
+    # family-dependent: unset or None takes FAMILY_DEFAULTS[family] (the declared defaults are the "lr" family's)
+    local_epochs: int = Field(3, ge=1)
+    lr: float = Field(1.0, gt=0, allow_inf_nan=False)
+    batch_size: int = Field(1024, ge=1)
+    l2: float = Field(1e-4, ge=0, allow_inf_nan=False)
+    prox_mu: float = Field(0.1, ge=0, allow_inf_nan=False, description="FedProx proximal weight (fedprox only)")
+    hidden: int = Field(16, ge=1)  # mlp only
+    seed: int = 0
+    standardize: bool = True
+    feature_columns: list[str] | None = None  # None: the party's configured / all non-id, non-label columns
+    hist_bins: int = Field(1000, ge=1)
+    # Aggregation needs additions only (no multiplicative depth), so a small context is
+    # enough: N=4096 with a 100-bit modulus is 128-bit secure, holds 2048 values per
+    # ciphertext (81 KB instead of 332 KB at N=8192), and its ~1e-2 absolute noise on
+    # sums of n_k-weighted parameters is ~1e-6 after dividing by the total weight.
+    ckks_poly_modulus_degree: int = 4096
+    ckks_coeff_mod_bit_sizes: list[int] = Field(default_factory=lambda: [40, 20, 40])
+    ckks_scale_bits: int = 20
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data: Any) -> Any:
+        """Unset (or None) family-dependent values take the family's default."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for k, v in FAMILY_DEFAULTS.get(str(data.get("family", "lr")), {}).items():
+                if data.get(k) is None:
+                    data[k] = v
+        return data
+
+    @property
+    def mu(self) -> float:
+        return float(self.prox_mu) if self.algorithm == "fedprox" else 0.0
+
+
+class HorizontalJob(HorizontalParams):
+    """Everything every party of a horizontal run must agree on; sent to each party in ``setup``."""
+
+    run_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    parties: list[str] = Field(min_length=1)
+    min_parties: int | None = Field(None, ge=1)  # None: every party must finish
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HorizontalJob:
+        if len(set(self.parties)) != len(self.parties):
+            raise ValueError(f"parties must be distinct, got {self.parties}")
+        if self.key_holder is not None and self.key_holder not in self.parties:
+            raise ValueError(f"key_holder '{self.key_holder}' is not one of the parties {self.parties}")
+        if self.min_parties is not None and self.min_parties > len(self.parties):
+            raise ValueError(f"min_parties must be between 1 and {len(self.parties)}, got {self.min_parties}")
+        return self
+
+    @property
+    def holder(self) -> str:
+        return self.key_holder or self.parties[0]
+
+    @property
+    def required(self) -> int:
+        return len(self.parties) if self.min_parties is None else int(self.min_parties)
+
+
+# --------------------------------------------------------------------------- vertical
+
+
+class VerticalJobParams(Params):
+    """What every vertical job adds to its protocol's parameters: the train/test split and PSI."""
+
+    test_fraction: float | None = Field(None, ge=0.0, lt=1.0, description="hash split; default 0.2 without test ids")
+    split_seed: int | str = 0
+    psi_min_size: int = Field(1, ge=1)
+    psi_batch_size: int = Field(50_000, ge=1)  # = protocols.psi.DEFAULT_BATCH
+
+    @field_validator("split_seed", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("must be an integer or a string")
+        return v
+
+
+class VerticalLRConfig(Params):
+    """Vertical LR hyper-parameters (decided by the label party and sent to the passives) and local safety knobs."""
+
+    what = "vertical LR"
+
+    learning_rate: float = Field(0.25, gt=0, allow_inf_nan=False)
+    momentum: float = Field(0.8, ge=0, lt=1)  # Nesterov
+    precondition: bool = True  # scale each party's step by its own fixed Hessian bound (X^T X/4n + l2)^-1
+    l2: float = Field(1e-3, ge=0)  # objective: mean log-loss + l2/2 · |w|^2 (intercept not penalized)
+    max_epochs: int = Field(10, ge=1)
+    batch_size: int = 4096  # at most this many rows per step; 0 = full batch.  4096 = one ciphertext at N=8192
+    steps_per_epoch: int = Field(6, ge=1)  # smaller sets get smaller batches (>= min_batch) so an epoch progresses
+    validation_fraction: float = Field(0.1, ge=0, lt=0.5)
+    patience: int = Field(2, ge=1)  # epochs without validation-loss improvement before stopping; each one reverts
+    # to the best weights and halves the learning rate (all parties, on the label party's instruction)
+    seed: int = 0
+    poly_modulus_degree: int = 8192
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
+    scale_bits: int = 40
+    min_batch: int = 512  # label party refuses smaller batches: a passive's gradient must aggregate many rows
+    mask_bound: float = 2.0**30  # passive: slot masks are uniform in [-mask_bound, mask_bound]
+    tag_prefix: str = Field("vlr", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    timeout: float | None = Field(None, gt=0)  # per message; None = transport default
+
+    @model_validator(mode="after")
+    def _batch(self) -> VerticalLRConfig:
+        if 0 < self.batch_size < self.min_batch:
+            raise ValueError(
+                f"batch_size {self.batch_size} is below min_batch {self.min_batch}; small batches let a "
+                "passive party's plaintext gradient reveal individual residuals (labels)")
+        return self
+
+    def effective_batch(self, n_fit: int) -> int:
+        """Rows per step for ``n_fit`` training rows: <= batch_size, >= min_batch, about steps_per_epoch steps."""
+        if self.batch_size <= 0:
+            return n_fit
+        return int(min(self.batch_size, n_fit, max(self.min_batch, -(-n_fit // self.steps_per_epoch))))
+
+    def public(self) -> dict[str, Any]:
+        """The part the label party announces to passive parties."""
+        keys = ("learning_rate", "momentum", "precondition", "l2", "max_epochs", "batch_size", "validation_fraction",
+                "seed")
+        return {k: getattr(self, k) for k in keys}
+
+
+def _power_of_two(v: int) -> int:
+    if v < 1 or v > 64 or (v & (v - 1)):
+        raise ValueError("must be a power of two between 1 and 64 (it must divide the 4096 slots)")
+    return v
+
+
+class SecureBoostConfig(Params):
+    """Hyper-parameters (same meaning as XGBoost's) and protocol knobs.
+
+    ``reg_lambda`` defaults to 0 like scikit-learn's HistGradientBoosting ``l2_regularization``
+    (5-fold CV on the benchmark's training rows ties it with the best of 0/0.1/1/10).
+
+    ``pack`` is K, the number of split candidates returned per ciphertext (K-1 slot
+    rotations per input chunk); ``mask_cache_mb`` bounds the passive party's cache of
+    pre-encoded masks (beyond it masks are encoded on the fly, ~4x slower).
+    """
+
+    what = "secureboost config"
+
+    n_trees: int = Field(30, ge=1)
+    max_depth: int = Field(3, ge=1, le=16)
+    n_bins: int = Field(32, ge=2, le=256, description="bins are stored as uint8")
+    learning_rate: float = Field(0.3, gt=0, le=1)
+    reg_lambda: float = Field(0.0, ge=0, allow_inf_nan=False)
+    min_child_weight: float = Field(1.0, gt=0, allow_inf_nan=False, description="> 0: an empty child is never a split")
+    min_split_gain: float = Field(0.0, ge=0, allow_inf_nan=False)
+    pack: Annotated[int, Field(ge=1)] = 8
+    mask_cache_mb: float = Field(1024.0, ge=0, allow_inf_nan=False)
+    predict_batch: int = Field(4096, ge=1)
+    timeout_s: float = Field(600.0, gt=0, allow_inf_nan=False)
+
+    _pack = field_validator("pack")(classmethod(lambda cls, v: _power_of_two(v)))
+
+
+# --------------------------------------------------------------------------- a job's [model] table
+
+JOB_TYPES = ("horizontal", "vertical-lr", "secureboost")
+
+
+class HorizontalModel(HorizontalParams):
+    type: Literal["horizontal"] = "horizontal"
+
+
+class VerticalLRModel(VerticalLRConfig, VerticalJobParams):
+    type: Literal["vertical-lr"] = "vertical-lr"
+
+
+class SecureBoostModel(SecureBoostConfig, VerticalJobParams):
+    type: Literal["secureboost"] = "secureboost"
+
+
+#: A job's ``[model]``: which schema applies is decided by ``[job].type`` (fedcredit.config.JobConfig tags it).
+ModelTable = Annotated[HorizontalModel | VerticalLRModel | SecureBoostModel, Field(discriminator="type")]
+
