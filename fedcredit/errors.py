@@ -41,3 +41,17 @@ class PartyUnavailable(ProtocolError):
     def __init__(self, party: str, message: str) -> None:
         self.party = party
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return PartyUnavailable, (self.party, str(self))
+
+
+class PeerAborted(ProtocolError):
+    """A peer role failed and said so (``Transport.abort``): stop waiting for it.  ``party`` and ``reason`` name it."""
+
+    def __init__(self, me: str, party: str, reason: str) -> None:
+        self.me, self.party, self.reason = me, party, reason
+        super().__init__(f"party '{me}': party '{party}' aborted: {reason}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return PeerAborted, (self.me, self.party, self.reason)

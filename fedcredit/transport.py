@@ -6,18 +6,29 @@ simulation) and over the gRPC relay data plane (real deployment, mutual TLS,
 payloads sealed end-to-end).  Messages are addressed by (sender, receiver, tag);
 ``recv`` blocks for the message from a named sender with a given tag, so roles
 can be written as straight-line code with explicit sends naming the receiver.
+
+A role that fails says so once, with :meth:`Transport.abort`: every peer blocked in (or
+later calling) ``recv`` for a message from it gets :class:`~fedcredit.errors.PeerAborted`
+naming it and the reason, instead of waiting for a timeout.  Messages it sent before
+aborting are still delivered first.
 """
 
 from __future__ import annotations
 
 import hashlib
-import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fedcredit.errors import ProtocolError
+from fedcredit.errors import PeerAborted, ProtocolError
+
+#: Reserved tag of the message :meth:`Transport.abort` sends (never a protocol tag).
+ABORT_TAG = "fc.abort"
+#: The longest abort reason that travels (characters).
+MAX_ABORT_REASON = 1000
 
 
 class Transport(Protocol):
@@ -32,6 +43,9 @@ class Transport(Protocol):
 
     def recv(self, frm: str, tag: str, timeout: float | None = None) -> bytes:
         """Block until the message from ``frm`` with ``tag`` arrives."""
+
+    def abort(self, reason: str) -> None:
+        """This role failed: tell every peer, so they stop waiting for it (idempotent)."""
 
 
 @dataclass(frozen=True)
@@ -57,18 +71,12 @@ class InMemoryHub:
     """
 
     def __init__(self, default_timeout: float = 120.0) -> None:
-        self._boxes: dict[tuple[str, str, str], queue.Queue[bytes]] = {}
-        self._lock = threading.Lock()
+        self._boxes: dict[tuple[str, str, str], deque[bytes]] = {}
+        self._cond = threading.Condition()
+        self._aborted: dict[str, str] = {}
         self.default_timeout = default_timeout
         self.observers: list[Observer] = []
         self.bytes_sent: dict[str, int] = {}
-
-    def _box(self, frm: str, to: str, tag: str) -> queue.Queue[bytes]:
-        with self._lock:
-            key = (frm, to, tag)
-            if key not in self._boxes:
-                self._boxes[key] = queue.Queue()
-            return self._boxes[key]
 
     def endpoint(self, name: str) -> InMemoryTransport:
         return InMemoryTransport(self, name)
@@ -80,16 +88,32 @@ class InMemoryHub:
         rec = WireRecord(frm, to, tag, len(payload), hashlib.sha256(payload).hexdigest(), payload)
         for obs in list(self.observers):
             obs(rec)
-        with self._lock:
+        with self._cond:
             self.bytes_sent[frm] = self.bytes_sent.get(frm, 0) + len(payload)
-        self._box(frm, to, tag).put(payload)
+            self._boxes.setdefault((frm, to, tag), deque()).append(payload)
+            self._cond.notify_all()
+
+    def abort_from(self, frm: str, reason: str) -> None:
+        """``frm`` failed: every receive waiting for (or later asking for) a message from it raises PeerAborted."""
+        with self._cond:
+            self._aborted.setdefault(frm, str(reason)[:MAX_ABORT_REASON])
+            self._cond.notify_all()
 
     def take(self, frm: str, to: str, tag: str, timeout: float | None) -> bytes:
         t = self.default_timeout if timeout is None else timeout
-        try:
-            return self._box(frm, to, tag).get(timeout=t)
-        except queue.Empty:
-            raise ProtocolError(f"{to}: no message '{tag}' from party '{frm}' within {t:.0f} s") from None
+        deadline = time.monotonic() + t
+        key = (frm, to, tag)
+        with self._cond:
+            while True:
+                box = self._boxes.get(key)
+                if box:
+                    return box.popleft()
+                if frm in self._aborted:
+                    raise PeerAborted(to, frm, self._aborted[frm])
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ProtocolError(f"{to}: no message '{tag}' from party '{frm}' within {t:.0f} s")
+                self._cond.wait(left)
 
 
 class InMemoryTransport:
@@ -108,6 +132,9 @@ class InMemoryTransport:
 
     def recv(self, frm: str, tag: str, timeout: float | None = None) -> bytes:
         return self._hub.take(frm, self._name, tag, timeout)
+
+    def abort(self, reason: str) -> None:
+        self._hub.abort_from(self._name, reason)
 
 
 class CountingTransport:
@@ -134,6 +161,9 @@ class CountingTransport:
         self.bytes_received += len(b)
         self.messages_received += 1
         return b
+
+    def abort(self, reason: str) -> None:
+        self.inner.abort(reason)
 
     def snapshot(self) -> dict[str, int]:
         return {

@@ -23,6 +23,7 @@ into per-(sender, tag) queues that ``recv`` waits on.
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 import time
@@ -36,7 +37,8 @@ from crypto.certs import Identity, verify_peer
 from crypto.envelope import open_sealed, seal
 from crypto.tls import channel_credentials
 from fedcredit.dataplane import GRPC_OPTIONS, MAX_SEALED_BYTES, frame_aad
-from fedcredit.errors import FedCreditError, ProtocolError, SecurityError
+from fedcredit.errors import FedCreditError, PeerAborted, ProtocolError, SecurityError
+from fedcredit.transport import ABORT_TAG, MAX_ABORT_REASON
 from party.audit import AuditLog
 from protos import dataplane_pb2 as pb
 from protos import dataplane_pb2_grpc as pb_grpc
@@ -52,7 +54,7 @@ def _describe_rpc_error(exc: grpc.RpcError) -> str:
 
 def _fresh(err: FedCreditError) -> FedCreditError:
     """A new instance of a stored error, so repeated raises don't pile up tracebacks."""
-    return type(err)(str(err))
+    return copy.copy(err).with_traceback(None)
 
 
 class RelayTransport:
@@ -94,6 +96,7 @@ class RelayTransport:
         self._broken: FedCreditError | None = None
         self._closed = False
         self._acked = False
+        self._aborted = False
 
         self._send_lock = threading.Lock()
         self._out_seq: dict[str, int] = {}
@@ -175,6 +178,25 @@ class RelayTransport:
                         f"(session {self.session!r}, relay {self.relay_address})"
                     )
                 self._cond.wait(remaining)
+
+    def abort(self, reason: str) -> None:
+        """This role failed: send every peer of the session a sealed, audited abort naming ``reason``.
+
+        Peers are the ones this transport knows keys for (the job's peers when ``peer_certs``
+        were handed in; otherwise those it has talked to).  Best effort: a peer already gone is skipped.
+        """
+        with self._cond:
+            if self._aborted or self._closed or self._broken is not None:
+                return
+            self._aborted = True
+        with self._keys_lock:
+            peers = sorted(self._keys)
+        note = str(reason)[:MAX_ABORT_REASON].encode("utf-8", "replace")
+        for peer in peers:
+            try:
+                self.send(peer, ABORT_TAG, note)
+            except FedCreditError:
+                continue
 
     def close(self) -> None:
         """Say goodbye, let the relay forward everything already sent, then hang up."""
@@ -378,5 +400,8 @@ class RelayTransport:
             return
         with self._cond:
             self._in_seq[sender] = frame.seq
-            self._inbox.setdefault((sender, frame.tag), deque()).append(plaintext)
+            if frame.tag == ABORT_TAG:
+                self._peer_errors.setdefault(sender, PeerAborted(self.me, sender, plaintext.decode("utf-8", "replace")))
+            else:
+                self._inbox.setdefault((sender, frame.tag), deque()).append(plaintext)
             self._cond.notify_all()

@@ -2,10 +2,10 @@
 
 One generic runner, :func:`run_roles`: one thread per role over a
 :class:`fedcredit.transport.InMemoryHub`; the first error (in order of failure) is
-re-raised in the caller's thread, and the other roles are aborted at their next
-send/receive instead of waiting out their timeouts — the deployment gets the same effect
-from the relay, where a failing party closes its session.  The idea is the one of
-:mod:`simulations.vertical_sim` (which runs the deployment's party code this way).
+re-raised in the caller's thread, and a failed role is aborted on the hub
+(``Transport.abort``, the same call a deployed party makes over the relay), so its peers
+stop waiting for it instead of waiting out their timeouts.  :mod:`simulations.vertical_sim`
+runs the deployment's party code with it.
 
 On top of it, the protocols' whole-federation helpers (they used to live in the
 protocol modules): :func:`run_secureboost_inprocess` and :func:`run_vertical_lr_inprocess`.
@@ -23,15 +23,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedcredit.data import Table, split_by_ids, table_from_frame
-from fedcredit.errors import DataError, ProtocolError
+from fedcredit.errors import DataError, FedCreditError, PeerAborted, ProtocolError
 from fedcredit.protocols import secureboost as sb
 from fedcredit.protocols import vertical_lr as vlr
 from fedcredit.protocols.psi import run_psi
-from fedcredit.transport import InMemoryHub, InMemoryTransport, Observer, Transport
+from fedcredit.transport import InMemoryHub, Observer, Transport
 
 __all__ = [
-    "Aborted",
-    "AbortableEndpoint",
     "run_roles",
     "SecureBoostInProcessResult",
     "run_secureboost_inprocess",
@@ -42,58 +40,21 @@ __all__ = [
 T = TypeVar("T")
 Progress = Callable[[str, int, int], None]
 
-#: how often a blocked ``recv`` checks whether another role has failed (not a readiness wait)
-_ABORT_POLL_S = 0.2
-
-
-class Aborted(ProtocolError):
-    """Raised in a role's thread because another role failed; never the reported cause."""
-
-
-class AbortableEndpoint:
-    """An InMemoryHub endpoint whose ``send``/``recv`` give up once ``abort`` is set (a peer failed)."""
-
-    def __init__(self, inner: InMemoryTransport, hub: InMemoryHub, abort: threading.Event) -> None:
-        self._inner, self._hub, self._abort = inner, hub, abort
-
-    @property
-    def me(self) -> str:
-        return self._inner.me
-
-    def send(self, to: str, tag: str, payload: bytes) -> None:
-        if self._abort.is_set():
-            raise Aborted(f"party '{self.me}': stopped, another party failed")
-        self._inner.send(to, tag, payload)
-
-    def recv(self, frm: str, tag: str, timeout: float | None = None) -> bytes:
-        total = self._hub.default_timeout if timeout is None else timeout
-        deadline = time.monotonic() + total
-        while True:
-            if self._abort.is_set():
-                raise Aborted(f"party '{self.me}': stopped waiting for '{tag}' from '{frm}', another party failed")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ProtocolError(f"{self.me}: no message '{tag}' from party '{frm}' within {total:.0f} s")
-            try:
-                return self._inner.recv(frm, tag, min(left, _ABORT_POLL_S))
-            except ProtocolError:
-                continue  # this slice timed out; check abort and the real deadline
-
-
 def run_roles(
     hub: InMemoryHub,
     roles: Mapping[str, Callable[[Transport], T]],
     *,
     join_timeout: float = 60.0,
+    timeout_s: float | None = None,
     name: str = "party",
 ) -> dict[str, T]:
     """Run ``roles[p](endpoint of p)`` for every party ``p``, each in its own thread; return their results.
 
-    The first role to fail aborts the others; its error is re-raised here.  After a
-    failure a role busy computing notices the abort at its next send/receive; one still
-    running after ``join_timeout`` seconds is reported as stuck.
+    A role that fails is aborted on the hub (``Transport.abort``): its peers stop waiting
+    for it, and the first failure — not the ``PeerAborted`` it caused elsewhere — is
+    re-raised here.  ``timeout_s`` bounds the whole run (every role is then aborted).  A
+    role still running ``join_timeout`` seconds after the others is reported as stuck.
     """
-    abort = threading.Event()
     done = threading.Condition()
     results: dict[str, T] = {}
     errors: list[tuple[str, BaseException]] = []  # in order of failure: the first is the cause
@@ -101,11 +62,11 @@ def run_roles(
 
     def role_thread(p: str, fn: Callable[[Transport], T]) -> None:
         try:
-            results[p] = fn(AbortableEndpoint(hub.endpoint(p), hub, abort))
+            results[p] = fn(hub.endpoint(p))
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             with done:
                 errors.append((p, e))
-            abort.set()
+            hub.abort_from(p, f"{type(e).__name__}: {e}")
         finally:
             with done:
                 finished.add(p)
@@ -115,17 +76,30 @@ def run_roles(
                for p, fn in roles.items()}
     for t in threads.values():
         t.start()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with done:
         while len(finished) < len(threads) and not errors:
-            done.wait()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                for p in threads:
+                    hub.abort_from(p, f"the in-process run exceeded its {timeout_s} s bound")
+                break
+            done.wait(timeout=left)
     for t in threads.values():
         t.join(timeout=join_timeout)
-    causes = [(p, e) for p, e in errors if not isinstance(e, Aborted)] or errors
+    causes = [(p, e) for p, e in errors if not isinstance(e, PeerAborted)] or errors
     if causes:
-        raise causes[0][1]
-    stuck = [p for p, t in threads.items() if t.is_alive()]
+        p, e = causes[0]
+        if isinstance(e, FedCreditError) and f"'{p}'" not in str(e):
+            try:
+                named = type(e)(f"{name} '{p}': {e}")  # our error classes take one message
+            except TypeError:
+                raise e from None
+            raise named from e
+        raise e
+    stuck = [p for p, t in threads.items() if t.is_alive() or p not in results]
     if stuck:
-        raise ProtocolError(f"in-process run: {stuck} did not finish within {join_timeout:.0f} s of the others")
+        raise ProtocolError(f"in-process run: {stuck} did not finish within {timeout_s or join_timeout} s")
     return results
 
 

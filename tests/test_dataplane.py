@@ -25,7 +25,7 @@ import pytest
 from coordinator.relay import GRPC_OPTIONS, Frame, RelayHandle, start_relay
 from crypto.certs import Identity, init_ca, issue
 from crypto.tls import channel_credentials
-from fedcredit.errors import ProtocolError, SecurityError
+from fedcredit.errors import PeerAborted, ProtocolError, SecurityError
 from party.audit import AuditLog
 from party.dataplane import RelayTransport
 from protos import dataplane_pb2 as pb
@@ -217,6 +217,22 @@ def test_orderly_close_fails_peer_recv_fast(pki: dict[str, Identity], relay: Rel
         assert time.monotonic() - t < 5
         with pytest.raises(ProtocolError, match="bob"):
             a.send("bob", "x", b"late")
+
+
+def test_abort_tells_the_peer_why_over_the_relay(pki: dict[str, Identity], relay: RelayHandle,
+                                                 captured: list[Frame]) -> None:
+    """Transport.abort: the peer's pending receive ends with the reason (not a timeout, not a bare 'gone')."""
+    a, b = _pair(pki, relay, peer_certs={"alice": pki["alice"].cert_pem, "bob": pki["bob"].cert_pem})
+    with a, b:
+        b.send("alice", "before", b"still delivered")
+        b.abort("DataError: fintech.csv row 7 is bad")
+        assert a.recv("bob", "before", timeout=10) == b"still delivered"  # sent before the abort: delivered first
+        with pytest.raises(PeerAborted, match="party 'bob' aborted: DataError: fintech.csv row 7 is bad") as e:
+            a.recv("bob", "never", timeout=30)  # a timeout would raise "no message ... within 30 s" instead
+        assert e.value.party == "bob"
+    # the abort crossed the relay sealed, like every payload (the relay sees only ciphertext)
+    aborts = [f for f in captured if f.tag == "fc.abort"]
+    assert aborts and all(b"fintech.csv" not in f.payload for f in aborts)
 
 
 _CRASHER = """

@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from crypto import ckks
 from fedcredit.codec import unpack_arrays, unpack_blobs
 from fedcredit.data import Table, load_table, split_by_ids
-from fedcredit.errors import ConfigError, DataError, ProtocolError
+from fedcredit.errors import ConfigError, DataError, PeerAborted, ProtocolError
 from fedcredit.protocols.vertical_common import epoch_batches, validation_split
 from fedcredit.protocols.vertical_lr import (
     LabelModel,
@@ -258,7 +258,8 @@ def test_passive_refuses_a_context_with_secret_key(tables) -> None:  # type: ign
     lab.send("host", "vlr/ctx", ckks.secret_bytes(ckks.new_context()))
     with pytest.raises(ProtocolError, match="secret key"):
         run_vertical_lr_passive(hub.endpoint("host"), h2, "guest")
-    assert "secret key" in json.loads(lab.recv("host", "vlr/hello"))["error"]
+    with pytest.raises(PeerAborted, match="party 'host' aborted: .*secret key"):  # told at once, with the reason
+        lab.recv("host", "vlr/hello", timeout=1)
 
 
 def test_small_batches_are_refused() -> None:

@@ -3,7 +3,7 @@
 Scheme (star around a *leader* party; see docs/psi.md for the leakage table)::
 
     every party P:  k_P fresh secret scalar, ids (normalized at load) checked for duplicates
-    P -> peer  hello            {n, batches}               (or {error} so the peer fails fast)
+    P -> peer  hello            {n, batches}               (unusable ids: Transport.abort, so peers fail fast)
     P -> peer  s/i   k_P·H(x)    for P's own ids, in P's order, batch i
     peer -> P  d/i   k_peer·k_P·H(x)  for the same items, same order (first 16 bytes)
     P:  intersect {k_peer·k_P·H(own)} with {k_P·k_peer·H(peer's)} -> pairwise intersection
@@ -255,18 +255,14 @@ def _batches(seq: Sequence[bytes], size: int) -> Iterator[Sequence[bytes]]:
         yield seq[i : i + size]
 
 
-def _hello(n: int, batch: int, error: str | None = None) -> bytes:
+def _hello(n: int, batch: int) -> bytes:
     d: dict[str, Any] = {"v": _VERSION, "n": n, "batches": math.ceil(n / batch) if n else 0}
-    if error:
-        d["error"] = error
     return json.dumps(d).encode()
 
 
 def _read_hello(payload: bytes, me: str, peer: str) -> tuple[int, int]:
     try:
         d = json.loads(payload.decode())
-        if "error" in d:
-            raise ProtocolError(f"party '{me}': PSI aborted, party '{peer}' reported: {d['error']}")
         if d.get("v") != _VERSION:
             raise ProtocolError(f"party '{me}': party '{peer}' speaks PSI version {d.get('v')}, expected {_VERSION}")
         return int(d["n"]), int(d["batches"])
@@ -395,14 +391,13 @@ def run_psi(
         workers = (os.cpu_count() or 1) if len(ids) >= _PARALLEL_THRESHOLD else 0
     blinder = _Blinder(workers)
     try:
-        # 1. validate locally, tell peers (a failure is reported to peers so they stop waiting)
+        # 1. validate locally, tell peers (a failure aborts, so they stop waiting)
         try:
             norm = _encode_all(ids, me, source)
             if not norm:
                 raise DataError(f"party '{me}': {source} holds no ids; nothing to intersect")
         except DataError as e:
-            for p in peers:
-                transport.send(p, f"{tag_prefix}/hello", _hello(0, batch_size, error=str(e)))
+            transport.abort(str(e))
             raise
         n = len(norm)
         for p in peers:

@@ -55,7 +55,7 @@ import numpy as np
 
 from fedcredit.config import JobConfig
 from fedcredit.data import Table
-from fedcredit.errors import ConfigError, DataError, ProtocolError
+from fedcredit.errors import ConfigError, DataError, PeerAborted, ProtocolError
 from fedcredit.params import SecureBoostConfig, SecureBoostModel, VerticalLRConfig, VerticalLRModel
 from fedcredit.transport import CountingTransport, Transport
 
@@ -155,8 +155,6 @@ def _unpack_mask(payload: bytes, n: int, me: str, label: str) -> tuple[np.ndarra
         meta = json.loads(head.decode())
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError(f"party '{me}': malformed train/test split from label party '{label}'") from None
-    if meta.get("error"):
-        raise DataError(f"{meta['error']} (reported by label party '{label}' to party '{me}')")
     if int(meta.get("n", -1)) != n or len(body) != (n + 7) // 8:
         raise ProtocolError(
             f"party '{me}': the split from label party '{label}' covers {meta.get('n')} rows, the intersection has {n}"
@@ -241,6 +239,15 @@ def run_vertical_party_core(transport: Transport, rt: VerticalParty) -> dict[str
     under ``state_dir/models/<run_id>/``), a few model counters, and at the label party ``metrics`` =
     ``{auc, ks, n_test[, train_auc]}``.
     """
+    try:
+        return _run_party(transport, rt)
+    except BaseException as e:
+        if not isinstance(e, PeerAborted):  # say why once, so every peer stops waiting for us
+            transport.abort(f"{type(e).__name__}: {e}")
+        raise
+
+
+def _run_party(transport: Transport, rt: VerticalParty) -> dict[str, Any]:
     from fedcredit.protocols.psi import run_psi, save_intersection
 
     job = rt.job.job
@@ -284,8 +291,7 @@ def run_vertical_party_core(transport: Transport, rt: VerticalParty) -> dict[str
         try:
             mask = _label_test_mask(rt, spec, aligned.ids)
         except (DataError, ConfigError) as e:
-            for p in passives:
-                tr.send(p, _SPLIT_TAG, json.dumps({"error": str(e)}).encode() + b"\n")
+            tr.abort(str(e))  # the passive parties stop waiting for the split, and learn why
             raise
         for p in passives:
             tr.send(p, _SPLIT_TAG, _pack_mask(mask, spec))

@@ -44,7 +44,7 @@ from crypto.files import write_text
 from fedcredit.codec import pack_arrays, pack_blobs, unpack_arrays, unpack_blobs
 from fedcredit.data import Table
 from fedcredit.decision import Contributions, lr_contributions
-from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
+from fedcredit.errors import ConfigError, DataError, PeerAborted, ProtocolError, SecurityError
 from fedcredit.metrics import auc_ks, sigmoid, write_evaluation
 from fedcredit.params import VerticalLRConfig
 from fedcredit.protocols.vertical_common import Standardizer, epoch_batches, ids_digest, validation_split
@@ -426,9 +426,10 @@ def run_vertical_lr_label(
         transport.send(p, f"{pf}/ctx", pub)
     dims: dict[str, int] = {}
     for p in passives:
-        hello = json.loads(transport.recv(p, f"{pf}/hello", to).decode())
-        if hello.get("error"):
-            raise ProtocolError(f"party '{me}': passive party '{p}' refused the job: {hello['error']}")
+        try:
+            hello = json.loads(transport.recv(p, f"{pf}/hello", to).decode())
+        except PeerAborted as e:
+            raise ProtocolError(f"party '{me}': passive party '{p}' refused the job: {e.reason}") from None
         dims[p] = int(hello["n_features"])
 
     std = Standardizer.fit(train.X)
@@ -596,7 +597,7 @@ def run_vertical_lr_passive(
     elif setup["n_test"] and (test is None or setup["test_digest"] != ids_digest(test.ids)):
         error = "test rows are not aligned with the label party's"
     if error:
-        transport.send(label_party, f"{pf}/hello", json.dumps({"error": error}).encode())
+        transport.abort(error)  # the label party stops waiting for our hello, and learns why
         raise ProtocolError(f"party '{me}': {error}")
     transport.send(label_party, f"{pf}/hello", json.dumps({"n_features": train.n_features}).encode())
 

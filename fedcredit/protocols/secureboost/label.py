@@ -21,7 +21,7 @@ import numpy as np
 from crypto.ckks_hist import HistogramKeeper, n_outputs
 from fedcredit.codec import unpack_arrays, unpack_blobs
 from fedcredit.data import Table
-from fedcredit.errors import ConfigError, ProtocolError
+from fedcredit.errors import ConfigError, PeerAborted, ProtocolError
 from fedcredit.metrics import auc_ks, sigmoid, write_evaluation
 from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, Op, send, tags
 from fedcredit.protocols.secureboost.scoring import label_predict
@@ -59,11 +59,12 @@ class RemotePassive:
         send(self.t, self.party, self.cmd, op, self.seq, blobs, **meta)
 
     def recv(self, op: str) -> tuple[list[bytes], dict[str, Any]]:
-        raw = self.t.recv(self.party, self.reply, timeout=self.timeout)
+        try:
+            raw = self.t.recv(self.party, self.reply, timeout=self.timeout)
+        except PeerAborted as e:  # the passive party failed and said why (Transport.abort)
+            raise ProtocolError(f"passive party '{self.party}' failed: {e.reason}") from None
         self.bytes_in += len(raw)
         blobs, meta = unpack_blobs(raw, what=f"'{op}' reply from passive party '{self.party}'")
-        if meta.get("op") == Op.ERROR:
-            raise ProtocolError(f"passive party '{self.party}' failed: {meta.get('message', 'no reason given')}")
         if meta.get("op") != op or meta.get("seq") != self.seq:
             raise ProtocolError(
                 f"passive party '{self.party}' answered {meta.get('op')!r} #{meta.get('seq')} "
@@ -234,11 +235,7 @@ def run_secureboost_label(
                 "timings": meta.get("timings"),
             }
     except BaseException as e:
-        for rem in remotes:
-            try:
-                rem.send(Op.ABORT, reason=f"{type(e).__name__}: {e}"[:500])
-            except Exception:  # the transport itself may be what failed
-                pass
+        transport.abort(f"{type(e).__name__}: {e}")  # every passive party stops waiting for commands
         raise
     finally:
         if crypto:

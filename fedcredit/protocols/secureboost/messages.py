@@ -29,8 +29,7 @@ class Op:
     SPLIT: Final = "split"  # chosen candidates -> opaque split ids + left-row bits
     PREDICT: Final = "predict"  # scoring ids -> decision bits
     FINISH: Final = "finish"  # end of the job -> model digest, timings
-    ABORT: Final = "abort"  # the label party failed (no reply)
-    ERROR: Final = "error"  # a passive party's reply when it failed
+    # a role that fails says so with Transport.abort (fedcredit.transport), not with a command
 
 
 class Tags(NamedTuple):

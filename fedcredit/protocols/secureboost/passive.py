@@ -18,7 +18,7 @@ from crypto import ckks
 from crypto.ckks_hist import HistogramEvaluator
 from fedcredit.codec import pack_arrays
 from fedcredit.data import Table
-from fedcredit.errors import DataError, FedCreditError, ProtocolError
+from fedcredit.errors import DataError, FedCreditError, PeerAborted, ProtocolError
 from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, Op, recv, send, tags
 from fedcredit.protocols.secureboost.scoring import passive_decisions
 from fedcredit.protocols.secureboost.trees import (
@@ -67,8 +67,6 @@ def run_secureboost_passive(
         while True:
             blobs, meta = recv(transport, label_party, cmd, cfg.timeout_s, f"command from label party '{label_party}'")
             op, seq = meta.get("op"), meta.get("seq")
-            if op == Op.ABORT:
-                raise ProtocolError(f"party '{me}': label party '{label_party}' aborted: {meta.get('reason', '')}")
             expected += 1
             if seq != expected:
                 raise ProtocolError(f"party '{me}': command #{seq} from '{label_party}' arrived, #{expected} was expected")
@@ -144,11 +142,8 @@ def run_secureboost_passive(
             else:
                 raise ProtocolError(f"party '{me}': unknown command {op!r} from label party '{label_party}'")
     except FedCreditError as e:
-        if "aborted:" not in str(e):
-            try:
-                send(transport, label_party, reply, Op.ERROR, -1, message=str(e)[:500])
-            except Exception:
-                pass
+        if not isinstance(e, PeerAborted):
+            transport.abort(str(e))  # the label party stops waiting for our reply, and learns why
         raise
     finally:
         if engine is not None:
