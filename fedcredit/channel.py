@@ -12,13 +12,13 @@ live there, never in a message).  The coordinator role only ever calls
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
+from crypto.files import write_file
 from fedcredit.transport import Observer, WireRecord
 
 
@@ -60,12 +60,7 @@ class DirState:
         return p.read_bytes() if p.exists() else None
 
     def put(self, key: str, value: bytes) -> None:
-        p = self._path(key)
-        tmp = p.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(value)
-        os.replace(tmp, p)
+        write_file(self._path(key), value)  # owner-only, atomic: keys live here
 
 
 Handler = Callable[[str, bytes, StateStore], bytes]

@@ -18,6 +18,8 @@ from typing import Any, overload
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from crypto.files import write_text
+
 
 def _check(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y).astype(np.int64).ravel()
@@ -75,7 +77,7 @@ def write_evaluation(
         **dict(extra or {}),
         "plot": png.name,
     }
-    (out / f"{name}_report.json").write_text(json.dumps(report, indent=2))
+    write_text(out / f"{name}_report.json", json.dumps(report, indent=2))
     return report
 
 
