@@ -240,6 +240,33 @@ def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(names)
 
 
+def _new_flower_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP384R1())
+
+
+def _flower_key_files(key: ec.EllipticCurvePrivateKey, name: str) -> tuple[bytes, bytes]:
+    """(OpenSSH private key, one-line OpenSSH public key) as Flower loads them (see the module docstring)."""
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public + f" {name}\n".encode()
+
+
+def rekey_flower(out_dir: Path, name: str) -> Path:
+    """Replace ``name``'s Flower SuperNode key pair in its credential directory; returns the new public key file.
+
+    Why: once a node is unregistered at the SuperLink, Flower never accepts its key again
+    (the key stays in its database, unique), so rejoining needs a new key that the
+    coordinator registers.  The TLS certificate and envelope key are unchanged.
+    """
+    _check_name(name)
+    out_dir = Path(out_dir)
+    if not (out_dir / f"{name}.crt").exists():
+        raise ConfigError(f"{out_dir} holds no credential for {name!r} ({name}.crt missing): issue it first")
+    private, public = _flower_key_files(_new_flower_key(), name)
+    write_file(out_dir / f"{name}.flower.key", private, SECRET_MODE)
+    return write_file(out_dir / f"{name}.flower.pub", public, PUBLIC_MODE)
+
+
 def issue(
     ca_dir: Path,
     out_dir: Path,
@@ -293,7 +320,7 @@ def issue(
 
     tls_key = ec.generate_private_key(ec.SECP256R1())
     env_key = x25519.X25519PrivateKey.generate()
-    fl_key = ec.generate_private_key(ec.SECP384R1())
+    fl_key = _new_flower_key()
     env_raw = env_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
     federation_attrs = ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
@@ -338,13 +365,7 @@ def issue(
     )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     key_pem = _pem_private(tls_key)
-    fl_key_ssh = fl_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    )
-    fl_pub_ssh = (
-        fl_key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        + f" {name}\n".encode()
-    )
+    fl_key_ssh, fl_pub_ssh = _flower_key_files(fl_key, name)
 
     write_file(key_path, key_pem, SECRET_MODE)
     write_file(env_path, _pem_private(env_key), SECRET_MODE)

@@ -11,6 +11,7 @@ other package can use this one writer.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -66,6 +67,30 @@ def write_file(path: Path, data: bytes, mode: int = SECRET_MODE, *, exclusive: b
         _unlink(tmp)
         raise
     return path
+
+
+def private_dir(path: Path, what: str) -> str | None:
+    """Create ``path`` owner-only (0700), or make an existing one so; a warning to print when it was loose.
+
+    Decision: a state directory with group/other bits is *tightened*, not refused — its
+    files are written 0600 anyway, so closing the directory restores the invariant — and
+    the caller prints the returned warning so it is never silent (the operator should ask
+    who could read it meanwhile).  A path that is a symlink, not a directory, or owned by
+    another user is refused (ConfigError naming it): someone else controls it.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{what} {path} is not a plain directory (symlinks are refused): point the config at a real one")
+    if st.st_uid != os.getuid():
+        raise ConfigError(f"{what} {path} is owned by uid {st.st_uid}, not by this user ({os.getuid()}); refusing to use it")
+    loose = stat.S_IMODE(st.st_mode) & 0o077
+    if not loose:
+        return None
+    os.chmod(path, 0o700)
+    return (f"warning: {what} {path} had mode {stat.S_IMODE(st.st_mode):04o} (group/other access); "
+            "tightened to 0700 — check who could read it")
 
 
 def write_text(path: Path, text: str, mode: int = SECRET_MODE, *, exclusive: bool = False) -> Path:
