@@ -59,7 +59,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
-from crypto.files import PUBLIC_MODE, SECRET_MODE, read_file, refuse_existing, write_file
+from crypto.files import (
+    PUBLIC_MODE,
+    SECRET_MODE,
+    check_secret_mode,
+    read_file,
+    read_secret,
+    refuse_existing,
+    write_file,
+)
 from fedcredit.errors import ConfigError, SecurityError
 
 #: Private enterprise arc for fedcredit; ``.1`` = the envelope-key extension.
@@ -211,7 +219,7 @@ def init_ca(ca_dir: Path, federation: str, days: int = 3650, force: bool = False
 
 def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, bytes]:
     ca_pem = read_file(ca_dir / CA_CERT, "federation CA certificate")
-    key_pem = read_file(ca_dir / CA_KEY, "federation CA private key")
+    key_pem = read_secret(ca_dir / CA_KEY, "federation CA private key")
     try:
         cert = x509.load_pem_x509_certificate(ca_pem)
     except ValueError as exc:
@@ -403,8 +411,9 @@ class Identity:
         _check_name(name)
         dir = Path(dir)
         cert_pem = read_file(dir / f"{name}.crt", f"certificate for {name!r}")
-        key_pem = read_file(dir / f"{name}.key", f"TLS private key for {name!r}")
-        env_pem = read_file(dir / f"{name}.envelope.key", f"envelope private key for {name!r}")
+        key_pem = read_secret(dir / f"{name}.key", f"TLS private key for {name!r}")
+        env_pem = read_secret(dir / f"{name}.envelope.key", f"envelope private key for {name!r}")
+        check_secret_mode(dir / f"{name}.flower.key", f"SuperNode private key for {name!r}")
         ca_pem = read_file(dir / CA_CERT, "federation CA certificate")
         try:
             cert = x509.load_pem_x509_certificate(cert_pem)

@@ -122,3 +122,27 @@ def read_file(path: Path, what: str) -> bytes:
         raise ConfigError(f"missing {what} file {path}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {what} file {path}: {exc.strerror}") from None
+
+
+def read_secret(path: Path, what: str) -> bytes:
+    """:func:`read_file` for a private key: refused (ConfigError) if group or others may read or write it.
+
+    Refused rather than tightened, like ssh: a key others could read must be treated as
+    exposed, and the operator has to decide that (chmod 600, or re-issue it).
+    """
+    path = Path(path)
+    check_secret_mode(path, what)
+    return read_file(path, what)
+
+
+def check_secret_mode(path: Path, what: str) -> None:
+    """ConfigError if an existing ``path`` has any group/other permission bit (see :func:`read_secret`)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return  # read_file names the missing file
+    if mode & 0o077:
+        raise ConfigError(
+            f"{what} file {path} has mode {mode:04o}: group/others may access it. Treat the key as exposed; "
+            f"if it was not, `chmod 600 {path}`"
+        )
