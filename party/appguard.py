@@ -113,6 +113,13 @@ def prepare_bin_dir(state_dir: Path) -> Path:
     bindir = Path(state_dir) / "bin"
     bindir.mkdir(mode=0o700, exist_ok=True)
     os.chmod(bindir, 0o700)
+    for entry in bindir.iterdir():  # nothing else may sit first on the SuperNode's PATH (e.g. a planted flower-superexec)
+        if entry.name in TASK_COMMANDS:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     script = f"#!{sys.executable}\nimport sys\nfrom party.appguard import main\nsys.exit(main())\n".encode()
     for cmd in TASK_COMMANDS:
         write_file(bindir / cmd, script, 0o700)

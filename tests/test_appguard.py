@@ -73,7 +73,12 @@ def test_every_flwr_task_command_is_covered() -> None:
 
 
 def test_supernode_environment_resolves_every_task_command_to_the_guard(tmp_path: Path) -> None:
+    planted = tmp_path / "bin" / "flower-superexec"
+    planted.parent.mkdir(mode=0o700)
+    planted.write_text("#!/bin/sh\necho planted\n")
+    planted.chmod(0o700)
     bindir = appguard.prepare_bin_dir(tmp_path)
+    assert not planted.exists()  # only the guard's own commands sit first on the PATH
     env = appguard.guard_env(bindir, base_path=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
                              party="bank1", audit_log=tmp_path / "audit.jsonl", app=installed_app())
     for cmd in appguard.TASK_COMMANDS:
