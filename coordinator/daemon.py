@@ -104,8 +104,9 @@ def start(config_path: Path, *, log=print) -> CoordinatorHandle:
     try:
         flower.wait_tls_port(c.host, c.flower_port, identity.ca_path, timeout=60, proc=superlink)
         known = registry.nodes()
+        statuses = flower.registered_nodes(home) if known else {}
         for p in config.parties:
-            if p.name not in known:
+            if flower.needs_registration(known, statuses, p.name):
                 node_id = flower.register_supernode(home, p.name, p.flower_public_key)
                 registry.set_node(p.name, node_id)
                 log(f"registered party '{p.name}' as SuperNode {node_id}")

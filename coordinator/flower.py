@@ -17,18 +17,14 @@ import socket
 import ssl
 import subprocess
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from fedcredit.control_plane import APP_DIR
 from fedcredit.errors import ConfigError, FedCreditError
 from fedcredit.processes import find_executable, flower_env
 
 FEDERATION_ALIAS = "fedcredit"
-#: The Flower app descriptor we submit (no code of its own: its components are our installed
-#: packages).  A package resource of the shared library, so a wheel install has it and every
-#: party can build the same app to check what it is asked to run.
-APP_DIR = Path(str(resources.files("fedcredit") / "flower_app"))
 
 
 
@@ -105,11 +101,38 @@ def flwr_cli(home: Path, *args: str, timeout: float = 120.0) -> dict[str, Any]:
 
 
 def register_supernode(home: Path, party: str, public_key: Path) -> str:
-    """Register a party's SuperNode public key; returns the node id Flower assigned."""
+    """Register a party's SuperNode public key; returns the node id Flower assigned.
+
+    A key Flower already holds (its node was unregistered, or another node uses it) can
+    never be registered again: that is reported as what the operators must do, not as
+    Flower's raw error.
+    """
     if not public_key.exists():
         raise ConfigError(f"party '{party}': SuperNode public key {public_key} not found")
-    data = flwr_cli(home, "supernode", "register", str(public_key), FEDERATION_ALIAS, "--name", party)
+    try:
+        data = flwr_cli(home, "supernode", "register", str(public_key), FEDERATION_ALIAS, "--name", party)
+    except FedCreditError as exc:
+        if "already in use" not in str(exc).lower():
+            raise
+        raise ConfigError(
+            f"[[parties]] '{party}': the SuperLink already holds SuperNode key {public_key} (its node was "
+            "unregistered, or another node uses it) and Flower never registers a key twice. The party must make a "
+            f"new key (`fedcredit certs rekey-flower {party} --out-dir <its identity dir>`) and send its "
+            f"{party}.flower.pub; put it at {public_key} and restart the coordinator"
+        ) from None
     return str(data["node-id"])
+
+
+def registered_nodes(home: Path) -> dict[str, str]:
+    """node id -> status (online / offline / registered / unregistered) of the SuperLink's nodes."""
+    data = flwr_cli(home, "supernode", "list", FEDERATION_ALIAS, timeout=60)
+    return {str(n["node-id"]): str(n["status"]) for n in data.get("nodes") or []}
+
+
+def needs_registration(known: dict[str, str], statuses: dict[str, str], party: str) -> bool:
+    """A party needs (re-)registering when we have no node for it or the SuperLink unregistered/forgot it."""
+    node = known.get(party)
+    return node is None or statuses.get(node, "unregistered") == "unregistered"
 
 
 def run_app(home: Path, run_config: dict[str, str]) -> str:

@@ -59,7 +59,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
-from crypto.files import PUBLIC_MODE, SECRET_MODE, read_file, refuse_existing, write_file
+from crypto.files import (
+    PUBLIC_MODE,
+    SECRET_MODE,
+    check_secret_mode,
+    read_file,
+    read_secret,
+    refuse_existing,
+    write_file,
+)
 from fedcredit.errors import ConfigError, SecurityError
 
 #: Private enterprise arc for fedcredit; ``.1`` = the envelope-key extension.
@@ -211,7 +219,7 @@ def init_ca(ca_dir: Path, federation: str, days: int = 3650, force: bool = False
 
 def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, bytes]:
     ca_pem = read_file(ca_dir / CA_CERT, "federation CA certificate")
-    key_pem = read_file(ca_dir / CA_KEY, "federation CA private key")
+    key_pem = read_secret(ca_dir / CA_KEY, "federation CA private key")
     try:
         cert = x509.load_pem_x509_certificate(ca_pem)
     except ValueError as exc:
@@ -238,6 +246,33 @@ def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
     if not names:
         raise ConfigError("certificate hosts list is empty: at least one DNS name or IP is needed for TLS")
     return x509.SubjectAlternativeName(names)
+
+
+def _new_flower_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP384R1())
+
+
+def _flower_key_files(key: ec.EllipticCurvePrivateKey, name: str) -> tuple[bytes, bytes]:
+    """(OpenSSH private key, one-line OpenSSH public key) as Flower loads them (see the module docstring)."""
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public + f" {name}\n".encode()
+
+
+def rekey_flower(out_dir: Path, name: str) -> Path:
+    """Replace ``name``'s Flower SuperNode key pair in its credential directory; returns the new public key file.
+
+    Why: once a node is unregistered at the SuperLink, Flower never accepts its key again
+    (the key stays in its database, unique), so rejoining needs a new key that the
+    coordinator registers.  The TLS certificate and envelope key are unchanged.
+    """
+    _check_name(name)
+    out_dir = Path(out_dir)
+    if not (out_dir / f"{name}.crt").exists():
+        raise ConfigError(f"{out_dir} holds no credential for {name!r} ({name}.crt missing): issue it first")
+    private, public = _flower_key_files(_new_flower_key(), name)
+    write_file(out_dir / f"{name}.flower.key", private, SECRET_MODE)
+    return write_file(out_dir / f"{name}.flower.pub", public, PUBLIC_MODE)
 
 
 def issue(
@@ -293,7 +328,7 @@ def issue(
 
     tls_key = ec.generate_private_key(ec.SECP256R1())
     env_key = x25519.X25519PrivateKey.generate()
-    fl_key = ec.generate_private_key(ec.SECP384R1())
+    fl_key = _new_flower_key()
     env_raw = env_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
     federation_attrs = ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
@@ -338,13 +373,7 @@ def issue(
     )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     key_pem = _pem_private(tls_key)
-    fl_key_ssh = fl_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    )
-    fl_pub_ssh = (
-        fl_key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        + f" {name}\n".encode()
-    )
+    fl_key_ssh, fl_pub_ssh = _flower_key_files(fl_key, name)
 
     write_file(key_path, key_pem, SECRET_MODE)
     write_file(env_path, _pem_private(env_key), SECRET_MODE)
@@ -382,8 +411,9 @@ class Identity:
         _check_name(name)
         dir = Path(dir)
         cert_pem = read_file(dir / f"{name}.crt", f"certificate for {name!r}")
-        key_pem = read_file(dir / f"{name}.key", f"TLS private key for {name!r}")
-        env_pem = read_file(dir / f"{name}.envelope.key", f"envelope private key for {name!r}")
+        key_pem = read_secret(dir / f"{name}.key", f"TLS private key for {name!r}")
+        env_pem = read_secret(dir / f"{name}.envelope.key", f"envelope private key for {name!r}")
+        check_secret_mode(dir / f"{name}.flower.key", f"SuperNode private key for {name!r}")
         ca_pem = read_file(dir / CA_CERT, "federation CA certificate")
         try:
             cert = x509.load_pem_x509_certificate(cert_pem)

@@ -11,6 +11,7 @@ other package can use this one writer.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -68,6 +69,30 @@ def write_file(path: Path, data: bytes, mode: int = SECRET_MODE, *, exclusive: b
     return path
 
 
+def private_dir(path: Path, what: str) -> str | None:
+    """Create ``path`` owner-only (0700), or make an existing one so; a warning to print when it was loose.
+
+    Decision: a state directory with group/other bits is *tightened*, not refused — its
+    files are written 0600 anyway, so closing the directory restores the invariant — and
+    the caller prints the returned warning so it is never silent (the operator should ask
+    who could read it meanwhile).  A path that is a symlink, not a directory, or owned by
+    another user is refused (ConfigError naming it): someone else controls it.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{what} {path} is not a plain directory (symlinks are refused): point the config at a real one")
+    if st.st_uid != os.getuid():
+        raise ConfigError(f"{what} {path} is owned by uid {st.st_uid}, not by this user ({os.getuid()}); refusing to use it")
+    loose = stat.S_IMODE(st.st_mode) & 0o077
+    if not loose:
+        return None
+    os.chmod(path, 0o700)
+    return (f"warning: {what} {path} had mode {stat.S_IMODE(st.st_mode):04o} (group/other access); "
+            "tightened to 0700 — check who could read it")
+
+
 def write_text(path: Path, text: str, mode: int = SECRET_MODE, *, exclusive: bool = False) -> Path:
     """:func:`write_file` for UTF-8 text."""
     return write_file(path, text.encode("utf-8"), mode, exclusive=exclusive)
@@ -97,3 +122,27 @@ def read_file(path: Path, what: str) -> bytes:
         raise ConfigError(f"missing {what} file {path}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {what} file {path}: {exc.strerror}") from None
+
+
+def read_secret(path: Path, what: str) -> bytes:
+    """:func:`read_file` for a private key: refused (ConfigError) if group or others may read or write it.
+
+    Refused rather than tightened, like ssh: a key others could read must be treated as
+    exposed, and the operator has to decide that (chmod 600, or re-issue it).
+    """
+    path = Path(path)
+    check_secret_mode(path, what)
+    return read_file(path, what)
+
+
+def check_secret_mode(path: Path, what: str) -> None:
+    """ConfigError if an existing ``path`` has any group/other permission bit (see :func:`read_secret`)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return  # read_file names the missing file
+    if mode & 0o077:
+        raise ConfigError(
+            f"{what} file {path} has mode {mode:04o}: group/others may access it. Treat the key as exposed; "
+            f"if it was not, `chmod 600 {path}`"
+        )

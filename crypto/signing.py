@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from crypto.files import read_file
+from crypto.files import read_file, read_secret
 from fedcredit.errors import ConfigError, SecurityError
 
 SIGNATURE_FIELD = "signature"
@@ -70,7 +70,7 @@ def verify(data: bytes, signature: bytes, public: Ed25519PublicKey) -> None:
 def load_private(path: Path) -> Ed25519PrivateKey:
     """Load a PEM Ed25519 private key; ConfigError names the file if missing or of another type."""
     path = Path(path)
-    pem = read_file(path, "Ed25519 signing private key")
+    pem = read_secret(path, "Ed25519 signing private key")
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:

@@ -51,6 +51,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,13 @@ RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _FILE_MODE = 0o600  # a vertical part (e.g. a passive party's thresholds) is the institution's secret
 _DIR_MODE = 0o700
+
+#: Bounds checked *before* bytes are read or unpacked (a 1.5 MB .tar.gz of zeros once made an install use
+#: 1.6 GB before it was refused).  Real artifacts are a handful of files of at most a few MB.
+MAX_ARTIFACT_FILES = 32
+MAX_ARTIFACT_BYTES = 64 << 20  # sum of the files' sizes
+MAX_TAR_HEADER_BYTES = 64 << 10  # a pax / GNU long-name header's own data
+MAX_JSON_DEPTH = 32  # manifests, schemas and model files nest a few levels; deeper is an attack, not a model
 
 
 # --------------------------------------------------------------------------- data types
@@ -119,7 +127,7 @@ class Artifact(NamedTuple):
 
     @property
     def schema(self) -> dict[str, Any]:
-        return json.loads(self.files[SCHEMA])
+        return _parse_json(self.files[SCHEMA], f"artifact {self.manifest.run_id}/{self.manifest.party}", SCHEMA)
 
     def json(self, name: str) -> Any:
         """Parse one of the artifact's JSON files."""
@@ -128,10 +136,35 @@ class Artifact(NamedTuple):
                 f"artifact {self.manifest.run_id}/{self.manifest.party} ({self.manifest.kind}) has no file "
                 f"{name!r}; it holds {sorted(self.files)}"
             )
-        return json.loads(self.files[name])
+        return _parse_json(self.files[name], f"artifact {self.manifest.run_id}/{self.manifest.party}", name)
 
 
 # --------------------------------------------------------------------------- file encodings
+
+
+def _too_deep(doc: Any, limit: int) -> bool:
+    """Whether ``doc`` nests containers deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if isinstance(obj, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (obj.values() if isinstance(obj, dict) else obj))
+    return False
+
+
+def _parse_json(raw: bytes, where: str, name: str) -> Any:
+    """Parse an artifact's JSON file; SecurityError naming it if invalid or nested beyond ``MAX_JSON_DEPTH``."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise SecurityError(f"{where}: {name} nests deeper than {MAX_JSON_DEPTH} levels (refused)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SecurityError(f"{where}: {name} is not valid JSON: {exc}") from None
+    if _too_deep(doc, MAX_JSON_DEPTH):
+        raise SecurityError(f"{where}: {name} nests deeper than {MAX_JSON_DEPTH} levels (refused)")
+    return doc
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -489,22 +522,72 @@ def pack_artifact(path: str | Path, tar_path: str | Path) -> Path:
     return write_file(tar_path, data, _FILE_MODE, exclusive=True, what="artifact archive")
 
 
+class _BoundedReader:
+    """A read-only stream that refuses (SecurityError) once more than ``limit`` bytes were asked of it."""
+
+    def __init__(self, fh: Any, limit: int, where: str) -> None:
+        self._fh, self._left, self._where = fh, limit, where
+
+    def read(self, size: int | None = -1) -> bytes:
+        want = self._left + 1 if size is None or size < 0 else min(size, self._left + 1)
+        data = self._fh.read(want)
+        self._left -= len(data)
+        if self._left < 0:
+            raise SecurityError(f"{self._where}: unpacks to more than {MAX_ARTIFACT_BYTES:,} bytes (refused)")
+        return bytes(data)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses an oversized pax / GNU long-name header before tarfile reads its data into memory."""
+
+    _EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                 tarfile.GNUTYPE_LONGLINK)
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in self._EXTENDED and self.size > MAX_TAR_HEADER_BYTES:
+            raise SecurityError(f"tar extended header of {self.size:,} bytes (limit {MAX_TAR_HEADER_BYTES:,})")
+        return super()._proc_member(tar)  # type: ignore[misc]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
 def _read_tar(path: Path) -> dict[str, bytes]:
+    """A ``.tar`` / ``.tar.gz`` artifact's flat files, bounded: member count, each size and the unpacked
+    stream are checked before their bytes are read, so a small archive cannot inflate into memory."""
+    import gzip
+
+    where = f"artifact {path}"
     out: dict[str, bytes] = {}
+    total = 0
     try:
-        with tarfile.open(path, mode="r:*") as tf:
-            for m in tf.getmembers():
-                name = m.name[2:] if m.name.startswith("./") else m.name
-                if not m.isreg():
-                    raise SecurityError(f"artifact {path}: tar member {m.name!r} is not a regular file")
-                if "/" in name or not FILE_NAME_RE.match(name):
-                    raise SecurityError(f"artifact {path}: tar member {m.name!r} is not a flat artifact file name")
-                if name in out:
-                    raise SecurityError(f"artifact {path}: tar member {name!r} appears twice")
-                fh = tf.extractfile(m)
-                out[name] = fh.read() if fh else b""
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise SecurityError(f"artifact {path}: not a readable tar archive: {exc}") from None
+        with open(path, "rb") as raw:
+            fh: Any = gzip.GzipFile(fileobj=raw, mode="rb") if raw.read(2) == _GZIP_MAGIC else raw
+            raw.seek(0)
+            stream = _BoundedReader(fh, MAX_ARTIFACT_BYTES + (MAX_ARTIFACT_FILES + 4) * 3 * tarfile.BLOCKSIZE
+                                    + tarfile.RECORDSIZE, where)
+            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as tf:  # type: ignore[call-overload]
+                for m in tf:
+                    name = m.name[2:] if m.name.startswith("./") else m.name
+                    if not m.isreg():
+                        raise SecurityError(f"{where}: tar member {m.name!r} is not a regular file")
+                    if "/" in name or not FILE_NAME_RE.match(name):
+                        raise SecurityError(f"{where}: tar member {m.name!r} is not a flat artifact file name")
+                    if name in out:
+                        raise SecurityError(f"{where}: tar member {name!r} appears twice")
+                    if len(out) >= MAX_ARTIFACT_FILES:
+                        raise SecurityError(f"{where}: more than {MAX_ARTIFACT_FILES} files (refused)")
+                    total += m.size
+                    if total > MAX_ARTIFACT_BYTES:
+                        raise SecurityError(
+                            f"{where}: tar member {name!r} ({m.size:,} bytes) takes the artifact past "
+                            f"{MAX_ARTIFACT_BYTES:,} bytes (refused before unpacking)"
+                        )
+                    member = tf.extractfile(m)
+                    out[name] = member.read() if member else b""
+    except SecurityError as exc:
+        raise SecurityError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise SecurityError(f"{where}: not a readable tar archive: {exc}") from None
     return out
 
 
@@ -513,20 +596,32 @@ def _read_dir(path: Path) -> dict[str, bytes]:
     if not path.is_dir():
         raise ConfigError(f"artifact {path} does not exist or is not a directory / tar file")
     out: dict[str, bytes] = {}
-    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+    entries = sorted(os.scandir(path), key=lambda e: e.name)
+    if len(entries) > MAX_ARTIFACT_FILES:
+        raise SecurityError(f"artifact {path}: {len(entries)} entries, more than {MAX_ARTIFACT_FILES} (refused)")
+    total = 0
+    for entry in entries:
         if entry.name.startswith(".") and entry.name.endswith(".tmp"):
             raise SecurityError(f"artifact {path}: leftover temporary file {entry.name!r} (interrupted write?)")
         if not entry.is_file(follow_symlinks=False):
             raise SecurityError(
                 f"artifact {path}: {entry.name!r} is not a regular file (directories and symlinks are refused)"
             )
+        total += entry.stat(follow_symlinks=False).st_size
+        if total > MAX_ARTIFACT_BYTES:
+            raise SecurityError(f"artifact {path}: {entry.name!r} takes the artifact past {MAX_ARTIFACT_BYTES:,} bytes")
         with open(entry.path, "rb") as fh:
-            out[entry.name] = fh.read()
+            out[entry.name] = fh.read(MAX_ARTIFACT_BYTES + 1)  # bounded even if the file grew meanwhile
     return out
 
 
 def _is_tar(path: Path) -> bool:
-    return path.is_file() and tarfile.is_tarfile(path)
+    """By magic bytes only (``tarfile.is_tarfile`` would already parse, and inflate, the first member)."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        head = fh.read(tarfile.BLOCKSIZE)
+    return head[:2] == _GZIP_MAGIC or head[257:262] == b"ustar"
 
 
 # --------------------------------------------------------------------------- verify
@@ -535,10 +630,7 @@ def _is_tar(path: Path) -> bool:
 def _load_manifest_json(raw: bytes | None, where: str) -> dict[str, Any]:
     if raw is None:
         raise SecurityError(f"{where}: no {MANIFEST} (not a fedcredit artifact)")
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SecurityError(f"{where}: {MANIFEST} is not valid JSON: {exc}") from None
+    doc = _parse_json(raw, where, MANIFEST)
     if not isinstance(doc, dict):
         raise SecurityError(f"{where}: {MANIFEST} is not a JSON object")
     return doc
@@ -565,8 +657,8 @@ def _check_contents(manifest: Manifest, contents: Mapping[str, bytes], where: st
                 f"{where}: {name} has sha256 {got[:16]}…, the signed manifest says {entry.sha256[:16]}… "
                 "(file altered after signing)"
             )
+    schema = _parse_json(contents[SCHEMA], where, SCHEMA)
     try:
-        schema = json.loads(contents[SCHEMA])
         _normalize_schema(schema)
     except (ValueError, ConfigError) as exc:
         raise SecurityError(f"{where}: {SCHEMA} is unusable: {exc}") from None

@@ -43,6 +43,16 @@ def cmd_certs_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_certs_rekey_flower(args: argparse.Namespace) -> int:
+    from crypto.certs import rekey_flower
+
+    out = Path(args.out_dir) if args.out_dir else Path(args.ca_dir).parent / args.name
+    pub = rekey_flower(out, args.name)
+    console.print(f"new SuperNode key for '{args.name}' in {out} ({args.name}.flower.key 0600); send {pub} to the "
+                  "coordinator operator: it goes at this party's [[parties]] flower_public_key, then restart the coordinator")
+    return 0
+
+
 # --------------------------------------------------------------------------- daemons
 
 
@@ -158,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=825)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_certs_issue)
+    p = certs.add_parser("rekey-flower", help="replace a party's Flower SuperNode key (after its node was unregistered)")
+    p.add_argument("name")
+    p.add_argument("--ca-dir", default="certs/ca")
+    p.add_argument("--out-dir", help="the party's credential directory (default: <ca-dir>/../<name>)")
+    p.set_defaults(func=cmd_certs_rekey_flower)
 
     coord = sub.add_parser("coordinator", help="coordinator daemon").add_subparsers(dest="sub", required=True)
     p = coord.add_parser("start", help="run the SuperLink, relay and control service")

@@ -15,11 +15,31 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-__all__ = ["META", "BODY", "VERTICAL_RUN", "ARTIFACT_BUILD", "ARTIFACT_INSTALL", "REPLY_SUFFIX", "pack", "unpack"]
+__all__ = ["APP_DIR", "build_app_fab", "META", "BODY", "VERTICAL_RUN", "ARTIFACT_BUILD", "ARTIFACT_INSTALL", "REPLY_SUFFIX", "pack", "unpack"]
+
+#: The Flower app descriptor the coordinator submits for every job (no code of its own: its
+#: components are our installed packages).  A package resource of the shared library, so a wheel
+#: install has it and every party builds the same app to check what it is asked to run.
+APP_DIR = Path(str(resources.files("fedcredit") / "flower_app"))
+
+
+def build_app_fab() -> bytes:
+    """The FAB ``flwr run APP_DIR`` submits, built here with flwr's own builder.
+
+    Why: a party accepts only this exact bundle (party/appguard.py).  The builder is
+    deterministic (fixed timestamps, sorted entries, stored members), so coordinator and
+    party get the same bytes when they run the same fedcredit and flwr versions.
+    """
+    from flwr.cli.build import build_fab_from_disk  # flwr's CLI module: loaded only when needed
+
+    return build_fab_from_disk(APP_DIR)
+
 
 META = "fc-meta"
 BODY = "fc-body"

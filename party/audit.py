@@ -141,6 +141,16 @@ class AuditLog(JsonlLog):
         self.append([asdict(rec)])
         return rec
 
+    def record_event(self, *, session: str, sender: str, tag: str, size: int = 0, sha256: str = "",
+                     **detail: str) -> None:
+        """Append a line for something the party refused or decided (no message left): the usual keys, plus ``detail``.
+
+        Same shape as a sent-message line (``receiver`` empty, ``seq`` 0), so one reader handles both.
+        """
+        rec = asdict(AuditRecord(time=_dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"), session=session,
+                                 sender=sender, receiver="", tag=tag, seq=0, size=int(size), sha256=sha256))
+        self.append([{**rec, **{k: v for k, v in detail.items() if k not in rec}}])
+
     def records(self) -> list[AuditRecord]:
         """Read every line back (for audits and tests); ConfigError names a malformed line."""
         return read_audit_log(self.path)

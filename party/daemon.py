@@ -10,17 +10,25 @@ metrics) do.
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from crypto.certs import Identity
+from crypto.files import private_dir, write_file
 from fedcredit.config import PartyConfig, load_party_config
 from fedcredit.data import Table, load_dataset
 from fedcredit.errors import ConfigError
-from fedcredit.processes import find_executable, flower_env, stop_process_group, supervise
+from fedcredit.processes import find_executable, flower_env, spawn_daemon, stop_process_group, supervise
+from party import appguard
+
+#: What flwr 1.41's SuperNode logs when the SuperLink refuses its key (never registered, or unregistered).
+_KEY_REFUSED_MARKERS = ("Failed to activate SuperNode", "401 Unauthorized")
 
 
 def _free_port() -> int:
@@ -38,11 +46,67 @@ def check_datasets(config: PartyConfig) -> dict[str, Table]:
     return {key: load_dataset(ds, party=config.party.name) for key, ds in config.datasets.items()}
 
 
+def prepare_state_dir(config: PartyConfig) -> None:
+    """State dir owner-only (tightened with a warning, or refused: crypto.files.private_dir); umask 077.
+
+    The umask is inherited by the SuperNode and every ClientApp it starts, so anything the
+    party's processes create (model parts, run dirs, logs) is owner-only even where a
+    call site forgot to say so.
+    """
+    os.umask(0o077)
+    warning = private_dir(config.party.state_dir, f"party '{config.party.name}' [party].state_dir")
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+
+
+def spawn_supernode(cmd: list[str], config: PartyConfig, log: IO[bytes], app: appguard.InstalledApp) -> subprocess.Popen[bytes]:
+    """Start the SuperNode so that (1) every task it runs goes through the app guard and (2) it dies with us.
+
+    (1) party/appguard.py: a private bin dir first on its PATH resolves flwr's task commands
+    to the guard, which accepts only ``app``.  (2) fedcredit.processes.spawn_daemon: own
+    session + PR_SET_PDEATHSIG, so even a SIGKILLed daemon leaves no SuperNode behind.
+    """
+    p = config.party
+    bindir = appguard.prepare_bin_dir(p.state_dir)
+    env = flower_env()  # its PATH starts with the venv's real flwr binaries; the guard's bin dir goes before them
+    env.update(appguard.guard_env(bindir, base_path=env["PATH"], party=p.name, audit_log=p.state_dir / "audit.jsonl",
+                                  app=app))
+    return spawn_daemon(cmd, log=log, env=env)
+
+
+def key_refused_help(config: PartyConfig, log_text: str) -> str | None:
+    """What the operator must do when the SuperLink refused this party's SuperNode key; None if it did not.
+
+    Flower never re-admits a key once its node was unregistered (the key stays in its
+    database, unique), so the only way back is a new key registered by the coordinator.
+    """
+    if not any(m in log_text for m in _KEY_REFUSED_MARKERS):
+        return None
+    p = config.party
+    pub = Path(p.identity_dir) / f"{p.name}.flower.pub"
+    return (
+        f"party '{p.name}': the SuperLink at {config.coordinator.flower_address} refused this party's SuperNode key "
+        f"({Path(p.identity_dir) / f'{p.name}.flower.key'}): its node was unregistered, or the key was never "
+        "registered. Flower never accepts an unregistered key again. To rejoin:\n"
+        f"  1. here: fedcredit certs rekey-flower {p.name} --out-dir {p.identity_dir}\n"
+        f"  2. send the new public key {pub} to the coordinator operator, who puts it at this party's "
+        f"[[parties]] flower_public_key and restarts the coordinator (it registers the new key)\n"
+        f"  3. here: fedcredit party start again"
+    )
+
+
+def _write_ready(config: PartyConfig, supernode: subprocess.Popen[bytes], app: appguard.InstalledApp) -> None:
+    info = {"pid": os.getpid(), "supernode_pid": supernode.pid, "app_sha256": app.sha256}
+    write_file(config.party.state_dir / "party.ready.json", json.dumps(info).encode(), 0o600)
+
+
 @dataclass
 class PartyHandle:
     config: PartyConfig
     supernode: subprocess.Popen[bytes]
     scoring: Any = None  # party.scoring.ScoringServer when [scoring] is configured
+    app: appguard.InstalledApp | None = None
+    log_offset: int = 0  # where this start's lines begin in supernode.log
 
     def stop(self) -> None:
         if self.scoring is not None:
@@ -58,9 +122,11 @@ def start(config_path: Path) -> PartyHandle:
     if identity.role != "party":
         raise ConfigError(f"{config_path}: [party].identity_dir holds a '{identity.role}' certificate, expected 'party'")
     check_datasets(config)
-    p.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    prepare_state_dir(config)
+    app = appguard.installed_app()
     port = p.runtime_port or _free_port()
     log = open(p.state_dir / "supernode.log", "ab")
+    log_offset = log.tell()
     cmd = [
         find_executable("flower-supernode"),
         "--superlink", config.coordinator.flower_address,
@@ -74,19 +140,36 @@ def start(config_path: Path) -> PartyHandle:
         from party.scoring import start_from_config
 
         scoring = start_from_config(config)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=flower_env())
-    return PartyHandle(config, proc, scoring)
+    proc = spawn_supernode(cmd, config, log, app)
+    _write_ready(config, proc, app)
+    return PartyHandle(config, proc, scoring, app, log_offset)
 
 
 def serve_forever(config_path: Path) -> int:
     handle = start(config_path)
     p = handle.config.party
-    print(
-        f"party '{p.name}' ({p.role}) ready: SuperNode dialing {handle.config.coordinator.flower_address} over TLS; "
-        f"datasets: {', '.join(sorted(handle.config.datasets)) or 'none'}; state in {p.state_dir}"
-        + (f"; scoring on {handle.scoring.address} (mutual TLS)" if handle.scoring is not None else ""),
-        flush=True,
-    )
-    rc = supervise(handle.supernode, "flower-supernode", p.state_dir / "supernode.log")
-    handle.stop()
+    try:
+        print(
+            f"party '{p.name}' ({p.role}) ready: SuperNode dialing {handle.config.coordinator.flower_address} over TLS; "
+            f"datasets: {', '.join(sorted(handle.config.datasets)) or 'none'}; state in {p.state_dir}"
+            + (f"; scoring on {handle.scoring.address} (mutual TLS)" if handle.scoring is not None else "")
+            + (f"; runs only app {handle.app.sha256[:16]}…" if handle.app is not None else ""),
+            flush=True,
+        )
+        rc = supervise(handle.supernode, "flower-supernode", p.state_dir / "supernode.log")
+        if rc != 0:
+            help_text = key_refused_help(handle.config, _log_since(p.state_dir / "supernode.log", handle.log_offset))
+            if help_text:
+                print(help_text, file=sys.stderr, flush=True)
+                rc = 3
+    finally:
+        handle.stop()
     return rc
+
+
+def _log_since(path: Path, offset: int, limit: int = 1 << 20) -> str:
+    """This start's part of the SuperNode log (at most its last ``limit`` bytes)."""
+    with open(path, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(offset, size - limit))
+        return fh.read().decode(errors="replace")

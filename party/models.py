@@ -44,6 +44,7 @@ from typing import Any
 from crypto.files import write_file
 from fedcredit.artifacts import MANIFEST, Artifact, check_artifact_integrity, json_bytes, read_artifact
 from fedcredit.errors import ConfigError, SecurityError
+from party.audit import JsonlLog
 
 VERSIONS = "versions"
 ACTIVE = "active.json"
@@ -107,7 +108,7 @@ class ModelStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Exclusive lock over every writer (flock: works across processes and across threads' own fds)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -130,11 +131,8 @@ class ModelStore:
         return st
 
     def _log(self, event: dict[str, Any]) -> None:
-        line = json.dumps({"time": _now_iso(), **event}, sort_keys=True) + "\n"
-        with open(self.root / HISTORY, "a") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with JsonlLog(self.root / HISTORY, what=f"model store {self.root} history") as log:  # 0600, append-only
+            log.append([{"time": _now_iso(), **event}])
 
     def _version_dir(self, version: str) -> Path:
         d = self._versions / version
@@ -184,9 +182,9 @@ class ModelStore:
                         if activate:
                             self._activate_locked(existing.version, "activate")
                         return existing.version
-            self._versions.mkdir(parents=True, exist_ok=True)
+            self._versions.mkdir(parents=True, exist_ok=True, mode=0o700)
             staging_root = self.root / STAGING
-            staging_root.mkdir(exist_ok=True)
+            staging_root.mkdir(exist_ok=True, mode=0o700)
             stage = Path(tempfile.mkdtemp(prefix="install-", dir=staging_root))
             try:
                 adir = stage / ARTIFACT_DIR
