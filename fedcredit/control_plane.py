@@ -19,11 +19,14 @@ from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-__all__ = ["META", "BODY", "VERTICAL_RUN", "ARTIFACT_BUILD", "ARTIFACT_INSTALL", "REPLY_SUFFIX", "pack", "unpack"]
+__all__ = ["META", "BODY", "JOB_ADMIT", "VERTICAL_RUN", "ARTIFACT_BUILD", "ARTIFACT_INSTALL", "REPLY_SUFFIX", "pack", "unpack"]
 
 META = "fc-meta"
 BODY = "fc-body"
 
+#: The first call of every run: the party checks the job against its [policy] and its job ledger, and replies
+#: ``{"status": "accepted"}`` or ``{"status": "pending"}`` (awaiting its officer; ask again) — or refuses.
+JOB_ADMIT = "job.admit"
 #: Launches a whole vertical job at a party (the protocol itself runs over the data plane).
 VERTICAL_RUN = "vertical.run"
 #: Publishing, step 1: the party builds its artifact draft and replies its unsigned manifest.

@@ -41,3 +41,12 @@ class PartyUnavailable(ProtocolError):
     def __init__(self, party: str, message: str) -> None:
         self.party = party
         super().__init__(message)
+
+
+class PolicyRefused(NotAuthorized):
+    """A party's ``[policy]`` (or its officer) refused a job; ``party`` and ``rule`` name who and which rule."""
+
+    def __init__(self, party: str, rule: str, message: str) -> None:
+        self.party = party
+        self.rule = rule
+        super().__init__(f"party '{party}' refused the job (rule {rule}): {message}")
