@@ -245,7 +245,7 @@ class JobLedger:
                                 detail=f"approved by {e.decided_by}")
                     return self._accepted(e)
                 if e.status == "rejected":
-                    raise self._refuse(review, method, "approval", f"rejected by {e.decided_by}: {e.reason}")
+                    raise self._refuse(review, method, "approval", f"rejected by this party's officer: {e.reason}")
                 if e.status != "pending":
                     refusal = self._final_refusal(e, review, method)
                     raise refusal or self._refuse(review, method, "replay", f"run '{e.run_id}' is {e.status}")
