@@ -457,7 +457,8 @@ def run_psi(
         err = _size_error(size, floor, parties, me, source, floor_rule)
         for p in peers:
             meta = {"size": size, "error": err}
-            transport.send(p, f"{tag_prefix}/final", json.dumps(meta).encode() + b"\n" + pair_own[p].values[ordered].tobytes())
+            body = b"" if err else pair_own[p].values[ordered].tobytes()  # below a minimum: reveal nothing
+            transport.send(p, f"{tag_prefix}/final", json.dumps(meta).encode() + b"\n" + body)
         if err:
             raise DataError(err)
     else:
