@@ -118,7 +118,12 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
 
 
 def _who(args: argparse.Namespace) -> str:
-    by = (args.by or "").strip() or getpass.getuser()
+    by = (args.by or "").strip()
+    if not by:
+        try:
+            by = getpass.getuser()
+        except (OSError, KeyError):  # no login name in this environment
+            by = ""
     if not by:
         raise ConfigError("cannot tell who approves: pass --by NAME")
     return by

@@ -380,3 +380,32 @@ def test_each_partys_minimum_intersection_is_enforced_before_the_intersection_is
         assert "party 'fintech': [policy].min_intersection" in str(e)
     (final,) = finals
     assert final.partition(b"\n")[2] == b""  # the leader sent no intersection values
+
+
+# --------------------------------------------------------------------------- the officer's CLI
+
+
+def test_party_jobs_cli_shows_rules_and_rejects_with_a_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedcredit.cli import main
+
+    party = Party(tmp_path, MANUAL)
+    assert party.admit(QUICK)["status"] == "pending"
+    cfg = ["--config", str(party.cfg)]
+    assert main(["party", "jobs", "pending", *cfg]) == 0
+    assert "run-1" in capsys.readouterr().out
+    party.cfg.write_text(party.cfg.read_text().replace('partners = ["bank2"]', 'partners = []'))
+    assert main(["party", "jobs", "show", "run-1", *cfg]) == 0
+    out = capsys.readouterr().out
+    digest = PartyRuntime(party.cfg, party.meta(QUICK)).review.digest
+    assert f"digest: {digest}" in out and "[FAIL] partners" in out and "[pass] columns" in out
+    assert "train (train): id 'id', label 'y', 2 features: a, b" in out and 'round_timeout_s = 0.3' in out
+    assert main(["party", "jobs", "approve", "run-1", "--by", "kim", *cfg]) == 2  # a failing rule: not approvable
+    assert "rule partners fails" in capsys.readouterr().err
+    assert main(["party", "jobs", "reject", "run-1", "--by", "kim", "--reason", "not this quarter", *cfg]) == 0
+    assert main(["party", "jobs", "show", "../../etc/passwd", *cfg]) == 2  # run ids are names, never paths
+    assert "malformed run id" in capsys.readouterr().err
+    assert main(["party", "jobs", "pending", "--all", "--json", *cfg]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["status"] == "rejected" and entry["decided_by"] == "kim"
+    rejected = [e for e in party.events() if e.event == "rejected"]
+    assert rejected and rejected[0].by == "kim" and rejected[0].detail == "not this quarter"
