@@ -24,7 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator.publish import default_signing_key, publish_run
 from coordinator.registry import Registry
 from fedcredit.config import CoordinatorConfig, JobConfig, load_coordinator_config
-from fedcredit.control_plane import REPLY_SUFFIX, VERTICAL_RUN, pack, unpack
+from fedcredit.control_plane import JOB_ADMIT, REPLY_SUFFIX, VERTICAL_RUN, pack, unpack
 from fedcredit.errors import ConfigError, FedCreditError, ProtocolError
 from fedcredit.jobs import horizontal_job, horizontal_public_result, parse_job
 from fedcredit.protocols import horizontal
@@ -160,12 +160,60 @@ def run_coordinator_role(
     wait_for_nodes(grid, nodes, timeout=job.job.round_timeout_s, progress=progress)
     meta = {"run_id": run_id, "job_toml": job_toml, "peer_certs": certs}
     channel = FlowerChannel(grid, nodes, meta, timeout=job.job.round_timeout_s)
+    out_admit = admit_job(channel, job, progress)
     if job.job.type == "horizontal":
         out = _coordinate_horizontal(channel, job, progress)
     else:
         out = _coordinate_vertical(channel, job, progress)
     out["publish"] = _publish(channel, coord, job, run_id, out, progress)
+    out["admission"] = out_admit
     return out
+
+
+#: Slack on top of the longest approval expiry a party announced before the coordinator stops asking.
+_ADMIT_GRACE_S = 120.0
+
+
+def admit_job(channel: FlowerChannel, job: JobConfig, progress: Progress) -> dict[str, Any]:
+    """Ask every party to admit the run (``job.admit``) before any protocol call; returns who accepted it.
+
+    A party with ``approval = "manual"`` answers "pending" after a short wait; it is asked again (and shown
+    "awaiting approval") until it accepts, refuses or its approval expires — each party enforces its own expiry,
+    the coordinator stops asking after the longest announced expiry plus a grace period.  A refusal fails the
+    run with the party's error (it names the party and the rule).
+    """
+    parties = list(job.job.parties)
+    state: dict[str, str] = {p: "asked" for p in parties}
+    accepted: dict[str, dict[str, Any]] = {}
+    deadline: float | None = None
+    while True:
+        pending = [p for p in parties if p not in accepted]
+        replies = channel.call_all({p: (JOB_ADMIT, b"") for p in pending})  # PartyFailure on a refusal
+        waiting: list[str] = []
+        for p, raw in replies.items():
+            try:
+                rep = json.loads(raw.decode())
+                status = str(rep["status"])
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                raise ProtocolError(f"party '{p}': malformed {JOB_ADMIT} reply") from None
+            if status == "accepted":
+                accepted[p] = {"approval": rep.get("approval"), "digest": rep.get("digest")}
+                state[p] = "approved"
+            elif status == "pending":
+                waiting.append(p)
+                state[p] = "awaiting approval"
+                expiry = time.monotonic() + float(rep.get("expires_in_s", 0.0)) + _ADMIT_GRACE_S
+                deadline = expiry if deadline is None else max(deadline, expiry)
+            else:
+                raise ProtocolError(f"party '{p}': unexpected {JOB_ADMIT} status {status!r}")
+        if not waiting:
+            progress({"event": "admitted", "message": "every party accepted the job", "parties": dict(state)})
+            return accepted
+        progress({"event": "approval", "message": f"awaiting approval at {', '.join(waiting)}",
+                  "parties": dict(state)})
+        if deadline is not None and time.monotonic() > deadline:
+            raise ProtocolError("; ".join(f"party '{p}': approval still pending after its announced expiry"
+                                          for p in waiting))
 
 
 def _publish(channel: FlowerChannel, coord: CoordinatorConfig, job: JobConfig, run_id: str, out: Mapping[str, Any],

@@ -538,3 +538,8 @@ def verify_peer(
         raise SecurityError(f"certificate for {who} has unknown role {role!r} (expected one of {', '.join(ROLES)})")
     return PeerInfo(name=who, role=role, envelope_public=_envelope_key(cert, who), not_after=cert.not_valid_after_utc)
 
+
+
+def cert_fingerprint(cert_pem: bytes) -> str:
+    """SHA-256 of a certificate's DER encoding (hex): what a party's job approval binds each peer to."""
+    return _load_cert(cert_pem, "certificate").fingerprint(hashes.SHA256()).hex()

@@ -183,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = party.add_parser("start", help="run this institution's party daemon")
     p.add_argument("--config", required=True)
     p.set_defaults(func=cmd_party_start)
-    from fedcredit import cli_models  # model store / scoring commands
+    from fedcredit import cli_jobs, cli_models  # job approvals; model store / scoring commands
 
+    cli_jobs.register_party_commands(party)
     cli_models.register_party_commands(party)
     cli_models.register_top_level_commands(sub)
 

@@ -123,12 +123,61 @@ class CoordinatorLink(_Strict):
     relay_address: str
 
 
+class DatasetPolicy(_Strict):
+    """What a job may read from one dataset: every column it uses (id, label and features) must be listed."""
+
+    columns: list[str] = Field(min_length=1, description="columns a job may use: id, label, features")
+
+    @field_validator("columns")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("a column is listed twice")
+        return v
+
+
+class PolicySection(_Strict):
+    """``[policy]``: what this party's data may be used for (checked at the party for every job call).
+
+    Deny by default: a partner, job type, dataset or column that is not listed is refused,
+    and an absent ``[policy]`` allows nothing.  ``approval = "manual"`` (the default) makes
+    every job wait for ``fedcredit party jobs approve``; ``"auto"`` lets these rules decide.
+    """
+
+    approval: Literal["manual", "auto"] = "manual"
+    partners: list[str] = Field(default_factory=list, description="parties this party may run a job with")
+    job_types: list[Literal["horizontal", "vertical-lr", "secureboost"]] = Field(default_factory=list)
+    datasets: dict[str, DatasetPolicy] = Field(default_factory=dict, description="dataset key -> allowed columns")
+    min_intersection: int = Field(100, ge=1, description="vertical jobs: refuse a PSI intersection smaller than this")
+    approval_expiry_s: float = Field(86400.0, gt=0, le=30 * 86400,
+                                     description="how long a job waits for a person's approval before it expires")
+    run_lifetime_s: float = Field(2 * 86400.0, gt=0, le=30 * 86400,
+                                  description="how long after acceptance a run's calls are still served")
+
+    @field_validator("partners")
+    @classmethod
+    def _partners(cls, v: list[str]) -> list[str]:
+        for p in v:
+            _check_name(p)
+        return v
+
+
 class PartyConfig(_Strict):
     party: PartySection
     coordinator: CoordinatorLink
     datasets: dict[str, DatasetSection] = Field(default_factory=dict)
     scoring: ScoringSection | None = None
     decision: dict[str, Any] | None = Field(None, description="[decision] policy, validated by fedcredit.decision")
+    policy: PolicySection = Field(default_factory=PolicySection, description="[policy]: what jobs may use this data")
+
+    @model_validator(mode="after")
+    def _policy_datasets(self) -> PartyConfig:
+        unknown = sorted(set(self.policy.datasets) - set(self.datasets))
+        if unknown:
+            raise ValueError(f"[policy.datasets] names dataset(s) {unknown} that [datasets] does not define")
+        if self.party.name in self.policy.partners:
+            raise ValueError(f"[policy].partners lists this party itself ('{self.party.name}')")
+        return self
 
     def dataset(self, key: str) -> DatasetSection:
         if key not in self.datasets:

@@ -21,7 +21,7 @@ from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-__all__ = ["APP_DIR", "build_app_fab", "META", "BODY", "VERTICAL_RUN", "ARTIFACT_BUILD", "ARTIFACT_INSTALL", "REPLY_SUFFIX", "pack", "unpack"]
+__all__ = ["APP_DIR", "build_app_fab", "META", "BODY", "JOB_ADMIT", "VERTICAL_RUN", "ARTIFACT_BUILD", "ARTIFACT_INSTALL", "REPLY_SUFFIX", "pack", "unpack"]
 
 #: The Flower app descriptor the coordinator submits for every job (no code of its own: its
 #: components are our installed packages).  A package resource of the shared library, so a wheel
@@ -44,6 +44,9 @@ def build_app_fab() -> bytes:
 META = "fc-meta"
 BODY = "fc-body"
 
+#: The first call of every run: the party checks the job against its [policy] and its job ledger, and replies
+#: ``{"status": "accepted"}`` or ``{"status": "pending"}`` (awaiting its officer; ask again) — or refuses.
+JOB_ADMIT = "job.admit"
 #: Launches a whole vertical job at a party (the protocol itself runs over the data plane).
 VERTICAL_RUN = "vertical.run"
 #: Publishing, step 1: the party builds its artifact draft and replies its unsigned manifest.

@@ -37,6 +37,7 @@ __all__ = [
     "table_from_frame",
     "load_table",
     "load_dataset",
+    "dataset_columns",
     "split_by_ids",
 ]
 
@@ -321,6 +322,33 @@ def load_dataset(ds: DatasetSection, *, party: str) -> Table:
     """
     return load_table(ds.path, party=party, id_col=ds.id_column, label_col=ds.label_column,
                       feature_cols=ds.feature_columns)
+
+
+def dataset_columns(ds: DatasetSection, *, party: str) -> list[str]:
+    """The column names of a configured dataset's file, read from its header only (no rows).
+
+    Why: a party decides which columns a job would use (``[policy.datasets]``) before
+    it loads any data; the rows are validated later by :func:`load_dataset` as usual.
+    """
+    path = Path(ds.path)
+    if not path.is_file():
+        raise DataError(f"party '{party}': data file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return [str(c) for c in pd.read_csv(path, nrows=0, skipinitialspace=True).columns]
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            schema = pq.read_schema(path)
+            index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+            return [str(c) for c in schema.names if c not in index]  # a stored index is not a column
+    except pd.errors.EmptyDataError:
+        raise DataError(f"party '{party}', file {path}: the file is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as e:
+        raise DataError(f"party '{party}', file {path}: cannot read its header: {e}") from None
+    raise DataError(f"party '{party}', file {path}: unsupported file type '{path.suffix or '(none)'}'; "
+                    f"expected one of {', '.join(SUPPORTED_SUFFIXES)}")
 
 
 def split_by_ids(table: Table, test_ids: set[str] | frozenset[str]) -> tuple[Table, Table]:

@@ -55,3 +55,12 @@ class PeerAborted(ProtocolError):
 
     def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
         return PeerAborted, (self.me, self.party, self.reason)
+
+
+class PolicyRefused(NotAuthorized):
+    """A party's ``[policy]`` (or its officer) refused a job; ``party`` and ``rule`` name who and which rule."""
+
+    def __init__(self, party: str, rule: str, message: str) -> None:
+        self.party = party
+        self.rule = rule
+        super().__init__(f"party '{party}' refused the job (rule {rule}): {message}")

@@ -19,6 +19,13 @@ Format: JSON Lines, one object per message, keys ``time`` (UTC ISO-8601),
 ``session``, ``sender``, ``receiver``, ``tag``, ``seq``, ``size`` (sealed bytes)
 and ``sha256`` (hex of the sealed bytes).  The file is created with mode 0600
 and only ever opened with ``O_APPEND``: earlier lines are never rewritten.
+
+The same file holds the party's job-policy events (:class:`PolicyEvent`, lines with
+``"kind": "policy"``): every job accepted, waiting, approved, rejected, refused or
+expired, every run finished, and every use of a dataset — with the run id
+(``session``), the job digest, the job type, the datasets and columns, the rule that
+decided and who decided.  One file, so an auditor reads what was allowed and what
+left the institution side by side.
 """
 
 from __future__ import annotations
@@ -52,6 +59,29 @@ class AuditRecord:
     seq: int
     size: int
     sha256: str
+
+
+POLICY_KIND = "policy"
+#: What a policy line records (``event``).
+POLICY_EVENTS = ("pending", "accepted", "approved", "rejected", "refused", "expired", "dataset_used", "finished")
+
+
+@dataclass(frozen=True)
+class PolicyEvent:
+    """One job-policy decision or data use, as written to the audit log."""
+
+    time: str
+    kind: str
+    event: str
+    session: str  # the run id
+    party: str
+    digest: str
+    job_type: str
+    method: str
+    datasets: dict[str, list[str]]  # dataset key -> columns
+    rule: str
+    by: str  # who decided: an officer's name, or "policy (auto)"
+    detail: str
 
 
 class JsonlLog:
@@ -151,8 +181,22 @@ class AuditLog(JsonlLog):
                                  sender=sender, receiver="", tag=tag, seq=0, size=int(size), sha256=sha256))
         self.append([{**rec, **{k: v for k, v in detail.items() if k not in rec}}])
 
+    def record_policy(self, *, event: str, session: str, party: str, digest: str = "", job_type: str = "",
+                      method: str = "", datasets: Mapping[str, Sequence[str]] | None = None, rule: str = "",
+                      by: str = "", detail: str = "") -> PolicyEvent:
+        """Append the line for one job-policy event (see :data:`POLICY_EVENTS`)."""
+        if event not in POLICY_EVENTS:
+            raise ValueError(f"unknown policy event {event!r}; expected one of {POLICY_EVENTS}")
+        rec = PolicyEvent(
+            time=_dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"), kind=POLICY_KIND, event=event,
+            session=session, party=party, digest=digest, job_type=job_type, method=method,
+            datasets={k: list(v) for k, v in (datasets or {}).items()}, rule=rule, by=by, detail=detail,
+        )
+        self.append([asdict(rec)])
+        return rec
+
     def records(self) -> list[AuditRecord]:
-        """Read every line back (for audits and tests); ConfigError names a malformed line."""
+        """Read every sent-message line back (for audits and tests); ConfigError names a malformed line."""
         return read_audit_log(self.path)
 
 
@@ -166,20 +210,49 @@ class DecisionLog(JsonlLog):
         self.append(records)
 
 
-def read_audit_log(path: Path | str) -> list[AuditRecord]:
-    """Parse an audit log file into records."""
-    path = Path(path)
-    out: list[AuditRecord] = []
+def _lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"audit log {path} does not exist") from None
+    out = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
+        except ValueError as exc:
+            raise ConfigError(f"audit log {path} line {lineno} is not JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(f"audit log {path} line {lineno} is not a JSON object")
+        out.append((lineno, obj))
+    return out
+
+
+def read_audit_log(path: Path | str) -> list[AuditRecord]:
+    """Parse an audit log file into its sent-message records (policy lines are read by :func:`read_policy_events`)."""
+    path = Path(path)
+    out: list[AuditRecord] = []
+    for lineno, obj in _lines(path):
+        if obj.get("kind") == POLICY_KIND:
+            continue
+        try:
             out.append(AuditRecord(**{k: obj[k] for k in _FIELDS}))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise ConfigError(f"audit log {path} line {lineno} is malformed ({exc}); expected keys {_FIELDS}") from None
+    return out
+
+
+def read_policy_events(path: Path | str) -> list[PolicyEvent]:
+    """Parse the job-policy lines of an audit log file."""
+    path = Path(path)
+    names = tuple(PolicyEvent.__dataclass_fields__)
+    out: list[PolicyEvent] = []
+    for lineno, obj in _lines(path):
+        if obj.get("kind") != POLICY_KIND:
+            continue
+        try:
+            out.append(PolicyEvent(**{k: obj[k] for k in names}))
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"audit log {path} line {lineno} is malformed ({exc}); expected keys {names}") from None
     return out

@@ -6,6 +6,13 @@ against its own copy of the federation CA, and dispatches to the party role of t
 job's protocol: horizontal rounds answer one coordinator call each; a vertical job
 (one ``vertical.run`` call) joins the run's data-plane session and runs the whole
 protocol party-to-party; publishing builds and installs this party's artifact.
+
+Before any of that, :func:`run_party_role` — the one entry point of every call —
+checks the job against this party's ``[policy]`` (:mod:`party.policy`) and its job
+ledger (:mod:`party.jobs`): ``job.admit`` accepts the run, refuses it or waits for
+an officer; every other call needs an accepted run with the same digest.  The job's
+tables come only through :meth:`PartyRuntime.table`, which hands over the approved
+datasets and columns only and records each use in the audit log.
 Every reply that leaves towards the coordinator is recorded in the audit log.
 The envelope it shares with the ServerApp is :mod:`fedcredit.control_plane`.
 """
@@ -15,23 +22,27 @@ from __future__ import annotations
 import json
 import traceback
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from crypto.certs import Identity, verify_peer
+from crypto.certs import Identity, cert_fingerprint, verify_peer
 from fedcredit.channel import DirState
 from fedcredit.config import PartyConfig, load_party_config
-from fedcredit.control_plane import REPLY_SUFFIX, VERTICAL_RUN, pack, unpack
+from fedcredit.control_plane import ARTIFACT_INSTALL, JOB_ADMIT, REPLY_SUFFIX, VERTICAL_RUN, pack, unpack
 from fedcredit.data import Table, load_dataset
-from fedcredit.errors import ConfigError, FedCreditError, ProtocolError
-from fedcredit.jobs import parse_job
+from fedcredit.errors import FedCreditError, PolicyRefused, ProtocolError
+from fedcredit.jobs import horizontal_job, parse_job
+from fedcredit.params import HorizontalJob
 from fedcredit.protocols import horizontal
 from fedcredit.protocols.vertical_jobs import VerticalParty, run_vertical_party_core
 from party.audit import AuditLog
 from party.dataplane import RelayTransport
+from party.jobs import ADMIT_WAIT_S, JobLedger
+from party.policy import DatasetUse, Review, effective_min_intersection, review_job
 from party.publish import party_handler as publish_handler
 
 __all__ = ["client_app", "PartyRuntime", "run_party_role", "run_vertical_party"]
@@ -49,9 +60,8 @@ class PartyRuntime:
         self.run_id = str(meta["run_id"])
         if not self.run_id.replace("-", "").isalnum():
             raise ProtocolError(f"party '{p.name}': malformed run id {self.run_id!r}")
-        self.job = parse_job(str(meta["job_toml"]))
-        if p.name not in self.job.job.parties:
-            raise ConfigError(f"party '{p.name}' is not listed in this job's [job].parties")
+        self.job_toml = str(meta["job_toml"])
+        self.job = parse_job(self.job_toml)
         # every peer certificate is checked against OUR copy of the federation CA
         self.peers = {
             name: verify_peer(pem.encode(), self.identity.ca_pem, expected_name=name).envelope_public
@@ -63,20 +73,53 @@ class PartyRuntime:
             name: str(pem).encode() for name, pem in dict(meta.get("peer_certs", {})).items() if name in self.peers
         }
         self.run_dir = p.state_dir / "runs" / self.run_id
-        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.ledger = JobLedger(self.config)
+        #: this job checked against [policy]: digest, datasets/columns it may use, the rules' verdicts
+        self.review: Review = review_job(self.config, self.job, self.run_id, self.peer_fingerprints)
+        self.method = ""  # the call being served (set by run_party_role; named in dataset-use audit lines)
+        self.admitted = False  # set once the ledger accepted this call; tables are handed out only then
 
     @property
     def name(self) -> str:
         return self.config.party.name
 
+    @property
+    def peer_fingerprints(self) -> dict[str, str]:
+        """partner -> SHA-256 of its verified certificate (what an approval binds to)."""
+        return {name: cert_fingerprint(pem) for name, pem in self.peer_certs.items()}
+
+    def authorize(self, method: str) -> None:
+        """The policy gate for one call that is not ``job.admit``: the ledger must hold this run as accepted, with
+        this digest, and the job must pass the policy as it is now; only then are tables handed out."""
+        self.method = method
+        self.ledger.authorize(self.review, method)  # raises PolicyRefused naming this party and the rule
+        self.admitted = True
+
+    def _use(self, key: str) -> DatasetUse:
+        if not self.admitted:
+            raise PolicyRefused(self.name, "admission", f"dataset '{key}' asked for outside an authorised call")
+        use = next((u for u in self.review.uses if u.key == key), None)
+        if use is None:
+            raise PolicyRefused(self.name, "datasets", f"the job asked for dataset '{key}', which is not part of "
+                                f"what run '{self.run_id}' was approved to use ({sorted(self.review.datasets())})")
+        return use
+
     def table(self, key: str) -> Table:
-        """This party's dataset ``key``, loaded exactly as the daemon's start-up check loads it."""
-        return load_dataset(self.config.dataset(key), party=self.name)
+        """Dataset ``key`` for this run: loaded exactly as the daemon's start-up check loads it, then narrowed to
+        the approved columns (features, and the label only where the job may use it); each use is audited."""
+        use = self._use(key)
+        t = load_dataset(self.config.dataset(key), party=self.name).select(list(use.features))
+        if use.label_column is None:
+            t = replace(t, y=None)
+        self.ledger.record_use(self.review, self.method, key, use.columns, len(t))
+        return t
 
     def vertical_party(self) -> VerticalParty:
         """This party's view for the transport-agnostic vertical job core (tables loaded when the job needs them)."""
+        min_size, rule = effective_min_intersection(self.config, self.job)
         return VerticalParty(self.name, self.run_id, self.job, frozenset(self.config.datasets), self.table,
-                             self.config.party.state_dir)
+                             self.config.party.state_dir, min_intersection=min_size,
+                             min_intersection_rule=f"party '{self.name}': {rule}")
 
 
 @client_app.query()
@@ -104,9 +147,17 @@ def _audit_reply(rt: PartyRuntime, method: str, reply: bytes) -> None:
 
 
 def run_party_role(config_path: str | Path, method: str, payload: bytes, meta: Mapping[str, Any]) -> bytes:
-    """Answer one coordinator call for this party (dispatch by method and job type)."""
+    """Answer one coordinator call for this party: the policy gate first, then dispatch by method and job type."""
     rt = PartyRuntime(config_path, meta)
+    rt.method = method
+    if method == JOB_ADMIT:
+        wait = min(ADMIT_WAIT_S, rt.job.job.round_timeout_s / 3)
+        reply = json.dumps(rt.ledger.admit(rt.review, rt.job_toml, wait_s=wait)).encode()
+        _audit_reply(rt, method, reply)
+        return reply
+    rt.authorize(method)
     if method.startswith("artifact."):
+        _same_run(rt, method, payload)
         train = rt.config.datasets.get(rt.job.job.train_dataset)
         reply = publish_handler(rt.config, id_column=train.id_column if train else "id")(method, payload)
     elif rt.job.job.type == "horizontal":
@@ -115,12 +166,45 @@ def run_party_role(config_path: str | Path, method: str, payload: bytes, meta: M
         reply = json.dumps(run_vertical_party(rt)).encode()
     else:
         raise ProtocolError(f"party '{rt.name}': unexpected method '{method}' for a {rt.job.job.type} job")
+    if method == ARTIFACT_INSTALL:
+        rt.ledger.finish(rt.review, method)
     _audit_reply(rt, method, reply)
     return reply
 
 
+def _same_run(rt: PartyRuntime, method: str, payload: bytes) -> None:
+    """A publishing payload names its run: it must be the run this call was authorised for."""
+    try:
+        run_id = str(json.loads(payload.decode())["run_id"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ProtocolError(f"party '{rt.name}': malformed {method} request") from None
+    if run_id != rt.run_id:
+        raise PolicyRefused(rt.name, "digest", f"{method} names run '{run_id}' inside a call for run '{rt.run_id}'")
+
+
+def _check_horizontal_payload(rt: PartyRuntime, method: str, payload: bytes) -> None:
+    """The horizontal messages carry the run id and (setup) the protocol's job: both must be the approved ones."""
+    try:
+        header, _ = horizontal.decode_message(payload, f"'{method}' request to party '{rt.name}'")
+    except FedCreditError:
+        return  # the protocol handler reports a malformed message itself
+    if method == "setup":
+        approved = horizontal_job(rt.job, rt.run_id)
+        try:
+            sent = HorizontalJob.from_dict(header.get("job"))
+        except FedCreditError as e:
+            raise PolicyRefused(rt.name, "digest", f"setup carries an invalid job: {e}") from None
+        if sent != approved:
+            diff = sorted(k for k in approved.to_dict() if approved.to_dict()[k] != sent.to_dict().get(k))
+            raise PolicyRefused(rt.name, "digest", f"setup carries a job that differs from the approved one in {diff}")
+    elif str(header.get("run_id", "")) != rt.run_id:
+        raise PolicyRefused(rt.name, "digest",
+                            f"'{method}' names run {header.get('run_id')!r} inside a call for run '{rt.run_id}'")
+
+
 def _party_horizontal(rt: PartyRuntime, method: str, payload: bytes) -> bytes:
     # this process answers one call: a table is loaded only if that method needs it
+    _check_horizontal_payload(rt, method, payload)
     train, test = rt.job.job.train_dataset, rt.job.job.test_dataset
     env = horizontal.PartyEnv(
         name=rt.name,

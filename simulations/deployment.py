@@ -72,6 +72,32 @@ class PartySpec:
     name: str
     datasets: dict[str, dict[str, Any]]  # dataset key -> {path, id_column, label_column, ...}
     role: str = "bank"
+    #: keys over the generated [policy] (see :func:`local_policy`), e.g. {"approval": "manual"}
+    policy: dict[str, Any] = field(default_factory=dict)
+
+
+JOB_TYPES = ("horizontal", "vertical-lr", "secureboost")
+
+
+def local_policy(spec: PartySpec, partners: Sequence[str], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The [policy] a local federation writes for a party: its partners, every job type, each of its datasets
+    with the columns its file has (read from the header), automatic approval, min_intersection 100.
+
+    Explicit lists, never wildcards: the file a test or a demo runs with is a policy a bank could read.
+    ``overrides`` (``PartySpec.policy``) replace any key, e.g. ``approval = "manual"`` or a narrower dataset list.
+    """
+    import pandas as pd
+
+    datasets: dict[str, Any] = {}
+    for key, ds in spec.datasets.items():
+        path = Path(ds["path"])
+        cols = (list(pd.read_csv(path, nrows=0).columns) if path.suffix.lower() == ".csv"
+                else list(pd.read_parquet(path).columns))
+        datasets[key] = {"columns": [str(c) for c in cols]}
+    pol: dict[str, Any] = {"approval": "auto", "partners": [p for p in partners if p != spec.name],
+                           "job_types": list(JOB_TYPES), "min_intersection": 100, "datasets": datasets}
+    pol.update(overrides or {})
+    return pol
 
 
 @dataclass
@@ -133,6 +159,7 @@ class LocalFederation:
                     "relay_address": f"127.0.0.1:{self.relay_port}",
                 },
                 "datasets": {k: {kk: str(vv) if isinstance(vv, Path) else vv for kk, vv in v.items()} for k, v in p.datasets.items()},
+                "policy": local_policy(p, [q.name for q in self.parties], p.policy),
             }
             (self.root / f"{p.name}.toml").write_text(to_toml(cfg))
         return self

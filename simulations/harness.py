@@ -73,7 +73,7 @@ def simulate(scenario: str, *, deployment: bool = False, out_dir: Path | None = 
     tables = _job_tables(scn, list(banks))
     t0 = time.perf_counter()
     if deployment:
-        report = _run_deployment(tables, banks, out, console)
+        report = _run_deployment(tables, banks, out, console, dict(scn.get("policy") or {}))
     else:
         report = _run_inprocess(tables, banks, out, console)
     report["scenario"] = name
@@ -108,12 +108,16 @@ def _run_inprocess(tables: dict[str, Any], banks: dict[str, dict[str, Path]], ou
     return report
 
 
-def _run_deployment(tables: dict[str, Any], banks: dict[str, dict[str, Path]], out: Path, console: Console) -> dict[str, Any]:
+def _run_deployment(tables: dict[str, Any], banks: dict[str, dict[str, Path]], out: Path, console: Console,
+                    policy: dict[str, Any]) -> dict[str, Any]:
+    """Real processes; each party's [policy] is generated from its own files (simulations.deployment.local_policy)
+    with the scenario's ``[policy]`` keys on top."""
     from simulations.deployment import LocalFederation, PartySpec
 
     parties = [
-        PartySpec(b, f) if isinstance(f.get("train"), dict)  # type: ignore[arg-type]  # vertical: dataset tables prepared per party
-        else PartySpec(b, {"train": {"path": f["train"], "label_column": "y"}, "test": {"path": f["test"], "label_column": "y"}})
+        PartySpec(b, f, policy=policy) if isinstance(f.get("train"), dict)  # type: ignore[arg-type]  # vertical: dataset tables prepared per party
+        else PartySpec(b, {"train": {"path": f["train"], "label_column": "y"}, "test": {"path": f["test"], "label_column": "y"}},
+                       policy=policy)
         for b, f in banks.items()
     ]
     fed = LocalFederation(out / "federation", parties).setup()

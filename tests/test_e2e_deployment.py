@@ -90,7 +90,11 @@ def test_encrypted_fedavg_job_completes_and_coordinator_sees_no_plaintext(fed: L
             manifest_reply = json.loads(p.read_bytes())
             assert not any(n in p.read_bytes() for n in (b"\"weights\"", b"\"coef\""))
             assert isinstance(manifest_reply, dict)
-    captured = [p for p in everything if "-artifact." not in p.name]
+    # admission replies (job.admit) are the party's verdict on the job: status, digest, party, how it was approved
+    for p in everything:
+        if "-job.admit." in p.name:
+            assert set(json.loads(p.read_bytes())) <= {"status", "digest", "party", "approval"}
+    captured = [p for p in everything if "-artifact." not in p.name and "-job.admit." not in p.name]
     assert len(captured) >= 3 * 4
     messages = [decode_message(p.read_bytes(), p.name) for p in captured]
     pub = None
@@ -121,6 +125,7 @@ def test_encrypted_fedavg_job_completes_and_coordinator_sees_no_plaintext(fed: L
     # each bank's audit log recorded exactly what the coordinator received from it
     for bank in BANKS:
         log = [json.loads(line) for line in (fed.root / "state" / bank / "audit.jsonl").read_text().splitlines()]
+        log = [r for r in log if r.get("kind") != "policy"]  # the party's job-policy lines share the file
         mine = {r["sha256"] for r in log if r["session"] == run_id and r["receiver"] == "coordinator"}
         got = {hashlib.sha256(p.read_bytes()).hexdigest() for p in captured if f"-{bank}-" in p.name}
         assert got and got <= mine

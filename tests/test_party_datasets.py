@@ -2,8 +2,8 @@
 
 Why: a start-up check that validates with other code or other options than the job
 gives a false assurance.  The job side here is the deployed one: ``PartyRuntime``
-(what a ClientApp builds for each coordinator call) and the view it hands the
-vertical job core.
+(what a ClientApp builds for each coordinator call, admitted by the party's policy)
+and the view it hands the vertical job core.
 """
 
 from __future__ import annotations
@@ -16,22 +16,32 @@ import pytest
 
 from crypto.certs import init_ca, issue
 from fedcredit.config import load_party_config
-from fedcredit.errors import DataError
+from fedcredit.errors import DataError, PolicyRefused
 from party.clientapp import PartyRuntime
 from party.daemon import check_datasets
 
 JOB = '[job]\ntype = "vertical-lr"\nparties = ["bank", "fintech"]\nlabel_party = "bank"\ntest_dataset = "test_ids"\n'
 
 
+POLICY = ('[policy]\napproval = "auto"\npartners = ["fintech"]\njob_types = ["vertical-lr"]\n'
+          '[policy.datasets.train]\ncolumns = ["id", "y", "a", "b"]\n'
+          '[policy.datasets.test_ids]\ncolumns = ["id"]\n')
+
+
 def _party(tmp_path: Path, datasets: str) -> tuple[Path, PartyRuntime]:
     ca = init_ca(tmp_path / "ca", "data-test")
     issue(ca, tmp_path / "certs", "bank")
+    fintech = issue(ca, tmp_path / "fintech", "fintech")
     cfg = tmp_path / "bank.toml"
+    policy = POLICY if "[datasets.test_ids]" in datasets else POLICY.split("[policy.datasets.test_ids]")[0]
     cfg.write_text(
         f'[party]\nname = "bank"\nidentity_dir = "certs"\nstate_dir = "state"\n'
-        f'[coordinator]\nflower_address = "127.0.0.1:1"\nrelay_address = "127.0.0.1:2"\n{datasets}'
+        f'[coordinator]\nflower_address = "127.0.0.1:1"\nrelay_address = "127.0.0.1:2"\n{datasets}{policy}'
     )
-    return cfg, PartyRuntime(cfg, {"run_id": "r1", "job_toml": JOB, "peer_certs": {}})
+    rt = PartyRuntime(cfg, {"run_id": "r1", "job_toml": JOB, "peer_certs": {"fintech": fintech.cert_pem.decode()}})
+    rt.ledger.admit(rt.review, JOB)  # approval = "auto": the job is accepted at once
+    rt.authorize("vertical.run")
+    return cfg, rt
 
 
 def test_what_the_startup_check_accepts_the_job_loads_identically(tmp_path: Path) -> None:
@@ -46,7 +56,11 @@ def test_what_the_startup_check_accepts_the_job_loads_identically(tmp_path: Path
     assert set(checked) == {"train", "pq", "test_ids"}
     job = rt.vertical_party()
     assert job.datasets == {"train", "pq", "test_ids"}
+    with pytest.raises(PolicyRefused, match=r"party 'bank'.*rule datasets.*'pq'"):
+        job.load("pq")  # configured, but not what this job was approved to use
     for key, t in checked.items():
+        if key == "pq":
+            continue
         got = job.load(key)
         assert got.ids == t.ids and got.feature_names == t.feature_names and got.source == t.source
         np.testing.assert_array_equal(got.X, t.X)

@@ -255,17 +255,19 @@ def _batches(seq: Sequence[bytes], size: int) -> Iterator[Sequence[bytes]]:
         yield seq[i : i + size]
 
 
-def _hello(n: int, batch: int) -> bytes:
-    d: dict[str, Any] = {"v": _VERSION, "n": n, "batches": math.ceil(n / batch) if n else 0}
+def _hello(n: int, batch: int, min_size: int = 1, min_rule: str = "min_size") -> bytes:
+    d: dict[str, Any] = {"v": _VERSION, "n": n, "batches": math.ceil(n / batch) if n else 0, "min": int(min_size),
+                         "min_rule": min_rule}
     return json.dumps(d).encode()
 
 
-def _read_hello(payload: bytes, me: str, peer: str) -> tuple[int, int]:
+def _read_hello(payload: bytes, me: str, peer: str) -> tuple[int, int, int, str]:
+    """(peer's id count, its batch count, the smallest intersection it accepts, the rule that sets it)."""
     try:
         d = json.loads(payload.decode())
         if d.get("v") != _VERSION:
             raise ProtocolError(f"party '{me}': party '{peer}' speaks PSI version {d.get('v')}, expected {_VERSION}")
-        return int(d["n"]), int(d["batches"])
+        return int(d["n"]), int(d["batches"]), max(1, int(d.get("min", 1))), str(d.get("min_rule", "min_size"))[:200]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise ProtocolError(f"party '{me}': malformed PSI hello from party '{peer}'") from None
 
@@ -365,6 +367,7 @@ def run_psi(
     workers: int | None = None,
     source: str = "ids",
     tag_prefix: str = "psi",
+    min_rule: str = "min_size",
 ) -> PsiResult:
     """Run this party's role of the PSI; every party in ``parties`` calls it with the same ``parties``/``leader``.
 
@@ -374,7 +377,10 @@ def run_psi(
     intersection of *all* parties' sets, in an order identical at every party.
     ``progress(stage, done, total)`` is called per batch.  ``workers``: blinding
     helper processes, 0 = blind in the calling thread (default: all cores for
-    >= 20,000 own ids, else 0).
+    >= 20,000 own ids, else 0).  ``min_size``: the smallest intersection this party accepts
+    (``min_rule`` says who set it); every party announces its own in its hello, the leader
+    refuses below the largest one before it reveals the intersection, and every other
+    party checks its own again when the result arrives.
     """
     me = transport.me
     if me not in parties:
@@ -401,8 +407,13 @@ def run_psi(
             raise
         n = len(norm)
         for p in peers:
-            transport.send(p, f"{tag_prefix}/hello", _hello(n, batch_size))
-        peer_info = {p: _read_hello(transport.recv(p, f"{tag_prefix}/hello"), me, p) for p in peers}
+            transport.send(p, f"{tag_prefix}/hello", _hello(n, batch_size, min_size=min_size, min_rule=min_rule))
+        hellos = {p: _read_hello(transport.recv(p, f"{tag_prefix}/hello"), me, p) for p in peers}
+        peer_info = {p: (h[0], h[1]) for p, h in hellos.items()}
+        floor, floor_rule = min_size, min_rule  # the largest minimum any party announced decides
+        for h in hellos.values():
+            if h[2] > floor:
+                floor, floor_rule = h[2], h[3]
 
         # 2. stream own ids, hashed and blinded once, to every peer
         own_batches = 0
@@ -438,10 +449,11 @@ def run_psi(
         first = pair_own[peers[0]]
         ordered = first.order[final[first.order]]  # intersection rows in the order of their doubly-blinded values
         size = len(ordered)
-        err = _size_error(size, min_size, parties, me, source)
+        err = _size_error(size, floor, parties, me, source, floor_rule)
         for p in peers:
             meta = {"size": size, "error": err}
-            transport.send(p, f"{tag_prefix}/final", json.dumps(meta).encode() + b"\n" + pair_own[p].values[ordered].tobytes())
+            body = b"" if err else pair_own[p].values[ordered].tobytes()  # below a minimum: reveal nothing
+            transport.send(p, f"{tag_prefix}/final", json.dumps(meta).encode() + b"\n" + body)
         if err:
             raise DataError(err)
     else:
@@ -469,6 +481,9 @@ def run_psi(
                 f"{pair_sizes[leader]}"
             )
         size = len(ordered)
+        err = _size_error(size, min_size, parties, me, source, min_rule)  # our own floor, whatever the leader did
+        if err:
+            raise DataError(err)
 
     return PsiResult(
         intersection_ids=[norm[i].decode("utf-8") for i in ordered],
@@ -480,11 +495,13 @@ def run_psi(
     )
 
 
-def _size_error(size: int, min_size: int, parties: list[str], me: str, source: str) -> str | None:
+def _size_error(size: int, min_size: int, parties: list[str], me: str, source: str,
+                rule: str = "min_size") -> str | None:
     if size == 0:
-        return f"PSI: the intersection of parties {parties} is empty (leader '{me}', {source}); check that all parties use the same id column and format"
+        return f"PSI: the intersection of parties {parties} is empty (at '{me}', {source}); check that all parties use the same id column and format"
     if size < min_size:
-        return f"PSI: the intersection of parties {parties} has {size} ids, below the configured min_size {min_size} (leader '{me}', {source})"
+        return (f"PSI: the intersection of parties {parties} has {size} ids, below the configured min_size {min_size} "
+                f"(rule {rule}; at '{me}', {source})")
     return None
 
 

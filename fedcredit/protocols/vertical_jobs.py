@@ -91,6 +91,9 @@ class VerticalParty:
     datasets: AbstractSet[str]  # the keys ``load`` knows (whether a test-id list exists decides the split)
     load: Callable[[str], Table]
     state_dir: Path
+    #: this party's own floor for the PSI intersection (its [policy].min_intersection), besides the job's
+    min_intersection: int = 1
+    min_intersection_rule: str = "[policy].min_intersection"
 
     @property
     def run_dir(self) -> Path:
@@ -262,7 +265,9 @@ def _run_party(transport: Transport, rt: VerticalParty) -> dict[str, Any]:
     t_start = time.perf_counter()
     cfg = model_config(rt.job)
     spec = split_spec(rt)
-    psi_min = _vertical_model(rt.job).psi_min_size
+    psi_min, psi_rule = _vertical_model(rt.job).psi_min_size, "[model].psi_min_size"
+    if rt.min_intersection > psi_min:  # this party's own floor: every party announces its floor in the PSI hello
+        psi_min, psi_rule = rt.min_intersection, rt.min_intersection_rule
     psi_batch = _vertical_model(rt.job).psi_batch_size
     model_dir = rt.state_dir / "models" / rt.run_id
     model_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -279,7 +284,7 @@ def _run_party(transport: Transport, rt: VerticalParty) -> dict[str, Any]:
     # ---- 1. PSI over the data plane (leader = label party)
     t0 = time.perf_counter()
     psi = run_psi(tr, table.ids, parties, leader=label, min_size=psi_min, batch_size=psi_batch,
-                  progress=_Throttled(rt), source=source)
+                  progress=_Throttled(rt), source=source, min_rule=psi_rule)
     timings["psi"] = time.perf_counter() - t0
     psi_traffic = tr.snapshot()
     save_intersection(rt.run_dir / "intersection.txt", psi)
