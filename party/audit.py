@@ -19,6 +19,11 @@ Format: JSON Lines, one object per message, keys ``time`` (UTC ISO-8601),
 ``session``, ``sender``, ``receiver``, ``tag``, ``seq``, ``size`` (sealed bytes)
 and ``sha256`` (hex of the sealed bytes).  The file is created with mode 0600
 and only ever opened with ``O_APPEND``: earlier lines are never rewritten.
+
+Other things a party must be able to show (which ids its scoring service answered,
+whom it refused) are *event* lines in the same file: ``time``, ``event`` (a name such
+as ``partial_answer``) and the event's own fields (:meth:`AuditLog.record_event`).
+:func:`read_audit_log` returns the message lines, :func:`read_audit_events` the events.
 """
 
 from __future__ import annotations
@@ -141,6 +146,12 @@ class AuditLog(JsonlLog):
         self.append([asdict(rec)])
         return rec
 
+    def record_event(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Append one event line (``time``, ``event``, then ``fields``; JSON values, never secret content)."""
+        line = {"time": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"), "event": event, **fields}
+        self.append([line])
+        return line
+
     def records(self) -> list[AuditRecord]:
         """Read every line back (for audits and tests); ConfigError names a malformed line."""
         return read_audit_log(self.path)
@@ -169,7 +180,29 @@ def read_audit_log(path: Path | str) -> list[AuditRecord]:
             continue
         try:
             obj = json.loads(line)
+            if "event" in obj:
+                continue  # an event line (read_audit_events)
             out.append(AuditRecord(**{k: obj[k] for k in _FIELDS}))
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"audit log {path} line {lineno} is malformed ({exc}); expected keys {_FIELDS}") from None
+    return out
+
+
+def read_audit_events(path: Path | str, event: str | None = None) -> list[dict[str, Any]]:
+    """The event lines of an audit log (only those named ``event`` when given)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"audit log {path} does not exist") from None
+    out = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise ConfigError(f"audit log {path} line {lineno} is not JSON ({exc})") from None
+        if isinstance(obj, dict) and "event" in obj and (event is None or obj["event"] == event):
+            out.append(obj)
     return out
