@@ -1,7 +1,11 @@
 """The coordinator's Control service: submit jobs, list and follow runs.
 
 Served next to the relay on the data-plane port with mutual TLS; only certificates
-with role ``operator`` or ``coordinator`` may call it.  A submitted job is
+with role ``operator`` may call it (every RPC, reads included: run names, parties and
+public metrics are the federation's business, not every party's).  A party or the
+coordinator's own certificate is refused with PERMISSION_DENIED naming its role — the
+coordinator's key sits on the machine that serves this port, so accepting it would let
+anything that reads that key submit jobs.  A submitted job is
 validated here (config errors come back to the CLI naming the file and field),
 recorded in the registry, then launched as a Flower run.
 """
@@ -21,6 +25,9 @@ from fedcredit.errors import ConfigError, FedCreditError, SecurityError
 from protos import control_pb2, control_pb2_grpc
 
 Launcher = Callable[[str], str]  # run_id -> flower run id
+
+#: Certificate roles that may call the Control service (crypto.certs binds the role as the subject's OU).
+CONTROL_ROLES: tuple[str, ...] = ("operator",)
 
 
 def run_info(rec: RunRecord) -> control_pb2.RunInfo:
@@ -52,26 +59,30 @@ def validate_job(text: str, source: str, config: CoordinatorConfig) -> JobConfig
 
 
 class ControlServicer(control_pb2_grpc.ControlServicer):
-    def __init__(self, config: CoordinatorConfig, registry: Registry, launcher: Launcher, poll_s: float = 0.25) -> None:
+    def __init__(self, config: CoordinatorConfig, registry: Registry, launcher: Launcher, poll_s: float = 0.25,
+                 *, ca_pem: bytes | None = None) -> None:
         self.config = config
+        self.ca_pem = ca_pem  # re-verify the caller's certificate (validity window, role) when given
         self.registry = registry
         self.launcher = launcher
         self.poll_s = poll_s
 
-    def _authorize(self, context: grpc.ServicerContext) -> str:
+    def _authorize(self, context: grpc.ServicerContext, what: str) -> str:
+        """The caller's certificate name if it holds an operator certificate; aborts otherwise."""
         try:
-            name, role = peer_identity(context)
+            name, role = peer_identity(context, ca_pem=self.ca_pem)
         except SecurityError as e:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
-        if role not in ("operator", "coordinator"):
+        if role not in CONTROL_ROLES:
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"'{name}' has role '{role}'; only operator or coordinator certificates may control runs",
+                f"coordinator Control service: '{name}' holds a certificate with role '{role}'; only "
+                f"{' or '.join(CONTROL_ROLES)} certificates may {what}",
             )
         return name
 
     def SubmitJob(self, request: control_pb2.SubmitJobRequest, context: grpc.ServicerContext) -> control_pb2.SubmitJobReply:
-        self._authorize(context)
+        self._authorize(context, "submit jobs")
         source = request.source_name or "job.toml"
         try:
             job = validate_job(request.job_toml, source, self.config)
@@ -87,7 +98,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         return control_pb2.SubmitJobReply(run_id=run_id)
 
     def GetRun(self, request: control_pb2.RunRequest, context: grpc.ServicerContext) -> control_pb2.RunInfo:
-        self._authorize(context)
+        self._authorize(context, "read runs")
         rec = self.registry.get(request.run_id)
         if rec is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no run '{request.run_id}'")
@@ -95,12 +106,12 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         return run_info(rec)
 
     def ListRuns(self, request: control_pb2.ListRunsRequest, context: grpc.ServicerContext) -> control_pb2.ListRunsReply:
-        self._authorize(context)
+        self._authorize(context, "list runs")
         return control_pb2.ListRunsReply(runs=[run_info(r) for r in self.registry.list(request.limit or 50)])
 
     def WatchRun(self, request: control_pb2.WatchRequest, context: grpc.ServicerContext) -> Iterator[control_pb2.RunEvent]:
         """Stream progress events until the run reaches a terminal status."""
-        self._authorize(context)
+        self._authorize(context, "watch runs")
         if self.registry.get(request.run_id) is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no run '{request.run_id}'")
         seq = request.after_seq

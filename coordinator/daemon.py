@@ -117,10 +117,11 @@ def start(config_path: Path, *, log=print) -> CoordinatorHandle:
                 {"run_id": run_id, "registry": str(registry.path), "coordinator_config": str(config_path)},
             )
 
-        servicer = ControlServicer(config, registry, launch)
+        servicer = ControlServicer(config, registry, launch, ca_pem=identity.ca_pem)
         relay = start_relay(
             identity,
             config.relay_address,
+            membership=registry.job_parties,  # a session is a run: only its job's parties may use it
             extra_servicers=[add_control_service(servicer)],
             directory_certs=party_certs,
         )

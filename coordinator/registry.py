@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedcredit.config import parse_job_text
+from fedcredit.errors import ConfigError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -160,6 +163,22 @@ class Registry:
                 (limit,),
             ).fetchall()
         return [_record(r) for r in rows]
+
+    def job_parties(self, run_id: str) -> frozenset[str] | None:
+        """The parties of run ``run_id``'s job while the run is active, else None.
+
+        Why: the relay's session id is the run id, and only the parties a job names may
+        join its session or receive its frames; a finished, failed or unknown run has
+        no members, so an old session cannot be reopened.
+        """
+        with self._conn() as c:
+            row = c.execute("SELECT status, job_toml FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if row is None or row[0] not in ACTIVE:
+            return None
+        try:
+            return frozenset(parse_job_text(row[1], f"run {run_id}").job.parties)
+        except ConfigError:
+            return None  # stored before a schema change; such a run cannot be joined
 
     # ------------------------------------------------------------------ events
     def add_event(self, run_id: str, data: dict[str, Any]) -> int:

@@ -10,21 +10,30 @@ What the relay can and cannot do (see docs/dataplane.md):
 * It authenticates each party by its client certificate (federation CA, mutual
   TLS) and stamps ``Frame.sender`` from the certificate CN: a client cannot spoof
   its sender name.
+* It authorises by membership, not only by certificate: a session id is a run id,
+  and ``membership(session)`` (the coordinator's run registry) names the parties of
+  that run's job.  A party not among them cannot join the session (PERMISSION_DENIED),
+  a session that is not an active run has no members, and a frame for a receiver
+  outside the job is refused, never queued.
+* It bounds what a sender may cost it: frames for a member that has not connected
+  yet are queued under per-receiver, per-sender and global caps (frames and bytes);
+  notices to a party that does not read its own stream are capped too, and past the
+  cap its stream is closed.  Past a cap the sender gets an ERROR frame naming the
+  cap; memory does not grow.
 * It sees session, sender, receiver, tag, seq, sizes and timing.  Payloads are
   sealed end-to-end (crypto.envelope) with keys it does not have: it never
   decrypts anything.
-* Frames for a party that has not connected yet are queued (bounded).  If the
-  queue overflows, or the party does not show up within ``pending_timeout``, the
-  sender gets an ERROR frame naming the party.  When a party leaves a session its
-  peers get a PEER_GONE frame, so a peer blocked in ``recv`` fails at once
-  instead of hanging.
+* Queued frames whose receiver does not show up within ``pending_timeout`` are
+  dropped and the sender gets an ERROR frame naming the party.  When a party leaves
+  a session its peers get a PEER_GONE frame, so a peer blocked in ``recv`` fails at
+  once instead of hanging.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -43,9 +52,31 @@ Frame = pb.Frame
 _MAX_DIRECTORY_WAIT = 600.0
 MAX_SESSION_CHARS = 256
 
+#: session id -> the names of the parties that may use it (a run's job parties), or None when the
+#: session is not an active run.  The coordinator passes ``Registry.job_parties``.
+Membership = Callable[[str], Collection[str] | None]
+
 
 def _frame_size(frame: Frame) -> int:
-    return len(frame.payload) + 256
+    """Bytes a queued frame is charged: payload and error text plus a fixed allowance for the other fields."""
+    return len(frame.payload) + len(frame.error) + 256
+
+
+@dataclass(frozen=True)
+class QueueCaps:
+    """Bounds on frames the relay holds for parties that have not connected yet (frames, bytes).
+
+    Why three: per receiver, so one slow party cannot take every slot; per sender
+    (over all its sessions), so one party cannot fill the relay for everyone; global,
+    so the sum of all of it is a number the coordinator's memory can hold.
+    """
+
+    receiver_frames: int = 10_000
+    receiver_bytes: int = 256 * 1024 * 1024
+    sender_frames: int = 10_000
+    sender_bytes: int = 256 * 1024 * 1024
+    total_frames: int = 50_000
+    total_bytes: int = 1024 * 1024 * 1024
 
 
 class _Outbox:
@@ -56,12 +87,49 @@ class _Outbox:
     pushes back on the sender instead of the relay buffering without limit.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_notice_bytes: int = 1024 * 1024) -> None:
         self._dq: deque[Frame] = deque()
         self._cond = threading.Condition()
         self._bytes = 0
         self._max = max_bytes
+        self._notice_bytes = 0
+        self._max_notices = max_notice_bytes
         self.closed = False
+        self.overflowed = False
+        self.on_overflow: Callable[[], object] | None = None  # the relay cancels the RPC (set per stream)
+
+    @property
+    def bytes(self) -> int:
+        with self._cond:
+            return self._bytes
+
+    def notify(self, frame: Frame) -> bool:
+        """Queue a relay notice (ERROR / PEER_GONE) without blocking the caller.
+
+        Notices are capped separately (``max_notice_bytes`` undelivered): a party that
+        keeps provoking errors without reading its stream would otherwise grow this
+        queue without bound.  Past the cap the outbox is closed (``overflowed``) and
+        False returned; the RPC is cancelled (or, if the writer is idle, ends with
+        RESOURCE_EXHAUSTED).
+        """
+        size = _frame_size(frame)
+        with self._cond:
+            if self.closed:
+                return False
+            overflow = self._notice_bytes + size > self._max_notices
+            if overflow:
+                self.overflowed = True
+                self.closed = True
+                self._dq.clear()
+                self._bytes = self._notice_bytes = 0
+            else:
+                self._dq.append(frame)
+                self._bytes += size
+                self._notice_bytes += size
+            self._cond.notify_all()
+        if overflow and self.on_overflow is not None:
+            self.on_overflow()  # the writer may be blocked on a client that does not read: end the RPC
+        return not overflow
 
     def put(self, frame: Frame, *, force: bool = False) -> bool:
         """Queue ``frame``; False if the outbox is closed (the party left)."""
@@ -84,7 +152,10 @@ class _Outbox:
             if self.closed:
                 return None
             frame = self._dq.popleft()
-            self._bytes -= _frame_size(frame)
+            size = _frame_size(frame)
+            self._bytes -= size
+            if frame.kind in (Frame.ERROR, Frame.PEER_GONE):
+                self._notice_bytes -= size
             self._cond.notify_all()
             return frame
 
@@ -92,6 +163,7 @@ class _Outbox:
         with self._cond:
             self.closed = True
             self._dq.clear()
+            self._bytes = self._notice_bytes = 0
             self._cond.notify_all()
 
 
@@ -101,6 +173,7 @@ class _Conn:
     role: str
     session: str
     outbox: _Outbox
+    members: frozenset[str] = frozenset()
     orderly: bool = False
 
 
@@ -118,38 +191,45 @@ def _error_frame(session: str, receiver: str, tag: str, seq: int, message: str) 
 
 
 class RelayServicer(pb_grpc.RelayServicer):
-    """Routes sealed frames between authenticated parties, per session.
+    """Routes sealed frames between authenticated members of a session's job.
 
-    ``capture`` (tests, leakage audits) is called with every frame the relay
-    receives from a party, after the relay has stamped ``sender``: exactly what a
-    curious relay operator could record.
+    ``membership`` names who may use a session (see :data:`Membership`); there is no
+    default, so a relay cannot be started open by forgetting it.  ``capture``
+    (tests, leakage audits) is called with every frame the relay accepts from a
+    member, after the relay has stamped ``sender``: exactly what a curious relay
+    operator could record.
     """
 
     def __init__(
         self,
         ca_pem: bytes,
         *,
+        membership: Membership,
         capture: Callable[[Frame], None] | None = None,
         directory_certs: Iterable[bytes] = (),
         allowed_roles: Sequence[str] = ("party",),
         pending_timeout: float = 120.0,
-        max_pending_frames: int = 10_000,
-        max_pending_bytes: int = 512 * 1024 * 1024,
+        caps: QueueCaps = QueueCaps(),
         outbox_bytes: int = 64 * 1024 * 1024,
+        notice_bytes: int = 1024 * 1024,
     ) -> None:
         self._ca_pem = ca_pem
+        self._membership = membership
         self._capture = capture
         self._allowed_roles = tuple(allowed_roles)
         self.pending_timeout = pending_timeout
-        self.max_pending_frames = max_pending_frames
-        self.max_pending_bytes = max_pending_bytes
+        self.caps = caps
         self._outbox_bytes = outbox_bytes
+        self._notice_bytes = notice_bytes
         self._cond = threading.Condition()
         self._conns: dict[tuple[str, str], _Conn] = {}
         self._pending: dict[tuple[str, str], _Pending] = {}
+        self._by_sender: dict[str, list[int]] = {}  # sender -> [frames, bytes] it has queued, all sessions
+        self._total = [0, 0]  # [frames, bytes] queued for absent receivers
         self._gone: dict[tuple[str, str], str] = {}
         self._directory: dict[str, tuple[str, bytes]] = {}
         self._traffic: dict[tuple[str, str, str], list[int]] = {}
+        self._refused: dict[str, int] = {}  # reason -> count (reporting, tests)
         self._stopped = False
         for pem in directory_certs:
             self.register_certificate(pem)
@@ -193,6 +273,17 @@ class RelayServicer(pb_grpc.RelayServicer):
         return reply
 
     # ------------------------------------------------------------------ streams
+    def _members(self, session: str) -> frozenset[str] | None:
+        try:
+            members = self._membership(session)
+        except Exception:  # noqa: BLE001 - a registry failure refuses the join, it never opens the session
+            return None
+        return None if members is None else frozenset(members)
+
+    def _count_refusal(self, reason: str) -> None:
+        with self._cond:
+            self._refused[reason] = self._refused.get(reason, 0) + 1
+
     def Connect(self, request_iterator: Iterator[Frame], context: grpc.ServicerContext) -> Iterator[Frame]:
         try:
             name, role = peer_identity(context, ca_pem=self._ca_pem)
@@ -215,7 +306,15 @@ class RelayServicer(pb_grpc.RelayServicer):
             )
             return
         session = hello.session
-        conn = _Conn(name=name, role=role, session=session, outbox=_Outbox(self._outbox_bytes))
+        members = self._members(session)
+        if members is None or name not in members:
+            self._count_refusal("join")
+            why = (f"session {session!r} is not an active run at this coordinator" if members is None
+                   else f"party {name!r} is not one of the parties of run {session!r}")
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"relay: {why}; joining refused")
+            return  # abort() raises; never reached
+        conn = _Conn(name=name, role=role, session=session, members=members,
+                     outbox=_Outbox(self._outbox_bytes, self._notice_bytes))
         with self._cond:
             if self._stopped:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "relay is shutting down")
@@ -231,21 +330,22 @@ class RelayServicer(pb_grpc.RelayServicer):
                 if pending is not None:
                     if pending.timer is not None:
                         pending.timer.cancel()
+                    self._release(pending)
                     for frame, _sender in pending.frames:
                         conn.outbox.put(frame, force=True)
                 # Peers that already left (possibly after queueing frames for us): say so
                 # after their frames, or a recv waiting on them would hang.
                 for (s, other), why in self._gone.items():
                     if s == session:
-                        conn.outbox.put(
-                            Frame(kind=Frame.PEER_GONE, session=session, sender=other, error=f"party {other!r} {why}"),
-                            force=True,
+                        conn.outbox.notify(
+                            Frame(kind=Frame.PEER_GONE, session=session, sender=other, error=f"party {other!r} {why}")
                         )
                 self._cond.notify_all()
         if refused:
             yield _error_frame(session, name, "", 0, refused)
             return
         context.add_callback(conn.outbox.close)  # RPC ended (client gone, relay stopping)
+        conn.outbox.on_overflow = context.cancel
         reader = threading.Thread(
             target=self._read_loop, args=(conn, request_iterator), name=f"relay-read-{session}-{name}", daemon=True
         )
@@ -254,6 +354,12 @@ class RelayServicer(pb_grpc.RelayServicer):
         while True:
             out = conn.outbox.get()
             if out is None:
+                if conn.outbox.overflowed:
+                    context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"relay: party {name!r} left more than {self._notice_bytes} bytes of relay notices unread "
+                        f"in session {session!r}; stream closed",
+                    )
                 return
             yield out
 
@@ -261,6 +367,8 @@ class RelayServicer(pb_grpc.RelayServicer):
         reason = "lost its connection to the relay"
         try:
             for frame in request_iterator:
+                if conn.outbox.closed:
+                    break  # notice cap exceeded (or the RPC ended): stop reading this party
                 if frame.kind == Frame.BYE:
                     conn.orderly = True
                     continue
@@ -269,6 +377,8 @@ class RelayServicer(pb_grpc.RelayServicer):
             # look like a half-close to the server as often as like a cancellation).
             if conn.orderly:
                 reason = "closed its connection"
+            elif conn.outbox.overflowed:
+                reason = "was disconnected by the relay (it did not read its stream)"
         except grpc.RpcError:
             pass  # cancelled: process killed, network cut, or relay stopping
         except Exception as exc:  # keep the relay up; tell the peers why
@@ -279,32 +389,35 @@ class RelayServicer(pb_grpc.RelayServicer):
     def _route(self, conn: _Conn, frame: Frame) -> None:
         session, sender = conn.session, conn.name
         if frame.kind != Frame.DATA:
-            conn.outbox.put(
-                _error_frame(session, frame.receiver, frame.tag, frame.seq, f"unexpected frame kind {frame.kind}"),
-                force=True,
+            conn.outbox.notify(
+                _error_frame(session, frame.receiver, frame.tag, frame.seq, f"unexpected frame kind {frame.kind}")
             )
             return
         if frame.session and frame.session != session:
-            conn.outbox.put(
+            conn.outbox.notify(
                 _error_frame(
                     session, frame.receiver, frame.tag, frame.seq,
                     f"frame for session {frame.session!r} sent on the stream for session {session!r}; dropped",
-                ),
-                force=True,
+                )
+            )
+            return
+        receiver = frame.receiver
+        if not receiver or receiver == sender or receiver not in conn.members:
+            # Refused before capture, stats or queueing: a frame for a made-up receiver costs the relay nothing.
+            self._count_refusal("receiver")
+            conn.outbox.notify(
+                _error_frame(
+                    session, receiver[:MAX_SESSION_CHARS], frame.tag[:MAX_SESSION_CHARS], frame.seq,
+                    f"invalid receiver {receiver[:MAX_SESSION_CHARS]!r} for sender {sender!r}: not another party of "
+                    f"run {session!r}; frame dropped",
+                )
             )
             return
         # The one field that matters most: who sent it comes from the certificate.
         frame.sender = sender
         frame.session = session
-        receiver = frame.receiver
         if self._capture is not None:
             self._capture(frame)
-        if not receiver or receiver == sender:
-            conn.outbox.put(
-                _error_frame(session, receiver, frame.tag, frame.seq, f"invalid receiver {receiver!r} for sender {sender!r}"),
-                force=True,
-            )
-            return
         key = (session, receiver)
         error = ""
         with self._cond:
@@ -320,26 +433,53 @@ class RelayServicer(pb_grpc.RelayServicer):
         if target is not None and not target.outbox.put(frame):
             error = f"party {receiver!r} disconnected from session {session!r} before the frame was delivered"
         if error:
-            conn.outbox.put(_error_frame(session, receiver, frame.tag, frame.seq, error), force=True)
+            conn.outbox.notify(_error_frame(session, receiver, frame.tag, frame.seq, error))
 
     def _queue_pending(self, key: tuple[str, str], frame: Frame, sender: _Conn) -> str:
-        """Queue for a party not connected yet (lock held); returns an error or ''."""
+        """Queue for a member not connected yet (lock held); returns an error naming the cap, or ''."""
+        size = _frame_size(frame)
         pending = self._pending.get(key)
+        queued = (len(pending.frames), pending.bytes) if pending is not None else (0, 0)
+        mine = self._by_sender.get(sender.name, [0, 0])
+        c = self.caps
+        full = ""
+        if queued[0] + 1 > c.receiver_frames or queued[1] + size > c.receiver_bytes:
+            full = (f"queue for party {key[1]!r} (not connected to session {key[0]!r}) is full: {queued[0]} frames / "
+                    f"{queued[1]} bytes queued, limits {c.receiver_frames} frames / {c.receiver_bytes} bytes")
+        elif mine[0] + 1 > c.sender_frames or mine[1] + size > c.sender_bytes:
+            full = (f"party {sender.name!r} already has {mine[0]} frames / {mine[1]} bytes queued for parties that "
+                    f"have not connected, limits {c.sender_frames} frames / {c.sender_bytes} bytes per sender")
+        elif self._total[0] + 1 > c.total_frames or self._total[1] + size > c.total_bytes:
+            full = (f"it holds {self._total[0]} frames / {self._total[1]} bytes for parties that have not "
+                    f"connected, limits {c.total_frames} frames / {c.total_bytes} bytes in all")
+        if full:
+            self._refused["queue-full"] = self._refused.get("queue-full", 0) + 1
+            return f"relay: {full}; frame dropped"
         if pending is None:
             pending = self._pending[key] = _Pending()
             pending.timer = threading.Timer(self.pending_timeout, self._pending_expired, args=(key, pending))
             pending.timer.daemon = True
             pending.timer.start()
-        size = len(frame.payload)
-        if len(pending.frames) >= self.max_pending_frames or pending.bytes + size > self.max_pending_bytes:
-            return (
-                f"relay queue for party {key[1]!r} (not connected to session {key[0]!r}) is full: "
-                f"{len(pending.frames)} frames / {pending.bytes} bytes queued, limits "
-                f"{self.max_pending_frames} frames / {self.max_pending_bytes} bytes; frame dropped"
-            )
         pending.frames.append((frame, sender))
         pending.bytes += size
+        mine = self._by_sender.setdefault(sender.name, [0, 0])
+        mine[0] += 1
+        mine[1] += size
+        self._total[0] += 1
+        self._total[1] += size
         return ""
+
+    def _release(self, pending: _Pending) -> None:
+        """Take a queue's frames off the per-sender and global counts (lock held)."""
+        for frame, sender in pending.frames:
+            size = _frame_size(frame)
+            mine = self._by_sender[sender.name]
+            mine[0] -= 1
+            mine[1] -= size
+            if mine[0] == 0:
+                del self._by_sender[sender.name]
+            self._total[0] -= 1
+            self._total[1] -= size
 
     def _forget_if_idle(self, session: str) -> None:
         """Drop who-left records of a session nobody is in and nothing is queued for (lock held)."""
@@ -353,6 +493,7 @@ class RelayServicer(pb_grpc.RelayServicer):
             if self._pending.get(key) is not pending:
                 return  # the party connected (or the queue was replaced) in the meantime
             del self._pending[key]
+            self._release(pending)
             self._forget_if_idle(key[0])
         session, receiver = key
         dropped: dict[int, tuple[_Conn, int, Frame]] = {}
@@ -360,13 +501,12 @@ class RelayServicer(pb_grpc.RelayServicer):
             n = dropped.get(id(sender), (sender, 0, frame))[1]
             dropped[id(sender)] = (sender, n + 1, frame)
         for sender, n, frame in dropped.values():
-            sender.outbox.put(
+            sender.outbox.notify(
                 _error_frame(
                     session, receiver, frame.tag, frame.seq,
                     f"party {receiver!r} did not connect to session {session!r} within "
                     f"{self.pending_timeout:g} s; {n} queued frame(s) dropped",
-                ),
-                force=True,
+                )
             )
 
     def _disconnect(self, conn: _Conn, reason: str) -> None:
@@ -378,10 +518,7 @@ class RelayServicer(pb_grpc.RelayServicer):
             peers = [c for (s, _n), c in self._conns.items() if s == session]
             self._forget_if_idle(session)
         for peer in peers:
-            peer.outbox.put(
-                Frame(kind=Frame.PEER_GONE, session=session, sender=name, error=f"party {name!r} {reason}"),
-                force=True,
-            )
+            peer.outbox.notify(Frame(kind=Frame.PEER_GONE, session=session, sender=name, error=f"party {name!r} {reason}"))
         conn.outbox.close()
 
     # ---------------------------------------------------------------- reporting
@@ -395,12 +532,27 @@ class RelayServicer(pb_grpc.RelayServicer):
         with self._cond:
             return {(s, r): (v[0], v[1]) for (sess, s, r), v in self._traffic.items() if sess == session}
 
+    def queued(self) -> dict[str, int]:
+        """What the relay holds right now: frames/bytes queued for absent members, and bytes in outboxes."""
+        with self._cond:
+            conns = list(self._conns.values())
+            out = {"pending_frames": self._total[0], "pending_bytes": self._total[1]}
+        out["outbox_bytes"] = sum(c.outbox.bytes for c in conns)
+        return out
+
+    def refused(self) -> dict[str, int]:
+        """How many joins / frames were refused, by reason ('join', 'receiver', 'queue-full')."""
+        with self._cond:
+            return dict(self._refused)
+
     def shutdown(self) -> None:
         """Close every stream (their peers see the RPC end) and wake directory waiters."""
         with self._cond:
             self._stopped = True
             conns = list(self._conns.values())
             pendings = list(self._pending.values())
+            for p in pendings:
+                self._release(p)
             self._pending.clear()
             self._cond.notify_all()
         for p in pendings:
@@ -442,16 +594,19 @@ def start_relay(
     identity: Identity,
     address: str = "127.0.0.1:0",
     *,
+    membership: Membership,
     capture: Callable[[Frame], None] | None = None,
     extra_servicers: Sequence[Callable[[grpc.Server], None]] = (),
     directory_certs: Iterable[bytes] = (),
     pending_timeout: float = 120.0,
-    max_pending_frames: int = 10_000,
-    max_pending_bytes: int = 512 * 1024 * 1024,
+    caps: QueueCaps = QueueCaps(),
+    notice_bytes: int = 1024 * 1024,
     max_workers: int = 256,
 ) -> RelayHandle:
     """Start the relay on ``address`` with mutual TLS from ``identity`` (the coordinator's).
 
+    ``membership`` says who may use each session (the coordinator passes
+    ``Registry.job_parties``: a run's job parties while the run is active).
     ``extra_servicers`` are called with the ``grpc.Server`` before it starts, so
     other services (the coordinator's Control service) share the port and the
     mutual-TLS credentials.  Each connected party stream holds one worker thread:
@@ -459,11 +614,12 @@ def start_relay(
     """
     servicer = RelayServicer(
         identity.ca_pem,
+        membership=membership,
         capture=capture,
         directory_certs=directory_certs,
         pending_timeout=pending_timeout,
-        max_pending_frames=max_pending_frames,
-        max_pending_bytes=max_pending_bytes,
+        caps=caps,
+        notice_bytes=notice_bytes,
     )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="relay"),

@@ -105,6 +105,19 @@ class PartySection(_Strict):
     _n = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
 
+class PartialRateSection(_Strict):
+    """``[scoring.partial_rate]``: how many ids a passive party answers per caller (token bucket + daily quota).
+
+    Why: each answer tells the label party something about a customer the passive party
+    holds; the limits bound how fast and how much of that a caller can pull.  Size them
+    to the expected application volume; a refusal is RESOURCE_EXHAUSTED (``RateLimited``).
+    """
+
+    ids_per_second: float = Field(100.0, gt=0, description="sustained ids per second per caller")
+    burst: int = Field(1000, ge=1, description="bucket size: ids answerable at once; also the largest batch answered")
+    ids_per_day: int = Field(100_000, ge=1, description="ids per caller per UTC day")
+
+
 class ScoringSection(_Strict):
     """The party daemon's scoring service (``party/scoring.py``)."""
 
@@ -116,6 +129,19 @@ class ScoringSection(_Strict):
     fallback_version: str | None = Field(None, description="label-party-only model version used when a passive party fails")
     decision_log: Path | None = Field(None, description="JSONL audit log of decisions (default <state_dir>/decisions.jsonl)")
     workers: int = Field(16, ge=1, le=256)
+    callers: list[str] = Field(
+        default_factory=list,
+        description="certificate names allowed to call Score/ScoreBatch (default: none; the coordinator's never)",
+    )
+    partial_rate: PartialRateSection = Field(default_factory=PartialRateSection)
+
+    @field_validator("callers")
+    @classmethod
+    def _callers(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name or name != name.strip():
+                raise ValueError(f"caller {name!r} is not a certificate name")
+        return list(dict.fromkeys(v))
 
 
 class CoordinatorLink(_Strict):

@@ -31,6 +31,10 @@ class NotAuthorized(SecurityError):
     """An authenticated caller asked for something its name or role may not have."""
 
 
+class RateLimited(NotAuthorized):
+    """A caller asked for more than its policy allows per second or per day (retry later, or raise the limit)."""
+
+
 class UnknownId(DataError):
     """A scoring request names an id the party does not hold."""
 

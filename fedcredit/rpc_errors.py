@@ -20,6 +20,7 @@ from fedcredit.errors import (
     NotAuthorized,
     PartyUnavailable,
     ProtocolError,
+    RateLimited,
     SecurityError,
     UnknownId,
 )
@@ -32,6 +33,7 @@ STATUS: tuple[tuple[type[FedCreditError], grpc.StatusCode], ...] = (
     (UnknownId, grpc.StatusCode.NOT_FOUND),
     (DataError, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotAuthorized, grpc.StatusCode.PERMISSION_DENIED),
     (SecurityError, grpc.StatusCode.PERMISSION_DENIED),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),

@@ -144,9 +144,9 @@ def _record_refusal(env: Mapping[str, str], party: str, fab: bytes, expected: st
     log = AuditLog(env[ENV_AUDIT])
     try:
         log.record_event(
+            AUDIT_TAG,
             session=str(TaskIdentity.run_id or ""),
-            sender=party,
-            tag=AUDIT_TAG,
+            party=party,
             size=len(fab),
             sha256=hashlib.sha256(fab).hexdigest(),
             expected_sha256=expected,

@@ -26,6 +26,12 @@ expired, every run finished, and every use of a dataset — with the run id
 (``session``), the job digest, the job type, the datasets and columns, the rule that
 decided and who decided.  One file, so an auditor reads what was allowed and what
 left the institution side by side.
+
+Other things a party must be able to show (an app it refused to run, which ids its
+scoring service answered, whom it refused) are *event* lines in the same file: ``time``,
+``event`` (a name such as ``partial_answer``) and the event's own fields
+(:meth:`AuditLog.record_event`).  :func:`read_audit_log` returns the message lines,
+:func:`read_policy_events` the policy lines, :func:`read_audit_events` the events.
 """
 
 from __future__ import annotations
@@ -171,15 +177,11 @@ class AuditLog(JsonlLog):
         self.append([asdict(rec)])
         return rec
 
-    def record_event(self, *, session: str, sender: str, tag: str, size: int = 0, sha256: str = "",
-                     **detail: str) -> None:
-        """Append a line for something the party refused or decided (no message left): the usual keys, plus ``detail``.
-
-        Same shape as a sent-message line (``receiver`` empty, ``seq`` 0), so one reader handles both.
-        """
-        rec = asdict(AuditRecord(time=_dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"), session=session,
-                                 sender=sender, receiver="", tag=tag, seq=0, size=int(size), sha256=sha256))
-        self.append([{**rec, **{k: v for k, v in detail.items() if k not in rec}}])
+    def record_event(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Append one event line (``time``, ``event``, then ``fields``; JSON values, never secret content)."""
+        line = {"time": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"), "event": event, **fields}
+        self.append([line])
+        return line
 
     def record_policy(self, *, event: str, session: str, party: str, digest: str = "", job_type: str = "",
                       method: str = "", datasets: Mapping[str, Sequence[str]] | None = None, rule: str = "",
@@ -234,8 +236,8 @@ def read_audit_log(path: Path | str) -> list[AuditRecord]:
     path = Path(path)
     out: list[AuditRecord] = []
     for lineno, obj in _lines(path):
-        if obj.get("kind") == POLICY_KIND:
-            continue
+        if obj.get("kind") == POLICY_KIND or "event" in obj:
+            continue  # a policy line (read_policy_events) or an event line (read_audit_events)
         try:
             out.append(AuditRecord(**{k: obj[k] for k in _FIELDS}))
         except (KeyError, TypeError) as exc:
@@ -256,3 +258,8 @@ def read_policy_events(path: Path | str) -> list[PolicyEvent]:
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"audit log {path} line {lineno} is malformed ({exc}); expected keys {names}") from None
     return out
+
+
+def read_audit_events(path: Path | str, event: str | None = None) -> list[dict[str, Any]]:
+    """The event lines of an audit log (only those named ``event`` when given)."""
+    return [obj for _, obj in _lines(Path(path)) if "event" in obj and (event is None or obj["event"] == event)]

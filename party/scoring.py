@@ -12,17 +12,27 @@
   the label party named in its manifest, and only for the exact model part the
   caller expects (``model_hash``).
 
+Authorisation, not only authentication (docs/security.md): ``Score`` / ``ScoreBatch``
+only for the certificate names in ``[scoring].callers`` (none by default; never the
+coordinator's certificate); ``PartialScore`` only for a *party* certificate of the
+installed model's label party, within its rate limits (``[scoring.partial_rate]``).
+A passive party is not a membership oracle: an id it does not hold gets a decoy
+answer indistinguishable from a held one (:mod:`party.scoring_guard`), every id it
+answers is in its audit log as a keyed digest (decoys flagged there, and only
+there), and what it says to another institution never names a file.
+
 Failure is never a silent wrong score: a passive party that is down or slower than
 the deadline fails the request with an error naming it (or, when configured, the
-label-party-only fallback model answers, marked ``fallback``); an unknown id, a
-missing feature or a model version mismatch between parties is a clear error.
+label-party-only fallback model answers, marked ``fallback``); a missing feature or a
+model version mismatch between parties is a clear error.
 
-Every decision is appended to the deciding party's JSONL decision log (model
+Every decision is appended to the deciding party's JSONL decision log (caller, model
 version, score, decision, reasons, each party's contribution) for audit.
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,12 +56,12 @@ from fedcredit.errors import (
     ModelMismatch,
     NotAuthorized,
     PartyUnavailable,
-    UnknownId,
 )
 from fedcredit.kinds import KINDS, LABEL, LOCAL, PASSIVE, load_part
 from fedcredit.rpc_errors import ERROR_KEY, error_from_rpc, status_of, trailer_of
-from party.audit import DecisionLog
+from party.audit import AuditLog, DecisionLog
 from party.models import ModelStore
+from party.scoring_guard import RateLimiter, ScoringSecret
 from protos import scoring_pb2 as pb
 from protos import scoring_pb2_grpc as pbg
 
@@ -140,8 +150,16 @@ class ScoringService:
         deadline_s: float = 0.5,
         fallback_version: str | None = None,
         decision_log: Path | None = None,
+        callers: Sequence[str] = (),
+        rate: RateLimiter | None = None,
+        audit_log: Path | None = None,
+        secret: ScoringSecret | None = None,
     ) -> None:
         self.party = party
+        self.callers = frozenset(callers)
+        self.rate = rate
+        self.audit = AuditLog(audit_log) if audit_log else None
+        self.secret = secret or ScoringSecret.ephemeral()
         self.store = store
         self.identity = identity
         self.policy = policy or DecisionPolicy()
@@ -226,32 +244,68 @@ class ScoringService:
 
     # ------------------------------------------------------------------ passive side
 
-    def partial(self, model_hash: str, ids: Sequence[str], caller: str | None) -> pb.PartialReply:
-        """A passive party's answer for ``ids`` under its active part (only for its label party)."""
+    def _audit(self, event: str, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit.record_event(event, party=self.party, **fields)
+
+    def authorize_score(self, caller: str, role: str) -> None:
+        """May ``caller`` (certificate name, role) ask this party for decisions?  NotAuthorized (audited) if not."""
+        if role == "coordinator":
+            why = "the coordinator's certificate may never ask for decisions"
+        elif caller not in self.callers:
+            why = f"'{caller}' is not one of the callers in its [scoring].callers"
+        else:
+            return
+        self._audit("score_refused", caller=caller, role=role, reason=why)
+        raise NotAuthorized(f"party '{self.party}': {why}")
+
+    def partial(self, model_hash: str, ids: Sequence[str], caller: str, role: str = "party") -> pb.PartialReply:
+        """A passive party's answer for ``ids`` under its active part (only for its label party, within its limits).
+
+        An id it does not hold is answered with a decoy (:mod:`party.scoring_guard`): the label party
+        cannot tell; the audit line lists it under ``unknown``.
+        """
         m = self.model()
         man = m.manifest
         if m.role != PASSIVE:
             raise ConfigError(f"party '{self.party}' serves a {m.kind!r} model (version {m.version}), "
                               "not a passive part: no partial scores to give")
         label = m.model.label_party
-        if caller is not None and caller != label:
+        if caller != label or role != "party":
+            who = f"'{caller}'" + (f" (certificate role '{role}')" if role != "party" else "")
+            self._audit("partial_refused", caller=caller, role=role, run_id=man.run_id, count=len(ids),
+                        reason="not the label party")
             raise NotAuthorized(f"party '{self.party}': partial scores of run {man.run_id} are only for the label "
-                                f"party '{label}', not '{caller}'")
+                                f"party '{label}', not {who}")
         if model_hash != man.model_hash:
             raise ModelMismatch(
                 f"model version mismatch: '{label}' asks '{self.party}' for part {model_hash[:12]}, but "
                 f"'{self.party}' serves {man.model_hash[:12]} (run {man.run_id}, version {m.version}); "
                 "activate the same run at every party")
+        if self.rate is not None:
+            try:
+                self.rate.take(caller, len(ids))
+            except NotAuthorized as e:
+                self._audit("partial_refused", caller=caller, role=role, run_id=man.run_id, count=len(ids),
+                            reason=str(e))
+                raise
         table = self._table(m.feature_names)
         index = table.index()
+        n_rows = len(table.X)
         rows = np.empty(len(ids), dtype=np.int64)
+        digests: list[str] = []
+        unknown: list[str] = []
         for k, i in enumerate(ids):
             try:
-                r = index.get(normalize_id(i))  # the loader's id rule: the table's ids were normalized with it
+                key = normalize_id(i)  # the loader's id rule: the table's ids were normalized with it
             except DataError:
-                r = None  # not an id at all, so not in the table either
-            if r is None:
-                raise UnknownId(f"party '{self.party}': id {i!r} is not in its dataset {table.source}")
+                key = str(i)  # not an id at all, so not in the table either
+            r = index.get(key)
+            d = self.secret.id_digest(key)
+            digests.append(d)
+            if r is None:  # not held: the answer of a real row picked by a keyed hash of the id
+                r = self.secret.decoy_row(man.model_hash, key, n_rows)
+                unknown.append(d)
             rows[k] = r
         X = table.X[rows]
         rep = pb.PartialReply(party=self.party, model_hash=man.model_hash, kind=m.kind)
@@ -260,7 +314,28 @@ class ScoringService:
             rep.partial_logits.extend(np.asarray(answer, dtype=np.float64).tolist())
         else:
             rep.decisions = bytes(answer)
+        self._audit("partial_answer", caller=caller, run_id=man.run_id, model_hash=man.model_hash,
+                    version=m.version, count=len(ids), ids=digests, unknown=unknown)
         return rep
+
+    def outgoing_error(self, e: Exception, caller: str) -> FedCreditError:
+        """What a passive party tells another institution about a failure: authorisation and version errors as
+        written (they name no file), anything else by type and an audit-log reference only."""
+        if isinstance(e, (NotAuthorized, ModelMismatch)):
+            return e
+        ref = secrets.token_hex(6)
+        self._audit("partial_error", caller=caller, reference=ref, error=type(e).__name__, message=str(e))
+        kind = type(e).__name__ if isinstance(e, FedCreditError) else "internal error"
+        msg = (f"party '{self.party}' could not answer partial scores ({kind}); its operator can find "
+               f"reference {ref} in its audit log")
+        if isinstance(e, PartyUnavailable):
+            return PartyUnavailable(self.party, msg)
+        if isinstance(e, FedCreditError):
+            try:
+                return type(e)(msg)
+            except TypeError:
+                pass
+        return FedCreditError(msg)
 
     # ------------------------------------------------------------------ label side
 
@@ -346,11 +421,13 @@ class ScoringService:
         At most one PartialScore batch per model is in flight; everything queued
         meanwhile goes in the next, so a lone request waits for nothing and concurrent
         ones cost the passive parties one round trip per batch instead of one each.
-        If a shared batch fails on bad input (e.g. an unknown id), each request is
-        retried alone so only the request at fault gets the error.
+        An application with missing or non-finite features is refused before it joins a
+        batch; if a shared batch still fails on bad input, each request is retried alone
+        so only the request at fault gets the error.
         """
         import asyncio
 
+        _matrix(self.party, m, apps)  # a bad application fails alone, before it can join (and spoil) a batch
         fut = asyncio.get_running_loop().create_future()
         self._queue.setdefault(m.version, []).append((apps, fut))
         if not self._flushing.get(m.version):
@@ -415,8 +492,10 @@ class ScoringService:
         Z = (X - m.model.mean) / m.model.std
         return pd, [lr_contributions(w, Z[k], m.feature_names, intercept=b) for k in range(len(apps))]
 
-    def score(self, apps: Sequence[Application], model_version: str | None = None) -> list[dict[str, Any]]:
-        """Score a batch of applications; decisions are logged; returns ``ScoreReply``-shaped dicts."""
+    def score(self, apps: Sequence[Application], model_version: str | None = None,
+              caller: str = "local") -> list[dict[str, Any]]:
+        """Score a batch of applications; decisions are logged with ``caller`` (the certificate name of a
+        gRPC caller; ``local`` for in-process use such as ``fedcredit score``); returns ``ScoreReply``-shaped dicts."""
         m = self._resolve(model_version)
         fallback_reason = ""
         used = m
@@ -428,9 +507,10 @@ class ScoringService:
                 used, pd, contribs, fallback_reason = self._fallback(apps, e)
         else:
             pd, contribs = self._local(m, apps)
-        return self._finish(apps, used, pd, contribs, fallback_reason)
+        return self._finish(apps, used, pd, contribs, fallback_reason, caller)
 
-    async def score_async(self, apps: Sequence[Application], model_version: str | None = None) -> list[dict[str, Any]]:
+    async def score_async(self, apps: Sequence[Application], model_version: str | None = None,
+                          caller: str = "local") -> list[dict[str, Any]]:
         """:meth:`score` for the asyncio server: the passive parties are asked without blocking a thread."""
         m = self._resolve(model_version)
         fallback_reason = ""
@@ -443,7 +523,7 @@ class ScoringService:
                 used, pd, contribs, fallback_reason = self._fallback(apps, e)
         else:
             pd, contribs = self._local(m, apps)
-        return self._finish(apps, used, pd, contribs, fallback_reason)
+        return self._finish(apps, used, pd, contribs, fallback_reason, caller)
 
     def _fallback(self, apps: Sequence[Application], err: PartyUnavailable) -> tuple[Any, Any, Any, str]:
         """A passive party is down or late: the configured label-party-only model, or the error."""
@@ -467,7 +547,7 @@ class ScoringService:
         return m
 
     def _finish(self, apps: Sequence[Application], used: LoadedModel, pd: np.ndarray,
-                contribs: Sequence[Contributions | None], fallback_reason: str) -> list[dict[str, Any]]:
+                contribs: Sequence[Contributions | None], fallback_reason: str, caller: str) -> list[dict[str, Any]]:
         out, log = [], []
         lim = self.policy.limit
         for k, a in enumerate(apps):
@@ -479,7 +559,7 @@ class ScoringService:
             rep = {"id": a.id, **d, "model_version": used.version, "fallback": bool(fallback_reason),
                    "fallback_reason": fallback_reason}
             out.append(rep)
-            log.append({"time": time.time(), "id": a.id, "model_version": used.version, "run_id": used.manifest.run_id,
+            log.append({"time": time.time(), "caller": caller, "id": a.id, "model_version": used.version, "run_id": used.manifest.run_id,
                         "model_hash": used.manifest.model_hash, "pd": d["pd"], "score": d["score"],
                         "decision": d["decision"], "credit_limit": d["credit_limit"], "reasons": d["reasons"],
                         "party_contributions": d["party_contributions"], "fallback": bool(fallback_reason)})
@@ -505,6 +585,8 @@ class ScoringService:
         self._pool.shutdown(wait=False)
         if self.log is not None:
             self.log.close()
+        if self.audit is not None:
+            self.audit.close()
 
 
 def _matrix(party: str, m: LoadedModel, apps: Sequence[Application]) -> np.ndarray:
@@ -573,10 +655,10 @@ class _Servicer(pbg.ScoringServicer):
                 self._callers[key] = hit
         return hit
 
-    async def _run(self, context: Any, fn: Callable[[str], Any]) -> Any:
+    async def _run(self, context: Any, fn: Callable[[str, str], Any]) -> Any:
         try:
-            caller, _role = self._caller(context)
-            result = fn(caller)
+            caller, role = self._caller(context)
+            result = fn(caller, role)
             if hasattr(result, "__await__"):
                 result = await result
             return result
@@ -585,18 +667,32 @@ class _Servicer(pbg.ScoringServicer):
             await context.abort(status_of(e), str(e))
 
     async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreReply:
-        async def run(_c: str) -> pb.ScoreReply:
-            return _to_reply((await self.service.score_async([_to_app(request)], request.model_version))[0])
+        async def run(caller: str, role: str) -> pb.ScoreReply:
+            self.service.authorize_score(caller, role)
+            done = await self.service.score_async([_to_app(request)], request.model_version, caller=caller)
+            return _to_reply(done[0])
         return await self._run(context, run)
 
     async def ScoreBatch(self, request: pb.ScoreBatchRequest, context: Any) -> pb.ScoreBatchReply:
-        async def run(_c: str) -> pb.ScoreBatchReply:
-            done = await self.service.score_async([_to_app(r) for r in request.requests], request.model_version)
+        async def run(caller: str, role: str) -> pb.ScoreBatchReply:
+            self.service.authorize_score(caller, role)
+            done = await self.service.score_async([_to_app(r) for r in request.requests], request.model_version,
+                                                  caller=caller)
             return pb.ScoreBatchReply(replies=[_to_reply(d) for d in done])
         return await self._run(context, run)
 
     async def PartialScore(self, request: pb.PartialRequest, context: Any) -> pb.PartialReply:
-        return await self._run(context, lambda c: self.service.partial(request.model_hash, list(request.ids), c))
+        """Answers cross to another institution: every failure is reduced to what may cross
+        (``ScoringService.outgoing_error``) before it leaves."""
+        async def run(caller: str, role: str) -> pb.PartialReply:
+            try:
+                result = self.service.partial(request.model_hash, list(request.ids), caller, role)
+                if hasattr(result, "__await__"):
+                    result = await result
+                return result
+            except Exception as e:  # noqa: BLE001 - nothing unfiltered leaves for another institution
+                raise self.service.outgoing_error(e, caller) from None
+        return await self._run(context, run)
 
 
 _LOOP_LOCK = threading.Lock()
@@ -714,6 +810,7 @@ def service_from_config(config: Any, *, identity: Identity | None = None) -> Sco
         ds = config.dataset(key)
         return load_table(ds.path, party=p.name, id_col=ds.id_column or "id", feature_cols=names)
 
+    limit = sc.partial_rate if sc is not None else None
     return ScoringService(
         p.name,
         open_store(config),
@@ -724,6 +821,10 @@ def service_from_config(config: Any, *, identity: Identity | None = None) -> Sco
         deadline_s=(sc.deadline_ms if sc else 500.0) / 1000.0,
         fallback_version=sc.fallback_version if sc else None,
         decision_log=(sc.decision_log if sc and sc.decision_log else Path(p.state_dir) / "decisions.jsonl"),
+        callers=sc.callers if sc else (),
+        rate=RateLimiter(p.name, limit.ids_per_second, limit.burst, limit.ids_per_day) if limit else None,
+        audit_log=Path(p.state_dir) / "audit.jsonl",
+        secret=ScoringSecret.load_or_create(Path(p.state_dir) / "scoring.secret"),
     )
 
 

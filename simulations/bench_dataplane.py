@@ -12,15 +12,23 @@ GIL), with real certificates, real TLS and real sealed envelopes, and prints:
 * baselines from the same run: the same 1 KB ping-pong over the in-process
   ``InMemoryHub`` (no network, no crypto) and the cost of seal + open alone.
 
+``--flood N`` instead measures the relay process's memory (VmRSS, VmHWM) under the
+issue-8 attack: a party certificate holder sends N 64 KB frames to made-up receivers,
+then N more to a member of the session that never connects.  ``--relay-tree DIR``
+runs the relay from another checkout (e.g. ``git archive`` of an older commit) for
+the before/after figure.
+
 Usage::
 
     python -m simulations.bench_dataplane [--rounds 2000] [--bulk 100]
+    python -m simulations.bench_dataplane --flood 8000 [--relay-tree /tmp/old]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -28,6 +36,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 _ROOT = Path(__file__).resolve().parents[1]
 _BIG_REPS = 10
@@ -38,11 +47,18 @@ def _percentile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
+_MEMBERS = frozenset({"alice", "bob", "carol"})
+
+
 def _serve_relay(creds: Path) -> None:
     from coordinator.relay import start_relay
     from crypto.certs import Identity
 
-    h = start_relay(Identity.load(creds / "coord", "coord"), "127.0.0.1:0")
+    ident = Identity.load(creds / "coord", "coord")
+    try:
+        h = start_relay(ident, "127.0.0.1:0", membership=lambda s: _MEMBERS if s == "bench" else None)
+    except TypeError:  # --relay-tree: a relay from before sessions had members
+        h = start_relay(ident, "127.0.0.1:0")  # type: ignore[call-arg]
     print(h.port, flush=True)
     sys.stdin.read()  # until the parent closes our stdin
     h.stop(grace=0)
@@ -64,11 +80,88 @@ def _serve_echo(creds: Path, address: str, rounds: int, bulk: int) -> None:
         t.recv("alice", "stop")
 
 
-def _spawn(*args: str) -> subprocess.Popen[bytes]:
+def _spawn(*args: str, tree: Path | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(tree or _ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "simulations.bench_dataplane", *args],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=_ROOT,
+        [sys.executable, "-c", "import sys; from simulations.bench_dataplane import main; sys.exit(main(sys.argv[1:]))",
+         *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=tree or _ROOT, env=env,
     )
+
+
+def _mem_mb(pid: int) -> dict[str, float]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def flood(n: int, tree: Path | None = None) -> dict[str, Any]:
+    """The issue-8 attack against a relay in its own process; returns its memory before/after and the replies."""
+    import grpc
+
+    from crypto.certs import init_ca, issue
+    from crypto.tls import channel_credentials
+    from fedcredit.dataplane import GRPC_OPTIONS
+    from protos import dataplane_pb2 as pb
+    from protos import dataplane_pb2_grpc as pb_grpc
+
+    with tempfile.TemporaryDirectory(prefix="bench-flood-") as tmp:
+        creds = Path(tmp)
+        init_ca(creds / "ca", "bench")
+        issue(creds / "ca", creds / "coord", "coord", role="coordinator")
+        alice = issue(creds / "ca", creds / "alice", "alice")
+        relay = _spawn("--serve-relay", str(creds), tree=tree)
+        try:
+            assert relay.stdout is not None
+            address = f"127.0.0.1:{int(relay.stdout.readline())}"
+            channel = grpc.secure_channel(address, channel_credentials(alice), options=list(GRPC_OPTIONS))
+            import queue as _queue
+
+            outq: _queue.Queue[pb.Frame | None] = _queue.Queue(maxsize=64)
+            outq.put(pb.Frame(kind=pb.Frame.HELLO, session="bench"))
+            call = pb_grpc.RelayStub(channel).Connect(iter(outq.get, None))
+            replies: dict[str, int] = {}
+
+            def read() -> None:
+                try:
+                    for f in call:
+                        key = (re.sub(r"\d+", "N", f.error)[:90] if f.kind == pb.Frame.ERROR
+                               else pb.Frame.Kind.Name(f.kind))
+                        replies[key] = replies.get(key, 0) + 1
+                except grpc.RpcError as exc:
+                    replies[f"rpc ended: {exc.code().name}"] = 1
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            time.sleep(0.5)  # the relay settles after the first stream (thread pool, TLS)
+            before = _mem_mb(relay.pid)
+            payload = os.urandom(64 * 1024)
+            t0 = time.perf_counter()
+            for i in range(n):
+                outq.put(pb.Frame(kind=pb.Frame.DATA, receiver=f"ghost-{i}", tag="t", seq=1, payload=payload))
+            after_ghosts = _mem_mb(relay.pid)
+            for i in range(n):
+                outq.put(pb.Frame(kind=pb.Frame.DATA, receiver="carol", tag="t", seq=i + 1, payload=payload))
+            time.sleep(1.0)  # let the relay drain the last frames off the wire before measuring
+            after = _mem_mb(relay.pid)
+            secs = time.perf_counter() - t0
+            outq.put(None)
+            call.cancel()
+            reader.join(timeout=10)
+            channel.close()
+        finally:
+            if relay.stdin:
+                relay.stdin.close()
+            try:
+                relay.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                relay.kill()
+                relay.wait()
+    return {"frames": 2 * n, "sent_mb": 2 * n * 64 / 1024, "seconds": secs, "before": before,
+            "after_ghosts": after_ghosts, "after": after, "replies": replies}
 
 
 def _inmemory_baseline(rounds: int, payload: bytes) -> list[float]:
@@ -179,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2000, help="1 KB round trips to time (default 2000)")
     ap.add_argument("--bulk", type=int, default=100, help="1 MB messages for the throughput figure (default 100)")
+    ap.add_argument("--flood", type=int, metavar="N", help="measure relay memory under N + N frames of 64 KB (issue 8)")
+    ap.add_argument("--relay-tree", type=Path, help="with --flood: run the relay from this source tree")
     ap.add_argument("--serve-relay", metavar="CREDS", help=argparse.SUPPRESS)
     ap.add_argument("--serve-echo", nargs=4, metavar="X", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -188,6 +283,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_echo:
         creds, address, rounds, bulk = args.serve_echo
         _serve_echo(Path(creds), address, int(rounds), int(bulk))
+        return 0
+    if args.flood:
+        f = flood(args.flood, args.relay_tree)
+        b, g, a = f["before"], f["after_ghosts"], f["after"]
+        print(f"relay under flood ({args.relay_tree or 'this tree'}): {f['frames']} frames of 64 KB "
+              f"({f['sent_mb']:.0f} MB) in {f['seconds']:.1f} s")
+        print(f"  relay RSS: {b['VmRSS']:.0f} MB before, {g['VmRSS']:.0f} MB after {args.flood} frames to made-up "
+              f"receivers, {a['VmRSS']:.0f} MB after {args.flood} more to an absent member; peak {a['VmHWM']:.0f} MB")
+        print(f"  replies: {f['replies']}")
         return 0
     r = run(args.rounds, args.bulk)
     print(f"data plane, loopback, 3 processes (relay, alice, bob), mutual TLS 1.3, sealed payloads; "

@@ -254,9 +254,12 @@ def main(argv: list[str] | None = None) -> int:
                            federation_public_key=ca / "federation-signing.pub").install(path, activate=True)
             mwork = work / model
             (mwork / "pki").symlink_to(work / "pki")
-            host_cfg = _party_toml(mwork, "host", '[scoring]\ndataset = "serve"\nworkers = 16')
+            # a benchmark is not an attack: the passive party's per-caller limits are raised far above the load
+            host_cfg = _party_toml(mwork, "host", '[scoring]\ndataset = "serve"\nworkers = 16\n'
+                                                  '[scoring.partial_rate]\nids_per_second = 1e7\nburst = 1000000\n'
+                                                  'ids_per_day = 1000000000')
             host_proc, host_addr = _start_server(host_cfg)
-            guest_cfg = _party_toml(mwork, "guest", f'[scoring]\nworkers = 64\ndeadline_ms = 2000\n'
+            guest_cfg = _party_toml(mwork, "guest", f'[scoring]\nworkers = 64\ndeadline_ms = 2000\ncallers = ["client"]\n'
                                                     f'peers = {{ host = "{host_addr}" }}')
             guest_proc, guest_addr = _start_server(guest_cfg)
             try:

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from coordinator.relay import GRPC_OPTIONS, Frame, RelayHandle, start_relay
+from coordinator.relay import GRPC_OPTIONS, Frame, QueueCaps, RelayHandle, start_relay
 from crypto.certs import Identity, init_ca, issue
 from crypto.tls import channel_credentials
 from fedcredit.errors import PeerAborted, ProtocolError, SecurityError
@@ -34,6 +34,12 @@ from protos import dataplane_pb2_grpc as pb_grpc
 pytestmark = pytest.mark.timeout(60)
 
 REPO = Path(__file__).resolve().parents[1]
+JOB_PARTIES = frozenset({"alice", "bob", "carol", "crash"})
+
+
+def members(session: str) -> frozenset[str] | None:
+    """Every 'job-*' session is a run of the four test parties (the coordinator asks its run registry)."""
+    return JOB_PARTIES if session.startswith("job-") else None
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +62,7 @@ def captured() -> list[Frame]:
 
 @pytest.fixture()
 def relay(pki: dict[str, Identity], captured: list[Frame]) -> Iterator[RelayHandle]:
-    h = start_relay(pki["coord"], capture=lambda f: captured.append(_copy(f)))
+    h = start_relay(pki["coord"], membership=members, capture=lambda f: captured.append(_copy(f)))
     yield h
     h.stop(grace=0)
 
@@ -144,7 +150,7 @@ def test_tampering_relay_is_detected(pki: dict[str, Identity], captured: list[Fr
         elif f.tag == "relabel":
             f.tag = "other"
 
-    with start_relay(pki["coord"], capture=tamper) as h:
+    with start_relay(pki["coord"], membership=members, capture=tamper) as h:
         a, b = _pair(pki, h)
         with a, b:
             a.send("bob", "flip", b"x" * 100)
@@ -329,7 +335,7 @@ def test_sessions_are_isolated(pki: dict[str, Identity], relay: RelayHandle, cap
 
 
 def test_frames_queue_until_receiver_connects(pki: dict[str, Identity]) -> None:
-    with start_relay(pki["coord"], directory_certs=[pki["bob"].cert_pem]) as h:
+    with start_relay(pki["coord"], membership=members, directory_certs=[pki["bob"].cert_pem]) as h:
         with RelayTransport(pki["alice"], h.address, "job-1") as a:
             for i in range(5):
                 a.send("bob", "early", str(i).encode())  # bob has not connected yet
@@ -346,7 +352,8 @@ def test_frames_queue_until_receiver_connects(pki: dict[str, Identity]) -> None:
 
 def test_absent_receiver_errors(pki: dict[str, Identity]) -> None:
     certs = [pki["bob"].cert_pem, pki["carol"].cert_pem]
-    with start_relay(pki["coord"], directory_certs=certs, pending_timeout=0.5, max_pending_frames=2) as h:
+    with start_relay(pki["coord"], membership=members, directory_certs=certs, pending_timeout=0.5,
+                     caps=QueueCaps(receiver_frames=2)) as h:
         with RelayTransport(pki["alice"], h.address, "job-1", peer_timeout=0.3) as a:
             a.send("bob", "t", b"1")
             t = time.monotonic()
@@ -355,7 +362,7 @@ def test_absent_receiver_errors(pki: dict[str, Identity]) -> None:
             assert time.monotonic() - t < 10
             for _i in range(3):
                 a.send("carol", "t", b"x")
-            with pytest.raises(ProtocolError, match="relay queue for party 'carol'.*is full"):
+            with pytest.raises(ProtocolError, match="relay: queue for party 'carol'.*is full"):
                 a.recv("carol", "reply", timeout=10)
             with pytest.raises(ProtocolError, match="party 'ghost' has not registered with the relay"):
                 a.send("ghost", "t", b"x")
@@ -372,7 +379,7 @@ def test_directory_serves_verifiable_certs(pki: dict[str, Identity], relay: Rela
 
 
 def test_relay_shutdown_fails_recv_fast(pki: dict[str, Identity]) -> None:
-    h = start_relay(pki["coord"])
+    h = start_relay(pki["coord"], membership=members)
     a = RelayTransport(pki["alice"], h.address, "job-1")
     try:
         result: list[BaseException] = []
@@ -406,3 +413,97 @@ def test_peer_certs_given_up_front_are_verified(pki: dict[str, Identity], relay:
         RelayTransport(pki["alice"], relay.address, "job-2", peer_certs={"bob": pki["carol"].cert_pem})
     with pytest.raises(SecurityError, match="not issued by federation CA"):
         RelayTransport(pki["alice"], relay.address, "job-2", peer_certs={"mallory": pki["mallory"].cert_pem})
+
+
+# ----------------------------------------------------------------------- authorisation and queue caps (issue 8)
+
+
+def _raw_stream(ident: Identity, address: str, session: str) -> tuple[grpc.Channel, queue.Queue[Frame | None], object]:
+    """A hand-made relay stream, as an attacker holding a party certificate would open one."""
+    channel = grpc.secure_channel(address, channel_credentials(ident), options=list(GRPC_OPTIONS))
+    outq: queue.Queue[Frame | None] = queue.Queue()
+    outq.put(Frame(kind=Frame.HELLO, session=session))
+    return channel, outq, pb_grpc.RelayStub(channel).Connect(iter(outq.get, None))
+
+
+def test_party_outside_the_job_cannot_join_its_session(pki: dict[str, Identity]) -> None:
+    runs = {"run-7": frozenset({"alice", "bob"})}
+    with start_relay(pki["coord"], membership=runs.get) as h:
+        with pytest.raises(SecurityError, match=r"refused this party.*'carol' is not one of the parties of run 'run-7'"):
+            RelayTransport(pki["carol"], h.address, "run-7", connect_timeout=10)
+        with pytest.raises(SecurityError, match="session 'made-up' is not an active run"):
+            RelayTransport(pki["carol"], h.address, "made-up", connect_timeout=10)
+        # the same over a raw stream: PERMISSION_DENIED, and carol is never registered in the session
+        channel, outq, call = _raw_stream(pki["carol"], h.address, "run-7")
+        with pytest.raises(grpc.RpcError) as exc:
+            next(call)  # type: ignore[call-overload]
+        assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        outq.put(None)
+        channel.close()
+        assert h.servicer.connected() == [] and h.servicer.refused()["join"] == 3
+        with RelayTransport(pki["alice"], h.address, "run-7"):  # a member joins as before
+            assert h.servicer.connected() == [("run-7", "alice")]
+
+
+def test_flood_to_made_up_receivers_is_refused_and_queues_nothing(pki: dict[str, Identity]) -> None:
+    """The attack from issue 8: a party certificate holder floods frames for receivers that do not exist.
+    Before, each made-up receiver got its own 512 MB queue (the coordinator grew 72 -> 478 MB); the relay's
+    memory in a process of its own is measured by ``simulations/bench_dataplane.py --flood`` (docs/dataplane.md)."""
+    caps = QueueCaps(sender_bytes=2 * 1024 * 1024, total_bytes=3 * 1024 * 1024)
+    with start_relay(pki["coord"], membership=members, caps=caps) as h:
+        channel, outq, call = _raw_stream(pki["alice"], h.address, "job-1")
+        assert next(call).kind == Frame.HELLO_ACK  # type: ignore[call-overload]
+        payload = os.urandom(64 * 1024)
+        n = 800  # 50 MB of frames, each for a different made-up receiver
+        for i in range(n):
+            outq.put(Frame(kind=Frame.DATA, receiver=f"ghost-{i}", tag="t", seq=1, payload=payload))
+        errors = [next(call) for _ in range(n)]  # type: ignore[call-overload]
+        assert all(e.kind == Frame.ERROR and "not another party of run 'job-1'" in e.error for e in errors)
+        assert h.servicer.queued()["pending_bytes"] == 0 and h.servicer.refused()["receiver"] == n
+        # frames for a real member that has not connected: queued only up to the per-sender cap
+        for seq in range(1, 61):  # 60 × 64 KB = 3.8 MB > 2 MB
+            outq.put(Frame(kind=Frame.DATA, receiver="bob", tag="t", seq=seq, payload=payload))
+        first = next(call)  # type: ignore[call-overload]
+        assert first.kind == Frame.ERROR and "per sender" in first.error and "'alice'" in first.error
+        assert h.servicer.queued()["pending_bytes"] <= caps.sender_bytes
+        # a second member adds to the global cap, not beyond it
+        with RelayTransport(pki["carol"], h.address, "job-2", peer_certs={"bob": pki["bob"].cert_pem}) as carol:
+            with pytest.raises(ProtocolError, match=r"limits \d+ frames / 3145728 bytes in all"):
+                for _ in range(40):
+                    carol.send("bob", "t", payload)  # bob is in neither session yet
+                carol.recv("bob", "reply", timeout=20)
+            assert h.servicer.queued()["pending_bytes"] <= caps.total_bytes
+        outq.put(None)
+        channel.close()
+
+
+def test_party_that_never_reads_its_stream_is_cut_off(pki: dict[str, Identity]) -> None:
+    """Refusals are notices in the sender's own outbox; a sender that never reads them cannot grow it."""
+    with start_relay(pki["coord"], membership=members, notice_bytes=64 * 1024) as h:
+        channel, outq, call = _raw_stream(pki["alice"], h.address, "job-1")
+        assert next(call).kind == Frame.HELLO_ACK  # type: ignore[call-overload]
+        for i in range(50_000):  # never reading a reply
+            outq.put(Frame(kind=Frame.DATA, receiver=f"ghost-{i}", tag="t", seq=1, payload=b"x"))
+        deadline = time.monotonic() + 30
+        while h.servicer.connected("job-1") and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the relay's state, bounded
+        assert h.servicer.connected("job-1") == []
+        assert h.servicer.queued()["outbox_bytes"] == 0
+        with pytest.raises(grpc.RpcError) as exc:
+            for _ in range(60_000):
+                next(call)  # type: ignore[call-overload]
+        assert exc.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        outq.put(None)
+        channel.close()
+
+
+def test_registry_membership_is_the_active_runs_job_parties(tmp_path: Path) -> None:
+    from coordinator.registry import Registry
+
+    reg = Registry(tmp_path / "registry.db")
+    job = '[job]\nname = "v"\ntype = "vertical-lr"\nparties = ["bank", "fintech"]\nlabel_party = "bank"\n'
+    run = reg.create_run("v", "vertical-lr", job)
+    assert reg.job_parties(run) == {"bank", "fintech"}
+    assert reg.job_parties("no-such-run") is None
+    reg.finish(run, {})
+    assert reg.job_parties(run) is None  # a finished run's session cannot be reopened

@@ -164,7 +164,7 @@ def test_foreign_app_from_the_coordinator_is_refused_at_every_party(fed: LocalFe
         reason = replies[str(node)]
         assert f"party '{party}' refused: app {foreign_sha} is not the installed fedcredit app {expected}" in reason
         assert "party/clientapp.py" in reason  # says what is foreign
-        lines = [x for x in _audit_lines(fed, party) if x["tag"] == AUDIT_TAG and x["session"] == str(run_id)]
+        lines = [x for x in _audit_lines(fed, party) if x.get("event") == AUDIT_TAG and x["session"] == str(run_id)]
         assert len(lines) == 1, _audit_lines(fed, party)
         assert lines[0]["sha256"] == foreign_sha and lines[0]["expected_sha256"] == expected
         assert lines[0]["sender"] == party

@@ -25,8 +25,10 @@ from fedcredit.errors import ConfigError, DataError, SecurityError
 from fedcredit.protocols import secureboost as sb
 from fedcredit.protocols import vertical_lr as vlr
 from fedcredit.protocols.vertical_common import Standardizer
+from party.audit import read_audit_events
 from party.models import ModelStore
 from party.scoring import Application, PartyUnavailable, ScoringClient, ScoringService, serve
+from party.scoring_guard import RateLimiter
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GUEST_CSV = DATA / "default_credit_hetero_guest.csv"
@@ -44,6 +46,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Identity]:
     root = tmp_path_factory.mktemp("pki")
     ca = init_ca(root / "ca", "scoring-test")
     ids = {n: issue(ca, root / n, n) for n in ("guest", "host", "other", "client")}
+    ids["coordinator"] = issue(ca, root / "coordinator", "coordinator", role="coordinator")
     ids["ca"] = ca  # type: ignore[assignment]
     return ids
 
@@ -116,12 +119,17 @@ class Fed:
     """A label-party server and a passive-party server over two model stores."""
 
     def __init__(self, root: Path, pki, stores: dict[str, ModelStore], *, deadline_s: float = 2.0,
-                 fallback: str | None = None) -> None:
-        self.host = serve(ScoringService("host", stores["host"], identity=pki["host"], table_loader=_host_loader),
-                          pki["host"])
+                 fallback: str | None = None, host_loader=None, rate: RateLimiter | None = None,
+                 callers: tuple[str, ...] = ("client",)) -> None:
+        self.host_audit = root / "host-audit.jsonl"
+        self.host_service = ScoringService("host", stores["host"], identity=pki["host"],
+                                           table_loader=host_loader or _host_loader, rate=rate,
+                                           audit_log=self.host_audit)
+        self.host = serve(self.host_service, pki["host"])
         self.guest_service = ScoringService("guest", stores["guest"], identity=pki["guest"],
                                             peers={"host": self.host.address}, deadline_s=deadline_s,
-                                            fallback_version=fallback, decision_log=root / "guest-decisions.jsonl")
+                                            fallback_version=fallback, decision_log=root / "guest-decisions.jsonl",
+                                            callers=callers, audit_log=root / "guest-audit.jsonl")
         self.guest = serve(self.guest_service, pki["guest"])
         self.client = ScoringClient(self.guest.address, pki["client"])
 
@@ -165,6 +173,7 @@ def test_vertical_lr_joint_scoring_equals_in_process_combine(tmp_path: Path, pki
         assert len(lines) == 41
         rec = json.loads(lines[-1])
         assert rec["model_version"] == "vlr-1-guest-1" and rec["id"] == apps[0].id
+        assert rec["caller"] == "client"  # the certificate name of who asked for the decision
         assert set(rec) >= {"score", "decision", "reasons", "party_contributions", "model_hash"}
     finally:
         fed.close()
@@ -266,17 +275,22 @@ def test_fallback_model_is_used_and_clearly_marked(tmp_path: Path, pki, frames) 
         fed.close()
 
 
-def test_unknown_id_at_passive_party_is_a_clear_error(tmp_path: Path, pki, frames) -> None:
+def test_unknown_id_gets_an_answer_and_a_flag_only_at_the_passive_party(tmp_path: Path, pki, frames) -> None:
     lab, pas = _fit_lr(frames)
     stores = _install(tmp_path, pki, "vlr-5", _lr_parts(lab, pas))
     fed = Fed(tmp_path, pki, stores)
     try:
         apps, _, _ = _apps(frames, slice(0, 2))
         bad = [apps[0], Application("no-such-customer", apps[1].features)]
-        with pytest.raises(grpc.RpcError) as exc:
-            fed.client.score_batch(bad)
-        assert exc.value.code() == grpc.StatusCode.NOT_FOUND
-        assert "'host'" in exc.value.details() and "no-such-customer" in exc.value.details()
+        replies = fed.client.score_batch(bad)  # no error: an error would tell the label party who is not held
+        assert len(replies) == 2 and all(0.0 < r.pd < 1.0 for r in replies) and not replies[1].fallback
+        fed.host_service.audit.flush()
+        (line,) = read_audit_events(fed.host_audit, "partial_answer")
+        digest = fed.host_service.secret.id_digest
+        assert line["caller"] == "guest" and line["count"] == 2
+        assert line["ids"] == [digest(apps[0].id), digest("no-such-customer")]
+        assert line["unknown"] == [digest("no-such-customer")]  # flagged here, and only here
+        assert "no-such-customer" not in fed.host_audit.read_text()  # keyed digests, not the label party's ids
         missing = Application(apps[0].id, {k: v for k, v in apps[0].features.items() if k != "x3"})
         with pytest.raises(DataError, match=r"lacks feature\(s\) \['x3'\]"):
             fed.guest_service.score([missing])
@@ -403,21 +417,21 @@ def test_concurrent_requests_share_a_round_trip_and_a_bad_id_fails_only_its_requ
     calls: list[int] = []
 
     class Counting(ScoringService):
-        def partial(self, model_hash, ids, caller):
+        def partial(self, model_hash, ids, caller, role="party"):
             calls.append(len(ids))
 
             async def later():
                 await asyncio.sleep(0.15)  # keep the first round trip in flight while the others queue
-                return ScoringService.partial(self, model_hash, ids, caller)
+                return ScoringService.partial(self, model_hash, ids, caller, role)
             return later()
 
     host = serve(Counting("host", stores["host"], identity=pki["host"], table_loader=_host_loader), pki["host"])
     guest = serve(ScoringService("guest", stores["guest"], identity=pki["guest"], peers={"host": host.address},
-                                 deadline_s=5.0), pki["guest"])
+                                 deadline_s=5.0, callers=["client"]), pki["guest"])
     client = ScoringClient(guest.address, pki["client"])
     try:
         apps, Xg, Xh = _apps(frames, slice(0, 12))
-        apps[7] = Application("ghost-7", apps[7].features)
+        apps[7] = Application(apps[7].id, {k: v for k, v in apps[7].features.items() if k != "x3"})
 
         def one(a: Application):
             try:
@@ -427,7 +441,7 @@ def test_concurrent_requests_share_a_round_trip_and_a_bad_id_fails_only_its_requ
 
         with ThreadPoolExecutor(12) as pool:
             out = list(pool.map(one, apps))
-        assert isinstance(out[7], grpc.RpcError) and "ghost-7" in out[7].details()
+        assert isinstance(out[7], grpc.RpcError) and "lacks feature(s) ['x3']" in out[7].details()
         expected = vlr.combine(lab, Xg, [vlr.passive_partial_scores(pas, Xh)])
         for k, v in enumerate(out):
             if k != 7:
@@ -437,6 +451,228 @@ def test_concurrent_requests_share_a_round_trip_and_a_bad_id_fails_only_its_requ
         client.close()
         guest.stop(0)
         host.stop(0)
+
+
+# ----------------------------------------------------------------- authorisation and the scoring oracle (issue 8)
+
+
+def _stub(address: str, ident: Identity):
+    from crypto.tls import secure_channel
+    from protos import scoring_pb2_grpc as pbg
+
+    ch = secure_channel(address, ident)
+    return ch, pbg.ScoringStub(ch)
+
+
+def test_only_configured_callers_get_decisions_never_the_coordinator(tmp_path: Path, pki, frames) -> None:
+    from protos import scoring_pb2 as pb
+
+    lab, pas = _fit_lr(frames)
+    stores = _install(tmp_path, pki, "vlr-20", _lr_parts(lab, pas))
+    fed = Fed(tmp_path, pki, stores, callers=("client", "coordinator"))  # even listed, the coordinator is refused
+    try:
+        apps, _, _ = _apps(frames, slice(0, 2))
+        req = pb.ScoreRequest(id=apps[0].id, features=apps[0].features)
+        for who, expect in (("other", "'other' is not one of the callers"),
+                            ("coordinator", "the coordinator's certificate may never ask for decisions")):
+            ch, stub = _stub(fed.guest.address, pki[who])
+            for rpc, arg in ((stub.Score, req), (stub.ScoreBatch, pb.ScoreBatchRequest(requests=[req]))):
+                with pytest.raises(grpc.RpcError) as exc:
+                    rpc(arg, timeout=10)
+                assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED and expect in exc.value.details()
+                assert "client" not in exc.value.details()  # the list of allowed callers is not disclosed
+            ch.close()
+        assert fed.client.score(apps[0].id, apps[0].features).decision  # a configured caller is served
+        fed.guest_service.log.flush()
+        logged = [json.loads(x) for x in (tmp_path / "guest-decisions.jsonl").read_text().splitlines()]
+        assert [r["caller"] for r in logged] == ["client"]  # refused calls decided nothing
+        fed.guest_service.audit.flush()
+        refused = read_audit_events(tmp_path / "guest-audit.jsonl", "score_refused")
+        assert [(e["caller"], e["role"]) for e in refused] == [("other", "party")] * 2 + [("coordinator", "coordinator")] * 2
+        # nothing reached the passive party for the refused calls
+        assert read_audit_events(fed.host_audit, "partial_answer")[0]["caller"] == "guest"
+        assert len(read_audit_events(fed.host_audit, "partial_answer")) == 1
+    finally:
+        fed.close()
+
+
+def test_coordinator_certificate_gets_no_partial_scores(tmp_path: Path, pki, frames) -> None:
+    from protos import scoring_pb2 as pb
+
+    lab, pas = _fit_lr(frames)
+    stores = _install(tmp_path, pki, "vlr-21", _lr_parts(lab, pas))
+    fed = Fed(tmp_path, pki, stores)
+    try:
+        h = stores["host"].active().model_hash
+        for who in ("coordinator", "other", "client"):
+            ch, stub = _stub(fed.host.address, pki[who])
+            with pytest.raises(grpc.RpcError) as exc:
+                stub.PartialScore(pb.PartialRequest(model_hash=h, ids=["2346"]), timeout=5)
+            assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED and f"'{who}'" in exc.value.details()
+            ch.close()
+        fed.host_service.audit.flush()
+        assert [e["caller"] for e in read_audit_events(fed.host_audit, "partial_refused")] == ["coordinator", "other",
+                                                                                               "client"]
+        assert read_audit_events(fed.host_audit, "partial_answer") == []
+    finally:
+        fed.close()
+
+
+def _held_subset_loader(tmp_path: Path, frames, held: int):
+    """The passive party holds only its first ``held`` customers (written as its own CSV)."""
+    path = tmp_path / "fintech-customers.csv"
+    frames[1].iloc[:held].to_csv(path, index=False)
+    tables: dict = {}
+
+    def loader(names):
+        key = tuple(names)
+        if key not in tables:
+            tables[key] = load_table(path, party="host", feature_cols=names)
+        return tables[key]
+    return loader
+
+
+def _distinguishing_auc(features: np.ndarray, held: np.ndarray) -> float:
+    """How well a simple classifier (logistic regression, 5-fold cross-validated) tells held from not held."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import cross_val_predict
+
+    p = cross_val_predict(LogisticRegression(max_iter=1000), features, held, cv=5, method="predict_proba")[:, 1]
+    auc = float(roc_auc_score(held, p))
+    return max(auc, 1.0 - auc)
+
+
+@pytest.mark.parametrize("kind", ["vertical-lr", "secureboost"])
+def test_label_party_cannot_tell_held_from_not_held_ids(tmp_path: Path, pki, frames, kind: str) -> None:
+    """The attack from issue 8: the label bank asks the passive party about customers it may not hold.
+    Before, an UnknownId error named each one (100 of 100) and the passive party's data file."""
+    from protos import scoring_pb2 as pb
+
+    if kind == "vertical-lr":
+        lab, pas = _fit_lr(frames)
+        parts = _lr_parts(lab, pas)
+    else:
+        lab, pas = _fit_sb(frames)
+        parts = _sb_parts(lab, pas)
+    stores = _install(tmp_path, pki, f"oracle-{kind}", parts)
+    fed = Fed(tmp_path, pki, stores, host_loader=_held_subset_loader(tmp_path, frames, 15000))
+    try:
+        all_ids = [str(i) for i in frames[1]["id"]]
+        rng = np.random.default_rng(8)
+        held = [all_ids[k] for k in rng.choice(15000, 300, replace=False)]
+        not_held = [all_ids[k] for k in 15000 + rng.choice(15000, 300, replace=False)]
+        asked = held + not_held
+        order = rng.permutation(len(asked))
+        ids = [asked[k] for k in order]
+        ch, stub = _stub(fed.host.address, pki["guest"])  # exactly what the label party's own certificate can do
+        h = stores["host"].active().model_hash
+        replies = []
+        for k in range(0, len(ids), 100):
+            replies.append(stub.PartialScore(pb.PartialRequest(model_hash=h, ids=ids[k:k + 100]), timeout=10))
+        again = stub.PartialScore(pb.PartialRequest(model_hash=h, ids=ids[:100]), timeout=10)
+        ch.close()
+        if kind == "vertical-lr":
+            answers = np.concatenate([np.asarray(r.partial_logits) for r in replies])
+            feats = np.c_[answers, np.abs(answers), answers ** 2]
+            assert list(again.partial_logits) == list(replies[0].partial_logits)  # asking again teaches nothing
+        else:
+            mats = []
+            for r in replies:
+                dec = sb.parse_decisions("host", r.decisions, 100)
+                mats.append(np.stack([dec[sid] for sid in sorted(dec)], axis=1).astype(float))
+            feats = np.concatenate(mats)
+            assert again.decisions == replies[0].decisions
+        assert len(feats) == len(ids) and all(r.kind == replies[0].kind for r in replies)
+        is_held = np.isin(np.asarray(ids), held).astype(int)
+        auc = _distinguishing_auc(feats, is_held)
+        print(f"[{kind}] held vs not-held, distinguishing AUC {auc:.3f}")
+        assert auc <= 0.6, f"held vs not-held answers are distinguishable: AUC {auc:.3f}"
+        fed.host_service.audit.flush()
+        lines = read_audit_events(fed.host_audit, "partial_answer")
+        assert sum(e["count"] for e in lines) == 700 and {e["caller"] for e in lines} == {"guest"}
+        digest = fed.host_service.secret.id_digest
+        flagged = {d for e in lines for d in e["unknown"]}
+        assert flagged == {digest(i) for i in not_held}  # every decoy is known, at the passive party only
+    finally:
+        fed.close()
+
+
+def test_caller_over_its_rate_limit_is_refused(tmp_path: Path, pki, frames) -> None:
+    from protos import scoring_pb2 as pb
+
+    lab, pas = _fit_lr(frames)
+    stores = _install(tmp_path, pki, "vlr-22", _lr_parts(lab, pas))
+    fed = Fed(tmp_path, pki, stores, rate=RateLimiter("host", ids_per_second=0.01, burst=50, ids_per_day=10_000))
+    try:
+        apps, _, _ = _apps(frames, slice(0, 60))
+        assert len(fed.client.score_batch(apps[:40])) == 40
+        with pytest.raises(grpc.RpcError) as exc:
+            fed.client.score_batch(apps[40:60])  # 20 more: only ~10 left in the bucket
+        assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "'host'" in exc.value.details() and "over its rate of 0.01 ids/s" in exc.value.details()
+        ch, stub = _stub(fed.host.address, pki["guest"])
+        h = stores["host"].active().model_hash
+        with pytest.raises(grpc.RpcError) as exc:  # asking the passive party directly: the same refusal
+            stub.PartialScore(pb.PartialRequest(model_hash=h, ids=[a.id for a in apps[:51]]), timeout=5)
+        assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than the 50 ids" in exc.value.details()
+        ch.close()
+        fed.host_service.audit.flush()
+        refused = read_audit_events(fed.host_audit, "partial_refused")
+        assert [(e["caller"], e["count"]) for e in refused] == [("guest", 20), ("guest", 51)]
+    finally:
+        fed.close()
+
+
+def test_rate_limiter_bucket_and_daily_quota() -> None:
+    from fedcredit.errors import RateLimited
+
+    now = [0.0]
+    day = [86400.0 * 100]
+    rl = RateLimiter("host", ids_per_second=10, burst=100, ids_per_day=250, clock=lambda: now[0], wall=lambda: day[0])
+    rl.take("guest", 100)
+    with pytest.raises(RateLimited, match="retry in 1.0 s"):
+        rl.take("guest", 10)
+    rl.take("other", 100)  # per caller
+    now[0] += 10.0
+    rl.take("guest", 100)
+    now[0] += 10.0
+    with pytest.raises(RateLimited, match="used 200 of its 250 ids for today"):
+        rl.take("guest", 100)
+    day[0] += 86400.0  # a new UTC day
+    rl.take("guest", 100)
+
+
+def test_passive_errors_name_no_file(tmp_path: Path, pki, frames) -> None:
+    from protos import scoring_pb2 as pb
+
+    lab, pas = _fit_lr(frames)
+    stores = _install(tmp_path, pki, "vlr-23", _lr_parts(lab, pas), activate=False)
+    stores["guest"].activate(stores["guest"].list()[0].version)
+    broken = tmp_path / "secret-dir" / "fintech-customers.csv"
+    broken.parent.mkdir()
+    frames[1].drop(columns=[pas.feature_names[0]]).iloc[:100].to_csv(broken, index=False)  # a feature column is gone
+    fed = Fed(tmp_path, pki, stores, host_loader=lambda names: load_table(broken, party="host", feature_cols=names))
+    stores["host"].activate(stores["host"].list()[0].version)  # after start-up: the dataset is read on first use
+    try:
+        ch, stub = _stub(fed.host.address, pki["guest"])
+        h = stores["host"].active().model_hash
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.PartialScore(pb.PartialRequest(model_hash=h, ids=["1"]), timeout=10)
+        ch.close()
+        details = exc.value.details()
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # the type crosses, the text does not
+        assert "/" not in details and "secret-dir" not in details and ".csv" not in details
+        assert "'host'" in details and "reference" in details
+        apps, _, _ = _apps(frames, slice(0, 1))
+        with pytest.raises(grpc.RpcError) as exc:  # and what the label party's caller sees
+            fed.client.score(apps[0].id, apps[0].features)
+        assert "/" not in exc.value.details() and ".csv" not in exc.value.details()
+        fed.host_service.audit.flush()
+        errs = read_audit_events(fed.host_audit, "partial_error")
+        assert errs and str(broken) in errs[0]["message"] and errs[0]["reference"] in details  # the detail stays home
+    finally:
+        fed.close()
 
 
 @pytest.mark.e2e
@@ -485,7 +721,8 @@ def test_e2e_vertical_train_publish_and_score_online(tmp_path: Path, frames, jty
         fin = serve(service_from_config(fcfg), Identity.load(fcfg.party.identity_dir, "fintech"))
         servers.append(fin)
         with open(fed.root / "bank.toml", "a") as fh:
-            fh.write(f'\n[scoring]\npeers = {{ fintech = "{fin.address}" }}\ndeadline_ms = 1000\n')
+            fh.write(f'\n[scoring]\npeers = {{ fintech = "{fin.address}" }}\ndeadline_ms = 1000\n'
+                     'callers = ["operator"]\n')
         bcfg = load_party_config(fed.root / "bank.toml")
         bank_svc = service_from_config(bcfg)
         bank = serve(bank_svc, Identity.load(bcfg.party.identity_dir, "bank"))
@@ -507,10 +744,13 @@ def test_e2e_vertical_train_publish_and_score_online(tmp_path: Path, frames, jty
             np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
             one = sc.score(apps[0].id, apps[0].features)
             assert one.pd == pytest.approx(expected[0], abs=1e-12) and one.model_version == pub["parties"]["bank"]["version"]
-            # a customer only the bank has: clear error naming the passive party
-            with pytest.raises(grpc.RpcError) as exc:
-                sc.score(str(ids[0]), dict(zip(lab.feature_names, Xg[0])))
-            assert exc.value.code() == grpc.StatusCode.NOT_FOUND and "'fintech'" in exc.value.details()
+            # a customer only the bank has: answered like any other (no membership oracle), flagged at the fintech
+            only_bank = sc.score(str(ids[0]), dict(zip(lab.feature_names, Xg[0])))
+            assert 0.0 < only_bank.pd < 1.0
+            fin.service.audit.flush()
+            flagged = [d for e in read_audit_events(fed.root / "state" / "fintech" / "audit.jsonl", "partial_answer")
+                       for d in e["unknown"]]
+            assert flagged == [fin.service.secret.id_digest(str(ids[0]))]
             fin.stop(0)
             t0 = time.monotonic()
             with pytest.raises(grpc.RpcError) as exc:
