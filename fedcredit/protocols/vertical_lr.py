@@ -10,11 +10,12 @@ batch, with rows fixed by a shared seed (no row lists cross):
     P_k -> L   z_k = X_k[batch] w_k            partial logits (fixed-point, masked so that
                                                with >= 2 passives L learns only Σ_k z_k)
     L          d = sigmoid(z) - y              residual, exact sigmoid
-    L -> P_k   Enc(d)                          CKKS, chunks of <= slot_count rows
-    P_k        for each own column c:  Enc(d) ⊙ X_k[:, c] + m_c   (plaintext multiply, no rotation)
+    L -> P_k   Enc(2^12 d)                     CKKS, chunks of <= slot_count rows
+    P_k        for each own column c:  Enc(2^12 d) ⊙ X_k[:, c] + m_c   (plaintext multiply, no rotation)
     P_k -> L   the masked ciphertexts          m_c random per slot, known only to P_k
-    L -> P_k   s_c = Σ_slots Dec(...)          = (X_k^T d)_c + Σ m_c  (still masked)
-    P_k        g_k = (s - Σ m) / |batch| + l2 w_k ; update w_k
+    L -> P_k   s_c = Σ_slots Dec(...) + noise  = 2^12 (X_k^T d)_c + Σ m_c + noise  (still masked;
+                                               flooded: the one decrypt-and-return, crypto.ckks.decrypt_sums)
+    P_k        g_k = (s - Σ m) / (2^12 |batch|) + l2 w_k ; update w_k
 
 Slot sums are taken by the key holder after decryption, so no rotation (and no
 Galois key) is ever needed; the cost is |batch|·d_k/slots plaintext multiplications
@@ -67,7 +68,14 @@ __all__ = [
 Progress = Callable[[str, int, int], None]
 
 _FIXED_SCALE = 2.0**32  # fixed-point scale for masked partial logits (|z| < 2^31, resolution 2^-32)
-_VERSION = 1
+_VERSION = 1  # model file format
+PROTOCOL_VERSION = 2  # wire protocol (2: residuals scaled by 2^RESIDUAL_SCALE_BITS, flooded gradient sums)
+# The label party encrypts 2^12 * d and the passive masks with 2^12 * mask_bound, so the
+# mask still hides each slot product as before while the CKKS error -- and the noise that
+# floods it before the sums go back (crypto.ckks.decrypt_sums) -- shrinks 2^12-fold
+# relative to the gradient.  Largest plaintext: 2^(30+12) * 2^40 = 2^82 < 2^99.
+RESIDUAL_SCALE_BITS = 12
+FLOOD_SIGMA_BITS = 40  # statistical parameter of the flooding of decrypted gradient sums
 
 
 # --------------------------------------------------------------------------- config and models
@@ -401,6 +409,7 @@ def run_vertical_lr_label(
     t0 = time.perf_counter()
 
     ctx = ckks.new_context(cfg.poly_modulus_degree, cfg.coeff_mod_bit_sizes, cfg.scale_bits)
+    flood = ckks.masked_sum_flooding(ctx, FLOOD_SIGMA_BITS)  # refuses parameters without a measured error bound
     slots = ckks.slot_count(ctx)
     n = len(train)
     fit_rows, val_rows = validation_split(n, cfg.validation_fraction, cfg.seed, train.ids)
@@ -412,7 +421,7 @@ def run_vertical_lr_label(
         )
     batch = cfg.effective_batch(len(fit_rows))
     setup = {
-        "version": _VERSION,
+        "version": PROTOCOL_VERSION,
         "config": {**cfg.public(), "batch_size": batch},
         "passives": passives,
         "n_train": n,
@@ -460,7 +469,7 @@ def run_vertical_lr_label(
             # encrypt the residual once, send the same ciphertexts to every passive party
             k, L = _chunk_bounds(len(rows), slots)
             padded = np.zeros(k * L)
-            padded[: len(rows)] = resid
+            padded[: len(rows)] = resid * 2.0**RESIDUAL_SCALE_BITS
             t1 = time.perf_counter()
             cts = ckks.encrypt_chunks(ctx, padded, L)
             tm["encrypt"] += time.perf_counter() - t1
@@ -480,7 +489,7 @@ def run_vertical_lr_label(
                 blobs, meta = unpack_blobs(msg, what=f"gradient from '{p}'")
                 if len(blobs) != dims[p] or meta.get("step") != step:
                     raise ProtocolError(f"party '{me}': party '{p}' sent {len(blobs)} gradient ciphertexts for {step}")
-                sums = ckks.decrypt_sums(ctx, blobs, what=f"party '{me}': gradient from '{p}'")
+                sums = ckks.decrypt_sums(ctx, blobs, flood=flood, what=f"party '{me}': gradient from '{p}'")
                 counters["decryptions"] += len(blobs)
                 tm["decrypt"] += time.perf_counter() - t1
                 transport.send(p, f"{pf}/gs/{step}", pack_arrays({"s": sums}, {"step": step}))
@@ -588,8 +597,8 @@ def run_vertical_lr_passive(
         error = str(e)
     if error is not None:
         pass
-    elif setup.get("version") != _VERSION:
-        error = f"protocol version {setup.get('version')} (this party speaks {_VERSION})"
+    elif setup.get("version") != PROTOCOL_VERSION:
+        error = f"protocol version {setup.get('version')} (this party speaks {PROTOCOL_VERSION})"
     elif me not in setup.get("passives", []):
         error = f"'{me}' is not among the passive parties {setup.get('passives')} announced by '{label_party}'"
     elif setup["n_train"] != len(train) or setup["train_digest"] != ids_digest(train.ids):
@@ -640,7 +649,7 @@ def run_vertical_lr_passive(
                 raise ProtocolError(f"party '{me}': residual chunking {len(blobs)}x{L} does not fit {len(rows)} rows")
             Xb = np.zeros((len(blobs) * L, d))
             Xb[: len(rows)] = Xcols[rows]
-            col_masks = _uniform_mask(d * L, cfg.mask_bound).reshape(d, L)  # one per column, known only here
+            col_masks = _uniform_mask(d * L, cfg.mask_bound * 2.0**RESIDUAL_SCALE_BITS).reshape(d, L)  # known only here
             mask_sums = col_masks.sum(axis=1)
             out = ckks.masked_column_products(
                 ctx, blobs, Xb, col_masks, what=f"party '{me}': residual ciphertext from '{label_party}'"
@@ -652,7 +661,7 @@ def run_vertical_lr_passive(
             s = arrays.get("s")
             if s is None or s.shape != (d,) or meta.get("step") != step:
                 raise ProtocolError(f"party '{me}': malformed decrypted gradient sums for step {step}")
-            g = (s - mask_sums) / len(rows) + l2 * wl
+            g = (s - mask_sums) / (2.0**RESIDUAL_SCALE_BITS * len(rows)) + l2 * wl
             v = mu * v - lr * (P @ g)
             w = w + v
             steps += 1
