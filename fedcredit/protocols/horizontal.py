@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -205,7 +205,23 @@ class PartyEnv:
     tap: Callable[[str, np.ndarray], None] | None = None
 
 
-_METHODS = ("setup", "install_key", "fit", "finalize", "global_metrics", "end")
+class Method:
+    """Every coordinator -> party call of the horizontal protocol, declared once for both roles.
+
+    The coordinator sends each with :meth:`_Coordinator.call`; :func:`party_handler`
+    dispatches exactly these to the :class:`_Party` method of the same name.  Each party's
+    reply is ``{"ok": true, ...}`` or ``{"ok": false, "kind", "error"}``.
+    """
+
+    SETUP: Final = "setup"  # coordinator -> all: job spec; key holder replies public ctx, envelopes, stats
+    INSTALL_KEY: Final = "install_key"  # coordinator -> all but the holder: its sealed key envelope; replies stats
+    FIT: Final = "fit"  # coordinator -> all: summed stats (r=1) or summed updates; replies enc update + metrics
+    FINALIZE: Final = "finalize"  # coordinator -> all: last sum, metrics_party; replies metrics + enc histogram
+    GLOBAL_METRICS: Final = "global_metrics"  # coordinator -> metrics_party: summed histogram; replies AUC/KS
+    END: Final = "end"  # coordinator -> parties that may hold the key (after failure/drop): delete it
+
+
+_METHODS = (Method.SETUP, Method.INSTALL_KEY, Method.FIT, Method.FINALIZE, Method.GLOBAL_METRICS, Method.END)
 
 
 def _safe(run_id: str) -> str:
@@ -329,7 +345,7 @@ class _Party:
         me, holder = self.env.name, job.holder
         if holder not in self.env.peers:
             raise SecurityError(f"party '{me}' has no verified envelope key (certificate) for key holder '{holder}'")
-        self._need("install_key", blobs, "envelope")
+        self._need(Method.INSTALL_KEY, blobs, "envelope")
         try:
             secret = open_sealed(blobs["envelope"], self.env.envelope_private, self.env.peers[holder], self._aad(job, me))
         except SecurityError as e:
@@ -360,7 +376,7 @@ class _Party:
     def fit(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
         job = self._job(header, state)
         r = int(header["round"])
-        self._need("fit", blobs, "stats" if r == 1 else "model")
+        self._need(Method.FIT, blobs, "stats" if r == 1 else "model")
         ctx = self._ctx(job, state)
         t = self._train(job)
         d = t.n_features
@@ -381,7 +397,7 @@ class _Party:
 
     def finalize(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
         job = self._job(header, state)
-        self._need("finalize", blobs, "model")
+        self._need(Method.FINALIZE, blobs, "model")
         ctx = self._ctx(job, state)
         t = self._train(job)
         mean, std = self._std(job, state)
@@ -412,7 +428,7 @@ class _Party:
 
     def global_metrics(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
         job = self._job(header, state)
-        self._need("global_metrics", blobs, "hist")
+        self._need(Method.GLOBAL_METRICS, blobs, "hist")
         ctx = self._ctx(job, state)
         try:
             raw = ckks.decrypt_vector(ctx, blobs["hist"]).reshape(2, -1)
@@ -431,6 +447,10 @@ class _Party:
         if run_id:
             self._drop_key(run_id, state)
         return {}, {}
+
+
+if missing := [m for m in _METHODS if not callable(getattr(_Party, m, None))]:  # the vocabulary is the dispatch table
+    raise RuntimeError(f"horizontal protocol methods without a party handler: {missing}")
 
 
 def _forget_key(role: _Party, run_id: str, state: StateStore) -> None:
@@ -504,7 +524,7 @@ class HorizontalResult:
 
     def bytes_per_round(self) -> dict[str, dict[str, float]]:
         """Mean bytes per fit round per party, both directions."""
-        fit = self.traffic.get("fit", {})
+        fit = self.traffic.get(Method.FIT, {})
         return {
             p: {k: v / max(1, self.rounds) for k, v in d.items()}
             for p, d in fit.items()
@@ -641,7 +661,7 @@ def _end(c: _Coordinator, parties: list[str]) -> None:
     if not parties:
         return
     try:
-        c.ch.call_all({p: ("end", c.msg({})) for p in parties})
+        c.ch.call_all({p: (Method.END, c.msg({})) for p in parties})
     except Exception as e:  # noqa: BLE001 - the run's own outcome is what the caller must see
         log.warning("run %s: 'end' did not reach every party (%s); their keys go when their calls fail", c.job.run_id, e)
 
@@ -657,7 +677,7 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
 
     # 1. setup (+ key generation at the key holder)
     t = time.perf_counter()
-    rep = c.call("setup", {p: c.msg({"job": job.to_dict()}) for p in c.alive})
+    rep = c.call(Method.SETUP, {p: c.msg({"job": job.to_dict()}) for p in c.alive})
     c.require_holder("setup")
     ref = rep[holder][0]
     features, fp = list(ref["features"]), str(ref["fingerprint"])
@@ -685,7 +705,7 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
         c.drop(p, "ProtocolError", f"key holder '{holder}' produced no key envelope for it")
     others = [p for p in c.alive if p != holder]
     if others:
-        rep = c.call("install_key", {p: c.msg({}, {"envelope": envelopes[p]}) for p in others})
+        rep = c.call(Method.INSTALL_KEY, {p: c.msg({}, {"envelope": envelopes[p]}) for p in others})
         for p, (_, b) in rep.items():
             stats[p] = b["stats"]
     stats_sum = ckks.add_encrypted(pub, [stats[p] for p in c.alive])
@@ -700,7 +720,7 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
         tr = time.perf_counter()
         blobs = {"stats": stats_sum} if r == 1 else {"model": agg}
         payload = c.msg({"round": r}, blobs)  # type: ignore[arg-type]
-        rep = c.call("fit", {p: payload for p in c.alive})
+        rep = c.call(Method.FIT, {p: payload for p in c.alive})
         if not rep:
             c.check()
         agg = ckks.add_encrypted(pub, [b["update"] for _, (_, b) in sorted(rep.items())])
@@ -718,7 +738,7 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
     final_parties = sorted(c.alive)
     target = holder if holder in c.alive else c.alive[0]  # keeps its key to decrypt the summed histogram
     payload = c.msg({"round": job.rounds, "parties": final_parties, "metrics_party": target}, {"model": agg})  # type: ignore[dict-item]
-    rep = c.call("finalize", {p: payload for p in c.alive})
+    rep = c.call(Method.FINALIZE, {p: payload for p in c.alive})
     party_metrics = {p: dict(h.get("metrics", {})) for p, (h, _) in rep.items()}
     hists = [b["hist"] for _, (_, b) in sorted(rep.items()) if "hist" in b]
     timings["finalize_s"] = time.perf_counter() - t
@@ -728,7 +748,7 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
     if hists and target in c.alive:
         t = time.perf_counter()
         hsum = ckks.add_encrypted(pub, hists)
-        rep = c.call("global_metrics", {target: c.msg({}, {"hist": hsum})})
+        rep = c.call(Method.GLOBAL_METRICS, {target: c.msg({}, {"hist": hsum})})
         if target in rep:
             h = rep[target][0]
             global_m = {"auc": h.get("auc"), "ks": h.get("ks"), "n_test": h.get("n_test"), "decrypted_by": target}
