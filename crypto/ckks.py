@@ -33,13 +33,16 @@ slot *sums*, so no rotation and no Galois key is needed.
 from __future__ import annotations
 
 import math
+import os
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import tenseal as ts
+from tenseal import sealapi as sa  # SEAL objects for flooded decryption (decrypt_sums)
 
-from fedcredit.errors import DataError, ProtocolError, SecurityError
+from fedcredit.errors import ConfigError, DataError, ProtocolError, SecurityError
 
 MAGIC = b"FCKK"
 VERSION = 1
@@ -366,15 +369,106 @@ def masked_column_products(
     return out
 
 
-def decrypt_sums(ctx: SecretContext, cts: Sequence[bytes], *, what: str) -> np.ndarray:
-    """Slot sum of each serialized CKKS vector (key holder only); ``what`` names the sender in errors."""
+# Bound on the CKKS error of one slot sum returned by decrypt_sums, for ciphertexts made by
+# masked_column_products at N=8192, coeff_mod_bit_sizes (60, 40, 40, 60), scale 2^40, from a
+# residual chunk |r| <= 2^12 and a column whose squares sum to <= 2^15 over the chunk (a
+# standardized column over <= 32,768 rows).  Measured by simulations/ckks_decrypt_error.py and
+# derived in docs/vertical_lr.md ("Decrypt-and-return"): observed std 3.4e-6, max 1.1e-5 over 200 sums.
+MASKED_SUM_ERROR_BOUND = 2.0**-14
+_MEASURED_PARAMS = (8192, (60, 40, 40, 60), 40)
+
+
+@dataclass(frozen=True)
+class Flooding:
+    """Noise flooding of a decrypted value that goes back to another party (Li-Micciancio, eprint 2020/1533).
+
+    A CKKS decryption carries an error that depends on the secret key; handing it to the
+    party that built the ciphertext lets it collect linear equations in the key.  The key
+    holder adds Gaussian noise of standard deviation ``2^(sigma_bits/2) * e_bound`` (the
+    KL divergence between two keys' output distributions is then <= 2^-sigma_bits per value).
+    """
+
+    e_bound: float  # bound on the CKKS error of one returned value
+    sigma_bits: int = 40  # statistical parameter
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.e_bound) and self.e_bound > 0):
+            raise DataError(f"flooding needs a positive error bound, got e_bound={self.e_bound}")
+        if not 1 <= self.sigma_bits <= 128:
+            raise DataError(f"flooding sigma_bits must be in 1..128, got {self.sigma_bits}")
+
+    @property
+    def std(self) -> float:
+        """Standard deviation of the added noise (in the returned value's units)."""
+        return 2.0 ** (self.sigma_bits / 2) * self.e_bound
+
+
+def masked_sum_flooding(ctx: Context, sigma_bits: int = 40) -> Flooding:
+    """The :class:`Flooding` for :func:`decrypt_sums` of :func:`masked_column_products` ciphertexts under ``ctx``.
+
+    Only the measured parameter set has a bound; anything else is refused rather than
+    flooded with a guess.
+    """
+    tctx = _ts(ctx)
+    parms = tctx.seal_context().data.key_context_data().parms()
+    have = (
+        parms.poly_modulus_degree(),
+        tuple(m.bit_count() for m in parms.coeff_modulus()),
+        round(math.log2(tctx.global_scale)),
+    )
+    if have != _MEASURED_PARAMS:
+        raise ConfigError(
+            f"no measured CKKS decryption-error bound for N={have[0]}, coeff_mod_bit_sizes={list(have[1])}, "
+            f"scale 2^{have[2]} (measured: N={_MEASURED_PARAMS[0]}, {list(_MEASURED_PARAMS[1])}, 2^{_MEASURED_PARAMS[2]}); "
+            "measure it with `python -m simulations.ckks_decrypt_error` before using other parameters"
+        )
+    return Flooding(MASKED_SUM_ERROR_BOUND, sigma_bits)
+
+
+def gaussian(n: int, std: float) -> np.ndarray:
+    """``n`` Gaussian samples from the OS CSPRNG (Box-Muller): the party that sees them must not predict them."""
+    u = (np.frombuffer(os.urandom(16 * n), dtype="<u8") >> np.uint64(11)).astype(np.float64) / 2.0**53
+    return std * np.sqrt(-2.0 * np.log1p(-u[:n])) * np.cos(2.0 * math.pi * u[n:])
+
+
+def decrypt_sums(ctx: SecretContext, cts: Sequence[bytes], *, flood: Flooding, what: str) -> np.ndarray:
+    """Sum over all slots of each serialized CKKS vector, flooded, for sending back to its maker (key holder only).
+
+    The noise is added to the ciphertext's constant coefficient *before* decryption
+    (``Σ_slots`` of a CKKS plaintext is ``N/2 · m_0 / scale``, so that coefficient is all the
+    returned sum depends on): the floating-point decoding afterwards is a function of the
+    flooded plaintext only.  ``what`` names the sender in errors.  This is the only way out
+    of this module for a decrypted value that goes back to another party.
+    """
+    if not isinstance(flood, Flooding):
+        raise TypeError("decrypt_sums needs a crypto.ckks.Flooding (decrypted values that are returned are flooded)")
+    return _slot_sums(ctx, cts, flood.std, what)
+
+
+def _slot_sums(ctx: SecretContext, cts: Sequence[bytes], noise_std: float, what: str) -> np.ndarray:
+    """decrypt_sums with a given noise level; ``noise_std=0`` (unflooded) only for measuring the error."""
     tctx = _require_secret(ctx, f"decrypt {what}")
+    sctx = tctx.seal_context().data
+    encoder = sa.CKKSEncoder(sctx)
+    evaluator = sa.Evaluator(sctx)
+    decryptor = sa.Decryptor(sctx, tctx.secret_key().data)
+    half = encoder.slot_count()
+    deltas = gaussian(len(cts), noise_std / half) if noise_std > 0 else np.zeros(len(cts))
     sums = np.empty(len(cts))
+    pt = sa.Plaintext()
     for c, blob in enumerate(cts):
         try:
-            sums[c] = float(np.sum(ts.ckks_vector_from(tctx, blob).decrypt()))
+            seal_cts = ts.ckks_vector_from(tctx, blob).ciphertext()
         except Exception as e:  # TenSEAL raises bare exceptions for foreign ciphertexts
             raise ProtocolError(f"{what}: ciphertext {c} is invalid: {e}") from None
+        if len(seal_cts) != 1 or seal_cts[0].size() != 2:
+            raise ProtocolError(f"{what}: ciphertext {c} is not one 2-component CKKS ciphertext")
+        ct = seal_cts[0]
+        if deltas[c]:
+            encoder.encode(float(deltas[c]), ct.parms_id(), ct.scale, pt)  # constant polynomial: coefficient 0 only
+            evaluator.add_plain_inplace(ct, pt)
+        decryptor.decrypt(ct, pt)
+        sums[c] = math.fsum(encoder.decode_double(pt))
     return sums
 
 

@@ -29,6 +29,9 @@ class StateStore(Protocol):
 
     def put(self, key: str, value: bytes) -> None: ...
 
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if present (e.g. a job's secret key once the job ends)."""
+
 
 class MemoryState:
     """StateStore in a dict (in-process simulation)."""
@@ -41,6 +44,9 @@ class MemoryState:
 
     def put(self, key: str, value: bytes) -> None:
         self._d[key] = bytes(value)
+
+    def delete(self, key: str) -> None:
+        self._d.pop(key, None)
 
 
 class DirState:
@@ -61,6 +67,9 @@ class DirState:
 
     def put(self, key: str, value: bytes) -> None:
         write_file(self._path(key), value)  # owner-only, atomic: keys live here
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
 
 Handler = Callable[[str, bytes, StateStore], bytes]

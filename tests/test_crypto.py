@@ -523,10 +523,10 @@ def test_ckks_lr_kernel_gives_masked_column_sums_and_only_the_key_holder_decrypt
     assert len(cts) == 2
     masks = rng.uniform(-1e6, 1e6, (d, L))
     out = ckks.masked_column_products(public_ctx, cts, X, masks, what="residual")  # public context suffices
-    sums = ckks.decrypt_sums(secret_ctx, out, what="gradient")
+    sums = ckks.decrypt_sums(secret_ctx, out, flood=ckks.Flooding(1e-9, sigma_bits=20), what="gradient")
     np.testing.assert_allclose(sums - masks.sum(axis=1), X.T @ r, atol=1e-2)
     with pytest.raises(SecurityError, match="public"):
-        ckks.decrypt_sums(public_ctx, out, what="gradient")  # type: ignore[arg-type]
+        ckks.decrypt_sums(public_ctx, out, flood=ckks.Flooding(1e-9), what="gradient")  # type: ignore[arg-type]
     with pytest.raises(ProtocolError, match="residual is invalid"):
         ckks.masked_column_products(public_ctx, [b"junk"], X[:L], masks, what="residual")
 

@@ -233,7 +233,12 @@ def test_coordinator_receives_only_undecryptable_ciphertexts(tmp_path: Path) -> 
                                 tap=lambda party, what, v: plain[party].append((what, v)))
     records: list[WireRecord] = []
     fed.channel.observers.append(records.append)
+    kept: dict[str, bytes] = {}  # host_2's secret context as it was installed (deleted from its state at the end)
+    st = fed.states["host_2"]
+    put = st.put
+    st.put = lambda k, v: (kept.__setitem__(k, v), put(k, v))[1]  # type: ignore[method-assign]
     res = run_coordinator(fed.channel, HorizontalJob(run_id="priv", parties=BANKS, rounds=3, family="mlp"))
+    assert st.get("hz-priv-ckks") is None  # the job's key left host_2's state when its part ended
     assert res.global_metrics is not None
 
     # what was encrypted: stats once, an update per round, a histogram at the end
@@ -258,7 +263,7 @@ def test_coordinator_receives_only_undecryptable_ciphertexts(tmp_path: Path) -> 
     assert public_ctx is not None and n_ckks == 3 + 9 + 3
     # the coordinator's public context cannot decrypt any captured ciphertext (neither through
     # the wrapper nor with raw TenSEAL); a party's secret context can (so the parse is right)
-    secret_ctx = ckks.load_secret(fed.states["host_2"].get("hz-priv-ckks"))
+    secret_ctx = ckks.load_secret(kept["hz-priv-ckks"])
     for r in replies:
         for blob in decode_message(r.payload)[1].values():
             if ckks.is_ckks_blob(blob):

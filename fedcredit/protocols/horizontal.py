@@ -31,8 +31,15 @@ Flower deployment mode, so steps are merged wherever the data dependencies allow
    standardization, evaluates on its own test table, replies public AUC/KS/n_test and
    an *encrypted* score histogram.
 5. ``global_metrics`` -> one party: the summed histogram; replies the global AUC/KS only.
+6. ``end``           -> parties that may still hold the key, only when the run failed or a
+   party was dropped: each deletes the job's CKKS secret context from its state.
 
-Hops: R + 4.  Every payload is ``fedcredit.codec`` framing: a JSON header plus named binary
+Job secret keys: every bank keeps the run's CKKS secret context in its state store between
+calls and deletes it when its part of the job ends -- at ``finalize`` (all but the party
+named to decrypt the global metrics), after ``global_metrics``, when one of its own calls
+fails, or on ``end``.  No deployed model needs it (the global model is plaintext per bank).
+
+Hops: R + 4 (+1 ``end`` after a failure).  Every payload is ``fedcredit.codec`` framing: a JSON header plus named binary
 blobs (no pickle).  The leakage table (what each role sees in plaintext) is in
 ``docs/horizontal.md``.
 """
@@ -48,7 +55,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -198,7 +205,23 @@ class PartyEnv:
     tap: Callable[[str, np.ndarray], None] | None = None
 
 
-_METHODS = ("setup", "install_key", "fit", "finalize", "global_metrics")
+class Method:
+    """Every coordinator -> party call of the horizontal protocol, declared once for both roles.
+
+    The coordinator sends each with :meth:`_Coordinator.call`; :func:`party_handler`
+    dispatches exactly these to the :class:`_Party` method of the same name.  Each party's
+    reply is ``{"ok": true, ...}`` or ``{"ok": false, "kind", "error"}``.
+    """
+
+    SETUP: Final = "setup"  # coordinator -> all: job spec; key holder replies public ctx, envelopes, stats
+    INSTALL_KEY: Final = "install_key"  # coordinator -> all but the holder: its sealed key envelope; replies stats
+    FIT: Final = "fit"  # coordinator -> all: summed stats (r=1) or summed updates; replies enc update + metrics
+    FINALIZE: Final = "finalize"  # coordinator -> all: last sum, metrics_party; replies metrics + enc histogram
+    GLOBAL_METRICS: Final = "global_metrics"  # coordinator -> metrics_party: summed histogram; replies AUC/KS
+    END: Final = "end"  # coordinator -> parties that may hold the key (after failure/drop): delete it
+
+
+_METHODS = (Method.SETUP, Method.INSTALL_KEY, Method.FIT, Method.FINALIZE, Method.GLOBAL_METRICS, Method.END)
 
 
 def _safe(run_id: str) -> str:
@@ -228,6 +251,10 @@ class _Party:
         if raw is None:
             raise ProtocolError(f"party '{self.env.name}': no CKKS key installed for run '{job.run_id}'")
         return ckks.load_secret(raw, what=f"party '{self.env.name}': stored CKKS context")
+
+    def _drop_key(self, run_id: str, state: StateStore) -> None:
+        """The job's CKKS secret context leaves this party's state (its part of the job is over)."""
+        state.delete(self._key(run_id, "ckks"))
 
     def _std(self, job: HorizontalJob, state: StateStore) -> tuple[np.ndarray, np.ndarray]:
         raw = state.get(self._key(job.run_id, "std"))
@@ -318,7 +345,7 @@ class _Party:
         me, holder = self.env.name, job.holder
         if holder not in self.env.peers:
             raise SecurityError(f"party '{me}' has no verified envelope key (certificate) for key holder '{holder}'")
-        self._need("install_key", blobs, "envelope")
+        self._need(Method.INSTALL_KEY, blobs, "envelope")
         try:
             secret = open_sealed(blobs["envelope"], self.env.envelope_private, self.env.peers[holder], self._aad(job, me))
         except SecurityError as e:
@@ -349,7 +376,7 @@ class _Party:
     def fit(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
         job = self._job(header, state)
         r = int(header["round"])
-        self._need("fit", blobs, "stats" if r == 1 else "model")
+        self._need(Method.FIT, blobs, "stats" if r == 1 else "model")
         ctx = self._ctx(job, state)
         t = self._train(job)
         d = t.n_features
@@ -370,7 +397,7 @@ class _Party:
 
     def finalize(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
         job = self._job(header, state)
-        self._need("finalize", blobs, "model")
+        self._need(Method.FINALIZE, blobs, "model")
         ctx = self._ctx(job, state)
         t = self._train(job)
         mean, std = self._std(job, state)
@@ -395,15 +422,43 @@ class _Party:
             assert test.y is not None
             hist = metrics.score_histogram(test.y, model.predict_proba((test.X - mean) / std), bins=job.hist_bins)
             out_b["hist"] = self._encrypt(ctx, "histogram", hist.ravel())
+        if header.get("metrics_party") != self.env.name:  # no further decryption asked of this party
+            self._drop_key(job.run_id, state)
         return {"metrics": m, "model_path": str(path)}, out_b
 
     def global_metrics(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
         job = self._job(header, state)
-        self._need("global_metrics", blobs, "hist")
+        self._need(Method.GLOBAL_METRICS, blobs, "hist")
         ctx = self._ctx(job, state)
-        hist = ckks.decrypt_vector(ctx, blobs["hist"]).reshape(2, -1)
+        try:
+            raw = ckks.decrypt_vector(ctx, blobs["hist"]).reshape(2, -1)
+        finally:
+            self._drop_key(job.run_id, state)
+        # counts are integers: rounding removes the CKKS error before anything derived from it
+        # leaves (a slot more than 1/4 from an integer is no honest sum of counts)
+        hist = np.rint(raw)
+        if np.any(np.abs(raw - hist) > 0.25) or np.any(hist < 0):
+            raise ProtocolError(f"party '{self.env.name}': the summed score histogram does not hold counts")
         a, k = metrics.auc_ks_from_histogram(hist)
-        return {"auc": _num(a), "ks": _num(k), "n_test": int(np.rint(hist).sum())}, {}
+        return {"auc": _num(a), "ks": _num(k), "n_test": int(hist.sum())}, {}
+
+    def end(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
+        run_id = str(header.get("run_id", ""))
+        if run_id:
+            self._drop_key(run_id, state)
+        return {}, {}
+
+
+if missing := [m for m in _METHODS if not callable(getattr(_Party, m, None))]:  # the vocabulary is the dispatch table
+    raise RuntimeError(f"horizontal protocol methods without a party handler: {missing}")
+
+
+def _forget_key(role: _Party, run_id: str, state: StateStore) -> None:
+    if run_id:
+        try:
+            role._drop_key(run_id, state)
+        except Exception:  # noqa: BLE001 - the error reply matters more; the sweep at 'end' retries
+            log.exception("party %s: could not delete the CKKS key of run %s", role.env.name, run_id)
 
 
 def _num(x: float) -> float | None:
@@ -421,17 +476,21 @@ def party_handler(env: PartyEnv) -> Handler:
     role = _Party(env)
 
     def handle(method: str, payload: bytes, state: StateStore) -> bytes:
+        run_id = ""
         try:
             if method not in _METHODS:
                 raise ProtocolError(f"party '{env.name}': unknown horizontal method '{method}'")
             header, blobs = decode_message(payload, f"'{method}' request to party '{env.name}'")
+            run_id = str(header.get("run_id", "")) or str((header.get("job") or {}).get("run_id", ""))
             out_h, out_b = getattr(role, method)(header, blobs, state)
             return encode_message({"ok": True, **out_h}, out_b)
         except FedCreditError as e:
             log.warning("party %s: %s failed: %s", env.name, method, e)
+            _forget_key(role, run_id, state)  # a failed party is dropped from the run: its key goes
             return encode_message({"ok": False, "kind": type(e).__name__, "error": str(e)})
         except Exception as e:  # noqa: BLE001 - report, do not crash the party daemon
             log.exception("party %s: %s crashed", env.name, method)
+            _forget_key(role, run_id, state)
             return encode_message(
                 {"ok": False, "kind": "InternalError", "error": f"party '{env.name}': {method}: {type(e).__name__}: {e}"}
             )
@@ -465,7 +524,7 @@ class HorizontalResult:
 
     def bytes_per_round(self) -> dict[str, dict[str, float]]:
         """Mean bytes per fit round per party, both directions."""
-        fit = self.traffic.get("fit", {})
+        fit = self.traffic.get(Method.FIT, {})
         return {
             p: {k: v / max(1, self.rounds) for k, v in d.items()}
             for p, d in fit.items()
@@ -583,8 +642,31 @@ def run_coordinator(channel: PartyChannel, job: HorizontalJob, progress: Progres
     ciphertexts, and relays sealed envelopes.  A party that fails (error reply,
     exception or no reply) is dropped; the run continues while at least
     ``job.min_parties`` remain, otherwise it raises an error naming the parties.
+    Whenever a party may still hold the job's secret key at the end (the run failed, or
+    the party was dropped), it is sent ``end`` so it deletes it.
     """
     c = _Coordinator(channel, job, progress)
+    try:
+        result = _run(c, channel, job)
+    except BaseException:
+        _end(c, [p for p in job.parties if p in channel.parties])
+        raise
+    if c.dropped:
+        _end(c, [p for p in c.dropped if p in channel.parties])
+    return result
+
+
+def _end(c: _Coordinator, parties: list[str]) -> None:
+    """Best effort: tell ``parties`` the job is over so each deletes its CKKS secret context."""
+    if not parties:
+        return
+    try:
+        c.ch.call_all({p: (Method.END, c.msg({})) for p in parties})
+    except Exception as e:  # noqa: BLE001 - the run's own outcome is what the caller must see
+        log.warning("run %s: 'end' did not reach every party (%s); their keys go when their calls fail", c.job.run_id, e)
+
+
+def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> HorizontalResult:
     unknown = [p for p in job.parties if p not in channel.parties]
     if unknown:
         raise ProtocolError(f"run '{job.run_id}': part(ies) {unknown} are not connected (channel has {channel.parties})")
@@ -595,7 +677,7 @@ def run_coordinator(channel: PartyChannel, job: HorizontalJob, progress: Progres
 
     # 1. setup (+ key generation at the key holder)
     t = time.perf_counter()
-    rep = c.call("setup", {p: c.msg({"job": job.to_dict()}) for p in c.alive})
+    rep = c.call(Method.SETUP, {p: c.msg({"job": job.to_dict()}) for p in c.alive})
     c.require_holder("setup")
     ref = rep[holder][0]
     features, fp = list(ref["features"]), str(ref["fingerprint"])
@@ -623,7 +705,7 @@ def run_coordinator(channel: PartyChannel, job: HorizontalJob, progress: Progres
         c.drop(p, "ProtocolError", f"key holder '{holder}' produced no key envelope for it")
     others = [p for p in c.alive if p != holder]
     if others:
-        rep = c.call("install_key", {p: c.msg({}, {"envelope": envelopes[p]}) for p in others})
+        rep = c.call(Method.INSTALL_KEY, {p: c.msg({}, {"envelope": envelopes[p]}) for p in others})
         for p, (_, b) in rep.items():
             stats[p] = b["stats"]
     stats_sum = ckks.add_encrypted(pub, [stats[p] for p in c.alive])
@@ -638,7 +720,7 @@ def run_coordinator(channel: PartyChannel, job: HorizontalJob, progress: Progres
         tr = time.perf_counter()
         blobs = {"stats": stats_sum} if r == 1 else {"model": agg}
         payload = c.msg({"round": r}, blobs)  # type: ignore[arg-type]
-        rep = c.call("fit", {p: payload for p in c.alive})
+        rep = c.call(Method.FIT, {p: payload for p in c.alive})
         if not rep:
             c.check()
         agg = ckks.add_encrypted(pub, [b["update"] for _, (_, b) in sorted(rep.items())])
@@ -654,23 +736,25 @@ def run_coordinator(channel: PartyChannel, job: HorizontalJob, progress: Progres
     # 4. finalize: save the global model everywhere, public local metrics, encrypted histograms
     t = time.perf_counter()
     final_parties = sorted(c.alive)
-    payload = c.msg({"round": job.rounds, "parties": final_parties}, {"model": agg})  # type: ignore[dict-item]
-    rep = c.call("finalize", {p: payload for p in c.alive})
+    target = holder if holder in c.alive else c.alive[0]  # keeps its key to decrypt the summed histogram
+    payload = c.msg({"round": job.rounds, "parties": final_parties, "metrics_party": target}, {"model": agg})  # type: ignore[dict-item]
+    rep = c.call(Method.FINALIZE, {p: payload for p in c.alive})
     party_metrics = {p: dict(h.get("metrics", {})) for p, (h, _) in rep.items()}
     hists = [b["hist"] for _, (_, b) in sorted(rep.items()) if "hist" in b]
     timings["finalize_s"] = time.perf_counter() - t
 
     # 5. global metrics from the summed histogram, decrypted by one party (AUC/KS come back only)
     global_m: dict[str, Any] | None = None
-    if hists and c.alive:
+    if hists and target in c.alive:
         t = time.perf_counter()
         hsum = ckks.add_encrypted(pub, hists)
-        target = holder if holder in c.alive else c.alive[0]
-        rep = c.call("global_metrics", {target: c.msg({}, {"hist": hsum})})
+        rep = c.call(Method.GLOBAL_METRICS, {target: c.msg({}, {"hist": hsum})})
         if target in rep:
             h = rep[target][0]
             global_m = {"auc": h.get("auc"), "ks": h.get("ks"), "n_test": h.get("n_test"), "decrypted_by": target}
         timings["global_metrics_s"] = time.perf_counter() - t
+    elif target in c.alive:  # nothing to decrypt after all: the metrics party's key goes now
+        _end(c, [target])
     wall = time.perf_counter() - c.t0
     result = HorizontalResult(
         run_id=job.run_id,

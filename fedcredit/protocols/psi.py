@@ -43,7 +43,7 @@ from crypto.psi import POINT_LEN, PsiKey, hash_to_point, normalize_id
 from fedcredit.errors import DataError, ProtocolError
 from fedcredit.transport import Transport
 
-__all__ = ["PsiResult", "run_psi", "save_intersection", "load_intersection", "DEFAULT_BATCH", "MATCH_LEN"]
+__all__ = ["PsiResult", "Tags", "run_psi", "save_intersection", "load_intersection", "DEFAULT_BATCH", "MATCH_LEN"]
 
 DEFAULT_BATCH = 50_000
 MATCH_LEN = 16  # bytes of a doubly-blinded point kept for matching/ordering (128-bit: collisions ~2^-88 at 1M ids)
@@ -63,6 +63,30 @@ class PsiResult:
     own_size: int = 0
     peer_sizes: dict[str, int] = field(default_factory=dict)
     pairwise_sizes: dict[str, int] = field(default_factory=dict)  # this party's intersection with each peer
+
+
+# --------------------------------------------------------------------------- wire vocabulary
+
+
+@dataclass(frozen=True)
+class Tags:
+    """Every PSI message tag, declared once for every role (``prefix`` is ``run_psi``'s ``tag_prefix``)."""
+
+    prefix: str = "psi"
+
+    @property
+    def hello(self) -> str:  # party -> peer: {"v", "n", "batches"}
+        return f"{self.prefix}/hello"
+
+    def single(self, i: int) -> str:  # party -> peer: batch i of its own ids, singly blinded k_P·H(x)
+        return f"{self.prefix}/s/{i}"
+
+    def double(self, i: int) -> str:  # peer -> party: batch i of that party's ids, doubly blinded (16 bytes each)
+        return f"{self.prefix}/d/{i}"
+
+    @property
+    def final(self) -> str:  # leader -> non-leader: {"size", "error"} + the final set's doubly-blinded values
+        return f"{self.prefix}/final"
 
 
 # --------------------------------------------------------------------------- blinding workers
@@ -272,10 +296,12 @@ def _read_hello(payload: bytes, me: str, peer: str) -> tuple[int, int, int, str]
         raise ProtocolError(f"party '{me}': malformed PSI hello from party '{peer}'") from None
 
 
-def _recv_points(transport: Transport, peer: str, tag: str, n_batches: int, width: int, what: str) -> Iterator[bytes]:
+def _recv_points(
+    transport: Transport, peer: str, tag: Callable[[int], str], n_batches: int, width: int, what: str
+) -> Iterator[bytes]:
     me = transport.me
     for i in range(n_batches):
-        buf = transport.recv(peer, f"{tag}/{i}")
+        buf = transport.recv(peer, tag(i))
         if len(buf) == 0 or len(buf) % width:
             raise ProtocolError(f"party '{me}': {what} batch {i} from party '{peer}' has {len(buf)} bytes, not k*{width}")
         yield buf
@@ -296,7 +322,7 @@ def _pair_exchange(
     own_batches: int,
     peer_n: int,
     peer_batches: int,
-    prefix: str,
+    tags: Tags,
     progress: Progress | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Blind the peer's singly-blinded ids (sending them back), then receive ours doubly blinded.
@@ -306,14 +332,14 @@ def _pair_exchange(
     me = transport.me
     peer_double: list[bytes] = []
     done = 0
-    incoming = _recv_points(transport, peer, f"{prefix}/s", peer_batches, POINT_LEN, "singly-blinded")
+    incoming = _recv_points(transport, peer, tags.single, peer_batches, POINT_LEN, "singly-blinded")
     for i, dbl in enumerate(blinder.blind(incoming, MATCH_LEN)):
-        transport.send(peer, f"{prefix}/d/{i}", dbl)
+        transport.send(peer, tags.double(i), dbl)
         peer_double.append(dbl)
         done += len(dbl) // MATCH_LEN
         if progress:
             progress(f"blind ids of {peer}", done, peer_n)
-    own_double = list(_recv_points(transport, peer, f"{prefix}/d", own_batches, MATCH_LEN, "doubly-blinded"))
+    own_double = list(_recv_points(transport, peer, tags.double, own_batches, MATCH_LEN, "doubly-blinded"))
     return (
         _as_matchable(own_double, own_n, me, peer, "doubly-blinded own ids"),
         _as_matchable(peer_double, peer_n, me, peer, "doubly-blinded peer ids"),
@@ -392,6 +418,7 @@ def run_psi(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     peers = [p for p in parties if p != leader] if me == leader else [leader]
+    tags = Tags(tag_prefix)
 
     if workers is None:  # decided before validation so the helpers boot while ids are checked
         workers = (os.cpu_count() or 1) if len(ids) >= _PARALLEL_THRESHOLD else 0
@@ -407,8 +434,8 @@ def run_psi(
             raise
         n = len(norm)
         for p in peers:
-            transport.send(p, f"{tag_prefix}/hello", _hello(n, batch_size, min_size=min_size, min_rule=min_rule))
-        hellos = {p: _read_hello(transport.recv(p, f"{tag_prefix}/hello"), me, p) for p in peers}
+            transport.send(p, tags.hello, _hello(n, batch_size, min_size=min_size, min_rule=min_rule))
+        hellos = {p: _read_hello(transport.recv(p, tags.hello), me, p) for p in peers}
         peer_info = {p: (h[0], h[1]) for p, h in hellos.items()}
         floor, floor_rule = min_size, min_rule  # the largest minimum any party announced decides
         for h in hellos.values():
@@ -420,7 +447,7 @@ def run_psi(
         done = 0
         for i, buf in enumerate(blinder.hash_blind(_batches(norm, batch_size))):
             for p in peers:
-                transport.send(p, f"{tag_prefix}/s/{i}", buf)
+                transport.send(p, tags.single(i), buf)
             own_batches += 1
             done += len(buf) // POINT_LEN
             if progress:
@@ -432,7 +459,7 @@ def run_psi(
         pair_sizes: dict[str, int] = {}
         for p in peers:
             pn, pb = peer_info[p]
-            own_d, peer_d = _pair_exchange(transport, p, blinder, n, own_batches, pn, pb, tag_prefix, progress)
+            own_d, peer_d = _pair_exchange(transport, p, blinder, n, own_batches, pn, pb, tags, progress)
             own = _Lookup(own_d, me, f"the doubly-blinded ids returned by party '{p}'")
             mask = _Lookup(peer_d, me, f"the blinded ids sent by party '{p}'").find(own_d) >= 0
             pair_masks[p], pair_own[p], pair_sizes[p] = mask, own, int(mask.sum())
@@ -453,11 +480,11 @@ def run_psi(
         for p in peers:
             meta = {"size": size, "error": err}
             body = b"" if err else pair_own[p].values[ordered].tobytes()  # below a minimum: reveal nothing
-            transport.send(p, f"{tag_prefix}/final", json.dumps(meta).encode() + b"\n" + body)
+            transport.send(p, tags.final, json.dumps(meta).encode() + b"\n" + body)
         if err:
             raise DataError(err)
     else:
-        payload = transport.recv(leader, f"{tag_prefix}/final")
+        payload = transport.recv(leader, tags.final)
         head, _, body = payload.partition(b"\n")
         try:
             meta = json.loads(head.decode())

@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -61,6 +61,7 @@ from fedcredit.transport import CountingTransport, Transport
 
 __all__ = [
     "SplitSpec",
+    "Tags",
     "VerticalParty",
     "hash_test_mask",
     "split_spec",
@@ -69,7 +70,13 @@ __all__ = [
 ]
 
 DEFAULT_TEST_FRACTION = 0.2
-_SPLIT_TAG = "vjob/split"
+
+
+class Tags:
+    """The vertical job core's own messages; PSI and the model protocols declare theirs
+    (``psi.Tags("psi")``, ``vertical_lr.Tags(tag_prefix)``, ``secureboost.messages.tags``)."""
+
+    SPLIT: Final = "vjob/split"  # label party -> each passive: test-row bitmask over the PSI order + the rule
 
 
 # --------------------------------------------------------------------------- the party's view
@@ -299,10 +306,10 @@ def _run_party(transport: Transport, rt: VerticalParty) -> dict[str, Any]:
             tr.abort(str(e))  # the passive parties stop waiting for the split, and learn why
             raise
         for p in passives:
-            tr.send(p, _SPLIT_TAG, _pack_mask(mask, spec))
+            tr.send(p, Tags.SPLIT, _pack_mask(mask, spec))
         rule = spec.describe()
     else:
-        mask, meta = _unpack_mask(tr.recv(label, _SPLIT_TAG), len(aligned), me, label)
+        mask, meta = _unpack_mask(tr.recv(label, Tags.SPLIT), len(aligned), me, label)
         rule = str(meta.get("rule", ""))
         if spec.fraction is not None and not np.array_equal(mask, hash_test_mask(aligned.ids, spec.fraction, spec.seed)):
             raise ProtocolError(

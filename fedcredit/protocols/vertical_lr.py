@@ -10,11 +10,12 @@ batch, with rows fixed by a shared seed (no row lists cross):
     P_k -> L   z_k = X_k[batch] w_k            partial logits (fixed-point, masked so that
                                                with >= 2 passives L learns only Σ_k z_k)
     L          d = sigmoid(z) - y              residual, exact sigmoid
-    L -> P_k   Enc(d)                          CKKS, chunks of <= slot_count rows
-    P_k        for each own column c:  Enc(d) ⊙ X_k[:, c] + m_c   (plaintext multiply, no rotation)
+    L -> P_k   Enc(2^12 d)                     CKKS, chunks of <= slot_count rows
+    P_k        for each own column c:  Enc(2^12 d) ⊙ X_k[:, c] + m_c   (plaintext multiply, no rotation)
     P_k -> L   the masked ciphertexts          m_c random per slot, known only to P_k
-    L -> P_k   s_c = Σ_slots Dec(...)          = (X_k^T d)_c + Σ m_c  (still masked)
-    P_k        g_k = (s - Σ m) / |batch| + l2 w_k ; update w_k
+    L -> P_k   s_c = Σ_slots Dec(...) + noise  = 2^12 (X_k^T d)_c + Σ m_c + noise  (still masked;
+                                               flooded: the one decrypt-and-return, crypto.ckks.decrypt_sums)
+    P_k        g_k = (s - Σ m) / (2^12 |batch|) + l2 w_k ; update w_k
 
 Slot sums are taken by the key holder after decryption, so no rotation (and no
 Galois key) is ever needed; the cost is |batch|·d_k/slots plaintext multiplications
@@ -52,6 +53,9 @@ from fedcredit.transport import Transport
 
 __all__ = [
     "VerticalLRConfig",
+    "Tags",
+    "ScoreTags",
+    "SCORE_TAG",
     "LabelModel",
     "PassiveModel",
     "LabelResult",
@@ -67,7 +71,84 @@ __all__ = [
 Progress = Callable[[str, int, int], None]
 
 _FIXED_SCALE = 2.0**32  # fixed-point scale for masked partial logits (|z| < 2^31, resolution 2^-32)
-_VERSION = 1
+_VERSION = 1  # model file format
+PROTOCOL_VERSION = 2  # wire protocol (2: residuals scaled by 2^RESIDUAL_SCALE_BITS, flooded gradient sums)
+# The label party encrypts 2^12 * d and the passive masks with 2^12 * mask_bound, so the
+# mask still hides each slot product as before while the CKKS error -- and the noise that
+# floods it before the sums go back (crypto.ckks.decrypt_sums) -- shrinks 2^12-fold
+# relative to the gradient.  Largest plaintext: 2^(30+12) * 2^40 = 2^82 < 2^99.
+RESIDUAL_SCALE_BITS = 12
+FLOOD_SIGMA_BITS = 40  # statistical parameter of the flooding of decrypted gradient sums
+
+
+# --------------------------------------------------------------------------- wire vocabulary
+
+
+@dataclass(frozen=True)
+class Tags:
+    """Every vertical LR message tag, declared once for both roles (``L`` label party, ``P_k`` passive k).
+
+    ``prefix`` is ``VerticalLRConfig.tag_prefix`` ("vlr"); ``step`` is ``"<epoch>/<batch>"``.
+    The payload of each is the leakage table of docs/vertical_lr.md.
+    """
+
+    prefix: str = "vlr"
+
+    @property
+    def setup(self) -> str:  # L -> P_k: hyper-parameters, party list, row counts and id digests (JSON)
+        return f"{self.prefix}/setup"
+
+    @property
+    def ctx(self) -> str:  # L -> P_k: the public CKKS context
+        return f"{self.prefix}/ctx"
+
+    @property
+    def hello(self) -> str:  # P_k -> L: {"n_features"} (a refusal is Transport.abort, not a message)
+        return f"{self.prefix}/hello"
+
+    @property
+    def pairseed(self) -> str:  # P_i -> P_j (i < j, >= 2 passives): 32-byte seed of their zero-sum masks
+        return f"{self.prefix}/pairseed"
+
+    def z(self, step: str) -> str:  # P_k -> L: masked fixed-point partial logits of the batch
+        return f"{self.prefix}/z/{step}"
+
+    def r(self, step: str) -> str:  # L -> P_k: Enc(2^12 d), the residual ciphertexts
+        return f"{self.prefix}/r/{step}"
+
+    def g(self, step: str) -> str:  # P_k -> L: masked gradient ciphertexts, one per own column
+        return f"{self.prefix}/g/{step}"
+
+    def gs(self, step: str) -> str:  # L -> P_k: flooded slot sums of those (decrypt-and-return)
+        return f"{self.prefix}/gs/{step}"
+
+    def zv(self, epoch: int) -> str:  # P_k -> L: masked partial logits of the validation rows
+        return f"{self.prefix}/zv/{epoch}"
+
+    def ctl(self, epoch: int) -> str:  # L -> P_k: {"improved", "stop"} after the epoch's validation
+        return f"{self.prefix}/ctl/{epoch}"
+
+    @property
+    def score(self) -> str:  # joint scoring at the end: the prefix of ScoreTags
+        return f"{self.prefix}/score"
+
+
+@dataclass(frozen=True)
+class ScoreTags:
+    """Joint scoring round trip (evaluation, and online scoring under ``SCORE_TAG``)."""
+
+    prefix: str = "vlr/score"
+
+    @property
+    def req(self) -> str:  # L -> P_k: {"ids"} to score
+        return f"{self.prefix}/req"
+
+    @property
+    def resp(self) -> str:  # P_k -> L: partial logits "z" in id order, or {"error"}
+        return f"{self.prefix}/resp"
+
+
+SCORE_TAG = ScoreTags().prefix
 
 
 # --------------------------------------------------------------------------- config and models
@@ -248,12 +329,13 @@ class OnlinePassive:
 
 
 def request_scores(
-    transport: Transport, passive: str, ids: Sequence[str], *, tag: str = "vlr/score", timeout: float | None = None
+    transport: Transport, passive: str, ids: Sequence[str], *, tag: str = SCORE_TAG, timeout: float | None = None
 ) -> np.ndarray:
     """Label side of one joint-scoring round trip: send ids, get that passive party's partial logits in id order."""
+    t = ScoreTags(tag)
     payload = json.dumps({"ids": list(ids)}).encode()
-    transport.send(passive, f"{tag}/req", payload)
-    arrays, meta = unpack_arrays(transport.recv(passive, f"{tag}/resp", timeout), what=f"scores from '{passive}'")
+    transport.send(passive, t.req, payload)
+    arrays, meta = unpack_arrays(transport.recv(passive, t.resp, timeout), what=f"scores from '{passive}'")
     if meta.get("error"):
         raise DataError(f"party '{passive}' could not score: {meta['error']}")
     z = arrays.get("z")
@@ -268,11 +350,12 @@ def serve_scores(
     model: PassiveModel,
     table: Table,
     *,
-    tag: str = "vlr/score",
+    tag: str = SCORE_TAG,
     timeout: float | None = None,
 ) -> int:
     """Passive side of one joint-scoring round trip: answer partial logits for the ids the label party asks for."""
-    req = transport.recv(label, f"{tag}/req", timeout)
+    t = ScoreTags(tag)
+    req = transport.recv(label, t.req, timeout)
     try:
         ids = json.loads(req.decode())["ids"]
         if not isinstance(ids, list):
@@ -283,11 +366,11 @@ def serve_scores(
     missing = [i for i in ids if i not in index]
     if missing:
         msg = f"{len(missing)} requested ids are not in {table.source}"
-        transport.send(label, f"{tag}/resp", pack_arrays({}, {"error": msg}))
+        transport.send(label, t.resp, pack_arrays({}, {"error": msg}))
         raise DataError(f"party '{transport.me}': {msg} (first: {missing[0]!r})")
     rows = np.fromiter((index[i] for i in ids), dtype=np.int64, count=len(ids))
     z = passive_partial_scores(model, table.X[rows]) if len(rows) else np.zeros(0)
-    transport.send(label, f"{tag}/resp", pack_arrays({"z": z}))
+    transport.send(label, t.resp, pack_arrays({"z": z}))
     return len(ids)
 
 
@@ -324,7 +407,7 @@ class _PairMasks:
         return m
 
 
-def _exchange_pair_seeds(transport: Transport, passives: Sequence[str], prefix: str, timeout: float | None) -> dict[str, bytes]:
+def _exchange_pair_seeds(transport: Transport, passives: Sequence[str], tags: Tags, timeout: float | None) -> dict[str, bytes]:
     me = transport.me
     seeds: dict[str, bytes] = {}
     for other in passives:
@@ -332,10 +415,10 @@ def _exchange_pair_seeds(transport: Transport, passives: Sequence[str], prefix: 
             continue
         if me < other:
             seeds[other] = os.urandom(32)
-            transport.send(other, f"{prefix}/pairseed", seeds[other])
+            transport.send(other, tags.pairseed, seeds[other])
     for other in passives:
         if other != me and other < me:
-            s = transport.recv(other, f"{prefix}/pairseed", timeout)
+            s = transport.recv(other, tags.pairseed, timeout)
             if len(s) != 32:
                 raise ProtocolError(f"party '{me}': mask seed from party '{other}' has {len(s)} bytes, expected 32")
             seeds[other] = s
@@ -397,10 +480,11 @@ def run_vertical_lr_label(
     passives = list(passive_parties)
     if not passives or me in passives or len(set(passives)) != len(passives):
         raise ConfigError(f"party '{me}': invalid passive party list {passives}")
-    pf, to = cfg.tag_prefix, cfg.timeout
+    tg, to = Tags(cfg.tag_prefix), cfg.timeout
     t0 = time.perf_counter()
 
     ctx = ckks.new_context(cfg.poly_modulus_degree, cfg.coeff_mod_bit_sizes, cfg.scale_bits)
+    flood = ckks.masked_sum_flooding(ctx, FLOOD_SIGMA_BITS)  # refuses parameters without a measured error bound
     slots = ckks.slot_count(ctx)
     n = len(train)
     fit_rows, val_rows = validation_split(n, cfg.validation_fraction, cfg.seed, train.ids)
@@ -412,7 +496,7 @@ def run_vertical_lr_label(
         )
     batch = cfg.effective_batch(len(fit_rows))
     setup = {
-        "version": _VERSION,
+        "version": PROTOCOL_VERSION,
         "config": {**cfg.public(), "batch_size": batch},
         "passives": passives,
         "n_train": n,
@@ -422,12 +506,12 @@ def run_vertical_lr_label(
     }
     pub = ckks.public_bytes(ctx)
     for p in passives:
-        transport.send(p, f"{pf}/setup", json.dumps(setup).encode())
-        transport.send(p, f"{pf}/ctx", pub)
+        transport.send(p, tg.setup, json.dumps(setup).encode())
+        transport.send(p, tg.ctx, pub)
     dims: dict[str, int] = {}
     for p in passives:
         try:
-            hello = json.loads(transport.recv(p, f"{pf}/hello", to).decode())
+            hello = json.loads(transport.recv(p, tg.hello, to).decode())
         except PeerAborted as e:
             raise ProtocolError(f"party '{me}': passive party '{p}' refused the job: {e.reason}") from None
         dims[p] = int(hello["n_features"])
@@ -455,40 +539,40 @@ def run_vertical_lr_label(
             step = f"{epoch}/{bi}"
             look = theta + mu * vel  # Nesterov look-ahead point
             z = Xf[rows] @ look
-            z += _sum_partials(transport, passives, f"{pf}/z/{step}", len(rows), to)
+            z += _sum_partials(transport, passives, tg.z(step), len(rows), to)
             resid = sigmoid(z) - yf[rows]
             # encrypt the residual once, send the same ciphertexts to every passive party
             k, L = _chunk_bounds(len(rows), slots)
             padded = np.zeros(k * L)
-            padded[: len(rows)] = resid
+            padded[: len(rows)] = resid * 2.0**RESIDUAL_SCALE_BITS
             t1 = time.perf_counter()
             cts = ckks.encrypt_chunks(ctx, padded, L)
             tm["encrypt"] += time.perf_counter() - t1
             counters["encryptions"] += k
             enc = pack_blobs(cts, {"step": step, "rows": len(rows), "chunk": L})
             for p in passives:
-                transport.send(p, f"{pf}/r/{step}", enc)
+                transport.send(p, tg.r(step), enc)
             # own gradient in plaintext while the passives work
             g = Xf[rows].T @ resid / len(rows) + l2v * look
             vel = mu * vel - lr * (P @ g)
             theta = theta + vel
             for p in passives:
                 t1 = time.perf_counter()
-                msg = transport.recv(p, f"{pf}/g/{step}", to)
+                msg = transport.recv(p, tg.g(step), to)
                 tm["wait"] += time.perf_counter() - t1
                 t1 = time.perf_counter()
                 blobs, meta = unpack_blobs(msg, what=f"gradient from '{p}'")
                 if len(blobs) != dims[p] or meta.get("step") != step:
                     raise ProtocolError(f"party '{me}': party '{p}' sent {len(blobs)} gradient ciphertexts for {step}")
-                sums = ckks.decrypt_sums(ctx, blobs, what=f"party '{me}': gradient from '{p}'")
+                sums = ckks.decrypt_sums(ctx, blobs, flood=flood, what=f"party '{me}': gradient from '{p}'")
                 counters["decryptions"] += len(blobs)
                 tm["decrypt"] += time.perf_counter() - t1
-                transport.send(p, f"{pf}/gs/{step}", pack_arrays({"s": sums}, {"step": step}))
+                transport.send(p, tg.gs(step), pack_arrays({"s": sums}, {"step": step}))
             steps += 1
         epochs_run = epoch + 1
         # validation at the label party: partial logits on the validation rows with the current weights
         if len(val_rows):
-            zv = XA[val_rows] @ theta + _sum_partials(transport, passives, f"{pf}/zv/{epoch}", len(val_rows), to)
+            zv = XA[val_rows] @ theta + _sum_partials(transport, passives, tg.zv(epoch), len(val_rows), to)
             pv = sigmoid(zv)
             loss = _logloss(y[val_rows], pv)
             vauc = auc_ks(y[val_rows], pv)[0] if len(np.unique(y[val_rows])) == 2 else float("nan")
@@ -505,7 +589,7 @@ def run_vertical_lr_label(
             best = (math.nan, epoch + 1, theta.copy())
             history.append({"epoch": epoch + 1})
         for p in passives:
-            transport.send(p, f"{pf}/ctl/{epoch}", json.dumps({"improved": improved, "stop": stop}).encode())
+            transport.send(p, tg.ctl(epoch), json.dumps({"improved": improved, "stop": stop}).encode())
         if progress:
             h = history[-1]
             note = f"epoch {epoch + 1}" + (f": val_loss={h['val_loss']:.4f} val_auc={h['val_auc']:.4f}" if "val_loss" in h else "")
@@ -520,7 +604,7 @@ def run_vertical_lr_label(
     test_metrics = None
     scores = None
     if test is not None:
-        partials = [request_scores(transport, p, test.ids, tag=f"{pf}/score", timeout=to) for p in passives]
+        partials = [request_scores(transport, p, test.ids, tag=tg.score, timeout=to) for p in passives]
         scores = combine(model, test.X, partials)
         if test.y is not None and len(np.unique(test.y)) == 2:
             auc, ks = auc_ks(test.y, scores)
@@ -578,9 +662,9 @@ def run_vertical_lr_passive(
     choices are ``mask_bound`` (how strongly it masks what it sends for decryption).
     """
     me = transport.me
-    pf, to = cfg.tag_prefix, cfg.timeout
-    setup = json.loads(transport.recv(label_party, f"{pf}/setup", to).decode())
-    ctx_raw = transport.recv(label_party, f"{pf}/ctx", to)
+    tg, to = Tags(cfg.tag_prefix), cfg.timeout
+    setup = json.loads(transport.recv(label_party, tg.setup, to).decode())
+    ctx_raw = transport.recv(label_party, tg.ctx, to)
     error = None
     try:
         ctx = ckks.load_public(ctx_raw, what="the CKKS context sent by the label party")
@@ -588,8 +672,8 @@ def run_vertical_lr_passive(
         error = str(e)
     if error is not None:
         pass
-    elif setup.get("version") != _VERSION:
-        error = f"protocol version {setup.get('version')} (this party speaks {_VERSION})"
+    elif setup.get("version") != PROTOCOL_VERSION:
+        error = f"protocol version {setup.get('version')} (this party speaks {PROTOCOL_VERSION})"
     elif me not in setup.get("passives", []):
         error = f"'{me}' is not among the passive parties {setup.get('passives')} announced by '{label_party}'"
     elif setup["n_train"] != len(train) or setup["train_digest"] != ids_digest(train.ids):
@@ -599,13 +683,13 @@ def run_vertical_lr_passive(
     if error:
         transport.abort(error)  # the label party stops waiting for our hello, and learns why
         raise ProtocolError(f"party '{me}': {error}")
-    transport.send(label_party, f"{pf}/hello", json.dumps({"n_features": train.n_features}).encode())
+    transport.send(label_party, tg.hello, json.dumps({"n_features": train.n_features}).encode())
 
     pc = setup["config"]
     lr, mu, l2 = float(pc["learning_rate"]), float(pc["momentum"]), float(pc["l2"])
     precondition = bool(pc.get("precondition", False))
     passives = list(setup["passives"])
-    masks = _PairMasks(me, _exchange_pair_seeds(transport, passives, pf, to)) if len(passives) > 1 else None
+    masks = _PairMasks(me, _exchange_pair_seeds(transport, passives, tg, to)) if len(passives) > 1 else None
 
     std = Standardizer.fit(train.X)
     X = std.transform(train.X)
@@ -627,9 +711,9 @@ def run_vertical_lr_passive(
         for bi, rows in enumerate(batches):
             step = f"{epoch}/{bi}"
             wl = w + mu * v
-            _send_partial(transport, label_party, f"{pf}/z/{step}", Xf[rows] @ wl, masks)
+            _send_partial(transport, label_party, tg.z(step), Xf[rows] @ wl, masks)
             t1 = time.perf_counter()
-            msg = transport.recv(label_party, f"{pf}/r/{step}", to)
+            msg = transport.recv(label_party, tg.r(step), to)
             tm["wait"] += time.perf_counter() - t1
             t1 = time.perf_counter()
             blobs, meta = unpack_blobs(msg, what="encrypted residual")
@@ -640,26 +724,26 @@ def run_vertical_lr_passive(
                 raise ProtocolError(f"party '{me}': residual chunking {len(blobs)}x{L} does not fit {len(rows)} rows")
             Xb = np.zeros((len(blobs) * L, d))
             Xb[: len(rows)] = Xcols[rows]
-            col_masks = _uniform_mask(d * L, cfg.mask_bound).reshape(d, L)  # one per column, known only here
+            col_masks = _uniform_mask(d * L, cfg.mask_bound * 2.0**RESIDUAL_SCALE_BITS).reshape(d, L)  # known only here
             mask_sums = col_masks.sum(axis=1)
             out = ckks.masked_column_products(
                 ctx, blobs, Xb, col_masks, what=f"party '{me}': residual ciphertext from '{label_party}'"
             )
             counters["plain_multiplications"] += d * len(blobs)
             tm["he_gradient"] += time.perf_counter() - t1
-            transport.send(label_party, f"{pf}/g/{step}", pack_blobs(out, {"step": step}))
-            arrays, meta = unpack_arrays(transport.recv(label_party, f"{pf}/gs/{step}", to), what="gradient sums")
+            transport.send(label_party, tg.g(step), pack_blobs(out, {"step": step}))
+            arrays, meta = unpack_arrays(transport.recv(label_party, tg.gs(step), to), what="gradient sums")
             s = arrays.get("s")
             if s is None or s.shape != (d,) or meta.get("step") != step:
                 raise ProtocolError(f"party '{me}': malformed decrypted gradient sums for step {step}")
-            g = (s - mask_sums) / len(rows) + l2 * wl
+            g = (s - mask_sums) / (2.0**RESIDUAL_SCALE_BITS * len(rows)) + l2 * wl
             v = mu * v - lr * (P @ g)
             w = w + v
             steps += 1
         epochs_run = epoch + 1
         if len(val_rows):
-            _send_partial(transport, label_party, f"{pf}/zv/{epoch}", X[val_rows] @ w, masks)
-        ctl = json.loads(transport.recv(label_party, f"{pf}/ctl/{epoch}", to).decode())
+            _send_partial(transport, label_party, tg.zv(epoch), X[val_rows] @ w, masks)
+        ctl = json.loads(transport.recv(label_party, tg.ctl(epoch), to).decode())
         if ctl.get("improved"):
             best_w = w.copy()
         else:  # the label party's instruction: back to the best point with half the step
@@ -668,7 +752,7 @@ def run_vertical_lr_passive(
             break
     model = PassiveModel(me, list(train.feature_names), std, best_w, label_party)
     if setup["n_test"] and test is not None:
-        serve_scores(transport, label_party, model, test, tag=f"{pf}/score", timeout=to)
+        serve_scores(transport, label_party, model, test, tag=tg.score, timeout=to)
     if out_dir is not None:
         model.save(Path(out_dir) / f"{model_name}_{me}_model.json")
     return PassiveResult(model, epochs_run, steps, counters, tm)
