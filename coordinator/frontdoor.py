@@ -16,6 +16,8 @@ only (``coordinator/flower.py``) and this door is what parties dial:
   registered for *that* certificate's party in its ``flwr-public-key`` header — so a
   bank cannot speak for another bank's node even if it obtained that node's key;
 * every refusal is one line in the coordinator's log: which certificate, which path, why.
+  A refused *identity* (certificate or node key) is answered 401, a refused *route* 403:
+  Flower's SuperNode exits cleanly on 401, so a misconfigured party fails fast.
 
 Bounds: request bodies up to :data:`MAX_BODY_BYTES` (the data plane's message cap, so a
 model payload that fits our relay fits here) with a declared ``Content-Length``, streamed
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import http
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -201,8 +204,10 @@ class FrontDoor:
                 return  # ConnectionClosed (or a stray event): done with this connection
             method, target = event.method.decode("ascii", "replace"), event.target.decode("ascii", "replace")
             headers = list(event.headers)
-            denied = refusal or route_refusal(method, target)
-            status, reason = (403, denied) if denied else self._request_refusal(name, headers)
+            # 401 for who is asking (Flower's SuperNode stops on 401; on 403 it would hang waiting for a run),
+            # 403 for what is asked
+            route = route_refusal(method, target)
+            status, reason = (401, refusal) if refusal else (403, route) if route else self._request_refusal(name, headers)
             if reason is not None:
                 self.log(f"front door: refused {who}: {method} {target}: {reason}")
                 await self._reply(conn, writer, status, reason)
@@ -230,7 +235,7 @@ class FrontDoor:
         except (binascii.Error, ValueError):
             key = b""
         if key != self.parties[name]:
-            return 403, f"the request does not carry the SuperNode key registered for party {name!r}"
+            return 401, f"the request does not carry the SuperNode key registered for party {name!r}"
         return 200, None
 
     async def _next(self, conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Event | type[h11.PAUSED]:
@@ -252,7 +257,8 @@ class FrontDoor:
         headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]  # fmt: skip
         if conn.our_state is h11.SEND_RESPONSE:
-            await self._send(conn, writer, h11.Response(status_code=status, headers=headers))
+            phrase = http.HTTPStatus(status).phrase.encode()
+            await self._send(conn, writer, h11.Response(status_code=status, headers=headers, reason=phrase))
             await self._send(conn, writer, h11.Data(data=body))
             await self._send(conn, writer, h11.EndOfMessage())
 

@@ -288,7 +288,7 @@ def test_operator_and_coordinator_certificates_are_refused_at_the_front_door(fed
                  lambda: clients["control"].ListRuns(ListRunsRequest())):  # fmt: skip
         with pytest.raises(httpx.HTTPStatusError) as err:
             call()
-        assert err.value.response.status_code == 403
+        assert err.value.response.status_code == 401
         assert "is not admitted (only role 'party')" in err.value.response.text
     for client in clients.values():
         client.close()
