@@ -1,8 +1,10 @@
-"""``fedcredit coordinator start``: the SuperLink, the relay and the Control service.
+"""``fedcredit coordinator start``: the SuperLink (loopback) behind the Flower front door, the relay and Control.
 
 The coordinator is honest-but-curious by design: it holds a TLS certificate, the
 parties' public certificates and SuperNode public keys — never a CKKS secret key
-or a party's envelope key.
+or a party's envelope key.  The public Flower port is the front door
+(``coordinator/frontdoor.py``); Flower's own SuperLink, with its unauthenticated
+Control and Runtime APIs, listens on 127.0.0.1 and is driven only by this daemon.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from pathlib import Path
 
 from coordinator import flower
 from coordinator.control import ControlServicer, add_control_service
+from coordinator.frontdoor import FrontDoor
 from coordinator.registry import Registry
 from coordinator.relay import RelayHandle, start_relay
-from crypto.certs import Identity, verify_peer
+from crypto.certs import Identity, flower_public_key_pem, issue_loopback_tls, verify_peer
 from fedcredit.config import CoordinatorConfig, load_coordinator_config
 from fedcredit.errors import ConfigError, FedCreditError, SecurityError
 from fedcredit.processes import stop_process_group, supervise
@@ -34,9 +37,13 @@ class CoordinatorHandle:
     relay: RelayHandle
     flwr_home: Path
     _stop: threading.Event
+    frontdoor: FrontDoor | None = None
+    superlink_address: str = ""  # 127.0.0.1:<port>, reachable only on this host
 
     def stop(self) -> None:
         self._stop.set()
+        if self.frontdoor is not None:
+            self.frontdoor.stop()
         self.relay.stop()
         stop_process_group(self.superlink)
 
@@ -74,8 +81,12 @@ def _monitor(handle: CoordinatorHandle, interval: float = 5.0) -> None:
                     handle.registry.fail(rec.run_id, f"Flower run {rec.flower_run_id} ended ({st}) without a result")
 
 
-def start(config_path: Path, *, log=print) -> CoordinatorHandle:
-    """Start everything and return once the SuperLink and the relay accept connections."""
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def start(config_path: Path, *, log=_print) -> CoordinatorHandle:
+    """Start everything and return once the SuperLink, the front door and the relay accept connections."""
     config_path = Path(config_path).resolve()
     config = load_coordinator_config(config_path)
     c = config.coordinator
@@ -83,6 +94,7 @@ def start(config_path: Path, *, log=print) -> CoordinatorHandle:
     if identity.role != "coordinator":
         raise ConfigError(f"{config_path}: [coordinator].identity_dir holds a '{identity.role}' certificate, expected role 'coordinator'")
     party_certs = _check_party_certs(config, identity.ca_pem)
+    party_keys = {p.name: flower_public_key_pem(p.flower_public_key, p.name) for p in config.parties}
 
     state = c.state_dir
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -91,18 +103,22 @@ def start(config_path: Path, *, log=print) -> CoordinatorHandle:
     if stale:
         log(f"marked {len(stale)} interrupted run(s) as failed: {', '.join(stale)}")
 
-    home = flower.write_flwr_home(state / "flwr-home", config.flower_address, identity.ca_path)
+    loop_ca, loop_cert, loop_key = issue_loopback_tls(state / "loopback-tls")
+    link_port = c.superlink_port or flower.free_loopback_port()
+    home = flower.write_flwr_home(state / "flwr-home", f"{flower.LOOPBACK}:{link_port}", loop_ca)
     superlink = flower.start_superlink(
         state_dir=state,
-        host=c.host,
-        port=c.flower_port,
-        cert=identity.cert_path,
-        key=identity.key_path,
-        ca_cert=identity.ca_path,
+        port=link_port,
+        cert=loop_cert,
+        key=loop_key,
+        ca_cert=loop_ca,
         log_path=state / "superlink.log",
     )
+    door: FrontDoor | None = None
     try:
-        flower.wait_tls_port(c.host, c.flower_port, identity.ca_path, timeout=60, proc=superlink)
+        flower.wait_tls_port(flower.LOOPBACK, link_port, loop_ca, timeout=60, proc=superlink)
+        door = FrontDoor(identity, c.host, c.flower_port, f"https://{flower.LOOPBACK}:{link_port}", loop_ca,
+                         party_keys, log).start()
         known = registry.nodes()
         statuses = flower.registered_nodes(home) if known else {}
         for p in config.parties:
@@ -126,12 +142,16 @@ def start(config_path: Path, *, log=print) -> CoordinatorHandle:
             directory_certs=party_certs,
         )
     except BaseException:
+        if door is not None:
+            door.stop()
         stop_process_group(superlink)
         raise
-    handle = CoordinatorHandle(config, config_path, registry, superlink, relay, home, threading.Event())
+    handle = CoordinatorHandle(config, config_path, registry, superlink, relay, home, threading.Event(), door,
+                               f"{flower.LOOPBACK}:{link_port}")
     threading.Thread(target=_monitor, args=(handle,), daemon=True, name="run-monitor").start()
     (state / "coordinator.ready.json").write_text(
-        json.dumps({"flower": config.flower_address, "relay": relay.address, "pid": os.getpid()})
+        json.dumps({"flower": config.flower_address, "superlink": f"{flower.LOOPBACK}:{link_port}",
+                    "relay": relay.address, "pid": os.getpid()})
     )
     return handle
 
@@ -141,7 +161,8 @@ def serve_forever(config_path: Path) -> int:
     handle = start(config_path)
     cfg = handle.config
     print(
-        f"coordinator ready: flower {cfg.flower_address} (TLS, SuperNode auth), "
+        f"coordinator ready: flower front door {cfg.flower_address} (mutual TLS, parties' Fleet routes only) -> "
+        f"SuperLink {handle.superlink_address} (SuperNode auth), "
         f"relay+control {handle.relay.address} (mutual TLS); state in {cfg.coordinator.state_dir}",
         flush=True,
     )

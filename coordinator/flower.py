@@ -2,9 +2,16 @@
 
 Flower is the control plane: party identity (SuperNode key authentication), job
 launch and the horizontal round loop.  We run the real ``flower-superlink`` binary
-with TLS (the coordinator's federation certificate) and ``--enable-supernode-auth``,
-and register each party's SuperNode public key by name.  Node ids are random and
-assigned at registration, so the party -> node id map is kept in our registry.
+with ``--enable-supernode-auth`` and register each party's SuperNode public key by
+name.  Node ids are random and assigned at registration, so the party -> node id map
+is kept in our registry.
+
+The SuperLink listens on **127.0.0.1 only** (:data:`LOOPBACK`): its one HTTP server also
+carries the unauthenticated Control and Runtime APIs, so parties reach its Fleet routes
+only through the front door (``coordinator/frontdoor.py``).  The loopback hop is TLS
+because Flower refuses SuperNode authentication without it; the certificate is a
+throw-away one for 127.0.0.1 under a loopback CA minted at each start
+(``crypto.certs.issue_loopback_tls``), never the federation's.
 
 All ``flwr`` CLI calls use a private ``FLWR_HOME`` under the coordinator's state
 directory, so they never touch the operator's own Flower configuration.
@@ -32,7 +39,7 @@ FEDERATION_ALIAS = "fedcredit"
 
 
 def write_flwr_home(home: Path, address: str, ca_cert: Path) -> Path:
-    """Write the ``flwr`` CLI config naming our SuperLink and the federation CA."""
+    """Write the ``flwr`` CLI config naming our (loopback) SuperLink and the CA its certificate chains to."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(
         "[superlink]\n"
@@ -63,10 +70,25 @@ def wait_tls_port(host: str, port: int, ca_cert: Path, timeout: float, proc: sub
     raise FedCreditError(f"{host}:{port} not ready after {timeout:.0f} s: {last}")
 
 
+#: Where the SuperLink listens: never a public interface (see the module docstring).
+LOOPBACK = "127.0.0.1"
+
+
+def free_loopback_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now (for ``superlink_port = 0``)."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
 def start_superlink(
-    *, state_dir: Path, host: str, port: int, cert: Path, key: Path, ca_cert: Path, log_path: Path
+    *, state_dir: Path, port: int, cert: Path, key: Path, ca_cert: Path, log_path: Path
 ) -> subprocess.Popen[bytes]:
-    """Start ``flower-superlink`` with TLS and SuperNode authentication."""
+    """Start ``flower-superlink`` on 127.0.0.1:``port`` with TLS (loopback cert) and SuperNode authentication.
+
+    No host parameter on purpose: binding it anywhere else would put Flower's
+    unauthenticated Control API on the network.
+    """
     log = open(log_path, "ab")
     cmd = [
         find_executable("flower-superlink"),
@@ -75,7 +97,7 @@ def start_superlink(
         "--ssl-ca-certfile", str(ca_cert),
         "--enable-supernode-auth",
         "--database", str(state_dir / "superlink.db"),
-        "--host", host,
+        "--host", LOOPBACK,
         "--port", str(port),
         "--disable-runtime-dependency-installation",
     ]  # fmt: skip

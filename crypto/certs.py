@@ -543,3 +543,74 @@ def verify_peer(
 def cert_fingerprint(cert_pem: bytes) -> str:
     """SHA-256 of a certificate's DER encoding (hex): what a party's job approval binds each peer to."""
     return _load_cert(cert_pem, "certificate").fingerprint(hashes.SHA256()).hex()
+
+
+# --------------------------------------------------------------------------- loopback TLS
+
+LOOPBACK_CA = "loopback-ca.crt"
+LOOPBACK_CERT = "loopback.crt"
+LOOPBACK_KEY = "loopback.key"
+
+
+def issue_loopback_tls(out_dir: Path, days: int = 30) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server cert for 127.0.0.1 / localhost; returns ``(ca, cert, key)`` paths.
+
+    Why: Flower's SuperLink refuses SuperNode authentication without TLS, and its own
+    helpers (flower-superexec, flwr-serverapp, our ``flwr`` CLI calls) dial it on
+    127.0.0.1 and check that name.  The coordinator's federation certificate need not
+    name 127.0.0.1, and nothing on the loopback hop should chain to the federation CA
+    (a party must never be able to present it).  So the coordinator mints its own
+    private loopback CA at every start; no key but the leaf's is kept (the CA key is
+    discarded once the leaf is signed, so nothing else can ever be issued under it).
+    Files are replaced on each call (owner-only keys, atomic writes).
+    """
+    out_dir = Path(out_dir)
+    now = _utcnow()
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedcredit loopback CA (this host only)")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + _dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + _dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(_san(("127.0.0.1", "localhost")), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (out_dir / LOOPBACK_CA, out_dir / LOOPBACK_CERT, out_dir / LOOPBACK_KEY)
+    write_file(paths[2], _pem_private(key), SECRET_MODE)
+    write_file(paths[1], leaf.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
+    write_file(paths[0], ca.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
+    return paths
+
+
+def flower_public_key_pem(path: Path, who: str) -> bytes:
+    """A registered SuperNode public key (one-line OpenSSH file) as the PEM SubjectPublicKeyInfo bytes
+    Flower's SuperNode sends in its ``flwr-public-key`` header, so the two can be compared byte for byte."""
+    raw = read_file(Path(path), f"SuperNode public key of {who!r}")
+    try:
+        key = serialization.load_ssh_public_key(raw.strip())
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: SuperNode public key of {who!r} is not an OpenSSH public key: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ConfigError(f"{path}: SuperNode public key of {who!r} is not an EC key (Flower needs ECDSA)")
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -1,4 +1,4 @@
-"""gRPC mutual-TLS credentials for the data plane, control and scoring services.
+"""Mutual-TLS credentials: gRPC (data plane, control, scoring) and stdlib ``ssl`` (the Flower front door).
 
 Both directions authenticate with certificates from the federation CA:
 the server requires a client certificate (``require_client_auth=True``) chaining to
@@ -26,13 +26,15 @@ What gRPC Python (BoringSSL) lets us enforce, and what it does not:
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from crypto.certs import Identity, verify_peer
+from crypto.certs import Identity, PeerInfo, verify_peer
 from fedcredit.errors import SecurityError
 
 # Messages on the data plane can carry CKKS contexts (~2 MB) and batches of
@@ -122,3 +124,53 @@ def peer_identity(
     if not cn or (grpc_cn is not None and grpc_cn.decode("utf-8", "replace") != cn):
         raise SecurityError(f"caller {context.peer()} certificate has no usable common name")
     return cn, (str(ou_attrs[0].value) if ou_attrs else "")
+
+
+# --------------------------------------------------------------------------- stdlib ssl (asyncio streams)
+# The Flower front door and the party's fleet link are plain asyncio streams, not gRPC.
+# Here the TLS 1.3 floor is set on the context itself, so an older client never completes
+# a handshake (unlike gRPC above, where it is checked per call).
+
+
+def ssl_server_context(identity: Identity) -> ssl.SSLContext:
+    """TLS 1.3 only, presents ``identity``'s cert, requires a client cert chaining to the federation CA."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+    ctx.load_verify_locations(cadata=identity.ca_pem.decode("ascii"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def ssl_client_context(identity: Identity) -> ssl.SSLContext:
+    """TLS 1.3 only, trusts only the federation CA (host name checked), presents ``identity``'s cert."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_verify_locations(cadata=identity.ca_pem.decode("ascii"))
+    ctx.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+    return ctx
+
+
+def ssl_loopback_server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """TLS 1.3 server context for a loopback-only hop (cert from ``crypto.certs.issue_loopback_tls``).
+
+    Server authentication only: the hop exists because Flower refuses key authentication
+    over plain HTTP, not to tell local callers apart.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def ssl_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, ca_pem: bytes) -> PeerInfo:
+    """Who is on the other end of a mutual-TLS stream: its certificate re-verified with
+    :func:`crypto.certs.verify_peer` (CA signature, validity window, role)."""
+    if ssl_object is None:
+        raise SecurityError("connection is not TLS")
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        raise SecurityError("peer presented no client certificate")
+    if ssl_object.version() != "TLSv1.3":
+        raise SecurityError(f"peer connected with {ssl_object.version()}; TLS 1.3 is required")
+    return verify_peer(ssl.DER_cert_to_PEM_cert(der).encode("ascii"), ca_pem)

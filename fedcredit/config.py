@@ -47,7 +47,10 @@ class CoordinatorSection(_Strict):
     identity_dir: Path
     state_dir: Path
     host: str = "127.0.0.1"
-    flower_port: int = Field(9100, ge=1, le=65535)
+    flower_port: int = Field(9100, ge=1, le=65535, description="the public Flower port parties dial (the front door)")
+    superlink_port: int = Field(
+        0, ge=0, le=65535, description="127.0.0.1 port of the Flower SuperLink behind the front door (0 = pick at start)"
+    )
     relay_port: int = Field(9200, ge=1, le=65535)
     min_parties: int = Field(2, ge=1)
 

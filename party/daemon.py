@@ -1,9 +1,11 @@
 """``fedcredit party start``: the party daemon at an institution.
 
-Runs a real ``flower-supernode`` that dials the coordinator's SuperLink over TLS
-and authenticates with the party's registered SuperNode key.  Each job message
-starts our ClientApp (``fedcredit.flowerapp``), which reads this party's config
-through the ``party-config`` node setting — data paths and keys never leave the
+Runs a real ``flower-supernode`` that reaches the coordinator's Flower front door
+through the party's fleet link (``party/fleet_link.py``: mutual TLS with the party's
+certificate, which the SuperNode itself cannot present) and authenticates with the
+party's registered SuperNode key.  Each job message starts our ClientApp
+(``fedcredit.flowerapp``), which reads this party's config through the
+``party-config`` node setting — data paths and keys never leave the
 institution; only protocol messages (ciphertexts, sealed envelopes, public
 metrics) do.
 """
@@ -26,6 +28,7 @@ from fedcredit.data import Table, load_dataset
 from fedcredit.errors import ConfigError
 from fedcredit.processes import find_executable, flower_env, spawn_daemon, stop_process_group, supervise
 from party import appguard
+from party.fleet_link import FleetLink
 
 #: What flwr 1.41's SuperNode logs when the SuperLink refuses its key (never registered, or unregistered).
 _KEY_REFUSED_MARKERS = ("Failed to activate SuperNode", "401 Unauthorized")
@@ -100,6 +103,17 @@ def _write_ready(config: PartyConfig, supernode: subprocess.Popen[bytes], app: a
     write_file(config.party.state_dir / "party.ready.json", json.dumps(info).encode(), 0o600)
 
 
+def _start_fleet_link(config: PartyConfig, identity: Identity) -> FleetLink:
+    """The SuperNode's only road to the coordinator: loopback in, mutual TLS out (see party/fleet_link.py)."""
+    return FleetLink(identity, config.coordinator.flower_address, config.party.state_dir / "loopback-tls",
+                     log=lambda m: print(m, flush=True)).start()
+
+
+def _superlink_args(link: FleetLink) -> list[str]:
+    """``flower-supernode`` flags naming the fleet link and its loopback CA (the link adds the mutual TLS)."""
+    return ["--superlink", link.address, "--root-certificates", str(link.loopback_ca)]
+
+
 @dataclass
 class PartyHandle:
     config: PartyConfig
@@ -107,11 +121,14 @@ class PartyHandle:
     scoring: Any = None  # party.scoring.ScoringServer when [scoring] is configured
     app: appguard.InstalledApp | None = None
     log_offset: int = 0  # where this start's lines begin in supernode.log
+    fleet_link: FleetLink | None = None
 
     def stop(self) -> None:
         if self.scoring is not None:
             self.scoring.stop()
         stop_process_group(self.supernode)
+        if self.fleet_link is not None:
+            self.fleet_link.stop()
 
 
 def start(config_path: Path) -> PartyHandle:
@@ -127,10 +144,10 @@ def start(config_path: Path) -> PartyHandle:
     port = p.runtime_port or _free_port()
     log = open(p.state_dir / "supernode.log", "ab")
     log_offset = log.tell()
+    link = _start_fleet_link(config, identity)
     cmd = [
         find_executable("flower-supernode"),
-        "--superlink", config.coordinator.flower_address,
-        "--root-certificates", str(identity.ca_path),
+        *_superlink_args(link),
         "--auth-supernode-private-key", str(identity.flower_key_path),
         "--node-config", f'party-config="{config_path}"',
         "--port", str(port),
@@ -142,7 +159,7 @@ def start(config_path: Path) -> PartyHandle:
         scoring = start_from_config(config)
     proc = spawn_supernode(cmd, config, log, app)
     _write_ready(config, proc, app)
-    return PartyHandle(config, proc, scoring, app, log_offset)
+    return PartyHandle(config, proc, scoring, app, log_offset, link)
 
 
 def serve_forever(config_path: Path) -> int:
@@ -150,7 +167,7 @@ def serve_forever(config_path: Path) -> int:
     p = handle.config.party
     try:
         print(
-            f"party '{p.name}' ({p.role}) ready: SuperNode dialing {handle.config.coordinator.flower_address} over TLS; "
+            f"party '{p.name}' ({p.role}) ready: SuperNode dialing {handle.config.coordinator.flower_address} over mutual TLS (fleet link); "
             f"datasets: {', '.join(sorted(handle.config.datasets)) or 'none'}; state in {p.state_dir}"
             + (f"; scoring on {handle.scoring.address} (mutual TLS)" if handle.scoring is not None else "")
             + (f"; runs only app {handle.app.sha256[:16]}…" if handle.app is not None else ""),

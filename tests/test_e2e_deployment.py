@@ -187,28 +187,58 @@ def test_party_that_disconnects_mid_run_is_dropped_and_run_continues(fed: LocalF
 
 
 def test_unregistered_supernode_key_is_refused(fed: LocalFederation, tmp_path: Path) -> None:
-    """A SuperNode whose key the coordinator never registered cannot join the federation."""
+    """A SuperNode whose key the coordinator never registered cannot join the federation.
+
+    Not through a bank's own mutual-TLS fleet link (the front door admits each party
+    certificate only with that party's registered key), and not even from the
+    coordinator's host, straight at the loopback SuperLink (Flower's own SuperNode
+    authentication, kept as the second lock).
+    """
+    from fedcredit.processes import find_executable, flower_env, stop_process_group
+    from party.fleet_link import FleetLink
+
     ca = tmp_path / "rogue-ca"
     init_ca(ca, "rogue")
     ident = issue(ca, tmp_path / "mallory", "mallory")
-    from fedcredit.processes import find_executable, flower_env, stop_process_group
+    bank1 = Identity.load(fed.certs / "bank1", "bank1")
+    link = FleetLink(bank1, f"127.0.0.1:{fed.flower_port}", tmp_path / "link-tls").start()
+    state = fed.root / "state" / "coordinator"
+    loopback = json.loads((state / "coordinator.ready.json").read_text())["superlink"]
+    routes = {
+        "bank1's fleet link": (link.address, link.loopback_ca),
+        "loopback SuperLink": (loopback, state / "loopback-tls" / "loopback-ca.crt"),
+    }
+    from coordinator.flower import FEDERATION_ALIAS, flwr_cli
 
-    log = tmp_path / "rogue-supernode.log"
-    with open(log, "wb") as out:
-        # Flower's SuperExec child inherits stdout: log to a file and wait for the SuperNode itself
-        proc = subprocess.Popen(
-            [find_executable("flower-supernode"), "--superlink", f"127.0.0.1:{fed.flower_port}",
-             "--root-certificates", str(fed.certs / "ca" / "ca.crt"),
-             "--auth-supernode-private-key", str(ident.flower_key_path), "--max-retries", "1",
-             "--max-wait-time", "20", "--port", str(free_port())],
-            stdout=out, stderr=subprocess.STDOUT, env=flower_env(), start_new_session=True,
-        )
-        try:
-            rc = proc.wait(120)
-        finally:
-            stop_process_group(proc)
-    assert rc != 0
-    assert "Failed to activate SuperNode" in log.read_text()
+    def nodes() -> set[str]:
+        return {n["node-id"] for n in flwr_cli(state / "flwr-home", "supernode", "ls", FEDERATION_ALIAS)["nodes"]}
+
+    before = nodes()
+    rcs, logs = {}, {}
+    try:
+        for what, (address, root_ca) in routes.items():
+            log = tmp_path / f"rogue-supernode-{what.split()[0]}.log"
+            with open(log, "wb") as out:
+                # Flower's SuperExec child inherits stdout: log to a file and wait for the SuperNode itself
+                proc = subprocess.Popen(
+                    [find_executable("flower-supernode"), "--superlink", address, "--root-certificates", str(root_ca),
+                     "--auth-supernode-private-key", str(ident.flower_key_path), "--max-retries", "1",
+                     "--max-wait-time", "20", "--port", str(free_port())],
+                    stdout=out, stderr=subprocess.STDOUT, env=flower_env(), start_new_session=True,
+                )
+                try:
+                    rcs[what] = proc.wait(120)  # it gives up by itself: it never joins
+                finally:
+                    stop_process_group(proc)
+            logs[what] = log.read_text()
+    finally:
+        link.stop()
+    assert nodes() == before
+    # through the door: its activation never reached the SuperLink (a 401 makes Flower's SuperNode stop itself)
+    assert ("POST /v1/fleet/activate-node: the request does not carry the SuperNode key registered for party 'bank1'"
+            in (fed.root / "logs" / "coordinator.log").read_text())
+    # at the SuperLink itself: Flower's SuperNode authentication refuses the unregistered key
+    assert rcs["loopback SuperLink"] != 0 and "Failed to activate SuperNode" in logs["loopback SuperLink"]
 
 
 def test_party_with_certificate_from_another_ca_is_refused_by_relay(fed: LocalFederation, tmp_path: Path) -> None:
