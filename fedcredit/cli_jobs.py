@@ -59,8 +59,9 @@ def _get(ledger: Any, run_id: str) -> Any:
 
 
 def cmd_jobs_pending(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
+
+    from fedcredit.progress import console
 
     ledger = _ledger(args)
     entries = ledger.list(None if args.all else "pending")
@@ -73,13 +74,15 @@ def cmd_jobs_pending(args: argparse.Namespace) -> int:
         print(f"no {'' if args.all else 'pending '}jobs at party '{ledger.party}'")
         return 0
     t = Table(title=f"jobs at party '{ledger.party}'" + ("" if args.all else " awaiting approval"))
-    for col in ("run", "status", "type", "parties", "datasets (columns)", "digest", "received", "expires / decided by"):
+    # the run id is what the officer types next: never truncated, whatever the terminal width (or a pipe)
+    t.add_column("run", no_wrap=True, min_width=max(len(e.run_id) for e in entries))
+    for col in ("status", "type", "parties", "datasets (columns)", "digest", "received", "expires / decided by"):
         t.add_column(col)
     for e in entries:
         ds = "; ".join(f"{k} ({len(v)})" for k, v in e.datasets.items())
         last = _t(e.expires_at) if e.status == "pending" else (e.decided_by or "-")
         t.add_row(e.run_id, e.status, e.job_type, ", ".join(e.parties), ds, e.digest[:16], _t(e.created), last)
-    Console().print(t)
+    console.print(t)
     return 0
 
 

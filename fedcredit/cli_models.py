@@ -22,8 +22,9 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def _print_versions(versions: list[Any], as_json: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from fedcredit.progress import console
 
     if as_json:
         print(json.dumps([v.to_dict() for v in versions], indent=1, sort_keys=True))
@@ -34,7 +35,7 @@ def _print_versions(versions: list[Any], as_json: bool) -> None:
     for v in versions:
         metrics = ", ".join(f"{k}={val:.4g}" if isinstance(val, float) else f"{k}={val}" for k, val in v.metrics.items())
         table.add_row("*" if v.active else "", v.version, v.run_id, v.kind, v.created, v.installed, metrics)
-    Console().print(table)
+    console.print(table)
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ must show the same thing, so the rendering lives here once and both import it.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -19,8 +20,9 @@ from rich.table import Table
 __all__ = ["console", "err_console", "describe", "LiveProgress", "follow", "print_run", "print_result", "print_summary",
            "fmt_time"]
 
-console = Console()
-err_console = Console(stderr=True)
+#: Piped to a file or a log, rich would squeeze tables into 80 columns and cut run ids; use a wide page there.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 PARTY_COLUMNS = ("role", "auc", "ks", "n_test", "n_train", "intersection_size", "total_s", "status")
 
