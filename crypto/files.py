@@ -10,10 +10,12 @@ other package can use this one writer.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fedcredit.errors import ConfigError
@@ -146,3 +148,16 @@ def check_secret_mode(path: Path, what: str) -> None:
             f"{what} file {path} has mode {mode:04o}: group/others may access it. Treat the key as exposed; "
             f"if it was not, `chmod 600 {path}`"
         )
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created 0600): one writer at a time across processes
+    and threads (each holder opens its own descriptor), e.g. a party's ClientApps and its officer's CLI."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, SECRET_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import fcntl
 import json
-import os
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -40,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crypto.files import write_file
+from crypto.files import exclusive_lock, write_file
 from fedcredit.config import PartyConfig
 from fedcredit.errors import ConfigError, PolicyRefused
 from party.audit import AuditLog
@@ -109,13 +107,8 @@ class JobLedger:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """One writer at a time (concurrent ClientApp processes and the officer's CLI)."""
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive_lock(self.root / ".lock"):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     def get(self, run_id: str) -> JobEntry | None:
         p = self._path(run_id)

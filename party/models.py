@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crypto.files import write_file
+from crypto.files import exclusive_lock, write_file
 from fedcredit.artifacts import MANIFEST, Artifact, check_artifact_integrity, json_bytes, read_artifact
 from fedcredit.errors import ConfigError, SecurityError
 from party.audit import JsonlLog
@@ -109,13 +108,8 @@ class ModelStore:
     def _locked(self) -> Iterator[None]:
         """Exclusive lock over every writer (flock: works across processes and across threads' own fds)."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive_lock(self.root / LOCK):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     def _state(self) -> dict[str, Any]:
         p = self.root / ACTIVE

@@ -33,6 +33,7 @@ import pandas as pd
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from flower_apps import write_app_descriptor
 
 from coordinator import flower
 from crypto.certs import Identity, init_ca, issue
@@ -49,29 +50,8 @@ BANKS = {"bank1": "default_credit_homo_guest.csv", "bank2": "default_credit_homo
 def _evil_app(root: Path, markers: Path) -> Path:
     """A Flower app whose code leaves a file behind wherever it is imported (ServerApp or ClientApp)."""
     app = root / "evil-app"
-    app.mkdir(parents=True)
-    (app / "pyproject.toml").write_text(textwrap.dedent("""\
-        [build-system]
-        requires = ["hatchling"]
-        build-backend = "hatchling.build"
-
-        [project]
-        name = "evil"
-        version = "1.0.0"
-        dependencies = []
-
-        [tool.hatch.build.targets.wheel]
-        packages = ["."]
-
-        [tool.flwr.app]
-        publisher = "mallory"
-
-        [tool.flwr.app.components]
-        serverapp = "evil:server_app"
-        clientapp = "evil:client_app"
-
-        [tool.flwr.app.config]
-        """))
+    write_app_descriptor(app, name="evil", version="1.0.0", publisher="mallory", serverapp="evil:server_app",
+                         clientapp="evil:client_app")
     (app / "evil.py").write_text(textwrap.dedent(f"""\
         import os, pathlib
         pathlib.Path({str(markers)!r}, f"ran-{{os.getpid()}}").write_text("attacker code ran here")

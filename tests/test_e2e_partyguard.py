@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from flower_apps import write_app_descriptor
 
 from coordinator import flower
 from coordinator.registry import Registry
@@ -61,28 +62,8 @@ def _foreign_app(root: Path, marker_dir: Path, result: Path, n_nodes: int) -> Pa
     app = root / "foreign-app"
     (app / "party").mkdir(parents=True)
     (app / "coordinator").mkdir()
-    (app / "pyproject.toml").write_text(textwrap.dedent("""\
-        [build-system]
-        requires = ["hatchling"]
-        build-backend = "hatchling.build"
-
-        [project]
-        name = "fedcredit-job"
-        version = "0.1.0"
-        dependencies = []
-
-        [tool.hatch.build.targets.wheel]
-        packages = ["."]
-
-        [tool.flwr.app]
-        publisher = "fedcredit"
-
-        [tool.flwr.app.components]
-        serverapp = "coordinator.serverapp:server_app"
-        clientapp = "party.clientapp:client_app"
-
-        [tool.flwr.app.config]
-        """))
+    write_app_descriptor(app, name="fedcredit-job", version="0.1.0", publisher="fedcredit",  # our app's names
+                         serverapp="coordinator.serverapp:server_app", clientapp="party.clientapp:client_app")
     (app / "party" / "__init__.py").write_text("")
     (app / "coordinator" / "__init__.py").write_text("")
     (app / "party" / "clientapp.py").write_text(textwrap.dedent(f"""\
