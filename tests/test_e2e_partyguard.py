@@ -148,7 +148,7 @@ def test_foreign_app_from_the_coordinator_is_refused_at_every_party(fed: LocalFe
         lines = [x for x in _audit_lines(fed, party) if x.get("event") == AUDIT_TAG and x["session"] == str(run_id)]
         assert len(lines) == 1, _audit_lines(fed, party)
         assert lines[0]["sha256"] == foreign_sha and lines[0]["expected_sha256"] == expected
-        assert lines[0]["sender"] == party
+        assert lines[0]["party"] == party
 
 
 def test_own_jobs_still_run_after_a_refusal(fed: LocalFederation) -> None:
