@@ -225,6 +225,18 @@ class LocalFederation:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def run_job(self, name: str, job: Mapping[str, Any]) -> Any:
+        """Write, submit and follow a job to its end as the operator; returns the final ``RunInfo``."""
+        path = self.write_job(name, job)
+        client = self.client()
+        try:
+            run_id = client.submit(path)
+            for _ in client.watch(run_id):
+                pass
+            return client.get(run_id)
+        finally:
+            client.close()
+
     def client(self):  # -> ControlClient
         from coordinator.client import ControlClient
 

@@ -87,16 +87,9 @@ def fed(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _job(fed: LocalFederation, name: str) -> Any:
-    path = fed.write_job(name, {"job": {"name": name, "type": "horizontal", "parties": list(BANKS),
-                                        "round_timeout_s": 120.0},
-                                "model": {"family": "lr", "algorithm": "fedavg", "rounds": 1}})  # fmt: skip
-    client = fed.client()
-    run_id = client.submit(path)
-    for _ in client.watch(run_id):
-        pass
-    info = client.get(run_id)
-    client.close()
-    return info
+    return fed.run_job(name, {"job": {"name": name, "type": "horizontal", "parties": list(BANKS),
+                                      "round_timeout_s": 120.0},
+                              "model": {"family": "lr", "algorithm": "fedavg", "rounds": 1}})  # fmt: skip
 
 
 def _home(fed: LocalFederation) -> Path:

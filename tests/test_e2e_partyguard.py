@@ -153,15 +153,9 @@ def test_foreign_app_from_the_coordinator_is_refused_at_every_party(fed: LocalFe
 
 def test_own_jobs_still_run_after_a_refusal(fed: LocalFederation) -> None:
     """The refusal did not wedge any SuperNode: fedcredit's own app is accepted and a job finishes."""
-    path = fed.write_job("guarded-lr", {"job": {"name": "guarded-lr", "type": "horizontal", "parties": list(BANKS),
-                                                "round_timeout_s": 120.0},
-                                        "model": {"family": "lr", "rounds": 1}})
-    client = fed.client()
-    run_id = client.submit(path)
-    for _ in client.watch(run_id):
-        pass
-    info = client.get(run_id)
-    client.close()
+    info = fed.run_job("guarded-lr", {"job": {"name": "guarded-lr", "type": "horizontal", "parties": list(BANKS),
+                                              "round_timeout_s": 120.0},
+                                      "model": {"family": "lr", "rounds": 1}})
     assert info.status == "finished", info.error
 
 
