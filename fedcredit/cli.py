@@ -16,8 +16,9 @@ from typing import Any
 
 from rich.table import Table
 
+from fedcredit import __version__
 from fedcredit.errors import FedCreditError
-from fedcredit.progress import console, err_console, fmt_time, follow, print_run
+from fedcredit.progress import console, err_console, fmt_time, follow, print_run, styled
 
 # --------------------------------------------------------------------------- certs
 
@@ -34,7 +35,8 @@ def cmd_certs_issue(args: argparse.Namespace) -> int:
     from crypto.certs import issue
 
     out = Path(args.out_dir) if args.out_dir else Path(args.ca_dir).parent / args.name
-    ident = issue(Path(args.ca_dir), out, args.name, role=args.role, hosts=args.host or ("127.0.0.1", "localhost"),
+    hosts = [*(args.host or []), *args.dns, *args.ip]
+    ident = issue(Path(args.ca_dir), out, args.name, role=args.role, hosts=hosts or ("127.0.0.1", "localhost"),
                   days=args.days, force=args.force)
     console.print(
         f"issued '{ident.name}' (role {ident.role}) in {out}: {ident.cert_path.name}, {ident.key_path.name} (0600), "
@@ -72,12 +74,35 @@ def cmd_party_start(args: argparse.Namespace) -> int:
 
 
 def _control_client(args: argparse.Namespace, job_control: Any = None):  # -> ControlClient
+    """The Control client for an operator command: flags > FEDCREDIT_* env > job [control] > profile."""
     from coordinator.client import ControlClient
+    from fedcredit.profile import resolve_connection
 
-    address = args.control or (job_control.address if job_control else None)
-    ident_dir = args.identity_dir or (job_control.identity_dir if job_control else None)
-    name = args.name or (job_control.name if job_control else "operator")
-    return ControlClient.connect(address, ident_dir, name)
+    conn = resolve_connection(args.control, args.identity_dir, args.name, job_control=job_control)
+    return ControlClient.connect(conn.control, conn.identity_dir, conn.name)
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    """Store the coordinator address and operator credentials once (``fedcredit.profile``)."""
+    from crypto.certs import Identity
+    from fedcredit.profile import profile_path, save_profile
+
+    ident_dir = Path(args.identity_dir).expanduser().resolve()
+    ident = Identity.load(ident_dir, args.name)  # a wrong directory or name fails here, not at the next command
+    if ident.role != "operator":
+        raise FedCreditError(f"{ident.cert_path}: certificate '{ident.name}' has role '{ident.role}'; the Control "
+                             "service admits only operator certificates (fedcredit certs issue NAME --role operator)")
+    if not args.no_check:
+        from coordinator.client import ControlClient
+
+        client = ControlClient.connect(args.control, ident_dir, args.name)
+        n = len(client.list(1))
+        client.close()
+        console.print(f"reached the coordinator at {args.control} as '{args.name}' ({'runs recorded' if n else 'no runs yet'})")
+    path = save_profile(args.control, ident_dir, args.name, Path(args.profile) if args.profile else None)
+    where = "" if not args.profile and path == profile_path() else " (pass it on with FEDCREDIT_PROFILE)"
+    console.print(f"profile written to {path}{where}: fedcredit train | runs | status now use it")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -86,7 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     job = load_job_config(args.job)  # validate locally first: errors name the file and field
     client = _control_client(args, job.control)
     run_id = client.submit(Path(args.job))
-    console.print(f"submitted run [bold]{run_id}[/bold] ({job.job.type}, parties: {', '.join(job.job.parties)})")
+    console.print(styled("submitted run ", (run_id, "bold"), f" ({job.job.type}, parties: {', '.join(job.job.parties)})"))
     if args.detach:
         return 0
     info = follow(client.watch(run_id), lambda: client.get(run_id))
@@ -143,13 +168,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _add_control_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--control", help="coordinator control address host:port (default: from the job file)")
-    p.add_argument("--identity-dir", help="directory with your operator certificate and key")
-    p.add_argument("--name", help="your operator certificate name (default: operator)")
+    p.add_argument("--control", help="coordinator control address host:port (default: $FEDCREDIT_CONTROL, the job "
+                   "file's [control], then the profile of `fedcredit login`)")
+    p.add_argument("--identity-dir", help="directory with your operator certificate and key (default: "
+                   "$FEDCREDIT_IDENTITY_DIR, the job file's [control], then the profile)")
+    p.add_argument("--name", help="your operator certificate name (default: $FEDCREDIT_NAME, the profile, operator)")
+
+
+def _scenario_epilog() -> str:
+    """The built-in scenarios with their one-line descriptions, for ``simulate --help``."""
+    from simulations.harness import describe_scenarios
+
+    rows = describe_scenarios()
+    width = max((len(n) for n in rows), default=0)
+    return "built-in scenarios:\n" + "\n".join(f"  {n:<{width}}  {d}" for n, d in rows.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fedcredit", description="Privacy-preserving federated credit-risk modelling")
+    ap.add_argument("--version", action="version", version=f"fedcredit {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     certs = sub.add_parser("certs", help="federation CA and party certificates").add_subparsers(dest="sub", required=True)
@@ -164,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=["party", "coordinator", "operator"], default="party")
     p.add_argument("--ca-dir", default="certs/ca")
     p.add_argument("--out-dir", help="default: <ca-dir>/../<name>")
-    p.add_argument("--host", action="append", help="DNS name or IP the holder serves on (repeatable)")
+    p.add_argument("--host", action="append", help="DNS name or IP the holder serves on (repeatable; same as --dns/--ip)")
+    p.add_argument("--dns", action="append", default=[], help="a DNS name clients dial (repeatable)")
+    p.add_argument("--ip", action="append", default=[], help="an IP address clients dial (repeatable)")
     p.add_argument("--days", type=int, default=825)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_certs_issue)
@@ -189,6 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     cli_models.register_party_commands(party)
     cli_models.register_top_level_commands(sub)
 
+    p = sub.add_parser("login", help="store the coordinator address and your operator credentials (CLI profile)",
+                       description="Write the CLI profile (default $XDG_CONFIG_HOME/fedcredit/profile.toml, i.e. "
+                       "~/.config/fedcredit/profile.toml; $FEDCREDIT_PROFILE overrides the path) so train, runs and "
+                       "status need no --control/--identity-dir.  Flags and FEDCREDIT_CONTROL / "
+                       "FEDCREDIT_IDENTITY_DIR / FEDCREDIT_NAME still override it per call.")
+    p.add_argument("--control", required=True, help="the coordinator's relay/control address host:port")
+    p.add_argument("--identity-dir", required=True, help="directory with your operator certificate and key")
+    p.add_argument("--name", default="operator", help="your operator certificate name (default: operator)")
+    p.add_argument("--profile", help="write this file instead of the default profile path")
+    p.add_argument("--no-check", action="store_true", help="do not connect to the coordinator first")
+    p.set_defaults(func=cmd_login)
+
     p = sub.add_parser("train", help="submit a training job and follow it")
     p.add_argument("job")
     p.add_argument("--detach", action="store_true", help="submit and return without following")
@@ -207,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_control_args(p)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("simulate", help="run a whole federation on this machine")
+    p = sub.add_parser("simulate", help="run a whole federation on this machine", epilog=_scenario_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", nargs="?", default="horizontal-demo",
                    help="a built-in scenario name or a scenario .toml file (default: horizontal-demo)")
     p.add_argument("--deployment", action="store_true",
@@ -222,8 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FedCreditError as e:
-        err_console.print("[red]error:[/red] ", end="")
-        err_console.print(str(e), markup=False, highlight=False)
+        err_console.print(styled(("error:", "red"), " ", str(e)))
         return 2
     except KeyboardInterrupt:
         return 130

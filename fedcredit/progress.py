@@ -16,13 +16,22 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-__all__ = ["console", "err_console", "describe", "LiveProgress", "follow", "print_run", "print_result", "print_summary",
+__all__ = ["console", "err_console", "styled", "describe", "LiveProgress", "follow", "print_run", "print_result", "print_summary",
            "fmt_time"]
 
 #: Piped to a file or a log, rich would squeeze tables into 80 columns and cut run ids; use a wide page there.
-console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+#: Markup is off on both: our messages quote config sections (``[coordinator].relay_port``, ``[[parties]]``)
+#: and user-supplied names, which rich would otherwise parse as tags and drop.  Styling goes through
+#: ``style=`` / :func:`styled`, never through text.
+console = Console(width=None if sys.stdout.isatty() else 200, markup=False, highlight=False)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False, highlight=False)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """A line built from plain strings and ``(text, style)`` pairs; nothing in it is parsed as markup."""
+    return Text.assemble(*parts)
 
 PARTY_COLUMNS = ("role", "auc", "ks", "n_test", "n_train", "intersection_size", "total_s", "status")
 
@@ -51,7 +60,8 @@ class LiveProgress:
     """A rich progress bar fed with protocol events: ``with LiveProgress(console) as show: show(event)``."""
 
     def __init__(self, con: Console | None = None, first: str = "setting up") -> None:
-        self.prog = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        self.prog = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                             TextColumn("{task.completed}/{task.total}", markup=False),
                              TimeElapsedColumn(), console=con or console)
         self.first = first
         self.task: TaskID | None = None
@@ -68,7 +78,7 @@ class LiveProgress:
             self.prog.update(self.task, total=total, completed=completed)
         self.prog.update(self.task, description=desc)
         if ev.get("log"):
-            self.prog.console.print(ev["log"])
+            self.prog.console.print(str(ev["log"]), markup=False, highlight=False)
 
     def __exit__(self, *exc: object) -> None:
         self.prog.__exit__(None, None, None)
@@ -97,11 +107,11 @@ def print_run(info: Any, con: Console | None = None) -> None:
     """A run record (``RunInfo``): status, times, error and its public result."""
     con = con or console
     result = json.loads(info.result_json) if info.result_json else None
-    con.print(f"run [bold]{info.run_id}[/bold]  {info.name} ({info.type})  status: [bold]{info.status}[/bold]")
-    con.print(f"  created {fmt_time(info.created)}  started {fmt_time(info.started)}  ended {fmt_time(info.ended)}")
+    con.print(styled("run ", (info.run_id, "bold"), f"  {info.name} ({info.type})  status: ", (info.status, "bold")))
+    con.print(f"  created {fmt_time(info.created)}  started {fmt_time(info.started)}  ended {fmt_time(info.ended)}",
+              markup=False)
     if info.error:
-        con.print("  [red]error:[/red] ", end="")
-        con.print(info.error, markup=False, highlight=False)
+        con.print(styled("  ", ("error:", "red"), " ", info.error))
     if result:
         print_result(result, con)
 
@@ -111,7 +121,8 @@ def print_result(result: Mapping[str, Any], con: Console | None = None) -> None:
     con = con or console
     g = result.get("global") or {}
     if g:
-        con.print("  global test: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in g.items()))
+        con.print("  global test: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in g.items()),
+                  markup=False)
     parties = result.get("parties") or {}
     if parties:
         t = Table(title="per-party (public metrics)")
@@ -125,7 +136,7 @@ def print_result(result: Mapping[str, Any], con: Console | None = None) -> None:
         con.print(t)
     if result.get("dropped"):
         for p, why in result["dropped"].items():
-            con.print(f"  [yellow]dropped[/yellow] {p}: {why}")
+            con.print(styled("  ", ("dropped", "yellow"), f" {p}: {why}"))
 
 
 def print_summary(report: Mapping[str, Any], con: Console | None = None) -> None:
@@ -138,7 +149,7 @@ def print_summary(report: Mapping[str, Any], con: Console | None = None) -> None
     for p, m in (report.get("parties") or {}).items():
         if isinstance(m, dict):
             t.add_row(p, _f(m.get("auc")), _f(m.get("ks")), str(m.get("n_test", "")))
-    t.add_row("[bold]global (all banks' test rows)[/bold]", _f(g.get("auc")), _f(g.get("ks")), str(g.get("n_test", "")))
+    t.add_row(Text("global (all banks' test rows)", style="bold"), _f(g.get("auc")), _f(g.get("ks")), str(g.get("n_test", "")))
     con.print(t)
     status = report.get("status", "finished")
     con.print(f"status: {status}  wall time: {report.get('wall_time_s')} s"
