@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,7 @@ from rich.console import Console
 
 from fedcredit.config import read_toml
 from fedcredit.errors import ConfigError
-from fedcredit.progress import LiveProgress, follow, print_summary
-from simulations.scenario_data import prepare_data
+from fedcredit.progress import LiveProgress, follow, print_summary, styled
 
 #: Built-in scenarios ship inside this package (found with importlib.resources, so a wheel install has them).
 SCENARIO_DIR = Path(str(resources.files("simulations") / "scenarios"))
@@ -34,6 +34,17 @@ SCENARIO_DIR = Path(str(resources.files("simulations") / "scenarios"))
 
 def builtin_scenarios() -> list[str]:
     return sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
+
+
+def describe_scenarios() -> dict[str, str]:
+    """Built-in scenario name -> its one-line ``[scenario].description`` (for ``fedcredit simulate --help``)."""
+    out: dict[str, str] = {}
+    for name in builtin_scenarios():
+        try:
+            out[name] = str(read_toml(SCENARIO_DIR / f"{name}.toml", "scenario").get("scenario", {}).get("description", ""))
+        except ConfigError as e:  # a broken file must not break --help; it is reported when run
+            out[name] = f"(unreadable: {e})"
+    return out
 
 
 def load_scenario(name_or_path: str) -> tuple[dict[str, Any], Path]:
@@ -61,13 +72,19 @@ def _job_tables(scn: dict[str, Any], banks: list[str]) -> dict[str, Any]:
 
 
 def simulate(scenario: str, *, deployment: bool = False, out_dir: Path | None = None,
-             console: Console | None = None) -> dict[str, Any]:
-    console = console or Console()
+             console: Console | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Run a scenario; ``overrides`` replaces keys of its tables (e.g. ``{"model": {"n_trees": 2}}``), which is
+    how the scenario tests run every shipped scenario quickly without a second copy of each file."""
+    from simulations.scenario_data import prepare_data  # pandas: only when a scenario actually runs
+
+    console = console or Console(markup=False, highlight=False)
     scn, source = load_scenario(scenario)
+    for table, values in (overrides or {}).items():
+        scn[table] = {**scn.get(table, {}), **values}
     name = scn["scenario"].get("name", source.stem)
     out = (out_dir or Path("fedcredit-demo") / name).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]{name}[/bold]: {scn['scenario'].get('description', '')}")
+    console.print(styled((name, "bold"), f": {scn['scenario'].get('description', '')}"))
     console.print(f"mode: {'deployment (real processes, TLS, 127.0.0.1)' if deployment else 'in-process'}; output: {out}")
     banks = prepare_data(scn["data"], out / "data", source)
     tables = _job_tables(scn, list(banks))

@@ -27,14 +27,17 @@ def prepare_data(data_cfg: dict[str, Any], out: Path, source: Path) -> dict[str,
     if str(kind).startswith("vertical-"):  # {party: {dataset key: dataset table}}
         return prepare_vertical_data(data_cfg, out, source)  # type: ignore[return-value]
     if kind == "generated":
-        paths = write_bank_files(
-            out,
-            int(data_cfg.get("banks", 3)),
-            int(data_cfg.get("rows_per_bank", 4000)),
-            int(data_cfg.get("test_rows", 3000)),
-            seed=int(data_cfg.get("seed", 7)),
-            split=str(data_cfg.get("split", "iid")),
-        )
+        try:
+            paths = write_bank_files(
+                out,
+                int(data_cfg.get("banks", 3)),
+                int(data_cfg.get("rows_per_bank", 4000)),
+                int(data_cfg.get("test_rows", 3000)),
+                seed=int(data_cfg.get("seed", 7)),
+                split=str(data_cfg.get("split", "iid")),
+            )
+        except ValueError as e:  # a bad split name or size is the scenario file's error, not a traceback
+            raise ConfigError(f"{source}: [data]: {e}") from None
         banks = [k for k in paths if k != "test"]
         test = pd.read_csv(paths["test"])
     elif kind == "files":
