@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 
 from crypto.certs import Identity
-from crypto.tls import secure_channel
-from fedcredit.errors import ConfigError, FedCreditError
+from crypto.tls import hostname_mismatch, secure_channel
+from fedcredit.errors import ConfigError, FedCreditError, SecurityError
 from protos import control_pb2, control_pb2_grpc
 
 
@@ -23,15 +23,21 @@ class ControlClient:
     def connect(cls, address: str | None, identity_dir: Path | str | None, name: str = "operator",
                 timeout: float = 15.0) -> ControlClient:
         if not address:
-            raise ConfigError("no coordinator control address: pass --control host:port or set [control].address in the job file")
+            raise ConfigError("no coordinator control address: pass --control host:port, set [control].address in "
+                              "the job file, or run fedcredit login")
         if not identity_dir:
-            raise ConfigError("no operator credentials: pass --identity-dir or set [control].identity_dir in the job file")
+            raise ConfigError("no operator credentials: pass --identity-dir, set [control].identity_dir in the job "
+                              "file, or run fedcredit login")
         ident = Identity.load(Path(identity_dir), name)
         ch = secure_channel(address, ident)
         try:
             grpc.channel_ready_future(ch).result(timeout=timeout)
         except grpc.FutureTimeoutError:
             ch.close()
+            host, _, port = address.rpartition(":")
+            mismatch = hostname_mismatch(host.strip("[]"), int(port), ident) if port.isdigit() else None
+            if mismatch:
+                raise SecurityError(f"coordinator control service {address}: {mismatch}") from None
             raise FedCreditError(f"cannot reach the coordinator control service at {address} within {timeout:.0f} s "
                                  "(is it running? is the certificate from this federation's CA?)") from None
         return cls(ch, address)

@@ -22,7 +22,7 @@ from coordinator.control import ControlServicer, add_control_service
 from coordinator.frontdoor import FrontDoor
 from coordinator.registry import Registry
 from coordinator.relay import RelayHandle, start_relay
-from crypto.certs import Identity, flower_public_key_pem, issue_loopback_tls, verify_peer
+from crypto.certs import Identity, certificate_names, flower_public_key_pem, issue_loopback_tls, verify_peer
 from fedcredit.config import CoordinatorConfig, load_coordinator_config
 from fedcredit.errors import ConfigError, FedCreditError, SecurityError
 from fedcredit.processes import stop_process_group, supervise
@@ -166,6 +166,9 @@ def serve_forever(config_path: Path) -> int:
         f"relay+control {handle.relay.address} (mutual TLS); state in {cfg.coordinator.state_dir}",
         flush=True,
     )
+    names = certificate_names(Identity.load(cfg.coordinator.identity_dir, cfg.coordinator.name).cert_pem)
+    print(f"coordinator certificate covers {', '.join(names)}: parties' flower_address/relay_address and operators' "
+          "--control must use one of these names", flush=True)
     rc = supervise(handle.superlink, "flower-superlink", cfg.coordinator.state_dir / "superlink.log")
     handle.stop()
     return rc

@@ -248,6 +248,41 @@ def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(names)
 
 
+#: Always in a coordinator certificate: its own daemon and anyone on its host dial it by these.
+LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+
+
+def certificate_names(cert: bytes | x509.Certificate) -> list[str]:
+    """The DNS names and IP addresses (subjectAltName) a server certificate (PEM, DER or parsed) covers."""
+    if isinstance(cert, bytes):
+        cert = x509.load_pem_x509_certificate(cert) if cert.lstrip().startswith(b"-----") else x509.load_der_x509_certificate(cert)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*san.get_values_for_type(x509.DNSName), *(str(a) for a in san.get_values_for_type(x509.IPAddress))]
+
+
+def name_covered(host: str, names: Sequence[str]) -> bool:
+    """Whether a client dialling ``host`` accepts a certificate for ``names`` (RFC 6125: exact, or ``*.`` one label)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        ip = None
+    h = host.lower().rstrip(".")
+    for n in names:
+        try:
+            if ipaddress.ip_address(n) == ip:
+                return True
+            continue  # an IP name never matches a DNS name
+        except ValueError:
+            pass
+        n = n.lower().rstrip(".")
+        if ip is None and (n == h or (n.startswith("*.") and "." in h and h.split(".", 1)[1] == n[2:])):
+            return True
+    return False
+
+
 def _new_flower_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP384R1())
 
@@ -296,6 +331,8 @@ def issue(
         raise ConfigError(f"certificate validity days must be positive, got {days}")
     ca_dir, out_dir = Path(ca_dir), Path(out_dir)
     ca_cert, ca_key, ca_pem = _load_ca(ca_dir)
+    if role == "coordinator":  # its own host dials it by loopback; parties dial the names given
+        hosts = [*hosts, *(h for h in LOOPBACK_NAMES if h not in hosts)]
     san = _san(hosts)
 
     cert_path = out_dir / f"{name}.crt"

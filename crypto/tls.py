@@ -26,6 +26,7 @@ What gRPC Python (BoringSSL) lets us enforce, and what it does not:
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +35,7 @@ import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from crypto.certs import Identity, PeerInfo, verify_peer
+from crypto.certs import Identity, PeerInfo, certificate_names, name_covered, verify_peer
 from fedcredit.errors import SecurityError
 
 # Messages on the data plane can carry CKKS contexts (~2 MB) and batches of
@@ -174,3 +175,28 @@ def ssl_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, ca_pem: bytes) ->
     if ssl_object.version() != "TLSv1.3":
         raise SecurityError(f"peer connected with {ssl_object.version()}; TLS 1.3 is required")
     return verify_peer(ssl.DER_cert_to_PEM_cert(der).encode("ascii"), ca_pem)
+
+
+def hostname_mismatch(host: str, port: int, identity: Identity, timeout: float = 5.0) -> str | None:
+    """Why ``host:port`` fails TLS host-name checking, or None if it does not (or cannot be reached).
+
+    Called after a connection failed, to turn the TLS library's bare "hostname mismatch"
+    (or gRPC's timeout, which hides it) into one line naming the dialled name and the
+    names the server's certificate covers.  The probe still verifies the chain against
+    the federation CA; only the name check is skipped, and nothing is sent.
+    """
+    ctx = ssl_client_context(identity)
+    ctx.check_hostname = False
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, ctx.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ValueError):
+        return None
+    if not der:
+        return None
+    names = certificate_names(der)
+    if name_covered(host, names):
+        return None
+    return (f"TLS host name mismatch: dialled '{host}' (port {port}), but the server's certificate covers only "
+            f"{names}; dial one of those names, or reissue that certificate to cover '{host}' "
+            f"(fedcredit certs issue NAME --role coordinator --dns <name> / --ip <address>, repeatable, --force)")

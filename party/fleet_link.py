@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crypto.certs import Identity, issue_loopback_tls
-from crypto.tls import ssl_client_context, ssl_loopback_server_context
+from crypto.tls import hostname_mismatch, ssl_client_context, ssl_loopback_server_context
 from fedcredit.aio import BackgroundLoop
 from fedcredit.errors import ConfigError
 
 MAX_CONNECTIONS = 16  # a SuperNode uses two or three (main loop, heartbeat)
 CONNECT_TIMEOUT_S = 20.0
 CHUNK = 64 * 1024
+_NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 
 __all__ = ["FleetLink", "split_address"]
 
@@ -109,7 +110,13 @@ class FleetLink:
                 )  # fmt: skip
             except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
                 if not self._failing:  # one line per outage, not one per SuperNode retry
-                    self.log(f"fleet link: cannot reach the front door {self.target} over mutual TLS: {exc}")
+                    why = str(exc)
+                    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in _NAME_MISMATCH:
+                        found: str | None = await asyncio.to_thread(hostname_mismatch, self._host,
+                                                                    self._target_port, self.identity)
+                        why = found or why
+                    self.log(f"fleet link: cannot reach the front door {self.target} ([coordinator].flower_address) "
+                             f"over mutual TLS: {why}")
                 self._failing = True
                 return
             if self._failing:
