@@ -222,7 +222,8 @@ def table_from_frame(
     """Validate a DataFrame into a :class:`Table` (what :func:`load_table` does after reading the file).
 
     ``feature_cols=None``: every column except the id and label columns, in frame
-    order; ``feature_cols=[]``: no features, an id list (e.g. the agreed test ids).
+    order (a file with only an id column is an id list, e.g. the agreed test ids);
+    ``feature_cols=[]``: no features, an id list whatever else the file holds.
     ``id_col=None`` numbers the rows instead.  ``csv_lines``: the frame was read from
     a CSV file, so errors give file line numbers too.
     """
@@ -239,10 +240,12 @@ def table_from_frame(
         raise DataError(f"party '{party}', file {source}: duplicate column name(s) {dupes}")
     if feature_cols is None:
         features = [c for c in cols if c not in (id_col, label_col)]
-        if not features:
+        if not features and label_col:
+            # a file of only ids (no label declared) is an id list, e.g. the agreed test customers;
+            # ids and labels without a single feature cannot train anything
             raise DataError(
                 f"party '{party}', file {source}: no feature columns (the file has only {cols}); "
-                "a list of ids is declared with feature_columns = [] in its [datasets] section"
+                "a list of ids needs no label_column (or declare feature_columns = [])"
             )
     else:
         features = list(feature_cols)

@@ -86,9 +86,19 @@ def test_a_fault_gets_the_same_message_from_the_check_and_the_job(tmp_path: Path
     assert part in str(at_start.value) and "party 'bank'" in str(at_start.value)
 
 
-def test_an_id_list_must_be_declared(tmp_path: Path) -> None:
-    """An id-only file passes only as a declared id list; by mistake as a training table it fails at start-up."""
+def test_an_id_only_file_is_an_id_list(tmp_path: Path) -> None:
+    """A file of only ids (no label declared) is accepted as an id list, as the docs say for test ids;
+    with a label column declared but no feature, it is refused at start-up naming the file."""
+    pd.DataFrame({"id": ["1", "2"], "y": [0, 1], "a": [1.0, 2.0]}).to_csv(tmp_path / "bank.csv", index=False)
     pd.DataFrame({"id": ["1", "2"]}).to_csv(tmp_path / "ids.csv", index=False)
-    cfg, _ = _party(tmp_path, '[datasets.train]\npath = "ids.csv"\n')
-    with pytest.raises(DataError, match=r"no feature columns.*feature_columns = \[\]"):
+    cfg, rt = _party(tmp_path, '[datasets.train]\npath = "bank.csv"\nlabel_column = "y"\n'
+                               '[datasets.test_ids]\npath = "ids.csv"\n')
+    check_datasets(load_party_config(cfg))
+    table = rt.vertical_party().load("test_ids")
+    assert table.ids == ["1", "2"] and table.feature_names == [] and table.y is None
+    other = tmp_path / "other"
+    other.mkdir()
+    pd.DataFrame({"id": ["1", "2"], "y": [0, 1]}).to_csv(other / "bank.csv", index=False)
+    cfg, _ = _party(other, '[datasets.train]\npath = "bank.csv"\nlabel_column = "y"\n')
+    with pytest.raises(DataError, match=r"bank\.csv: no feature columns"):
         check_datasets(load_party_config(cfg))
