@@ -146,6 +146,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     client = _control_client(args)
     info = client.get(args.run_id)
+    if args.follow and info.status in ("queued", "running"):
+        info = follow(client.watch(args.run_id), lambda: client.get(args.run_id))
+        return 0 if info.status == "finished" else 1
     if args.json:
         print(json.dumps(_info_dict(info), indent=1))
     else:
@@ -162,6 +165,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     report = simulate(args.scenario, deployment=args.deployment, out_dir=Path(args.out) if args.out else None,
                       console=console)
     return 0 if report.get("status", "finished") == "finished" else 1
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from simulations.scenario_data import write_demo_party_data
+
+    files = write_demo_party_data(args.party, Path(args.out), seed=args.seed)
+    console.print(f"demo data for '{args.party}' in {args.out}: {', '.join(f.name for f in files)} "
+                  "(generated credit applications; a real party uses its own files)")
+    return 0
 
 
 # --------------------------------------------------------------------------- parser
@@ -255,8 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show one run")
     p.add_argument("run_id")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--follow", action="store_true", help="a run still active: show its progress until it ends")
     _add_control_args(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("demo-data", help="write one party's demo files for the README's multi-host federation")
+    p.add_argument("party", help="bank1, bank2 or fintech (the parties of examples/)")
+    p.add_argument("--out", default="data", help="directory (default: data)")
+    p.add_argument("--seed", type=int, default=7, help="every party must use the same seed (default: 7)")
+    p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("simulate", help="run a whole federation on this machine", epilog=_scenario_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)

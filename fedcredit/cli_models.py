@@ -58,7 +58,14 @@ def cmd_models_install(args: argparse.Namespace) -> int:
 
 
 def cmd_models_activate(args: argparse.Namespace) -> int:
-    v = _store(args).activate(args.version)
+    store = _store(args)
+    version = args.version
+    by_run = [x.version for x in store.list() if x.run_id == version]
+    if by_run and version not in {x.version for x in store.list()}:
+        if len(by_run) > 1:
+            raise ConfigError(f"run '{version}' has several installed versions here ({', '.join(by_run)}); name one")
+        version = by_run[0]  # a run id: its one version at this party
+    v = store.activate(version)
     print(f"active: {v.version} ({v.kind}, run {v.run_id})")
     return 0
 
@@ -102,7 +109,7 @@ def register_party_commands(party_sub: Any) -> None:
     p.set_defaults(func=cmd_models_install)
     p = models.add_parser("activate", help="make an installed version the active one")
     common(p)
-    p.add_argument("version")
+    p.add_argument("version", help="a version (see list) or the run id that produced it")
     p.set_defaults(func=cmd_models_activate)
     p = models.add_parser("rollback", help="re-activate the previously active version")
     common(p)

@@ -18,7 +18,7 @@ import pandas as pd
 from fedcredit.errors import ConfigError
 from simulations.generator import generate_applications, write_bank_files
 
-__all__ = ["prepare_data", "prepare_vertical_data"]
+__all__ = ["prepare_data", "prepare_vertical_data", "write_demo_party_data", "DEMO_PARTIES"]
 
 
 def prepare_data(data_cfg: dict[str, Any], out: Path, source: Path) -> dict[str, dict[str, Path]]:
@@ -125,3 +125,55 @@ def prepare_vertical_data(data_cfg: Mapping[str, Any], out: Path, source: Path) 
             specs[label]["test"] = {"path": tp}
         return specs
     raise ConfigError(f"{source}: [data].source for a vertical scenario must be 'vertical-generated' or 'vertical-files'")
+
+
+#: The README's multi-host federation (examples/): two banks with the same schema, and a fintech
+#: sharing customers with bank1.  Rows of one generated population, so the parties' files agree.
+DEMO_PARTIES = ("bank1", "bank2", "fintech")
+_DEMO_ROWS = {"horizontal": 3000, "test": 1000, "vertical": 4000}
+
+
+def demo_vertical_features(columns: list[str]) -> tuple[list[str], list[str]]:
+    """(label party's, passive party's) features: the bank keeps demographics, credit line and statements;
+    the partner holds the repayment history and payment amounts (as in ``prepare_vertical_data``)."""
+    feats = [c for c in columns if c not in ("id", "y")]
+    label = [c for c in feats if not c.startswith("PAY")]
+    return label, [c for c in feats if c not in label]
+
+
+def write_demo_party_data(party: str, out: Path, seed: int = 7) -> list[Path]:
+    """One institution's demo files for the README's federation (``fedcredit demo-data <party>``).
+
+    bank1 / bank2: ``train.csv`` and ``test.csv`` (id, y, every feature; horizontal jobs).
+    bank1 also: ``vertical.csv`` (id, y, its features) over customers it shares with the fintech,
+    ``test_ids.csv`` (only ids: the agreed test customers) and ``applications.csv`` (ids and its
+    features, no label: a batch to score).  fintech: ``vertical.csv`` (id, its features).
+    3,000 of the 4,000 vertical customers are common to bank1 and the fintech.
+    """
+    if party not in DEMO_PARTIES:
+        raise ConfigError(f"demo data exists for {', '.join(DEMO_PARTIES)}, not '{party}'")
+    n_h, n_t, n_v = _DEMO_ROWS["horizontal"], _DEMO_ROWS["test"], _DEMO_ROWS["vertical"]
+    df = generate_applications(2 * n_h + 2 * n_t + n_v, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def write(name: str, frame: pd.DataFrame) -> None:
+        p = out / name
+        frame.to_csv(p, index=False)
+        written.append(p)
+
+    if party in ("bank1", "bank2"):
+        i = 0 if party == "bank1" else 1
+        write("train.csv", df.iloc[i * n_h:(i + 1) * n_h])
+        write("test.csv", df.iloc[2 * n_h + i * n_t:2 * n_h + (i + 1) * n_t])
+    vert = df.iloc[2 * n_h + 2 * n_t:].reset_index(drop=True)
+    label_feats, passive_feats = demo_vertical_features(list(vert.columns))
+    only = n_v // 8  # 500 customers only at bank1, 500 only at the fintech, 3,000 common
+    common = vert.iloc[only:n_v - only]
+    if party == "bank1":
+        write("vertical.csv", vert.iloc[:n_v - only][["id", "y", *label_feats]])
+        write("test_ids.csv", common.iloc[::5][["id"]])  # every 5th common customer: 600 test ids
+        write("applications.csv", common.iloc[:200][["id", *label_feats]])
+    elif party == "fintech":
+        write("vertical.csv", vert.iloc[only:][["id", *passive_feats]])
+    return written
