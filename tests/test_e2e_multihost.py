@@ -140,7 +140,7 @@ def test_readme_steps_are_found() -> None:
     joined = "\n".join(ln for _, lines in steps for ln in lines)
     for must in ("certs issue fintech", "coordinator start", "party start --config fintech.toml", "login",
                  "train job-horizontal.toml", "train job-vertical-lr.toml", "train job-secureboost.toml",
-                 "fedcredit runs", "fedcredit status <run-id>", "models list", "fedcredit score"):
+                 "fedcredit runs", "fedcredit status <run-id>", "--follow", "models list", "fedcredit score"):
         assert must in joined, must
     for _, lines in steps:  # every config a step copies exists in examples/
         for ln in lines:
@@ -178,13 +178,14 @@ def test_readme_multihost_walkthrough(tmp_path: Path) -> None:
         assert len(w.run_ids) == 3
         assert (tmp_path / "home-coordinator/.config/fedcredit/profile.toml").exists()
         for cmd, out in by_cmd.items():
-            if cmd.startswith("fedcredit train"):
-                assert "status: finished" in out, out
+            if cmd.startswith("fedcredit train") and "--detach" not in cmd or cmd.endswith("--follow"):
+                assert "status: finished" in out, (cmd, out)
+        assert any(cmd.endswith("--follow") for cmd in by_cmd)
         runs_out = by_cmd["fedcredit runs"]
         for rid in w.run_ids:
             assert rid in runs_out
         assert runs_out.count("finished") >= 3, runs_out
-        status_out = by_cmd[f"fedcredit status {w.run_ids[-1]}"]
+        status_out = by_cmd[f"fedcredit status {w.run_ids[-1]}"]  # after --follow: the finished record
         assert w.run_ids[-1] in status_out and "status: finished" in status_out and "secureboost" in status_out
 
         # each run installed a model at bank1; the SecureBoost one is activated and scores jointly

@@ -3,8 +3,8 @@
 Why: a scenario is what a new user runs first (``fedcredit simulate <name>``); a typo in one
 (``split = "label"``) used to crash with a traceback and no test noticed.  Each scenario
 runs as shipped — its data source, split, job type and model family — with only the
-sizes cut (rounds, epochs, trees, rows) so the whole file takes about a minute.  The
-``--deployment`` path of a scenario is covered by ``tests/test_e2e_deployment.py``.
+sizes cut (rounds, epochs, trees, rows) so the in-process runs take under a minute; the
+README's first command (``horizontal-demo --deployment``) runs over real processes too.
 """
 
 from __future__ import annotations
@@ -73,3 +73,15 @@ def test_simulate_help_lists_every_scenario_with_its_description() -> None:
     for name, desc in describe_scenarios().items():
         line = next((ln for ln in proc.stdout.splitlines() if ln.strip().startswith(name + " ")), "")
         assert desc[:40] in line, (name, proc.stdout)
+
+
+@pytest.mark.e2e
+def test_the_readme_first_command_runs_over_real_processes(tmp_path: Path) -> None:
+    """``fedcredit simulate horizontal-demo --deployment``: coordinator + 3 party daemons on 127.0.0.1 (rounds cut)."""
+    out = io.StringIO()
+    report = simulate("horizontal-demo", deployment=True, out_dir=tmp_path, console=Console(file=out, width=200),
+                      overrides=FAST["horizontal-demo"])
+    assert report["status"] == "finished", (report, out.getvalue())
+    assert report["mode"] == "deployment" and set(report["parties"]) == {"bank1", "bank2", "bank3"}
+    assert 0.55 < report["global"]["auc"] <= 1.0
+    assert "summary (deployment)" in out.getvalue()
