@@ -26,7 +26,7 @@ from rich.console import Console
 
 from fedcredit.config import PolicySection, parse_config, read_toml
 from fedcredit.errors import ConfigError
-from fedcredit.params import StrictModel, validate
+from fedcredit.params import JOB_TYPES, ModelTable, StrictModel, validate
 from fedcredit.progress import LiveProgress, follow, print_summary
 from simulations.scenario_data import prepare_data
 
@@ -52,6 +52,9 @@ def load_scenario(name_or_path: str) -> tuple[dict[str, Any], Path]:
         if section not in data:
             raise ConfigError(f"{p}: missing [{section}] section")
     validate(_ScenarioFile, data, p)  # unknown sections and keys are errors, like every config
+    jtype = data["job"].get("type", "horizontal")  # [model] now, by its job type's schema (the banks come later)
+    if jtype in JOB_TYPES:  # an unknown type is reported as [job].type by the job schema
+        validate(_ScenarioModel, {"model": {**data.get("model", {}), "type": jtype}}, p)
     return data, p
 
 
@@ -76,6 +79,10 @@ class _DataSection(StrictModel):
     overlap: float | None = None
     parties: dict[str, str] | None = None
     test_ids: str | None = None
+
+
+class _ScenarioModel(StrictModel):
+    model: ModelTable
 
 
 class _ScenarioFile(StrictModel):
