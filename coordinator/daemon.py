@@ -53,12 +53,12 @@ def _check_party_certs(config: CoordinatorConfig, ca_pem: bytes) -> list[bytes]:
     certs = []
     for p in config.parties:
         if not p.certificate.exists():
-            raise ConfigError(f"[[parties]] '{p.name}': certificate {p.certificate} not found")
+            raise ConfigError(f"{config.source}: [[parties]] '{p.name}': certificate {p.certificate} not found")
         pem = p.certificate.read_bytes()
         try:
             verify_peer(pem, ca_pem, expected_name=p.name)
         except SecurityError as e:
-            raise ConfigError(f"[[parties]] '{p.name}': {e}") from None
+            raise ConfigError(f"{config.source}: [[parties]] '{p.name}': certificate {p.certificate}: {e}") from None
         certs.append(pem)
     return certs
 

@@ -296,13 +296,13 @@ class JobConfig(_File):
     def _min(self) -> JobConfig:
         if self.job.min_parties is not None and self.job.min_parties > len(self.job.parties):
             raise ValueError(
-                f"min_parties={self.job.min_parties} exceeds the {len(self.job.parties)} parties listed"
+                f"[job].min_parties = {self.job.min_parties} exceeds the {len(self.job.parties)} parties in [job].parties"
             )
         if self.job.type != "horizontal":
             if not self.job.label_party:
                 raise ValueError(f"a {self.job.type} job needs [job].label_party")
             if self.job.label_party not in self.job.parties:
-                raise ValueError(f"label_party '{self.job.label_party}' is not in [job].parties")
+                raise ValueError(f"[job].label_party '{self.job.label_party}' is not in [job].parties {self.job.parties}")
         return self
 
 

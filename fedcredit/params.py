@@ -95,7 +95,8 @@ def format_errors(err: ValidationError, source: str, section: str | None = None,
         loc = list(e.get("loc", ()))
         if len(loc) > 1 and loc[0] == "model" and loc[1] in JOB_TYPES:
             del loc[1]  # the discriminated union's tag (the job type), not a field
-        lines.append(f"{source}: {_where(loc, data, section)}: {_message(e)}")
+        where = _where(loc, data, section)  # a whole-file rule names its own sections in its message
+        lines.append(f"{source}: {_message(e)}" if where == "(top level)" else f"{source}: {where}: {_message(e)}")
     return "\n".join(lines)
 
 

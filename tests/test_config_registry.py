@@ -92,7 +92,7 @@ def test_job_requires_label_party_for_vertical(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="listed twice"):
         load_job_config(p)
     p = _write(tmp_path / "job3.toml", '[job]\nparties = ["a", "b"]\nmin_parties = 3\n')
-    with pytest.raises(ConfigError, match="min_parties=3 exceeds"):
+    with pytest.raises(ConfigError, match=r"\[job\]\.min_parties = 3 exceeds"):
         load_job_config(p)
 
 
