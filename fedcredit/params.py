@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fedcredit.errors import ConfigError
 
@@ -79,6 +78,8 @@ def _message(e: Mapping[str, Any]) -> str:
         return "unknown section (typo?)" if isinstance(got, Mapping) else "unknown field (typo?)"
     if e.get("type") == "missing":
         return "required, but missing"
+    if isinstance(got, _NotANumber):
+        return f"expected {got.kind}, got {got.value!r}"
     msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
     if "got" not in msg and got is not None and not isinstance(got, Mapping | list | tuple) and str(got) not in msg:
         shown = repr(got)
@@ -140,19 +141,27 @@ class StrictModel(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _numbers_are_numbers(cls, data: Any) -> Any:
+        """A text or boolean value for a number field is replaced by a marker that fails that field's own type
+        check, so it is reported with every other problem of the file (and said as ``expected a number``)."""
         if not isinstance(data, Mapping):
             return data
-        bad = []
+        out = dict(data)
         for name, f in cls.model_fields.items():
-            v = data.get(f.alias or name)
+            key = f.alias or name
+            v = out.get(key)
             if isinstance(v, bool | str) and _plain_number(f.annotation):
-                bad.append(InitErrorDetails(type=PydanticCustomError(
-                    "number_expected", "expected {kind}, got {got}",
-                    {"kind": "an integer" if _is_int(f.annotation) else "a number", "got": repr(v)}),
-                    loc=(f.alias or name,), input=v))
-        if bad:
-            raise ValidationError.from_exception_data(cls.__name__, bad)
-        return data
+                out[key] = _NotANumber(v, "an integer" if _is_int(f.annotation) else "a number")
+        return out
+
+
+class _NotANumber:
+    """What :class:`StrictModel` puts in place of ``"560"`` or ``true`` for a number field (see ``_message``)."""
+
+    def __init__(self, value: Any, kind: str) -> None:
+        self.value, self.kind = value, kind
+
+    def __repr__(self) -> str:
+        return repr(self.value)
 
 
 def _is_int(annotation: Any) -> bool:

@@ -336,8 +336,8 @@ def prepare(fed: Fed, case: dict[str, Any], case_dir: Path) -> Prepared:
         return Prepared(lambda: _coordinator_start(cfg), ["coordinator", "start", "--config", str(cfg)], state)
     if cat in ("party", "decision") and case.get("entry") == "decision-file":
         cfg = _write(case_dir, "decision.toml", case["append"])
-        return Prepared(lambda: _decision_file(cfg), ["party", "models", "export", "--config",
-                                                      str(fed.fed.root / "bank1.toml"), "--decision", str(cfg)], state)
+        return Prepared(lambda: _decision_file(cfg), ["party", "models", "export", "--config", str(fed.fed.root / "bank1.toml"),
+                                                      "--decision", str(cfg), "--out", str(case_dir / "export")], state)
     if cat in ("party", "decision"):
         cfg = _write(case_dir, "bank1.toml", _patched(fed.party, case))
         return Prepared(lambda: _party_start(cfg), ["party", "start", "--config", str(cfg)], state)
