@@ -35,7 +35,6 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from fedcredit.errors import ConfigError, DataError
-from fedcredit.metrics import sigmoid
 from fedcredit.params import StrictModel, read_toml, validate
 
 DECISIONS = ("approve", "refer", "decline")
@@ -158,6 +157,9 @@ class Contributions:
 
     @property
     def pd(self) -> float:
+        from fedcredit.metrics import sigmoid  # lazily: metrics pulls in scikit-learn, and every config loader
+        # imports this module for the [decision] schema
+
         return sigmoid(self.logit)
 
 
