@@ -19,10 +19,10 @@ from fedcredit.decision import (
     lr_contributions,
     pd_from_score,
     score_from_pd,
-    sigmoid,
     tree_contributions,
 )
 from fedcredit.errors import ConfigError, DataError
+from fedcredit.metrics import sigmoid
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "deployment.md"
 
