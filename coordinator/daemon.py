@@ -23,7 +23,7 @@ from coordinator.frontdoor import FrontDoor
 from coordinator.registry import Registry
 from coordinator.relay import RelayHandle, start_relay
 from crypto.certs import Identity, certificate_names, flower_public_key_pem, issue_loopback_tls, verify_peer
-from fedcredit.config import CoordinatorConfig, load_coordinator_config
+from fedcredit.config import CoordinatorConfig, check_port_free, load_coordinator_config
 from fedcredit.errors import ConfigError, FedCreditError, SecurityError
 from fedcredit.processes import stop_process_group, supervise
 
@@ -53,12 +53,12 @@ def _check_party_certs(config: CoordinatorConfig, ca_pem: bytes) -> list[bytes]:
     certs = []
     for p in config.parties:
         if not p.certificate.exists():
-            raise ConfigError(f"[[parties]] '{p.name}': certificate {p.certificate} not found")
+            raise ConfigError(f"{config.source}: [[parties]] '{p.name}': certificate {p.certificate} not found")
         pem = p.certificate.read_bytes()
         try:
             verify_peer(pem, ca_pem, expected_name=p.name)
         except SecurityError as e:
-            raise ConfigError(f"[[parties]] '{p.name}': {e}") from None
+            raise ConfigError(f"{config.source}: [[parties]] '{p.name}': certificate {p.certificate}: {e}") from None
         certs.append(pem)
     return certs
 
@@ -93,6 +93,10 @@ def start(config_path: Path, *, log=_print) -> CoordinatorHandle:
     identity = Identity.load(c.identity_dir, c.name)
     if identity.role != "coordinator":
         raise ConfigError(f"{config_path}: [coordinator].identity_dir holds a '{identity.role}' certificate, expected role 'coordinator'")
+    for section, field, host, port in (("coordinator", "flower_port", c.host, c.flower_port),
+                                       ("coordinator", "relay_port", c.host, c.relay_port),
+                                       ("coordinator", "superlink_port", flower.LOOPBACK, c.superlink_port)):
+        check_port_free(config, section, field, host, port)  # a taken port fails now, never after "ready"
     party_certs = _check_party_certs(config, identity.ca_pem)
     party_keys = {p.name: flower_public_key_pem(p.flower_public_key, p.name) for p in config.parties}
 

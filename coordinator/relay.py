@@ -623,7 +623,7 @@ def start_relay(
     )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="relay"),
-        options=list(GRPC_OPTIONS),
+        options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)],  # a port another process holds fails, never is shared
     )
     pb_grpc.add_RelayServicer_to_server(servicer, server)
     for register in extra_servicers:

@@ -467,6 +467,10 @@ class Identity:
             raise ConfigError(f"TLS key {dir / f'{name}.key'} does not match certificate {dir / f'{name}.crt'}")
         if _cn(cert) != name:
             raise ConfigError(f"certificate {dir / f'{name}.crt'} is for CN={_cn(cert)!r}, expected {name!r}")
+        try:  # from this directory's federation CA and in its validity window: else every handshake fails later
+            verify_peer(cert_pem, ca_pem, expected_name=name)
+        except SecurityError as exc:
+            raise ConfigError(f"certificate {dir / f'{name}.crt'}: {exc} (checked against {dir / CA_CERT})") from None
         try:
             cert_env = _envelope_key(cert, name)
         except SecurityError as exc:

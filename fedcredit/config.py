@@ -8,21 +8,39 @@ directory of the config file, so a federation folder can be moved as a whole.
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
+from fedcredit.decision import DecisionPolicy
 from fedcredit.errors import ConfigError
-from fedcredit.params import JOB_TYPES, ModelTable, format_errors
+from fedcredit.params import JOB_TYPES, ModelTable, StrictModel, validate
+from fedcredit.params import read_toml as read_toml  # the one TOML reader (re-exported)
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(StrictModel):
+    """Unknown keys are errors; numbers must be numbers (fedcredit.params.StrictModel)."""
+
+
+class _File(_Strict):
+    """A whole config file: remembers where it was read from, so later errors (a port in use) can name it."""
+
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> str:
+        return str(self._source) if self._source is not None else "config"
+
+    def where(self, section: str, field: str) -> str:
+        """``file: [section].field`` for a message about a value this file set."""
+        return f"{self.source}: [{section}].{field}"
 
 
 def _check_name(v: str) -> str:
@@ -65,7 +83,7 @@ class PartyEntry(_Strict):
     _n = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
 
-class CoordinatorConfig(_Strict):
+class CoordinatorConfig(_File):
     federation: FederationSection
     coordinator: CoordinatorSection
     parties: list[PartyEntry] = Field(default_factory=list)
@@ -191,12 +209,12 @@ class PolicySection(_Strict):
         return v
 
 
-class PartyConfig(_Strict):
+class PartyConfig(_File):
     party: PartySection
     coordinator: CoordinatorLink
     datasets: dict[str, DatasetSection] = Field(default_factory=dict)
     scoring: ScoringSection | None = None
-    decision: dict[str, Any] | None = Field(None, description="[decision] policy, validated by fedcredit.decision")
+    decision: DecisionPolicy | None = Field(None, description="[decision] policy (fedcredit.decision)")
     policy: PolicySection = Field(default_factory=PolicySection, description="[policy]: what jobs may use this data")
 
     @model_validator(mode="after")
@@ -248,7 +266,7 @@ class ControlSection(_Strict):
     name: str = "operator"
 
 
-class JobConfig(_Strict):
+class JobConfig(_File):
     """A job file.  ``[model]`` is validated by the schema of ``[job].type`` (:mod:`fedcredit.params`)."""
 
     job: JobSection
@@ -278,13 +296,13 @@ class JobConfig(_Strict):
     def _min(self) -> JobConfig:
         if self.job.min_parties is not None and self.job.min_parties > len(self.job.parties):
             raise ValueError(
-                f"min_parties={self.job.min_parties} exceeds the {len(self.job.parties)} parties listed"
+                f"[job].min_parties = {self.job.min_parties} exceeds the {len(self.job.parties)} parties in [job].parties"
             )
         if self.job.type != "horizontal":
             if not self.job.label_party:
                 raise ValueError(f"a {self.job.type} job needs [job].label_party")
             if self.job.label_party not in self.job.parties:
-                raise ValueError(f"label_party '{self.job.label_party}' is not in [job].parties")
+                raise ValueError(f"[job].label_party '{self.job.label_party}' is not in [job].parties {self.job.parties}")
         return self
 
 
@@ -307,27 +325,12 @@ def _resolve_paths(obj: Any, base: Path) -> Any:
     return obj
 
 
-def _format_validation(path: Path, err: ValidationError) -> str:
-    return format_errors(err, str(path))
-
-
 def parse_config(data: dict[str, Any], model: type[T], source: Path) -> T:
-    """Validate an already-parsed TOML table; errors name ``source`` and the field."""
-    try:
-        return model.model_validate(_resolve_paths(data, source.parent))
-    except ValidationError as e:
-        raise ConfigError(_format_validation(source, e)) from None
-
-
-def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
-    """Parse a TOML file; a missing or malformed file is a ConfigError naming it."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: {what} file not found")
-    try:
-        return tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    """Validate an already-parsed TOML table; errors name ``source`` and the ``[section].field``."""
+    cfg = validate(model, _resolve_paths(data, source.parent), source)
+    if isinstance(cfg, _File):
+        cfg._source = source
+    return cfg
 
 
 def load_config(path: str | Path, model: type[T]) -> T:
@@ -343,6 +346,30 @@ def parse_job_text(text: str, source: str = "job.toml") -> JobConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
     return parse_config(data, JobConfig, Path(source))
+
+
+def check_port_free(cfg: _File, section: str, field: str, host: str, port: int) -> None:
+    """Refuse to start on a port another process holds: ``file: [section].field: port P on H is already in use``.
+
+    Why a probe: gRPC servers bind with SO_REUSEPORT, so a second server on a taken port
+    would "succeed" and share it; and a subprocess (the SuperLink, a SuperNode) would fail
+    only later, in its own log.  The probe binds like a plain listener (SO_REUSEADDR, so a
+    restart over TIME_WAIT connections is fine) and lets the port go at once.  Port 0 is
+    never in use."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError(f"{cfg.where(section, field)}: cannot listen on {host}:{port}: {e.strerror}") from None
+    for family, kind, proto, _, addr in infos[:1]:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(addr)
+            except OSError as e:
+                why = "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
+                raise ConfigError(f"{cfg.where(section, field)}: port {port} on {host} {why}") from None
 
 
 def load_coordinator_config(path: str | Path) -> CoordinatorConfig:

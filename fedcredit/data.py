@@ -173,9 +173,9 @@ def _numeric_column(df: pd.DataFrame, col: str, party: str, source: str, csv_lin
     finite = np.isfinite(vals)
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])
-        kind = "missing/NaN" if np.isnan(vals[i]) else "infinite"
+        kind = "a missing/NaN" if np.isnan(vals[i]) else "an infinite"
         raise DataError(
-            f"{_where(party, source, i, csv_lines)}: column '{col}' has a {kind} value; "
+            f"{_where(party, source, i, csv_lines)}: column '{col}' has {kind} value; "
             f"expected a finite number ({int((~finite).sum())} such value(s) in this column)"
         )
     return vals
@@ -250,10 +250,11 @@ def table_from_frame(
     else:
         features = list(feature_cols)
         if len(set(features)) != len(features):
-            raise DataError(f"party '{party}': feature columns list a column twice: {features}")
+            raise DataError(f"party '{party}', file {source}: feature_columns list a column twice: {features}")
         clash = [c for c in features if c in (id_col, label_col)]
         if clash:
-            raise DataError(f"party '{party}': column(s) {clash} cannot be both a feature and the id/label")
+            raise DataError(f"party '{party}', file {source}: column(s) {clash} cannot be both a feature and the "
+                            f"id/label (id_column {id_col!r}, label_column {label_col!r})")
     if len(df) == 0:
         raise DataError(f"party '{party}', file {source}: the table has a header but no rows")
 
@@ -285,13 +286,25 @@ def _read(path: Path, party: str, id_col: str | None) -> pd.DataFrame:
     try:
         if suffix == ".csv":
             # ids are text ("00123" stays "00123"); only an empty cell is missing ("NA" may be an id)
-            return pd.read_csv(path, dtype={id_col: str} if id_col else None, skipinitialspace=True,
-                               keep_default_na=False, na_values=[""])
+            df = pd.read_csv(path, dtype={id_col: str} if id_col else None, skipinitialspace=True,
+                             keep_default_na=False, na_values=[""])
+            _no_duplicate_header(path, party)
+            return df
         return pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataError(f"party '{party}', file {path}: the file is empty (no header, no rows)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as e:
         raise DataError(f"party '{party}', file {path}: cannot be parsed as {suffix[1:]}: {e}") from None
+
+
+def _no_duplicate_header(path: Path, party: str) -> None:
+    """pandas renames a repeated CSV header ("x0", "x0" -> "x0", "x0.1"): refuse it instead of guessing."""
+    raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, skipinitialspace=True)
+    names = [str(c) for c in raw.iloc[0]] if len(raw) else []
+    dupes = sorted({c for c in names if names.count(c) > 1})
+    if dupes:
+        raise DataError(f"party '{party}', file {path}: duplicate column name(s) {dupes} in the header; "
+                        "every column needs its own name")
 
 
 def load_table(

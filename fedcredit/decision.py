@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from fedcredit.errors import ConfigError, DataError
-from fedcredit.metrics import sigmoid
+from fedcredit.params import StrictModel, read_toml, validate
 
 DECISIONS = ("approve", "refer", "decline")
 
@@ -43,8 +43,8 @@ DECISIONS = ("approve", "refer", "decline")
 # --------------------------------------------------------------------------- config
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(StrictModel):
+    """Unknown keys (``aprove``) and unknown subsections are errors; thresholds must be numbers."""
 
 
 class ScoreScale(_Strict):
@@ -125,20 +125,19 @@ class DecisionPolicy(_Strict):
     reasons: ReasonPolicy = Field(default_factory=ReasonPolicy)
 
 
-class _DecisionFile(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # the section may live inside party.toml
+class _DecisionFile(_Strict):
     decision: DecisionPolicy
 
 
 def load_decision_policy(path: str | Path) -> DecisionPolicy:
-    """The ``[decision]`` section of a TOML file (a dedicated file or the party config)."""
-    from fedcredit.config import parse_config, read_toml
-
+    """The ``[decision]`` section of a TOML file: a dedicated file (nothing else allowed in it) or a party config
+    (whose other sections the party config's own schema checks)."""
     p = Path(path)
     data = read_toml(p, "decision config")
     if "decision" not in data:
         raise ConfigError(f"{p}: no [decision] section")
-    return parse_config({"decision": data["decision"]}, _DecisionFile, p.resolve()).decision
+    table = {"decision": data["decision"]} if "party" in data else data
+    return validate(_DecisionFile, table, p.resolve()).decision
 
 
 # --------------------------------------------------------------------------- contributions
@@ -158,6 +157,9 @@ class Contributions:
 
     @property
     def pd(self) -> float:
+        from fedcredit.metrics import sigmoid  # lazily: metrics pulls in scikit-learn, and every config loader
+        # imports this module for the [decision] schema
+
         return sigmoid(self.logit)
 
 

@@ -12,40 +12,163 @@ a schema raises :class:`~fedcredit.errors.ConfigError` naming the field.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal, Self
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedcredit.errors import ConfigError
 
+M = TypeVar("M", bound=BaseModel)
+
 __all__ = [
-    "Params", "format_errors", "FAMILY_DEFAULTS", "HorizontalParams", "HorizontalJob", "VerticalJobParams",
+    "Params", "StrictModel", "format_errors", "read_toml", "validate", "FAMILY_DEFAULTS", "HorizontalParams", "HorizontalJob", "VerticalJobParams",
     "VerticalLRConfig", "SecureBoostConfig", "HorizontalModel", "VerticalLRModel", "SecureBoostModel", "ModelTable",
     "JOB_TYPES",
 ]
 
 
-def format_errors(err: ValidationError, source: str, section: str | None = None) -> str:
-    """``source: [section].field: message`` lines of a validation error (one per problem)."""
+def _where(loc: Sequence[Any], data: Any, section: str | None) -> str:
+    """``[a.b].c`` for an error location: the TOML tables it passes through (mappings in ``data``) go in the
+    brackets, the rest is the field; a ``[[list]]`` entry and a list element are named by number.
+
+    Without ``data`` the first element is the section (or ``section`` is, for a bare schema)."""
+    loc = list(loc)
+    if section is not None:
+        return f"[{section}]" + ("." + ".".join(str(x) for x in loc if not isinstance(x, int)) if loc else "") \
+            + _entry(loc)
+    if not loc:
+        return "(top level)"
+    tables: list[str] = []
+    array: str | None = None  # [[name]] of an array of tables
+    entry: int | None = None
+    node, i = data, 0
+    while i < len(loc) and isinstance(node, Mapping) and isinstance(loc[i], str):
+        nxt = node.get(loc[i])
+        if isinstance(nxt, Mapping):
+            tables.append(loc[i])
+            node, i = nxt, i + 1
+        elif (isinstance(nxt, list) and i + 1 < len(loc) and isinstance(loc[i + 1], int)
+              and 0 <= loc[i + 1] < len(nxt) and isinstance(nxt[loc[i + 1]], Mapping)):
+            array, entry = ".".join([*tables, loc[i]]), loc[i + 1]
+            tables = []
+            node, i = nxt[loc[i + 1]], i + 2
+        else:
+            break
+    if array is None and not tables:  # a missing section or a top-level key
+        tables, i = [str(loc[0])], 1
+    rest = loc[i:]
+    head = f"[[{array}]]" + (f" (entry {entry + 1})" if entry is not None else "") if array is not None else ""
+    if tables:
+        head = (head + "." if head else "") + f"[{'.'.join(tables)}]" if not array else head + "." + ".".join(tables)
+    fields = [str(x) for x in rest if not isinstance(x, int)]
+    return head + ("." + ".".join(fields) if fields else "") + _entry(rest)
+
+
+def _entry(loc: Sequence[Any]) -> str:
+    idx = [x for x in loc if isinstance(x, int)]
+    return f" (entry {idx[0] + 1})" if idx else ""
+
+
+def _message(e: Mapping[str, Any]) -> str:
+    got = e.get("input")
+    if e.get("type") == "extra_forbidden":
+        return "unknown section (typo?)" if isinstance(got, Mapping) else "unknown field (typo?)"
+    if e.get("type") == "missing":
+        return "required, but missing"
+    if isinstance(got, _NotANumber):
+        return f"expected {got.kind}, got {got.value!r}"
+    msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+    if "got" not in msg and got is not None and not isinstance(got, Mapping | list | tuple) and str(got) not in msg:
+        shown = repr(got)
+        msg += f" (got {shown[:60] + '…' if len(shown) > 60 else shown})"
+    return msg
+
+
+def format_errors(err: ValidationError, source: str, section: str | None = None, data: Any = None) -> str:
+    """``source: [section].field: message`` lines of a validation error (one per problem).
+
+    ``data`` (the parsed TOML) lets nested tables be named as written: ``[decision.thresholds].aprove``."""
     lines = []
     for e in err.errors():
-        loc = [str(x) for x in e.get("loc", ()) if not isinstance(x, int)]
+        loc = list(e.get("loc", ()))
         if len(loc) > 1 and loc[0] == "model" and loc[1] in JOB_TYPES:
             del loc[1]  # the discriminated union's tag (the job type), not a field
-        if section is None:
-            where = f"[{loc[0]}]" + ("." + ".".join(loc[1:]) if len(loc) > 1 else "") if loc else "(top level)"
-        else:
-            where = f"[{section}]" + ("." + ".".join(loc) if loc else "")
-        idx = [x for x in e.get("loc", ()) if isinstance(x, int)]
-        if idx:
-            where += f" (entry {idx[0] + 1})"
-        msg = "unknown field (typo?)" if e.get("type") == "extra_forbidden" else e.get("msg", "invalid")
-        lines.append(f"{source}: {where}: {msg}")
+        where = _where(loc, data, section)  # a whole-file rule names its own sections in its message
+        lines.append(f"{source}: {_message(e)}" if where == "(top level)" else f"{source}: {where}: {_message(e)}")
     return "\n".join(lines)
 
 
-class Params(BaseModel):
+def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """Parse a TOML file; a missing, unreadable or malformed file is a ConfigError naming it.  The one TOML reader."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: {what} file not found" if not p.exists() else f"{p}: {what} is not a file")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not valid TOML: the file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the {what}: {e.strerror}") from None
+
+
+def validate(model: type[M], data: Any, source: str | Path) -> M:
+    """The one strict validation of a parsed table: errors are ``source: [section].field: message`` lines."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, str(source), data=data)) from None
+
+
+def _plain_number(annotation: Any) -> bool:
+    """True for ``int``, ``float`` and their optional forms: fields that must be written as numbers."""
+    args = [a for a in get_args(annotation) if a is not type(None)] if get_args(annotation) else [annotation]
+    return bool(args) and all(a in (int, float) for a in args)
+
+
+class StrictModel(BaseModel):
+    """Every config table's base: unknown keys are errors, and a number must be written as a number.
+
+    pydantic's lax mode would read ``approve = "560"`` or ``n_trees = true`` as numbers; a
+    config that says that is more likely a mistake than an intent, so it is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, data: Any) -> Any:
+        """A text or boolean value for a number field is replaced by a marker that fails that field's own type
+        check, so it is reported with every other problem of the file (and said as ``expected a number``)."""
+        if not isinstance(data, Mapping):
+            return data
+        out = dict(data)
+        for name, f in cls.model_fields.items():
+            key = f.alias or name
+            v = out.get(key)
+            if isinstance(v, bool | str) and _plain_number(f.annotation):
+                out[key] = _NotANumber(v, "an integer" if _is_int(f.annotation) else "a number")
+        return out
+
+
+class _NotANumber:
+    """What :class:`StrictModel` puts in place of ``"560"`` or ``true`` for a number field (see ``_message``)."""
+
+    def __init__(self, value: Any, kind: str) -> None:
+        self.value, self.kind = value, kind
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _is_int(annotation: Any) -> bool:
+    return annotation is int or int in get_args(annotation)
+
+
+class Params(StrictModel):
     """A protocol's parameters: unknown keys are errors, values are checked once, here."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -71,6 +194,19 @@ class Params(BaseModel):
 
 # --------------------------------------------------------------------------- horizontal
 
+
+def _poly_degree(v: int) -> int:
+    if v not in (4096, 8192, 16384, 32768):
+        raise ValueError(f"the CKKS polynomial degree must be 4096, 8192, 16384 or 32768, got {v}")
+    return v
+
+
+def _coeff_bits(v: list[int]) -> list[int]:
+    if len(v) < 2 or any(not 10 <= b <= 60 for b in v):
+        raise ValueError(f"CKKS coefficient moduli need at least 2 sizes, each 10..60 bits, got {v}")
+    return v
+
+
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "lr": {"lr": 1.0, "batch_size": 1024, "local_epochs": 3, "prox_mu": 0.1},
     "mlp": {"lr": 0.2, "batch_size": 128, "local_epochs": 2, "prox_mu": 0.01},
@@ -85,25 +221,25 @@ class HorizontalParams(Params):
     key_holder: str | None = None  # default: the first party
     family: Literal["lr", "mlp"] = "lr"
     algorithm: Literal["fedavg", "fedprox"] = "fedavg"
-    rounds: int = Field(10, ge=1)
+    rounds: int = Field(10, ge=1, le=10_000)
     # family-dependent: unset or None takes FAMILY_DEFAULTS[family] (the declared defaults are the "lr" family's)
-    local_epochs: int = Field(3, ge=1)
-    lr: float = Field(1.0, gt=0, allow_inf_nan=False)
-    batch_size: int = Field(1024, ge=1)
+    local_epochs: int = Field(3, ge=1, le=1000)
+    lr: float = Field(1.0, gt=0, le=100, allow_inf_nan=False)
+    batch_size: int = Field(1024, ge=1, le=10_000_000)
     l2: float = Field(1e-4, ge=0, allow_inf_nan=False)
     prox_mu: float = Field(0.1, ge=0, allow_inf_nan=False, description="FedProx proximal weight (fedprox only)")
-    hidden: int = Field(16, ge=1)  # mlp only
+    hidden: int = Field(16, ge=1, le=4096)  # mlp only
     seed: int = 0
     standardize: bool = True
     feature_columns: list[str] | None = None  # None: the party's configured / all non-id, non-label columns
-    hist_bins: int = Field(1000, ge=1)
+    hist_bins: int = Field(1000, ge=2, le=100_000)
     # Aggregation needs additions only (no multiplicative depth), so a small context is
     # enough: N=4096 with a 100-bit modulus is 128-bit secure, holds 2048 values per
     # ciphertext (81 KB instead of 332 KB at N=8192), and its ~1e-2 absolute noise on
     # sums of n_k-weighted parameters is ~1e-6 after dividing by the total weight.
-    ckks_poly_modulus_degree: int = 4096
+    ckks_poly_modulus_degree: int = 4096  # a power of two, 4096..32768 (checked below)
     ckks_coeff_mod_bit_sizes: list[int] = Field(default_factory=lambda: [40, 20, 40])
-    ckks_scale_bits: int = 20
+    ckks_scale_bits: int = Field(20, ge=10, le=60)
 
     @model_validator(mode="before")
     @classmethod
@@ -115,6 +251,16 @@ class HorizontalParams(Params):
                 if data.get(k) is None:
                     data[k] = v
         return data
+
+    @field_validator("ckks_poly_modulus_degree")
+    @classmethod
+    def _n(cls, v: int) -> int:
+        return _poly_degree(v)
+
+    @field_validator("ckks_coeff_mod_bit_sizes")
+    @classmethod
+    def _bits(cls, v: list[int]) -> list[int]:
+        return _coeff_bits(v)
 
     @property
     def mu(self) -> float:
@@ -156,7 +302,7 @@ class VerticalJobParams(Params):
     test_fraction: float | None = Field(None, ge=0.0, lt=1.0, description="hash split; default 0.2 without test ids")
     split_seed: int | str = 0
     psi_min_size: int = Field(1, ge=1)
-    psi_batch_size: int = Field(50_000, ge=1)  # = protocols.psi.DEFAULT_BATCH
+    psi_batch_size: int = Field(50_000, ge=1, le=10_000_000)  # = protocols.psi.DEFAULT_BATCH
 
     @field_validator("split_seed", mode="before")
     @classmethod
@@ -171,24 +317,27 @@ class VerticalLRConfig(Params):
 
     what = "vertical LR"
 
-    learning_rate: float = Field(0.25, gt=0, allow_inf_nan=False)
+    learning_rate: float = Field(0.25, gt=0, le=100, allow_inf_nan=False)
     momentum: float = Field(0.8, ge=0, lt=1)  # Nesterov
     precondition: bool = True  # scale each party's step by its own fixed Hessian bound (X^T X/4n + l2)^-1
-    l2: float = Field(1e-3, ge=0)  # objective: mean log-loss + l2/2 · |w|^2 (intercept not penalized)
-    max_epochs: int = Field(10, ge=1)
-    batch_size: int = 4096  # at most this many rows per step; 0 = full batch.  4096 = one ciphertext at N=8192
-    steps_per_epoch: int = Field(6, ge=1)  # smaller sets get smaller batches (>= min_batch) so an epoch progresses
+    l2: float = Field(1e-3, ge=0, allow_inf_nan=False)  # objective: mean log-loss + l2/2 · |w|^2 (intercept not penalized)
+    max_epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(4096, ge=0)  # at most this many rows per step; 0 = full batch.  4096 = one ciphertext at N=8192
+    steps_per_epoch: int = Field(6, ge=1, le=100_000)  # smaller sets get smaller batches (>= min_batch) so an epoch progresses
     validation_fraction: float = Field(0.1, ge=0, lt=0.5)
-    patience: int = Field(2, ge=1)  # epochs without validation-loss improvement before stopping; each one reverts
+    patience: int = Field(2, ge=1, le=1000)  # epochs without validation-loss improvement before stopping; each one reverts
     # to the best weights and halves the learning rate (all parties, on the label party's instruction)
     seed: int = 0
-    poly_modulus_degree: int = 8192
+    poly_modulus_degree: int = 8192  # a power of two, 4096..32768 (checked below)
     coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
-    scale_bits: int = 40
-    min_batch: int = 512  # label party refuses smaller batches: a passive's gradient must aggregate many rows
-    mask_bound: float = 2.0**30  # passive: slot masks are uniform in [-mask_bound, mask_bound]
+    scale_bits: int = Field(40, ge=10, le=60)
+    min_batch: int = Field(512, ge=1)  # label party refuses smaller batches: a passive's gradient must aggregate many rows
+    mask_bound: float = Field(2.0**30, gt=0, allow_inf_nan=False)  # passive: slot masks are uniform in [-mask_bound, mask_bound]
     tag_prefix: str = Field("vlr", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     timeout: float | None = Field(None, gt=0)  # per message; None = transport default
+
+    _n = field_validator("poly_modulus_degree")(classmethod(lambda cls, v: _poly_degree(v)))
+    _bits = field_validator("coeff_mod_bit_sizes")(classmethod(lambda cls, v: tuple(_coeff_bits(list(v)))))
 
     @model_validator(mode="after")
     def _batch(self) -> VerticalLRConfig:
@@ -230,16 +379,16 @@ class SecureBoostConfig(Params):
 
     what = "secureboost config"
 
-    n_trees: int = Field(30, ge=1)
-    max_depth: int = Field(3, ge=1, le=16)
+    n_trees: int = Field(30, ge=1, le=10_000)
+    max_depth: int = Field(3, ge=1, le=16, description="each level doubles the nodes; 16 is already 65,536 leaves")
     n_bins: int = Field(32, ge=2, le=256, description="bins are stored as uint8")
-    learning_rate: float = Field(0.3, gt=0, le=1)
+    learning_rate: float = Field(0.3, gt=0, le=1, allow_inf_nan=False)
     reg_lambda: float = Field(0.0, ge=0, allow_inf_nan=False)
     min_child_weight: float = Field(1.0, gt=0, allow_inf_nan=False, description="> 0: an empty child is never a split")
     min_split_gain: float = Field(0.0, ge=0, allow_inf_nan=False)
     pack: Annotated[int, Field(ge=1)] = 8
     mask_cache_mb: float = Field(1024.0, ge=0, allow_inf_nan=False)
-    predict_batch: int = Field(4096, ge=1)
+    predict_batch: int = Field(4096, ge=1, le=1_000_000)
     timeout_s: float = Field(600.0, gt=0, allow_inf_nan=False)
 
     _pack = field_validator("pack")(classmethod(lambda cls, v: _power_of_two(v)))

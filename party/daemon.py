@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from crypto.certs import Identity
 from crypto.files import private_dir, write_file
-from fedcredit.config import PartyConfig, load_party_config
+from fedcredit.config import PartyConfig, check_port_free, load_party_config
 from fedcredit.data import Table, load_dataset
 from fedcredit.errors import ConfigError
 from fedcredit.processes import find_executable, flower_env, spawn_daemon, stop_process_group, supervise
@@ -98,6 +98,13 @@ def key_refused_help(config: PartyConfig, log_text: str) -> str | None:
     )
 
 
+def _check_ports(config: PartyConfig) -> None:
+    """A configured port another process holds is an error now, before anything starts (never "ready")."""
+    check_port_free(config, "party", "runtime_port", "127.0.0.1", config.party.runtime_port)
+    if config.scoring is not None:
+        check_port_free(config, "scoring", "port", config.scoring.host, config.scoring.port)
+
+
 def _write_ready(config: PartyConfig, supernode: subprocess.Popen[bytes], app: appguard.InstalledApp) -> None:
     info = {"pid": os.getpid(), "supernode_pid": supernode.pid, "app_sha256": app.sha256}
     write_file(config.party.state_dir / "party.ready.json", json.dumps(info).encode(), 0o600)
@@ -139,6 +146,7 @@ def start(config_path: Path) -> PartyHandle:
     if identity.role != "party":
         raise ConfigError(f"{config_path}: [party].identity_dir holds a '{identity.role}' certificate, expected 'party'")
     check_datasets(config)
+    _check_ports(config)
     prepare_state_dir(config)
     app = appguard.installed_app()
     port = p.runtime_port or _free_port()

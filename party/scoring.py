@@ -724,7 +724,8 @@ class ScoringServer:
         self._loop = _server_loop()
 
         async def start() -> tuple[Any, int]:
-            server = grpc.aio.server(options=GRPC_OPTIONS)
+            # no SO_REUSEPORT: a port another process holds must fail here, not be silently shared
+            server = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)])
             pbg.add_ScoringServicer_to_server(_Servicer(service), server)
             bound = server.add_secure_port(f"{host}:{port}", server_credentials(identity))
             await server.start()
@@ -796,12 +797,7 @@ def service_from_config(config: Any, *, identity: Identity | None = None) -> Sco
     sc = config.scoring
     if identity is None:
         identity = Identity.load(p.identity_dir, p.name)
-    policy = DecisionPolicy()
-    if config.decision is not None:
-        try:
-            policy = DecisionPolicy.model_validate(config.decision)
-        except Exception as e:  # pydantic ValidationError -> name the section
-            raise ConfigError(f"party '{p.name}': [decision] is invalid: {e}") from None
+    policy = config.decision or DecisionPolicy()  # validated with the party config (fedcredit.config)
 
     def loader(names: list[str]) -> Any:
         key = sc.dataset if sc is not None else None
@@ -830,7 +826,10 @@ def service_from_config(config: Any, *, identity: Identity | None = None) -> Sco
 
 def start_from_config(config: Any) -> ScoringServer:
     """Start the scoring server the party config's ``[scoring]`` section describes."""
+    from fedcredit.config import check_port_free
+
     p = config.party
+    check_port_free(config, "scoring", "port", config.scoring.host, config.scoring.port)
     identity = Identity.load(p.identity_dir, p.name)
     service = service_from_config(config, identity=identity)
     return serve(service, identity, host=config.scoring.host, port=config.scoring.port, workers=config.scoring.workers)

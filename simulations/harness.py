@@ -20,12 +20,14 @@ import time
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
 from rich.console import Console
 
-from fedcredit.config import read_toml
+from fedcredit.config import PolicySection, parse_config, read_toml
 from fedcredit.errors import ConfigError
+from fedcredit.params import JOB_TYPES, ModelTable, StrictModel, validate
 from fedcredit.progress import LiveProgress, follow, print_summary, styled
 
 #: Built-in scenarios ship inside this package (found with importlib.resources, so a wheel install has them).
@@ -60,7 +62,48 @@ def load_scenario(name_or_path: str) -> tuple[dict[str, Any], Path]:
     for section in ("scenario", "data", "job"):
         if section not in data:
             raise ConfigError(f"{p}: missing [{section}] section")
+    validate(_ScenarioFile, data, p)  # unknown sections and keys are errors, like every config
+    jtype = data["job"].get("type", "horizontal")  # [model] now, by its job type's schema (the banks come later)
+    if jtype in JOB_TYPES:  # an unknown type is reported as [job].type by the job schema
+        validate(_ScenarioModel, {"model": {**data.get("model", {}), "type": jtype}}, p)
     return data, p
+
+
+class _ScenarioSection(StrictModel):
+    name: str | None = None
+    description: str = ""
+
+
+class _DataSection(StrictModel):
+    """Every ``[data]`` key any source reads (simulations.scenario_data); a typo is an error, not a default."""
+
+    source: Literal["generated", "files", "vertical-generated", "vertical-files"] = "generated"
+    banks: int | dict[str, str] | None = None
+    rows_per_bank: int | None = Field(None, ge=1)
+    test_rows: int | None = Field(None, ge=1)
+    split: str | None = None
+    seed: int | None = None
+    test: str | None = None
+    label_party: str | None = None
+    passive_party: str | None = None
+    rows: int | None = Field(None, ge=1)
+    overlap: float | None = None
+    parties: dict[str, str] | None = None
+    test_ids: str | None = None
+
+
+class _ScenarioModel(StrictModel):
+    model: ModelTable
+
+
+class _ScenarioFile(StrictModel):
+    """A scenario's shape; [job] and [model] are checked by the job schema once the banks are known."""
+
+    scenario: _ScenarioSection
+    data: _DataSection
+    job: dict[str, Any]
+    model: dict[str, Any] = Field(default_factory=dict)
+    policy: PolicySection | None = None
 
 
 def _job_tables(scn: dict[str, Any], banks: list[str]) -> dict[str, Any]:
@@ -92,7 +135,7 @@ def simulate(scenario: str, *, deployment: bool = False, out_dir: Path | None = 
     if deployment:
         report = _run_deployment(tables, banks, out, console, dict(scn.get("policy") or {}))
     else:
-        report = _run_inprocess(tables, banks, out, console)
+        report = _run_inprocess(tables, banks, out, console, source)
     report["scenario"] = name
     report["mode"] = "deployment" if deployment else "in-process"
     report["wall_time_s"] = round(time.perf_counter() - t0, 2)
@@ -102,14 +145,15 @@ def simulate(scenario: str, *, deployment: bool = False, out_dir: Path | None = 
     return report
 
 
-def _run_inprocess(tables: dict[str, Any], banks: dict[str, dict[str, Path]], out: Path, console: Console) -> dict[str, Any]:
+def _run_inprocess(tables: dict[str, Any], banks: dict[str, dict[str, Path]], out: Path, console: Console,
+                   source: Path) -> dict[str, Any]:
     from fedcredit.channel import LocalChannel
     from fedcredit.config import JobConfig
     from fedcredit.jobs import horizontal_job, horizontal_public_result
     from fedcredit.protocols.horizontal import run_coordinator
     from simulations.horizontal_sim import make_local_federation
 
-    job = JobConfig.model_validate(tables)
+    job = parse_config(tables, JobConfig, source)
     if job.job.type != "horizontal":  # every party's real party code, one thread each, over an InMemoryHub
         from simulations.vertical_sim import run_vertical_inprocess
 

@@ -22,21 +22,26 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 
 from fedcredit.config import DatasetSection, JobConfig
 from fedcredit.data import Table, load_dataset
 from fedcredit.errors import ConfigError
+from fedcredit.params import format_errors
 from fedcredit.transport import InMemoryHub, Transport
 from simulations.inprocess import run_roles
 
 __all__ = ["run_vertical_inprocess"]
 
 def _datasets(party: str, tables: Mapping[str, Mapping[str, Any]]) -> dict[str, DatasetSection]:
-    try:
-        return {k: DatasetSection.model_validate(dict(v)) for k, v in tables.items()}
-    except ValueError as e:
-        raise ConfigError(f"party '{party}': bad dataset table for the in-process simulation: {e}") from None
+    out = {}
+    for k, v in tables.items():
+        try:
+            out[k] = DatasetSection.model_validate(dict(v))
+        except ValidationError as e:
+            raise ConfigError(format_errors(e, f"party '{party}' (in-process simulation)", f"datasets.{k}")) from None
+    return out
 
 
 def _load(sections: Mapping[str, DatasetSection], party: str, key: str) -> Table:

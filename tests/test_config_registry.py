@@ -92,7 +92,7 @@ def test_job_requires_label_party_for_vertical(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="listed twice"):
         load_job_config(p)
     p = _write(tmp_path / "job3.toml", '[job]\nparties = ["a", "b"]\nmin_parties = 3\n')
-    with pytest.raises(ConfigError, match="min_parties=3 exceeds"):
+    with pytest.raises(ConfigError, match=r"\[job\]\.min_parties = 3 exceeds"):
         load_job_config(p)
 
 
@@ -118,3 +118,69 @@ def test_registry_persists_across_reopen_and_fails_interrupted(tmp_path: Path) -
     reopened.fail(done, "late failure")
     assert reopened.get(done).status == "finished"
     assert {r.run_id for r in reopened.list()} == {done, active}
+
+
+def test_every_error_names_the_section_as_written_and_all_are_reported(tmp_path: Path) -> None:
+    """Nested tables in brackets, [[arrays]] by entry, a whole-file rule by its message; every problem at once."""
+    p = _write(tmp_path / "party.toml", """
+[party]
+name = "bank1"
+identity_dir = "i"
+state_dir = "s"
+colour = "blue"
+[coordinator]
+flower_address = "h:1"
+relay_address = "h:2"
+[scoring]
+port = true
+[scoring.partial_rate]
+burst = "lots"
+[decision.thresholds]
+aprove = 1
+[[decision.limit.bands]]
+max_pd = 0.1
+multiplier = 1.0
+[[decision.limit.bands]]
+max_pd = 2.0
+multiplier = 1.0
+""")
+    with pytest.raises(ConfigError) as e:
+        load_party_config(p)
+    assert str(e.value).splitlines() == [
+        f"{p}: [party].colour: unknown field (typo?)",
+        f"{p}: [scoring].port: expected an integer, got True",
+        f"{p}: [scoring.partial_rate].burst: expected an integer, got 'lots'",
+        f"{p}: [decision.thresholds].aprove: unknown field (typo?)",
+        f"{p}: [[decision.limit.bands]] (entry 2).max_pd: Input should be less than or equal to 1 (got 2.0)",
+    ]
+
+
+def test_numbers_must_be_written_as_numbers_but_ints_are_floats(tmp_path: Path) -> None:
+    """``lr = 1`` is a float 1.0; ``rounds = "3"``, ``rounds = true`` and ``lr = "0.1"`` are refused."""
+    base = '[job]\nparties = ["a", "b"]\n[model]\n'
+    assert load_job_config(_write(tmp_path / "ok.toml", base + "lr = 1\nrounds = 3\n")).model.lr == 1.0
+    for bad, msg in (('rounds = "3"', "[model].rounds: expected an integer, got '3'"),
+                     ("rounds = true", "[model].rounds: expected an integer, got True"),
+                     ('lr = "0.1"', "[model].lr: expected a number, got '0.1'")):
+        with pytest.raises(ConfigError) as e:
+            load_job_config(_write(tmp_path / "job.toml", base + bad + "\n"))
+        assert str(e.value) == f"{tmp_path / 'job.toml'}: {msg}"
+
+
+def test_port_probe_names_file_field_port_and_host(tmp_path: Path) -> None:
+    import socket
+
+    from fedcredit.config import check_port_free, load_coordinator_config
+
+    p = _write(tmp_path / "coordinator.toml", '[federation]\nca_dir = "ca"\n[coordinator]\nidentity_dir = "i"\n'
+                                              'state_dir = "s"\n')
+    cfg = load_coordinator_config(p)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ConfigError) as e:
+            check_port_free(cfg, "coordinator", "relay_port", "127.0.0.1", port)
+    assert str(e.value) == f"{p}: [coordinator].relay_port: port {port} on 127.0.0.1 is already in use"
+    check_port_free(cfg, "coordinator", "relay_port", "127.0.0.1", port)  # released: free again
+    check_port_free(cfg, "coordinator", "superlink_port", "127.0.0.1", 0)  # 0 = pick one: never in use

@@ -19,10 +19,10 @@ from fedcredit.decision import (
     lr_contributions,
     pd_from_score,
     score_from_pd,
-    sigmoid,
     tree_contributions,
 )
 from fedcredit.errors import ConfigError, DataError
+from fedcredit.metrics import sigmoid
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "deployment.md"
 
@@ -160,11 +160,11 @@ def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
         return load_decision_policy(p)
 
     assert load("[party]\nname = 'bank'\n[decision]\n") == DecisionPolicy()  # defaults; other sections ignored
-    with pytest.raises(ConfigError, match=r"d\.toml: \[decision\]\.thresholds: .*approve >= decline"):
+    with pytest.raises(ConfigError, match=r"d\.toml: \[decision\.thresholds\]: .*approve >= decline"):
         load("[decision.thresholds]\napprove = 500\ndecline = 600\n")
-    with pytest.raises(ConfigError, match=r"\[decision\]\.scale\.pdo: .*greater than 0"):
+    with pytest.raises(ConfigError, match=r"\[decision\.scale\]\.pdo: .*greater than 0"):
         load("[decision.scale]\npdo = 0\n")
-    with pytest.raises(ConfigError, match=r"\[decision\]\.scale\.base_point: unknown field"):
+    with pytest.raises(ConfigError, match=r"\[decision\.scale\]\.base_point: unknown field"):
         load("[decision.scale]\nbase_point = 600\n")
     with pytest.raises(ConfigError, match="strictly increasing max_pd"):
         load("[decision.limit]\nbands = [{max_pd = 0.2, multiplier = 1}, {max_pd = 0.1, multiplier = 2}]\n")
@@ -176,6 +176,35 @@ def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
         load("[decision\n")
     with pytest.raises(ConfigError, match="not found"):
         load_decision_policy(tmp_path / "missing.toml")
+
+
+def test_decision_section_is_strict(tmp_path: Path) -> None:
+    """The issue's cases: a typo in [decision.thresholds], an unknown subsection, a non-numeric threshold,
+    in a dedicated file and inside a party config (where the party config's loader reads it)."""
+    from fedcredit.config import load_party_config
+
+    def load(text: str) -> str:
+        p = tmp_path / "d.toml"
+        p.write_text(text)
+        with pytest.raises(ConfigError) as e:
+            load_decision_policy(p)
+        return str(e.value)
+
+    assert load("[decision.thresholds]\naprove = 500\n").endswith("d.toml: [decision.thresholds].aprove: unknown field (typo?)")
+    assert load("[decision.rules]\nx = 1\n").endswith("d.toml: [decision.rules]: unknown section (typo?)")
+    assert load("[decision]\ncolour = 1\n").endswith("d.toml: [decision].colour: unknown field (typo?)")
+    assert load("[decision.thresholds]\napprove = 'high'\n").endswith(
+        "d.toml: [decision.thresholds].approve: expected a number, got 'high'")
+    assert load("[decision.thresholds]\napprove = '560'\n").endswith(  # a quoted number is a mistake too
+        "d.toml: [decision.thresholds].approve: expected a number, got '560'")
+    assert "[other]: unknown section" in load("[decision]\n[other]\nx = 1\n")  # a dedicated file holds [decision] only
+
+    party = tmp_path / "party.toml"
+    party.write_text("[party]\nname = 'bank'\nidentity_dir = 'i'\nstate_dir = 's'\n"
+                     "[coordinator]\nflower_address = 'h:1'\nrelay_address = 'h:2'\n"
+                     "[decision.thresholds]\naprove = 500\n")
+    with pytest.raises(ConfigError, match=r"party\.toml: \[decision\.thresholds\]\.aprove: unknown field"):
+        load_party_config(party)
 
 
 def test_documented_decision_example(doc_policy: DecisionPolicy) -> None:

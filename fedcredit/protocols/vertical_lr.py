@@ -680,12 +680,16 @@ def run_vertical_lr_passive(
         error = f"training rows are not aligned: label party has {setup['n_train']}, '{me}' has {len(train)} (or different ids/order)"
     elif setup["n_test"] and (test is None or setup["test_digest"] != ids_digest(test.ids)):
         error = "test rows are not aligned with the label party's"
+    if error is None:  # the label party's hyper-parameters, through the same schema as a job file's
+        try:
+            pc = VerticalLRConfig.from_dict({**(setup.get("config") or {}), "min_batch": cfg.min_batch}).public()
+        except ConfigError as e:
+            error = f"the parameters announced by '{label_party}' are invalid: {e}"
     if error:
         transport.abort(error)  # the label party stops waiting for our hello, and learns why
         raise ProtocolError(f"party '{me}': {error}")
     transport.send(label_party, tg.hello, json.dumps({"n_features": train.n_features}).encode())
 
-    pc = setup["config"]
     lr, mu, l2 = float(pc["learning_rate"]), float(pc["momentum"]), float(pc["l2"])
     precondition = bool(pc.get("precondition", False))
     passives = list(setup["passives"])

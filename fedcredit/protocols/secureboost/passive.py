@@ -84,7 +84,8 @@ def run_secureboost_passive(
                         "tables to the same PSI intersection"
                     )
                 if int(meta.get("n_bins", cfg.n_bins)) != cfg.n_bins or int(meta.get("pack", cfg.pack)) != cfg.pack:
-                    cfg = SecureBoostConfig(**{**cfg.to_dict(), "n_bins": int(meta["n_bins"]), "pack": int(meta["pack"])})
+                    cfg = SecureBoostConfig.from_dict({**cfg.to_dict(), "n_bins": meta.get("n_bins", cfg.n_bins),
+                                                     "pack": meta.get("pack", cfg.pack)})  # a peer's values: checked
                     binner = FeatureBinner.fit(table.X, table.feature_names, cfg.n_bins)
                     src = PlainSource(me, binner, binner.transform(table.X), own=False, shuffle=True)
                 if len(blobs) != 1:
