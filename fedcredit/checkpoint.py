@@ -35,7 +35,8 @@ from fedcredit.codec import pack, unpack
 from fedcredit.errors import DataError, ProtocolError
 from fedcredit.transport import Transport
 
-__all__ = ["KEEP", "Checkpoint", "CheckpointStore", "ResumeTags", "agree_step", "NoCheckpoint"]
+__all__ = ["KEEP", "Checkpoint", "CheckpointStore", "ResumeTags", "agree_step", "NoCheckpoint", "attempt_session",
+           "parse_session"]
 
 #: checkpoints kept per stage (the roles may be one step apart after a crash)
 KEEP: Final = 2
@@ -159,3 +160,22 @@ def agree_step(transport: Transport, *, leader: str, parties: Sequence[str], hel
         raise ProtocolError(f"party '{me}': leader '{leader}' chose to resume from step {step}, which this party "
                             f"does not hold (it holds {mine})")
     return step
+
+
+def attempt_session(run_id: str, attempt: int) -> str:
+    """The data-plane session of a run's attempt: the run id, then ``<run id>.a<n>`` for resumed attempts.
+
+    Why a new session per attempt: frames an earlier attempt left queued at the relay (a dead
+    party's last replies, an abort) must never reach the resumed one.
+    """
+    return run_id if attempt <= 1 else f"{run_id}.a{int(attempt)}"
+
+
+def parse_session(session: str) -> tuple[str, int] | None:
+    """(run id, attempt) of a session id from :func:`attempt_session`, or None if it is not one."""
+    run_id, sep, rest = session.partition(".a")
+    if not sep:
+        return session, 1
+    if not rest.isdigit() or int(rest) < 2 or rest != str(int(rest)):
+        return None
+    return run_id, int(rest)

@@ -234,3 +234,127 @@ def test_store_keeps_the_last_two_and_clears(tmp_path: Path) -> None:
         st.load("sb", 1)
     st.clear()
     assert not st.exists() and not st.dir.exists()
+
+
+# --------------------------------------------------------------------------- registry, ServerApp rule, Control RPC
+
+VJOB = """
+[job]
+name = "v"
+type = "secureboost"
+parties = ["bank1", "bank2"]
+label_party = "bank1"
+"""
+HJOB = """
+[job]
+name = "h"
+type = "horizontal"
+parties = ["bank1", "bank2"]
+"""
+
+
+def test_registry_interrupt_resume_and_attempt_sessions(tmp_path: Path) -> None:
+    from coordinator.registry import Registry
+    from fedcredit.checkpoint import attempt_session
+    from fedcredit.errors import ConfigError
+
+    reg = Registry(tmp_path / "r.db")
+    v, h = reg.create_run("v", "secureboost", VJOB), reg.create_run("h", "horizontal", HJOB)
+    reg.mark_running(v)
+    assert reg.job_parties(v) == {"bank1", "bank2"}
+    # a coordinator restart: the vertical run waits for a resume, the horizontal one failed for good
+    assert sorted(reg.fail_interrupted("the coordinator stopped")) == sorted([v, h])
+    rv, rh = reg.get(v), reg.get(h)
+    assert rv is not None and rh is not None
+    assert (rv.status, rh.status) == ("interrupted", "failed") and f"runs resume {v}" in (rv.error or "")
+    assert reg.job_parties(v) is None  # no relay session while nobody runs it
+    with pytest.raises(ConfigError, match="horizontal job: its parties keep no checkpoints"):
+        reg.resume(h)
+    with pytest.raises(ConfigError, match="no run 'nope'"):
+        reg.resume("nope")
+    rec = reg.resume(v)
+    assert (rec.status, rec.attempt, rec.error) == ("queued", 2, None)
+    with pytest.raises(ConfigError, match=r"is queued \(attempt 2\); only an interrupted run"):
+        reg.resume(v)
+    # attempt 2 has its own session; attempt 1's (and a made-up attempt's) has no members any more
+    assert attempt_session(v, 1) == v and attempt_session(v, 2) == f"{v}.a2"
+    assert reg.job_parties(f"{v}.a2") == {"bank1", "bank2"}
+    assert reg.job_parties(v) is None and reg.job_parties(f"{v}.a3") is None and reg.job_parties(f"{v}.a02") is None
+    reg.finish(v, {"ok": True})
+    with pytest.raises(ConfigError, match="finished; there is nothing to resume"):
+        reg.resume(v)
+
+
+def test_a_failed_attempt_is_interrupted_only_if_every_answering_party_kept_checkpoints() -> None:
+    from coordinator.serverapp import PartyFailure, interruption
+    from fedcredit.errors import DataError
+
+    died = PartyFailure({"bank2": "no reply within 60 s (disconnected?)", "bank1": "peer gone"}, {},
+                        {"bank1": "psi 1, sb 2"})
+    why = interruption("secureboost", died)
+    assert why is not None and "bank1 holds psi 1, sb 2" in why and "fedcredit runs resume" in why
+    assert interruption("horizontal", died) is None
+    final = PartyFailure({"bank2": "party 'bank2': no checkpoint of run", "bank1": "aborted"}, {},
+                         {"bank1": "psi 1"})
+    assert interruption("secureboost", final) is None  # bank2 answered without 'resumable': failed for good
+    assert interruption("vertical-lr", DataError("bad table")) is None
+
+
+def test_resume_rpc_over_mtls(tmp_path: Path) -> None:
+    import grpc
+
+    from coordinator.control import ControlServicer, add_control_service
+    from coordinator.registry import Registry
+    from coordinator.relay import start_relay
+    from crypto.certs import init_ca, issue
+    from crypto.tls import secure_channel
+    from fedcredit.config import CoordinatorConfig
+    from protos import control_pb2 as pb
+    from protos import control_pb2_grpc as pbg
+
+    init_ca(tmp_path / "ca", "ctl")
+    ids = {n: issue(tmp_path / "ca", tmp_path / n, n, role=r)
+           for n, r in (("coordinator", "coordinator"), ("operator", "operator"), ("bank1", "party"))}
+    config = CoordinatorConfig.model_validate({
+        "federation": {"ca_dir": str(tmp_path / "ca")},
+        "coordinator": {"identity_dir": str(ids["coordinator"].dir), "state_dir": str(tmp_path / "state")},
+        "parties": [{"name": n, "certificate": str(tmp_path / f"{n}.crt"), "flower_public_key": str(tmp_path / f"{n}.p")}
+                    for n in ("bank1", "bank2")],
+    })
+    reg = Registry(tmp_path / "registry.db")
+    launched: list[str] = []
+
+    def launch(run_id: str) -> str:
+        launched.append(run_id)
+        return f"flower-{len(launched)}"
+
+    servicer = ControlServicer(config, reg, launch, poll_s=0.01, ca_pem=ids["coordinator"].ca_pem)
+    h = start_relay(ids["coordinator"], membership=reg.job_parties, extra_servicers=[add_control_service(servicer)])
+    run = reg.create_run("v", "secureboost", VJOB)
+    reg.mark_running(run)
+    reg.interrupt(run, "party bank2 died")
+    try:
+        ch = secure_channel(h.address, ids["bank1"])
+        with pytest.raises(grpc.RpcError) as exc:  # a party cannot restart a run
+            pbg.ControlStub(ch).ResumeRun(pb.RunRequest(run_id=run), timeout=10)
+        assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        ch.close()
+        assert launched == []
+        ch = secure_channel(h.address, ids["operator"])
+        stub = pbg.ControlStub(ch)
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.ResumeRun(pb.RunRequest(run_id="20260101-000000-ffffff"), timeout=10)
+        assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+        info = stub.ResumeRun(pb.RunRequest(run_id=run), timeout=10)
+        assert (info.status, info.attempt, info.flower_run_id) == ("queued", 2, "flower-1") and launched == [run]
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.ResumeRun(pb.RunRequest(run_id=run), timeout=10)
+        assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "only an interrupted run" in exc.value.details()
+        reg.finish(run, {})
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.ResumeRun(pb.RunRequest(run_id=run), timeout=10)
+        assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "finished" in exc.value.details()
+        assert launched == [run]
+        ch.close()
+    finally:
+        h.stop(grace=0)
