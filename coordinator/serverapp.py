@@ -44,10 +44,11 @@ class PartyFailure(ProtocolError):
     """
 
     def __init__(self, errors: Mapping[str, str], replies: Mapping[str, bytes],
-                 resumable: Mapping[str, str] | None = None) -> None:
+                 resumable: Mapping[str, str] | None = None, unreachable: frozenset[str] = frozenset()) -> None:
         self.errors = dict(errors)
         self.replies = dict(replies)
         self.resumable = dict(resumable or {})
+        self.unreachable = unreachable  # no answer from the party itself (no reply, or Flower's own error)
         super().__init__("; ".join(f"party '{p}': {e}" for p, e in self.errors.items()))
 
 
@@ -89,10 +90,12 @@ class FlowerChannel:
         out: dict[str, bytes] = {}
         errors: dict[str, str] = {}
         resumable: dict[str, str] = {}
+        unreachable: set[str] = set()
         for rep in replies:
             party = by_node.get(rep.metadata.src_node_id, f"node {rep.metadata.src_node_id}")
-            if rep.has_error():
+            if rep.has_error():  # Flower's own error (e.g. the node stopped heartbeating), not the party's answer
                 errors[party] = str(rep.error.reason)
+                unreachable.add(party)
                 continue
             _, payload, meta = unpack(rep.content)
             if meta.get("error"):
@@ -105,9 +108,10 @@ class FlowerChannel:
             out[party] = payload
         for party in requests:
             if party not in out and party not in errors:
-                errors[party] = f"{_NO_REPLY} {self.timeout:.0f} s (disconnected?)"
+                errors[party] = f"no reply within {self.timeout:.0f} s (disconnected?)"
+                unreachable.add(party)
         if errors:
-            raise PartyFailure(errors, out, resumable)
+            raise PartyFailure(errors, out, resumable, frozenset(unreachable))
         return out
 
 
@@ -163,14 +167,11 @@ def interruption(job_type: str, e: FedCreditError) -> str | None:
     """
     if job_type not in CHECKPOINTED_TYPES or not isinstance(e, PartyFailure):
         return None
-    answered = {p for p in e.errors if p in e.resumable or not e.errors[p].startswith(_NO_REPLY)}
-    if any(p not in e.resumable for p in answered):
+    if any(p not in e.resumable for p in e.errors if p not in e.unreachable):
         return None
     kept = "; ".join(f"{p} holds {e.resumable[p] or 'no checkpoint yet'}" for p in e.resumable)
     return f"{e} — resumable ({kept or 'no party answered'}): fedcredit runs resume"
 
-
-_NO_REPLY = "no reply within"
 
 
 def run_coordinator_role(

@@ -289,8 +289,8 @@ def test_a_failed_attempt_is_interrupted_only_if_every_answering_party_kept_chec
     from coordinator.serverapp import PartyFailure, interruption
     from fedcredit.errors import DataError
 
-    died = PartyFailure({"bank2": "no reply within 60 s (disconnected?)", "bank1": "peer gone"}, {},
-                        {"bank1": "psi 1, sb 2"})
+    died = PartyFailure({"bank2": "no reply within 60 s (disconnected?)", "bank1": "peer gone",
+                         "node 1": "Node Unavailable"}, {}, {"bank1": "psi 1, sb 2"}, frozenset({"bank2", "node 1"}))
     why = interruption("secureboost", died)
     assert why is not None and "bank1 holds psi 1, sb 2" in why and "fedcredit runs resume" in why
     assert interruption("horizontal", died) is None
