@@ -190,8 +190,9 @@ class Registry:
             if why:
                 c.execute("ROLLBACK")
                 raise ConfigError(why)
-            c.execute("UPDATE runs SET status='queued', ended=NULL, error=NULL, attempt=attempt+1 WHERE run_id=?",
-                      (run_id,))
+            # flower_run_id cleared: the coordinator's monitor must not judge the new attempt by the old Flower run
+            c.execute("UPDATE runs SET status='queued', ended=NULL, error=NULL, flower_run_id=NULL, "
+                      "attempt=attempt+1 WHERE run_id=?", (run_id,))
             c.execute("COMMIT")
         got = self.get(run_id)
         assert got is not None

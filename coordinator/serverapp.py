@@ -147,7 +147,7 @@ def server_main(grid: Grid, context: Context) -> None:
         result = run_coordinator_role(grid, coord, registry, run_id, rec.job_toml, progress, attempt=rec.attempt)
         registry.finish(run_id, result)
     except FedCreditError as e:
-        why = interruption(rec.type, e)
+        why = interruption(rec.type, e, run_id)
         if why is None:
             registry.fail(run_id, str(e))
         else:
@@ -158,7 +158,7 @@ def server_main(grid: Grid, context: Context) -> None:
         traceback.print_exc()
 
 
-def interruption(job_type: str, e: FedCreditError) -> str | None:
+def interruption(job_type: str, e: FedCreditError, run_id: str) -> str | None:
     """Why a failed vertical attempt can be resumed (the registry's ``interrupted`` reason), or None: it failed.
 
     Resumable: every party that answered with an error said its checkpoints can cure it, and any other
@@ -170,8 +170,7 @@ def interruption(job_type: str, e: FedCreditError) -> str | None:
     if any(p not in e.resumable for p in e.errors if p not in e.unreachable):
         return None
     kept = "; ".join(f"{p} holds {e.resumable[p] or 'no checkpoint yet'}" for p in e.resumable)
-    return f"{e} — resumable ({kept or 'no party answered'}): fedcredit runs resume"
-
+    return f"{e} — resumable ({kept or 'no party answered'}): fedcredit runs resume {run_id}"
 
 
 def run_coordinator_role(

@@ -272,8 +272,9 @@ def test_registry_interrupt_resume_and_attempt_sessions(tmp_path: Path) -> None:
         reg.resume(h)
     with pytest.raises(ConfigError, match="no run 'nope'"):
         reg.resume("nope")
+    reg.set_flower_run(v, "flower-1")
     rec = reg.resume(v)
-    assert (rec.status, rec.attempt, rec.error) == ("queued", 2, None)
+    assert (rec.status, rec.attempt, rec.error, rec.flower_run_id) == ("queued", 2, None, None)
     with pytest.raises(ConfigError, match=r"is queued \(attempt 2\); only an interrupted run"):
         reg.resume(v)
     # attempt 2 has its own session; attempt 1's (and a made-up attempt's) has no members any more
@@ -291,13 +292,13 @@ def test_a_failed_attempt_is_interrupted_only_if_every_answering_party_kept_chec
 
     died = PartyFailure({"bank2": "no reply within 60 s (disconnected?)", "bank1": "peer gone",
                          "node 1": "Node Unavailable"}, {}, {"bank1": "psi 1, sb 2"}, frozenset({"bank2", "node 1"}))
-    why = interruption("secureboost", died)
-    assert why is not None and "bank1 holds psi 1, sb 2" in why and "fedcredit runs resume" in why
-    assert interruption("horizontal", died) is None
+    why = interruption("secureboost", died, "r1")
+    assert why is not None and "bank1 holds psi 1, sb 2" in why and "fedcredit runs resume r1" in why
+    assert interruption("horizontal", died, "r1") is None
     final = PartyFailure({"bank2": "party 'bank2': no checkpoint of run", "bank1": "aborted"}, {},
                          {"bank1": "psi 1"})
-    assert interruption("secureboost", final) is None  # bank2 answered without 'resumable': failed for good
-    assert interruption("vertical-lr", DataError("bad table")) is None
+    assert interruption("secureboost", final, "r1") is None  # bank2 answered without 'resumable': failed for good
+    assert interruption("vertical-lr", DataError("bad table"), "r1") is None
 
 
 def test_resume_rpc_over_mtls(tmp_path: Path) -> None:
