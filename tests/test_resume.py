@@ -359,3 +359,31 @@ def test_resume_rpc_over_mtls(tmp_path: Path) -> None:
         ch.close()
     finally:
         h.stop(grace=0)
+
+
+def test_a_resumed_run_must_be_the_job_this_party_approved(tmp_path: Path) -> None:
+    """The resume flag opens nothing: the ledger gate checks the approved digest before any table or checkpoint."""
+    from test_policy import ALLOW, VJOB, Party  # the policy tests' party (config, certificates, data)
+
+    from fedcredit.control_plane import VERTICAL_RUN
+    from fedcredit.errors import PolicyRefused
+    from party.clientapp import run_party_role
+
+    party = Party(tmp_path, ALLOW.replace('columns = ["id", "y", "a", "b"]', 'columns = ["id", "y", "a", "b", "secret"]'))
+    assert party.admit(VJOB, "run-7")["status"] == "accepted"
+    ck = CheckpointStore(party.state, "run-7", "bank1")
+    ck.save("psi", 1, {"ids_digest": "x"}, {"indices": np.arange(3)})
+    before = ck.load("psi", 1).meta
+
+    def resume(job: str, run_id: str = "run-7", **meta: Any) -> bytes:
+        return run_party_role(party.cfg, VERTICAL_RUN, b"", {**party.meta(job, run_id), "resume": True,
+                                                             "attempt": 2, **meta})
+
+    with pytest.raises(PolicyRefused, match=r"party 'bank1' refused the job \(rule replay\).*another job spec"):
+        resume(VJOB.replace("test_fraction = 0.2", "test_fraction = 0.5"))
+    with pytest.raises(PolicyRefused, match=r"rule admission\).*never admitted"):
+        resume(VJOB, "run-8")
+    with pytest.raises(ProtocolError, match="inconsistent resume request"):
+        resume(VJOB, attempt=1)
+    assert not [e for e in party.events() if e.event == "dataset_used"]
+    assert ck.steps("psi") == [1] and ck.load("psi", 1).meta == before  # the checkpoint untouched
