@@ -387,3 +387,16 @@ def test_a_resumed_run_must_be_the_job_this_party_approved(tmp_path: Path) -> No
         resume(VJOB, attempt=1)
     assert not [e for e in party.events() if e.event == "dataset_used"]
     assert ck.steps("psi") == [1] and ck.load("psi", 1).meta == before  # the checkpoint untouched
+
+
+def test_resume_vocabulary_is_declared_by_each_protocol() -> None:
+    from fedcredit.protocols import psi
+    from fedcredit.protocols import vertical_lr as vlr
+    from fedcredit.protocols.secureboost.messages import Op, tags
+
+    assert (psi.Tags("psi").resume.held, psi.Tags("psi").resume.at) == ("psi/resume/held", "psi/resume/at")
+    assert (vlr.Tags("vlr").resume.held, vlr.Tags("vlr").resume.at) == ("vlr/resume/held", "vlr/resume/at")
+    assert (tags("sb").resume.held, tags("sb").resume.at, Op.CHECKPOINT) == ("sb/resume/held", "sb/resume/at",
+                                                                             "checkpoint")
+    cmd, reply = tags("sb")  # still the two tags the wire has always carried
+    assert (cmd, reply) == ("sb.cmd", "sb.reply")
