@@ -400,3 +400,20 @@ def test_resume_vocabulary_is_declared_by_each_protocol() -> None:
                                                                              "checkpoint")
     cmd, reply = tags("sb")  # still the two tags the wire has always carried
     assert (cmd, reply) == ("sb.cmd", "sb.reply")
+
+
+def test_a_registry_from_before_resumable_runs_opens_with_attempt_1(tmp_path: Path) -> None:
+    import sqlite3
+
+    from coordinator.registry import SCHEMA, Registry
+
+    db = tmp_path / "old.db"
+    c = sqlite3.connect(db)
+    c.executescript(SCHEMA)  # the runs table of before (no attempt column)
+    c.execute("INSERT INTO runs (run_id, name, type, status, created, job_toml) VALUES ('r1','v','secureboost',"
+              "'running', 0, ?)", (VJOB,))
+    c.commit()
+    c.close()
+    reg = Registry(db)
+    rec = reg.get("r1")
+    assert rec is not None and (rec.attempt, rec.status) == (1, "running") and reg.job_parties("r1") == {"bank1", "bank2"}
