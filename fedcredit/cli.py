@@ -100,11 +100,11 @@ def _info_dict(r: Any) -> dict[str, Any]:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    client = _control_client(args)
     if args.action == "resume":
         from fedcredit import cli_jobs
 
-        return cli_jobs.cmd_runs_resume(args, client)
+        return cli_jobs.cmd_runs_resume(args, lambda: _control_client(args))
+    client = _control_client(args)
     runs = client.list(args.limit)
     if args.json:
         print(json.dumps([_info_dict(r) for r in runs], indent=1))

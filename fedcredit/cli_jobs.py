@@ -12,6 +12,7 @@ import argparse
 import getpass
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fedcredit.errors import ConfigError
@@ -191,12 +192,13 @@ def register_runs_resume(runs: argparse.ArgumentParser) -> None:
     runs.add_argument("--detach", action="store_true", help="with resume: return without following the run")
 
 
-def cmd_runs_resume(args: argparse.Namespace, client: Any) -> int:
+def cmd_runs_resume(args: argparse.Namespace, connect: Callable[[], Any]) -> int:
     """Resume an interrupted run and follow it like ``train`` does; exit 0 only if it finishes."""
     from fedcredit.progress import follow
 
     if not args.run_id:
         raise ConfigError("fedcredit runs resume: name the run to resume (see 'fedcredit runs' for interrupted ones)")
+    client = connect()
     info = client.resume(args.run_id)
     print(f"resuming run {info.run_id} (attempt {info.attempt}); every party continues from its own checkpoints",
           flush=True)
