@@ -54,6 +54,10 @@ class ControlClient:
         req = control_pb2.SubmitJobRequest(job_toml=job_path.read_text(), source_name=str(job_path))
         return self._call(self._stub.SubmitJob, req, timeout=120).run_id
 
+    def resume(self, run_id: str) -> control_pb2.RunInfo:
+        """Start the next attempt of an interrupted run (the coordinator says why it cannot)."""
+        return self._call(self._stub.ResumeRun, control_pb2.RunRequest(run_id=run_id), timeout=120)
+
     def get(self, run_id: str) -> control_pb2.RunInfo:
         return self._call(self._stub.GetRun, control_pb2.RunRequest(run_id=run_id), timeout=30)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from coordinator.registry import TERMINAL, Registry, RunRecord
+from coordinator.registry import ENDED, Registry, RunRecord
 from crypto.tls import peer_identity
 from fedcredit.config import CoordinatorConfig, JobConfig, parse_job_text
 from fedcredit.errors import ConfigError, FedCreditError, SecurityError
@@ -42,6 +42,7 @@ def run_info(rec: RunRecord) -> control_pb2.RunInfo:
         error=rec.error or "",
         result_json=json.dumps(rec.result) if rec.result is not None else "",
         flower_run_id=rec.flower_run_id or "",
+        attempt=rec.attempt,
     )
 
 
@@ -97,6 +98,32 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self.registry.set_flower_run(run_id, flower_run)
         return control_pb2.SubmitJobReply(run_id=run_id)
 
+    def ResumeRun(self, request: control_pb2.RunRequest, context: grpc.ServicerContext) -> control_pb2.RunInfo:
+        """The next attempt of an interrupted vertical run, launched as a new Flower run (docs/resume.md).
+
+        Refused: an unknown id (NOT_FOUND), a finished, running, failed-for-good or horizontal run
+        (FAILED_PRECONDITION, saying which).  A party missing its checkpoints fails the new attempt,
+        naming itself.
+        """
+        self._authorize(context, "resume runs")
+        if self.registry.get(request.run_id) is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no run '{request.run_id}'")
+        try:
+            rec = self.registry.resume(request.run_id)
+        except ConfigError as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            raise AssertionError("unreachable: abort() raises") from None
+        self.registry.add_event(rec.run_id, {"event": "resume", "message": f"attempt {rec.attempt} requested"})
+        try:
+            flower_run = self.launcher(rec.run_id)
+        except FedCreditError as e:
+            self.registry.interrupt(rec.run_id, f"could not launch attempt {rec.attempt}: {e}")
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"run {rec.run_id}: attempt {rec.attempt} failed to launch: {e}")
+        self.registry.set_flower_run(rec.run_id, flower_run)
+        got = self.registry.get(rec.run_id)
+        assert got is not None
+        return run_info(got)
+
     def GetRun(self, request: control_pb2.RunRequest, context: grpc.ServicerContext) -> control_pb2.RunInfo:
         self._authorize(context, "read runs")
         rec = self.registry.get(request.run_id)
@@ -120,7 +147,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             for s, t, data in self.registry.events(request.run_id, seq):
                 seq = s
                 yield control_pb2.RunEvent(seq=s, time=t, data_json=json.dumps(data))
-            if rec is not None and rec.status in TERMINAL:
+            if rec is not None and rec.status in ENDED:
                 # events written before the terminal status are all flushed above
                 for s, t, data in self.registry.events(request.run_id, seq):
                     seq = s

@@ -105,7 +105,8 @@ def start(config_path: Path, *, log=_print) -> CoordinatorHandle:
     registry = Registry(state / "registry.db")
     stale = registry.fail_interrupted("the coordinator stopped while this run was active")
     if stale:
-        log(f"marked {len(stale)} interrupted run(s) as failed: {', '.join(stale)}")
+        log(f"{len(stale)} run(s) were active when the coordinator stopped: {', '.join(stale)} (vertical runs are "
+            "now 'interrupted', resumable with 'fedcredit runs resume <id>'; horizontal runs failed)")
 
     loop_ca, loop_cert, loop_key = issue_loopback_tls(state / "loopback-tls")
     link_port = c.superlink_port or flower.free_loopback_port()

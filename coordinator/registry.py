@@ -5,6 +5,11 @@ survive a coordinator restart and can be read while a job writes to them (the
 Flower ServerApp runs in its own process and writes here directly).  It stores
 only what the coordinator is allowed to know: job configs, statuses, public
 metrics, byte counts — never a key, a row or an update.
+
+Statuses: ``queued`` -> ``running`` -> ``finished`` | ``failed`` | ``interrupted``.  A vertical
+run is ``interrupted`` (not failed) when it was active at a coordinator restart or a party
+died or lost its stream while the parties kept their checkpoints; ``fedcredit runs resume``
+(:meth:`Registry.resume`) queues it again as attempt n+1 of the same run id (docs/resume.md).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedcredit.checkpoint import parse_session
 from fedcredit.config import parse_job_text
 from fedcredit.errors import ConfigError
 
@@ -53,6 +59,14 @@ CREATE TABLE IF NOT EXISTS nodes (
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("finished", "failed")
+#: an attempt ended but the run can go on from its parties' checkpoints (``fedcredit runs resume``)
+RESUMABLE = ("interrupted",)
+#: no attempt is running: a watcher stops following
+ENDED = TERMINAL + RESUMABLE
+#: job types whose parties checkpoint (horizontal rounds keep none: such a run fails for good)
+CHECKPOINTED_TYPES = ("vertical-lr", "secureboost")
+_COLUMNS = ("run_id, name, type, status, created, started, ended, job_toml, flower_run_id, error, result_json, "
+            "attempt")
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,7 @@ class RunRecord:
     flower_run_id: str | None
     error: str | None
     result: dict[str, Any] | None
+    attempt: int = 1  # 1 for the submitted run, n+1 after each ``runs resume``
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +96,7 @@ class RunRecord:
             "flower_run_id": self.flower_run_id,
             "error": self.error,
             "result": self.result,
+            "attempt": self.attempt,
         }
 
 
@@ -92,6 +108,9 @@ class Registry:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._conn() as c:
             c.executescript(SCHEMA)
+            cols = {r[1] for r in c.execute("PRAGMA table_info(runs)")}
+            if "attempt" not in cols:  # a registry written before resumable runs
+                c.execute("ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1")
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
@@ -138,42 +157,73 @@ class Registry:
                 (time.time(), error, json.dumps(result) if result is not None else None, run_id),
             )
 
-    def fail_interrupted(self, reason: str) -> list[str]:
-        """Mark runs that were active when the coordinator stopped as failed (at start-up)."""
+    def interrupt(self, run_id: str, reason: str) -> None:
+        """This attempt ended, the parties keep their checkpoints: the run waits for ``runs resume``."""
         with self._conn() as c:
-            ids = [r[0] for r in c.execute("SELECT run_id FROM runs WHERE status IN ('queued','running')")]
-        for rid in ids:
-            self.fail(rid, reason)
-        return ids
+            c.execute(
+                "UPDATE runs SET status='interrupted', ended=?, error=? WHERE run_id=? AND status IN ('queued','running')",
+                (time.time(), reason, run_id),
+            )
+
+    def fail_interrupted(self, reason: str) -> list[str]:
+        """At start-up: runs that were active when the coordinator stopped.  Vertical runs become ``interrupted``
+        (resumable from the parties' checkpoints), others ``failed``."""
+        with self._conn() as c:
+            rows = list(c.execute("SELECT run_id, type FROM runs WHERE status IN ('queued','running')"))
+        for rid, type_ in rows:
+            if type_ in CHECKPOINTED_TYPES:
+                self.interrupt(rid, f"{reason}; resumable: fedcredit runs resume {rid}")
+            else:
+                self.fail(rid, reason)
+        return [r[0] for r in rows]
+
+    def resume(self, run_id: str) -> RunRecord:
+        """Queue an interrupted run again as its next attempt; ConfigError says why a run cannot be resumed."""
+        with self._conn() as c:
+            c.execute("BEGIN IMMEDIATE")
+            row = c.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            if row is None:
+                c.execute("ROLLBACK")
+                raise ConfigError(f"no run '{run_id}'")
+            rec = _record(row)
+            why = _not_resumable(rec)
+            if why:
+                c.execute("ROLLBACK")
+                raise ConfigError(why)
+            # flower_run_id cleared: the coordinator's monitor must not judge the new attempt by the old Flower run
+            c.execute("UPDATE runs SET status='queued', ended=NULL, error=NULL, flower_run_id=NULL, "
+                      "attempt=attempt+1 WHERE run_id=?", (run_id,))
+            c.execute("COMMIT")
+        got = self.get(run_id)
+        assert got is not None
+        return got
 
     def get(self, run_id: str) -> RunRecord | None:
         with self._conn() as c:
-            row = c.execute(
-                "SELECT run_id, name, type, status, created, started, ended, job_toml, flower_run_id, error, "
-                "result_json FROM runs WHERE run_id=?",
-                (run_id,),
-            ).fetchone()
+            row = c.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return _record(row) if row else None
 
     def list(self, limit: int = 50) -> list[RunRecord]:
         with self._conn() as c:
-            rows = c.execute(
-                "SELECT run_id, name, type, status, created, started, ended, job_toml, flower_run_id, error, "
-                "result_json FROM runs ORDER BY created DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
+            rows = c.execute(f"SELECT {_COLUMNS} FROM runs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
         return [_record(r) for r in rows]
 
-    def job_parties(self, run_id: str) -> frozenset[str] | None:
-        """The parties of run ``run_id``'s job while the run is active, else None.
+    def job_parties(self, session: str) -> frozenset[str] | None:
+        """The parties of the run's job while the run is active and ``session`` is its current attempt, else None.
 
-        Why: the relay's session id is the run id, and only the parties a job names may
-        join its session or receive its frames; a finished, failed or unknown run has
-        no members, so an old session cannot be reopened.
+        Why: the relay's session id is the run id (``<run id>.a<n>`` for attempt n >= 2,
+        :func:`fedcredit.checkpoint.attempt_session`), and only the parties a job names may
+        join its session or receive its frames; a finished, failed, interrupted or unknown
+        run — or an earlier attempt of a resumed one — has no members, so an old session
+        (and anything still queued in it) cannot be reopened.
         """
+        parsed = parse_session(session)
+        if parsed is None:
+            return None
+        run_id, attempt = parsed
         with self._conn() as c:
-            row = c.execute("SELECT status, job_toml FROM runs WHERE run_id=?", (run_id,)).fetchone()
-        if row is None or row[0] not in ACTIVE:
+            row = c.execute("SELECT status, job_toml, attempt FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if row is None or row[0] not in ACTIVE or int(row[2]) != attempt:
             return None
         try:
             return frozenset(parse_job_text(row[1], f"run {run_id}").job.parties)
@@ -226,4 +276,19 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
         flower_run_id=row[8],
         error=row[9],
         result=json.loads(row[10]) if row[10] else None,
+        attempt=int(row[11]),
     )
+
+
+def _not_resumable(rec: RunRecord) -> str | None:
+    """Why ``rec`` cannot be resumed (None: it can)."""
+    if rec.type not in CHECKPOINTED_TYPES:
+        return (f"run '{rec.run_id}' is a {rec.type} job: its parties keep no checkpoints, so it cannot be resumed "
+                "(submit the job again)")
+    if rec.status == "finished":
+        return f"run '{rec.run_id}' finished; there is nothing to resume"
+    if rec.status in ACTIVE:
+        return f"run '{rec.run_id}' is {rec.status} (attempt {rec.attempt}); only an interrupted run can be resumed"
+    if rec.status == "failed":
+        return f"run '{rec.run_id}' failed for good ({rec.error}); it cannot be resumed"
+    return None

@@ -22,7 +22,7 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from coordinator.publish import default_signing_key, publish_run
-from coordinator.registry import Registry
+from coordinator.registry import CHECKPOINTED_TYPES, Registry
 from fedcredit.config import CoordinatorConfig, JobConfig, load_coordinator_config
 from fedcredit.control_plane import JOB_ADMIT, REPLY_SUFFIX, VERTICAL_RUN, pack, unpack
 from fedcredit.errors import ConfigError, FedCreditError, ProtocolError
@@ -37,11 +37,18 @@ Progress = Callable[[dict[str, Any]], None]
 
 
 class PartyFailure(ProtocolError):
-    """One or more parties failed a call; ``replies`` holds the ones that answered."""
+    """One or more parties failed a call; ``replies`` holds the ones that answered.
 
-    def __init__(self, errors: Mapping[str, str], replies: Mapping[str, bytes]) -> None:
+    ``resumable``: party -> the checkpoints it kept (e.g. ``"psi 1, sb 3"``), for each party whose error
+    reply said a resume can cure it (``party.clientapp`` sets it on ``vertical.run`` only).
+    """
+
+    def __init__(self, errors: Mapping[str, str], replies: Mapping[str, bytes],
+                 resumable: Mapping[str, str] | None = None, unreachable: frozenset[str] = frozenset()) -> None:
         self.errors = dict(errors)
         self.replies = dict(replies)
+        self.resumable = dict(resumable or {})
+        self.unreachable = unreachable  # no answer from the party itself (no reply, or Flower's own error)
         super().__init__("; ".join(f"party '{p}': {e}" for p, e in self.errors.items()))
 
 
@@ -82,14 +89,19 @@ class FlowerChannel:
         replies = list(self.grid.send_and_receive(msgs, timeout=self.timeout))
         out: dict[str, bytes] = {}
         errors: dict[str, str] = {}
+        resumable: dict[str, str] = {}
+        unreachable: set[str] = set()
         for rep in replies:
             party = by_node.get(rep.metadata.src_node_id, f"node {rep.metadata.src_node_id}")
-            if rep.has_error():
+            if rep.has_error():  # Flower's own error (e.g. the node stopped heartbeating), not the party's answer
                 errors[party] = str(rep.error.reason)
+                unreachable.add(party)
                 continue
             _, payload, meta = unpack(rep.content)
             if meta.get("error"):
                 errors[party] = str(meta["error"])
+                if meta.get("resumable"):
+                    resumable[party] = str(meta.get("checkpoint") or "")
                 continue
             self.bytes_received[party] = self.bytes_received.get(party, 0) + len(payload)
             self._capture(party, requests[party][0] + REPLY_SUFFIX, payload)
@@ -97,8 +109,9 @@ class FlowerChannel:
         for party in requests:
             if party not in out and party not in errors:
                 errors[party] = f"no reply within {self.timeout:.0f} s (disconnected?)"
+                unreachable.add(party)
         if errors:
-            raise PartyFailure(errors, out)
+            raise PartyFailure(errors, out, resumable, frozenset(unreachable))
         return out
 
 
@@ -131,13 +144,33 @@ def server_main(grid: Grid, context: Context) -> None:
 
     try:
         coord = load_coordinator_config(str(cfg["coordinator_config"]))
-        result = run_coordinator_role(grid, coord, registry, run_id, rec.job_toml, progress)
+        result = run_coordinator_role(grid, coord, registry, run_id, rec.job_toml, progress, attempt=rec.attempt)
         registry.finish(run_id, result)
     except FedCreditError as e:
-        registry.fail(run_id, str(e))
+        why = interruption(rec.type, e, run_id)
+        if why is None:
+            registry.fail(run_id, str(e))
+        else:
+            progress({"event": "interrupted", "message": why})
+            registry.interrupt(run_id, why)
     except Exception as e:  # noqa: BLE001 - any crash must end the run as failed, with the reason
         registry.fail(run_id, f"internal error: {type(e).__name__}: {e}")
         traceback.print_exc()
+
+
+def interruption(job_type: str, e: FedCreditError, run_id: str) -> str | None:
+    """Why a failed vertical attempt can be resumed (the registry's ``interrupted`` reason), or None: it failed.
+
+    Resumable: every party that answered with an error said its checkpoints can cure it, and any other
+    failing party gave no answer at all (it died or is unreachable).  Anything a party calls final — bad
+    data or config, a refusal, a missing checkpoint — and any non-vertical job fails for good.
+    """
+    if job_type not in CHECKPOINTED_TYPES or not isinstance(e, PartyFailure):
+        return None
+    if any(p not in e.resumable for p in e.errors if p not in e.unreachable):
+        return None
+    kept = "; ".join(f"{p} holds {e.resumable[p] or 'no checkpoint yet'}" for p in e.resumable)
+    return f"{e} — resumable ({kept or 'no party answered'}): fedcredit runs resume {run_id}"
 
 
 def run_coordinator_role(
@@ -147,8 +180,15 @@ def run_coordinator_role(
     run_id: str,
     job_toml: str,
     progress: Progress,
+    *,
+    attempt: int = 1,
 ) -> dict[str, Any]:
-    """Drive one job from the ServerApp; returns the public result stored in the registry."""
+    """Drive one job from the ServerApp; returns the public result stored in the registry.
+
+    ``attempt`` >= 2 is a resumed vertical run (``fedcredit runs resume``): the parties accepted it at
+    attempt 1 (each re-checks the digest of the job it approved), so there is no ``job.admit``; the
+    ``vertical.run`` message says ``resume`` and names the attempt's data-plane session.
+    """
     job = parse_job(job_toml)
     nodes_by_party = registry.nodes()
     missing = [p for p in job.job.parties if p not in nodes_by_party]
@@ -158,9 +198,16 @@ def run_coordinator_role(
     certs = {p.name: p.certificate.read_text() for p in coord.parties if p.name in nodes}
     progress({"event": "starting", "message": f"waiting for {len(nodes)} parties", "parties": {p: "waiting" for p in nodes}})
     wait_for_nodes(grid, nodes, timeout=job.job.round_timeout_s, progress=progress)
-    meta = {"run_id": run_id, "job_toml": job_toml, "peer_certs": certs}
+    meta: dict[str, Any] = {"run_id": run_id, "job_toml": job_toml, "peer_certs": certs}
+    if attempt > 1:
+        meta.update({"resume": True, "attempt": attempt})
     channel = FlowerChannel(grid, nodes, meta, timeout=job.job.round_timeout_s)
-    out_admit = admit_job(channel, job, progress)
+    if attempt > 1:
+        progress({"event": "resuming", "message": f"attempt {attempt}: every party continues from its checkpoints",
+                  "parties": {p: "resuming" for p in nodes}})
+        out_admit: dict[str, Any] = {"resumed": attempt}
+    else:
+        out_admit = admit_job(channel, job, progress)
     if job.job.type == "horizontal":
         out = _coordinate_horizontal(channel, job, progress)
     else:

@@ -125,6 +125,10 @@ def _info_dict(r: Any) -> dict[str, Any]:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    if args.action == "resume":
+        from fedcredit import cli_jobs
+
+        return cli_jobs.cmd_runs_resume(args, lambda: _control_client(args))
     client = _control_client(args)
     runs = client.list(args.limit)
     if args.json:
@@ -258,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_control_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("runs", help="list past runs")
+    p = sub.add_parser("runs", help="list past runs; 'runs resume <id>' continues an interrupted one")
+    cli_jobs.register_runs_resume(p)
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_control_args(p)

@@ -12,6 +12,7 @@ import argparse
 import getpass
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fedcredit.errors import ConfigError
@@ -178,3 +179,30 @@ def register_party_commands(party_sub: Any) -> None:
     p.add_argument("--reason", help="why (recorded in the ledger and the audit log, and sent in the refusal)")
     p.add_argument("--by", help="who rejects (default: your OS user name)")
     p.set_defaults(func=cmd_jobs_reject)
+
+
+# --------------------------------------------------------------------------- fedcredit runs resume
+
+
+def register_runs_resume(runs: argparse.ArgumentParser) -> None:
+    """``fedcredit runs resume <run id>``: positionals on ``runs`` (plain ``fedcredit runs`` still lists)."""
+    runs.add_argument("action", nargs="?", choices=["resume"],
+                      help="resume: start the next attempt of an interrupted vertical run from its checkpoints")
+    runs.add_argument("run_id", nargs="?", help="the run to resume")
+    runs.add_argument("--detach", action="store_true", help="with resume: return without following the run")
+
+
+def cmd_runs_resume(args: argparse.Namespace, connect: Callable[[], Any]) -> int:
+    """Resume an interrupted run and follow it like ``train`` does; exit 0 only if it finishes."""
+    from fedcredit.progress import follow
+
+    if not args.run_id:
+        raise ConfigError("fedcredit runs resume: name the run to resume (see 'fedcredit runs' for interrupted ones)")
+    client = connect()
+    info = client.resume(args.run_id)
+    print(f"resuming run {info.run_id} (attempt {info.attempt}); every party continues from its own checkpoints",
+          flush=True)
+    if args.detach:
+        return 0
+    info = follow(client.watch(info.run_id), lambda: client.get(info.run_id))
+    return 0 if info.status == "finished" else 1

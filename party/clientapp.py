@@ -15,6 +15,13 @@ tables come only through :meth:`PartyRuntime.table`, which hands over the approv
 datasets and columns only and records each use in the audit log.
 Every reply that leaves towards the coordinator is recorded in the audit log.
 The envelope it shares with the ServerApp is :mod:`fedcredit.control_plane`.
+
+Resume (docs/resume.md): a ``vertical.run`` whose meta says ``resume`` (attempt n >= 2 of the
+same run id, sent by ``fedcredit runs resume``) passes the same gate — the ledger must hold
+the run as accepted with the same digest, so only the job this party approved can resume —
+then joins the attempt's own data-plane session and continues from this party's
+checkpoints.  A failed ``vertical.run`` that the checkpoints can cure answers with
+``resumable`` and the step numbers it kept, so the coordinator marks the run interrupted.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from flwr.clientapp import ClientApp
 
 from crypto.certs import Identity, cert_fingerprint, verify_peer
 from fedcredit.channel import DirState
+from fedcredit.checkpoint import attempt_session
 from fedcredit.config import PartyConfig, load_party_config
 from fedcredit.control_plane import ARTIFACT_INSTALL, JOB_ADMIT, REPLY_SUFFIX, VERTICAL_RUN, pack, unpack
 from fedcredit.data import Table, load_dataset
@@ -38,7 +46,7 @@ from fedcredit.errors import FedCreditError, PolicyRefused, ProtocolError
 from fedcredit.jobs import horizontal_job, parse_job
 from fedcredit.params import HorizontalJob
 from fedcredit.protocols import horizontal
-from fedcredit.protocols.vertical_jobs import VerticalParty, run_vertical_party_core
+from fedcredit.protocols.vertical_jobs import VerticalParty, is_final_failure, resumable_state, run_vertical_party_core
 from party.audit import AuditLog
 from party.dataplane import RelayTransport
 from party.jobs import ADMIT_WAIT_S, JobLedger
@@ -73,6 +81,12 @@ class PartyRuntime:
             name: str(pem).encode() for name, pem in dict(meta.get("peer_certs", {})).items() if name in self.peers
         }
         self.run_dir = p.state_dir / "runs" / self.run_id
+        #: attempt n >= 2 of the run (``fedcredit runs resume``): continue from this party's checkpoints
+        self.resume = bool(meta.get("resume", False))
+        self.attempt = int(meta.get("attempt", 1))
+        if self.resume != (self.attempt > 1):
+            raise ProtocolError(f"party '{p.name}': inconsistent resume request (resume={self.resume}, "
+                                f"attempt {self.attempt})")
         self.ledger = JobLedger(self.config)
         #: this job checked against [policy]: digest, datasets/columns it may use, the rules' verdicts
         self.review: Review = review_job(self.config, self.job, self.run_id, self.peer_fingerprints)
@@ -119,7 +133,15 @@ class PartyRuntime:
         min_size, rule = effective_min_intersection(self.config, self.job)
         return VerticalParty(self.name, self.run_id, self.job, frozenset(self.config.datasets), self.table,
                              self.config.party.state_dir, min_intersection=min_size,
-                             min_intersection_rule=f"party '{self.name}': {rule}")
+                             min_intersection_rule=f"party '{self.name}': {rule}", resume=self.resume)
+
+
+class Resumable(ProtocolError):
+    """A vertical job failed in a way its checkpoints can cure; ``checkpoint`` names the steps kept."""
+
+    def __init__(self, message: str, checkpoint: str) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
 
 
 @client_app.query()
@@ -128,6 +150,9 @@ def client_query(msg: Message, context: Context) -> Message:
     try:
         reply = run_party_role(str(context.node_config["party-config"]), method, payload, meta)
         return Message(content=pack(method + REPLY_SUFFIX, reply, {}), reply_to=msg)
+    except Resumable as e:
+        return Message(content=pack(method + REPLY_SUFFIX, b"", {"error": str(e), "resumable": True,
+                                                                 "checkpoint": e.checkpoint}), reply_to=msg)
     except FedCreditError as e:
         return Message(content=pack(method + REPLY_SUFFIX, b"", {"error": str(e)}), reply_to=msg)
     except Exception as e:  # noqa: BLE001 - report, never leak a traceback with data across
@@ -229,7 +254,7 @@ def run_vertical_party(rt: PartyRuntime) -> dict[str, Any]:
         raw = RelayTransport(
             rt.identity,
             rt.config.coordinator.relay_address,
-            session=rt.run_id,
+            session=attempt_session(rt.run_id, rt.attempt),
             audit=audit,
             peer_certs=peer_certs or None,
             recv_timeout=rt.job.job.round_timeout_s,
@@ -237,8 +262,13 @@ def run_vertical_party(rt: PartyRuntime) -> dict[str, Any]:
     except BaseException:
         audit.close()
         raise
+    view = rt.vertical_party()
     try:
-        return run_vertical_party_core(raw, rt.vertical_party())
+        return run_vertical_party_core(raw, view)
+    except FedCreditError as e:
+        if is_final_failure(e):
+            raise
+        raise Resumable(str(e), resumable_state(view.checkpoints)) from e
     finally:
         raw.close()
         audit.close()

@@ -33,7 +33,7 @@ class ListRunsRequest(_message.Message):
     def __init__(self, limit: _Optional[int] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("run_id", "name", "type", "status", "created", "started", "ended", "error", "result_json", "flower_run_id")
+    __slots__ = ("run_id", "name", "type", "status", "created", "started", "ended", "error", "result_json", "flower_run_id", "attempt")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class RunInfo(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     FLOWER_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     name: str
     type: str
@@ -54,7 +55,8 @@ class RunInfo(_message.Message):
     error: str
     result_json: str
     flower_run_id: str
-    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., status: _Optional[str] = ..., created: _Optional[float] = ..., started: _Optional[float] = ..., ended: _Optional[float] = ..., error: _Optional[str] = ..., result_json: _Optional[str] = ..., flower_run_id: _Optional[str] = ...) -> None: ...
+    attempt: int
+    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., status: _Optional[str] = ..., created: _Optional[float] = ..., started: _Optional[float] = ..., ended: _Optional[float] = ..., error: _Optional[str] = ..., result_json: _Optional[str] = ..., flower_run_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class ListRunsReply(_message.Message):
     __slots__ = ("runs",)

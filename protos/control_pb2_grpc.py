@@ -54,6 +54,11 @@ class ControlStub:
                 request_serializer=protos_dot_control__pb2.WatchRequest.SerializeToString,
                 response_deserializer=protos_dot_control__pb2.RunEvent.FromString,
                 _registered_method=True)
+        self.ResumeRun = channel.unary_unary(
+                '/fedcredit.control.Control/ResumeRun',
+                request_serializer=protos_dot_control__pb2.RunRequest.SerializeToString,
+                response_deserializer=protos_dot_control__pb2.RunInfo.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -83,6 +88,13 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResumeRun(self, request, context):
+        """Start the next attempt of an interrupted vertical run from its parties' checkpoints (docs/resume.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +117,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.WatchRun,
                     request_deserializer=protos_dot_control__pb2.WatchRequest.FromString,
                     response_serializer=protos_dot_control__pb2.RunEvent.SerializeToString,
+            ),
+            'ResumeRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRun,
+                    request_deserializer=protos_dot_control__pb2.RunRequest.FromString,
+                    response_serializer=protos_dot_control__pb2.RunInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +232,33 @@ class Control:
             '/fedcredit.control.Control/WatchRun',
             protos_dot_control__pb2.WatchRequest.SerializeToString,
             protos_dot_control__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.control.Control/ResumeRun',
+            protos_dot_control__pb2.RunRequest.SerializeToString,
+            protos_dot_control__pb2.RunInfo.FromString,
             options,
             channel_credentials,
             insecure,

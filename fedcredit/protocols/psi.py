@@ -40,6 +40,7 @@ import numpy as np
 
 from crypto.files import write_text
 from crypto.psi import POINT_LEN, PsiKey, hash_to_point, normalize_id
+from fedcredit.checkpoint import ResumeTags
 from fedcredit.errors import DataError, ProtocolError
 from fedcredit.transport import Transport
 
@@ -77,6 +78,10 @@ class Tags:
     @property
     def hello(self) -> str:  # party -> peer: {"v", "n", "batches"}
         return f"{self.prefix}/hello"
+
+    @property
+    def resume(self) -> ResumeTags:  # resumed runs only: whether every party still holds the finished intersection
+        return ResumeTags(self.prefix)
 
     def single(self, i: int) -> str:  # party -> peer: batch i of its own ids, singly blinded k_P·H(x)
         return f"{self.prefix}/s/{i}"

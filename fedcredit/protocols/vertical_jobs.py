@@ -35,7 +35,12 @@ Files, under the party's ``state_dir``:
 * ``runs/<run_id>/intersection.txt`` — the aligned intersection (owner-only);
 * ``models/<run_id>/`` — this party's own model part only (its features' weights or
   split table), and at the label party the evaluation report JSON + ROC/KS PNG and
-  ``vertical_job.json`` (the public result).
+  ``vertical_job.json`` (the public result);
+* ``checkpoints/<run_id>/`` — this party's own state after PSI (stage ``psi``), after each
+  SecureBoost tree (``sb``) or vertical LR epoch (``vlr``), at most two per stage
+  (:mod:`fedcredit.checkpoint`); deleted when the job ends for good.  With
+  ``VerticalParty.resume`` the job agrees with its peers where to continue instead of
+  starting over (docs/resume.md).
 """
 
 from __future__ import annotations
@@ -53,10 +58,12 @@ from typing import Any, Final
 
 import numpy as np
 
+from fedcredit.checkpoint import CheckpointStore, NoCheckpoint, agree_step
 from fedcredit.config import JobConfig
 from fedcredit.data import Table
-from fedcredit.errors import ConfigError, DataError, PeerAborted, ProtocolError
+from fedcredit.errors import ConfigError, DataError, PeerAborted, PolicyRefused, ProtocolError
 from fedcredit.params import SecureBoostConfig, SecureBoostModel, VerticalLRConfig, VerticalLRModel
+from fedcredit.protocols.vertical_common import ids_digest
 from fedcredit.transport import CountingTransport, Transport
 
 __all__ = [
@@ -67,6 +74,9 @@ __all__ = [
     "split_spec",
     "model_config",
     "run_vertical_party_core",
+    "is_final_failure",
+    "resumable_state",
+    "PSI_STAGE",
 ]
 
 DEFAULT_TEST_FRACTION = 0.2
@@ -101,6 +111,13 @@ class VerticalParty:
     #: this party's own floor for the PSI intersection (its [policy].min_intersection), besides the job's
     min_intersection: int = 1
     min_intersection_rule: str = "[policy].min_intersection"
+    #: continue from this party's checkpoints (agreed with the peers) instead of starting over
+    resume: bool = False
+
+    @property
+    def checkpoints(self) -> CheckpointStore:
+        """``<state_dir>/checkpoints/<run_id>``: this party's own checkpoints of the run."""
+        return CheckpointStore(self.state_dir, self.run_id, self.name)
 
     @property
     def run_dir(self) -> Path:
@@ -249,16 +266,76 @@ def run_vertical_party_core(transport: Transport, rt: VerticalParty) -> dict[str
     under ``state_dir/models/<run_id>/``), a few model counters, and at the label party ``metrics`` =
     ``{auc, ks, n_test[, train_auc]}``.
     """
+    store = rt.checkpoints
     try:
-        return _run_party(transport, rt)
+        if rt.resume and not store.exists():
+            raise NoCheckpoint(f"party '{rt.name}': no checkpoint of run '{rt.run_id}' in {store.dir}; "
+                               "this party cannot resume it")
+        out = _run_party(transport, rt, store)
     except BaseException as e:
         if not isinstance(e, PeerAborted):  # say why once, so every peer stops waiting for us
             transport.abort(f"{type(e).__name__}: {e}")
+        if is_final_failure(e):
+            store.clear()
+            _say(rt, f"stopped: {e}")
+        else:
+            steps = resumable_state(store)
+            _say(rt, f"stopped: {e}; checkpoints kept ({steps or 'none yet'}): fedcredit runs resume {rt.run_id}")
         raise
+    store.clear()  # finished: nothing left to resume
+    return out
 
 
-def _run_party(transport: Transport, rt: VerticalParty) -> dict[str, Any]:
-    from fedcredit.protocols.psi import run_psi, save_intersection
+def is_final_failure(e: BaseException) -> bool:
+    """A failure a resume cannot cure (bad data or config, a refusal, a missing checkpoint) ends the run for good.
+
+    Everything else — a peer or the coordinator gone, a timeout, a lost stream — keeps the checkpoints.
+    """
+    if isinstance(e, PeerAborted):
+        return False
+    return isinstance(e, (DataError, ConfigError, PolicyRefused))
+
+
+def resumable_state(store: CheckpointStore) -> str:
+    """What this party could resume from, e.g. ``"psi 1, sb 3"`` (step numbers only: what the peers learn too)."""
+    parts = [f"{stage} {max(store.steps(stage))}" for stage in (PSI_STAGE, *MODEL_STAGES) if store.steps(stage)]
+    return ", ".join(parts)
+
+
+#: checkpoint stage of the finished PSI (step 1): the aligned intersection, as positions in this party's own table
+PSI_STAGE = "psi"
+#: the model protocols' checkpoint stages (secureboost.messages.STAGE, vertical_lr.STAGE)
+MODEL_STAGES = ("sb", "vlr")
+
+
+def _psi_or_resume(tr: Transport, rt: VerticalParty, store: CheckpointStore, table: Table, parties: list[str],
+                   label: str, **psi_args: Any) -> Any:
+    """PSI, or — in a resumed run where every party still holds the finished intersection — that intersection."""
+    from fedcredit.protocols.psi import PsiResult, Tags, run_psi
+
+    if rt.resume:
+        at = agree_step(tr, leader=label, parties=parties, held=store.steps(PSI_STAGE), tags=Tags("psi").resume,
+                        timeout=rt.job.job.round_timeout_s)
+        if at:
+            ck = store.load(PSI_STAGE, at)
+            idx = ck.arrays["indices"].astype(np.int64)
+            if len(idx) and (idx.min() < 0 or idx.max() >= len(table)) or \
+                    ids_digest([table.ids[i] for i in idx]) != ck.meta.get("ids_digest"):
+                raise DataError(f"party '{rt.name}': the checkpointed intersection of run '{rt.run_id}' does not "
+                                f"match {table.source} any more (the table changed since the run started)")
+            ids = [table.ids[i] for i in idx]
+            _say(rt, f"resuming: PSI intersection of {len(ids)} ids from this party's checkpoint")
+            return PsiResult(intersection_ids=ids, size=len(ids), indices=idx, own_size=len(table))
+        for stage in MODEL_STAGES:  # PSI runs again: a new common row order, the model checkpoints no longer fit
+            store.drop(stage)
+    psi = run_psi(tr, table.ids, parties, leader=label, **psi_args)
+    store.save(PSI_STAGE, 1, {"ids_digest": ids_digest(psi.intersection_ids), "size": int(psi.size)},
+               {"indices": psi.indices})
+    return psi
+
+
+def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) -> dict[str, Any]:
+    from fedcredit.protocols.psi import save_intersection
 
     job = rt.job.job
     jtype = job.type
@@ -290,8 +367,8 @@ def _run_party(transport: Transport, rt: VerticalParty) -> dict[str, Any]:
 
     # ---- 1. PSI over the data plane (leader = label party)
     t0 = time.perf_counter()
-    psi = run_psi(tr, table.ids, parties, leader=label, min_size=psi_min, batch_size=psi_batch,
-                  progress=_Throttled(rt), source=source, min_rule=psi_rule)
+    psi = _psi_or_resume(tr, rt, store, table, parties, label, min_size=psi_min, batch_size=psi_batch,
+                         progress=_Throttled(rt), source=source, min_rule=psi_rule)
     timings["psi"] = time.perf_counter() - t0
     psi_traffic = tr.snapshot()
     save_intersection(rt.run_dir / "intersection.txt", psi)
@@ -333,7 +410,8 @@ def _run_party(transport: Transport, rt: VerticalParty) -> dict[str, Any]:
 
         if is_label:
             res = vlr.run_vertical_lr_label(tr, train, passives, cfg, test=test_arg, progress=_Throttled(rt),
-                                            out_dir=model_dir, report_name="vertical_lr")
+                                            out_dir=model_dir, report_name="vertical_lr", checkpoint=store,
+                                            resume=rt.resume)
             if res.test_metrics:
                 metrics = {"auc": float(res.test_metrics["auc"]), "ks": float(res.test_metrics["ks"]),
                            "n_test": len(test)}
@@ -343,7 +421,7 @@ def _run_party(transport: Transport, rt: VerticalParty) -> dict[str, Any]:
                 files += ["vertical_lr_report.json", "vertical_lr_roc_ks.png"]
         else:
             pres = vlr.run_vertical_lr_passive(tr, train, label, cfg, test=test_arg, out_dir=model_dir,
-                                               model_name="vertical_lr")
+                                               model_name="vertical_lr", checkpoint=store, resume=rt.resume)
             extra = {"epochs_run": pres.epochs_run, "steps": pres.steps}
             files += [f"vertical_lr_{me}_model.json"]
     else:
@@ -351,7 +429,7 @@ def _run_party(transport: Transport, rt: VerticalParty) -> dict[str, Any]:
 
         if is_label:
             sres = sb.run_secureboost_label(tr, train, passives, cfg, _Throttled(rt), test_table=test_arg,
-                                            out_dir=model_dir)
+                                            out_dir=model_dir, checkpoint=store, resume=rt.resume)
             sres.model.save(model_dir / f"secureboost_{me}_model.json")
             files += [f"secureboost_{me}_model.json"]
             if sres.test_auc is not None:
@@ -360,7 +438,8 @@ def _run_party(transport: Transport, rt: VerticalParty) -> dict[str, Any]:
                 files += ["secureboost_test_report.json", "secureboost_test_roc_ks.png"]
             extra = {"n_trees": len(sres.model.trees), "splits_by_party": sres.model.splits_by_party()}
         else:
-            part = sb.run_secureboost_passive(tr, train, label, cfg, test_table=test_arg, progress=_Throttled(rt, 5.0))
+            part = sb.run_secureboost_passive(tr, train, label, cfg, test_table=test_arg, progress=_Throttled(rt, 5.0),
+                                              checkpoint=store, resume=rt.resume)
             part.save(model_dir / f"secureboost_{me}_model.json")
             files += [f"secureboost_{me}_model.json"]
             extra = {"splits": len(part.splits)}

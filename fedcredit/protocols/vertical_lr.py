@@ -42,6 +42,7 @@ import numpy as np
 
 from crypto import ckks
 from crypto.files import write_text
+from fedcredit.checkpoint import CheckpointStore, ResumeTags, agree_step
 from fedcredit.codec import pack_arrays, pack_blobs, unpack_arrays, unpack_blobs
 from fedcredit.data import Table
 from fedcredit.decision import Contributions, lr_contributions
@@ -72,6 +73,8 @@ Progress = Callable[[str, int, int], None]
 
 _FIXED_SCALE = 2.0**32  # fixed-point scale for masked partial logits (|z| < 2^31, resolution 2^-32)
 _VERSION = 1  # model file format
+#: checkpoint stage of vertical LR at both roles (step = epochs done; fedcredit.checkpoint)
+STAGE = "vlr"
 PROTOCOL_VERSION = 2  # wire protocol (2: residuals scaled by 2^RESIDUAL_SCALE_BITS, flooded gradient sums)
 # The label party encrypts 2^12 * d and the passive masks with 2^12 * mask_bound, so the
 # mask still hides each slot product as before while the CKKS error -- and the noise that
@@ -131,6 +134,10 @@ class Tags:
     @property
     def score(self) -> str:  # joint scoring at the end: the prefix of ScoreTags
         return f"{self.prefix}/score"
+
+    @property
+    def resume(self) -> ResumeTags:  # P_k -> L held epochs, L -> P_k the epoch to resume after (resumed runs only)
+        return ResumeTags(self.prefix)
 
 
 @dataclass(frozen=True)
@@ -462,8 +469,15 @@ def run_vertical_lr_label(
     progress: Progress | None = None,
     out_dir: str | Path | None = None,
     report_name: str = "vertical_lr",
+    checkpoint: CheckpointStore | None = None,
+    resume: bool = False,
 ) -> LabelResult:
     """Label party's role: owns the CKKS secret key, the labels and the intercept.
+
+    ``checkpoint``: after each epoch's control message this party saves its own optimiser
+    state (weights of its block + intercept, velocity, step size, best point, patience,
+    history); ``resume``: agree with the passives on the last epoch all hold and continue
+    after it (docs/resume.md).
 
     ``train``/``test`` are this party's rows already aligned to the PSI order and
     split by ids (``fedcredit.data.split_by_ids``).  With ``test`` given, the joint
@@ -534,7 +548,21 @@ def run_vertical_lr_label(
     epochs_run = 0
     Xf, yf = XA[fit_rows], y[fit_rows]
     P = _preconditioner(Xf, l2v, cfg.precondition)
-    for epoch in range(cfg.max_epochs):
+    first, stopped = 0, False
+    if resume:
+        if checkpoint is None:
+            raise ConfigError(f"party '{me}': a resumed vertical LR run needs a checkpoint store")
+        at = agree_step(transport, leader=me, parties=[me, *passives], held=checkpoint.steps(STAGE), tags=tg.resume,
+                        timeout=to)
+        if at:
+            ck = checkpoint.load(STAGE, at)
+            theta, vel, lr = ck.arrays["theta"], ck.arrays["vel"], float(ck.meta["lr"])
+            best = (float(ck.meta["best_loss"]), int(ck.meta["best_epoch"]), ck.arrays["best_theta"])
+            stale, steps, history = int(ck.meta["stale"]), int(ck.meta["steps"]), list(ck.meta["history"])
+            first, epochs_run, stopped = at, at, bool(ck.meta["stop"])
+            if progress:
+                progress(f"resuming after epoch {at}", at, cfg.max_epochs)
+    for epoch in range(first, 0 if stopped else cfg.max_epochs):
         for bi, rows in enumerate(epoch_batches(len(fit_rows), batch, epoch, cfg.seed, fit_ids)):
             step = f"{epoch}/{bi}"
             look = theta + mu * vel  # Nesterov look-ahead point
@@ -590,6 +618,10 @@ def run_vertical_lr_label(
             history.append({"epoch": epoch + 1})
         for p in passives:
             transport.send(p, tg.ctl(epoch), json.dumps({"improved": improved, "stop": stop}).encode())
+        if checkpoint is not None:  # this party's own optimiser state after the epoch
+            checkpoint.save(STAGE, epoch + 1, {"lr": lr, "best_loss": best[0], "best_epoch": best[1], "stale": stale,
+                                               "steps": steps, "history": history, "stop": bool(stop)},
+                            {"theta": theta, "vel": vel, "best_theta": best[2]})
         if progress:
             h = history[-1]
             note = f"epoch {epoch + 1}" + (f": val_loss={h['val_loss']:.4f} val_auc={h['val_auc']:.4f}" if "val_loss" in h else "")
@@ -655,8 +687,13 @@ def run_vertical_lr_passive(
     test: Table | None = None,
     out_dir: str | Path | None = None,
     model_name: str = "vertical_lr",
+    checkpoint: CheckpointStore | None = None,
+    resume: bool = False,
 ) -> PassiveResult:
     """Passive party's role: public CKKS context only; keeps its features and weights, sees no label.
+
+    ``checkpoint``/``resume``: as the label party's — this party saves only its own block's
+    weights, velocity, best point and step size after each epoch.
 
     Hyper-parameters come from the label party's setup message; this party's own
     choices are ``mask_bound`` (how strongly it masks what it sends for decryption).
@@ -710,7 +747,20 @@ def run_vertical_lr_passive(
     tm = {"he_gradient": 0.0, "wait": 0.0}
     steps = 0
     epochs_run = 0
-    for epoch in range(int(pc["max_epochs"])):
+    first, stopped = 0, False
+    if resume:
+        if checkpoint is None:
+            raise ProtocolError(f"party '{me}': a resumed vertical LR run needs a checkpoint store")
+        at = agree_step(transport, leader=label_party, parties=[label_party, me], held=checkpoint.steps(STAGE),
+                        tags=tg.resume, timeout=to)
+        if at:
+            ck = checkpoint.load(STAGE, at)
+            w, v, best_w, lr = ck.arrays["w"], ck.arrays["v"], ck.arrays["best_w"], float(ck.meta["lr"])
+            if w.shape != (d,):
+                raise DataError(f"party '{me}': the checkpoint of epoch {at} holds {w.shape} weights, "
+                                f"this table has {d} features")
+            first, epochs_run, steps, stopped = at, at, int(ck.meta["steps"]), bool(ck.meta["stop"])
+    for epoch in range(first, 0 if stopped else int(pc["max_epochs"])):
         batches = epoch_batches(len(fit_rows), int(pc["batch_size"]), epoch, int(pc["seed"]), fit_ids)
         for bi, rows in enumerate(batches):
             step = f"{epoch}/{bi}"
@@ -752,6 +802,9 @@ def run_vertical_lr_passive(
             best_w = w.copy()
         else:  # the label party's instruction: back to the best point with half the step
             w, v, lr = best_w.copy(), np.zeros_like(v), lr * 0.5
+        if checkpoint is not None:  # this party's own block only
+            checkpoint.save(STAGE, epoch + 1, {"lr": lr, "steps": steps, "stop": bool(ctl.get("stop"))},
+                            {"w": w, "v": v, "best_w": best_w})
         if ctl.get("stop"):
             break
     model = PassiveModel(me, list(train.feature_names), std, best_w, label_party)

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from crypto.ckks_hist import HistogramKeeper, n_outputs
+from fedcredit.checkpoint import CheckpointStore, agree_step
 from fedcredit.codec import unpack_arrays, unpack_blobs
 from fedcredit.data import Table
 from fedcredit.errors import ConfigError, PeerAborted, ProtocolError
 from fedcredit.metrics import auc_ks, sigmoid, write_evaluation
-from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, Op, send, tags
+from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, STAGE, Op, send, tags
 from fedcredit.protocols.secureboost.scoring import label_predict
 from fedcredit.protocols.secureboost.trees import (
     Backend,
@@ -175,11 +176,16 @@ def run_secureboost_label(
     test_table: Table | None = None,
     out_dir: str | Path | None = None,
     tag_prefix: str = "sb",
+    checkpoint: CheckpointStore | None = None,
+    resume: bool = False,
 ) -> SecureBoostResult:
     """Label party: train SecureBoost with ``passive_parties`` (rows already aligned by PSI), then score ``test_table``.
 
     ``progress(stage, done, total)`` is called after each tree and each scoring batch.
     Writes ``secureboost_test_report.json`` + ROC/KS PNG into ``out_dir`` when given.
+    ``checkpoint``: after each tree every passive party and then this party save their own state
+    (stage ``sb``, step = trees done); ``resume``: first agree with the passives on the latest tree
+    all hold and continue after it (docs/resume.md).
     """
     cfg = cfg or SecureBoostConfig()
     me = transport.me
@@ -191,7 +197,32 @@ def run_secureboost_label(
     binner = FeatureBinner.fit(table.X, table.feature_names, cfg.n_bins)
     own = PlainSource(me, binner, binner.transform(table.X), own=True, shuffle=False)
     remotes = [RemotePassive(transport, p, tag_prefix, cfg.timeout_s) for p in passive_parties]
+    start: tuple[list[list[dict[str, Any]]], np.ndarray] | None = None
+    if resume:
+        if checkpoint is None:
+            raise ConfigError(f"label party '{me}': a resumed SecureBoost run needs a checkpoint store")
+        try:
+            step = agree_step(transport, leader=me, parties=[me, *passive_parties], held=checkpoint.steps(STAGE),
+                              tags=tags(tag_prefix).resume, timeout=cfg.timeout_s)
+        except BaseException as e:
+            transport.abort(f"{type(e).__name__}: {e}")
+            raise
+        if step:
+            ck = checkpoint.load(STAGE, step)
+            start = (list(ck.meta["trees"]), ck.arrays["F"])
+            if progress:
+                progress(f"resuming after tree {step}", step, cfg.n_trees)
     crypto = HistogramKeeper() if remotes else None
+
+    def after_tree(trees: list[list[dict[str, Any]]], F: np.ndarray) -> None:
+        if checkpoint is None:
+            return
+        for rem in remotes:  # the passives first: a label checkpoint never gets ahead of theirs
+            rem.send(Op.CHECKPOINT, tree=len(trees))
+        for rem in remotes:
+            rem.recv(Op.CHECKPOINT)
+        checkpoint.save(STAGE, len(trees), {"trees": trees}, {"F": F})
+
     try:
         for rem in remotes:
             rem.send(
@@ -213,7 +244,7 @@ def run_secureboost_label(
             FederatedBackend(own, remotes, crypto, cfg.pack) if crypto else PlainBackend([own])
         )
         stats: dict[str, float] = {}
-        base, trees, F = boost(y, backend, cfg, progress, stats)
+        base, trees, F = boost(y, backend, cfg, progress, stats, start=start, after_tree=after_tree)
         train_s = time.perf_counter() - t_start
         model = LabelModelPart(me, passive_parties, list(table.feature_names), base, trees, cfg.to_dict())
         train_auc, train_ks = auc_ks(y, sigmoid(F))

@@ -13,12 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
+from fedcredit.checkpoint import ResumeTags
 from fedcredit.codec import pack_blobs, unpack_blobs
 from fedcredit.transport import Transport
 
-__all__ = ["PROTOCOL_VERSION", "Op", "Tags", "tags", "send", "recv"]
+__all__ = ["PROTOCOL_VERSION", "STAGE", "Op", "Tags", "tags", "send", "recv"]
 
 PROTOCOL_VERSION: Final = 1
+#: checkpoint stage of SecureBoost training at both roles (step = trees done; fedcredit.checkpoint)
+STAGE: Final = "sb"
 
 
 class Op:
@@ -29,12 +32,18 @@ class Op:
     SPLIT: Final = "split"  # chosen candidates -> opaque split ids + left-row bits
     PREDICT: Final = "predict"  # scoring ids -> decision bits
     FINISH: Final = "finish"  # end of the job -> model digest, timings
+    CHECKPOINT: Final = "checkpoint"  # {"tree": t} after tree t: the passive saves its own state, then the label
     # a role that fails says so with Transport.abort (fedcredit.transport), not with a command
 
 
 class Tags(NamedTuple):
     cmd: str
     reply: str
+
+    @property
+    def resume(self) -> ResumeTags:
+        """``<prefix>/resume/held`` and ``<prefix>/resume/at``: where a resumed run restarts (fedcredit.checkpoint)."""
+        return ResumeTags(self.cmd.removesuffix(".cmd"))
 
 
 def tags(prefix: str) -> Tags:

@@ -16,10 +16,11 @@ import numpy as np
 
 from crypto import ckks
 from crypto.ckks_hist import HistogramEvaluator
+from fedcredit.checkpoint import Checkpoint, CheckpointStore, agree_step
 from fedcredit.codec import pack_arrays
 from fedcredit.data import Table
 from fedcredit.errors import DataError, FedCreditError, PeerAborted, ProtocolError
-from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, Op, recv, send, tags
+from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, STAGE, Op, recv, send, tags
 from fedcredit.protocols.secureboost.scoring import passive_decisions
 from fedcredit.protocols.secureboost.trees import (
     FeatureBinner,
@@ -43,16 +44,33 @@ def run_secureboost_passive(
     test_table: Table | None = None,
     tag_prefix: str = "sb",
     progress: Progress | None = None,
+    checkpoint: CheckpointStore | None = None,
+    resume: bool = False,
 ) -> PassiveModelPart:
     """Passive party: serve histogram / split / scoring requests until the label party says finish.
 
     Rows of ``table`` must be in the PSI order shared with the label party (checked by
     digest).  Scoring requests name ids, looked up in ``test_table`` then ``table``.
-    Returns this party's model part (its split table only).
+    Returns this party's model part (its split table only).  ``checkpoint``: on the label
+    party's ``checkpoint`` command this party saves its own state only — its candidate order
+    (a secret permutation of its own bins) and its split-id table; ``resume``: agree on the
+    tree to continue after and restore that state (docs/resume.md).
     """
     cfg = cfg or SecureBoostConfig()
     me = transport.me
-    cmd, reply = tags(tag_prefix)
+    tg = tags(tag_prefix)
+    cmd, reply = tg
+    restored: Checkpoint | None = None
+    if resume:
+        if checkpoint is None:
+            raise ProtocolError(f"party '{me}': a resumed SecureBoost run needs a checkpoint store")
+        try:
+            step = agree_step(transport, leader=label_party, parties=[label_party, me], held=checkpoint.steps(STAGE),
+                              tags=tg.resume, timeout=cfg.timeout_s)
+        except BaseException as e:
+            transport.abort(f"{type(e).__name__}: {e}")
+            raise
+        restored = checkpoint.load(STAGE, step) if step else None
     binner = FeatureBinner.fit(table.X, table.feature_names, cfg.n_bins)
     src = PlainSource(me, binner, binner.transform(table.X), own=False, shuffle=True)
     engine: HistogramEvaluator | None = None
@@ -90,6 +108,12 @@ def run_secureboost_passive(
                     src = PlainSource(me, binner, binner.transform(table.X), own=False, shuffle=True)
                 if len(blobs) != 1:
                     raise ProtocolError(f"party '{me}': setup from '{label_party}' must carry exactly one CKKS context")
+                if restored is not None:
+                    if int(restored.meta["n_bins"]) != cfg.n_bins:
+                        raise ProtocolError(f"party '{me}': the checkpoint of tree {restored.step} was made with "
+                                            f"n_bins={restored.meta['n_bins']}, the label party now asks {cfg.n_bins}")
+                    src.restore(restored.arrays["cand_f"], restored.arrays["cand_b"],
+                                {int(c): int(s) for c, s in restored.meta["split_ids"]})
                 what = f"party '{me}': the CKKS context from label party '{label_party}'"
                 ctx = ckks.load_public(blobs[0], what=what)
                 engine = HistogramEvaluator(ctx, src.Xb, src.cand_f, src.cand_b, cfg.pack, cfg.mask_cache_mb, what=what)
@@ -129,6 +153,15 @@ def run_secureboost_passive(
                         raise DataError(f"party '{me}': scoring id {i!r} is not in {table.source} or the test table")
                     X[k] = hit[0].X[hit[1]]
                 answer([passive_decisions(src.model_part(label_party), X)])
+            elif op == Op.CHECKPOINT:
+                tree = meta.get("tree")
+                if not isinstance(tree, int) or tree < 1:
+                    raise ProtocolError(f"party '{me}': checkpoint command without a tree number")
+                if checkpoint is not None:  # this party's own state only: its candidate order and split ids
+                    checkpoint.save(STAGE, tree, {"n_bins": cfg.n_bins, "pack": cfg.pack,
+                                                  "split_ids": sorted(src.split_ids.items())},
+                                    {"cand_f": src.cand_f, "cand_b": src.cand_b})
+                answer()
             elif op == Op.FINISH:
                 part = src.model_part(label_party)
                 timings = {k: round(float(v), 3) for k, v in (engine.stats if engine else {}).items()}

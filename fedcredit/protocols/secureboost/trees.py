@@ -270,6 +270,15 @@ class PlainSource:
         self._cand_pos = self.offsets[cf] + cb if len(cf) else np.zeros(0, np.int64)
         self.split_ids: dict[int, int] = {}  # candidate -> split id (passive role)
 
+    def restore(self, cand_f: np.ndarray, cand_b: np.ndarray, split_ids: Mapping[int, int]) -> None:
+        """Back to a checkpointed candidate order and split-id table (a resumed run must name the same splits)."""
+        cf, cb = np.asarray(cand_f, dtype=np.int64), np.asarray(cand_b, dtype=np.int64)
+        if sorted(zip(cf.tolist(), cb.tolist())) != sorted(zip(self.cand_f.tolist(), self.cand_b.tolist())):
+            raise DataError(f"party '{self.party}': the checkpointed split candidates do not match this table's bins")
+        self.cand_f, self.cand_b = cf, cb
+        self._cand_pos = self.offsets[cf] + cb if len(cf) else np.zeros(0, np.int64)
+        self.split_ids = {int(c): int(s) for c, s in split_ids.items()}
+
     @property
     def n_candidates(self) -> int:
         return int(len(self.cand_f))
@@ -468,19 +477,34 @@ def check_labels(y: np.ndarray | None, who: str) -> np.ndarray:
     return y
 
 
+#: called after each tree with (trees so far, training margins): where a checkpoint is written
+AfterTree = Callable[[list[list[dict[str, Any]]], np.ndarray], None]
+
+
 def boost(
     y: np.ndarray,
     backend: Backend,
     cfg: SecureBoostConfig,
     progress: Progress | None,
     stats: dict[str, float] | None = None,
+    *,
+    start: tuple[list[list[dict[str, Any]]], np.ndarray] | None = None,
+    after_tree: AfterTree | None = None,
 ) -> tuple[float, list[list[dict[str, Any]]], np.ndarray]:
-    """Logistic-loss gradient boosting; returns (base score, trees, training margins)."""
+    """Logistic-loss gradient boosting; returns (base score, trees, training margins).
+
+    ``start`` = (trees, margins) of a checkpoint: boosting continues after them (the base
+    score is a function of ``y`` alone, so it is recomputed, not stored).
+    """
     p0 = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
     base = math.log(p0 / (1 - p0))
     F = np.full(len(y), base)
-    trees = []
-    for t in range(cfg.n_trees):
+    trees: list[list[dict[str, Any]]] = []
+    if start is not None:
+        trees, F = [list(t) for t in start[0]], np.array(start[1], dtype=np.float64)
+        if F.shape != (len(y),):
+            raise DataError(f"checkpointed training margins cover {F.shape} rows, the table has {len(y)}")
+    for t in range(len(trees), cfg.n_trees):
         p = sigmoid(F)
         g = p - y
         h = np.maximum(p * (1.0 - p), 1e-16)
@@ -489,6 +513,8 @@ def boost(
         trees.append(nodes)
         if stats is not None:
             stats["histograms"] = stats.get("histograms", 0) + computed
+        if after_tree is not None:
+            after_tree(trees, F)
         if progress:
             progress("tree", t + 1, cfg.n_trees)
     return base, trees, F

@@ -1,0 +1,419 @@
+"""Checkpoints and resume, in process: every role of the real vertical job core over an InMemoryHub.
+
+A crash is a party whose checkpoint write of step k succeeds and which then dies (a
+ProtocolError, what a lost peer or stream looks like): the roles are then one step apart
+(the passive checkpoints a tree/epoch before the label party does).  The resumed run must
+agree on the step both hold and end with the same model as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedcredit.checkpoint import CheckpointStore, NoCheckpoint, ResumeTags, agree_step
+from fedcredit.config import DatasetSection, parse_job_text
+from fedcredit.data import Table, load_dataset
+from fedcredit.errors import ProtocolError
+from fedcredit.protocols.vertical_jobs import VerticalParty, run_vertical_party_core
+from fedcredit.transport import InMemoryHub, Transport, WireRecord
+from simulations.inprocess import run_roles
+
+pytestmark = pytest.mark.usefixtures("shared_data")
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+RUN = "20260101-000000-abcdef"
+
+
+class Crash(ProtocolError):
+    """A simulated process death right after a checkpoint was written."""
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    d = tmp_path_factory.mktemp("data")
+    g = pd.read_csv(DATA / "default_credit_hetero_guest.csv").iloc[:1500]
+    h = pd.read_csv(DATA / "default_credit_hetero_host.csv").set_index("id").loc[g["id"].iloc[200:]].reset_index()
+    g.to_csv(d / "bank.csv", index=False)
+    h.iloc[::-1].to_csv(d / "fintech.csv", index=False)
+    return {"bank": {"train": {"path": str(d / "bank.csv"), "label_column": "y"}},
+            "fintech": {"train": {"path": str(d / "fintech.csv")}}}
+
+
+def _job(jtype: str, model: str):
+    return parse_job_text(f"[job]\nname = 'r'\ntype = '{jtype}'\nparties = ['bank', 'fintech']\nlabel_party = 'bank'\n"
+                          f"round_timeout_s = 60\n[model]\ntest_fraction = 0.2\npsi_min_size = 10\n{model}\n")
+
+
+def _load(sections: dict[str, DatasetSection], party: str, key: str) -> Table:
+    return load_dataset(sections[key], party=party)
+
+
+def _run(tables: dict[str, Any], job, root: Path, *, resume: bool = False,
+         records: list[WireRecord] | None = None) -> dict[str, dict[str, Any]]:
+    views = {}
+    for p in ("bank", "fintech"):
+        sec = {k: DatasetSection.model_validate(v) for k, v in tables[p].items()}
+        views[p] = VerticalParty(p, RUN, job, frozenset(sec), partial(_load, sec, p), root / p, resume=resume)
+    hub = InMemoryHub(default_timeout=60)
+    if records is not None:
+        hub.observers.append(records.append)
+    return run_roles(hub, {p: partial(_core, v) for p, v in views.items()}, timeout_s=300)
+
+
+def _core(view: VerticalParty, transport: Transport) -> dict[str, Any]:
+    return run_vertical_party_core(transport, view)
+
+
+@pytest.fixture
+def crash_after(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """crash_after(party, stage, step): that party dies right after writing that checkpoint."""
+    real = CheckpointStore.save
+    plan: dict[str, tuple[str, int]] = {}
+
+    def save(self: CheckpointStore, stage: str, step: int, meta: Any, arrays: Any = None) -> Path:
+        path = real(self, stage, step, meta, arrays)
+        if plan.get(self.party) == (stage, step):
+            raise Crash(f"party '{self.party}': simulated crash after checkpoint {stage} #{step}")
+        return path
+
+    monkeypatch.setattr(CheckpointStore, "save", save)
+
+    def arm(party: str, stage: str, step: int) -> None:
+        plan.clear()
+        plan[party] = (stage, step)
+
+    yield arm
+    plan.clear()
+
+
+def _models(root: Path, kind: str) -> dict[str, dict[str, Any]]:
+    return {p: json.loads((root / p / "models" / RUN / f"{kind}_{p}_model.json").read_text()) for p in ("bank", "fintech")}
+
+
+def _structure(tree: list[dict[str, Any]]) -> list[Any]:
+    return [("leaf",) if n.get("leaf") else (n["owner"], n.get("feature"), n.get("threshold"), n.get("split_id"),
+                                             n["left"], n["right"]) for n in tree]
+
+
+def test_secureboost_resumes_from_the_tree_both_roles_hold(tables, tmp_path: Path, crash_after) -> None:
+    job = _job("secureboost", "n_trees = 4\nmax_depth = 3\nn_bins = 16\nlearning_rate = 0.3")
+    ref = _run(tables, job, tmp_path / "ref")
+    ref_models = _models(tmp_path / "ref", "secureboost")
+
+    root = tmp_path / "crash"
+    crash_after("fintech", "sb", 2)  # the passive saved tree 2, the label party only tree 1: one step apart
+    with pytest.raises(Crash):
+        _run(tables, job, root)
+    held = {p: CheckpointStore(root / p, RUN, p).steps("sb") for p in ("bank", "fintech")}
+    assert held == {"bank": [1], "fintech": [1, 2]}
+    assert CheckpointStore(root / "fintech", RUN, "fintech").steps("psi") == [1]
+    # owner-only files, at most two per stage
+    for p in ("bank", "fintech"):
+        for f in (root / p / "checkpoints" / RUN).iterdir():
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+
+    crash_after("nobody", "", 0)
+    records: list[WireRecord] = []
+    out = _run(tables, job, root, resume=True, records=records)
+    # the agreement: the passive offered its steps, the label party chose the one both hold
+    offers = [json.loads(r.payload) for r in records if r.tag == "sb/resume/held"]
+    chosen = [json.loads(r.payload) for r in records if r.tag == "sb/resume/at"]
+    assert offers == [{"held": [1, 2]}] and chosen == [{"step": 1}]
+    assert [json.loads(r.payload) for r in records if r.tag == "psi/resume/at"] == [{"step": 1}]
+    assert not any(r.tag.startswith("psi/s/") for r in records)  # PSI was not run again
+
+    got = _models(root, "secureboost")
+    ref_trees, got_trees = ref_models["bank"]["trees"], got["bank"]["trees"]
+    assert len(got_trees) == len(ref_trees) == 4
+    assert [_structure(t) for t in got_trees] == [_structure(t) for t in ref_trees]
+    for rt, gt in zip(ref_trees, got_trees):
+        for a, b in zip(rt, gt):
+            if a.get("leaf"):
+                assert b["value"] == pytest.approx(a["value"], abs=1e-6)
+    assert got["fintech"]["splits"] == ref_models["fintech"]["splits"] or \
+        {s["id"] for s in got["fintech"]["splits"]} == {s["id"] for s in ref_models["fintech"]["splits"]}
+    assert out["bank"]["metrics"]["auc"] == pytest.approx(ref["bank"]["metrics"]["auc"], abs=1e-6)
+    # finished: no checkpoint left
+    assert not (root / "bank" / "checkpoints" / RUN).exists()
+    assert not (root / "fintech" / "checkpoints" / RUN).exists()
+
+
+def test_vertical_lr_resumes_from_the_epoch_both_roles_hold(tables, tmp_path: Path, crash_after) -> None:
+    job = _job("vertical-lr", "max_epochs = 4\nbatch_size = 512\npatience = 10")
+    ref = _run(tables, job, tmp_path / "ref")
+    ref_models = _models(tmp_path / "ref", "vertical_lr")
+
+    root = tmp_path / "crash"
+    crash_after("fintech", "vlr", 3)  # the passive saved epoch 3; the label party had saved 3 too (it saves first)
+    with pytest.raises(Crash):
+        _run(tables, job, root)
+    held = {p: CheckpointStore(root / p, RUN, p).steps("vlr") for p in ("bank", "fintech")}
+    assert held == {"bank": [2, 3], "fintech": [2, 3]}
+    crash_after("nobody", "", 0)
+    # now the label party one step ahead: drop the passive's epoch 3
+    (root / "fintech" / "checkpoints" / RUN / "vlr-00000003.ckpt").unlink()
+    records: list[WireRecord] = []
+    out = _run(tables, job, root, resume=True, records=records)
+    assert [json.loads(r.payload) for r in records if r.tag == "vlr/resume/at"] == [{"step": 2}]
+    assert not any(r.tag.startswith("vlr/z/0/") for r in records)  # epochs 1-2 were not trained again
+    got = _models(root, "vertical_lr")
+    # any two runs differ by the CKKS error and the flooding noise on each decrypted gradient sum (~1e-4 here)
+    for p in ("bank", "fintech"):
+        np.testing.assert_allclose(got[p]["weights"], ref_models[p]["weights"], atol=2e-3)
+    np.testing.assert_allclose(got["bank"]["intercept"], ref_models["bank"]["intercept"], atol=2e-3)
+    assert out["bank"]["metrics"]["auc"] == pytest.approx(ref["bank"]["metrics"]["auc"], abs=2e-3)
+    assert out["bank"]["epochs_run"] == ref["bank"]["epochs_run"] == 4
+
+
+def test_psi_agreement_reruns_psi_and_restarts_the_model_when_a_party_lost_its_intersection(
+        tables, tmp_path: Path, crash_after) -> None:
+    job = _job("secureboost", "n_trees = 2\nmax_depth = 2\nn_bins = 8")
+    root = tmp_path / "crash"
+    crash_after("bank", "sb", 1)  # both hold PSI and tree 1
+    with pytest.raises(Crash):
+        _run(tables, job, root)
+    # the passive lost its intersection: PSI runs again (a new common order), so no tree checkpoint can be used
+    (root / "fintech" / "checkpoints" / RUN / "psi-00000001.ckpt").unlink()
+    crash_after("nobody", "", 0)
+    records: list[WireRecord] = []
+    out = _run(tables, job, root, resume=True, records=records)
+    assert [json.loads(r.payload) for r in records if r.tag == "psi/resume/held"] == [{"held": []}]
+    assert [json.loads(r.payload) for r in records if r.tag == "psi/resume/at"] == [{"step": None}]
+    assert any(r.tag.startswith("psi/s/") for r in records)
+    assert [json.loads(r.payload) for r in records if r.tag == "sb/resume/at"] == [{"step": None}]
+    assert out["bank"]["intersection_size"] == 1300 and out["bank"]["n_trees"] == 2
+
+
+def test_resume_without_a_checkpoint_is_refused_naming_the_party(tables, tmp_path: Path) -> None:
+    job = _job("secureboost", "n_trees = 2")
+    (tmp_path / "bank" / "checkpoints" / RUN).mkdir(parents=True)
+    CheckpointStore(tmp_path / "bank", RUN, "bank").save("psi", 1, {}, {})
+    with pytest.raises(NoCheckpoint, match=r"party 'fintech': no checkpoint of run"):
+        _run(tables, job, tmp_path, resume=True)
+
+
+def test_agreement_takes_the_latest_step_every_role_holds() -> None:
+    hub = InMemoryHub(default_timeout=10)
+    tags = ResumeTags("t")
+    held = {"L": [4, 5], "A": [5, 6], "B": [3, 4]}
+
+    def role(p: str, tr: Transport) -> int | None:
+        return agree_step(tr, leader="L", parties=list(held), held=held[p], tags=tags)
+
+    assert run_roles(hub, {p: partial(role, p) for p in held}) == {"L": None, "A": None, "B": None}
+    held["B"] = [4, 5]
+    assert run_roles(InMemoryHub(10), {p: partial(role, p) for p in held}) == {"L": 5, "A": 5, "B": 5}
+
+
+def test_a_leader_naming_a_step_the_party_does_not_hold_is_refused() -> None:
+    hub = InMemoryHub(default_timeout=10)
+    tags = ResumeTags("t")
+    a = hub.endpoint("A")
+    hub.endpoint("L").send("A", tags.at, json.dumps({"step": 9}).encode())
+    with pytest.raises(ProtocolError, match=r"step 9, which this party does not hold"):
+        agree_step(a, leader="L", parties=["L", "A"], held=[1, 2], tags=tags)
+
+
+def test_store_keeps_the_last_two_and_clears(tmp_path: Path) -> None:
+    st = CheckpointStore(tmp_path, RUN, "bank")
+    for k in range(1, 5):
+        st.save("sb", k, {"k": k}, {"a": np.arange(k)})
+    assert st.steps("sb") == [3, 4]
+    ck = st.load("sb", 4)
+    assert ck.meta == {"k": 4} and list(ck.arrays["a"]) == [0, 1, 2, 3]
+    with pytest.raises(NoCheckpoint, match="party 'bank'"):
+        st.load("sb", 1)
+    st.clear()
+    assert not st.exists() and not st.dir.exists()
+
+
+# --------------------------------------------------------------------------- registry, ServerApp rule, Control RPC
+
+VJOB = """
+[job]
+name = "v"
+type = "secureboost"
+parties = ["bank1", "bank2"]
+label_party = "bank1"
+"""
+HJOB = """
+[job]
+name = "h"
+type = "horizontal"
+parties = ["bank1", "bank2"]
+"""
+
+
+def test_registry_interrupt_resume_and_attempt_sessions(tmp_path: Path) -> None:
+    from coordinator.registry import Registry
+    from fedcredit.checkpoint import attempt_session
+    from fedcredit.errors import ConfigError
+
+    reg = Registry(tmp_path / "r.db")
+    v, h = reg.create_run("v", "secureboost", VJOB), reg.create_run("h", "horizontal", HJOB)
+    reg.mark_running(v)
+    assert reg.job_parties(v) == {"bank1", "bank2"}
+    # a coordinator restart: the vertical run waits for a resume, the horizontal one failed for good
+    assert sorted(reg.fail_interrupted("the coordinator stopped")) == sorted([v, h])
+    rv, rh = reg.get(v), reg.get(h)
+    assert rv is not None and rh is not None
+    assert (rv.status, rh.status) == ("interrupted", "failed") and f"runs resume {v}" in (rv.error or "")
+    assert reg.job_parties(v) is None  # no relay session while nobody runs it
+    with pytest.raises(ConfigError, match="horizontal job: its parties keep no checkpoints"):
+        reg.resume(h)
+    with pytest.raises(ConfigError, match="no run 'nope'"):
+        reg.resume("nope")
+    reg.set_flower_run(v, "flower-1")
+    rec = reg.resume(v)
+    assert (rec.status, rec.attempt, rec.error, rec.flower_run_id) == ("queued", 2, None, None)
+    with pytest.raises(ConfigError, match=r"is queued \(attempt 2\); only an interrupted run"):
+        reg.resume(v)
+    # attempt 2 has its own session; attempt 1's (and a made-up attempt's) has no members any more
+    assert attempt_session(v, 1) == v and attempt_session(v, 2) == f"{v}.a2"
+    assert reg.job_parties(f"{v}.a2") == {"bank1", "bank2"}
+    assert reg.job_parties(v) is None and reg.job_parties(f"{v}.a3") is None and reg.job_parties(f"{v}.a02") is None
+    reg.finish(v, {"ok": True})
+    with pytest.raises(ConfigError, match="finished; there is nothing to resume"):
+        reg.resume(v)
+
+
+def test_a_failed_attempt_is_interrupted_only_if_every_answering_party_kept_checkpoints() -> None:
+    from coordinator.serverapp import PartyFailure, interruption
+    from fedcredit.errors import DataError
+
+    died = PartyFailure({"bank2": "no reply within 60 s (disconnected?)", "bank1": "peer gone",
+                         "node 1": "Node Unavailable"}, {}, {"bank1": "psi 1, sb 2"}, frozenset({"bank2", "node 1"}))
+    why = interruption("secureboost", died, "r1")
+    assert why is not None and "bank1 holds psi 1, sb 2" in why and "fedcredit runs resume r1" in why
+    assert interruption("horizontal", died, "r1") is None
+    final = PartyFailure({"bank2": "party 'bank2': no checkpoint of run", "bank1": "aborted"}, {},
+                         {"bank1": "psi 1"})
+    assert interruption("secureboost", final, "r1") is None  # bank2 answered without 'resumable': failed for good
+    assert interruption("vertical-lr", DataError("bad table"), "r1") is None
+
+
+def test_resume_rpc_over_mtls(tmp_path: Path) -> None:
+    import grpc
+
+    from coordinator.control import ControlServicer, add_control_service
+    from coordinator.registry import Registry
+    from coordinator.relay import start_relay
+    from crypto.certs import init_ca, issue
+    from crypto.tls import secure_channel
+    from fedcredit.config import CoordinatorConfig
+    from protos import control_pb2 as pb
+    from protos import control_pb2_grpc as pbg
+
+    init_ca(tmp_path / "ca", "ctl")
+    ids = {n: issue(tmp_path / "ca", tmp_path / n, n, role=r)
+           for n, r in (("coordinator", "coordinator"), ("operator", "operator"), ("bank1", "party"))}
+    config = CoordinatorConfig.model_validate({
+        "federation": {"ca_dir": str(tmp_path / "ca")},
+        "coordinator": {"identity_dir": str(ids["coordinator"].dir), "state_dir": str(tmp_path / "state")},
+        "parties": [{"name": n, "certificate": str(tmp_path / f"{n}.crt"), "flower_public_key": str(tmp_path / f"{n}.p")}
+                    for n in ("bank1", "bank2")],
+    })
+    reg = Registry(tmp_path / "registry.db")
+    launched: list[str] = []
+
+    def launch(run_id: str) -> str:
+        launched.append(run_id)
+        return f"flower-{len(launched)}"
+
+    servicer = ControlServicer(config, reg, launch, poll_s=0.01, ca_pem=ids["coordinator"].ca_pem)
+    h = start_relay(ids["coordinator"], membership=reg.job_parties, extra_servicers=[add_control_service(servicer)])
+    run = reg.create_run("v", "secureboost", VJOB)
+    reg.mark_running(run)
+    reg.interrupt(run, "party bank2 died")
+    try:
+        ch = secure_channel(h.address, ids["bank1"])
+        with pytest.raises(grpc.RpcError) as exc:  # a party cannot restart a run
+            pbg.ControlStub(ch).ResumeRun(pb.RunRequest(run_id=run), timeout=10)
+        assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        ch.close()
+        assert launched == []
+        ch = secure_channel(h.address, ids["operator"])
+        stub = pbg.ControlStub(ch)
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.ResumeRun(pb.RunRequest(run_id="20260101-000000-ffffff"), timeout=10)
+        assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+        info = stub.ResumeRun(pb.RunRequest(run_id=run), timeout=10)
+        assert (info.status, info.attempt, info.flower_run_id) == ("queued", 2, "flower-1") and launched == [run]
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.ResumeRun(pb.RunRequest(run_id=run), timeout=10)
+        assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "only an interrupted run" in exc.value.details()
+        reg.finish(run, {})
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.ResumeRun(pb.RunRequest(run_id=run), timeout=10)
+        assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "finished" in exc.value.details()
+        assert launched == [run]
+        ch.close()
+    finally:
+        h.stop(grace=0)
+
+
+def test_a_resumed_run_must_be_the_job_this_party_approved(tmp_path: Path) -> None:
+    """The resume flag opens nothing: the ledger gate checks the approved digest before any table or checkpoint."""
+    from test_policy import ALLOW, VJOB, Party  # the policy tests' party (config, certificates, data)
+
+    from fedcredit.control_plane import VERTICAL_RUN
+    from fedcredit.errors import PolicyRefused
+    from party.clientapp import run_party_role
+
+    party = Party(tmp_path, ALLOW.replace('columns = ["id", "y", "a", "b"]', 'columns = ["id", "y", "a", "b", "secret"]'))
+    assert party.admit(VJOB, "run-7")["status"] == "accepted"
+    ck = CheckpointStore(party.state, "run-7", "bank1")
+    ck.save("psi", 1, {"ids_digest": "x"}, {"indices": np.arange(3)})
+    before = ck.load("psi", 1).meta
+
+    def resume(job: str, run_id: str = "run-7", **meta: Any) -> bytes:
+        return run_party_role(party.cfg, VERTICAL_RUN, b"", {**party.meta(job, run_id), "resume": True,
+                                                             "attempt": 2, **meta})
+
+    with pytest.raises(PolicyRefused, match=r"party 'bank1' refused the job \(rule replay\).*another job spec"):
+        resume(VJOB.replace("test_fraction = 0.2", "test_fraction = 0.5"))
+    with pytest.raises(PolicyRefused, match=r"rule admission\).*never admitted"):
+        resume(VJOB, "run-8")
+    with pytest.raises(ProtocolError, match="inconsistent resume request"):
+        resume(VJOB, attempt=1)
+    assert not [e for e in party.events() if e.event == "dataset_used"]
+    assert ck.steps("psi") == [1] and ck.load("psi", 1).meta == before  # the checkpoint untouched
+
+
+def test_resume_vocabulary_is_declared_by_each_protocol() -> None:
+    from fedcredit.protocols import psi
+    from fedcredit.protocols import vertical_lr as vlr
+    from fedcredit.protocols.secureboost.messages import Op, tags
+
+    assert (psi.Tags("psi").resume.held, psi.Tags("psi").resume.at) == ("psi/resume/held", "psi/resume/at")
+    assert (vlr.Tags("vlr").resume.held, vlr.Tags("vlr").resume.at) == ("vlr/resume/held", "vlr/resume/at")
+    assert (tags("sb").resume.held, tags("sb").resume.at, Op.CHECKPOINT) == ("sb/resume/held", "sb/resume/at",
+                                                                             "checkpoint")
+    cmd, reply = tags("sb")  # still the two tags the wire has always carried
+    assert (cmd, reply) == ("sb.cmd", "sb.reply")
+
+
+def test_a_registry_from_before_resumable_runs_opens_with_attempt_1(tmp_path: Path) -> None:
+    import sqlite3
+
+    from coordinator.registry import SCHEMA, Registry
+
+    db = tmp_path / "old.db"
+    c = sqlite3.connect(db)
+    c.executescript(SCHEMA)  # the runs table of before (no attempt column)
+    c.execute("INSERT INTO runs (run_id, name, type, status, created, job_toml) VALUES ('r1','v','secureboost',"
+              "'running', 0, ?)", (VJOB,))
+    c.commit()
+    c.close()
+    reg = Registry(db)
+    rec = reg.get("r1")
+    assert rec is not None and (rec.attempt, rec.status) == (1, "running") and reg.job_parties("r1") == {"bank1", "bank2"}
