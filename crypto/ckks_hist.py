@@ -235,6 +235,7 @@ class HistogramEvaluator:
         self._encoder = _sa.CKKSEncoder(self._sctx)
         self._evaluator = _sa.Evaluator(self._sctx)
         self._galois = tctx.galois_keys().data
+        self._public_key = tctx.public_key().data
         self._io = _SealIO(self._sctx)
         self._top = self._sctx.first_parms_id()
         self._Xb = Xb
@@ -280,12 +281,24 @@ class HistogramEvaluator:
         return np.roll(m, giant, axis=1) if giant else m  # rot_{-giant}(M): undone by the giant rotation
 
     def _encode_masks(self, c: int, r: int) -> list[Any]:
-        out = []
+        """Encoded masks; ``None`` for an all-zero mask, because SEAL refuses a product that would be a
+        transparent (all-zero, keyless) ciphertext — it happens on the short last chunk of rows."""
+        out: list[Any] = []
         for row in self._mask_matrix(c, r):
+            if not row.any():
+                out.append(None)
+                continue
             pt = _sa.Plaintext()
             self._encoder.encode(row.tolist(), self._top, 2.0**CKKS_SCALE_BITS, pt)
             out.append(pt)
         return out
+
+    def _zero_ciphertext(self) -> Any:
+        """An encryption of zero under the public key, at the level a product would have."""
+        pt, ct = _sa.Plaintext(), _sa.Ciphertext()
+        self._encoder.encode([0.0] * SLOTS, self._top, 2.0 ** (2 * CKKS_SCALE_BITS), pt)
+        _sa.Encryptor(self._sctx, self._public_key).encrypt(pt, ct)
+        return ct
 
     def _masks(self, c: int, r: int) -> list[Any]:
         m = self._cache.get((c, r))
@@ -324,6 +337,8 @@ class HistogramEvaluator:
                 for r2 in range(m):
                     row = acc[r2]
                     for j, pt in enumerate(self._masks(c, r1 + a * r2)):
+                        if pt is None:
+                            continue
                         if row[j] is None:
                             row[j] = sa.Ciphertext()
                             ev.multiply_plain(x, pt, row[j])
@@ -335,12 +350,19 @@ class HistogramEvaluator:
         zpt = sa.Plaintext()
         for j in range(J):
             o = acc[m - 1][j]
-            for r2 in range(m - 2, -1, -1):  # Horner: rot_a(...) + acc[r2]
-                y = sa.Ciphertext()
-                ev.rotate_vector(o, a, self._galois, y)
-                ev.add_inplace(y, acc[r2][j])
-                o = y
-                self.stats["rotations"] += 1
+            for r2 in range(m - 2, -1, -1):  # Horner: rot_a(...) + acc[r2]; None = nothing selected yet
+                if o is not None:
+                    y = sa.Ciphertext()
+                    ev.rotate_vector(o, a, self._galois, y)
+                    o = y
+                    self.stats["rotations"] += 1
+                if acc[r2][j] is not None:
+                    if o is None:
+                        o = acc[r2][j]
+                    else:
+                        ev.add_inplace(o, acc[r2][j])
+            if o is None:  # no row selected for any candidate of this output: a fresh encryption of zero
+                o = self._zero_ciphertext()
             ev.rescale_to_next_inplace(o)
             z = self._rng.normal(0.0, _MASK_SIGMA, (SLOTS // self.pack, self.pack)) + 1j * self._rng.normal(
                 0.0, _MASK_SIGMA, (SLOTS // self.pack, self.pack)

@@ -531,6 +531,27 @@ def test_ckks_lr_kernel_gives_masked_column_sums_and_only_the_key_holder_decrypt
         ckks.masked_column_products(public_ctx, [b"junk"], X[:L], masks, what="residual")
 
 
+def test_ckks_hist_evaluator_handles_masks_that_select_no_row() -> None:
+    """One row in the last chunk, and a candidate no row satisfies: SEAL refuses an all-zero product
+    ("result ciphertext is transparent"), which once failed a SecureBoost job depending on the PSI order."""
+    rng = np.random.default_rng(12)
+    n, pack = ckks_hist.SLOTS + 1, 4
+    Xb = rng.integers(0, 4, (n, 3)).astype(np.uint8)
+    Xb[:, 2] = 3  # candidate 8 = (feature 2, bin <= 2) selects nothing: output 2 has only zero masks
+    cand_f, cand_b = np.repeat(np.arange(3), 3), np.tile(np.arange(3), 3)
+    keeper = ckks_hist.HistogramKeeper()
+    ev = ckks_hist.HistogramEvaluator(ckks.load_public(keeper.public_bytes), Xb, cand_f, cand_b, pack, 16)
+    g, h = rng.uniform(-1, 1, n), rng.uniform(0, 0.25, n)
+    out = ev.histogram(keeper.encrypt_rows(g + 1j * h), "label party 'guest'")
+    GL, HL = keeper.decrypt_candidates(out, 9, pack, "bank")
+    left = Xb[:, cand_f] <= cand_b
+    np.testing.assert_allclose(GL, g @ left, atol=1e-4)
+    np.testing.assert_allclose(HL, h @ left, atol=1e-4)
+    assert abs(GL[8]) < 1e-4 and abs(HL[8]) < 1e-4
+    ev.close()
+    keeper.close()
+
+
 def test_ckks_hist_evaluator_output_decrypts_to_the_plaintext_histogram() -> None:
     rng = np.random.default_rng(11)
     n, pack = 6000, 4  # two gradient chunks; 3 features of 4 bins -> 9 cumulative candidates, 3 outputs
