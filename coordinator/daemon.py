@@ -20,6 +20,7 @@ from pathlib import Path
 from coordinator import flower
 from coordinator.control import ControlServicer, add_control_service
 from coordinator.frontdoor import FrontDoor
+from coordinator.liveness import LivenessServicer, add_liveness_service
 from coordinator.registry import Registry
 from coordinator.relay import RelayHandle, start_relay
 from crypto.certs import Identity, flower_public_key_pem, issue_loopback_tls, verify_peer
@@ -134,11 +135,13 @@ def start(config_path: Path, *, log=_print) -> CoordinatorHandle:
             )
 
         servicer = ControlServicer(config, registry, launch, ca_pem=identity.ca_pem)
+        heartbeats = LivenessServicer(registry, [p.name for p in config.parties], c.liveness_timeout_s,
+                                      ca_pem=identity.ca_pem, log=log)
         relay = start_relay(
             identity,
             config.relay_address,
             membership=registry.job_parties,  # a session is a run: only its job's parties may use it
-            extra_servicers=[add_control_service(servicer)],
+            extra_servicers=[add_control_service(servicer), add_liveness_service(heartbeats)],
             directory_certs=party_certs,
         )
     except BaseException:

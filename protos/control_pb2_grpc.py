@@ -54,6 +54,11 @@ class ControlStub:
                 request_serializer=protos_dot_control__pb2.WatchRequest.SerializeToString,
                 response_deserializer=protos_dot_control__pb2.RunEvent.FromString,
                 _registered_method=True)
+        self.ListParties = channel.unary_unary(
+                '/fedcredit.control.Control/ListParties',
+                request_serializer=protos_dot_control__pb2.ListPartiesRequest.SerializeToString,
+                response_deserializer=protos_dot_control__pb2.ListPartiesReply.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -83,6 +88,12 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListParties(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +116,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.WatchRun,
                     request_deserializer=protos_dot_control__pb2.WatchRequest.FromString,
                     response_serializer=protos_dot_control__pb2.RunEvent.SerializeToString,
+            ),
+            'ListParties': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListParties,
+                    request_deserializer=protos_dot_control__pb2.ListPartiesRequest.FromString,
+                    response_serializer=protos_dot_control__pb2.ListPartiesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +231,33 @@ class Control:
             '/fedcredit.control.Control/WatchRun',
             protos_dot_control__pb2.WatchRequest.SerializeToString,
             protos_dot_control__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListParties(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.control.Control/ListParties',
+            protos_dot_control__pb2.ListPartiesRequest.SerializeToString,
+            protos_dot_control__pb2.ListPartiesReply.FromString,
             options,
             channel_credentials,
             insecure,
