@@ -118,8 +118,6 @@ def start(config_path: Path, *, log=_print) -> CoordinatorHandle:
     door: FrontDoor | None = None
     try:
         flower.wait_tls_port(flower.LOOPBACK, link_port, loop_ca, timeout=60, proc=superlink)
-        door = FrontDoor(identity, c.host, c.flower_port, f"https://{flower.LOOPBACK}:{link_port}", loop_ca,
-                         party_keys, log).start()
         known = registry.nodes()
         statuses = flower.registered_nodes(home) if known else {}
         for p in config.parties:
@@ -127,6 +125,10 @@ def start(config_path: Path, *, log=_print) -> CoordinatorHandle:
                 node_id = flower.register_supernode(home, p.name, p.flower_public_key)
                 registry.set_node(p.name, node_id)
                 log(f"registered party '{p.name}' as SuperNode {node_id}")
+        # the door opens only once every key is registered: a SuperNode already waiting (its party was started
+        # before this coordinator) that got through earlier would be refused (401) and stop for good
+        door = FrontDoor(identity, c.host, c.flower_port, f"https://{flower.LOOPBACK}:{link_port}", loop_ca,
+                         party_keys, log).start()
 
         def launch(run_id: str) -> str:
             return flower.run_app(
