@@ -63,9 +63,12 @@ class FlowerChannel:
     """:class:`fedcredit.channel.PartyChannel` over Flower messages (one hop per call)."""
 
     def __init__(self, grid: Grid, nodes: Mapping[str, int], meta: Mapping[str, Any], timeout: float,
-                 live: LivenessCheck | None = None) -> None:
+                 live: LivenessCheck | None = None, tolerate_dead: bool = False) -> None:
         self.grid = grid
         self.live = live  # a call stops waiting for a party that stops heartbeating
+        # False: one dead party ends the call at once (the job needs every party); True: the call keeps
+        # waiting for the others (a horizontal job with min_parties drops the dead one and goes on)
+        self.tolerate_dead = tolerate_dead
         self.nodes = dict(nodes)
         self.meta = dict(meta)
         self.timeout = timeout
@@ -118,10 +121,11 @@ class FlowerChannel:
         return out
 
     def _send_and_receive(self, msgs: list[Message], parties: list[str]) -> tuple[list[Message], dict[str, str]]:
-        """Flower's send_and_receive, plus: stop waiting as soon as a party we wait for is not live.
+        """Flower's send_and_receive, plus: stop waiting for a party as soon as it is not live.
 
-        Returns the replies and {party: why not live}; a party still silent at ``timeout`` is
-        neither (the caller reports it as no reply).
+        Returns the replies and {party: why it has none} for parties that are not live (or whose
+        message the SuperLink refused); a party still silent at ``timeout`` is in neither (the
+        caller reports it as no reply).  Without ``tolerate_dead`` the first dead party ends the call.
         """
         ids = list(self.grid.push_messages(msgs))
         waiting = {mid: p for mid, p in zip(ids, parties, strict=True) if mid}
@@ -134,10 +138,13 @@ class FlowerChannel:
                     replies.append(rep)
             if not waiting or time.monotonic() > deadline:
                 break
-            if self.live is not None:
-                silent = self.live(list(waiting.values()))
-                if silent:
-                    dead.update(silent)
+            silent = self.live(list(waiting.values())) if self.live is not None else {}
+            if silent:
+                dead.update(silent)
+                waiting = {mid: p for mid, p in waiting.items() if p not in silent}
+                if not self.tolerate_dead:
+                    why = f"still working when the call was abandoned ({', '.join(sorted(silent))} not live)"
+                    dead.update({p: why for p in waiting.values()})
                     break
             time.sleep(POLL_S)
         return replies, dead
@@ -214,7 +221,8 @@ def run_coordinator_role(
     wait_for_nodes(grid, nodes, timeout=job.job.round_timeout_s, progress=progress, live=live,
                    party_wait_s=coord.coordinator.party_wait_s)
     meta = {"run_id": run_id, "job_toml": job_toml, "peer_certs": certs}
-    channel = FlowerChannel(grid, nodes, meta, timeout=job.job.round_timeout_s, live=live)
+    channel = FlowerChannel(grid, nodes, meta, timeout=job.job.round_timeout_s, live=live,
+                            tolerate_dead=job.job.type == "horizontal" and job.job.min_parties is not None)
     out_admit = admit_job(channel, job, progress)
     if job.job.type == "horizontal":
         out = _coordinate_horizontal(channel, job, progress)
