@@ -97,7 +97,9 @@ def key_refused_help(config: PartyConfig, log_text: str) -> str | None:
     return (
         f"party '{p.name}': the SuperLink at {config.coordinator.flower_address} refused this party's SuperNode key "
         f"({Path(p.identity_dir) / f'{p.name}.flower.key'}): its node was unregistered, or the key was never "
-        "registered. Flower never accepts an unregistered key again. To rejoin:\n"
+        "registered. If this party's daemon was killed or crashed less than a minute ago, Flower may still count "
+        "its node as online and refuse to activate it again: wait a minute and start again first. "
+        "Flower never accepts an unregistered key again. To rejoin:\n"
         f"  1. here: fedcredit certs rekey-flower {p.name} --out-dir {p.identity_dir}\n"
         f"  2. send the new public key {pub} to the coordinator operator, who puts it at this party's "
         f"[[parties]] flower_public_key and restarts the coordinator (it registers the new key)\n"
