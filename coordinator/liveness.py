@@ -52,14 +52,6 @@ class PartyLiveness:
     def live(self) -> bool:
         return self.state == LIVE
 
-    def describe(self) -> str:
-        """For people: ``live (seen 1 s ago)``, ``not live: last seen 42 s ago``, ``never seen``."""
-        if self.age_s is None:
-            return "never seen (no heartbeat since the coordinator's registry was created)"
-        if self.live:
-            return f"live (seen {self.age_s:.0f} s ago)"
-        return f"not live: last seen {self.age_s:.0f} s ago"
-
     def to_proto(self) -> control_pb2.PartyLiveness:
         return control_pb2.PartyLiveness(name=self.name, state=self.state, last_seen=self.last_seen or 0.0,
                                          age_s=self.age_s if self.age_s is not None else 0.0,
