@@ -172,7 +172,8 @@ def wait_for_nodes(grid: Grid, nodes: Mapping[str, int], timeout: float, progres
         missing = list(dict.fromkeys([*silent, *missing]))
         if time.monotonic() > deadline:
             raise ProtocolError(f"parties not connected after {timeout:.0f} s: {', '.join(missing)}")
-        progress({"event": "waiting", "message": f"waiting for parties: {', '.join(missing)}"})
+        progress({"event": "waiting", "message": "waiting for parties: "
+                  + ", ".join(f"{p} (not live)" if p in silent else p for p in missing)})
         time.sleep(1.0)  # poll Flower's node list; there is no push notification for it
 
 
