@@ -64,6 +64,10 @@ class ControlClient:
     def list(self, limit: int = 50) -> list[control_pb2.RunInfo]:
         return list(self._call(self._stub.ListRuns, control_pb2.ListRunsRequest(limit=limit), timeout=30).runs)
 
+    def parties(self) -> control_pb2.ListPartiesReply:
+        """Every configured party with its liveness (heartbeats)."""
+        return self._call(self._stub.ListParties, control_pb2.ListPartiesRequest(), timeout=30)
+
     def watch(self, run_id: str, after_seq: int = 0) -> Iterator[control_pb2.RunEvent]:
         try:
             yield from self._stub.WatchRun(control_pb2.WatchRequest(run_id=run_id, after_seq=after_seq))

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import grpc
 
+from coordinator.liveness import PartyLiveness, liveness
 from coordinator.registry import ENDED, Registry, RunRecord
 from crypto.tls import peer_identity
 from fedcredit.config import CoordinatorConfig, JobConfig, parse_job_text
@@ -30,8 +31,9 @@ Launcher = Callable[[str], str]  # run_id -> flower run id
 CONTROL_ROLES: tuple[str, ...] = ("operator",)
 
 
-def run_info(rec: RunRecord) -> control_pb2.RunInfo:
+def run_info(rec: RunRecord, parties: Iterable[PartyLiveness] = ()) -> control_pb2.RunInfo:
     return control_pb2.RunInfo(
+        parties=[p.to_proto() for p in parties],
         run_id=rec.run_id,
         name=rec.name,
         type=rec.type,
@@ -130,7 +132,24 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         if rec is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no run '{request.run_id}'")
             raise AssertionError("unreachable: abort() raises")
-        return run_info(rec)
+        return run_info(rec, self._liveness(self._job_parties(rec)))
+
+    def _job_parties(self, rec: RunRecord) -> list[str]:
+        try:
+            return list(parse_job_text(rec.job_toml, f"run {rec.run_id}").job.parties)
+        except ConfigError:
+            return []  # stored before a schema change: show the run without liveness
+
+    def _liveness(self, parties: Iterable[str]) -> list[PartyLiveness]:
+        return liveness(self.registry, parties, self.config.coordinator.liveness_timeout_s)
+
+    def ListParties(self, request: control_pb2.ListPartiesRequest, context: grpc.ServicerContext) -> control_pb2.ListPartiesReply:
+        """Every configured party with its liveness (heartbeats; coordinator/liveness.py)."""
+        self._authorize(context, "list parties")
+        return control_pb2.ListPartiesReply(
+            parties=[p.to_proto() for p in self._liveness(p.name for p in self.config.parties)],
+            liveness_timeout_s=self.config.coordinator.liveness_timeout_s,
+        )
 
     def ListRuns(self, request: control_pb2.ListRunsRequest, context: grpc.ServicerContext) -> control_pb2.ListRunsReply:
         self._authorize(context, "list runs")

@@ -20,6 +20,7 @@ from pathlib import Path
 from coordinator import flower
 from coordinator.control import ControlServicer, add_control_service
 from coordinator.frontdoor import FrontDoor
+from coordinator.liveness import LivenessServicer, add_liveness_service
 from coordinator.registry import Registry
 from coordinator.relay import RelayHandle, start_relay
 from crypto.certs import Identity, certificate_names, flower_public_key_pem, issue_loopback_tls, verify_peer
@@ -122,8 +123,6 @@ def start(config_path: Path, *, log=_print) -> CoordinatorHandle:
     door: FrontDoor | None = None
     try:
         flower.wait_tls_port(flower.LOOPBACK, link_port, loop_ca, timeout=60, proc=superlink)
-        door = FrontDoor(identity, c.host, c.flower_port, f"https://{flower.LOOPBACK}:{link_port}", loop_ca,
-                         party_keys, log).start()
         known = registry.nodes()
         statuses = flower.registered_nodes(home) if known else {}
         for p in config.parties:
@@ -131,6 +130,10 @@ def start(config_path: Path, *, log=_print) -> CoordinatorHandle:
                 node_id = flower.register_supernode(home, p.name, p.flower_public_key)
                 registry.set_node(p.name, node_id)
                 log(f"registered party '{p.name}' as SuperNode {node_id}")
+        # the door opens only once every key is registered: a SuperNode already waiting (its party was started
+        # before this coordinator) that got through earlier would be refused (401) and stop for good
+        door = FrontDoor(identity, c.host, c.flower_port, f"https://{flower.LOOPBACK}:{link_port}", loop_ca,
+                         party_keys, log).start()
 
         def launch(run_id: str) -> str:
             return flower.run_app(
@@ -139,11 +142,13 @@ def start(config_path: Path, *, log=_print) -> CoordinatorHandle:
             )
 
         servicer = ControlServicer(config, registry, launch, ca_pem=identity.ca_pem)
+        heartbeats = LivenessServicer(registry, [p.name for p in config.parties], c.liveness_timeout_s,
+                                      ca_pem=identity.ca_pem, log=log)
         relay = start_relay(
             identity,
             config.relay_address,
             membership=registry.job_parties,  # a session is a run: only its job's parties may use it
-            extra_servicers=[add_control_service(servicer)],
+            extra_servicers=[add_control_service(servicer), add_liveness_service(heartbeats)],
             directory_certs=party_certs,
         )
     except BaseException:

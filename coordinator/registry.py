@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT NOT NULL,
     registered REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS liveness (
+    party TEXT PRIMARY KEY,
+    last_seen REAL NOT NULL,
+    interval_s REAL NOT NULL
+);
 """
 
 ACTIVE = ("queued", "running")
@@ -261,6 +266,25 @@ class Registry:
     def nodes(self) -> dict[str, str]:
         with self._conn() as c:
             return {p: n for p, n in c.execute("SELECT party, node_id FROM nodes")}
+
+    # ------------------------------------------------------------------ liveness
+    def touch(self, party: str, interval_s: float, when: float | None = None) -> None:
+        """Record a heartbeat from ``party`` (named by its certificate; see coordinator/liveness.py).
+
+        Why in the registry: the ServerApp runs in its own process and must see liveness
+        to fail a run whose party went silent; the database is what both processes share.
+        """
+        with self._conn() as c:
+            c.execute(
+                "INSERT INTO liveness (party, last_seen, interval_s) VALUES (?,?,?) "
+                "ON CONFLICT(party) DO UPDATE SET last_seen=excluded.last_seen, interval_s=excluded.interval_s",
+                (party, time.time() if when is None else when, interval_s),
+            )
+
+    def last_seen(self) -> dict[str, tuple[float, float]]:
+        """party -> (unix time of its last heartbeat, the interval it announced)."""
+        with self._conn() as c:
+            return {p: (float(t), float(i)) for p, t, i in c.execute("SELECT party, last_seen, interval_s FROM liveness")}
 
 
 def _record(row: tuple[Any, ...]) -> RunRecord:

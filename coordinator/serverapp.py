@@ -14,13 +14,14 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
+from coordinator.liveness import liveness, not_live_reason
 from coordinator.publish import default_signing_key, publish_run
 from coordinator.registry import CHECKPOINTED_TYPES, Registry
 from fedcredit.config import CoordinatorConfig, JobConfig, load_coordinator_config
@@ -34,6 +35,19 @@ __all__ = ["server_app", "FlowerChannel", "PartyFailure", "run_coordinator_role"
 server_app = ServerApp()
 
 Progress = Callable[[dict[str, Any]], None]
+#: parties -> {party: why it is not live} for those that are not (empty: all live)
+LivenessCheck = Callable[[Collection[str]], dict[str, str]]
+
+#: How often a call polls the SuperLink for replies (and the registry for liveness).  Flower's own
+#: send_and_receive sleeps 3 s between polls; we poll ourselves so a silent party is seen within a second.
+POLL_S = 0.5
+
+
+def liveness_check(registry: Registry, timeout_s: float) -> LivenessCheck:
+    """Which of some parties have stopped heartbeating (coordinator/liveness.py), read from the registry."""
+    def check(parties: Collection[str]) -> dict[str, str]:
+        return {p.name: not_live_reason(p) for p in liveness(registry, parties, timeout_s) if not p.live}
+    return check
 
 
 class PartyFailure(ProtocolError):
@@ -55,8 +69,13 @@ class PartyFailure(ProtocolError):
 class FlowerChannel:
     """:class:`fedcredit.channel.PartyChannel` over Flower messages (one hop per call)."""
 
-    def __init__(self, grid: Grid, nodes: Mapping[str, int], meta: Mapping[str, Any], timeout: float) -> None:
+    def __init__(self, grid: Grid, nodes: Mapping[str, int], meta: Mapping[str, Any], timeout: float,
+                 live: LivenessCheck | None = None, tolerate_dead: bool = False) -> None:
         self.grid = grid
+        self.live = live  # a call stops waiting for a party that stops heartbeating
+        # False: one dead party ends the call at once (the job needs every party); True: the call keeps
+        # waiting for the others (a horizontal job with min_parties drops the dead one and goes on)
+        self.tolerate_dead = tolerate_dead
         self.nodes = dict(nodes)
         self.meta = dict(meta)
         self.timeout = timeout
@@ -86,11 +105,11 @@ class FlowerChannel:
             by_node[node] = party
             self.bytes_sent[party] += len(payload)
             msgs.append(Message(content=pack(method, payload, self.meta), message_type="query", dst_node_id=node))
-        replies = list(self.grid.send_and_receive(msgs, timeout=self.timeout))
+        replies, dead = self._send_and_receive(msgs, list(requests))
         out: dict[str, bytes] = {}
-        errors: dict[str, str] = {}
+        errors: dict[str, str] = dict(dead)
         resumable: dict[str, str] = {}
-        unreachable: set[str] = set()
+        unreachable: set[str] = set(dead)
         for rep in replies:
             party = by_node.get(rep.metadata.src_node_id, f"node {rep.metadata.src_node_id}")
             if rep.has_error():  # Flower's own error (e.g. the node stopped heartbeating), not the party's answer
@@ -114,18 +133,60 @@ class FlowerChannel:
             raise PartyFailure(errors, out, resumable, frozenset(unreachable))
         return out
 
+    def _send_and_receive(self, msgs: list[Message], parties: list[str]) -> tuple[list[Message], dict[str, str]]:
+        """Flower's send_and_receive, plus: stop waiting for a party as soon as it is not live.
 
-def wait_for_nodes(grid: Grid, nodes: Mapping[str, int], timeout: float, progress: Progress) -> None:
-    """Block until every job party's SuperNode is connected (or fail naming the missing ones)."""
-    deadline = time.monotonic() + timeout
+        Returns the replies and {party: why it has none} for parties that are not live (or whose
+        message the SuperLink refused); a party still silent at ``timeout`` is in neither (the
+        caller reports it as no reply).  Without ``tolerate_dead`` the first dead party ends the call.
+        """
+        ids = list(self.grid.push_messages(msgs))
+        waiting = {mid: p for mid, p in zip(ids, parties, strict=True) if mid}
+        dead = {p: "the SuperLink did not accept the message" for mid, p in zip(ids, parties, strict=True) if not mid}
+        replies: list[Message] = []
+        deadline = time.monotonic() + self.timeout
+        while waiting:
+            for rep in self.grid.pull_messages(list(waiting)):
+                if waiting.pop(rep.metadata.reply_to_message_id, None) is not None:
+                    replies.append(rep)
+            if not waiting or time.monotonic() > deadline:
+                break
+            silent = self.live(list(waiting.values())) if self.live is not None else {}
+            if silent:
+                dead.update(silent)
+                waiting = {mid: p for mid, p in waiting.items() if p not in silent}
+                if not self.tolerate_dead:
+                    why = f"still working when the call was abandoned ({', '.join(sorted(silent))} not live)"
+                    dead.update({p: why for p in waiting.values()})
+                    break
+            time.sleep(POLL_S)
+        return replies, dead
+
+
+def wait_for_nodes(grid: Grid, nodes: Mapping[str, int], timeout: float, progress: Progress,
+                   live: LivenessCheck | None = None, party_wait_s: float = 0.0) -> None:
+    """Block until every job party is live and its SuperNode connected (or fail naming the missing ones).
+
+    A party that is not live (no recent heartbeat) fails the run after ``party_wait_s``
+    (``[coordinator].party_wait_s``), not after ``timeout``: a daemon that is down is not
+    going to connect its SuperNode either.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
     while True:
+        silent = live(list(nodes)) if live is not None else {}
+        if silent and time.monotonic() - start >= party_wait_s:
+            raise PartyFailure({p: f"{why}; the run waited {party_wait_s:g} s for it (party_wait_s)"
+                                for p, why in silent.items()}, {})
         online = set(grid.get_node_ids())
         missing = [p for p, n in nodes.items() if n not in online]
-        if not missing:
+        if not missing and not silent:
             return
+        missing = list(dict.fromkeys([*silent, *missing]))
         if time.monotonic() > deadline:
             raise ProtocolError(f"parties not connected after {timeout:.0f} s: {', '.join(missing)}")
-        progress({"event": "waiting", "message": f"waiting for parties: {', '.join(missing)}"})
+        progress({"event": "waiting", "message": "waiting for parties: "
+                  + ", ".join(f"{p} (not live)" if p in silent else p for p in missing)})
         time.sleep(1.0)  # poll Flower's node list; there is no push notification for it
 
 
@@ -197,11 +258,14 @@ def run_coordinator_role(
     nodes = {p: int(nodes_by_party[p]) for p in job.job.parties}
     certs = {p.name: p.certificate.read_text() for p in coord.parties if p.name in nodes}
     progress({"event": "starting", "message": f"waiting for {len(nodes)} parties", "parties": {p: "waiting" for p in nodes}})
-    wait_for_nodes(grid, nodes, timeout=job.job.round_timeout_s, progress=progress)
+    live = liveness_check(registry, coord.coordinator.liveness_timeout_s)
+    wait_for_nodes(grid, nodes, timeout=job.job.round_timeout_s, progress=progress, live=live,
+                   party_wait_s=coord.coordinator.party_wait_s)
     meta: dict[str, Any] = {"run_id": run_id, "job_toml": job_toml, "peer_certs": certs}
     if attempt > 1:
         meta.update({"resume": True, "attempt": attempt})
-    channel = FlowerChannel(grid, nodes, meta, timeout=job.job.round_timeout_s)
+    channel = FlowerChannel(grid, nodes, meta, timeout=job.job.round_timeout_s, live=live,
+                            tolerate_dead=job.job.type == "horizontal" and job.job.min_parties is not None)
     if attempt > 1:
         progress({"event": "resuming", "message": f"attempt {attempt}: every party continues from its checkpoints",
                   "parties": {p: "resuming" for p in nodes}})

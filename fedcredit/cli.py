@@ -18,7 +18,7 @@ from rich.table import Table
 
 from fedcredit import __version__
 from fedcredit.errors import FedCreditError
-from fedcredit.progress import console, err_console, fmt_time, follow, print_run, styled
+from fedcredit.progress import console, err_console, fmt_time, follow, print_parties, print_run, styled
 
 # --------------------------------------------------------------------------- certs
 
@@ -121,7 +121,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _info_dict(r: Any) -> dict[str, Any]:
     return {"run_id": r.run_id, "name": r.name, "type": r.type, "status": r.status, "created": r.created,
             "started": r.started or None, "ended": r.ended or None, "error": r.error or None,
-            "result": json.loads(r.result_json) if r.result_json else None}
+            "result": json.loads(r.result_json) if r.result_json else None,
+            "parties": {p.name: {"state": p.state, "last_seen": p.last_seen or None, "age_s": p.age_s}
+                        for p in r.parties}}
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -157,6 +159,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(_info_dict(info), indent=1))
     else:
         print_run(info)
+    return 0
+
+
+def cmd_parties(args: argparse.Namespace) -> int:
+    reply = _control_client(args).parties()
+    if args.json:
+        print(json.dumps({p.name: {"state": p.state, "last_seen": p.last_seen or None, "age_s": p.age_s,
+                                   "interval_s": p.interval_s} for p in reply.parties}, indent=1))
+    else:
+        print_parties(reply)
     return 0
 
 
@@ -281,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data", help="directory (default: data)")
     p.add_argument("--seed", type=int, default=7, help="every party must use the same seed (default: 7)")
     p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("parties", help="the federation's parties and their liveness (heartbeats)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_control_args(p)
+    p.set_defaults(func=cmd_parties)
 
     p = sub.add_parser("simulate", help="run a whole federation on this machine", epilog=_scenario_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -71,6 +71,12 @@ class CoordinatorSection(_Strict):
     )
     relay_port: int = Field(9200, ge=1, le=65535)
     min_parties: int = Field(2, ge=1)
+    liveness_timeout_s: float = Field(
+        10.0, gt=0, description="a party whose last heartbeat is older than this is not live; its running job fails"
+    )
+    party_wait_s: float = Field(
+        30.0, ge=0, description="how long a new run waits for a party that is not live before failing naming it"
+    )
 
     _n = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
@@ -168,6 +174,9 @@ class ScoringSection(_Strict):
 class CoordinatorLink(_Strict):
     flower_address: str
     relay_address: str
+    heartbeat_interval_s: float = Field(
+        2.0, gt=0, le=60, description="how often the daemon tells the coordinator it is alive (relay_address)"
+    )
 
 
 class DatasetPolicy(_Strict):

@@ -18,8 +18,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["console", "err_console", "styled", "describe", "LiveProgress", "follow", "print_run", "print_result", "print_summary",
-           "fmt_time"]
+__all__ = ["console", "err_console", "styled", "describe", "LiveProgress", "follow", "print_run", "print_result",
+           "print_summary", "print_parties", "liveness_text", "fmt_time"]
 
 #: Piped to a file or a log, rich would squeeze tables into 80 columns and cut run ids; use a wide page there.
 #: Markup is off on both: our messages quote config sections (``[coordinator].relay_port``, ``[[parties]]``)
@@ -57,23 +57,46 @@ def describe(ev: Mapping[str, Any]) -> tuple[str, int | None, int | None]:
 
 
 class LiveProgress:
-    """A rich progress bar fed with protocol events: ``with LiveProgress(console) as show: show(event)``."""
+    """A rich progress bar fed with protocol events: ``with LiveProgress(console) as show: show(event)``.
+
+    On a terminal it is one live bar.  Piped to a file or a log, rich draws nothing until
+    the bar stops (a live display needs a terminal), so a long run printed nothing at all
+    for minutes; there each new state is one timestamped line instead, flushed at once.
+    """
 
     def __init__(self, con: Console | None = None, first: str = "setting up") -> None:
+        self.con = con or console
         self.prog = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
                              TextColumn("{task.completed}/{task.total}", markup=False),
-                             TimeElapsedColumn(), console=con or console)
+                             TimeElapsedColumn(), console=self.con)
         self.first = first
         self.task: TaskID | None = None
+        self.lines = not self.con.is_terminal
+        self._last = ""
+        self._t0 = time.monotonic()
 
     def __enter__(self) -> Callable[[Mapping[str, Any]], None]:
+        if self.lines:
+            self._line(self.first)
+            return self.show
         self.prog.__enter__()
         self.task = self.prog.add_task(self.first, total=None)
         return self.show
 
+    def _line(self, text: str) -> None:
+        if text and text != self._last:  # one line per change, not one per repeated "waiting" event
+            self._last = text
+            self.con.print(f"[{time.monotonic() - self._t0:6.1f} s] {text}", markup=False, highlight=False)
+            self.con.file.flush()
+
     def show(self, ev: Mapping[str, Any]) -> None:
-        assert self.task is not None
         desc, total, completed = describe(ev)
+        if self.lines:
+            self._line(desc)
+            if ev.get("log"):
+                self.con.print(ev["log"], markup=False, highlight=False)
+            return
+        assert self.task is not None
         if total is not None:
             self.prog.update(self.task, total=total, completed=completed)
         self.prog.update(self.task, description=desc)
@@ -81,7 +104,8 @@ class LiveProgress:
             self.prog.console.print(str(ev["log"]), markup=False, highlight=False)
 
     def __exit__(self, *exc: object) -> None:
-        self.prog.__exit__(None, None, None)
+        if not self.lines:
+            self.prog.__exit__(None, None, None)
 
 
 def follow(events: Iterable[Any], fetch_final: Callable[[], Any], con: Console | None = None) -> Any:
@@ -112,8 +136,31 @@ def print_run(info: Any, con: Console | None = None) -> None:
               markup=False)
     if info.error:
         con.print(styled("  ", ("error:", "red"), " ", info.error))
+    if info.parties:  # GetRun carries the job's parties' liveness (heartbeats), as the coordinator sees it now
+        con.print("  parties: " + ", ".join(f"{p.name} {liveness_text(p)}" for p in info.parties), markup=False,
+                  highlight=False)
     if result:
         print_result(result, con)
+
+
+def liveness_text(p: Any) -> str:
+    """A ``PartyLiveness``: ``live (seen 1 s ago)``, ``NOT LIVE (last seen 42 s ago)`` or ``never seen``."""
+    if p.state == "never":
+        return "never seen"
+    ago = f"{p.age_s:.0f} s ago"
+    return f"live (seen {ago})" if p.state == "live" else f"NOT LIVE (last seen {ago})"
+
+
+def print_parties(reply: Any, con: Console | None = None) -> None:
+    """``fedcredit parties``: every party the coordinator knows, with its liveness (``ListPartiesReply``)."""
+    con = con or console
+    t = Table(title=f"parties (not live after {reply.liveness_timeout_s:g} s without a heartbeat)")
+    t.add_column("party", no_wrap=True)
+    for col in ("liveness", "last heartbeat", "interval"):
+        t.add_column(col)
+    for p in reply.parties:
+        t.add_row(p.name, liveness_text(p), fmt_time(p.last_seen), f"{p.interval_s:g} s" if p.interval_s else "-")
+    con.print(t)
 
 
 def print_result(result: Mapping[str, Any], con: Console | None = None) -> None:

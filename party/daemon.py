@@ -17,18 +17,25 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import grpc
+
 from crypto.certs import Identity
 from crypto.files import private_dir, write_file
+from crypto.tls import secure_channel
 from fedcredit.config import PartyConfig, check_port_free, load_party_config
 from fedcredit.data import Table, load_dataset
 from fedcredit.errors import ConfigError
 from fedcredit.processes import find_executable, flower_env, spawn_daemon, stop_process_group, supervise
 from party import appguard
 from party.fleet_link import FleetLink
+from protos import liveness_pb2, liveness_pb2_grpc
 
 #: What flwr 1.41's SuperNode logs when the SuperLink refuses its key (never registered, or unregistered).
 _KEY_REFUSED_MARKERS = ("Failed to activate SuperNode", "401 Unauthorized")
@@ -90,7 +97,9 @@ def key_refused_help(config: PartyConfig, log_text: str) -> str | None:
     return (
         f"party '{p.name}': the SuperLink at {config.coordinator.flower_address} refused this party's SuperNode key "
         f"({Path(p.identity_dir) / f'{p.name}.flower.key'}): its node was unregistered, or the key was never "
-        "registered. Flower never accepts an unregistered key again. To rejoin:\n"
+        "registered. If this party's daemon was killed or crashed less than a minute ago, Flower may still count "
+        "its node as online and refuse to activate it again: wait a minute and start again first. "
+        "Flower never accepts an unregistered key again. To rejoin:\n"
         f"  1. here: fedcredit certs rekey-flower {p.name} --out-dir {p.identity_dir}\n"
         f"  2. send the new public key {pub} to the coordinator operator, who puts it at this party's "
         f"[[parties]] flower_public_key and restarts the coordinator (it registers the new key)\n"
@@ -121,6 +130,76 @@ def _superlink_args(link: FleetLink) -> list[str]:
     return ["--superlink", link.address, "--root-certificates", str(link.loopback_ca)]
 
 
+#: While the coordinator has never been reached, repeat the "waiting for the coordinator" line this often.
+WAITING_REPEAT_S = 10.0
+
+
+@dataclass
+class Heartbeat:
+    """Tells the coordinator this daemon is alive (``Liveness.Heartbeat`` on the relay port), every ``interval_s``.
+
+    Why a daemon thread of this process: it stops the moment the daemon dies (kill -9, crash,
+    network cut), which is exactly what the coordinator must learn; the coordinator fails a
+    running job of this party after its ``liveness_timeout_s`` without a heartbeat.  The
+    party's name is the certificate's CN: nothing here names it.  ``reached`` is set at the
+    first heartbeat the coordinator answered, which is when the daemon says "ready".
+    """
+
+    identity: Identity
+    address: str  # [coordinator].relay_address
+    interval_s: float
+    log: Callable[[str], None] = print
+    reached: threading.Event = field(default_factory=threading.Event)
+    attempts: int = 0
+    last_error: str = ""
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def start(self) -> Heartbeat:
+        threading.Thread(target=self._run, daemon=True, name="heartbeat").start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        backoff_ms = int(self.interval_s * 1000)  # retry a lost connection at the heartbeat pace, not gRPC's minutes
+        channel = secure_channel(self.address, self.identity, options=[
+            ("grpc.initial_reconnect_backoff_ms", backoff_ms), ("grpc.min_reconnect_backoff_ms", backoff_ms),
+            ("grpc.max_reconnect_backoff_ms", backoff_ms)])  # fmt: skip
+        stub = liveness_pb2_grpc.LivenessStub(channel)
+        name, lost, last_waiting = self.identity.name, False, -WAITING_REPEAT_S
+        try:
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                self.attempts += 1
+                try:
+                    rep = stub.Heartbeat(liveness_pb2.HeartbeatRequest(interval_s=self.interval_s),
+                                         timeout=max(self.interval_s, 2.0))
+                except grpc.RpcError as e:
+                    self.last_error = f"{e.code().name}: {e.details()}"
+                    if not self.reached.is_set():
+                        if t0 - last_waiting >= WAITING_REPEAT_S:
+                            last_waiting = t0
+                            self.log(f"party '{name}': waiting for the coordinator at {self.address} "
+                                     f"(attempt {self.attempts}, last error: {self.last_error})")
+                    elif not lost:
+                        lost = True
+                        self.log(f"party '{name}': lost the coordinator at {self.address} (last error: "
+                                 f"{self.last_error}); heartbeats retried every {self.interval_s:g} s")
+                else:
+                    if lost:
+                        self.log(f"party '{name}': coordinator at {self.address} reachable again")
+                    lost = False
+                    if not self.reached.is_set() and rep.liveness_timeout_s and rep.liveness_timeout_s < 2 * self.interval_s:
+                        self.log(f"party '{name}': warning: heartbeat_interval_s = {self.interval_s:g} is more than half "
+                                 f"the coordinator's liveness_timeout_s = {rep.liveness_timeout_s:g}; one late heartbeat "
+                                 "would fail this party's jobs")
+                    self.reached.set()
+                self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - t0)))
+        finally:
+            channel.close()
+
+
 @dataclass
 class PartyHandle:
     config: PartyConfig
@@ -129,8 +208,11 @@ class PartyHandle:
     app: appguard.InstalledApp | None = None
     log_offset: int = 0  # where this start's lines begin in supernode.log
     fleet_link: FleetLink | None = None
+    heartbeat: Heartbeat | None = None
 
     def stop(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         if self.scoring is not None:
             self.scoring.stop()
         stop_process_group(self.supernode)
@@ -166,21 +248,43 @@ def start(config_path: Path) -> PartyHandle:
 
         scoring = start_from_config(config)
     proc = spawn_supernode(cmd, config, log, app)
+    heartbeat = Heartbeat(identity, config.coordinator.relay_address, config.coordinator.heartbeat_interval_s,
+                          log=lambda m: print(m, flush=True)).start()
     _write_ready(config, proc, app)
-    return PartyHandle(config, proc, scoring, app, log_offset, link)
+    return PartyHandle(config, proc, scoring, app, log_offset, link, heartbeat)
+
+
+def wait_for_coordinator(handle: PartyHandle) -> bool:
+    """Block until the first heartbeat reached the coordinator (True) or the SuperNode died (False).
+
+    Bounded by the SuperNode's life and by SIGINT/SIGTERM (``KeyboardInterrupt`` / the caller's stop):
+    a party may be started long before its coordinator, and says so while it waits.
+    """
+    assert handle.heartbeat is not None
+    while not handle.heartbeat.reached.wait(0.5):
+        if handle.supernode.poll() is not None:
+            return False
+    return True
+
+
+def _ready_line(handle: PartyHandle) -> str:
+    p, c = handle.config.party, handle.config.coordinator
+    return (
+        f"party '{p.name}' ({p.role}) ready: reached the coordinator at {c.relay_address} "
+        f"(heartbeat every {c.heartbeat_interval_s:g} s); "
+        f"SuperNode dialing {c.flower_address} over mutual TLS (fleet link); "
+        f"datasets: {', '.join(sorted(handle.config.datasets)) or 'none'}; state in {p.state_dir}"
+        + (f"; scoring on {handle.scoring.address} (mutual TLS)" if handle.scoring is not None else "")
+        + (f"; runs only app {handle.app.sha256[:16]}…" if handle.app is not None else "")
+    )
 
 
 def serve_forever(config_path: Path) -> int:
     handle = start(config_path)
     p = handle.config.party
     try:
-        print(
-            f"party '{p.name}' ({p.role}) ready: SuperNode dialing {handle.config.coordinator.flower_address} over mutual TLS (fleet link); "
-            f"datasets: {', '.join(sorted(handle.config.datasets)) or 'none'}; state in {p.state_dir}"
-            + (f"; scoring on {handle.scoring.address} (mutual TLS)" if handle.scoring is not None else "")
-            + (f"; runs only app {handle.app.sha256[:16]}…" if handle.app is not None else ""),
-            flush=True,
-        )
+        if wait_for_coordinator(handle):  # else the SuperNode died: supervise() reports it below
+            print(_ready_line(handle), flush=True)
         rc = supervise(handle.supernode, "flower-supernode", p.state_dir / "supernode.log")
         if rc != 0:
             help_text = key_refused_help(handle.config, _log_since(p.state_dir / "supernode.log", handle.log_offset))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/control.proto\x12\x11\x66\x65\x64\x63redit.control\"9\n\x10SubmitJobRequest\x12\x10\n\x08job_toml\x18\x01 \x01(\t\x12\x13\n\x0bsource_name\x18\x02 \x01(\t\" \n\x0eSubmitJobReply\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x1c\n\nRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\" \n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"\xc2\x01\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x01\x12\x0f\n\x07started\x18\x06 \x01(\x01\x12\r\n\x05\x65nded\x18\x07 \x01(\x01\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x13\n\x0bresult_json\x18\t \x01(\t\x12\x15\n\rflower_run_id\x18\n \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\"9\n\rListRunsReply\x12(\n\x04runs\x18\x01 \x03(\x0b\x32\x1a.fedcredit.control.RunInfo\"1\n\x0cWatchRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"a\n\x08RunEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x11\n\tdata_json\x18\x03 \x01(\t\x12\'\n\x03run\x18\x04 \x01(\x0b\x32\x1a.fedcredit.control.RunInfo2\x89\x03\n\x07\x43ontrol\x12S\n\tSubmitJob\x12#.fedcredit.control.SubmitJobRequest\x1a!.fedcredit.control.SubmitJobReply\x12\x43\n\x06GetRun\x12\x1d.fedcredit.control.RunRequest\x1a\x1a.fedcredit.control.RunInfo\x12P\n\x08ListRuns\x12\".fedcredit.control.ListRunsRequest\x1a .fedcredit.control.ListRunsReply\x12J\n\x08WatchRun\x12\x1f.fedcredit.control.WatchRequest\x1a\x1b.fedcredit.control.RunEvent0\x01\x12\x46\n\tResumeRun\x12\x1d.fedcredit.control.RunRequest\x1a\x1a.fedcredit.control.RunInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/control.proto\x12\x11\x66\x65\x64\x63redit.control\"9\n\x10SubmitJobRequest\x12\x10\n\x08job_toml\x18\x01 \x01(\t\x12\x13\n\x0bsource_name\x18\x02 \x01(\t\" \n\x0eSubmitJobReply\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x1c\n\nRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\" \n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"\xf5\x01\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x01\x12\x0f\n\x07started\x18\x06 \x01(\x01\x12\r\n\x05\x65nded\x18\x07 \x01(\x01\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x13\n\x0bresult_json\x18\t \x01(\t\x12\x15\n\rflower_run_id\x18\n \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\x12\x31\n\x07parties\x18\x0c \x03(\x0b\x32 .fedcredit.control.PartyLiveness\"b\n\rPartyLiveness\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x11\n\tlast_seen\x18\x03 \x01(\x01\x12\r\n\x05\x61ge_s\x18\x04 \x01(\x01\x12\x12\n\ninterval_s\x18\x05 \x01(\x01\"\x14\n\x12ListPartiesRequest\"a\n\x10ListPartiesReply\x12\x31\n\x07parties\x18\x01 \x03(\x0b\x32 .fedcredit.control.PartyLiveness\x12\x1a\n\x12liveness_timeout_s\x18\x02 \x01(\x01\"9\n\rListRunsReply\x12(\n\x04runs\x18\x01 \x03(\x0b\x32\x1a.fedcredit.control.RunInfo\"1\n\x0cWatchRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"a\n\x08RunEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x11\n\tdata_json\x18\x03 \x01(\t\x12\'\n\x03run\x18\x04 \x01(\x0b\x32\x1a.fedcredit.control.RunInfo2\xe4\x03\n\x07\x43ontrol\x12S\n\tSubmitJob\x12#.fedcredit.control.SubmitJobRequest\x1a!.fedcredit.control.SubmitJobReply\x12\x43\n\x06GetRun\x12\x1d.fedcredit.control.RunRequest\x1a\x1a.fedcredit.control.RunInfo\x12P\n\x08ListRuns\x12\".fedcredit.control.ListRunsRequest\x1a .fedcredit.control.ListRunsReply\x12J\n\x08WatchRun\x12\x1f.fedcredit.control.WatchRequest\x1a\x1b.fedcredit.control.RunEvent0\x01\x12\x46\n\tResumeRun\x12\x1d.fedcredit.control.RunRequest\x1a\x1a.fedcredit.control.RunInfo\x12Y\n\x0bListParties\x12%.fedcredit.control.ListPartiesRequest\x1a#.fedcredit.control.ListPartiesReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,13 +40,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTRUNSREQUEST']._serialized_start=166
   _globals['_LISTRUNSREQUEST']._serialized_end=198
   _globals['_RUNINFO']._serialized_start=201
-  _globals['_RUNINFO']._serialized_end=395
-  _globals['_LISTRUNSREPLY']._serialized_start=397
-  _globals['_LISTRUNSREPLY']._serialized_end=454
-  _globals['_WATCHREQUEST']._serialized_start=456
-  _globals['_WATCHREQUEST']._serialized_end=505
-  _globals['_RUNEVENT']._serialized_start=507
-  _globals['_RUNEVENT']._serialized_end=604
-  _globals['_CONTROL']._serialized_start=607
-  _globals['_CONTROL']._serialized_end=1000
+  _globals['_RUNINFO']._serialized_end=446
+  _globals['_PARTYLIVENESS']._serialized_start=448
+  _globals['_PARTYLIVENESS']._serialized_end=546
+  _globals['_LISTPARTIESREQUEST']._serialized_start=548
+  _globals['_LISTPARTIESREQUEST']._serialized_end=568
+  _globals['_LISTPARTIESREPLY']._serialized_start=570
+  _globals['_LISTPARTIESREPLY']._serialized_end=667
+  _globals['_LISTRUNSREPLY']._serialized_start=669
+  _globals['_LISTRUNSREPLY']._serialized_end=726
+  _globals['_WATCHREQUEST']._serialized_start=728
+  _globals['_WATCHREQUEST']._serialized_end=777
+  _globals['_RUNEVENT']._serialized_start=779
+  _globals['_RUNEVENT']._serialized_end=876
+  _globals['_CONTROL']._serialized_start=879
+  _globals['_CONTROL']._serialized_end=1363
 # @@protoc_insertion_point(module_scope)

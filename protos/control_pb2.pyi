@@ -33,7 +33,7 @@ class ListRunsRequest(_message.Message):
     def __init__(self, limit: _Optional[int] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("run_id", "name", "type", "status", "created", "started", "ended", "error", "result_json", "flower_run_id", "attempt")
+    __slots__ = ("run_id", "name", "type", "status", "created", "started", "ended", "error", "result_json", "flower_run_id", "attempt", "parties")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class RunInfo(_message.Message):
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     FLOWER_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    PARTIES_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     name: str
     type: str
@@ -56,7 +57,34 @@ class RunInfo(_message.Message):
     result_json: str
     flower_run_id: str
     attempt: int
-    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., status: _Optional[str] = ..., created: _Optional[float] = ..., started: _Optional[float] = ..., ended: _Optional[float] = ..., error: _Optional[str] = ..., result_json: _Optional[str] = ..., flower_run_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+    parties: _containers.RepeatedCompositeFieldContainer[PartyLiveness]
+    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., status: _Optional[str] = ..., created: _Optional[float] = ..., started: _Optional[float] = ..., ended: _Optional[float] = ..., error: _Optional[str] = ..., result_json: _Optional[str] = ..., flower_run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., parties: _Optional[_Iterable[_Union[PartyLiveness, _Mapping]]] = ...) -> None: ...
+
+class PartyLiveness(_message.Message):
+    __slots__ = ("name", "state", "last_seen", "age_s", "interval_s")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    AGE_S_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: str
+    last_seen: float
+    age_s: float
+    interval_s: float
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., last_seen: _Optional[float] = ..., age_s: _Optional[float] = ..., interval_s: _Optional[float] = ...) -> None: ...
+
+class ListPartiesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPartiesReply(_message.Message):
+    __slots__ = ("parties", "liveness_timeout_s")
+    PARTIES_FIELD_NUMBER: _ClassVar[int]
+    LIVENESS_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    parties: _containers.RepeatedCompositeFieldContainer[PartyLiveness]
+    liveness_timeout_s: float
+    def __init__(self, parties: _Optional[_Iterable[_Union[PartyLiveness, _Mapping]]] = ..., liveness_timeout_s: _Optional[float] = ...) -> None: ...
 
 class ListRunsReply(_message.Message):
     __slots__ = ("runs",)

@@ -59,6 +59,11 @@ class ControlStub:
                 request_serializer=protos_dot_control__pb2.RunRequest.SerializeToString,
                 response_deserializer=protos_dot_control__pb2.RunInfo.FromString,
                 _registered_method=True)
+        self.ListParties = channel.unary_unary(
+                '/fedcredit.control.Control/ListParties',
+                request_serializer=protos_dot_control__pb2.ListPartiesRequest.SerializeToString,
+                response_deserializer=protos_dot_control__pb2.ListPartiesReply.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -95,6 +100,12 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListParties(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +133,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ResumeRun,
                     request_deserializer=protos_dot_control__pb2.RunRequest.FromString,
                     response_serializer=protos_dot_control__pb2.RunInfo.SerializeToString,
+            ),
+            'ListParties': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListParties,
+                    request_deserializer=protos_dot_control__pb2.ListPartiesRequest.FromString,
+                    response_serializer=protos_dot_control__pb2.ListPartiesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -259,6 +275,33 @@ class Control:
             '/fedcredit.control.Control/ResumeRun',
             protos_dot_control__pb2.RunRequest.SerializeToString,
             protos_dot_control__pb2.RunInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListParties(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcredit.control.Control/ListParties',
+            protos_dot_control__pb2.ListPartiesRequest.SerializeToString,
+            protos_dot_control__pb2.ListPartiesReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -184,7 +184,11 @@ def _run_deployment(tables: dict[str, Any], banks: dict[str, dict[str, Path]], o
     fed = LocalFederation(out / "federation", parties).setup()
     with fed:
         console.print(f"starting coordinator and {len(parties)} parties (logs: {fed.root / 'logs'})")
-        fed.start()
+        fed.start_coordinator()  # one line per daemon: start-up takes tens of seconds, and a log should show it
+        console.print("coordinator ready")
+        for p in parties:
+            fed.start_party(p.name)
+            console.print(f"party {p.name} ready")
         job_path = fed.write_job("job", tables)
         client = fed.client()
         run_id = client.submit(job_path)

@@ -72,6 +72,7 @@ def _calls(stub: pbg.ControlStub, run_id: str) -> dict[str, object]:
         "GetRun": lambda: stub.GetRun(pb.RunRequest(run_id=run_id), timeout=10),
         "ListRuns": lambda: stub.ListRuns(pb.ListRunsRequest(limit=10), timeout=10),
         "WatchRun": lambda: list(stub.WatchRun(pb.WatchRequest(run_id=run_id), timeout=10)),
+        "ListParties": lambda: stub.ListParties(pb.ListPartiesRequest(), timeout=10),
     }
 
 
@@ -103,5 +104,7 @@ def test_operator_certificate_may_call_every_rpc(control, pki) -> None:
         assert [r.run_id for r in stub.ListRuns(pb.ListRunsRequest(limit=10), timeout=10).runs] == [run_id]
         events = list(stub.WatchRun(pb.WatchRequest(run_id=run_id), timeout=10))
         assert events[-1].HasField("run") and events[-1].run.run_id == run_id
+        assert [(p.name, p.state) for p in stub.ListParties(pb.ListPartiesRequest(), timeout=10).parties] == [
+            ("bank1", "never"), ("bank2", "never")]
     finally:
         ch.close()
