@@ -155,9 +155,10 @@ def test_run_records_print_brackets_intact() -> None:
     from fedcredit.progress import print_run
 
     out = io.StringIO()
-    info = SimpleNamespace(run_id="r-1", name="job [q4]", type="horizontal", status="failed", created=1.0,
-                           started=0, ended=0, error="party 'bank1': [datasets.train] not in [[parties]] [bold]x",
-                           result_json="")
+    from protos import control_pb2
+
+    info = control_pb2.RunInfo(run_id="r-1", name="job [q4]", type="horizontal", status="failed", created=1.0,
+                               error="party 'bank1': [datasets.train] not in [[parties]] [bold]x")
     print_run(info, Console(file=out, width=200, markup=False))
     text = out.getvalue()
     assert "job [q4]" in text and "party 'bank1': [datasets.train] not in [[parties]] [bold]x" in text
