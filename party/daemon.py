@@ -39,6 +39,11 @@ from protos import liveness_pb2, liveness_pb2_grpc
 
 #: What flwr 1.41's SuperNode logs when the SuperLink refuses its key (never registered, or unregistered).
 _KEY_REFUSED_MARKERS = ("Failed to activate SuperNode", "401 Unauthorized")
+_ACTIVATION_REFUSED = "Failed to activate SuperNode"
+#: flwr 1.41's SuperNode heartbeats every 30 s and the SuperLink counts a node online for two intervals,
+#: refusing to activate it again meanwhile; a party restarted right after a crash retries this long.
+ACTIVATION_RETRY_S = 75.0
+ACTIVATION_RETRY_EVERY_S = 10.0
 
 
 def _free_port() -> int:
@@ -97,8 +102,7 @@ def key_refused_help(config: PartyConfig, log_text: str) -> str | None:
     return (
         f"party '{p.name}': the SuperLink at {config.coordinator.flower_address} refused this party's SuperNode key "
         f"({Path(p.identity_dir) / f'{p.name}.flower.key'}): its node was unregistered, or the key was never "
-        "registered. If this party's daemon was killed or crashed less than a minute ago, Flower may still count "
-        "its node as online and refuse to activate it again: wait a minute and start again first. "
+        "registered (this daemon retried for a while, in case Flower still counted its node online after a crash). "
         "Flower never accepts an unregistered key again. To rejoin:\n"
         f"  1. here: fedcredit certs rekey-flower {p.name} --out-dir {p.identity_dir}\n"
         f"  2. send the new public key {pub} to the coordinator operator, who puts it at this party's "
@@ -209,6 +213,7 @@ class PartyHandle:
     log_offset: int = 0  # where this start's lines begin in supernode.log
     fleet_link: FleetLink | None = None
     heartbeat: Heartbeat | None = None
+    respawn: Any = None  # () -> a new SuperNode process, same command and log (activation retries)
 
     def stop(self) -> None:
         if self.heartbeat is not None:
@@ -251,7 +256,23 @@ def start(config_path: Path) -> PartyHandle:
     heartbeat = Heartbeat(identity, config.coordinator.relay_address, config.coordinator.heartbeat_interval_s,
                           log=lambda m: print(m, flush=True)).start()
     _write_ready(config, proc, app)
-    return PartyHandle(config, proc, scoring, app, log_offset, link, heartbeat)
+
+    def respawn() -> subprocess.Popen[bytes]:
+        new = spawn_supernode(cmd, config, log, app)
+        _write_ready(config, new, app)
+        return new
+
+    return PartyHandle(config, proc, scoring, app, log_offset, link, heartbeat, respawn)
+
+
+def _pause(seconds: float) -> bool:
+    """Sleep ``seconds`` unless SIGINT/SIGTERM arrives (False then): the daemon stays stoppable while it waits."""
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return not stop.wait(seconds)
 
 
 def wait_for_coordinator(handle: PartyHandle) -> bool:
@@ -282,12 +303,30 @@ def _ready_line(handle: PartyHandle) -> str:
 def serve_forever(config_path: Path) -> int:
     handle = start(config_path)
     p = handle.config.party
+    log_path = p.state_dir / "supernode.log"
+    retry_until = time.monotonic() + ACTIVATION_RETRY_S
+    ready = False
     try:
-        if wait_for_coordinator(handle):  # else the SuperNode died: supervise() reports it below
-            print(_ready_line(handle), flush=True)
-        rc = supervise(handle.supernode, "flower-supernode", p.state_dir / "supernode.log")
+        while True:
+            if not ready and wait_for_coordinator(handle):  # else the SuperNode died: supervise() reports it below
+                print(_ready_line(handle), flush=True)
+                ready = True
+            rc = supervise(handle.supernode, "flower-supernode", log_path)
+            if rc == 0 or handle.respawn is None or time.monotonic() > retry_until:
+                break
+            if _ACTIVATION_REFUSED not in _log_since(log_path, handle.log_offset):
+                break
+            print(f"party '{p.name}': the SuperLink refused to activate this party's node. After a crash or kill "
+                  "less than a minute ago Flower still counts the node online (two 30 s heartbeats); "
+                  f"retrying in {ACTIVATION_RETRY_EVERY_S:g} s (until {ACTIVATION_RETRY_S:g} s after start)",
+                  file=sys.stderr, flush=True)
+            if not _pause(ACTIVATION_RETRY_EVERY_S):
+                rc = 0
+                break
+            handle.log_offset = log_path.stat().st_size
+            handle.supernode = handle.respawn()
         if rc != 0:
-            help_text = key_refused_help(handle.config, _log_since(p.state_dir / "supernode.log", handle.log_offset))
+            help_text = key_refused_help(handle.config, _log_since(log_path, handle.log_offset))
             if help_text:
                 print(help_text, file=sys.stderr, flush=True)
                 rc = 3
