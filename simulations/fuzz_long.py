@@ -431,3 +431,50 @@ def run_target(t: Target, examples: int, seed_value: int | None = 20261201) -> N
         check(t, data)
 
     (seed(seed_value)(prop) if seed_value is not None else prop)()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The long run: every target with a large budget; prints examples, time and findings per decoder."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="fuzz every decoder of another institution's bytes (long run)")
+    ap.add_argument("--examples", type=int, default=5000, help="Hypothesis examples per fast decoder")
+    ap.add_argument("--slow-examples", type=int, default=500,
+                    help="examples per CKKS / artifact / scoring decoder (10-100 ms each)")
+    ap.add_argument("--groups", default=",".join(BUILDERS), help=f"comma-separated subset of {sorted(BUILDERS)}")
+    ap.add_argument("--seed", type=int, default=1, help="Hypothesis seed (CI uses 20261201)")
+    ap.add_argument("--out", help="write the per-decoder figures as JSON here")
+    args = ap.parse_args(argv)
+    slow = {"ckks", "ckks_hist", "artifacts", "scoring"}
+    rows: list[dict[str, Any]] = []
+    t_all = time.perf_counter()
+    for group in args.groups.split(","):
+        for t in BUILDERS[group]():
+            n = args.slow_examples if group in slow else args.examples
+            t0 = time.perf_counter()
+            finding = ""
+            try:
+                run_target(t, n, args.seed)
+            except Finding as e:
+                finding = str(e).splitlines()[0][:300]
+            except Exception as e:  # noqa: BLE001 - Hypothesis re-raises the shrunk failure
+                finding = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            row = {"decoder": t.name, **t.stats, "seconds": round(time.perf_counter() - t0, 1), "finding": finding}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    total = time.perf_counter() - t_all
+    print()
+    print(f"{'decoder':<68} {'examples':>8} {'refused':>8} {'seconds':>8}  finding")
+    for r in rows:
+        print(f"{r['decoder']:<68} {r['examples']:>8} {r['refused']:>8} {r['seconds']:>8.1f}  {r['finding'] or '-'}")
+    print(f"total: {sum(r['examples'] for r in rows)} examples over {len(rows)} decoders in {total:.0f} s; "
+          f"findings: {sum(1 for r in rows if r['finding'])}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    return 1 if any(r["finding"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -11,13 +11,12 @@ run reproducible; ``FEDCREDIT_FUZZ_EXAMPLES`` raises the per-decoder budget.
 from __future__ import annotations
 
 import os
-import tracemalloc
 
 import pytest
 
 from simulations.fuzz_long import BUILDERS, Finding, Target, check, run_target
 
-EXAMPLES = int(os.environ.get("FEDCREDIT_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("FEDCREDIT_FUZZ_EXAMPLES", "120"))
 # the CKKS parsers cost ~10-100 ms per input; the rest well under 1 ms
 SLOW = {"ckks", "ckks_hist", "artifacts", "scoring"}
 
@@ -28,13 +27,6 @@ def _targets(group: str) -> list[Target]:
     if group not in _CACHE:
         _CACHE[group] = BUILDERS[group]()
     return _CACHE[group]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _tracing():
-    tracemalloc.start()
-    yield
-    tracemalloc.stop()
 
 
 @pytest.mark.parametrize("group", sorted(BUILDERS))
