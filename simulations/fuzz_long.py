@@ -94,6 +94,7 @@ def _codec() -> list[Target]:
         # a header that claims a 2^40-element array in a tiny payload
         codec.MAGIC + (lambda h: len(h).to_bytes(4, "little") + h)(
             json.dumps({"meta": {}, "arrays": [["x", "<f8", [2**40], 8 * 2**40]], "blobs": []}).encode()),
+        codec.MAGIC + (20000).to_bytes(4, "little") + b"[" * 20000,  # nesting deeper than json's recursion limit
     ]
     from fedcredit.protocols.secureboost import scoring as sbs
     from fedcredit.protocols.secureboost.trees import PassiveModelPart
@@ -126,8 +127,8 @@ def _ckks() -> list[Target]:
     blob = ckks.encrypt_vector(pk, np.linspace(-1, 1, 5))
     two = ckks.encrypt_vector(pk, np.arange(2100.0) / 2100)  # 2 chunks at 2048 slots
     pub = pk.to_bytes()
-    # a header that claims 2^40 values over 2^29 empty chunks would need 8 TB; here 4 chunks claim 8192 each
-    liar = ckks._HEADER.pack(ckks.MAGIC, ckks.VERSION, 2**40, 4) + b"\x00\x00\x00\x00" * 4
+    # 2,000 empty chunks (8 kB) announcing 2,000 x 2,048 values: a buffer of the header's n would be 32 MB
+    liar = ckks._HEADER.pack(ckks.MAGIC, ckks.VERSION, 2000 * 2048, 2000) + b"\x00\x00\x00\x00" * 2000
 
     def add(b: bytes) -> None:
         ckks.add_encrypted(pk, [blob, b])
@@ -136,7 +137,7 @@ def _ckks() -> list[Target]:
         Target("ckks.load_public (CKKS context)", lambda b: ckks.load_public(b, what="fuzz"), [pub], max_size=len(pub) + 64,
                alloc_floor=16 << 20),
         Target("ckks.decrypt_vector (FCKK blob)", lambda b: ckks.decrypt_vector(sk, b), [blob, two, liar],
-               max_size=len(two) + 64),
+               max_size=len(liar) + 64),
         Target("ckks.add_encrypted (FCKK blob)", add, [blob], max_size=len(blob) + 64),
         Target("ckks.scale_encrypted (FCKK blob)", lambda b: ckks.scale_encrypted(pk, b, 0.5), [blob, liar],
                max_size=len(two) + 64),
