@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -124,7 +125,7 @@ async def _score_load(address: str, identity: Any, apps: list[tuple[str, dict[st
                         errors["empty decision"] += 1
                     lat.append(time.perf_counter() - t)
                 except grpc.aio.AioRpcError as e:
-                    errors[f"{e.code().name}: {(e.details() or '')[:120]}"] += 1
+                    errors[f"{e.code().name}: {re.sub(r'[0-9.]+', 'N', (e.details() or '')[:160])}"] += 1
                 k += clients
 
         t0 = time.perf_counter()
@@ -139,12 +140,12 @@ async def _score_load(address: str, identity: Any, apps: list[tuple[str, dict[st
 
 
 def scoring_load(clients: int = 128, seconds: float = 60.0, *, model: str = "secureboost", n_fit: int = 20000,
-                 work: Path | None = None) -> dict[str, Any]:
+                 work: Path | None = None, raised_limits: bool = True) -> dict[str, Any]:
     """(a): the deployed joint model of bench_scoring under ``clients`` concurrent callers for ``seconds``."""
     from simulations.bench_scoring import deployed
 
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
-        with deployed(Path(work or tmp), model, n_fit=n_fit) as dep:
+        with deployed(Path(work or tmp), model, n_fit=n_fit, raised_limits=raised_limits) as dep:
             pids = {p: proc.pid for p, proc in dep.procs.items()}
             with RssSampler(pids) as rss:
                 res = asyncio.run(_score_load(dep.guest_address, dep.client, dep.apps, clients, seconds))
@@ -299,11 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-procs", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--model", default="secureboost", choices=["secureboost", "vertical-lr"])
+    ap.add_argument("--default-rate-limits", action="store_true",
+                    help="keep the passive party's default [scoring.partial_rate] (the benchmark raises it)")
     ap.add_argument("--out", help="write the results JSON here")
     args = ap.parse_args(argv)
     results: dict[str, Any] = {}
     if args.part in ("scoring", "both"):
-        results["scoring"] = scoring_load(args.clients, args.seconds, model=args.model)
+        results["scoring"] = scoring_load(args.clients, args.seconds, model=args.model,
+                                          raised_limits=not args.default_rate_limits)
         print(json.dumps({"scoring": results["scoring"]}, indent=1), flush=True)
     if args.part in ("relay", "both"):
         results["relay"] = relay_load(args.parties, args.seconds, client_procs=args.client_procs)

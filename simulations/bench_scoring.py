@@ -159,10 +159,11 @@ class Deployment:
 
 @contextmanager
 def deployed(work: Path, model: str = "secureboost", *, n_fit: int = 20000, federated: bool = False,
-             guest_scoring: str = "") -> Iterator[Deployment]:
+             guest_scoring: str = "", raised_limits: bool = True) -> Iterator[Deployment]:
     """Train ``model`` on the shared hetero data, sign and install both parts, start both scoring servers
     (one process each, as the party daemon starts them); stop them on exit.  ``guest_scoring`` adds lines
-    to the label party's ``[scoring]`` section."""
+    to the label party's ``[scoring]`` section; ``raised_limits=False`` keeps the passive party's default
+    ``[scoring.partial_rate]``."""
     from crypto.certs import Identity, init_ca, issue
     from fedcredit.artifacts import build_run_artifacts, sign_artifact
     from party.models import ModelStore
@@ -189,9 +190,9 @@ def deployed(work: Path, model: str = "secureboost", *, n_fit: int = 20000, fede
     mwork = work / model
     (mwork / "pki").symlink_to(pki)
     # a benchmark is not an attack: the passive party's per-caller limits are raised far above the load
-    host_cfg = _party_toml(mwork, "host", '[scoring]\ndataset = "serve"\nworkers = 16\n'
-                                          '[scoring.partial_rate]\nids_per_second = 1e7\nburst = 1000000\n'
-                                          'ids_per_day = 1000000000')
+    limits = ('[scoring.partial_rate]\nids_per_second = 1e7\nburst = 1000000\nids_per_day = 1000000000'
+              if raised_limits else "")
+    host_cfg = _party_toml(mwork, "host", '[scoring]\ndataset = "serve"\nworkers = 16\n' + limits)
     host_proc, host_addr = _start_server(host_cfg)
     procs = {"host": host_proc}
     try:
