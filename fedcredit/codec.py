@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,6 +33,8 @@ _HEAD = struct.Struct("<4sI")
 #: A header larger than this is refused before it is parsed (headers carry names, shapes and small metadata).
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 _NUMERIC = "biuf"
+#: The dtype strings :func:`pack` writes (``a.dtype.str`` of a numeric array): byte order, kind, size.
+_DTYPE_RE = re.compile(r"^[<>|=]?[biuf](1|2|4|8)$")
 
 
 def pack(meta: Mapping[str, Any] | None = None, arrays: Mapping[str, np.ndarray] | None = None,
@@ -74,9 +77,9 @@ def unpack(payload: bytes, *, what: str = "message") -> tuple[dict[str, Any], di
         arrays: dict[str, np.ndarray] = {}
         for spec in _list(header.get("arrays"), "arrays"):
             name, dtype, shape, nbytes = spec
-            dt = np.dtype(str(dtype))
-            if dt.kind not in _NUMERIC or dt.hasobject:
-                raise ValueError(f"array '{name}': dtype {dt} not allowed")
+            if not isinstance(dtype, str) or not _DTYPE_RE.match(dtype):  # before numpy parses it (np.dtype("<01")
+                raise ValueError(f"array '{name}': dtype {dtype!r} not allowed")  # is a SyntaxError)
+            dt = np.dtype(dtype)
             shape = [int(s) for s in _list(shape, f"shape of '{name}'")]
             nbytes = int(nbytes)
             if any(s < 0 for s in shape) or nbytes != math.prod(shape) * dt.itemsize:
