@@ -267,19 +267,21 @@ def decrypt_vector(ctx: SecretContext, blob: bytes) -> np.ndarray:
     """Decrypt a blob to a float64 vector of its original length (needs the secret key)."""
     tctx = _require_secret(ctx, "decrypt CKKS blob")
     n, chunks = _split(blob, "blob")
-    if len(chunks) != math.ceil(n / slot_count(ctx)):
+    if len(chunks) != -(-n // slot_count(ctx)):
         raise ProtocolError(f"blob header says n={n} but carries {len(chunks)} chunks")
-    out = np.empty(n, dtype=np.float64)
+    # No buffer of the header's n up front: n is only a claim (a blob of empty chunks could announce
+    # billions of values); the output grows with the ciphertexts that actually decrypt.
+    parts: list[np.ndarray] = []
     off = 0
     for i, c in enumerate(chunks):
-        vals = _load_chunk(tctx, c, "blob", i).decrypt()
+        vals = np.asarray(_load_chunk(tctx, c, "blob", i).decrypt(), dtype=np.float64)
         if off + len(vals) > n:
             raise ProtocolError(f"blob chunk {i} holds more values than the header's n={n}")
-        out[off : off + len(vals)] = vals
+        parts.append(vals)
         off += len(vals)
     if off != n:
         raise ProtocolError(f"blob decrypted to {off} values but its header says n={n}")
-    return out
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)
 
 
 def add_encrypted(ctx: Context, blobs: Sequence[bytes]) -> bytes:
@@ -287,7 +289,7 @@ def add_encrypted(ctx: Context, blobs: Sequence[bytes]) -> bytes:
     if not blobs:
         raise ProtocolError("add_encrypted needs at least one blob")
     n0, first = _split(blobs[0], "blob 0")
-    if len(first) != math.ceil(n0 / slot_count(ctx)):
+    if len(first) != -(-n0 // slot_count(ctx)):
         raise ProtocolError(f"blob 0 header says n={n0} but carries {len(first)} chunks")
     tctx = _ts(ctx)
     acc = [_load_chunk(tctx, c, "blob 0", i) for i, c in enumerate(first)]

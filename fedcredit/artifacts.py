@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -191,10 +192,54 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def load_npz(data: bytes) -> dict[str, np.ndarray]:
-    """Read :func:`npz_bytes` output; pickled objects are refused."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+def load_npz(data: bytes, *, where: str = "npz file") -> dict[str, np.ndarray]:
+    """Read :func:`npz_bytes` output; anything else is a SecurityError naming ``where``.
+
+    Bounded, unlike ``np.load``: members must be stored (not deflated: no zip bomb), at most
+    :data:`MAX_ARTIFACT_FILES`, numeric dtypes only (no pickle), and each ``.npy`` header's shape
+    must match the bytes that follow it *before* an array is made (``np.load`` allocates the
+    header's shape first, so a 100-byte member could claim terabytes).
+    """
+    data = bytes(data)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+            if len(infos) > MAX_ARTIFACT_FILES:
+                raise SecurityError(f"{where}: {len(infos)} members, more than {MAX_ARTIFACT_FILES} (refused)")
+            out: dict[str, np.ndarray] = {}
+            for info in infos:
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(data):
+                    raise SecurityError(f"{where}: member {info.filename!r} is compressed or larger than the file")
+                if not info.filename.endswith(".npy"):
+                    raise SecurityError(f"{where}: member {info.filename!r} is not a .npy array")
+                raw = zf.read(info)
+                out[info.filename[:-4]] = _read_npy(raw, f"{where}: member {info.filename!r}")
+            return out
+    except SecurityError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError, TypeError,
+            NotImplementedError, RuntimeError, OverflowError, SyntaxError, UnicodeDecodeError) as exc:
+        raise SecurityError(f"{where}: not a readable npz file: {exc}") from None
+
+
+def _read_npy(raw: bytes, where: str) -> np.ndarray:
+    """One ``.npy`` member: header checked against the bytes present, then a copy of exactly those bytes."""
+    buf = io.BytesIO(raw)
+    version = np.lib.format.read_magic(buf)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf, max_header_size=10_000)
+    elif version in ((2, 0), (3, 0)):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf, max_header_size=10_000)
+    else:
+        raise SecurityError(f"{where}: .npy format version {version} not supported")
+    if dtype.kind not in "biuf" or dtype.hasobject:
+        raise SecurityError(f"{where}: dtype {dtype} is not numeric (refused)")
+    count = math.prod(shape)
+    body = raw[buf.tell():]
+    if count * dtype.itemsize != len(body):
+        raise SecurityError(f"{where}: header shape {shape} needs {count * dtype.itemsize} bytes, {len(body)} present")
+    arr = np.frombuffer(body, dtype=dtype, count=count).copy()
+    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
 
 
 def _sha256(data: bytes) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,13 +26,15 @@ import numpy as np
 
 from fedcredit.errors import ProtocolError
 
-__all__ = ["pack", "unpack", "pack_arrays", "unpack_arrays", "pack_blobs", "unpack_blobs", "MAGIC"]
+__all__ = ["pack", "unpack", "pack_arrays", "unpack_arrays", "pack_blobs", "unpack_blobs", "loads_json", "MAGIC"]
 
 MAGIC = b"FCW1"
 _HEAD = struct.Struct("<4sI")
 #: A header larger than this is refused before it is parsed (headers carry names, shapes and small metadata).
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 _NUMERIC = "biuf"
+#: The dtype strings :func:`pack` writes (``a.dtype.str`` of a numeric array): byte order, kind, size.
+_DTYPE_RE = re.compile(r"^[<>|=]?[biuf](1|2|4|8)$")
 
 
 def pack(meta: Mapping[str, Any] | None = None, arrays: Mapping[str, np.ndarray] | None = None,
@@ -74,9 +77,9 @@ def unpack(payload: bytes, *, what: str = "message") -> tuple[dict[str, Any], di
         arrays: dict[str, np.ndarray] = {}
         for spec in _list(header.get("arrays"), "arrays"):
             name, dtype, shape, nbytes = spec
-            dt = np.dtype(str(dtype))
-            if dt.kind not in _NUMERIC or dt.hasobject:
-                raise ValueError(f"array '{name}': dtype {dt} not allowed")
+            if not isinstance(dtype, str) or not _DTYPE_RE.match(dtype):  # before numpy parses it (np.dtype("<01")
+                raise ValueError(f"array '{name}': dtype {dtype!r} not allowed")  # is a SyntaxError)
+            dt = np.dtype(dtype)
             shape = [int(s) for s in _list(shape, f"shape of '{name}'")]
             nbytes = int(nbytes)
             if any(s < 0 for s in shape) or nbytes != math.prod(shape) * dt.itemsize:
@@ -97,8 +100,47 @@ def unpack(payload: bytes, *, what: str = "message") -> tuple[dict[str, Any], di
         if off != len(data):
             raise ValueError(f"{len(data) - off} trailing bytes")
         return header["meta"], arrays, blobs
+    except RecursionError:  # json.loads of a deeply nested header
+        raise ProtocolError(f"malformed {what}: header nests too deeply") from None
     except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError, OverflowError) as e:
         raise ProtocolError(f"malformed {what}: {e}") from None
+
+
+#: JSON control messages (PSI hello, split masks, vertical LR setup/control) nest a few levels at most.
+MAX_JSON_DEPTH = 32
+
+
+def loads_json(payload: bytes, *, what: str, max_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any]:
+    """A small JSON object from a peer; anything else (not UTF-8, not JSON, not an object, nested
+    deeper than :data:`MAX_JSON_DEPTH`, larger than ``max_bytes``) is a ProtocolError naming ``what``.
+
+    Why one helper: ``json.loads`` raises RecursionError on deep nesting and a list where the
+    caller expects an object turns every later ``.get`` into an AttributeError.
+    """
+    if len(payload) > max_bytes:
+        raise ProtocolError(f"malformed {what}: {len(payload)} bytes, more than the {max_bytes}-byte limit")
+    try:
+        doc = json.loads(bytes(payload).decode("utf-8"))
+    except RecursionError:
+        raise ProtocolError(f"malformed {what}: nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"malformed {what}: not JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError(f"malformed {what}: expected a JSON object, got {type(doc).__name__}")
+    if _depth_exceeds(doc, MAX_JSON_DEPTH):
+        raise ProtocolError(f"malformed {what}: nests deeper than {MAX_JSON_DEPTH} levels")
+    return doc
+
+
+def _depth_exceeds(doc: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if isinstance(obj, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (obj.values() if isinstance(obj, dict) else obj))
+    return False
 
 
 def _list(v: Any, what: str) -> list[Any]:

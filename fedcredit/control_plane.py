@@ -21,6 +21,9 @@ from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from fedcredit.codec import loads_json
+from fedcredit.errors import ProtocolError
+
 __all__ = ["APP_DIR", "build_app_fab", "META", "BODY", "JOB_ADMIT", "VERTICAL_RUN", "ARTIFACT_BUILD", "ARTIFACT_INSTALL", "REPLY_SUFFIX", "pack", "unpack"]
 
 #: The Flower app descriptor the coordinator submits for every job (no code of its own: its
@@ -68,8 +71,18 @@ def pack(method: str, payload: bytes, meta: Mapping[str, Any]) -> RecordDict:
     )
 
 
-def unpack(content: RecordDict) -> tuple[str, bytes, dict[str, Any]]:
-    """(method, payload, meta) of a message built by :func:`pack`."""
-    meta = content.config_records[META]
-    payload = content.array_records[BODY]["payload"].data
-    return str(meta["method"]), bytes(payload), json.loads(str(meta["meta"]))
+def unpack(content: RecordDict, *, what: str = "control-plane message") -> tuple[str, bytes, dict[str, Any]]:
+    """(method, payload, meta) of a message built by :func:`pack`; anything else is a ProtocolError naming ``what``.
+
+    The other side is another institution: a missing record, a non-string method or ``meta``
+    that is not a JSON object must not surface as a KeyError deep in a role.
+    """
+    try:
+        meta = content.config_records[META]
+        payload = content.array_records[BODY]["payload"].data
+        method, raw_meta = meta["method"], meta["meta"]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ProtocolError(f"malformed {what}: missing {e}") from None
+    if not isinstance(method, str) or not isinstance(raw_meta, str) or not isinstance(payload, bytes):
+        raise ProtocolError(f"malformed {what}: 'method' and 'meta' must be strings and the payload bytes")
+    return method, payload, loads_json(raw_meta.encode("utf-8", "surrogatepass"), what=f"{what} meta")

@@ -34,7 +34,7 @@ def _horizontal(raw: bytes, source: str) -> Any:
     from fedcredit.models import load_model_bytes
 
     try:
-        return load_model_bytes(raw)
+        return load_model_bytes(raw, source=f"{source}: model.json")
     except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise DataError(f"{source}: model.json is not a horizontal model: {exc}") from None
 
@@ -42,13 +42,13 @@ def _horizontal(raw: bytes, source: str) -> Any:
 def _vlr_label(raw: bytes, source: str) -> Any:
     from fedcredit.protocols.vertical_lr import LabelModel, OnlineLabel
 
-    return OnlineLabel(LabelModel.from_json(raw.decode()))
+    return OnlineLabel(LabelModel.from_json(bytes(raw).decode("utf-8", "replace"), source=f"{source}: model.json"))
 
 
 def _vlr_passive(raw: bytes, source: str) -> Any:
     from fedcredit.protocols.vertical_lr import OnlinePassive, PassiveModel
 
-    return OnlinePassive(PassiveModel.from_json(raw.decode()))
+    return OnlinePassive(PassiveModel.from_json(bytes(raw).decode("utf-8", "replace"), source=f"{source}: model.json"))
 
 
 def _sb_label(raw: bytes, source: str) -> Any:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from crypto.files import write_text
+from fedcredit.errors import DataError
 from fedcredit.metrics import sigmoid
 
 FAMILIES = ("lr", "mlp")
@@ -291,22 +292,60 @@ def load_model(path: str | Path) -> SavedModel:
     return load_model_bytes(Path(path).read_bytes(), source=str(path))
 
 
+def _expected_params(family: Any, d: Any, hidden: Any) -> int:
+    """Parameter count a model file's config implies (before any model is built)."""
+    if family == "lr":
+        return int(d) + 1
+    if family == "mlp":
+        return int(d) * int(hidden) + int(hidden) + int(hidden) + 1
+    raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+
+
 def load_model_bytes(raw: bytes, source: str = "model.json") -> SavedModel:
-    """A model from :func:`save_model`'s bytes (e.g. an artifact's ``model.json``)."""
-    doc = json.loads(raw.decode("utf-8"))
-    if not isinstance(doc, dict) or doc.get("format") != "fedcredit-model/1":
-        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise ValueError(f"{source}: not a fedcredit model file (format {got!r})")
-    cfg = dict(doc["config"])
-    family = cfg.pop("family")
-    d = cfg.pop("d")
-    model = make_model(family, d, **cfg)
-    model.set_flat(np.asarray(doc["params"], dtype=np.float64))
-    st = doc["standardization"]
-    return SavedModel(
-        model=model,
-        mean=np.asarray(st["mean"], dtype=np.float64),
-        std=np.asarray(st["std"], dtype=np.float64),
-        feature_names=list(doc["feature_names"]),
-        meta=dict(doc.get("meta", {})),
-    )
+    """A model from :func:`save_model`'s bytes (e.g. an artifact's ``model.json``).
+
+    The file may come from another institution (an artifact): every field is checked against
+    the others *before* a model is built, so ``"d": 10**9`` in a 200-byte file cannot make us
+    allocate a billion weights; anything malformed is a DataError naming ``source``.
+    """
+    try:
+        doc = json.loads(bytes(raw).decode("utf-8"))
+        if not isinstance(doc, dict) or doc.get("format") != "fedcredit-model/1":
+            got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+            raise DataError(f"{source}: not a fedcredit model file (format {got!r})")
+        cfg = dict(doc["config"])
+        family = cfg.pop("family")
+        d = cfg.pop("d")
+        params = doc["params"]
+        st = doc["standardization"]
+        names = doc["feature_names"]
+        if not isinstance(params, list) or not isinstance(names, list) or not isinstance(st, dict):
+            raise DataError(f"{source}: 'params' and 'feature_names' must be lists, 'standardization' an object")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in params):
+            raise DataError(f"{source}: 'params' must be numbers")
+        if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= len(params):
+            raise DataError(f"{source}: 'config.d' = {d!r} is not a feature count that fits {len(params)} parameters")
+        hidden = cfg.get("hidden", 16)
+        if family == "mlp" and (isinstance(hidden, bool) or not isinstance(hidden, int) or not 1 <= hidden <= len(params)):
+            raise DataError(f"{source}: 'config.hidden' = {hidden!r} does not fit {len(params)} parameters")
+        if _expected_params(family, d, hidden) != len(params):
+            raise DataError(f"{source}: a {family} model over {d} features needs "
+                            f"{_expected_params(family, d, hidden)} parameters, the file has {len(params)}")
+        if len(names) != d:
+            raise DataError(f"{source}: {len(names)} feature names for a model over {d} features")
+        mean = np.asarray(st["mean"], dtype=np.float64)
+        std = np.asarray(st["std"], dtype=np.float64)
+        if mean.shape != (d,) or std.shape != (d,):
+            raise DataError(f"{source}: standardization mean/std must have {d} values each")
+        meta = doc.get("meta", {})
+        if not isinstance(meta, dict):
+            raise DataError(f"{source}: 'meta' must be an object")
+        model = make_model(family, d, **cfg)
+        model.set_flat(np.asarray(params, dtype=np.float64))
+        return SavedModel(model=model, mean=mean, std=std, feature_names=[str(n) for n in names], meta=dict(meta))
+    except DataError:
+        raise
+    except RecursionError:
+        raise DataError(f"{source}: nests too deeply to be a model file") from None
+    except (ValueError, KeyError, TypeError, OverflowError, UnicodeDecodeError, RuntimeError) as exc:
+        raise DataError(f"{source}: not a fedcredit model file: {exc!r}") from None

@@ -621,6 +621,27 @@ def _peer_error(party: str, address: str, e: grpc.RpcError, deadline: float) -> 
 # --------------------------------------------------------------------------- gRPC
 
 
+#: Request limits, checked before any per-application work: a ScoreBatch call is one caller's batch of
+#: applications (the decision log, the passive round trip and the feature matrix grow with it).
+MAX_BATCH_APPLICATIONS = 10_000
+MAX_ID_CHARS = 256
+MAX_FEATURES = 4096
+
+
+def applications_from(party: str, requests: Sequence[pb.ScoreRequest]) -> list[Application]:
+    """The applications of a Score/ScoreBatch call, refused with a DataError naming the field if over a limit."""
+    if len(requests) > MAX_BATCH_APPLICATIONS:
+        raise DataError(f"party '{party}': a batch of {len(requests)} applications is more than the "
+                        f"{MAX_BATCH_APPLICATIONS} one call may carry (split it)")
+    out = []
+    for k, r in enumerate(requests):
+        if len(r.id) > MAX_ID_CHARS or len(r.features) > MAX_FEATURES:
+            raise DataError(f"party '{party}': application {k}: id longer than {MAX_ID_CHARS} characters or "
+                            f"more than {MAX_FEATURES} features")
+        out.append(_to_app(r))
+    return out
+
+
 def _to_app(r: pb.ScoreRequest) -> Application:
     return Application(r.id, dict(r.features), r.exposure if r.HasField("exposure") else None)
 
@@ -669,15 +690,16 @@ class _Servicer(pbg.ScoringServicer):
     async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreReply:
         async def run(caller: str, role: str) -> pb.ScoreReply:
             self.service.authorize_score(caller, role)
-            done = await self.service.score_async([_to_app(request)], request.model_version, caller=caller)
+            done = await self.service.score_async(applications_from(self.service.party, [request]),
+                                                  request.model_version, caller=caller)
             return _to_reply(done[0])
         return await self._run(context, run)
 
     async def ScoreBatch(self, request: pb.ScoreBatchRequest, context: Any) -> pb.ScoreBatchReply:
         async def run(caller: str, role: str) -> pb.ScoreBatchReply:
             self.service.authorize_score(caller, role)
-            done = await self.service.score_async([_to_app(r) for r in request.requests], request.model_version,
-                                                  caller=caller)
+            done = await self.service.score_async(applications_from(self.service.party, request.requests),
+                                                  request.model_version, caller=caller)
             return pb.ScoreBatchReply(replies=[_to_reply(d) for d in done])
         return await self._run(context, run)
 

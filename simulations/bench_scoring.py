@@ -33,6 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +143,71 @@ def _serve(cfg_path: str) -> int:
     return 0
 
 
+@dataclass
+class Deployment:
+    """A deployed joint model: both parties' scoring servers in their own processes, a client identity,
+    and the applications to score (what this benchmark and ``bench_load.py`` measure against)."""
+
+    guest_address: str
+    client: Any  # crypto.certs.Identity of the caller "client"
+    apps: list[tuple[str, dict[str, float]]]
+    procs: dict[str, subprocess.Popen[str]]
+    work: Path
+    label: Any
+    passive: Any
+
+
+@contextmanager
+def deployed(work: Path, model: str = "secureboost", *, n_fit: int = 20000, federated: bool = False,
+             guest_scoring: str = "", raised_limits: bool = True) -> Iterator[Deployment]:
+    """Train ``model`` on the shared hetero data, sign and install both parts, start both scoring servers
+    (one process each, as the party daemon starts them); stop them on exit.  ``guest_scoring`` adds lines
+    to the label party's ``[scoring]`` section; ``raised_limits=False`` keeps the passive party's default
+    ``[scoring.partial_rate]``."""
+    from crypto.certs import Identity, init_ca, issue
+    from fedcredit.artifacts import build_run_artifacts, sign_artifact
+    from party.models import ModelStore
+
+    g, h = pd.read_csv(GUEST_CSV), pd.read_csv(HOST_CSV)
+    assert (g["id"].to_numpy() == h["id"].to_numpy()).all()
+    pki = work / "pki"
+    if not (pki / "ca").exists():
+        ca = init_ca(pki / "ca", "bench")
+        for p in ("guest", "host", "client"):
+            issue(ca, pki / p, p)
+    ca = pki / "ca"
+    gs = g.iloc[n_fit:]
+    lab_f = [c for c in g.columns if c.startswith("x")]
+    apps = [(str(i), dict(zip(lab_f, map(float, r)))) for i, r in zip(gs["id"], gs[lab_f].to_numpy())]
+    t = time.perf_counter()
+    lab, pas = _train(model, g, h, n_fit, federated)
+    print(f"[{model}] trained in {time.perf_counter() - t:.1f} s", flush=True)
+    arts = build_run_artifacts(work / f"build-{model}", run_id=f"bench-{model}", parts=_parts(model, lab, pas))
+    for p, path in arts.items():
+        sign_artifact(path, ca / "federation-signing.key")
+        ModelStore(work / model / p / "models", party=p,
+                   federation_public_key=ca / "federation-signing.pub").install(path, activate=True)
+    mwork = work / model
+    (mwork / "pki").symlink_to(pki)
+    # a benchmark is not an attack: the passive party's per-caller limits are raised far above the load
+    limits = ('[scoring.partial_rate]\nids_per_second = 1e7\nburst = 1000000\nids_per_day = 1000000000'
+              if raised_limits else "")
+    host_cfg = _party_toml(mwork, "host", '[scoring]\ndataset = "serve"\nworkers = 16\n' + limits)
+    host_proc, host_addr = _start_server(host_cfg)
+    procs = {"host": host_proc}
+    try:
+        guest_cfg = _party_toml(mwork, "guest", f'[scoring]\nworkers = 64\ndeadline_ms = 2000\ncallers = ["client"]\n'
+                                                f'peers = {{ host = "{host_addr}" }}\n{guest_scoring}')
+        guest_proc, guest_addr = _start_server(guest_cfg)
+        procs["guest"] = guest_proc
+        yield Deployment(guest_addr, Identity.load(pki / "client", "client"), apps, procs, mwork, lab, pas)
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            proc.wait(10)
+
+
 # --------------------------------------------------------------------------- load
 
 
@@ -228,65 +296,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write results JSON here")
     args = ap.parse_args(argv)
 
-    from crypto.certs import init_ca, issue
-    from fedcredit.artifacts import build_run_artifacts, sign_artifact
-    from party.models import ModelStore
-
     g, h = pd.read_csv(GUEST_CSV), pd.read_csv(HOST_CSV)
-    assert (g["id"].to_numpy() == h["id"].to_numpy()).all()
     clients = [int(c) for c in args.clients.split(",")]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-scoring-") as tmp:
         work = Path(tmp)
-        ca = init_ca(work / "pki" / "ca", "bench")
-        ids = {p: issue(ca, work / "pki" / p, p) for p in ("guest", "host", "client")}
-        gs, hs = g.iloc[args.n_fit:], h.iloc[args.n_fit:]
-        apps = [(str(i), dict(zip(lab_f, map(float, r)))) for lab_f in [[c for c in g.columns if c.startswith("x")]]
-                for i, r in zip(gs["id"], gs[lab_f].to_numpy())]
         for model in args.models.split(","):
-            t = time.perf_counter()
-            lab, pas = _train(model, g, h, args.n_fit, args.federated)
-            print(f"[{model}] trained in {time.perf_counter() - t:.1f} s", flush=True)
-            arts = build_run_artifacts(work / f"build-{model}", run_id=f"bench-{model}", parts=_parts(model, lab, pas))
-            for p, path in arts.items():
-                sign_artifact(path, ca / "federation-signing.key")
-                ModelStore(work / model / p / "models", party=p,
-                           federation_public_key=ca / "federation-signing.pub").install(path, activate=True)
-            mwork = work / model
-            (mwork / "pki").symlink_to(work / "pki")
-            # a benchmark is not an attack: the passive party's per-caller limits are raised far above the load
-            host_cfg = _party_toml(mwork, "host", '[scoring]\ndataset = "serve"\nworkers = 16\n'
-                                                  '[scoring.partial_rate]\nids_per_second = 1e7\nburst = 1000000\n'
-                                                  'ids_per_day = 1000000000')
-            host_proc, host_addr = _start_server(host_cfg)
-            guest_cfg = _party_toml(mwork, "guest", f'[scoring]\nworkers = 64\ndeadline_ms = 2000\ncallers = ["client"]\n'
-                                                    f'peers = {{ host = "{host_addr}" }}')
-            guest_proc, guest_addr = _start_server(guest_cfg)
-            try:
+            with deployed(work, model, n_fit=args.n_fit, federated=args.federated) as dep:
+                lab, pas, apps, mwork = dep.label, dep.passive, dep.apps, dep.work
+                gs, hs = g.iloc[args.n_fit:], h.iloc[args.n_fit:]
                 lat, wall = _floor(model, lab, pas, gs, hs, args.requests)
                 rows.append(_row(model, "in-process", 1, lat, wall))
                 print(json.dumps(rows[-1]), flush=True)
                 for c in clients:
-                    lat, wall = asyncio.run(_load(guest_addr, ids["client"], apps, c, max(args.requests, 4 * c)))
+                    lat, wall = asyncio.run(_load(dep.guest_address, dep.client, apps, c, max(args.requests, 4 * c)))
                     rows.append(_row(model, "grpc-mtls", c, lat, wall))
                     print(json.dumps(rows[-1]), flush=True)
                 if args.batch > 1:
-                    lat, wall = asyncio.run(_load(guest_addr, ids["client"], apps, 16, max(args.requests, 16 * args.batch),
-                                                  batch=args.batch))
+                    lat, wall = asyncio.run(_load(dep.guest_address, dep.client, apps, 16,
+                                                  max(args.requests, 16 * args.batch), batch=args.batch))
                     rows.append(_row(model, f"batch-{args.batch}", 16, lat, wall))
                     rows[-1]["decisions_per_s"] *= args.batch  # each call carried `batch` decisions
                     print(json.dumps(rows[-1]), flush=True)
                 time.sleep(0.2)  # the decision log is flushed every 50 ms
                 n_log = (mwork / "guest" / "decisions.jsonl").read_text().count("\n")
-                cpu = {p: _cpu_seconds(proc.pid) for p, proc in (("guest", guest_proc), ("host", host_proc))}
+                cpu = {p: _cpu_seconds(proc.pid) for p, proc in dep.procs.items()}
                 print(f"[{model}] decisions logged at guest: {n_log}; server CPU per decision: "
                       + ", ".join(f"{p} {c / n_log * 1e3:.3f} ms" for p, c in cpu.items()), flush=True)
                 rows.append({"model": model, "mode": "cpu-per-decision-ms", "decisions": n_log,
                              **{p: c / n_log * 1e3 for p, c in cpu.items()}})
-            finally:
-                for proc in (guest_proc, host_proc):
-                    proc.terminate()
-                    proc.wait(10)
     print()
     print(f"{'model':<12} {'mode':<11} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'decisions/s':>12}"
           "   (batch-N rows: latency per ScoreBatch call of N applications)")

@@ -41,6 +41,7 @@ import numpy as np
 from crypto.files import write_text
 from crypto.psi import POINT_LEN, PsiKey, hash_to_point, normalize_id
 from fedcredit.checkpoint import ResumeTags
+from fedcredit.codec import loads_json
 from fedcredit.errors import DataError, ProtocolError
 from fedcredit.transport import Transport
 
@@ -292,13 +293,31 @@ def _hello(n: int, batch: int, min_size: int = 1, min_rule: str = "min_size") ->
 
 def _read_hello(payload: bytes, me: str, peer: str) -> tuple[int, int, int, str]:
     """(peer's id count, its batch count, the smallest intersection it accepts, the rule that sets it)."""
+    d = loads_json(payload, what=f"PSI hello from party '{peer}' to party '{me}'")
     try:
-        d = json.loads(payload.decode())
         if d.get("v") != _VERSION:
             raise ProtocolError(f"party '{me}': party '{peer}' speaks PSI version {d.get('v')}, expected {_VERSION}")
-        return int(d["n"]), int(d["batches"]), max(1, int(d.get("min", 1))), str(d.get("min_rule", "min_size"))[:200]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        n, batches, floor = int(d["n"]), int(d["batches"]), max(1, int(d.get("min", 1)))
+        if n < 0 or batches < 0:
+            raise ValueError("negative count")
+        return n, batches, floor, str(d.get("min_rule", "min_size"))[:200]
+    except (ValueError, KeyError, TypeError, OverflowError):
         raise ProtocolError(f"party '{me}': malformed PSI hello from party '{peer}'") from None
+
+
+def read_final(payload: bytes, me: str, leader: str) -> np.ndarray:
+    """The leader's final intersection values (``meta`` JSON line + ``size`` × MATCH_LEN bytes).
+
+    The size is checked against the body before any array is made; a leader's error is a DataError.
+    """
+    head, _, body = bytes(payload).partition(b"\n")
+    meta = loads_json(head, what=f"PSI result from leader '{leader}' to party '{me}'")
+    if meta.get("error"):
+        raise DataError(f"{str(meta['error'])[:500]} (reported by PSI leader '{leader}' to party '{me}')")
+    size = meta.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or len(body) % MATCH_LEN or len(body) // MATCH_LEN != size:
+        raise ProtocolError(f"party '{me}': PSI result from leader '{leader}' is inconsistent with its size")
+    return np.frombuffer(body, dtype=f"S{MATCH_LEN}")
 
 
 def _recv_points(
@@ -489,17 +508,7 @@ def run_psi(
         if err:
             raise DataError(err)
     else:
-        payload = transport.recv(leader, tags.final)
-        head, _, body = payload.partition(b"\n")
-        try:
-            meta = json.loads(head.decode())
-        except (ValueError, UnicodeDecodeError):
-            raise ProtocolError(f"party '{me}': malformed PSI result from leader '{leader}'") from None
-        if meta.get("error"):
-            raise DataError(f"{meta['error']} (reported by PSI leader '{leader}' to party '{me}')")
-        vals = np.frombuffer(body, dtype=f"S{MATCH_LEN}")
-        if len(vals) != int(meta.get("size", -1)) or len(body) % MATCH_LEN:
-            raise ProtocolError(f"party '{me}': PSI result from leader '{leader}' is inconsistent with its size")
+        vals = read_final(transport.recv(leader, tags.final), me, leader)
         ordered = pair_own[leader].find(vals)
         ok = (ordered >= 0) & pair_masks[leader][np.maximum(ordered, 0)]
         if not ok.all():

@@ -59,6 +59,7 @@ from typing import Any, Final
 import numpy as np
 
 from fedcredit.checkpoint import CheckpointStore, NoCheckpoint, agree_step
+from fedcredit.codec import loads_json
 from fedcredit.config import JobConfig
 from fedcredit.data import Table
 from fedcredit.errors import ConfigError, DataError, PeerAborted, PolicyRefused, ProtocolError
@@ -177,12 +178,9 @@ def _pack_mask(mask: np.ndarray, spec: SplitSpec) -> bytes:
 
 
 def _unpack_mask(payload: bytes, n: int, me: str, label: str) -> tuple[np.ndarray, dict[str, Any]]:
-    head, _, body = payload.partition(b"\n")
-    try:
-        meta = json.loads(head.decode())
-    except (ValueError, UnicodeDecodeError):
-        raise ProtocolError(f"party '{me}': malformed train/test split from label party '{label}'") from None
-    if int(meta.get("n", -1)) != n or len(body) != (n + 7) // 8:
+    head, _, body = bytes(payload).partition(b"\n")
+    meta = loads_json(head, what=f"train/test split from label party '{label}' to party '{me}'")
+    if meta.get("n") != n or isinstance(meta.get("n"), bool) or len(body) != (n + 7) // 8:
         raise ProtocolError(
             f"party '{me}': the split from label party '{label}' covers {meta.get('n')} rows, the intersection has {n}"
         )

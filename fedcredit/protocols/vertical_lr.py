@@ -43,7 +43,7 @@ import numpy as np
 from crypto import ckks
 from crypto.files import write_text
 from fedcredit.checkpoint import CheckpointStore, ResumeTags, agree_step
-from fedcredit.codec import pack_arrays, pack_blobs, unpack_arrays, unpack_blobs
+from fedcredit.codec import loads_json, pack_arrays, pack_blobs, unpack_arrays, unpack_blobs
 from fedcredit.data import Table
 from fedcredit.decision import Contributions, lr_contributions
 from fedcredit.errors import ConfigError, DataError, PeerAborted, ProtocolError, SecurityError
@@ -161,6 +161,31 @@ SCORE_TAG = ScoreTags().prefix
 # --------------------------------------------------------------------------- config and models
 
 
+def _model_doc(text: str | bytes, kind: str, source: str) -> tuple[dict[str, Any], list[str], Standardizer, np.ndarray]:
+    """The shared part of both model files: the object, its feature names, standardizer and weights,
+    each checked against the others (a model file may come from another institution's artifact)."""
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    try:
+        d = loads_json(raw, what=source)
+    except ProtocolError as e:
+        raise DataError(str(e)) from None
+    if d.get("kind") != kind:
+        raise DataError(f"{source}: not a {kind} model (kind={d.get('kind')!r})")
+    try:
+        names, sd = d["feature_names"], d["standardizer"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not isinstance(sd, dict):
+            raise DataError(f"{source}: 'feature_names' must be a list of names and 'standardizer' an object")
+        w = np.asarray(d["weights"], dtype=np.float64)
+        std = Standardizer.from_dict(sd)
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise DataError(f"{source}: not a {kind} model: {e!r}") from None
+    k = len(names)
+    if w.shape != (k,) or std.mean.shape != (k,) or std.scale.shape != (k,):
+        raise DataError(f"{source}: {k} feature names but weights {w.shape}, standardizer "
+                        f"{std.mean.shape}/{std.scale.shape}")
+    return d, list(names), std, w
+
+
 @dataclass
 class LabelModel:
     """The label party's part: its standardizer, weights and the intercept (nothing about passive features)."""
@@ -188,18 +213,21 @@ class LabelModel:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> LabelModel:
-        d = json.loads(text)
-        if d.get("kind") != "vertical_lr/label":
-            raise DataError(f"not a vertical LR label-party model (kind={d.get('kind')!r})")
-        return cls(
-            party=d["party"],
-            feature_names=list(d["feature_names"]),
-            standardizer=Standardizer.from_dict(d["standardizer"]),
-            weights=np.asarray(d["weights"], dtype=np.float64),
-            intercept=float(d["intercept"]),
-            passive_parties=list(d["passive_parties"]),
-        )
+    def from_json(cls, text: str, *, source: str = "vertical LR label model") -> LabelModel:
+        """Parse :meth:`to_json` output; anything malformed or inconsistent is a DataError naming ``source``."""
+        d, names, std, w = _model_doc(text, "vertical_lr/label", source)
+        try:
+            intercept = float(d["intercept"])
+            passives = d["passive_parties"]
+            if not isinstance(passives, list) or not all(isinstance(x, str) for x in passives):
+                raise DataError(f"{source}: 'passive_parties' must be a list of party names")
+            party = d["party"]
+            if not isinstance(party, str):
+                raise DataError(f"{source}: 'party' must be a string")
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise DataError(f"{source}: not a vertical LR label-party model: {e!r}") from None
+        return cls(party=party, feature_names=names, standardizer=std, weights=w, intercept=intercept,
+                   passive_parties=list(passives))
 
     def save(self, path: str | Path) -> None:
         write_text(Path(path), self.to_json())
@@ -230,17 +258,13 @@ class PassiveModel:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> PassiveModel:
-        d = json.loads(text)
-        if d.get("kind") != "vertical_lr/passive":
-            raise DataError(f"not a vertical LR passive-party model (kind={d.get('kind')!r})")
-        return cls(
-            party=d["party"],
-            feature_names=list(d["feature_names"]),
-            standardizer=Standardizer.from_dict(d["standardizer"]),
-            weights=np.asarray(d["weights"], dtype=np.float64),
-            label_party=d["label_party"],
-        )
+    def from_json(cls, text: str, *, source: str = "vertical LR passive model") -> PassiveModel:
+        """Parse :meth:`to_json` output; anything malformed or inconsistent is a DataError naming ``source``."""
+        d, names, std, w = _model_doc(text, "vertical_lr/passive", source)
+        party, label = d.get("party"), d.get("label_party")
+        if not isinstance(party, str) or not isinstance(label, str):
+            raise DataError(f"{source}: 'party' and 'label_party' must be strings")
+        return cls(party=party, feature_names=names, standardizer=std, weights=w, label_party=label)
 
     def save(self, path: str | Path) -> None:
         write_text(Path(path), self.to_json())
@@ -351,6 +375,15 @@ def request_scores(
     return z.astype(np.float64)
 
 
+def read_score_request(payload: bytes, me: str, label: str) -> list[str]:
+    """The ids of a joint-scoring request (``{"ids": [str, ...]}``); anything else is a ProtocolError."""
+    what = f"party '{me}': scoring request from '{label}'"
+    ids = loads_json(payload, what=what).get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ProtocolError(f"malformed {what}: 'ids' must be a list of strings")
+    return ids
+
+
 def serve_scores(
     transport: Transport,
     label: str,
@@ -362,13 +395,7 @@ def serve_scores(
 ) -> int:
     """Passive side of one joint-scoring round trip: answer partial logits for the ids the label party asks for."""
     t = ScoreTags(tag)
-    req = transport.recv(label, t.req, timeout)
-    try:
-        ids = json.loads(req.decode())["ids"]
-        if not isinstance(ids, list):
-            raise TypeError
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise ProtocolError(f"party '{transport.me}': malformed scoring request from '{label}'") from None
+    ids = read_score_request(transport.recv(label, t.req, timeout), transport.me, label)
     index = table.index()
     missing = [i for i in ids if i not in index]
     if missing:
@@ -525,10 +552,13 @@ def run_vertical_lr_label(
     dims: dict[str, int] = {}
     for p in passives:
         try:
-            hello = json.loads(transport.recv(p, tg.hello, to).decode())
+            hello = loads_json(transport.recv(p, tg.hello, to), what=f"party '{me}': hello from '{p}'")
         except PeerAborted as e:
             raise ProtocolError(f"party '{me}': passive party '{p}' refused the job: {e.reason}") from None
-        dims[p] = int(hello["n_features"])
+        n_feat = hello.get("n_features")
+        if isinstance(n_feat, bool) or not isinstance(n_feat, int) or n_feat < 0:
+            raise ProtocolError(f"party '{me}': hello from '{p}' has no valid 'n_features' ({n_feat!r})")
+        dims[p] = n_feat
 
     std = Standardizer.fit(train.X)
     X = std.transform(train.X)
@@ -700,7 +730,7 @@ def run_vertical_lr_passive(
     """
     me = transport.me
     tg, to = Tags(cfg.tag_prefix), cfg.timeout
-    setup = json.loads(transport.recv(label_party, tg.setup, to).decode())
+    setup = loads_json(transport.recv(label_party, tg.setup, to), what=f"party '{me}': setup from '{label_party}'")
     ctx_raw = transport.recv(label_party, tg.ctx, to)
     error = None
     try:
@@ -711,11 +741,13 @@ def run_vertical_lr_passive(
         pass
     elif setup.get("version") != PROTOCOL_VERSION:
         error = f"protocol version {setup.get('version')} (this party speaks {PROTOCOL_VERSION})"
+    elif not isinstance(setup.get("passives"), list) or not isinstance(setup.get("config"), dict):
+        error = f"malformed setup from '{label_party}': 'passives' must be a list and 'config' an object"
     elif me not in setup.get("passives", []):
         error = f"'{me}' is not among the passive parties {setup.get('passives')} announced by '{label_party}'"
-    elif setup["n_train"] != len(train) or setup["train_digest"] != ids_digest(train.ids):
-        error = f"training rows are not aligned: label party has {setup['n_train']}, '{me}' has {len(train)} (or different ids/order)"
-    elif setup["n_test"] and (test is None or setup["test_digest"] != ids_digest(test.ids)):
+    elif setup.get("n_train") != len(train) or setup.get("train_digest") != ids_digest(train.ids):
+        error = f"training rows are not aligned: label party has {setup.get('n_train')}, '{me}' has {len(train)} (or different ids/order)"
+    elif setup.get("n_test") and (test is None or setup.get("test_digest") != ids_digest(test.ids)):
         error = "test rows are not aligned with the label party's"
     if error is None:  # the label party's hyper-parameters, through the same schema as a job file's
         try:
@@ -728,8 +760,9 @@ def run_vertical_lr_passive(
     transport.send(label_party, tg.hello, json.dumps({"n_features": train.n_features}).encode())
 
     lr, mu, l2 = float(pc["learning_rate"]), float(pc["momentum"]), float(pc["l2"])
+    val_fraction, seed = float(pc["validation_fraction"]), int(pc["seed"])
     precondition = bool(pc.get("precondition", False))
-    passives = list(setup["passives"])
+    passives = [str(x) for x in setup["passives"]]
     masks = _PairMasks(me, _exchange_pair_seeds(transport, passives, tg, to)) if len(passives) > 1 else None
 
     std = Standardizer.fit(train.X)
@@ -738,7 +771,7 @@ def run_vertical_lr_passive(
     w = np.zeros(d)
     v = np.zeros(d)
     best_w = w.copy()
-    fit_rows, val_rows = validation_split(len(train), float(pc["validation_fraction"]), int(pc["seed"]), train.ids)
+    fit_rows, val_rows = validation_split(len(train), val_fraction, seed, train.ids)
     fit_ids = [train.ids[i] for i in fit_rows]
     Xf = X[fit_rows]
     Xcols = np.asfortranarray(Xf)
@@ -797,7 +830,7 @@ def run_vertical_lr_passive(
         epochs_run = epoch + 1
         if len(val_rows):
             _send_partial(transport, label_party, tg.zv(epoch), X[val_rows] @ w, masks)
-        ctl = json.loads(transport.recv(label_party, tg.ctl(epoch), to).decode())
+        ctl = loads_json(transport.recv(label_party, tg.ctl(epoch), to), what=f"party '{me}': control from '{label_party}'")
         if ctl.get("improved"):
             best_w = w.copy()
         else:  # the label party's instruction: back to the best point with half the step

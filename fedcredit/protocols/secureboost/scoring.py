@@ -48,10 +48,11 @@ def parse_decisions(party: str, payload: bytes, n: int) -> dict[int, np.ndarray]
     arrays, meta = unpack_arrays(payload, what=f"decisions from party '{party}'")
     if meta.get("party") != party:
         raise ProtocolError(f"decisions labelled as party {meta.get('party')!r} were given for party '{party}'")
-    if int(meta.get("n", -1)) != n:
-        raise ProtocolError(f"decisions from party '{party}' cover {meta.get('n')} rows, the batch has {n}")
+    if meta.get("n") != n or isinstance(meta.get("n"), bool):
+        raise ProtocolError(f"decisions from party '{party}' cover {meta.get('n')!r} rows, the batch has {n}")
     ids, bits = arrays.get("split_ids"), arrays.get("bits")
-    if ids is None or bits is None or bits.ndim != 2 or bits.shape[0] != ids.shape[0]:
+    if (ids is None or bits is None or ids.ndim != 1 or ids.dtype.kind not in "iu" or bits.dtype != np.uint8
+            or bits.ndim != 2 or bits.shape[0] != ids.shape[0]):
         raise ProtocolError(f"decisions from party '{party}' are malformed (need split_ids and a bits matrix)")
     if bits.shape[1] != (n + 7) // 8:
         raise ProtocolError(f"decisions from party '{party}' have {bits.shape[1]} bytes per split, expected {(n + 7) // 8}")

@@ -134,14 +134,16 @@ class PassiveModelPart:
     def from_bytes(cls, data: bytes, *, source: str = "passive model part") -> PassiveModelPart:
         try:
             d = json.loads(bytes(data).decode("utf-8"))
+            if not isinstance(d, dict):
+                raise TypeError(f"expected a JSON object, got {type(d).__name__}")
             if d.get("format") != _PASSIVE_FORMAT:
                 raise ValueError(f"format {d.get('format')!r}, expected {_PASSIVE_FORMAT!r}")
             names = [str(n) for n in d["feature_names"]]
             pos = {n: i for i, n in enumerate(names)}
             splits = {int(s["id"]): (pos[s["feature"]], float(s["threshold"])) for s in d["splits"]}
             return cls(party=str(d["party"]), label_party=str(d["label_party"]), feature_names=names, splits=splits)
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise DataError(f"{source}: not a SecureBoost passive model part: {e}") from None
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError, RecursionError) as e:
+            raise DataError(f"{source}: not a SecureBoost passive model part: {e!r}") from None
 
     def save(self, path: str | Path) -> Path:
         return write_file(Path(path), self.to_bytes())
@@ -188,6 +190,8 @@ class LabelModelPart:
     def from_bytes(cls, data: bytes, *, source: str = "label model part") -> LabelModelPart:
         try:
             d = json.loads(bytes(data).decode("utf-8"))
+            if not isinstance(d, dict):
+                raise TypeError(f"expected a JSON object, got {type(d).__name__}")
             if d.get("format") != _LABEL_FORMAT:
                 raise ValueError(f"format {d.get('format')!r}, expected {_LABEL_FORMAT!r}")
             m = cls(
@@ -200,20 +204,22 @@ class LabelModelPart:
             )
             m._check()
             return m
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise DataError(f"{source}: not a SecureBoost label model part: {e}") from None
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError, RecursionError) as e:
+            raise DataError(f"{source}: not a SecureBoost label model part: {e!r}") from None
 
     def _check(self) -> None:
         owners = {self.party, *self.passive_parties}
         for t, tree in enumerate(self.trees):
+            if not isinstance(tree, list) or not tree or not all(isinstance(nd, dict) for nd in tree):
+                raise ValueError(f"tree {t} is not a non-empty list of node objects")
             for i, nd in enumerate(tree):
                 if nd.get("leaf"):
                     float(nd["value"])
                     continue
                 if nd["owner"] not in owners:
                     raise ValueError(f"tree {t} node {i}: unknown owner {nd['owner']!r}")
-                for k in ("left", "right"):
-                    if not 0 <= int(nd[k]) < len(tree):
+                for k in ("left", "right"):  # children come after their parent: no cycle, depth bounded
+                    if not i < int(nd[k]) < len(tree):
                         raise ValueError(f"tree {t} node {i}: child index {nd[k]} out of range")
                 if nd["owner"] == self.party:
                     if not 0 <= int(nd["feature"]) < len(self.feature_names):

@@ -1,0 +1,322 @@
+"""Load: the scoring service under 128 concurrent clients, and the relay under 20 parties' streams.
+
+(a) **Scoring** — the deployment of ``simulations/bench_scoring.py`` (``deployed``: a joint
+SecureBoost model signed and installed at both parties, each party's scoring server in its
+own process, real mutual-TLS gRPC with the project's certificates).  ``--clients`` callers,
+each on its own mTLS channel, send single-application ``Score`` requests back to back for
+``--seconds``; every request costs a label -> passive ``PartialScore`` round trip.  Reported:
+decisions/s, latency p50/p99/p99.9, errors by kind, and the RSS of both serving processes
+sampled every 0.5 s (start / peak / end).
+
+(b) **Relay** — a real relay (``coordinator.relay.start_relay``, its own process) and
+``--parties`` real ``RelayTransport`` clients (spread over ``--client-procs`` processes, so
+the clients' GIL is not what is measured), paired across processes; each initiator keeps a
+window of sealed frames in flight to its partner, who echoes them, for ``--seconds``.
+Reported: frames/s and bytes through the relay, the relay's RSS (start / peak / end),
+errors (echo mismatches and exceptions).
+
+Both loops are bounded in time, target only 127.0.0.1, and stop by themselves.
+
+Usage::
+
+    python -m simulations.bench_load [--part scoring|relay|both] [--clients 128] [--parties 20] [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- memory sampling
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process (Linux /proc), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class RssSampler:
+    """Samples the RSS of some processes every ``every`` seconds on a thread: start / peak / end per process."""
+
+    def __init__(self, pids: dict[str, int], every: float = 0.5) -> None:
+        self.pids, self.every = pids, every
+        self.samples: dict[str, list[float]] = {n: [rss_mb(p)] for n, p in pids.items()}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            for n, p in self.pids.items():
+                try:
+                    self.samples[n].append(rss_mb(p))
+                except OSError:
+                    pass
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for n, p in self.pids.items():
+            try:
+                self.samples[n].append(rss_mb(p))
+            except OSError:
+                pass
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {n: {"start_mb": s[0], "peak_mb": max(s), "end_mb": s[-1], "samples": len(s)}
+                for n, s in self.samples.items()}
+
+
+def _pct(lat: np.ndarray, q: float) -> float:
+    return float(np.percentile(lat, q) * 1e3) if len(lat) else float("nan")
+
+
+# --------------------------------------------------------------------------- (a) scoring
+
+
+async def _score_load(address: str, identity: Any, apps: list[tuple[str, dict[str, float]]], clients: int,
+                      seconds: float) -> dict[str, Any]:
+    """``clients`` callers, one mTLS channel each, Score back to back until ``seconds`` have passed."""
+    import grpc
+
+    from crypto.tls import GRPC_OPTIONS, channel_credentials
+    from protos import scoring_pb2 as pb
+    from protos import scoring_pb2_grpc as pbg
+
+    creds = channel_credentials(identity)
+    reqs = [pb.ScoreRequest(id=i, features=f) for i, f in apps]
+    channels = [grpc.aio.secure_channel(address, creds, options=GRPC_OPTIONS) for _ in range(clients)]
+    lat: list[float] = []
+    errors: Counter[str] = Counter()
+    try:
+        stubs = [pbg.ScoringStub(ch) for ch in channels]
+        await asyncio.gather(*(s.Score(reqs[k % len(reqs)], timeout=30) for k, s in enumerate(stubs)))  # warm: TLS
+        deadline = time.perf_counter() + seconds
+
+        async def client(c: int, stub: Any) -> None:
+            k = c
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                try:
+                    rep = await stub.Score(reqs[k % len(reqs)], timeout=10)
+                    if not rep.decision:
+                        errors["empty decision"] += 1
+                    lat.append(time.perf_counter() - t)
+                except grpc.aio.AioRpcError as e:
+                    errors[f"{e.code().name}: {re.sub(r'[0-9.]+', 'N', (e.details() or '')[:160])}"] += 1
+                k += clients
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(c, s) for c, s in enumerate(stubs)))
+        wall = time.perf_counter() - t0
+    finally:
+        await asyncio.gather(*(ch.close() for ch in channels))
+    a = np.asarray(lat)
+    return {"clients": clients, "seconds": round(wall, 2), "decisions": int(len(a)),
+            "decisions_per_s": round(len(a) / wall, 1), "p50_ms": round(_pct(a, 50), 2), "p99_ms": round(_pct(a, 99), 2),
+            "p999_ms": round(_pct(a, 99.9), 2), "errors": sum(errors.values()), "error_kinds": dict(errors)}
+
+
+def scoring_load(clients: int = 128, seconds: float = 60.0, *, model: str = "secureboost", n_fit: int = 20000,
+                 work: Path | None = None, raised_limits: bool = True) -> dict[str, Any]:
+    """(a): the deployed joint model of bench_scoring under ``clients`` concurrent callers for ``seconds``."""
+    from simulations.bench_scoring import deployed
+
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        with deployed(Path(work or tmp), model, n_fit=n_fit, raised_limits=raised_limits) as dep:
+            pids = {p: proc.pid for p, proc in dep.procs.items()}
+            with RssSampler(pids) as rss:
+                res = asyncio.run(_score_load(dep.guest_address, dep.client, dep.apps, clients, seconds))
+            res["rss"] = rss.summary()
+            res["model"] = model
+    return res
+
+
+# --------------------------------------------------------------------------- (b) relay
+
+
+def _party_names(n: int) -> list[str]:
+    return [f"p{i:02d}" for i in range(n)]
+
+
+def _serve_relay(creds: str, parties: str) -> int:
+    """Child: the relay with one session ``load`` of the given members; prints its port, runs until stdin closes."""
+    from coordinator.relay import start_relay
+    from crypto.certs import Identity
+
+    members = frozenset(parties.split(","))
+    h = start_relay(Identity.load(Path(creds) / "coord", "coord"), "127.0.0.1:0",
+                    membership=lambda s: members if s == "load" else None)
+    print(h.port, flush=True)
+    sys.stdin.read()
+    h.stop(grace=0)
+    return 0
+
+
+def _run_parties(creds: str, address: str, names: str, all_names: str, seconds: float, payload: int,
+                 window: int) -> int:
+    """Child: this process's share of the parties, one thread each; prints one JSON line of counts."""
+    from crypto.certs import Identity
+    from party.dataplane import RelayTransport
+
+    everyone = all_names.split(",")
+    half = len(everyone) // 2
+    partner = {n: everyone[(i + half) % len(everyone)] for i, n in enumerate(everyone)}
+    stats: Counter[str] = Counter()
+    errors: list[str] = []
+    lock = threading.Lock()
+    body = os.urandom(payload)
+
+    def party(name: str) -> None:
+        initiator = everyone.index(name) < half
+        peer = partner[name]
+        sent = received = nbytes = 0
+        try:
+            with RelayTransport(Identity.load(Path(creds) / name, name), address, "load") as t:
+                if initiator:
+                    deadline = time.monotonic() + seconds
+                    k = 0
+                    while time.monotonic() < deadline:
+                        for j in range(window):
+                            t.send(peer, "ping", body[:-8] + (k + j).to_bytes(8, "little"))
+                        for j in range(window):
+                            back = t.recv(peer, "pong", timeout=60)
+                            if back[-8:] != (k + j).to_bytes(8, "little") or len(back) != payload:
+                                raise AssertionError(f"{name}: echo {k + j} from {peer} came back wrong")
+                        sent += window
+                        received += window
+                        nbytes += 2 * window * payload
+                        k += window
+                    t.send(peer, "ping", b"")  # an empty ping: stop
+                else:
+                    while True:
+                        ping = t.recv(peer, "ping", timeout=seconds + 120)
+                        if not ping:
+                            break
+                        t.send(peer, "pong", ping)
+                        sent += 1
+                        received += 1  # bytes are counted once, at the initiator (both directions)
+        except Exception as e:  # noqa: BLE001 - counted and reported: must be zero
+            with lock:
+                errors.append(f"{name}: {type(e).__name__}: {e}")
+        with lock:
+            stats["frames_sent"] += sent
+            stats["frames_received"] += received
+            stats["bytes"] += nbytes
+
+    threads = [threading.Thread(target=party, args=(n,)) for n in names.split(",")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    print(json.dumps({**stats, "errors": errors}), flush=True)
+    return 0
+
+
+def _child(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "simulations.bench_load", *args], cwd=_ROOT, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(_ROOT)})
+
+
+def relay_load(parties: int = 20, seconds: float = 60.0, *, client_procs: int = 4, payload: int = 16 * 1024,
+               window: int = 8) -> dict[str, Any]:
+    """(b): ``parties`` RelayTransport clients through one real relay for ``seconds``."""
+    from crypto.certs import init_ca, issue
+
+    if parties < 2 or parties % 2:
+        raise ValueError("--parties must be an even number >= 2 (parties are paired)")
+    names = _party_names(parties)
+    with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
+        creds = Path(tmp)
+        init_ca(creds / "ca", "bench")
+        issue(creds / "ca", creds / "coord", "coord", role="coordinator")
+        for n in names:
+            issue(creds / "ca", creds / n, n)
+        relay = _child("_relay", str(creds), ",".join(names))
+        kids: list[subprocess.Popen[str]] = []
+        try:
+            assert relay.stdout is not None
+            address = f"127.0.0.1:{int(relay.stdout.readline())}"
+            shares = [names[i::client_procs] for i in range(client_procs)]
+            with RssSampler({"relay": relay.pid}) as rss:
+                t0 = time.perf_counter()
+                kids = [_child("_parties", str(creds), address, ",".join(s), ",".join(names), str(seconds),
+                               str(payload), str(window)) for s in shares if s]
+                outs = [json.loads(k.communicate(timeout=seconds + 300)[0].strip().splitlines()[-1]) for k in kids]
+                wall = time.perf_counter() - t0
+        finally:
+            for k in kids:
+                if k.poll() is None:
+                    k.kill()
+            if relay.stdin:
+                relay.stdin.close()
+            relay.wait(30)
+    frames = sum(o["frames_sent"] for o in outs)
+    total_bytes = sum(o["bytes"] for o in outs)
+    errors = [e for o in outs for e in o["errors"]]
+    return {"parties": parties, "client_procs": client_procs, "payload_bytes": payload, "window": window,
+            "seconds": round(wall, 2), "frames": frames, "frames_per_s": round(frames / wall, 1),
+            "mb": round(total_bytes / 2**20, 1), "mb_per_s": round(total_bytes / 2**20 / wall, 2),
+            "errors": len(errors), "error_list": errors[:10], "rss": rss.summary()}
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "_relay":
+        return _serve_relay(*argv[1:3])
+    if argv and argv[0] == "_parties":
+        c, a, n, alln, s, p, w = argv[1:8]
+        return _run_parties(c, a, n, alln, float(s), int(p), int(w))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--part", choices=["scoring", "relay", "both"], default="both")
+    ap.add_argument("--clients", type=int, default=128)
+    ap.add_argument("--parties", type=int, default=20)
+    ap.add_argument("--client-procs", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--model", default="secureboost", choices=["secureboost", "vertical-lr"])
+    ap.add_argument("--default-rate-limits", action="store_true",
+                    help="keep the passive party's default [scoring.partial_rate] (the benchmark raises it)")
+    ap.add_argument("--out", help="write the results JSON here")
+    args = ap.parse_args(argv)
+    results: dict[str, Any] = {}
+    if args.part in ("scoring", "both"):
+        results["scoring"] = scoring_load(args.clients, args.seconds, model=args.model,
+                                          raised_limits=not args.default_rate_limits)
+        print(json.dumps({"scoring": results["scoring"]}, indent=1), flush=True)
+    if args.part in ("relay", "both"):
+        results["relay"] = relay_load(args.parties, args.seconds, client_procs=args.client_procs)
+        print(json.dumps({"relay": results["relay"]}, indent=1), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    bad = sum(r["errors"] for r in results.values())
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
