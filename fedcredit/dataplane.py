@@ -32,6 +32,10 @@ GRPC_OPTIONS: tuple[tuple[str, int], ...] = (
     *TLS_GRPC_OPTIONS,
     ("grpc.keepalive_time_ms", int(KEEPALIVE_S[0] * 1000)),
     ("grpc.keepalive_timeout_ms", int(KEEPALIVE_S[1] * 1000)),
+    # Any ping (keepalive or gRPC's own flow-control probes) unanswered this long closes the
+    # connection: a probe already in flight when the link stalls would otherwise stand in for
+    # the keepalive ping and wait forever (seen with a paused proxy).
+    ("grpc.http2.ping_timeout_ms", int(KEEPALIVE_S[1] * 1000)),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.http2.min_ping_interval_without_data_ms", int(KEEPALIVE_S[0] * 1000)),

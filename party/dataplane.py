@@ -402,17 +402,26 @@ class RelayTransport:
             return key
         if name == self.me:
             raise ProtocolError(f"{self.me}: cannot send to itself over the data plane")
-        with self._send_cond:
-            stub = self._stub
-        try:
-            reply = stub.Directory(
-                pb.DirectoryRequest(names=[name], wait_seconds=self.peer_timeout), timeout=self.peer_timeout + 30.0
-            )
-        except grpc.RpcError as exc:
-            raise ProtocolError(
-                f"{self.me}: relay at {self.relay_address} directory lookup for party '{name}' failed: "
-                f"{_describe_rpc_error(exc)}"
-            ) from None
+        deadline = time.monotonic() + self.reconnect_window_s
+        while True:
+            with self._send_cond:
+                stub = self._stub
+            try:
+                reply = stub.Directory(
+                    pb.DirectoryRequest(names=[name], wait_seconds=self.peer_timeout), timeout=self.peer_timeout + 30.0
+                )
+                break
+            except (grpc.RpcError, ValueError) as exc:  # ValueError: the channel was closed by a reconnect
+                code = exc.code() if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else None
+                if (code in _RETRYABLE or isinstance(exc, ValueError)) and time.monotonic() < deadline:
+                    self._check_usable(name, "look up")
+                    with self._send_cond:  # the stream is being resumed on a new channel: ask again there
+                        self._send_cond.wait_for(lambda: not self._down, timeout=1.0)
+                    continue
+                why = _describe_rpc_error(exc) if isinstance(exc, grpc.RpcError) else str(exc)
+                raise ProtocolError(
+                    f"{self.me}: relay at {self.relay_address} directory lookup for party '{name}' failed: {why}"
+                ) from None
         entry = next((p for p in reply.parties if p.name == name), None)
         if entry is None:
             raise ProtocolError(
