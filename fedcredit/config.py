@@ -53,6 +53,10 @@ class CoordinatorSection(_Strict):
     )
     relay_port: int = Field(9200, ge=1, le=65535)
     min_parties: int = Field(2, ge=1)
+    reconnect_window_s: float = Field(
+        30.0, ge=0, le=3600,
+        description="how long the relay holds a party's place after its data-plane stream drops (0 = fail at once)",
+    )
 
     _n = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
@@ -149,7 +153,11 @@ class ScoringSection(_Strict):
 
 class CoordinatorLink(_Strict):
     flower_address: str
-    relay_address: str
+    relay_address: str = Field(description="the relay this party dials (host:port; may be a proxy in front of it)")
+    reconnect_window_s: float = Field(
+        30.0, ge=0, le=3600,
+        description="how long this party keeps trying to resume a dropped data-plane stream (0 = fail at once)",
+    )
 
 
 class DatasetPolicy(_Strict):

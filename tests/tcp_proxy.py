@@ -54,6 +54,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._links: list[_Link] = []
         self.accepted = 0  # connections accepted so far (a reconnect shows up here)
+        self.forwarded = 0  # bytes forwarded, both directions
         self.refuse = False
         threading.Thread(target=self._accept_loop, name="tcp-proxy-accept", daemon=True).start()
 
@@ -123,6 +124,8 @@ class TcpProxy:
                 if link.dead.is_set():
                     return
                 dst.sendall(data)
+                with self._lock:
+                    self.forwarded += len(data)
         except OSError:
             pass
         finally:
