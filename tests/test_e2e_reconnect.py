@@ -110,7 +110,9 @@ def _margins(fed: LocalFederation, models: tuple[Any, Any]) -> np.ndarray:
     bank_model, fin_model = models
     data = fed.root.parent / "data"
     bank = pd.read_csv(data / "bank.csv").set_index("id")
-    fintech = pd.read_csv(data / "fintech.csv").set_index("id").loc[bank.index]
+    fintech = pd.read_csv(data / "fintech.csv").set_index("id")
+    common = bank.index.intersection(fintech.index)  # the rows PSI aligned
+    bank, fintech = bank.loc[common], fintech.loc[common]
     splits = {s["id"]: (s["feature"], s["threshold"]) for s in fin_model["splits"]}
     names = bank_model["feature_names"]
     out = np.zeros(len(bank))
