@@ -512,14 +512,22 @@ class RelayTransport:
             call = stub.Connect(self._requests(outq))
             with self._send_cond:
                 self._outq, self._call, self._channel, self._stub = outq, call, channel, stub
-            timer = threading.Timer(min(_ATTEMPT_S, left), call.cancel)
+            budget = min(_ATTEMPT_S, left)
+            timed_out = threading.Event()
+
+            def give_up(call: object = call, flag: threading.Event = timed_out) -> None:
+                flag.set()
+                call.cancel()  # type: ignore[attr-defined]
+
+            timer = threading.Timer(budget, give_up)
             timer.daemon = True
             timer.start()
             try:
                 first_frame = next(call)
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
-                last = _describe_rpc_error(exc)
+                last = (f"no answer from the relay within {budget:.1f} s" if timed_out.is_set()
+                        else _describe_rpc_error(exc))
                 if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                     self._fail(SecurityError(f"{self.me}: the relay at {self.relay_address} refused to resume "
                                              f"session {self.session!r}: {last}"))
@@ -661,7 +669,11 @@ class RelayTransport:
             with self._send_cond:
                 self._trim(frame.sender, frame.seq)
         elif kind == Frame.RESUME:
-            self._heard_from(frame.sender)
+            with self._cond:
+                self._heard.add(frame.sender)
+                # It answers our PEER_RESUMED after retransmitting: every frame of its that could
+                # follow a gap came before this, so from here a gap is an error again.
+                self._synced.add(frame.sender)
             self._retransmit(frame.sender, frame.seq, reply=False)
         elif kind == Frame.PEER_RESUMED:
             with self._cond:
