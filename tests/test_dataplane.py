@@ -756,3 +756,19 @@ def test_retained_frames_are_bounded_and_acknowledged(pki: dict[str, Identity], 
             assert a.stats()["retained_frames"] == 20
             proxy.resume()
             assert [b.recv("alice", "u", timeout=30) for _ in range(20)] == [b"%d" % i for i in range(20)]
+
+
+def test_reconnect_window_is_configured_in_both_configs(tmp_path: Path) -> None:
+    from fedcredit.config import load_party_config
+    from fedcredit.errors import ConfigError
+
+    base = ('[party]\nname = "bank1"\nidentity_dir = "certs"\nstate_dir = "state"\n'
+            '[coordinator]\nflower_address = "127.0.0.1:1"\nrelay_address = "127.0.0.1:2"\n')
+    p = tmp_path / "party.toml"
+    p.write_text(base)
+    assert load_party_config(p).coordinator.reconnect_window_s == 30.0
+    p.write_text(base + "reconnect_window_s = 90\n")
+    assert load_party_config(p).coordinator.reconnect_window_s == 90.0
+    p.write_text(base + "reconnect_window_s = -1\n")
+    with pytest.raises(ConfigError, match=r"party.toml: \[coordinator\]\.reconnect_window_s"):
+        load_party_config(p)
