@@ -547,7 +547,12 @@ class RelayServicer(pb_grpc.RelayServicer):
                 else:
                     error = self._queue_pending(key, frame, conn)
         if target is not None and not target.outbox.put(frame):
-            error = f"party {receiver!r} disconnected from session {session!r} before the frame was delivered"
+            with self._cond:
+                left = self._gone.get(key)
+            if left is not None or self.reconnect_window_s == 0:
+                error = f"party {receiver!r} disconnected from session {session!r} before the frame was delivered"
+            # else its stream dropped just now: the sender still retains the frame and retransmits it
+            # when the receiver resumes (PEER_RESUMED), or learns it is gone when the window ends.
         if error:
             conn.outbox.notify(_error_frame(session, receiver, frame.tag, frame.seq, error))
 
