@@ -130,7 +130,7 @@ def _pause_when_busy(fed: LocalFederation, seconds: float, started: threading.Ev
     proxy: TcpProxy = fed.proxy  # type: ignore[attr-defined]
     base = proxy.forwarded
     deadline = time.monotonic() + 240
-    while proxy.forwarded - base < 2_000_000 and time.monotonic() < deadline:
+    while proxy.forwarded - base < 10_000_000 and time.monotonic() < deadline:  # ~1/3 into training
         time.sleep(0.05)  # watching the proxy's byte counter, bounded
     proxy.pause()
     started.set()
