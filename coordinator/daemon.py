@@ -150,6 +150,7 @@ def start(config_path: Path, *, log=_print) -> CoordinatorHandle:
             membership=registry.job_parties,  # a session is a run: only its job's parties may use it
             extra_servicers=[add_control_service(servicer), add_liveness_service(heartbeats)],
             directory_certs=party_certs,
+            reconnect_window_s=c.reconnect_window_s,
         )
     except BaseException:
         if door is not None:

@@ -27,11 +27,18 @@ What the relay can and cannot do (see docs/dataplane.md):
   dropped and the sender gets an ERROR frame naming the party.  When a party leaves
   a session its peers get a PEER_GONE frame, so a peer blocked in ``recv`` fails at
   once instead of hanging.
+* A party whose stream drops without BYE is *suspended*, not gone: its place is held for
+  ``reconnect_window_s`` (frames for it are queued under the same caps, peers get a
+  non-fatal PEER_SUSPENDED) and only the same certificate may resume it (HELLO with
+  ``resume``).  On resume its peers get PEER_RESUMED carrying what it holds of their
+  frames, and retransmit the rest themselves; the relay never interprets seq numbers.
+  When the window ends, peers get PEER_GONE "… did not reconnect within N s".
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +48,7 @@ import grpc
 
 from crypto.certs import Identity, verify_peer
 from crypto.tls import peer_identity, server_credentials
-from fedcredit.dataplane import GRPC_OPTIONS
+from fedcredit.dataplane import DEFAULT_RECONNECT_WINDOW_S, GRPC_OPTIONS
 from fedcredit.errors import ConfigError, SecurityError
 from protos import dataplane_pb2 as pb
 from protos import dataplane_pb2_grpc as pb_grpc
@@ -51,6 +58,12 @@ Frame = pb.Frame
 
 _MAX_DIRECTORY_WAIT = 600.0
 MAX_SESSION_CHARS = 256
+#: Frames the relay itself writes into a party's outbox (capped by ``notice_bytes``).
+_NOTICES = (Frame.ERROR, Frame.PEER_GONE, Frame.PEER_SUSPENDED, Frame.PEER_RESUMED, Frame.PEER_JOINED)
+#: Party-to-party frames the relay routes: sealed DATA, and the two unsealed resumption controls.
+_ROUTED = (Frame.DATA, Frame.ACK, Frame.RESUME)
+#: How long ``RelayHandle.stop`` lets streams flush their "relay is shutting down" notice.
+_DRAIN_S = 1.0
 
 #: session id -> the names of the parties that may use it (a run's job parties), or None when the
 #: session is not an active run.  The coordinator passes ``Registry.job_parties``.
@@ -95,6 +108,7 @@ class _Outbox:
         self._notice_bytes = 0
         self._max_notices = max_notice_bytes
         self.closed = False
+        self.finishing = False  # a last frame is queued; nothing more is accepted
         self.overflowed = False
         self.on_overflow: Callable[[], object] | None = None  # the relay cancels the RPC (set per stream)
 
@@ -114,7 +128,7 @@ class _Outbox:
         """
         size = _frame_size(frame)
         with self._cond:
-            if self.closed:
+            if self.closed or self.finishing:
                 return False
             overflow = self._notice_bytes + size > self._max_notices
             if overflow:
@@ -137,7 +151,7 @@ class _Outbox:
         with self._cond:
             while not force and not self.closed and self._dq and self._bytes + size > self._max:
                 self._cond.wait()
-            if self.closed:
+            if self.closed or self.finishing:
                 return False
             self._dq.append(frame)
             self._bytes += size
@@ -147,17 +161,27 @@ class _Outbox:
     def get(self) -> Frame | None:
         """Next frame to write, or None once closed."""
         with self._cond:
-            while not self._dq and not self.closed:
+            while not self._dq and not self.closed and not self.finishing:
                 self._cond.wait()
-            if self.closed:
+            if self.closed or not self._dq:
                 return None
             frame = self._dq.popleft()
             size = _frame_size(frame)
             self._bytes -= size
-            if frame.kind in (Frame.ERROR, Frame.PEER_GONE):
+            if frame.kind in _NOTICES:
                 self._notice_bytes -= size
             self._cond.notify_all()
             return frame
+
+    def finish(self, frame: Frame) -> None:
+        """Deliver what is queued, then ``frame``, then end the stream (relay shutdown)."""
+        with self._cond:
+            if self.closed or self.finishing:
+                return
+            self._dq.append(frame)
+            self._bytes += _frame_size(frame)
+            self.finishing = True
+            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
@@ -175,6 +199,20 @@ class _Conn:
     outbox: _Outbox
     members: frozenset[str] = frozenset()
     orderly: bool = False
+    #: the client certificate (PEM) the stream was opened with: a suspended slot resumes only with it
+    cert: bytes = b""
+    #: replaced by a resuming stream of the same party: stop routing what this old one still reads
+    retired: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Slot:
+    """A member whose stream dropped: its place is held until ``timer`` (the reconnect window) fires."""
+
+    conn: _Conn
+    since: float
+    timer: threading.Timer | None = None
 
 
 @dataclass
@@ -212,7 +250,11 @@ class RelayServicer(pb_grpc.RelayServicer):
         caps: QueueCaps = QueueCaps(),
         outbox_bytes: int = 64 * 1024 * 1024,
         notice_bytes: int = 1024 * 1024,
+        reconnect_window_s: float = DEFAULT_RECONNECT_WINDOW_S,
     ) -> None:
+        if reconnect_window_s < 0:
+            raise ConfigError(f"relay: reconnect_window_s must be >= 0, got {reconnect_window_s}")
+        self.reconnect_window_s = reconnect_window_s
         self._ca_pem = ca_pem
         self._membership = membership
         self._capture = capture
@@ -227,6 +269,8 @@ class RelayServicer(pb_grpc.RelayServicer):
         self._by_sender: dict[str, list[int]] = {}  # sender -> [frames, bytes] it has queued, all sessions
         self._total = [0, 0]  # [frames, bytes] queued for absent receivers
         self._gone: dict[tuple[str, str], str] = {}
+        self._suspended: dict[tuple[str, str], _Slot] = {}
+        self._resumed = 0  # streams that resumed a held place (reporting, tests)
         self._directory: dict[str, tuple[str, bytes]] = {}
         self._traffic: dict[tuple[str, str, str], list[int]] = {}
         self._refused: dict[str, int] = {}  # reason -> count (reporting, tests)
@@ -313,62 +357,126 @@ class RelayServicer(pb_grpc.RelayServicer):
                    else f"party {name!r} is not one of the parties of run {session!r}")
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"relay: {why}; joining refused")
             return  # abort() raises; never reached
-        conn = _Conn(name=name, role=role, session=session, members=members,
+        cert = bytes(pems[0]) if pems else b""
+        conn = _Conn(name=name, role=role, session=session, members=members, cert=cert,
                      outbox=_Outbox(self._outbox_bytes, self._notice_bytes))
+        key = (session, name)
+        retire: _Conn | None = None
         with self._cond:
             if self._stopped:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "relay is shutting down")
-            if (session, name) in self._conns:
+            live = self._conns.get(key)
+            slot = self._suspended.get(key)
+            refused, hijack = "", ""
+            if hello.resume:
+                held = live if live is not None else (slot.conn if slot is not None else None)
+                if held is None:
+                    gone = self._gone.get(key)
+                    refused = (f"party {name!r} cannot resume session {session!r}: "
+                               + (f"it {gone}; its peers were told it is gone" if gone
+                                  else "it holds no place there (never connected, or already forgotten)"))
+                elif held.cert != cert:
+                    hijack = (f"relay: party {name!r} tried to resume its place in session {session!r} with a "
+                              "different certificate than the stream it replaces; refused")
+            elif live is not None:
                 refused = f"party {name!r} is already connected to session {session!r}; a second stream is refused"
-            else:
-                refused = ""
-                self._conns[(session, name)] = conn
-                self._gone.pop((session, name), None)
-                if pems:
-                    self._directory[name] = (role, bytes(pems[0]))
-                pending = self._pending.pop((session, name), None)
-                if pending is not None:
-                    if pending.timer is not None:
-                        pending.timer.cancel()
-                    self._release(pending)
-                    for frame, _sender in pending.frames:
-                        conn.outbox.put(frame, force=True)
-                # Peers that already left (possibly after queueing frames for us): say so
-                # after their frames, or a recv waiting on them would hang.
-                for (s, other), why in self._gone.items():
-                    if s == session:
-                        conn.outbox.notify(
-                            Frame(kind=Frame.PEER_GONE, session=session, sender=other, error=f"party {other!r} {why}")
-                        )
-                self._cond.notify_all()
+            elif slot is not None:
+                refused = (f"party {name!r} lost its stream to session {session!r} "
+                           f"{time.monotonic() - slot.since:.1f} s ago and its place is held for it: only a "
+                           "resuming stream (HELLO resume) may take it")
+            if not refused and not hijack:
+                if hello.resume:
+                    self._resumed += 1
+                    if live is not None:  # the party noticed the drop before the relay did
+                        live.retired = True
+                        retire = live
+                    if slot is not None:
+                        if slot.timer is not None:
+                            slot.timer.cancel()
+                        del self._suspended[key]
+                self._attach(conn, hello)
+        if hijack:
+            self._count_refusal("resume")
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, hijack)
         if refused:
             yield _error_frame(session, name, "", 0, refused)
             return
+        if retire is not None:
+            retire.outbox.close()
         context.add_callback(conn.outbox.close)  # RPC ended (client gone, relay stopping)
         conn.outbox.on_overflow = context.cancel
         reader = threading.Thread(
             target=self._read_loop, args=(conn, request_iterator), name=f"relay-read-{session}-{name}", daemon=True
         )
         reader.start()
-        yield Frame(kind=Frame.HELLO_ACK, session=session, receiver=name)
-        while True:
-            out = conn.outbox.get()
-            if out is None:
-                if conn.outbox.overflowed:
-                    context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"relay: party {name!r} left more than {self._notice_bytes} bytes of relay notices unread "
-                        f"in session {session!r}; stream closed",
-                    )
-                return
-            yield out
+        try:
+            yield Frame(kind=Frame.HELLO_ACK, session=session, receiver=name)
+            while True:
+                out = conn.outbox.get()
+                if out is None:
+                    if conn.outbox.overflowed:
+                        context.abort(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"relay: party {name!r} left more than {self._notice_bytes} bytes of relay notices "
+                            f"unread in session {session!r}; stream closed",
+                        )
+                    return
+                yield out
+        finally:
+            conn.done.set()
+
+    def _attach(self, conn: _Conn, hello: Frame) -> None:
+        """Make ``conn`` the party's stream in its session and tell everyone what they need (lock held).
+
+        The joiner first gets what was queued for it, then who left or is suspended.  Its peers get
+        PEER_JOINED, or on a resume PEER_RESUMED with the seq the party says it holds of *their*
+        frames (from its HELLO), so they retransmit the rest: the relay keeps no record of seqs.
+        """
+        session, name = conn.session, conn.name
+        key = (session, name)
+        self._conns[key] = conn
+        self._gone.pop(key, None)
+        if conn.cert:
+            self._directory[name] = (conn.role, conn.cert)
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            if pending.timer is not None:
+                pending.timer.cancel()
+            self._release(pending)
+            for frame, _sender in pending.frames:
+                conn.outbox.put(frame, force=True)
+        # Peers that already left (possibly after queueing frames for us): say so
+        # after their frames, or a recv waiting on them would hang.
+        for (s, other), why in self._gone.items():
+            if s == session:
+                conn.outbox.notify(
+                    Frame(kind=Frame.PEER_GONE, session=session, sender=other, error=f"party {other!r} {why}")
+                )
+        for (s, other), slot in self._suspended.items():
+            if s == session:
+                conn.outbox.notify(self._suspended_notice(session, other, slot))
+        for (s, other), peer in self._conns.items():
+            if s != session or other == name:
+                continue
+            if hello.resume:
+                peer.outbox.notify(Frame(kind=Frame.PEER_RESUMED, session=session, sender=name,
+                                         seq=hello.acks.get(other, 0)))
+            else:
+                peer.outbox.notify(Frame(kind=Frame.PEER_JOINED, session=session, sender=name))
+        self._cond.notify_all()
+
+    def _suspended_notice(self, session: str, name: str, slot: _Slot) -> Frame:
+        left = max(self.reconnect_window_s - (time.monotonic() - slot.since), 0.0)
+        return Frame(kind=Frame.PEER_SUSPENDED, session=session, sender=name,
+                     error=f"party {name!r} lost its connection to the relay; its place in session {session!r} is "
+                           f"held for {left:.0f} more s (reconnect window {self.reconnect_window_s:g} s)")
 
     def _read_loop(self, conn: _Conn, request_iterator: Iterator[Frame]) -> None:
         reason = "lost its connection to the relay"
         try:
             for frame in request_iterator:
-                if conn.outbox.closed:
-                    break  # notice cap exceeded (or the RPC ended): stop reading this party
+                if conn.outbox.closed or conn.retired:
+                    break  # notice cap exceeded, the RPC ended, or a resumed stream replaced this one
                 if frame.kind == Frame.BYE:
                     conn.orderly = True
                     continue
@@ -384,13 +492,15 @@ class RelayServicer(pb_grpc.RelayServicer):
         except Exception as exc:  # keep the relay up; tell the peers why
             reason = f"relay error while reading its stream: {type(exc).__name__}: {exc}"
         finally:
-            self._disconnect(conn, reason)
+            self._disconnect(conn, reason, lost=not conn.orderly and not conn.outbox.overflowed
+                             and reason == "lost its connection to the relay")
 
     def _route(self, conn: _Conn, frame: Frame) -> None:
         session, sender = conn.session, conn.name
-        if frame.kind != Frame.DATA:
+        if frame.kind not in _ROUTED or (frame.kind != Frame.DATA and (frame.payload or frame.tag)):
             conn.outbox.notify(
-                _error_frame(session, frame.receiver, frame.tag, frame.seq, f"unexpected frame kind {frame.kind}")
+                _error_frame(session, frame.receiver[:MAX_SESSION_CHARS], frame.tag[:MAX_SESSION_CHARS], frame.seq,
+                             f"unexpected frame kind {frame.kind} (ACK and RESUME carry only receiver and seq)")
             )
             return
         if frame.session and frame.session != session:
@@ -421,17 +531,28 @@ class RelayServicer(pb_grpc.RelayServicer):
         key = (session, receiver)
         error = ""
         with self._cond:
-            stats = self._traffic.setdefault((session, sender, receiver), [0, 0])
-            stats[0] += 1
-            stats[1] += len(frame.payload)
             target = self._conns.get(key)
+            if frame.kind != Frame.DATA:
+                # Resumption controls are never queued: a receiver that is away gets the same
+                # information again from the handshake when it is back (PEER_RESUMED / RESUME).
+                if target is None:
+                    return
+            else:
+                stats = self._traffic.setdefault((session, sender, receiver), [0, 0])
+                stats[0] += 1
+                stats[1] += len(frame.payload)
             if target is None:
                 if key in self._gone:
                     error = f"party {receiver!r} left session {session!r} ({self._gone[key]}); frame dropped"
                 else:
                     error = self._queue_pending(key, frame, conn)
         if target is not None and not target.outbox.put(frame):
-            error = f"party {receiver!r} disconnected from session {session!r} before the frame was delivered"
+            with self._cond:
+                left = self._gone.get(key)
+            if left is not None or self.reconnect_window_s == 0:
+                error = f"party {receiver!r} disconnected from session {session!r} before the frame was delivered"
+            # else its stream dropped just now: the sender still retains the frame and retransmits it
+            # when the receiver resumes (PEER_RESUMED), or learns it is gone when the window ends.
         if error:
             conn.outbox.notify(_error_frame(session, receiver, frame.tag, frame.seq, error))
 
@@ -457,9 +578,10 @@ class RelayServicer(pb_grpc.RelayServicer):
             return f"relay: {full}; frame dropped"
         if pending is None:
             pending = self._pending[key] = _Pending()
-            pending.timer = threading.Timer(self.pending_timeout, self._pending_expired, args=(key, pending))
-            pending.timer.daemon = True
-            pending.timer.start()
+            if key not in self._suspended:  # a suspended member's queue ends with its reconnect window
+                pending.timer = threading.Timer(self.pending_timeout, self._pending_expired, args=(key, pending))
+                pending.timer.daemon = True
+                pending.timer.start()
         pending.frames.append((frame, sender))
         pending.bytes += size
         mine = self._by_sender.setdefault(sender.name, [0, 0])
@@ -483,7 +605,7 @@ class RelayServicer(pb_grpc.RelayServicer):
 
     def _forget_if_idle(self, session: str) -> None:
         """Drop who-left records of a session nobody is in and nothing is queued for (lock held)."""
-        if any(k[0] == session for k in self._conns) or any(k[0] == session for k in self._pending):
+        if any(k[0] == session for k in (*self._conns, *self._pending, *self._suspended)):
             return
         for k in [k for k in self._gone if k[0] == session]:
             del self._gone[k]
@@ -509,23 +631,63 @@ class RelayServicer(pb_grpc.RelayServicer):
                 )
             )
 
-    def _disconnect(self, conn: _Conn, reason: str) -> None:
+    def _disconnect(self, conn: _Conn, reason: str, *, lost: bool = False) -> None:
+        """The party's stream ended: hold its place for the reconnect window if it was lost, else it is gone."""
         session, name = conn.session, conn.name
+        key = (session, name)
+        notice: Frame | None = None
         with self._cond:
-            if self._conns.get((session, name)) is conn:
-                del self._conns[(session, name)]
-                self._gone[(session, name)] = reason
+            if self._conns.get(key) is conn:
+                del self._conns[key]
+                if lost and self.reconnect_window_s > 0 and not self._stopped:
+                    slot = _Slot(conn, time.monotonic())
+                    slot.timer = threading.Timer(self.reconnect_window_s, self._suspension_expired, args=(key, slot))
+                    slot.timer.daemon = True
+                    self._suspended[key] = slot
+                    slot.timer.start()
+                    notice = self._suspended_notice(session, name, slot)
+                else:
+                    self._gone[key] = reason
+                    notice = Frame(kind=Frame.PEER_GONE, session=session, sender=name, error=f"party {name!r} {reason}")
+            peers = [c for (s, _n), c in self._conns.items() if s == session]
+            self._forget_if_idle(session)
+        if notice is not None:  # None: a resumed stream replaced this one, or the relay is stopping
+            for peer in peers:
+                peer.outbox.notify(notice)
+        conn.outbox.close()
+
+    def _suspension_expired(self, key: tuple[str, str], slot: _Slot) -> None:
+        session, name = key
+        why = f"lost its connection to the relay and did not reconnect within {self.reconnect_window_s:g} s"
+        with self._cond:
+            if self._suspended.get(key) is not slot:
+                return  # it resumed in the meantime
+            del self._suspended[key]
+            self._gone[key] = why
+            pending = self._pending.pop(key, None)
+            if pending is not None:
+                self._release(pending)  # peers learn it is gone below; their frames for it are dropped
             peers = [c for (s, _n), c in self._conns.items() if s == session]
             self._forget_if_idle(session)
         for peer in peers:
-            peer.outbox.notify(Frame(kind=Frame.PEER_GONE, session=session, sender=name, error=f"party {name!r} {reason}"))
-        conn.outbox.close()
+            peer.outbox.notify(Frame(kind=Frame.PEER_GONE, session=session, sender=name, error=f"party {name!r} {why}"))
 
     # ---------------------------------------------------------------- reporting
     def connected(self, session: str | None = None) -> list[tuple[str, str]]:
         """(session, party) pairs currently connected."""
         with self._cond:
             return sorted(k for k in self._conns if session is None or k[0] == session)
+
+    def suspended(self, session: str | None = None) -> list[tuple[str, str]]:
+        """(session, party) pairs whose stream dropped and whose place is held for the reconnect window."""
+        with self._cond:
+            return sorted(k for k in self._suspended if session is None or k[0] == session)
+
+    @property
+    def resumed(self) -> int:
+        """How many streams resumed a held place since the relay started."""
+        with self._cond:
+            return self._resumed
 
     def traffic(self, session: str) -> dict[tuple[str, str], tuple[int, int]]:
         """{(sender, receiver): (frames, sealed bytes)} the relay forwarded in ``session``."""
@@ -541,16 +703,19 @@ class RelayServicer(pb_grpc.RelayServicer):
         return out
 
     def refused(self) -> dict[str, int]:
-        """How many joins / frames were refused, by reason ('join', 'receiver', 'queue-full')."""
+        """How many joins / frames were refused, by reason ('join', 'resume', 'receiver', 'queue-full')."""
         with self._cond:
             return dict(self._refused)
 
     def shutdown(self) -> None:
-        """Close every stream (their peers see the RPC end) and wake directory waiters."""
+        """End every stream with a "relay is shutting down" ERROR (so parties fail now instead of
+        trying to reconnect for their window), drop held places, and wake directory waiters."""
         with self._cond:
             self._stopped = True
             conns = list(self._conns.values())
             pendings = list(self._pending.values())
+            slots = list(self._suspended.values())
+            self._suspended.clear()
             for p in pendings:
                 self._release(p)
             self._pending.clear()
@@ -558,8 +723,18 @@ class RelayServicer(pb_grpc.RelayServicer):
         for p in pendings:
             if p.timer is not None:
                 p.timer.cancel()
+        for slot in slots:
+            if slot.timer is not None:
+                slot.timer.cancel()
         for c in conns:
-            c.outbox.close()
+            c.outbox.finish(_error_frame(c.session, "", "", 0, "the relay is shutting down"))
+
+    def drained(self, timeout: float) -> bool:
+        """Wait (bounded) until every stream wrote its last frame; True if all did."""
+        with self._cond:
+            conns = list(self._conns.values())
+        deadline = time.monotonic() + timeout
+        return all(c.done.wait(max(deadline - time.monotonic(), 0.0)) for c in conns)
 
 
 @dataclass
@@ -577,6 +752,7 @@ class RelayHandle:
 
     def stop(self, grace: float | None = 1.0) -> None:
         self.servicer.shutdown()
+        self.servicer.drained(_DRAIN_S)
         self.server.stop(grace).wait()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -602,6 +778,7 @@ def start_relay(
     caps: QueueCaps = QueueCaps(),
     notice_bytes: int = 1024 * 1024,
     max_workers: int = 256,
+    reconnect_window_s: float = DEFAULT_RECONNECT_WINDOW_S,
 ) -> RelayHandle:
     """Start the relay on ``address`` with mutual TLS from ``identity`` (the coordinator's).
 
@@ -610,7 +787,8 @@ def start_relay(
     ``extra_servicers`` are called with the ``grpc.Server`` before it starts, so
     other services (the coordinator's Control service) share the port and the
     mutual-TLS credentials.  Each connected party stream holds one worker thread:
-    ``max_workers`` bounds concurrent streams plus unary calls.
+    ``max_workers`` bounds concurrent streams plus unary calls.  ``reconnect_window_s``
+    (0 = off) is how long a party whose stream dropped keeps its place.
     """
     servicer = RelayServicer(
         identity.ca_pem,
@@ -620,6 +798,7 @@ def start_relay(
         pending_timeout=pending_timeout,
         caps=caps,
         notice_bytes=notice_bytes,
+        reconnect_window_s=reconnect_window_s,
     )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="relay"),

@@ -43,10 +43,22 @@ LivenessCheck = Callable[[Collection[str]], dict[str, str]]
 POLL_S = 0.5
 
 
-def liveness_check(registry: Registry, timeout_s: float) -> LivenessCheck:
-    """Which of some parties have stopped heartbeating (coordinator/liveness.py), read from the registry."""
+def liveness_check(registry: Registry, timeout_s: float, grace_s: float = 0.0) -> LivenessCheck:
+    """Which of some parties have stopped heartbeating (coordinator/liveness.py), read from the registry.
+
+    ``grace_s``: how much longer a silent party is waited for.  A vertical job's data-plane stream
+    survives a drop of up to ``reconnect_window_s`` (the relay holds the party's place), and a
+    network cut stops heartbeats as well, so abandoning such a job at ``liveness_timeout_s`` would
+    defeat the reconnect.  ``fedcredit status`` shows the party as not live meanwhile.
+    """
     def check(parties: Collection[str]) -> dict[str, str]:
-        return {p.name: not_live_reason(p) for p in liveness(registry, parties, timeout_s) if not p.live}
+        out: dict[str, str] = {}
+        for p in liveness(registry, parties, timeout_s):
+            if p.live or (grace_s and p.age_s is not None and p.age_s <= timeout_s + grace_s):
+                continue
+            out[p.name] = not_live_reason(p) + (
+                f"; a vertical job also waits reconnect_window_s = {grace_s:g} s for it" if grace_s else "")
+        return out
     return check
 
 
@@ -259,12 +271,15 @@ def run_coordinator_role(
     certs = {p.name: p.certificate.read_text() for p in coord.parties if p.name in nodes}
     progress({"event": "starting", "message": f"waiting for {len(nodes)} parties", "parties": {p: "waiting" for p in nodes}})
     live = liveness_check(registry, coord.coordinator.liveness_timeout_s)
+    # a vertical call is abandoned only once the party is also past the relay's reconnect window
+    grace = 0.0 if job.job.type == "horizontal" else coord.coordinator.reconnect_window_s
     wait_for_nodes(grid, nodes, timeout=job.job.round_timeout_s, progress=progress, live=live,
                    party_wait_s=coord.coordinator.party_wait_s)
     meta: dict[str, Any] = {"run_id": run_id, "job_toml": job_toml, "peer_certs": certs}
     if attempt > 1:
         meta.update({"resume": True, "attempt": attempt})
-    channel = FlowerChannel(grid, nodes, meta, timeout=job.job.round_timeout_s, live=live,
+    channel = FlowerChannel(grid, nodes, meta, timeout=job.job.round_timeout_s,
+                            live=liveness_check(registry, coord.coordinator.liveness_timeout_s, grace) if grace else live,
                             tolerate_dead=job.job.type == "horizontal" and job.job.min_parties is not None)
     if attempt > 1:
         progress({"event": "resuming", "message": f"attempt {attempt}: every party continues from its checkpoints",

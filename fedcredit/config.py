@@ -77,6 +77,10 @@ class CoordinatorSection(_Strict):
     party_wait_s: float = Field(
         30.0, ge=0, description="how long a new run waits for a party that is not live before failing naming it"
     )
+    reconnect_window_s: float = Field(
+        30.0, ge=0, le=3600,
+        description="how long the relay holds a party's place after its data-plane stream drops (0 = fail at once)",
+    )
 
     _n = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
@@ -173,7 +177,11 @@ class ScoringSection(_Strict):
 
 class CoordinatorLink(_Strict):
     flower_address: str
-    relay_address: str
+    relay_address: str = Field(description="the relay this party dials (host:port; may be a proxy in front of it)")
+    reconnect_window_s: float = Field(
+        30.0, ge=0, le=3600,
+        description="how long this party keeps trying to resume a dropped data-plane stream (0 = fail at once)",
+    )
     heartbeat_interval_s: float = Field(
         2.0, gt=0, le=60, description="how often the daemon tells the coordinator it is alive (relay_address)"
     )

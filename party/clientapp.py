@@ -258,6 +258,7 @@ def run_vertical_party(rt: PartyRuntime) -> dict[str, Any]:
             audit=audit,
             peer_certs=peer_certs or None,
             recv_timeout=rt.job.job.round_timeout_s,
+            reconnect_window_s=rt.config.coordinator.reconnect_window_s,
         )
     except BaseException:
         audit.close()

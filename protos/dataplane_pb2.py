@@ -24,23 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/dataplane.proto\x12\x13\x66\x65\x64\x63redit.dataplane\"\xf2\x01\n\x05\x46rame\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.fedcredit.dataplane.Frame.Kind\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x10\n\x08receiver\x18\x04 \x01(\t\x12\x0b\n\x03tag\x18\x05 \x01(\t\x12\x0b\n\x03seq\x18\x06 \x01(\x04\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"M\n\x04Kind\x12\x08\n\x04\x44\x41TA\x10\x00\x12\t\n\x05HELLO\x10\x01\x12\r\n\tHELLO_ACK\x10\x02\x12\t\n\x05\x45RROR\x10\x03\x12\r\n\tPEER_GONE\x10\x04\x12\x07\n\x03\x42YE\x10\x05\"7\n\x10\x44irectoryRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"@\n\x10PartyCertificate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x03 \x01(\x0c\"Y\n\x0e\x44irectoryReply\x12\x36\n\x07parties\x18\x01 \x03(\x0b\x32%.fedcredit.dataplane.PartyCertificate\x12\x0f\n\x07missing\x18\x02 \x03(\t2\xa7\x01\n\x05Relay\x12\x45\n\x07\x43onnect\x12\x1a.fedcredit.dataplane.Frame\x1a\x1a.fedcredit.dataplane.Frame(\x01\x30\x01\x12W\n\tDirectory\x12%.fedcredit.dataplane.DirectoryRequest\x1a#.fedcredit.dataplane.DirectoryReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/dataplane.proto\x12\x13\x66\x65\x64\x63redit.dataplane\"\xb0\x03\n\x05\x46rame\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.fedcredit.dataplane.Frame.Kind\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x10\n\x08receiver\x18\x04 \x01(\t\x12\x0b\n\x03tag\x18\x05 \x01(\t\x12\x0b\n\x03seq\x18\x06 \x01(\x04\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x0e\n\x06resume\x18\t \x01(\x08\x12\x32\n\x04\x61\x63ks\x18\n \x03(\x0b\x32$.fedcredit.dataplane.Frame.AcksEntry\x1a+\n\tAcksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x99\x01\n\x04Kind\x12\x08\n\x04\x44\x41TA\x10\x00\x12\t\n\x05HELLO\x10\x01\x12\r\n\tHELLO_ACK\x10\x02\x12\t\n\x05\x45RROR\x10\x03\x12\r\n\tPEER_GONE\x10\x04\x12\x07\n\x03\x42YE\x10\x05\x12\x07\n\x03\x41\x43K\x10\x06\x12\n\n\x06RESUME\x10\x07\x12\x12\n\x0ePEER_SUSPENDED\x10\x08\x12\x10\n\x0cPEER_RESUMED\x10\t\x12\x0f\n\x0bPEER_JOINED\x10\n\"7\n\x10\x44irectoryRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"@\n\x10PartyCertificate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x03 \x01(\x0c\"Y\n\x0e\x44irectoryReply\x12\x36\n\x07parties\x18\x01 \x03(\x0b\x32%.fedcredit.dataplane.PartyCertificate\x12\x0f\n\x07missing\x18\x02 \x03(\t2\xa7\x01\n\x05Relay\x12\x45\n\x07\x43onnect\x12\x1a.fedcredit.dataplane.Frame\x1a\x1a.fedcredit.dataplane.Frame(\x01\x30\x01\x12W\n\tDirectory\x12%.fedcredit.dataplane.DirectoryRequest\x1a#.fedcredit.dataplane.DirectoryReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.dataplane_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_FRAME_ACKSENTRY']._loaded_options = None
+  _globals['_FRAME_ACKSENTRY']._serialized_options = b'8\001'
   _globals['_FRAME']._serialized_start=48
-  _globals['_FRAME']._serialized_end=290
-  _globals['_FRAME_KIND']._serialized_start=213
-  _globals['_FRAME_KIND']._serialized_end=290
-  _globals['_DIRECTORYREQUEST']._serialized_start=292
-  _globals['_DIRECTORYREQUEST']._serialized_end=347
-  _globals['_PARTYCERTIFICATE']._serialized_start=349
-  _globals['_PARTYCERTIFICATE']._serialized_end=413
-  _globals['_DIRECTORYREPLY']._serialized_start=415
-  _globals['_DIRECTORYREPLY']._serialized_end=504
-  _globals['_RELAY']._serialized_start=507
-  _globals['_RELAY']._serialized_end=674
+  _globals['_FRAME']._serialized_end=480
+  _globals['_FRAME_ACKSENTRY']._serialized_start=281
+  _globals['_FRAME_ACKSENTRY']._serialized_end=324
+  _globals['_FRAME_KIND']._serialized_start=327
+  _globals['_FRAME_KIND']._serialized_end=480
+  _globals['_DIRECTORYREQUEST']._serialized_start=482
+  _globals['_DIRECTORYREQUEST']._serialized_end=537
+  _globals['_PARTYCERTIFICATE']._serialized_start=539
+  _globals['_PARTYCERTIFICATE']._serialized_end=603
+  _globals['_DIRECTORYREPLY']._serialized_start=605
+  _globals['_DIRECTORYREPLY']._serialized_end=694
+  _globals['_RELAY']._serialized_start=697
+  _globals['_RELAY']._serialized_end=864
 # @@protoc_insertion_point(module_scope)

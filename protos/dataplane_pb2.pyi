@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Frame(_message.Message):
-    __slots__ = ("kind", "session", "sender", "receiver", "tag", "seq", "payload", "error")
+    __slots__ = ("kind", "session", "sender", "receiver", "tag", "seq", "payload", "error", "resume", "acks")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         DATA: _ClassVar[Frame.Kind]
@@ -17,12 +17,29 @@ class Frame(_message.Message):
         ERROR: _ClassVar[Frame.Kind]
         PEER_GONE: _ClassVar[Frame.Kind]
         BYE: _ClassVar[Frame.Kind]
+        ACK: _ClassVar[Frame.Kind]
+        RESUME: _ClassVar[Frame.Kind]
+        PEER_SUSPENDED: _ClassVar[Frame.Kind]
+        PEER_RESUMED: _ClassVar[Frame.Kind]
+        PEER_JOINED: _ClassVar[Frame.Kind]
     DATA: Frame.Kind
     HELLO: Frame.Kind
     HELLO_ACK: Frame.Kind
     ERROR: Frame.Kind
     PEER_GONE: Frame.Kind
     BYE: Frame.Kind
+    ACK: Frame.Kind
+    RESUME: Frame.Kind
+    PEER_SUSPENDED: Frame.Kind
+    PEER_RESUMED: Frame.Kind
+    PEER_JOINED: Frame.Kind
+    class AcksEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     KIND_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +48,8 @@ class Frame(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
     kind: Frame.Kind
     session: str
     sender: str
@@ -39,7 +58,9 @@ class Frame(_message.Message):
     seq: int
     payload: bytes
     error: str
-    def __init__(self, kind: _Optional[_Union[Frame.Kind, str]] = ..., session: _Optional[str] = ..., sender: _Optional[str] = ..., receiver: _Optional[str] = ..., tag: _Optional[str] = ..., seq: _Optional[int] = ..., payload: _Optional[bytes] = ..., error: _Optional[str] = ...) -> None: ...
+    resume: bool
+    acks: _containers.ScalarMap[str, int]
+    def __init__(self, kind: _Optional[_Union[Frame.Kind, str]] = ..., session: _Optional[str] = ..., sender: _Optional[str] = ..., receiver: _Optional[str] = ..., tag: _Optional[str] = ..., seq: _Optional[int] = ..., payload: _Optional[bytes] = ..., error: _Optional[str] = ..., resume: _Optional[bool] = ..., acks: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class DirectoryRequest(_message.Message):
     __slots__ = ("names", "wait_seconds")

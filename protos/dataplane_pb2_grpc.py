@@ -52,7 +52,9 @@ class RelayServicer:
     def Connect(self, request_iterator, context):
         """One stream per (party, session).  The first client frame must be HELLO;
         the relay answers HELLO_ACK (or ERROR and closes).  After that the client
-        sends DATA frames and receives DATA / ERROR / PEER_GONE frames.
+        sends DATA / ACK / RESUME frames and receives those plus the relay's notices
+        (ERROR, PEER_SUSPENDED, PEER_RESUMED, PEER_JOINED, PEER_GONE).  A party whose
+        stream dropped reconnects with HELLO{resume=true, acks}; see docs/dataplane.md.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
