@@ -275,17 +275,28 @@ def _pause(seconds: float) -> bool:
     return not stop.wait(seconds)
 
 
-def wait_for_coordinator(handle: PartyHandle) -> bool:
-    """Block until the first heartbeat reached the coordinator (True) or the SuperNode died (False).
+#: What flwr 1.41's SuperNode logs once the SuperLink activated its node (after a successful connect).
+_ACTIVATED = "SuperNode ID:"
 
-    Bounded by the SuperNode's life and by SIGINT/SIGTERM (``KeyboardInterrupt`` / the caller's stop):
-    a party may be started long before its coordinator, and says so while it waits.
+
+def wait_for_coordinator(handle: PartyHandle) -> bool:
+    """Block until the coordinator answered a heartbeat *and* the SuperLink activated this party's
+    SuperNode (True), or until the SuperNode died (False).
+
+    "ready" must mean jobs can reach this party: after a crash the SuperLink may still count
+    the old node online and refuse the new one for up to a minute, and a job sent meanwhile
+    would be lost.  Bounded by the SuperNode's life and by SIGINT/SIGTERM (``KeyboardInterrupt``
+    / the caller's stop); a party may be started long before its coordinator, and says so.
     """
     assert handle.heartbeat is not None
-    while not handle.heartbeat.reached.wait(0.5):
+    log_path = handle.config.party.state_dir / "supernode.log"
+    while True:
+        if handle.heartbeat.reached.wait(0.5) and _ACTIVATED in _log_since(log_path, handle.log_offset):
+            return True
         if handle.supernode.poll() is not None:
             return False
-    return True
+        if handle.heartbeat.reached.is_set():
+            time.sleep(0.5)  # reading the SuperNode's log: Flower has no callback for its activation
 
 
 def _ready_line(handle: PartyHandle) -> str:
@@ -293,7 +304,7 @@ def _ready_line(handle: PartyHandle) -> str:
     return (
         f"party '{p.name}' ({p.role}) ready: reached the coordinator at {c.relay_address} "
         f"(heartbeat every {c.heartbeat_interval_s:g} s); "
-        f"SuperNode dialing {c.flower_address} over mutual TLS (fleet link); "
+        f"SuperNode connected to {c.flower_address} over mutual TLS (fleet link); "
         f"datasets: {', '.join(sorted(handle.config.datasets)) or 'none'}; state in {p.state_dir}"
         + (f"; scoring on {handle.scoring.address} (mutual TLS)" if handle.scoring is not None else "")
         + (f"; runs only app {handle.app.sha256[:16]}…" if handle.app is not None else "")

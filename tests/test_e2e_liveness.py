@@ -245,7 +245,7 @@ def test_a_party_started_before_its_coordinator_waits_then_says_ready(vfed: Loca
         assert not any(" ready" in line for line in lines[: ready[0]])  # never "ready" before it reached it
         after = vfed.ready_after[name]  # type: ignore[attr-defined]
         print(f"\n{name}: ready {after:.1f} s after the coordinator was")
-        assert after < 5 * HEARTBEAT_S + 3
+        assert after < 60  # heartbeats at once; the SuperNode's own reconnect backoff is Flower's (up to ~20 s)
 
 
 def test_killed_passive_party_fails_a_vertical_job_within_the_liveness_timeout(vfed: LocalFederation) -> None:

@@ -181,7 +181,7 @@ def test_kill9_passive_party_mid_secureboost_then_resume(fed: LocalFederation, r
     assert held[0] == "psi-00000001.ckpt" and 1 <= len([h for h in held if h.startswith("sb-")]) <= 2, held
     assert not (_state(fed, "fintech") / "models" / run_id / "secureboost_fintech_model.json").exists()
 
-    fed.start_party("fintech")
+    fed.start_party("fintech", timeout=180)  # "ready" waits until Flower lets the restarted node in again
     done = _cli(fed, "runs", "resume", run_id)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"resuming run {run_id} (attempt 2)" in done.stdout
