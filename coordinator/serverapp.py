@@ -111,10 +111,9 @@ class FlowerChannel:
         return list(self.nodes)
 
     def call_all(self, requests: Mapping[str, tuple[str, bytes]]) -> dict[str, bytes]:
-        msgs, by_node = [], {}
+        msgs = []
         for party, (method, payload) in requests.items():
             node = self.nodes[party]
-            by_node[node] = party
             self.bytes_sent[party] += len(payload)
             msgs.append(Message(content=pack(method, payload, self.meta), message_type="query", dst_node_id=node))
         replies, dead = self._send_and_receive(msgs, list(requests))
@@ -122,11 +121,13 @@ class FlowerChannel:
         errors: dict[str, str] = dict(dead)
         resumable: dict[str, str] = {}
         unreachable: set[str] = set(dead)
-        for rep in replies:
-            party = by_node.get(rep.metadata.src_node_id, f"node {rep.metadata.src_node_id}")
+        for party, rep in replies:  # party: whose message this replies to (Flower's own errors come from the SuperLink)
             if rep.has_error():  # Flower's own error (e.g. the node stopped heartbeating), not the party's answer
                 errors[party] = str(rep.error.reason)
                 unreachable.add(party)
+                continue
+            if rep.metadata.src_node_id != self.nodes[party]:
+                errors[party] = f"reply came from node {rep.metadata.src_node_id}, not this party's node"
                 continue
             _, payload, meta = unpack(rep.content)
             if meta.get("error"):
@@ -145,7 +146,7 @@ class FlowerChannel:
             raise PartyFailure(errors, out, resumable, frozenset(unreachable))
         return out
 
-    def _send_and_receive(self, msgs: list[Message], parties: list[str]) -> tuple[list[Message], dict[str, str]]:
+    def _send_and_receive(self, msgs: list[Message], parties: list[str]) -> tuple[list[tuple[str, Message]], dict[str, str]]:
         """Flower's send_and_receive, plus: stop waiting for a party as soon as it is not live.
 
         Returns the replies and {party: why it has none} for parties that are not live (or whose
@@ -155,12 +156,13 @@ class FlowerChannel:
         ids = list(self.grid.push_messages(msgs))
         waiting = {mid: p for mid, p in zip(ids, parties, strict=True) if mid}
         dead = {p: "the SuperLink did not accept the message" for mid, p in zip(ids, parties, strict=True) if not mid}
-        replies: list[Message] = []
+        replies: list[tuple[str, Message]] = []
         deadline = time.monotonic() + self.timeout
         while waiting:
             for rep in self.grid.pull_messages(list(waiting)):
-                if waiting.pop(rep.metadata.reply_to_message_id, None) is not None:
-                    replies.append(rep)
+                party = waiting.pop(rep.metadata.reply_to_message_id, None)
+                if party is not None:
+                    replies.append((party, rep))
             if not waiting or time.monotonic() > deadline:
                 break
             silent = self.live(list(waiting.values())) if self.live is not None else {}

@@ -177,6 +177,14 @@ def ssl_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, ca_pem: bytes) ->
     return verify_peer(ssl.DER_cert_to_PEM_cert(der).encode("ascii"), ca_pem)
 
 
+def address_mismatch(address: str, identity: Identity, timeout: float = 5.0) -> str | None:
+    """:func:`hostname_mismatch` for a ``host:port`` (or ``[v6]:port``) address; None if it does not parse."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return hostname_mismatch(host.strip("[]"), int(port), identity, timeout)
+
+
 def hostname_mismatch(host: str, port: int, identity: Identity, timeout: float = 5.0) -> str | None:
     """Why ``host:port`` fails TLS host-name checking, or None if it does not (or cannot be reached).
 

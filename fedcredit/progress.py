@@ -131,7 +131,9 @@ def print_run(info: Any, con: Console | None = None) -> None:
     """A run record (``RunInfo``): status, times, error and its public result."""
     con = con or console
     result = json.loads(info.result_json) if info.result_json else None
-    con.print(styled("run ", (info.run_id, "bold"), f"  {info.name} ({info.type})  status: ", (info.status, "bold")))
+    attempt = int(getattr(info, "attempt", 0) or 0)
+    con.print(styled("run ", (info.run_id, "bold"), f"  {info.name} ({info.type})  status: ", (info.status, "bold"),
+                     f"  (attempt {attempt})" if attempt > 1 else ""))
     con.print(f"  created {fmt_time(info.created)}  started {fmt_time(info.started)}  ended {fmt_time(info.ended)}",
               markup=False)
     if info.error:

@@ -28,7 +28,7 @@ import grpc
 
 from crypto.certs import Identity
 from crypto.files import private_dir, write_file
-from crypto.tls import secure_channel
+from crypto.tls import address_mismatch, secure_channel
 from fedcredit.config import PartyConfig, check_port_free, load_party_config
 from fedcredit.data import Table, load_dataset
 from fedcredit.errors import ConfigError
@@ -184,8 +184,10 @@ class Heartbeat:
                     if not self.reached.is_set():
                         if t0 - last_waiting >= WAITING_REPEAT_S:
                             last_waiting = t0
+                            mismatch = address_mismatch(self.address, self.identity)
                             self.log(f"party '{name}': waiting for the coordinator at {self.address} "
-                                     f"(attempt {self.attempts}, last error: {self.last_error})")
+                                     f"(attempt {self.attempts}, last error: {self.last_error})"
+                                     + (f"; [coordinator].relay_address: {mismatch}" if mismatch else ""))
                     elif not lost:
                         lost = True
                         self.log(f"party '{name}': lost the coordinator at {self.address} (last error: "

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from crypto.certs import Identity, verify_peer
 from crypto.envelope import open_sealed, seal
-from crypto.tls import channel_credentials
+from crypto.tls import address_mismatch, channel_credentials
 from fedcredit.dataplane import DEFAULT_RECONNECT_WINDOW_S, GRPC_OPTIONS, MAX_SEALED_BYTES, frame_aad
 from fedcredit.errors import FedCreditError, PeerAborted, ProtocolError, SecurityError
 from fedcredit.transport import ABORT_TAG, MAX_ABORT_REASON
@@ -638,6 +638,9 @@ class RelayTransport:
             return SecurityError(f"{self.me}: {where} refused this party: {text}")
         if self._acked:
             return ProtocolError(f"{self.me}: lost the connection to {where} (session {self.session!r}): {text}")
+        mismatch = None if self._server_name else address_mismatch(self.relay_address, self._id)
+        if mismatch:  # gRPC says only "peer name not in certificate" (or times out); say which names it has
+            return SecurityError(f"{self.me}: {where} ([coordinator].relay_address): {mismatch}")
         low = text.lower()
         if "certificate_verify_failed" in low or "handshake" in low:
             return SecurityError(

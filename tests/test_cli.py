@@ -158,10 +158,11 @@ def test_run_records_print_brackets_intact() -> None:
     from protos import control_pb2
 
     info = control_pb2.RunInfo(run_id="r-1", name="job [q4]", type="horizontal", status="failed", created=1.0,
-                               error="party 'bank1': [datasets.train] not in [[parties]] [bold]x")
+                               error="party 'bank1': [datasets.train] not in [[parties]] [bold]x", attempt=2)
     print_run(info, Console(file=out, width=200, markup=False))
     text = out.getvalue()
     assert "job [q4]" in text and "party 'bank1': [datasets.train] not in [[parties]] [bold]x" in text
+    assert "status: failed  (attempt 2)" in text  # a resumed run says which attempt it is on
     from fedcredit.progress import console, err_console
 
     assert not console._markup and not err_console._markup  # every CLI print path goes through these

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,31 @@ def test_fleet_link_names_the_dialled_name_and_the_certificates_names(
         listener.close()
     assert any("TLS host name mismatch: dialled '127.0.0.1'" in m and "['fintech.example.net']" in m
                and "[coordinator].flower_address" in m for m in logs), logs
+
+
+def test_relay_transport_and_heartbeat_name_the_dialled_name_and_the_certificates_names(
+        wrong_name_server: tuple[Identity, Identity, Path]) -> None:
+    """The party's two dials of [coordinator].relay_address (data plane, heartbeats) say why TLS failed."""
+    from fedcredit.errors import SecurityError
+    from party.daemon import Heartbeat
+    from party.dataplane import RelayTransport
+
+    server, _op, root = wrong_name_server
+    bank = issue(root / "certs" / "ca", root / "certs" / "bank1", "bank1")
+    relay = start_relay(server, "127.0.0.1:0", membership=lambda session: None)
+    logs: list[str] = []
+    beat = Heartbeat(bank, f"127.0.0.1:{relay.port}", 0.5, log=logs.append).start()
+    try:
+        with pytest.raises(SecurityError) as err:
+            RelayTransport(bank, f"127.0.0.1:{relay.port}", "job-1", connect_timeout=10, reconnect_window_s=0)
+        deadline = time.monotonic() + 20
+        while not logs and time.monotonic() < deadline:
+            beat._stop.wait(0.1)  # the heartbeat thread logs its first "waiting" line after one failed attempt
+    finally:
+        beat.stop()
+        relay.stop()
+    msg = str(err.value)
+    assert "[coordinator].relay_address" in msg and "TLS host name mismatch: dialled '127.0.0.1'" in msg, msg
+    assert "['fintech.example.net']" in msg
+    assert logs and "waiting for the coordinator" in logs[0] and "TLS host name mismatch" in logs[0], logs
+    assert not beat.reached.is_set()
