@@ -62,6 +62,7 @@ import numpy as np
 
 from crypto import signing
 from crypto.files import fsync_dir, write_file
+from fedcredit.codec import MAX_JSON_DEPTH, json_too_deep
 from fedcredit.config import NAME_RE
 from fedcredit.errors import ConfigError, DataError, ModelMismatch, SecurityError
 from fedcredit.kinds import KINDS, LOCAL, VERTICAL_KINDS
@@ -83,7 +84,6 @@ _DIR_MODE = 0o700
 MAX_ARTIFACT_FILES = 32
 MAX_ARTIFACT_BYTES = 64 << 20  # sum of the files' sizes
 MAX_TAR_HEADER_BYTES = 64 << 10  # a pax / GNU long-name header's own data
-MAX_JSON_DEPTH = 32  # manifests, schemas and model files nest a few levels; deeper is an attack, not a model
 
 
 # --------------------------------------------------------------------------- data types
@@ -143,18 +143,6 @@ class Artifact(NamedTuple):
 # --------------------------------------------------------------------------- file encodings
 
 
-def _too_deep(doc: Any, limit: int) -> bool:
-    """Whether ``doc`` nests containers deeper than ``limit`` (iterative: no recursion to exhaust)."""
-    stack: list[tuple[Any, int]] = [(doc, 1)]
-    while stack:
-        obj, depth = stack.pop()
-        if isinstance(obj, (dict, list)):
-            if depth > limit:
-                return True
-            stack.extend((v, depth + 1) for v in (obj.values() if isinstance(obj, dict) else obj))
-    return False
-
-
 def _parse_json(raw: bytes, where: str, name: str) -> Any:
     """Parse an artifact's JSON file; SecurityError naming it if invalid or nested beyond ``MAX_JSON_DEPTH``."""
     try:
@@ -163,7 +151,7 @@ def _parse_json(raw: bytes, where: str, name: str) -> Any:
         raise SecurityError(f"{where}: {name} nests deeper than {MAX_JSON_DEPTH} levels (refused)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SecurityError(f"{where}: {name} is not valid JSON: {exc}") from None
-    if _too_deep(doc, MAX_JSON_DEPTH):
+    if json_too_deep(doc, MAX_JSON_DEPTH):
         raise SecurityError(f"{where}: {name} nests deeper than {MAX_JSON_DEPTH} levels (refused)")
     return doc
 

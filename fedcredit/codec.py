@@ -106,7 +106,8 @@ def unpack(payload: bytes, *, what: str = "message") -> tuple[dict[str, Any], di
         raise ProtocolError(f"malformed {what}: {e}") from None
 
 
-#: JSON control messages (PSI hello, split masks, vertical LR setup/control) nest a few levels at most.
+#: JSON from another institution (control messages, artifact manifests and model files) nests a few levels;
+#: deeper is an attack, not a message.
 MAX_JSON_DEPTH = 32
 
 
@@ -127,12 +128,13 @@ def loads_json(payload: bytes, *, what: str, max_bytes: int = MAX_HEADER_BYTES) 
         raise ProtocolError(f"malformed {what}: not JSON ({e})") from None
     if not isinstance(doc, dict):
         raise ProtocolError(f"malformed {what}: expected a JSON object, got {type(doc).__name__}")
-    if _depth_exceeds(doc, MAX_JSON_DEPTH):
+    if json_too_deep(doc, MAX_JSON_DEPTH):
         raise ProtocolError(f"malformed {what}: nests deeper than {MAX_JSON_DEPTH} levels")
     return doc
 
 
-def _depth_exceeds(doc: Any, limit: int) -> bool:
+def json_too_deep(doc: Any, limit: int) -> bool:
+    """Whether ``doc`` nests containers deeper than ``limit`` (iterative: no recursion to exhaust)."""
     stack: list[tuple[Any, int]] = [(doc, 1)]
     while stack:
         obj, depth = stack.pop()
