@@ -28,12 +28,12 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from fed_data import DATA, bank_parties
 
 from simulations.deployment import LocalFederation, PartySpec, to_toml
 
 pytestmark = pytest.mark.e2e
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LIVENESS_TIMEOUT_S = 5.0
 HEARTBEAT_S = 1.0
 PARTY_WAIT_S = 3.0
@@ -87,15 +87,7 @@ BANKS = {"bank1": "default_credit_homo_guest.csv", "bank2": "default_credit_homo
 @pytest.fixture(scope="module")
 def hfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     root = tmp_path_factory.mktemp("livefed")
-    data = root / "data"
-    data.mkdir()
-    test = pd.read_csv(DATA / "default_credit_homo_test.csv")
-    parties = []
-    for i, (bank, fname) in enumerate(BANKS.items()):
-        pd.read_csv(DATA / fname).iloc[:1500].to_csv(data / f"{bank}.csv", index=False)
-        test.iloc[i::3].iloc[:500].to_csv(data / f"{bank}_test.csv", index=False)
-        parties.append(PartySpec(bank, {"train": {"path": data / f"{bank}.csv", "label_column": "y"},
-                                        "test": {"path": data / f"{bank}_test.csv", "label_column": "y"}}))
+    parties = bank_parties(root / "data", BANKS, rows=1500, test_rows=500)
     fed = LocalFederation(root / "fed", parties).setup()
     _tune(fed)
     fed.start()

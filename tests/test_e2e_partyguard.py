@@ -20,33 +20,24 @@ import textwrap
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from fed_data import bank_parties
 from flower_apps import write_app_descriptor
 
 from coordinator import flower
 from coordinator.registry import Registry
 from party.appguard import AUDIT_TAG, installed_app
-from simulations.deployment import LocalFederation, PartySpec
+from simulations.deployment import LocalFederation
 
 pytestmark = pytest.mark.e2e
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BANKS = {"bank1": "default_credit_homo_guest.csv", "bank2": "default_credit_homo_host_1.csv"}
 
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("guarded")
-    data = root / "data"
-    data.mkdir()
-    test = pd.read_csv(DATA / "default_credit_homo_test.csv")
-    parties = []
-    for i, (bank, fname) in enumerate(BANKS.items()):
-        pd.read_csv(DATA / fname).iloc[:1500].to_csv(data / f"{bank}.csv", index=False)
-        test.iloc[i::2].iloc[:500].to_csv(data / f"{bank}_test.csv", index=False)
-        parties.append(PartySpec(bank, {"train": {"path": data / f"{bank}.csv", "label_column": "y"},
-                                        "test": {"path": data / f"{bank}_test.csv", "label_column": "y"}}))
+    parties = bank_parties(root / "data", BANKS, rows=1500, test_rows=500)
     federation = LocalFederation(root / "fed", parties).setup()
     federation.start()
     yield federation
