@@ -202,11 +202,6 @@ class _Blinder:
             ))
 
     @property
-    def parts(self) -> int:
-        """How many pieces a batch is cut into, so every helper works on it."""
-        return max(1, len(self._procs))
-
-    @property
     def key(self) -> PsiKey:
         assert self._key is not None, "PSI blinder used before its key was set"
         return self._key
@@ -359,17 +354,6 @@ def _as_matchable(chunks: list[bytes], n: int, me: str, peer: str, what: str) ->
     return arr
 
 
-def _pieces(seq: Sequence[bytes], parts: int) -> list[Sequence[bytes]]:
-    """A batch cut into ``parts`` pieces, one per blinding helper (so a batch uses every core)."""
-    step = max(1, math.ceil(len(seq) / parts))
-    return [seq[o : o + step] for o in range(0, len(seq), step)]
-
-
-def _buf_pieces(buf: bytes, width: int, parts: int) -> list[bytes]:
-    step = max(1, math.ceil(len(buf) // width / parts)) * width
-    return [buf[o : o + step] for o in range(0, len(buf), step)]
-
-
 def _digest(run_id: str, step: int, key_fp: str, arrays: dict[str, np.ndarray]) -> str:
     """Binds a batch checkpoint's values to its run, its step and the key they were made with."""
     h = hashlib.sha256(json.dumps([run_id, step, key_fp, sorted(arrays)]).encode())
@@ -482,7 +466,10 @@ def _exchange(
     od: dict[str, list[bytes]],
     pd: dict[str, list[bytes]],
 ) -> int:
-    """Rounds ``start``.. of the exchange (see :class:`_Progress`), filling ``od``/``pd``; the rounds done now."""
+    """Rounds ``start``.. of the exchange (see :class:`_Progress`), filling ``od``/``pd``; the rounds done now.
+
+    A round is checkpointed once its values are in: the peer's batch blinded back, this party's came back.
+    """
     me = transport.me
     n = len(norm)
     own_batches = math.ceil(n / batch_size)
@@ -490,19 +477,22 @@ def _exchange(
     rounds = max([own_batches, *peer_batches.values()])
     done_own = min(n, start * batch_size)
     done_peer = {p: sum(len(b) for b in pd[p]) // MATCH_LEN for p in peers}
+    # own batches first, streamed through the helpers: they depend on nothing received (the rounds then
+    # only wait for the peers); a resumed run recomputes them bit for bit from the same scalar
+    for k, buf in enumerate(blinder.hash_blind(_batches(norm[start * batch_size :], batch_size))):
+        for p in peers:
+            transport.send(p, tags.single(start + k), buf)
+        done_own += len(buf) // POINT_LEN
+        if progress:
+            progress("hash+blind own ids", done_own, n)
+    # the peers' batches in round order, through the helpers (one batch each in flight, results in order)
+    order = [(i, p) for i in range(start, rounds) for p in peers if i < peer_batches[p]]
+    incoming = (_recv_batch(transport, p, tags.single(i), i, POINT_LEN, "singly-blinded") for i, p in order)
+    blinded = iter(blinder.blind(incoming, MATCH_LEN))
     for i in range(start, rounds):
-        if i < own_batches:
-            batch = norm[i * batch_size : (i + 1) * batch_size]
-            buf = b"".join(blinder.hash_blind(_pieces(batch, blinder.parts)))
-            for p in peers:
-                transport.send(p, tags.single(i), buf)
-            done_own += len(batch)
-            if progress:
-                progress("hash+blind own ids", done_own, n)
         for p in peers:
             if i < peer_batches[p]:
-                buf = _recv_batch(transport, p, tags.single(i), i, POINT_LEN, "singly-blinded")
-                dbl = b"".join(blinder.blind(_buf_pieces(buf, POINT_LEN, blinder.parts), MATCH_LEN))
+                dbl = next(blinded)
                 transport.send(p, tags.double(i), dbl)
                 pd[p].append(dbl)
                 done_peer[p] += len(dbl) // MATCH_LEN
