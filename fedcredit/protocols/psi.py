@@ -616,7 +616,7 @@ def run_psi(
 
         # 2. this party's key and the rounds already done (a resumed run agrees on the last round all hold)
         params = {"v": _VERSION, "parties": list(parties), "leader": leader, "batch_size": int(batch_size), "n": n,
-                  "ids": hashlib.sha256(_pack_ids(norm)).hexdigest(),
+                  "ids": hashlib.sha256(_pack_ids(norm)).hexdigest() if checkpoint is not None else "",
                   "peers": {p: list(peer_info[p]) for p in peers}}
         ckpt = _Progress(checkpoint, params)
         od: dict[str, list[bytes]] = {p: [] for p in peers}  # own ids doubly blinded by each peer, per batch
@@ -641,12 +641,13 @@ def run_psi(
                 start = at
             else:
                 key = None
+            del held
         if key is None:
             key = PsiKey.generate()
             ckpt.start(key)  # owner-only, this party's own state dir; never sent anywhere
         blinder.set_key(key)
 
-        # 3. round by round: own batch out, peers' batch blinded back, own batch back doubly blinded
+        # 3. own batches out; then round by round: the peers' batch blinded back, own batch back doubly blinded
         _exchange(transport, peers, blinder, norm, batch_size, peer_info, tags, progress, ckpt, start, od, pd)
 
         # 4. per peer: intersect pairwise
