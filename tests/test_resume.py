@@ -459,18 +459,18 @@ def _psi_sets() -> dict[str, list[str]]:
 
 
 def _psi(root: Path, *, resume: bool = False, run: str = RUN, keys: dict[str, Any] | None = None,
-         records: list[WireRecord] | None = None) -> dict[str, Any]:
+         records: list[WireRecord] | None = None, sets: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """bank (leader) and fintech, batches of 100 ids: bank 10 batches, fintech 9 (10 rounds)."""
     from fedcredit.protocols.psi import run_psi
 
-    sets = _psi_sets()
+    sets = sets or _psi_sets()
     hub = InMemoryHub(default_timeout=30)
     if records is not None:
         hub.observers.append(records.append)
 
     def role(p: str, tr: Transport) -> Any:
         _who.party, _who.keys = p, keys
-        return run_psi(tr, sets[p], ["bank", "fintech"], leader="bank", batch_size=100,
+        return run_psi(tr, sets[p], list(sets), leader="bank", batch_size=100,
                        checkpoint=CheckpointStore(root / p, run, p), resume=resume)
 
     return run_roles(hub, {p: partial(role, p) for p in sets}, timeout_s=60)
@@ -591,3 +591,34 @@ def test_psi_checkpoint_of_another_run_another_key_or_altered_is_refused(tmp_pat
     with pytest.raises(DataError, match=r"psi_key-00000001.ckpt .*does not match its recorded fingerprint"):
         _psi(d, resume=True)
     assert src.is_dir()  # the original is untouched
+
+
+def test_psi_resume_with_three_parties_around_the_leader(tmp_path: Path, monkeypatch, psi_keys) -> None:
+    from crypto.psi import PsiKey
+
+    sets = _psi_sets()
+    sets["shop"] = [f"c{i:05d}" for i in range(700, 950)]  # 3 batches; common with both: 700..949
+    root = tmp_path / "crash"
+    real = CheckpointStore.save
+
+    def save(self: CheckpointStore, stage: str, step: int, meta: Any, arrays: Any = None, **kw: Any) -> Path:
+        if (self.party, stage, step) == ("bank", "psi_batch", 3):
+            raise Crash("party 'bank': simulated crash before checkpoint psi_batch #3")
+        return real(self, stage, step, meta, arrays, **kw)
+
+    monkeypatch.setattr(CheckpointStore, "save", save)
+    with pytest.raises(Crash):
+        _psi(root, sets=sets)
+    monkeypatch.setattr(CheckpointStore, "save", real)
+    stores = {p: CheckpointStore(root / p, RUN, p) for p in sets}
+    # shop has only 3 batches: with bank's batches streamed ahead it finished every round that needs nothing of bank's
+    assert {p: st.steps("psi_batch") for p, st in stores.items()} == {"bank": [1, 2], "fintech": [1, 2, 3],
+                                                                       "shop": list(range(1, 11))}
+    keys = {p: PsiKey.load(st.load("psi_key", 1).arrays["key"].tobytes()) for p, st in stores.items()}
+    records: list[WireRecord] = []
+    got = _psi(root, resume=True, records=records, sets=sets)
+    assert [json.loads(r.payload) for r in records if r.tag == "psi/batch/resume/at"] == [{"step": 2}, {"step": 2}]
+    assert sorted(r.tag for r in records if r.sender == "shop" and r.tag.startswith("psi/s/")) == ["psi/s/2"]
+    ref = _psi(tmp_path / "ref", keys=keys, sets=sets)
+    for p in sets:
+        assert got[p].intersection_ids == ref[p].intersection_ids and got[p].size == 250
