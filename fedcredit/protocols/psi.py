@@ -20,7 +20,13 @@ Work per party: blinding its own ids once and each peer's ids once (X25519 scala
 multiplications, ~25-30k/s per core), hashing its own ids.  Large sets are blinded
 by helper processes (``workers``), batch by batch, so memory stays at flat 16-byte
 buffers per id plus a few batches in flight.  The blinding scalar reaches the
-helpers over their stdin pipe and nowhere else.
+helpers over their stdin pipe, and — in a deployed job — the party's own checkpoint.
+
+Checkpoints (``checkpoint=``, docs/resume.md): batch index i is round i; a party saves
+its own scalar once (``psi_key``) and after round i that round's values (``psi_batch``
+step i+1: its own batch doubly blinded, received; each peer's batch doubly blinded,
+sent back).  ``resume=True`` agrees on the last round every party holds
+(``Tags.batch_resume``) and continues with the next, to the same result in the same order.
 """
 
 from __future__ import annotations
