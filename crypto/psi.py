@@ -108,8 +108,17 @@ def hash_ids(values: Iterable[object]) -> list[bytes]:
     return [hash_to_point(normalize_id(v)) for v in values]
 
 
+#: prefix of :meth:`PsiKey.serialize` (a version, so a future format is never misread as this one)
+KEY_MAGIC = b"fedcredit/psi-key/v1\x00"
+_FP_DOMAIN = b"fedcredit/psi-key-fingerprint/v1\x00"
+
+
 class PsiKey:
-    """A party's secret blinding scalar for one PSI run (never serialized, never reused)."""
+    """A party's secret blinding scalar for one PSI run (never reused across runs, never sent to a peer).
+
+    It is serialized only for the party's own checkpoint of a run in progress (owner-only,
+    in its own state directory, deleted with the run's checkpoints): see docs/resume.md.
+    """
 
     __slots__ = ("_key",)
 
@@ -137,6 +146,30 @@ class PsiKey:
         if len(raw) != 32:
             raise SecurityError(f"PSI helper received a {len(raw)}-byte scalar, expected 32")
         return cls(X25519PrivateKey.from_private_bytes(raw))
+
+    def serialize(self) -> bytes:
+        """The scalar for this party's own PSI checkpoint: :data:`KEY_MAGIC` + 32 raw bytes.
+
+        Only the owner may hold it: a peer that learned it could test guessed ids against the
+        singly-blinded values this party sent it (a dictionary attack on this party's set).
+        """
+        return KEY_MAGIC + self.export_for_local_helper()
+
+    @classmethod
+    def load(cls, raw: bytes, *, what: str = "PSI key") -> PsiKey:
+        """Inverse of :meth:`serialize`; SecurityError naming ``what`` if it is not one."""
+        raw = bytes(raw)
+        if not raw.startswith(KEY_MAGIC) or len(raw) != len(KEY_MAGIC) + 32:
+            raise SecurityError(f"{what} is not a serialized PSI key ({len(raw)} bytes; expected the "
+                                f"{KEY_MAGIC[:-1].decode()} format, {len(KEY_MAGIC) + 32} bytes)")
+        return cls(X25519PrivateKey.from_private_bytes(raw[len(KEY_MAGIC):]))
+
+    def fingerprint(self) -> str:
+        """A public name of this key (SHA-256 of its X25519 public value): tells checkpoints of two keys apart."""
+        from cryptography.hazmat.primitives import serialization
+
+        pub = self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return hashlib.sha256(_FP_DOMAIN + pub).hexdigest()[:32]
 
     def blind(self, points: Sequence[bytes]) -> list[bytes]:
         """X25519(k, u) for each 32-byte u; SecurityError on a malicious low-order input."""

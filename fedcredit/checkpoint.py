@@ -84,13 +84,18 @@ class CheckpointStore:
         """Whether any checkpoint of the run is held here."""
         return self.dir.is_dir() and any(_NAME.match(p.name) for p in self.dir.iterdir())
 
-    def save(self, stage: str, step: int, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None) -> Path:
-        """Write ``stage`` after ``step`` atomically (owner-only), then keep only the last :attr:`keep`."""
+    def save(self, stage: str, step: int, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None,
+             *, prune: bool = True) -> Path:
+        """Write ``stage`` after ``step`` atomically (owner-only), then keep only the last :attr:`keep`.
+
+        ``prune=False`` for an incremental stage, where each step holds only its own part
+        (PSI batches): every step is needed to resume, so none is dropped.
+        """
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         body = pack({"format": _FORMAT, "run_id": self.run_id, "party": self.party, "stage": stage,
                      "step": int(step), "state": dict(meta)}, dict(arrays or {}))
         path = write_file(self._path(stage, step), body, what="checkpoint")
-        for old in self.steps(stage)[: -self.keep]:
+        for old in self.steps(stage)[: -self.keep] if prune else []:
             self._path(stage, old).unlink(missing_ok=True)
         return path
 

@@ -201,3 +201,61 @@ def test_lookup_confirms_full_values_and_survives_prefix_collisions() -> None:
     assert fast.find(np.frombuffer(b"\x05" * 16 + b"\x05" * 8 + b"\x06" * 8, dtype="S16")).tolist() == [4, -1]
     with pytest.raises(ProtocolError, match="repeated"):
         _Lookup(np.frombuffer(b"\x07" * 32, dtype="S16"), "p", "values from 'q'")
+
+
+def test_psi_key_serializes_only_to_its_own_format() -> None:
+    from crypto.psi import KEY_MAGIC, PsiKey
+    from fedcredit.errors import SecurityError
+
+    k = PsiKey.generate()
+    raw = k.serialize()
+    assert raw.startswith(KEY_MAGIC) and len(raw) == len(KEY_MAGIC) + 32
+    k2 = PsiKey.load(raw)
+    pt = hash_to_point(b"x")
+    assert k2.blind([pt]) == k.blind([pt]) and k2.fingerprint() == k.fingerprint()
+    assert PsiKey.generate().fingerprint() != k.fingerprint()
+    assert k.fingerprint() not in repr(k) and raw[len(KEY_MAGIC):].hex() not in k.fingerprint()
+    for bad in (raw[len(KEY_MAGIC):], raw + b"\0", b"other/v9\0" + raw[len(KEY_MAGIC):]):
+        with pytest.raises(SecurityError, match="checkpoint x is not a serialized PSI key"):
+            PsiKey.load(bad, what="checkpoint x")
+
+
+def test_checkpointed_rounds_hold_only_what_the_party_received_or_computed(tmp_path: Path) -> None:
+    """Per round: own ids doubly blinded (received) and the peer's doubly blinded (sent back); nothing else."""
+    import numpy as np
+
+    from crypto.psi import PsiKey
+    from fedcredit.checkpoint import CheckpointStore
+    from fedcredit.protocols.psi import MATCH_LEN
+
+    hub = InMemoryHub(default_timeout=30)
+    wire: list[WireRecord] = []
+    hub.observers.append(wire.append)
+    sets = {"bank": [f"c{i}" for i in range(250)], "fintech": [f"c{i}" for i in range(100, 400)]}
+    stores = {p: CheckpointStore(tmp_path / p, "run-1", p) for p in sets}
+
+    def go(p: str) -> None:
+        run_psi(hub.endpoint(p), sets[p], list(sets), leader="bank", batch_size=100, checkpoint=stores[p])
+
+    ts = [threading.Thread(target=go, args=(p,)) for p in sets]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    st = stores["fintech"]
+    assert st.steps("psi_batch") == [1, 2, 3] and st.steps("psi_key") == [1]
+    received = {r.tag: r.payload for r in wire if r.receiver == "fintech"}
+    sent = {r.tag: r.payload for r in wire if r.sender == "fintech"}
+    for step in (1, 2, 3):
+        arrays = st.load("psi_batch", step).arrays
+        i = step - 1
+        assert set(arrays) == {"od.bank", "pd.bank"}  # 3 batches each: every round has both
+        assert arrays["od.bank"].tobytes() == received[f"psi/d/{i}"]  # received from the peer
+        assert arrays["pd.bank"].tobytes() == sent[f"psi/d/{i}"]  # what it sent the peer
+    key = st.load("psi_key", 1)
+    assert set(key.arrays) == {"key"} and set(key.meta) == {"v", "parties", "leader", "batch_size", "n", "ids",
+                                                              "peers", "key_fp"}
+    # the stored scalar is fintech's own: it re-blinds what bank sent it to what fintech sent back
+    k = PsiKey.load(key.arrays["key"].astype(np.uint8).tobytes())
+    pts = [received["psi/s/0"][o:o + 32] for o in range(0, 64, 32)]
+    assert b"".join(p[:MATCH_LEN] for p in k.blind(pts)) == sent["psi/d/0"][:2 * MATCH_LEN]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -79,8 +80,8 @@ def crash_after(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     real = CheckpointStore.save
     plan: dict[str, tuple[str, int]] = {}
 
-    def save(self: CheckpointStore, stage: str, step: int, meta: Any, arrays: Any = None) -> Path:
-        path = real(self, stage, step, meta, arrays)
+    def save(self: CheckpointStore, stage: str, step: int, meta: Any, arrays: Any = None, **kw: Any) -> Path:
+        path = real(self, stage, step, meta, arrays, **kw)
         if plan.get(self.party) == (stage, step):
             raise Crash(f"party '{self.party}': simulated crash after checkpoint {stage} #{step}")
         return path
@@ -191,6 +192,29 @@ def test_psi_agreement_reruns_psi_and_restarts_the_model_when_a_party_lost_its_i
     assert any(r.tag.startswith("psi/s/") for r in records)
     assert [json.loads(r.payload) for r in records if r.tag == "sb/resume/at"] == [{"step": None}]
     assert out["bank"]["intersection_size"] == 1300 and out["bank"]["n_trees"] == 2
+
+
+def test_a_crash_mid_psi_resumes_at_the_batch_both_hold_in_a_vertical_job(tables, tmp_path: Path, crash_after) -> None:
+    """The deployed path: the job core checkpoints PSI per batch, resumes inside PSI, and leaves nothing behind."""
+    job = _job("secureboost", "n_trees = 1\nmax_depth = 2\nn_bins = 8\npsi_batch_size = 200")
+    root = tmp_path / "crash"
+    crash_after("fintech", "psi_batch", 3)  # both parties did rounds 0-2 (bank 8 batches, fintech 7)
+    with pytest.raises(Crash):
+        _run(tables, job, root)
+    for p in ("bank", "fintech"):
+        st = CheckpointStore(root / p, RUN, p)
+        assert (st.steps("psi_key"), st.steps("psi_batch"), st.steps("psi")) == ([1], [1, 2, 3], [])
+        for f in st.dir.iterdir():
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    crash_after("nobody", "", 0)
+    records: list[WireRecord] = []
+    out = _run(tables, job, root, resume=True, records=records)
+    assert [json.loads(r.payload) for r in records if r.tag == "psi/resume/at"] == [{"step": None}]
+    assert [json.loads(r.payload) for r in records if r.tag == "psi/batch/resume/at"] == [{"step": 3}]
+    sent = sorted(int(r.tag.rsplit("/", 1)[1]) for r in records if r.tag.startswith("psi/s/") and r.sender == "bank")
+    assert sent == [3, 4, 5, 6, 7]  # rounds 0-2 were not blinded again
+    assert out["bank"]["intersection_size"] == out["fintech"]["intersection_size"] == 1300
+    assert not (root / "bank" / "checkpoints" / RUN).exists() and not (root / "fintech" / "checkpoints" / RUN).exists()
 
 
 def test_resume_without_a_checkpoint_is_refused_naming_the_party(tables, tmp_path: Path) -> None:
@@ -417,3 +441,184 @@ def test_a_registry_from_before_resumable_runs_opens_with_attempt_1(tmp_path: Pa
     reg = Registry(db)
     rec = reg.get("r1")
     assert rec is not None and (rec.attempt, rec.status) == (1, "running") and reg.job_parties("r1") == {"bank1", "bank2"}
+
+
+# --------------------------------------------------------------------------- PSI per batch (run_psi itself)
+
+_who = threading.local()
+
+
+def _psi_sets() -> dict[str, list[str]]:
+    import random
+
+    rng = random.Random(7)
+    a, b = [f"c{i:05d}" for i in range(0, 1000)], [f"c{i:05d}" for i in range(400, 1300)]
+    rng.shuffle(a)
+    rng.shuffle(b)
+    return {"bank": a, "fintech": b}
+
+
+def _psi(root: Path, *, resume: bool = False, run: str = RUN, keys: dict[str, Any] | None = None,
+         records: list[WireRecord] | None = None, sets: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """bank (leader) and fintech, batches of 100 ids: bank 10 batches, fintech 9 (10 rounds)."""
+    from fedcredit.protocols.psi import run_psi
+
+    sets = sets or _psi_sets()
+    hub = InMemoryHub(default_timeout=30)
+    if records is not None:
+        hub.observers.append(records.append)
+
+    def role(p: str, tr: Transport) -> Any:
+        _who.party, _who.keys = p, keys
+        return run_psi(tr, sets[p], list(sets), leader="bank", batch_size=100,
+                       checkpoint=CheckpointStore(root / p, run, p), resume=resume)
+
+    return run_roles(hub, {p: partial(role, p) for p in sets}, timeout_s=60)
+
+
+@pytest.fixture
+def psi_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``keys`` passed to _psi, each party draws the given scalar (a reference run with the same keys)."""
+    from crypto.psi import PsiKey
+
+    real = PsiKey.generate
+
+    def generate() -> PsiKey:
+        keys = getattr(_who, "keys", None)
+        return keys[_who.party] if keys else real()
+
+    monkeypatch.setattr(PsiKey, "generate", staticmethod(generate))
+
+
+def _crash_psi(monkeypatch: pytest.MonkeyPatch, root: Path, k: int) -> None:
+    """bank dies while writing round k+1's checkpoint (it holds k); fintech saves k+1, then loses bank."""
+    real = CheckpointStore.save
+
+    def save(self: CheckpointStore, stage: str, step: int, meta: Any, arrays: Any = None, **kw: Any) -> Path:
+        if (self.party, stage, step) == ("bank", "psi_batch", k + 1):
+            raise Crash(f"party 'bank': simulated crash before checkpoint {stage} #{step}")
+        return real(self, stage, step, meta, arrays, **kw)
+
+    monkeypatch.setattr(CheckpointStore, "save", save)
+    with pytest.raises(Crash):
+        _psi(root)
+    monkeypatch.setattr(CheckpointStore, "save", real)
+
+
+def test_psi_resumes_after_the_last_batch_every_party_holds(tmp_path: Path, monkeypatch, psi_keys) -> None:
+    from crypto.psi import PsiKey
+    from fedcredit.protocols.psi import drop_progress
+
+    root = tmp_path / "crash"
+    _crash_psi(monkeypatch, root, 3)
+    stores = {p: CheckpointStore(root / p, RUN, p) for p in ("bank", "fintech")}
+    assert {p: st.steps("psi_batch") for p, st in stores.items()} == {"bank": [1, 2, 3], "fintech": [1, 2, 3, 4]}
+    for st in stores.values():  # owner-only, the scalar included
+        assert st.steps("psi_key") == [1]
+        for f in st.dir.iterdir():
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    keys = {p: PsiKey.load(st.load("psi_key", 1).arrays["key"].tobytes()) for p, st in stores.items()}
+
+    records: list[WireRecord] = []
+    got = _psi(root, resume=True, records=records)
+    assert [json.loads(r.payload) for r in records if r.tag == "psi/batch/resume/held"] == [{"held": [1, 2, 3, 4]}]
+    assert [json.loads(r.payload) for r in records if r.tag == "psi/batch/resume/at"] == [{"step": 3}]
+    rounds = {p: sorted(int(r.tag.rsplit("/", 1)[1]) for r in records if r.tag.startswith("psi/s/") and r.sender == p)
+              for p in ("bank", "fintech")}
+    # recomputed: rounds 3.. only (fintech redoes round 3, which it had saved as step 4; bank had not saved it)
+    assert rounds == {"bank": [3, 4, 5, 6, 7, 8, 9], "fintech": [3, 4, 5, 6, 7, 8]}
+    assert sum(1 for r in records if r.tag.startswith("psi/d/")) == 7 + 6
+
+    ref = _psi(tmp_path / "ref", keys=keys)  # uninterrupted, with the same scalars
+    for p in ("bank", "fintech"):
+        assert got[p].intersection_ids == ref[p].intersection_ids  # same ids, same order
+        assert list(got[p].indices) == list(ref[p].indices)
+    assert got["bank"].intersection_ids == got["fintech"].intersection_ids and got["bank"].size == 600
+    # the progress (scalar included) stays until the caller has stored the result, then goes
+    for st in stores.values():
+        drop_progress(st)
+        assert st.steps("psi_key") == st.steps("psi_batch") == []
+
+
+def test_psi_checkpoint_of_another_run_another_key_or_altered_is_refused(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    from crypto.psi import PsiKey
+    from fedcredit.errors import DataError
+
+    root = tmp_path / "crash"
+    _crash_psi(monkeypatch, root, 2)
+    src = root / "bank" / "checkpoints" / RUN
+
+    def case(name: str) -> Path:
+        d = tmp_path / name
+        shutil.copytree(root, d)
+        return d
+
+    # the checkpoints of run RUN copied under another run id
+    other = "20260101-000000-bbbbbb"
+    d = case("other-run")
+    (d / "bank" / "checkpoints" / RUN).rename(d / "bank" / "checkpoints" / other)
+    with pytest.raises(DataError, match=rf"party 'bank': .*psi_key-00000001.ckpt is not checkpoint psi_key #1 of "
+                                        rf"run '{other}'"):
+        _psi(d, resume=True, run=other)
+
+    # another key in place of this run's (its batches were made with the old one)
+    d = case("other-key")
+    st = CheckpointStore(d / "bank", RUN, "bank")
+    old = st.load("psi_key", 1)
+    k = PsiKey.generate()
+    st.save("psi_key", 1, {**old.meta, "key_fp": k.fingerprint()}, {"key": np.frombuffer(k.serialize(), np.uint8)})
+    with pytest.raises(DataError, match=r"party 'bank'.*psi_batch-00000001.ckpt of run .* was made with another PSI "
+                                        r"key"):
+        _psi(d, resume=True)
+
+    # one doubly-blinded value altered in a batch file
+    d = case("altered")
+    f = d / "bank" / "checkpoints" / RUN / "psi_batch-00000002.ckpt"
+    raw = bytearray(f.read_bytes())
+    raw[-5] ^= 0x01
+    f.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"psi_batch-00000002.ckpt of run .*values do not match its digest"):
+        _psi(d, resume=True)
+
+    # the key file itself altered
+    d = case("altered-key")
+    f = d / "bank" / "checkpoints" / RUN / "psi_key-00000001.ckpt"
+    raw = bytearray(f.read_bytes())
+    raw[-1] ^= 0x01
+    f.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"psi_key-00000001.ckpt .*does not match its recorded fingerprint"):
+        _psi(d, resume=True)
+    assert src.is_dir()  # the original is untouched
+
+
+def test_psi_resume_with_three_parties_around_the_leader(tmp_path: Path, monkeypatch, psi_keys) -> None:
+    from crypto.psi import PsiKey
+
+    sets = _psi_sets()
+    sets["shop"] = [f"c{i:05d}" for i in range(700, 950)]  # 3 batches; common with both: 700..949
+    root = tmp_path / "crash"
+    real = CheckpointStore.save
+
+    def save(self: CheckpointStore, stage: str, step: int, meta: Any, arrays: Any = None, **kw: Any) -> Path:
+        if (self.party, stage, step) == ("bank", "psi_batch", 3):
+            raise Crash("party 'bank': simulated crash before checkpoint psi_batch #3")
+        return real(self, stage, step, meta, arrays, **kw)
+
+    monkeypatch.setattr(CheckpointStore, "save", save)
+    with pytest.raises(Crash):
+        _psi(root, sets=sets)
+    monkeypatch.setattr(CheckpointStore, "save", real)
+    stores = {p: CheckpointStore(root / p, RUN, p) for p in sets}
+    # shop has only 3 batches: with bank's batches streamed ahead it finished every round that needs nothing of bank's
+    assert {p: st.steps("psi_batch") for p, st in stores.items()} == {"bank": [1, 2], "fintech": [1, 2, 3],
+                                                                       "shop": list(range(1, 11))}
+    keys = {p: PsiKey.load(st.load("psi_key", 1).arrays["key"].tobytes()) for p, st in stores.items()}
+    records: list[WireRecord] = []
+    got = _psi(root, resume=True, records=records, sets=sets)
+    assert [json.loads(r.payload) for r in records if r.tag == "psi/batch/resume/at"] == [{"step": 2}, {"step": 2}]
+    assert sorted(r.tag for r in records if r.sender == "shop" and r.tag.startswith("psi/s/")) == ["psi/s/2"]
+    ref = _psi(tmp_path / "ref", keys=keys, sets=sets)
+    for p in sets:
+        assert got[p].intersection_ids == ref[p].intersection_ids and got[p].size == 250

@@ -18,6 +18,8 @@ def test_vertical_lr_tags() -> None:
 def test_psi_vertical_job_and_horizontal_vocabulary() -> None:
     t = psi.Tags("psi")
     assert [t.hello, t.single(3), t.double(3), t.final] == ["psi/hello", "psi/s/3", "psi/d/3", "psi/final"]
+    assert [t.resume.held, t.resume.at, t.batch_resume.held, t.batch_resume.at] == [
+        "psi/resume/held", "psi/resume/at", "psi/batch/resume/held", "psi/batch/resume/at"]
     assert vertical_jobs.Tags.SPLIT == "vjob/split"
     m = horizontal.Method
     assert [m.SETUP, m.INSTALL_KEY, m.FIT, m.FINALIZE, m.GLOBAL_METRICS, m.END] == [

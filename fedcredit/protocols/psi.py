@@ -20,11 +20,18 @@ Work per party: blinding its own ids once and each peer's ids once (X25519 scala
 multiplications, ~25-30k/s per core), hashing its own ids.  Large sets are blinded
 by helper processes (``workers``), batch by batch, so memory stays at flat 16-byte
 buffers per id plus a few batches in flight.  The blinding scalar reaches the
-helpers over their stdin pipe and nowhere else.
+helpers over their stdin pipe, and — in a deployed job — the party's own checkpoint.
+
+Checkpoints (``checkpoint=``, docs/resume.md): batch index i is round i; a party saves
+its own scalar once (``psi_key``) and after round i that round's values (``psi_batch``
+step i+1: its own batch doubly blinded, received; each peer's batch doubly blinded,
+sent back).  ``resume=True`` agrees on the last round every party holds
+(``Tags.batch_resume``) and continues with the next, to the same result in the same order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -40,17 +47,22 @@ import numpy as np
 
 from crypto.files import write_text
 from crypto.psi import POINT_LEN, PsiKey, hash_to_point, normalize_id
-from fedcredit.checkpoint import ResumeTags
+from fedcredit.checkpoint import CheckpointStore, ResumeTags, agree_step
 from fedcredit.codec import loads_json
-from fedcredit.errors import DataError, ProtocolError
+from fedcredit.errors import DataError, ProtocolError, SecurityError
 from fedcredit.transport import Transport
 
-__all__ = ["PsiResult", "Tags", "run_psi", "save_intersection", "load_intersection", "DEFAULT_BATCH", "MATCH_LEN"]
+__all__ = ["PsiResult", "Tags", "run_psi", "save_intersection", "load_intersection", "DEFAULT_BATCH", "MATCH_LEN",
+           "KEY_STAGE", "BATCH_STAGE", "drop_progress"]
 
 DEFAULT_BATCH = 50_000
 MATCH_LEN = 16  # bytes of a doubly-blinded point kept for matching/ordering (128-bit: collisions ~2^-88 at 1M ids)
 _VERSION = 1
 _PARALLEL_THRESHOLD = 20_000  # below this many own ids helper processes cost more than they save
+#: checkpoint stage of a PSI in progress: this party's scalar and the run's parameters (step 1)
+KEY_STAGE = "psi_key"
+#: checkpoint stage of a PSI in progress: step k = rounds 0..k-1 done; each file holds only round k-1's values
+BATCH_STAGE = "psi_batch"
 
 Progress = Callable[[str, int, int], None]
 
@@ -83,6 +95,10 @@ class Tags:
     @property
     def resume(self) -> ResumeTags:  # resumed runs only: whether every party still holds the finished intersection
         return ResumeTags(self.prefix)
+
+    @property
+    def batch_resume(self) -> ResumeTags:  # resumed runs only: the last batch round every party checkpointed
+        return ResumeTags(f"{self.prefix}/batch")
 
     def single(self, i: int) -> str:  # party -> peer: batch i of its own ids, singly blinded k_P·H(x)
         return f"{self.prefix}/s/{i}"
@@ -181,18 +197,27 @@ class _Blinder:
     """
 
     def __init__(self, workers: int) -> None:
-        self._key = PsiKey.generate()
+        """Boot the helpers now (they wait for the key), so they start while the ids are checked."""
+        self._key: PsiKey | None = None
         self._procs: list[subprocess.Popen[bytes]] = []
-        if workers >= 1:
-            raw = self._key.export_for_local_helper()
-            for _ in range(workers):
-                p = subprocess.Popen(
-                    [sys.executable, "-m", "fedcredit.protocols.psi", "--blind-worker"],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                )
-                self._procs.append(p)
-                _write_frame(p.stdin, 0, raw)
+        for _ in range(max(0, workers)):
+            self._procs.append(subprocess.Popen(
+                [sys.executable, "-m", "fedcredit.protocols.psi", "--blind-worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            ))
+
+    @property
+    def key(self) -> PsiKey:
+        assert self._key is not None, "PSI blinder used before its key was set"
+        return self._key
+
+    def set_key(self, key: PsiKey) -> None:
+        """The run's scalar (fresh, or this party's own from its checkpoint), to this process and its helpers."""
+        self._key = key
+        raw = key.export_for_local_helper()
+        for p in self._procs:
+            _write_frame(p.stdin, 0, raw)
 
     def close(self) -> None:
         for p in self._procs:
@@ -236,14 +261,14 @@ class _Blinder:
     def hash_blind(self, batches: Iterable[Sequence[bytes]]) -> Iterator[bytes]:
         if not self._procs:
             for b in batches:
-                yield _hash_blind(self._key, b)
+                yield _hash_blind(self.key, b)
         else:
             yield from self._run(_OP_HASH_BLIND, (_pack_ids(b) for b in batches))
 
     def blind(self, bufs: Iterable[bytes], keep: int) -> Iterator[bytes]:
         if not self._procs:
             for b in bufs:
-                yield _blind_buf(self._key, b, keep)
+                yield _blind_buf(self.key, b, keep)
         else:
             yield from self._run(_OP_BLIND, (bytes([keep]) + b for b in bufs))
 
@@ -320,15 +345,12 @@ def read_final(payload: bytes, me: str, leader: str) -> np.ndarray:
     return np.frombuffer(body, dtype=f"S{MATCH_LEN}")
 
 
-def _recv_points(
-    transport: Transport, peer: str, tag: Callable[[int], str], n_batches: int, width: int, what: str
-) -> Iterator[bytes]:
-    me = transport.me
-    for i in range(n_batches):
-        buf = transport.recv(peer, tag(i))
-        if len(buf) == 0 or len(buf) % width:
-            raise ProtocolError(f"party '{me}': {what} batch {i} from party '{peer}' has {len(buf)} bytes, not k*{width}")
-        yield buf
+def _recv_batch(transport: Transport, peer: str, tag: str, i: int, width: int, what: str) -> bytes:
+    buf = transport.recv(peer, tag)
+    if len(buf) == 0 or len(buf) % width:
+        raise ProtocolError(f"party '{transport.me}': {what} batch {i} from party '{peer}' has {len(buf)} bytes, "
+                            f"not k*{width}")
+    return buf
 
 
 def _as_matchable(chunks: list[bytes], n: int, me: str, peer: str, what: str) -> np.ndarray:
@@ -338,36 +360,160 @@ def _as_matchable(chunks: list[bytes], n: int, me: str, peer: str, what: str) ->
     return arr
 
 
-def _pair_exchange(
+def _digest(run_id: str, step: int, key_fp: str, arrays: dict[str, np.ndarray]) -> str:
+    """Binds a batch checkpoint's values to its run, its step and the key they were made with."""
+    h = hashlib.sha256(json.dumps([run_id, step, key_fp, sorted(arrays)]).encode())
+    for name in sorted(arrays):
+        h.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return h.hexdigest()
+
+
+class _Progress:
+    """This party's PSI state in its own checkpoint store: its scalar, and per round what it received/computed.
+
+    Round i (one batch index): the party's own batch i, singly blinded, goes to every peer;
+    each peer's batch i comes in, is blinded again, goes back; the party's own batch i comes
+    back doubly blinded.  After round i it saves ``psi_batch`` step i+1 holding only round
+    i's values: ``od.<peer>`` (its own ids doubly blinded by that peer: received) and
+    ``pd.<peer>`` (the peer's ids blinded by both: computed from what it received).
+    """
+
+    def __init__(self, store: CheckpointStore | None, params: dict[str, Any]) -> None:
+        self.store, self.params = store, params
+
+    def _what(self, stage: str, step: int) -> str:
+        assert self.store is not None
+        return f"party '{self.store.party}': PSI checkpoint {stage}-{step:08d}.ckpt of run '{self.store.run_id}'"
+
+    def start(self, key: PsiKey) -> None:
+        if self.store is None:
+            return
+        self.drop()
+        self.store.save(KEY_STAGE, 1, {**self.params, "key_fp": key.fingerprint()},
+                        {"key": np.frombuffer(key.serialize(), dtype=np.uint8)})
+
+    def save_round(self, step: int, key: PsiKey, arrays: dict[str, np.ndarray]) -> None:
+        if self.store is None:
+            return
+        fp = key.fingerprint()
+        self.store.save(BATCH_STAGE, step, {"key_fp": fp, "digest": _digest(self.store.run_id, step, fp, arrays)},
+                        arrays, prune=False)
+
+    def drop(self) -> None:
+        if self.store is not None:
+            drop_progress(self.store)
+
+    def load(self) -> tuple[PsiKey | None, list[dict[str, np.ndarray]]]:
+        """This party's key and its rounds 1..m (the unbroken prefix); DataError if a file is not what it says."""
+        st = self.store
+        if st is None or 1 not in st.steps(KEY_STAGE):
+            return None, []
+        what = self._what(KEY_STAGE, 1)
+        try:
+            ck = st.load(KEY_STAGE, 1)
+            key = PsiKey.load(ck.arrays["key"].astype(np.uint8).tobytes(), what=what)
+        except (ProtocolError, SecurityError, KeyError) as e:
+            raise DataError(f"{what} is damaged or not a PSI key checkpoint ({e}); delete {st.dir} to "
+                            "start the run's PSI over") from None
+        if ck.meta.get("key_fp") != key.fingerprint():
+            raise DataError(f"{what}: the key does not match its recorded fingerprint (the file was altered)")
+        changed = [k for k, v in self.params.items() if ck.meta.get(k) != v]
+        if changed:
+            raise DataError(f"{what} was made for other PSI inputs ({', '.join(changed)} differ: the table or the "
+                            "job changed since the run started)")
+        rounds: list[dict[str, np.ndarray]] = []
+        held = st.steps(BATCH_STAGE)
+        for step in range(1, len(held) + 1):
+            if step not in held:
+                break
+            what = self._what(BATCH_STAGE, step)
+            try:
+                b = st.load(BATCH_STAGE, step)
+            except ProtocolError as e:
+                raise DataError(f"{what} is damaged ({e})") from None
+            if b.meta.get("key_fp") != key.fingerprint():
+                raise DataError(f"{what} was made with another PSI key than this run's ({KEY_STAGE}-00000001.ckpt); "
+                                "refusing to mix them")
+            arrays = {k: v.astype(np.uint8) for k, v in b.arrays.items()}
+            if b.meta.get("digest") != _digest(st.run_id, step, key.fingerprint(), arrays):
+                raise DataError(f"{what}: its values do not match its digest (the file was altered)")
+            rounds.append(arrays)
+        return key, rounds
+
+
+def drop_progress(store: CheckpointStore) -> None:
+    """Forget this party's PSI in progress (its scalar and its batches): the PSI finished or starts over."""
+    store.drop(BATCH_STAGE)
+    store.drop(KEY_STAGE)
+
+
+def _round_arrays(i: int, peers: list[str], own_batches: int, peer_batches: dict[str, int],
+                  od: dict[str, list[bytes]], pd: dict[str, list[bytes]]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for p in peers:
+        if i < own_batches:
+            out[f"od.{p}"] = np.frombuffer(od[p][i], dtype=np.uint8)
+        if i < peer_batches[p]:
+            out[f"pd.{p}"] = np.frombuffer(pd[p][i], dtype=np.uint8)
+    return out
+
+
+def _exchange(
     transport: Transport,
-    peer: str,
+    peers: list[str],
     blinder: _Blinder,
-    own_n: int,
-    own_batches: int,
-    peer_n: int,
-    peer_batches: int,
+    norm: list[bytes],
+    batch_size: int,
+    peer_info: dict[str, tuple[int, int]],
     tags: Tags,
     progress: Progress | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Blind the peer's singly-blinded ids (sending them back), then receive ours doubly blinded.
+    ckpt: _Progress,
+    start: int,
+    od: dict[str, list[bytes]],
+    pd: dict[str, list[bytes]],
+) -> int:
+    """Rounds ``start``.. of the exchange (see :class:`_Progress`), filling ``od``/``pd``; the rounds done now.
 
-    Returns (own_double, peer_double): 16-byte arrays in own / peer input order.
+    A round is checkpointed once its values are in: the peer's batch blinded back, this party's came back.
     """
     me = transport.me
-    peer_double: list[bytes] = []
-    done = 0
-    incoming = _recv_points(transport, peer, tags.single, peer_batches, POINT_LEN, "singly-blinded")
-    for i, dbl in enumerate(blinder.blind(incoming, MATCH_LEN)):
-        transport.send(peer, tags.double(i), dbl)
-        peer_double.append(dbl)
-        done += len(dbl) // MATCH_LEN
+    n = len(norm)
+    own_batches = math.ceil(n / batch_size)
+    peer_batches = {p: peer_info[p][1] for p in peers}
+    rounds = max([own_batches, *peer_batches.values()])
+    done_own = min(n, start * batch_size)
+    done_peer = {p: sum(len(b) for b in pd[p]) // MATCH_LEN for p in peers}
+    # own batches first, streamed through the helpers: they depend on nothing received (the rounds then
+    # only wait for the peers); a resumed run recomputes them bit for bit from the same scalar
+    for k, buf in enumerate(blinder.hash_blind(_batches(norm[start * batch_size :], batch_size))):
+        for p in peers:
+            transport.send(p, tags.single(start + k), buf)
+        done_own += len(buf) // POINT_LEN
         if progress:
-            progress(f"blind ids of {peer}", done, peer_n)
-    own_double = list(_recv_points(transport, peer, tags.double, own_batches, MATCH_LEN, "doubly-blinded"))
-    return (
-        _as_matchable(own_double, own_n, me, peer, "doubly-blinded own ids"),
-        _as_matchable(peer_double, peer_n, me, peer, "doubly-blinded peer ids"),
-    )
+            progress("hash+blind own ids", done_own, n)
+    # the peers' batches in round order, through the helpers (one batch each in flight, results in order)
+    order = [(i, p) for i in range(start, rounds) for p in peers if i < peer_batches[p]]
+    incoming = (_recv_batch(transport, p, tags.single(i), i, POINT_LEN, "singly-blinded") for i, p in order)
+    blinded = iter(blinder.blind(incoming, MATCH_LEN))
+    for i in range(start, rounds):
+        for p in peers:
+            if i < peer_batches[p]:
+                dbl = next(blinded)
+                transport.send(p, tags.double(i), dbl)
+                pd[p].append(dbl)
+                done_peer[p] += len(dbl) // MATCH_LEN
+                if progress:
+                    progress(f"blind ids of {p}", done_peer[p], peer_info[p][0])
+        if i < own_batches:
+            want = min(batch_size, n - i * batch_size)
+            for p in peers:
+                buf = transport.recv(p, tags.double(i))
+                if len(buf) != want * MATCH_LEN:
+                    raise ProtocolError(f"party '{me}': doubly-blinded batch {i} from party '{p}' has {len(buf)} "
+                                        f"bytes, expected {want}*{MATCH_LEN}")
+                od[p].append(buf)
+        ckpt.save_round(i + 1, blinder.key, _round_arrays(i, peers, own_batches, peer_batches, od, pd))
+    return rounds
 
 
 class _Lookup:
@@ -418,6 +564,8 @@ def run_psi(
     source: str = "ids",
     tag_prefix: str = "psi",
     min_rule: str = "min_size",
+    checkpoint: CheckpointStore | None = None,
+    resume: bool = False,
 ) -> PsiResult:
     """Run this party's role of the PSI; every party in ``parties`` calls it with the same ``parties``/``leader``.
 
@@ -431,6 +579,12 @@ def run_psi(
     (``min_rule`` says who set it); every party announces its own in its hello, the leader
     refuses below the largest one before it reveals the intersection, and every other
     party checks its own again when the result arrives.
+
+    ``checkpoint``: this party's own store; after each batch round it saves what it holds
+    (its scalar once, then per round its received/computed doubly-blinded values), so that
+    with ``resume`` every party agrees on the last round all of them hold and continues
+    from the next one, to the same intersection in the same order.  The caller drops that
+    progress (:func:`drop_progress`) once it has stored the result.
     """
     me = transport.me
     if me not in parties:
@@ -466,24 +620,49 @@ def run_psi(
             if h[2] > floor:
                 floor, floor_rule = h[2], h[3]
 
-        # 2. stream own ids, hashed and blinded once, to every peer
-        own_batches = 0
-        done = 0
-        for i, buf in enumerate(blinder.hash_blind(_batches(norm, batch_size))):
-            for p in peers:
-                transport.send(p, tags.single(i), buf)
-            own_batches += 1
-            done += len(buf) // POINT_LEN
-            if progress:
-                progress("hash+blind own ids", done, n)
+        # 2. this party's key and the rounds already done (a resumed run agrees on the last round all hold)
+        params = {"v": _VERSION, "parties": list(parties), "leader": leader, "batch_size": int(batch_size), "n": n,
+                  "ids": hashlib.sha256(_pack_ids(norm)).hexdigest() if checkpoint is not None else "",
+                  "peers": {p: list(peer_info[p]) for p in peers}}
+        ckpt = _Progress(checkpoint, params)
+        od: dict[str, list[bytes]] = {p: [] for p in peers}  # own ids doubly blinded by each peer, per batch
+        pd: dict[str, list[bytes]] = {p: [] for p in peers}  # each peer's ids doubly blinded, per batch
+        key, start = None, 0
+        if resume:
+            try:
+                key, held = ckpt.load()
+                _check_rounds(held, peers, n, batch_size, peer_info, me)
+            except DataError as e:
+                transport.abort(str(e))
+                raise
+            at = agree_step(transport, leader=leader, parties=parties, held=range(1, len(held) + 1),
+                            tags=tags.batch_resume)
+            if at:
+                for arrays in held[:at]:
+                    for p in peers:
+                        if f"od.{p}" in arrays:
+                            od[p].append(arrays[f"od.{p}"].tobytes())
+                        if f"pd.{p}" in arrays:
+                            pd[p].append(arrays[f"pd.{p}"].tobytes())
+                start = at
+            else:
+                key = None
+            del held
+        if key is None:
+            key = PsiKey.generate()
+            ckpt.start(key)  # owner-only, this party's own state dir; never sent anywhere
+        blinder.set_key(key)
 
-        # 3. per peer: blind their ids, get ours back doubly blinded, intersect pairwise
+        # 3. own batches out; then round by round: the peers' batch blinded back, own batch back doubly blinded
+        _exchange(transport, peers, blinder, norm, batch_size, peer_info, tags, progress, ckpt, start, od, pd)
+
+        # 4. per peer: intersect pairwise
         pair_masks: dict[str, np.ndarray] = {}
         pair_own: dict[str, _Lookup] = {}
         pair_sizes: dict[str, int] = {}
         for p in peers:
-            pn, pb = peer_info[p]
-            own_d, peer_d = _pair_exchange(transport, p, blinder, n, own_batches, pn, pb, tags, progress)
+            own_d = _as_matchable(od.pop(p), n, me, p, "doubly-blinded own ids")
+            peer_d = _as_matchable(pd.pop(p), peer_info[p][0], me, p, "doubly-blinded peer ids")
             own = _Lookup(own_d, me, f"the doubly-blinded ids returned by party '{p}'")
             mask = _Lookup(peer_d, me, f"the blinded ids sent by party '{p}'").find(own_d) >= 0
             pair_masks[p], pair_own[p], pair_sizes[p] = mask, own, int(mask.sum())
@@ -493,7 +672,7 @@ def run_psi(
     finally:
         blinder.close()
 
-    # 4. the leader fixes the final set and order and tells every peer; the others map it back
+    # 5. the leader fixes the final set and order and tells every peer; the others map it back
     ordered: np.ndarray
     if me == leader:
         final = np.logical_and.reduce([pair_masks[p] for p in peers])
@@ -534,6 +713,24 @@ def run_psi(
         peer_sizes={p: peer_info[p][0] for p in peers},
         pairwise_sizes=pair_sizes,
     )
+
+
+def _check_rounds(held: list[dict[str, np.ndarray]], peers: list[str], n: int, batch_size: int,
+                  peer_info: dict[str, tuple[int, int]], me: str) -> None:
+    """Each checkpointed round holds exactly the values of that round (sizes from the run's parameters)."""
+    for i, arrays in enumerate(held):
+        want: dict[str, int] = {}
+        for p in peers:
+            if i * batch_size < n:
+                want[f"od.{p}"] = min(batch_size, n - i * batch_size) * MATCH_LEN
+            if i < peer_info[p][1]:
+                want[f"pd.{p}"] = -1  # the peer's batch size is its own: any positive multiple
+        ok = set(arrays) == set(want) and all(
+            arrays[k].ndim == 1 and (len(arrays[k]) == w if w >= 0 else len(arrays[k]) > 0 and not len(arrays[k]) % MATCH_LEN)
+            for k, w in want.items())
+        if not ok:
+            raise DataError(f"party '{me}': PSI checkpoint {BATCH_STAGE}-{i + 1:08d}.ckpt does not hold round {i}'s "
+                            "values for this run")
 
 
 def _size_error(size: int, min_size: int, parties: list[str], me: str, source: str,

@@ -36,7 +36,8 @@ Files, under the party's ``state_dir``:
 * ``models/<run_id>/`` — this party's own model part only (its features' weights or
   split table), and at the label party the evaluation report JSON + ROC/KS PNG and
   ``vertical_job.json`` (the public result);
-* ``checkpoints/<run_id>/`` — this party's own state after PSI (stage ``psi``), after each
+* ``checkpoints/<run_id>/`` — this party's own state during PSI (``psi_key``, ``psi_batch``: its
+  scalar and per batch round its values, dropped once PSI is done), after PSI (stage ``psi``), after each
   SecureBoost tree (``sb``) or vertical LR epoch (``vlr``), at most two per stage
   (:mod:`fedcredit.checkpoint`); deleted when the job ends for good.  With
   ``VerticalParty.resume`` the job agrees with its peers where to continue instead of
@@ -296,7 +297,10 @@ def is_final_failure(e: BaseException) -> bool:
 
 def resumable_state(store: CheckpointStore) -> str:
     """What this party could resume from, e.g. ``"psi 1, sb 3"`` (step numbers only: what the peers learn too)."""
-    parts = [f"{stage} {max(store.steps(stage))}" for stage in (PSI_STAGE, *MODEL_STAGES) if store.steps(stage)]
+    from fedcredit.protocols.psi import BATCH_STAGE
+
+    parts = [f"{stage} {max(store.steps(stage))}" for stage in (PSI_STAGE, BATCH_STAGE, *MODEL_STAGES)
+             if store.steps(stage)]
     return ", ".join(parts)
 
 
@@ -309,7 +313,7 @@ MODEL_STAGES = ("sb", "vlr")
 def _psi_or_resume(tr: Transport, rt: VerticalParty, store: CheckpointStore, table: Table, parties: list[str],
                    label: str, **psi_args: Any) -> Any:
     """PSI, or — in a resumed run where every party still holds the finished intersection — that intersection."""
-    from fedcredit.protocols.psi import PsiResult, Tags, run_psi
+    from fedcredit.protocols.psi import PsiResult, Tags, drop_progress, run_psi
 
     if rt.resume:
         at = agree_step(tr, leader=label, parties=parties, held=store.steps(PSI_STAGE), tags=Tags("psi").resume,
@@ -323,12 +327,15 @@ def _psi_or_resume(tr: Transport, rt: VerticalParty, store: CheckpointStore, tab
                                 f"match {table.source} any more (the table changed since the run started)")
             ids = [table.ids[i] for i in idx]
             _say(rt, f"resuming: PSI intersection of {len(ids)} ids from this party's checkpoint")
+            drop_progress(store)
             return PsiResult(intersection_ids=ids, size=len(ids), indices=idx, own_size=len(table))
         for stage in MODEL_STAGES:  # PSI runs again: a new common row order, the model checkpoints no longer fit
             store.drop(stage)
-    psi = run_psi(tr, table.ids, parties, leader=label, **psi_args)
+    # per batch: this party's scalar and each round's values, so a crash mid-PSI resumes at the last round all hold
+    psi = run_psi(tr, table.ids, parties, leader=label, checkpoint=store, resume=rt.resume, **psi_args)
     store.save(PSI_STAGE, 1, {"ids_digest": ids_digest(psi.intersection_ids), "size": int(psi.size)},
                {"indices": psi.indices})
+    drop_progress(store)  # the scalar leaves the disk as soon as the finished intersection is saved
     return psi
 
 
