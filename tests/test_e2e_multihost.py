@@ -186,6 +186,9 @@ def test_readme_multihost_walkthrough(tmp_path: Path) -> None:
             assert rid in runs_out
         assert runs_out.count("finished") >= 3, runs_out
         status_out = by_cmd[f"fedcredit status {w.run_ids[-1]}"]  # after --follow: the finished record
+        parties_out = by_cmd["fedcredit parties"]  # every party heartbeating to the coordinator
+        assert all(re.search(rf"{p}\W+live \(seen \d+ s ago\)", parties_out) for p in ("bank1", "bank2", "fintech")), \
+            parties_out
         assert w.run_ids[-1] in status_out and "status: finished" in status_out and "secureboost" in status_out
 
         # each run installed a model at bank1; the SecureBoost one is activated and scores jointly
