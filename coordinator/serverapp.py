@@ -281,7 +281,7 @@ def run_coordinator_role(
     if attempt > 1:
         meta.update({"resume": True, "attempt": attempt})
     channel = FlowerChannel(grid, nodes, meta, timeout=job.job.round_timeout_s,
-                            live=liveness_check(registry, coord.coordinator.liveness_timeout_s, grace) if grace else live,
+                            live=liveness_check(registry, coord.coordinator.liveness_timeout_s, grace),
                             tolerate_dead=job.job.type == "horizontal" and job.job.min_parties is not None)
     if attempt > 1:
         progress({"event": "resuming", "message": f"attempt {attempt}: every party continues from its checkpoints",

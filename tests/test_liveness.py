@@ -194,3 +194,21 @@ def test_progress_piped_to_a_file_prints_each_state_when_it_happens() -> None:
         show({"event": "round", "round": 2, "rounds": 3})
     lines = [line for line in out.getvalue().splitlines() if "round" in line]
     assert [line.split("] ", 1)[1] for line in lines] == ["round 1/3", "round 2/3"]  # one line per change
+
+
+def test_a_vertical_job_waits_the_reconnect_window_before_abandoning_a_silent_party(tmp_path: Path) -> None:
+    """A network cut stops heartbeats and the data-plane stream alike: within reconnect_window_s past
+    the liveness timeout a vertical job still waits (the relay holds the party's place); after it, not."""
+    from coordinator.serverapp import liveness_check
+
+    registry = Registry(tmp_path / "registry.db")
+    now = time.time()
+    registry.touch("bank1", 2.0, when=now)
+    registry.touch("fintech", 2.0, when=now - 25)  # silent 25 s: past liveness_timeout_s = 10, inside 10 + 30
+    registry.touch("bank2", 2.0, when=now - 45)  # silent 45 s: past 10 + 30
+    horizontal = liveness_check(registry, 10.0)
+    vertical = liveness_check(registry, 10.0, grace_s=30.0)
+    assert set(horizontal(["bank1", "fintech", "bank2"])) == {"fintech", "bank2"}
+    silent = vertical(["bank1", "fintech", "bank2"])
+    assert set(silent) == {"bank2"}
+    assert "stopped sending heartbeats 45 s ago" in silent["bank2"] and "reconnect_window_s = 30" in silent["bank2"]
