@@ -20,6 +20,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,7 @@ from fedcredit.errors import DataError
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
+    "ColumnKind",
     "Table",
     "normalize_id",
     "normalize_ids",
@@ -42,6 +44,8 @@ __all__ = [
 ]
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
+
+ColumnKind = Literal["numeric", "categorical"]
 
 
 # --------------------------------------------------------------------------- ids
@@ -74,7 +78,15 @@ def schema_fingerprint(feature_names: Sequence[str]) -> str:
 
 @dataclass
 class Table:
-    """One party's validated rows: normalised unique string ids, a float64 feature matrix, 0/1 labels or None."""
+    """One party's validated rows: normalised unique string ids, a float64 feature matrix, 0/1 labels or None.
+
+    Feature values: ``NaN`` is a missing value (empty cell, NaN or a configured sentinel);
+    a categorical column holds the category's code ``k`` as a float, meaning
+    ``categories[name][k]`` (the table's own vocabulary, sorted), or NaN when missing.
+    ``kinds[j]`` is the kind of column ``j``; every column is numeric unless declared or
+    inferred categorical.  A model stores the category *strings* it was trained on and
+    re-codes a scoring table with :meth:`codes` (codes differ between files).
+    """
 
     party: str
     source: str
@@ -83,6 +95,44 @@ class Table:
     feature_names: list[str]
     y: np.ndarray | None = None
     _index: dict[str, int] | None = field(default=None, repr=False, compare=False)
+    kinds: list[ColumnKind] = field(default_factory=list)
+    categories: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.kinds:
+            self.kinds = ["numeric"] * len(self.feature_names)
+        if len(self.kinds) != len(self.feature_names):
+            raise DataError(f"party '{self.party}', file {self.source}: {len(self.kinds)} column kinds for "
+                            f"{len(self.feature_names)} features")
+
+    def kind_of(self, feature: str) -> ColumnKind:
+        return self.kinds[self.feature_names.index(feature)]
+
+    @property
+    def categorical_mask(self) -> np.ndarray:
+        """Boolean per feature column: True where the column is categorical."""
+        return np.array([k == "categorical" for k in self.kinds], dtype=bool)
+
+    def codes(self, feature: str, vocabulary: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Column ``feature`` re-coded to ``vocabulary`` (a model's categories): (codes, unknown).
+
+        ``codes`` is float64, NaN where the value is missing OR not in ``vocabulary``;
+        ``unknown`` marks the latter, so a caller can apply its documented treatment.
+        """
+        j = self.feature_names.index(feature)
+        if self.kinds[j] != "categorical":
+            raise DataError(f"party '{self.party}', file {self.source}: column '{feature}' is numeric, "
+                            "a model expected categories")
+        own = self.categories.get(feature, [])
+        pos = {c: k for k, c in enumerate(vocabulary)}
+        lut = np.array([pos.get(c, -1) for c in own] + [-1], dtype=np.float64)
+        col = self.X[:, j]
+        missing = np.isnan(col)
+        idx = np.where(missing, len(own), col).astype(np.int64)
+        out = lut[idx]
+        unknown = (out < 0) & ~missing
+        out[out < 0] = np.nan
+        return out, unknown
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -111,6 +161,8 @@ class Table:
             X=self.X[rows],
             feature_names=list(self.feature_names),
             y=None if self.y is None else self.y[rows],
+            kinds=list(self.kinds),
+            categories=dict(self.categories),
         )
 
     def align(self, ids: Sequence[str]) -> Table:
@@ -139,7 +191,9 @@ class Table:
                 f"the table's features are {self.feature_names}"
             )
         cols = [self.feature_names.index(c) for c in features]
-        return Table(self.party, self.source, self.ids, self.X[:, cols], features, self.y, self._index)
+        return Table(self.party, self.source, self.ids, self.X[:, cols], features, self.y, self._index,
+                     kinds=[self.kinds[j] for j in cols],
+                     categories={c: v for c, v in self.categories.items() if c in features})
 
 
 # --------------------------------------------------------------------------- validation
