@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,6 +32,7 @@ from fedcredit.errors import DataError
 __all__ = [
     "SUPPORTED_SUFFIXES",
     "ColumnKind",
+    "InputSchema",
     "Table",
     "normalize_id",
     "normalize_ids",
@@ -194,6 +195,89 @@ class Table:
         return Table(self.party, self.source, self.ids, self.X[:, cols], features, self.y, self._index,
                      kinds=[self.kinds[j] for j in cols],
                      categories={c: v for c, v in self.categories.items() if c in features})
+
+
+@dataclass(frozen=True)
+class InputSchema:
+    """What a model needs of a party's rows: feature names, kinds, and the categories it was trained on.
+
+    Why: category codes are per file (each table sorts its own vocabulary), so a model
+    keeps the *strings* it saw in training and every scorer re-codes through this one
+    class.  The documented rule for a category the model never saw: it is treated as a
+    missing value (NaN), and counted, so callers can report it (never a silent guess).
+    """
+
+    feature_names: tuple[str, ...]
+    kinds: tuple[ColumnKind, ...]
+    categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, table: Table) -> InputSchema:
+        return cls(tuple(table.feature_names), tuple(table.kinds),
+                   {f: tuple(table.categories.get(f, ())) for f, k in zip(table.feature_names, table.kinds)
+                    if k == "categorical"})
+
+    @property
+    def has_categoricals(self) -> bool:
+        return any(k == "categorical" for k in self.kinds)
+
+    def encode(self, table: Table) -> tuple[np.ndarray, dict[str, int]]:
+        """``table``'s columns in this schema's order and codes: (X, unknown-category count per feature)."""
+        t = table.select(list(self.feature_names))
+        X = np.array(t.X, dtype=np.float64, copy=True)
+        unknown: dict[str, int] = {}
+        for j, (f, k) in enumerate(zip(self.feature_names, self.kinds)):
+            if k != t.kinds[j]:
+                raise DataError(f"party '{table.party}', file {table.source}: column '{f}' is {t.kinds[j]}, "
+                                f"the model was trained on it as {k}")
+            if k == "categorical":
+                X[:, j], unk = t.codes(f, self.categories.get(f, ()))
+                if unk.any():
+                    unknown[f] = int(unk.sum())
+        return X, unknown
+
+    def encode_rows(self, rows: Sequence[Mapping[str, object]], *, who: str) -> tuple[np.ndarray, dict[str, int]]:
+        """Online requests (feature -> number, category text, or None/NaN = missing) as X: same rules as :meth:`encode`."""
+        X = np.empty((len(rows), len(self.feature_names)), dtype=np.float64)
+        unknown: dict[str, int] = {}
+        pos = {f: {c: float(k) for k, c in enumerate(self.categories.get(f, ()))}
+               for f, k in zip(self.feature_names, self.kinds) if k == "categorical"}
+        for r, row in enumerate(rows):
+            for j, (f, k) in enumerate(zip(self.feature_names, self.kinds)):
+                if f not in row:
+                    raise DataError(f"{who}: row {r + 1} lacks feature '{f}' (send None for a missing value)")
+                v = row[f]
+                if v is None or (isinstance(v, float) and np.isnan(v)):
+                    X[r, j] = np.nan
+                elif k == "categorical":
+                    code = pos[f].get(str(v).strip())
+                    if code is None:
+                        unknown[f] = unknown.get(f, 0) + 1
+                    X[r, j] = np.nan if code is None else code
+                else:
+                    if isinstance(v, bool) or not isinstance(v, (int, float)):
+                        raise DataError(f"{who}: row {r + 1}, feature '{f}' is numeric; got {v!r}")
+                    if not np.isfinite(float(v)):
+                        raise DataError(f"{who}: row {r + 1}, feature '{f}' is infinite; expected a finite number "
+                                        "or None for missing")
+                    X[r, j] = float(v)
+        return X, unknown
+
+    def to_dict(self) -> dict[str, object]:
+        return {"feature_names": list(self.feature_names), "kinds": list(self.kinds),
+                "categories": {f: list(v) for f, v in self.categories.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object], *, source: str) -> InputSchema:
+        try:
+            names = [str(x) for x in d["feature_names"]]  # type: ignore[attr-defined]
+            kinds = [str(x) for x in d.get("kinds") or ["numeric"] * len(names)]  # type: ignore[attr-defined]
+            cats = {str(f): tuple(str(c) for c in v) for f, v in (d.get("categories") or {}).items()}  # type: ignore[attr-defined]
+        except (KeyError, TypeError, AttributeError) as e:
+            raise DataError(f"{source}: bad input schema: {e}") from None
+        if len(kinds) != len(names) or any(k not in ("numeric", "categorical") for k in kinds):
+            raise DataError(f"{source}: input schema kinds {kinds} do not match features {names}")
+        return cls(tuple(names), tuple(kinds), cats)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- validation
