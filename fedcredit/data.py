@@ -40,6 +40,8 @@ __all__ = [
     "table_from_frame",
     "load_table",
     "load_dataset",
+    "dataset_schema",
+    "schema_toml",
     "dataset_columns",
     "split_by_ids",
 ]
@@ -290,10 +292,60 @@ def _where(party: str, source: str, row: int, csv_lines: bool) -> str:
     return f"party '{party}', file {source}: {loc}"
 
 
-def _numeric_column(df: pd.DataFrame, col: str, party: str, source: str, csv_lines: bool) -> np.ndarray:
+#: Text read as a missing feature value whatever the dataset declares (an empty cell is read as NaN already).
+ALWAYS_MISSING = frozenset({"", "nan", "NaN", "NAN"})
+#: More distinct values than this in one categorical column is refused (a free-text or id-like column).
+MAX_CATEGORIES = 1000
+#: Inference: a column with at least this share of numbers among its non-missing values, but not all, is ambiguous
+#: (numbers with typos, or numeric category codes?): refused until its kind is declared, never guessed.
+_NUMERIC_LOOKING = 0.5
+
+
+def _text(raw: pd.Series) -> pd.Series:
+    """A column as stripped text; numbers written without a spurious ".0" (a Parquet int column read as float)."""
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        vals = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+        return pd.Series([None if np.isnan(v) else (str(int(v)) if float(v).is_integer() else repr(float(v)))
+                          for v in vals], index=raw.index, dtype=object)
+    return raw.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip())
+
+
+def _missing_mask(raw: pd.Series, sentinels: Sequence[str]) -> np.ndarray:
+    """True where a feature cell is missing: empty, NaN, or one of ``sentinels`` (as text, or equal as a number)."""
+    miss = raw.isna().to_numpy().copy()
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        nums = [float(v) for v in sentinels if _as_float(v) is not None]
+        if nums:
+            miss |= raw.isin(nums).to_numpy()
+        return miss
+    text = _text(raw)
+    tokens = ALWAYS_MISSING | frozenset(sentinels)
+    miss |= text.isin(tokens).to_numpy()
+    nums = [f for f in (_as_float(v) for v in sentinels) if f is not None]
+    if nums:
+        miss |= pd.to_numeric(text, errors="coerce").isin(nums).to_numpy()
+    return miss
+
+
+def _as_float(v: str) -> float | None:
+    try:
+        f = float(v)
+    except ValueError:
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _numeric_column(df: pd.DataFrame, col: str, party: str, source: str, csv_lines: bool,
+                    missing: np.ndarray | None = None) -> np.ndarray:
+    """Column ``col`` as float64.  ``missing`` given (a feature): those cells are NaN; else (id/label) none may be.
+
+    Unparsable and infinite values are errors naming party, file, column and row either way.
+    """
     raw = df[col]
     if pd.api.types.is_bool_dtype(raw):
         return raw.to_numpy(dtype=np.float64)
+    if missing is not None:
+        raw = raw.mask(pd.Series(missing, index=raw.index))
     if pd.api.types.is_numeric_dtype(raw):
         vals = raw.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
@@ -303,20 +355,62 @@ def _numeric_column(df: pd.DataFrame, col: str, party: str, source: str, csv_lin
             i = int(np.flatnonzero(bad.to_numpy())[0])
             shown = str(raw.iloc[i])
             shown = shown if len(shown) <= 24 else shown[:21] + "..."
+            hint = (" or a missing value (empty, NaN or one of missing_values); declare the column "
+                    "'categorical' in [datasets.<key>].columns if it holds categories") if missing is not None else ""
             raise DataError(
                 f"{_where(party, source, i, csv_lines)}: column '{col}' has non-numeric value {shown!r}; "
-                f"expected a number ({int(bad.sum())} such value(s) in this column)"
+                f"expected a number{hint} ({int(bad.sum())} such value(s) in this column)"
             )
         vals = coerced.to_numpy(dtype=np.float64, na_value=np.nan)
-    finite = np.isfinite(vals)
-    if not finite.all():
-        i = int(np.flatnonzero(~finite)[0])
+    bad_vals = np.isinf(vals) if missing is not None else ~np.isfinite(vals)
+    if bad_vals.any():
+        i = int(np.flatnonzero(bad_vals)[0])
         kind = "a missing/NaN" if np.isnan(vals[i]) else "an infinite"
         raise DataError(
             f"{_where(party, source, i, csv_lines)}: column '{col}' has {kind} value; "
-            f"expected a finite number ({int((~finite).sum())} such value(s) in this column)"
+            f"expected a finite number ({int(bad_vals.sum())} such value(s) in this column)"
         )
     return vals
+
+
+def _categorical_column(df: pd.DataFrame, col: str, party: str, source: str,
+                        missing: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Column ``col`` as (codes into its sorted vocabulary, NaN = missing; the vocabulary)."""
+    text = _text(df[col])
+    present = ~missing
+    vocab = sorted(set(text[present].tolist()))
+    if len(vocab) > MAX_CATEGORIES:
+        raise DataError(f"party '{party}', file {source}: column '{col}' has {len(vocab)} distinct categories, "
+                        f"more than {MAX_CATEGORIES}; a free-text or id-like column cannot be a feature (declare it "
+                        "'ignore' in [datasets.<key>].columns)")
+    pos = {c: float(k) for k, c in enumerate(vocab)}
+    codes = np.full(len(text), np.nan)
+    codes[present] = [pos[c] for c in text[present].tolist()]
+    return codes, vocab
+
+
+def _infer_kind(df: pd.DataFrame, col: str, missing: np.ndarray, party: str, source: str,
+                csv_lines: bool) -> ColumnKind:
+    """Numeric if every non-missing value parses as a number, else categorical; a column that is mostly numbers
+    with a few that are not is refused (a typo, most likely), naming its first bad row."""
+    raw = df[col]
+    if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw):
+        return "numeric"
+    text = _text(raw)
+    present = ~missing
+    parsed = pd.to_numeric(text.where(present), errors="coerce").notna().to_numpy() & present
+    n = int(present.sum())
+    if n == 0 or parsed.sum() == n:
+        return "numeric"
+    if parsed.sum() >= _NUMERIC_LOOKING * n:
+        i = int(np.flatnonzero(present & ~parsed)[0])
+        raise DataError(
+            f"{_where(party, source, i, csv_lines)}: column '{col}' has non-numeric value {text.iloc[i]!r} among "
+            f"numbers ({100 * parsed.sum() / n:.0f} % of its values are numbers); declare its kind in "
+            "[datasets.<key>].columns (numeric: fix the value or add it to missing_values; categorical: every value "
+            f"is a category) ({int((present & ~parsed).sum())} such value(s) in this column)"
+        )
+    return "categorical"
 
 
 def _ids(df: pd.DataFrame, id_col: str, party: str, source: str, csv_lines: bool) -> list[str]:
@@ -356,10 +450,15 @@ def table_from_frame(
     label_col: str | None = None,
     feature_cols: Sequence[str] | None = None,
     csv_lines: bool = False,
+    kinds: Mapping[str, str] | None = None,
+    missing_values: Sequence[str] = (),
 ) -> Table:
     """Validate a DataFrame into a :class:`Table` (what :func:`load_table` does after reading the file).
 
-    ``feature_cols=None``: every column except the id and label columns, in frame
+    ``kinds``: feature -> ``numeric`` / ``categorical`` / ``ignore``; an undeclared feature's
+    kind is inferred (numeric if every non-missing value parses).  ``missing_values``:
+    sentinels read as missing in features (empty cells and NaN always are).
+    ``feature_cols=None``: every column except the id and label columns and the ignored ones, in frame
     order (a file with only an id column is an id list, e.g. the agreed test ids);
     ``feature_cols=[]``: no features, an id list whatever else the file holds.
     ``id_col=None`` numbers the rows instead.  ``csv_lines``: the frame was read from
@@ -376,8 +475,9 @@ def table_from_frame(
     dupes = sorted({c for c in cols if cols.count(c) > 1})
     if dupes:
         raise DataError(f"party '{party}', file {source}: duplicate column name(s) {dupes}")
+    kinds = dict(kinds or {})
     if feature_cols is None:
-        features = [c for c in cols if c not in (id_col, label_col)]
+        features = [c for c in cols if c not in (id_col, label_col) and kinds.get(c) != "ignore"]
         if not features and label_col:
             # a file of only ids (no label declared) is an id list, e.g. the agreed test customers;
             # ids and labels without a single feature cannot train anything
@@ -398,8 +498,20 @@ def table_from_frame(
 
     ids = _ids(df, id_col, party, source, csv_lines) if id_col else [str(k) for k in range(len(df))]
     X = np.empty((len(df), len(features)), dtype=np.float64)
+    col_kinds: list[ColumnKind] = []
+    categories: dict[str, list[str]] = {}
     for j, c in enumerate(features):
-        X[:, j] = _numeric_column(df, c, party, source, csv_lines)
+        missing_cells = _missing_mask(df[c], missing_values)
+        declared = kinds.get(c)
+        if declared == "ignore":
+            raise DataError(f"party '{party}', file {source}: column '{c}' is declared 'ignore' but asked for as a feature")
+        kind: ColumnKind = (declared if declared in ("numeric", "categorical")  # type: ignore[assignment]
+                            else _infer_kind(df, c, missing_cells, party, source, csv_lines))
+        if kind == "categorical":
+            X[:, j], categories[c] = _categorical_column(df, c, party, source, missing_cells)
+        else:
+            X[:, j] = _numeric_column(df, c, party, source, csv_lines, missing=missing_cells)
+        col_kinds.append(kind)
     y: np.ndarray | None = None
     if label_col:
         lab = _numeric_column(df, label_col, party, source, csv_lines)
@@ -411,10 +523,11 @@ def table_from_frame(
                 f"expected 0 or 1 ({int(bad.sum())} such value(s))"
             )
         y = lab.astype(np.int64)
-    return Table(party=party, source=source, ids=ids, X=X, feature_names=features, y=y)
+    return Table(party=party, source=source, ids=ids, X=X, feature_names=features, y=y, kinds=col_kinds,
+                 categories=categories)
 
 
-def _read(path: Path, party: str, id_col: str | None) -> pd.DataFrame:
+def _read(path: Path, party: str, id_col: str | None, text_cols: Sequence[str] = ()) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(
@@ -424,7 +537,9 @@ def _read(path: Path, party: str, id_col: str | None) -> pd.DataFrame:
     try:
         if suffix == ".csv":
             # ids are text ("00123" stays "00123"); only an empty cell is missing ("NA" may be an id)
-            df = pd.read_csv(path, dtype={id_col: str} if id_col else None, skipinitialspace=True,
+            # declared categoricals are text too ("01" stays "01")
+            as_text = {c: str for c in ([id_col] if id_col else []) + list(text_cols)}
+            df = pd.read_csv(path, dtype=as_text or None, skipinitialspace=True,
                              keep_default_na=False, na_values=[""])
             _no_duplicate_header(path, party)
             return df
@@ -452,6 +567,8 @@ def load_table(
     id_col: str | None = "id",
     label_col: str | None = None,
     feature_cols: Sequence[str] | None = None,
+    kinds: Mapping[str, str] | None = None,
+    missing_values: Sequence[str] = (),
 ) -> Table:
     """Read ``path`` (CSV or Parquet by suffix) and validate it with :func:`table_from_frame`.
 
@@ -462,20 +579,80 @@ def load_table(
         raise DataError(f"party '{party}': data file {path} does not exist")
     if not path.is_file():
         raise DataError(f"party '{party}': data path {path} is not a file")
-    df = _read(path, party, id_col)
+    text_cols = [c for c, k in (kinds or {}).items() if k == "categorical"]
+    df = _read(path, party, id_col, text_cols)
     return table_from_frame(df, party=party, source=str(path), id_col=id_col, label_col=label_col,
-                            feature_cols=feature_cols, csv_lines=path.suffix.lower() == ".csv")
+                            feature_cols=feature_cols, csv_lines=path.suffix.lower() == ".csv",
+                            kinds=kinds, missing_values=missing_values)
 
 
-def load_dataset(ds: DatasetSection, *, party: str) -> Table:
+def dataset_schema(ds: DatasetSection, *, party: str) -> tuple[dict[str, str], list[str]]:
+    """(declared kinds, missing-value sentinels) of a dataset: its ``schema_file`` overlaid by its own keys."""
+    kinds: dict[str, str] = {}
+    sentinels: list[str] = []
+    if ds.schema_file is not None:
+        from fedcredit.config import DatasetSchemaFile, load_config
+        from fedcredit.errors import ConfigError
+
+        if not Path(ds.schema_file).is_file():
+            raise DataError(f"party '{party}': schema file {ds.schema_file} (schema_file of {ds.path}) does not exist")
+        try:
+            saved = load_config(ds.schema_file, DatasetSchemaFile)
+        except ConfigError as e:
+            raise DataError(f"party '{party}': {e}") from None
+        kinds.update(saved.columns)
+        sentinels.extend(saved.missing_values)
+    kinds.update(ds.columns)
+    sentinels.extend(v for v in ds.missing_values if v not in sentinels)
+    for c in (ds.id_column, ds.label_column):
+        kinds.pop(c or "", None)  # a saved schema may list them; their rules are fixed
+    return kinds, sentinels
+
+
+def load_dataset(ds: DatasetSection, *, party: str, feature_cols: Sequence[str] | None = None,
+                 labels: bool = True) -> Table:
     """A configured dataset, loaded with the options of its ``[datasets.<key>]`` section.
 
-    The one call behind the party daemon's start-up check and every job's tables, so
-    a dataset that passed the check loads the same way, with the same errors, in a job.
-    ``feature_columns = []`` declares an id list (e.g. the agreed test customers).
+    The one call behind the party daemon's start-up check, every job's tables and a
+    passive party's scoring look-ups, so a dataset that passed the check loads the same
+    way, with the same errors, everywhere.  ``feature_columns = []`` declares an id list
+    (e.g. the agreed test customers).  ``feature_cols`` overrides the configured
+    features (a model asks for its own); ``labels=False`` skips the label column.
     """
-    return load_table(ds.path, party=party, id_col=ds.id_column, label_col=ds.label_column,
-                      feature_cols=ds.feature_columns)
+    kinds, sentinels = dataset_schema(ds, party=party)
+    return load_table(ds.path, party=party, id_col=ds.id_column, label_col=ds.label_column if labels else None,
+                      feature_cols=ds.feature_columns if feature_cols is None else feature_cols,
+                      kinds=kinds, missing_values=sentinels)
+
+
+def schema_toml(table: Table, ds: DatasetSection, *, dataset: str) -> str:
+    """An editable TOML schema of a loaded dataset (``schema_file`` reads it back): kinds, sentinels, and a
+    comment per column with what the loader saw (missing rate, categories or range)."""
+    kinds, sentinels = dataset_schema(ds, party=table.party)
+
+    def q(v: str) -> str:
+        return json.dumps(v, ensure_ascii=False)  # a JSON string is a TOML basic string
+
+    lines = [f"# fedcredit dataset schema of {table.source} (party {table.party!r}, dataset {dataset!r}),",
+             f"# {len(table)} rows.  Edit a kind (numeric | categorical | ignore) and set",
+             f"# [datasets.{dataset}].schema_file to this file; the id column {ds.id_column!r} and the label "
+             f"column {ds.label_column!r} are not listed (their rules are fixed).",
+             f"missing_values = [{', '.join(q(v) for v in sentinels)}]", "", "[columns]"]
+    for j, (f, k) in enumerate(zip(table.feature_names, table.kinds)):
+        col = table.X[:, j]
+        miss = float(np.isnan(col).mean()) if len(col) else 0.0
+        if k == "categorical":
+            cats = table.categories.get(f, [])
+            shown = ", ".join(cats[:6]) + (", ..." if len(cats) > 6 else "")
+            note = f"{len(cats)} categories: {shown}"
+        else:
+            ok = col[~np.isnan(col)]
+            note = f"range {ok.min():g} .. {ok.max():g}" if ok.size else "no values"
+        lines.append(f"{q(f)} = {q(k)}  # {100 * miss:.1f} % missing; {note}".replace("\n", " "))
+    for c, k in kinds.items():
+        if k == "ignore":
+            lines.append(f"{q(c)} = \"ignore\"")
+    return "\n".join(lines) + "\n"
 
 
 def dataset_columns(ds: DatasetSection, *, party: str) -> list[str]:
