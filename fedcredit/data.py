@@ -33,6 +33,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "ColumnKind",
     "InputSchema",
+    "OneHotEncoding",
     "Table",
     "normalize_id",
     "normalize_ids",
@@ -280,6 +281,148 @@ class InputSchema:
         if len(kinds) != len(names) or any(k not in ("numeric", "categorical") for k in kinds):
             raise DataError(f"{source}: input schema kinds {kinds} do not match features {names}")
         return cls(tuple(names), tuple(kinds), cats)  # type: ignore[arg-type]
+
+
+MISSING_COLUMN = "(missing)"
+
+
+def _category_text(v: float) -> str:
+    """A numeric cell read as a category: "1" for 1.0 (a column of codes the loader inferred numeric)."""
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+@dataclass(frozen=True)
+class OneHotEncoding:
+    """Raw features -> all-numeric columns by an AGREED rule (a horizontal job's ``[model]``), the same at every bank.
+
+    Why agreed and not learnt: each bank's vocabulary and missingness are its own; if each
+    bank encoded what it saw, the columns would differ between banks (and the column list
+    would reveal them).  Columns, in feature order: a numeric feature ``f`` is one column
+    (``fill`` where missing), plus ``f:missing`` (0/1) if ``f`` is in ``missing``; a
+    categorical feature gets ``f=<c>`` per agreed category and ``f=(missing)`` for a
+    missing cell.  A category not in the agreed list is counted (:meth:`encode` returns
+    the counts; training refuses them, scoring treats them as missing, like
+    :class:`InputSchema`).  A column of numeric codes (e.g. EDUCATION 1..6, inferred
+    numeric) is read as the category text "1".."6".
+    """
+
+    features: tuple[str, ...]
+    categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    missing: tuple[str, ...] = ()
+    fill: float = 0.0
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.categories and not self.missing
+
+    @property
+    def columns(self) -> list[str]:
+        out: list[str] = []
+        for f in self.features:
+            if f in self.categories:
+                out += [f"{f}={c}" for c in self.categories[f]] + [f"{f}={MISSING_COLUMN}"]
+            else:
+                out.append(f)
+                if f in self.missing:
+                    out.append(f"{f}:missing")
+        return out
+
+    def _check_names(self, who: str) -> None:
+        stray = sorted((set(self.categories) | set(self.missing)) - set(self.features))
+        if stray:
+            raise DataError(f"{who}: [model].categories / missing_indicators name {stray}, which are not features "
+                            f"of this job ({list(self.features)})")
+
+    def encode(self, table: Table) -> tuple[Table, dict[str, int]]:
+        """``table`` encoded (a Table of :attr:`columns`, all numeric, no NaN) and the unknown-category counts."""
+        who = f"party '{table.party}', file {table.source}"
+        self._check_names(who)
+        t = table.select(list(self.features))
+        cols: list[np.ndarray] = []
+        unknown: dict[str, int] = {}
+        for j, f in enumerate(self.features):
+            col = t.X[:, j]
+            if f in self.categories:
+                vocab = self.categories[f]
+                if t.kinds[j] == "categorical":
+                    codes, unk = t.codes(f, vocab)
+                else:  # numeric codes read as category text
+                    pos = {c: k for k, c in enumerate(vocab)}
+                    codes = np.array([np.nan if np.isnan(v) else pos.get(_category_text(v), -1) for v in col], dtype=float)
+                    unk = codes < 0
+                    codes[unk] = np.nan
+                if unk.any():
+                    unknown[f] = int(unk.sum())
+                onehot = np.zeros((len(col), len(vocab) + 1))
+                ok = ~np.isnan(codes)
+                onehot[np.flatnonzero(ok), codes[ok].astype(np.int64)] = 1.0
+                onehot[~ok, len(vocab)] = 1.0
+                cols.extend(onehot.T)
+                continue
+            if t.kinds[j] == "categorical":
+                raise DataError(f"{who}: column '{f}' is categorical; a horizontal job needs its agreed categories in "
+                                f"[model.categories] (e.g. {f} = [...]) or the column left out of the job")
+            miss = np.isnan(col)
+            if miss.any() and f not in self.missing:
+                raise DataError(f"{who}: column '{f}' has {int(miss.sum())} missing value(s) (the first at row "
+                                f"{int(np.flatnonzero(miss)[0]) + 1}); list it in [model].missing_indicators (a 0/1 "
+                                "missing column and missing_fill in its place)")
+            cols.append(np.where(miss, self.fill, col))
+            if f in self.missing:
+                cols.append(miss.astype(np.float64))
+        X = np.column_stack(cols) if cols else np.empty((len(t), 0))
+        return Table(t.party, t.source, t.ids, X, self.columns, t.y, t._index), unknown
+
+    def encode_rows(self, rows: Sequence[Mapping[str, object]], *, who: str) -> tuple[np.ndarray, list[int]]:
+        """Online requests (feature -> number, text or None) as encoded rows; unknown categories per row (= missing)."""
+        self._check_names(who)
+        X = np.zeros((len(rows), len(self.columns)))
+        unknown = [0] * len(rows)
+        for r, row in enumerate(rows):
+            k = 0
+            for f in self.features:
+                if f not in row:
+                    raise DataError(f"{who}: row {r + 1} lacks feature '{f}' (send it as missing)")
+                v = row[f]
+                missing = v is None or (isinstance(v, float) and np.isnan(v))
+                if f in self.categories:
+                    vocab = self.categories[f]
+                    text = None if missing else (_category_text(v) if isinstance(v, (int, float)) and not
+                                                 isinstance(v, bool) else str(v).strip())
+                    code = vocab.index(text) if text in vocab else None
+                    if text is not None and code is None:
+                        unknown[r] += 1
+                    X[r, k + (len(vocab) if code is None else code)] = 1.0
+                    k += len(vocab) + 1
+                    continue
+                if not missing and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                    raise DataError(f"{who}: row {r + 1}, feature '{f}' is numeric; got {v!r}")
+                if not missing and not np.isfinite(float(v)):  # type: ignore[arg-type]
+                    raise DataError(f"{who}: row {r + 1}, feature '{f}' is infinite; expected a finite number or missing")
+                if missing and f not in self.missing:
+                    raise DataError(f"{who}: row {r + 1}, feature '{f}' is missing, and the model was trained without "
+                                    "a missing indicator for it (it cannot score a missing value)")
+                X[r, k] = self.fill if missing else float(v)  # type: ignore[arg-type]
+                k += 1
+                if f in self.missing:
+                    X[r, k] = 1.0 if missing else 0.0
+                    k += 1
+        return X, unknown
+
+    def to_dict(self) -> dict[str, object]:
+        return {"features": list(self.features), "categories": {f: list(v) for f, v in self.categories.items()},
+                "missing": list(self.missing), "fill": self.fill}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object], *, source: str) -> OneHotEncoding:
+        try:
+            feats = tuple(str(x) for x in d["features"])  # type: ignore[attr-defined]
+            cats = {str(f): tuple(str(c) for c in v) for f, v in (d.get("categories") or {}).items()}  # type: ignore[attr-defined]
+            miss = tuple(str(x) for x in d.get("missing") or ())  # type: ignore[attr-defined]
+            fill = float(d.get("fill", 0.0))  # type: ignore[arg-type]
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise DataError(f"{source}: bad feature encoding: {e}") from None
+        return cls(feats, cats, miss, fill)
 
 
 # --------------------------------------------------------------------------- validation
