@@ -792,9 +792,7 @@ def schema_toml(table: Table, ds: DatasetSection, *, dataset: str) -> str:
             ok = col[~np.isnan(col)]
             note = f"range {ok.min():g} .. {ok.max():g}" if ok.size else "no values"
         lines.append(f"{q(f)} = {q(k)}  # {100 * miss:.1f} % missing; {note}".replace("\n", " "))
-    for c, k in kinds.items():
-        if k == "ignore":
-            lines.append(f"{q(c)} = \"ignore\"")
+    lines += [f"{q(c)} = \"ignore\"" for c, kind in kinds.items() if kind == "ignore"]
     return "\n".join(lines) + "\n"
 
 
