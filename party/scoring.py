@@ -143,7 +143,23 @@ def _load(version: str, art: Artifact) -> LoadedModel:
     raw = art.files.get("model.json", b"")
     m = load_part(art.manifest.kind, raw, source)
     return LoadedModel(version, art, m, list(m.feature_names), input_schema=_input_schema(m, raw, source),
-                       accepts_missing=bool(getattr(m, "accepts_missing", False)))
+                       accepts_missing=_takes_missing(art.manifest.kind, m))
+
+
+def _takes_missing(kind: str, part: Any) -> bool:
+    """Does this online part have a rule for a missing (NaN) input?
+
+    A part may say so itself (``accepts_missing``); otherwise: SecureBoost parts send a
+    missing value down each split's default direction, and a part behind a binning
+    transform (``transform.apply``) puts it in the missing bin.  Plain LR has no rule.
+    """
+    explicit = getattr(part, "accepts_missing", None)
+    if explicit is not None:
+        return bool(explicit)
+    transform = getattr(part, "transform", None)
+    if transform is not None and not callable(transform) and hasattr(transform, "apply"):
+        return True
+    return kind.startswith("secureboost-")
 
 
 def _input_schema(part: Any, raw: bytes, source: str) -> InputSchema | None:
