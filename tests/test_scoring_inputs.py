@@ -232,3 +232,27 @@ def test_vertical_parts_encode_through_their_schema_and_plain_lr_refuses_missing
         guest.close()
         host.stop(0)
     assert not any(e.get("event") == "unknown_categories" for e in read_audit_events(tmp_path / "fintech-audit.jsonl"))
+
+
+def test_batch_file_reads_text_blanks_and_numbers_like_the_online_path(horizontal, tmp_path: Path) -> None:
+    """``fedcredit party score``'s reader: category text stays text, an empty cell is missing, the PDs are the
+    online ones."""
+    from fedcredit.cli_models import _read_applications
+
+    m = horizontal["service"].model()
+    raw = pd.read_csv(horizontal["test"]).iloc[:20]
+    raw.loc[raw["age_in_years"] == GERMAN_SENTINEL, "age_in_years"] = np.nan  # a client file has blanks, not -999
+    raw.to_csv(tmp_path / "in.csv", index=False)
+    apps = _read_applications(tmp_path / "in.csv", "id", list(m.inputs.feature_names), None,
+                              frozenset(m.encoding.categories))
+    enc = m.encoding
+    online = [_application(raw.iloc[k], list(enc.features), set(enc.categories)) for k in range(len(raw))]
+    assert [a.features for a in apps] == [a.features for a in online]
+    assert any(v is None for a in apps for v in a.features.values())
+    got = horizontal["service"].score(apps)
+    np.testing.assert_allclose([d["pd"] for d in got], [r.pd for r in horizontal["client"].score_batch(online)],
+                               rtol=0, atol=1e-12)
+    bad = tmp_path / "bad.csv"
+    raw.assign(duration_in_month=["x"] * len(raw)).to_csv(bad, index=False)
+    with pytest.raises(DataError, match=r"line 2: column\(s\) \['duration_in_month'\] are not numbers"):
+        _read_applications(bad, "id", list(m.inputs.feature_names), None, frozenset(m.encoding.categories))
