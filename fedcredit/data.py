@@ -620,6 +620,10 @@ def table_from_frame(
     if dupes:
         raise DataError(f"party '{party}', file {source}: duplicate column name(s) {dupes}")
     kinds = dict(kinds or {})
+    unknown_cols = sorted(set(kinds) - set(cols))
+    if unknown_cols:
+        raise DataError(f"party '{party}', file {source}: column kind(s) declared for {unknown_cols}, which the file "
+                        f"does not have (typo?); its columns are {cols}")
     if feature_cols is None:
         features = [c for c in cols if c not in (id_col, label_col) and kinds.get(c) != "ignore"]
         if not features and label_col:
