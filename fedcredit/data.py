@@ -451,7 +451,7 @@ def _text(raw: pd.Series) -> pd.Series:
         vals = raw.to_numpy(dtype=np.float64, na_value=np.nan)
         return pd.Series([None if np.isnan(v) else (str(int(v)) if float(v).is_integer() else repr(float(v)))
                           for v in vals], index=raw.index, dtype=object)
-    return raw.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip())
+    return raw.map(lambda v: None if v is None or (not isinstance(v, str) and bool(pd.isna(v))) else str(v).strip())
 
 
 def _missing_mask(raw: pd.Series, sentinels: Sequence[str]) -> np.ndarray:

@@ -785,6 +785,7 @@ def _peer_error(party: str, address: str, e: grpc.RpcError, deadline: float) -> 
 MAX_BATCH_APPLICATIONS = 10_000
 MAX_ID_CHARS = 256
 MAX_FEATURES = 4096
+MAX_CATEGORY_CHARS = 1024
 
 
 def applications_from(party: str, requests: Sequence[pb.ScoreRequest]) -> list[Application]:
@@ -794,9 +795,13 @@ def applications_from(party: str, requests: Sequence[pb.ScoreRequest]) -> list[A
                         f"{MAX_BATCH_APPLICATIONS} one call may carry (split it)")
     out = []
     for k, r in enumerate(requests):
-        if len(r.id) > MAX_ID_CHARS or len(r.features) > MAX_FEATURES:
+        if len(r.id) > MAX_ID_CHARS or len(r.features) + len(r.categories) + len(r.missing) > MAX_FEATURES:
             raise DataError(f"party '{party}': application {k}: id longer than {MAX_ID_CHARS} characters or "
                             f"more than {MAX_FEATURES} features")
+        long = [f for f, v in r.categories.items() if len(v) > MAX_CATEGORY_CHARS]
+        if long:
+            raise DataError(f"party '{party}': application {k}: category text of {long[:3]} is longer than "
+                            f"{MAX_CATEGORY_CHARS} characters")
         out.append(_to_app(party, r))
     return out
 

@@ -178,8 +178,8 @@ def test_real_table_errors_name_party_file_column_row(tmp_path: Path, text: str,
 def test_parquet_categoricals_and_sentinels(tmp_path: Path) -> None:
     from fedcredit.data import load_dataset
 
-    df = pd.DataFrame({"id": ["a", "b", "c"], "y": [0, 1, 0], "grade": ["B", None, "A"], "code": [3, -999, 1],
-                       "amt": [1.0, np.nan, 3.0]})
+    df = pd.DataFrame({"id": ["a", "b", "c"], "y": [0, 1, 0], "grade": pd.array(["B", None, "A"], dtype="string"),
+                       "code": pd.array([3, -999, 1], dtype="Int64"), "amt": pd.array([1.0, None, 3.0], dtype="Float64")})
     df.to_parquet(tmp_path / "t.parquet", index=False)
     t = load_dataset(_ds(tmp_path / "t.parquet", columns={"code": "categorical"}, missing_values=["-999"]),
                      party="p")
