@@ -46,6 +46,7 @@ __all__ = [
     "schema_toml",
     "dataset_columns",
     "split_by_ids",
+    "require_numbers",
 ]
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -826,6 +827,22 @@ def dataset_columns(ds: DatasetSection, *, party: str) -> list[str]:
         raise DataError(f"party '{party}', file {path}: cannot read its header: {e}") from None
     raise DataError(f"party '{party}', file {path}: unsupported file type '{path.suffix or '(none)'}'; "
                     f"expected one of {', '.join(SUPPORTED_SUFFIXES)}")
+
+
+def require_numbers(*tables: Table, why: str) -> None:
+    """Refuse tables with a categorical column or a missing value, for a model that has no rule for them.
+
+    Why: the loader accepts both (real tables have them); a model that would read a
+    category code as a number, or a NaN as a value, must stop here with the column named
+    instead of training on garbage.  Only counts are named (the message may leave the party).
+    """
+    for t in tables:
+        for j, (f, k) in enumerate(zip(t.feature_names, t.kinds)):
+            if k == "categorical":
+                raise DataError(f"party '{t.party}', file {t.source}: column '{f}' is categorical; {why}")
+            n = int(np.isnan(t.X[:, j]).sum())
+            if n:
+                raise DataError(f"party '{t.party}', file {t.source}: column '{f}' has {n} missing value(s); {why}")
 
 
 def split_by_ids(table: Table, test_ids: set[str] | frozenset[str]) -> tuple[Table, Table]:

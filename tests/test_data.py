@@ -263,3 +263,24 @@ def test_generated_messy_applications_load(tmp_path: Path) -> None:
     assert t.y is not None  # informative missingness: defaulters leave PAY_AMT1 out more often
     pay1 = np.isnan(t.X[:, t.feature_names.index("PAY_AMT1")])
     assert pay1[t.y == 1].mean() > 1.4 * pay1[t.y == 0].mean()
+
+
+def test_vertical_lr_without_binning_refuses_missing_values_naming_the_column(tmp_path: Path) -> None:
+    """The loader accepts the issue's table; a model with no rule for missing values stops, naming the column."""
+    import time
+
+    from rich.console import Console
+
+    from fedcredit.config import JobConfig
+    from simulations.german_credit import write_german_vertical
+    from simulations.vertical_sim import run_vertical_inprocess
+
+    data = write_german_vertical(tmp_path / "data", missing=True)
+    job = JobConfig.model_validate({"job": {"type": "vertical-lr", "parties": ["bank", "fintech"],
+                                            "label_party": "bank", "round_timeout_s": 900.0},
+                                    "model": {"test_fraction": 0.2, "max_epochs": 2}})
+    t0 = time.perf_counter()
+    with pytest.raises(DataError, match=r"party '(bank|fintech)'.*column '\w+' (is categorical|has \d+ missing value)"
+                                        r".*\[model.binning\]"):
+        run_vertical_inprocess(job, data, tmp_path / "out", Console(quiet=True))  # type: ignore[arg-type]
+    assert time.perf_counter() - t0 < 60
