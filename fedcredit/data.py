@@ -47,6 +47,7 @@ __all__ = [
     "dataset_columns",
     "split_by_ids",
     "require_numbers",
+    "table_summary",
 ]
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -827,6 +828,21 @@ def dataset_columns(ds: DatasetSection, *, party: str) -> list[str]:
         raise DataError(f"party '{party}', file {path}: cannot read its header: {e}") from None
     raise DataError(f"party '{party}', file {path}: unsupported file type '{path.suffix or '(none)'}'; "
                     f"expected one of {', '.join(SUPPORTED_SUFFIXES)}")
+
+
+def table_summary(table: Table, ds: DatasetSection, *, dataset: str) -> str:
+    """One line for the daemon's start-up log: rows, kinds, which were inferred, columns with missing values."""
+    declared, _ = dataset_schema(ds, party=table.party)
+    n_cat = sum(k == "categorical" for k in table.kinds)
+    inferred = [f for f in table.feature_names if f not in declared]
+    gaps = [f for j, f in enumerate(table.feature_names) if np.isnan(table.X[:, j]).any()]
+    line = (f"dataset '{dataset}': {len(table)} rows, {table.n_features} features ({n_cat} categorical"
+            f"{f', {len(inferred)} inferred' if inferred else ''})")
+    if gaps:
+        line += f", missing values in {len(gaps)}: {', '.join(gaps[:5])}{', ...' if len(gaps) > 5 else ''}"
+    if inferred and table.n_features:
+        line += f" (fedcredit party schema --dataset {dataset} prints the kinds)"
+    return line
 
 
 def require_numbers(*tables: Table, why: str) -> None:

@@ -284,3 +284,13 @@ def test_vertical_lr_without_binning_refuses_missing_values_naming_the_column(tm
                                         r".*\[model.binning\]"):
         run_vertical_inprocess(job, data, tmp_path / "out", Console(quiet=True))  # type: ignore[arg-type]
     assert time.perf_counter() - t0 < 60
+
+
+def test_startup_summary_says_what_was_inferred_and_where_values_are_missing(tmp_path: Path) -> None:
+    from fedcredit.data import load_dataset, table_summary
+
+    p = _write(tmp_path, "id,y,grade,amt,n\n1,0,A,10,1\n2,1,B,,2\n")
+    ds = _ds(p, columns={"n": "numeric"})
+    line = table_summary(load_dataset(ds, party="bank"), ds, dataset="train")
+    assert line == ("dataset 'train': 2 rows, 3 features (1 categorical, 2 inferred), missing values in 1: amt "
+                    "(fedcredit party schema --dataset train prints the kinds)")
