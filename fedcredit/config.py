@@ -371,7 +371,8 @@ _PATH_FIELDS = {"ca_dir", "identity_dir", "state_dir", "path", "flower_public_ke
 def _resolve_paths(obj: Any, base: Path) -> Any:
     if isinstance(obj, dict):
         return {
-            k: (str((base / v).resolve()) if k in _PATH_FIELDS and isinstance(v, str) else _resolve_paths(v, base))
+            k: (str((base / v).resolve()) if k in _PATH_FIELDS and isinstance(v, str)
+                else v if k == "columns" else _resolve_paths(v, base))  # column names are data, not config keys
             for k, v in obj.items()
         }
     if isinstance(obj, list):

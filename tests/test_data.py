@@ -294,3 +294,14 @@ def test_startup_summary_says_what_was_inferred_and_where_values_are_missing(tmp
     line = table_summary(load_dataset(ds, party="bank"), ds, dataset="train")
     assert line == ("dataset 'train': 2 rows, 3 features (1 categorical, 2 inferred), missing values in 1: amt "
                     "(fedcredit party schema --dataset train prints the kinds)")
+
+
+def test_a_column_named_like_a_config_path_keeps_its_kind(tmp_path: Path) -> None:
+    from fedcredit.config import PartyConfig, parse_config
+
+    cfg = parse_config({"party": {"name": "bank", "identity_dir": "certs", "state_dir": "state"},
+                        "coordinator": {"flower_address": "127.0.0.1:1", "relay_address": "127.0.0.1:2"},
+                        "datasets": {"train": {"path": "t.csv", "columns": {"path": "categorical"},
+                                               "schema_file": "s.toml"}}}, PartyConfig, tmp_path / "bank.toml")
+    ds = cfg.dataset("train")
+    assert ds.columns == {"path": "categorical"} and ds.schema_file == (tmp_path / "s.toml").resolve()
