@@ -432,6 +432,7 @@ class BinningParams(Params):
     monotonic: Literal["none", "ascending", "descending", "auto"] = "auto"
     transform: Literal["woe", "indicators"] = "indicators"
     min_iv: float = Field(0.02, ge=0, allow_inf_nan=False, description="features with a lower IV are dropped")
+    only: bool = False  # a binning-only job: PSI, split, binning tables + selection, no model (read IV first)
     tag_prefix: str = Field("bin", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     timeout: float | None = Field(None, gt=0)  # per message; None = the job's round timeout
 
@@ -452,6 +453,7 @@ class VerticalLRModel(VerticalLRConfig, VerticalJobParams):
 
 class SecureBoostModel(SecureBoostConfig, VerticalJobParams):
     type: Literal["secureboost"] = "secureboost"
+    binning: BinningParams | None = None  # [model.binning]: IV selection before the trees (features stay raw)
 
 
 #: A job's ``[model]``: which schema applies is decided by ``[job].type`` (fedcredit.config.JobConfig tags it).

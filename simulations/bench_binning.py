@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,7 @@ from fedcredit.params import BinningParams
 from fedcredit.protocols.binning import min_rows_for
 from fedcredit.protocols.vertical_common import Standardizer
 from fedcredit.protocols.vertical_jobs import VerticalParty, hash_test_mask, run_vertical_party_core
-from fedcredit.transport import InMemoryHub
+from fedcredit.transport import InMemoryHub, Transport
 from simulations.inprocess import run_roles
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -98,14 +100,22 @@ def _federated(label: Table, passive: Table, fraction: float, bp: BinningParams,
                 "round_timeout_s": 900.0},
         "model": {"test_fraction": fraction, "split_seed": 0, "max_epochs": 30, "binning": bp.to_dict()}})
     tables = {"bank": label, "fintech": passive}
-    views = {p: VerticalParty(p, "bench", job, frozenset({"train"}), lambda k, p=p: tables[p], out / p)  # type: ignore[misc]
-             for p in tables}
+    views = {p: VerticalParty(p, "bench", job, frozenset({"train"}), _loader(tables[p]), out / p) for p in tables}
     t0 = time.perf_counter()
-    res = run_roles(InMemoryHub(default_timeout=900), {p: (lambda t, p=p: run_vertical_party_core(t, views[p]))
-                                                       for p in tables}, timeout_s=3600)
+    roles: dict[str, Callable[[Transport], dict[str, Any]]] = {
+        p: partial(_core, view=views[p]) for p in tables}
+    res = run_roles(InMemoryHub(default_timeout=900), roles, timeout_s=3600)
     wall = time.perf_counter() - t0
     doc = json.loads((out / "bank" / "models" / "bench" / "binning.json").read_text())
     return {"reply": res["bank"], "passive_reply": res["fintech"], "wall": wall, "binning": doc}
+
+
+def _core(t: Transport, *, view: VerticalParty) -> dict[str, Any]:
+    return run_vertical_party_core(t, view)
+
+
+def _loader(t: Table) -> Callable[[str], Table]:
+    return lambda key: t
 
 
 def bench(name: str, data: Path, out: Path) -> dict[str, Any]:
@@ -147,8 +157,8 @@ def bench(name: str, data: Path, out: Path) -> dict[str, Any]:
           f"({sum(k == 'categorical' for k in passive.kinds)} categorical, "
           f"{int(np.isnan(passive.X).any(axis=0).sum())} with missing values)")
     print(f"{'model':<60} {'AUC':>7} {'KS':>7} {'wall s':>8}")
-    for r in rows:
-        print(f"{r[0]:<60} {r[1]:7.4f} {r[2]:7.4f} {r[3]:8.2f}")
+    for label_, a_, k_, s_ in rows:
+        print(f"{label_:<60} {a_:7.4f} {k_:7.4f} {s_:8.2f}")
     print("passive party's IV table  (federated vs pooled, same train rows):")
     for t, r in zip([t for t in json.loads((out / f"{name}_woe" / "bank" / "models" / "bench" / "binning.json")
                                            .read_text())["binning"] if t["owner"] == "fintech"], ref):
