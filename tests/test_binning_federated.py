@@ -263,3 +263,15 @@ def test_federated_iv_equals_pooled_on_german_credit_through_the_loader(tmp_path
         lres, pres = _run(label, passive, params)
         assert label.y is not None
         _assert_equal(lres.passive["fintech"], _pooled(passive, label.y, params))
+
+
+def test_woe_mode_with_a_dropped_feature() -> None:
+    label, passive = _shared(3000)
+    params = BinningParams(transform="woe", min_iv=0.05)
+    lres, pres = _run(label, passive, params)
+    assert 0 < sum(pres.selected) < len(pres.selected)
+    assert pres.woe is not None
+    for j, (k, t) in enumerate(zip(pres.selected, lres.passive["fintech"])):
+        assert pres.woe[j] == (t.woe if k else [])
+        assert ("woe" in pres.tables("fintech")[j]) == k
+    assert list(pres.transform.woe) == [tuple(t.woe) for t, k in zip(lres.passive["fintech"], pres.selected) if k]

@@ -92,7 +92,7 @@ class PassiveBinning:
     bins: list[B.FeatureBins]
     counts: list[list[int]]  # rows per final bin (its own knowledge)
     selected: list[bool]
-    woe: list[list[float]] | None
+    woe: list[list[float]] | None  # woe mode: per feature, its bins' WOE ([] for a dropped feature)
     transform: BinningTransform
     seconds: float = 0.0
 
@@ -307,6 +307,7 @@ def run_binning_passive(transport: Transport, train: Table, label_party: str, *,
         if not isinstance(d, dict) or not isinstance(d.get("selected"), bool):
             raise ProtocolError(f"party '{me}': binning result for feature {j} has no 'selected' flag")
         fb = b
+        w_j: list[float] = []
         if d["selected"]:
             try:
                 fb = b.merged(d["merge"]) if method == "optimal" else b
@@ -318,15 +319,16 @@ def run_binning_passive(transport: Transport, train: Table, label_party: str, *,
                         not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in w):
                     raise ProtocolError(f"party '{me}': WOE for feature {j} from '{label_party}' does not fit its "
                                         f"{fb.n_bins} bins")
-                woes.append([float(v) for v in w])
+                w_j = [float(v) for v in w]
         fm = B.final_map(b, fb)
         fc = np.zeros(fb.n_bins, dtype=np.int64)
         np.add.at(fc, fm, np.asarray(c, dtype=np.int64))
         bins.append(fb)
         fcounts.append(fc.tolist())
         selected.append(bool(d["selected"]))
+        woes.append(w_j)
     kept = [b for b, k in zip(bins, selected) if k]
     tf = BinningTransform("woe" if transform == "woe" else "indicators", tuple(kept),
-                          tuple(tuple(w) for w in woes) if transform == "woe" else ())
+                          tuple(tuple(w) for w, k in zip(woes, selected) if k) if transform == "woe" else ())
     return PassiveBinning(bins, fcounts, selected, woes if transform == "woe" else None, tf,
                           time.perf_counter() - t0)
