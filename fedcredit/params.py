@@ -426,7 +426,8 @@ class BinningParams(Params):
 
     method: Literal["equal_freq", "optimal"] = "optimal"
     n_bins: int = Field(10, ge=2, le=100, description="equal_freq: value bins per feature")
-    n_prebins: int = Field(20, ge=2, le=200, description="optimal: equal-frequency prebins merged from counts")
+    n_prebins: int = Field(20, ge=2, le=64, description="optimal: equal-frequency prebins merged from counts (an "
+                           "exact O(prebins^3 * max_bins) merge, one ciphertext each)")
     max_bins: int = Field(8, ge=2, le=100, description="optimal: at most this many value bins per feature")
     min_bin_size: float = Field(0.05, gt=0, allow_inf_nan=False)
     monotonic: Literal["none", "ascending", "descending", "auto"] = "auto"

@@ -12,7 +12,7 @@ import pytest
 
 from crypto import ckks
 from fedcredit import binning as B
-from fedcredit.codec import unpack, unpack_blobs
+from fedcredit.codec import pack_blobs, unpack, unpack_blobs
 from fedcredit.data import Table
 from fedcredit.errors import ConfigError, ProtocolError, SecurityError
 from fedcredit.params import BinningParams
@@ -237,7 +237,8 @@ def test_label_party_refuses_a_tampered_count() -> None:
         v[0] = 0.4  # slot sum 0.4: not an integer count
         bad = ckks.encrypt_chunks(pub, v, len(v))
         t.send("bank", Tags().counts, pack({"features": [{"n_bins": 2, "kind": "numeric"}]},
-                                           {"counts": np.array([300, 300])}, {"0": bad[0], "1": bad[0]}))
+                                           {"counts": np.array([300, 300])}))
+        t.send("bank", Tags().events(0), pack_blobs([bad[0], bad[0]]))
         t.recv("bank", "never", 30)
 
     with pytest.raises(ProtocolError, match="not an integer count"):
@@ -275,3 +276,9 @@ def test_woe_mode_with_a_dropped_feature() -> None:
         assert pres.woe[j] == (t.woe if k else [])
         assert ("woe" in pres.tables("fintech")[j]) == k
     assert list(pres.transform.woe) == [tuple(t.woe) for t, k in zip(lres.passive["fintech"], pres.selected) if k]
+
+
+def test_binning_vocabulary() -> None:
+    t = Tags("bin")
+    assert [t.setup, t.ctx, t.y, t.counts, t.events(3), t.result] == [
+        "bin/setup", "bin/ctx", "bin/y", "bin/counts", "bin/events/3", "bin/result"]
