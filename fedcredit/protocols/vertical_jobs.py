@@ -59,6 +59,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from crypto.files import write_text
 from fedcredit.checkpoint import CheckpointStore, NoCheckpoint, agree_step
 from fedcredit.codec import loads_json
 from fedcredit.config import JobConfig
@@ -339,6 +340,59 @@ def _psi_or_resume(tr: Transport, rt: VerticalParty, store: CheckpointStore, tab
     return psi
 
 
+def _binning_step(tr: Transport, rt: VerticalParty, train: Table, test: Table, label: str, passives: list[str],
+                  model_dir: Path, *, select_only: bool) -> tuple[Table, Table, dict[str, Any]] | None:
+    """``[model.binning]``: federated binning on the train rows, IV selection, then each party's transform.
+
+    ``select_only`` (SecureBoost, which bins natively): only the IV selection is applied, the
+    kept features stay raw, and no WOE is sent to a passive party whatever ``transform`` says.
+
+    Writes ``binning.json`` (``"binning"``: this party's binning tables — at the label party also
+    every passive party's, by bin index only; ``"selection"``) beside the model part, for the
+    run report; the public reply gets only counts (features in / kept).
+    """
+    m = _vertical_model(rt.job)
+    bp = getattr(m, "binning", None)
+    if bp is None:
+        return None
+    from fedcredit.protocols.binning import run_binning_label, run_binning_passive
+
+    timeout = bp.timeout or rt.job.job.round_timeout_s
+    t0 = time.perf_counter()
+    if select_only:
+        bp = bp.model_copy(update={"transform": "indicators"})
+    if rt.name == label:
+        res = run_binning_label(tr, train, passives, bp, timeout=timeout)
+        tf = res.transform
+        doc = {"binning": [t.to_dict() for t in res.tables()], "selection": res.selection()}
+        kept = sum(res.selected_own) + sum(sum(v) for v in res.selected_passive.values())
+        n_in = len(res.selected_own) + sum(len(v) for v in res.selected_passive.values())
+    else:
+        pres = run_binning_passive(tr, train, label, timeout=timeout, tag_prefix=bp.tag_prefix)
+        tf = pres.transform
+        doc = {"binning": pres.tables(rt.name), "selection": pres.selection(rt.name, bp.min_iv)}
+        kept, n_in = sum(pres.selected), len(pres.selected)
+    write_text(model_dir / "binning.json", json.dumps(doc, indent=2))
+    unknown: dict[str, int] = {}
+    if select_only:
+        new_train, new_test = train.select(tf.input_names), test.select(tf.input_names)
+    else:
+        new_train, _ = tf.apply_table(train)
+        new_test, unknown = tf.apply_table(test)
+    _say(rt, f"binning ({bp.method}, {bp.transform}): {kept} of {n_in} features kept (IV >= {bp.min_iv})"
+             + (f"; unknown categories in the test rows (treated as missing): {unknown}" if unknown else ""))
+    return new_train, new_test, {"binning_features": n_in, "binning_kept": kept, "binning_only": bp.only,
+                                 "binning_s": round(time.perf_counter() - t0, 3), "_transform": tf}
+
+
+def _attach_transform(path: Path, tf: Any) -> None:
+    """Add the binning transform and the raw input schema to a saved LR part (scoring bins before the LR)."""
+    doc = json.loads(path.read_text())
+    doc["binning"] = tf.to_dict()
+    doc["input_schema"] = tf.schema_dict()
+    write_text(path, json.dumps(doc, indent=2))
+
+
 def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) -> dict[str, Any]:
     from fedcredit.protocols.psi import save_intersection
 
@@ -409,8 +463,15 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
     files: list[str] = []
     metrics: dict[str, Any] | None = None
     extra: dict[str, Any] = {}
+    binned = _binning_step(tr, rt, train, test, label, passives, model_dir, select_only=not isinstance(cfg, VerticalLRConfig))
+    bextra: dict[str, Any] = {}
+    if binned is not None:
+        train, test, bextra = binned
+    binning_only = bool(bextra.get("binning_only"))
     test_arg = test if len(test) else None
-    if isinstance(cfg, VerticalLRConfig):
+    if binning_only:  # [model.binning].only: the modeller reads the IV tables before any training
+        _say(rt, "binning only ([model.binning].only = true): no model trained")
+    elif isinstance(cfg, VerticalLRConfig):
         from fedcredit.protocols import vertical_lr as vlr
 
         require_numbers(train, test, why="vertical LR has no rule for missing values or categories; add a binning "
@@ -451,6 +512,12 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
             part.save(model_dir / f"secureboost_{me}_model.json")
             files += [f"secureboost_{me}_model.json"]
             extra = {"splits": len(part.splits)}
+    if binned is not None:
+        tf = bextra.pop("_transform")
+        if not binning_only and isinstance(cfg, VerticalLRConfig):
+            _attach_transform(model_dir / f"vertical_lr_{me}_model.json", tf)
+        files += ["binning.json"]
+        extra.update(bextra)
     timings["train_and_eval"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     traffic = tr.snapshot()
