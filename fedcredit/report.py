@@ -526,7 +526,7 @@ def _sections(doc: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(doc.get("psi"), Mapping):
         psi = doc["psi"]
         items = ([psi["score"]] if isinstance(psi.get("score"), Mapping) else []) + list(psi.get("features") or [])
-        v["psi"] = {**psi, "items": items, "chart": _chart_psi(items),
+        v["psi"] = {**psi, "rows": items, "chart": _chart_psi(items),
                     "bin_charts": [c for c in (_chart_psi_bins(i) for i in items) if c]}
     if isinstance(doc.get("run"), Mapping):
         v["run"] = doc["run"]
