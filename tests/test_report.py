@@ -356,3 +356,27 @@ decision_log = "{tmp_path / (name + '.jsonl')}"
 def test_report_files_are_owner_only(tmp_path: Path) -> None:
     path = write_report({"title": "t", "data": {"rows": 0, "features": [], "n_features": 0, "what": "rows"}}, tmp_path)
     assert (path.stat().st_mode & 0o077) == 0 and ((tmp_path / "report.json").stat().st_mode & 0o077) == 0
+
+
+def test_cli_prints_each_partys_report_path_at_the_end_of_a_run() -> None:
+    """``fedcredit train`` / ``status`` print the run record (``print_run``): each party's report path, as the
+    party's public reply carries it (relative to that party's state dir)."""
+    import io
+
+    from rich.console import Console
+
+    from fedcredit.progress import print_run
+    from protos import control_pb2
+
+    result = {"global": {"auc": 0.8, "ks": 0.5, "n_test": 10},
+              "parties": {"bank": {"role": "label", "report": "models/r-9/report.html"},
+                          "fintech": {"role": "passive", "report": "models/r-9/report.html"},
+                          "telco": {"role": "passive", "report": None}}}  # a report that could not be written
+    info = control_pb2.RunInfo(run_id="r-9", name="j", type="vertical-lr", status="finished",
+                               result_json=json.dumps(result))
+    out = io.StringIO()
+    print_run(info, Console(file=out, width=200, markup=False))
+    lines = out.getvalue().splitlines()
+    assert "    bank: <state_dir>/models/r-9/report.html" in lines
+    assert "    fintech: <state_dir>/models/r-9/report.html" in lines
+    assert not any("telco:" in x for x in lines)
