@@ -7,6 +7,7 @@ import argparse
 import csv
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         raise ConfigError(f"decision log {log} has no decision of run '{run}' (fallback answers are not counted)")
     model_dir = state / "models" / run
     if not model_dir.exists():  # horizontal runs keep their model dir under a file-system-safe name
-        model_dir = state / "models" / "".join(c if c.isalnum() or c in "_-" else "_" for c in run)
+        model_dir = state / "models" / re.sub(r"[^A-Za-z0-9_-]", "_", run)  # = protocols.horizontal._safe
     ref = load_reference(Path(args.reference) if args.reference else model_dir / "reference.json")
     res = population_stability(ref, lines)
     items = ([res["score"]] if "score" in res else []) + res["features"]

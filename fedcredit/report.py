@@ -501,11 +501,11 @@ def _sections(doc: Mapping[str, Any]) -> dict[str, Any]:
         v["data"] = doc["data"]
     tables = [t for t in doc.get("binning") or [] if isinstance(t, Mapping)]
     if tables:
-        v["binning"] = [{"feature": _feature(t), "kind": t.get("kind"), "total_iv": _total_iv(t),
+        v["binning"] = [{"feature": _feature(t), "kind": t.get("kind"), "owner": t.get("owner"), "total_iv": _total_iv(t),
                          "rows": _bin_rows(t), "chart": _chart_binning(t)} for t in tables]
         v["iv_chart"] = _chart_iv(tables)
     if isinstance(doc.get("selection"), Mapping):
-        v["selection"] = doc["selection"]
+        v["selection"] = _selection(doc["selection"])
     conv = [r for r in doc.get("convergence") or [] if isinstance(r, Mapping)]
     if conv:
         v["convergence"] = {"rows": conv, "chart": _chart_convergence(conv)}
@@ -531,6 +531,24 @@ def _sections(doc: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(doc.get("run"), Mapping):
         v["run"] = doc["run"]
     return v
+
+
+def _selection(sel: Mapping[str, Any]) -> dict[str, Any]:
+    """Rows ``{feature, owner, iv, kept}`` from either documented shape: ``features: [{feature, owner?, iv?,
+    selected}]`` (+ ``min_iv``), or ``selected`` / ``dropped`` lists of names or ``{feature, iv}``."""
+    rows: list[dict[str, Any]] = []
+    if isinstance(sel.get("features"), list):
+        for f in sel["features"]:
+            if isinstance(f, Mapping):
+                rows.append({"feature": f.get("feature"), "owner": f.get("owner"), "iv": f.get("iv"),
+                             "kept": bool(f.get("selected"))})
+    else:
+        for key, kept in (("selected", True), ("dropped", False)):
+            for f in sel.get(key) or []:
+                m = f if isinstance(f, Mapping) else {"feature": f}
+                rows.append({"feature": m.get("feature"), "owner": m.get("owner"), "iv": m.get("iv"), "kept": kept})
+    threshold = sel.get("threshold", sel.get("min_iv"))
+    return {"threshold": threshold, "rows": rows}
 
 
 def _generic(value: Any) -> Any:
@@ -615,6 +633,11 @@ def vertical_report(*, model_dir: Path, state_dir: Path, reply: Mapping[str, Any
                       job_type=str(reply.get("type", "")))
     b.put("run", {k: v for k, v in reply.items() if not isinstance(v, (dict, list))})
     b.data(train)
+    binning = model_dir / "binning.json"  # the binning step's tables and selection, when the job bins
+    if binning.exists():
+        saved = json.loads(binning.read_text(encoding="utf-8"))
+        for k in ("binning", "selection"):
+            b.put(k, saved.get(k))
     for k, v in (sections or {}).items():
         b.put(k, v)
     b.evaluate("federated (joint model)", test_y, test_scores)

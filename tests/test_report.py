@@ -380,3 +380,33 @@ def test_cli_prints_each_partys_report_path_at_the_end_of_a_run() -> None:
     assert "    bank: <state_dir>/models/r-9/report.html" in lines
     assert "    fintech: <state_dir>/models/r-9/report.html" in lines
     assert not any("telco:" in x for x in lines)
+
+
+def test_binning_step_output_is_picked_up_and_both_selection_shapes_render(tmp_path: Path) -> None:
+    """The binning step writes ``binning.json`` (``binning`` + ``selection``) beside the model part; the
+    vertical hook renders it.  A passive party's own tables may have counts only (no label-derived column)."""
+    from fedcredit.report import vertical_report
+
+    model_dir = tmp_path / "models" / "r-3"
+    model_dir.mkdir(parents=True)
+    passive_tables = [{"feature": EVIL, "owner": "fintech", "kind": "categorical", "labels": ["a", "b", "missing"],
+                       "counts": [200, 193, 7], "selected": True}]
+    sel = {"min_iv": 0.02, "features": [{"feature": EVIL, "owner": "fintech", "selected": True},
+                                        {"feature": "amount", "owner": "fintech", "selected": False}],
+           "selected": [EVIL]}
+    (model_dir / "binning.json").write_text(json.dumps({"binning": passive_tables, "selection": sel}))
+    t = _table()
+    t.y = None
+    rel = vertical_report(model_dir=model_dir, state_dir=tmp_path, train=t,
+                          reply={"role": "passive", "type": "vertical-lr", "run_id": "r-3", "bytes_sent": 10})
+    assert rel == "models/r-3/report.html"
+    doc = json.loads((model_dir / "report.json").read_text())
+    assert doc["binning"] == passive_tables and doc["selection"] == sel
+    page = Page((model_dir / "report.html").read_text())
+    assert page.sections == ["run", "data", "binning", "selection", "sent"]
+    _self_contained(page)
+    text = page.all_text
+    assert "rule: IV ≥ 0.0200" in text and "held by fintech" in text and "193" in text
+    # the other documented selection shape: selected / dropped lists
+    html = render_html({"selection": {"threshold": 0.1, "selected": ["a"], "dropped": [{"feature": "b", "iv": 0.01}]}})
+    assert "rule: IV ≥ 0.1000" in Page(html).all_text and "0.0100" in Page(html).all_text
