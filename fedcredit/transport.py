@@ -146,7 +146,7 @@ class CountingTransport:
         self.bytes_received = 0
         self.messages_sent = 0
         self.messages_received = 0
-        self._by_tag: dict[tuple[str, str], list[int]] = {}  # (receiver, tag) -> [messages, bytes] sent
+        self._by_tag: dict[tuple[str, str], list[int]] = {}  # (receiver, tag kind) -> [messages, bytes] sent
 
     @property
     def me(self) -> str:
@@ -156,7 +156,8 @@ class CountingTransport:
         self.inner.send(to, tag, payload)
         self.bytes_sent += len(payload)
         self.messages_sent += 1
-        c = self._by_tag.setdefault((to, tag), [0, 0])
+        kind = "/".join(seg for seg in tag.split("/") if not seg.isdigit())  # "vlr/g/3/1" -> "vlr/g": bounded
+        c = self._by_tag.setdefault((to, kind), [0, 0])
         c[0] += 1
         c[1] += len(payload)
 
@@ -178,5 +179,6 @@ class CountingTransport:
         }
 
     def sent_by_tag(self) -> list[dict[str, Any]]:
-        """What this party sent, per receiver and message tag (for its own report: "what it sent")."""
+        """What this party sent per receiver and message kind (the tag without its round/step numbers), for
+        its own report's "what it sent"."""
         return [{"to": to, "tag": tag, "messages": m, "bytes": b} for (to, tag), (m, b) in sorted(self._by_tag.items())]

@@ -187,6 +187,7 @@ def test_vertical_label_and_passive_reports(tmp_path: Path) -> None:
     assert pas["sent"]["bytes_sent"] == rep["parties"][passive]["bytes_sent"]
     assert sum(r["bytes"] for r in pas["sent"]["by_tag"]) == pas["sent"]["bytes_sent"]
     assert {r["to"] for r in pas["sent"]["by_tag"]} == {label}
+    assert not any(seg.isdigit() for r in pas["sent"]["by_tag"] for seg in r["tag"].split("/"))  # kinds, bounded
     assert Page((models[passive] / "report.html").read_text()).sections == ["run", "data", "sent"]
     assert not (models[passive] / "reference.json").exists()  # a passive party decides nothing: no PSI reference
 
