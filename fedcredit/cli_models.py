@@ -1,5 +1,5 @@
-"""CLI subcommands for the party model store and scoring (``fedcredit party models ...``,
-``fedcredit score ...``).  Kept apart from cli.py so the deployment/scoring code owns them."""
+"""CLI subcommands for the party model store, scoring and monitoring (``fedcredit party models ...``,
+``fedcredit party monitor``, ``fedcredit score ...``).  Kept apart from cli.py so the deployment/scoring code owns them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import csv
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ def cmd_models_export(args: argparse.Namespace) -> int:
 
 
 def register_party_commands(party_sub: Any) -> None:
-    """Add ``models`` (list/install/activate/rollback/export) under ``fedcredit party``."""
+    """Add ``models`` (list/install/activate/rollback/export) and ``monitor`` under ``fedcredit party``."""
     models = party_sub.add_parser("models", help="installed model versions (signed artifacts)").add_subparsers(
         dest="models_cmd", required=True)
 
@@ -120,6 +121,66 @@ def register_party_commands(party_sub: Any) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--decision", help="TOML with a [decision] section (score scale)")
     p.set_defaults(func=cmd_models_export)
+
+    p = party_sub.add_parser("monitor", help="population stability (PSI) of the score and this party's own "
+                                             "features: decision log vs the training reference")
+    p.add_argument("--config", required=True, help="the deciding party's config (party.toml)")
+    p.add_argument("--run", help="the training run whose model scored (default: the run of the latest decision)")
+    p.add_argument("--log", help="decision log (default: [scoring].decision_log or <state_dir>/decisions.jsonl)")
+    p.add_argument("--reference", help="training reference (default: <state_dir>/models/<run>/reference.json)")
+    p.add_argument("--out", help="HTML report (default: <state_dir>/models/<run>/monitor.html, JSON beside it)")
+    p.add_argument("--json", action="store_true", help="print the PSI figures as JSON instead of a table")
+    p.set_defaults(func=cmd_monitor)
+
+
+# --------------------------------------------------------------------------- monitoring
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from fedcredit.config import load_party_config
+    from fedcredit.monitor import load_reference, population_stability
+    from fedcredit.progress import console
+    from fedcredit.report import ReportBuilder, write_report
+    from party.audit import read_decisions
+
+    cfg = load_party_config(args.config)
+    state = Path(cfg.party.state_dir)
+    sc = cfg.scoring
+    log = Path(args.log) if args.log else (sc.decision_log if sc and sc.decision_log else state / "decisions.jsonl")
+    lines = read_decisions(log)
+    run = args.run or next((str(d["run_id"]) for d in reversed(lines) if d.get("run_id")), None)
+    if run is None:
+        raise ConfigError(f"decision log {log} has no decisions yet: nothing to monitor (name a run with --run)")
+    lines = [d for d in lines if d.get("run_id") == run and not d.get("fallback")]
+    if not lines:
+        raise ConfigError(f"decision log {log} has no decision of run '{run}' (fallback answers are not counted)")
+    model_dir = state / "models" / run
+    if not model_dir.exists():  # horizontal runs keep their model dir under a file-system-safe name
+        model_dir = state / "models" / re.sub(r"[^A-Za-z0-9_-]", "_", run)  # = protocols.horizontal._safe
+    ref = load_reference(Path(args.reference) if args.reference else model_dir / "reference.json")
+    res = population_stability(ref, lines)
+    items = ([res["score"]] if "score" in res else []) + res["features"]
+    b = ReportBuilder(party=cfg.party.name, role="monitor", run_id=run, job_type="population stability",
+                      title=f"population stability of run {run} — party {cfg.party.name}")
+    b.put("psi", res)
+    out = Path(args.out) if args.out else model_dir / "monitor.html"
+    html = write_report(b.to_dict(), out.parent, stem=out.stem)
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    t = Table(title=f"PSI: {res['n_decisions']} decisions of run {run} vs its training reference")
+    for col in ("what", "PSI", "band", "rows", "missing"):
+        t.add_column(col)
+    styles = {"stable": "green", "watch": "yellow", "act": "bold red"}
+    for i in items:
+        t.add_row(str(i["name"]), "-" if i["psi"] is None else f"{i['psi']:.4f}", i["band"], str(i["n"]),
+                  str(i["missing"]), style=styles.get(i["band"]))
+    console.print(t)
+    console.print(res["convention"])
+    console.print(f"report: {html}")
+    return 0
 
 
 # --------------------------------------------------------------------------- batch scoring

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 __all__ = ["console", "err_console", "styled", "describe", "LiveProgress", "follow", "print_run", "print_result",
-           "print_summary", "print_parties", "liveness_text", "fmt_time"]
+           "print_summary", "print_reports", "print_parties", "liveness_text", "fmt_time"]
 
 #: Piped to a file or a log, rich would squeeze tables into 80 columns and cut run ids; use a wide page there.
 #: Markup is off on both: our messages quote config sections (``[coordinator].relay_port``, ``[[parties]]``)
@@ -183,9 +183,20 @@ def print_result(result: Mapping[str, Any], con: Console | None = None) -> None:
         for p, m in parties.items():
             t.add_row(p, *[f"{m.get(k):.4f}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k in keys])
         con.print(t)
+    print_reports(parties, con)
     if result.get("dropped"):
         for p, why in result["dropped"].items():
             con.print(styled("  ", ("dropped", "yellow"), f" {p}: {why}"))
+
+
+def print_reports(parties: Mapping[str, Any], con: Console | None = None) -> None:
+    """Where each party wrote its run report (fedcredit/report.py): a path under that party's own state dir."""
+    con = con or console
+    reports = {p: m["report"] for p, m in parties.items() if isinstance(m, dict) and isinstance(m.get("report"), str)}
+    if reports:
+        con.print("  reports (each at its own party, under its state dir):", markup=False)
+        for p, path in reports.items():
+            con.print(f"    {p}: <state_dir>/{path}", markup=False, highlight=False)
 
 
 def print_summary(report: Mapping[str, Any], con: Console | None = None) -> None:
@@ -200,6 +211,7 @@ def print_summary(report: Mapping[str, Any], con: Console | None = None) -> None
             t.add_row(p, _f(m.get("auc")), _f(m.get("ks")), str(m.get("n_test", "")))
     t.add_row(Text("global (all banks' test rows)", style="bold"), _f(g.get("auc")), _f(g.get("ks")), str(g.get("n_test", "")))
     con.print(t)
+    print_reports(report.get("parties") or {}, con)
     status = report.get("status", "finished")
     con.print(f"status: {status}  wall time: {report.get('wall_time_s')} s"
               + (f"  error: {report['error']}" if report.get("error") else ""), markup=False)

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from fedcredit.errors import PeerAborted, ProtocolError
 
@@ -146,6 +146,7 @@ class CountingTransport:
         self.bytes_received = 0
         self.messages_sent = 0
         self.messages_received = 0
+        self._by_tag: dict[tuple[str, str], list[int]] = {}  # (receiver, tag kind) -> [messages, bytes] sent
 
     @property
     def me(self) -> str:
@@ -155,6 +156,10 @@ class CountingTransport:
         self.inner.send(to, tag, payload)
         self.bytes_sent += len(payload)
         self.messages_sent += 1
+        kind = "/".join(seg for seg in tag.split("/") if not seg.isdigit())  # "vlr/g/3/1" -> "vlr/g": bounded
+        c = self._by_tag.setdefault((to, kind), [0, 0])
+        c[0] += 1
+        c[1] += len(payload)
 
     def recv(self, frm: str, tag: str, timeout: float | None = None) -> bytes:
         b = self.inner.recv(frm, tag, timeout)
@@ -172,3 +177,8 @@ class CountingTransport:
             "messages_sent": self.messages_sent,
             "messages_received": self.messages_received,
         }
+
+    def sent_by_tag(self) -> list[dict[str, Any]]:
+        """What this party sent per receiver and message kind (the tag without its round/step numbers), for
+        its own report's "what it sent"."""
+        return [{"to": to, "tag": tag, "messages": m, "bytes": b} for (to, tag), (m, b) in sorted(self._by_tag.items())]

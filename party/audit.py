@@ -203,7 +203,11 @@ class AuditLog(JsonlLog):
 
 
 class DecisionLog(JsonlLog):
-    """The deciding party's log of decisions (no feature values), flushed in the background."""
+    """The deciding party's log of decisions, flushed in the background.
+
+    A line holds the decision and, under ``features``, the deciding party's own model inputs as
+    given (never a passive party's): ``fedcredit party monitor`` needs them for PSI per feature.
+    """
 
     def __init__(self, path: Path | str, flush_interval: float = 0.05) -> None:
         super().__init__(path, what="decision log", flush_interval=flush_interval)
@@ -212,11 +216,11 @@ class DecisionLog(JsonlLog):
         self.append(records)
 
 
-def _lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _lines(path: Path, what: str = "audit log") -> list[tuple[int, dict[str, Any]]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"audit log {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     out = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -224,9 +228,9 @@ def _lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
         try:
             obj = json.loads(line)
         except ValueError as exc:
-            raise ConfigError(f"audit log {path} line {lineno} is not JSON ({exc})") from None
+            raise ConfigError(f"{what} {path} line {lineno} is not JSON ({exc})") from None
         if not isinstance(obj, dict):
-            raise ConfigError(f"audit log {path} line {lineno} is not a JSON object")
+            raise ConfigError(f"{what} {path} line {lineno} is not a JSON object")
         out.append((lineno, obj))
     return out
 
@@ -258,6 +262,14 @@ def read_policy_events(path: Path | str) -> list[PolicyEvent]:
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"audit log {path} line {lineno} is malformed ({exc}); expected keys {names}") from None
     return out
+
+
+def read_decisions(path: Path | str, run_id: str | None = None) -> list[dict[str, Any]]:
+    """The decision log's lines (only those of ``run_id`` when given); ConfigError names a malformed line."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"decision log {path} does not exist (the scoring service writes it; see [scoring].decision_log)")
+    return [obj for _, obj in _lines(path, "decision log") if run_id is None or obj.get("run_id") == run_id]
 
 
 def read_audit_events(path: Path | str, event: str | None = None) -> list[dict[str, Any]]:

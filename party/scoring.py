@@ -27,7 +27,8 @@ label-party-only fallback model answers, marked ``fallback``); a missing feature
 model version mismatch between parties is a clear error.
 
 Every decision is appended to the deciding party's JSONL decision log (caller, model
-version, score, decision, reasons, each party's contribution) for audit.
+version, score, decision, reasons, each party's contribution, and the deciding party's own
+model inputs as given — ``fedcredit party monitor`` computes their PSI) for audit.
 """
 
 from __future__ import annotations
@@ -665,6 +666,7 @@ class ScoringService:
                         "model_hash": used.manifest.model_hash, "pd": d["pd"], "score": d["score"],
                         "decision": d["decision"], "credit_limit": d["credit_limit"], "reasons": d["reasons"],
                         "party_contributions": d["party_contributions"], "fallback": bool(fallback_reason),
+                        "features": _logged_features(a, used.inputs.feature_names),
                         **({"notes": d["notes"]} if unknown[k] else {})})
         if self.log is not None:
             self.log.write(log)
@@ -690,6 +692,16 @@ class ScoringService:
             self.log.close()
         if self.audit is not None:
             self.audit.close()
+
+
+def _logged_features(app: Application, names: Sequence[str]) -> dict[str, Any]:
+    """The deciding party's own inputs of the scoring model, as given (missing/NaN -> null), for
+    ``fedcredit party monitor``'s PSI per feature; a passive party's features never reach this party."""
+    out: dict[str, Any] = {}
+    for n in names:
+        v = app.features.get(n)
+        out[n] = None if v is None or (isinstance(v, float) and not np.isfinite(v)) else v
+    return out
 
 
 def _matrix(party: str, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[int]]:

@@ -81,6 +81,12 @@ def test_encrypted_fedavg_job_completes_and_coordinator_sees_no_plaintext(fed: L
         flats[bank] = load_model(path).model.get_flat()
     ref = flats["bank1"]
     assert all(np.allclose(v, ref, atol=1e-9) for v in flats.values())
+    # ... and its own run report beside it (fedcredit/report.py); the coordinator learns only the path
+    for bank in BANKS:
+        assert result["parties"][bank]["report"] == f"models/{run_id}/report.html"
+        doc = json.loads((fed.root / "state" / bank / "models" / run_id / "report.json").read_text())
+        assert [e["model"] for e in doc["evaluation"]][:2] == ["federated", "local only"]
+        assert (fed.root / "state" / bank / "models" / run_id / "report.html").stat().st_size > 10_000
 
     # privacy: everything the coordinator received during the run
     everything = sorted(fed.capture.glob("*.bin"))  # type: ignore[attr-defined]

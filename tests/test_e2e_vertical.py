@@ -145,6 +145,8 @@ def _check_privacy(fed: LocalFederation, run_id: str, result: dict[str, Any]) ->
 
     # the fintech keeps no labels: nothing 0/1 per row anywhere in what it stored for this run
     st = fed.root / "state" / "fintech"
+    own_report = json.loads((st / "models" / run_id / "report.json").read_text())  # its run report: no label figure
+    assert own_report["role"] == "passive" and not {"evaluation", "convergence", "trees"} & set(own_report)
     for f in [*(st / "models" / run_id).iterdir(), *(st / "runs" / run_id).rglob("*")]:
         if not f.is_file():
             continue
@@ -152,8 +154,10 @@ def _check_privacy(fed: LocalFederation, run_id: str, result: dict[str, Any]) ->
         assert '"y"' not in text and "label_column" not in text
         if f.suffix == ".json":
             for node in _walk(json.loads(text)):
-                if isinstance(node, list) and len(node) >= 50:
+                if isinstance(node, list) and len(node) >= 50 and not any(isinstance(v, (dict, list)) for v in node):
                     assert not set(node) <= {0, 1}, f"{f}: a 0/1 vector of {len(node)} values"
+        elif f.suffix == ".html":  # its own run report, rendered from report.json (checked above)
+            assert f.name == "report.html"
         else:  # the aligned intersection: exactly the true common ids
             assert f.name == "intersection.txt" and len(text.split()) == n_common
 
@@ -183,7 +187,8 @@ def test_psi_and_vertical_lr_job(fed: LocalFederation) -> None:
     assert bm["feature_names"] == BANK_FEATURES and len(bm["weights"]) == 13
     assert fm["feature_names"] == FINTECH_FEATURES and len(fm["weights"]) == 10
     assert not set(BANK_FEATURES) & set(json.dumps(fm).split('"')) and "f0" not in json.dumps(bm)
-    assert sorted(p.name for p in mf.iterdir()) == ["vertical_lr_fintech_model.json"]
+    assert sorted(p.name for p in mf.iterdir()) == ["report.html", "report.json", "vertical_lr_fintech_model.json"]
+    assert fintech["report"] == f"models/{run_id}/report.html" and bank["report"] == fintech["report"]
     report = json.loads((mb / "vertical_lr_report.json").read_text())
     assert report["auc"] == pytest.approx(auc, abs=1e-6)
     assert (mb / "vertical_lr_roc_ks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -27,7 +27,7 @@ from simulations.vertical_sim import run_vertical_inprocess
 PUBLIC_KEYS = {"role", "type", "run_id", "intersection_size", "own_rows", "n_train", "n_test", "split", "psi_s",
                "model_s", "total_s", "psi_bytes_sent", "bytes_sent", "bytes_received", "messages_sent",
                "messages_received", "model_files", "epochs_run", "best_epoch", "steps", "n_trees",
-               "splits_by_party", "splits", "metrics"}
+               "splits_by_party", "splits", "metrics", "report"}
 
 
 def _small_scenario(tmp_path: Path, name: str, rows: int, model: dict[str, Any]) -> Path:
@@ -66,7 +66,12 @@ def _check_report(report: dict[str, Any], out: Path, min_auc: float) -> None:
     models = {p: Path(d) for p, d in report["models"].items()}
     for p in ("bank", "fintech"):
         assert set(report["parties"][p]["model_files"]) <= {f.name for f in models[p].iterdir()}
-    assert not any("report" in f.name for f in models["fintech"].iterdir())
+    assert not any("_report" in f.name or "roc_ks" in f.name for f in models["fintech"].iterdir())
+    # the passive party's own run report (fedcredit/report.py): its data and what it sent, nothing label-derived
+    passive = json.loads((models["fintech"] / "report.json").read_text())
+    assert passive["role"] == "passive" and "sent" in passive and "data" in passive
+    assert not {"evaluation", "convergence", "trees"} & set(passive)
+    assert fintech["report"] == f"models/{report['run_id']}/report.html"
     saved = json.loads((out / "report.json").read_text())
     assert saved["global"] == g
 

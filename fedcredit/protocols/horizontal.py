@@ -181,6 +181,17 @@ def local_update(
     return model.get_flat()
 
 
+def local_only_scores(job: HorizontalJob, train: Table, test: Table) -> np.ndarray:
+    """A bank's local-only baseline for its report: the federation's model and optimiser on its own rows
+    (its own standardisation, ``rounds x local_epochs`` epochs), scored on its test rows."""
+    assert train.y is not None
+    mean, std = standardizer_from_sums(local_stats(train.X), train.n_features, job.standardize)
+    model = build_model(job, train.n_features)
+    model.fit_local((train.X - mean) / std, train.y, epochs=job.rounds * job.local_epochs, lr=job.lr,
+                    batch_size=job.batch_size, seed=job.seed)
+    return model.predict_proba((test.X - mean) / std)
+
+
 # --------------------------------------------------------------------------- party role
 
 
@@ -449,10 +460,18 @@ class _Party:
             meta["encoding"] = enc.to_dict()
         path = save_model(out_dir / "global_model.json", model, mean=mean, std=std, feature_names=t.feature_names, meta=meta)
         (out_dir / "metrics.json").write_text(json.dumps({"party": self.env.name, "local_test": m}, indent=1))
+        from fedcredit.report import horizontal_report  # this bank's own report: nothing in it leaves the party
+
+        p_fed = model.predict_proba((test.X - mean) / std) if test is not None else None
+        m = {**m, "report": horizontal_report(
+            model_dir=out_dir, run_id=job.run_id, family=job.family, train=t, test=test, federated=p_fed,
+            local_only=lambda tt: local_only_scores(job, t, tt),
+            train_scores=lambda: model.predict_proba((t.X - mean) / std),
+            run={k: v for k, v in meta.items() if k != "local_test"})}
         out_b: dict[str, bytes] = {}
         if test is not None:
-            assert test.y is not None
-            hist = metrics.score_histogram(test.y, model.predict_proba((test.X - mean) / std), bins=job.hist_bins)
+            assert test.y is not None and p_fed is not None
+            hist = metrics.score_histogram(test.y, p_fed, bins=job.hist_bins)
             out_b["hist"] = self._encrypt(ctx, "histogram", hist.ravel())
         if header.get("metrics_party") != self.env.name:  # no further decryption asked of this party
             self._drop_key(job.run_id, state)
@@ -472,6 +491,10 @@ class _Party:
         if np.any(np.abs(raw - hist) > 0.25) or np.any(hist < 0):
             raise ProtocolError(f"party '{self.env.name}': the summed score histogram does not hold counts")
         a, k = metrics.auc_ks_from_histogram(hist)
+        from fedcredit.report import add_figures
+
+        add_figures(Path(self.env.output_dir) / _safe(job.run_id), "federated, all banks' test rows",
+                    {"auc": _num(a), "ks": _num(k), "n_test": int(hist.sum())}, note="from the summed histogram")
         return {"auc": _num(a), "ks": _num(k), "n_test": int(hist.sum())}, {}
 
     def end(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):

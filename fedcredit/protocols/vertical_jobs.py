@@ -463,11 +463,15 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
     files: list[str] = []
     metrics: dict[str, Any] | None = None
     extra: dict[str, Any] = {}
+    raw_train = train  # the report's data summary describes the party's own columns, not their WOE/indicators
     binned = _binning_step(tr, rt, train, test, label, passives, model_dir, select_only=not isinstance(cfg, VerticalLRConfig))
     bextra: dict[str, Any] = {}
     if binned is not None:
         train, test, bextra = binned
     binning_only = bool(bextra.get("binning_only"))
+    #: the run report's sections (fedcredit/report.py, docs/reports.md): each step puts its documented key here
+    report_sections: dict[str, Any] = {}
+    test_scores: np.ndarray | None = None
     test_arg = test if len(test) else None
     if binning_only:  # [model.binning].only: the modeller reads the IV tables before any training
         _say(rt, "binning only ([model.binning].only = true): no model trained")
@@ -485,6 +489,9 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
                 metrics = {"auc": float(res.test_metrics["auc"]), "ks": float(res.test_metrics["ks"]),
                            "n_test": len(test)}
             extra = {"epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "steps": res.steps}
+            test_scores = res.test_scores
+            report_sections.setdefault("convergence", [{"epoch": h.get("epoch"), "train_loss": h.get("train_loss"),
+                                                        "val_loss": h.get("val_loss")} for h in res.history])
             files += [f"vertical_lr_{me}_model.json"]
             if metrics:
                 files += ["vertical_lr_report.json", "vertical_lr_roc_ks.png"]
@@ -506,6 +513,10 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
                            "train_auc": round(float(sres.train_auc), 6)}
                 files += ["secureboost_test_report.json", "secureboost_test_roc_ks.png"]
             extra = {"n_trees": len(sres.model.trees), "splits_by_party": sres.model.splits_by_party()}
+            test_scores = sres.test_scores
+            from fedcredit.report import trees_summary
+
+            report_sections["trees"] = trees_summary(sres.model.trees, cfg.model_dump(), extra["splits_by_party"])
         else:
             part = sb.run_secureboost_passive(tr, train, label, cfg, test_table=test_arg, progress=_Throttled(rt, 5.0),
                                               checkpoint=store, resume=rt.resume)
@@ -538,6 +549,11 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
         "model_files": files,
         **extra,
     }
+    from fedcredit.report import vertical_report  # the party's own report: nothing in it leaves the party
+
+    out["report"] = vertical_report(model_dir=model_dir, state_dir=rt.state_dir, reply=out, train=raw_train,
+                                    test_y=test.y if is_label else None, test_scores=test_scores if is_label else None,
+                                    sections=report_sections, sent_by_tag=tr.sent_by_tag())
     if is_label:
         out["metrics"] = metrics or {}
         (model_dir / "vertical_job.json").write_text(json.dumps(out, indent=2))
