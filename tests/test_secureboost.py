@@ -92,7 +92,7 @@ def _describe(nd: dict, passive: dict[str, sb.PassiveModelPart]) -> tuple:
     if nd.get("leaf"):
         return ("leaf",)
     if "split_id" in nd:
-        f, _thr = passive[nd["owner"]].splits[nd["split_id"]]
+        f = passive[nd["owner"]].splits[nd["split_id"]].feature
         return (nd["owner"], f, nd["left"], nd["right"])
     return (nd["owner"], nd["feature"], nd["threshold"], nd["left"], nd["right"])
 
@@ -157,7 +157,7 @@ def test_giant_steps_rotate_outputs_when_chunks_outnumber_groups():
     b = sb.FeatureBinner.fit(X, ["a"], 8)
     src = PlainSource("p", b, b.transform(X), own=False, shuffle=True)
     lab = ckks_hist.HistogramKeeper()
-    eng = ckks_hist.HistogramEvaluator(ckks.load_public(lab.public_bytes), src.Xb, src.cand_f, src.cand_b, 8, 64)
+    eng = ckks_hist.HistogramEvaluator(ckks.load_public(lab.public_bytes), src.Xb, src.cand_f, src.cand_left, 8, 64)
     assert eng.baby_step == 1 and eng.rotations_per_pass == 7  # 7 output rotations instead of 5*7 input rotations
     g, h = rng.uniform(-1, 1, n), rng.uniform(0, 0.25, n)
     rows = np.flatnonzero(rng.random(n) < 0.6)
@@ -186,7 +186,8 @@ def test_binning_thresholds_match_bins():
 # --------------------------------------------------------------------------- leakage (docs/secureboost.md table)
 
 
-_PASSIVE_META = {"op", "seq", "version", "n_rows", "ids_digest", "pack", "n_bins", "nodes", "candidates", "ids", "status", "reason"}
+_PASSIVE_META = {"op", "seq", "version", "n_rows", "ids_digest", "pack", "n_bins", "min_category_count", "nodes", "candidates",
+                 "ids", "status", "reason"}
 _LABEL_META = {"op", "seq", "n_candidates", "split_ids", "model_sha256", "splits", "timings", "message"}
 
 
@@ -235,8 +236,8 @@ def test_label_party_never_receives_passive_values_or_thresholds(fed):
     assert recs and all(r.tag == "sb.reply" for r in recs)
     secret = set()
     for p, part in fed["res"].passive_models.items():
-        for _f, thr in part.splits.values():
-            secret.add(np.float64(thr).tobytes())
+        for rule in part.splits.values():
+            secret.add(np.float64(rule.threshold).tobytes())
         secret.update(np.float64(v).tobytes() for v in np.unique(fed["passive_X"][p]))
     setup = next(r for r in fed["records"] if r.receiver == "bank" and unpack_blobs(r.payload)[1]["op"] == "setup")
     ctx = ckks.load_public(unpack_blobs(setup.payload)[0][0])
@@ -272,8 +273,8 @@ def test_model_parts_hold_only_their_owners_information(fed, tmp_path):
                 assert set(nd) == {"owner", "split_id", "left", "right"}, "passive splits are opaque at the label party"
     for p, part in res.passive_models.items():
         doc = json.loads(part.save(tmp_path / f"{p}.json").read_text())
-        assert set(doc) == {"format", "party", "label_party", "feature_names", "splits"}
-        assert all(set(s) == {"id", "feature", "threshold"} for s in doc["splits"])
+        assert set(doc) == {"format", "party", "label_party", "feature_names", "input_schema", "splits"}
+        assert all(set(s) == {"id", "feature", "threshold", "missing_left"} for s in doc["splits"])
     # scoring from the saved parts reproduces the joint evaluation
     label = sb.LabelModelPart.load(label_path)
     parts = {p: sb.PassiveModelPart.load(tmp_path / f"{p}.json") for p in res.passive_models}
