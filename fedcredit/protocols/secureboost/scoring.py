@@ -15,11 +15,16 @@ from typing import Any
 import numpy as np
 
 from fedcredit.codec import pack_arrays, unpack_arrays
-from fedcredit.data import InputSchema
 from fedcredit.decision import Contributions, tree_contributions
 from fedcredit.errors import ProtocolError
 from fedcredit.metrics import sigmoid
-from fedcredit.protocols.secureboost.trees import LabelModelPart, PassiveModelPart, check_columns, node_rule
+from fedcredit.protocols.secureboost.trees import (
+    LabelModelPart,
+    PassiveModelPart,
+    check_columns,
+    node_rule,
+    numeric_schema,
+)
 
 __all__ = ["passive_decisions", "parse_decisions", "LabelScorer", "TreeArrays", "mean_leaf_values", "label_margin",
            "label_predict", "OnlineLabel", "OnlinePassive"]
@@ -235,7 +240,7 @@ class OnlineLabel:
         self.feature_names = list(part.feature_names)
         self.passive_parties = list(part.passive_parties)
         #: how requests become X (``encode_rows``: category text -> codes, unknown = missing, counted)
-        self.input_schema = part.input_schema or InputSchema(tuple(part.feature_names), ("numeric",) * len(part.feature_names))
+        self.input_schema = part.input_schema or numeric_schema(part.feature_names)
 
     def score(self, X: np.ndarray, partials: Mapping[str, Any]) -> tuple[np.ndarray, list[Contributions]]:
         """(PD per row, contributions per row) from own features ``X`` (in :attr:`input_schema` codes, NaN =
@@ -261,7 +266,7 @@ class OnlinePassive:
         self.feature_names = list(part.feature_names)
         self.label_party = part.label_party
         #: how requests become X (``encode_rows``: category text -> codes, unknown = missing, counted)
-        self.input_schema = part.input_schema or InputSchema(tuple(part.feature_names), ("numeric",) * len(part.feature_names))
+        self.input_schema = part.input_schema or numeric_schema(part.feature_names)
 
     def answer(self, X: np.ndarray) -> bytes:
         """Decision bits for own features ``X`` (in :attr:`input_schema` codes, NaN = missing)."""

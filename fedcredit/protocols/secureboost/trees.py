@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from crypto.files import write_file
-from fedcredit.data import InputSchema, Table
+from fedcredit.data import ColumnKind, InputSchema, Table
 from fedcredit.errors import DataError
 from fedcredit.metrics import sigmoid
 from fedcredit.params import SecureBoostConfig
@@ -98,7 +98,7 @@ class FeatureBinner:
             raise DataError(f"binning expects a matrix with {len(feature_names)} columns, got shape {X.shape}")
         if X.shape[0] == 0:
             raise DataError("cannot fit bins on an empty table")
-        kinds = list(schema.kinds) if schema is not None else ["numeric"] * X.shape[1]
+        kinds = [str(k) for k in schema.kinds] if schema is not None else ["numeric"] * X.shape[1]
         if len(kinds) != X.shape[1]:
             raise DataError(f"binning: schema has {len(kinds)} columns, the matrix {X.shape[1]}")
         edges: list[np.ndarray] = []
@@ -297,6 +297,12 @@ def _schema_of(d: Mapping[str, Any], names: list[str], source: str) -> InputSche
     if list(schema.feature_names) != names:
         raise ValueError(f"input_schema features {list(schema.feature_names)} differ from feature_names {names}")
     return schema
+
+
+def numeric_schema(names: Sequence[str]) -> InputSchema:
+    """The input schema of a model from before categorical support: every column numeric."""
+    kinds: list[ColumnKind] = ["numeric" for _ in names]
+    return InputSchema(tuple(names), tuple(kinds))
 
 
 def encode_for(schema: InputSchema | None, names: Sequence[str], table: Table) -> tuple[np.ndarray, dict[str, int]]:
