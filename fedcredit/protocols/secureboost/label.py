@@ -286,6 +286,7 @@ def run_secureboost_label(
         "setup_seconds": round(setup_s, 3),
         "eval_seconds": round(eval_s, 3),
         "splits_by_party": model.splits_by_party(),
+        "split_candidates": {me: own.n_candidates} | {rem.party: rem.n_candidates for rem in remotes},
         "label_timings": {k: round(float(v), 3) for k, v in getattr(backend, "stats", {}).items()} | {
             "histograms_computed": int(stats.get("histograms", 0))
         },
