@@ -241,6 +241,8 @@ class OnlineLabel:
         self.passive_parties = list(part.passive_parties)
         #: how requests become X (``encode_rows``: category text -> codes, unknown = missing, counted)
         self.input_schema = part.input_schema or numeric_schema(part.feature_names)
+        #: NaN (missing, or an unknown category) is scored by each split's learned default direction
+        self.accepts_missing = True
 
     def score(self, X: np.ndarray, partials: Mapping[str, Any]) -> tuple[np.ndarray, list[Contributions]]:
         """(PD per row, contributions per row) from own features ``X`` (in :attr:`input_schema` codes, NaN =
@@ -267,6 +269,8 @@ class OnlinePassive:
         self.label_party = part.label_party
         #: how requests become X (``encode_rows``: category text -> codes, unknown = missing, counted)
         self.input_schema = part.input_schema or numeric_schema(part.feature_names)
+        #: NaN (missing, or an unknown category) is scored by each split's learned default direction
+        self.accepts_missing = True
 
     def answer(self, X: np.ndarray) -> bytes:
         """Decision bits for own features ``X`` (in :attr:`input_schema` codes, NaN = missing)."""
