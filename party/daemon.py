@@ -30,7 +30,7 @@ from crypto.certs import Identity
 from crypto.files import private_dir, write_file
 from crypto.tls import address_mismatch, secure_channel
 from fedcredit.config import PartyConfig, check_port_free, load_party_config
-from fedcredit.data import Table, load_dataset
+from fedcredit.data import Table, load_dataset, table_summary
 from fedcredit.errors import ConfigError
 from fedcredit.processes import find_executable, flower_env, spawn_daemon, stop_process_group, supervise
 from party import appguard
@@ -234,7 +234,8 @@ def start(config_path: Path) -> PartyHandle:
     identity = Identity.load(p.identity_dir, p.name)
     if identity.role != "party":
         raise ConfigError(f"{config_path}: [party].identity_dir holds a '{identity.role}' certificate, expected 'party'")
-    check_datasets(config)
+    for key, table in check_datasets(config).items():
+        print(f"party '{p.name}': {table_summary(table, config.datasets[key], dataset=key)}", flush=True)
     _check_ports(config)
     prepare_state_dir(config)
     app = appguard.installed_app()

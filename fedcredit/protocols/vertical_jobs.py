@@ -62,7 +62,7 @@ import numpy as np
 from fedcredit.checkpoint import CheckpointStore, NoCheckpoint, agree_step
 from fedcredit.codec import loads_json
 from fedcredit.config import JobConfig
-from fedcredit.data import Table
+from fedcredit.data import Table, require_numbers
 from fedcredit.errors import ConfigError, DataError, PeerAborted, PolicyRefused, ProtocolError
 from fedcredit.params import SecureBoostConfig, SecureBoostModel, VerticalLRConfig, VerticalLRModel
 from fedcredit.protocols.vertical_common import ids_digest
@@ -412,6 +412,9 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
     test_arg = test if len(test) else None
     if isinstance(cfg, VerticalLRConfig):
         from fedcredit.protocols import vertical_lr as vlr
+
+        require_numbers(train, test, why="vertical LR has no rule for missing values or categories; add a binning "
+                                         "step ([model.binning]: WOE or bin indicators) or train SecureBoost")
 
         if is_label:
             res = vlr.run_vertical_lr_label(tr, train, passives, cfg, test=test_arg, progress=_Throttled(rt),
