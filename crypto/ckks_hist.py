@@ -207,8 +207,11 @@ class HistogramEvaluator:
     """Passive side: encrypted cumulative histograms with pre-encoded masks (see module docstring).
 
     Built from the public context and the party's bin matrix ``Xb`` (rows x features);
-    split candidate ``c`` means "``Xb[:, cand_feature[c]] <= cand_bin[c]``" (in the
-    party's own, shuffled, candidate order).
+    split candidate ``c`` means "``Xb[:, cand_feature[c]] <= cand_bin[c]``" when ``cand_bin``
+    is one threshold per candidate, or "``cand_bin[c, Xb[:, cand_feature[c]]]``" when it is a
+    boolean (candidates x bins) table of left-bin sets (category sets, a missing-value bin
+    sent left or right) — in the party's own, shuffled, candidate order.  Either way a mask
+    is a 0/1 vector per candidate, so the kernel below does not change.
 
     Rotations use a baby-step/giant-step split of the K shifts ``r = r1 + a*r2``: each input
     chunk is rotated by ``r1 < a`` (C*(a-1) rotations), each group's partial sums by ``a*r2``
@@ -230,6 +233,12 @@ class HistogramEvaluator:
         _check_histogram_context(ctx, what)
         if len(cand_feature) != len(cand_bin):
             raise DataError(f"{len(cand_feature)} candidate features but {len(cand_bin)} candidate bins")
+        cand_bin = np.asarray(cand_bin)
+        width = int(Xb.max()) + 1 if Xb.size else 1
+        if cand_bin.ndim == 1:  # thresholds -> left-bin sets
+            cand_bin = np.arange(width)[None, :] <= cand_bin[:, None]
+        elif cand_bin.ndim != 2 or cand_bin.dtype != bool or (len(cand_bin) and cand_bin.shape[1] < width):
+            raise DataError(f"candidate left-bin sets must be a boolean (candidates x >= {width} bins) table")
         tctx = ctx.tenseal_context
         self._sctx = tctx.seal_context().data
         self._encoder = _sa.CKKSEncoder(self._sctx)
@@ -240,7 +249,7 @@ class HistogramEvaluator:
         self._top = self._sctx.first_parms_id()
         self._Xb = Xb
         self._cand_f = np.asarray(cand_feature)
-        self._cand_b = np.asarray(cand_bin)
+        self._cand_left = cand_bin
         self.n_rows = Xb.shape[0]
         self.n_chunks = n_chunks(self.n_rows)  # C: gradient ciphertexts per node
         self.pack = pack  # K
@@ -276,7 +285,7 @@ class HistogramEvaluator:
             p = j * K + k
             ok = valid & (p < P)
             pp, rr = p[ok], rows[ok]
-            m[j, ok] = self._Xb[rr, self._cand_f[pp]] <= self._cand_b[pp]
+            m[j, ok] = self._cand_left[pp, self._Xb[rr, self._cand_f[pp]]]
         giant = self.baby_step * (r // self.baby_step)
         return np.roll(m, giant, axis=1) if giant else m  # rot_{-giant}(M): undone by the giant rotation
 

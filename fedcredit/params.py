@@ -393,17 +393,22 @@ class SecureBoostConfig(Params):
     ``pack`` is K, the number of split candidates returned per ciphertext (K-1 slot
     rotations per input chunk); ``mask_cache_mb`` bounds the passive party's cache of
     pre-encoded masks (beyond it masks are encoded on the fly, ~4x slower).
+    ``min_category_count``: rarer categories (and those beyond the ``n_bins`` most frequent)
+    are grouped into one "other" bin, so a split never isolates a handful of rows.
     """
 
     what = "secureboost config"
 
     n_trees: int = Field(30, ge=1, le=10_000)
     max_depth: int = Field(3, ge=1, le=16, description="each level doubles the nodes; 16 is already 65,536 leaves")
-    n_bins: int = Field(32, ge=2, le=256, description="bins are stored as uint8")
+    n_bins: int = Field(32, ge=2, le=256, description="value bins per feature; missing values get one more bin")
     learning_rate: float = Field(0.3, gt=0, le=1, allow_inf_nan=False)
     reg_lambda: float = Field(0.0, ge=0, allow_inf_nan=False)
     min_child_weight: float = Field(1.0, gt=0, allow_inf_nan=False, description="> 0: an empty child is never a split")
     min_split_gain: float = Field(0.0, ge=0, allow_inf_nan=False)
+    min_category_count: int = Field(
+        10, ge=1, le=1_000_000,
+        description="a category seen in fewer training rows joins its feature's 'other' group (at its owner)")
     pack: Annotated[int, Field(ge=1)] = 8
     mask_cache_mb: float = Field(1024.0, ge=0, allow_inf_nan=False)
     predict_batch: int = Field(4096, ge=1, le=1_000_000)

@@ -91,7 +91,7 @@ def _agreement(fed: sb.LabelModelPart, fed_host: sb.PassiveModelPart, ref: sb.La
             if "split_id" in a:
                 fa, fb = fed_host.splits[a["split_id"]], ref_host.splits[b["split_id"]]
             else:
-                fa, fb = (a["feature"], a["threshold"]), (b["feature"], b["threshold"])
+                fa, fb = sb.SplitRule.parse(a["feature"], a), sb.SplitRule.parse(b["feature"], b)
             out["same_split"] += fa[0] == fb[0]
             out["same_threshold"] += fa == fb
         one = [

@@ -103,9 +103,10 @@ def _codec() -> list[Target]:
             b'{"meta":{},"arrays":[["x","<01",[0],0]],"blobs":[]}'),
     ]
     from fedcredit.protocols.secureboost import scoring as sbs
-    from fedcredit.protocols.secureboost.trees import PassiveModelPart
+    from fedcredit.protocols.secureboost.trees import PassiveModelPart, SplitRule
 
-    part = PassiveModelPart(party="host", label_party="guest", feature_names=["a", "b"], splits={1: (0, 0.5), 4: (1, -1.0)})
+    part = PassiveModelPart(party="host", label_party="guest", feature_names=["a", "b"],
+                            splits={1: SplitRule(0, 0.5), 4: SplitRule(1, -1.0)})
     dec = sbs.passive_decisions(part, np.array([[0.1, 2.0], [0.9, -3.0], [0.4, 0.0]]))
     return [
         Target("codec.unpack (FCW1)", lambda b: codec.unpack(b, what="fuzz"), seeds),

@@ -37,7 +37,9 @@ from fedcredit.protocols.secureboost.trees import (
     LabelModelPart,
     PassiveModelPart,
     SecureBoostConfig,
+    SplitRule,
     train_plaintext_reference,
+    train_plaintext_reference_tables,
 )
 
 __all__ = [
@@ -49,6 +51,8 @@ __all__ = [
     "run_secureboost_label",
     "run_secureboost_passive",
     "train_plaintext_reference",
+    "train_plaintext_reference_tables",
+    "SplitRule",
     "passive_decisions",
     "parse_decisions",
     "LabelScorer",

@@ -28,7 +28,6 @@ from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, STAGE, Op
 from fedcredit.protocols.secureboost.scoring import label_predict
 from fedcredit.protocols.secureboost.trees import (
     Backend,
-    FeatureBinner,
     LabelModelPart,
     PlainBackend,
     PlainSource,
@@ -36,6 +35,7 @@ from fedcredit.protocols.secureboost.trees import (
     SecureBoostConfig,
     boost,
     check_labels,
+    source_of,
 )
 from fedcredit.protocols.vertical_common import ids_digest
 from fedcredit.transport import Transport
@@ -194,8 +194,7 @@ def run_secureboost_label(
         raise ConfigError(f"label party '{me}': passive parties {passive_parties} must be distinct and exclude itself")
     y = check_labels(table.y, f"label party '{me}' ({table.source})")
     t_start = time.perf_counter()
-    binner = FeatureBinner.fit(table.X, table.feature_names, cfg.n_bins)
-    own = PlainSource(me, binner, binner.transform(table.X), own=True, shuffle=False)
+    own = source_of(me, table, cfg, own=True, shuffle=False)
     remotes = [RemotePassive(transport, p, tag_prefix, cfg.timeout_s) for p in passive_parties]
     start: tuple[list[list[dict[str, Any]]], np.ndarray] | None = None
     if resume:
@@ -233,6 +232,7 @@ def run_secureboost_label(
                 ids_digest=ids_digest(table.ids),
                 pack=cfg.pack,
                 n_bins=cfg.n_bins,
+                min_category_count=cfg.min_category_count,
             )
         for rem in remotes:
             _, meta = rem.recv(Op.SETUP)
@@ -246,14 +246,16 @@ def run_secureboost_label(
         stats: dict[str, float] = {}
         base, trees, F = boost(y, backend, cfg, progress, stats, start=start, after_tree=after_tree)
         train_s = time.perf_counter() - t_start
-        model = LabelModelPart(me, passive_parties, list(table.feature_names), base, trees, cfg.to_dict())
+        model = LabelModelPart(me, passive_parties, list(table.feature_names), base, trees, cfg.to_dict(),
+                               input_schema=own.schema)
         train_auc, train_ks = auc_ks(y, sigmoid(F))
 
         test_auc = test_ks = None
         scores = None
+        unknown: dict[str, int] = {}
         t_eval = time.perf_counter()
         if test_table is not None and len(test_table):
-            scores = _joint_predict(model, test_table, remotes, cfg, progress)
+            scores, unknown = _joint_predict(model, test_table, remotes, cfg, progress)
         eval_s = time.perf_counter() - t_eval
         passive_stats = {}
         for rem in remotes:
@@ -284,10 +286,13 @@ def run_secureboost_label(
         "setup_seconds": round(setup_s, 3),
         "eval_seconds": round(eval_s, 3),
         "splits_by_party": model.splits_by_party(),
+        "split_candidates": {me: own.n_candidates} | {rem.party: rem.n_candidates for rem in remotes},
         "label_timings": {k: round(float(v), 3) for k, v in getattr(backend, "stats", {}).items()} | {
             "histograms_computed": int(stats.get("histograms", 0))
         },
         "passive": passive_stats,
+        "missing_rate": {f: round(float(r), 6) for f, r in zip(table.feature_names, np.isnan(table.X).mean(axis=0))},
+        "unknown_categories_in_test": unknown,  # own features; scored as missing (InputSchema rule)
         "bytes_received_from_passive": {rem.party: rem.bytes_in for rem in remotes},
     }
     if scores is not None and test_table is not None and test_table.y is not None:
@@ -304,9 +309,12 @@ def _joint_predict(
     remotes: list[RemotePassive],
     cfg: SecureBoostConfig,
     progress: Progress | None,
-) -> np.ndarray:
-    """Joint inference: per batch one round trip per passive party (ids out, decision bits back)."""
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Joint inference: per batch one round trip per passive party (ids out, decision bits back).
+
+    Returns (scores, unknown-category count per own feature: scored as missing)."""
     n = len(table)
+    X, unknown = model.encode(table)
     out = np.empty(n)
     batches = list(range(0, n, cfg.predict_batch))
     for b, lo in enumerate(batches):
@@ -320,7 +328,7 @@ def _joint_predict(
             if len(blobs) != 1:
                 raise ProtocolError(f"passive party '{rem.party}' sent a malformed decision reply")
             dec[rem.party] = blobs[0]
-        out[lo:hi] = label_predict(model, table.X[lo:hi], dec)
+        out[lo:hi] = label_predict(model, X[lo:hi], dec)
         if progress:
             progress("predict", b + 1, len(batches))
-    return out
+    return out, unknown

@@ -27,7 +27,7 @@ STAGE: Final = "sb"
 class Op:
     """Command names (``op`` of the JSON header)."""
 
-    SETUP: Final = "setup"  # label -> passive: public CKKS context, row digest, pack, n_bins
+    SETUP: Final = "setup"  # label -> passive: public CKKS context, row digest, pack, n_bins, min_category_count
     HIST: Final = "hist"  # encrypted node gradients -> encrypted masked candidate sums
     SPLIT: Final = "split"  # chosen candidates -> opaque split ids + left-row bits
     PREDICT: Final = "predict"  # scoring ids -> decision bits

@@ -23,11 +23,10 @@ from fedcredit.errors import DataError, FedCreditError, PeerAborted, ProtocolErr
 from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, STAGE, Op, recv, send, tags
 from fedcredit.protocols.secureboost.scoring import passive_decisions
 from fedcredit.protocols.secureboost.trees import (
-    FeatureBinner,
     PassiveModelPart,
-    PlainSource,
     Progress,
     SecureBoostConfig,
+    source_of,
 )
 from fedcredit.protocols.vertical_common import ids_digest
 from fedcredit.transport import Transport
@@ -71,14 +70,14 @@ def run_secureboost_passive(
             transport.abort(f"{type(e).__name__}: {e}")
             raise
         restored = checkpoint.load(STAGE, step) if step else None
-    binner = FeatureBinner.fit(table.X, table.feature_names, cfg.n_bins)
-    src = PlainSource(me, binner, binner.transform(table.X), own=False, shuffle=True)
+    src = source_of(me, table, cfg, own=False, shuffle=True)
     engine: HistogramEvaluator | None = None
-    lookup: dict[str, tuple[Table, int]] = {}
-    for tb in (table, test_table):
-        if tb is not None:
-            for k, i in enumerate(tb.ids):
-                lookup.setdefault(i, (tb, k))
+    lookup: dict[str, tuple[int, int]] = {}  # id -> (table number, row)
+    tables = [tb for tb in (table, test_table) if tb is not None]
+    encoded: list[np.ndarray] | None = None  # each table in the model's codes (built at the first scoring request)
+    for n_tb, tb in enumerate(tables):
+        for k, i in enumerate(tb.ids):
+            lookup.setdefault(i, (n_tb, k))
     expected = 0
     hist_calls = 0
     try:
@@ -101,22 +100,23 @@ def run_secureboost_passive(
                         f"party '{label_party}' ({meta.get('n_rows')} rows): the ordered id lists differ; align both "
                         "tables to the same PSI intersection"
                     )
-                if int(meta.get("n_bins", cfg.n_bins)) != cfg.n_bins or int(meta.get("pack", cfg.pack)) != cfg.pack:
-                    cfg = SecureBoostConfig.from_dict({**cfg.to_dict(), "n_bins": meta.get("n_bins", cfg.n_bins),
-                                                     "pack": meta.get("pack", cfg.pack)})  # a peer's values: checked
-                    binner = FeatureBinner.fit(table.X, table.feature_names, cfg.n_bins)
-                    src = PlainSource(me, binner, binner.transform(table.X), own=False, shuffle=True)
+                peer = {k: meta.get(k, getattr(cfg, k)) for k in ("n_bins", "pack", "min_category_count")}
+                if peer != {k: getattr(cfg, k) for k in peer}:
+                    cfg = SecureBoostConfig.from_dict({**cfg.to_dict(), **peer})  # a peer's values: checked
+                    src = source_of(me, table, cfg, own=False, shuffle=True)
                 if len(blobs) != 1:
                     raise ProtocolError(f"party '{me}': setup from '{label_party}' must carry exactly one CKKS context")
                 if restored is not None:
                     if int(restored.meta["n_bins"]) != cfg.n_bins:
                         raise ProtocolError(f"party '{me}': the checkpoint of tree {restored.step} was made with "
                                             f"n_bins={restored.meta['n_bins']}, the label party now asks {cfg.n_bins}")
-                    src.restore(restored.arrays["cand_f"], restored.arrays["cand_b"],
-                                {int(c): int(s) for c, s in restored.meta["split_ids"]})
+                    if "perm" not in restored.arrays:
+                        raise ProtocolError(f"party '{me}': the checkpoint of tree {restored.step} predates "
+                                            "missing-value support (no candidate permutation); start the job afresh")
+                    src.restore(restored.arrays["perm"], {int(c): int(s) for c, s in restored.meta["split_ids"]})
                 what = f"party '{me}': the CKKS context from label party '{label_party}'"
                 ctx = ckks.load_public(blobs[0], what=what)
-                engine = HistogramEvaluator(ctx, src.Xb, src.cand_f, src.cand_b, cfg.pack, cfg.mask_cache_mb, what=what)
+                engine = HistogramEvaluator(ctx, src.Xb, src.cand_f, src.cand_left, cfg.pack, cfg.mask_cache_mb, what=what)
                 answer(n_candidates=src.n_candidates)
             elif op == Op.HIST:
                 if engine is None:
@@ -146,13 +146,16 @@ def run_secureboost_passive(
                 want = meta.get("ids")
                 if not isinstance(want, list):
                     raise ProtocolError(f"party '{me}': scoring request without an id list")
+                part = src.model_part(label_party)
+                if encoded is None:  # the model's codes; an unknown category is missing (InputSchema rule)
+                    encoded = [part.encode(tb)[0] for tb in tables]
                 X = np.empty((len(want), table.n_features))
                 for k, i in enumerate(want):
                     hit = lookup.get(str(i))
                     if hit is None:
                         raise DataError(f"party '{me}': scoring id {i!r} is not in {table.source} or the test table")
-                    X[k] = hit[0].X[hit[1]]
-                answer([passive_decisions(src.model_part(label_party), X)])
+                    X[k] = encoded[hit[0]][hit[1]]
+                answer([passive_decisions(part, X)])
             elif op == Op.CHECKPOINT:
                 tree = meta.get("tree")
                 if not isinstance(tree, int) or tree < 1:
@@ -160,7 +163,7 @@ def run_secureboost_passive(
                 if checkpoint is not None:  # this party's own state only: its candidate order and split ids
                     checkpoint.save(STAGE, tree, {"n_bins": cfg.n_bins, "pack": cfg.pack,
                                                   "split_ids": sorted(src.split_ids.items())},
-                                    {"cand_f": src.cand_f, "cand_b": src.cand_b})
+                                    {"perm": src.perm})
                 answer()
             elif op == Op.FINISH:
                 part = src.model_part(label_party)

@@ -18,7 +18,13 @@ from fedcredit.codec import pack_arrays, unpack_arrays
 from fedcredit.decision import Contributions, tree_contributions
 from fedcredit.errors import ProtocolError
 from fedcredit.metrics import sigmoid
-from fedcredit.protocols.secureboost.trees import LabelModelPart, PassiveModelPart, check_columns
+from fedcredit.protocols.secureboost.trees import (
+    LabelModelPart,
+    PassiveModelPart,
+    check_columns,
+    node_rule,
+    numeric_schema,
+)
 
 __all__ = ["passive_decisions", "parse_decisions", "LabelScorer", "TreeArrays", "mean_leaf_values", "label_margin",
            "label_predict", "OnlineLabel", "OnlinePassive"]
@@ -28,15 +34,17 @@ def passive_decisions(model_part: PassiveModelPart, X: np.ndarray) -> bytes:
     """A passive party's answer to a scoring batch: left/right bit of every split it owns, for every row.
 
     ``X`` is the passive party's own feature matrix for the batch (columns in
-    ``model_part.feature_names`` order).  Only bits leave: never a value or threshold.
+    ``model_part.feature_names`` order, category codes of its input schema:
+    :meth:`PassiveModelPart.encode`; NaN = missing, which takes each split's learned
+    default direction).  Only bits leave: never a value, threshold or category.
     """
     X = np.asarray(X, dtype=np.float64)
     check_columns(model_part.feature_names, X, f"party '{model_part.party}'")
     ids = np.array(sorted(model_part.splits), dtype=np.int64)
     bits = np.zeros((len(ids), X.shape[0]), dtype=bool)
     for k, sid in enumerate(ids.tolist()):
-        f, thr = model_part.splits[sid]
-        bits[k] = X[:, f] <= thr
+        rule = model_part.splits[sid]
+        bits[k] = rule.left(X[:, rule.feature])
     return pack_arrays(
         {"split_ids": ids, "bits": np.packbits(bits, axis=1)},
         {"party": model_part.party, "n": int(X.shape[0])},
@@ -70,12 +78,15 @@ class TreeArrays:
     right: np.ndarray
     own_nodes: np.ndarray
     own_feature: np.ndarray
-    own_threshold: np.ndarray
+    own_threshold: np.ndarray  # NaN for a categorical split (never true: its set is applied after)
+    own_missing_left: np.ndarray
+    own_categories: list[tuple[int, np.ndarray]]  # (position in own_nodes, codes going left) of categorical splits
     passive: dict[str, tuple[np.ndarray, list[int]]]  # owner -> (node indices, their split ids)
 
     @classmethod
     def of(cls, tree: Sequence[Mapping[str, Any]], me: str) -> TreeArrays:
         own = [i for i, nd in enumerate(tree) if not nd.get("leaf") and nd["owner"] == me]
+        rules = [node_rule(tree[i]) for i in own]
         passive: dict[str, tuple[list[int], list[int]]] = {}
         for i, nd in enumerate(tree):
             if not nd.get("leaf") and nd["owner"] != me:
@@ -89,7 +100,10 @@ class TreeArrays:
             right=np.array([int(nd.get("right", i)) for i, nd in enumerate(tree)], dtype=np.int64),
             own_nodes=np.array(own, dtype=np.int64),
             own_feature=np.array([int(tree[i]["feature"]) for i in own], dtype=np.int64),
-            own_threshold=np.array([float(tree[i]["threshold"]) for i in own], dtype=np.float64),
+            own_threshold=np.array([r.threshold for r in rules], dtype=np.float64),
+            own_missing_left=np.array([r.missing_left for r in rules], dtype=bool),
+            own_categories=[(k, np.array(r.categories, dtype=np.float64)) for k, r in enumerate(rules)
+                            if r.categories is not None],
             passive={p: (np.array(n, dtype=np.int64), s) for p, (n, s) in passive.items()},
         )
 
@@ -141,7 +155,13 @@ class LabelScorer:
         for t, ta in enumerate(self.trees):
             go_left = np.zeros((len(ta.is_leaf), n), dtype=bool)
             if len(ta.own_nodes):
-                go_left[ta.own_nodes] = X[:, ta.own_feature].T <= ta.own_threshold[:, None]
+                cols = X[:, ta.own_feature].T
+                with np.errstate(invalid="ignore"):
+                    own = cols <= ta.own_threshold[:, None]  # NaN (missing) compares false
+                for k, cats in ta.own_categories:
+                    own[k] = np.isin(cols[k], cats)
+                own |= np.isnan(cols) & ta.own_missing_left[:, None]  # missing rows: the learned default direction
+                go_left[ta.own_nodes] = own
             for p, (nodes, sids) in ta.passive.items():
                 pb = bits.get(p)
                 if pb is None:
@@ -183,9 +203,9 @@ class LabelScorer:
                     path.append((None, float(nd["value"])))
                     break
                 if nd["owner"] == part.party:
-                    f = int(nd["feature"])
-                    path.append((part.feature_names[f], vals[i]))
-                    left = x[f] <= float(nd["threshold"])
+                    rule = node_rule(nd)
+                    path.append((part.feature_names[rule.feature], vals[i]))
+                    left = bool(rule.left(x[rule.feature : rule.feature + 1])[0])
                 else:
                     path.append((nd["owner"], vals[i]))
                     left = bool(bits[nd["owner"]][int(nd["split_id"])])
@@ -219,9 +239,14 @@ class OnlineLabel:
         self.scorer = LabelScorer(part)
         self.feature_names = list(part.feature_names)
         self.passive_parties = list(part.passive_parties)
+        #: how requests become X (``encode_rows``: category text -> codes, unknown = missing, counted)
+        self.input_schema = part.input_schema or numeric_schema(part.feature_names)
+        #: NaN (missing, or an unknown category) is scored by each split's learned default direction
+        self.accepts_missing = True
 
     def score(self, X: np.ndarray, partials: Mapping[str, Any]) -> tuple[np.ndarray, list[Contributions]]:
-        """(PD per row, contributions per row) from own features ``X`` and every passive party's decisions."""
+        """(PD per row, contributions per row) from own features ``X`` (in :attr:`input_schema` codes, NaN =
+        missing) and every passive party's decisions."""
         missing = [p for p in self.passive_parties if p not in partials]
         if missing:
             raise ProtocolError(f"scoring needs decisions from every passive party; missing {missing}")
@@ -242,6 +267,11 @@ class OnlinePassive:
         self.part = part
         self.feature_names = list(part.feature_names)
         self.label_party = part.label_party
+        #: how requests become X (``encode_rows``: category text -> codes, unknown = missing, counted)
+        self.input_schema = part.input_schema or numeric_schema(part.feature_names)
+        #: NaN (missing, or an unknown category) is scored by each split's learned default direction
+        self.accepts_missing = True
 
     def answer(self, X: np.ndarray) -> bytes:
+        """Decision bits for own features ``X`` (in :attr:`input_schema` codes, NaN = missing)."""
         return passive_decisions(self.part, X)

@@ -16,11 +16,12 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from crypto.files import write_file
+from fedcredit.data import ColumnKind, InputSchema, Table
 from fedcredit.errors import DataError
 from fedcredit.metrics import sigmoid
 from fedcredit.params import SecureBoostConfig
@@ -31,6 +32,8 @@ __all__ = [
     "LabelModelPart",
     "PassiveModelPart",
     "train_plaintext_reference",
+    "train_plaintext_reference_tables",
+    "SplitRule",
 ]
 
 Progress = Callable[[str, int, int], None]
@@ -49,33 +52,75 @@ _PASSIVE_FORMAT = "fedcredit.secureboost.passive/1"
 
 # --------------------------------------------------------------------------- binning
 
+#: the numeric threshold of a "value present vs missing" split: every finite value is <= it
+ALL_VALUES = float(np.finfo(np.float64).max)
+
 
 @dataclass
 class FeatureBinner:
-    """Per-feature quantile bins, fit by each party on its own training rows.
+    """Per-feature bins, fit by each party on its own training rows; missing values get their own bin.
 
-    ``edges[f]`` are strictly increasing thresholds placed midway between observed
-    values, and ``bin(x) = #{edges < x}``; so the split candidate "bin <= b" is exactly
-    ``x <= edges[f][b]`` on raw values, which is what inference evaluates.
+    Numeric ``f``: ``edges[f]`` are strictly increasing thresholds placed midway between
+    observed values and ``bin(x) = #{edges < x}``, so "bin <= b" is exactly
+    ``x <= edges[f][b]`` on raw values (what inference evaluates).  Categorical ``f``:
+    ``cat_bins[f][code]`` is the bin (group) of a category code; categories seen in fewer
+    than ``min_count`` training rows, or beyond the ``n_bins`` most frequent, share one
+    "other" group.  Groups are ordered by training event rate when the owner holds the
+    labels (``y`` given: the label party), else by frequency.  A missing value (NaN) is in
+    bin :attr:`missing_bin` (= ``n_bins``) of every feature.
     """
 
     feature_names: list[str]
     edges: list[np.ndarray]
+    kinds: list[str] = field(default_factory=list)
+    cat_bins: dict[int, np.ndarray] = field(default_factory=dict)
+    has_missing: list[bool] = field(default_factory=list)
+    n_bins: int = 256
+
+    def __post_init__(self) -> None:
+        F = len(self.feature_names)
+        self.kinds = self.kinds or ["numeric"] * F
+        self.has_missing = self.has_missing or [False] * F
 
     @classmethod
-    def fit(cls, X: np.ndarray, feature_names: Sequence[str], n_bins: int) -> FeatureBinner:
+    def fit(
+        cls,
+        X: np.ndarray,
+        feature_names: Sequence[str],
+        n_bins: int,
+        *,
+        schema: InputSchema | None = None,
+        y: np.ndarray | None = None,
+        min_count: int = 1,
+    ) -> FeatureBinner:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != len(feature_names):
             raise DataError(f"binning expects a matrix with {len(feature_names)} columns, got shape {X.shape}")
         if X.shape[0] == 0:
             raise DataError("cannot fit bins on an empty table")
-        edges = []
+        kinds = [str(k) for k in schema.kinds] if schema is not None else ["numeric"] * X.shape[1]
+        if len(kinds) != X.shape[1]:
+            raise DataError(f"binning: schema has {len(kinds)} columns, the matrix {X.shape[1]}")
+        edges: list[np.ndarray] = []
+        cat_bins: dict[int, np.ndarray] = {}
+        has_missing: list[bool] = []
         for j in range(X.shape[1]):
-            x = X[:, j]
-            if not np.all(np.isfinite(x)):
-                raise DataError(f"feature '{feature_names[j]}' has a missing or non-finite value")
+            col = X[:, j]
+            miss = np.isnan(col)
+            if np.isinf(col).any():
+                raise DataError(f"feature '{feature_names[j]}' has an infinite value (missing values are NaN)")
+            has_missing.append(bool(miss.any()))
+            x = col[~miss]
+            if kinds[j] == "categorical":
+                vocab = len(schema.categories.get(feature_names[j], ())) if schema is not None else 0
+                cat_bins[j] = _category_groups(x, vocab, n_bins, min_count, None if y is None else y[~miss],
+                                               str(feature_names[j]))
+                edges.append(np.zeros(0))
+                continue
             u = np.unique(x)
-            if len(u) <= n_bins:
+            if len(u) <= 1:
+                e = np.zeros(0)
+            elif len(u) <= n_bins:
                 e = (u[:-1] + u[1:]) / 2.0
             else:
                 q = np.quantile(x, np.arange(1, n_bins) / n_bins)
@@ -83,19 +128,152 @@ class FeatureBinner:
                 idx = np.unique(np.clip(idx, 0, len(u) - 2))
                 e = (u[idx] + u[idx + 1]) / 2.0
             edges.append(np.asarray(e, dtype=np.float64))
-        return cls(list(feature_names), edges)
+        return cls(list(feature_names), edges, kinds, cat_bins, has_missing, n_bins)
+
+    @property
+    def missing_bin(self) -> int:
+        return self.n_bins
 
     def n_bins_of(self, f: int) -> int:
+        """Value bins of feature ``f`` (the missing bin not counted)."""
+        if self.kinds[f] == "categorical":
+            cb = self.cat_bins[f]
+            return int(cb.max()) + 1 if len(cb) else 0
         return len(self.edges[f]) + 1
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != len(self.edges):
             raise DataError(f"expected {len(self.edges)} feature columns, got shape {X.shape}")
-        out = np.empty(X.shape, dtype=np.uint8)
+        out = np.empty(X.shape, dtype=np.uint16)
         for j, e in enumerate(self.edges):
-            out[:, j] = np.searchsorted(e, X[:, j], side="left")
+            col = X[:, j]
+            miss = np.isnan(col)
+            if self.kinds[j] == "categorical":
+                cb = self.cat_bins[j]
+                codes = np.where(miss, 0, col)
+                if len(col) and (np.any(codes != np.round(codes)) or codes.min() < 0 or codes.max() >= max(len(cb), 1)):
+                    raise DataError(f"feature '{self.feature_names[j]}': category codes outside the model's "
+                                    f"{len(cb)} categories (re-code the table with the model's input schema)")
+                b = cb[codes.astype(np.int64)] if len(cb) else np.zeros(len(col), dtype=np.int64)
+            else:
+                b = np.searchsorted(e, col, side="left")
+            out[:, j] = np.where(miss, self.missing_bin, b)
         return out
+
+    def candidates(self, *, prefix_categoricals: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Every split candidate as (feature per candidate, left-bin set per candidate: bool ``(P, n_bins + 1)``).
+
+        Numeric: "bin <= b" for each inner threshold, and — when the feature has missing
+        training values — the same with missing rows left, plus "value present" vs
+        "missing".  Categorical: prefixes of the group order when the owner holds the
+        labels (``prefix_categoricals``), else one group vs the rest (a passive party
+        cannot order its groups by the labels without learning them); with missing values,
+        each also with missing rows left, plus "present vs missing".
+        """
+        W = self.n_bins + 1
+        fs: list[int] = []
+        luts: list[np.ndarray] = []
+
+        def add(f: int, bins: np.ndarray, missing_left: bool) -> None:
+            lut = np.zeros(W, dtype=bool)
+            lut[bins] = True
+            lut[self.missing_bin] = missing_left
+            fs.append(f)
+            luts.append(lut)
+
+        for f in range(len(self.feature_names)):
+            k, m = self.n_bins_of(f), self.has_missing[f]
+            if self.kinds[f] == "categorical" and not prefix_categoricals:
+                sets = [np.array([b]) for b in (range(k) if k > 2 else range(k - 1))]
+            else:
+                sets = [np.arange(b + 1) for b in range(k - 1)]
+            for bins in sets:
+                add(f, bins, False)
+                if m:
+                    add(f, bins, True)
+            if m and k >= 1:
+                add(f, np.arange(k), False)
+        if not fs:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, W), dtype=bool)
+        return np.asarray(fs, dtype=np.int64), np.stack(luts)
+
+    def rule(self, f: int, lut: np.ndarray) -> SplitRule:
+        """The raw-value rule of candidate (``f``, left-bin set): what a model part stores and inference applies."""
+        missing_left = bool(lut[self.missing_bin])
+        k = self.n_bins_of(f)
+        if self.kinds[f] == "categorical":
+            codes = np.flatnonzero(lut[self.cat_bins[f]])
+            return SplitRule(f, math.nan, missing_left, tuple(int(c) for c in codes))
+        n_left = int(lut[:k].sum())
+        thr = ALL_VALUES if n_left == k else float(self.edges[f][n_left - 1])
+        return SplitRule(f, thr, missing_left)
+
+
+def _category_groups(x: np.ndarray, vocab: int, n_bins: int, min_count: int, y: np.ndarray | None,
+                     name: str) -> np.ndarray:
+    """code -> group for one categorical column (non-missing training codes ``x``, vocabulary size ``vocab``)."""
+    codes = x.astype(np.int64)
+    if len(x) and (np.any(codes != x) or codes.min() < 0 or codes.max() >= vocab):
+        raise DataError(f"feature '{name}': category codes must be integers in [0, {vocab}) (its vocabulary)")
+    counts = np.bincount(codes, minlength=vocab)
+    order = sorted(range(vocab), key=lambda c: (-counts[c], c))
+    keep = [c for c in order if counts[c] >= min_count]
+    if len(keep) > n_bins or (len(keep) == n_bins and len(keep) < vocab):
+        keep = keep[: n_bins - 1]
+    rest = [c for c in range(vocab) if c not in set(keep)]
+    groups = [[c] for c in keep] + ([rest] if rest else [])
+    if y is not None:
+        events = np.bincount(codes, weights=y, minlength=vocab)
+
+        def rate(gr: list[int]) -> float:
+            n = counts[gr].sum()
+            return float(events[gr].sum() / n) if n else math.inf  # an empty "other" group last
+
+        groups.sort(key=lambda gr: (rate(gr), gr[0]))
+    out = np.zeros(vocab, dtype=np.int64)
+    for b, gr in enumerate(groups):
+        out[gr] = b
+    return out
+
+
+class SplitRule(NamedTuple):
+    """One split on raw values of the owner's feature ``feature``: which rows go left.
+
+    Numeric: ``x <= threshold``; categorical (``categories`` given): ``x`` in
+    ``categories`` (codes of the model's input schema).  A missing value (NaN) goes left
+    iff ``missing_left`` — the default direction learned in training (a feature with no
+    missing training values sends them right).
+    """
+
+    feature: int
+    threshold: float
+    missing_left: bool = False
+    categories: tuple[int, ...] | None = None
+
+    def left(self, col: np.ndarray) -> np.ndarray:
+        col = np.asarray(col, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            go = np.isin(col, self.categories) if self.categories is not None else col <= self.threshold
+        return (go | np.isnan(col)) if self.missing_left else go
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"categories": list(self.categories)} if self.categories is not None else {
+            "threshold": float(self.threshold)}
+        return d | {"missing_left": bool(self.missing_left)}
+
+    @classmethod
+    def parse(cls, feature: int, d: Mapping[str, Any]) -> SplitRule:
+        """From a node / split entry; ``missing_left`` absent (models before missing-value support) = right."""
+        ml = d.get("missing_left", False)
+        if not isinstance(ml, bool):
+            raise TypeError(f"missing_left must be true or false, got {ml!r}")
+        if "categories" in d:
+            cats = d["categories"]
+            if not isinstance(cats, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in cats):
+                raise TypeError(f"categories must be a list of category codes, got {cats!r}")
+            return cls(feature, math.nan, ml, tuple(cats))
+        return cls(feature, float(d["threshold"]), ml)
 
 
 # --------------------------------------------------------------------------- model parts
@@ -106,14 +284,59 @@ def check_columns(names: Sequence[str], X: np.ndarray, who: str) -> None:
         raise DataError(f"{who}: expected a matrix with {len(names)} feature columns {list(names)[:6]}..., got shape {X.shape}")
 
 
+def _schema_dict(schema: InputSchema | None) -> dict[str, Any]:
+    return {"input_schema": schema.to_dict()} if schema is not None else {}
+
+
+def _schema_of(d: Mapping[str, Any], names: list[str], source: str) -> InputSchema | None:
+    """The stored input schema (absent in models before categorical support: all numeric)."""
+    raw = d.get("input_schema")
+    if raw is None:
+        return None
+    schema = InputSchema.from_dict(raw, source=source)
+    if list(schema.feature_names) != names:
+        raise ValueError(f"input_schema features {list(schema.feature_names)} differ from feature_names {names}")
+    return schema
+
+
+def numeric_schema(names: Sequence[str]) -> InputSchema:
+    """The input schema of a model from before categorical support: every column numeric."""
+    kinds: list[ColumnKind] = ["numeric" for _ in names]
+    return InputSchema(tuple(names), tuple(kinds))
+
+
+def encode_for(schema: InputSchema | None, names: Sequence[str], table: Table) -> tuple[np.ndarray, dict[str, int]]:
+    """``table`` as the model's X (its columns, its category codes): (X, unknown-category count per feature).
+
+    The one re-coding rule (``InputSchema.encode``): a category the model never saw is a
+    missing value and takes the split's default direction, counted so callers report it.
+    """
+    if schema is None:
+        t = table.select(list(names))
+        if any(k == "categorical" for k in t.kinds):
+            raise DataError(f"party '{table.party}', file {table.source}: the model (all numeric) got categorical "
+                            f"column(s) {[f for f, k in zip(t.feature_names, t.kinds) if k == 'categorical']}")
+        return t.X, {}
+    return schema.encode(table)
+
+
 @dataclass
 class PassiveModelPart:
-    """What a passive party keeps: its own split table (opaque id -> feature, threshold) and nothing else."""
+    """What a passive party keeps: its own split table (opaque id -> :class:`SplitRule`) and input schema, nothing else."""
 
     party: str
     label_party: str
     feature_names: list[str]
-    splits: dict[int, tuple[int, float]] = field(default_factory=dict)  # split id -> (feature index, threshold)
+    splits: dict[int, SplitRule] = field(default_factory=dict)  # split id -> rule on this party's raw values
+    input_schema: InputSchema | None = None  # None: a model from before categorical support (all numeric)
+
+    def __post_init__(self) -> None:
+        self.splits = {int(k): v if isinstance(v, SplitRule) else SplitRule(int(v[0]), float(v[1]), *v[2:])
+                       for k, v in self.splits.items()}
+
+    def encode(self, table: Table) -> tuple[np.ndarray, dict[str, int]]:
+        """``table`` in this part's columns and category codes (unknown category = missing, counted)."""
+        return encode_for(self.input_schema, self.feature_names, table)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,9 +344,10 @@ class PassiveModelPart:
             "party": self.party,
             "label_party": self.label_party,
             "feature_names": list(self.feature_names),
+            **_schema_dict(self.input_schema),
             "splits": [
-                {"id": int(k), "feature": self.feature_names[f], "threshold": float(t)}
-                for k, (f, t) in sorted(self.splits.items())
+                {"id": int(k), "feature": self.feature_names[r.feature], **r.to_dict()}
+                for k, r in sorted(self.splits.items())
             ],
         }
 
@@ -140,9 +364,10 @@ class PassiveModelPart:
                 raise ValueError(f"format {d.get('format')!r}, expected {_PASSIVE_FORMAT!r}")
             names = [str(n) for n in d["feature_names"]]
             pos = {n: i for i, n in enumerate(names)}
-            splits = {int(s["id"]): (pos[s["feature"]], float(s["threshold"])) for s in d["splits"]}
-            return cls(party=str(d["party"]), label_party=str(d["label_party"]), feature_names=names, splits=splits)
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError, RecursionError) as e:
+            splits = {int(s["id"]): SplitRule.parse(pos[s["feature"]], s) for s in d["splits"]}
+            return cls(party=str(d["party"]), label_party=str(d["label_party"]), feature_names=names, splits=splits,
+                       input_schema=_schema_of(d, names, source))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError, RecursionError, DataError) as e:
             raise DataError(f"{source}: not a SecureBoost passive model part: {e!r}") from None
 
     def save(self, path: str | Path) -> Path:
@@ -161,8 +386,9 @@ class LabelModelPart:
     """What the label party keeps: tree structure, leaf weights and thresholds of its own features only.
 
     A node is ``{"leaf": true, "value": w}`` or a split ``{"owner": party, "left": i,
-    "right": j}`` plus ``"feature"``/``"threshold"`` when the owner is the label party, or
-    ``"split_id"`` (opaque, resolved by the owner) when it is a passive party.
+    "right": j}`` plus, when the owner is the label party, ``"feature"``, ``"missing_left"``
+    and ``"threshold"`` (numeric) or ``"categories"`` (codes going left); or ``"split_id"``
+    (opaque, resolved by the owner) when it is a passive party (:class:`SplitRule`).
     """
 
     party: str
@@ -171,6 +397,11 @@ class LabelModelPart:
     base_score: float
     trees: list[list[dict[str, Any]]]
     config: dict[str, Any] = field(default_factory=dict)
+    input_schema: InputSchema | None = None  # None: a model from before categorical support (all numeric)
+
+    def encode(self, table: Table) -> tuple[np.ndarray, dict[str, int]]:
+        """``table`` in this part's columns and category codes (unknown category = missing, counted)."""
+        return encode_for(self.input_schema, self.feature_names, table)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -178,6 +409,7 @@ class LabelModelPart:
             "party": self.party,
             "passive_parties": list(self.passive_parties),
             "feature_names": list(self.feature_names),
+            **_schema_dict(self.input_schema),
             "base_score": float(self.base_score),
             "config": dict(self.config),
             "trees": self.trees,
@@ -202,9 +434,10 @@ class LabelModelPart:
                 trees=list(d["trees"]),
                 config=dict(d.get("config", {})),
             )
+            m.input_schema = _schema_of(d, m.feature_names, source)
             m._check()
             return m
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError, RecursionError) as e:
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError, RecursionError, DataError) as e:
             raise DataError(f"{source}: not a SecureBoost label model part: {e!r}") from None
 
     def _check(self) -> None:
@@ -224,7 +457,7 @@ class LabelModelPart:
                 if nd["owner"] == self.party:
                     if not 0 <= int(nd["feature"]) < len(self.feature_names):
                         raise ValueError(f"tree {t} node {i}: feature index {nd['feature']} out of range")
-                    float(nd["threshold"])
+                    SplitRule.parse(int(nd["feature"]), nd)
                 else:
                     int(nd["split_id"])
 
@@ -251,38 +484,45 @@ class LabelModelPart:
 # --------------------------------------------------------------------------- split candidates (plaintext side)
 
 
+def node_rule(nd: Mapping[str, Any]) -> SplitRule:
+    """The rule of a label party's own split node (see :class:`LabelModelPart`)."""
+    return SplitRule.parse(int(nd["feature"]), nd)
+
+
 class PlainSource:
     """Split candidates over one party's features, computed in plaintext by that party.
 
     Used for the label party's own features, by a passive party to answer split requests,
-    and (for every party) in the plaintext reference.  Candidate ``c`` means "bin of
-    feature ``cand_f[c]`` <= ``cand_b[c]``".
+    and (for every party) in the plaintext reference.  Candidate ``c`` means "the bin of
+    feature ``cand_f[c]`` is in the set ``cand_left[c]``" (:meth:`FeatureBinner.candidates`:
+    thresholds, category sets, and the default direction of missing rows).
     """
 
-    def __init__(self, party: str, binner: FeatureBinner, Xb: np.ndarray, *, own: bool, shuffle: bool) -> None:
+    def __init__(self, party: str, binner: FeatureBinner, Xb: np.ndarray, *, own: bool, shuffle: bool,
+                 schema: InputSchema | None = None) -> None:
         self.party = party
         self.binner = binner
+        self.schema = schema
         self.Xb = Xb
-        self.own = own  # label party's own features: split records carry feature + threshold
-        nb = [binner.n_bins_of(f) for f in range(len(binner.edges))]
-        cf = np.concatenate([np.full(k - 1, f, dtype=np.int64) for f, k in enumerate(nb)]) if nb else np.zeros(0, np.int64)
-        cb = np.concatenate([np.arange(k - 1, dtype=np.int64) for k in nb]) if nb else np.zeros(0, np.int64)
-        if shuffle and len(cf):
-            perm = np.random.default_rng(secrets.randbits(128)).permutation(len(cf))
-            cf, cb = cf[perm], cb[perm]
-        self.cand_f, self.cand_b = cf, cb
-        self.offsets = np.concatenate([[0], np.cumsum(nb)[:-1]]).astype(np.int64) if nb else np.zeros(0, np.int64)
-        self.total_bins = int(sum(nb))
-        self._cand_pos = self.offsets[cf] + cb if len(cf) else np.zeros(0, np.int64)
+        self.own = own  # label party's own features: split records carry feature + rule
+        self._base = binner.candidates(prefix_categoricals=own)
+        perm = np.arange(len(self._base[0]), dtype=np.int64)
+        if shuffle and len(perm):
+            perm = np.random.default_rng(secrets.randbits(128)).permutation(len(perm))
+        self._apply(perm)
         self.split_ids: dict[int, int] = {}  # candidate -> split id (passive role)
 
-    def restore(self, cand_f: np.ndarray, cand_b: np.ndarray, split_ids: Mapping[int, int]) -> None:
+    def _apply(self, perm: np.ndarray) -> None:
+        self.perm = perm
+        self.cand_f, self.cand_left = self._base[0][perm], self._base[1][perm]
+        self._W = self.binner.n_bins + 1
+
+    def restore(self, perm: np.ndarray, split_ids: Mapping[int, int]) -> None:
         """Back to a checkpointed candidate order and split-id table (a resumed run must name the same splits)."""
-        cf, cb = np.asarray(cand_f, dtype=np.int64), np.asarray(cand_b, dtype=np.int64)
-        if sorted(zip(cf.tolist(), cb.tolist())) != sorted(zip(self.cand_f.tolist(), self.cand_b.tolist())):
+        perm = np.asarray(perm, dtype=np.int64)
+        if sorted(perm.tolist()) != list(range(len(self._base[0]))):
             raise DataError(f"party '{self.party}': the checkpointed split candidates do not match this table's bins")
-        self.cand_f, self.cand_b = cf, cb
-        self._cand_pos = self.offsets[cf] + cb if len(cf) else np.zeros(0, np.int64)
+        self._apply(perm)
         self.split_ids = {int(c): int(s) for c, s in split_ids.items()}
 
     @property
@@ -290,27 +530,20 @@ class PlainSource:
         return int(len(self.cand_f))
 
     def histogram(self, rows: np.ndarray, g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cumulative (G_L, H_L) of every candidate over ``rows``."""
+        """(G_L, H_L) of every candidate over ``rows``."""
         if self.n_candidates == 0:
             return np.zeros(0), np.zeros(0)
-        F = self.Xb.shape[1]
-        idx = (self.Xb[rows].astype(np.int64) + self.offsets).ravel()
-        hg = np.bincount(idx, weights=np.repeat(g[rows], F), minlength=self.total_bins)
-        hh = np.bincount(idx, weights=np.repeat(h[rows], F), minlength=self.total_bins)
-        return self._cumulative(hg)[self._cand_pos], self._cumulative(hh)[self._cand_pos]
-
-    def _cumulative(self, hist: np.ndarray) -> np.ndarray:
-        c = np.cumsum(hist)
-        before = np.concatenate([[0.0], c])[self.offsets]  # running total before each feature's first bin
-        seg = np.repeat(before, np.diff(np.concatenate([self.offsets, [self.total_bins]])))
-        return c - seg
+        F, W = self.Xb.shape[1], self._W
+        idx = (self.Xb[rows].astype(np.int64) + np.arange(F) * W).ravel()
+        hg = np.bincount(idx, weights=np.repeat(g[rows], F), minlength=F * W).reshape(F, W)
+        hh = np.bincount(idx, weights=np.repeat(h[rows], F), minlength=F * W).reshape(F, W)
+        return (self.cand_left * hg[self.cand_f]).sum(axis=1), (self.cand_left * hh[self.cand_f]).sum(axis=1)
 
     def left_mask(self, cand: int) -> np.ndarray:
-        return self.Xb[:, self.cand_f[cand]] <= self.cand_b[cand]
+        return self.cand_left[cand][self.Xb[:, self.cand_f[cand]]]
 
-    def threshold(self, cand: int) -> tuple[int, float]:
-        f = int(self.cand_f[cand])
-        return f, float(self.binner.edges[f][int(self.cand_b[cand])])
+    def rule(self, cand: int) -> SplitRule:
+        return self.binner.rule(int(self.cand_f[cand]), self.cand_left[cand])
 
     def register(self, cand: int) -> int:
         """Opaque split id for a chosen candidate (the same candidate always gets the same id)."""
@@ -320,8 +553,8 @@ class PlainSource:
 
     def split_record(self, cand: int) -> dict[str, Any]:
         if self.own:
-            f, thr = self.threshold(cand)
-            return {"owner": self.party, "feature": f, "threshold": thr}
+            r = self.rule(cand)
+            return {"owner": self.party, "feature": r.feature, **r.to_dict()}
         return {"owner": self.party, "split_id": self.register(cand)}
 
     def model_part(self, label_party: str) -> PassiveModelPart:
@@ -329,8 +562,17 @@ class PlainSource:
             party=self.party,
             label_party=label_party,
             feature_names=list(self.binner.feature_names),
-            splits={sid: self.threshold(c) for c, sid in self.split_ids.items()},
+            splits={sid: self.rule(c) for c, sid in self.split_ids.items()},
+            input_schema=self.schema,
         )
+
+
+def source_of(party: str, table: Table, cfg: SecureBoostConfig, *, own: bool, shuffle: bool) -> PlainSource:
+    """A party's bins and candidates over its training table (the same call in every role and the reference)."""
+    schema = InputSchema.of(table)
+    binner = FeatureBinner.fit(table.X, table.feature_names, cfg.n_bins, schema=schema,
+                               y=table.y if own else None, min_count=cfg.min_category_count)
+    return PlainSource(party, binner, binner.transform(table.X), own=own, shuffle=shuffle, schema=schema)
 
 
 # --------------------------------------------------------------------------- the tree grower (shared)
@@ -538,22 +780,37 @@ def train_plaintext_reference(
 ) -> tuple[LabelModelPart, dict[str, PassiveModelPart]]:
     """The same algorithm on pooled plaintext (same bins, same grower), returning the same model parts.
 
-    This is the yardstick for the federated run: with identical bins the federated trees
-    must equal these up to CKKS noise.  With no passive parties it is the label-party-only model.
+    All-numeric matrices (NaN = missing); :func:`train_plaintext_reference_tables` takes
+    :class:`~fedcredit.data.Table` s with categorical columns.  This is the yardstick for
+    the federated run: with identical bins the federated trees must equal these up to CKKS
+    noise.  With no passive parties it is the label-party-only model.
     """
-    cfg = cfg or SecureBoostConfig()
-    passive_X = dict(passive_X or {})
-    yv = check_labels(y, f"label party '{label_party}'")
-    lnames = list(label_feature_names or [f"x{i}" for i in range(np.asarray(X_label).shape[1])])
-    lb = FeatureBinner.fit(X_label, lnames, cfg.n_bins)
-    sources = [PlainSource(label_party, lb, lb.transform(X_label), own=True, shuffle=False)]
-    for p, Xp in passive_X.items():
-        names = list((passive_feature_names or {}).get(p) or [f"x{i}" for i in range(np.asarray(Xp).shape[1])])
-        if np.asarray(Xp).shape[0] != len(yv):
-            raise DataError(f"passive party '{p}': {np.asarray(Xp).shape[0]} rows, label party has {len(yv)}")
-        b = FeatureBinner.fit(Xp, names, cfg.n_bins)
-        sources.append(PlainSource(p, b, b.transform(Xp), own=False, shuffle=False))
-    base, trees, _ = boost(yv, PlainBackend(sources), cfg, None)
-    label = LabelModelPart(label_party, list(passive_X), lnames, base, trees, cfg.to_dict())
-    return label, {s.party: s.model_part(label_party) for s in sources[1:]}
+    def table(party: str, X: np.ndarray, names: Sequence[str] | None, labels: np.ndarray | None) -> Table:
+        X = np.asarray(X, dtype=np.float64)
+        cols = list(names or [f"x{i}" for i in range(X.shape[1])])
+        return Table(party, f"{party} matrix", [str(i) for i in range(X.shape[0])], X, cols, labels)
 
+    yv = np.asarray(y, dtype=np.float64) if y is not None else None
+    return train_plaintext_reference_tables(
+        table(label_party, X_label, label_feature_names, yv),
+        {p: table(p, Xp, (passive_feature_names or {}).get(p), None) for p, Xp in (passive_X or {}).items()},
+        cfg,
+    )
+
+
+def train_plaintext_reference_tables(
+    label_table: Table, passive_tables: Mapping[str, Table] | None = None, cfg: SecureBoostConfig | None = None
+) -> tuple[LabelModelPart, dict[str, PassiveModelPart]]:
+    """:func:`train_plaintext_reference` on aligned training tables (rows in the same order at every party)."""
+    cfg = cfg or SecureBoostConfig()
+    label_party = label_table.party
+    yv = check_labels(label_table.y, f"label party '{label_party}'")
+    sources = [source_of(label_party, label_table, cfg, own=True, shuffle=False)]
+    for p, t in (passive_tables or {}).items():
+        if len(t) != len(yv):
+            raise DataError(f"passive party '{p}': {len(t)} rows, label party has {len(yv)}")
+        sources.append(source_of(p, t, cfg, own=False, shuffle=False))
+    base, trees, _ = boost(yv, PlainBackend(sources), cfg, None)
+    label = LabelModelPart(label_party, list(passive_tables or {}), list(label_table.feature_names), base, trees,
+                           cfg.to_dict(), input_schema=sources[0].schema)
+    return label, {s.party: s.model_part(label_party) for s in sources[1:]}
