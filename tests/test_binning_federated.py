@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fed_data import messy_vertical_tables
 
 from crypto import ckks
 from fedcredit import binning as B
@@ -38,27 +39,6 @@ def _shared(rows: int) -> tuple[Table, Table]:
     hf = [c for c in h.columns if c != "id"]
     label = Table("bank", "guest.csv", ids, g[gf].to_numpy(np.float64), gf, g["y"].to_numpy(np.float64))
     passive = Table("fintech", "host.csv", ids, h[hf].to_numpy(np.float64), hf)
-    return label, passive
-
-
-def _messy(n: int = 3000, seed: int = 7) -> tuple[Table, Table]:
-    """Label party: one numeric column; passive: heavy-tailed amount with ~9 % missing, two categoricals."""
-    rng = np.random.default_rng(seed)
-    income = rng.lognormal(8, 1.2, n)
-    purpose = rng.integers(0, 5, n).astype(np.float64)
-    purpose[rng.random(n) < 0.01] = 5  # a rare category
-    housing = rng.integers(0, 3, n).astype(np.float64)
-    housing[rng.random(n) < 0.04] = np.nan
-    own = rng.normal(size=n)
-    z = -0.6 * (np.log(income) - 8) + 0.4 * (purpose == 2) - 0.3 * housing + 0.5 * own
-    y = (rng.random(n) < 1 / (1 + np.exp(-(z - 1)))).astype(np.float64)
-    income[rng.random(n) < 0.09] = np.nan
-    ids = [f"c{i:05d}" for i in range(n)]
-    label = Table("bank", "bank.csv", ids, own[:, None], ["score"], y)
-    passive = Table("fintech", "fintech.csv", ids, np.column_stack([income, purpose, housing]),
-                    ["amount", "purpose", "housing"], kinds=["numeric", "categorical", "categorical"],
-                    categories={"purpose": ["car", "edu", "home", "other", "repair", "yacht"],
-                                "housing": ["free", "own", "rent"]})
     return label, passive
 
 
@@ -137,7 +117,7 @@ def test_federated_iv_equals_pooled_on_shared_data(method: str) -> None:
 
 
 def test_federated_woe_with_missing_and_categoricals_and_transcript() -> None:
-    label, passive = _messy()
+    label, passive = messy_vertical_tables()
     assert label.y is not None
     params = BinningParams(method="optimal", monotonic="auto", transform="woe", min_iv=0.0)
     rec: list[Recording] = []
@@ -187,7 +167,7 @@ def _holds_labels(blob: bytes, y: np.ndarray) -> bool:
 
 
 def test_indicator_mode_sends_no_woe_and_only_merge_maps() -> None:
-    label, passive = _messy(2000)
+    label, passive = messy_vertical_tables(2000)
     params = BinningParams(method="optimal", transform="indicators", min_iv=0.02)
     rec: list[Recording] = []
     lres, pres = _run(label, passive, params, rec)
@@ -202,7 +182,7 @@ def test_indicator_mode_sends_no_woe_and_only_merge_maps() -> None:
 
 
 def test_passive_refuses_bins_below_its_floor() -> None:
-    label, passive = _messy(600)
+    label, passive = messy_vertical_tables(600)
     params = BinningParams(min_bin_size=1)  # the label party asks for 1-row bins ...
     assert min_rows_for(params, 600) == PASSIVE_MIN_BIN_ROWS  # ... and is raised to the floor itself
     # a label party that bypasses that: the passive refuses before it touches Enc(y)
@@ -225,7 +205,7 @@ def _digest(t: Table) -> str:
 
 
 def test_label_party_refuses_a_tampered_count() -> None:
-    label, passive = _messy(600)
+    label, passive = messy_vertical_tables(600)
 
     def liar(t: Transport) -> None:
         from fedcredit.codec import pack

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fed_data import messy_vertical_tables
 
 from fedcredit.config import JobConfig, parse_job_text
 from fedcredit.data import Table
@@ -16,7 +17,6 @@ from fedcredit.metrics import auc
 from fedcredit.protocols.vertical_jobs import VerticalParty, run_vertical_party_core
 from fedcredit.transport import InMemoryHub
 from simulations.inprocess import run_roles
-from tests.test_binning_federated import _messy
 
 
 def _job(transform: str) -> JobConfig:
@@ -29,7 +29,7 @@ def _job(transform: str) -> JobConfig:
 
 @pytest.mark.parametrize("transform", ["indicators", "woe"])
 def test_vertical_lr_on_binned_features_end_to_end(tmp_path: Path, transform: str) -> None:
-    label, passive = _messy(4000, seed=11)
+    label, passive = messy_vertical_tables(4000, seed=11)
     job = _job(transform)
     tables = {"bank": label, "fintech": passive}
     views = {p: VerticalParty(p, "run-bin", job, frozenset({"train"}), lambda k, p=p: tables[p],  # type: ignore[misc]
@@ -91,7 +91,7 @@ def _run_job(tmp_path: Path, job: JobConfig, tables: dict[str, Table]) -> dict[s
 
 
 def test_binning_only_job_writes_tables_and_trains_nothing(tmp_path: Path) -> None:
-    label, passive = _messy(1500, seed=5)
+    label, passive = messy_vertical_tables(1500, seed=5)
     job = JobConfig.model_validate({
         "job": {"type": "vertical-lr", "parties": ["bank", "fintech"], "label_party": "bank"},
         "model": {"test_fraction": 0.2, "binning": {"only": True, "min_iv": 0.05}}})
