@@ -562,7 +562,8 @@ class ScoringService:
             log.append({"time": time.time(), "caller": caller, "id": a.id, "model_version": used.version, "run_id": used.manifest.run_id,
                         "model_hash": used.manifest.model_hash, "pd": d["pd"], "score": d["score"],
                         "decision": d["decision"], "credit_limit": d["credit_limit"], "reasons": d["reasons"],
-                        "party_contributions": d["party_contributions"], "fallback": bool(fallback_reason)})
+                        "party_contributions": d["party_contributions"], "fallback": bool(fallback_reason),
+                        **({"points": d["points"]} if d.get("points") else {})})
         if self.log is not None:
             self.log.write(log)
         return out
@@ -647,7 +648,10 @@ def _to_app(r: pb.ScoreRequest) -> Application:
 
 
 def _to_reply(d: Mapping[str, Any]) -> pb.ScoreReply:
+    pts = d.get("points")
     return pb.ScoreReply(
+        points=None if pts is None else pb.ScorecardPoints(base=pts["base"], features=pts["features"],
+                                                           parties=pts["parties"]),
         id=d["id"], pd=d["pd"], score=d["score"], decision=d["decision"],
         credit_limit=d["credit_limit"] or 0.0,
         reasons=[pb.Reason(name=r["name"], contribution=r["contribution"], source=r["source"], code=r["code"] or "")

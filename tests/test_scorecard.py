@@ -1,0 +1,200 @@
+"""Binned scorecard from WOE LR: PDO points, points == LR score, what each party holds, online reply, ONNX export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import scorecard_data as sd
+
+from fedcredit.binning import FeatureBins
+from fedcredit.decision import Contributions, DecisionPolicy, ScorecardPoints, ScoreScale, decide, score_from_pd
+from fedcredit.errors import DataError
+from fedcredit.export import scorecard_csv_bytes, scorecard_onnx_bytes
+from fedcredit.metrics import sigmoid
+from fedcredit.protocols import vertical_lr as vlr
+from fedcredit.scorecard import ScorecardPart, bin_design, build_part
+
+ROWS = slice(sd.N_FIT, sd.N_FIT + 500)  # held-out rows
+
+
+@pytest.fixture(scope="module")
+def woe() -> sd.Fitted:
+    return sd.fit(transform="woe")
+
+
+# --------------------------------------------------------------------------- PDO math
+
+
+def test_pdo_defaults_and_one_feature_points_by_hand() -> None:
+    s = ScoreScale()
+    assert (s.base_points, s.base_odds, s.pdo) == (600.0, 50.0, 20.0)
+    factor, offset = 20 / math.log(2), 600 - 20 / math.log(2) * math.log(50)
+    assert s.factor == pytest.approx(factor) and s.offset == pytest.approx(offset)
+    # good:bad odds 50 -> 600 points, odds 100 -> 620: the convention the points inherit
+    assert score_from_pd(1 / 51, s) == pytest.approx(600) and score_from_pd(1 / 101, s) == pytest.approx(620)
+    # one numeric feature, bins [-inf,0) [0,10) [10,inf) + missing; WOE LR weight 0.8 on standardized WOE
+    fb = FeatureBins("x", "numeric", edges=(0.0, 10.0))
+    woe, mean, sc, w, b = np.array([0.5, -0.2, -0.9, 0.1]), 0.05, 0.4, 0.8, -1.3
+    card = build_part("lab", "label", [fb], bin_design([fb], "woe", [woe]), np.array([mean]), np.array([sc]),
+                      np.array([w]), intercept=b)
+    expect = -factor * w * (woe - mean) / sc
+    np.testing.assert_allclose(card.features[0].points, expect, rtol=1e-12)
+    assert card.base_points == pytest.approx(offset - factor * b)
+    x = np.array([[-3.0], [0.0], [9.99], [10.0], [np.nan]])
+    np.testing.assert_array_equal(card.bin_indices(x).ravel(), [0, 1, 1, 2, 3])
+    logit = b + w * (woe[[0, 1, 1, 2, 3]] - mean) / sc
+    np.testing.assert_allclose(card.subtotal(x), offset - factor * logit, rtol=1e-12)
+    # a different scale moves every point: 500 at 20:1, 50 per doubling
+    s2 = ScoreScale(base_points=500, base_odds=20, pdo=50)
+    c2 = build_part("lab", "label", [fb], bin_design([fb], "woe", [woe]), np.array([mean]), np.array([sc]),
+                    np.array([w]), intercept=b, score_scale=s2)
+    np.testing.assert_allclose(c2.subtotal(x), s2.offset - s2.factor * logit, rtol=1e-12)
+
+
+@pytest.mark.parametrize("transform", ["woe", "indicator"])
+def test_points_sum_equals_joint_lr_score_on_real_rows(transform: str, woe: sd.Fitted) -> None:
+    f = woe if transform == "woe" else sd.fit(transform="indicator")
+    lab, pas = f.label.scorecard, f.passive.scorecard
+    assert lab is not None and pas is not None
+    Xg, Xh = f.guest.X[ROWS], f.host.X[ROWS]
+    assert np.isnan(Xg).any() and np.isnan(Xh).any()  # missing values are scored (their own bin)
+    logit = f.lr_logit(ROWS)
+    s = lab.scale
+    total = lab.subtotal(Xg) + pas.subtotal(Xh)
+    np.testing.assert_allclose(total, s.offset - s.factor * logit, rtol=0, atol=1e-9)
+    # ... which is the decision layer's score of the LR's PD
+    pd = sigmoid(logit)
+    np.testing.assert_allclose(total, [score_from_pd(p, s) for p in pd], rtol=0, atol=1e-6)
+    # a passive party's subtotal is exactly its bins' points (no share of the intercept) = -factor x partial logit
+    assert pas.base_points == 0.0
+    z = f.passive.standardizer.transform(f.design_matrix("host", ROWS)) @ f.passive.weights
+    np.testing.assert_allclose(pas.subtotal(Xh), -s.factor * z, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(pas.feature_points(Xh).sum(axis=1), pas.subtotal(Xh), rtol=0, atol=1e-12)
+
+
+def test_scorecard_round_trips_and_refuses_doctored_points(woe: sd.Fitted) -> None:
+    text = woe.label.to_json()
+    back = vlr.LabelModel.from_json(text, source="guest model.json")
+    assert back.scorecard is not None
+    np.testing.assert_array_equal(back.scorecard.subtotal(woe.guest.X[ROWS]),
+                                  woe.label.scorecard.subtotal(woe.guest.X[ROWS]))  # type: ignore[union-attr]
+    doc = json.loads(text)
+    doc["scorecard"]["features"][0]["points"][0] += 25.0  # a hand-edited scorecard no longer matches its LR
+    with pytest.raises(DataError, match="points are not -factor x logit"):
+        vlr.LabelModel.from_json(json.dumps(doc), source="guest model.json")
+    doc = json.loads(woe.passive.to_json())
+    with pytest.raises(DataError, match="expected the label part of 'host'"):
+        vlr.LabelModel.from_json(json.dumps({**doc, "kind": "vertical_lr/label", "intercept": 0.0,
+                                             "passive_parties": []}), source="m")
+    with pytest.raises(DataError, match="infinite"):
+        woe.label.scorecard.subtotal(np.full((1, len(sd.GUEST)), np.inf))  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- what each party holds
+
+
+def test_passive_points_and_bins_stay_at_the_passive_party(woe: sd.Fitted) -> None:
+    label_file = woe.label.to_json()
+    pas = woe.passive.scorecard
+    assert pas is not None
+    # the label party's model file: its own bins and points, the passive party's name, nothing of the passive's
+    for f in pas.features:
+        assert f.feature not in label_file
+        for p in f.points:
+            assert repr(float(p)) not in label_file and f"{float(p):.6f}" not in label_file
+    assert "BILL_AMT" not in label_file and "PAY_AMT" not in label_file
+    assert json.loads(label_file)["passive_parties"] == ["host"]
+    # what the passive party's online role sends: one number per id, its partial logit
+    online = vlr.OnlinePassive(woe.passive)
+    ans = online.answer(woe.host.X[ROWS])
+    assert ans.shape == (500,)
+    # the label party turns that one number into the subtotal; it never sees a bin or a per-feature point
+    lab = vlr.OnlineLabel(woe.label)
+    pd, contribs = lab.score(woe.guest.X[ROWS], {"host": ans})
+    for k in (0, 1, 499):
+        pts = contribs[k].points
+        assert pts is not None and set(pts.parties) == {"host"}
+        assert set(pts.features) == set(sd.GUEST)
+        assert pts.parties["host"] == pytest.approx(pas.subtotal(woe.host.X[ROWS][k:k + 1])[0], abs=1e-9)
+        assert pts.total == pytest.approx(score_from_pd(pd[k], woe.label.scorecard.scale), abs=1e-6)  # type: ignore[union-attr]
+        assert contribs[k].logit == pytest.approx(math.log(pd[k] / (1 - pd[k])), abs=1e-9)
+
+
+def test_decision_score_is_the_points_total_and_a_scale_mismatch_is_noted() -> None:
+    pts = ScorecardPoints(500.0, {"a": 30.0, "b": -5.0}, {"host": 12.5}, (600.0, 50.0, 20.0))
+    c = Contributions({"a": -1.0, "b": 0.2}, {"host": -0.4}, -1.0, pts)
+    d = decide(0.1, c, None, DecisionPolicy())
+    assert d.score == pytest.approx(537.5) and d.decision == "refer" and not d.notes
+    assert d.to_dict()["points"] == {"base": 500.0, "features": {"a": 30.0, "b": -5.0}, "parties": {"host": 12.5},
+                                     "total": 537.5}
+    other = DecisionPolicy.model_validate({"scale": {"base_points": 650}})
+    d2 = decide(0.1, c, None, other)
+    assert d2.score == pytest.approx(537.5) and "not [decision.scale] 650/50/20" in d2.notes[0]
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _onnx_feeds(card: ScorecardPart, table, rows: slice, passive: np.ndarray | None) -> dict[str, np.ndarray]:
+    X = table.X[rows]
+    feeds: dict[str, np.ndarray] = {}
+    for j, f in enumerate(card.features):
+        col = X[:, j]
+        if f.bins.kind == "numeric":
+            feeds[f.feature] = col.reshape(-1, 1).astype(np.float64)
+        else:
+            cats = table.categories[f.feature]
+            feeds[f.feature] = np.array([["" if math.isnan(v) else cats[int(v)]] for v in col], dtype=object)
+    if passive is not None:
+        feeds["passive_points"] = passive.reshape(-1, 1)
+    return feeds
+
+
+def test_onnx_export_scores_as_fedcredit_on_real_rows(woe: sd.Fitted) -> None:
+    import onnxruntime as ort
+
+    lab, pas = woe.label.scorecard, woe.passive.scorecard
+    assert lab is not None and pas is not None
+    sess = ort.InferenceSession(scorecard_onnx_bytes(lab, ["host"]), providers=["CPUExecutionProvider"])
+    passive = pas.subtotal(woe.host.X[ROWS])
+    feeds = _onnx_feeds(lab, woe.guest, ROWS, passive)
+    assert any(v.dtype == object for v in feeds.values())  # categorical text goes in as text
+    score, points, pd = sess.run(["score", "points", "pd"], feeds)
+    Xg = woe.guest.X[ROWS]
+    np.testing.assert_allclose(score.ravel(), lab.subtotal(Xg) + passive, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(points, lab.feature_points(Xg), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(pd.ravel(), sigmoid(woe.lr_logit(ROWS)), rtol=0, atol=1e-12)
+    # unknown category text = missing, as fedcredit's InputSchema rule
+    one = {k: v[:1].copy() for k, v in feeds.items()}
+    one["EDUCATION"] = np.array([["no such level"]], dtype=object)
+    row = Xg[:1].copy()
+    row[0, list(sd.GUEST).index("EDUCATION")] = np.nan
+    assert sess.run(["score"], one)[0][0, 0] == pytest.approx(lab.subtotal(row)[0] + passive[0], abs=1e-9)
+    # the passive party's own share exports the same way, at that party
+    psess = ort.InferenceSession(scorecard_onnx_bytes(pas), providers=["CPUExecutionProvider"])
+    (sub,) = psess.run(["score"], _onnx_feeds(pas, woe.host, ROWS, None))
+    np.testing.assert_allclose(sub.ravel(), passive, rtol=0, atol=1e-9)
+
+
+def test_scorecard_csv_holds_own_bins_and_opaque_passive_lines(woe: sd.Fitted) -> None:
+    lab = woe.label.scorecard
+    assert lab is not None
+    rows = list(csv.DictReader(io.StringIO(scorecard_csv_bytes(lab, ["host"]).decode())))
+    assert rows[0]["row_type"] == "base" and float(rows[0]["points"]) == pytest.approx(lab.base_points)
+    assert rows[-1] == {"row_type": "passive", "feature": "host", "bin": "",
+                        "label": "subtotal computed at party 'host'", "points": ""}
+    bins = [r for r in rows if r["row_type"] == "bin"]
+    assert {r["feature"] for r in bins} == set(sd.GUEST)
+    assert len(bins) == sum(f.bins.n_bins for f in lab.features)
+    # scoring a row by hand from the CSV gives fedcredit's own subtotal
+    table = {(r["feature"], int(r["bin"])): float(r["points"]) for r in bins}
+    X = woe.guest.X[ROWS][:20]
+    idx = lab.bin_indices(X)
+    by_hand = [float(rows[0]["points"]) + sum(table[(f, int(idx[k, j]))] for j, f in enumerate(lab.feature_names))
+               for k in range(20)]
+    np.testing.assert_allclose(by_hand, lab.subtotal(X), rtol=0, atol=1e-9)
