@@ -114,11 +114,13 @@ def register_party_commands(party_sub: Any) -> None:
     p = models.add_parser("rollback", help="re-activate the previously active version")
     common(p)
     p.set_defaults(func=cmd_models_rollback)
-    p = models.add_parser("export", help="scorecard CSV / linear JSON / PMML of a horizontal LR version")
+    p = models.add_parser("export", help="horizontal LR: scorecard CSV / linear JSON / PMML; vertical LR part with "
+                                         "a scorecard: this party's scorecard CSV / ONNX")
     common(p)
     p.add_argument("version", nargs="?", help="default: the active version")
     p.add_argument("--out", required=True)
-    p.add_argument("--decision", help="TOML with a [decision] section (score scale)")
+    p.add_argument("--decision", help="TOML with a [decision] section (score scale; horizontal LR only: a "
+                                      "scorecard keeps the scale it was trained with)")
     p.set_defaults(func=cmd_models_export)
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,3 +199,117 @@ def test_scorecard_csv_holds_own_bins_and_opaque_passive_lines(woe: sd.Fitted) -
     by_hand = [float(rows[0]["points"]) + sum(table[(f, int(idx[k, j]))] for j, f in enumerate(lab.feature_names))
                for k in range(20)]
     np.testing.assert_allclose(by_hand, lab.subtotal(X), rtol=0, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- online, over real mutual-TLS gRPC
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from crypto.certs import init_ca, issue
+
+    root = tmp_path_factory.mktemp("pki")
+    ca = init_ca(root / "ca", "scorecard-test")
+    ids: dict = {n: issue(ca, root / n, n) for n in ("guest", "host", "client")}
+    ids["ca"] = ca
+    return ids
+
+
+def _card_parts(f: sd.Fitted) -> dict:
+    return {
+        "guest": {"kind": "vertical-lr-label", "files": {"model.json": f.label.to_json().encode()},
+                  "schema": {"feature_names": f.label.scorecard.feature_names, "id_column": "ID"}},  # type: ignore[union-attr]
+        "host": {"kind": "vertical-lr-passive", "files": {"model.json": f.passive.to_json().encode()},
+                 "schema": {"feature_names": f.passive.scorecard.feature_names, "id_column": "ID"}},  # type: ignore[union-attr]
+    }
+
+
+def test_online_scorecard_reply_total_own_points_and_passive_subtotal(tmp_path: Path, pki) -> None:
+    from test_scoring import Fed, _install
+
+    from fedcredit.export import export_artifact
+    from party.scoring import Application
+
+    # the request carries numbers (categorical text in requests is the loader's part); the passive party's
+    # table has categorical and missing values, looked up by id at that party
+    f = sd.fit(guest_cols=sd.GUEST_NUMERIC, blank=("host",))
+    stores = _install(tmp_path, pki, "card-1", _card_parts(f))
+    fed = Fed(tmp_path, pki, stores, host_loader=lambda names: f.host.select(names))
+    try:
+        rows = np.arange(sd.N_FIT, sd.N_FIT + 30)
+        Xg, Xh = f.guest.X[rows], f.host.X[rows]
+        assert np.isnan(Xh).any()
+        apps = [Application(f.guest.ids[r], dict(zip(f.guest.feature_names, map(float, f.guest.X[r])))) for r in rows]
+        replies = fed.client.score_batch(apps)
+        lab, pas = f.label.scorecard, f.passive.scorecard
+        assert lab is not None and pas is not None
+        own, sub = lab.feature_points(Xg), pas.subtotal(Xh)
+        for k, r in enumerate(replies):
+            assert r.HasField("points")
+            assert r.points.base == pytest.approx(lab.base_points, abs=1e-9)
+            assert dict(r.points.features) == pytest.approx(dict(zip(lab.feature_names, own[k])), abs=1e-9)
+            assert dict(r.points.parties) == pytest.approx({"host": sub[k]}, abs=1e-9)  # one number, no bins
+            assert r.score == pytest.approx(lab.base_points + own[k].sum() + sub[k], abs=1e-9)
+        np.testing.assert_allclose([r.pd for r in replies], sigmoid(f.lr_logit(rows)), rtol=0, atol=1e-12)
+        s = lab.scale
+        np.testing.assert_allclose([r.score for r in replies], s.offset - s.factor * f.lr_logit(rows), atol=1e-9)
+        # the decision log keeps the points too
+        fed.guest_service.log.flush()
+        rec = json.loads((tmp_path / "guest-decisions.jsonl").read_text().splitlines()[-1])
+        assert set(rec["points"]["parties"]) == {"host"} and rec["points"]["total"] == pytest.approx(rec["score"])
+        # what the passive party gives the label party, asked as the label party (a curious one): per id one
+        # partial logit, nothing else -- no bin index, no per-feature point, no feature
+        man = fed.host_service.model().manifest
+        rep = fed.host_service.partial(man.model_hash, [apps[0].id], "guest")
+        assert {fd.name for fd, _ in rep.ListFields()} == {"party", "model_hash", "kind", "partial_logits"}
+        assert list(rep.partial_logits) == pytest.approx([-sub[0] / s.factor], abs=1e-12)
+        # export at the label party: its part only; the passive party is one opaque line
+        out = export_artifact(stores["guest"].load(stores["guest"].active_version()), tmp_path / "export")
+        text = out["scorecard"].read_text()
+        assert "passive,host,,subtotal computed at party 'host'," in text
+        assert not any(n in text for n in sd.HOST)
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(out["onnx"]), providers=["CPUExecutionProvider"])
+        feeds = {n: Xg[:, j:j + 1].copy() for j, n in enumerate(lab.feature_names)}
+        feeds["passive_points"] = np.array([[r.points.parties["host"]] for r in replies])
+        np.testing.assert_allclose(sess.run(["score"], feeds)[0].ravel(), [r.score for r in replies], atol=1e-9)
+    finally:
+        fed.close()
+
+
+def test_export_of_a_vertical_lr_part_without_scorecard_says_why(tmp_path: Path, woe: sd.Fitted) -> None:
+    from fedcredit.artifacts import build_run_artifacts, check_artifact_integrity
+    from fedcredit.errors import ConfigError
+    from fedcredit.export import export_artifact
+
+    plain = vlr.LabelModel("guest", ["a"], woe.label.standardizer.__class__(np.zeros(1), np.ones(1)), np.ones(1),
+                           0.0, ["host"])
+    parts = {"guest": {"kind": "vertical-lr-label", "files": {"model.json": plain.to_json().encode()},
+                       "schema": {"feature_names": ["a"], "id_column": "id"}},
+             "host": _card_parts(woe)["host"]}
+    paths = build_run_artifacts(tmp_path / "v", run_id="v", parts=parts)
+    with pytest.raises(ConfigError, match="has no scorecard"):
+        export_artifact(check_artifact_integrity(paths["guest"]), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_onnx_bin_rules_match_fedcredit_on_edge_cases() -> None:
+    """Missing folded into a value bin, a vocabulary category in no group, a numeric feature without edges."""
+    import onnxruntime as ort
+
+    bins = [FeatureBins("n", "numeric", edges=(1.0, 2.0), missing_into=1),
+            FeatureBins("c", "categorical", groups=(("a", "b"), ("d",)), categories=("a", "b", "c", "d")),
+            FeatureBins("flat", "numeric")]
+    woes = [[0.3, -0.1, 0.2, 0.0], [0.4, -0.5, 0.9], [0.0, 0.7]]
+    card = build_part("lab", "label", bins, bin_design(bins, "woe", woes), np.array([0.1, 0.0, 0.2]),
+                      np.array([0.5, 1.0, 2.0]), np.array([0.7, -1.2, 0.3]), intercept=0.25)
+    X = np.array([[0.5, 0.0, 3.0], [1.0, 1.0, -1.0], [2.0, 2.0, 0.0], [np.nan, 3.0, np.nan], [5.0, np.nan, 1.0]])
+    np.testing.assert_array_equal(card.bin_indices(X), [[0, 0, 0], [1, 0, 0], [2, 2, 0], [1, 1, 1], [2, 2, 0]])
+    sess = ort.InferenceSession(scorecard_onnx_bytes(card), providers=["CPUExecutionProvider"])
+    cats = ["a", "b", "c", "d"]
+    feeds = {"n": X[:, :1].copy(), "flat": X[:, 2:].copy(),
+             "c": np.array([[""] if math.isnan(v) else [cats[int(v)]] for v in X[:, 1]], dtype=object)}
+    score, points = sess.run(["score", "points"], feeds)
+    np.testing.assert_allclose(points, card.feature_points(X), atol=1e-12)
+    np.testing.assert_allclose(score.ravel(), card.subtotal(X), atol=1e-9)
