@@ -41,11 +41,13 @@ import numpy as np
 from fedcredit.binning import FeatureBins
 from fedcredit.decision import ScoreScale
 from fedcredit.errors import DataError
+from fedcredit.params import ScorecardParams
 
-__all__ = ["FORMAT", "Transform", "ScorecardFeature", "ScorecardPart", "bin_design", "bin_logits", "build_part"]
+__all__ = ["FORMAT", "Transform", "ScorecardFeature", "ScorecardPart", "bin_design", "bin_logits", "build_part",
+           "score_scale"]
 
 FORMAT = "fedcredit.scorecard/1"
-Transform = Literal["woe", "indicator"]
+Transform = Literal["woe", "indicators"]
 Role = Literal["label", "passive"]
 
 
@@ -66,10 +68,10 @@ def bin_design(bins: Sequence[FeatureBins], transform: Transform,
             if v.shape != (b.n_bins,):
                 raise DataError(f"feature '{b.feature}': {v.size} WOE values for {b.n_bins} bins")
             out.append(v[:, None])
-    elif transform == "indicator":
+    elif transform == "indicators":
         out = [np.eye(b.n_bins)[:, 1:] for b in bins]
     else:
-        raise DataError(f"unknown scorecard transform {transform!r}; expected 'woe' or 'indicator'")
+        raise DataError(f"unknown scorecard transform {transform!r}; expected 'woe' or 'indicators'")
     return out
 
 
@@ -237,3 +239,9 @@ def build_part(party: str, role: Role, bins: Sequence[FeatureBins], design: Sequ
     logits = bin_logits(design, mean, scale, weights)
     feats = tuple(ScorecardFeature(b, c, -sc.factor * c) for b, c in zip(bins, logits))
     return ScorecardPart(party, role, sc, float(intercept) if role == "label" else 0.0, feats)
+
+
+def score_scale(params: ScorecardParams | None) -> ScoreScale:
+    """A job's ``[model.scorecard]`` as the decision layer's scale (defaults 600 / 50 / 20)."""
+    p = params or ScorecardParams()
+    return ScoreScale(base_points=p.base_points, base_odds=p.base_odds, pdo=p.pdo)

@@ -20,10 +20,10 @@ import pandas as pd
 from fedcredit import binning
 from fedcredit.binning import FeatureBins
 from fedcredit.data import Table
-from fedcredit.decision import ScoreScale
+from fedcredit.params import ScorecardParams
 from fedcredit.protocols import vertical_lr as vlr
 from fedcredit.protocols.vertical_common import Standardizer
-from fedcredit.scorecard import Transform, bin_design, build_part
+from fedcredit.scorecard import Transform
 
 RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "UCI_Credit_Card.csv"
 N_FIT = 4000
@@ -82,7 +82,7 @@ class Fitted:
 
 
 def fit(*, transform: Transform = "woe", guest_cols: dict[str, str] = GUEST,
-        blank: tuple[str, ...] = ("guest", "host"), scale: ScoreScale | None = None) -> Fitted:
+        blank: tuple[str, ...] = ("guest", "host"), params: ScorecardParams | None = None) -> Fitted:
     """``blank``: the parties whose amount column gets ~9 % missing values."""
     df = pd.read_csv(RAW)
     y = df["default.payment.next.month"].to_numpy(dtype=np.float64)
@@ -104,17 +104,16 @@ def fit(*, transform: Transform = "woe", guest_cols: dict[str, str] = GUEST,
     clf = LogisticRegression(max_iter=2000).fit(np.hstack([sg.transform(Dg), sh.transform(Dh)]), y[:N_FIT])
     w = clf.coef_.ravel()
     wg, wh, b = w[: Dg.shape[1]], w[Dg.shape[1]:], float(clf.intercept_[0])
-    cg = build_part("guest", "label", bins["guest"], bin_design(bins["guest"], transform, woes["guest"]),
-                    sg.mean, sg.scale, wg, intercept=b, score_scale=scale)
-    ch = build_part("host", "passive", bins["host"], bin_design(bins["host"], transform, woes["host"]),
-                    sh.mean, sh.scale, wh, score_scale=scale)
     names = _names(bins["guest"], transform), _names(bins["host"], transform)
-    f.label = vlr.LabelModel("guest", names[0], sg, wg, b, ["host"], scorecard=cg)
-    f.passive = vlr.PassiveModel("host", names[1], sh, wh, "guest", scorecard=ch)
+    f.label = vlr.LabelModel("guest", names[0], sg, wg, b, ["host"])
+    f.passive = vlr.PassiveModel("host", names[1], sh, wh, "guest")
+    # each party from its own block (the passive party from its own weights and bins, at home)
+    vlr.with_scorecard(f.label, bins["guest"], transform, woes["guest"], params)
+    vlr.with_scorecard(f.passive, bins["host"], transform, woes["host"] if transform == "woe" else None, params)
     return f
 
 
 def _names(bins: Sequence[FeatureBins], transform: Transform) -> list[str]:
     if transform == "woe":
         return [f"{b.feature}_woe" for b in bins]
-    return [f"{b.feature}#bin{k}" for b in bins for k in range(1, b.n_bins)]
+    return binning.indicator_matrix(bins, np.zeros((1, len(bins))))[1]

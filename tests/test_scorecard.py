@@ -57,9 +57,9 @@ def test_pdo_defaults_and_one_feature_points_by_hand() -> None:
     np.testing.assert_allclose(c2.subtotal(x), s2.offset - s2.factor * logit, rtol=1e-12)
 
 
-@pytest.mark.parametrize("transform", ["woe", "indicator"])
+@pytest.mark.parametrize("transform", ["woe", "indicators"])
 def test_points_sum_equals_joint_lr_score_on_real_rows(transform: str, woe: sd.Fitted) -> None:
-    f = woe if transform == "woe" else sd.fit(transform="indicator")
+    f = woe if transform == "woe" else sd.fit(transform="indicators")
     lab, pas = f.label.scorecard, f.passive.scorecard
     assert lab is not None and pas is not None
     Xg, Xh = f.guest.X[ROWS], f.host.X[ROWS]
@@ -313,3 +313,36 @@ def test_onnx_bin_rules_match_fedcredit_on_edge_cases() -> None:
     score, points = sess.run(["score", "points"], feeds)
     np.testing.assert_allclose(points, card.feature_points(X), atol=1e-12)
     np.testing.assert_allclose(score.ravel(), card.subtotal(X), atol=1e-9)
+
+
+def test_scorecard_job_section_defaults_and_needs_binning() -> None:
+    from pydantic import ValidationError
+
+    from fedcredit.params import ScorecardParams, VerticalLRModel
+    from fedcredit.scorecard import score_scale
+
+    s, d = score_scale(ScorecardParams()), ScoreScale()
+    assert (s.base_points, s.base_odds, s.pdo) == (d.base_points, d.base_odds, d.pdo) == (600.0, 50.0, 20.0)
+    with pytest.raises(ValidationError, match="unknown field|extra"):
+        ScorecardParams.model_validate({"pdo": 20, "base_point": 600})
+    with pytest.raises(ValidationError, match="greater than 0"):
+        ScorecardParams.model_validate({"pdo": 0})
+    if "binning" not in VerticalLRModel.model_fields:  # before the binning step exists, a scorecard cannot be asked
+        with pytest.raises(ValidationError, match=r"\[model.scorecard\] needs \[model.binning\]"):
+            VerticalLRModel.model_validate({"scorecard": {}})
+    else:
+        with pytest.raises(ValidationError, match=r"\[model.scorecard\] needs \[model.binning\]"):
+            VerticalLRModel.model_validate({"scorecard": {}, "binning": None})
+        m = VerticalLRModel.model_validate({"scorecard": {"pdo": 40}, "binning": {}})
+        assert score_scale(m.scorecard).pdo == 40
+
+
+def test_a_custom_scale_moves_the_points_and_keeps_the_identity() -> None:
+    from fedcredit.params import ScorecardParams
+
+    f = sd.fit(guest_cols=sd.GUEST_NUMERIC, params=ScorecardParams(base_points=500, base_odds=20, pdo=50))
+    lab, pas = f.label.scorecard, f.passive.scorecard
+    assert lab is not None and pas is not None and lab.scale.pdo == 50
+    s = lab.scale
+    np.testing.assert_allclose(lab.subtotal(f.guest.X[ROWS]) + pas.subtotal(f.host.X[ROWS]),
+                               s.offset - s.factor * f.lr_logit(ROWS), atol=1e-9)

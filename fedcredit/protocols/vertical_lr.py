@@ -42,15 +42,16 @@ import numpy as np
 
 from crypto import ckks
 from crypto.files import write_text
+from fedcredit.binning import FeatureBins
 from fedcredit.checkpoint import CheckpointStore, ResumeTags, agree_step
 from fedcredit.codec import loads_json, pack_arrays, pack_blobs, unpack_arrays, unpack_blobs
 from fedcredit.data import Table
 from fedcredit.decision import Contributions, ScorecardPoints, lr_contributions
 from fedcredit.errors import ConfigError, DataError, PeerAborted, ProtocolError, SecurityError
 from fedcredit.metrics import auc_ks, sigmoid, write_evaluation
-from fedcredit.params import VerticalLRConfig
+from fedcredit.params import ScorecardParams, VerticalLRConfig
 from fedcredit.protocols.vertical_common import Standardizer, epoch_batches, ids_digest, validation_split
-from fedcredit.scorecard import ScorecardPart
+from fedcredit.scorecard import ScorecardPart, Transform, bin_design, build_part, score_scale
 from fedcredit.transport import Transport
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "combine",
     "request_scores",
     "serve_scores",
+    "with_scorecard",
 ]
 
 Progress = Callable[[str, int, int], None]
@@ -315,6 +317,20 @@ class PassiveResult:
     steps: int
     counters: dict[str, int] = field(default_factory=dict)  # plaintext multiplications, rotations (always 0)
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def with_scorecard(model: LabelModel | PassiveModel, bins: Sequence[FeatureBins], transform: Transform,
+                   woes: Sequence[Sequence[float]] | None, params: ScorecardParams | None) -> None:
+    """Give a trained part its scorecard, computed at this party from its own block only (nothing is sent).
+
+    ``bins`` / ``transform`` / ``woes``: the binning step's rule for this party's selected
+    features, in the order their columns entered the LR (``woes`` only for ``transform="woe"``).
+    """
+    label = isinstance(model, LabelModel)
+    model.scorecard = build_part(
+        model.party, "label" if label else "passive", bins, bin_design(bins, transform, woes),
+        model.standardizer.mean, model.standardizer.scale, model.weights,
+        intercept=model.intercept if isinstance(model, LabelModel) else 0.0, score_scale=score_scale(params))
 
 
 # --------------------------------------------------------------------------- joint scoring
