@@ -447,6 +447,24 @@ def decrypt_sums(ctx: SecretContext, cts: Sequence[bytes], *, flood: Flooding, w
     return _slot_sums(ctx, cts, flood.std, what)
 
 
+def decrypt_counts(ctx: SecretContext, cts: Sequence[bytes], *, what: str, tolerance: float = 0.25) -> np.ndarray:
+    """Slot sums of ciphertexts that must hold integer counts, rounded (key holder only; federated binning).
+
+    Why unflooded: the key holder keeps these values; only integers leave this function,
+    and an integer is independent of the decryption error (which is far below 0.5, see
+    ``MASKED_SUM_ERROR_BOUND``), so nothing key-dependent is ever handed on.  A sum further
+    than ``tolerance`` from an integer is refused: a tampered or overflowing ciphertext,
+    never a silently wrong count.
+    """
+    sums = _slot_sums(ctx, cts, 0.0, what)
+    out = np.rint(sums)
+    off = np.abs(sums - out)
+    if len(off) and float(off.max()) > tolerance:
+        k = int(np.argmax(off))
+        raise ProtocolError(f"{what}: decrypted sum {k} is {sums[k]!r}, not an integer count")
+    return out.astype(np.int64)
+
+
 def _slot_sums(ctx: SecretContext, cts: Sequence[bytes], noise_std: float, what: str) -> np.ndarray:
     """decrypt_sums with a given noise level; ``noise_std=0`` (unflooded) only for measuring the error."""
     tctx = _require_secret(ctx, f"decrypt {what}")

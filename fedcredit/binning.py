@@ -224,7 +224,8 @@ class BinningTable:
     kind: str = "numeric"
 
     @classmethod
-    def from_counts(cls, feature: str, labels: Sequence[str], counts: Sequence[int], events: Sequence[int], *,
+    def from_counts(cls, feature: str, labels: Sequence[str], counts: Sequence[int] | np.ndarray,
+                    events: Sequence[int] | np.ndarray, *,
                     owner: str = "", kind: str = "numeric") -> BinningTable:
         n = np.asarray(counts, dtype=np.int64)
         e = np.asarray(events, dtype=np.int64)

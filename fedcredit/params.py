@@ -26,7 +26,7 @@ M = TypeVar("M", bound=BaseModel)
 __all__ = [
     "Params", "StrictModel", "format_errors", "read_toml", "validate", "FAMILY_DEFAULTS", "HorizontalParams", "HorizontalJob", "VerticalJobParams",
     "VerticalLRConfig", "SecureBoostConfig", "HorizontalModel", "VerticalLRModel", "SecureBoostModel", "ModelTable",
-    "JOB_TYPES", "ScorecardParams",
+    "JOB_TYPES", "BinningParams", "ScorecardParams",
 ]
 
 
@@ -394,6 +394,30 @@ class SecureBoostConfig(Params):
     _pack = field_validator("pack")(classmethod(lambda cls, v: _power_of_two(v)))
 
 
+class BinningParams(Params):
+    """``[model.binning]`` of a vertical LR job: federated binning, WOE/IV and IV selection before the model.
+
+    docs/binning.md.  ``min_bin_size`` below 1 is a fraction of the training rows, from 1 a
+    row count; every bin any party reports holds at least that many rows (and at least
+    the passive party's own floor, ``protocols.binning.PASSIVE_MIN_BIN_ROWS``).
+    ``transform``: ``indicators`` (default) — a passive party one-hot encodes its own bins
+    and learns nothing label-derived; ``woe`` — it receives its bins' WOE values.
+    """
+
+    what = "binning"
+
+    method: Literal["equal_freq", "optimal"] = "optimal"
+    n_bins: int = Field(10, ge=2, le=100, description="equal_freq: value bins per feature")
+    n_prebins: int = Field(20, ge=2, le=200, description="optimal: equal-frequency prebins merged from counts")
+    max_bins: int = Field(8, ge=2, le=100, description="optimal: at most this many value bins per feature")
+    min_bin_size: float = Field(0.05, gt=0, allow_inf_nan=False)
+    monotonic: Literal["none", "ascending", "descending", "auto"] = "auto"
+    transform: Literal["woe", "indicators"] = "indicators"
+    min_iv: float = Field(0.02, ge=0, allow_inf_nan=False, description="features with a lower IV are dropped")
+    tag_prefix: str = Field("bin", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    timeout: float | None = Field(None, gt=0)  # per message; None = the job's round timeout
+
+
 # --------------------------------------------------------------------------- a job's [model] table
 
 JOB_TYPES = ("horizontal", "vertical-lr", "secureboost")
@@ -419,11 +443,12 @@ class ScorecardParams(Params):
 
 class VerticalLRModel(VerticalLRConfig, VerticalJobParams):
     type: Literal["vertical-lr"] = "vertical-lr"
+    binning: BinningParams | None = None  # [model.binning]: bin, WOE/IV-select and transform before the LR
     scorecard: ScorecardParams | None = None  # [model.scorecard]: points per bin at each party (needs binning)
 
     @model_validator(mode="after")
     def _scorecard_needs_bins(self) -> VerticalLRModel:
-        if self.scorecard is not None and getattr(self, "binning", None) is None:
+        if self.scorecard is not None and self.binning is None:
             raise ValueError("[model.scorecard] needs [model.binning]: a scorecard gives points per bin")
         return self
 
