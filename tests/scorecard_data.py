@@ -10,7 +10,6 @@ scikit-learn — the scorecard path does not care how the weights were found.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from fedcredit.binning import FeatureBins
 from fedcredit.data import Table
 from fedcredit.params import ScorecardParams
 from fedcredit.protocols import vertical_lr as vlr
+from fedcredit.protocols.binning.transform import BinningTransform
 from fedcredit.protocols.vertical_common import Standardizer
 from fedcredit.scorecard import Transform
 
@@ -104,16 +104,12 @@ def fit(*, transform: Transform = "woe", guest_cols: dict[str, str] = GUEST,
     clf = LogisticRegression(max_iter=2000).fit(np.hstack([sg.transform(Dg), sh.transform(Dh)]), y[:N_FIT])
     w = clf.coef_.ravel()
     wg, wh, b = w[: Dg.shape[1]], w[Dg.shape[1]:], float(clf.intercept_[0])
-    names = _names(bins["guest"], transform), _names(bins["host"], transform)
-    f.label = vlr.LabelModel("guest", names[0], sg, wg, b, ["host"])
-    f.passive = vlr.PassiveModel("host", names[1], sh, wh, "guest")
+    tf = {p: BinningTransform(transform, tuple(bins[p]),
+                              tuple(tuple(w) for w in woes[p]) if transform == "woe" else ())
+          for p in ("guest", "host")}
+    f.label = vlr.LabelModel("guest", tf["guest"].output_names, sg, wg, b, ["host"])
+    f.passive = vlr.PassiveModel("host", tf["host"].output_names, sh, wh, "guest")
     # each party from its own block (the passive party from its own weights and bins, at home)
-    vlr.with_scorecard(f.label, bins["guest"], transform, woes["guest"], params)
-    vlr.with_scorecard(f.passive, bins["host"], transform, woes["host"] if transform == "woe" else None, params)
+    vlr.with_scorecard(f.label, tf["guest"], params)
+    vlr.with_scorecard(f.passive, tf["host"], params)
     return f
-
-
-def _names(bins: Sequence[FeatureBins], transform: Transform) -> list[str]:
-    if transform == "woe":
-        return [f"{b.feature}_woe" for b in bins]
-    return binning.indicator_matrix(bins, np.zeros((1, len(bins))))[1]

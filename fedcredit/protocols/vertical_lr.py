@@ -42,7 +42,6 @@ import numpy as np
 
 from crypto import ckks
 from crypto.files import write_text
-from fedcredit.binning import FeatureBins
 from fedcredit.checkpoint import CheckpointStore, ResumeTags, agree_step
 from fedcredit.codec import loads_json, pack_arrays, pack_blobs, unpack_arrays, unpack_blobs
 from fedcredit.data import Table
@@ -50,8 +49,9 @@ from fedcredit.decision import Contributions, ScorecardPoints, lr_contributions
 from fedcredit.errors import ConfigError, DataError, PeerAborted, ProtocolError, SecurityError
 from fedcredit.metrics import auc_ks, sigmoid, write_evaluation
 from fedcredit.params import ScorecardParams, VerticalLRConfig
+from fedcredit.protocols.binning.transform import BinningTransform
 from fedcredit.protocols.vertical_common import Standardizer, epoch_batches, ids_digest, validation_split
-from fedcredit.scorecard import ScorecardPart, Transform, bin_design, build_part, score_scale
+from fedcredit.scorecard import ScorecardPart, bin_design, build_part, score_scale
 from fedcredit.transport import Transport
 
 __all__ = [
@@ -319,16 +319,21 @@ class PassiveResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def with_scorecard(model: LabelModel | PassiveModel, bins: Sequence[FeatureBins], transform: Transform,
-                   woes: Sequence[Sequence[float]] | None, params: ScorecardParams | None) -> None:
+def with_scorecard(model: LabelModel | PassiveModel, transform: BinningTransform,
+                   params: ScorecardParams | None) -> None:
     """Give a trained part its scorecard, computed at this party from its own block only (nothing is sent).
 
-    ``bins`` / ``transform`` / ``woes``: the binning step's rule for this party's selected
-    features, in the order their columns entered the LR (``woes`` only for ``transform="woe"``).
+    ``transform``: this party's binning transform (``fedcredit.protocols.binning``), whose
+    output columns are the columns the part's weights are on, in order.
     """
+    if transform.output_names != list(model.feature_names):
+        raise DataError(f"party '{model.party}': the binning transform gives columns {transform.output_names[:4]}..., "
+                        f"the LR part has {list(model.feature_names)[:4]}...")
     label = isinstance(model, LabelModel)
+    bins = list(transform.features)
     model.scorecard = build_part(
-        model.party, "label" if label else "passive", bins, bin_design(bins, transform, woes),
+        model.party, "label" if label else "passive", bins,
+        bin_design(bins, transform.mode, [list(w) for w in transform.woe] if transform.mode == "woe" else None),
         model.standardizer.mean, model.standardizer.scale, model.weights,
         intercept=model.intercept if isinstance(model, LabelModel) else 0.0, score_scale=score_scale(params))
 
