@@ -70,6 +70,29 @@ def cmd_party_start(args: argparse.Namespace) -> int:
     return serve_forever(Path(args.config))
 
 
+def cmd_party_schema(args: argparse.Namespace) -> int:
+    """Load a dataset as the daemon would, print the kinds it has (declared or inferred), optionally save them.
+
+    Why: a new table's kinds are inferred unless declared; the operator sees (and can
+    edit and pin, via ``schema_file``) exactly what a job would train on.
+    """
+    from crypto.files import write_text
+    from fedcredit.config import PartyConfig, load_config
+    from fedcredit.data import load_dataset, schema_toml
+
+    cfg = load_config(Path(args.config), PartyConfig)
+    ds = cfg.dataset(args.dataset)
+    table = load_dataset(ds, party=cfg.party.name)
+    text = schema_toml(table, ds, dataset=args.dataset)
+    console.print(text, end="", markup=False, highlight=False)
+    if args.write:
+        out = Path(args.write)
+        write_text(out, text)
+        console.print(f"schema written to {out}; point [datasets.{args.dataset}].schema_file at it to pin the kinds",
+                      markup=False)
+    return 0
+
+
 # --------------------------------------------------------------------------- control client
 
 
@@ -250,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = party.add_parser("start", help="run this institution's party daemon")
     p.add_argument("--config", required=True)
     p.set_defaults(func=cmd_party_start)
+    p = party.add_parser("schema", help="print a dataset's column kinds (declared or inferred); --write saves them")
+    p.add_argument("--config", required=True)
+    p.add_argument("--dataset", default="train", help="[datasets] key (default train)")
+    p.add_argument("--write", metavar="FILE", help="save the schema as editable TOML (a dataset's schema_file)")
+    p.set_defaults(func=cmd_party_schema)
     from fedcredit import cli_jobs, cli_models  # job approvals; model store / scoring commands
 
     cli_jobs.register_party_commands(party)

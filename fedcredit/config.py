@@ -119,11 +119,48 @@ class CoordinatorConfig(_File):
 # --------------------------------------------------------------------------- party
 
 
+ColumnKindName = Literal["numeric", "categorical", "ignore"]
+
+
 class DatasetSection(_Strict):
+    """``[datasets.<key>]``: one table of the party and how to read it (``fedcredit/data.py: load_dataset``).
+
+    Why the column keys: a bank's extract has category text, blank cells and sentinels
+    ("-999" = not recorded).  ``columns`` declares a feature's kind (``numeric``,
+    ``categorical``, or ``ignore`` = not a feature); undeclared features are inferred by
+    the loader (``fedcredit party schema`` prints and saves what it infers, for editing).
+    ``missing_values`` are extra feature cells read as missing (empty cells and NaN always
+    are); the id and label columns stay strict.  ``schema_file``: a saved schema (TOML with
+    ``[columns]`` and ``missing_values``); this section's own keys take precedence over it.
+    """
+
     path: Path
     id_column: str | None = "id"
     label_column: str | None = None
     feature_columns: list[str] | None = None
+    columns: dict[str, ColumnKindName] = Field(default_factory=dict, description="feature -> numeric|categorical|ignore")
+    missing_values: list[str] = Field(default_factory=list, description='sentinels read as missing, e.g. ["-999", "NA"]')
+    schema_file: Path | None = Field(None, description="saved schema (fedcredit party schema --write) to start from")
+
+    @model_validator(mode="after")
+    def _columns_consistent(self) -> DatasetSection:
+        for c in (self.id_column, self.label_column):
+            if c and c in self.columns:
+                raise ValueError(f"columns: '{c}' is the id/label column; its kind is fixed (remove it from columns)")
+        if self.feature_columns is not None:
+            ignored = [c for c in self.feature_columns if self.columns.get(c) == "ignore"]
+            if ignored:
+                raise ValueError(f"feature_columns lists {ignored}, which columns declares 'ignore'")
+        if any(not v.strip() for v in self.missing_values):
+            raise ValueError("missing_values: an empty sentinel (empty cells are always missing)")
+        return self
+
+
+class DatasetSchemaFile(_Strict):
+    """A saved dataset schema (``fedcredit party schema --write``): what a ``schema_file`` points at."""
+
+    columns: dict[str, ColumnKindName] = Field(default_factory=dict)
+    missing_values: list[str] = Field(default_factory=list)
 
 
 class PartySection(_Strict):
@@ -328,7 +365,7 @@ class JobConfig(_File):
 T = TypeVar("T", bound=BaseModel)
 
 _PATH_FIELDS = {"ca_dir", "identity_dir", "state_dir", "path", "flower_public_key", "certificate", "party_config",
-                "signing_key", "decision_log"}
+                "signing_key", "decision_log", "schema_file"}
 
 
 def _resolve_paths(obj: Any, base: Path) -> Any:

@@ -33,6 +33,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "ColumnKind",
     "InputSchema",
+    "OneHotEncoding",
     "Table",
     "normalize_id",
     "normalize_ids",
@@ -40,6 +41,8 @@ __all__ = [
     "table_from_frame",
     "load_table",
     "load_dataset",
+    "dataset_schema",
+    "schema_toml",
     "dataset_columns",
     "split_by_ids",
 ]
@@ -280,6 +283,148 @@ class InputSchema:
         return cls(tuple(names), tuple(kinds), cats)  # type: ignore[arg-type]
 
 
+MISSING_COLUMN = "(missing)"
+
+
+def _category_text(v: float) -> str:
+    """A numeric cell read as a category: "1" for 1.0 (a column of codes the loader inferred numeric)."""
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+@dataclass(frozen=True)
+class OneHotEncoding:
+    """Raw features -> all-numeric columns by an AGREED rule (a horizontal job's ``[model]``), the same at every bank.
+
+    Why agreed and not learnt: each bank's vocabulary and missingness are its own; if each
+    bank encoded what it saw, the columns would differ between banks (and the column list
+    would reveal them).  Columns, in feature order: a numeric feature ``f`` is one column
+    (``fill`` where missing), plus ``f:missing`` (0/1) if ``f`` is in ``missing``; a
+    categorical feature gets ``f=<c>`` per agreed category and ``f=(missing)`` for a
+    missing cell.  A category not in the agreed list is counted (:meth:`encode` returns
+    the counts; training refuses them, scoring treats them as missing, like
+    :class:`InputSchema`).  A column of numeric codes (e.g. EDUCATION 1..6, inferred
+    numeric) is read as the category text "1".."6".
+    """
+
+    features: tuple[str, ...]
+    categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    missing: tuple[str, ...] = ()
+    fill: float = 0.0
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.categories and not self.missing
+
+    @property
+    def columns(self) -> list[str]:
+        out: list[str] = []
+        for f in self.features:
+            if f in self.categories:
+                out += [f"{f}={c}" for c in self.categories[f]] + [f"{f}={MISSING_COLUMN}"]
+            else:
+                out.append(f)
+                if f in self.missing:
+                    out.append(f"{f}:missing")
+        return out
+
+    def _check_names(self, who: str) -> None:
+        stray = sorted((set(self.categories) | set(self.missing)) - set(self.features))
+        if stray:
+            raise DataError(f"{who}: [model].categories / missing_indicators name {stray}, which are not features "
+                            f"of this job ({list(self.features)})")
+
+    def encode(self, table: Table) -> tuple[Table, dict[str, int]]:
+        """``table`` encoded (a Table of :attr:`columns`, all numeric, no NaN) and the unknown-category counts."""
+        who = f"party '{table.party}', file {table.source}"
+        self._check_names(who)
+        t = table.select(list(self.features))
+        cols: list[np.ndarray] = []
+        unknown: dict[str, int] = {}
+        for j, f in enumerate(self.features):
+            col = t.X[:, j]
+            if f in self.categories:
+                vocab = self.categories[f]
+                if t.kinds[j] == "categorical":
+                    codes, unk = t.codes(f, vocab)
+                else:  # numeric codes read as category text
+                    pos = {c: k for k, c in enumerate(vocab)}
+                    codes = np.array([np.nan if np.isnan(v) else pos.get(_category_text(v), -1) for v in col], dtype=float)
+                    unk = codes < 0
+                    codes[unk] = np.nan
+                if unk.any():
+                    unknown[f] = int(unk.sum())
+                onehot = np.zeros((len(col), len(vocab) + 1))
+                ok = ~np.isnan(codes)
+                onehot[np.flatnonzero(ok), codes[ok].astype(np.int64)] = 1.0
+                onehot[~ok, len(vocab)] = 1.0
+                cols.extend(onehot.T)
+                continue
+            if t.kinds[j] == "categorical":
+                raise DataError(f"{who}: column '{f}' is categorical; a horizontal job needs its agreed categories in "
+                                f"[model.categories] (e.g. {f} = [...]) or the column left out of the job")
+            miss = np.isnan(col)
+            if miss.any() and f not in self.missing:
+                raise DataError(f"{who}: column '{f}' has {int(miss.sum())} missing value(s) (the first at row "
+                                f"{int(np.flatnonzero(miss)[0]) + 1}); list it in [model].missing_indicators (a 0/1 "
+                                "missing column and missing_fill in its place)")
+            cols.append(np.where(miss, self.fill, col))
+            if f in self.missing:
+                cols.append(miss.astype(np.float64))
+        X = np.column_stack(cols) if cols else np.empty((len(t), 0))
+        return Table(t.party, t.source, t.ids, X, self.columns, t.y, t._index), unknown
+
+    def encode_rows(self, rows: Sequence[Mapping[str, object]], *, who: str) -> tuple[np.ndarray, list[int]]:
+        """Online requests (feature -> number, text or None) as encoded rows; unknown categories per row (= missing)."""
+        self._check_names(who)
+        X = np.zeros((len(rows), len(self.columns)))
+        unknown = [0] * len(rows)
+        for r, row in enumerate(rows):
+            k = 0
+            for f in self.features:
+                if f not in row:
+                    raise DataError(f"{who}: row {r + 1} lacks feature '{f}' (send it as missing)")
+                v = row[f]
+                missing = v is None or (isinstance(v, float) and np.isnan(v))
+                if f in self.categories:
+                    vocab = self.categories[f]
+                    text = None if missing else (_category_text(v) if isinstance(v, (int, float)) and not
+                                                 isinstance(v, bool) else str(v).strip())
+                    code = vocab.index(text) if text in vocab else None
+                    if text is not None and code is None:
+                        unknown[r] += 1
+                    X[r, k + (len(vocab) if code is None else code)] = 1.0
+                    k += len(vocab) + 1
+                    continue
+                if not missing and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                    raise DataError(f"{who}: row {r + 1}, feature '{f}' is numeric; got {v!r}")
+                if not missing and not np.isfinite(float(v)):  # type: ignore[arg-type]
+                    raise DataError(f"{who}: row {r + 1}, feature '{f}' is infinite; expected a finite number or missing")
+                if missing and f not in self.missing:
+                    raise DataError(f"{who}: row {r + 1}, feature '{f}' is missing, and the model was trained without "
+                                    "a missing indicator for it (it cannot score a missing value)")
+                X[r, k] = self.fill if missing else float(v)  # type: ignore[arg-type]
+                k += 1
+                if f in self.missing:
+                    X[r, k] = 1.0 if missing else 0.0
+                    k += 1
+        return X, unknown
+
+    def to_dict(self) -> dict[str, object]:
+        return {"features": list(self.features), "categories": {f: list(v) for f, v in self.categories.items()},
+                "missing": list(self.missing), "fill": self.fill}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object], *, source: str) -> OneHotEncoding:
+        try:
+            feats = tuple(str(x) for x in d["features"])  # type: ignore[attr-defined]
+            cats = {str(f): tuple(str(c) for c in v) for f, v in (d.get("categories") or {}).items()}  # type: ignore[attr-defined]
+            miss = tuple(str(x) for x in d.get("missing") or ())  # type: ignore[attr-defined]
+            fill = float(d.get("fill", 0.0))  # type: ignore[arg-type]
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise DataError(f"{source}: bad feature encoding: {e}") from None
+        return cls(feats, cats, miss, fill)
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -290,10 +435,60 @@ def _where(party: str, source: str, row: int, csv_lines: bool) -> str:
     return f"party '{party}', file {source}: {loc}"
 
 
-def _numeric_column(df: pd.DataFrame, col: str, party: str, source: str, csv_lines: bool) -> np.ndarray:
+#: Text read as a missing feature value whatever the dataset declares (an empty cell is read as NaN already).
+ALWAYS_MISSING = frozenset({"", "nan", "NaN", "NAN"})
+#: More distinct values than this in one categorical column is refused (a free-text or id-like column).
+MAX_CATEGORIES = 1000
+#: Inference: a column with at least this share of numbers among its non-missing values, but not all, is ambiguous
+#: (numbers with typos, or numeric category codes?): refused until its kind is declared, never guessed.
+_NUMERIC_LOOKING = 0.5
+
+
+def _text(raw: pd.Series) -> pd.Series:
+    """A column as stripped text; numbers written without a spurious ".0" (a Parquet int column read as float)."""
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        vals = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+        return pd.Series([None if np.isnan(v) else (str(int(v)) if float(v).is_integer() else repr(float(v)))
+                          for v in vals], index=raw.index, dtype=object)
+    return raw.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip())
+
+
+def _missing_mask(raw: pd.Series, sentinels: Sequence[str]) -> np.ndarray:
+    """True where a feature cell is missing: empty, NaN, or one of ``sentinels`` (as text, or equal as a number)."""
+    miss = raw.isna().to_numpy().copy()
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        nums = [float(v) for v in sentinels if _as_float(v) is not None]
+        if nums:
+            miss |= raw.isin(nums).to_numpy()
+        return miss
+    text = _text(raw)
+    tokens = ALWAYS_MISSING | frozenset(sentinels)
+    miss |= text.isin(tokens).to_numpy()
+    nums = [f for f in (_as_float(v) for v in sentinels) if f is not None]
+    if nums:
+        miss |= pd.to_numeric(text, errors="coerce").isin(nums).to_numpy()
+    return miss
+
+
+def _as_float(v: str) -> float | None:
+    try:
+        f = float(v)
+    except ValueError:
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _numeric_column(df: pd.DataFrame, col: str, party: str, source: str, csv_lines: bool,
+                    missing: np.ndarray | None = None) -> np.ndarray:
+    """Column ``col`` as float64.  ``missing`` given (a feature): those cells are NaN; else (id/label) none may be.
+
+    Unparsable and infinite values are errors naming party, file, column and row either way.
+    """
     raw = df[col]
     if pd.api.types.is_bool_dtype(raw):
         return raw.to_numpy(dtype=np.float64)
+    if missing is not None:
+        raw = raw.mask(pd.Series(missing, index=raw.index))
     if pd.api.types.is_numeric_dtype(raw):
         vals = raw.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
@@ -303,20 +498,62 @@ def _numeric_column(df: pd.DataFrame, col: str, party: str, source: str, csv_lin
             i = int(np.flatnonzero(bad.to_numpy())[0])
             shown = str(raw.iloc[i])
             shown = shown if len(shown) <= 24 else shown[:21] + "..."
+            hint = (" or a missing value (empty, NaN or one of missing_values); declare the column "
+                    "'categorical' in [datasets.<key>].columns if it holds categories") if missing is not None else ""
             raise DataError(
                 f"{_where(party, source, i, csv_lines)}: column '{col}' has non-numeric value {shown!r}; "
-                f"expected a number ({int(bad.sum())} such value(s) in this column)"
+                f"expected a number{hint} ({int(bad.sum())} such value(s) in this column)"
             )
         vals = coerced.to_numpy(dtype=np.float64, na_value=np.nan)
-    finite = np.isfinite(vals)
-    if not finite.all():
-        i = int(np.flatnonzero(~finite)[0])
+    bad_vals = np.isinf(vals) if missing is not None else ~np.isfinite(vals)
+    if bad_vals.any():
+        i = int(np.flatnonzero(bad_vals)[0])
         kind = "a missing/NaN" if np.isnan(vals[i]) else "an infinite"
         raise DataError(
             f"{_where(party, source, i, csv_lines)}: column '{col}' has {kind} value; "
-            f"expected a finite number ({int((~finite).sum())} such value(s) in this column)"
+            f"expected a finite number ({int(bad_vals.sum())} such value(s) in this column)"
         )
     return vals
+
+
+def _categorical_column(df: pd.DataFrame, col: str, party: str, source: str,
+                        missing: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Column ``col`` as (codes into its sorted vocabulary, NaN = missing; the vocabulary)."""
+    text = _text(df[col])
+    present = ~missing
+    vocab = sorted(set(text[present].tolist()))
+    if len(vocab) > MAX_CATEGORIES:
+        raise DataError(f"party '{party}', file {source}: column '{col}' has {len(vocab)} distinct categories, "
+                        f"more than {MAX_CATEGORIES}; a free-text or id-like column cannot be a feature (declare it "
+                        "'ignore' in [datasets.<key>].columns)")
+    pos = {c: float(k) for k, c in enumerate(vocab)}
+    codes = np.full(len(text), np.nan)
+    codes[present] = [pos[c] for c in text[present].tolist()]
+    return codes, vocab
+
+
+def _infer_kind(df: pd.DataFrame, col: str, missing: np.ndarray, party: str, source: str,
+                csv_lines: bool) -> ColumnKind:
+    """Numeric if every non-missing value parses as a number, else categorical; a column that is mostly numbers
+    with a few that are not is refused (a typo, most likely), naming its first bad row."""
+    raw = df[col]
+    if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw):
+        return "numeric"
+    text = _text(raw)
+    present = ~missing
+    parsed = pd.to_numeric(text.where(present), errors="coerce").notna().to_numpy() & present
+    n = int(present.sum())
+    if n == 0 or parsed.sum() == n:
+        return "numeric"
+    if parsed.sum() >= _NUMERIC_LOOKING * n:
+        i = int(np.flatnonzero(present & ~parsed)[0])
+        raise DataError(
+            f"{_where(party, source, i, csv_lines)}: column '{col}' has non-numeric value {text.iloc[i]!r} among "
+            f"numbers ({100 * parsed.sum() / n:.0f} % of its values are numbers); declare its kind in "
+            "[datasets.<key>].columns (numeric: fix the value or add it to missing_values; categorical: every value "
+            f"is a category) ({int((present & ~parsed).sum())} such value(s) in this column)"
+        )
+    return "categorical"
 
 
 def _ids(df: pd.DataFrame, id_col: str, party: str, source: str, csv_lines: bool) -> list[str]:
@@ -356,10 +593,15 @@ def table_from_frame(
     label_col: str | None = None,
     feature_cols: Sequence[str] | None = None,
     csv_lines: bool = False,
+    kinds: Mapping[str, str] | None = None,
+    missing_values: Sequence[str] = (),
 ) -> Table:
     """Validate a DataFrame into a :class:`Table` (what :func:`load_table` does after reading the file).
 
-    ``feature_cols=None``: every column except the id and label columns, in frame
+    ``kinds``: feature -> ``numeric`` / ``categorical`` / ``ignore``; an undeclared feature's
+    kind is inferred (numeric if every non-missing value parses).  ``missing_values``:
+    sentinels read as missing in features (empty cells and NaN always are).
+    ``feature_cols=None``: every column except the id and label columns and the ignored ones, in frame
     order (a file with only an id column is an id list, e.g. the agreed test ids);
     ``feature_cols=[]``: no features, an id list whatever else the file holds.
     ``id_col=None`` numbers the rows instead.  ``csv_lines``: the frame was read from
@@ -376,8 +618,9 @@ def table_from_frame(
     dupes = sorted({c for c in cols if cols.count(c) > 1})
     if dupes:
         raise DataError(f"party '{party}', file {source}: duplicate column name(s) {dupes}")
+    kinds = dict(kinds or {})
     if feature_cols is None:
-        features = [c for c in cols if c not in (id_col, label_col)]
+        features = [c for c in cols if c not in (id_col, label_col) and kinds.get(c) != "ignore"]
         if not features and label_col:
             # a file of only ids (no label declared) is an id list, e.g. the agreed test customers;
             # ids and labels without a single feature cannot train anything
@@ -398,8 +641,20 @@ def table_from_frame(
 
     ids = _ids(df, id_col, party, source, csv_lines) if id_col else [str(k) for k in range(len(df))]
     X = np.empty((len(df), len(features)), dtype=np.float64)
+    col_kinds: list[ColumnKind] = []
+    categories: dict[str, list[str]] = {}
     for j, c in enumerate(features):
-        X[:, j] = _numeric_column(df, c, party, source, csv_lines)
+        missing_cells = _missing_mask(df[c], missing_values)
+        declared = kinds.get(c)
+        if declared == "ignore":
+            raise DataError(f"party '{party}', file {source}: column '{c}' is declared 'ignore' but asked for as a feature")
+        kind: ColumnKind = (declared if declared in ("numeric", "categorical")  # type: ignore[assignment]
+                            else _infer_kind(df, c, missing_cells, party, source, csv_lines))
+        if kind == "categorical":
+            X[:, j], categories[c] = _categorical_column(df, c, party, source, missing_cells)
+        else:
+            X[:, j] = _numeric_column(df, c, party, source, csv_lines, missing=missing_cells)
+        col_kinds.append(kind)
     y: np.ndarray | None = None
     if label_col:
         lab = _numeric_column(df, label_col, party, source, csv_lines)
@@ -411,10 +666,11 @@ def table_from_frame(
                 f"expected 0 or 1 ({int(bad.sum())} such value(s))"
             )
         y = lab.astype(np.int64)
-    return Table(party=party, source=source, ids=ids, X=X, feature_names=features, y=y)
+    return Table(party=party, source=source, ids=ids, X=X, feature_names=features, y=y, kinds=col_kinds,
+                 categories=categories)
 
 
-def _read(path: Path, party: str, id_col: str | None) -> pd.DataFrame:
+def _read(path: Path, party: str, id_col: str | None, text_cols: Sequence[str] = ()) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(
@@ -424,7 +680,9 @@ def _read(path: Path, party: str, id_col: str | None) -> pd.DataFrame:
     try:
         if suffix == ".csv":
             # ids are text ("00123" stays "00123"); only an empty cell is missing ("NA" may be an id)
-            df = pd.read_csv(path, dtype={id_col: str} if id_col else None, skipinitialspace=True,
+            # declared categoricals are text too ("01" stays "01")
+            as_text = {c: str for c in ([id_col] if id_col else []) + list(text_cols)}
+            df = pd.read_csv(path, dtype=as_text or None, skipinitialspace=True,
                              keep_default_na=False, na_values=[""])
             _no_duplicate_header(path, party)
             return df
@@ -452,6 +710,8 @@ def load_table(
     id_col: str | None = "id",
     label_col: str | None = None,
     feature_cols: Sequence[str] | None = None,
+    kinds: Mapping[str, str] | None = None,
+    missing_values: Sequence[str] = (),
 ) -> Table:
     """Read ``path`` (CSV or Parquet by suffix) and validate it with :func:`table_from_frame`.
 
@@ -462,20 +722,78 @@ def load_table(
         raise DataError(f"party '{party}': data file {path} does not exist")
     if not path.is_file():
         raise DataError(f"party '{party}': data path {path} is not a file")
-    df = _read(path, party, id_col)
+    text_cols = [c for c, k in (kinds or {}).items() if k == "categorical"]
+    df = _read(path, party, id_col, text_cols)
     return table_from_frame(df, party=party, source=str(path), id_col=id_col, label_col=label_col,
-                            feature_cols=feature_cols, csv_lines=path.suffix.lower() == ".csv")
+                            feature_cols=feature_cols, csv_lines=path.suffix.lower() == ".csv",
+                            kinds=kinds, missing_values=missing_values)
 
 
-def load_dataset(ds: DatasetSection, *, party: str) -> Table:
+def dataset_schema(ds: DatasetSection, *, party: str) -> tuple[dict[str, str], list[str]]:
+    """(declared kinds, missing-value sentinels) of a dataset: its ``schema_file`` overlaid by its own keys."""
+    kinds: dict[str, str] = {}
+    sentinels: list[str] = []
+    if ds.schema_file is not None:
+        from fedcredit.config import DatasetSchemaFile, load_config
+        from fedcredit.errors import ConfigError
+
+        if not Path(ds.schema_file).is_file():
+            raise DataError(f"party '{party}': schema file {ds.schema_file} (schema_file of {ds.path}) does not exist")
+        try:
+            saved = load_config(ds.schema_file, DatasetSchemaFile)
+        except ConfigError as e:
+            raise DataError(f"party '{party}': {e}") from None
+        kinds.update(saved.columns)
+        sentinels.extend(saved.missing_values)
+    kinds.update(ds.columns)
+    sentinels.extend(v for v in ds.missing_values if v not in sentinels)
+    for c in (ds.id_column, ds.label_column):
+        kinds.pop(c or "", None)  # a saved schema may list them; their rules are fixed
+    return kinds, sentinels
+
+
+def load_dataset(ds: DatasetSection, *, party: str, feature_cols: Sequence[str] | None = None,
+                 labels: bool = True) -> Table:
     """A configured dataset, loaded with the options of its ``[datasets.<key>]`` section.
 
-    The one call behind the party daemon's start-up check and every job's tables, so
-    a dataset that passed the check loads the same way, with the same errors, in a job.
-    ``feature_columns = []`` declares an id list (e.g. the agreed test customers).
+    The one call behind the party daemon's start-up check, every job's tables and a
+    passive party's scoring look-ups, so a dataset that passed the check loads the same
+    way, with the same errors, everywhere.  ``feature_columns = []`` declares an id list
+    (e.g. the agreed test customers).  ``feature_cols`` overrides the configured
+    features (a model asks for its own); ``labels=False`` skips the label column.
     """
-    return load_table(ds.path, party=party, id_col=ds.id_column, label_col=ds.label_column,
-                      feature_cols=ds.feature_columns)
+    kinds, sentinels = dataset_schema(ds, party=party)
+    return load_table(ds.path, party=party, id_col=ds.id_column, label_col=ds.label_column if labels else None,
+                      feature_cols=ds.feature_columns if feature_cols is None else feature_cols,
+                      kinds=kinds, missing_values=sentinels)
+
+
+def schema_toml(table: Table, ds: DatasetSection, *, dataset: str) -> str:
+    """An editable TOML schema of a loaded dataset (``schema_file`` reads it back): kinds, sentinels, and a
+    comment per column with what the loader saw (missing rate, categories or range)."""
+    kinds, sentinels = dataset_schema(ds, party=table.party)
+
+    def q(v: str) -> str:
+        return json.dumps(v, ensure_ascii=False)  # a JSON string is a TOML basic string
+
+    lines = [f"# fedcredit dataset schema of {table.source} (party {table.party!r}, dataset {dataset!r}),",
+             f"# {len(table)} rows.  Edit a kind (numeric | categorical | ignore) and set",
+             f"# [datasets.{dataset}].schema_file to this file; the id column {ds.id_column!r} and the label "
+             f"column {ds.label_column!r} are not listed (their rules are fixed).",
+             f"missing_values = [{', '.join(q(v) for v in sentinels)}]", "", "[columns]"]
+    for j, (f, k) in enumerate(zip(table.feature_names, table.kinds)):
+        col = table.X[:, j]
+        miss = float(np.isnan(col).mean()) if len(col) else 0.0
+        if k == "categorical":
+            cats = table.categories.get(f, [])
+            shown = ", ".join(cats[:6]) + (", ..." if len(cats) > 6 else "")
+            note = f"{len(cats)} categories: {shown}"
+        else:
+            ok = col[~np.isnan(col)]
+            note = f"range {ok.min():g} .. {ok.max():g}" if ok.size else "no values"
+        lines.append(f"{q(f)} = {q(k)}  # {100 * miss:.1f} % missing; {note}".replace("\n", " "))
+    lines += [f"{q(c)} = \"ignore\"" for c, kind in kinds.items() if kind == "ignore"]
+    return "\n".join(lines) + "\n"
 
 
 def dataset_columns(ds: DatasetSection, *, party: str) -> list[str]:

@@ -40,15 +40,19 @@ def _horizontal(raw: bytes, source: str) -> Any:
 
 
 def _vlr_label(raw: bytes, source: str) -> Any:
+    from fedcredit.protocols.binning.transform import with_binning
     from fedcredit.protocols.vertical_lr import LabelModel, OnlineLabel
 
-    return OnlineLabel(LabelModel.from_json(bytes(raw).decode("utf-8", "replace"), source=f"{source}: model.json"))
+    part = OnlineLabel(LabelModel.from_json(bytes(raw).decode("utf-8", "replace"), source=f"{source}: model.json"))
+    return with_binning(part, raw, f"{source}: model.json")  # a [model.binning] job's parts bin before the LR
 
 
 def _vlr_passive(raw: bytes, source: str) -> Any:
+    from fedcredit.protocols.binning.transform import with_binning
     from fedcredit.protocols.vertical_lr import OnlinePassive, PassiveModel
 
-    return OnlinePassive(PassiveModel.from_json(bytes(raw).decode("utf-8", "replace"), source=f"{source}: model.json"))
+    part = OnlinePassive(PassiveModel.from_json(bytes(raw).decode("utf-8", "replace"), source=f"{source}: model.json"))
+    return with_binning(part, raw, f"{source}: model.json")
 
 
 def _sb_label(raw: bytes, source: str) -> Any:

@@ -232,6 +232,13 @@ class HorizontalParams(Params):
     seed: int = 0
     standardize: bool = True
     feature_columns: list[str] | None = None  # None: the party's configured / all non-id, non-label columns
+    # Real tables (fedcredit.data.OneHotEncoding): agreed in the job so every bank encodes identically and no
+    # bank reveals its own vocabulary.  A categorical feature needs its categories here (one-hot + a
+    # "(missing)" column); a numeric feature that may be missing is listed in missing_indicators
+    # (a 0/1 column "<f>:missing", and missing_fill in its place).
+    categories: dict[str, list[str]] = Field(default_factory=dict, description="categorical feature -> agreed categories")
+    missing_indicators: list[str] = Field(default_factory=list, description="numeric features that may be missing")
+    missing_fill: float = Field(0.0, allow_inf_nan=False, description="value put in a missing numeric cell")
     hist_bins: int = Field(1000, ge=2, le=100_000)
     # Aggregation needs additions only (no multiplicative depth), so a small context is
     # enough: N=4096 with a 100-bit modulus is 128-bit secure, holds 2048 values per
@@ -256,6 +263,17 @@ class HorizontalParams(Params):
     @classmethod
     def _n(cls, v: int) -> int:
         return _poly_degree(v)
+
+    @model_validator(mode="after")
+    def _encoding(self) -> HorizontalParams:
+        for f, cats in self.categories.items():
+            if not cats or len(set(cats)) != len(cats):
+                raise ValueError(f"categories.{f}: expected a non-empty list of distinct categories, got {cats}")
+        both = sorted(set(self.categories) & set(self.missing_indicators))
+        if both:
+            raise ValueError(f"{both} are in both categories and missing_indicators (a categorical's missing "
+                             "values get their own one-hot column already)")
+        return self
 
     @field_validator("ckks_coeff_mod_bit_sizes")
     @classmethod

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedcredit.config import DatasetSection, JobConfig, PartyConfig
-from fedcredit.data import dataset_columns
+from fedcredit.data import dataset_columns, dataset_schema
 from fedcredit.errors import ConfigError, DataError, PolicyRefused
 from fedcredit.params import HorizontalParams, SecureBoostModel, VerticalLRModel
 
@@ -111,9 +111,10 @@ def _use(config: PartyConfig, key: str, purpose: str, *, label: bool, features: 
     if features is None:
         if ds.feature_columns is not None:
             features = list(ds.feature_columns)
-        else:  # as fedcredit.data.load_dataset: every column but the id and the label is a feature
+        else:  # as fedcredit.data.load_dataset: every column but the id, the label and the ignored ones is a feature
             header = dataset_columns(ds, party=config.party.name)
-            features = [c for c in header if c not in (ds.id_column, ds.label_column)]
+            kinds, _ = dataset_schema(ds, party=config.party.name)
+            features = [c for c in header if c not in (ds.id_column, ds.label_column) and kinds.get(c) != "ignore"]
     return DatasetUse(key, purpose, ds.id_column, ds.label_column if label else None, tuple(features))
 
 

@@ -220,3 +220,57 @@ def write_bank_files(
     test.to_csv(p, index=False)
     paths["test"] = p
     return paths
+
+
+# --------------------------------------------------------------------------- messy tables (missing values, categoricals)
+
+#: Columns :func:`generate_messy_applications` writes as category text (EDUCATION, MARRIAGE re-labelled; HOUSING new).
+MESSY_CATEGORICAL = ["EDUCATION", "MARRIAGE", "HOUSING"]
+#: The sentinel :func:`generate_messy_applications` writes for "not recorded" in ``MONTHS_AT_ADDRESS``.
+MESSY_SENTINEL = -999
+_EDU_TEXT = {1: "graduate school", 2: "university", 3: "high school", 4: "others", 5: "unknown", 6: "unknown"}
+_MAR_TEXT = {1: "married", 2: "single", 3: "others"}
+
+
+def generate_messy_applications(n: int, seed: int, *, missing_rate: float = 0.09) -> pd.DataFrame:
+    """:func:`generate_applications` made to look like a real bank extract (the loader's and models' test bed).
+
+    Why: real credit tables carry category text, blank cells and sentinels, and the
+    missingness is informative.  Changes to the clean table:
+
+    * ``EDUCATION`` / ``MARRIAGE`` are text ("university", "married", ...), ~2 % blank;
+    * ``HOUSING`` (new, categorical: "own", "rent", "mortgage", "family"), ~3 % blank, riskier when renting;
+    * ``PAY_AMT1`` is blank for ``missing_rate`` of rows, more often for defaulters (not at random);
+    * ``BILL_AMT1`` is blank for ~half of ``missing_rate`` at random;
+    * ``MONTHS_AT_ADDRESS`` (new, numeric) holds the sentinel :data:`MESSY_SENTINEL` for ~6 % of rows.
+
+    Declare ``missing_values = ["-999"]`` (or leave the loader to infer kinds) to load it.
+    """
+    if not 0.0 <= missing_rate < 1.0:
+        raise ValueError(f"missing_rate must be in [0, 1), got {missing_rate}")
+    df = generate_applications(n, seed)
+    rng = np.random.default_rng(seed + 7919)
+    y = df["y"].to_numpy()
+    edu = df["EDUCATION"].map(_EDU_TEXT).astype(object)
+    mar = df["MARRIAGE"].map(_MAR_TEXT).astype(object)
+    edu[rng.random(n) < 0.02] = None
+    mar[rng.random(n) < 0.02] = None
+    df["EDUCATION"], df["MARRIAGE"] = edu, mar
+    p_rent = np.where(y == 1, 0.40, 0.25)
+    u = rng.random(n)
+    housing = np.where(u < p_rent, "rent", np.where(u < p_rent + 0.35, "own",
+                       np.where(u < p_rent + 0.6, "mortgage", "family"))).astype(object)
+    housing[rng.random(n) < 0.03] = None
+    df["HOUSING"] = housing
+    # informative missingness: defaulters leave the payment amount out twice as often
+    p_miss = missing_rate * np.where(y == 1, 1.6, 0.83)
+    pay1 = df["PAY_AMT1"].astype("float64")
+    pay1[rng.random(n) < p_miss] = np.nan
+    df["PAY_AMT1"] = pay1
+    bill1 = df["BILL_AMT1"].astype("float64")
+    bill1[rng.random(n) < missing_rate / 2] = np.nan
+    df["BILL_AMT1"] = bill1
+    months = np.rint(rng.gamma(2.0, 30.0, n)).astype(np.int64)
+    months[rng.random(n) < 0.06] = MESSY_SENTINEL
+    df["MONTHS_AT_ADDRESS"] = months
+    return df

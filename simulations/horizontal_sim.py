@@ -54,6 +54,7 @@ def make_local_federation(
     id_column: str | None = "id",
     label_column: str = "y",
     tap: Callable[[str, str, np.ndarray], None] | None = None,
+    missing_values: Sequence[str] = (),
 ) -> LocalFederation:
     """One handler per bank over a LocalChannel; ``tap(party, what, vector)`` sees plaintext pre-encryption.
 
@@ -68,8 +69,10 @@ def make_local_federation(
             name=p,
             envelope_private=keys[p],
             peers={q: k.public_key() for q, k in keys.items() if q != p},
-            train=partial(load_table, Path(path), party=p, id_col=id_column, label_col=label_column),
-            test=partial(load_table, Path(test), party=p, id_col=id_column, label_col=label_column) if test else None,
+            train=partial(load_table, Path(path), party=p, id_col=id_column, label_col=label_column,
+                          missing_values=missing_values),
+            test=partial(load_table, Path(test), party=p, id_col=id_column, label_col=label_column,
+                         missing_values=missing_values) if test else None,
             output_dir=Path(out_dir) / "parties" / p,
             tap=partial(tap, p) if tap else None,
         )

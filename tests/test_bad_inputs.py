@@ -324,7 +324,8 @@ def prepare(fed: Fed, case: dict[str, Any], case_dir: Path) -> Prepared:
     cat = case["category"]
     state = [fed.fed.root, case_dir, DATA]
     if cat == "data":
-        ds = {"path": str(DATA / case["data"]), "label_column": "y", **case.get("dataset", {})}
+        extra = {k: v.replace("{data}", str(DATA)) if isinstance(v, str) else v for k, v in case.get("dataset", {}).items()}
+        ds = {"path": str(DATA / case["data"]), "label_column": "y", **extra}
         cfg = _write(case_dir, "bank1.toml", _patched(fed.party, {"set": {"datasets.train": ds}}))
         return Prepared(lambda: _party_start(cfg), ["party", "start", "--config", str(cfg)], state)
     if cat == "certificate":

@@ -57,8 +57,11 @@ def test_schema_fingerprint_is_order_sensitive() -> None:
 @pytest.mark.parametrize(
     "text, must_contain",
     [
-        ("id,y,a\n1,0,1\n2,1,abc\n3,0,2\n", ["party 'bank7'", "bank.csv", "column 'a'", "row 2", "line 3", "'abc'"]),
-        ("id,y,a\n1,0,1\n2,1,\n", ["column 'a'", "row 2", "missing/NaN"]),
+        # mostly numbers and one text: a typo or codes?  never guessed (declare the kind)
+        ("id,y,a\n1,0,1\n2,1,abc\n3,0,2\n", ["party 'bank7'", "bank.csv", "column 'a'", "row 2", "line 3", "'abc'",
+                                          "declare its kind"]),
+        ("id,y,a\n1,0,1\n2,,3\n", ["column 'y'", "row 2", "missing/NaN"]),  # a label is never missing
+        ("id,y,a\n1,0,1\n,1,3\n", ["id column 'id'", "row 2", "empty"]),
         ("id,y,a\n1,0,1\n2,1,2\n3,0,inf\n", ["column 'a'", "row 3", "infinite"]),
         ("id,y,a\n1,0,1\n2,2,3\n", ["label column 'y'", "row 2", "expected 0 or 1"]),
         ("id,y,a\n1,0,1\n2,1,3\n1,0,4\n", ["duplicate id '1'", "row 3", "first seen at row 1"]),

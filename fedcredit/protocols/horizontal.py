@@ -64,7 +64,7 @@ from crypto import ckks
 from crypto.envelope import open_sealed, seal
 from fedcredit import codec, metrics
 from fedcredit.channel import Handler, PartyChannel, StateStore
-from fedcredit.data import Table, schema_fingerprint
+from fedcredit.data import OneHotEncoding, Table, schema_fingerprint
 from fedcredit.errors import ConfigError, DataError, FedCreditError, ProtocolError, SecurityError
 from fedcredit.models import Model, make_model, save_model
 from fedcredit.params import HorizontalJob
@@ -271,10 +271,39 @@ class _Party:
             t = self._tables[which] = src() if callable(src) else src
         return t
 
+    def _encoding(self, job: HorizontalJob) -> OneHotEncoding:
+        """The job's agreed encoding of this bank's raw features (identity for an all-numeric, complete table)."""
+        raw = self._table("train", self.env.train)
+        feats = tuple(job.feature_columns if job.feature_columns is not None else raw.feature_names)
+        return OneHotEncoding(feats, {f: tuple(v) for f, v in job.categories.items()}, tuple(job.missing_indicators),
+                              job.missing_fill)
+
+    def _encoded(self, which: str, job: HorizontalJob, src: Table | Callable[[], Table]) -> Table:
+        """The ``which`` table encoded by :meth:`_encoding`; categories outside the agreed lists are refused
+        at training (the count, never the values, is in the error: it may travel to the coordinator) and
+        read as missing in a test table (the scoring rule)."""
+        key = f"{which}:encoded"
+        t = self._tables.get(key)
+        if t is None:
+            enc = self._encoding(job)
+            raw = self._table(which, src).select(list(enc.features))
+            if enc.is_identity and not raw.categorical_mask.any() and not np.isnan(raw.X).any():
+                t = raw
+            else:
+                t, unknown = enc.encode(raw)
+                if unknown and which == "train":
+                    raise DataError(
+                        f"party '{self.env.name}', file {raw.source}: {sum(unknown.values())} value(s) of "
+                        f"{sorted(unknown)} are not among the job's [model.categories]; add every category the "
+                        "banks hold to the job (values not shown: this message may leave the bank)")
+                if unknown:
+                    log.warning("party %s: %s test rows with categories outside the job's lists scored as missing",
+                                self.env.name, unknown)
+            self._tables[key] = t
+        return t
+
     def _train(self, job: HorizontalJob) -> Table:
-        t = self._table("train", self.env.train)
-        if job.feature_columns is not None:
-            t = t.select(job.feature_columns)
+        t = self._encoded("train", job, self.env.train)
         if t.y is None:
             raise DataError(f"party '{self.env.name}', file {t.source}: training needs a label column "
                             "(label_column in its dataset config)")
@@ -283,7 +312,7 @@ class _Party:
     def _test(self, job: HorizontalJob, features: list[str]) -> Table | None:
         if self.env.test is None:
             return None
-        t = self._table("test", self.env.test).select(features)
+        t = self._encoded("test", job, self.env.test).select(features)
         if t.y is None:
             raise DataError(f"party '{self.env.name}', file {t.source}: testing needs a label column "
                             "(label_column in its dataset config)")
@@ -415,6 +444,9 @@ class _Party:
             "party": self.env.name,
             "local_test": m,
         }
+        enc = self._encoding(job)
+        if not enc.is_identity:  # scoring re-encodes raw applications the same way (party/scoring.py)
+            meta["encoding"] = enc.to_dict()
         path = save_model(out_dir / "global_model.json", model, mean=mean, std=std, feature_names=t.feature_names, meta=meta)
         (out_dir / "metrics.json").write_text(json.dumps({"party": self.env.name, "local_test": m}, indent=1))
         out_b: dict[str, bytes] = {}

@@ -59,6 +59,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from crypto.files import write_text
 from fedcredit.checkpoint import CheckpointStore, NoCheckpoint, agree_step
 from fedcredit.codec import loads_json
 from fedcredit.config import JobConfig
@@ -339,6 +340,48 @@ def _psi_or_resume(tr: Transport, rt: VerticalParty, store: CheckpointStore, tab
     return psi
 
 
+def _binning_step(tr: Transport, rt: VerticalParty, train: Table, test: Table, label: str, passives: list[str],
+                  model_dir: Path) -> tuple[Table, Table, dict[str, Any]] | None:
+    """``[model.binning]``: federated binning on the train rows, IV selection, then each party's transform.
+
+    Writes ``binning.json`` (``"binning"``: this party's binning tables — at the label party also
+    every passive party's, by bin index only; ``"selection"``) beside the model part, for the
+    run report; the public reply gets only counts (features in / kept).
+    """
+    m = _vertical_model(rt.job)
+    bp = getattr(m, "binning", None)
+    if bp is None:
+        return None
+    from fedcredit.protocols.binning import run_binning_label, run_binning_passive
+
+    timeout = bp.timeout or rt.job.job.round_timeout_s
+    if rt.name == label:
+        res = run_binning_label(tr, train, passives, bp, timeout=timeout)
+        tf = res.transform
+        doc = {"binning": [t.to_dict() for t in res.tables()], "selection": res.selection()}
+        kept = sum(res.selected_own) + sum(sum(v) for v in res.selected_passive.values())
+        n_in = len(res.selected_own) + sum(len(v) for v in res.selected_passive.values())
+    else:
+        pres = run_binning_passive(tr, train, label, timeout=timeout, tag_prefix=bp.tag_prefix)
+        tf = pres.transform
+        doc = {"binning": pres.tables(rt.name), "selection": pres.selection(rt.name, bp.min_iv)}
+        kept, n_in = sum(pres.selected), len(pres.selected)
+    write_text(model_dir / "binning.json", json.dumps(doc, indent=2))
+    new_train, _ = tf.apply_table(train)
+    new_test, unknown = tf.apply_table(test)
+    _say(rt, f"binning ({bp.method}, {bp.transform}): {kept} of {n_in} features kept (IV >= {bp.min_iv})"
+             + (f"; unknown categories in the test rows (treated as missing): {unknown}" if unknown else ""))
+    return new_train, new_test, {"binning_features": n_in, "binning_kept": kept, "_transform": tf}
+
+
+def _attach_transform(path: Path, tf: Any) -> None:
+    """Add the binning transform and the raw input schema to a saved LR part (scoring bins before the LR)."""
+    doc = json.loads(path.read_text())
+    doc["binning"] = tf.to_dict()
+    doc["input_schema"] = tf.schema_dict()
+    write_text(path, json.dumps(doc, indent=2))
+
+
 def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) -> dict[str, Any]:
     from fedcredit.protocols.psi import save_intersection
 
@@ -409,6 +452,10 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
     files: list[str] = []
     metrics: dict[str, Any] | None = None
     extra: dict[str, Any] = {}
+    binned = _binning_step(tr, rt, train, test, label, passives, model_dir) if isinstance(cfg, VerticalLRConfig) else None
+    bextra: dict[str, Any] = {}
+    if binned is not None:
+        train, test, bextra = binned
     test_arg = test if len(test) else None
     if isinstance(cfg, VerticalLRConfig):
         from fedcredit.protocols import vertical_lr as vlr
@@ -448,6 +495,10 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
             part.save(model_dir / f"secureboost_{me}_model.json")
             files += [f"secureboost_{me}_model.json"]
             extra = {"splits": len(part.splits)}
+    if binned is not None:
+        _attach_transform(model_dir / f"vertical_lr_{me}_model.json", bextra.pop("_transform"))
+        files += ["binning.json"]
+        extra.update(bextra)
     timings["train_and_eval"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     traffic = tr.snapshot()

@@ -88,3 +88,39 @@ class BinningTransform:
 
 def select(features: Sequence[FeatureBins], keep: Sequence[bool]) -> list[FeatureBins]:
     return [b for b, k in zip(features, keep) if k]
+
+
+class BinnedOnline:
+    """An online vertical-LR part (``OnlineLabel`` / ``OnlinePassive``) behind its binning transform.
+
+    Scoring hands it raw columns (``feature_names`` = the raw input names, in the model's
+    category codes; NaN = missing); it bins them exactly as training did and asks the LR.
+    """
+
+    def __init__(self, inner: Any, transform: BinningTransform) -> None:
+        self.inner = inner
+        self.transform = transform
+        self.feature_names = transform.input_names
+        self.input_schema = transform.schema_dict()
+
+    def __getattr__(self, name: str) -> Any:  # label_party, passive_parties, model, ... of the LR part
+        return getattr(self.inner, name)
+
+    def score(self, X: np.ndarray, partials: Mapping[str, Any]) -> Any:
+        return self.inner.score(self.transform.apply(X), partials)
+
+    def answer(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.inner.answer(self.transform.apply(X)))
+
+
+def with_binning(inner: Any, raw: bytes, source: str) -> Any:
+    """``inner`` wrapped in :class:`BinnedOnline` if the model JSON ``raw`` carries a ``"binning"`` transform."""
+    import json
+
+    try:
+        doc = json.loads(bytes(raw).decode("utf-8", "replace"))
+    except ValueError:
+        return inner
+    if not isinstance(doc, dict) or not isinstance(doc.get("binning"), dict):
+        return inner
+    return BinnedOnline(inner, BinningTransform.from_dict(doc["binning"], source=source))
