@@ -123,6 +123,12 @@ class ScorecardPart:
         """The intercept's points (label party); a passive party has none (its subtotal is its bins' sum)."""
         return self.scale.offset - self.scale.factor * self.intercept if self.role == "label" else 0.0
 
+    def schema_dict(self) -> dict[str, Any]:
+        """The raw input schema (``fedcredit.data.InputSchema.to_dict`` layout) the bins read."""
+        return {"feature_names": self.feature_names, "kinds": [f.bins.kind for f in self.features],
+                "categories": {f.feature: list(f.bins.categories) for f in self.features
+                               if f.bins.kind == "categorical"}}
+
     def bin_indices(self, X: np.ndarray) -> np.ndarray:
         """Bin of each row per feature, ``(n, k)``; X in the model's codes (NaN = missing)."""
         X = np.asarray(X, dtype=np.float64)

@@ -430,3 +430,58 @@ def test_federated_binning_then_vertical_lr_then_scorecard_in_process(mode: str)
                 assert np.float64(v).tobytes() not in blob
     text = lab.to_json()
     assert not any(name in text for name in sd.HOST)
+
+
+# --------------------------------------------------------------------------- a vertical LR job with [model.scorecard]
+
+
+@pytest.mark.parametrize("transform", ["indicators", "woe"])
+def test_vertical_lr_job_with_scorecard_parts_carry_the_points(tmp_path: Path, transform: str) -> None:
+    """PSI -> split -> federated binning -> LR -> each party's scorecard, through the job code a SuperNode runs."""
+    from fedcredit.config import JobConfig
+    from fedcredit.kinds import load_part
+    from fedcredit.protocols.binning.transform import BinningTransform
+    from fedcredit.protocols.vertical_jobs import VerticalParty, run_vertical_party_core
+    from fedcredit.transport import InMemoryHub
+    from simulations.inprocess import run_roles
+
+    f = sd.fit()
+    n = 4000
+    tables = {"guest": f.guest.take(np.arange(n)), "host": f.host.take(np.arange(n))}
+    job = JobConfig.model_validate({
+        "job": {"type": "vertical-lr", "parties": ["guest", "host"], "label_party": "guest", "round_timeout_s": 300.0},
+        "model": {"test_fraction": 0.25, "max_epochs": 8, "binning": {"transform": transform, "min_iv": 0.02},
+                  "scorecard": {"base_points": 650, "pdo": 25}}})
+    views = {p: VerticalParty(p, "run-card", job, frozenset({"train"}), lambda k, p=p: tables[p],  # type: ignore[misc]
+                              tmp_path / p) for p in tables}
+    out = run_roles(InMemoryHub(default_timeout=300), {p: (lambda t, p=p: run_vertical_party_core(t, views[p]))
+                                                       for p in tables}, timeout_s=600)
+    assert "scorecard.json" in out["guest"]["model_files"] and "scorecard.json" in out["host"]["model_files"]
+    assert "points" not in json.dumps(out)  # the public replies carry no scorecard
+    run = {p: tmp_path / p / "models" / "run-card" for p in tables}
+    raw = {p: (run[p] / f"vertical_lr_{p}_model.json").read_bytes() for p in tables}
+    lab = load_part("vertical-lr-label", raw["guest"], "guest part")
+    pas = load_part("vertical-lr-passive", raw["host"], "host part")
+    assert lab.card is not None and pas.card is not None
+    assert lab.card.scale.base_points == 650 and lab.card.scale.pdo == 25
+    # the label party's file: its points, the passive party's name only
+    assert not any(h in raw["guest"].decode() for h in sd.HOST)
+    report = json.loads((run["guest"] / "scorecard.json").read_text())["scorecard"]
+    assert report["rows"][-1]["row_type"] == "passive" and report["rows"][-1]["points"] is None
+    # points == the trained LR (through its own binning transform) on raw rows with missing values and categories
+    XL = tables["guest"].X[:, [tables["guest"].feature_names.index(c) for c in lab.feature_names]]
+    XP = tables["host"].X[:, [tables["host"].feature_names.index(c) for c in pas.feature_names]]
+    lm, pm = lab.model, pas.model
+    tl = BinningTransform.from_dict(json.loads(raw["guest"])["binning"], source="guest")
+    tp = BinningTransform.from_dict(json.loads(raw["host"])["binning"], source="host")
+    logit = (lm.intercept + lm.standardizer.transform(tl.apply(XL)) @ lm.weights
+             + pm.standardizer.transform(tp.apply(XP)) @ pm.weights)
+    pd_, contribs = lab.score(XL, {"host": pas.answer(XP)})
+    s = lab.card.scale
+    np.testing.assert_allclose([c.points.total for c in contribs], s.offset - s.factor * logit, atol=1e-9)
+    np.testing.assert_allclose(pd_, sigmoid(logit), atol=1e-12)
+    # a scorecard whose bins disagree with the part's binning transform is refused
+    doc = json.loads(raw["guest"])
+    doc["binning"]["features"], doc["binning"]["woe"] = doc["binning"]["features"][::-1], doc["binning"]["woe"][::-1]
+    with pytest.raises(DataError, match="bins differ from the model's binning transform"):
+        load_part("vertical-lr-label", json.dumps(doc).encode(), "guest part")

@@ -201,6 +201,10 @@ def _scorecard_of(d: Mapping[str, Any], role: str, party: str, source: str) -> S
     if part.role != role or part.party != party:
         raise DataError(f"{source}: the scorecard is the {part.role} part of '{part.party}', "
                         f"expected the {role} part of '{party}'")
+    if isinstance(d.get("binning"), Mapping):  # one rule: the scorecard bins exactly as the LR's transform
+        tf = BinningTransform.from_dict(d["binning"], source=source)
+        if [b.to_dict() for b in tf.features] != [f.bins.to_dict() for f in part.features]:
+            raise DataError(f"{source}: the scorecard's bins differ from the model's binning transform")
     return part
 
 
@@ -374,6 +378,8 @@ class OnlineLabel:
         self.card = model.scorecard
         # a scorecard scores raw (binned) features; the LR's columns are their WOE / bin indicators
         self.feature_names = list(model.feature_names if self.card is None else self.card.feature_names)
+        if self.card is not None:
+            self.input_schema = self.card.schema_dict()
         self.passive_parties = list(model.passive_parties)
 
     def score(self, X: np.ndarray, partials: Mapping[str, Any]) -> tuple[np.ndarray, list[Contributions]]:
@@ -425,6 +431,8 @@ class OnlinePassive:
         self.model = model
         self.card = model.scorecard
         self.feature_names = list(model.feature_names if self.card is None else self.card.feature_names)
+        if self.card is not None:
+            self.input_schema = self.card.schema_dict()
         self.label_party = model.label_party
 
     def answer(self, X: np.ndarray) -> np.ndarray:
