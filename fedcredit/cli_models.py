@@ -127,7 +127,11 @@ def register_party_commands(party_sub: Any) -> None:
 # --------------------------------------------------------------------------- batch scoring
 
 
-def _read_applications(path: Path, id_column: str, features: list[str], exposure: str | None) -> list[Any]:
+def _read_applications(path: Path, id_column: str, features: list[str], exposure: str | None,
+                       categorical: frozenset[str] = frozenset()) -> list[Any]:
+    """A CSV of applications as the online path takes them: numbers, category text (``categorical``), and an
+    empty / NaN cell as missing (the model's scorer then applies its rule, as for an online request)."""
+    from fedcredit.data import ALWAYS_MISSING
     from party.scoring import Application
 
     if not path.exists():
@@ -143,11 +147,20 @@ def _read_applications(path: Path, id_column: str, features: list[str], exposure
         wanted = list(dict.fromkeys(features + ([exposure] if exposure and exposure in cols else [])))
         apps = []
         for line, row in enumerate(reader, start=2):
-            try:
-                vals = {f: float(row[f]) for f in wanted}
-            except (TypeError, ValueError):
-                bad = [f for f in wanted if not _is_float(row.get(f))]
-                raise DataError(f"{path}: line {line}: column(s) {bad} are not numbers") from None
+            vals: dict[str, float | str | None] = {}
+            bad = []
+            for f in wanted:
+                cell = (row.get(f) or "").strip()
+                if cell in ALWAYS_MISSING:
+                    vals[f] = None
+                elif f in categorical:
+                    vals[f] = cell
+                elif _is_float(cell):
+                    vals[f] = float(cell)
+                else:
+                    bad.append(f)
+            if bad:
+                raise DataError(f"{path}: line {line}: column(s) {bad} are not numbers (an empty cell is missing)")
             apps.append(Application(str(row[id_column]).strip(), vals))
     return apps
 
@@ -172,7 +185,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         m = service.model(version)
         id_column = args.id_column or m.artifact.schema.get("id_column") or "id"
         lim = service.policy.limit
-        apps = _read_applications(Path(args.input), id_column, m.feature_names, lim.exposure_feature if lim else None)
+        schema = m.inputs  # the model's raw inputs: names and which are categories (text)
+        apps = _read_applications(Path(args.input), id_column, list(schema.feature_names),
+                                  lim.exposure_feature if lim else None,
+                                  frozenset(f for f, k in zip(schema.feature_names, schema.kinds) if k == "categorical")
+                                  | frozenset(m.encoding.categories if m.encoding is not None else ()))
         out = Path(args.output)
         if out.exists() and not args.force:
             raise ConfigError(f"refusing to overwrite {out} (pass --force)")
@@ -183,7 +200,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         ) as bar:
             w = csv.writer(fh)
             w.writerow(["id", "pd", "score", "decision", "credit_limit", "model_version", "fallback", "reasons",
-                        "party_contributions"])
+                        "party_contributions", "notes"])
             task = bar.add_task("score", total=len(apps))
             for start in range(0, len(apps), args.batch_size):
                 batch = apps[start:start + args.batch_size]
@@ -191,7 +208,8 @@ def cmd_score(args: argparse.Namespace) -> int:
                     counts[r["decision"]] = counts.get(r["decision"], 0) + 1
                     w.writerow([r["id"], f"{r['pd']:.10g}", f"{r['score']:.4f}", r["decision"],
                                 "" if r["credit_limit"] is None else r["credit_limit"], r["model_version"],
-                                int(r["fallback"]), json.dumps(r["reasons"]), json.dumps(r["party_contributions"])])
+                                int(r["fallback"]), json.dumps(r["reasons"]), json.dumps(r["party_contributions"]),
+                                "; ".join(r.get("notes", []))])
                 bar.advance(task, len(batch))
         tmp.replace(out)
         print(f"scored {len(apps)} applications with {version} -> {out}: "

@@ -30,6 +30,7 @@ from fedcredit.config import DatasetSection
 from fedcredit.errors import DataError
 
 __all__ = [
+    "ALWAYS_MISSING",
     "SUPPORTED_SUFFIXES",
     "ColumnKind",
     "InputSchema",

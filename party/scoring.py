@@ -47,7 +47,8 @@ import numpy as np
 from crypto.certs import Identity
 from crypto.tls import GRPC_OPTIONS, peer_identity, secure_channel, server_credentials
 from fedcredit.artifacts import Artifact, check_peers, load_horizontal
-from fedcredit.data import load_table, normalize_id
+from fedcredit.codec import loads_json
+from fedcredit.data import ColumnKind, InputSchema, OneHotEncoding, Table, load_dataset, normalize_id
 from fedcredit.decision import Contributions, DecisionPolicy, decide, lr_contributions
 from fedcredit.errors import (
     ConfigError,
@@ -68,12 +69,20 @@ from protos import scoring_pb2_grpc as pbg
 # --------------------------------------------------------------------------- requests
 
 
+#: One own feature value of an application: a number, a category's text, or None (missing; NaN too).
+FeatureValue = float | str | None
+
+
 @dataclass(frozen=True)
 class Application:
-    """One application to score: the customer id and the deciding party's own feature values."""
+    """One application to score: the customer id and the deciding party's own feature values.
+
+    A value is a number, a category's text, or ``None`` for missing; the model's input
+    schema decides what each must be (``fedcredit.data.InputSchema``).
+    """
 
     id: str
-    features: Mapping[str, float]
+    features: Mapping[str, FeatureValue]
     exposure: float | None = None
 
 
@@ -88,6 +97,22 @@ class LoadedModel:
     artifact: Artifact
     model: Any  # local: SavedModel; label: the protocol's OnlineLabel; passive: its OnlinePassive
     feature_names: list[str]
+    #: what a request's / the table's values must be (model JSON "input_schema"; None: all numeric, as before)
+    input_schema: InputSchema | None = None
+    #: a horizontal model trained through the job's one-hot encoding: raw applications are encoded by it
+    encoding: OneHotEncoding | None = None
+    #: the part scores NaN (missing) inputs by its own rule (e.g. SecureBoost's default directions, a WOE
+    #: missing bin); plain LR does not, and a missing value is refused rather than scored wrongly
+    accepts_missing: bool = False
+
+    @property
+    def inputs(self) -> InputSchema:
+        """The schema requests are encoded with (all numeric over ``feature_names`` for older models)."""
+        if self.input_schema is not None:
+            return self.input_schema
+        names = list(self.encoding.features) if self.encoding is not None else self.feature_names
+        numeric: ColumnKind = "numeric"
+        return InputSchema(tuple(names), (numeric,) * len(names))
 
     @property
     def kind(self) -> str:
@@ -105,11 +130,59 @@ class LoadedModel:
 def _load(version: str, art: Artifact) -> LoadedModel:
     if KINDS.get(art.manifest.kind) is None:
         raise ConfigError(f"model version {version}: scoring does not support kind {art.manifest.kind!r}")
+    source = f"model version {version}"
     if KINDS[art.manifest.kind].role == LOCAL:
         saved = load_horizontal(art)  # also checks model.json against schema.json
-        return LoadedModel(version, art, saved, list(saved.feature_names))
-    m = load_part(art.manifest.kind, art.files.get("model.json", b""), f"model version {version}")
-    return LoadedModel(version, art, m, list(m.feature_names))
+        enc = saved.meta.get("encoding")
+        encoding = OneHotEncoding.from_dict(enc, source=source) if isinstance(enc, dict) else None
+        if encoding is not None and encoding.columns != list(saved.feature_names):
+            raise DataError(f"{source}: its feature encoding makes columns {encoding.columns[:5]}..., the model "
+                            f"has {list(saved.feature_names)[:5]}...")
+        return LoadedModel(version, art, saved, list(saved.feature_names), encoding=encoding,
+                           accepts_missing=encoding is not None and bool(encoding.missing or encoding.categories))
+    raw = art.files.get("model.json", b"")
+    m = load_part(art.manifest.kind, raw, source)
+    return LoadedModel(version, art, m, list(m.feature_names), input_schema=_input_schema(m, raw, source),
+                       accepts_missing=_takes_missing(art.manifest.kind, m))
+
+
+def _takes_missing(kind: str, part: Any) -> bool:
+    """Does this online part have a rule for a missing (NaN) input?
+
+    A part may say so itself (``accepts_missing``); otherwise: SecureBoost parts send a
+    missing value down each split's default direction, and a part behind a binning
+    transform (``transform.apply``) puts it in the missing bin.  Plain LR has no rule.
+    """
+    explicit = getattr(part, "accepts_missing", None)
+    if explicit is not None:
+        return bool(explicit)
+    transform = getattr(part, "transform", None)
+    if transform is not None and not callable(transform) and hasattr(transform, "apply"):
+        return True
+    return kind.startswith("secureboost-")
+
+
+def _input_schema(part: Any, raw: bytes, source: str) -> InputSchema | None:
+    """The part's input schema: its ``input_schema`` attribute, else the model JSON's ``"input_schema"`` key."""
+    schema = getattr(part, "input_schema", None)
+    if isinstance(schema, InputSchema):
+        return schema
+    if isinstance(schema, Mapping):
+        return InputSchema.from_dict(schema, source=source)
+    try:
+        doc = loads_json(raw, what=f"{source}: model.json")
+    except FedCreditError:
+        return None  # not JSON (a binary part): no schema, all numeric
+    d = doc.get("input_schema") if isinstance(doc, dict) else None
+    if d is None:
+        return None
+    if not isinstance(d, Mapping):
+        raise DataError(f"{source}: input_schema is {type(d).__name__}, expected a table")
+    schema = InputSchema.from_dict(d, source=source)
+    if list(schema.feature_names) != list(part.feature_names):
+        raise DataError(f"{source}: input_schema lists {list(schema.feature_names)}, the model's features are "
+                        f"{list(part.feature_names)}")
+    return schema
 
 
 # --------------------------------------------------------------------------- the service core
@@ -291,6 +364,7 @@ class ScoringService:
                 raise
         table = self._table(m.feature_names)
         index = table.index()
+        X_all = self._passive_matrix(m, table)
         n_rows = len(table.X)
         rows = np.empty(len(ids), dtype=np.int64)
         digests: list[str] = []
@@ -307,7 +381,7 @@ class ScoringService:
                 r = self.secret.decoy_row(man.model_hash, key, n_rows)
                 unknown.append(d)
             rows[k] = r
-        X = table.X[rows]
+        X = X_all[rows]
         rep = pb.PartialReply(party=self.party, model_hash=man.model_hash, kind=m.kind)
         answer = m.model.answer(X)
         if KINDS[m.kind].answer_field == "partial_logits":
@@ -317,6 +391,31 @@ class ScoringService:
         self._audit("partial_answer", caller=caller, run_id=man.run_id, model_hash=man.model_hash,
                     version=m.version, count=len(ids), ids=digests, unknown=unknown)
         return rep
+
+    def _passive_matrix(self, m: LoadedModel, table: Table) -> np.ndarray:
+        """The scoring table in the part's codes (its input schema; all numeric for older parts), once per version.
+
+        A category the part never saw is read as missing (counted in the audit log, never
+        sent); a part that cannot take missing values refuses a table that has them.
+        """
+        key = ("encoded", m.version, *m.feature_names)
+        X = self._tables.get(key)
+        if X is not None:
+            return X
+        if m.input_schema is not None:
+            X, unknown = m.input_schema.encode(table)
+            if unknown:
+                self._audit("unknown_categories", version=m.version, counts=unknown,
+                            treatment="scored as missing (the part never saw these categories)")
+        else:
+            cat = [f for f, k in zip(table.feature_names, table.kinds) if k == "categorical"]
+            if cat:
+                raise DataError(f"party '{self.party}', file {table.source}: column(s) {cat} are categorical, but "
+                                f"model version {m.version} has no input schema (it was trained on numbers)")
+            X = table.X
+        _refuse_missing(self.party, m, X, [f"row {r + 1} of {table.source}" for r in range(len(table))])
+        self._tables[key] = X
+        return X
 
     def outgoing_error(self, e: Exception, caller: str) -> FedCreditError:
         """What a passive party tells another institution about a failure: authorisation and version errors as
@@ -407,12 +506,12 @@ class ScoringService:
 
     def _joint(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions]]:
         ids = [a.id for a in apps]
-        X = _matrix(self.party, m, apps)
+        X, _ = _matrix(self.party, m, apps)
         return self._combine(m, X, ids, self._fetch_partials(m, ids))
 
     async def _joint_async(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions]]:
         ids = [a.id for a in apps]
-        X = _matrix(self.party, m, apps)
+        X, _ = _matrix(self.party, m, apps)
         return self._combine(m, X, ids, await self._fetch_partials_async(m, ids))
 
     async def _joint_coalesced(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions]]:
@@ -483,7 +582,7 @@ class ScoringService:
         return pd, list(contribs)
 
     def _local(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions | None]]:
-        X = _matrix(self.party, m, apps)
+        X, _ = _matrix(self.party, m, apps)
         pd = m.model.predict_proba(X)
         if m.model.model.family != "lr":  # reasons need a linear model
             return pd, [None] * len(apps)
@@ -550,12 +649,15 @@ class ScoringService:
                 contribs: Sequence[Contributions | None], fallback_reason: str, caller: str) -> list[dict[str, Any]]:
         out, log = [], []
         lim = self.policy.limit
+        unknown = _unknown_categories(used, apps)
         for k, a in enumerate(apps):
             exposure = a.exposure
             if exposure is None and lim is not None and lim.exposure_feature is not None \
-                    and lim.exposure_feature in a.features:
-                exposure = float(a.features[lim.exposure_feature])
+                    and isinstance(a.features.get(lim.exposure_feature), (int, float)):
+                exposure = float(a.features[lim.exposure_feature])  # type: ignore[arg-type]
             d = decide(float(pd[k]), contribs[k], exposure, self.policy).to_dict()
+            if unknown[k]:  # the documented treatment, never silent: the reply and the log say so
+                d["notes"] = [*d.get("notes", []), _unknown_note(unknown[k])]
             rep = {"id": a.id, **d, "model_version": used.version, "fallback": bool(fallback_reason),
                    "fallback_reason": fallback_reason}
             out.append(rep)
@@ -563,6 +665,7 @@ class ScoringService:
                         "model_hash": used.manifest.model_hash, "pd": d["pd"], "score": d["score"],
                         "decision": d["decision"], "credit_limit": d["credit_limit"], "reasons": d["reasons"],
                         "party_contributions": d["party_contributions"], "fallback": bool(fallback_reason),
+                        **({"notes": d["notes"]} if unknown[k] else {}),
                         **({"points": d["points"]} if d.get("points") else {})})
         if self.log is not None:
             self.log.write(log)
@@ -590,21 +693,77 @@ class ScoringService:
             self.audit.close()
 
 
-def _matrix(party: str, m: LoadedModel, apps: Sequence[Application]) -> np.ndarray:
-    names = m.feature_names
+def _matrix(party: str, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[int]]:
+    """The applications as the model's input rows, and how many categories per application it never saw.
+
+    Through the model's :class:`~fedcredit.data.InputSchema` (or a horizontal model's
+    one-hot encoding): numbers, category text, None/NaN = missing.  An unknown category
+    is missing (counted, and noted in the decision); infinite values, text in a numeric
+    feature, and a missing value for a model that cannot take one are errors naming the
+    application and the feature.
+    """
+    schema = m.inputs
+    names = list(schema.feature_names)
+    for a in apps:
+        absent = [n for n in names if n not in a.features]
+        if absent:
+            raise DataError(f"party '{party}': application {a.id!r} lacks feature(s) {absent} that model "
+                            f"version {m.version} needs (send a missing value as missing, not by leaving it out)")
+    if m.encoding is not None:
+        rows: list[np.ndarray] = []
+        unknown: list[int] = []
+        for a in apps:
+            x, per_row = m.encoding.encode_rows([a.features], who=f"party '{party}': application {a.id!r}")
+            rows.append(x[0])
+            unknown.extend(per_row)
+        return (np.vstack(rows) if rows else np.empty((0, len(m.feature_names)))), unknown
     X = np.empty((len(apps), len(names)), dtype=np.float64)
+    unknown = [0] * len(apps)
     for k, a in enumerate(apps):
-        f = a.features
-        try:
-            X[k] = [f[n] for n in names]
-        except KeyError:
-            missing = [n for n in names if n not in f]
-            raise DataError(f"party '{party}': application {a.id!r} lacks feature(s) {missing} that model "
-                            f"version {m.version} needs") from None
-    if not np.all(np.isfinite(X)):
-        bad = sorted({names[j] for j in np.argwhere(~np.isfinite(X))[:, 1]})
-        raise DataError(f"party '{party}': feature(s) {bad} are missing or not finite")
-    return X
+        x, unk = schema.encode_rows([a.features], who=f"party '{party}': application {a.id!r}")
+        X[k] = x[0]
+        unknown[k] = sum(unk.values())
+    _refuse_missing(party, m, X, [f"application {a.id!r}" for a in apps])
+    return X, unknown
+
+
+def _refuse_missing(party: str, m: LoadedModel, X: np.ndarray, where: Sequence[str]) -> None:
+    """A part that cannot take missing values (plain LR) never scores a NaN: the error names the feature."""
+    if m.accepts_missing or not np.isnan(X).any():
+        return
+    r, j = (int(v) for v in np.argwhere(np.isnan(X))[0])
+    n = int(np.isnan(X).any(axis=1).sum())
+    raise DataError(
+        f"party '{party}': model version {m.version} ({m.kind}) cannot take missing values, and feature "
+        f"'{m.inputs.feature_names[j]}' is missing (or a category it never saw) in {where[r]} ({n} such row(s)); "
+        "send a value, or score with a model that handles missing values (SecureBoost, or LR with the WOE transform)")
+
+
+def _unknown_categories(m: LoadedModel, apps: Sequence[Application]) -> list[int]:
+    """Per application: how many of its category texts the model never saw (cheap: categorical features only)."""
+    if m.encoding is not None:
+        vocab = {f: set(v) for f, v in m.encoding.categories.items()}
+    elif m.input_schema is not None:
+        vocab = {f: set(m.input_schema.categories.get(f, ())) for f, k in
+                 zip(m.input_schema.feature_names, m.input_schema.kinds) if k == "categorical"}
+    else:
+        return [0] * len(apps)
+    out = []
+    for a in apps:
+        n = 0
+        for f, known in vocab.items():
+            v = a.features.get(f)
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                continue
+            text = str(int(v)) if isinstance(v, (int, float)) and float(v).is_integer() else str(v).strip()
+            n += text not in known
+        out.append(n)
+    return out
+
+
+def _unknown_note(n: int) -> str:
+    return (f"{n} categorical value(s) not seen in training were scored as missing "
+            "(the documented treatment of an unknown category)")
 
 
 def _peer_error(party: str, address: str, e: grpc.RpcError, deadline: float) -> FedCreditError:
@@ -639,12 +798,35 @@ def applications_from(party: str, requests: Sequence[pb.ScoreRequest]) -> list[A
         if len(r.id) > MAX_ID_CHARS or len(r.features) > MAX_FEATURES:
             raise DataError(f"party '{party}': application {k}: id longer than {MAX_ID_CHARS} characters or "
                             f"more than {MAX_FEATURES} features")
-        out.append(_to_app(r))
+        out.append(_to_app(party, r))
     return out
 
 
-def _to_app(r: pb.ScoreRequest) -> Application:
-    return Application(r.id, dict(r.features), r.exposure if r.HasField("exposure") else None)
+def _to_app(party: str, r: pb.ScoreRequest) -> Application:
+    """A request's three value maps as one feature mapping (number / category text / None); a feature in two is an error."""
+    feats: dict[str, FeatureValue] = dict(r.features)
+    for f, v in list(r.categories.items()) + [(f, None) for f in r.missing]:
+        if f in feats:
+            raise DataError(f"party '{party}': application {r.id!r}: feature '{f}' is given twice (features, "
+                            "categories, missing: each feature in exactly one)")
+        feats[f] = v
+    return Application(r.id, feats, r.exposure if r.HasField("exposure") else None)
+
+
+def _request(id: str, features: Mapping[str, FeatureValue], exposure: float | None = None,
+             model_version: str = "") -> pb.ScoreRequest:
+    """Numbers go in ``features``, text in ``categories``, None/NaN in ``missing``."""
+    req = pb.ScoreRequest(id=id, model_version=model_version)
+    for f, v in features.items():
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            req.missing.append(f)
+        elif isinstance(v, str):
+            req.categories[f] = v
+        else:
+            req.features[f] = float(v)
+    if exposure is not None:
+        req.exposure = exposure
+    return req
 
 
 def _to_reply(d: Mapping[str, Any]) -> pb.ScoreReply:
@@ -790,21 +972,13 @@ class ScoringClient:
         self.channel = secure_channel(address, identity, server_name=server_name)
         self.stub = pbg.ScoringStub(self.channel)
 
-    def score(self, id: str, features: Mapping[str, float], *, exposure: float | None = None,
+    def score(self, id: str, features: Mapping[str, FeatureValue], *, exposure: float | None = None,
               model_version: str = "", timeout: float = 10.0) -> pb.ScoreReply:
-        req = pb.ScoreRequest(id=id, features=dict(features), model_version=model_version)
-        if exposure is not None:
-            req.exposure = exposure
-        return self.stub.Score(req, timeout=timeout)
+        return self.stub.Score(_request(id, features, exposure, model_version), timeout=timeout)
 
     def score_batch(self, apps: Sequence[Application], *, model_version: str = "",
                     timeout: float = 60.0) -> list[pb.ScoreReply]:
-        reqs = []
-        for a in apps:
-            r = pb.ScoreRequest(id=a.id, features=dict(a.features))
-            if a.exposure is not None:
-                r.exposure = a.exposure
-            reqs.append(r)
+        reqs = [_request(a.id, a.features, a.exposure) for a in apps]
         return list(self.stub.ScoreBatch(pb.ScoreBatchRequest(model_version=model_version, requests=reqs),
                                          timeout=timeout).replies)
 
@@ -830,7 +1004,10 @@ def service_from_config(config: Any, *, identity: Identity | None = None) -> Sco
         if key is None:
             raise ConfigError(f"party '{p.name}': [scoring].dataset names no dataset to look ids up in")
         ds = config.dataset(key)
-        return load_table(ds.path, party=p.name, id_col=ds.id_column or "id", feature_cols=names)
+        if ds.id_column is None:  # as before: ids are looked up in the "id" column
+            ds = ds.model_copy(update={"id_column": "id"})
+        # the dataset's own kinds and sentinels: the same loader as the start-up check and the jobs
+        return load_dataset(ds, party=p.name, feature_cols=names, labels=False)
 
     limit = sc.partial_rate if sc is not None else None
     return ScoringService(

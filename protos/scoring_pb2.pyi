@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model_version", "id", "features", "exposure")
+    __slots__ = ("model_version", "id", "features", "exposure", "categories", "missing")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -15,15 +15,26 @@ class ScoreRequest(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class CategoriesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     EXPOSURE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     id: str
     features: _containers.ScalarMap[str, float]
     exposure: float
-    def __init__(self, model_version: _Optional[str] = ..., id: _Optional[str] = ..., features: _Optional[_Mapping[str, float]] = ..., exposure: _Optional[float] = ...) -> None: ...
+    categories: _containers.ScalarMap[str, str]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_version: _Optional[str] = ..., id: _Optional[str] = ..., features: _Optional[_Mapping[str, float]] = ..., exposure: _Optional[float] = ..., categories: _Optional[_Mapping[str, str]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("name", "contribution", "source", "code")

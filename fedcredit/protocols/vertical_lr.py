@@ -378,8 +378,8 @@ class OnlineLabel:
         self.card = model.scorecard
         # a scorecard scores raw (binned) features; the LR's columns are their WOE / bin indicators
         self.feature_names = list(model.feature_names if self.card is None else self.card.feature_names)
-        if self.card is not None:
-            self.input_schema = self.card.schema_dict()
+        if self.card is not None:  # raw inputs with categories; a missing value scores its missing bin
+            self.input_schema, self.accepts_missing = self.card.schema_dict(), True
         self.passive_parties = list(model.passive_parties)
 
     def score(self, X: np.ndarray, partials: Mapping[str, Any]) -> tuple[np.ndarray, list[Contributions]]:
@@ -432,7 +432,7 @@ class OnlinePassive:
         self.card = model.scorecard
         self.feature_names = list(model.feature_names if self.card is None else self.card.feature_names)
         if self.card is not None:
-            self.input_schema = self.card.schema_dict()
+            self.input_schema, self.accepts_missing = self.card.schema_dict(), True
         self.label_party = model.label_party
 
     def answer(self, X: np.ndarray) -> np.ndarray:
