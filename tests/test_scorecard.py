@@ -141,7 +141,8 @@ def test_decision_score_is_the_points_total_and_a_scale_mismatch_is_noted() -> N
 # --------------------------------------------------------------------------- export
 
 
-def _onnx_feeds(card: ScorecardPart, table, rows: slice, passive: np.ndarray | None) -> dict[str, np.ndarray]:
+def _onnx_feeds(card: ScorecardPart, table, rows: slice | np.ndarray,  # type: ignore[no-untyped-def]
+                passive: np.ndarray | None) -> dict[str, np.ndarray]:
     X = table.X[rows]
     feeds: dict[str, np.ndarray] = {}
     for j, f in enumerate(card.features):
@@ -225,21 +226,30 @@ def _card_parts(f: sd.Fitted) -> dict:
 
 
 def test_online_scorecard_reply_total_own_points_and_passive_subtotal(tmp_path: Path, pki) -> None:
-    from test_scoring import Fed, _install
+    from test_scoring import Fed, _install  # the scoring tests' two-server federation and signed install
 
     from fedcredit.export import export_artifact
     from party.scoring import Application
 
-    # the request carries numbers (categorical text in requests is the loader's part); the passive party's
-    # table has categorical and missing values, looked up by id at that party
-    f = sd.fit(guest_cols=sd.GUEST_NUMERIC, blank=("host",))
+    # both parties' rows have category text and missing values: the label party's arrive in the request, the
+    # passive party's are looked up by id in its own table
+    f = sd.fit()
     stores = _install(tmp_path, pki, "card-1", _card_parts(f))
     fed = Fed(tmp_path, pki, stores, host_loader=lambda names: f.host.select(names))
     try:
         rows = np.arange(sd.N_FIT, sd.N_FIT + 30)
         Xg, Xh = f.guest.X[rows], f.host.X[rows]
-        assert np.isnan(Xh).any()
-        apps = [Application(f.guest.ids[r], dict(zip(f.guest.feature_names, map(float, f.guest.X[r])))) for r in rows]
+        assert np.isnan(Xh).any() and np.isnan(Xg).any()
+
+        def value(j: int, v: float) -> float | str | None:
+            name = f.guest.feature_names[j]
+            if math.isnan(v):
+                return None
+            return f.guest.categories[name][int(v)] if f.guest.kinds[j] == "categorical" else float(v)
+
+        apps = [Application(f.guest.ids[r], {n: value(j, f.guest.X[r, j]) for j, n in enumerate(f.guest.feature_names)})
+                for r in rows]
+        assert any(isinstance(v, str) for v in apps[0].features.values())
         replies = fed.client.score_batch(apps)
         lab, pas = f.label.scorecard, f.passive.scorecard
         assert lab is not None and pas is not None
@@ -271,8 +281,7 @@ def test_online_scorecard_reply_total_own_points_and_passive_subtotal(tmp_path: 
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(out["onnx"]), providers=["CPUExecutionProvider"])
-        feeds = {n: Xg[:, j:j + 1].copy() for j, n in enumerate(lab.feature_names)}
-        feeds["passive_points"] = np.array([[r.points.parties["host"]] for r in replies])
+        feeds = _onnx_feeds(lab, f.guest, rows, np.array([r.points.parties["host"] for r in replies]))
         np.testing.assert_allclose(sess.run(["score"], feeds)[0].ravel(), [r.score for r in replies], atol=1e-9)
     finally:
         fed.close()
