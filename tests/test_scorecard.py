@@ -494,3 +494,35 @@ def test_vertical_lr_job_with_scorecard_parts_carry_the_points(tmp_path: Path, t
     doc["binning"]["features"], doc["binning"]["woe"] = doc["binning"]["features"][::-1], doc["binning"]["woe"][::-1]
     with pytest.raises(DataError, match="bins differ from the model's binning transform"):
         load_part("vertical-lr-label", json.dumps(doc).encode(), "guest part")
+
+
+def test_cli_models_export_writes_the_label_partys_scorecard(tmp_path: Path, pki, woe: sd.Fitted, capsys) -> None:
+    """``fedcredit party models export`` on an installed scorecard version: the CSV and ONNX of that party's share."""
+    from test_scoring import _install
+
+    from fedcredit.cli import main
+
+    _install(tmp_path, pki, "card-cli", _card_parts(woe))
+    cfg = tmp_path / "guest.toml"
+    cfg.write_text(f"""
+[party]
+name = "guest"
+identity_dir = "{pki['guest'].dir}"
+state_dir = "{tmp_path / 'guest'}"
+[coordinator]
+flower_address = "127.0.0.1:1"
+relay_address = "127.0.0.1:2"
+""")
+    assert main(["party", "models", "export", "--config", str(cfg), "--out", str(tmp_path / "x")]) == 0
+    printed = capsys.readouterr().out
+    assert "scorecard.csv" in printed and "scorecard.onnx" in printed
+    rows = list(csv.DictReader(open(tmp_path / "x" / "scorecard.csv")))
+    assert rows[0]["row_type"] == "base" and rows[-1]["row_type"] == "passive"
+    import onnx
+
+    m = onnx.load(str(tmp_path / "x" / "scorecard.onnx"))
+    assert [i.name for i in m.graph.input] == [*sd.GUEST, "passive_points"]
+    assert {p.key: p.value for p in m.metadata_props}["fedcredit.scale"] == "600/50/20"
+    # a second export into the same directory refuses to overwrite
+    assert main(["party", "models", "export", "--config", str(cfg), "--out", str(tmp_path / "x")]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
