@@ -426,12 +426,14 @@ class BinningParams(Params):
 
     method: Literal["equal_freq", "optimal"] = "optimal"
     n_bins: int = Field(10, ge=2, le=100, description="equal_freq: value bins per feature")
-    n_prebins: int = Field(20, ge=2, le=200, description="optimal: equal-frequency prebins merged from counts")
+    n_prebins: int = Field(20, ge=2, le=64, description="optimal: equal-frequency prebins merged from counts (an "
+                           "exact O(prebins^3 * max_bins) merge, one ciphertext each)")
     max_bins: int = Field(8, ge=2, le=100, description="optimal: at most this many value bins per feature")
     min_bin_size: float = Field(0.05, gt=0, allow_inf_nan=False)
     monotonic: Literal["none", "ascending", "descending", "auto"] = "auto"
     transform: Literal["woe", "indicators"] = "indicators"
     min_iv: float = Field(0.02, ge=0, allow_inf_nan=False, description="features with a lower IV are dropped")
+    only: bool = False  # a binning-only job: PSI, split, binning tables + selection, no model (read IV first)
     tag_prefix: str = Field("bin", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     timeout: float | None = Field(None, gt=0)  # per message; None = the job's round timeout
 
@@ -468,11 +470,15 @@ class VerticalLRModel(VerticalLRConfig, VerticalJobParams):
     def _scorecard_needs_bins(self) -> VerticalLRModel:
         if self.scorecard is not None and self.binning is None:
             raise ValueError("[model.scorecard] needs [model.binning]: a scorecard gives points per bin")
+        if self.scorecard is not None and self.binning is not None and getattr(self.binning, "only", False):
+            raise ValueError("[model.scorecard] with [model.binning].only = true: binning alone trains no LR, "
+                             "so there are no points")
         return self
 
 
 class SecureBoostModel(SecureBoostConfig, VerticalJobParams):
     type: Literal["secureboost"] = "secureboost"
+    binning: BinningParams | None = None  # [model.binning]: IV selection before the trees (features stay raw)
 
 
 #: A job's ``[model]``: which schema applies is decided by ``[job].type`` (fedcredit.config.JobConfig tags it).

@@ -12,7 +12,7 @@ import pytest
 
 from crypto import ckks
 from fedcredit import binning as B
-from fedcredit.codec import unpack, unpack_blobs
+from fedcredit.codec import pack_blobs, unpack, unpack_blobs
 from fedcredit.data import Table
 from fedcredit.errors import ConfigError, ProtocolError, SecurityError
 from fedcredit.params import BinningParams
@@ -237,7 +237,8 @@ def test_label_party_refuses_a_tampered_count() -> None:
         v[0] = 0.4  # slot sum 0.4: not an integer count
         bad = ckks.encrypt_chunks(pub, v, len(v))
         t.send("bank", Tags().counts, pack({"features": [{"n_bins": 2, "kind": "numeric"}]},
-                                           {"counts": np.array([300, 300])}, {"0": bad[0], "1": bad[0]}))
+                                           {"counts": np.array([300, 300])}))
+        t.send("bank", Tags().events(0), pack_blobs([bad[0], bad[0]]))
         t.recv("bank", "never", 30)
 
     with pytest.raises(ProtocolError, match="not an integer count"):
@@ -245,3 +246,39 @@ def test_label_party_refuses_a_tampered_count() -> None:
             "bank": lambda t: run_binning_label(t, label, ["fintech"], BinningParams()), "fintech": liar},
             timeout_s=60)
     _ = unpack  # imported for readers: payload layout of counts is codec.pack
+
+
+def test_federated_iv_equals_pooled_on_german_credit_through_the_loader(tmp_path: Path) -> None:
+    """The pinned real table (category text, raw amounts, ~9 % missing credit_amount), loaded as a party loads it."""
+    from fedcredit.config import DatasetSection
+    from fedcredit.data import load_dataset
+    from simulations.german_credit import write_german_vertical
+
+    specs = write_german_vertical(tmp_path, missing=True)
+    tables = {p: load_dataset(DatasetSection.model_validate(specs[p]["train"]), party=p) for p in specs}
+    label, passive = tables["bank"], tables["fintech"]
+    assert np.isnan(passive.X[:, passive.feature_names.index("credit_amount")]).any()
+    assert "categorical" in passive.kinds
+    for method in ("optimal", "equal_freq"):
+        params = BinningParams(method=method, min_bin_size=0.05, transform="woe", min_iv=0.02)  # type: ignore[arg-type]
+        lres, pres = _run(label, passive, params)
+        assert label.y is not None
+        _assert_equal(lres.passive["fintech"], _pooled(passive, label.y, params))
+
+
+def test_woe_mode_with_a_dropped_feature() -> None:
+    label, passive = _shared(3000)
+    params = BinningParams(transform="woe", min_iv=0.05)
+    lres, pres = _run(label, passive, params)
+    assert 0 < sum(pres.selected) < len(pres.selected)
+    assert pres.woe is not None
+    for j, (k, t) in enumerate(zip(pres.selected, lres.passive["fintech"])):
+        assert pres.woe[j] == (t.woe if k else [])
+        assert ("woe" in pres.tables("fintech")[j]) == k
+    assert list(pres.transform.woe) == [tuple(t.woe) for t, k in zip(lres.passive["fintech"], pres.selected) if k]
+
+
+def test_binning_vocabulary() -> None:
+    t = Tags("bin")
+    assert [t.setup, t.ctx, t.y, t.counts, t.events(3), t.result] == [
+        "bin/setup", "bin/ctx", "bin/y", "bin/counts", "bin/events/3", "bin/result"]

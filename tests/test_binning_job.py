@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedcredit.config import JobConfig, parse_job_text
+from fedcredit.data import Table
 from fedcredit.errors import ConfigError
 from fedcredit.kinds import load_part
 from fedcredit.metrics import auc
@@ -80,3 +81,41 @@ def test_binning_params_are_validated() -> None:
         parse_job_text(text + 'min_iv = "0.02"\n')
     m = parse_job_text(text).model
     assert m.binning is not None and m.binning.transform == "indicators"  # type: ignore[union-attr]
+
+
+def _run_job(tmp_path: Path, job: JobConfig, tables: dict[str, Table]) -> dict[str, dict]:  # type: ignore[type-arg]
+    views = {p: VerticalParty(p, "run-b", job, frozenset({"train"}), lambda k, p=p: tables[p],  # type: ignore[misc]
+                              tmp_path / p) for p in tables}
+    return run_roles(InMemoryHub(default_timeout=300), {p: (lambda t, p=p: run_vertical_party_core(t, views[p]))
+                                                        for p in tables}, timeout_s=600)
+
+
+def test_binning_only_job_writes_tables_and_trains_nothing(tmp_path: Path) -> None:
+    label, passive = _messy(1500, seed=5)
+    job = JobConfig.model_validate({
+        "job": {"type": "vertical-lr", "parties": ["bank", "fintech"], "label_party": "bank"},
+        "model": {"test_fraction": 0.2, "binning": {"only": True, "min_iv": 0.05}}})
+    out = _run_job(tmp_path, job, {"bank": label, "fintech": passive})
+    for p in ("bank", "fintech"):
+        assert out[p]["model_files"] == ["binning.json"], out[p]
+        assert not list((tmp_path / p / "models" / "run-b").glob("vertical_lr_*"))
+    doc = json.loads((tmp_path / "bank" / "models" / "run-b" / "binning.json").read_text())
+    assert doc["selection"]["min_iv"] == 0.05 and len(doc["binning"]) == 4
+
+
+def test_secureboost_job_applies_iv_selection_to_raw_features(tmp_path: Path) -> None:
+    from tests.test_binning_federated import _shared
+
+    label, passive = _shared(1200)
+    job = JobConfig.model_validate({
+        "job": {"type": "secureboost", "parties": ["bank", "fintech"], "label_party": "bank"},
+        "model": {"test_fraction": 0.2, "n_trees": 2, "max_depth": 2, "binning": {"min_iv": 0.05,
+                                                                                 "transform": "woe"}}})
+    out = _run_job(tmp_path, job, {"bank": label, "fintech": passive})
+    pdoc = json.loads((tmp_path / "fintech" / "models" / "run-b" / "binning.json").read_text())
+    kept = pdoc["selection"]["selected"]
+    assert 0 < len(kept) < passive.n_features
+    assert "woe" not in json.dumps(pdoc["binning"])  # selection only: no WOE leaves the label party
+    part = json.loads((tmp_path / "fintech" / "models" / "run-b" / "secureboost_fintech_model.json").read_text())
+    assert part["feature_names"] == kept  # the trees see the kept raw features only
+    assert out["bank"]["binning_kept"] < out["bank"]["binning_features"]

@@ -190,6 +190,34 @@ def test_psi_and_vertical_lr_job(fed: LocalFederation) -> None:
     _check_privacy(fed, run_id, result)
 
 
+def test_vertical_lr_job_with_federated_binning(fed: LocalFederation) -> None:
+    """[model.binning] over the real path: federated WOE/IV on the data plane, indicator LR, scoring parts."""
+    run_id, info = _run(fed, "e2e-vlr-bin", "vertical-lr",
+                        {"test_fraction": 0.25, "split_seed": 11, "max_epochs": 8,
+                         "binning": {"method": "optimal", "transform": "indicators", "min_iv": 0.02}})
+    assert info.status == "finished", info.error
+    result = json.loads(info.result_json)
+    bank, fintech = result["parties"]["bank"], result["parties"]["fintech"]
+    assert bank["binning_features"] == 23 and 1 <= fintech["binning_kept"] <= 10
+    base = _label_only_auc(fed, lambda ids: hash_test_mask(ids, 0.25, 11))
+    auc = result["global"]["auc"]
+    print(f"vertical LR on federated bins: AUC {auc:.4f}; bank alone {base:.4f}; bank {_t(bank)}")
+    assert auc > 0.70 and auc > base + 0.02, (auc, base)
+    mb = fed.root / "state" / "bank" / "models" / run_id
+    mf = fed.root / "state" / "fintech" / "models" / run_id
+    ldoc = json.loads((mb / "binning.json").read_text())
+    fdoc = json.loads((mf / "binning.json").read_text())
+    ftabs = [t for t in ldoc["binning"] if t["owner"] == "fintech"]
+    assert len(ftabs) == 10 and all(t["feature"].startswith("fintech#") for t in ftabs)  # positions, not names
+    assert not set(FINTECH_FEATURES) & set(json.dumps(ldoc).split('"'))
+    assert [t["feature"] for t in fdoc["binning"]] == FINTECH_FEATURES
+    assert all("events" not in t and "woe" not in t for t in fdoc["binning"])  # indicators: nothing label-derived
+    fm = json.loads((mf / "vertical_lr_fintech_model.json").read_text())
+    assert fm["binning"]["mode"] == "indicators" and fm["input_schema"]["feature_names"] == fdoc["selection"][
+        "selected"]
+    _check_privacy(fed, run_id, result)
+
+
 def test_psi_and_secureboost_job_with_agreed_test_ids(fed: LocalFederation) -> None:
     run_id, info = _run(fed, "e2e-sb", "secureboost", {"n_trees": 5, "max_depth": 3, "n_bins": 16,
                                                         "learning_rate": 0.3}, test_dataset="test_ids")

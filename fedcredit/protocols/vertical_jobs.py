@@ -341,8 +341,11 @@ def _psi_or_resume(tr: Transport, rt: VerticalParty, store: CheckpointStore, tab
 
 
 def _binning_step(tr: Transport, rt: VerticalParty, train: Table, test: Table, label: str, passives: list[str],
-                  model_dir: Path) -> tuple[Table, Table, dict[str, Any]] | None:
+                  model_dir: Path, *, select_only: bool) -> tuple[Table, Table, dict[str, Any]] | None:
     """``[model.binning]``: federated binning on the train rows, IV selection, then each party's transform.
+
+    ``select_only`` (SecureBoost, which bins natively): only the IV selection is applied, the
+    kept features stay raw, and no WOE is sent to a passive party whatever ``transform`` says.
 
     Writes ``binning.json`` (``"binning"``: this party's binning tables — at the label party also
     every passive party's, by bin index only; ``"selection"``) beside the model part, for the
@@ -355,6 +358,8 @@ def _binning_step(tr: Transport, rt: VerticalParty, train: Table, test: Table, l
     from fedcredit.protocols.binning import run_binning_label, run_binning_passive
 
     timeout = bp.timeout or rt.job.job.round_timeout_s
+    if select_only:
+        bp = bp.model_copy(update={"transform": "indicators"})
     if rt.name == label:
         res = run_binning_label(tr, train, passives, bp, timeout=timeout)
         tf = res.transform
@@ -367,11 +372,16 @@ def _binning_step(tr: Transport, rt: VerticalParty, train: Table, test: Table, l
         doc = {"binning": pres.tables(rt.name), "selection": pres.selection(rt.name, bp.min_iv)}
         kept, n_in = sum(pres.selected), len(pres.selected)
     write_text(model_dir / "binning.json", json.dumps(doc, indent=2))
-    new_train, _ = tf.apply_table(train)
-    new_test, unknown = tf.apply_table(test)
+    unknown: dict[str, int] = {}
+    if select_only:
+        new_train, new_test = train.select(tf.input_names), test.select(tf.input_names)
+    else:
+        new_train, _ = tf.apply_table(train)
+        new_test, unknown = tf.apply_table(test)
     _say(rt, f"binning ({bp.method}, {bp.transform}): {kept} of {n_in} features kept (IV >= {bp.min_iv})"
              + (f"; unknown categories in the test rows (treated as missing): {unknown}" if unknown else ""))
-    return new_train, new_test, {"binning_features": n_in, "binning_kept": kept, "_transform": tf}
+    return new_train, new_test, {"binning_features": n_in, "binning_kept": kept, "binning_only": bp.only,
+                                 "_transform": tf}
 
 
 def _attach_transform(path: Path, tf: Any) -> None:
@@ -469,12 +479,15 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
     files: list[str] = []
     metrics: dict[str, Any] | None = None
     extra: dict[str, Any] = {}
-    binned = _binning_step(tr, rt, train, test, label, passives, model_dir) if isinstance(cfg, VerticalLRConfig) else None
+    binned = _binning_step(tr, rt, train, test, label, passives, model_dir, select_only=not isinstance(cfg, VerticalLRConfig))
     bextra: dict[str, Any] = {}
     if binned is not None:
         train, test, bextra = binned
+    binning_only = bool(bextra.get("binning_only"))
     test_arg = test if len(test) else None
-    if isinstance(cfg, VerticalLRConfig):
+    if binning_only:  # [model.binning].only: the modeller reads the IV tables before any training
+        _say(rt, "binning only ([model.binning].only = true): no model trained")
+    elif isinstance(cfg, VerticalLRConfig):
         from fedcredit.protocols import vertical_lr as vlr
 
         if is_label:
@@ -514,11 +527,13 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
             extra = {"splits": len(part.splits)}
     if binned is not None:
         tf = bextra.pop("_transform")
-        _attach_transform(model_dir / f"vertical_lr_{me}_model.json", tf)
+        lr_part = not binning_only and isinstance(cfg, VerticalLRConfig)
+        if lr_part:
+            _attach_transform(model_dir / f"vertical_lr_{me}_model.json", tf)
         files += ["binning.json"]
         extra.update(bextra)
         card = getattr(_vertical_model(rt.job), "scorecard", None)
-        if card is not None:  # [model.scorecard]: this party's points from its own part, no message
+        if card is not None and lr_part:  # [model.scorecard]: this party's points from its own part, no message
             files += _attach_scorecard(model_dir, me, is_label, tf, card)
     timings["train_and_eval"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start

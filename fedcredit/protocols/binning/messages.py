@@ -29,8 +29,11 @@ class Tags:
         return f"{self.prefix}/y"
 
     @property
-    def counts(self) -> str:  # P -> L: rows per own prebin (plaintext) + Enc(events per prebin), slot-masked
+    def counts(self) -> str:  # P -> L: per own feature its prebin count and kind; rows per prebin (plaintext)
         return f"{self.prefix}/counts"
+
+    def events(self, j: int) -> str:  # P -> L: Enc(events per prebin) of own feature j, slot-masked (one message each)
+        return f"{self.prefix}/events/{j}"
 
     @property
     def result(self) -> str:  # L -> P: per own feature: selected (1 bit), merge map (optimal), WOE per bin (woe mode)

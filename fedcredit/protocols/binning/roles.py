@@ -92,7 +92,7 @@ class PassiveBinning:
     bins: list[B.FeatureBins]
     counts: list[list[int]]  # rows per final bin (its own knowledge)
     selected: list[bool]
-    woe: list[list[float]] | None
+    woe: list[list[float]] | None  # woe mode: per feature, its bins' WOE ([] for a dropped feature)
     transform: BinningTransform
     seconds: float = 0.0
 
@@ -169,12 +169,12 @@ def run_binning_label(transport: Transport, train: Table, passives: Sequence[str
     decryptions = 0
     for p in passives:
         try:
-            meta, arrays, blobs = unpack(transport.recv(p, tg.counts, to), what=f"binning counts from '{p}'")
+            meta, arrays, _ = unpack(transport.recv(p, tg.counts, to), what=f"binning counts from '{p}'")
         except PeerAborted as e:
             raise ProtocolError(f"party '{me}': passive party '{p}' refused binning: {e.reason}") from None
         feats = meta.get("features")
         counts = arrays.get("counts")
-        if not isinstance(feats, list) or counts is None or counts.dtype.kind not in "iu":
+        if not isinstance(feats, list) or counts is None or counts.dtype.kind not in "iu" or counts.ndim != 1:
             raise ProtocolError(f"party '{me}': binning counts from '{p}' lack 'features' / integer 'counts'")
         raw_sizes = [f.get("n_bins") if isinstance(f, dict) else None for f in feats]
         raw_kinds = [f.get("kind") if isinstance(f, dict) else None for f in feats]
@@ -183,11 +183,18 @@ def run_binning_label(transport: Transport, train: Table, passives: Sequence[str
             raise ProtocolError(f"party '{me}': binning counts from '{p}': bad bins {raw_sizes} / kinds {raw_kinds}")
         sizes: list[int] = [int(s) for s in raw_sizes]  # type: ignore[arg-type]
         kinds: list[ColumnKind] = [k for k in raw_kinds]  # type: ignore[misc]
-        if sum(sizes) != len(counts) or len(blobs) != len(counts):
+        if sum(sizes) != len(counts):
             raise ProtocolError(f"party '{me}': binning counts from '{p}': bins {sizes} do not fit "
-                                f"{len(counts)} counts and {len(blobs)} ciphertexts")
-        events = ckks.decrypt_counts(ctx, list(blobs.values()), what=f"binning event counts from '{p}'")
-        decryptions += len(blobs)
+                                f"{len(counts)} counts")
+        parts: list[np.ndarray] = []
+        for j, s in enumerate(sizes):
+            cts, _ = unpack_blobs(transport.recv(p, tg.events(j), to), what=f"binning events of feature {j} from '{p}'")
+            if len(cts) != s:
+                raise ProtocolError(f"party '{me}': {len(cts)} event ciphertexts for feature {j} from '{p}', "
+                                    f"which has {s} bins")
+            parts.append(ckks.decrypt_counts(ctx, cts, what=f"binning event counts of feature {j} from '{p}'"))
+            decryptions += s
+        events = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         cnt = counts.astype(np.int64)
         if np.any(events < 0) or np.any(events > cnt) or int(cnt.sum()) != n * len(sizes):
             raise ProtocolError(f"party '{me}': binning counts from '{p}' are inconsistent (events outside "
@@ -272,8 +279,9 @@ def run_binning_passive(transport: Transport, train: Table, label_party: str, *,
                             f"{chunk!r} for {n} rows")
 
     pre = _prebin_table(train, str(method), int(nb), int(npre), min_rows)  # type: ignore[arg-type]
-    cols: list[np.ndarray] = []
+    L = int(chunk)
     counts: list[int] = []
+    idxs: list[np.ndarray] = []
     for j, b in enumerate(pre):
         idx = b.assign(train.X[:, j])
         bc = np.bincount(idx, minlength=b.n_bins)
@@ -281,16 +289,16 @@ def run_binning_passive(transport: Transport, train: Table, label_party: str, *,
         if small.any():  # prebin guarantees it; never answer if not
             raise DataError(f"party '{me}': feature '{b.feature}' would report a bin of {int(bc[small][0])} rows")
         counts += bc.tolist()
-        for k in range(b.n_bins):
-            cols.append(idx == k)
-    L = int(chunk)
-    M = np.zeros((len(enc_y) * L, len(cols)), dtype=np.float64)
-    M[:n] = np.column_stack(cols)
-    masks = np.stack([ckks.mask_zero_sum(L, scale=MASK_STD) for _ in cols])
-    cts = ckks.masked_column_products(pub, enc_y, M, masks, what=f"party '{me}': Enc(y) from '{label_party}'")
+        idxs.append(idx)
     transport.send(label_party, tg.counts,
                    pack({"features": [{"n_bins": b.n_bins, "kind": b.kind} for b in pre]},
-                        {"counts": np.asarray(counts, dtype=np.int64)}, {str(i): c for i, c in enumerate(cts)}))
+                        {"counts": np.asarray(counts, dtype=np.int64)}))
+    for j, (b, idx) in enumerate(zip(pre, idxs)):  # one message per feature: ~235 KB per prebin at N=8192
+        M = np.zeros((len(enc_y) * L, b.n_bins), dtype=np.float64)
+        M[np.arange(n), idx] = 1.0
+        masks = np.stack([ckks.mask_zero_sum(L, scale=MASK_STD) for _ in range(b.n_bins)])
+        cts = ckks.masked_column_products(pub, enc_y, M, masks, what=f"party '{me}': Enc(y) from '{label_party}'")
+        transport.send(label_party, tg.events(j), pack_blobs(cts))
 
     res = loads_json(transport.recv(label_party, tg.result, timeout), what=f"party '{me}': binning result")
     feats = res.get("features")
@@ -307,6 +315,7 @@ def run_binning_passive(transport: Transport, train: Table, label_party: str, *,
         if not isinstance(d, dict) or not isinstance(d.get("selected"), bool):
             raise ProtocolError(f"party '{me}': binning result for feature {j} has no 'selected' flag")
         fb = b
+        w_j: list[float] = []
         if d["selected"]:
             try:
                 fb = b.merged(d["merge"]) if method == "optimal" else b
@@ -318,15 +327,16 @@ def run_binning_passive(transport: Transport, train: Table, label_party: str, *,
                         not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in w):
                     raise ProtocolError(f"party '{me}': WOE for feature {j} from '{label_party}' does not fit its "
                                         f"{fb.n_bins} bins")
-                woes.append([float(v) for v in w])
+                w_j = [float(v) for v in w]
         fm = B.final_map(b, fb)
         fc = np.zeros(fb.n_bins, dtype=np.int64)
         np.add.at(fc, fm, np.asarray(c, dtype=np.int64))
         bins.append(fb)
         fcounts.append(fc.tolist())
         selected.append(bool(d["selected"]))
+        woes.append(w_j)
     kept = [b for b, k in zip(bins, selected) if k]
     tf = BinningTransform("woe" if transform == "woe" else "indicators", tuple(kept),
-                          tuple(tuple(w) for w in woes) if transform == "woe" else ())
+                          tuple(tuple(w) for w, k in zip(woes, selected) if k) if transform == "woe" else ())
     return PassiveBinning(bins, fcounts, selected, woes if transform == "woe" else None, tf,
                           time.perf_counter() - t0)
