@@ -344,6 +344,8 @@ def test_scorecard_job_section_defaults_and_needs_binning() -> None:
             VerticalLRModel.model_validate({"scorecard": {}, "binning": None})
         m = VerticalLRModel.model_validate({"scorecard": {"pdo": 40}, "binning": {}})
         assert score_scale(m.scorecard).pdo == 40
+        with pytest.raises(ValidationError, match="binning alone trains no LR"):
+            VerticalLRModel.model_validate({"scorecard": {}, "binning": {"only": True}})
 
 
 def test_a_custom_scale_moves_the_points_and_keeps_the_identity() -> None:
