@@ -200,7 +200,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         ) as bar:
             w = csv.writer(fh)
             w.writerow(["id", "pd", "score", "decision", "credit_limit", "model_version", "fallback", "reasons",
-                        "party_contributions", "notes"])
+                        "party_contributions", "notes", "points"])
             task = bar.add_task("score", total=len(apps))
             for start in range(0, len(apps), args.batch_size):
                 batch = apps[start:start + args.batch_size]
@@ -209,7 +209,8 @@ def cmd_score(args: argparse.Namespace) -> int:
                     w.writerow([r["id"], f"{r['pd']:.10g}", f"{r['score']:.4f}", r["decision"],
                                 "" if r["credit_limit"] is None else r["credit_limit"], r["model_version"],
                                 int(r["fallback"]), json.dumps(r["reasons"]), json.dumps(r["party_contributions"]),
-                                "; ".join(r.get("notes", []))])
+                                "; ".join(r.get("notes", [])),
+                                "" if r.get("points") is None else json.dumps(r["points"])])
                 bar.advance(task, len(batch))
         tmp.replace(out)
         print(f"scored {len(apps)} applications with {version} -> {out}: "

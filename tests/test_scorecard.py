@@ -499,12 +499,17 @@ def test_vertical_lr_job_with_scorecard_parts_carry_the_points(tmp_path: Path, t
 
 
 def test_cli_models_export_writes_the_label_partys_scorecard(tmp_path: Path, pki, woe: sd.Fitted, capsys) -> None:
-    """``fedcredit party models export`` on an installed scorecard version: the CSV and ONNX of that party's share."""
+    """``fedcredit party models export`` on an installed scorecard version: the CSV and ONNX of that party's share;
+    ``fedcredit score`` on a file of raw applications (category text, empty cells) writes each one's points."""
+    import pandas as pd
     from test_scoring import _install
 
     from fedcredit.cli import main
+    from party.scoring import ScoringService, serve
 
-    _install(tmp_path, pki, "card-cli", _card_parts(woe))
+    stores = _install(tmp_path, pki, "card-cli", _card_parts(woe))
+    host = serve(ScoringService("host", stores["host"], identity=pki["host"],
+                                table_loader=lambda names: woe.host.select(names)), pki["host"])
     cfg = tmp_path / "guest.toml"
     cfg.write_text(f"""
 [party]
@@ -514,7 +519,32 @@ state_dir = "{tmp_path / 'guest'}"
 [coordinator]
 flower_address = "127.0.0.1:1"
 relay_address = "127.0.0.1:2"
+[scoring]
+peers = {{ host = "{host.address}" }}
+deadline_ms = 5000
 """)
+    try:
+        rows = np.arange(sd.N_FIT, sd.N_FIT + 25)
+        g = woe.guest
+        cols = {"ID": [g.ids[r] for r in rows]}
+        for j, n in enumerate(g.feature_names):
+            v = g.X[rows, j]
+            cols[n] = ["" if math.isnan(x) else (g.categories[n][int(x)] if g.kinds[j] == "categorical" else x)
+                       for x in v]
+        pd.DataFrame(cols).to_csv(tmp_path / "in.csv", index=False)
+        assert main(["score", "--config", str(cfg), "--id-column", "ID", str(tmp_path / "in.csv"),
+                     str(tmp_path / "out.csv")]) == 0
+        out = pd.read_csv(tmp_path / "out.csv")
+        pts = [json.loads(p) for p in out["points"]]
+        lab, pas = woe.label.scorecard, woe.passive.scorecard
+        assert lab is not None and pas is not None
+        expect = lab.subtotal(g.X[rows]) + pas.subtotal(woe.host.X[rows])
+        np.testing.assert_allclose([p["total"] for p in pts], expect, atol=1e-9)
+        np.testing.assert_allclose(out["score"], expect, atol=1e-4)  # the file prints the score to 4 decimals
+        assert all(set(p["parties"]) == {"host"} for p in pts)
+    finally:
+        host.stop(0)
+    capsys.readouterr()
     assert main(["party", "models", "export", "--config", str(cfg), "--out", str(tmp_path / "x")]) == 0
     printed = capsys.readouterr().out
     assert "scorecard.csv" in printed and "scorecard.onnx" in printed
