@@ -57,6 +57,12 @@ __all__ = [
     "woe_matrix",
     "indicator_matrix",
     "select_by_iv",
+    "rows_of_size",
+    "woe_iv",
+    "merge_prebins",
+    "prebin_merge_map",
+    "table_from_prebin_counts",
+    "final_map",
 ]
 
 SMOOTHING = 0.5
@@ -276,7 +282,7 @@ def woe_iv(counts: np.ndarray, events: np.ndarray) -> tuple[np.ndarray, np.ndarr
 # --------------------------------------------------------------------------- prebinning (label-free)
 
 
-def _min_rows(min_bin_size: float, n: int) -> int:
+def rows_of_size(min_bin_size: float, n: int) -> int:
     """``min_bin_size`` as a row count: < 1 is a fraction of the rows, >= 1 a count."""
     return max(1, int(math.ceil(min_bin_size * n)) if min_bin_size < 1 else int(min_bin_size))
 
@@ -540,7 +546,7 @@ def fit_table(table: Table, y: np.ndarray | None = None, *, method: Method = "op
     yy = table.y if y is None else y
     if yy is None:
         raise DataError(f"party '{table.party}', file {table.source}: binning with labels needs a label column")
-    min_rows = _min_rows(min_bin_size, len(table))
+    min_rows = rows_of_size(min_bin_size, len(table))
     out = []
     for j, f in enumerate(table.feature_names):
         out.append(fit_feature(f, table.X[:, j], yy, kind=table.kinds[j], categories=table.categories.get(f, ()),

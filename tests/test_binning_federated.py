@@ -124,7 +124,7 @@ def test_federated_iv_equals_pooled_on_shared_data(method: str) -> None:
     # the label party's own features: the same function as the pooled reference on its own columns
     own_pooled = B.fit_table(label, method=params.method, n_prebins=params.n_prebins, max_bins=params.max_bins,
                              min_bin_size=params.min_bin_size, monotonic=params.monotonic)
-    assert min_rows_for(params, len(label)) == B._min_rows(params.min_bin_size, len(label))
+    assert min_rows_for(params, len(label)) == B.rows_of_size(params.min_bin_size, len(label))
     _assert_equal([t for _, t in lres.own], [t for _, t in own_pooled])
     # the passive's final bins of kept features are the pooled bins (same merge); its selection is the label party's
     for j, f in enumerate(passive.feature_names):

@@ -358,6 +358,7 @@ def _binning_step(tr: Transport, rt: VerticalParty, train: Table, test: Table, l
     from fedcredit.protocols.binning import run_binning_label, run_binning_passive
 
     timeout = bp.timeout or rt.job.job.round_timeout_s
+    t0 = time.perf_counter()
     if select_only:
         bp = bp.model_copy(update={"transform": "indicators"})
     if rt.name == label:
@@ -381,7 +382,7 @@ def _binning_step(tr: Transport, rt: VerticalParty, train: Table, test: Table, l
     _say(rt, f"binning ({bp.method}, {bp.transform}): {kept} of {n_in} features kept (IV >= {bp.min_iv})"
              + (f"; unknown categories in the test rows (treated as missing): {unknown}" if unknown else ""))
     return new_train, new_test, {"binning_features": n_in, "binning_kept": kept, "binning_only": bp.only,
-                                 "_transform": tf}
+                                 "binning_s": round(time.perf_counter() - t0, 3), "_transform": tf}
 
 
 def _attach_transform(path: Path, tf: Any) -> None:

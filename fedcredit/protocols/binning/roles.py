@@ -50,7 +50,7 @@ MASK_STD = 2.0**24
 
 def min_rows_for(params: BinningParams, n_rows: int) -> int:
     """The job's min bin size as a row count over ``n_rows`` training rows, at least the passive floor."""
-    return max(B._min_rows(params.min_bin_size, n_rows), PASSIVE_MIN_BIN_ROWS)
+    return max(B.rows_of_size(params.min_bin_size, n_rows), PASSIVE_MIN_BIN_ROWS)
 
 
 def passive_feature_id(party: str, j: int) -> str:
