@@ -115,11 +115,13 @@ def register_party_commands(party_sub: Any) -> None:
     p = models.add_parser("rollback", help="re-activate the previously active version")
     common(p)
     p.set_defaults(func=cmd_models_rollback)
-    p = models.add_parser("export", help="scorecard CSV / linear JSON / PMML of a horizontal LR version")
+    p = models.add_parser("export", help="horizontal LR: scorecard CSV / linear JSON / PMML; vertical LR part with "
+                                         "a scorecard: this party's scorecard CSV / ONNX")
     common(p)
     p.add_argument("version", nargs="?", help="default: the active version")
     p.add_argument("--out", required=True)
-    p.add_argument("--decision", help="TOML with a [decision] section (score scale)")
+    p.add_argument("--decision", help="TOML with a [decision] section (score scale; horizontal LR only: a "
+                                      "scorecard keeps the scale it was trained with)")
     p.set_defaults(func=cmd_models_export)
 
     p = party_sub.add_parser("monitor", help="population stability (PSI) of the score and this party's own "
@@ -259,7 +261,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         ) as bar:
             w = csv.writer(fh)
             w.writerow(["id", "pd", "score", "decision", "credit_limit", "model_version", "fallback", "reasons",
-                        "party_contributions", "notes"])
+                        "party_contributions", "notes", "points"])
             task = bar.add_task("score", total=len(apps))
             for start in range(0, len(apps), args.batch_size):
                 batch = apps[start:start + args.batch_size]
@@ -268,7 +270,8 @@ def cmd_score(args: argparse.Namespace) -> int:
                     w.writerow([r["id"], f"{r['pd']:.10g}", f"{r['score']:.4f}", r["decision"],
                                 "" if r["credit_limit"] is None else r["credit_limit"], r["model_version"],
                                 int(r["fallback"]), json.dumps(r["reasons"]), json.dumps(r["party_contributions"]),
-                                "; ".join(r.get("notes", []))])
+                                "; ".join(r.get("notes", [])),
+                                "" if r.get("points") is None else json.dumps(r["points"])])
                 bar.advance(task, len(batch))
         tmp.replace(out)
         print(f"scored {len(apps)} applications with {version} -> {out}: "

@@ -144,12 +144,32 @@ def load_decision_policy(path: str | Path) -> DecisionPolicy:
 
 
 @dataclass(frozen=True)
+class ScorecardPoints:
+    """One application's scorecard points (``fedcredit.scorecard``): the label party's base points and per-feature
+    points, and one subtotal per passive party (never its features or bins).  ``total`` is the score."""
+
+    base: float
+    features: dict[str, float]
+    parties: dict[str, float]
+    scale: tuple[float, float, float]  # (base_points, base_odds, pdo) the points are on
+
+    @property
+    def total(self) -> float:
+        return self.base + math.fsum(self.features.values()) + math.fsum(self.parties.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"base": self.base, "features": dict(self.features), "parties": dict(self.parties),
+                "total": self.total}
+
+
+@dataclass(frozen=True)
 class Contributions:
     """Logit contributions of one application: the label party's own features, and one number per passive party."""
 
     features: dict[str, float] = field(default_factory=dict)
     parties: dict[str, float] = field(default_factory=dict)
     baseline: float = 0.0
+    points: ScorecardPoints | None = None  # a scorecard model's points (the score is their total)
 
     @property
     def logit(self) -> float:
@@ -253,6 +273,7 @@ class Decision:
     party_contributions: dict[str, float]
     limit_band: int | None = None  # index into policy.limit.bands, None if no band applied
     notes: list[str] = field(default_factory=list)
+    points: ScorecardPoints | None = None  # scorecard models: base, own features' points, passive subtotals
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (for answers and the audit log)."""
@@ -269,6 +290,7 @@ class Decision:
             ],
             "party_contributions": dict(self.party_contributions),
             "notes": list(self.notes),
+            "points": None if self.points is None else self.points.to_dict(),
         }
 
 
@@ -356,13 +378,24 @@ def decide(
     ``contributions``: a :class:`Contributions`, or a plain ``{feature: contribution}``
     mapping (a horizontal model, all features local), or None (no reasons).
     ``exposure``: the value the limit policy multiplies (None -> ``default_exposure``).
+    A scorecard model's contributions carry its points: the score is then their total
+    (``offset - factor * logit`` on the scorecard's scale, unclipped), and a note says so
+    when the policy's ``[decision.scale]`` differs from the scale the points were built on.
     """
     p = _check_pd(pd)
     sc = policy.scale
-    score = score_from_pd(p, sc)
+    notes: list[str] = []
+    pts = contributions.points if isinstance(contributions, Contributions) else None
+    if pts is None:
+        score = score_from_pd(p, sc)
+    else:
+        score = pts.total
+        if not all(math.isclose(a, b) for a, b in zip(pts.scale, (sc.base_points, sc.base_odds, sc.pdo))):
+            notes.append(f"score = scorecard points on the model's scale {pts.scale[0]:g}/{pts.scale[1]:g}/"
+                         f"{pts.scale[2]:g} (base points/odds/pdo), not [decision.scale] "
+                         f"{sc.base_points:g}/{sc.base_odds:g}/{sc.pdo:g}")
     clipped = min(max(p, sc.pd_floor), 1.0 - sc.pd_floor)
     decision = _classify(p, score, policy.thresholds)
-    notes: list[str] = []
     limit, band = (None, None) if policy.limit is None else _limit(p, decision, exposure, policy.limit, notes)
 
     if contributions is None:
@@ -384,4 +417,5 @@ def decide(
         party_contributions=dict(contributions.parties),
         limit_band=band,
         notes=notes,
+        points=pts,
     )

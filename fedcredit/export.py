@@ -1,4 +1,4 @@
-"""Export a horizontal logistic regression for use outside fedcredit.
+"""Export a model for use outside fedcredit: a horizontal LR whole, a vertical scorecard party by party.
 
 A horizontal LR is the one model every party holds whole, and it is a linear model
 on standardized features, so it can leave fedcredit in formats a bank's existing
@@ -14,9 +14,19 @@ Folding standardization into raw-scale coefficients (``z_j = (x_j - mean_j) / st
     pd    = 1 / (1 + exp(-logit))
     score = offset + factor * ln((1 - pd) / pd) = offset - factor * logit
 
-ONNX is not offered: the ``onnx`` package is not a dependency of this project, and
-the JSON/PMML files above already carry the full model.  Vertical parts are not
-exportable: a party's part alone is not a model (its score needs the other parties).
+A vertical LR part is not a model alone (its score needs the other parties), except as
+a **binned scorecard** (``fedcredit.scorecard``, docs/scorecard.md): a party's part with
+a scorecard exports its own share, at that party, as
+
+* ``scorecard.csv`` — one row per bin of each own feature (``feature, bin, label,
+  points``), the base points (label party) and one opaque ``passive`` line per passive
+  party (its subtotal is computed there, per application; its bins are not in this file);
+* ``scorecard.onnx`` — the same part as an ONNX graph (:func:`scorecard_onnx_bytes`): bin
+  assignment, points lookup and sum, with the passive parties' subtotals as an input, so a
+  decision engine can run it with onnxruntime (tests check it scores as fedcredit does).
+
+ONNX is not offered for a horizontal LR: its JSON/PMML files already carry the whole
+linear model; other vertical parts (SecureBoost, LR without bins) are not exportable.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from fedcredit.artifacts import Artifact, json_bytes, load_horizontal
 from fedcredit.decision import Contributions, ScoreScale, lr_contributions
 from fedcredit.errors import ConfigError, DataError
 from fedcredit.metrics import sigmoid
+from fedcredit.scorecard import ScorecardPart
 
 LINEAR_FORMAT = "fedcredit-linear-model/1"
 SCORECARD_COLUMNS = ("row_type", "feature", "lower", "upper", "reference", "points_per_unit", "points")
@@ -233,17 +244,157 @@ def export_pmml(model: LinearModel, path: str | Path) -> Path:
     return write_file(Path(path), pmml_bytes(model), PUBLIC_MODE, exclusive=True, what="export")
 
 
+# --------------------------------------------------------------------------- vertical scorecard parts
+
+#: columns of a binned scorecard part's CSV
+CARD_COLUMNS = ("row_type", "feature", "bin", "label", "points")
+#: ONNX opsets the scorecard graph uses (default domain; ai.onnx.ml for LabelEncoder)
+ONNX_OPSET, ONNX_ML_OPSET = 17, 3
+PASSIVE_INPUT = "passive_points"
+
+
+def scorecard_of(artifact: Artifact) -> tuple[ScorecardPart, list[str]]:
+    """A vertical LR part's scorecard and (label party) the passive parties; ConfigError if it has none."""
+    m = artifact.manifest
+    if m.kind not in ("vertical-lr-label", "vertical-lr-passive"):
+        raise ConfigError(f"cannot export {m.run_id}/{m.party}: kind {m.kind!r} has no scorecard")
+    from fedcredit.kinds import load_part
+
+    online = load_part(m.kind, artifact.files.get("model.json", b""), f"{m.run_id}/{m.party}")
+    card = online.card
+    if card is None:
+        raise ConfigError(f"cannot export {m.run_id}/{m.party}: this vertical LR part has no scorecard "
+                          "(train with binning and [model.scorecard]); a vertical part alone is not a model")
+    return card, list(getattr(online, "passive_parties", []))
+
+
+def scorecard_csv_bytes(card: ScorecardPart, passive_parties: Sequence[str] = ()) -> bytes:
+    """The part's table (:data:`CARD_COLUMNS`): base row, one row per own bin, one opaque line per passive party.
+
+    score = base points + the points of each own feature's bin + every passive party's subtotal.
+    """
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CARD_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in card.rows():
+        w.writerow({**r, "points": _fmt(r["points"])})
+    for p in passive_parties:
+        w.writerow({"row_type": "passive", "feature": p, "bin": "", "label": f"subtotal computed at party '{p}'",
+                    "points": ""})
+    return buf.getvalue().encode("utf-8")
+
+
+def scorecard_onnx_bytes(card: ScorecardPart, passive_parties: Sequence[str] = ()) -> bytes:
+    """The part as an ONNX model (checked with ``onnx.checker``).
+
+    Inputs, each ``[N, 1]``: one per own feature, named as the feature — ``double`` for a
+    numeric one (NaN = missing), ``string`` (the category text; ``""`` = missing, an
+    unknown category = missing, as in fedcredit) for a categorical one — and, when there
+    are passive parties, ``passive_points`` ``double [N, P]`` (their subtotals, in the
+    order of the CSV's passive lines).  Outputs: ``score [N, 1]``, ``points [N, k]`` (per
+    own feature, in input order) and, at the label party, ``pd [N, 1]``.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes: list[Any] = []
+    inits: list[Any] = []
+    inputs: list[Any] = []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    axis1 = const("axis1", np.array([1], dtype=np.int64))
+    per_feature: list[str] = []
+    for j, f in enumerate(card.features):
+        b, t = f.bins, f"f{j}"
+        missing_to = b.missing_bin if b.missing_into is None else b.missing_into
+        table = const(f"{t}_points", np.asarray(f.points, dtype=np.float64))
+        if b.kind == "numeric":
+            inputs.append(helper.make_tensor_value_info(f.feature, TensorProto.DOUBLE, ["N", 1]))
+            edges = const(f"{t}_edges", np.asarray([list(b.edges) or [np.inf]], dtype=np.float64))
+            # value bin = number of edges <= x (left-closed bins); no edges: one value bin (inf is never <= x)
+            nodes += [helper.make_node("GreaterOrEqual", [f.feature, edges], [f"{t}_ge"]),
+                      helper.make_node("Cast", [f"{t}_ge"], [f"{t}_ge64"], to=TensorProto.INT64),
+                      helper.make_node("ReduceSum", [f"{t}_ge64", axis1], [f"{t}_vbin"], keepdims=1),
+                      helper.make_node("IsNaN", [f.feature], [f"{t}_nan"]),
+                      helper.make_node("Where", [f"{t}_nan", const(f"{t}_mbin", np.array(missing_to, dtype=np.int64)),
+                                                 f"{t}_vbin"], [f"{t}_bin"])]
+        else:
+            inputs.append(helper.make_tensor_value_info(f.feature, TensorProto.STRING, ["N", 1]))
+            group = {c: g for g, cats in enumerate(b.groups) for c in cats}
+            keys = list(b.categories)
+            nodes.append(helper.make_node("LabelEncoder", [f.feature], [f"{t}_bin"], domain="ai.onnx.ml",
+                                          keys_strings=keys,
+                                          values_int64s=[group.get(c, b.missing_bin) for c in keys],
+                                          default_int64=missing_to))
+        nodes.append(helper.make_node("Gather", [table, f"{t}_bin"], [f"{t}_pts"], axis=0))
+        per_feature.append(f"{t}_pts")
+    n = len(card.features)
+    if n:
+        nodes += [helper.make_node("Concat", per_feature, ["points"], axis=1),
+                  helper.make_node("ReduceSum", ["points", axis1], ["own_sum"], keepdims=1)]
+    else:
+        raise ConfigError(f"party '{card.party}': a scorecard with no features has nothing to export as ONNX")
+    total = "own_sum"
+    if passive_parties:
+        inputs.append(helper.make_tensor_value_info(PASSIVE_INPUT, TensorProto.DOUBLE, ["N", len(passive_parties)]))
+        nodes += [helper.make_node("ReduceSum", [PASSIVE_INPUT, axis1], ["passive_sum"], keepdims=1),
+                  helper.make_node("Add", [total, "passive_sum"], ["with_passive"])]
+        total = "with_passive"
+    nodes.append(helper.make_node("Add", [total, const("base", np.array(card.base_points, dtype=np.float64))],
+                                  ["score"]))
+    outputs = [helper.make_tensor_value_info("score", TensorProto.DOUBLE, ["N", 1]),
+               helper.make_tensor_value_info("points", TensorProto.DOUBLE, ["N", n])]
+    if card.role == "label":  # pd = sigmoid(logit), logit = (offset - score) / factor
+        nodes += [helper.make_node("Sub", [const("offset", np.array(card.scale.offset, dtype=np.float64)), "score"],
+                                   ["off_minus"]),
+                  helper.make_node("Div", ["off_minus", const("factor", np.array(card.scale.factor, dtype=np.float64))],
+                                   ["logit"]),
+                  helper.make_node("Sigmoid", ["logit"], ["pd"])]
+        outputs.append(helper.make_tensor_value_info("pd", TensorProto.DOUBLE, ["N", 1]))
+    graph = helper.make_graph(nodes, f"fedcredit_scorecard_{card.party}", inputs, outputs, inits)
+    model = helper.make_model(graph, producer_name="fedcredit",
+                              opset_imports=[helper.make_opsetid("", ONNX_OPSET),
+                                             helper.make_opsetid("ai.onnx.ml", ONNX_ML_OPSET)])
+    model.ir_version = 8  # readable by every onnxruntime since 1.10
+    helper.set_model_props(model, {"fedcredit.party": card.party, "fedcredit.role": card.role,
+                                   "fedcredit.scale": f"{card.scale.base_points:g}/{card.scale.base_odds:g}/"
+                                                      f"{card.scale.pdo:g}",
+                                   "fedcredit.passive_parties": ",".join(passive_parties)})
+    onnx.checker.check_model(model, full_check=True)
+    return bytes(model.SerializeToString())
+
+
+def export_scorecard_part(artifact: Artifact, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``scorecard.csv`` and ``scorecard.onnx`` of a vertical LR part's scorecard (this party's share)."""
+    card, passives = scorecard_of(artifact)
+    out_dir = Path(out_dir)
+    targets = {"scorecard": out_dir / "scorecard.csv", "onnx": out_dir / "scorecard.onnx"}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing:
+        raise ConfigError(f"refusing to overwrite existing export file(s) {existing}")
+    write_file(targets["scorecard"], scorecard_csv_bytes(card, passives), PUBLIC_MODE, exclusive=True, what="export")
+    write_file(targets["onnx"], scorecard_onnx_bytes(card, passives), PUBLIC_MODE, exclusive=True, what="export")
+    return targets
+
+
 def export_artifact(
     artifact: Artifact,
     out_dir: str | Path,
     scale: ScoreScale | None = None,
     bins: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Path]:
-    """Write ``scorecard.csv``, ``model.linear.json`` and ``model.pmml`` for a verified horizontal-lr artifact.
+    """Write ``scorecard.csv``, ``model.linear.json`` and ``model.pmml`` for a verified horizontal-lr artifact,
+    or ``scorecard.csv`` and ``scorecard.onnx`` for a vertical LR part with a scorecard.
 
     ``bins`` defaults to ``schema.json``'s ``preprocessing.bins`` when the training
-    run recorded (federated) bin edges there.  Refuses to overwrite any file.
+    run recorded (federated) bin edges there.  Refuses to overwrite any file.  A
+    scorecard part's scale is the one it was built on (``scale`` does not apply).
     """
+    if artifact.manifest.kind in ("vertical-lr-label", "vertical-lr-passive"):
+        return export_scorecard_part(artifact, out_dir)
     model = LinearModel.from_artifact(artifact)
     scale = scale or ScoreScale()
     if bins is None:

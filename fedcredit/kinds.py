@@ -44,6 +44,8 @@ def _vlr_label(raw: bytes, source: str) -> Any:
     from fedcredit.protocols.vertical_lr import LabelModel, OnlineLabel
 
     part = OnlineLabel(LabelModel.from_json(bytes(raw).decode("utf-8", "replace"), source=f"{source}: model.json"))
+    if part.card is not None:  # a scorecard bins raw rows itself (the transform's bins: checked at load)
+        return part
     return with_binning(part, raw, f"{source}: model.json")  # a [model.binning] job's parts bin before the LR
 
 
@@ -52,6 +54,8 @@ def _vlr_passive(raw: bytes, source: str) -> Any:
     from fedcredit.protocols.vertical_lr import OnlinePassive, PassiveModel
 
     part = OnlinePassive(PassiveModel.from_json(bytes(raw).decode("utf-8", "replace"), source=f"{source}: model.json"))
+    if part.card is not None:
+        return part
     return with_binning(part, raw, f"{source}: model.json")
 
 

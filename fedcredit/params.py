@@ -26,7 +26,7 @@ M = TypeVar("M", bound=BaseModel)
 __all__ = [
     "Params", "StrictModel", "format_errors", "read_toml", "validate", "FAMILY_DEFAULTS", "HorizontalParams", "HorizontalJob", "VerticalJobParams",
     "VerticalLRConfig", "SecureBoostConfig", "HorizontalModel", "VerticalLRModel", "SecureBoostModel", "ModelTable",
-    "JOB_TYPES", "BinningParams",
+    "JOB_TYPES", "BinningParams", "ScorecardParams",
 ]
 
 
@@ -452,9 +452,33 @@ class HorizontalModel(HorizontalParams):
     type: Literal["horizontal"] = "horizontal"
 
 
+class ScorecardParams(Params):
+    """``[model.scorecard]`` of a binned vertical LR job: each party turns its own LR block into points per bin.
+
+    The PDO scale of ``fedcredit.decision.ScoreScale`` (same defaults): ``base_points`` at
+    ``base_odds``:1 good:bad, ``pdo`` more points each time the odds double.  docs/scorecard.md.
+    """
+
+    what = "scorecard"
+
+    base_points: float = Field(600.0, allow_inf_nan=False)
+    base_odds: float = Field(50.0, gt=0, allow_inf_nan=False)
+    pdo: float = Field(20.0, gt=0, allow_inf_nan=False)
+
+
 class VerticalLRModel(VerticalLRConfig, VerticalJobParams):
     type: Literal["vertical-lr"] = "vertical-lr"
     binning: BinningParams | None = None  # [model.binning]: bin, WOE/IV-select and transform before the LR
+    scorecard: ScorecardParams | None = None  # [model.scorecard]: points per bin at each party (needs binning)
+
+    @model_validator(mode="after")
+    def _scorecard_needs_bins(self) -> VerticalLRModel:
+        if self.scorecard is not None and self.binning is None:
+            raise ValueError("[model.scorecard] needs [model.binning]: a scorecard gives points per bin")
+        if self.scorecard is not None and self.binning is not None and getattr(self.binning, "only", False):
+            raise ValueError("[model.scorecard] with [model.binning].only = true: binning alone trains no LR, "
+                             "so there are no points")
+        return self
 
 
 class SecureBoostModel(SecureBoostConfig, VerticalJobParams):

@@ -667,7 +667,8 @@ class ScoringService:
                         "decision": d["decision"], "credit_limit": d["credit_limit"], "reasons": d["reasons"],
                         "party_contributions": d["party_contributions"], "fallback": bool(fallback_reason),
                         "features": _logged_features(a, used.inputs.feature_names),
-                        **({"notes": d["notes"]} if unknown[k] else {})})
+                        **({"notes": d["notes"]} if unknown[k] else {}),
+                        **({"points": d["points"]} if d.get("points") else {})})
         if self.log is not None:
             self.log.write(log)
         return out
@@ -846,7 +847,10 @@ def _request(id: str, features: Mapping[str, FeatureValue], exposure: float | No
 
 
 def _to_reply(d: Mapping[str, Any]) -> pb.ScoreReply:
+    pts = d.get("points")
     return pb.ScoreReply(
+        points=None if pts is None else pb.ScorecardPoints(base=pts["base"], features=pts["features"],
+                                                           parties=pts["parties"]),
         id=d["id"], pd=d["pd"], score=d["score"], decision=d["decision"],
         credit_limit=d["credit_limit"] or 0.0,
         reasons=[pb.Reason(name=r["name"], contribution=r["contribution"], source=r["source"], code=r["code"] or "")

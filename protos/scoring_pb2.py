@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/scoring.proto\x12\x11\x66\x65\x64\x63redit.scoring\"\xd0\x02\n\x0cScoreRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12?\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32-.fedcredit.scoring.ScoreRequest.FeaturesEntry\x12\x15\n\x08\x65xposure\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x43\n\ncategories\x18\x05 \x03(\x0b\x32/.fedcredit.scoring.ScoreRequest.CategoriesEntry\x12\x0f\n\x07missing\x18\x06 \x03(\t\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x31\n\x0f\x43\x61tegoriesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_exposure\"J\n\x06Reason\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x01\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\"\xe7\x02\n\nScoreReply\x12\n\n\x02id\x18\x01 \x01(\t\x12\n\n\x02pd\x18\x02 \x01(\x01\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x10\n\x08\x64\x65\x63ision\x18\x04 \x01(\t\x12\x14\n\x0c\x63redit_limit\x18\x05 \x01(\x01\x12*\n\x07reasons\x18\x06 \x03(\x0b\x32\x19.fedcredit.scoring.Reason\x12R\n\x13party_contributions\x18\x07 \x03(\x0b\x32\x35.fedcredit.scoring.ScoreReply.PartyContributionsEntry\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\t \x01(\x08\x12\x17\n\x0f\x66\x61llback_reason\x18\n \x01(\t\x12\r\n\x05notes\x18\x0b \x03(\t\x1a\x39\n\x17PartyContributionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"]\n\x11ScoreBatchRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x31\n\x08requests\x18\x02 \x03(\x0b\x32\x1f.fedcredit.scoring.ScoreRequest\"A\n\x0fScoreBatchReply\x12.\n\x07replies\x18\x01 \x03(\x0b\x32\x1d.fedcredit.scoring.ScoreReply\"A\n\x0ePartialRequest\x12\x12\n\nmodel_hash\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\"j\n\x0cPartialReply\x12\r\n\x05party\x18\x01 \x01(\t\x12\x12\n\nmodel_hash\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x16\n\x0epartial_logits\x18\x04 \x03(\x01\x12\x11\n\tdecisions\x18\x05 \x01(\x0c\x32\xfe\x01\n\x07Scoring\x12G\n\x05Score\x12\x1f.fedcredit.scoring.ScoreRequest\x1a\x1d.fedcredit.scoring.ScoreReply\x12V\n\nScoreBatch\x12$.fedcredit.scoring.ScoreBatchRequest\x1a\".fedcredit.scoring.ScoreBatchReply\x12R\n\x0cPartialScore\x12!.fedcredit.scoring.PartialRequest\x1a\x1f.fedcredit.scoring.PartialReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/scoring.proto\x12\x11\x66\x65\x64\x63redit.scoring\"\xd0\x02\n\x0cScoreRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12?\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32-.fedcredit.scoring.ScoreRequest.FeaturesEntry\x12\x15\n\x08\x65xposure\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x43\n\ncategories\x18\x05 \x03(\x0b\x32/.fedcredit.scoring.ScoreRequest.CategoriesEntry\x12\x0f\n\x07missing\x18\x06 \x03(\t\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x31\n\x0f\x43\x61tegoriesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_exposure\"J\n\x06Reason\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x01\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\"\x86\x02\n\x0fScorecardPoints\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\x01\x12\x42\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x30.fedcredit.scoring.ScorecardPoints.FeaturesEntry\x12@\n\x07parties\x18\x03 \x03(\x0b\x32/.fedcredit.scoring.ScorecardPoints.PartiesEntry\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a.\n\x0cPartiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9b\x03\n\nScoreReply\x12\n\n\x02id\x18\x01 \x01(\t\x12\n\n\x02pd\x18\x02 \x01(\x01\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x10\n\x08\x64\x65\x63ision\x18\x04 \x01(\t\x12\x14\n\x0c\x63redit_limit\x18\x05 \x01(\x01\x12*\n\x07reasons\x18\x06 \x03(\x0b\x32\x19.fedcredit.scoring.Reason\x12R\n\x13party_contributions\x18\x07 \x03(\x0b\x32\x35.fedcredit.scoring.ScoreReply.PartyContributionsEntry\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\t \x01(\x08\x12\x17\n\x0f\x66\x61llback_reason\x18\n \x01(\t\x12\r\n\x05notes\x18\x0b \x03(\t\x12\x32\n\x06points\x18\x0c \x01(\x0b\x32\".fedcredit.scoring.ScorecardPoints\x1a\x39\n\x17PartyContributionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"]\n\x11ScoreBatchRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x31\n\x08requests\x18\x02 \x03(\x0b\x32\x1f.fedcredit.scoring.ScoreRequest\"A\n\x0fScoreBatchReply\x12.\n\x07replies\x18\x01 \x03(\x0b\x32\x1d.fedcredit.scoring.ScoreReply\"A\n\x0ePartialRequest\x12\x12\n\nmodel_hash\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\"j\n\x0cPartialReply\x12\r\n\x05party\x18\x01 \x01(\t\x12\x12\n\nmodel_hash\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x16\n\x0epartial_logits\x18\x04 \x03(\x01\x12\x11\n\tdecisions\x18\x05 \x01(\x0c\x32\xfe\x01\n\x07Scoring\x12G\n\x05Score\x12\x1f.fedcredit.scoring.ScoreRequest\x1a\x1d.fedcredit.scoring.ScoreReply\x12V\n\nScoreBatch\x12$.fedcredit.scoring.ScoreBatchRequest\x1a\".fedcredit.scoring.ScoreBatchReply\x12R\n\x0cPartialScore\x12!.fedcredit.scoring.PartialRequest\x1a\x1f.fedcredit.scoring.PartialReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREREQUEST_FEATURESENTRY']._serialized_options = b'8\001'
   _globals['_SCOREREQUEST_CATEGORIESENTRY']._loaded_options = None
   _globals['_SCOREREQUEST_CATEGORIESENTRY']._serialized_options = b'8\001'
+  _globals['_SCORECARDPOINTS_FEATURESENTRY']._loaded_options = None
+  _globals['_SCORECARDPOINTS_FEATURESENTRY']._serialized_options = b'8\001'
+  _globals['_SCORECARDPOINTS_PARTIESENTRY']._loaded_options = None
+  _globals['_SCORECARDPOINTS_PARTIESENTRY']._serialized_options = b'8\001'
   _globals['_SCOREREPLY_PARTYCONTRIBUTIONSENTRY']._loaded_options = None
   _globals['_SCOREREPLY_PARTYCONTRIBUTIONSENTRY']._serialized_options = b'8\001'
   _globals['_SCOREREQUEST']._serialized_start=44
@@ -45,18 +49,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREREQUEST_CATEGORIESENTRY']._serialized_end=367
   _globals['_REASON']._serialized_start=382
   _globals['_REASON']._serialized_end=456
-  _globals['_SCOREREPLY']._serialized_start=459
-  _globals['_SCOREREPLY']._serialized_end=818
-  _globals['_SCOREREPLY_PARTYCONTRIBUTIONSENTRY']._serialized_start=761
-  _globals['_SCOREREPLY_PARTYCONTRIBUTIONSENTRY']._serialized_end=818
-  _globals['_SCOREBATCHREQUEST']._serialized_start=820
-  _globals['_SCOREBATCHREQUEST']._serialized_end=913
-  _globals['_SCOREBATCHREPLY']._serialized_start=915
-  _globals['_SCOREBATCHREPLY']._serialized_end=980
-  _globals['_PARTIALREQUEST']._serialized_start=982
-  _globals['_PARTIALREQUEST']._serialized_end=1047
-  _globals['_PARTIALREPLY']._serialized_start=1049
-  _globals['_PARTIALREPLY']._serialized_end=1155
-  _globals['_SCORING']._serialized_start=1158
-  _globals['_SCORING']._serialized_end=1412
+  _globals['_SCORECARDPOINTS']._serialized_start=459
+  _globals['_SCORECARDPOINTS']._serialized_end=721
+  _globals['_SCORECARDPOINTS_FEATURESENTRY']._serialized_start=269
+  _globals['_SCORECARDPOINTS_FEATURESENTRY']._serialized_end=316
+  _globals['_SCORECARDPOINTS_PARTIESENTRY']._serialized_start=675
+  _globals['_SCORECARDPOINTS_PARTIESENTRY']._serialized_end=721
+  _globals['_SCOREREPLY']._serialized_start=724
+  _globals['_SCOREREPLY']._serialized_end=1135
+  _globals['_SCOREREPLY_PARTYCONTRIBUTIONSENTRY']._serialized_start=1078
+  _globals['_SCOREREPLY_PARTYCONTRIBUTIONSENTRY']._serialized_end=1135
+  _globals['_SCOREBATCHREQUEST']._serialized_start=1137
+  _globals['_SCOREBATCHREQUEST']._serialized_end=1230
+  _globals['_SCOREBATCHREPLY']._serialized_start=1232
+  _globals['_SCOREBATCHREPLY']._serialized_end=1297
+  _globals['_PARTIALREQUEST']._serialized_start=1299
+  _globals['_PARTIALREQUEST']._serialized_end=1364
+  _globals['_PARTIALREPLY']._serialized_start=1366
+  _globals['_PARTIALREPLY']._serialized_end=1472
+  _globals['_SCORING']._serialized_start=1475
+  _globals['_SCORING']._serialized_end=1729
 # @@protoc_insertion_point(module_scope)

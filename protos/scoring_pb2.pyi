@@ -48,8 +48,32 @@ class Reason(_message.Message):
     code: str
     def __init__(self, name: _Optional[str] = ..., contribution: _Optional[float] = ..., source: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
 
+class ScorecardPoints(_message.Message):
+    __slots__ = ("base", "features", "parties")
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class PartiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    PARTIES_FIELD_NUMBER: _ClassVar[int]
+    base: float
+    features: _containers.ScalarMap[str, float]
+    parties: _containers.ScalarMap[str, float]
+    def __init__(self, base: _Optional[float] = ..., features: _Optional[_Mapping[str, float]] = ..., parties: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
 class ScoreReply(_message.Message):
-    __slots__ = ("id", "pd", "score", "decision", "credit_limit", "reasons", "party_contributions", "model_version", "fallback", "fallback_reason", "notes")
+    __slots__ = ("id", "pd", "score", "decision", "credit_limit", "reasons", "party_contributions", "model_version", "fallback", "fallback_reason", "notes", "points")
     class PartyContributionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +92,7 @@ class ScoreReply(_message.Message):
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     pd: float
     score: float
@@ -79,7 +104,8 @@ class ScoreReply(_message.Message):
     fallback: bool
     fallback_reason: str
     notes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., pd: _Optional[float] = ..., score: _Optional[float] = ..., decision: _Optional[str] = ..., credit_limit: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., party_contributions: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+    points: ScorecardPoints
+    def __init__(self, id: _Optional[str] = ..., pd: _Optional[float] = ..., score: _Optional[float] = ..., decision: _Optional[str] = ..., credit_limit: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., party_contributions: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ..., points: _Optional[_Union[ScorecardPoints, _Mapping]] = ...) -> None: ...
 
 class ScoreBatchRequest(_message.Message):
     __slots__ = ("model_version", "requests")

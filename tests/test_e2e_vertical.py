@@ -223,6 +223,37 @@ def test_vertical_lr_job_with_federated_binning(fed: LocalFederation) -> None:
     _check_privacy(fed, run_id, result)
 
 
+def test_vertical_lr_job_with_scorecard(fed: LocalFederation) -> None:
+    """[model.scorecard] over the real path: each party's part carries its own points; joint points == the LR."""
+    from fedcredit.kinds import load_part
+
+    run_id, info = _run(fed, "e2e-vlr-card", "vertical-lr",
+                        {"test_fraction": 0.25, "split_seed": 11, "max_epochs": 6,
+                         "binning": {"method": "optimal", "transform": "woe", "min_iv": 0.02},
+                         "scorecard": {"base_points": 600, "base_odds": 50, "pdo": 20}})
+    assert info.status == "finished", info.error
+    result = json.loads(info.result_json)
+    assert "scorecard.json" in result["parties"]["bank"]["model_files"]
+    assert "scorecard.json" in result["parties"]["fintech"]["model_files"]
+    mb = fed.root / "state" / "bank" / "models" / run_id
+    mf = fed.root / "state" / "fintech" / "models" / run_id
+    lraw, fraw = (mb / "vertical_lr_bank_model.json").read_bytes(), (mf / "vertical_lr_fintech_model.json").read_bytes()
+    assert not set(FINTECH_FEATURES) & set(lraw.decode().split('"'))  # no passive name in the label party's part
+    lab, pas = load_part("vertical-lr-label", lraw, "bank"), load_part("vertical-lr-passive", fraw, "fintech")
+    assert lab.card is not None and pas.card is not None and pas.card.base_points == 0.0
+    bank, fintech = fed.truth["bank"], fed.truth["fintech"]  # type: ignore[attr-defined]
+    common = sorted(fed.truth["common"])[:400]  # type: ignore[attr-defined]
+    XL = bank.assign(id=bank["id"].astype(str)).set_index("id").loc[common, lab.feature_names].to_numpy(np.float64)
+    XP = fintech.assign(id=fintech["id"].astype(str)).set_index("id").loc[common, pas.feature_names].to_numpy(
+        np.float64)
+    pd_, contribs = lab.score(XL, {"fintech": pas.answer(XP)})
+    s = lab.card.scale
+    np.testing.assert_allclose([c.points.total for c in contribs], s.offset - s.factor * np.log(pd_ / (1 - pd_)),
+                               atol=1e-6)
+    np.testing.assert_allclose([c.points.parties["fintech"] for c in contribs], pas.card.subtotal(XP), atol=1e-9)
+    _check_privacy(fed, run_id, result)
+
+
 def test_psi_and_secureboost_job_with_agreed_test_ids(fed: LocalFederation) -> None:
     run_id, info = _run(fed, "e2e-sb", "secureboost", {"n_trees": 5, "max_depth": 3, "n_bins": 16,
                                                         "learning_rate": 0.3}, test_dataset="test_ids")

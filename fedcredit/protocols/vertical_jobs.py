@@ -393,6 +393,23 @@ def _attach_transform(path: Path, tf: Any) -> None:
     write_text(path, json.dumps(doc, indent=2))
 
 
+def _attach_scorecard(model_dir: Path, me: str, is_label: bool, tf: Any, params: Any) -> list[str]:
+    """Add this party's scorecard (docs/scorecard.md) to its saved LR part; ``scorecard.json`` for the run report."""
+    from fedcredit.protocols import vertical_lr as vlr
+
+    path = model_dir / f"vertical_lr_{me}_model.json"
+    text = path.read_text()
+    model: Any = (vlr.LabelModel if is_label else vlr.PassiveModel).from_json(text, source=str(path))
+    vlr.with_scorecard(model, tf, params)
+    doc = json.loads(text)
+    doc["scorecard"] = model.scorecard.to_dict()
+    write_text(path, json.dumps(doc, indent=2))
+    rows = model.scorecard.rows() + [{"row_type": "passive", "feature": p, "bin": "", "label": "subtotal at that party",
+                                       "points": None} for p in (model.passive_parties if is_label else [])]
+    write_text(model_dir / "scorecard.json", json.dumps({"scorecard": {**doc["scorecard"], "rows": rows}}, indent=2))
+    return ["scorecard.json"]
+
+
 def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) -> dict[str, Any]:
     from fedcredit.protocols.psi import save_intersection
 
@@ -525,10 +542,14 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
             extra = {"splits": len(part.splits)}
     if binned is not None:
         tf = bextra.pop("_transform")
-        if not binning_only and isinstance(cfg, VerticalLRConfig):
+        lr_part = not binning_only and isinstance(cfg, VerticalLRConfig)
+        if lr_part:
             _attach_transform(model_dir / f"vertical_lr_{me}_model.json", tf)
         files += ["binning.json"]
         extra.update(bextra)
+        card = getattr(_vertical_model(rt.job), "scorecard", None)
+        if card is not None and lr_part:  # [model.scorecard]: this party's points from its own part, no message
+            files += _attach_scorecard(model_dir, me, is_label, tf, card)
     timings["train_and_eval"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     traffic = tr.snapshot()

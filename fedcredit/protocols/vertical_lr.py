@@ -45,11 +45,13 @@ from crypto.files import write_text
 from fedcredit.checkpoint import CheckpointStore, ResumeTags, agree_step
 from fedcredit.codec import loads_json, pack_arrays, pack_blobs, unpack_arrays, unpack_blobs
 from fedcredit.data import Table
-from fedcredit.decision import Contributions, lr_contributions
+from fedcredit.decision import Contributions, ScorecardPoints, lr_contributions
 from fedcredit.errors import ConfigError, DataError, PeerAborted, ProtocolError, SecurityError
 from fedcredit.metrics import auc_ks, sigmoid, write_evaluation
-from fedcredit.params import VerticalLRConfig
+from fedcredit.params import ScorecardParams, VerticalLRConfig
+from fedcredit.protocols.binning.transform import BinningTransform
 from fedcredit.protocols.vertical_common import Standardizer, epoch_batches, ids_digest, validation_split
+from fedcredit.scorecard import ScorecardPart, bin_design, build_part, score_scale
 from fedcredit.transport import Transport
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "combine",
     "request_scores",
     "serve_scores",
+    "with_scorecard",
 ]
 
 Progress = Callable[[str, int, int], None]
@@ -186,6 +189,25 @@ def _model_doc(text: str | bytes, kind: str, source: str) -> tuple[dict[str, Any
     return d, list(names), std, w
 
 
+def _scorecard_doc(part: ScorecardPart | None) -> dict[str, Any]:
+    return {} if part is None else {"scorecard": part.to_dict()}
+
+
+def _scorecard_of(d: Mapping[str, Any], role: str, party: str, source: str) -> ScorecardPart | None:
+    """The optional scorecard of a model file; it must be this party's, in this role."""
+    if d.get("scorecard") is None:
+        return None
+    part = ScorecardPart.from_dict(d["scorecard"], source=source)
+    if part.role != role or part.party != party:
+        raise DataError(f"{source}: the scorecard is the {part.role} part of '{part.party}', "
+                        f"expected the {role} part of '{party}'")
+    if isinstance(d.get("binning"), Mapping):  # one rule: the scorecard bins exactly as the LR's transform
+        tf = BinningTransform.from_dict(d["binning"], source=source)
+        if [b.to_dict() for b in tf.features] != [f.bins.to_dict() for f in part.features]:
+            raise DataError(f"{source}: the scorecard's bins differ from the model's binning transform")
+    return part
+
+
 @dataclass
 class LabelModel:
     """The label party's part: its standardizer, weights and the intercept (nothing about passive features)."""
@@ -196,6 +218,8 @@ class LabelModel:
     weights: np.ndarray
     intercept: float
     passive_parties: list[str]
+    #: binned jobs: this party's scorecard (fedcredit.scorecard); online scoring then goes through its points
+    scorecard: ScorecardPart | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -208,6 +232,7 @@ class LabelModel:
                 "weights": self.weights.tolist(),
                 "intercept": self.intercept,
                 "passive_parties": self.passive_parties,
+                **_scorecard_doc(self.scorecard),
             },
             indent=2,
         )
@@ -227,7 +252,7 @@ class LabelModel:
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise DataError(f"{source}: not a vertical LR label-party model: {e!r}") from None
         return cls(party=party, feature_names=names, standardizer=std, weights=w, intercept=intercept,
-                   passive_parties=list(passives))
+                   passive_parties=list(passives), scorecard=_scorecard_of(d, "label", party, source))
 
     def save(self, path: str | Path) -> None:
         write_text(Path(path), self.to_json())
@@ -242,6 +267,8 @@ class PassiveModel:
     standardizer: Standardizer
     weights: np.ndarray
     label_party: str
+    #: binned jobs: this party's own scorecard (its points; never sent to anyone)
+    scorecard: ScorecardPart | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -253,6 +280,7 @@ class PassiveModel:
                 "standardizer": self.standardizer.to_dict(),
                 "weights": self.weights.tolist(),
                 "label_party": self.label_party,
+                **_scorecard_doc(self.scorecard),
             },
             indent=2,
         )
@@ -264,7 +292,8 @@ class PassiveModel:
         party, label = d.get("party"), d.get("label_party")
         if not isinstance(party, str) or not isinstance(label, str):
             raise DataError(f"{source}: 'party' and 'label_party' must be strings")
-        return cls(party=party, feature_names=names, standardizer=std, weights=w, label_party=label)
+        return cls(party=party, feature_names=names, standardizer=std, weights=w, label_party=label,
+                   scorecard=_scorecard_of(d, "passive", party, source))
 
     def save(self, path: str | Path) -> None:
         write_text(Path(path), self.to_json())
@@ -292,6 +321,25 @@ class PassiveResult:
     steps: int
     counters: dict[str, int] = field(default_factory=dict)  # plaintext multiplications, rotations (always 0)
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def with_scorecard(model: LabelModel | PassiveModel, transform: BinningTransform,
+                   params: ScorecardParams | None) -> None:
+    """Give a trained part its scorecard, computed at this party from its own block only (nothing is sent).
+
+    ``transform``: this party's binning transform (``fedcredit.protocols.binning``), whose
+    output columns are the columns the part's weights are on, in order.
+    """
+    if transform.output_names != list(model.feature_names):
+        raise DataError(f"party '{model.party}': the binning transform gives columns {transform.output_names[:4]}..., "
+                        f"the LR part has {list(model.feature_names)[:4]}...")
+    label = isinstance(model, LabelModel)
+    bins = list(transform.features)
+    model.scorecard = build_part(
+        model.party, "label" if label else "passive", bins,
+        bin_design(bins, transform.mode, [list(w) for w in transform.woe] if transform.mode == "woe" else None),
+        model.standardizer.mean, model.standardizer.scale, model.weights,
+        intercept=model.intercept if isinstance(model, LabelModel) else 0.0, score_scale=score_scale(params))
 
 
 # --------------------------------------------------------------------------- joint scoring
@@ -327,11 +375,19 @@ class OnlineLabel:
 
     def __init__(self, model: LabelModel) -> None:
         self.model = model
-        self.feature_names = list(model.feature_names)
+        self.card = model.scorecard
+        # a scorecard scores raw (binned) features; the LR's columns are their WOE / bin indicators
+        self.feature_names = list(model.feature_names if self.card is None else self.card.feature_names)
+        if self.card is not None:  # raw inputs with categories; a missing value scores its missing bin
+            self.input_schema, self.accepts_missing = self.card.schema_dict(), True
         self.passive_parties = list(model.passive_parties)
 
     def score(self, X: np.ndarray, partials: Mapping[str, Any]) -> tuple[np.ndarray, list[Contributions]]:
-        """(PD per row, contributions per row) from own features ``X`` and every passive party's partial logits."""
+        """(PD per row, contributions per row) from own features ``X`` and every passive party's partial logits.
+
+        With a scorecard the contributions carry the points: base, own per-feature points and each passive
+        party's subtotal (``-factor`` x its partial logit: the sum of its bins' points, computed there).
+        """
         z: dict[str, np.ndarray] = {}
         for p in self.passive_parties:
             if p not in partials:
@@ -340,22 +396,48 @@ class OnlineLabel:
             if v.shape != (X.shape[0],):
                 raise ProtocolError(f"passive party '{p}' returned {v.shape[0]} partial scores for {X.shape[0]} ids")
             z[p] = v
+        if self.card is not None:
+            return self._score_card(self.card, X, z)
         pd = combine(self.model, X, [z[p] for p in self.passive_parties])
         Z = self.model.standardizer.transform(X)
         contribs = [lr_contributions(self.model.weights, Z[k], self.feature_names, intercept=self.model.intercept,
                                      passive_partials={p: float(z[p][k]) for p in z}) for k in range(X.shape[0])]
         return pd, contribs
 
+    def _score_card(self, card: ScorecardPart, X: np.ndarray,
+                    z: Mapping[str, np.ndarray]) -> tuple[np.ndarray, list[Contributions]]:
+        C = card.feature_logits(X)
+        P = card.points_of_logit(C)
+        logit = card.intercept + C.sum(axis=1) + sum((z[p] for p in self.passive_parties), np.zeros(X.shape[0]))
+        scale = (card.scale.base_points, card.scale.base_odds, card.scale.pdo)
+        names = card.feature_names
+        out = []
+        for k in range(X.shape[0]):
+            pts = ScorecardPoints(card.base_points, {n: float(P[k, j]) for j, n in enumerate(names)},
+                                  {p: float(card.points_of_logit(z[p][k])) for p in self.passive_parties}, scale)
+            out.append(Contributions({n: float(C[k, j]) for j, n in enumerate(names)},
+                                     {p: float(z[p][k]) for p in self.passive_parties}, card.intercept, pts))
+        return sigmoid(logit), out
+
 
 class OnlinePassive:
-    """A passive party's side of online joint scoring: the partial logit of each asked-for row."""
+    """A passive party's side of online joint scoring: the partial logit of each asked-for row.
+
+    With a scorecard the partial logit is the sum of this party's bins' logit contributions
+    (its points subtotal is ``-factor`` times it); its points, bins and features stay here.
+    """
 
     def __init__(self, model: PassiveModel) -> None:
         self.model = model
-        self.feature_names = list(model.feature_names)
+        self.card = model.scorecard
+        self.feature_names = list(model.feature_names if self.card is None else self.card.feature_names)
+        if self.card is not None:
+            self.input_schema, self.accepts_missing = self.card.schema_dict(), True
         self.label_party = model.label_party
 
     def answer(self, X: np.ndarray) -> np.ndarray:
+        if self.card is not None:
+            return self.card.partial_logit(X)
         return passive_partial_scores(self.model, X)
 
 
