@@ -512,7 +512,9 @@ def _sections(doc: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(doc.get("trees"), Mapping):
         v["trees"] = doc["trees"]
     if doc.get("scorecard") is not None:
-        v["scorecard"] = _generic(doc["scorecard"])
+        card = doc["scorecard"]  # the scorecard step's document: its points table is what a reader wants
+        rows = card.get("rows") if isinstance(card, Mapping) else None
+        v["scorecard"] = _generic(rows if isinstance(rows, list) and rows else card)
     evals = [e for e in doc.get("evaluation") or [] if isinstance(e, Mapping) and "model" in e]
     if evals:
         v["evaluation"] = {
@@ -638,6 +640,9 @@ def vertical_report(*, model_dir: Path, state_dir: Path, reply: Mapping[str, Any
         saved = json.loads(binning.read_text(encoding="utf-8"))
         for k in ("binning", "selection"):
             b.put(k, saved.get(k))
+    card = model_dir / "scorecard.json"  # this party's own points per bin, when the job builds a scorecard
+    if card.exists():
+        b.put("scorecard", json.loads(card.read_text(encoding="utf-8")).get("scorecard"))
     for k, v in (sections or {}).items():
         b.put(k, v)
     b.evaluate("federated (joint model)", test_y, test_scores)
