@@ -272,7 +272,7 @@ def test_small_batches_are_refused() -> None:
     [
         ("id,y,a\n1,0,1.0\n2,1,x\n", "row 2 (line 3): column 'a' has non-numeric value 'x'"),
         ("cid,y,a\n1,0,1\n", "missing column(s) ['id']"),
-        ("id,y,a\n1,0,\n2,1,3\n", "row 1 (line 2): column 'a' has a missing/NaN value"),
+        ("id,y,a\n1,,1\n2,1,3\n", "row 1 (line 2): column 'y' has a missing/NaN value"),  # labels stay strict
         ("id,y,a\n001,0,1\n001,1,3\n", "duplicate id '001'"),
         ("id,y,a\n001,0,1\n1,2,3\n", "row 2 (line 3): label column 'y' has value 2; expected 0 or 1"),
         ("id,a\n1,1\n", "missing column(s) ['y']"),
