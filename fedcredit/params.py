@@ -327,7 +327,7 @@ class VerticalLRConfig(Params):
     full_batch_steps: int = Field(300, ge=0, le=100_000)  # at most this many; 0 = mini-batch phase only (the old optimiser)
     full_batch_learning_rate: float = Field(1.0, gt=0, le=100, allow_inf_nan=False)  # divided by the number of parties
     full_batch_momentum: float = Field(0.9, ge=0, lt=1)  # Nesterov; each party restarts its own block (g·v > 0)
-    tol: float = Field(1e-7, gt=0, lt=1, allow_inf_nan=False)  # stop when the training log-loss changes by < tol (relative)
+    tol: float = Field(1e-6, gt=0, lt=1, allow_inf_nan=False)  # stop when the training log-loss changes by < tol (relative)
     # in 3 successive full-batch steps; the validation loss is only a divergence guard there
     batch_size: int = Field(4096, ge=0)  # at most this many rows per step; 0 = full batch.  4096 = one ciphertext at N=8192
     steps_per_epoch: int = Field(6, ge=1, le=100_000)  # smaller sets get smaller batches (>= min_batch) so an epoch progresses
