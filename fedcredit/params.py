@@ -226,7 +226,11 @@ class HorizontalParams(Params):
     local_epochs: int = Field(3, ge=1, le=1000)
     lr: float = Field(1.0, gt=0, le=100, allow_inf_nan=False)
     batch_size: int = Field(1024, ge=1, le=10_000_000)
-    l2: float = Field(1e-4, ge=0, allow_inf_nan=False)
+    l2: float = Field(1e-4, ge=0, allow_inf_nan=False)  # objective: mean log-loss + l2/2·|w|² (intercept not penalized)
+    # "lr" family: after the FedAvg rounds, this many Newton rounds on the pooled gradient, Hessian and loss (each
+    # bank's sums at the same point, added under CKKS) reach the pooled optimum that FedAvg's fixed-step SGD stops
+    # short of; a step that does not lower the pooled loss is retried with more damping (docs/horizontal.md)
+    newton_rounds: int = Field(8, ge=0, le=1000)
     prox_mu: float = Field(0.1, ge=0, allow_inf_nan=False, description="FedProx proximal weight (fedprox only)")
     hidden: int = Field(16, ge=1, le=4096)  # mlp only
     seed: int = 0
@@ -265,6 +269,16 @@ class HorizontalParams(Params):
     @property
     def mu(self) -> float:
         return float(self.prox_mu) if self.algorithm == "fedprox" else 0.0
+
+    @property
+    def newton(self) -> int:
+        """Newton rounds this job runs (the "lr" family only)."""
+        return int(self.newton_rounds) if self.family == "lr" else 0
+
+    @property
+    def total_rounds(self) -> int:
+        """FedAvg rounds, then Newton rounds: every one is a ``fit`` hop."""
+        return int(self.rounds) + self.newton
 
 
 class HorizontalJob(HorizontalParams):

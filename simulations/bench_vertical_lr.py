@@ -143,7 +143,8 @@ def bench_table(name: str, args: argparse.Namespace, cfg: VerticalLRConfig) -> d
         lab, pas = res.label, res.passives["host"]
         m = lab.test_metrics or {}
         assert lab.test_scores is not None
-        test_loss = _logloss(gte.y, lab.test_scores)  # joint scores in the label party's test order
+        y_of = dict(zip(gte.ids, gte.y))  # joint scores come in the label party's (PSI-aligned) test order
+        test_loss = _logloss(np.array([y_of[i] for i in lab.test_ids]), lab.test_scores)
         fed[label] = {
             "auc": m.get("auc"), "ks": m.get("ks"), "test_loss": test_loss,
             "test_loss_gap": test_loss / opt["test_loss"] - 1,

@@ -286,6 +286,7 @@ class LabelResult:
     counters: dict[str, int] = field(default_factory=dict)  # encryptions, decryptions
     timings: dict[str, float] = field(default_factory=dict)  # seconds spent per activity at this party
     train_ids: list[str] = field(default_factory=list, repr=False)  # the aligned training ids, in protocol order
+    test_ids: list[str] = field(default_factory=list, repr=False)  # the ids of test_scores, in their order
 
 
 @dataclass
@@ -745,7 +746,8 @@ def run_vertical_lr_label(
                 )
     if out_dir is not None:
         model.save(Path(out_dir) / f"{report_name}_{me}_model.json")
-    return LabelResult(model, history, best_epoch, epochs_run, steps, train_seconds, test_metrics, scores, counters, tm, list(train.ids))
+    return LabelResult(model, history, best_epoch, epochs_run, steps, train_seconds, test_metrics, scores, counters, tm,
+                       list(train.ids), list(test.ids) if test is not None else [])
 
 
 def _sum_partials(transport: Transport, passives: Sequence[str], tag: str, n: int, timeout: float | None) -> np.ndarray:
