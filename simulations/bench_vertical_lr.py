@@ -152,6 +152,7 @@ def bench_table(name: str, args: argparse.Namespace, cfg: VerticalLRConfig) -> d
             "bytes": by_phase, "epochs": lab.epochs_run, "steps": lab.steps, "best_epoch": lab.best_epoch,
             "counters": {**lab.counters, **pas.counters}, "timings": {"label": lab.timings, "passive": pas.timings},
             "convergence": convergence(lab.history), "intersection": res.intersection_size,
+            "full_batch_epochs": sum(1 for h in lab.history if h.get("phase") == "full_batch"),
         }
     print()
     print(f"[{name}] {'model':34s} {'test AUC':>9s} {'KS':>7s} {'logloss':>8s} {'gap':>8s} {'train s':>8s}  bytes exchanged")
@@ -165,8 +166,7 @@ def bench_table(name: str, args: argparse.Namespace, cfg: VerticalLRConfig) -> d
     for lbl, auc, ks, loss, gap, secs, b in rows:
         print(f"[{name}] {lbl:34s} {auc:9.4f} {ks:7.4f} {loss:8.5f} {100 * gap:+7.3f}% {secs:8.2f}  {b}")
     for label, f in fed.items():
-        full = sum(1 for c in f["convergence"] if c is not None) - min(f["epochs"], cfg.max_epochs)
-        print(f"[{name}] {label}: {f['epochs']} epochs ({f['steps']} steps), of them {max(full, 0)} full-batch; "
+        print(f"[{name}] {label}: {f['epochs']} epochs ({f['steps']} steps), of them {f['full_batch_epochs']} full-batch; "
               f"best epoch {f['best_epoch']}; encryptions {f['counters']['encryptions']}, decryptions "
               f"{f['counters']['decryptions']}, ct x pt multiplications {f['counters']['plain_multiplications']}, "
               f"rotations {f['counters']['rotations']}; final train loss {f['convergence'][-1]['train_loss']:.6f} "
