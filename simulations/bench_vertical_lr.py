@@ -7,7 +7,9 @@ Two tables, the same 6,000 test ids (default_credit_homo_test.csv), train = the 
 * ``benchmark``: guest = default_credit_hetero_guest.csv (label party: id, y, 13 features),
   host = default_credit_hetero_host.csv (passive party: id, 10 features), already standardized;
 * ``raw``: UCI_Credit_Card.csv with its raw, heavy-tailed amounts split between the parties:
-  label party LIMIT_BAL, AGE, PAY_0..PAY_6, BILL_AMT1..6; passive SEX, EDUCATION, MARRIAGE, PAY_AMT1..6.
+  label party LIMIT_BAL, AGE, PAY_0..PAY_6, BILL_AMT1..6; passive SEX, EDUCATION, MARRIAGE, PAY_AMT1..6;
+* ``heavy``: ``simulations.heavy_tailed.heavy_tailed()`` (5,000 generated rows, log-normal amounts up to
+  ~70 standard deviations, its own 25 % test rows), the table tests/test_lr_convergence.py uses.
 
 PSI runs first (over the in-memory hub, X25519), then training, then joint scoring.
 Printed side by side: pooled plaintext LR (scikit-learn, same L2), label-party-only LR,
@@ -35,6 +37,7 @@ from fedcredit.metrics import auc_ks
 from fedcredit.protocols.vertical_common import Standardizer, validation_split
 from fedcredit.protocols.vertical_lr import VerticalLRConfig, convergence
 from fedcredit.transport import WireRecord
+from simulations.heavy_tailed import LABEL_COLUMNS, PASSIVE_COLUMNS, heavy_tailed
 from simulations.inprocess import run_vertical_lr_inprocess
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -77,6 +80,12 @@ def load_tables(name: str, data: Path) -> tuple[Table, Table, set[str]]:
         guest = load_table(data / "default_credit_hetero_guest.csv", party="guest", label_col="y")
         host = load_table(data / "default_credit_hetero_host.csv", party="host")
         return guest, host, test_ids
+    if name == "heavy":  # generated: 5,000 rows, its own 25 % test flag
+        df = heavy_tailed()
+        guest = table_from_frame(df[["id", "y", *LABEL_COLUMNS]], party="guest", source="heavy_tailed()", id_col="id",
+                                 label_col="y")
+        host = table_from_frame(df[["id", *PASSIVE_COLUMNS]], party="host", source="heavy_tailed()", id_col="id")
+        return guest, host, set(df.loc[df["test"], "id"])
     df = pd.read_csv(data / "UCI_Credit_Card.csv")
     src = str(data / "UCI_Credit_Card.csv")
     guest = table_from_frame(df[["ID", "default.payment.next.month", *RAW_LABEL]], party="guest", source=src,
@@ -92,7 +101,7 @@ def plot(curves: dict[str, list[dict]], opt: dict[str, float], path: Path, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, (ax, gap) = plt.subplots(1, 2, figsize=(12, 4.2))
     for (label, curve), color in zip(curves.items(), ("tab:blue", "tab:orange")):
         ep = [c["epoch"] for c in curve]
         ax.plot(ep, [c["train_loss"] for c in curve], color=color, label=f"{label}: train (fit rows)")
@@ -105,6 +114,13 @@ def plot(curves: dict[str, list[dict]], opt: dict[str, float], path: Path, title
     ax.set_ylabel("log-loss")
     ax.set_title(title)
     ax.legend(fontsize=7)
+    for (label, curve), color in zip(curves.items(), ("tab:blue", "tab:orange")):
+        gap.semilogy([c["epoch"] for c in curve], [max(abs(c["train_loss"] - opt["train_loss"]), 1e-9) for c in curve],
+                     color=color, label=label)
+    gap.set_xlabel("epoch")
+    gap.set_ylabel("|train log-loss - pooled optimum's|")
+    gap.set_title("distance to the pooled optimum (log scale)")
+    gap.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -186,14 +202,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=Path("/tmp/fedcredit_bench_vlr"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tables", default="benchmark,raw", help="comma-separated: benchmark, raw")
+    ap.add_argument("--tables", default="benchmark,raw,heavy", help="comma-separated: benchmark, raw, heavy")
     ap.add_argument("--before", action="store_true", help="also run the old optimiser (full_batch_steps=0)")
     args = ap.parse_args(argv)
     cfg = VerticalLRConfig(seed=args.seed)
     summary: dict = {"config": cfg.public()}
     for name in [t for t in args.tables.split(",") if t]:
-        if name not in ("benchmark", "raw"):
-            raise SystemExit(f"--tables: unknown table {name!r} (benchmark, raw)")
+        if name not in ("benchmark", "raw", "heavy"):
+            raise SystemExit(f"--tables: unknown table {name!r} (benchmark, raw, heavy)")
         summary[name] = bench_table(name, args, cfg)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_vertical_lr.json").write_text(json.dumps(summary, indent=2))

@@ -14,33 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
 from fedcredit.data import Table, split_by_ids, table_from_frame
 from fedcredit.protocols.vertical_common import Standardizer, validation_split
 from fedcredit.protocols.vertical_lr import VerticalLRConfig, convergence
+from simulations.heavy_tailed import LABEL_COLUMNS, PASSIVE_COLUMNS, heavy_tailed
 from simulations.inprocess import run_vertical_lr_inprocess
 
 GAP = 0.005  # the issue's bound: within 0.5 % of the pooled optimum's test log-loss
-
-
-def heavy_tailed(n: int = 5000, seed: int = 1, sigma: float = 2.0) -> pd.DataFrame:
-    """Log-normal incomes, limits, bills and repayments (max ≈ 50-70 standard deviations), label from a known logit."""
-    r = np.random.default_rng(seed)
-    inc = r.lognormal(10, sigma, n)
-    limit = inc * r.lognormal(0, 0.5, n)
-    bills = limit[:, None] * r.beta(2, 3, (n, 3)) * r.lognormal(0, 0.3, (n, 3))
-    pays = bills * r.beta(0.5, 2, (n, 3)) * r.lognormal(0, 1.0, (n, 3))
-    age, status = r.normal(40, 10, n), r.integers(-1, 4, n).astype(float)
-    logit = (-1.2 + 0.5 * status - 0.2 * np.log1p(pays).mean(1) + 0.8 * bills[:, 0] / limit
-             - 0.06 * np.log(limit) + 0.01 * (age - 40))
-    y = (r.random(n) < expit(logit)).astype(int)
-    df = pd.DataFrame({"id": [f"{i:06d}" for i in range(n)], "y": y, "limit": limit, "age": age, "status": status})
-    for k in range(3):
-        df[f"bill{k}"], df[f"pay{k}"] = bills[:, k], pays[:, k]
-    df["test"] = np.random.default_rng(seed + 99).random(n) < 0.25
-    return df
 
 
 def _logloss(y: np.ndarray, p: np.ndarray) -> float:
@@ -51,7 +33,7 @@ def _logloss(y: np.ndarray, p: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def parties() -> tuple[Table, Table, set[str]]:
     df = heavy_tailed()
-    label_cols, passive_cols = ["limit", "age", "status", "bill0", "bill1", "bill2"], ["pay0", "pay1", "pay2"]
+    label_cols, passive_cols = LABEL_COLUMNS, PASSIVE_COLUMNS
     bank = table_from_frame(df[["id", "y", *label_cols]], party="bank", source="heavy-tailed", id_col="id",
                             label_col="y")
     fintech = table_from_frame(df[["id", *passive_cols]], party="fintech", source="heavy-tailed", id_col="id")

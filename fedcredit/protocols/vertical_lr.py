@@ -276,7 +276,7 @@ class PassiveModel:
 @dataclass
 class LabelResult:
     model: LabelModel
-    history: list[dict[str, float]]  # per epoch: val_loss, val_auc (label-party-only knowledge)
+    history: list[dict[str, Any]]  # per epoch: val_loss, val_auc (label-party-only knowledge)
     best_epoch: int
     epochs_run: int
     steps: int
@@ -591,7 +591,7 @@ def run_vertical_lr_label(
     lr, mu = cfg.learning_rate, cfg.momentum
     counters = {"encryptions": 0, "decryptions": 0, "rotations": 0}
     tm = {"encrypt": 0.0, "decrypt": 0.0, "wait": 0.0}
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
     best: tuple[float, int, np.ndarray] = (math.inf, 0, theta.copy())
     stale = 0
     steps = 0
