@@ -56,7 +56,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -223,13 +223,15 @@ class NewtonState:
     damping: float = 0.0
     accepted: int = 0
     rejected: int = 0
+    losses: list[float] = field(default_factory=list)  # pooled training log-loss of each evaluated point, in order
 
     def to_bytes(self) -> bytes:
         def arr(a: np.ndarray | None) -> list[float] | None:
             return None if a is None else [float(x) for x in np.ravel(a)]
         return json.dumps({"trial": arr(self.trial), "best": arr(self.best), "best_loss": self.best_loss,
                            "best_grad": arr(self.best_grad), "best_hess": arr(self.best_hess),
-                           "damping": self.damping, "accepted": self.accepted, "rejected": self.rejected}).encode()
+                           "damping": self.damping, "accepted": self.accepted, "rejected": self.rejected,
+                           "losses": self.losses}).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> NewtonState:
@@ -241,7 +243,8 @@ class NewtonState:
         return cls(trial=np.asarray(d["trial"], dtype=np.float64), best=arr(d["best"], (k,)),
                    best_loss=float(d["best_loss"]), best_grad=arr(d["best_grad"], (k,)),
                    best_hess=arr(d["best_hess"], (k, k)), damping=float(d["damping"]),
-                   accepted=int(d["accepted"]), rejected=int(d["rejected"]))
+                   accepted=int(d["accepted"]), rejected=int(d["rejected"]),
+                   losses=[float(x) for x in d.get("losses", [])])
 
 
 def newton_step(state: NewtonState, sums: np.ndarray, l2: float) -> NewtonState:
@@ -269,7 +272,7 @@ def newton_step(state: NewtonState, sums: np.ndarray, l2: float) -> NewtonState:
     loss = float(sums[-2]) / n + 0.5 * l2 * float(t[:-1] @ t[:-1])
     out = NewtonState(trial=t, best=state.best, best_loss=state.best_loss, best_grad=state.best_grad,
                       best_hess=state.best_hess, damping=state.damping, accepted=state.accepted,
-                      rejected=state.rejected)
+                      rejected=state.rejected, losses=[*state.losses, float(sums[-2]) / n])
     if not math.isfinite(loss):
         raise ProtocolError("Newton sums hold a non-finite loss")
     if state.best is None or loss <= state.best_loss + _NEWTON_LOSS_SLACK:
@@ -525,6 +528,7 @@ class _Party:
         mean, std = self._std(job, state)
         model = build_model(job, t.n_features)
         R = int(header.get("round", job.total_rounds))
+        curve: list[dict[str, Any]] = []  # the run JSON's "convergence": pooled training log-loss per Newton round
         if job.newton and R > job.rounds:  # the last Newton sums decide the final point: the best accepted one
             prev = state.get(self._key(job.run_id, f"newton-{R}"))
             if prev is None:
@@ -532,6 +536,7 @@ class _Party:
             nst = newton_step(NewtonState.from_bytes(prev), ckks.decrypt_vector(ctx, blobs["model"]), job.l2)
             assert nst.best is not None
             model.set_flat(nst.best)
+            curve = [{"epoch": job.rounds + 1 + i, "train_loss": v, "val_loss": None} for i, v in enumerate(nst.losses)]
         else:
             model.set_flat(self._global(job, ctx, blobs["model"], model.n_params))
         test = self._test(job, t.feature_names)
@@ -545,9 +550,11 @@ class _Party:
             "parties": list(header.get("parties", job.parties)),
             "party": self.env.name,
             "local_test": m,
+            "convergence": curve,
         }
         path = save_model(out_dir / "global_model.json", model, mean=mean, std=std, feature_names=t.feature_names, meta=meta)
-        (out_dir / "metrics.json").write_text(json.dumps({"party": self.env.name, "local_test": m}, indent=1))
+        (out_dir / "metrics.json").write_text(json.dumps({"party": self.env.name, "local_test": m, "convergence": curve},
+                                                         indent=1))
         out_b: dict[str, bytes] = {}
         if test is not None:
             assert test.y is not None
