@@ -179,7 +179,7 @@ def plaintext_fedavg(files: Mapping[str, Path], test: Table, job: HorizontalJob)
     t_rounds, c_rounds = time.perf_counter(), time.process_time()
     d = next(iter(tables.values())).n_features
     Xall = np.vstack([t.X for t in tables.values()])
-    yall = np.concatenate([t.y for t in tables.values()])  # type: ignore[misc]
+    yall = np.concatenate([t.y for t in tables.values()])
     curve: list[dict[str, Any]] = []  # harness-side: the pooled training log-loss of the global model per round
     for r in range(1, job.total_rounds + 1):
         blobs = {"stats": sums.astype("<f8").tobytes()} if r == 1 else {"model": agg.astype("<f8").tobytes()}  # type: ignore[union-attr]
@@ -190,7 +190,7 @@ def plaintext_fedavg(files: Mapping[str, Path], test: Table, job: HorizontalJob)
             point = states[next(iter(states))].trial if r > job.rounds else None
             if point is None:
                 mm = build_model(job, d)
-                mm.set_flat(agg[:-1] / agg[-1])  # type: ignore[index]
+                mm.set_flat(agg[:-1] / agg[-1])
                 pr = mm.predict_proba((Xall - mean) / std)
             else:
                 pr = 1.0 / (1.0 + np.exp(-(((Xall - mean) / std) @ point[:-1] + point[-1])))
