@@ -281,10 +281,14 @@ def scenario(name: str, files: Mapping[str, Path], test_file: Path, out: Path, h
             diff = float(np.max(np.abs(np.asarray(enc.pop("flat")) - np.asarray(plain.pop("flat")))))
             pb, eb = _mean_bpr(plain["bytes_per_round"]), _mean_bpr(enc["bytes_per_round"])
             if fam == "lr":
-                res_plot = _plot(plain["convergence"], res["sklearn_pooled_lr"]["train_loss"],
+                before = plaintext_fedavg(files, test, job.model_copy(update={"newton_rounds": 0}))
+                res_plot = _plot({"FedAvg + Newton rounds": plain["convergence"],
+                                  "before: FedAvg only": before["convergence"]},
+                                 res["sklearn_pooled_lr"]["train_loss"],
                                  out / f"{name}-{fam}-{alg}-convergence.png", f"horizontal LR ({name}, {alg})")
             f[alg] = {
-                **({"convergence_plot": str(res_plot)} if fam == "lr" else {}),
+                **({"convergence_plot": str(res_plot), "before_fedavg_only_test_loss": before["test_loss"]}
+                   if fam == "lr" else {}),
                 "plaintext": plain,
                 "encrypted": enc,
                 "max_abs_param_diff_encrypted_vs_plaintext": diff,
@@ -314,7 +318,7 @@ def scenario(name: str, files: Mapping[str, Path], test_file: Path, out: Path, h
     return res
 
 
-def _plot(curve: list[dict[str, Any]], opt: float, path: Path, title: str) -> Path:
+def _plot(curves: Mapping[str, list[dict[str, Any]]], opt: float, path: Path, title: str) -> Path:
     """Pooled training log-loss per round (plaintext FedAvg + Newton, = the encrypted run's) vs the pooled optimum."""
     import matplotlib
 
@@ -322,15 +326,17 @@ def _plot(curve: list[dict[str, Any]], opt: float, path: Path, title: str) -> Pa
     import matplotlib.pyplot as plt
 
     fig, (ax, gap) = plt.subplots(1, 2, figsize=(12, 4.2))
-    r = [c["epoch"] for c in curve]
-    ax.plot(r, [c["train_loss"] for c in curve], marker="o", ms=3, label="federated (pooled training log-loss)")
+    for label, curve in curves.items():
+        r = [c["epoch"] for c in curve]
+        ax.plot(r, [c["train_loss"] for c in curve], marker="o", ms=3, label=f"{label} (pooled training log-loss)")
+        gap.semilogy(r, [max(abs(c["train_loss"] - opt), 1e-10) for c in curve], marker="o", ms=3, label=label)
     ax.axhline(opt, color="k", ls="--", lw=1, label=f"pooled optimum (sklearn) {opt:.5f}")
     ax.set_ylim(opt - 0.005, opt + 0.03)
     ax.set_xlabel("round (FedAvg rounds, then Newton rounds)")
     ax.set_ylabel("log-loss")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    gap.semilogy(r, [max(abs(c["train_loss"] - opt), 1e-10) for c in curve], marker="o", ms=3)
+    gap.legend(fontsize=8)
     gap.set_xlabel("round")
     gap.set_ylabel("|train log-loss - pooled optimum's|")
     gap.set_title("distance to the pooled optimum (log scale)")
@@ -382,6 +388,8 @@ def print_scenario(title: str, r: Mapping[str, Any]) -> None:
             if fam == "lr":
                 print(f"  test log-loss vs the pooled optimum (sklearn, C = 1/(l2·N)) {s['test_loss']:.5f}: "
                       f"encrypted {a['encrypted']['test_loss']:.5f} ({100 * (a['encrypted']['test_loss'] / s['test_loss'] - 1):+.3f} %), "
+                      f"before (plaintext FedAvg only) {a['before_fedavg_only_test_loss']:.5f} "
+                      f"({100 * (a['before_fedavg_only_test_loss'] / s['test_loss'] - 1):+.3f} %), "
                       f"plaintext {a['plaintext']['test_loss']:.5f}; rounds {f['hyperparameters']['rounds']} FedAvg + "
                       f"{f['hyperparameters']['newton_rounds']} Newton")
                 if "convergence_plot" in a:
@@ -401,6 +409,20 @@ def print_scenario(title: str, r: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def _heavy_files(out: Path) -> dict[str, Path]:
+    from simulations.heavy_tailed import heavy_tailed
+
+    df = heavy_tailed(6000, seed=1)
+    out.mkdir(parents=True, exist_ok=True)
+    train, test = df[~df["test"]].drop(columns="test"), df[df["test"]].drop(columns="test")
+    test.to_csv(out / "test.csv", index=False)
+    paths = {}
+    for i, p in enumerate(BANKS):
+        paths[p] = out / f"{p}.csv"
+        train.iloc[i::len(BANKS)].to_csv(paths[p], index=False)
+    return paths
+
+
 def _noniid_files(files: Mapping[str, Path], out: Path, **kw: Any) -> dict[str, Path]:
     df = pd.concat([pd.read_csv(f, dtype={"id": str}) for f in files.values()], ignore_index=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -417,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-out/horizontal"))
     ap.add_argument("--families", default="lr,mlp")
     ap.add_argument("--skip-noniid", action="store_true")
+    ap.add_argument("--skip-heavy", action="store_true")
     a = ap.parse_args(argv)
     fams = [f for f in a.families.split(",") if f]
     files = {p: a.data_dir / f"default_credit_homo_{p}.csv" for p in BANKS}
@@ -432,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["iid"] = scenario("iid", files, test_file, a.out, IID, fams, ["fedavg"], [], big_context=True)
     print_scenario("IID: the three given banks (8,000 rows each), test 6,000 rows", results["iid"])
+    if not a.skip_heavy:  # raw heavy-tailed amounts, where FedAvg alone stops short of the pooled optimum
+        heavy = _heavy_files(a.out / "data-heavy")
+        results["heavy"] = scenario("heavy", heavy, a.out / "data-heavy" / "test.csv", a.out, IID, ["lr"],
+                                    ["fedavg"], [])
+        print_scenario("heavy-tailed raw amounts: simulations.heavy_tailed(6000, seed=1), 3 banks x 1,500 rows",
+                       results["heavy"])
     if not a.skip_noniid:
         lab = _noniid_files(files, a.out / "data-noniid-label", mode="label", skew=0.9)
         results["noniid_label"] = scenario("noniid-label", lab, test_file, a.out, NONIID, fams,
