@@ -600,6 +600,7 @@ def run_vertical_lr_label(
     P = _preconditioner(Xf, l2v, cfg.precondition)
     first, stopped = 0, False
     full, calm, prev_loss = False, 0, math.inf  # full-batch phase; steps in a row with a settled training loss
+    guard = math.inf  # full-batch phase: a validation loss above this means divergence
     total_epochs = cfg.max_epochs + cfg.full_batch_steps
     if resume:
         if checkpoint is None:
@@ -614,6 +615,7 @@ def run_vertical_lr_label(
             first, epochs_run, stopped = at, at, bool(ck.meta["stop"])
             full, calm = bool(ck.meta.get("full", False)), int(ck.meta.get("calm", 0))
             prev_loss = float(ck.meta.get("prev_loss", math.inf))
+            guard = float(ck.meta.get("guard", math.inf))
             if progress:
                 progress(f"resuming after epoch {at}", at, total_epochs)
     for epoch in range(first, 0 if stopped else total_epochs):
@@ -674,8 +676,9 @@ def run_vertical_lr_label(
             entry.update(val_loss=loss, val_auc=vauc)
         history.append(entry)
         switch = False  # the mini-batch phase ends here; full-batch steps follow
-        if full:  # converging: the validation loss is only a guard against divergence (worse than the zero model)
-            improved = bool(math.isfinite(loss) and loss <= math.log(2.0)) if len(val_rows) else math.isfinite(train_loss)
+        if full:  # converging: the validation loss only guards against divergence (twice the zero model's or the
+            # mini-batch phase's best, whichever is larger: the optimum's may well be above the early-stopped one's)
+            improved = bool(math.isfinite(loss) and loss <= guard) if len(val_rows) else math.isfinite(train_loss)
             calm = calm + 1 if abs(prev_loss - train_loss) < cfg.tol * train_loss else 0
             prev_loss = train_loss
             if improved:
@@ -699,12 +702,13 @@ def run_vertical_lr_label(
             stop = warm_done and not switch
             if switch:  # from the best mini-batch point, without its velocity
                 full, vel, calm, prev_loss = True, np.zeros_like(vel), 0, math.inf
+                guard = 2.0 * max(math.log(2.0), best[0]) if math.isfinite(best[0]) else math.inf
         for p in passives:
             transport.send(p, tg.ctl(epoch), json.dumps({"improved": improved, "stop": stop, "full": switch}).encode())
         if checkpoint is not None:  # this party's own optimiser state after the epoch
             checkpoint.save(STAGE, epoch + 1, {"lr": lr, "best_loss": best[0], "best_epoch": best[1], "stale": stale,
                                                "steps": steps, "history": history, "stop": bool(stop), "full": full,
-                                               "calm": calm, "prev_loss": prev_loss},
+                                               "calm": calm, "prev_loss": prev_loss, "guard": guard},
                             {"theta": theta, "vel": vel, "best_theta": best[2]})
         if progress:
             h = history[-1]
