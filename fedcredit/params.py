@@ -226,7 +226,11 @@ class HorizontalParams(Params):
     local_epochs: int = Field(3, ge=1, le=1000)
     lr: float = Field(1.0, gt=0, le=100, allow_inf_nan=False)
     batch_size: int = Field(1024, ge=1, le=10_000_000)
-    l2: float = Field(1e-4, ge=0, allow_inf_nan=False)
+    l2: float = Field(1e-4, ge=0, allow_inf_nan=False)  # objective: mean log-loss + l2/2·|w|² (intercept not penalized)
+    # "lr" family: after the FedAvg rounds, this many Newton rounds on the pooled gradient, Hessian and loss (each
+    # bank's sums at the same point, added under CKKS) reach the pooled optimum that FedAvg's fixed-step SGD stops
+    # short of; a step that does not lower the pooled loss is retried with more damping (docs/horizontal.md)
+    newton_rounds: int = Field(8, ge=0, le=1000)
     prox_mu: float = Field(0.1, ge=0, allow_inf_nan=False, description="FedProx proximal weight (fedprox only)")
     hidden: int = Field(16, ge=1, le=4096)  # mlp only
     seed: int = 0
@@ -284,6 +288,16 @@ class HorizontalParams(Params):
     def mu(self) -> float:
         return float(self.prox_mu) if self.algorithm == "fedprox" else 0.0
 
+    @property
+    def newton(self) -> int:
+        """Newton rounds this job runs (the "lr" family only)."""
+        return int(self.newton_rounds) if self.family == "lr" else 0
+
+    @property
+    def total_rounds(self) -> int:
+        """FedAvg rounds, then Newton rounds: every one is a ``fit`` hop."""
+        return int(self.rounds) + self.newton
+
 
 class HorizontalJob(HorizontalParams):
     """Everything every party of a horizontal run must agree on; sent to each party in ``setup``."""
@@ -339,7 +353,14 @@ class VerticalLRConfig(Params):
     momentum: float = Field(0.8, ge=0, lt=1)  # Nesterov
     precondition: bool = True  # scale each party's step by its own fixed Hessian bound (X^T X/4n + l2)^-1
     l2: float = Field(1e-3, ge=0, allow_inf_nan=False)  # objective: mean log-loss + l2/2 · |w|^2 (intercept not penalized)
-    max_epochs: int = Field(10, ge=1, le=10_000)
+    max_epochs: int = Field(10, ge=1, le=10_000)  # mini-batch epochs: the fast first phase (a warm start)
+    # then full-batch steps (one per epoch) until the training loss settles: mini-batch noise and early stopping on the
+    # validation loss stop short of the optimum, full-batch preconditioned Nesterov steps reach it (docs/vertical_lr.md)
+    full_batch_steps: int = Field(300, ge=0, le=100_000)  # at most this many; 0 = mini-batch phase only (the old optimiser)
+    full_batch_learning_rate: float = Field(1.0, gt=0, le=100, allow_inf_nan=False)  # divided by the number of parties
+    full_batch_momentum: float = Field(0.9, ge=0, lt=1)  # Nesterov; each party restarts its own block (g·v > 0)
+    tol: float = Field(1e-6, gt=0, lt=1, allow_inf_nan=False)  # stop when the training log-loss changes by < tol (relative)
+    # in 3 successive full-batch steps; the validation loss is only a divergence guard there
     batch_size: int = Field(4096, ge=0)  # at most this many rows per step; 0 = full batch.  4096 = one ciphertext at N=8192
     steps_per_epoch: int = Field(6, ge=1, le=100_000)  # smaller sets get smaller batches (>= min_batch) so an epoch progresses
     validation_fraction: float = Field(0.1, ge=0, lt=0.5)
@@ -374,7 +395,7 @@ class VerticalLRConfig(Params):
     def public(self) -> dict[str, Any]:
         """The part the label party announces to passive parties."""
         keys = ("learning_rate", "momentum", "precondition", "l2", "max_epochs", "batch_size", "validation_fraction",
-                "seed")
+                "seed", "full_batch_steps", "full_batch_learning_rate", "full_batch_momentum")
         return {k: getattr(self, k) for k in keys}
 
 

@@ -45,11 +45,14 @@ from fedcredit.data import Table, load_table
 from fedcredit.models import load_model
 from fedcredit.protocols.horizontal import (
     HorizontalJob,
+    NewtonState,
     build_model,
     decode_message,
     encode_message,
     local_stats,
     local_update,
+    newton_step,
+    newton_sums,
     standardizer_from_sums,
 )
 from simulations.horizontal_sim import run_inprocess
@@ -84,15 +87,22 @@ def _labels(t: Table) -> np.ndarray:
     return t.y
 
 
-def sklearn_pooled(tables: Mapping[str, Table], test: Table) -> dict[str, Any]:
+def _logloss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def sklearn_pooled(tables: Mapping[str, Table], test: Table, l2: float = 1e-4) -> dict[str, Any]:
+    """The pooled optimum of the federated objective: mean log-loss + l2/2·|w|² <=> C = 1/(l2·N), to tol 1e-12."""
     t, c = time.perf_counter(), time.process_time()
     X = np.vstack([tb.X for tb in tables.values()])
     y = np.concatenate([_labels(tb) for tb in tables.values()])
     mean, std = _std(X)
-    m = LogisticRegression(max_iter=2000).fit((X - mean) / std, y)
+    m = LogisticRegression(C=1.0 / (l2 * len(y)), tol=1e-12, max_iter=100_000).fit((X - mean) / std, y)
     p = m.predict_proba((test.X - mean) / std)[:, 1]
     return {**_score(_labels(test), p), "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c,
-            "rows": int(len(y))}
+            "rows": int(len(y)), "test_loss": _logloss(_labels(test), p),
+            "train_loss": _logloss(y, m.predict_proba((X - mean) / std)[:, 1])}
 
 
 def centralized(tables: Mapping[str, Table], test: Table, job: HorizontalJob) -> dict[str, Any]:
@@ -118,6 +128,7 @@ def plaintext_fedavg(files: Mapping[str, Path], test: Table, job: HorizontalJob)
     baseline the encrypted protocol is measured against).
     """
     tables = {p: load_table(f, party=p, label_col="y") for p, f in files.items()}
+    states: dict[str, NewtonState] = {}
 
     def handler(name: str):
         def handle(method: str, payload: bytes, state: StateStore) -> bytes:
@@ -130,12 +141,21 @@ def plaintext_fedavg(files: Mapping[str, Path], test: Table, job: HorizontalJob)
                 state.put("std", np.concatenate(standardizer_from_sums(sums, t.n_features)).astype("<f8").tobytes())
             ms = np.frombuffer(state.get("std") or b"", "<f8")
             mean, std = ms[: t.n_features], ms[t.n_features :]
+            r = int(h["round"])
+            if r > job.rounds:  # Newton rounds: the same state machine as the protocol's parties
+                agg = np.frombuffer(b["model"], "<f8")
+                prev = state.get("newton")
+                nst = (NewtonState(trial=agg[:-1] / agg[-1]) if r == job.rounds + 1
+                       else newton_step(NewtonState.from_bytes(prev or b""), agg, job.l2))
+                state.put("newton", nst.to_bytes())
+                states[name] = nst
+                return encode_message({}, {"update": newton_sums(nst.trial, (t.X - mean) / std, t.y).astype("<f8").tobytes()})  # type: ignore[arg-type]
             if "model" in b:
                 agg = np.frombuffer(b["model"], "<f8")
                 g = agg[:-1] / agg[-1]
             else:
                 g = build_model(job, t.n_features).get_flat()
-            new = local_update(job, g, (t.X - mean) / std, t.y, int(h["round"]), name)  # type: ignore[arg-type]
+            new = local_update(job, g, (t.X - mean) / std, t.y, r, name)  # type: ignore[arg-type]
             return encode_message({}, {"update": np.concatenate([new * len(t), [len(t)]]).astype("<f8").tobytes()})
 
         return handle
@@ -157,17 +177,36 @@ def plaintext_fedavg(files: Mapping[str, Path], test: Table, job: HorizontalJob)
     sums = functools.reduce(np.add, (np.frombuffer(b["v"], "<f8") for b in reps.values()))
     agg: np.ndarray | None = None
     t_rounds, c_rounds = time.perf_counter(), time.process_time()
-    for r in range(1, job.rounds + 1):
+    d = next(iter(tables.values())).n_features
+    Xall = np.vstack([t.X for t in tables.values()])
+    yall = np.concatenate([t.y for t in tables.values()])
+    curve: list[dict[str, Any]] = []  # harness-side: the pooled training log-loss of the global model per round
+    for r in range(1, job.total_rounds + 1):
         blobs = {"stats": sums.astype("<f8").tobytes()} if r == 1 else {"model": agg.astype("<f8").tobytes()}  # type: ignore[union-attr]
         reps = call("fit", encode_message({"round": r}, blobs), True)
         agg = functools.reduce(np.add, (np.frombuffer(b["update"], "<f8") for b in reps.values()))
+        if job.family == "lr":
+            mean, std = standardizer_from_sums(sums, d)
+            point = states[next(iter(states))].trial if r > job.rounds else None
+            if point is None:
+                mm = build_model(job, d)
+                mm.set_flat(agg[:-1] / agg[-1])
+                pr = mm.predict_proba((Xall - mean) / std)
+            else:
+                pr = 1.0 / (1.0 + np.exp(-(((Xall - mean) / std) @ point[:-1] + point[-1])))
+            # after round r: FedAvg's global model from its sum; in a Newton round the point that round evaluated
+            curve.append({"epoch": r, "train_loss": _logloss(yall, pr), "val_loss": None})
     rounds_s, rounds_cpu = time.perf_counter() - t_rounds, time.process_time() - c_rounds
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    d = next(iter(tables.values())).n_features
     mean, std = standardizer_from_sums(sums, d)
     m = build_model(job, d)
     assert agg is not None
-    m.set_flat(agg[:-1] / agg[-1])
+    if job.newton:
+        final = newton_step(states[next(iter(states))], agg, job.l2)
+        assert final.best is not None
+        m.set_flat(final.best)
+    else:
+        m.set_flat(agg[:-1] / agg[-1])
     p = m.predict_proba((test.X - mean) / std)
     return {
         **_score(test.y, p),  # type: ignore[arg-type]
@@ -175,8 +214,10 @@ def plaintext_fedavg(files: Mapping[str, Path], test: Table, job: HorizontalJob)
         "rounds_seconds": rounds_s,
         "cpu_seconds": cpu,
         "rounds_cpu_seconds": rounds_cpu,
-        "bytes_per_round": {q: {k: v / job.rounds for k, v in rb.items()} for q, rb in rounds_bytes.items()},
+        "bytes_per_round": {q: {k: v / job.total_rounds for k, v in rb.items()} for q, rb in rounds_bytes.items()},
         "flat": m.get_flat().tolist(),
+        "test_loss": _logloss(test.y, p),  # type: ignore[arg-type]
+        "convergence": curve,
     }
 
 
@@ -188,6 +229,7 @@ def encrypted_fedavg(files: Mapping[str, Path], test_file: Path, test: Table, jo
     p = saved.predict_proba(test.X)
     return {
         **_score(test.y, p),  # type: ignore[arg-type]
+        "test_loss": _logloss(test.y, p),  # type: ignore[arg-type]
         "global_from_encrypted_histograms": res["global_metrics"],
         "seconds": res["wall_time_s"],
         "rounds_seconds": res["timings"]["rounds_s"],
@@ -238,7 +280,15 @@ def scenario(name: str, files: Mapping[str, Path], test_file: Path, out: Path, h
             enc = encrypted_fedavg(files, test_file, test, job, out / f"{name}-{fam}-{alg}")
             diff = float(np.max(np.abs(np.asarray(enc.pop("flat")) - np.asarray(plain.pop("flat")))))
             pb, eb = _mean_bpr(plain["bytes_per_round"]), _mean_bpr(enc["bytes_per_round"])
+            if fam == "lr":
+                before = plaintext_fedavg(files, test, job.model_copy(update={"newton_rounds": 0}))
+                res_plot = _plot({"FedAvg + Newton rounds": plain["convergence"],
+                                  "before: FedAvg only": before["convergence"]},
+                                 res["sklearn_pooled_lr"]["train_loss"],
+                                 out / f"{name}-{fam}-{alg}-convergence.png", f"horizontal LR ({name}, {alg})")
             f[alg] = {
+                **({"convergence_plot": str(res_plot), "before_fedavg_only_test_loss": before["test_loss"]}
+                   if fam == "lr" else {}),
                 "plaintext": plain,
                 "encrypted": enc,
                 "max_abs_param_diff_encrypted_vs_plaintext": diff,
@@ -268,6 +318,35 @@ def scenario(name: str, files: Mapping[str, Path], test_file: Path, out: Path, h
     return res
 
 
+def _plot(curves: Mapping[str, list[dict[str, Any]]], opt: float, path: Path, title: str) -> Path:
+    """Pooled training log-loss per round (plaintext FedAvg + Newton, = the encrypted run's) vs the pooled optimum."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, gap) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for label, curve in curves.items():
+        r = [c["epoch"] for c in curve]
+        ax.plot(r, [c["train_loss"] for c in curve], marker="o", ms=3, label=f"{label} (pooled training log-loss)")
+        gap.semilogy(r, [max(abs(c["train_loss"] - opt), 1e-10) for c in curve], marker="o", ms=3, label=label)
+    ax.axhline(opt, color="k", ls="--", lw=1, label=f"pooled optimum (sklearn) {opt:.5f}")
+    ax.set_ylim(opt - 0.005, opt + 0.03)
+    ax.set_xlabel("round (FedAvg rounds, then Newton rounds)")
+    ax.set_ylabel("log-loss")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    gap.legend(fontsize=8)
+    gap.set_xlabel("round")
+    gap.set_ylabel("|train log-loss - pooled optimum's|")
+    gap.set_title("distance to the pooled optimum (log scale)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # --------------------------------------------------------------------------- printing
 
 
@@ -282,7 +361,8 @@ def print_scenario(title: str, r: Mapping[str, Any]) -> None:
     s = r["sklearn_pooled_lr"]
     for fam, f in r["families"].items():
         print(f"\n[{fam}]  hyper-parameters: " + ", ".join(
-            f"{k}={f['hyperparameters'][k]}" for k in ("rounds", "local_epochs", "lr", "batch_size", "prox_mu")))
+            f"{k}={f['hyperparameters'][k]}" for k in ("rounds", "newton_rounds", "local_epochs", "lr", "batch_size",
+                                                        "prox_mu")))
         print(hdr)
         print("-" * len(hdr))
         if fam == "lr":
@@ -305,6 +385,15 @@ def print_scenario(title: str, r: Mapping[str, Any]) -> None:
                 b = _mean_bpr(v["bytes_per_round"])
                 label = f"encrypted {'FedAvg' if alg == 'fedavg' else 'FedProx'}, CKKS N=8192"
                 print(f"{label:<44} {v['auc']:7.4f} {v['ks']:7.4f} {v['seconds']:7.2f} {v['cpu_seconds']:7.2f} {_kb(b['from_party']):>15} {_kb(b['to_party']):>17}")
+            if fam == "lr":
+                print(f"  test log-loss vs the pooled optimum (sklearn, C = 1/(l2·N)) {s['test_loss']:.5f}: "
+                      f"encrypted {a['encrypted']['test_loss']:.5f} ({100 * (a['encrypted']['test_loss'] / s['test_loss'] - 1):+.3f} %), "
+                      f"before (plaintext FedAvg only) {a['before_fedavg_only_test_loss']:.5f} "
+                      f"({100 * (a['before_fedavg_only_test_loss'] / s['test_loss'] - 1):+.3f} %), "
+                      f"plaintext {a['plaintext']['test_loss']:.5f}; rounds {f['hyperparameters']['rounds']} FedAvg + "
+                      f"{f['hyperparameters']['newton_rounds']} Newton")
+                if "convergence_plot" in a:
+                    print(f"  convergence plot: {a['convergence_plot']}")
             g = a["encrypted"]["global_from_encrypted_histograms"]
             o = a["overhead"]
             print(f"{'  global AUC/KS from encrypted histograms':<44} {g['auc']:7.4f} {g['ks']:7.4f}")
@@ -318,6 +407,20 @@ def print_scenario(title: str, r: Mapping[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- main
+
+
+def _heavy_files(out: Path) -> dict[str, Path]:
+    from simulations.heavy_tailed import heavy_tailed
+
+    df = heavy_tailed(6000, seed=1)
+    out.mkdir(parents=True, exist_ok=True)
+    train, test = df[~df["test"]].drop(columns="test"), df[df["test"]].drop(columns="test")
+    test.to_csv(out / "test.csv", index=False)
+    paths = {}
+    for i, p in enumerate(BANKS):
+        paths[p] = out / f"{p}.csv"
+        train.iloc[i::len(BANKS)].to_csv(paths[p], index=False)
+    return paths
 
 
 def _noniid_files(files: Mapping[str, Path], out: Path, **kw: Any) -> dict[str, Path]:
@@ -336,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-out/horizontal"))
     ap.add_argument("--families", default="lr,mlp")
     ap.add_argument("--skip-noniid", action="store_true")
+    ap.add_argument("--skip-heavy", action="store_true")
     a = ap.parse_args(argv)
     fams = [f for f in a.families.split(",") if f]
     files = {p: a.data_dir / f"default_credit_homo_{p}.csv" for p in BANKS}
@@ -351,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["iid"] = scenario("iid", files, test_file, a.out, IID, fams, ["fedavg"], [], big_context=True)
     print_scenario("IID: the three given banks (8,000 rows each), test 6,000 rows", results["iid"])
+    if not a.skip_heavy:  # raw heavy-tailed amounts, where FedAvg alone stops short of the pooled optimum
+        heavy = _heavy_files(a.out / "data-heavy")
+        results["heavy"] = scenario("heavy", heavy, a.out / "data-heavy" / "test.csv", a.out, IID, ["lr"],
+                                    ["fedavg"], [])
+        print_scenario("heavy-tailed raw amounts: simulations.heavy_tailed(6000, seed=1), 3 banks x 1,500 rows",
+                       results["heavy"])
     if not a.skip_noniid:
         lab = _noniid_files(files, a.out / "data-noniid-label", mode="label", skew=0.9)
         results["noniid_label"] = scenario("noniid-label", lab, test_file, a.out, NONIID, fams,

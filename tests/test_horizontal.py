@@ -185,9 +185,9 @@ def test_encrypted_fedavg_on_real_banks_matches_pooled_quality(tmp_path: Path) -
     np.testing.assert_allclose(models[0].std, pooled.std(axis=0), rtol=1e-9)
     # progress: start, setup, keys, one event per round, done
     kinds = [e["event"] for e in events]
-    assert kinds[:3] == ["start", "setup", "keys"] and kinds.count("round") == 5 and kinds[-1] == "done"
+    assert kinds[:3] == ["start", "setup", "keys"] and kinds.count("round") == 5 + job.newton and kinds[-1] == "done"
     assert events[-2]["parties"]["guest"]["status"] == "ok"
-    # hops: setup, install_key, 5 x fit, finalize, global_metrics
+    # hops: setup, install_key, (5 + Newton rounds) x fit, finalize, global_metrics
     assert sorted(res.traffic) == ["finalize", "fit", "global_metrics", "install_key", "setup"]
 
 
@@ -292,6 +292,50 @@ def test_coordinator_receives_only_undecryptable_ciphertexts(tmp_path: Path) -> 
     # the updates were real (non-trivial) vectors pre-weighted by the sample count
     _, upd = plain["guest"][1]
     assert upd[-1] == 1500.0 and np.abs(upd[:-1]).max() > 1.0
+
+
+@needs_data
+def test_newton_rounds_encrypt_only_the_listed_sums(tmp_path: Path) -> None:
+    """Leakage table, Newton rows: each bank encrypts exactly [Σg, Σ H (upper), Σ loss, n] of its own rows at the
+    point every bank derived alike; none of it reaches the wire in plaintext; every bank ends with the same model."""
+    from fedcredit.protocols.horizontal import NewtonState, newton_sums, newton_sums_length
+
+    plain: dict[str, list[tuple[str, np.ndarray]]] = {p: [] for p in BANKS}
+    train = {}
+    for p in BANKS:
+        f = tmp_path / f"{p}.csv"
+        pd.read_csv(_homo(p)).iloc[:1500].to_csv(f, index=False)
+        train[p] = f
+    fed = make_local_federation(train, {p: None for p in BANKS}, tmp_path,
+                                tap=lambda party, what, v: plain[party].append((what, v)))
+    records: list[WireRecord] = []
+    fed.channel.observers.append(records.append)
+    job = HorizontalJob(run_id="newton", parties=BANKS, rounds=2, newton_rounds=3)
+    res = run_coordinator(fed.channel, job)
+    assert res.rounds == 5 and not res.dropped
+    d = len(res.feature_names)
+    for p in BANKS:
+        assert [w for w, _ in plain[p]] == ["stats", "update", "update", "newton", "newton", "newton"]
+        for _, v in plain[p][3:]:
+            assert v.shape == (newton_sums_length(d + 1),) and v[-1] == 1500.0  # this bank's own row count
+    # the sums are the bank's own at the shared point: recomputed from its rows and the saved standardization
+    saved = [load_model(tmp_path / "parties" / p / "newton" / "global_model.json") for p in BANKS]
+    for m in saved[1:]:
+        np.testing.assert_allclose(m.model.get_flat(), saved[0].model.get_flat(), atol=1e-9)
+    X = pd.read_csv(train["guest"]).iloc[:, 2:].to_numpy(float)
+    y = pd.read_csv(train["guest"])["y"].to_numpy(float)
+    Z = (X - saved[0].mean) / saved[0].std
+    for r, (_, v) in zip((3, 4, 5), plain["guest"][3:]):  # round r's sums: at the point of its stored state
+        raw = fed.states["guest"].get(f"hz-newton-newton-{r}")
+        assert raw is not None
+        trial = NewtonState.from_bytes(raw).trial
+        np.testing.assert_allclose(v, newton_sums(trial, Z, y), rtol=1e-12, atol=1e-9)
+        for q in BANKS[1:]:  # the same point at every bank
+            np.testing.assert_array_equal(NewtonState.from_bytes(fed.states[q].get(f"hz-newton-newton-{r}")).trial,
+                                          trial)
+    everything = b"".join(r.payload for r in records)
+    patterns = [w for p in BANKS for what, v in plain[p] if what == "newton" for w in _windows(v)]
+    assert _find_any(everything, patterns) is None, "a plaintext Newton sum was found on the wire"
 
 
 def test_mlp_fedprox_on_generated_banks_learns(small_banks: dict[str, Path], tmp_path: Path) -> None:
@@ -444,7 +488,7 @@ def test_run_inprocess_generated_writes_report_and_plot(tmp_path: Path) -> None:
     assert g["n_test"] == 600  # the test file split across banks: every row counted once
     assert abs(g["auc"] - saved["harness_check"]["full_test_auc"]) < 0.002
     assert (tmp_path / "roc_ks.png").read_bytes()[:4] == b"\x89PNG"
-    assert len((tmp_path / "messages.jsonl").read_text().splitlines()) == rep["messages"]["count"] == 2 * (3 + 2 + 2 * 3 + 3 + 1)
+    assert len((tmp_path / "messages.jsonl").read_text().splitlines()) == rep["messages"]["count"] == 2 * (3 + 2 + (2 + 8) * 3 + 3 + 1)  # 2 FedAvg + 8 Newton rounds
     assert isinstance(rep["bytes_per_round"]["bank1"]["from_party"], float)
     with pytest.raises(FedCreditError):
         run_inprocess(None, None, {"rounds": 0}, tmp_path / "bad")

@@ -118,7 +118,8 @@ def test_leakage_table_passive_receives_no_labels(tables, one_passive) -> None: 
             assert arrays["s"].shape == (h.n_features,)
             assert np.median(np.abs(arrays["s"])) > 1e6
         elif kind == "ctl":
-            assert set(json.loads(r.payload)) == {"improved", "stop"}
+            ctl = json.loads(r.payload)  # three bits per epoch, nothing else
+            assert set(ctl) == {"improved", "stop", "full"} and all(isinstance(v, bool) for v in ctl.values())
         elif kind == "score":
             assert r.tag == "vlr/score/req"
             assert set(json.loads(r.payload)["ids"]) == test_ids

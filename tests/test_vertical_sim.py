@@ -81,7 +81,8 @@ def test_vertical_lr_demo_inprocess(tmp_path: Path) -> None:
     out = tmp_path / "out"
     report = simulate(str(scn), out_dir=out, console=Console(quiet=True))
     _check_report(report, out, min_auc=0.62)
-    assert report["parties"]["bank"]["epochs_run"] == report["parties"]["fintech"]["epochs_run"] == 3
+    # 3 mini-batch epochs, then full-batch steps until the training loss settled (at least 3 of them)
+    assert report["parties"]["bank"]["epochs_run"] == report["parties"]["fintech"]["epochs_run"] >= 3 + 3
     assert "vertical_lr_report.json" in report["parties"]["bank"]["model_files"]
 
 

@@ -27,6 +27,9 @@ Flower deployment mode, so steps are merged wherever the data dependencies allow
    (``sum_k n_k w_k / sum_k n_k`` -- the total weight rides in the same
    ciphertext), trains locally (FedProx: proximal term to the global model), and
    replies ``encrypt([n_k * w_k, n_k])`` plus public test metrics of the global model.
+   Newton rounds (``lr`` family, after the FedAvg rounds): the party derives the point to
+   evaluate from the summed previous reply (:func:`newton_step`) and replies
+   ``encrypt([n_k g_k, n_k H_k, n_k loss_k, n_k])`` at that point (:func:`newton_sums`).
 4. ``finalize``      -> all:   the last sum.  The party saves the global model and the
    standardization, evaluates on its own test table, replies public AUC/KS/n_test and
    an *encrypted* score histogram.
@@ -53,7 +56,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -190,6 +193,107 @@ def local_only_scores(job: HorizontalJob, train: Table, test: Table) -> np.ndarr
     model.fit_local((train.X - mean) / std, train.y, epochs=job.rounds * job.local_epochs, lr=job.lr,
                     batch_size=job.batch_size, seed=job.seed)
     return model.predict_proba((test.X - mean) / std)
+
+# --------------------------------------------------------------------------- Newton rounds (lr family)
+
+_NEWTON_MIN_DAMPING = 1e-3  # the damping a rejected step starts from (then x4 per rejection)
+_NEWTON_LOSS_SLACK = 1e-9  # a step is accepted if the pooled loss did not rise by more (CKKS noise is ~1e-7 of n)
+
+
+def newton_sums(theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """One bank's ``[Σ g, upper triangle of Σ H, Σ loss, n]`` of the log-loss at ``theta`` (``[w..., b]``).
+
+    Unregularized sums over the bank's standardized rows: summed over banks under CKKS and
+    divided by the total ``n`` they are the pooled mean gradient, Hessian and loss, so the
+    Newton step every bank takes is the pooled data's, whatever the banks' sizes."""
+    Za = np.hstack([np.asarray(X, dtype=np.float64), np.ones((X.shape[0], 1))])
+    p = np.clip(1.0 / (1.0 + np.exp(-(Za @ theta))), 1e-12, 1 - 1e-12)
+    g = Za.T @ (p - y)
+    H = (Za * (p * (1 - p))[:, None]).T @ Za
+    loss = -float(np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return np.concatenate([g, H[np.triu_indices(Za.shape[1])], [loss, float(X.shape[0])]])
+
+
+def newton_sums_length(n_params: int) -> int:
+    return n_params + n_params * (n_params + 1) // 2 + 2
+
+
+@dataclass
+class NewtonState:
+    """Where the Newton rounds stand, identical at every bank (a function of the decrypted sums only).
+
+    ``trial`` is the point this round evaluates; ``best`` the last accepted point with its
+    pooled objective, gradient and Hessian; ``damping`` grows when a step raised the loss."""
+
+    trial: np.ndarray
+    best: np.ndarray | None = None
+    best_loss: float = math.inf
+    best_grad: np.ndarray | None = None
+    best_hess: np.ndarray | None = None
+    damping: float = 0.0
+    accepted: int = 0
+    rejected: int = 0
+    losses: list[float] = field(default_factory=list)  # pooled training log-loss of each evaluated point, in order
+
+    def to_bytes(self) -> bytes:
+        def arr(a: np.ndarray | None) -> list[float] | None:
+            return None if a is None else [float(x) for x in np.ravel(a)]
+        return json.dumps({"trial": arr(self.trial), "best": arr(self.best), "best_loss": self.best_loss,
+                           "best_grad": arr(self.best_grad), "best_hess": arr(self.best_hess),
+                           "damping": self.damping, "accepted": self.accepted, "rejected": self.rejected,
+                           "losses": self.losses}).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> NewtonState:
+        d = json.loads(raw)
+        k = len(d["trial"])
+
+        def arr(v: list[float] | None, shape: tuple[int, ...]) -> np.ndarray | None:
+            return None if v is None else np.asarray(v, dtype=np.float64).reshape(shape)
+        return cls(trial=np.asarray(d["trial"], dtype=np.float64), best=arr(d["best"], (k,)),
+                   best_loss=float(d["best_loss"]), best_grad=arr(d["best_grad"], (k,)),
+                   best_hess=arr(d["best_hess"], (k, k)), damping=float(d["damping"]),
+                   accepted=int(d["accepted"]), rejected=int(d["rejected"]),
+                   losses=[float(x) for x in d.get("losses", [])])
+
+
+def newton_step(state: NewtonState, sums: np.ndarray, l2: float) -> NewtonState:
+    """The next state from the pooled sums at ``state.trial``: accept the trial if the pooled objective
+    did not rise (then less damping), else go back to the best point with more damping; step from there.
+
+    Objective = pooled mean log-loss + l2/2·|w|² (intercept not penalized), the one sklearn's
+    ``LogisticRegression(C = 1/(l2·n))`` minimizes.  Levenberg–Marquardt damping makes a step
+    that overshoots on heavy-tailed rows (where the Hessian is far from the loss's curvature
+    one step away) shorter instead of divergent; no line-search round is needed because
+    each round evaluates the loss at the point it also differentiates."""
+    k = state.trial.shape[0]
+    if sums.shape != (newton_sums_length(k),):
+        raise ProtocolError(f"Newton sums have {sums.shape[0]} values; a model of {k} parameters needs "
+                            f"{newton_sums_length(k)}")
+    n = float(sums[-1])
+    if not n > 0.5:
+        raise ProtocolError(f"Newton sums report {n:.3g} rows in total; expected >= 1")
+    reg = np.r_[np.full(k - 1, l2), 0.0]
+    t = state.trial
+    grad = sums[:k] / n + reg * t
+    H = np.zeros((k, k))
+    H[np.triu_indices(k)] = sums[k : k + k * (k + 1) // 2] / n
+    H = H + np.triu(H, 1).T + np.diag(reg)
+    loss = float(sums[-2]) / n + 0.5 * l2 * float(t[:-1] @ t[:-1])
+    out = NewtonState(trial=t, best=state.best, best_loss=state.best_loss, best_grad=state.best_grad,
+                      best_hess=state.best_hess, damping=state.damping, accepted=state.accepted,
+                      rejected=state.rejected, losses=[*state.losses, float(sums[-2]) / n])
+    if not math.isfinite(loss):
+        raise ProtocolError("Newton sums hold a non-finite loss")
+    if state.best is None or loss <= state.best_loss + _NEWTON_LOSS_SLACK:
+        out.best, out.best_loss, out.best_grad, out.best_hess = t.copy(), loss, grad, H
+        out.damping, out.accepted = state.damping / 4.0 if state.damping > _NEWTON_MIN_DAMPING else 0.0, state.accepted + 1
+    else:
+        out.damping, out.rejected = max(4.0 * state.damping, _NEWTON_MIN_DAMPING), state.rejected + 1
+    assert out.best is not None and out.best_grad is not None and out.best_hess is not None
+    A = out.best_hess + out.damping * np.eye(k) + 1e-12 * np.eye(k)
+    out.trial = out.best - np.linalg.solve(A, out.best_grad)
+    return out
 
 
 # --------------------------------------------------------------------------- party role
@@ -426,14 +530,34 @@ class _Party:
             state.put(self._key(job.run_id, "std"), np.concatenate([mean, std]).astype("<f8").tobytes())
         mean, std = self._std(job, state)
         model = build_model(job, d)
+        assert t.y is not None
+        if r > job.rounds:  # a Newton round: the pooled sums at the point every bank derives the same way
+            nst = self._newton_state(job, ctx, state, r, blobs["model"], model.n_params)
+            model.set_flat(nst.trial)
+            out_h: dict[str, Any] = {"round": r, "metrics": self._eval(model, self._test(job, t.feature_names), mean, std)}
+            return out_h, {"update": self._encrypt(ctx, "newton", newton_sums(nst.trial, (t.X - mean) / std, t.y))}
         if "model" in blobs:
             model.set_flat(self._global(job, ctx, blobs["model"], model.n_params))
         global_flat = model.get_flat()
-        out_h: dict[str, Any] = {"round": r, "metrics": self._eval(model, self._test(job, t.feature_names), mean, std)}
-        assert t.y is not None
+        out_h = {"round": r, "metrics": self._eval(model, self._test(job, t.feature_names), mean, std)}
         new = local_update(job, global_flat, (t.X - mean) / std, t.y, r, self.env.name)
         n_k = float(len(t))
         return out_h, {"update": self._encrypt(ctx, "update", np.concatenate([new * n_k, [n_k]]))}
+
+    def _newton_state(self, job: HorizontalJob, ctx: ckks.SecretContext, state: StateStore, r: int, blob: bytes,
+                      n_params: int) -> NewtonState:
+        """The Newton state of round ``r`` (stored, so a re-asked call gives the same reply): from the FedAvg
+        global model in the first Newton round, else one :func:`newton_step` from round ``r - 1``'s state."""
+        if r == job.rounds + 1:
+            nst = NewtonState(trial=self._global(job, ctx, blob, n_params))
+        else:
+            prev = state.get(self._key(job.run_id, f"newton-{r - 1}"))
+            if prev is None:
+                raise ProtocolError(f"party '{self.env.name}': Newton round {r} of run '{job.run_id}' without the "
+                                    f"state of round {r - 1}")
+            nst = newton_step(NewtonState.from_bytes(prev), ckks.decrypt_vector(ctx, blob), job.l2)
+        state.put(self._key(job.run_id, f"newton-{r}"), nst.to_bytes())
+        return nst
 
     def finalize(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
         job = self._job(header, state)
@@ -442,7 +566,18 @@ class _Party:
         t = self._train(job)
         mean, std = self._std(job, state)
         model = build_model(job, t.n_features)
-        model.set_flat(self._global(job, ctx, blobs["model"], model.n_params))
+        R = int(header.get("round", job.total_rounds))
+        curve: list[dict[str, Any]] = []  # the run JSON's "convergence": pooled training log-loss per Newton round
+        if job.newton and R > job.rounds:  # the last Newton sums decide the final point: the best accepted one
+            prev = state.get(self._key(job.run_id, f"newton-{R}"))
+            if prev is None:
+                raise ProtocolError(f"party '{self.env.name}': finalize of run '{job.run_id}' without Newton round {R}")
+            nst = newton_step(NewtonState.from_bytes(prev), ckks.decrypt_vector(ctx, blobs["model"]), job.l2)
+            assert nst.best is not None
+            model.set_flat(nst.best)
+            curve = [{"epoch": job.rounds + 1 + i, "train_loss": v, "val_loss": None} for i, v in enumerate(nst.losses)]
+        else:
+            model.set_flat(self._global(job, ctx, blobs["model"], model.n_params))
         test = self._test(job, t.feature_names)
         m = self._eval(model, test, mean, std)
         out_dir = Path(self.env.output_dir) / _safe(job.run_id)
@@ -450,16 +585,18 @@ class _Party:
             "run_id": job.run_id,
             "protocol": PROTOCOL,
             "algorithm": job.algorithm,
-            "rounds": int(header.get("round", job.rounds)),
+            "rounds": int(header.get("round", job.total_rounds)),
             "parties": list(header.get("parties", job.parties)),
             "party": self.env.name,
             "local_test": m,
+            "convergence": curve,
         }
         enc = self._encoding(job)
         if not enc.is_identity:  # scoring re-encodes raw applications the same way (party/scoring.py)
             meta["encoding"] = enc.to_dict()
         path = save_model(out_dir / "global_model.json", model, mean=mean, std=std, feature_names=t.feature_names, meta=meta)
-        (out_dir / "metrics.json").write_text(json.dumps({"party": self.env.name, "local_test": m}, indent=1))
+        (out_dir / "metrics.json").write_text(json.dumps({"party": self.env.name, "local_test": m, "convergence": curve},
+                                                         indent=1))
         from fedcredit.report import horizontal_report  # this bank's own report: nothing in it leaves the party
 
         p_fed = model.predict_proba((test.X - mean) / std) if test is not None else None
@@ -467,7 +604,8 @@ class _Party:
             model_dir=out_dir, run_id=job.run_id, family=job.family, train=t, test=test, federated=p_fed,
             local_only=lambda tt: local_only_scores(job, t, tt),
             train_scores=lambda: model.predict_proba((t.X - mean) / std),
-            run={k: v for k, v in meta.items() if k != "local_test"})}
+            run={k: v for k, v in meta.items() if k not in ("local_test", "convergence")},
+            sections={"convergence": curve} if curve else None)}
         out_b: dict[str, bytes] = {}
         if test is not None:
             assert test.y is not None and p_fed is not None
@@ -727,7 +865,7 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
         raise ProtocolError(f"run '{job.run_id}': part(ies) {unknown} are not connected (channel has {channel.parties})")
     timings: dict[str, float] = {}
     holder = job.holder
-    c.emit({"event": "start", "parties": list(job.parties), "key_holder": holder, "rounds": job.rounds,
+    c.emit({"event": "start", "parties": list(job.parties), "key_holder": holder, "rounds": job.total_rounds,
             "family": job.family, "algorithm": job.algorithm})
 
     # 1. setup (+ key generation at the key holder)
@@ -771,7 +909,7 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
     history: list[dict[str, Any]] = []
     agg: bytes | None = None
     t_rounds = time.perf_counter()
-    for r in range(1, job.rounds + 1):
+    for r in range(1, job.total_rounds + 1):  # FedAvg rounds, then (lr family) Newton rounds
         tr = time.perf_counter()
         blobs = {"stats": stats_sum} if r == 1 else {"model": agg}
         payload = c.msg({"round": r}, blobs)  # type: ignore[arg-type]
@@ -785,14 +923,14 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
                 per_party[p] = {"status": "failed" if p in c.dropped else "absent"}
         entry = {"round": r, "parties": per_party, "contributors": sorted(rep), "seconds": time.perf_counter() - tr}
         history.append(entry)
-        c.emit({"event": "round", "round": r, "rounds": job.rounds, **{k: v for k, v in entry.items() if k != "round"}})
+        c.emit({"event": "round", "round": r, "rounds": job.total_rounds, **{k: v for k, v in entry.items() if k != "round"}})
     timings["rounds_s"] = time.perf_counter() - t_rounds
 
     # 4. finalize: save the global model everywhere, public local metrics, encrypted histograms
     t = time.perf_counter()
     final_parties = sorted(c.alive)
     target = holder if holder in c.alive else c.alive[0]  # keeps its key to decrypt the summed histogram
-    payload = c.msg({"round": job.rounds, "parties": final_parties, "metrics_party": target}, {"model": agg})  # type: ignore[dict-item]
+    payload = c.msg({"round": job.total_rounds, "parties": final_parties, "metrics_party": target}, {"model": agg})  # type: ignore[dict-item]
     rep = c.call(Method.FINALIZE, {p: payload for p in c.alive})
     party_metrics = {p: dict(h.get("metrics", {})) for p, (h, _) in rep.items()}
     hists = [b["hist"] for _, (_, b) in sorted(rep.items()) if "hist" in b]
@@ -815,7 +953,7 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
         run_id=job.run_id,
         parties=sorted(c.alive),
         dropped=dict(c.dropped),
-        rounds=job.rounds,
+        rounds=job.total_rounds,
         feature_names=features,
         schema_fingerprint=fp,
         party_metrics=party_metrics,

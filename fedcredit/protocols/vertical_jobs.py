@@ -507,8 +507,7 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
                            "n_test": len(test)}
             extra = {"epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "steps": res.steps}
             test_scores = res.test_scores
-            report_sections.setdefault("convergence", [{"epoch": h.get("epoch"), "train_loss": h.get("train_loss"),
-                                                        "val_loss": h.get("val_loss")} for h in res.history])
+            report_sections["convergence"] = vlr.convergence(res.history)
             files += [f"vertical_lr_{me}_model.json"]
             if metrics:
                 files += ["vertical_lr_report.json", "vertical_lr_roc_ks.png"]

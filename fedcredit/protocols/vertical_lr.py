@@ -70,6 +70,7 @@ __all__ = [
     "request_scores",
     "serve_scores",
     "with_scorecard",
+    "convergence",
 ]
 
 Progress = Callable[[str, int, int], None]
@@ -78,13 +79,15 @@ _FIXED_SCALE = 2.0**32  # fixed-point scale for masked partial logits (|z| < 2^3
 _VERSION = 1  # model file format
 #: checkpoint stage of vertical LR at both roles (step = epochs done; fedcredit.checkpoint)
 STAGE = "vlr"
-PROTOCOL_VERSION = 2  # wire protocol (2: residuals scaled by 2^RESIDUAL_SCALE_BITS, flooded gradient sums)
+PROTOCOL_VERSION = 3  # wire protocol (2: residuals scaled by 2^RESIDUAL_SCALE_BITS, flooded gradient sums;
+# 3: full-batch phase after the mini-batch epochs, switched on by "full" in vlr/ctl)
 # The label party encrypts 2^12 * d and the passive masks with 2^12 * mask_bound, so the
 # mask still hides each slot product as before while the CKKS error -- and the noise that
 # floods it before the sums go back (crypto.ckks.decrypt_sums) -- shrinks 2^12-fold
 # relative to the gradient.  Largest plaintext: 2^(30+12) * 2^40 = 2^82 < 2^99.
 RESIDUAL_SCALE_BITS = 12
 FLOOD_SIGMA_BITS = 40  # statistical parameter of the flooding of decrypted gradient sums
+_SETTLED_STEPS = 3  # full-batch steps in a row whose training log-loss changed by < tol: converged
 
 
 # --------------------------------------------------------------------------- wire vocabulary
@@ -131,7 +134,7 @@ class Tags:
     def zv(self, epoch: int) -> str:  # P_k -> L: masked partial logits of the validation rows
         return f"{self.prefix}/zv/{epoch}"
 
-    def ctl(self, epoch: int) -> str:  # L -> P_k: {"improved", "stop"} after the epoch's validation
+    def ctl(self, epoch: int) -> str:  # L -> P_k: {"improved", "stop", "full"} after the epoch's validation
         return f"{self.prefix}/ctl/{epoch}"
 
     @property
@@ -302,7 +305,7 @@ class PassiveModel:
 @dataclass
 class LabelResult:
     model: LabelModel
-    history: list[dict[str, float]]  # per epoch: val_loss, val_auc (label-party-only knowledge)
+    history: list[dict[str, Any]]  # per epoch: val_loss, val_auc (label-party-only knowledge)
     best_epoch: int
     epochs_run: int
     steps: int
@@ -312,6 +315,7 @@ class LabelResult:
     counters: dict[str, int] = field(default_factory=dict)  # encryptions, decryptions
     timings: dict[str, float] = field(default_factory=dict)  # seconds spent per activity at this party
     train_ids: list[str] = field(default_factory=list, repr=False)  # the aligned training ids, in protocol order
+    test_ids: list[str] = field(default_factory=list, repr=False)  # the ids of test_scores, in their order
 
 
 @dataclass
@@ -563,6 +567,22 @@ def _preconditioner(X: np.ndarray, l2: np.ndarray, enabled: bool) -> np.ndarray:
     return np.linalg.inv(H)
 
 
+def _full_batch_step(rate: float, passives: Sequence[str]) -> float:
+    """``rate / K`` for K parties (blocks): K times the block-diagonal Hessian bound majorizes the whole Hessian,
+    so a step of 1/K on preconditioned gradients never increases the loss (without momentum) -- a step of 1
+    oscillates when two parties' features are correlated."""
+    return rate / (1 + len(passives))
+
+
+def convergence(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The run JSON's ``"convergence"`` key: per epoch ``{epoch, train_loss, val_loss}`` (``val_loss`` None without
+    validation rows), what a report plots against the pooled optimum."""
+    def num(v: Any) -> float | None:
+        return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+    return [{"epoch": int(h["epoch"]), "train_loss": num(h.get("train_loss")), "val_loss": num(h.get("val_loss"))}
+            for h in history]
+
+
 def _logloss(y: np.ndarray, p: np.ndarray) -> float:
     p = np.clip(p, 1e-12, 1 - 1e-12)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
@@ -653,7 +673,7 @@ def run_vertical_lr_label(
     lr, mu = cfg.learning_rate, cfg.momentum
     counters = {"encryptions": 0, "decryptions": 0, "rotations": 0}
     tm = {"encrypt": 0.0, "decrypt": 0.0, "wait": 0.0}
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
     best: tuple[float, int, np.ndarray] = (math.inf, 0, theta.copy())
     stale = 0
     steps = 0
@@ -661,6 +681,9 @@ def run_vertical_lr_label(
     Xf, yf = XA[fit_rows], y[fit_rows]
     P = _preconditioner(Xf, l2v, cfg.precondition)
     first, stopped = 0, False
+    full, calm, prev_loss = False, 0, math.inf  # full-batch phase; steps in a row with a settled training loss
+    guard = math.inf  # full-batch phase: a validation loss above this means divergence
+    total_epochs = cfg.max_epochs + cfg.full_batch_steps
     if resume:
         if checkpoint is None:
             raise ConfigError(f"party '{me}': a resumed vertical LR run needs a checkpoint store")
@@ -672,15 +695,24 @@ def run_vertical_lr_label(
             best = (float(ck.meta["best_loss"]), int(ck.meta["best_epoch"]), ck.arrays["best_theta"])
             stale, steps, history = int(ck.meta["stale"]), int(ck.meta["steps"]), list(ck.meta["history"])
             first, epochs_run, stopped = at, at, bool(ck.meta["stop"])
+            full, calm = bool(ck.meta.get("full", False)), int(ck.meta.get("calm", 0))
+            prev_loss = float(ck.meta.get("prev_loss", math.inf))
+            guard = float(ck.meta.get("guard", math.inf))
             if progress:
-                progress(f"resuming after epoch {at}", at, cfg.max_epochs)
-    for epoch in range(first, 0 if stopped else cfg.max_epochs):
-        for bi, rows in enumerate(epoch_batches(len(fit_rows), batch, epoch, cfg.seed, fit_ids)):
+                progress(f"resuming after epoch {at}", at, total_epochs)
+    for epoch in range(first, 0 if stopped else total_epochs):
+        e_lr, e_mu = (_full_batch_step(cfg.full_batch_learning_rate, passives), cfg.full_batch_momentum) if full \
+            else (lr, mu)
+        batches = [np.arange(len(fit_rows))] if full else epoch_batches(len(fit_rows), batch, epoch, cfg.seed, fit_ids)
+        loss_sum = 0.0
+        for bi, rows in enumerate(batches):
             step = f"{epoch}/{bi}"
-            look = theta + mu * vel  # Nesterov look-ahead point
+            look = theta + e_mu * vel  # Nesterov look-ahead point
             z = Xf[rows] @ look
             z += _sum_partials(transport, passives, tg.z(step), len(rows), to)
-            resid = sigmoid(z) - yf[rows]
+            pz = sigmoid(z)
+            loss_sum += _logloss(yf[rows], pz) * len(rows)
+            resid = pz - yf[rows]
             # encrypt the residual once, send the same ciphertexts to every passive party
             k, L = _chunk_bounds(len(rows), slots)
             padded = np.zeros(k * L)
@@ -694,7 +726,9 @@ def run_vertical_lr_label(
                 transport.send(p, tg.r(step), enc)
             # own gradient in plaintext while the passives work
             g = Xf[rows].T @ resid / len(rows) + l2v * look
-            vel = mu * vel - lr * (P @ g)
+            if full and float(g @ vel) > 0:  # momentum points uphill in this block: restart it (each party its own)
+                vel = np.zeros_like(vel)
+            vel = e_mu * vel - e_lr * (P @ g)
             theta = theta + vel
             for p in passives:
                 t1 = time.perf_counter()
@@ -710,34 +744,59 @@ def run_vertical_lr_label(
                 transport.send(p, tg.gs(step), pack_arrays({"s": sums}, {"step": step}))
             steps += 1
         epochs_run = epoch + 1
-        # validation at the label party: partial logits on the validation rows with the current weights
-        if len(val_rows):
+        # training log-loss of the epoch: exact on all fit rows at the look-ahead point in the full-batch phase, the
+        # row-weighted mean over the epoch's batches (each at its own look-ahead point) in the mini-batch phase
+        train_loss = loss_sum / len(fit_rows)
+        entry: dict[str, Any] = {"epoch": epoch + 1, "phase": "full_batch" if full else "mini_batch",
+                                 "train_loss": train_loss}
+        loss = math.nan
+        if len(val_rows):  # validation at the label party: partial logits on the validation rows, current weights
             zv = XA[val_rows] @ theta + _sum_partials(transport, passives, tg.zv(epoch), len(val_rows), to)
             pv = sigmoid(zv)
             loss = _logloss(y[val_rows], pv)
             vauc = auc_ks(y[val_rows], pv)[0] if len(np.unique(y[val_rows])) == 2 else float("nan")
-            improved = loss < best[0] - 1e-7
-            history.append({"epoch": epoch + 1, "val_loss": loss, "val_auc": vauc})
+            entry.update(val_loss=loss, val_auc=vauc)
+        history.append(entry)
+        switch = False  # the mini-batch phase ends here; full-batch steps follow
+        if full:  # converging: the validation loss only guards against divergence (twice the zero model's or the
+            # mini-batch phase's best, whichever is larger: the optimum's may well be above the early-stopped one's)
+            improved = bool(math.isfinite(loss) and loss <= guard) if len(val_rows) else math.isfinite(train_loss)
+            calm = calm + 1 if abs(prev_loss - train_loss) < cfg.tol * train_loss else 0
+            prev_loss = train_loss
             if improved:
-                best, stale = (loss, epoch + 1, theta.copy()), 0
-            else:  # back to the best point, slower: damps the oscillation momentum causes near the optimum
-                stale += 1
-                theta, vel, lr = best[2].copy(), np.zeros_like(vel), lr * 0.5
-            stop = stale >= cfg.patience or epoch + 1 == cfg.max_epochs
+                best = (loss, epoch + 1, theta.copy())
+            else:
+                theta, vel = best[2].copy(), np.zeros_like(vel)
+            stop = not improved or calm >= _SETTLED_STEPS or epoch + 1 == total_epochs
         else:
-            improved, stop = True, epoch + 1 == cfg.max_epochs
-            best = (math.nan, epoch + 1, theta.copy())
-            history.append({"epoch": epoch + 1})
+            if len(val_rows):
+                improved = loss < best[0] - 1e-7
+                if improved:
+                    best, stale = (loss, epoch + 1, theta.copy()), 0
+                else:  # back to the best point, slower: damps the oscillation momentum causes near the optimum
+                    stale += 1
+                    theta, vel, lr = best[2].copy(), np.zeros_like(vel), lr * 0.5
+                warm_done = stale >= cfg.patience or epoch + 1 == cfg.max_epochs
+            else:
+                improved, warm_done = True, epoch + 1 == cfg.max_epochs
+                best = (math.nan, epoch + 1, theta.copy())
+            switch = warm_done and cfg.full_batch_steps > 0
+            stop = warm_done and not switch
+            if switch:  # from the best mini-batch point, without its velocity
+                full, vel, calm, prev_loss = True, np.zeros_like(vel), 0, math.inf
+                guard = 2.0 * max(math.log(2.0), best[0]) if math.isfinite(best[0]) else math.inf
         for p in passives:
-            transport.send(p, tg.ctl(epoch), json.dumps({"improved": improved, "stop": stop}).encode())
+            transport.send(p, tg.ctl(epoch), json.dumps({"improved": improved, "stop": stop, "full": switch}).encode())
         if checkpoint is not None:  # this party's own optimiser state after the epoch
             checkpoint.save(STAGE, epoch + 1, {"lr": lr, "best_loss": best[0], "best_epoch": best[1], "stale": stale,
-                                               "steps": steps, "history": history, "stop": bool(stop)},
+                                               "steps": steps, "history": history, "stop": bool(stop), "full": full,
+                                               "calm": calm, "prev_loss": prev_loss, "guard": guard},
                             {"theta": theta, "vel": vel, "best_theta": best[2]})
         if progress:
             h = history[-1]
-            note = f"epoch {epoch + 1}" + (f": val_loss={h['val_loss']:.4f} val_auc={h['val_auc']:.4f}" if "val_loss" in h else "")
-            progress(note, epoch + 1, cfg.max_epochs)
+            note = f"epoch {epoch + 1} ({h['phase'].replace('_', '-')}): train_loss={h['train_loss']:.5f}" + (
+                f" val_loss={h['val_loss']:.5f} val_auc={h['val_auc']:.4f}" if "val_loss" in h else "")
+            progress(note, epoch + 1, total_epochs)
         if stop:
             break
     _, best_epoch, theta = best
@@ -767,12 +826,14 @@ def run_vertical_lr_label(
                         "epochs_run": epochs_run,
                         "train_seconds": round(train_seconds, 3),
                         "history": history,
+                        "convergence": convergence(history),
                         "config": cfg.public(),
                     },
                 )
     if out_dir is not None:
         model.save(Path(out_dir) / f"{report_name}_{me}_model.json")
-    return LabelResult(model, history, best_epoch, epochs_run, steps, train_seconds, test_metrics, scores, counters, tm, list(train.ids))
+    return LabelResult(model, history, best_epoch, epochs_run, steps, train_seconds, test_metrics, scores, counters, tm,
+                       list(train.ids), list(test.ids) if test is not None else [])
 
 
 def _sum_partials(transport: Transport, passives: Sequence[str], tag: str, n: int, timeout: float | None) -> np.ndarray:
@@ -844,6 +905,9 @@ def run_vertical_lr_passive(
     lr, mu, l2 = float(pc["learning_rate"]), float(pc["momentum"]), float(pc["l2"])
     val_fraction, seed = float(pc["validation_fraction"]), int(pc["seed"])
     precondition = bool(pc.get("precondition", False))
+    fb_lr, fb_mu = _full_batch_step(float(pc["full_batch_learning_rate"]), setup["passives"]), float(pc["full_batch_momentum"])
+    total_epochs = int(pc["max_epochs"]) + int(pc["full_batch_steps"])
+    full = False  # the label party's ctl switches every party to full-batch steps at once
     passives = [str(x) for x in setup["passives"]]
     masks = _PairMasks(me, _exchange_pair_seeds(transport, passives, tg, to)) if len(passives) > 1 else None
 
@@ -875,11 +939,14 @@ def run_vertical_lr_passive(
                 raise DataError(f"party '{me}': the checkpoint of epoch {at} holds {w.shape} weights, "
                                 f"this table has {d} features")
             first, epochs_run, steps, stopped = at, at, int(ck.meta["steps"]), bool(ck.meta["stop"])
-    for epoch in range(first, 0 if stopped else int(pc["max_epochs"])):
-        batches = epoch_batches(len(fit_rows), int(pc["batch_size"]), epoch, int(pc["seed"]), fit_ids)
+            full = bool(ck.meta.get("full", False))
+    for epoch in range(first, 0 if stopped else total_epochs):
+        e_lr, e_mu = (fb_lr, fb_mu) if full else (lr, mu)
+        batches = ([np.arange(len(fit_rows))] if full else
+                   epoch_batches(len(fit_rows), int(pc["batch_size"]), epoch, int(pc["seed"]), fit_ids))
         for bi, rows in enumerate(batches):
             step = f"{epoch}/{bi}"
-            wl = w + mu * v
+            wl = w + e_mu * v
             _send_partial(transport, label_party, tg.z(step), Xf[rows] @ wl, masks)
             t1 = time.perf_counter()
             msg = transport.recv(label_party, tg.r(step), to)
@@ -906,7 +973,9 @@ def run_vertical_lr_passive(
             if s is None or s.shape != (d,) or meta.get("step") != step:
                 raise ProtocolError(f"party '{me}': malformed decrypted gradient sums for step {step}")
             g = (s - mask_sums) / (2.0**RESIDUAL_SCALE_BITS * len(rows)) + l2 * wl
-            v = mu * v - lr * (P @ g)
+            if full and float(g @ v) > 0:  # this block's own momentum restart: nothing crosses for it
+                v = np.zeros_like(v)
+            v = e_mu * v - e_lr * (P @ g)
             w = w + v
             steps += 1
         epochs_run = epoch + 1
@@ -915,10 +984,14 @@ def run_vertical_lr_passive(
         ctl = loads_json(transport.recv(label_party, tg.ctl(epoch), to), what=f"party '{me}': control from '{label_party}'")
         if ctl.get("improved"):
             best_w = w.copy()
+        elif full:  # diverged (the label party's guard): back to the last accepted point; the run stops
+            w, v = best_w.copy(), np.zeros_like(v)
         else:  # the label party's instruction: back to the best point with half the step
             w, v, lr = best_w.copy(), np.zeros_like(v), lr * 0.5
+        if ctl.get("full") and not full:  # full-batch steps from here, from the best point without its velocity
+            full, v = True, np.zeros_like(v)
         if checkpoint is not None:  # this party's own block only
-            checkpoint.save(STAGE, epoch + 1, {"lr": lr, "steps": steps, "stop": bool(ctl.get("stop"))},
+            checkpoint.save(STAGE, epoch + 1, {"lr": lr, "steps": steps, "stop": bool(ctl.get("stop")), "full": full},
                             {"w": w, "v": v, "best_w": best_w})
         if ctl.get("stop"):
             break
