@@ -272,7 +272,7 @@ def test_monitor_over_a_real_decision_log(tmp_path: Path, pki, frames, capsys) -
     party over mutual TLS); ``fedcredit party monitor`` reads it: the training population is stable, a
     shifted one is 'act'; the label party's report lists only its own features and the joint score."""
     import pandas as pd
-    from test_scoring import GUEST_CSV, HOST_CSV, N_FIT, _fit_lr, _host_loader, _install, _lr_parts
+    from test_scoring import GUEST_CSV, HOST_CSV, N_FIT, _fit_lr, _host_loader, _install, _lr_parts, guest_toml
 
     from fedcredit.cli import main
     from fedcredit.data import load_table
@@ -296,19 +296,8 @@ def test_monitor_over_a_real_decision_log(tmp_path: Path, pki, frames, capsys) -
     try:
         def config(name: str) -> Path:
             cfg = tmp_path / f"{name}.toml"
-            cfg.write_text(f"""
-[party]
-name = "guest"
-identity_dir = "{pki['guest'].dir}"
-state_dir = "{tmp_path / 'guest'}"
-[coordinator]
-flower_address = "127.0.0.1:1"
-relay_address = "127.0.0.1:2"
-[scoring]
-peers = {{ host = "{host.address}" }}
-deadline_ms = 5000
-decision_log = "{tmp_path / (name + '.jsonl')}"
-""")
+            cfg.write_text(guest_toml(tmp_path, pki, host.address,
+                                      scoring=f"decision_log = \"{tmp_path / (name + '.jsonl')}\"\n"))
             return cfg
 
         same, moved = config("same"), config("moved")

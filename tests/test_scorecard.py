@@ -502,7 +502,7 @@ def test_cli_models_export_writes_the_label_partys_scorecard(tmp_path: Path, pki
     """``fedcredit party models export`` on an installed scorecard version: the CSV and ONNX of that party's share;
     ``fedcredit score`` on a file of raw applications (category text, empty cells) writes each one's points."""
     import pandas as pd
-    from test_scoring import _install
+    from test_scoring import _install, guest_toml
 
     from fedcredit.cli import main
     from party.scoring import ScoringService, serve
@@ -511,18 +511,7 @@ def test_cli_models_export_writes_the_label_partys_scorecard(tmp_path: Path, pki
     host = serve(ScoringService("host", stores["host"], identity=pki["host"],
                                 table_loader=lambda names: woe.host.select(names)), pki["host"])
     cfg = tmp_path / "guest.toml"
-    cfg.write_text(f"""
-[party]
-name = "guest"
-identity_dir = "{pki['guest'].dir}"
-state_dir = "{tmp_path / 'guest'}"
-[coordinator]
-flower_address = "127.0.0.1:1"
-relay_address = "127.0.0.1:2"
-[scoring]
-peers = {{ host = "{host.address}" }}
-deadline_ms = 5000
-""")
+    cfg.write_text(guest_toml(tmp_path, pki, host.address))
     try:
         rows = np.arange(sd.N_FIT, sd.N_FIT + 25)
         g = woe.guest

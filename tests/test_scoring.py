@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -363,15 +364,13 @@ def test_score_on_passive_party_or_without_active_model_is_a_config_error(tmp_pa
         ScoringService("guest", empty).score(apps)
 
 
-def test_cli_batch_score_file_and_models_commands(tmp_path: Path, pki, frames, capsys) -> None:
-    from fedcredit.cli import main
 
-    lab, pas = _fit_lr(frames)
-    stores = _install(tmp_path, pki, "vlr-11", _lr_parts(lab, pas))
-    host = serve(ScoringService("host", stores["host"], identity=pki["host"], table_loader=_host_loader), pki["host"])
-    try:
-        cfg = tmp_path / "guest.toml"
-        cfg.write_text(f"""
+def guest_toml(tmp_path: Path, pki: Any, host_address: str, *, deadline_ms: int = 5000, scoring: str = "",
+               extra: str = "") -> str:
+    """The label party's party.toml for CLI scoring tests: its identity, a dummy coordinator, the host's scoring peer.
+
+    ``scoring`` adds lines to ``[scoring]``; ``extra`` appends whole sections."""
+    return f"""
 [party]
 name = "guest"
 identity_dir = "{pki['guest'].dir}"
@@ -380,12 +379,20 @@ state_dir = "{tmp_path / 'guest'}"
 flower_address = "127.0.0.1:1"
 relay_address = "127.0.0.1:2"
 [scoring]
-peers = {{ host = "{host.address}" }}
-deadline_ms = 2000
-[decision.thresholds]
-approve = 560
-decline = 500
-""")
+peers = {{ host = "{host_address}" }}
+deadline_ms = {deadline_ms}
+{scoring}{extra}"""
+
+def test_cli_batch_score_file_and_models_commands(tmp_path: Path, pki, frames, capsys) -> None:
+    from fedcredit.cli import main
+
+    lab, pas = _fit_lr(frames)
+    stores = _install(tmp_path, pki, "vlr-11", _lr_parts(lab, pas))
+    host = serve(ScoringService("host", stores["host"], identity=pki["host"], table_loader=_host_loader), pki["host"])
+    try:
+        cfg = tmp_path / "guest.toml"
+        cfg.write_text(guest_toml(tmp_path, pki, host.address, deadline_ms=2000,
+                                  extra="[decision.thresholds]\napprove = 560\ndecline = 500\n"))
         g = frames[0].iloc[N_FIT:N_FIT + 30]
         g.drop(columns=["y"]).to_csv(tmp_path / "in.csv", index=False)
         assert main(["score", "--config", str(cfg), "--batch-size", "8", str(tmp_path / "in.csv"),
