@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fedcredit.data import Table
+from fedcredit.transport import Transport
 from simulations.deployment import PartySpec
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -46,3 +48,26 @@ def messy_vertical_tables(n: int = 3000, seed: int = 7) -> tuple[Table, Table]:
                     categories={"purpose": ["car", "edu", "home", "other", "repair", "yacht"],
                                 "housing": ["free", "own", "rent"]})
     return label, passive
+
+
+@dataclass
+class RecordingTransport:
+    """A party's transport recording every payload it receives: what a curious party has in hand (transcript tests)."""
+
+    inner: Transport
+    received: list[tuple[str, bytes]] = field(default_factory=list)
+
+    @property
+    def me(self) -> str:
+        return self.inner.me
+
+    def send(self, to: str, tag: str, payload: bytes) -> None:
+        self.inner.send(to, tag, payload)
+
+    def recv(self, frm: str, tag: str, timeout: float | None = None) -> bytes:
+        b = self.inner.recv(frm, tag, timeout)
+        self.received.append((tag, bytes(b)))
+        return b
+
+    def abort(self, reason: str) -> None:
+        self.inner.abort(reason)

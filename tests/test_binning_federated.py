@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from fed_data import RecordingTransport as Recording
 from fed_data import messy_vertical_tables
 
 from crypto import ckks
@@ -40,29 +40,6 @@ def _shared(rows: int) -> tuple[Table, Table]:
     label = Table("bank", "guest.csv", ids, g[gf].to_numpy(np.float64), gf, g["y"].to_numpy(np.float64))
     passive = Table("fintech", "host.csv", ids, h[hf].to_numpy(np.float64), hf)
     return label, passive
-
-
-@dataclass
-class Recording:
-    """The passive party's transport, recording every payload it receives (the attacker's view is the transcript)."""
-
-    inner: Transport
-    received: list[tuple[str, bytes]] = field(default_factory=list)
-
-    @property
-    def me(self) -> str:
-        return self.inner.me
-
-    def send(self, to: str, tag: str, payload: bytes) -> None:
-        self.inner.send(to, tag, payload)
-
-    def recv(self, frm: str, tag: str, timeout: float | None = None) -> bytes:
-        b = self.inner.recv(frm, tag, timeout)
-        self.received.append((tag, b))
-        return b
-
-    def abort(self, reason: str) -> None:
-        self.inner.abort(reason)
 
 
 def _run(label: Table, passive: Table, params: BinningParams, rec: list[Recording] | None = None):  # type: ignore[no-untyped-def]

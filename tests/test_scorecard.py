@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scorecard_data as sd
+from fed_data import RecordingTransport
 
 from fedcredit.binning import FeatureBins
 from fedcredit.decision import Contributions, DecisionPolicy, ScorecardPoints, ScoreScale, decide, score_from_pd
@@ -362,28 +363,6 @@ def test_a_custom_scale_moves_the_points_and_keeps_the_identity() -> None:
 # --------------------------------------------------------------------------- in-process: federated binning + vertical LR
 
 
-class _Recording:
-    """A party's transport recording every payload it receives (what a curious party has in hand)."""
-
-    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
-        self.inner, self.received = inner, []
-
-    @property
-    def me(self) -> str:
-        return self.inner.me
-
-    def send(self, to: str, tag: str, payload: bytes) -> None:
-        self.inner.send(to, tag, payload)
-
-    def recv(self, frm: str, tag: str, timeout: float | None = None) -> bytes:
-        b = self.inner.recv(frm, tag, timeout)
-        self.received.append((tag, bytes(b)))
-        return b
-
-    def abort(self, reason: str) -> None:
-        self.inner.abort(reason)
-
-
 @pytest.mark.parametrize("mode", ["indicators", "woe"])
 def test_federated_binning_then_vertical_lr_then_scorecard_in_process(mode: str) -> None:
     """The real protocols over an in-memory hub: binning under CKKS, vertical LR on the transformed columns, then
@@ -400,10 +379,10 @@ def test_federated_binning_then_vertical_lr_then_scorecard_in_process(mode: str)
     bp = BinningParams(transform=mode, min_iv=0.0)  # type: ignore[arg-type]
     lr = VerticalLRConfig(max_epochs=4, batch_size=0)
     card_params = ScorecardParams(pdo=40)
-    seen: dict[str, _Recording] = {}
+    seen: dict[str, RecordingTransport] = {}
 
     def label(t):  # type: ignore[no-untyped-def]
-        t = seen.setdefault("guest", _Recording(t))
+        t = seen.setdefault("guest", RecordingTransport(t))
         b = run_binning_label(t, train_g, ["host"], bp)
         tr, _ = b.transform.apply_table(train_g)
         te, _ = b.transform.apply_table(test_g)
@@ -412,7 +391,7 @@ def test_federated_binning_then_vertical_lr_then_scorecard_in_process(mode: str)
         return res
 
     def passive(t):  # type: ignore[no-untyped-def]
-        t = seen.setdefault("host", _Recording(t))
+        t = seen.setdefault("host", RecordingTransport(t))
         b = run_binning_passive(t, train_h, "guest", tag_prefix=bp.tag_prefix)
         tr, _ = b.transform.apply_table(train_h)
         te, _ = b.transform.apply_table(test_h)
