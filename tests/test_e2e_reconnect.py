@@ -104,12 +104,15 @@ def _models(fed: LocalFederation, run_id: str) -> dict[str, Any]:
 
 
 def _same(a: Any, b: Any, path: str = "") -> None:
-    """Equal JSON, floats to 5e-3 absolute.
+    """Equal JSON, floats to 2e-2 absolute.
 
     Why not exact: CKKS noise on every encrypted gradient differs from run to run (fresh
     randomness), paused or not; measured between a paused and an unpaused run here: max
-    |delta w| 6e-5 (bank) and 4e-4 (fintech) on weights up to 0.57.  A message lost or
-    delivered twice would not perturb the weights: the receiver fails the job on the seq.
+    |delta w| 6e-5 (bank) and 4e-4 (fintech) on weights up to 0.57 with mini-batch epochs
+    only; the full-batch phase that reaches the pooled optimum (issue 9) carries the noise
+    further along the loss's flat directions: 5.3e-3 on a weight of 0.38 seen in one CI run.
+    A message lost or delivered twice would not perturb the weights: the receiver fails
+    the job on the seq (exactly), so this tolerance is about noise only.
     """
     if isinstance(a, dict) and isinstance(b, dict):
         assert set(a) == set(b), f"{path}: keys {sorted(set(a) ^ set(b))}"
@@ -120,7 +123,7 @@ def _same(a: Any, b: Any, path: str = "") -> None:
         for i, (x, y) in enumerate(zip(a, b)):
             _same(x, y, f"{path}[{i}]")
     elif isinstance(a, float) or isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=0.0, abs_tol=5e-3), f"{path}: {a} vs {b}"
+        assert math.isclose(a, b, rel_tol=0.0, abs_tol=2e-2), f"{path}: {a} vs {b}"
     else:
         assert a == b, f"{path}: {a!r} vs {b!r}"
 
