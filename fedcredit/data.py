@@ -34,6 +34,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "ColumnKind",
     "InputSchema",
+    "category_text",
     "OneHotEncoding",
     "Table",
     "normalize_id",
@@ -256,7 +257,7 @@ class InputSchema:
                 if v is None or (isinstance(v, float) and np.isnan(v)):
                     X[r, j] = np.nan
                 elif k == "categorical":
-                    code = pos[f].get(str(v).strip())
+                    code = pos[f].get(category_text(v))
                     if code is None:
                         unknown[f] = unknown.get(f, 0) + 1
                     X[r, j] = np.nan if code is None else code
@@ -292,6 +293,17 @@ MISSING_COLUMN = "(missing)"
 def _category_text(v: float) -> str:
     """A numeric cell read as a category: "1" for 1.0 (a column of codes the loader inferred numeric)."""
     return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def category_text(v: object) -> str:
+    """The one rule for a (non-missing) request value of a categorical feature: its category text.
+
+    Numbers as the loader writes codes ("1" for 1 or 1.0), text stripped; every encoder and the
+    unknown-category count use it, so a value is never counted known yet scored as missing.
+    """
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return _category_text(float(v))
+    return str(v).strip()
 
 
 @dataclass(frozen=True)
@@ -390,8 +402,7 @@ class OneHotEncoding:
                 missing = v is None or (isinstance(v, float) and np.isnan(v))
                 if f in self.categories:
                     vocab = self.categories[f]
-                    text = None if missing else (_category_text(v) if isinstance(v, (int, float)) and not
-                                                 isinstance(v, bool) else str(v).strip())
+                    text = None if missing else category_text(v)
                     code = vocab.index(text) if text in vocab else None
                     if text is not None and code is None:
                         unknown[r] += 1

@@ -49,7 +49,7 @@ from crypto.certs import Identity
 from crypto.tls import GRPC_OPTIONS, peer_identity, secure_channel, server_credentials
 from fedcredit.artifacts import Artifact, check_peers, load_horizontal
 from fedcredit.codec import loads_json
-from fedcredit.data import ColumnKind, InputSchema, OneHotEncoding, Table, load_dataset, normalize_id
+from fedcredit.data import ColumnKind, InputSchema, OneHotEncoding, Table, category_text, load_dataset, normalize_id
 from fedcredit.decision import Contributions, DecisionPolicy, decide, lr_contributions
 from fedcredit.errors import (
     ConfigError,
@@ -767,8 +767,7 @@ def _unknown_categories(m: LoadedModel, apps: Sequence[Application]) -> list[int
             v = a.features.get(f)
             if v is None or (isinstance(v, float) and np.isnan(v)):
                 continue
-            text = str(int(v)) if isinstance(v, (int, float)) and float(v).is_integer() else str(v).strip()
-            n += text not in known
+            n += category_text(v) not in known
         out.append(n)
     return out
 

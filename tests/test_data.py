@@ -305,3 +305,17 @@ def test_a_column_named_like_a_config_path_keeps_its_kind(tmp_path: Path) -> Non
                                                "schema_file": "s.toml"}}}, PartyConfig, tmp_path / "bank.toml")
     ds = cfg.dataset("train")
     assert ds.columns == {"path": "categorical"} and ds.schema_file == (tmp_path / "s.toml").resolve()
+
+
+def test_a_numeric_request_value_of_a_categorical_feature_is_its_category_text() -> None:
+    """1 / 1.0 sent for a category column of codes is category "1" in every encoder (never scored as missing while
+    the unknown-category count calls it known): the one rule is data.category_text."""
+    from fedcredit.data import InputSchema, OneHotEncoding, category_text
+
+    assert [category_text(v) for v in (1, 1.0, " 2 ", "x", 2.5)] == ["1", "1", "2", "x", "2.5"]
+    schema = InputSchema(("c",), ("categorical",), {"c": ("1", "2")})
+    X, unknown = schema.encode_rows([{"c": 1.0}, {"c": 2}, {"c": " 1 "}, {"c": 3}], who="test")
+    assert X[:, 0].tolist()[:3] == [0.0, 1.0, 0.0] and np.isnan(X[3, 0]) and unknown == {"c": 1}
+    enc = OneHotEncoding(features=("c",), categories={"c": ("1", "2")}, missing=(), fill=0.0)
+    Xh, per_row = enc.encode_rows([{"c": 1.0}, {"c": 3}], who="test")
+    assert Xh[0].tolist() == [1.0, 0.0, 0.0] and per_row == [0, 1]
