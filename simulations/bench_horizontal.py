@@ -410,7 +410,7 @@ def print_scenario(title: str, r: Mapping[str, Any]) -> None:
 
 
 def _heavy_files(out: Path) -> dict[str, Path]:
-    from simulations.heavy_tailed import heavy_tailed
+    from simulations.generator import generate_heavy_tailed as heavy_tailed
 
     df = heavy_tailed(6000, seed=1)
     out.mkdir(parents=True, exist_ok=True)
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         heavy = _heavy_files(a.out / "data-heavy")
         results["heavy"] = scenario("heavy", heavy, a.out / "data-heavy" / "test.csv", a.out, IID, ["lr"],
                                     ["fedavg"], [])
-        print_scenario("heavy-tailed raw amounts: simulations.heavy_tailed(6000, seed=1), 3 banks x 1,500 rows",
+        print_scenario("heavy-tailed raw amounts: simulations.generator.generate_heavy_tailed(6000, seed=1), 3 banks x 1,500 rows",
                        results["heavy"])
     if not a.skip_noniid:
         lab = _noniid_files(files, a.out / "data-noniid-label", mode="label", skew=0.9)

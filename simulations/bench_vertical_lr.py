@@ -8,7 +8,7 @@ Two tables, the same 6,000 test ids (default_credit_homo_test.csv), train = the 
   host = default_credit_hetero_host.csv (passive party: id, 10 features), already standardized;
 * ``raw``: UCI_Credit_Card.csv with its raw, heavy-tailed amounts split between the parties:
   label party LIMIT_BAL, AGE, PAY_0..PAY_6, BILL_AMT1..6; passive SEX, EDUCATION, MARRIAGE, PAY_AMT1..6;
-* ``heavy``: ``simulations.heavy_tailed.heavy_tailed()`` (5,000 generated rows, log-normal amounts up to
+* ``heavy``: ``simulations.generator.generate_heavy_tailed()`` (5,000 generated rows, log-normal amounts up to
   ~70 standard deviations, its own 25 % test rows), the table tests/test_lr_convergence.py uses.
 
 PSI runs first (over the in-memory hub, X25519), then training, then joint scoring.
@@ -37,7 +37,9 @@ from fedcredit.metrics import auc_ks
 from fedcredit.protocols.vertical_common import Standardizer, validation_split
 from fedcredit.protocols.vertical_lr import VerticalLRConfig, convergence
 from fedcredit.transport import WireRecord
-from simulations.heavy_tailed import LABEL_COLUMNS, PASSIVE_COLUMNS, heavy_tailed
+from simulations.generator import HEAVY_LABEL_COLUMNS as LABEL_COLUMNS
+from simulations.generator import HEAVY_PASSIVE_COLUMNS as PASSIVE_COLUMNS
+from simulations.generator import generate_heavy_tailed as heavy_tailed
 from simulations.inprocess import run_vertical_lr_inprocess
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

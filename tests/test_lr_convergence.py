@@ -19,7 +19,9 @@ from sklearn.linear_model import LogisticRegression
 from fedcredit.data import Table, split_by_ids, table_from_frame
 from fedcredit.protocols.vertical_common import Standardizer, validation_split
 from fedcredit.protocols.vertical_lr import VerticalLRConfig, convergence
-from simulations.heavy_tailed import LABEL_COLUMNS, PASSIVE_COLUMNS, heavy_tailed
+from simulations.generator import HEAVY_LABEL_COLUMNS as LABEL_COLUMNS
+from simulations.generator import HEAVY_PASSIVE_COLUMNS as PASSIVE_COLUMNS
+from simulations.generator import generate_heavy_tailed as heavy_tailed
 from simulations.inprocess import run_vertical_lr_inprocess
 
 GAP = 0.005  # the bound: within 0.5 % of the pooled optimum's test log-loss
