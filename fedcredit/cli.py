@@ -17,7 +17,7 @@ from typing import Any
 from rich.table import Table
 
 from fedcredit import __version__
-from fedcredit.errors import FedCreditError
+from fedcredit.errors import ConfigError, FedCreditError
 from fedcredit.progress import console, err_console, fmt_time, follow, print_parties, print_run, styled
 
 # --------------------------------------------------------------------------- certs
@@ -82,6 +82,9 @@ def cmd_party_schema(args: argparse.Namespace) -> int:
 
     cfg = load_config(Path(args.config), PartyConfig)
     ds = cfg.dataset(args.dataset)
+    if args.write and Path(args.write).exists() and not args.force:  # a saved schema is often hand-edited
+        raise ConfigError(f"{args.write} already exists (a saved, perhaps edited, schema); "
+                          "choose another file or pass --force to overwrite it")
     table = load_dataset(ds, party=cfg.party.name)
     text = schema_toml(table, ds, dataset=args.dataset)
     console.print(text, end="", markup=False, highlight=False)
@@ -277,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--dataset", default="train", help="[datasets] key (default train)")
     p.add_argument("--write", metavar="FILE", help="save the schema as editable TOML (a dataset's schema_file)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --write file (never done silently)")
     p.set_defaults(func=cmd_party_schema)
     from fedcredit import cli_jobs, cli_models  # job approvals; model store / scoring commands
 

@@ -227,6 +227,13 @@ def test_cli_party_schema_prints_and_writes(tmp_path: Path, capsys) -> None:
     assert '"grade" = "categorical"' in out and "s.toml" in out
     assert tomllib.loads((tmp_path / "s.toml").read_text())["columns"] == {"grade": "categorical", "amt": "numeric"}
     assert main(["party", "schema", "--config", str(cfg), "--dataset", "nope"]) == 2
+    # an existing (perhaps hand-edited) schema file is never overwritten silently
+    (tmp_path / "s.toml").write_text("# edited by the risk team\n")
+    capsys.readouterr()
+    assert main(["party", "schema", "--config", str(cfg), "--write", str(tmp_path / "s.toml")]) == 2
+    assert "already exists" in capsys.readouterr().err and (tmp_path / "s.toml").read_text() == "# edited by the risk team\n"
+    assert main(["party", "schema", "--config", str(cfg), "--write", str(tmp_path / "s.toml"), "--force"]) == 0
+    assert "columns" in tomllib.loads((tmp_path / "s.toml").read_text())
 
 
 def test_german_credit_tables_load_at_both_parties(tmp_path: Path) -> None:
