@@ -26,7 +26,7 @@ M = TypeVar("M", bound=BaseModel)
 __all__ = [
     "Params", "StrictModel", "format_errors", "read_toml", "validate", "FAMILY_DEFAULTS", "HorizontalParams", "HorizontalJob", "VerticalJobParams",
     "VerticalLRConfig", "SecureBoostConfig", "HorizontalModel", "VerticalLRModel", "SecureBoostModel", "ModelTable",
-    "JOB_TYPES", "BinningParams", "ScorecardParams",
+    "JOB_TYPES", "BinningParams", "ScorecardParams", "DPParams", "HorizontalDP", "LabelDP",
 ]
 
 
@@ -192,6 +192,43 @@ class Params(StrictModel):
         return cls(**{k: getattr(self, k) for k in cls.model_fields})
 
 
+
+# --------------------------------------------------------------------------- [model.dp]: differential privacy
+
+
+class DPParams(Params):
+    """``[model.dp]``: the Gaussian mechanism's noise, as a noise multiplier or a target ε (docs/privacy.md).
+
+    Exactly one of ``noise_multiplier`` (noise std / sensitivity) and ``epsilon`` (the noise
+    is calibrated by the accountant, fedcredit/dp.py, so the planned releases spend at most
+    this ε at ``delta``)."""
+
+    what = "[model.dp]"
+
+    noise_multiplier: float | None = Field(None, gt=0, le=10_000, allow_inf_nan=False)
+    epsilon: float | None = Field(None, gt=0, le=10_000, allow_inf_nan=False)
+    delta: float = Field(1e-5, gt=0, le=0.01, allow_inf_nan=False, description="well below 1/(rows or banks)")
+
+    @model_validator(mode="after")
+    def _one_noise(self) -> DPParams:
+        if (self.noise_multiplier is None) == (self.epsilon is None):
+            raise ValueError("set exactly one of [model.dp].noise_multiplier (noise std / sensitivity) and "
+                             "[model.dp].epsilon (a target the noise is calibrated to)"
+                             + (f"; got both ({self.noise_multiplier}, {self.epsilon})"
+                                if self.epsilon is not None else "; got neither"))
+        return self
+
+
+class HorizontalDP(DPParams):
+    """Client-level DP of a horizontal job: each bank clips its round update to L2 norm ``clip`` and adds noise."""
+
+    clip: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="L2 bound of one bank's round update")
+
+
+class LabelDP(DPParams):
+    """Label DP of a vertical job: noise on every label-derived per-row value the label party computes."""
+
+
 # --------------------------------------------------------------------------- horizontal
 
 
@@ -251,6 +288,7 @@ class HorizontalParams(Params):
     ckks_poly_modulus_degree: int = 4096  # a power of two, 4096..32768 (checked below)
     ckks_coeff_mod_bit_sizes: list[int] = Field(default_factory=lambda: [40, 20, 40])
     ckks_scale_bits: int = Field(20, ge=10, le=60)
+    dp: HorizontalDP | None = None  # [model.dp]: client-level differential privacy (off without the table)
 
     @model_validator(mode="before")
     @classmethod
@@ -277,6 +315,9 @@ class HorizontalParams(Params):
         if both:
             raise ValueError(f"{both} are in both categories and missing_indicators (a categorical's missing "
                              "values get their own one-hot column already)")
+        if self.dp is not None and self.newton:
+            raise ValueError(f"[model.dp] needs [model].newton_rounds = 0 (got {self.newton_rounds}): Newton rounds "
+                             "send each bank's exact gradient and Hessian sums, which are neither clipped nor noised")
         return self
 
     @field_validator("ckks_coeff_mod_bit_sizes")
@@ -374,6 +415,7 @@ class VerticalLRConfig(Params):
     mask_bound: float = Field(2.0**30, gt=0, allow_inf_nan=False)  # passive: slot masks are uniform in [-mask_bound, mask_bound]
     tag_prefix: str = Field("vlr", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     timeout: float | None = Field(None, gt=0)  # per message; None = transport default
+    dp: LabelDP | None = None  # [model.dp]: label DP, noise on every residual (off without the table)
 
     _n = field_validator("poly_modulus_degree")(classmethod(lambda cls, v: _poly_degree(v)))
     _bits = field_validator("coeff_mod_bit_sizes")(classmethod(lambda cls, v: tuple(_coeff_bits(list(v)))))
@@ -384,7 +426,16 @@ class VerticalLRConfig(Params):
             raise ValueError(
                 f"batch_size {self.batch_size} is below min_batch {self.min_batch}; small batches let a "
                 "passive party's plaintext gradient reveal individual residuals (labels)")
+        if self.dp is not None and self.validation_fraction > 0:
+            raise ValueError(f"[model.dp] needs [model].validation_fraction = 0 (got {self.validation_fraction}): "
+                             "early stopping on validation labels would send label-derived decisions to the passive "
+                             "parties outside the accountant; with label DP the run takes its full schedule")
         return self
+
+    def dp_releases(self) -> int:
+        """Times one label enters a released residual: once per mini-batch epoch (its batches are disjoint), once
+        per full-batch step.  Label DP runs this fixed schedule (no early stop)."""
+        return int(self.max_epochs) + int(self.full_batch_steps)
 
     def effective_batch(self, n_fit: int) -> int:
         """Rows per step for ``n_fit`` training rows: <= batch_size, >= min_batch, about steps_per_epoch steps."""
@@ -434,6 +485,7 @@ class SecureBoostConfig(Params):
     mask_cache_mb: float = Field(1024.0, ge=0, allow_inf_nan=False)
     predict_batch: int = Field(4096, ge=1, le=1_000_000)
     timeout_s: float = Field(600.0, gt=0, allow_inf_nan=False)
+    dp: LabelDP | None = None  # [model.dp]: label DP, noise on every gradient (off without the table)
 
     _pack = field_validator("pack")(classmethod(lambda cls, v: _power_of_two(v)))
 

@@ -65,7 +65,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from crypto import ckks
 from crypto.envelope import open_sealed, seal
-from fedcredit import codec, metrics
+from fedcredit import codec, dp, metrics
 from fedcredit.channel import Handler, PartyChannel, StateStore
 from fedcredit.data import OneHotEncoding, Table, schema_fingerprint
 from fedcredit.errors import ConfigError, DataError, FedCreditError, ProtocolError, SecurityError
@@ -542,6 +542,9 @@ class _Party:
         out_h = {"round": r, "metrics": self._eval(model, self._test(job, t.feature_names), mean, std)}
         new = local_update(job, global_flat, (t.X - mean) / std, t.y, r, self.env.name)
         n_k = float(len(t))
+        if job.dp is not None:  # client-level DP (fedcredit/dp.py): clipped + this bank's noise share, weight 1
+            plan = dp.horizontal_plan(job.dp, job.rounds, job.required, len(job.parties))
+            new, n_k = dp.private_update(new, global_flat, plan, job.required), 1.0
         return out_h, {"update": self._encrypt(ctx, "update", np.concatenate([new * n_k, [n_k]]))}
 
     def _newton_state(self, job: HorizontalJob, ctx: ckks.SecretContext, state: StateStore, r: int, blob: bytes,
@@ -591,6 +594,8 @@ class _Party:
             "local_test": m,
             "convergence": curve,
         }
+        if job.dp is not None:  # the run JSON's privacy section (docs/privacy.md)
+            meta["privacy"] = {"dp": dp.horizontal_plan(job.dp, job.rounds, job.required, len(job.parties)).report()}
         enc = self._encoding(job)
         if not enc.is_identity:  # scoring re-encodes raw applications the same way (party/scoring.py)
             meta["encoding"] = enc.to_dict()
@@ -711,6 +716,7 @@ class HorizontalResult:
     timings: dict[str, float]
     wall_time_s: float
     public_context_bytes: int
+    privacy: dict[str, Any] = field(default_factory=dict)  # {"dp": ...} when the job has [model.dp]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -963,6 +969,8 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
         timings={k: round(v, 4) for k, v in timings.items()},
         wall_time_s=round(wall, 4),
         public_context_bytes=len(pub_raw),
+        privacy={"dp": dp.horizontal_plan(job.dp, job.rounds, job.required, len(job.parties)).report()}
+        if job.dp is not None else {},
     )
     c.emit({"event": "done", "parties": result.parties, "dropped": result.dropped,
             "party_metrics": party_metrics, "global_metrics": global_m, "wall_time_s": result.wall_time_s})

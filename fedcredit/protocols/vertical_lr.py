@@ -42,6 +42,7 @@ import numpy as np
 
 from crypto import ckks
 from crypto.files import write_text
+from fedcredit import dp
 from fedcredit.checkpoint import CheckpointStore, ResumeTags, agree_step
 from fedcredit.codec import loads_json, pack_arrays, pack_blobs, unpack_arrays, unpack_blobs
 from fedcredit.data import Table
@@ -316,6 +317,7 @@ class LabelResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds spent per activity at this party
     train_ids: list[str] = field(default_factory=list, repr=False)  # the aligned training ids, in protocol order
     test_ids: list[str] = field(default_factory=list, repr=False)  # the ids of test_scores, in their order
+    privacy: dict[str, Any] = field(default_factory=dict)  # {"dp": ...} with [model.dp] (docs/privacy.md)
 
 
 @dataclass
@@ -638,6 +640,7 @@ def run_vertical_lr_label(
             f"vertical LR needs at least min_batch={cfg.min_batch} so no gradient is computed over fewer rows"
         )
     batch = cfg.effective_batch(len(fit_rows))
+    noise = dp.LabelNoise(dp.label_plan(cfg.dp, cfg.dp_releases(), "vertical-lr")) if cfg.dp is not None else None
     setup = {
         "version": PROTOCOL_VERSION,
         "config": {**cfg.public(), "batch_size": batch},
@@ -713,6 +716,8 @@ def run_vertical_lr_label(
             pz = sigmoid(z)
             loss_sum += _logloss(yf[rows], pz) * len(rows)
             resid = pz - yf[rows]
+            if noise is not None:  # label DP (fedcredit/dp.py): this block's step and the passives' use the noisy one
+                resid = noise.noisy(resid)
             # encrypt the residual once, send the same ciphertexts to every passive party
             k, L = _chunk_bounds(len(rows), slots)
             padded = np.zeros(k * L)
@@ -763,6 +768,8 @@ def run_vertical_lr_label(
             improved = bool(math.isfinite(loss) and loss <= guard) if len(val_rows) else math.isfinite(train_loss)
             calm = calm + 1 if abs(prev_loss - train_loss) < cfg.tol * train_loss else 0
             prev_loss = train_loss
+            if noise is not None:  # label DP: the fixed schedule, so no control bit depends on a label
+                improved, calm = True, 0
             if improved:
                 best = (loss, epoch + 1, theta.copy())
             else:
@@ -828,12 +835,14 @@ def run_vertical_lr_label(
                         "history": history,
                         "convergence": convergence(history),
                         "config": cfg.public(),
+                        **({"privacy": {"dp": noise.plan.report(epochs_run)}} if noise is not None else {}),
                     },
                 )
     if out_dir is not None:
         model.save(Path(out_dir) / f"{report_name}_{me}_model.json")
     return LabelResult(model, history, best_epoch, epochs_run, steps, train_seconds, test_metrics, scores, counters, tm,
-                       list(train.ids), list(test.ids) if test is not None else [])
+                       list(train.ids), list(test.ids) if test is not None else [],
+                       {"dp": noise.plan.report(epochs_run)} if noise is not None else {})
 
 
 def _sum_partials(transport: Transport, passives: Sequence[str], tag: str, n: int, timeout: float | None) -> np.ndarray:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from crypto.ckks_hist import HistogramKeeper, n_outputs
+from fedcredit import dp
 from fedcredit.checkpoint import CheckpointStore, agree_step
 from fedcredit.codec import unpack_arrays, unpack_blobs
 from fedcredit.data import Table
@@ -244,7 +245,9 @@ def run_secureboost_label(
             FederatedBackend(own, remotes, crypto, cfg.pack) if crypto else PlainBackend([own])
         )
         stats: dict[str, float] = {}
-        base, trees, F = boost(y, backend, cfg, progress, stats, start=start, after_tree=after_tree)
+        noise = dp.LabelNoise(dp.label_plan(cfg.dp, cfg.n_trees, "secureboost")) if cfg.dp is not None else None
+        base, trees, F = boost(y, backend, cfg, progress, stats, start=start, after_tree=after_tree,
+                               label_noise=noise.noisy if noise is not None else None)  # label DP: noisy g
         train_s = time.perf_counter() - t_start
         model = LabelModelPart(me, passive_parties, list(table.feature_names), base, trees, cfg.to_dict(),
                                input_schema=own.schema)
@@ -295,6 +298,8 @@ def run_secureboost_label(
         "unknown_categories_in_test": unknown,  # own features; scored as missing (InputSchema rule)
         "bytes_received_from_passive": {rem.party: rem.bytes_in for rem in remotes},
     }
+    if noise is not None:  # the run JSON's privacy section (docs/privacy.md)
+        report["privacy"] = {"dp": noise.plan.report(len(trees))}
     if scores is not None and test_table is not None and test_table.y is not None:
         test_auc, test_ks = auc_ks(test_table.y, scores)
         report.update({"n_test": len(test_table), "test_auc": round(test_auc, 6), "test_ks": round(test_ks, 6)})

@@ -738,13 +738,16 @@ def boost(
     *,
     start: tuple[list[list[dict[str, Any]]], np.ndarray] | None = None,
     after_tree: AfterTree | None = None,
+    label_noise: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[float, list[list[dict[str, Any]]], np.ndarray]:
     """Logistic-loss gradient boosting; returns (base score, trees, training margins).
 
     ``start`` = (trees, margins) of a checkpoint: boosting continues after them (the base
-    score is a function of ``y`` alone, so it is recomputed, not stored).
+    score is a function of ``y`` alone, so it is recomputed, not stored).  ``label_noise``
+    (label DP, fedcredit/dp.py): applied to each tree's gradients before anything uses them;
+    the base score is then 0, a start that depends on no label.
     """
-    p0 = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
+    p0 = float(np.clip(y.mean(), 1e-6, 1 - 1e-6)) if label_noise is None else 0.5
     base = math.log(p0 / (1 - p0))
     F = np.full(len(y), base)
     trees: list[list[dict[str, Any]]] = []
@@ -754,7 +757,7 @@ def boost(
             raise DataError(f"checkpointed training margins cover {F.shape} rows, the table has {len(y)}")
     for t in range(len(trees), cfg.n_trees):
         p = sigmoid(F)
-        g = p - y
+        g = p - y if label_noise is None else label_noise(p - y)
         h = np.maximum(p * (1.0 - p), 1e-16)
         nodes, row_value, computed = _grow_tree(g, h, backend, cfg)
         F += row_value
