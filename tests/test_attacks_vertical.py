@@ -1,0 +1,95 @@
+"""The vertical attacks (simulations/attacks) on real transcripts: they work where they must, and what the defaults leak.
+
+Each test runs the real protocol (CKKS, in-process roles, every message observed) on a slice
+of the benchmark data and attacks what one role holds.  A deliberately weak configuration
+(batch size below the passive's feature count, which the label party refuses by default)
+proves the attack recovers labels; the default configuration is then measured with the same
+attack.  Figures on the whole split: simulations/bench_attacks.py, docs/privacy.md "Attacks".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedcredit.data import Table, load_table
+from fedcredit.params import SecureBoostConfig, VerticalLRConfig
+from simulations.attacks import secureboost as sba
+from simulations.attacks import vertical_lr as vla
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def tables() -> tuple[Table, Table]:
+    g = load_table(DATA / "default_credit_hetero_guest.csv", party="guest", label_col="y")
+    h = load_table(DATA / "default_credit_hetero_host.csv", party="host")
+    return g, h
+
+
+def _head(t: tuple[Table, Table], n: int) -> tuple[Table, Table]:
+    g, h = t
+    ids = g.ids[:n]
+    return g.align(ids), h.align(ids)
+
+
+def test_batch_below_feature_count_gives_the_labels_away(tables: tuple[Table, Table]) -> None:
+    """Batch 4 < 10 passive features: each step's gradient X_bᵀd is solvable for d, and sign(d) is the label."""
+    g, h = _head(tables, 500)
+    t = vla.record(g, h, VerticalLRConfig(batch_size=4, min_batch=1, max_epochs=1, full_batch_steps=0))
+    li = vla.label_inference(t)
+    assert li["batch_size"] == 4 and li["n_steps"] == 113
+    assert li["attacks"]["inversion"] > 0.9, li  # the flooding noise blurs only rows the model already fits (d ≈ 0)
+    assert li["no_information_auc"] == pytest.approx(0.5, abs=0.07)
+    # the transcript, not the model, is what leaks here: the passive's own model part knows far less
+    assert li["attacks"]["inversion"] > li["own_model_part_auc"] + 0.2
+
+
+def test_default_batches_leak_no_more_than_the_passives_own_model_part(tables: tuple[Table, Table]) -> None:
+    """Default configuration (batches >= min_batch = 512, then full-batch steps): the best gradient attack on
+    the training rows is no better than scoring them with the passive's own trained part X_k·w_k -- the
+    population-level knowledge any holder of that part has.  That part alone is above 0.55 AUC on this data:
+    the strict bar is not met by the default (docs/privacy.md, "Attacks")."""
+    g, h = _head(tables, 3000)
+    cfg = VerticalLRConfig(full_batch_steps=30)
+    t = vla.record(g, h, cfg)
+    li = vla.label_inference(t)
+    assert li["batch_size"] == 512
+    assert li["best_transcript_attack_auc"] <= li["own_model_part_auc"] + 0.03, li
+    assert li["inversion_sign_accuracy"] < li["majority_accuracy"]  # the sign rule recovers no label
+    assert li["own_model_part_auc"] > 0.6  # the passive's features predict default: the model, not a leak
+
+
+def test_label_dp_blunts_the_small_batch_attack(tables: tuple[Table, Table]) -> None:
+    """[model.dp] label DP (noise on every residual, fedcredit/dp.py) against the same weak configuration."""
+    g, h = _head(tables, 500)
+    cfg = VerticalLRConfig(batch_size=4, min_batch=1, max_epochs=1, full_batch_steps=0, validation_fraction=0.0,
+                           dp={"epsilon": 1.0})
+    li = vla.label_inference(vla.record(g, h, cfg))
+    assert li["attacks"]["inversion"] < 0.65, li
+
+
+def test_label_party_recovers_passive_features_up_to_a_linear_map(tables: tuple[Table, Table]) -> None:
+    """Full-batch steps hand the label party X_k·w_t for many w_t: the column space of X_k (the stated limit)."""
+    g, h = _head(tables, 1500)
+    t = vla.record(g, h, VerticalLRConfig(batch_size=0, full_batch_steps=25))
+    fr = vla.reconstruct_features(t, known_fraction=0.05)
+    assert fr["partial_logit_columns"] >= 10
+    assert fr["r2_median_column_space"] > 0.95, fr  # every feature is (almost) a linear map of what it received
+    assert fr["r2_median_from_partials"] > fr["r2_median_from_own_features"] + 0.3, fr
+
+
+def test_secureboost_split_bits_reconstruct_passive_features_and_hide_labels() -> None:
+    g = pd.read_csv(DATA / "default_credit_hetero_guest.csv", dtype={"id": str}).iloc[:1200]
+    h = pd.read_csv(DATA / "default_credit_hetero_host.csv", dtype={"id": str})
+    h = h[h["id"].isin(set(g["id"]))]
+    t = sba.record(g, h, SecureBoostConfig(n_trees=3, max_depth=2))
+    assert t.bits.shape[1] == len(t.y) and len(t.bits) >= 1
+    li = sba.label_inference(t)
+    assert 0.5 <= li["best_auc"] <= 1.0
+    fr = sba.reconstruct_features(t, known_fraction=0.05)
+    best = int(np.nanargmax(fr["r2_per_feature_from_bits"]))
+    assert fr["r2_per_feature_from_bits"][best] > fr["r2_per_feature_from_own_features"][best], fr
