@@ -39,7 +39,7 @@ REPORT_HTML: Final = "report.html"
 REPORT_JSON: Final = "report.json"
 #: every top-level key a run report may carry, in the order they are rendered (docs/reports.md)
 SECTIONS: Final = ("run", "data", "binning", "selection", "convergence", "trees", "scorecard", "evaluation",
-                   "sent", "psi")
+                   "sent", "privacy", "psi")
 _TOP_CATEGORIES = 20  # a category-count table longer than this lists the rest as one "(other)" row
 _CURVE_POINTS = 201  # ROC/KS curves are resampled to this many points in the JSON
 
@@ -525,6 +525,8 @@ def _sections(doc: Mapping[str, Any]) -> dict[str, Any]:
         }
     if isinstance(doc.get("sent"), Mapping):
         v["sent"] = doc["sent"]
+    if isinstance(doc.get("privacy"), Mapping):
+        v["privacy"] = doc["privacy"]
     if isinstance(doc.get("psi"), Mapping):
         psi = doc["psi"]
         items = ([psi["score"]] if isinstance(psi.get("score"), Mapping) else []) + list(psi.get("features") or [])
@@ -621,14 +623,18 @@ def _never_fails_the_run(fn: Callable[..., str]) -> Callable[..., str | None]:
 def vertical_report(*, model_dir: Path, state_dir: Path, reply: Mapping[str, Any], train: Table,
                     test_y: np.ndarray | None = None, test_scores: np.ndarray | None = None,
                     sections: Mapping[str, Any] | None = None,
-                    sent_by_tag: Sequence[Mapping[str, Any]] = ()) -> str:
+                    sent_by_tag: Sequence[Mapping[str, Any]] = (),
+                    config: Mapping[str, Any] | None = None) -> str:
     """A vertical party's report (and, at the label party, the PSI reference); returns its path under ``state_dir``.
 
-    ``reply`` is the party's public reply (its scalars become the Run section); ``sections`` are the
-    other steps' documented keys (``binning``, ``selection``, ``convergence``, ``trees``, ``scorecard``).
-    A passive party passes no labels or scores: its report has no label-derived section.
+    ``reply`` is the party's public reply (its scalars become the Run section; its ``"privacy"`` object,
+    when a DP option wrote one, goes to the privacy report); ``sections`` are the other steps' documented
+    keys (``binning``, ``selection``, ``convergence``, ``trees``, ``scorecard``); ``config`` the job's model
+    parameters (which attack figures apply).  A passive party passes no labels or scores: its report has
+    no label-derived section.
     """
     from fedcredit.monitor import build_reference, save_reference
+    from fedcredit.privacy import privacy_section
 
     role = str(reply.get("role", ""))
     b = ReportBuilder(party=train.party, role=role, run_id=str(reply.get("run_id", "")),
@@ -652,6 +658,10 @@ def vertical_report(*, model_dir: Path, state_dir: Path, reply: Mapping[str, Any
                        **{k: reply.get(k) for k in ("messages_sent", "bytes_sent", "messages_received",
                                                     "bytes_received")},
                        "by_tag": list(sent_by_tag)})
+    protocol = "secureboost" if "secureboost" in str(reply.get("type", "")) else "vertical-lr"
+    privacy = reply.get("privacy") if isinstance(reply.get("privacy"), Mapping) else None
+    b.put("privacy", privacy_section(protocol=protocol, role=role, sent_by_tag=sent_by_tag, config=config,
+                                     privacy=privacy))
     path = b.write(model_dir)
     if role == "label":
         save_reference(model_dir, build_reference(train, test_scores, run_id=b.doc["run_id"], party=train.party,

@@ -20,6 +20,7 @@ from test_scoring import frames, pki  # noqa: F401 - the scoring tests' module f
 
 from fedcredit.data import Table
 from fedcredit.monitor import EPSILON, band, build_reference, population_stability, psi
+from fedcredit.privacy import FORMS
 from fedcredit.report import ReportBuilder, render_html, write_report
 
 EVIL = '<script>alert("x")</script>'
@@ -170,25 +171,35 @@ def test_vertical_label_and_passive_reports(tmp_path: Path) -> None:
     for p in (label, passive):
         assert rep["parties"][p]["report"] == f"models/{rep['run_id']}/report.html"
     lab = json.loads((models[label] / "report.json").read_text())
-    assert {"data", "trees", "evaluation", "run"} <= set(lab) and "sent" not in lab
+    assert {"data", "trees", "evaluation", "run", "privacy"} <= set(lab) and "sent" not in lab
     assert lab["trees"]["n_trees"] == 2 and sum(lab["trees"]["splits_by_party"].values()) >= 1
     ev = lab["evaluation"][0]
     assert ev["n"] == rep["global"]["n_test"] and ev["auc"] == pytest.approx(rep["global"]["auc"], abs=1e-6)
     assert ev["gains"] and ev["calibration"] and ev["roc"] and ev["score_hist"]
     page = Page((models[label] / "report.html").read_text())
-    assert page.sections == ["run", "data", "trees", "evaluation"]
+    assert page.sections == ["run", "data", "trees", "evaluation", "privacy"]
     _self_contained(page)
     ref = json.loads((models[label] / "reference.json").read_text())
     assert ref["score"]["rows"] == ev["n"] and abs(sum(ref["score"]["shares"]) - 1) < 1e-6
     assert set(ref["features"]) == {f["name"] for f in lab["data"]["features"]}
 
     pas = json.loads((models[passive] / "report.json").read_text())
-    assert set(pas) - {"format", "title", "party", "role", "run_id", "job_type", "created"} == {"run", "data", "sent"}
+    assert set(pas) - {"format", "title", "party", "role", "run_id", "job_type", "created"} == {"run", "data", "sent",
+                                                                                                 "privacy"}
     assert pas["sent"]["bytes_sent"] == rep["parties"][passive]["bytes_sent"]
     assert sum(r["bytes"] for r in pas["sent"]["by_tag"]) == pas["sent"]["bytes_sent"]
     assert {r["to"] for r in pas["sent"]["by_tag"]} == {label}
     assert not any(seg.isdigit() for r in pas["sent"]["by_tag"] for seg in r["tag"].split("/"))  # kinds, bounded
-    assert Page((models[passive] / "report.html").read_text()).sections == ["run", "data", "sent"]
+    assert Page((models[passive] / "report.html").read_text()).sections == ["run", "data", "sent", "privacy"]
+    # the privacy report: every message it sent has a declared form, the rows of the protocols it ran, the attacks
+    for doc, role in ((lab, "label"), (pas, "passive")):
+        pv = doc["privacy"]
+        assert pv["protocol"] == "secureboost" and pv["mode"] == "hide_membership" and pv["role"] == role
+        assert pv["sent"] and all(r["form"] in FORMS for r in pv["sent"]), pv["sent"]
+        assert {r["protocol"] for r in pv["leakage"]} >= {"psi", "secureboost"}
+        assert pv["dp"] is None
+        assert {e["attacker"] for e in pv["attacks"]["entries"]} == {"passive party", "label party"}
+    assert {r["tag"]: r["form"] for r in pas["privacy"]["sent"]}["sb.reply"] == "masked"
     assert not (models[passive] / "reference.json").exists()  # a passive party decides nothing: no PSI reference
 
 
@@ -394,7 +405,7 @@ def test_binning_step_output_is_picked_up_and_both_selection_shapes_render(tmp_p
     doc = json.loads((model_dir / "report.json").read_text())
     assert doc["binning"] == passive_tables and doc["selection"] == sel
     page = Page((model_dir / "report.html").read_text())
-    assert page.sections == ["run", "data", "binning", "selection", "sent"]
+    assert page.sections == ["run", "data", "binning", "selection", "sent", "privacy"]
     _self_contained(page)
     text = page.all_text
     assert "rule: IV ≥ 0.0200" in text and "held by fintech" in text and "193" in text

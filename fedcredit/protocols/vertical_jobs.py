@@ -573,7 +573,8 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
 
     out["report"] = vertical_report(model_dir=model_dir, state_dir=rt.state_dir, reply=out, train=raw_train,
                                     test_y=test.y if is_label else None, test_scores=test_scores if is_label else None,
-                                    sections=report_sections, sent_by_tag=tr.sent_by_tag())
+                                    sections=report_sections, sent_by_tag=tr.sent_by_tag(),
+                                    config=cfg.model_dump())
     if is_label:
         out["metrics"] = metrics or {}
         (model_dir / "vertical_job.json").write_text(json.dumps(out, indent=2))

@@ -1,0 +1,199 @@
+"""Attacks on the vertical protocols, on real transcripts of the benchmark split (issue 12 item 3).
+
+    python -m simulations.bench_attacks                 # --data ../shared/data --figures fedcredit/attack_figures.json
+
+Vertical LR (label party = guest, 13 features + labels; passive = host, 10 features; test = the
+6,000 homo test ids, train = the other 24,000), each configuration run once for real (CKKS,
+in-process roles, every message observed):
+
+* passive party's **label inference** (AUC on its training rows; best of gradient inversion and
+  gradient direction over all steps it saw), beside the no-information AUC (random score) and
+  the AUC of its own model part ``X_k w_k`` (what the trained model tells it by design);
+* label party's **feature reconstruction** from the summed partial logits: median R² over the
+  passive's 10 features, a linear map fitted on 1 % known rows, beside the same fit from its own
+  features (no protocol) and the column-space bound (every row known).
+
+Small-batch configurations (below ``min_batch`` = 512, which the label party refuses by default)
+run on the first 2,000 / 600 aligned rows with ``min_batch`` lowered: they show the attack works.
+
+SecureBoost (membership-hiding mode, the only mode on this branch): passive label inference
+from its winning splits' partitions; label party's reconstruction of passive features from the
+left/right bits.
+
+Defences: ``min_batch`` (the label party refuses batches below 512) and label DP (``[model.dp]``,
+fedcredit/dp.py: Gaussian noise on every residual, ε by the RDP accountant) at ε = 8 and 1.
+The figures the privacy report shows are written to ``--figures``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedcredit.data import Table, load_table
+from fedcredit.params import SecureBoostConfig, VerticalLRConfig
+from simulations.attacks import secureboost as sba
+from simulations.attacks import vertical_lr as vla
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ROOT / "fedcredit" / "attack_figures.json"
+BAR = 0.55  # issue 12: passive-party label inference AUC <= 0.55 in the default configuration
+
+
+def _tables(data: Path) -> tuple[Table, Table, set[str]]:
+    test_ids = set(load_table(data / "default_credit_homo_test.csv", party="guest", feature_cols=[]).ids)
+    guest = load_table(data / "default_credit_hetero_guest.csv", party="guest", label_col="y")
+    host = load_table(data / "default_credit_hetero_host.csv", party="host")
+    return guest, host, test_ids
+
+
+def _head(guest: Table, host: Table, n: int) -> tuple[Table, Table]:
+    ids = [i for i in guest.ids if i in set(host.ids)][:n]
+    return guest.align(ids), host.align(ids)
+
+
+#: (mode key, defence key, description, rows (None = benchmark split), config overrides)
+VLR_RUNS: list[tuple[str, str, str, int | None, dict[str, Any]]] = [
+    ("default", "none", "defaults: batch_size 4096 (3,600 rows/step here), 10 mini-batch epochs, then full-batch "
+     "steps", None, {}),
+    ("default", "label-dp eps=8", "defaults + [model.dp] epsilon = 8 (label DP on every residual; DP needs validation_fraction 0)", None,
+     {"validation_fraction": 0.0, "dp": {"epsilon": 8.0}}),
+    ("default", "label-dp eps=1", "defaults + [model.dp] epsilon = 1", None, {"validation_fraction": 0.0, "dp": {"epsilon": 1.0}}),
+    ("batch_size=512", "none", "batch_size 512 (= min_batch, the smallest allowed), then full-batch steps", None,
+     {"batch_size": 512}),
+    ("batch_size=0", "none", "full batch only (batch_size 0)", None, {"batch_size": 0}),
+    ("batch_size=64", "none", "batch_size 64, min_batch lowered to 1 (refused by default), 1 epoch, 2,000 rows", 2000,
+     {"batch_size": 64, "min_batch": 1, "max_epochs": 1, "full_batch_steps": 0}),
+    ("batch_size=10", "none", "batch_size 10 = the passive's feature count, min_batch 1 (refused by default), "
+     "1 epoch, 2,000 rows", 2000, {"batch_size": 10, "min_batch": 1, "max_epochs": 1, "full_batch_steps": 0}),
+    ("batch_size=10", "label-dp eps=1", "as batch_size=10, + [model.dp] epsilon = 1", 2000,
+     {"batch_size": 10, "min_batch": 1, "max_epochs": 1, "full_batch_steps": 0, "validation_fraction": 0.0,
+      "dp": {"epsilon": 1.0}}),
+    ("batch_size=1", "none", "batch_size 1, min_batch 1 (refused by default), 1 epoch, 600 rows", 600,
+     {"batch_size": 1, "min_batch": 1, "max_epochs": 1, "full_batch_steps": 0}),
+]
+
+
+def run_vlr(data: Path, only: set[str] | None) -> list[dict[str, Any]]:
+    guest, host, test_ids = _tables(data)
+    out = []
+    for mode, defence, desc, rows, over in VLR_RUNS:
+        if only and mode not in only and f"{mode}/{defence}" not in only:
+            continue
+        g, h = (guest, host) if rows is None else _head(guest, host, rows)
+        cfg = VerticalLRConfig(**over)
+        t0 = time.perf_counter()
+        tr = vla.record(g, h, cfg, test_ids=test_ids if rows is None else None)
+        secs = time.perf_counter() - t0
+        li, fr = vla.label_inference(tr), vla.reconstruct_features(tr)
+        out.append({"mode": mode, "defence": defence, "description": desc, "seconds": round(secs, 1), "test_auc": tr.test_auc,
+                    "label_inference": li, "feature_reconstruction": fr})
+        print(f"  vertical LR {mode} / {defence}: {secs:.1f} s, test AUC {tr.test_auc}, {li['n_steps']} steps of {li['batch_size']} rows; passive "
+              f"attack AUC {li['best_transcript_attack_auc']:.4f} (own model part {li['own_model_part_auc']:.4f}); "
+              f"label R² {fr['r2_median_from_partials']:.3f}", flush=True)
+    return out
+
+
+def run_sb(data: Path, trees: int) -> list[dict[str, Any]]:
+    g = pd.read_csv(data / "default_credit_hetero_guest.csv", dtype={"id": str})
+    h = pd.read_csv(data / "default_credit_hetero_host.csv", dtype={"id": str})
+    test_ids = set(pd.read_csv(data / "default_credit_homo_test.csv", dtype={"id": str}, usecols=["id"])["id"])
+    cfg = SecureBoostConfig(n_trees=trees)
+    t0 = time.perf_counter()
+    tr = sba.record(g, h, cfg, test_ids=test_ids)
+    secs = time.perf_counter() - t0
+    li, fr = sba.label_inference(tr), sba.reconstruct_features(tr)
+    print(f"  SecureBoost hide_membership: {secs:.1f} s, {li['passive_splits']} passive splits; passive attack AUC "
+          f"{li['best_auc']:.4f}; label R² {fr['r2_median_from_bits']:.3f}", flush=True)
+    return [{"mode": "hide_membership", "description": f"{trees} trees, depth {cfg.max_depth}, membership-hiding",
+             "seconds": round(secs, 1), "test_auc": tr.test_auc, "label_inference": li,
+             "feature_reconstruction": fr}]
+
+
+def figures(vlr: list[dict[str, Any]], sb: list[dict[str, Any]], command: str) -> dict[str, Any]:
+    """The shipped figures (fedcredit/attack_figures.json): one entry per protocol / mode / defence / attack."""
+    entries = []
+    for proto, runs in (("vertical-lr", vlr), ("secureboost", sb)):
+        for r in runs:
+            li, fr = r["label_inference"], r["feature_reconstruction"]
+            base = {"protocol": proto, "mode": r["mode"], "defence": r.get("defence", "none"),
+                    "configuration": r["description"], "joint_test_auc": r.get("test_auc")}
+            if proto == "vertical-lr":
+                entries.append({**base, "attacker": "passive party", "attack": "label inference (gradient inversion "
+                                "/ direction, best)", "metric": "AUC", "value": round(li["best_transcript_attack_auc"], 4),
+                                "baseline": round(li["no_information_auc"], 4), "baseline_name": "no information",
+                                "reference": round(li["own_model_part_auc"], 4),
+                                "reference_name": "its own model part X_k·w_k (by design)"})
+                entries.append({**base, "attacker": "label party", "attack": "feature reconstruction from summed "
+                                "partial logits (1 % known rows)", "metric": "median R²",
+                                "value": round(fr["r2_median_from_partials"], 4),
+                                "baseline": round(fr["r2_median_from_own_features"], 4),
+                                "baseline_name": "from its own features", "reference": round(fr["r2_median_column_space"], 4),
+                                "reference_name": "column-space bound (every row known)"})
+            else:
+                entries.append({**base, "attacker": "passive party", "attack": "label inference (minority side of its "
+                                "winning splits)", "metric": "AUC", "value": round(li["best_auc"], 4),
+                                "baseline": round(li["no_information_auc"], 4), "baseline_name": "no information"})
+                entries.append({**base, "attacker": "label party", "attack": "feature reconstruction from passive "
+                                "split bits (1 % known rows)", "metric": "median R²",
+                                "value": round(fr["r2_median_from_bits"], 4),
+                                "baseline": round(fr["r2_median_from_own_features"], 4),
+                                "baseline_name": "from its own features"})
+    return {"format": "fedcredit-attack-figures/1", "command": command,
+            "data": "benchmark split: default_credit_hetero_{guest,host}.csv, test = homo test ids",
+            "not_measured": ["SecureBoost per-level node-membership mode: not on this branch",
+                             "SecureBoost with label DP"],
+            "entries": entries}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--figures", type=Path, default=FIGURES, help="where to write the figures the report ships")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/fedcredit_bench_attacks"))
+    ap.add_argument("--vlr", default="", help="comma-separated vertical LR modes to run (default: all)")
+    ap.add_argument("--sb-trees", type=int, default=30)
+    ap.add_argument("--no-sb", action="store_true")
+    a = ap.parse_args()
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
+    print(f"attacks on real transcripts of the benchmark split (load average {' '.join(load)})", flush=True)
+    vlr = run_vlr(a.data, set(a.vlr.split(",")) if a.vlr else None)
+    sb = [] if a.no_sb else run_sb(a.data, a.sb_trees)
+    print()
+    print(f"{'protocol / configuration':44s} {'attacker: attack':46s} {'value':>7s} {'baseline':>9s} {'reference':>9s}")
+    for r in vlr:
+        li, fr = r["label_inference"], r["feature_reconstruction"]
+        print(f"{'vertical LR ' + r['mode'] + ' / ' + r['defence']:44s} {'passive: label inference AUC':46s} "
+              f"{li['best_transcript_attack_auc']:7.4f} {li['no_information_auc']:9.4f} {li['own_model_part_auc']:9.4f}")
+        print(f"{'':44s} {'label: feature reconstruction median R²':46s} {fr['r2_median_from_partials']:7.3f} "
+              f"{fr['r2_median_from_own_features']:9.3f} {fr['r2_median_column_space']:9.3f}")
+    for r in sb:
+        li, fr = r["label_inference"], r["feature_reconstruction"]
+        print(f"{'SecureBoost ' + r['mode']:44s} {'passive: label inference AUC (best sign)':46s} "
+              f"{li['best_auc']:7.4f} {li['no_information_auc']:9.4f} {'':>9s}")
+        print(f"{'':44s} {'label: feature reconstruction median R²':46s} {fr['r2_median_from_bits']:7.3f} "
+              f"{fr['r2_median_from_own_features']:9.3f} {'':>9s}")
+    print("baseline: no-information AUC (random score) / R² from the label party's own features; reference: the "
+          "passive's own model part (AUC) / the column-space bound (R²)")
+    default = next((r for r in vlr if r["mode"] == "default" and r["defence"] == "none"), None)
+    if default is not None:
+        v = default["label_inference"]["best_transcript_attack_auc"]
+        print(f"goal: passive label inference AUC <= {BAR} in the default configuration: {v:.4f} -> "
+              f"{'met' if v <= BAR else 'NOT met'}")
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "bench_attacks.json").write_text(json.dumps({"vertical_lr": vlr, "secureboost": sb}, indent=2))
+    if not a.vlr and not a.no_sb:  # only a complete run replaces the shipped figures
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+        doc = figures(vlr, sb, f"python -m simulations.bench_attacks (at {rev.strip() or 'unknown'})")
+        a.figures.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"figures written to {a.figures}")
+
+
+if __name__ == "__main__":
+    main()

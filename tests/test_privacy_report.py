@@ -1,0 +1,105 @@
+"""fedcredit/privacy.py: the leakage tables as data, and each run's privacy report built from them.
+
+The tables are checked against real transcripts (every message kind the protocols send is
+declared, with its form), docs/leakage.md is generated from them, and the report section
+shows DP parameters and ε when the run JSON has them and the measured attacks for the
+configuration used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedcredit import privacy
+from fedcredit.data import load_table
+from fedcredit.params import SecureBoostConfig, VerticalLRConfig
+from fedcredit.transport import WireRecord
+from simulations.inprocess import run_secureboost_inprocess, run_vertical_lr_inprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def _kind(tag: str) -> str:  # as CountingTransport.sent_by_tag counts it
+    return "/".join(seg for seg in tag.split("/") if not seg.isdigit())
+
+
+def test_docs_leakage_md_is_generated_from_the_tables() -> None:
+    assert (ROOT / "docs" / "leakage.md").read_text(encoding="utf-8") == privacy.markdown(), \
+        "run: python -m fedcredit.privacy > docs/leakage.md"
+
+
+def test_every_message_of_real_vertical_runs_is_declared_with_its_form() -> None:
+    g = load_table(DATA / "default_credit_hetero_guest.csv", party="guest", label_col="y")
+    h = load_table(DATA / "default_credit_hetero_host.csv", party="host")
+    ids = g.ids[:900]
+    wire: list[WireRecord] = []
+    run_vertical_lr_inprocess(g.align(ids), {"host": h.align(ids)}, VerticalLRConfig(max_epochs=1, full_batch_steps=1),
+                              test_ids=set(ids[:200]), observers=[wire.append])
+    gdf = pd.read_csv(DATA / "default_credit_hetero_guest.csv", dtype={"id": str}).iloc[:600]
+    hdf = pd.read_csv(DATA / "default_credit_hetero_host.csv", dtype={"id": str})
+    run_secureboost_inprocess(gdf, {"host": hdf[hdf["id"].isin(set(gdf["id"]))]},
+                              SecureBoostConfig(n_trees=1, max_depth=2), test_ids=set(gdf["id"][:100]),
+                              observers=[wire.append])
+    kinds = {_kind(r.tag) for r in wire}
+    assert {"psi/s", "vlr/g", "vlr/gs", "sb.cmd", "sb.reply"} <= kinds
+    undeclared = sorted(k for k in kinds if privacy.form_of(k) is None)
+    assert not undeclared, f"message kinds missing from fedcredit/privacy.py: {undeclared}"
+    assert privacy.form_of("vlr/r") == ("vertical-lr", "ciphertext", privacy.form_of("vlr/r")[2])  # type: ignore[index]
+    assert privacy.form_of("vlr/g")[1] == "masked"  # type: ignore[index]
+
+
+def _section(role: str, **kw):  # type: ignore[no-untyped-def]
+    sent = [{"to": "bank", "tag": "vlr/g", "messages": 57, "bytes": 12_000_000},
+            {"to": "bank", "tag": "vlr/unheard-of", "messages": 1, "bytes": 10}]
+    return privacy.privacy_section(protocol="vertical-lr", role=role, sent_by_tag=sent, **kw)
+
+
+def test_privacy_section_forms_rows_and_the_figures_of_the_configuration() -> None:
+    pv = _section("passive", config=VerticalLRConfig().model_dump())
+    forms = {r["tag"]: r["form"] for r in pv["sent"]}
+    assert forms == {"vlr/g": "masked", "vlr/unheard-of": "undeclared"}  # an unknown kind is shown, never dropped
+    assert {(r["protocol"], r["role"]) for r in pv["leakage"]} >= {("vertical-lr", "passive"), ("vertical-lr", "label")}
+    att = pv["attacks"]
+    assert att["mode"] == "default" and att["defence"] == "none" and pv["dp"] is None
+    figs = {e["attacker"]: e for e in att["entries"]}
+    assert figs["passive party"]["metric"] == "AUC" and figs["label party"]["metric"] == "median R²"
+    assert figs["passive party"]["baseline"] == pytest.approx(0.5, abs=0.03)
+    # a batch between measured sizes gets the figure of the next smaller one: an upper bound for it
+    assert _section("label", config={"batch_size": 2000})["attacks"]["mode"] == "batch_size=512"
+    assert _section("label", config={"batch_size": 0})["attacks"]["mode"] == "batch_size=0"
+
+
+def test_dp_parameters_and_epsilon_are_shown_and_pick_the_nearest_measured_defence(tmp_path: Path) -> None:
+    from fedcredit.report import REPORT_JSON, ReportBuilder
+
+    dp = {"option": "label DP, vertical LR", "noise_multiplier": 3.2, "epsilon": 1.0, "target_epsilon": 1.0,
+          "delta": 1e-5, "accountant": "RDP (dp-accounting 0.6.0, RdpAccountant)"}
+    pv = _section("label", config={"batch_size": 4096}, privacy={"dp": dp})
+    assert pv["dp"] == dp
+    measured = {e["defence"] for e in privacy.attack_figures()["entries"] if e["mode"] == "default"}
+    if "label-dp eps=1" in measured:
+        assert pv["attacks"]["defence"] == "label-dp eps=1" and pv["attacks"]["entries"]
+    b = ReportBuilder(party="bank", role="label", run_id="r1", job_type="vertical-lr")
+    b.put("privacy", pv)
+    html = b.write(tmp_path).read_text()
+    assert "Privacy report" in html and "RdpAccountant" in html and "3.2000" in html
+    assert json.loads((tmp_path / REPORT_JSON).read_text())["privacy"]["dp"]["epsilon"] == 1.0
+    off = _section("label", config={})
+    page = ReportBuilder(party="bank", role="label", run_id="r2", job_type="vertical-lr").put("privacy", off)
+    assert "No DP option was on" in page.write(tmp_path / "off").read_text()
+
+
+def test_shipped_figures_cover_both_protocols_and_the_default() -> None:
+    doc = privacy.attack_figures()
+    assert doc["format"] == "fedcredit-attack-figures/1" and doc["command"].startswith("python -m simulations.bench_attacks")
+    keys = {(e["protocol"], e["mode"], e["defence"], e["attacker"]) for e in doc["entries"]}
+    assert ("vertical-lr", "default", "none", "passive party") in keys
+    assert ("secureboost", "hide_membership", "none", "passive party") in keys
+    assert all(e["metric"] in ("AUC", "median R²") for e in doc["entries"])
+
+
