@@ -619,6 +619,21 @@ def _never_fails_the_run(fn: Callable[..., str]) -> Callable[..., str | None]:
     return wrapper
 
 
+def _run_privacy(reply: Mapping[str, Any], model_dir: Path) -> Mapping[str, Any] | None:
+    """The run JSON's ``"privacy"`` object: from the party's reply, else from the label party's protocol report
+    (``vertical_lr_report.json`` / ``secureboost_test_report.json``, where the DP hooks write it)."""
+    if isinstance(reply.get("privacy"), Mapping):
+        return reply["privacy"]
+    for name in ("vertical_lr_report.json", "secureboost_test_report.json"):
+        f = model_dir / name
+        if f.exists():
+            doc = json.loads(f.read_text(encoding="utf-8"))
+            for d in (doc, doc.get("train") if isinstance(doc, Mapping) else None):  # SecureBoost: under "train"
+                if isinstance(d, Mapping) and isinstance(d.get("privacy"), Mapping):
+                    return d["privacy"]
+    return None
+
+
 @_never_fails_the_run
 def vertical_report(*, model_dir: Path, state_dir: Path, reply: Mapping[str, Any], train: Table,
                     test_y: np.ndarray | None = None, test_scores: np.ndarray | None = None,
@@ -659,7 +674,7 @@ def vertical_report(*, model_dir: Path, state_dir: Path, reply: Mapping[str, Any
                                                     "bytes_received")},
                        "by_tag": list(sent_by_tag)})
     protocol = "secureboost" if "secureboost" in str(reply.get("type", "")) else "vertical-lr"
-    privacy = reply.get("privacy") if isinstance(reply.get("privacy"), Mapping) else None
+    privacy = _run_privacy(reply, model_dir)
     b.put("privacy", privacy_section(protocol=protocol, role=role, sent_by_tag=sent_by_tag, config=config,
                                      privacy=privacy))
     path = b.write(model_dir)

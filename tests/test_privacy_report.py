@@ -103,3 +103,28 @@ def test_shipped_figures_cover_both_protocols_and_the_default() -> None:
     assert all(e["metric"] in ("AUC", "median R²") for e in doc["entries"])
 
 
+
+
+def test_a_real_vertical_lr_run_with_label_dp_reports_epsilon_at_the_label_party(tmp_path: Path) -> None:
+    """fedcredit simulate (in-process, the same party code as a deployment): PSI + vertical LR with [model.dp]."""
+    from rich.console import Console
+
+    from simulations.harness import simulate
+
+    text = (ROOT / "simulations" / "scenarios" / "vertical-lr-demo.toml").read_text()
+    text = text.replace("rows = 8000", "rows = 2000").replace("max_epochs = 10", "max_epochs = 2\n"
+                                                              "full_batch_steps = 3\nvalidation_fraction = 0.0")
+    scen = tmp_path / "dp.toml"
+    scen.write_text(text + "\n[model.dp]\nepsilon = 4.0\n")
+    rep = simulate(str(scen), out_dir=tmp_path / "out", console=Console(quiet=True))
+    models = {p: Path(d) for p, d in rep["models"].items()}
+    lab = json.loads((models["bank"] / "report.json").read_text())["privacy"]
+    pas = json.loads((models["fintech"] / "report.json").read_text())["privacy"]
+    assert lab["dp"]["target_epsilon"] == 4.0 and 0 < lab["dp"]["epsilon"] <= 4.0 + 1e-6, lab["dp"]
+    assert lab["attacks"]["defence"].startswith("label-dp") or lab["attacks"]["note"]
+    assert pas["dp"] is None  # the passive party is not told the label party's DP parameters
+    for pv in (lab, pas):
+        assert pv["sent"] and all(r["form"] != "undeclared" for r in pv["sent"]), pv["sent"]
+    assert {r["tag"]: r["form"] for r in pas["sent"]}["vlr/g"] == "masked"
+    html = (models["bank"] / "report.html").read_text()
+    assert "Privacy report" in html and "Differential privacy" in html and "RdpAccountant" in html
