@@ -280,17 +280,19 @@ def _applying_figures(protocol: str, config: Mapping[str, Any] | None, dp: Mappi
 
 
 def privacy_section(*, protocol: str, role: str, sent_by_tag: Sequence[Mapping[str, Any]],
-                    config: Mapping[str, Any] | None = None, privacy: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    config: Mapping[str, Any] | None = None, privacy: Mapping[str, Any] | None = None,
+                    also: Sequence[str] = ()) -> dict[str, Any]:
     """The run report's ``privacy`` key at one party (docs/reports.md, "Privacy report").
 
     ``sent_by_tag``: this party's ``CountingTransport.sent_by_tag()``; ``config``: the job's model
     parameters (for the mode and the attack figures); ``privacy``: the run JSON's ``"privacy"``
-    object (``{"dp": {...}}`` when a DP option was on).
+    object (``{"dp": {...}}`` when a DP option was on); ``also``: protocols the run used besides those this
+    party sent messages of (a vertical job's PSI and test-row split: a passive party only receives the split).
     """
     cfg = dict(config or {})
     mode = attack_mode(protocol, cfg) if protocol == "secureboost" else "default"
     sent = []
-    used = {protocol}
+    used = {protocol, *also}
     for r in sent_by_tag:
         kind = str(r.get("tag", ""))
         hit = form_of(kind)

@@ -676,7 +676,7 @@ def vertical_report(*, model_dir: Path, state_dir: Path, reply: Mapping[str, Any
     protocol = "secureboost" if "secureboost" in str(reply.get("type", "")) else "vertical-lr"
     privacy = _run_privacy(reply, model_dir)
     b.put("privacy", privacy_section(protocol=protocol, role=role, sent_by_tag=sent_by_tag, config=config,
-                                     privacy=privacy))
+                                     privacy=privacy, also=("psi", "vertical-job")))
     path = b.write(model_dir)
     if role == "label":
         save_reference(model_dir, build_reference(train, test_scores, run_id=b.doc["run_id"], party=train.party,

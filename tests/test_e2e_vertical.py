@@ -197,6 +197,12 @@ def test_psi_and_vertical_lr_job(fed: LocalFederation) -> None:
     report = json.loads((mb / "vertical_lr_report.json").read_text())
     assert report["auc"] == pytest.approx(auc, abs=1e-6)
     assert (mb / "vertical_lr_roc_ks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for m, role in ((mb, "label"), (mf, "passive")):  # each party's privacy report (docs/reports.md)
+        pv = json.loads((m / "report.json").read_text())["privacy"]
+        assert pv["role"] == role and pv["sent"] and all(r["form"] != "undeclared" for r in pv["sent"]), pv["sent"]
+        assert {r["protocol"] for r in pv["leakage"]} >= {"psi", "vertical-job", "vertical-lr"} and pv["dp"] is None
+        assert pv["attacks"]["mode"] == "default" and pv["attacks"]["entries"]
+        assert "Privacy report" in (m / "report.html").read_text()
     _check_privacy(fed, run_id, result)
 
 
