@@ -4,7 +4,7 @@ Each test runs the real protocol (CKKS, in-process roles, every message observed
 of the benchmark data and attacks what one role holds.  A deliberately weak configuration
 (batch size below the passive's feature count, which the label party refuses by default)
 proves the attack recovers labels; the default configuration is then measured with the same
-attack.  Figures on the whole split: simulations/bench_attacks.py, docs/privacy.md "Attacks".
+attack.  Figures on the whole split: simulations/bench_attacks.py, docs/attacks.md.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_default_batches_leak_no_more_than_the_passives_own_model_part(tables: t
     """Default configuration (batches >= min_batch = 512, then full-batch steps): the best gradient attack on
     the training rows is no better than scoring them with the passive's own trained part X_k·w_k -- the
     population-level knowledge any holder of that part has.  That part alone is above 0.55 AUC on this data:
-    the strict bar is not met by the default (docs/privacy.md, "Attacks")."""
+    the strict bar is not met by the default (docs/attacks.md)."""
     g, h = _head(tables, 3000)
     cfg = VerticalLRConfig(full_batch_steps=30)
     t = vla.record(g, h, cfg)
