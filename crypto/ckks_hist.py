@@ -66,6 +66,13 @@ __all__ = [
     "describe_ciphertext",
     "n_chunks",
     "n_outputs",
+    "LaneLayout",
+    "lane_layout",
+    "max_lane_nodes",
+    "pass_cost",
+    "ENCODE_COST",
+    "ROTATE_COST",
+    "MASK_PLAIN_BYTES",
 ]
 
 # CKKS parameters of the histogram protocol.  N=8192 with a 160-bit modulus is within the
@@ -76,6 +83,8 @@ CKKS_POLY_MODULUS_DEGREE = 8192
 CKKS_COEFF_MOD_BIT_SIZES = (60, 40, 60)
 CKKS_SCALE_BITS = 40
 SLOTS = CKKS_POLY_MODULUS_DEGREE // 2
+# Bytes of one pre-encoded mask (two data primes in NTT form).
+MASK_PLAIN_BYTES = CKKS_POLY_MODULUS_DEGREE * (len(CKKS_COEFF_MOD_BIT_SIZES) - 1) * 8
 # Std-dev of the per-slot zero-sum mask on returned histograms.  Individual slots hold
 # partial sums of at most chunks*K gradients (|g| <= 1); a Gaussian mask with sigma 2^16
 # hides them statistically while the decrypted coefficients stay far below 2^59.
@@ -90,6 +99,99 @@ def n_chunks(n_rows: int) -> int:
 def n_outputs(n_candidates: int, pack: int) -> int:
     """Histogram ciphertexts per node returned for ``n_candidates`` split candidates."""
     return -(-n_candidates // pack) if n_candidates else 0
+
+
+#: Cost of one 4096-slot mask encoding and of one slot rotation, in units of one ``multiply_plain``
+#: (+ add).  Measured on this machine (docs/secureboost.md): encode 0.4-0.9 ms (up to 3.6 ms under
+#: load 8), multiply 0.15-0.24 ms (0.7 ms), rotate 1.9 ms.  Only their ratio to a multiply matters.
+ENCODE_COST = 4.0
+ROTATE_COST = 8.0
+
+
+def baby_step(C: int, J: int, K: int) -> int:
+    """The baby step ``a`` (a power of two <= K) with the fewest rotations C*(a-1) + J*(K/a-1)."""
+    steps = [1 << i for i in range(K.bit_length()) if (1 << i) <= K]
+    return min(steps, key=lambda a: (C * (a - 1) + J * (K // a - 1), -a))
+
+
+def pass_cost(n_chunks_in: int, n_candidates: int, pack: int, encode_fraction: float) -> float:
+    """Modelled passive cost of one histogram pass over ``n_chunks_in`` input chunks, in multiplies.
+
+    ``encode_fraction``: the share of masks that must be encoded for this pass (0: all pre-encoded,
+    1: a per-level lane layout, whose masks are encoded on the fly).
+    """
+    J = n_outputs(n_candidates, pack)
+    if not J:
+        return 0.0
+    a = baby_step(n_chunks_in, J, pack)
+    mults = n_chunks_in * pack * J
+    return mults * (1.0 + ENCODE_COST * encode_fraction) + ROTATE_COST * (n_chunks_in * (a - 1) + J * (pack // a - 1))
+
+
+def max_lane_nodes(pack: int) -> int:
+    """Most nodes one lane layout holds: each lane needs a gap of K-1 empty slots and >= K rows' width."""
+    return SLOTS // (2 * pack)
+
+
+@dataclass(frozen=True)
+class LaneLayout:
+    """Where each row of a level's nodes sits in a per-level (node-membership revealing) pass.
+
+    Node ``q`` owns the slot range ``[starts[q], starts[q] + widths[q])`` — its *lane* — in every
+    chunk; its ``t``-th row sits in chunk ``t // widths[q]``, slot ``starts[q] + t % widths[q]``.
+    Lanes are separated by (and the chunk starts with) ``K-1`` empty slots, so the K-row window of
+    every output slot (``s .. s+K-1``, cyclic within a chunk) meets one lane at most: one set of
+    J output ciphertexts then carries every node's sums, and :attr:`owner` tells whose each slot is.
+    """
+
+    n_chunks: int
+    starts: tuple[int, ...]
+    widths: tuple[int, ...]
+    sizes: tuple[int, ...]
+    pack: int
+
+    def owner(self) -> np.ndarray:
+        """(SLOTS,) node whose sums the output slot carries (-1: none)."""
+        out = np.full(SLOTS, -1, dtype=np.int64)
+        gap = self.pack - 1
+        for q, (a, w) in enumerate(zip(self.starts, self.widths)):
+            out[a - gap : a + w] = q
+        return out
+
+    def positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk, slot) of every row, nodes in order, each node's rows in the order given."""
+        ch, sl = [], []
+        for a, w, n in zip(self.starts, self.widths, self.sizes):
+            t = np.arange(n)
+            ch.append(t // w)
+            sl.append(a + t % w)
+        return (np.concatenate(ch), np.concatenate(sl)) if ch else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    def place(self, values: np.ndarray, fill: Any = 0) -> np.ndarray:
+        """(n_chunks, SLOTS) array with ``values`` (one per row, nodes in order) at their positions."""
+        out = np.full((self.n_chunks, SLOTS), fill, dtype=np.asarray(values).dtype)
+        c, s = self.positions()
+        out[c, s] = values
+        return out
+
+
+def lane_layout(sizes: Sequence[int], pack: int) -> LaneLayout:
+    """The layout both roles derive from the node sizes alone: the fewest chunks that hold every lane."""
+    m, gap = len(sizes), pack - 1
+    if m < 1 or any(int(n) < 1 for n in sizes):
+        raise ProtocolError(f"a lane layout needs at least one node, each with rows (got sizes {list(sizes)[:8]})")
+    if m > max_lane_nodes(pack):
+        raise ProtocolError(f"{m} nodes do not fit one lane layout (at most {max_lane_nodes(pack)} at pack={pack})")
+    total = int(sum(sizes))
+    C = max(1, -(-total // (SLOTS - m * gap)))
+    while sum(gap + -(-int(n) // C) for n in sizes) > SLOTS:  # at most m more chunks than the bound
+        C += 1
+    widths = [-(-int(n) // C) for n in sizes]
+    starts, a = [], gap
+    for w in widths:
+        starts.append(a)
+        a += w + gap
+    return LaneLayout(C, tuple(starts), tuple(widths), tuple(int(n) for n in sizes), pack)
 
 
 class _SealIO:
@@ -173,28 +275,50 @@ class HistogramKeeper:
 
     def encrypt_rows(self, z: np.ndarray) -> list[bytes]:
         """Encrypt a complex row vector (``g + 1j*h`` per row, 0 outside the node) into :func:`n_chunks` ciphertexts."""
+        seg = np.zeros(n_chunks(len(z)) * SLOTS, dtype=np.complex128)
+        seg[: len(z)] = z
+        return self.encrypt_chunks(seg.reshape(-1, SLOTS))
+
+    def encrypt_chunks(self, Z: np.ndarray) -> list[bytes]:
+        """Encrypt a (chunks, SLOTS) complex array, one ciphertext per chunk (a dense or lane layout)."""
         out = []
         pt = _sa.Plaintext()
-        for c in range(n_chunks(len(z))):
-            seg = np.zeros(SLOTS, dtype=np.complex128)
-            part = z[c * SLOTS : (c + 1) * SLOTS]
-            seg[: len(part)] = part
-            self._encoder.encode(seg, self._top, 2.0**CKKS_SCALE_BITS, pt)  # ndarray: faster than a list here
+        for seg in Z:
+            self._encoder.encode(np.ascontiguousarray(seg), self._top, 2.0**CKKS_SCALE_BITS, pt)  # ndarray: faster here
             out.append(self._io.dump(self._encryptor.encrypt_symmetric(pt)))
         return out
 
-    def decrypt_candidates(
-        self, blobs: Sequence[bytes], n_candidates: int, pack: int, sender: str
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(G_L, H_L) of every split candidate from one node's histogram ciphertexts (``sender`` names the party)."""
-        vals = np.zeros(len(blobs) * pack, dtype=np.complex128)
+    def _decrypt(self, blobs: Sequence[bytes], sender: str) -> Any:
         pt = _sa.Plaintext()
         for j, b in enumerate(blobs):
             ct = self._io.load(b, f"histogram ciphertext {j} from party '{sender}'")
             if ct.parms_id() != self._last or ct.size() != 2:
                 raise ProtocolError(f"histogram ciphertext {j} from party '{sender}' is not at the expected CKKS level")
             self._decryptor.decrypt(ct, pt)
-            v = np.asarray(self._encoder.decode_complex(pt), dtype=np.complex128)
+            yield np.asarray(self._encoder.decode_complex(pt), dtype=np.complex128)
+
+    def decrypt_lanes(
+        self, blobs: Sequence[bytes], n_candidates: int, layout: LaneLayout, sender: str
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(G_L, H_L) of every candidate for each node of a lane layout, from its J histogram ciphertexts."""
+        K, m = layout.pack, len(layout.sizes)
+        owner = layout.owner()
+        keep = owner >= 0
+        group = (owner * K + np.arange(SLOTS) % K)[keep]
+        vals = np.zeros((m, len(blobs) * K), dtype=np.complex128)
+        for j, v in enumerate(self._decrypt(blobs, sender)):
+            re = np.bincount(group, weights=v.real[keep], minlength=m * K)
+            im = np.bincount(group, weights=v.imag[keep], minlength=m * K)
+            vals[:, j * K : (j + 1) * K] = (re + 1j * im).reshape(m, K)
+        vals = vals[:, :n_candidates]
+        return [(vals[q].real.copy(), vals[q].imag.copy()) for q in range(m)]
+
+    def decrypt_candidates(
+        self, blobs: Sequence[bytes], n_candidates: int, pack: int, sender: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(G_L, H_L) of every split candidate from one node's histogram ciphertexts (``sender`` names the party)."""
+        vals = np.zeros(len(blobs) * pack, dtype=np.complex128)
+        for j, v in enumerate(self._decrypt(blobs, sender)):
             vals[j * pack : (j + 1) * pack] = v.reshape(-1, pack).sum(axis=0)
         vals = vals[:n_candidates]
         return vals.real.copy(), vals.imag.copy()
@@ -256,44 +380,45 @@ class HistogramEvaluator:
         self.n_candidates = int(len(self._cand_f))  # P
         self.n_outputs = n_outputs(self.n_candidates, pack)  # J: histogram ciphertexts per node
         C, K, J = self.n_chunks, self.pack, self.n_outputs
-        steps = [1 << i for i in range(K.bit_length()) if (1 << i) <= K]
-        self.baby_step = min(steps, key=lambda a: (C * (a - 1) + J * (K // a - 1), -a))  # a
+        self.baby_step = baby_step(C, J, K)  # a
         self.rotations_per_pass = C * (self.baby_step - 1) + J * (K // self.baby_step - 1) if J else 0
         self._rng = np.random.default_rng(secrets.randbits(128))
-        plain_bytes = CKKS_POLY_MODULUS_DEGREE * (len(CKKS_COEFF_MOD_BIT_SIZES) - 1) * 8
-        self._cache_limit = int(cache_mb * 2**20 // plain_bytes)
+        self._cache_limit = int(cache_mb * 2**20 // MASK_PLAIN_BYTES)
         self._cache: dict[tuple[int, int], list[Any]] = {}
-        self.stats: dict[str, float] = {"mask_encode_s": 0.0, "hist_s": 0.0, "rotations": 0, "plain_mults": 0}
+        self.stats: dict[str, float] = {"mask_encode_s": 0.0, "hist_s": 0.0, "rotations": 0, "plain_mults": 0,
+                                        "lane_passes": 0, "lane_nodes": 0}
         t = time.perf_counter()
         for c in range(C):  # pre-encode as many masks as the budget allows (chunk-major)
             for r in range(K):
                 if (len(self._cache) + 1) * J > self._cache_limit:
                     break
-                self._cache[(c, r)] = self._encode_masks(c, r)
+                self._cache[(c, r)] = self._encode_masks(self._dense_rows(c), r, self.baby_step)
         self.stats["mask_encode_s"] += time.perf_counter() - t
 
-    def _mask_matrix(self, c: int, r: int) -> np.ndarray:
-        """(J, SLOTS) 0/1: after a total shift r, slot s of group j selects row (s + r) of chunk c
-        for candidate j*K + s%K; stored pre-shifted by the giant step ``a*(r // a)``."""
+    def _dense_rows(self, c: int) -> np.ndarray:
+        """Row in each slot of chunk ``c`` of the fixed (membership-hiding) layout; -1 past the last row."""
+        rows = c * SLOTS + np.arange(SLOTS)
+        return np.where(rows < self.n_rows, rows, -1)
+
+    def _mask_matrix(self, rows_c: np.ndarray, r: int, a: int) -> np.ndarray:
+        """(J, SLOTS) 0/1: after a total shift r, slot s of group j selects the row in slot (s + r) of the
+        chunk (``rows_c``: row per slot, -1 empty) for candidate j*K + s%K; stored pre-shifted by the
+        giant step ``a*(r // a)``."""
         K, J, P = self.pack, self.n_outputs, self.n_candidates
         s = np.arange(SLOTS)
-        rows = c * SLOTS + (s + r) % SLOTS
-        k = s % K
-        m = np.zeros((J, SLOTS))
-        valid = rows < self.n_rows
-        for j in range(J):
-            p = j * K + k
-            ok = valid & (p < P)
-            pp, rr = p[ok], rows[ok]
-            m[j, ok] = self._cand_left[pp, self._Xb[rr, self._cand_f[pp]]]
-        giant = self.baby_step * (r // self.baby_step)
+        rows = rows_c[(s + r) % SLOTS]
+        p = np.arange(J)[:, None] * K + (s % K)[None, :]
+        ok = (rows >= 0)[None, :] & (p < P)
+        pc, rc = np.minimum(p, P - 1), np.maximum(rows, 0)[None, :]
+        m = (self._cand_left[pc, self._Xb[rc, self._cand_f[pc]]] & ok).astype(np.float64)
+        giant = a * (r // a)
         return np.roll(m, giant, axis=1) if giant else m  # rot_{-giant}(M): undone by the giant rotation
 
-    def _encode_masks(self, c: int, r: int) -> list[Any]:
+    def _encode_masks(self, rows_c: np.ndarray, r: int, a: int) -> list[Any]:
         """Encoded masks; ``None`` for an all-zero mask, because SEAL refuses a product that would be a
         transparent (all-zero, keyless) ciphertext — it happens on the short last chunk of rows."""
         out: list[Any] = []
-        for row in self._mask_matrix(c, r):
+        for row in self._mask_matrix(rows_c, r, a):
             if not row.any():
                 out.append(None)
                 continue
@@ -309,28 +434,47 @@ class HistogramEvaluator:
         _sa.Encryptor(self._sctx, self._public_key).encrypt(pt, ct)
         return ct
 
-    def _masks(self, c: int, r: int) -> list[Any]:
-        m = self._cache.get((c, r))
-        if m is None:
+    def _masks(self, c: int, r: int, pos: np.ndarray | None, a: int) -> list[Any]:
+        m = self._cache.get((c, r)) if pos is None else None
+        if m is None:  # beyond the cache, or a lane layout (its masks exist for this pass only)
             t = time.perf_counter()
-            m = self._encode_masks(c, r)
+            m = self._encode_masks(self._dense_rows(c) if pos is None else pos[c], r, a)
             self.stats["mask_encode_s"] += time.perf_counter() - t
         return m
 
-    def histogram(self, blobs: Sequence[bytes], sender: str = "label party") -> list[bytes]:
-        """One node: :attr:`n_chunks` gradient ciphertexts in, :attr:`n_outputs` out.
+    def histogram(
+        self, blobs: Sequence[bytes], sender: str = "label party", *, lanes: tuple[LaneLayout, np.ndarray] | None = None
+    ) -> list[bytes]:
+        """One pass: gradient ciphertexts in, :attr:`n_outputs` out.
 
-        Slot class k of output j sums to (G_L, H_L) of candidate j*K + k; ``sender`` names
-        the gradients' sender in errors.
+        Without ``lanes``: one node in the fixed layout (:attr:`n_chunks` ciphertexts); slot class k
+        of output j sums to (G_L, H_L) of candidate j*K + k.  With ``lanes = (layout, rows)``: every
+        node of a level at once (``layout.n_chunks`` ciphertexts; ``rows``: the nodes' rows, in
+        order), masks encoded for this pass only, and slot class k of output j sums to the candidate's
+        (G_L, H_L) within each node's slots (``layout.owner()``).  ``sender`` names the gradients'
+        sender in errors.
         """
         if self.n_outputs == 0:
             return []
-        if len(blobs) != self.n_chunks:
-            raise ProtocolError(f"histogram needs {self.n_chunks} gradient ciphertexts from {sender}, got {len(blobs)}")
+        pos: np.ndarray | None = None
+        owner = np.zeros(SLOTS, dtype=np.int64)
+        C, a = self.n_chunks, self.baby_step
+        if lanes is not None:
+            layout, rows = lanes
+            if layout.pack != self.pack or len(rows) != sum(layout.sizes):
+                raise ProtocolError(f"lane layout from {sender} does not match pack={self.pack} and its {len(rows)} rows")
+            pos = layout.place(np.asarray(rows, dtype=np.int64), fill=-1)
+            owner = layout.owner()
+            C = layout.n_chunks
+            a = baby_step(C, self.n_outputs, self.pack)
+            self.stats["lane_passes"] += 1
+            self.stats["lane_nodes"] += len(layout.sizes)
+        if len(blobs) != C:
+            raise ProtocolError(f"histogram needs {C} gradient ciphertexts from {sender}, got {len(blobs)}")
         sa, ev = _sa, self._evaluator
         t0 = time.perf_counter()
         J = self.n_outputs
-        a, m = self.baby_step, self.pack // self.baby_step
+        m = self.pack // a
         acc: list[list[Any]] = [[None] * J for _ in range(m)]  # acc[r2][j]
         tmp = sa.Ciphertext()
         for c, b in enumerate(blobs):
@@ -345,7 +489,7 @@ class HistogramEvaluator:
                     self.stats["rotations"] += 1
                 for r2 in range(m):
                     row = acc[r2]
-                    for j, pt in enumerate(self._masks(c, r1 + a * r2)):
+                    for j, pt in enumerate(self._masks(c, r1 + a * r2, pos, a)):
                         if pt is None:
                             continue
                         if row[j] is None:
@@ -357,6 +501,8 @@ class HistogramEvaluator:
                     self.stats["plain_mults"] += J
         result = []
         zpt = sa.Plaintext()
+        group = (owner + 1) * self.pack + np.arange(SLOTS) % self.pack  # zero-sum groups: (node, residue class)
+        counts = np.bincount(group)
         for j in range(J):
             o = acc[m - 1][j]
             for r2 in range(m - 2, -1, -1):  # Horner: rot_a(...) + acc[r2]; None = nothing selected yet
@@ -373,11 +519,9 @@ class HistogramEvaluator:
             if o is None:  # no row selected for any candidate of this output: a fresh encryption of zero
                 o = self._zero_ciphertext()
             ev.rescale_to_next_inplace(o)
-            z = self._rng.normal(0.0, _MASK_SIGMA, (SLOTS // self.pack, self.pack)) + 1j * self._rng.normal(
-                0.0, _MASK_SIGMA, (SLOTS // self.pack, self.pack)
-            )
-            z -= z.mean(axis=0, keepdims=True)  # zero sum within every residue class
-            self._encoder.encode(z.ravel(), o.parms_id(), o.scale, zpt)
+            z = self._rng.normal(0.0, _MASK_SIGMA, SLOTS) + 1j * self._rng.normal(0.0, _MASK_SIGMA, SLOTS)
+            z -= (np.bincount(group, z.real) + 1j * np.bincount(group, z.imag))[group] / counts[group]
+            self._encoder.encode(z, o.parms_id(), o.scale, zpt)
             ev.add_plain_inplace(o, zpt)
             result.append(self._io.dump(o))
         self.stats["hist_s"] += time.perf_counter() - t0

@@ -467,6 +467,12 @@ class SecureBoostConfig(Params):
     pre-encoded masks (beyond it masks are encoded on the fly, ~4x slower).
     ``min_category_count``: rarer categories (and those beyond the ``n_bins`` most frequent)
     are grouped into one "other" bin, so a split never isolates a handful of rows.
+    ``histogram_mode``: ``hide_membership`` (default) — gradients of each computed node are
+    encrypted over all rows, so a passive party never learns which rows are in a node (one pass
+    over all rows per computed node); ``per_level`` — the label party sends each level's nodes'
+    rows once, compacted per node, so a level costs about one pass over at most half the rows
+    whatever the number of nodes, and the passive party learns every node's rows (as in FATE and
+    SecretFlow).  The default keeps the stronger privacy; docs/secureboost.md has both leakage rows.
     """
 
     what = "secureboost config"
@@ -481,6 +487,7 @@ class SecureBoostConfig(Params):
     min_category_count: int = Field(
         10, ge=1, le=1_000_000,
         description="a category seen in fewer training rows joins its feature's 'other' group (at its owner)")
+    histogram_mode: Literal["hide_membership", "per_level"] = "hide_membership"
     pack: Annotated[int, Field(ge=1)] = 8
     mask_cache_mb: float = Field(1024.0, ge=0, allow_inf_nan=False)
     predict_batch: int = Field(4096, ge=1, le=1_000_000)

@@ -50,9 +50,25 @@ def _frames() -> tuple[pd.DataFrame, dict[str, pd.DataFrame], set[str]]:
 
 @pytest.fixture(scope="module")
 def fed():
+    return _train(CFG)
+
+
+#: per-level mode, deep enough that the label party picks the lane layout on some levels (encoding
+#: made free in its cost model, so with 1 chunk of rows every level of >= 2 nodes uses lanes)
+CFG_LEVEL = CFG.model_copy(update={"n_trees": 2, "max_depth": 4, "histogram_mode": "per_level"})
+
+
+@pytest.fixture(scope="module")
+def fed_level():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ckks_hist, "ENCODE_COST", 0.0)
+        return _train(CFG_LEVEL)
+
+
+def _train(cfg):
     g, hosts, test_ids = _frames()
     records: list[WireRecord] = []
-    res = run_secureboost_inprocess(g, hosts, CFG, test_ids=test_ids, observers=[records.append])
+    res = run_secureboost_inprocess(g, hosts, cfg, test_ids=test_ids, observers=[records.append])
     train = ~g["id"].isin(test_ids)
     h_by_id = {p: df.set_index("id").loc[g["id"]] for p, df in hosts.items()}
     X_label = g.loc[train, [f"x{i}" for i in range(13)]].to_numpy()
@@ -62,7 +78,7 @@ def fed():
         X_label,
         y,
         passive_X,
-        CFG,
+        cfg,
         label_party="guest",
         label_feature_names=[f"x{i}" for i in range(13)],
         passive_feature_names={"bank": H1, "telco": H2},
@@ -101,9 +117,13 @@ def _describe(nd: dict, passive: dict[str, sb.PassiveModelPart]) -> tuple:
 
 
 def test_federated_trees_equal_plaintext_reference(fed):
+    _assert_equals_reference(fed, CFG)
+
+
+def _assert_equals_reference(fed, cfg):
     res, ref = fed["res"], fed["ref_label"]
     model = res.label.model
-    assert len(model.trees) == len(ref.trees) == CFG.n_trees
+    assert len(model.trees) == len(ref.trees) == cfg.n_trees
     assert model.base_score == pytest.approx(ref.base_score, abs=1e-12)
     used = set()
     for t, (ft, rt) in enumerate(zip(model.trees, ref.trees)):
@@ -187,7 +207,7 @@ def test_binning_thresholds_match_bins():
 
 
 _PASSIVE_META = {"op", "seq", "version", "n_rows", "ids_digest", "pack", "n_bins", "min_category_count", "nodes", "candidates",
-                 "ids", "status", "reason"}
+                 "ids", "status", "reason", "histogram_mode", "lanes"}
 _LABEL_META = {"op", "seq", "n_candidates", "split_ids", "model_sha256", "splits", "timings", "message"}
 
 
@@ -219,6 +239,7 @@ def test_passive_parties_receive_only_public_context_ciphertexts_and_ids(fed):
         if meta["op"] == "setup":
             ctx = ckks.load_public(blobs[0])  # passive parties must get the public context only
         elif meta["op"] == "hist":
+            assert "lanes" not in meta, "membership-hiding mode never sends node rows"
             for b in blobs:  # a real CKKS ciphertext under the label's key ...
                 assert ckks_hist.describe_ciphertext(ctx, b, "gradient ciphertext").size == 2
                 n_ct += 1
@@ -261,6 +282,85 @@ def test_label_party_never_receives_passive_values_or_thresholds(fed):
             assert set(arrays) == {"split_ids", "bits"} and arrays["bits"].dtype == np.uint8
             assert set(m) == {"party", "n"}
     assert n_hist > 0
+
+
+def test_per_level_mode_equals_plaintext_reference(fed_level):
+    _assert_equals_reference(fed_level, CFG_LEVEL)
+    t = fed_level["res"].label.report["label_timings"]
+    assert t["lane_levels"] > 0 and t["dense_levels"] > 0  # both layouts were chosen on some level
+    assert t["histograms_computed"] <= (1 + 1 + 2 + 4) * CFG_LEVEL.n_trees  # still one child per pair
+
+
+def test_per_level_mode_reveals_node_rows_and_nothing_else(fed_level):
+    """What the per-level mode reveals to a passive party (leakage table): every computed node's rows
+    (the smaller child of each pair), and still no label, gradient or other plaintext value."""
+    recs = [r for r in fed_level["records"] if r.receiver == "bank"]
+    y = fed_level["y"]
+    n = len(y)
+    g0 = (y.mean() - y).astype(np.float64)
+    ctx = None
+    seen_nodes = []
+    for r in recs:
+        blobs, meta = unpack_blobs(r.payload)
+        assert set(meta) <= _PASSIVE_META and not list(_floats(meta))
+        assert g0.tobytes()[:64] not in r.payload and y.astype(np.float64).tobytes()[:64] not in r.payload
+        if meta["op"] == "setup":
+            ctx = ckks.load_public(blobs[0])
+            assert meta["histogram_mode"] == "per_level"
+        elif meta["op"] == "hist" and "lanes" in meta:
+            arrays, _ = unpack_arrays(blobs[0])
+            assert set(arrays) == {"rows", "sizes"} and arrays["rows"].dtype == np.int32  # indices only
+            rows = np.split(arrays["rows"], np.cumsum(arrays["sizes"])[:-1])
+            assert all(len(np.unique(q)) == len(q) for q in rows)
+            assert len(np.unique(arrays["rows"])) == len(arrays["rows"]) <= n // 2 + len(rows)  # smaller children
+            seen_nodes += [frozenset(q.tolist()) for q in rows]
+            for b in blobs[1:]:  # then only ciphertexts of the level's gradients, compacted per node
+                assert ckks_hist.describe_ciphertext(ctx, b, "gradient ciphertext").size == 2
+            layouts = sum(ckks_hist.lane_layout([len(q) for q in rows[i : i + m]], CFG_LEVEL.pack).n_chunks
+                          for i, m in zip(np.cumsum([0, *meta["lanes"]])[:-1], meta["lanes"]))
+            assert len(blobs) - 1 == layouts
+    assert seen_nodes, "the per-level layout was never used"
+    # the revealed sets are real tree nodes: rows of the label party's nodes, recomputed from the model
+    model, parts = fed_level["res"].label.model, fed_level["res"].passive_models
+    from fedcredit.protocols.secureboost.scoring import passive_decisions, parse_decisions
+    bits = {p: parse_decisions(p, passive_decisions(parts[p], fed_level["passive_X"][p]), n) for p in parts}
+    truth = set()
+    for tree in model.trees:
+        stack = [(0, np.arange(n))]
+        while stack:
+            i, rows = stack.pop()
+            truth.add(frozenset(rows.tolist()))
+            nd = tree[i]
+            if nd.get("leaf"):
+                continue
+            if "split_id" in nd:
+                left = bits[nd["owner"]][nd["split_id"]][rows]
+            else:
+                left = sb.SplitRule.parse(nd["feature"], nd).left(fed_level["X_label"][rows, nd["feature"]])
+            stack += [(nd["left"], rows[left]), (nd["right"], rows[~left])]
+    assert set(seen_nodes) <= truth
+
+
+def test_per_level_request_is_refused_in_membership_hiding_mode():
+    from fedcredit.protocols.secureboost.passive import _lane_pass
+
+    with pytest.raises(ProtocolError, match="histogram_mode is 'hide_membership'"):
+        _lane_pass(None, [b""], [1], CFG, "bank", "guest")  # type: ignore[arg-type]
+
+
+def test_lane_layout_keeps_every_output_window_in_one_node():
+    rng = np.random.default_rng(1)
+    for K in (8, 32):
+        sizes = [int(v) for v in rng.integers(2, 3000, 9)]
+        lay = ckks_hist.lane_layout(sizes, K)
+        node_of = lay.place(np.repeat(np.arange(len(sizes)), sizes), fill=-1)  # (chunks, SLOTS)
+        owner = lay.owner()
+        s = np.arange(ckks_hist.SLOTS)
+        for r in range(K):  # every row a window reads belongs to the window's owner
+            seen = node_of[:, (s + r) % ckks_hist.SLOTS]
+            assert np.all((seen == -1) | (seen == owner[None, :]))
+        assert sum(sizes) <= lay.n_chunks * ckks_hist.SLOTS
+        assert lay.n_chunks <= -(-sum(sizes) // (ckks_hist.SLOTS - len(sizes) * K))  # the bound it searches below
 
 
 def test_model_parts_hold_only_their_owners_information(fed, tmp_path):

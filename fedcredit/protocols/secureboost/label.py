@@ -18,10 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from crypto.ckks_hist import HistogramKeeper, n_outputs
+from crypto.ckks_hist import (
+    MASK_PLAIN_BYTES,
+    HistogramKeeper,
+    lane_layout,
+    max_lane_nodes,
+    n_chunks,
+    n_outputs,
+    pass_cost,
+)
 from fedcredit import dp
 from fedcredit.checkpoint import CheckpointStore, agree_step
-from fedcredit.codec import unpack_arrays, unpack_blobs
+from fedcredit.codec import pack_arrays, unpack_arrays, unpack_blobs
 from fedcredit.data import Table
 from fedcredit.errors import ConfigError, PeerAborted, ProtocolError
 from fedcredit.metrics import auc_ks, sigmoid, write_evaluation
@@ -78,12 +86,36 @@ class RemotePassive:
 class FederatedBackend(Backend):
     """Label party's view: own candidates in plaintext, passive candidates through CKKS."""
 
-    def __init__(self, own: PlainSource, remotes: list[RemotePassive], crypto: HistogramKeeper, pack: int) -> None:
+    def __init__(self, own: PlainSource, remotes: list[RemotePassive], crypto: HistogramKeeper, pack: int,
+                 mode: str = "hide_membership", cache_mb: float = 1024.0) -> None:
         self.own = own
         self.remotes = remotes
         self.crypto = crypto
         self.pack = pack
-        self.stats = {"encrypt_s": 0.0, "decrypt_s": 0.0, "own_hist_s": 0.0, "wait_s": 0.0, "split_rounds": 0}
+        self.mode = mode
+        self.cache_mb = cache_mb
+        self.stats = {"encrypt_s": 0.0, "decrypt_s": 0.0, "own_hist_s": 0.0, "wait_s": 0.0, "split_rounds": 0,
+                      "dense_levels": 0, "lane_levels": 0}
+
+    def _lane_groups(self, reqs: list[np.ndarray]) -> list[list[int]]:
+        step = max_lane_nodes(self.pack)
+        return [list(range(i, min(i + step, len(reqs)))) for i in range(0, len(reqs), step)]
+
+    def _use_lanes(self, reqs: list[np.ndarray]) -> bool:
+        """Per-level mode: the layout the passive parties' modelled cost favours for this level."""
+        if self.mode != "per_level":
+            return False
+        n, K = len(self.own.Xb), self.pack
+        C = n_chunks(n)
+        dense = lanes = 0.0
+        limit = int(self.cache_mb * 2**20 // MASK_PLAIN_BYTES)
+        for rem in self.remotes:
+            J = n_outputs(rem.n_candidates, K)
+            cached = min(C * K, limit // J) if J else C * K
+            dense += len(reqs) * pass_cost(C, rem.n_candidates, K, 1.0 - cached / (C * K))
+            for grp in self._lane_groups(reqs):
+                lanes += pass_cost(lane_layout([len(reqs[i]) for i in grp], K).n_chunks, rem.n_candidates, K, 1.0)
+        return lanes < dense
 
     def histograms(self, reqs, g, h):
         t = time.perf_counter()
@@ -91,6 +123,10 @@ class FederatedBackend(Backend):
         self.stats["own_hist_s"] += time.perf_counter() - t
         if not self.remotes:
             return [[o] for o in own]
+        if self._use_lanes(reqs):
+            self.stats["lane_levels"] += 1
+            return self._lane_histograms(reqs, g, h, own)
+        self.stats["dense_levels"] += 1
         t = time.perf_counter()
         blobs: list[bytes] = []
         for rows in reqs:
@@ -117,6 +153,37 @@ class FederatedBackend(Backend):
                     for k in range(len(reqs))
                 ]
             )
+            self.stats["decrypt_s"] += time.perf_counter() - t
+        return [[own[k]] + [pr[k] for pr in per_remote] for k in range(len(reqs))]
+
+    def _lane_histograms(self, reqs, g, h, own):
+        """Per-level layout: the level's nodes' rows (revealed) and their gradients once, compacted per node."""
+        t = time.perf_counter()
+        groups = self._lane_groups(reqs)
+        layouts = [lane_layout([len(reqs[i]) for i in grp], self.pack) for grp in groups]
+        rows = np.concatenate(reqs)
+        blobs = [pack_arrays({"rows": rows.astype(np.int32), "sizes": np.array([len(r) for r in reqs], np.int64)})]
+        for grp, lay in zip(groups, layouts):
+            r = np.concatenate([reqs[i] for i in grp])
+            blobs += self.crypto.encrypt_chunks(lay.place(g[r] + 1j * h[r]))
+        self.stats["encrypt_s"] += time.perf_counter() - t
+        for rem in self.remotes:
+            rem.send(Op.HIST, blobs, lanes=[len(grp) for grp in groups])
+        per_remote = []
+        for rem in self.remotes:
+            t = time.perf_counter()
+            out, _ = rem.recv(Op.HIST)
+            self.stats["wait_s"] += time.perf_counter() - t
+            J = n_outputs(rem.n_candidates, self.pack)
+            if len(out) != J * len(groups):
+                raise ProtocolError(
+                    f"passive party '{rem.party}' returned {len(out)} histogram ciphertexts, expected {J * len(groups)}"
+                )
+            t = time.perf_counter()
+            res: list[tuple[np.ndarray, np.ndarray]] = []
+            for k, lay in enumerate(layouts):
+                res += self.crypto.decrypt_lanes(out[k * J : (k + 1) * J], rem.n_candidates, lay, rem.party)
+            per_remote.append(res)
             self.stats["decrypt_s"] += time.perf_counter() - t
         return [[own[k]] + [pr[k] for pr in per_remote] for k in range(len(reqs))]
 
@@ -232,6 +299,7 @@ def run_secureboost_label(
                 n_rows=len(table),
                 ids_digest=ids_digest(table.ids),
                 pack=cfg.pack,
+                histogram_mode=cfg.histogram_mode,
                 n_bins=cfg.n_bins,
                 min_category_count=cfg.min_category_count,
             )
@@ -242,7 +310,7 @@ def run_secureboost_label(
                 raise ProtocolError(f"passive party '{rem.party}' did not report its number of split candidates")
         setup_s = time.perf_counter() - t_start
         backend: Backend = (
-            FederatedBackend(own, remotes, crypto, cfg.pack) if crypto else PlainBackend([own])
+            FederatedBackend(own, remotes, crypto, cfg.pack, cfg.histogram_mode, cfg.mask_cache_mb) if crypto else PlainBackend([own])
         )
         stats: dict[str, float] = {}
         noise = dp.LabelNoise(dp.label_plan(cfg.dp, cfg.n_trees, "secureboost")) if cfg.dp is not None else None

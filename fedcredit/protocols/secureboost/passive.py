@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from crypto import ckks
-from crypto.ckks_hist import HistogramEvaluator
+from crypto.ckks_hist import HistogramEvaluator, lane_layout, max_lane_nodes
 from fedcredit.checkpoint import Checkpoint, CheckpointStore, agree_step
-from fedcredit.codec import pack_arrays
+from fedcredit.codec import pack_arrays, unpack_arrays
 from fedcredit.data import Table
 from fedcredit.errors import DataError, FedCreditError, PeerAborted, ProtocolError
 from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, STAGE, Op, recv, send, tags
@@ -100,7 +100,7 @@ def run_secureboost_passive(
                         f"party '{label_party}' ({meta.get('n_rows')} rows): the ordered id lists differ; align both "
                         "tables to the same PSI intersection"
                     )
-                peer = {k: meta.get(k, getattr(cfg, k)) for k in ("n_bins", "pack", "min_category_count")}
+                peer = {k: meta.get(k, getattr(cfg, k)) for k in ("n_bins", "pack", "min_category_count", "histogram_mode")}
                 if peer != {k: getattr(cfg, k) for k in peer}:
                     cfg = SecureBoostConfig.from_dict({**cfg.to_dict(), **peer})  # a peer's values: checked
                     src = source_of(me, table, cfg, own=False, shuffle=True)
@@ -121,16 +121,19 @@ def run_secureboost_passive(
             elif op == Op.HIST:
                 if engine is None:
                     raise ProtocolError(f"party '{me}': histogram request before setup")
-                nodes = int(meta.get("nodes", -1))
-                if nodes < 1 or len(blobs) != nodes * engine.n_chunks:
-                    raise ProtocolError(
-                        f"party '{me}': histogram request with {len(blobs)} ciphertexts for {nodes} nodes "
-                        f"(expected {engine.n_chunks} per node)"
-                    )
                 out: list[bytes] = []
-                for k in range(nodes):
-                    C = engine.n_chunks
-                    out += engine.histogram(blobs[k * C : (k + 1) * C], f"label party '{label_party}'")
+                if "lanes" in meta:  # per-level layout: the level's nodes' rows, then each lane group's chunks
+                    out, nodes = _lane_pass(engine, blobs, meta["lanes"], cfg, me, label_party)
+                else:
+                    nodes = int(meta.get("nodes", -1))
+                    if nodes < 1 or len(blobs) != nodes * engine.n_chunks:
+                        raise ProtocolError(
+                            f"party '{me}': histogram request with {len(blobs)} ciphertexts for {nodes} nodes "
+                            f"(expected {engine.n_chunks} per node)"
+                        )
+                    for k in range(nodes):
+                        C = engine.n_chunks
+                        out += engine.histogram(blobs[k * C : (k + 1) * C], f"label party '{label_party}'")
                 hist_calls += nodes
                 answer(out)
                 if progress:
@@ -185,3 +188,36 @@ def run_secureboost_passive(
     finally:
         if engine is not None:
             engine.close()
+
+
+def _lane_pass(engine: HistogramEvaluator, blobs: list[bytes], groups: Any, cfg: SecureBoostConfig, me: str,
+               label_party: str) -> tuple[list[bytes], int]:
+    """One per-level histogram request: check the revealed node rows, then one pass per lane group."""
+    who = f"party '{me}': per-level histogram request from '{label_party}'"
+    if cfg.histogram_mode != "per_level":
+        raise ProtocolError(f"{who}, but the job's histogram_mode is {cfg.histogram_mode!r}")
+    if (not isinstance(groups, list) or not groups or not blobs
+            or not all(isinstance(m, int) and 1 <= m <= max_lane_nodes(cfg.pack) for m in groups)):
+        raise ProtocolError(f"{who} has malformed lane groups {groups!r}")
+    arrays, _ = unpack_arrays(blobs[0], what=f"{who}: node rows")
+    rows, sizes = arrays.get("rows"), arrays.get("sizes")
+    n = engine.n_rows
+    if (rows is None or sizes is None or rows.ndim != 1 or sizes.ndim != 1 or len(sizes) != sum(groups)
+            or int(sizes.sum()) != len(rows) or (len(sizes) and sizes.min() < 2)):
+        raise ProtocolError(f"{who}: node rows and sizes do not match {sum(groups)} nodes of >= 2 rows")
+    rows = rows.astype(np.int64)
+    if len(rows) and (rows.min() < 0 or rows.max() >= n or len(np.unique(rows)) != len(rows)):
+        raise ProtocolError(f"{who}: node rows must be distinct training rows in [0, {n})")
+    out: list[bytes] = []
+    at, node, r0 = 1, 0, 0
+    for m in groups:
+        sz = [int(v) for v in sizes[node : node + m]]
+        layout = lane_layout(sz, cfg.pack)
+        part = blobs[at : at + layout.n_chunks]
+        if len(part) != layout.n_chunks:
+            raise ProtocolError(f"{who}: {len(blobs) - 1} gradient ciphertexts, fewer than its lane layouts need")
+        out += engine.histogram(part, f"label party '{label_party}'", lanes=(layout, rows[r0 : r0 + sum(sz)]))
+        at, node, r0 = at + layout.n_chunks, node + m, r0 + sum(sz)
+    if at != len(blobs):
+        raise ProtocolError(f"{who}: {len(blobs) - at} gradient ciphertexts more than its lane layouts need")
+    return out, int(len(sizes))
