@@ -138,6 +138,30 @@ TABLES: Final[tuple[ProtocolTable, ...]] = (
         ),
     ),
     ProtocolTable(
+        "secureboost", "per_level", "docs/secureboost.md#leakage-table",
+        (
+            Message("sb.cmd", "label", "ciphertext", "setup; per level, when the lane layout is cheaper, the rows of "
+                    "every computed node of the level (plaintext row indices and node sizes) and their Enc(g + 1j·h) "
+                    "once, compacted per node (otherwise as hide_membership); split requests; scoring ids; "
+                    "checkpoint and finish commands"),
+            Message("sb.reply", "passive", "masked", "per node the masked candidate sums; for each chosen split an "
+                    "opaque split id and the left/right bit of every training row (plaintext); scoring decision "
+                    "bits; model digest and timings"),
+            Message("sb/resume*", "any", "plaintext", "resumed runs: tree numbers held / to resume after"),
+        ),
+        (
+            LeakageRow("label", "as in hide_membership: per computed node the left sums of every passive candidate; "
+                       "per chosen passive split the left/right bit of every training row", "—",
+                       "passive raw features, thresholds, feature names, bin edges"),
+            LeakageRow("passive", "which of its own candidates won; **node membership**: the rows of every computed "
+                       "node of each level sent in the lane layout (so the tree structure over the rows, the label "
+                       "party's splits included, though not their features or thresholds)",
+                       "Enc(g + 1j·h) of the node rows", "labels, gradients/hessians, the label party's features "
+                       "and thresholds"),
+            _RELAY,
+        ),
+    ),
+    ProtocolTable(
         "psi", "default", "docs/psi.md",
         (
             Message("psi/hello", "any", "plaintext", "protocol version, set size, batch count"),

@@ -16,9 +16,10 @@ in-process roles, every message observed):
 Small-batch configurations (below ``min_batch`` = 512, which the label party refuses by default)
 run on the first 2,000 / 600 aligned rows with ``min_batch`` lowered: they show the attack works.
 
-SecureBoost (membership-hiding mode, the only mode on this branch): passive label inference
-from its winning splits' partitions; label party's reconstruction of passive features from the
-left/right bits.
+SecureBoost, both histogram modes (membership-hiding and per-level, which reveals the rows of
+each computed node when the label party picks the lane layout): passive label inference from its
+winning splits' partitions (and the revealed node rows); label party's reconstruction of passive
+features from the left/right bits.
 
 Defences: ``min_batch`` (the label party refuses batches below 512) and label DP (``[model.dp]``,
 fedcredit/dp.py: Gaussian noise on every residual, ε by the RDP accountant) at ε = 8 and 1.
@@ -104,16 +105,20 @@ def run_sb(data: Path, trees: int) -> list[dict[str, Any]]:
     g = pd.read_csv(data / "default_credit_hetero_guest.csv", dtype={"id": str})
     h = pd.read_csv(data / "default_credit_hetero_host.csv", dtype={"id": str})
     test_ids = set(pd.read_csv(data / "default_credit_homo_test.csv", dtype={"id": str}, usecols=["id"])["id"])
-    cfg = SecureBoostConfig(n_trees=trees)
-    t0 = time.perf_counter()
-    tr = sba.record(g, h, cfg, test_ids=test_ids)
-    secs = time.perf_counter() - t0
-    li, fr = sba.label_inference(tr), sba.reconstruct_features(tr)
-    print(f"  SecureBoost hide_membership: {secs:.1f} s, {li['passive_splits']} passive splits; passive attack AUC "
-          f"{li['best_auc']:.4f}; label R² {fr['r2_median_from_bits']:.3f}", flush=True)
-    return [{"mode": "hide_membership", "description": f"{trees} trees, depth {cfg.max_depth}, membership-hiding",
-             "seconds": round(secs, 1), "test_auc": tr.test_auc, "label_inference": li,
-             "feature_reconstruction": fr}]
+    out = []
+    for mode in ("hide_membership", "per_level"):
+        cfg = SecureBoostConfig(n_trees=trees, histogram_mode=mode)
+        t0 = time.perf_counter()
+        tr = sba.record(g, h, cfg, test_ids=test_ids)
+        secs = time.perf_counter() - t0
+        li, fr = sba.label_inference(tr), sba.reconstruct_features(tr)
+        print(f"  SecureBoost {mode}: {secs:.1f} s, test AUC {tr.test_auc}, {li['passive_splits']} passive splits, "
+              f"{li['revealed_nodes']} nodes' rows revealed; passive attack AUC {li['best_auc']:.4f} "
+              f"{li['attacks']}; label R² {fr['r2_median_from_bits']:.3f}", flush=True)
+        out.append({"mode": mode, "defence": "none", "description": f"{trees} trees, depth {cfg.max_depth}, {mode}",
+                    "seconds": round(secs, 1), "test_auc": tr.test_auc, "label_inference": li,
+                    "feature_reconstruction": fr})
+    return out
 
 
 def figures(vlr: list[dict[str, Any]], sb: list[dict[str, Any]], command: str) -> dict[str, Any]:
@@ -138,7 +143,8 @@ def figures(vlr: list[dict[str, Any]], sb: list[dict[str, Any]], command: str) -
                                 "reference_name": "column-space bound (every row known)"})
             else:
                 entries.append({**base, "attacker": "passive party", "attack": "label inference (minority side of its "
-                                "winning splits)", "metric": "AUC", "value": round(li["best_auc"], 4),
+                                "winning splits" + (", revealed node membership" if r["mode"] == "per_level" else "")
+                                + "; best sign)", "metric": "AUC", "value": round(li["best_auc"], 4),
                                 "baseline": round(li["no_information_auc"], 4), "baseline_name": "no information"})
                 entries.append({**base, "attacker": "label party", "attack": "feature reconstruction from passive "
                                 "split bits (1 % known rows)", "metric": "median R²",
@@ -147,8 +153,7 @@ def figures(vlr: list[dict[str, Any]], sb: list[dict[str, Any]], command: str) -
                                 "baseline_name": "from its own features"})
     return {"format": "fedcredit-attack-figures/1", "command": command,
             "data": "benchmark split: default_credit_hetero_{guest,host}.csv, test = homo test ids",
-            "not_measured": ["SecureBoost per-level node-membership mode: not on this branch",
-                             "SecureBoost with label DP"],
+            "not_measured": ["SecureBoost with label DP"],
             "entries": entries}
 
 
@@ -160,10 +165,15 @@ def main() -> None:
     ap.add_argument("--vlr", default="", help="comma-separated vertical LR modes to run (default: all)")
     ap.add_argument("--sb-trees", type=int, default=30)
     ap.add_argument("--no-sb", action="store_true")
+    ap.add_argument("--reuse-vlr", action="store_true", help="take the vertical LR results from --out/bench_attacks.json")
     a = ap.parse_args()
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     print(f"attacks on real transcripts of the benchmark split (load average {' '.join(load)})", flush=True)
-    vlr = run_vlr(a.data, set(a.vlr.split(",")) if a.vlr else None)
+    if a.reuse_vlr:
+        vlr = json.loads((a.out / "bench_attacks.json").read_text())["vertical_lr"]
+        print(f"  vertical LR: {len(vlr)} runs from {a.out / 'bench_attacks.json'}")
+    else:
+        vlr = run_vlr(a.data, set(a.vlr.split(",")) if a.vlr else None)
     sb = [] if a.no_sb else run_sb(a.data, a.sb_trees)
     print()
     print(f"{'protocol / configuration':44s} {'attacker: attack':46s} {'value':>7s} {'baseline':>9s} {'reference':>9s}")

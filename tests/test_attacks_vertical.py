@@ -93,3 +93,17 @@ def test_secureboost_split_bits_reconstruct_passive_features_and_hide_labels() -
     fr = sba.reconstruct_features(t, known_fraction=0.05)
     best = int(np.nanargmax(fr["r2_per_feature_from_bits"]))
     assert fr["r2_per_feature_from_bits"][best] > fr["r2_per_feature_from_own_features"][best], fr
+
+
+def test_secureboost_per_level_mode_reveals_node_rows_to_the_passive() -> None:
+    """histogram_mode = per_level: the passive party's transcript holds the rows of the computed nodes."""
+    g = pd.read_csv(DATA / "default_credit_hetero_guest.csv", dtype={"id": str}).iloc[:12000]  # lanes pay off
+    h = pd.read_csv(DATA / "default_credit_hetero_host.csv", dtype={"id": str})
+    h = h[h["id"].isin(set(g["id"]))]
+    t = sba.record(g, h, SecureBoostConfig(n_trees=1, max_depth=3, histogram_mode="per_level"))
+    assert t.node_rows, "no level was sent in the lane layout"
+    n = len(t.y)
+    assert all(len(r) >= 2 and r.min() >= 0 and r.max() < n for r in t.node_rows)
+    li = sba.label_inference(t)
+    assert {"small_nodes", "co_membership"} <= set(li["attacks"]) and li["revealed_nodes"] == len(t.node_rows)
+    assert li["best_auc"] > li["no_information_auc"]

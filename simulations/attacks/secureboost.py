@@ -12,8 +12,12 @@ What the label party holds: for every passive split the left/right bit of every 
 row.  Its attack (``reconstruct_features``): a few known rows fit a linear map from a row's
 bits to each passive feature; R² on the other rows beside the same fit from its own features.
 
-The per-level node-membership mode (``sb`` engineer, branch ``sb``) is not on this branch:
-its passive party would learn which rows share a node at each level; not measured here.
+Per-level mode (``histogram_mode = "per_level"``): when the label party picks the lane layout
+for a level, the passive party also receives the rows of every computed node of that level
+(``rows``/``sizes`` in the ``hist`` command).  Its extra attacks: ``small_nodes`` (rows that sit
+in small computed nodes: a tree isolates the riskier minority) and ``co_membership`` (the top
+singular vector of the row × node indicator matrix: rows that the trees keep grouping together
+have similar residuals), each with the orientation that helps the attacker most.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from simulations.inprocess import run_secureboost_inprocess
 class SBTranscript:
     bits: np.ndarray  # (splits, rows) bool: left/right of every training row per passive split, in protocol order
     hist_nodes: list[int]  # nodes per histogram command (the passive's view of the tree shape)
+    node_rows: list[np.ndarray]  # per-level mode: the rows of every computed node it was shown
     X_passive_raw: np.ndarray
     X_label: np.ndarray
     y: np.ndarray
@@ -49,6 +54,7 @@ def record(guest_df: pd.DataFrame, host_df: pd.DataFrame, cfg: SecureBoostConfig
     out = run_secureboost_inprocess(guest_df, {host: host_df}, cfg, test_ids=test_ids, observers=[wire.append])
     bits: list[np.ndarray] = []
     nodes: list[int] = []
+    node_rows: list[np.ndarray] = []
     guest = table_from_frame(guest_df, party="guest", source="guest", label_col="y")
     hosts = table_from_frame(host_df, party=host, source=host)
     common = set(hosts.ids)
@@ -61,13 +67,20 @@ def record(guest_df: pd.DataFrame, host_df: pd.DataFrame, cfg: SecureBoostConfig
             continue
         blobs, meta = unpack_blobs(r.payload, what=r.tag)
         if r.tag.endswith(".cmd") and meta.get("op") == "hist":
-            nodes.append(int(meta["nodes"]))
+            if "lanes" in meta:  # per-level layout: the level's node rows, in the clear
+                arr, _ = unpack_arrays(blobs[0], what="node rows")
+                cuts = np.cumsum(arr["sizes"])[:-1]
+                node_rows += [np.asarray(x, dtype=np.int64) for x in np.split(arr["rows"], cuts)]
+                nodes.append(len(arr["sizes"]))
+            else:
+                nodes.append(int(meta["nodes"]))
         if r.tag.endswith(".reply") and meta.get("op") == "split":
             arrays, _ = unpack_arrays(blobs[0], what="split bits")
             bits.append(np.unpackbits(arrays["bits"], axis=1, count=n).astype(bool))
     y = g_train.y
     assert y is not None
-    return SBTranscript(np.vstack(bits) if bits else np.zeros((0, n), dtype=bool), nodes, h_train.X, g_train.X,
+    return SBTranscript(np.vstack(bits) if bits else np.zeros((0, n), dtype=bool), nodes, node_rows, h_train.X,
+                        g_train.X,
                         y.astype(np.float64), out.label.test_auc)
 
 
@@ -80,10 +93,40 @@ def minority_side_scores(t: SBTranscript) -> np.ndarray:
     return side.sum(axis=0).astype(np.float64)
 
 
+def small_node_scores(t: SBTranscript) -> np.ndarray:
+    """Per row: mean of -log(size) over the revealed nodes holding it (rows the trees isolate in small nodes)."""
+    acc, cnt = np.zeros(len(t.y)), np.zeros(len(t.y))
+    for r in t.node_rows:
+        acc[r] += -np.log(len(r))
+        cnt[r] += 1
+    return np.divide(acc, cnt, out=np.zeros(len(t.y)), where=cnt > 0)
+
+
+def co_membership_scores(t: SBTranscript) -> np.ndarray:
+    """Top left singular vector of the centred row x revealed-node indicator matrix."""
+    if not t.node_rows:
+        return np.zeros(len(t.y))
+    M = np.zeros((len(t.y), len(t.node_rows)), dtype=np.float32)
+    for j, r in enumerate(t.node_rows):
+        M[r, j] = 1.0
+    M -= M.mean(axis=0)
+    u, _, _ = np.linalg.svd(M, full_matrices=False)
+    return u[:, 0].astype(np.float64)
+
+
 def label_inference(t: SBTranscript) -> dict[str, Any]:
-    a = auc(t.y, minority_side_scores(t))
-    return {"attacks": {"minority_side": a}, "best_auc": max(a, 1.0 - a), "no_information_auc": random_baseline(t.y),
-            "passive_splits": int(len(t.bits)), "hist_commands": len(t.hist_nodes), "n_rows": len(t.y)}
+    """Every passive-party attack's AUC (best orientation: an upper bound on any sign guess) and the baseline."""
+    scores = {"minority_side": minority_side_scores(t)}
+    if t.node_rows:
+        scores["small_nodes"] = small_node_scores(t)
+        scores["co_membership"] = co_membership_scores(t)
+    attacks = {}
+    for k, sc in scores.items():
+        a = auc(t.y, sc)
+        attacks[k] = max(a, 1.0 - a)
+    return {"attacks": attacks, "best_auc": max(attacks.values()), "no_information_auc": random_baseline(t.y),
+            "passive_splits": int(len(t.bits)), "hist_commands": len(t.hist_nodes),
+            "revealed_nodes": len(t.node_rows), "n_rows": len(t.y)}
 
 
 def reconstruct_features(t: SBTranscript, known_fraction: float = 0.01, seed: int = 0) -> dict[str, Any]:
