@@ -52,7 +52,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DELTA = 1e-5
 BANKS = {"bank1": "default_credit_homo_guest.csv", "bank2": "default_credit_homo_host_1.csv",
          "bank3": "default_credit_homo_host_2.csv"}
-H_CLIP = 0.5  # L2 bound of a bank's round update (standardized LR, 24 parameters)
+H_CLIP = 0.25  # L2 bound of a bank's round update (standardized LR, 24 parameters)
 VLR_SCHEDULE = {"max_epochs": 5, "full_batch_steps": 20, "validation_fraction": 0.0}  # 25 releases per label
 
 
