@@ -2,6 +2,7 @@
 
     python -m simulations.bench_dp [--data ../shared/data] [--out /tmp/fedcredit_bench_dp] [--eps 1,4,16,64]
                                    [--figure docs/figures/dp_auc_vs_epsilon.png] [--only horizontal,vertical-lr,secureboost]
+                                   [--repeats 3]
 
 The split is the project's benchmark one (``/work/shared/data``): the same 6,000 test ids
 (``default_credit_homo_test.csv``) everywhere.
@@ -24,7 +25,8 @@ The split is the project's benchmark one (``/work/shared/data``): the same 6,000
 Beside each: the non-DP federated figure and the pooled-plaintext baseline (scikit-learn LR
 on the pooled rows for the two LR options, HistGradientBoosting with the same trees for
 SecureBoost).  ε is at δ = 1e-5, by the RDP accountant (fedcredit/dp.py), for the
-releases each run made.  DP noise is fresh (OS-seeded) at every run: one run per point.
+releases each run made.  DP noise is fresh (OS-seeded) at every run: each point is the
+mean (± std) of ``--repeats`` runs.
 """
 
 from __future__ import annotations
@@ -65,10 +67,15 @@ def _pooled_lr(Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, yte: np.ndarra
     return float(auc_ks(yte, m.predict_proba((Xte - mean) / std)[:, 1])[0])
 
 
+def _aucs(a: list[float]) -> dict[str, Any]:
+    """Mean and spread of the repeated runs at one ε (fresh noise each)."""
+    return {"auc": float(np.mean(a)), "auc_std": float(np.std(a)), "auc_runs": [round(x, 4) for x in a]}
+
+
 # --------------------------------------------------------------------------- horizontal
 
 
-def horizontal(data: Path, out: Path, eps: list[float]) -> dict[str, Any]:
+def horizontal(data: Path, out: Path, eps: list[float], repeats: int) -> dict[str, Any]:
     files = {b: data / f for b, f in BANKS.items()}
     test_file = data / "default_credit_homo_test.csv"
     tables = [load_table(f, party=b, label_col="y") for b, f in files.items()]
@@ -88,10 +95,11 @@ def horizontal(data: Path, out: Path, eps: list[float]) -> dict[str, Any]:
     fedavg_only = run("no-dp-fedavg", {"newton_rounds": 0})
     points = []
     for e in eps:
-        r = run(f"eps-{e:g}", {"newton_rounds": 0, "dp": HorizontalDP(epsilon=e, delta=DELTA, clip=H_CLIP).to_dict()})
-        d = r["privacy"]["dp"]
+        job = {"newton_rounds": 0, "dp": HorizontalDP(epsilon=e, delta=DELTA, clip=H_CLIP).to_dict()}
+        runs = [run(f"eps-{e:g}-{i}", job) for i in range(repeats)]
+        d = runs[0]["privacy"]["dp"]
         points.append({"target_epsilon": e, "epsilon": d["epsilon"], "noise_multiplier": d["noise_multiplier"],
-                       "epsilon_if_update_seen": d["epsilon_if_update_seen"], "auc": r["auc"], "seconds": r["seconds"]})
+                       "epsilon_if_update_seen": d["epsilon_if_update_seen"], **_aucs([r["auc"] for r in runs])})
     return {"pooled_plaintext_auc": pooled, "federated_no_dp_auc": no_dp["auc"],
             "federated_no_dp_fedavg_only_auc": fedavg_only["auc"], "points": points,
             "settings": {"clip": H_CLIP, "rounds": 10, "banks": 3, "delta": DELTA}}
@@ -100,7 +108,7 @@ def horizontal(data: Path, out: Path, eps: list[float]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- vertical LR
 
 
-def vertical_lr(data: Path, out: Path, eps: list[float]) -> dict[str, Any]:
+def vertical_lr(data: Path, out: Path, eps: list[float], repeats: int) -> dict[str, Any]:
     test_ids = set(load_table(data / "default_credit_homo_test.csv", party="guest", feature_cols=[]).ids)
     guest = load_table(data / "default_credit_hetero_guest.csv", party="guest", label_col="y")
     host = load_table(data / "default_credit_hetero_host.csv", party="host")
@@ -120,10 +128,10 @@ def vertical_lr(data: Path, out: Path, eps: list[float]) -> dict[str, Any]:
     same_schedule = run(VerticalLRConfig(**VLR_SCHEDULE))
     points = []
     for e in eps:
-        r = run(VerticalLRConfig(**VLR_SCHEDULE, dp=LabelDP(epsilon=e, delta=DELTA)))
-        d = r["privacy"]["dp"]
+        runs = [run(VerticalLRConfig(**VLR_SCHEDULE, dp=LabelDP(epsilon=e, delta=DELTA))) for _ in range(repeats)]
+        d = runs[0]["privacy"]["dp"]
         points.append({"target_epsilon": e, "epsilon": d["epsilon"], "noise_multiplier": d["noise_multiplier"],
-                       "releases": d["releases"], "auc": r["auc"], "seconds": r["seconds"]})
+                       "releases": d["releases"], **_aucs([r["auc"] for r in runs])})
     return {"pooled_plaintext_auc": pooled, "federated_no_dp_auc": no_dp["auc"],
             "federated_no_dp_same_schedule_auc": same_schedule["auc"], "points": points,
             "settings": {**VLR_SCHEDULE, "delta": DELTA}}
@@ -153,7 +161,7 @@ def _sb_reference(guest: pd.DataFrame, host: pd.DataFrame, test_ids: set[str], c
     return float(auc_ks(gte.y, sb.label_predict(label, Xt, dec))[0])
 
 
-def secureboost(data: Path, out: Path, eps: list[float], fed_eps: float | None) -> dict[str, Any]:
+def secureboost(data: Path, out: Path, eps: list[float], fed_eps: float | None, repeats: int) -> dict[str, Any]:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     guest = pd.read_csv(data / "default_credit_hetero_guest.csv", dtype={"id": str})
@@ -180,9 +188,9 @@ def secureboost(data: Path, out: Path, eps: list[float], fed_eps: float | None) 
     points = []
     for e in eps:
         plan = dp.label_plan(LabelDP(epsilon=e, delta=DELTA), cfg.n_trees, "secureboost")
-        a = _sb_reference(guest, host, test_ids, cfg, dp.LabelNoise(plan))
+        a = [_sb_reference(guest, host, test_ids, cfg, dp.LabelNoise(plan)) for _ in range(repeats)]
         points.append({"target_epsilon": e, "epsilon": plan.report()["epsilon"],
-                       "noise_multiplier": plan.noise_multiplier, "releases": cfg.n_trees, "auc": a})
+                       "noise_multiplier": plan.noise_multiplier, "releases": cfg.n_trees, **_aucs(a)})
     fed_point = None
     if fed_eps is not None:
         r = federated(cfg.model_copy(update={"dp": LabelDP(epsilon=fed_eps, delta=DELTA)}))
@@ -208,7 +216,8 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
     for ax, (name, r) in zip(axes[0], results.items()):
         pts = r["points"]
-        ax.plot([p["epsilon"] for p in pts], [p["auc"] for p in pts], "o-", color="tab:blue", label="with DP")
+        ax.errorbar([p["epsilon"] for p in pts], [p["auc"] for p in pts], yerr=[p.get("auc_std", 0.0) for p in pts],
+                    fmt="o-", color="tab:blue", capsize=3, label=f"with DP (mean ± std of {len(pts[0]['auc_runs'])} runs)")
         ax.axhline(r["federated_no_dp_auc"], color="tab:green", ls="--", label="federated, no DP")
         ax.axhline(r["pooled_plaintext_auc"], color="black", ls=":", label="pooled plaintext")
         if r.get("federated_dp_point"):
@@ -233,9 +242,10 @@ def _print(name: str, r: dict[str, Any]) -> None:
           f"{r['federated_no_dp_auc']:.4f}" + "".join(f", {k.removesuffix('_auc').replace('_', ' ')} {v:.4f}"
                                                      for k, v in r.items() if k.endswith("_auc") and k not in
                                                      ("pooled_plaintext_auc", "federated_no_dp_auc")))
-    print(f"   {'target ε':>9} {'ε spent':>9} {'noise mult.':>11} {'test AUC':>9}")
+    print(f"   {'target ε':>9} {'ε spent':>9} {'noise mult.':>11} {'test AUC (mean ± std)':>22}  runs")
     for p in r["points"]:
-        print(f"   {p['target_epsilon']:>9g} {p['epsilon']:>9.3f} {p['noise_multiplier']:>11.3f} {p['auc']:>9.4f}"
+        print(f"   {p['target_epsilon']:>9g} {p['epsilon']:>9.3f} {p['noise_multiplier']:>11.3f} "
+              f"{p['auc']:>13.4f} ± {p['auc_std']:.4f}  {' '.join(f'{x:.4f}' for x in p['auc_runs'])}"
               + (f"   (ε if one update is decrypted: {p['epsilon_if_update_seen']:.1f})"
                  if "epsilon_if_update_seen" in p else ""))
     if r.get("federated_dp_point"):
@@ -250,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=Path("/tmp/fedcredit_bench_dp"))
     ap.add_argument("--eps", default="1,4,16,64,256")
     ap.add_argument("--sb-federated-eps", type=float, default=16.0)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per ε (fresh noise each)")
     ap.add_argument("--only", default="horizontal,vertical-lr,secureboost")
     ap.add_argument("--figure", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "figures"
                     / "dp_auc_vs_epsilon.png")
@@ -260,11 +271,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in a.only.split(","):
         t = time.perf_counter()
         if name == "horizontal":
-            results[name] = horizontal(a.data, a.out, eps)
+            results[name] = horizontal(a.data, a.out, eps, a.repeats)
         elif name == "vertical-lr":
-            results[name] = vertical_lr(a.data, a.out, eps)
+            results[name] = vertical_lr(a.data, a.out, eps, a.repeats)
         elif name == "secureboost":
-            results[name] = secureboost(a.data, a.out, eps, a.sb_federated_eps)
+            results[name] = secureboost(a.data, a.out, eps, a.sb_federated_eps, a.repeats)
         else:
             raise SystemExit(f"--only: unknown option '{name}' (horizontal, vertical-lr, secureboost)")
         results[name]["seconds"] = round(time.perf_counter() - t, 1)
