@@ -200,6 +200,29 @@ def test_secureboost_label_dp_reports_epsilon_and_starts_from_no_label(vertical_
     assert no_dp.label.model.base_score != 0.0 and "privacy" not in no_dp.label.report
 
 
+def test_federated_secureboost_with_label_dp_is_the_reference_given_the_same_noise(
+        vertical_data: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench_dp's SecureBoost curve is the plaintext reference with the hook: with the same noise draws the real
+    federated run (CKKS histograms) scores exactly as that reference does."""
+    import pandas as pd
+
+    from simulations.bench_dp import _sb_reference
+
+    gdf = pd.read_csv(vertical_data["bank"]["train"]["path"], dtype={"id": str})
+    hdf = pd.read_csv(vertical_data["fintech"]["train"]["path"], dtype={"id": str})
+    common = sorted(set(gdf["id"]) & set(hdf["id"]))
+    test = set(common[::5])
+    cfg = SecureBoostConfig(n_trees=4, max_depth=3, dp=LabelDP(noise_multiplier=2.0))
+    init = dp.LabelNoise.__init__
+    monkeypatch.setattr(dp.LabelNoise, "__init__", lambda self, plan_, rng=None: init(self, plan_,
+                                                                                      np.random.default_rng(123)))
+    fed = run_secureboost_inprocess(gdf, {"fintech": hdf}, cfg, test_ids=test)
+    ref = _sb_reference(gdf[gdf["id"].isin(common)], hdf, test, cfg, dp.LabelNoise(dp.label_plan(cfg.dp, 4, "secureboost")))
+    assert fed.label.test_auc == pytest.approx(ref, abs=1e-9)
+    plain = _sb_reference(gdf[gdf["id"].isin(common)], hdf, test, cfg.model_copy(update={"dp": None}), None)
+    assert abs(plain - ref) > 1e-4  # the noise did change the model
+
+
 def test_vertical_job_with_dp_reports_epsilon_at_both_parties(vertical_data: dict, tmp_path: Path) -> None:
     """The real party code path (vertical_jobs, PSI, split) of a [model.dp] job: ε in both run JSONs."""
     job = JobConfig.model_validate({"job": {"type": "vertical-lr", "parties": ["bank", "fintech"],
