@@ -410,6 +410,16 @@ def _attach_scorecard(model_dir: Path, me: str, is_label: bool, tf: Any, params:
     return ["scorecard.json"]
 
 
+def _passive_dp_report(cfg: VerticalLRConfig | SecureBoostConfig, extra: dict[str, Any]) -> dict[str, Any]:
+    """A passive party's ``{"dp": ...}``: the label party's account of the same job, from the job's own parameters."""
+    from fedcredit import dp
+
+    assert cfg.dp is not None
+    if isinstance(cfg, VerticalLRConfig):  # the passive ran the same fixed schedule
+        return {"dp": dp.label_plan(cfg.dp, cfg.dp_releases(), "vertical-lr").report(int(extra.get("epochs_run", 0)))}
+    return {"dp": dp.label_plan(cfg.dp, cfg.n_trees, "secureboost").report()}
+
+
 def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) -> dict[str, Any]:
     from fedcredit.protocols.psi import save_intersection
 
@@ -488,6 +498,7 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
     binning_only = bool(bextra.get("binning_only"))
     #: the run report's sections (fedcredit/report.py, docs/reports.md): each step puts its documented key here
     report_sections: dict[str, Any] = {}
+    label_privacy: dict[str, Any] = {}  # the label party's {"dp": ...} under label DP
     test_scores: np.ndarray | None = None
     test_arg = test if len(test) else None
     if binning_only:  # [model.binning].only: the modeller reads the IV tables before any training
@@ -506,6 +517,7 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
                 metrics = {"auc": float(res.test_metrics["auc"]), "ks": float(res.test_metrics["ks"]),
                            "n_test": len(test)}
             extra = {"epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "steps": res.steps}
+            label_privacy = res.privacy
             test_scores = res.test_scores
             report_sections["convergence"] = vlr.convergence(res.history)
             files += [f"vertical_lr_{me}_model.json"]
@@ -529,6 +541,7 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
                            "train_auc": round(float(sres.train_auc), 6)}
                 files += ["secureboost_test_report.json", "secureboost_test_roc_ks.png"]
             extra = {"n_trees": len(sres.model.trees), "splits_by_party": sres.model.splits_by_party()}
+            label_privacy = sres.report.get("privacy", {})
             test_scores = sres.test_scores
             from fedcredit.report import trees_summary
 
@@ -539,6 +552,8 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
             part.save(model_dir / f"secureboost_{me}_model.json")
             files += [f"secureboost_{me}_model.json"]
             extra = {"splits": len(part.splits)}
+    if getattr(cfg, "dp", None) is not None and not binning_only:  # label DP: ε, δ in the run JSON (docs/privacy.md)
+        extra["privacy"] = label_privacy or _passive_dp_report(cfg, extra)
     if binned is not None:
         tf = bextra.pop("_transform")
         lr_part = not binning_only and isinstance(cfg, VerticalLRConfig)
