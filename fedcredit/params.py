@@ -437,7 +437,7 @@ class SecureBoostConfig(Params):
         10, ge=1, le=1_000_000,
         description="a category seen in fewer training rows joins its feature's 'other' group (at its owner)")
     histogram_mode: Literal["hide_membership", "per_level"] = "hide_membership"
-    pack: Annotated[int, Field(ge=1)] = 8
+    pack: Annotated[int, Field(ge=1)] = 64
     mask_cache_mb: float = Field(1024.0, ge=0, allow_inf_nan=False)
     predict_batch: int = Field(4096, ge=1, le=1_000_000)
     timeout_s: float = Field(600.0, gt=0, allow_inf_nan=False)

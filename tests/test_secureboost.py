@@ -322,7 +322,7 @@ def test_per_level_mode_reveals_node_rows_and_nothing_else(fed_level):
     assert seen_nodes, "the per-level layout was never used"
     # the revealed sets are real tree nodes: rows of the label party's nodes, recomputed from the model
     model, parts = fed_level["res"].label.model, fed_level["res"].passive_models
-    from fedcredit.protocols.secureboost.scoring import passive_decisions, parse_decisions
+    from fedcredit.protocols.secureboost.scoring import parse_decisions, passive_decisions
     bits = {p: parse_decisions(p, passive_decisions(parts[p], fed_level["passive_X"][p]), n) for p in parts}
     truth = set()
     for tree in model.trees:
