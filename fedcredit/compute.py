@@ -31,6 +31,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import socket
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -150,7 +152,8 @@ class _Workers:
 
     def _died(self, e: BaseException, n: int | None = None) -> ComputeError:
         at = f" at item {n}" if n is not None else ""
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+        first = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"  # Ray: the cause is the last line
         return ComputeError(
             f"party '{self.party}': a compute worker ({self.pool.engine} engine) died or failed to start "
             f"during {self.what}{at}: {first}"
@@ -276,11 +279,15 @@ class WorkerPool:
         """Ray, connected: joins ``ray_address`` or starts a local instance of ``workers`` CPUs once."""
         ray = _ray()
         if not ray.is_initialized():
+            if self.ray_address:
+                self._probe(self.ray_address)
             try:
                 if self.ray_address:
                     ray.init(address=self.ray_address, log_to_driver=False)
-                else:
-                    ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
+                else:  # workers import session functions as this process does (same sys.path)
+                    path = os.pathsep.join(p for p in sys.path if p)
+                    ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
+                             runtime_env={"env_vars": {"PYTHONPATH": path}})
             except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError ...
                 where = f"the Ray cluster at {self.ray_address!r}" if self.ray_address else "a local Ray instance"
                 raise ComputeError(f"party '{self.party}': cannot start {where} ([compute]): {e}") from None
@@ -293,6 +300,18 @@ class WorkerPool:
     def parallel(self) -> bool:
         """Whether a session runs outside this process (protocols skip booting workers otherwise)."""
         return self.engine == "ray" or (self.engine == "processes" and self.workers > 1)
+
+    def _probe(self, address: str) -> None:
+        """A cluster address nobody serves fails in seconds, not after Ray's minute of GCS retries."""
+        host, _, port = address.split("://", 1)[-1].rpartition(":")
+        if not port.isdigit():
+            return  # "auto" and the like: Ray resolves those itself
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except OSError as e:
+            raise ComputeError(
+                f"party '{self.party}': cannot reach the Ray cluster at {address!r} ([compute].ray_address): {e}"
+            ) from None
 
     def session(
         self, init: Callable[[Any], S], arg: Any = None, *, what: str = "HE work", party: str | None = None

@@ -67,6 +67,21 @@ def _gone(pids: list[int], within_s: float = 10.0) -> bool:
     return False
 
 
+def _children() -> set[int]:
+    """Live (non-zombie) child processes of this process, from /proc."""
+    me, out = os.getpid(), set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(") ", 1)[1].split()
+            except (FileNotFoundError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[1]) == me:
+                out.add(int(d))
+    return out
+
+
 @pytest.mark.parametrize("engine", ["inline", "processes"])
 def test_session_maps_in_input_order_with_state_booted_once(engine: str) -> None:
     pool = WorkerPool(2, engine)  # type: ignore[arg-type]
@@ -147,8 +162,10 @@ def _ray() -> Any:
     return pytest.importorskip("ray", reason="Ray is the optional extra fedcredit[ray]: pip install -e '.[ray]'")
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # Ray's note on accelerator env vars (no GPUs here)
 def test_ray_engine_runs_sessions_and_shards_as_actors_and_stops_them() -> None:
     ray = _ray()
+    before = _children()
     pool = WorkerPool(2, "ray", party="bank1")
     try:
         with pool.session(_init_offset, 7, what="ray test") as s:
@@ -166,12 +183,13 @@ def test_ray_engine_runs_sessions_and_shards_as_actors_and_stops_them() -> None:
     finally:
         pool.close()
     assert not ray.is_initialized()
+    assert _gone(list(_children() - before)), "the local Ray instance (GCS, raylet) outlived pool.close()"
 
 
 def test_ray_address_that_nobody_serves_is_a_named_error() -> None:
     _ray()
     pool = WorkerPool(1, "ray", ray_address="127.0.0.1:1", party="bank1")
-    with pytest.raises(ComputeError, match=r"party 'bank1': cannot start the Ray cluster at '127.0.0.1:1'"):
+    with pytest.raises(ComputeError, match=r"party 'bank1': cannot reach the Ray cluster at '127.0.0.1:1' \(\[compute\].ray_address\)"):
         pool.session(_init_offset, 0)
     pool.close()
 
