@@ -249,3 +249,13 @@ def test_pooled_histogram_refuses_a_secret_context_before_starting_workers() -> 
             pool=WorkerPool(2, "processes"), what="the context from 'guest'",
         )
     keeper.close()
+
+
+def test_compute_section_builds_the_pool_the_party_asked_for() -> None:
+    from fedcredit.config import ComputeSection
+
+    pool = ComputeSection.model_validate({"workers": 3}).pool("bank1")
+    assert (pool.workers, pool.engine, pool.party, pool.parallel) == (3, "processes", "bank1", True)
+    assert ComputeSection().pool("bank1").workers == (os.cpu_count() or 1)  # default: all cores
+    ray_pool = ComputeSection.model_validate({"engine": "ray", "ray_address": "127.0.0.1:6379"}).pool("fintech")
+    assert (ray_pool.engine, ray_pool.ray_address) == ("ray", "127.0.0.1:6379")
