@@ -54,6 +54,10 @@ def _boot(arg: tuple[bytes, np.ndarray, np.ndarray, np.ndarray, int, float, str]
     return HistogramEvaluator(ckks.load_public(ctx_bytes, what=what), Xb, cand_f, cand_bin, pack, cache_mb, what=what)
 
 
+def _outputs(ev: HistogramEvaluator, _item: None) -> int:
+    return ev.n_outputs
+
+
 def _pass(ev: HistogramEvaluator, item: tuple[list[list[bytes]], str]) -> tuple[list[list[bytes]], dict[str, float]]:
     nodes, sender = item
     before = dict(ev.stats)
@@ -104,6 +108,15 @@ class PooledHistogramEvaluator:
             )
         self._shards = pool.shards(_boot, args, what=work, party=party) if ranges else None
         self.stats: dict[str, float] = {"mask_encode_s": 0.0, "hist_s": 0.0, "rotations": 0, "plain_mults": 0}
+        if self._shards is not None:  # boot now: a bad shard fails at setup, and mask pre-encoding is setup time
+            try:
+                got = self._shards.broadcast(_outputs, None)
+            except BaseException:
+                self.close()
+                raise
+            if sum(got) != self.n_outputs:
+                self.close()
+                raise ProtocolError(f"histogram shards return {sum(got)} ciphertexts, expected {self.n_outputs}")
 
     @property
     def n_shards(self) -> int:
