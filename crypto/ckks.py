@@ -35,8 +35,9 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import tenseal as ts
@@ -328,20 +329,56 @@ def scale_encrypted(ctx: Context, blob: bytes, factor: float) -> bytes:
     return _join(n, out)
 
 
-def encrypt_chunks(ctx: Context, values: np.ndarray, chunk: int) -> list[bytes]:
-    """Encrypt ``values`` as consecutive serialized CKKS vectors of ``chunk`` values each (the last may be shorter).
+class Workers(Protocol):
+    """A compute session whose workers hold this context's :class:`PublicContext` (``fedcredit.compute``).
 
-    Unframed: the caller (vertical LR) frames the list and announces ``chunk`` itself.
+    Open one with ``pool.session(crypto.ckks.load_public, public_bytes)``; this layer cannot import
+    the pool, so it only asks for what it uses.
     """
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.ndim != 1 or chunk < 1 or chunk > slot_count(ctx):
-        raise DataError(f"encrypt_chunks expects a 1-D vector and 1 <= chunk <= slots, got {arr.shape}, chunk={chunk}")
+
+    workers: int
+
+    def map(self, fn: Any, items: Iterable[Any], *, in_flight: int | None = None) -> Iterator[Any]: ...
+
+
+def _parts(n: int, workers: Workers | None) -> list[tuple[int, int]]:
+    """``[lo, hi)`` runs of ``n`` units, one per worker (one run without a session)."""
+    k = max(1, min(n, workers.workers if workers is not None else 1))
+    b = [i * n // k for i in range(k + 1)]
+    return [(b[i], b[i + 1]) for i in range(k) if b[i + 1] > b[i]]
+
+
+def _encrypt_part(ctx: Context, item: tuple[np.ndarray, int]) -> list[bytes]:
+    arr, chunk = item
     tctx = _ts(ctx)
     return [ts.ckks_vector(tctx, arr[i : i + chunk].tolist()).serialize() for i in range(0, len(arr), chunk)]
 
 
+def encrypt_chunks(ctx: Context, values: np.ndarray, chunk: int, *, workers: Workers | None = None) -> list[bytes]:
+    """Encrypt ``values`` as consecutive serialized CKKS vectors of ``chunk`` values each (the last may be shorter).
+
+    Unframed: the caller (vertical LR) frames the list and announces ``chunk`` itself.  With
+    ``workers`` (a session booted on ``ctx``'s public bytes) the chunks are encrypted in parallel,
+    each worker a run of whole chunks: the same ciphertext count and layout.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or chunk < 1 or chunk > slot_count(ctx):
+        raise DataError(f"encrypt_chunks expects a 1-D vector and 1 <= chunk <= slots, got {arr.shape}, chunk={chunk}")
+    runs = _parts(-(-len(arr) // chunk), workers)
+    if workers is None or len(runs) < 2:
+        return _encrypt_part(ctx, (arr, chunk))
+    items = [(arr[lo * chunk : hi * chunk], chunk) for lo, hi in runs]
+    return [ct for part in workers.map(_encrypt_part, items) for ct in part]
+
+
+def _products_part(ctx: Context, item: tuple[Sequence[bytes], np.ndarray, np.ndarray, str]) -> list[bytes]:
+    chunks, X, masks, what = item
+    return masked_column_products(ctx, chunks, X, masks, what=what)
+
+
 def masked_column_products(
-    ctx: Context, chunks: Sequence[bytes], X: np.ndarray, masks: np.ndarray, *, what: str
+    ctx: Context, chunks: Sequence[bytes], X: np.ndarray, masks: np.ndarray, *, what: str,
+    workers: Workers | None = None,
 ) -> list[bytes]:
     """Per column ``c`` of ``X``: ``Σ_i Enc(r_i) ⊙ X[i*L:(i+1)*L, c] + masks[c]``, serialized.
 
@@ -350,7 +387,15 @@ def masked_column_products(
     ``(X.shape[1], L)``.  Plaintext multiplications only (one per chunk and column) and
     no rotation: the key holder decrypts and sums the slots (:func:`decrypt_sums`), which
     gives ``(X^T r)_c + Σ masks[c]``, still hidden by the mask only the caller knows.
+    With ``workers`` (a session booted on ``ctx``'s public bytes) the columns are split into one
+    run per worker; the outputs are the same ciphertexts, in column order.
     """
+    runs = _parts(X.shape[1] if X.ndim == 2 else 0, workers)
+    if workers is not None and len(runs) > 1:
+        if masks.shape[:1] != X.shape[1:2]:
+            raise DataError(f"{what}: matrix {X.shape} / masks {masks.shape} do not fit")
+        items = [(list(chunks), np.ascontiguousarray(X[:, lo:hi]), masks[lo:hi], what) for lo, hi in runs]
+        return [ct for part in workers.map(_products_part, items) for ct in part]
     try:
         cts = [ts.ckks_vector_from(_ts(ctx), blob) for blob in chunks]
     except Exception as e:  # TenSEAL raises bare exceptions for foreign ciphertexts

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
+from fedcredit.compute import WorkerPool
 from fedcredit.decision import DecisionPolicy
 from fedcredit.errors import ConfigError
 from fedcredit.params import JOB_TYPES, ModelTable, StrictModel, validate
@@ -263,10 +264,31 @@ class PolicySection(_Strict):
         return v
 
 
+class ComputeSection(_Strict):
+    """[compute]: the cores a party gives its HE work (fedcredit.compute; docs/scale.md "Cores")."""
+
+    workers: int = Field(0, ge=0, le=4096, description="worker processes (or Ray actors) for HE work; 0 = all cores")
+    engine: Literal["inline", "processes", "ray"] = Field(
+        "processes", description="inline (this process), processes (local workers) or ray (pip install 'fedcredit[ray]')")
+    ray_address: str | None = Field(None, min_length=1,
+                                    description="host:port of an existing Ray cluster to join (engine = 'ray')")
+
+    @model_validator(mode="after")
+    def _address_needs_ray(self) -> ComputeSection:
+        if self.ray_address is not None and self.engine != "ray":
+            raise ValueError(f"ray_address is set but engine is '{self.engine}' (expected 'ray': only Ray joins a cluster)")
+        return self
+
+    def pool(self, party: str) -> WorkerPool:
+        """The worker pool this section describes (errors name ``party``)."""
+        return WorkerPool(self.workers, self.engine, ray_address=self.ray_address, party=party)
+
+
 class PartyConfig(_File):
     party: PartySection
     coordinator: CoordinatorLink
     datasets: dict[str, DatasetSection] = Field(default_factory=dict)
+    compute: ComputeSection = Field(default_factory=ComputeSection, description="[compute]: cores for HE work")
     scoring: ScoringSection | None = None
     decision: DecisionPolicy | None = Field(None, description="[decision] policy (fedcredit.decision)")
     policy: PolicySection = Field(default_factory=PolicySection, description="[policy]: what jobs may use this data")

@@ -37,6 +37,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from crypto.certs import Identity, cert_fingerprint, verify_peer
+from fedcredit import compute
 from fedcredit.channel import DirState
 from fedcredit.checkpoint import attempt_session
 from fedcredit.config import PartyConfig, load_party_config
@@ -264,6 +265,8 @@ def run_vertical_party(rt: PartyRuntime) -> dict[str, Any]:
         audit.close()
         raise
     view = rt.vertical_party()
+    pool = rt.config.compute.pool(rt.name)
+    compute.configure(pool)  # the HE work of this run happens in this process: [compute] of the party config
     try:
         return run_vertical_party_core(raw, view)
     except FedCreditError as e:
@@ -273,3 +276,4 @@ def run_vertical_party(rt: PartyRuntime) -> dict[str, Any]:
     finally:
         raw.close()
         audit.close()
+        pool.close()

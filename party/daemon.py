@@ -29,6 +29,7 @@ import grpc
 from crypto.certs import Identity
 from crypto.files import private_dir, write_file
 from crypto.tls import address_mismatch, secure_channel
+from fedcredit import compute
 from fedcredit.config import PartyConfig, check_port_free, load_party_config
 from fedcredit.data import Table, load_dataset, table_summary
 from fedcredit.errors import ConfigError
@@ -225,6 +226,7 @@ class PartyHandle:
         stop_process_group(self.supernode)
         if self.fleet_link is not None:
             self.fleet_link.stop()
+        compute.default_pool().close()  # a local Ray instance this daemon started stops with it
 
 
 def start(config_path: Path) -> PartyHandle:
@@ -238,6 +240,10 @@ def start(config_path: Path) -> PartyHandle:
         print(f"party '{p.name}': {table_summary(table, config.datasets[key], dataset=key)}", flush=True)
     _check_ports(config)
     prepare_state_dir(config)
+    pool = config.compute.pool(p.name)
+    compute.configure(pool)  # this process's HE work; the ClientApp process configures its own (party/clientapp.py)
+    print(f"party '{p.name}': compute: {pool.workers} worker(s), engine {pool.engine}"
+          + (f" at {pool.ray_address}" if pool.ray_address else ""), flush=True)
     app = appguard.installed_app()
     port = p.runtime_port or _free_port()
     log = open(p.state_dir / "supernode.log", "ab")

@@ -44,6 +44,7 @@ from fedcredit.protocols.vertical_common import Standardizer
 from fedcredit.protocols.vertical_jobs import VerticalParty, hash_test_mask, run_vertical_party_core
 from fedcredit.transport import InMemoryHub, Transport
 from simulations.inprocess import run_roles
+from simulations.wan import wan_line
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 L2 = 1e-3  # VerticalLRConfig's default: the pooled LRs use the same objective (C = 1 / (l2 n))
@@ -140,11 +141,17 @@ def bench(name: str, data: Path, out: Path) -> dict[str, Any]:
                          min_rows=min_rows_for(bp, len(tr)), monotonic=bp.monotonic)[1]
            for j, f in enumerate(ptr.feature_names)]
     checks = {}
+    wan: dict[str, str] = {}
     for transform in ("indicators", "woe"):
         fed = _federated(label, passive, fraction, bp.model_copy(update={"transform": transform}),
                          out / f"{name}_{transform}")
         m = fed["reply"]["metrics"]
         rows.append((f"federated vertical LR, transform = {transform}", m["auc"], m["ks"], fed["wall"]))
+        rep = fed["reply"]
+        # sequential exchanges: PSI 2, binning 2 (setup/ctx/Enc(y) -> counts/events -> result), vertical LR
+        # setup/hello 1 + per step 2 (z -> r -> g -> gs) + per epoch validation/ctl 1, joint scoring 1
+        trips = 2 + 2 + 1 + 2 * int(rep.get("steps", 0)) + int(rep.get("epochs_run", 0)) + 1
+        wan[transform] = wan_line(fed["wall"], rep["bytes_sent"] + fed["passive_reply"]["bytes_sent"], trips)
         ftabs = [t for t in fed["binning"]["binning"] if t["owner"] == "fintech"]
         counts_equal = all(t["counts"] == r.counts and t["events"] == r.events for t, r in zip(ftabs, ref))
         iv_diff = max(abs(t["iv_total"] - r.iv_total) for t, r in zip(ftabs, ref))
@@ -159,6 +166,8 @@ def bench(name: str, data: Path, out: Path) -> dict[str, Any]:
     print(f"{'model':<60} {'AUC':>7} {'KS':>7} {'wall s':>8}")
     for label_, a_, k_, s_ in rows:
         print(f"{label_:<60} {a_:7.4f} {k_:7.4f} {s_:8.2f}")
+    for tf, line in wan.items():
+        print(f"federated, transform = {tf}: {line}")
     print("passive party's IV table  (federated vs pooled, same train rows):")
     for t, r in zip([t for t in json.loads((out / f"{name}_woe" / "bank" / "models" / "bench" / "binning.json")
                                            .read_text())["binning"] if t["owner"] == "fintech"], ref):
@@ -167,7 +176,7 @@ def bench(name: str, data: Path, out: Path) -> dict[str, Any]:
         print(f"  transform={tf}: counts/events equal: {c['counts_equal']}, max |IV diff| = {c['max_iv_diff']:.1e}, "
               f"features kept {c['kept']}/{c['features']}, bytes sent label {c['bytes_sent_label']:,} / "
               f"passive {c['bytes_sent_passive']:,}")
-    return {"rows": rows, "checks": checks}
+    return {"rows": rows, "checks": checks, "wan": wan}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Benchmark: vertical logistic regression on the real credit data, beside its plaintext baselines (one run).
 
     python -m simulations.bench_vertical_lr [--data ../shared/data] [--out /tmp/fedcredit_bench_vlr] [--tables benchmark,raw]
+        [--workers N] [--engine processes|ray]
 
 Two tables, the same 6,000 test ids (default_credit_homo_test.csv), train = the other 24,000:
 
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
+from fedcredit.compute import WorkerPool
 from fedcredit.data import Table, load_table, split_by_ids, table_from_frame
 from fedcredit.metrics import auc_ks
 from fedcredit.protocols.vertical_common import Standardizer, validation_split
@@ -41,6 +43,7 @@ from simulations.generator import HEAVY_LABEL_COLUMNS as LABEL_COLUMNS
 from simulations.generator import HEAVY_PASSIVE_COLUMNS as PASSIVE_COLUMNS
 from simulations.generator import generate_heavy_tailed as heavy_tailed
 from simulations.inprocess import run_vertical_lr_inprocess
+from simulations.wan import wan_line
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -157,7 +160,7 @@ def bench_table(name: str, args: argparse.Namespace, cfg: VerticalLRConfig) -> d
         print(f"[{name}] {label}: PSI + vertical LR over the in-memory hub: guest {len(guest):,} rows x "
               f"{guest.n_features}, host {len(host):,} rows x {host.n_features}, test ids {len(test_ids):,}", flush=True)
         res = run_vertical_lr_inprocess(guest, {"host": host}, c, test_ids=test_ids, out_dir=out / label.split()[0],
-                                        progress=None, observers=[observe])
+                                        progress=None, observers=[observe], pool=args.pool)
         lab, pas = res.label, res.passives["host"]
         m = lab.test_metrics or {}
         assert lab.test_scores is not None
@@ -171,6 +174,9 @@ def bench_table(name: str, args: argparse.Namespace, cfg: VerticalLRConfig) -> d
             "counters": {**lab.counters, **pas.counters}, "timings": {"label": lab.timings, "passive": pas.timings},
             "convergence": convergence(lab.history), "intersection": res.intersection_size,
             "full_batch_epochs": sum(1 for h in lab.history if h.get("phase") == "full_batch"),
+            # sequential exchanges: PSI 2, setup/hello 1, per step z -> r -> g -> gs 2, per epoch validation/ctl 1,
+            # joint scoring 1
+            "round_trips": 2 + 1 + 2 * lab.steps + lab.epochs_run + 1,
         }
     print()
     print(f"[{name}] {'model':34s} {'test AUC':>9s} {'KS':>7s} {'logloss':>8s} {'gap':>8s} {'train s':>8s}  bytes exchanged")
@@ -183,6 +189,9 @@ def bench_table(name: str, args: argparse.Namespace, cfg: VerticalLRConfig) -> d
                      f"{(f['bytes']['train'] + f['bytes']['score']) / 1e6:.1f} MB (+ PSI {f['bytes']['psi'] / 1e6:.1f} MB)"))
     for lbl, auc, ks, loss, gap, secs, b in rows:
         print(f"[{name}] {lbl:34s} {auc:9.4f} {ks:7.4f} {loss:8.5f} {100 * gap:+7.3f}% {secs:8.2f}  {b}")
+    for label, f in fed.items():
+        print(f"[{name}] {label}: " + wan_line(f["wall_seconds"], sum(f["bytes"].values()), f["round_trips"])
+              + " (PSI + training + scoring)")
     for label, f in fed.items():
         print(f"[{name}] {label}: {f['epochs']} epochs ({f['steps']} steps), of them {f['full_batch_epochs']} full-batch; "
               f"best epoch {f['best_epoch']}; encryptions {f['counters']['encryptions']}, decryptions "
@@ -206,7 +215,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tables", default="benchmark,raw,heavy", help="comma-separated: benchmark, raw, heavy")
     ap.add_argument("--before", action="store_true", help="also run the old optimiser (full_batch_steps=0)")
+    ap.add_argument("--workers", type=int, default=1, help="HE workers per party ([compute].workers; 1 = inline)")
+    ap.add_argument("--engine", default="processes", choices=["inline", "processes", "ray"])
     args = ap.parse_args(argv)
+    args.pool = WorkerPool(args.workers, args.engine)
     cfg = VerticalLRConfig(seed=args.seed)
     summary: dict = {"config": cfg.public()}
     for name in [t for t in args.tables.split(",") if t]:

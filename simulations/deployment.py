@@ -159,6 +159,8 @@ class LocalFederation:
                     "relay_address": f"127.0.0.1:{self.relay_port}",
                 },
                 "datasets": {k: {kk: str(vv) if isinstance(vv, Path) else vv for kk, vv in v.items()} for k, v in p.datasets.items()},
+                # every party of a local federation shares this machine: its cores split between them
+                "compute": {"workers": max(1, (os.cpu_count() or 1) // len(self.parties))},
                 "policy": local_policy(p, [q.name for q in self.parties], p.policy),
             }
             (self.root / f"{p.name}.toml").write_text(to_toml(cfg))

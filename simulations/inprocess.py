@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fedcredit.compute import WorkerPool
 from fedcredit.data import Table, split_by_ids, table_from_frame
 from fedcredit.errors import DataError, FedCreditError, PeerAborted, ProtocolError
 from fedcredit.protocols import secureboost as sb
@@ -195,12 +196,14 @@ def run_vertical_lr_inprocess(
     progress: Progress | None = None,
     observers: Sequence[Observer] = (),
     hub_timeout: float = 120.0,
+    pool: WorkerPool | None = None,
 ) -> VerticalLRInProcessResult:
     """Whole vertical LR federation in one process (threads over an :class:`InMemoryHub`): PSI, alignment, training, scoring.
 
     ``guest`` is the label party's table (with ``y``), ``hosts`` the passive parties'
     tables.  ``test_ids`` (e.g. the homo test ids) are held out and scored jointly.
-    ``observers`` see every message (leakage tests).
+    ``observers`` see every message (leakage tests).  ``pool``: every party's HE work (default
+    :func:`fedcredit.compute.default_pool`, inline: the parties already share this process's cores).
     """
     hub = InMemoryHub(default_timeout=hub_timeout)
     hub.observers.extend(observers)
@@ -226,8 +229,9 @@ def run_vertical_lr_inprocess(
     def role(p: str) -> Callable[[Transport], Any]:
         tr_, te = splits[p]
         if p == guest.party:
-            return lambda tr: vlr.run_vertical_lr_label(tr, tr_, passives, cfg, test=te, progress=progress, out_dir=out_dir)
-        return lambda tr: vlr.run_vertical_lr_passive(tr, tr_, guest.party, cfg, test=te, out_dir=out_dir)
+            return lambda tr: vlr.run_vertical_lr_label(tr, tr_, passives, cfg, test=te, progress=progress, out_dir=out_dir,
+                                                        pool=pool)
+        return lambda tr: vlr.run_vertical_lr_passive(tr, tr_, guest.party, cfg, test=te, out_dir=out_dir, pool=pool)
 
     results = run_roles(hub, {p: role(p) for p in parties}, name="vlr")
     wall = time.perf_counter() - t_start

@@ -14,6 +14,7 @@ from fed_data import messy_vertical_tables
 from crypto import ckks
 from fedcredit import binning as B
 from fedcredit.codec import pack_blobs, unpack, unpack_blobs
+from fedcredit.compute import WorkerPool
 from fedcredit.data import Table
 from fedcredit.errors import ConfigError, ProtocolError, SecurityError
 from fedcredit.params import BinningParams
@@ -42,12 +43,13 @@ def _shared(rows: int) -> tuple[Table, Table]:
     return label, passive
 
 
-def _run(label: Table, passive: Table, params: BinningParams, rec: list[Recording] | None = None):  # type: ignore[no-untyped-def]
+def _run(label: Table, passive: Table, params: BinningParams, rec: list[Recording] | None = None,  # type: ignore[no-untyped-def]
+         pool: WorkerPool | None = None):
     def passive_role(t: Transport):  # type: ignore[no-untyped-def]
         r = Recording(t)
         if rec is not None:
             rec.append(r)
-        return run_binning_passive(r, passive, "bank", tag_prefix=params.tag_prefix)
+        return run_binning_passive(r, passive, "bank", tag_prefix=params.tag_prefix, pool=pool)
 
     out = run_roles(InMemoryHub(default_timeout=120), {
         "bank": lambda t: run_binning_label(t, label, ["fintech"], params),
@@ -71,11 +73,12 @@ def _assert_equal(fed: list[B.BinningTable], pooled: list[B.BinningTable]) -> No
         assert abs(a.iv_total - b.iv_total) <= 1e-9
 
 
-@pytest.mark.parametrize("method", ["optimal", "equal_freq"])
-def test_federated_iv_equals_pooled_on_shared_data(method: str) -> None:
+@pytest.mark.parametrize(("method", "workers"), [("optimal", 1), ("equal_freq", 1), ("optimal", 2)])
+def test_federated_iv_equals_pooled_on_shared_data(method: str, workers: int) -> None:
+    """Also with the passive party's encrypted counts on 2 worker processes: the same exact counts."""
     label, passive = _shared(4000)
     params = BinningParams(method=method, monotonic="auto", min_bin_size=0.05, transform="indicators")  # type: ignore[arg-type]
-    lres, pres = _run(label, passive, params)
+    lres, pres = _run(label, passive, params, pool=WorkerPool(workers, "processes"))
     assert label.y is not None
     _assert_equal(lres.passive["fintech"], _pooled(passive, label.y, params))
     # the label party's own features: the same function as the pooled reference on its own columns

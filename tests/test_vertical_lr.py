@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from crypto import ckks
 from fedcredit.codec import unpack_arrays, unpack_blobs
+from fedcredit.compute import WorkerPool
 from fedcredit.data import Table, load_table, split_by_ids
 from fedcredit.errors import ConfigError, DataError, PeerAborted, ProtocolError
 from fedcredit.protocols.vertical_common import epoch_batches, validation_split
@@ -305,3 +306,32 @@ def test_splits_and_batches_follow_ids_not_row_order() -> None:
     b2 = epoch_batches(160, 50, 2, 5, [shuffled[i] for i in f2])
     assert [{ids[f1[i]] for i in b} for b in b1] == [{shuffled[f2[i]] for i in b} for b in b2]
     assert [len(b) for b in b1] == [40, 40, 40, 40]
+
+
+class _RecordingPool(WorkerPool):
+    """A real pool that also records which party opened which session (so a pool ignored would fail the test)."""
+
+    def __init__(self, *a, **k) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*a, **k)
+        self.opened: list[tuple[str | None, str]] = []
+
+    def session(self, init, arg=None, *, what="HE work", party=None):  # type: ignore[no-untyped-def]
+        self.opened.append((party, what))
+        return super().session(init, arg, what=what, party=party)
+
+
+def test_a_two_worker_pool_trains_the_same_model(tables) -> None:  # type: ignore[no-untyped-def]
+    """Encryption (label) and gradient products (passive) on 2 worker processes: same ciphertext counts, same model
+    up to CKKS noise and the flooding of returned sums (fresh randomness in every run)."""
+    g, h, test_ids = tables
+    cfg = VerticalLRConfig(max_epochs=2, full_batch_steps=2)
+    inline = run_vertical_lr_inprocess(g, {"host": h}, cfg, test_ids=test_ids)
+    pool = _RecordingPool(2, "processes")
+    pooled = run_vertical_lr_inprocess(g, {"host": h}, cfg, test_ids=test_ids, pool=pool)
+    assert sorted(pool.opened) == [("guest", "vertical LR residual encryption"), ("host", "vertical LR gradient products")]
+    a, b = inline.label, pooled.label
+    assert (a.epochs_run, a.steps, a.counters) == (b.epochs_run, b.steps, b.counters)
+    assert inline.passives["host"].counters == pooled.passives["host"].counters
+    np.testing.assert_allclose(b.model.weights, a.model.weights, atol=2e-3)
+    np.testing.assert_allclose(pooled.passives["host"].model.weights, inline.passives["host"].model.weights, atol=2e-3)
+    assert abs(b.test_metrics["auc"] - a.test_metrics["auc"]) < 1e-3

@@ -34,6 +34,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from crypto.files import write_text
 from fedcredit import dp
 from fedcredit.checkpoint import CheckpointStore, ResumeTags, agree_step
 from fedcredit.codec import loads_json, pack_arrays, pack_blobs, unpack_arrays, unpack_blobs
+from fedcredit.compute import WorkerPool, default_pool
 from fedcredit.data import Table
 from fedcredit.decision import Contributions, ScorecardPoints, lr_contributions
 from fedcredit.errors import ConfigError, DataError, PeerAborted, ProtocolError, SecurityError
@@ -602,6 +604,33 @@ def run_vertical_lr_label(
     report_name: str = "vertical_lr",
     checkpoint: CheckpointStore | None = None,
     resume: bool = False,
+    pool: WorkerPool | None = None,
+) -> LabelResult:
+    """Label party's role: owns the CKKS secret key, the labels and the intercept.
+
+    ``pool`` (default: this process's :func:`fedcredit.compute.default_pool`) encrypts each
+    step's residual chunks in parallel; its workers hold only the public context.
+    """
+    with ExitStack() as stack:
+        return _label_role(transport, train, passive_parties, cfg, test=test, progress=progress, out_dir=out_dir,
+                           report_name=report_name, checkpoint=checkpoint, resume=resume,
+                           pool=pool or default_pool(), stack=stack)
+
+
+def _label_role(
+    transport: Transport,
+    train: Table,
+    passive_parties: Sequence[str],
+    cfg: VerticalLRConfig,
+    *,
+    test: Table | None,
+    progress: Progress | None,
+    out_dir: str | Path | None,
+    report_name: str,
+    checkpoint: CheckpointStore | None,
+    resume: bool,
+    pool: WorkerPool,
+    stack: ExitStack,
 ) -> LabelResult:
     """Label party's role: owns the CKKS secret key, the labels and the intercept.
 
@@ -651,6 +680,8 @@ def run_vertical_lr_label(
         "test_digest": None if test is None else ids_digest(test.ids),
     }
     pub = ckks.public_bytes(ctx)
+    workers = stack.enter_context(pool.session(ckks.load_public, pub, what="vertical LR residual encryption", party=me)) \
+        if pool.parallel else None
     for p in passives:
         transport.send(p, tg.setup, json.dumps(setup).encode())
         transport.send(p, tg.ctx, pub)
@@ -723,7 +754,7 @@ def run_vertical_lr_label(
             padded = np.zeros(k * L)
             padded[: len(rows)] = resid * 2.0**RESIDUAL_SCALE_BITS
             t1 = time.perf_counter()
-            cts = ckks.encrypt_chunks(ctx, padded, L)
+            cts = ckks.encrypt_chunks(ctx, padded, L, workers=workers)
             tm["encrypt"] += time.perf_counter() - t1
             counters["encryptions"] += k
             enc = pack_blobs(cts, {"step": step, "rows": len(rows), "chunk": L})
@@ -871,6 +902,31 @@ def run_vertical_lr_passive(
     model_name: str = "vertical_lr",
     checkpoint: CheckpointStore | None = None,
     resume: bool = False,
+    pool: WorkerPool | None = None,
+) -> PassiveResult:
+    """Passive party's role: public CKKS context only; keeps its features and weights, sees no label.
+
+    ``pool`` (default: :func:`fedcredit.compute.default_pool`) computes each step's encrypted
+    gradient columns in parallel (one run of columns per worker).
+    """
+    with ExitStack() as stack:
+        return _passive_role(transport, train, label_party, cfg, test=test, out_dir=out_dir, model_name=model_name,
+                             checkpoint=checkpoint, resume=resume, pool=pool or default_pool(), stack=stack)
+
+
+def _passive_role(
+    transport: Transport,
+    train: Table,
+    label_party: str,
+    cfg: VerticalLRConfig,
+    *,
+    test: Table | None,
+    out_dir: str | Path | None,
+    model_name: str,
+    checkpoint: CheckpointStore | None,
+    resume: bool,
+    pool: WorkerPool,
+    stack: ExitStack,
 ) -> PassiveResult:
     """Passive party's role: public CKKS context only; keeps its features and weights, sees no label.
 
@@ -910,6 +966,8 @@ def run_vertical_lr_passive(
         transport.abort(error)  # the label party stops waiting for our hello, and learns why
         raise ProtocolError(f"party '{me}': {error}")
     transport.send(label_party, tg.hello, json.dumps({"n_features": train.n_features}).encode())
+    workers = stack.enter_context(pool.session(ckks.load_public, ctx_raw, what="vertical LR gradient products", party=me)) \
+        if pool.parallel and train.n_features > 1 else None
 
     lr, mu, l2 = float(pc["learning_rate"]), float(pc["momentum"]), float(pc["l2"])
     val_fraction, seed = float(pc["validation_fraction"]), int(pc["seed"])
@@ -972,7 +1030,7 @@ def run_vertical_lr_passive(
             col_masks = _uniform_mask(d * L, cfg.mask_bound * 2.0**RESIDUAL_SCALE_BITS).reshape(d, L)  # known only here
             mask_sums = col_masks.sum(axis=1)
             out = ckks.masked_column_products(
-                ctx, blobs, Xb, col_masks, what=f"party '{me}': residual ciphertext from '{label_party}'"
+                ctx, blobs, Xb, col_masks, what=f"party '{me}': residual ciphertext from '{label_party}'", workers=workers
             )
             counters["plain_multiplications"] += d * len(blobs)
             tm["he_gradient"] += time.perf_counter() - t1

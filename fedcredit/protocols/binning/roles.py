@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ import numpy as np
 from crypto import ckks
 from fedcredit import binning as B
 from fedcredit.codec import loads_json, pack, pack_blobs, unpack, unpack_blobs
+from fedcredit.compute import WorkerPool, default_pool
 from fedcredit.errors import ConfigError, DataError, PeerAborted, ProtocolError
 from fedcredit.params import BinningParams
 from fedcredit.protocols.binning.messages import PROTOCOL_VERSION, Tags
@@ -241,7 +243,8 @@ def run_binning_label(transport: Transport, train: Table, passives: Sequence[str
 
 
 def run_binning_passive(transport: Transport, train: Table, label_party: str, *, min_bin_rows: int = PASSIVE_MIN_BIN_ROWS,
-                        timeout: float | None = None, tag_prefix: str = "bin") -> PassiveBinning:
+                        timeout: float | None = None, tag_prefix: str = "bin",
+                        pool: WorkerPool | None = None) -> PassiveBinning:
     """A passive party's role: label-free prebins, encrypted per-bin event sums, then the label party's verdict.
 
     It refuses a job whose ``min_rows`` is below its own floor ``min_bin_rows``, and a
@@ -293,12 +296,17 @@ def run_binning_passive(transport: Transport, train: Table, label_party: str, *,
     transport.send(label_party, tg.counts,
                    pack({"features": [{"n_bins": b.n_bins, "kind": b.kind} for b in pre]},
                         {"counts": np.asarray(counts, dtype=np.int64)}))
-    for j, (b, idx) in enumerate(zip(pre, idxs)):  # one message per feature: ~235 KB per prebin at N=8192
-        M = np.zeros((len(enc_y) * L, b.n_bins), dtype=np.float64)
-        M[np.arange(n), idx] = 1.0
-        masks = np.stack([ckks.mask_zero_sum(L, scale=MASK_STD) for _ in range(b.n_bins)])
-        cts = ckks.masked_column_products(pub, enc_y, M, masks, what=f"party '{me}': Enc(y) from '{label_party}'")
-        transport.send(label_party, tg.events(j), pack_blobs(cts))
+    pool = pool or default_pool()  # each feature's bins split over the pool's workers (public context only)
+    with ExitStack() as stack:
+        workers = stack.enter_context(pool.session(ckks.load_public, ckks.public_bytes(pub),
+                                                   what="binning event counts", party=me)) if pool.parallel else None
+        for j, (b, idx) in enumerate(zip(pre, idxs)):  # one message per feature: ~235 KB per prebin at N=8192
+            M = np.zeros((len(enc_y) * L, b.n_bins), dtype=np.float64)
+            M[np.arange(n), idx] = 1.0
+            masks = np.stack([ckks.mask_zero_sum(L, scale=MASK_STD) for _ in range(b.n_bins)])
+            cts = ckks.masked_column_products(pub, enc_y, M, masks, what=f"party '{me}': Enc(y) from '{label_party}'",
+                                              workers=workers)
+            transport.send(label_party, tg.events(j), pack_blobs(cts))
 
     res = loads_json(transport.recv(label_party, tg.result, timeout), what=f"party '{me}': binning result")
     feats = res.get("features")
