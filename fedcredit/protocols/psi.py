@@ -56,10 +56,11 @@ from crypto.psi import POINT_LEN, PsiKey, hash_to_point, normalize_id
 from fedcredit.checkpoint import CheckpointStore, ResumeTags, agree_step
 from fedcredit.codec import loads_json
 from fedcredit.compute import WorkerPool, default_pool
+from fedcredit.data import IdColumn, id_hashes
 from fedcredit.errors import DataError, ProtocolError, SecurityError
 from fedcredit.transport import Transport
 
-__all__ = ["PsiResult", "Tags", "run_psi", "IdSource", "IntersectionIds", "save_intersection", "load_intersection", "DEFAULT_BATCH", "MATCH_LEN",
+__all__ = ["PsiResult", "Tags", "run_psi", "IdSource", "save_intersection", "load_intersection", "DEFAULT_BATCH", "MATCH_LEN",
            "KEY_STAGE", "BATCH_STAGE", "drop_progress"]
 
 DEFAULT_BATCH = 50_000
@@ -80,7 +81,7 @@ Progress = Callable[[str, int, int], None]
 class PsiResult:
     """What one party holds after PSI: its own ids of the intersection, in the order shared by every party."""
 
-    intersection_ids: Sequence[str]  # a list, or IntersectionIds (an Arrow column) for a streamed source
+    intersection_ids: Sequence[str]  # a list, or an IdColumn (Arrow) for a streamed source
     size: int
     indices: np.ndarray = field(repr=False)  # positions of intersection_ids in this party's input ids
     own_size: int = 0
@@ -171,41 +172,6 @@ def _rechunk(batches: Iterable[Sequence[str]], size: int) -> Iterator[list[str]]
 
     if buf:
         yield buf
-
-
-class IntersectionIds(Sequence[str]):
-    """The intersection's ids in the common order, held as one Arrow string column (not one Python object per id).
-
-    Why: at 10M common ids a list of ``str`` costs ~70 bytes per id; this costs the id's
-    UTF-8 bytes plus an 8-byte offset.  Compares equal to any sequence with the same ids.
-    """
-
-    def __init__(self, arr: Any) -> None:
-        self._arr = arr  # pyarrow.Array of large_string
-
-    def __len__(self) -> int:
-        return len(self._arr)
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return self._arr[i].to_pylist()
-        return self._arr[i].as_py()
-
-    def __iter__(self) -> Iterator[str]:
-        for at in range(0, len(self._arr), 65_536):
-            yield from self._arr[at : at + 65_536].to_pylist()
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, IntersectionIds):
-            return bool(self._arr.equals(other._arr))
-        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
-            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"IntersectionIds({len(self)} ids)"
 
 
 # --------------------------------------------------------------------------- blinding on the party's compute pool
@@ -311,8 +277,6 @@ def _scan(ids: IdSource, batch_size: int, me: str, source: str, digest: bool) ->
     A repeated hash is confirmed on the ids themselves (a second, reading pass) before it is
     reported, so a hash collision is never a false duplicate.
     """
-    import pandas as pd
-
     n = len(ids)
     hashes = np.empty(n, dtype=np.uint64)
     h = hashlib.sha256()
@@ -332,7 +296,7 @@ def _scan(ids: IdSource, batch_size: int, me: str, source: str, digest: bool) ->
             raise _id_error(batch[bad], at + bad, me, source) from None  # type: ignore[misc]
         if digest:
             h.update(_pack_ids(enc))
-        hashes[at : at + len(batch)] = pd.util.hash_array(np.asarray(batch, dtype=object), categorize=False)
+        hashes[at : at + len(batch)] = id_hashes(batch)
         at += len(batch)
     if at != n:
         raise DataError(f"party '{me}': {source} yielded {at} ids, not the {n} it announced")
@@ -359,23 +323,6 @@ def _scan(ids: IdSource, batch_size: int, me: str, source: str, digest: bool) ->
                 )
             first[v] = k
     return h.hexdigest() if digest else ""
-
-
-def _gather(ids: IdSource, ordered: np.ndarray) -> IntersectionIds:
-    """This party's ids at positions ``ordered`` (in that order), read in one more pass over the source."""
-    import pyarrow as pa
-
-    pos = np.sort(ordered)
-    chunks: list[Any] = []
-    lo = 0
-    for batch in ids.batches():
-        hi = lo + len(batch)
-        a, b = np.searchsorted(pos, [lo, hi])
-        if b > a:
-            chunks.append(pa.array([batch[j] for j in (pos[a:b] - lo).tolist()], type=pa.large_string()))
-        lo = hi
-    col = pa.chunked_array(chunks, type=pa.large_string()).combine_chunks() if chunks else pa.array([], pa.large_string())
-    return IntersectionIds(col.take(pa.array(np.searchsorted(pos, ordered))))
 
 
 def _hello(n: int, batch: int, min_size: int = 1, min_rule: str = "min_size") -> bytes:
@@ -808,7 +755,7 @@ def run_psi(
     if isinstance(src_ids, _SequenceIds):
         common: Sequence[str] = [src_ids.ids[i] for i in ordered.tolist()]
     else:
-        common = _gather(src_ids, ordered)
+        common = IdColumn.gather(src_ids.batches(), ordered)
     return PsiResult(
         intersection_ids=common,
         size=size,
