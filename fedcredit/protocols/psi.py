@@ -43,7 +43,6 @@ import hashlib
 import json
 import math
 import os
-import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +51,16 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from crypto.files import write_text
-from crypto.psi import POINT_LEN, PsiKey, hash_to_point, normalize_id
+from crypto.psi import (
+    OP_BLIND,
+    OP_HASH_BLIND,
+    POINT_LEN,
+    PsiKey,
+    blind_task,
+    normalize_id,
+    pack_ids,
+    worker_key,
+)
 from fedcredit.checkpoint import CheckpointStore, ResumeTags, agree_step
 from fedcredit.codec import loads_json
 from fedcredit.compute import WorkerPool, default_pool
@@ -176,44 +184,8 @@ def _rechunk(batches: Iterable[Sequence[str]], size: int) -> Iterator[list[str]]
 
 # --------------------------------------------------------------------------- blinding on the party's compute pool
 
-_OP_HASH_BLIND, _OP_BLIND = 1, 2
 #: below this many ids in a batch it is not split further across workers
 _MIN_CHUNK = 2_000
-
-
-def _hash_blind(key: PsiKey, ids: Sequence[bytes]) -> bytes:
-    return b"".join(key.blind([hash_to_point(i) for i in ids]))
-
-
-def _blind_buf(key: PsiKey, buf: bytes, keep: int) -> bytes:
-    pts = [buf[o : o + POINT_LEN] for o in range(0, len(buf), POINT_LEN)]
-    out = key.blind(pts)
-    return b"".join(out) if keep == POINT_LEN else b"".join(p[:keep] for p in out)
-
-
-def _pack_ids(ids: Sequence[bytes]) -> bytes:
-    lens = np.fromiter((len(i) for i in ids), dtype="<u4", count=len(ids))
-    return struct.pack("<I", len(ids)) + lens.tobytes() + b"".join(ids)
-
-
-def _unpack_ids(buf: bytes) -> list[bytes]:
-    (n,) = struct.unpack_from("<I", buf, 0)
-    lens = np.frombuffer(buf, dtype="<u4", count=n, offset=4)
-    ends = np.cumsum(lens) + 4 + 4 * n
-    starts = ends - lens
-    return [buf[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
-
-
-def _session_key(raw: bytes) -> PsiKey:
-    """A compute worker's copy of this party's scalar (``init`` of the PSI session; it arrives over the pool's pipe)."""
-    return PsiKey.import_from_parent(raw)
-
-
-def _blind_task(key: PsiKey, item: bytes) -> bytes:
-    """One chunk of work: ``op`` byte, then packed ids (hash+blind) or ``keep`` byte + 32-byte points (blind)."""
-    if item[0] == _OP_HASH_BLIND:
-        return _hash_blind(key, _unpack_ids(item[1:]))
-    return _blind_buf(key, item[2:], item[1])
 
 
 class _Blinder:
@@ -224,7 +196,7 @@ class _Blinder:
 
     def __init__(self, pool: WorkerPool, key: PsiKey) -> None:
         self.key = key
-        self._session = pool.session(_session_key, key.export_for_local_helper())
+        self._session = pool.session(worker_key, key.export_for_local_helper())
         self._parts = max(1, self._session.workers)
 
     def _split(self, n: int) -> list[tuple[int, int]]:
@@ -238,10 +210,10 @@ class _Blinder:
         for buf in peer_bufs:
             parts = self._split(len(buf) // POINT_LEN)
             spans.append(len(parts))
-            items += [bytes([_OP_BLIND, MATCH_LEN]) + buf[lo * POINT_LEN : hi * POINT_LEN] for lo, hi in parts]
+            items += [bytes([OP_BLIND, MATCH_LEN]) + buf[lo * POINT_LEN : hi * POINT_LEN] for lo, hi in parts]
         if own is not None:
-            items += [bytes([_OP_HASH_BLIND]) + _pack_ids(own[lo:hi]) for lo, hi in self._split(len(own))]
-        out = list(self._session.map(_blind_task, items))
+            items += [bytes([OP_HASH_BLIND]) + pack_ids(own[lo:hi]) for lo, hi in self._split(len(own))]
+        out = list(self._session.map(blind_task, items))
         peers, at = [], 0
         for k in spans:
             peers.append(b"".join(out[at : at + k]))
@@ -295,7 +267,7 @@ def _scan(ids: IdSource, batch_size: int, me: str, source: str, digest: bool) ->
             bad = next(k for k, v in enumerate(batch) if _id_error(v, at + k, me, source) is not None)
             raise _id_error(batch[bad], at + bad, me, source) from None  # type: ignore[misc]
         if digest:
-            h.update(_pack_ids(enc))
+            h.update(pack_ids(enc))
         hashes[at : at + len(batch)] = id_hashes(batch)
         at += len(batch)
     if at != n:
