@@ -186,6 +186,8 @@ def _rechunk(batches: Iterable[Sequence[str]], size: int) -> Iterator[list[str]]
 
 #: below this many ids in a batch it is not split further across workers
 _MIN_CHUNK = 2_000
+#: queries per step of a lookup: bounds its temporaries (~50 bytes per query) to a few tens of MB
+_FIND_CHUNK = 1 << 20
 
 
 class _Blinder:
@@ -539,15 +541,19 @@ class _Lookup:
                 raise ProtocolError(f"party '{me}': {what} contain repeated values (misbehaving peer or corrupted stream)")
 
     def find(self, q: np.ndarray) -> np.ndarray:
-        """Position of each query value in ``values``, or -1."""
-        if len(self.values) == 0 or len(q) == 0:
-            return np.full(len(q), -1, dtype=np.int64)
-        if self.by_key:
-            i = np.searchsorted(self.keys, q.view("<u8")[::2], sorter=self.order)
-        else:
-            i = np.searchsorted(self.values, q, sorter=self.order)
-        cand = self.order[np.clip(i, 0, len(self.values) - 1)]
-        return np.where(self.values[cand] == q, cand, -1)
+        """Position of each query value in ``values``, or -1 (8 bytes per query; temporaries per chunk only)."""
+        out = np.full(len(q), -1, dtype=np.int64)
+        if len(self.values) == 0:
+            return out
+        for lo in range(0, len(q), _FIND_CHUNK):
+            c = q[lo : lo + _FIND_CHUNK]
+            if self.by_key:
+                i = np.searchsorted(self.keys, c.view("<u8")[::2], sorter=self.order)
+            else:
+                i = np.searchsorted(self.values, c, sorter=self.order)
+            cand = self.order[np.clip(i, 0, len(self.values) - 1)]
+            out[lo : lo + len(c)] = np.where(self.values[cand] == c, cand, -1)
+        return out
 
 
 # --------------------------------------------------------------------------- entry point
