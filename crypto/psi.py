@@ -143,7 +143,7 @@ class PsiKey:
 
     @classmethod
     def import_from_parent(cls, raw: bytes) -> PsiKey:
-        """Inverse of :meth:`export_for_local_helper`, in the helper process."""
+        """Inverse of :meth:`export_for_local_helper`, in the party's own compute worker."""
         if len(raw) != 32:
             raise SecurityError(f"PSI helper received a {len(raw)}-byte scalar, expected 32")
         return cls(X25519PrivateKey.from_private_bytes(raw))

@@ -130,7 +130,7 @@ def local_phases(path: Path, n_peer: int, batch_size: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="ids per party")
-    ap.add_argument("--workers", type=int, default=None, help="blinding helper processes per party (default: cores)")
+    ap.add_argument("--workers", type=int, default=None, help="compute worker processes per party (default: compute.default_pool())")
     ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     ap.add_argument("--parquet", type=Path, default=None,
                     help="stream each party's ids from a Parquet file in this directory (generated if absent)")

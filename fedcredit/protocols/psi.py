@@ -76,7 +76,7 @@ DEFAULT_BATCH = 50_000
 MAX_IDS = 2_000_000_000
 MATCH_LEN = 16  # bytes of a doubly-blinded point kept for matching/ordering (128-bit: collisions ~2^-88 at 1M ids)
 _VERSION = 1
-_PARALLEL_THRESHOLD = 20_000  # below this many own ids helper processes cost more than they save
+_PARALLEL_THRESHOLD = 20_000  # below this many own ids worker processes cost more than they save
 #: checkpoint stage of a PSI in progress: this party's scalar and the run's parameters (step 1)
 KEY_STAGE = "psi_key"
 #: checkpoint stage of a PSI in progress: step k = rounds 0..k-1 done; each file holds only round k-1's values
@@ -579,12 +579,15 @@ def run_psi(
     """Run this party's role of the PSI; every party in ``parties`` calls it with the same ``parties``/``leader``.
 
     ``ids``: this party's customer ids, already normalized (a :class:`fedcredit.data.Table`'s
-    ids, or :func:`fedcredit.data.normalize_ids`); an id that is not, or a duplicate, is an
-    error naming ``source``.  Returns this party's own ids of the
-    intersection of *all* parties' sets, in an order identical at every party.
-    ``progress(stage, done, total)`` is called per batch.  ``workers``: blinding
-    helper processes, 0 = blind in the calling thread (default: all cores for
-    >= 20,000 own ids, else 0).  ``min_size``: the smallest intersection this party accepts
+    ids, or :func:`fedcredit.data.normalize_ids`), or an :class:`IdSource` stream of them
+    (:func:`fedcredit.data.read_ids_stream`: bounded memory); an id that is not, or a
+    duplicate, is an error naming ``source``.  Returns this party's own ids of the
+    intersection of *all* parties' sets, in an order identical at every party (a list, or
+    for a stream one Arrow column, :class:`fedcredit.data.IdColumn`).
+    ``progress(stage, done, total)`` is called per batch.  ``pool``: the compute pool that
+    blinds (default :func:`fedcredit.compute.default_pool` for >= 20,000 own ids, else
+    inline); ``workers`` is shorthand for ``WorkerPool(workers, "processes")`` (0 or 1:
+    inline).  ``min_size``: the smallest intersection this party accepts
     (``min_rule`` says who set it); every party announces its own in its hello, the leader
     refuses below the largest one before it reveals the intersection, and every other
     party checks its own again when the result arrives.
