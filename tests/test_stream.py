@@ -170,3 +170,19 @@ def test_duplicate_across_row_groups_fails_at_the_owner_naming_file_and_rows(tmp
     assert str(errs["fintech"]) == (f"party 'fintech': duplicate id 'c12' in {f} (positions 13 and 651); "
                                     "PSI needs unique ids")
     assert isinstance(errs["bank"], ProtocolError)  # told at once, not left waiting
+
+
+def test_worker_items_round_trip_and_refuse_malformed_buffers() -> None:
+    from crypto.psi import OP_BLIND, OP_HASH_BLIND, blind_task, hash_to_point, pack_ids, unpack_ids
+
+    ids = [b"a", b"", "\u00e9t\u00e9".encode(), b"x" * 300]
+    assert unpack_ids(pack_ids(ids)) == ids
+    for bad in (pack_ids(ids)[:-1], pack_ids(ids) + b"!", b"\xff\xff\xff\x00"):
+        with pytest.raises(ProtocolError):
+            unpack_ids(bad)
+    k = PsiKey.generate()
+    assert blind_task(k, bytes([OP_HASH_BLIND]) + pack_ids([b"7"])) == b"".join(k.blind([hash_to_point(b"7")]))
+    pt = hash_to_point(b"8")
+    assert blind_task(k, bytes([OP_BLIND, 16]) + pt) == k.blind([pt])[0][:16]
+    with pytest.raises(ProtocolError, match="unknown PSI work item"):
+        blind_task(k, b"\x09")
