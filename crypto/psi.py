@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+import struct
 from collections.abc import Iterable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -130,7 +131,7 @@ class PsiKey:
         return cls(X25519PrivateKey.generate())
 
     def export_for_local_helper(self) -> bytes:
-        """The raw scalar, only for this party's own blinding helper processes (over a pipe).
+        """The raw scalar, only for this party's own compute workers (over the pool's pipe: :func:`worker_key`).
 
         It must never be written to disk or sent across the party's boundary.
         """
@@ -142,7 +143,7 @@ class PsiKey:
 
     @classmethod
     def import_from_parent(cls, raw: bytes) -> PsiKey:
-        """Inverse of :meth:`export_for_local_helper`, in the helper process."""
+        """Inverse of :meth:`export_for_local_helper`, in the party's own compute worker."""
         if len(raw) != 32:
             raise SecurityError(f"PSI helper received a {len(raw)}-byte scalar, expected 32")
         return cls(X25519PrivateKey.from_private_bytes(raw))
@@ -187,6 +188,52 @@ class PsiKey:
 
     def __repr__(self) -> str:
         return "PsiKey(<secret>)"
+
+
+# --------------------------------------------------------------------------- work items for a party's compute workers
+
+#: first byte of a work item: hash each packed id to a point and blind it / blind 32-byte points
+OP_HASH_BLIND, OP_BLIND = 1, 2
+
+
+def pack_ids(ids: Sequence[bytes]) -> bytes:
+    """``count`` (u32) + each id's length (u32) + the ids: a batch of ids as one buffer for a worker."""
+    return struct.pack(f"<I{len(ids)}I", len(ids), *map(len, ids)) + b"".join(ids)
+
+
+def unpack_ids(buf: bytes) -> list[bytes]:
+    """Inverse of :func:`pack_ids`; ProtocolError if the buffer does not hold what its header says."""
+    (n,) = struct.unpack_from("<I", buf, 0)
+    if 4 + 4 * n > len(buf):
+        raise ProtocolError(f"PSI id batch header announces {n} ids in {len(buf)} bytes")
+    lens = struct.unpack_from(f"<{n}I", buf, 4)
+    out, at = [], 4 + 4 * n
+    for ln in lens:
+        out.append(buf[at : at + ln])
+        at += ln
+    if at != len(buf):
+        raise ProtocolError(f"PSI id batch holds {len(buf)} bytes, its header accounts for {at}")
+    return out
+
+
+def worker_key(raw: bytes) -> PsiKey:
+    """A compute worker's copy of the party's scalar (the session's ``init``; it arrives over the pool's pipe)."""
+    return PsiKey.import_from_parent(raw)
+
+
+def blind_task(key: PsiKey, item: bytes) -> bytes:
+    """One work item: ``OP_HASH_BLIND`` + packed ids -> their blinded points (32 bytes each), or
+    ``OP_BLIND`` + ``keep`` byte + 32-byte points -> each blinded again, cut to its first ``keep`` bytes.
+
+    Here, in ``crypto``, so a worker process imports only this module (no pandas, no protocol code).
+    """
+    if item[0] == OP_HASH_BLIND:
+        return b"".join(key.blind([hash_to_point(i) for i in unpack_ids(item[1:])]))
+    if item[0] != OP_BLIND or len(item) < 2:
+        raise ProtocolError(f"unknown PSI work item {item[:1]!r}")
+    keep, buf = item[1], item[2:]
+    out = key.blind([buf[o : o + POINT_LEN] for o in range(0, len(buf), POINT_LEN)])
+    return b"".join(out) if keep == POINT_LEN else b"".join(p[:keep] for p in out)
 
 
 if __name__ == "__main__":  # pragma: no cover - benchmark

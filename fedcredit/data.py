@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,12 @@ __all__ = [
     "dataset_columns",
     "split_by_ids",
     "require_numbers",
+    "ParquetIds",
+    "IdColumn",
+    "id_hashes",
+    "read_ids_stream",
+    "iter_row_groups",
+    "iter_feature_batches",
     "table_summary",
 ]
 
@@ -442,7 +448,8 @@ class OneHotEncoding:
 # --------------------------------------------------------------------------- validation
 
 
-def _where(party: str, source: str, row: int, csv_lines: bool) -> str:
+def _where(party: str, source: str, row: int, csv_lines: bool, row0: int = 0) -> str:
+    row += row0  # a row group's frame starts at file row ``row0``
     loc = f"row {row + 1}"
     if csv_lines:
         loc += f" (line {row + 2})"
@@ -493,7 +500,7 @@ def _as_float(v: str) -> float | None:
 
 
 def _numeric_column(df: pd.DataFrame, col: str, party: str, source: str, csv_lines: bool,
-                    missing: np.ndarray | None = None) -> np.ndarray:
+                    missing: np.ndarray | None = None, row0: int = 0) -> np.ndarray:
     """Column ``col`` as float64.  ``missing`` given (a feature): those cells are NaN; else (id/label) none may be.
 
     Unparsable and infinite values are errors naming party, file, column and row either way.
@@ -515,7 +522,7 @@ def _numeric_column(df: pd.DataFrame, col: str, party: str, source: str, csv_lin
             hint = (" or a missing value (empty, NaN or one of missing_values); declare the column "
                     "'categorical' in [datasets.<key>].columns if it holds categories") if missing is not None else ""
             raise DataError(
-                f"{_where(party, source, i, csv_lines)}: column '{col}' has non-numeric value {shown!r}; "
+                f"{_where(party, source, i, csv_lines, row0)}: column '{col}' has non-numeric value {shown!r}; "
                 f"expected a number{hint} ({int(bad.sum())} such value(s) in this column)"
             )
         vals = coerced.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -524,7 +531,7 @@ def _numeric_column(df: pd.DataFrame, col: str, party: str, source: str, csv_lin
         i = int(np.flatnonzero(bad_vals)[0])
         kind = "a missing/NaN" if np.isnan(vals[i]) else "an infinite"
         raise DataError(
-            f"{_where(party, source, i, csv_lines)}: column '{col}' has {kind} value; "
+            f"{_where(party, source, i, csv_lines, row0)}: column '{col}' has {kind} value; "
             f"expected a finite number ({int(bad_vals.sum())} such value(s) in this column)"
         )
     return vals
@@ -880,3 +887,203 @@ def split_by_ids(table: Table, test_ids: set[str] | frozenset[str]) -> tuple[Tab
         raise DataError(f"party '{table.party}': every aligned row of {table.source} is a test id; no training rows")
     return train, test
 
+
+
+# --------------------------------------------------------------------------- Parquet in row groups (bounded memory)
+
+#: rows per batch the streaming readers hand out (Arrow decodes one row group at a time underneath)
+STREAM_BATCH_ROWS = 65_536
+
+
+def _parquet(path: str | Path, party: str) -> tuple[Path, object]:
+    """``path`` opened as a Parquet file (metadata only), or a DataError naming party and file."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"party '{party}': data file {path} does not exist")
+    if not path.is_file():
+        raise DataError(f"party '{party}': data path {path} is not a file")
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        raise DataError(f"party '{party}', file {path}: streaming reads need a Parquet file (.parquet, .pq), "
+                        f"not '{path.suffix or '(none)'}'; load_table reads CSV whole")
+    try:
+        return path, pq.ParquetFile(path)
+    except (OSError, ValueError) as e:
+        raise DataError(f"party '{party}', file {path}: cannot be parsed as parquet: {e}") from None
+
+
+def _need_columns(pf: object, path: Path, party: str, cols: Sequence[str]) -> None:
+    names = list(pf.schema_arrow.names)  # type: ignore[attr-defined]
+    missing = [c for c in cols if c not in names]
+    if missing:
+        raise DataError(f"party '{party}', file {path}: missing column(s) {missing}; expected {list(cols)}, the file "
+                        f"has {names}")
+
+
+def iter_row_groups(path: str | Path, *, party: str, columns: Sequence[str],
+                    batch_rows: int = STREAM_BATCH_ROWS) -> Iterator[tuple[int, pd.DataFrame]]:
+    """``(first row, frame)`` of ``columns`` of a Parquet file, a bounded batch of rows at a time.
+
+    Why: a party's 10M-row table need not be in memory for PSI and binning counts; Arrow
+    decodes one row group at a time, and each frame holds at most ``batch_rows`` rows.
+    """
+    path, pf = _parquet(path, party)
+    _need_columns(pf, path, party, columns)
+    row0 = 0
+    try:
+        for rb in pf.iter_batches(batch_size=batch_rows, columns=list(columns)):  # type: ignore[attr-defined]
+            df = rb.to_pandas()
+            yield row0, df
+            row0 += len(df)
+    except (OSError, ValueError) as e:
+        raise DataError(f"party '{party}', file {path}: cannot be read after row {row0}: {e}") from None
+
+
+class ParquetIds:
+    """The normalized ids of a Parquet file's id column, read batch by batch (an id source for PSI).
+
+    Each id is normalized with the loader's rule and errors (party, file, column, row);
+    uniqueness over the whole file is checked by its consumer (PSI does, in 8 bytes per id),
+    since checking it here would hold every id.  ``len()`` comes from the file's metadata.
+    """
+
+    def __init__(self, path: str | Path, *, party: str, id_col: str = "id", batch_rows: int = STREAM_BATCH_ROWS) -> None:
+        self.path, pf = _parquet(path, party)
+        _need_columns(pf, self.path, party, [id_col])
+        self.party, self.id_col, self.batch_rows = party, id_col, batch_rows
+        self.source = str(self.path)
+        self._n = int(pf.metadata.num_rows)  # type: ignore[attr-defined]
+        if self._n == 0:
+            raise DataError(f"party '{party}', file {self.path}: the table has a header but no rows")
+
+    def __len__(self) -> int:
+        return self._n
+
+    def batches(self) -> Iterator[list[str]]:
+        """Normalized ids in row order, at most ``batch_rows`` per batch; starts over at each call."""
+        for row0, df in iter_row_groups(self.path, party=self.party, columns=[self.id_col], batch_rows=self.batch_rows):
+            out: list[str] = []
+            for k, v in enumerate(df[self.id_col].tolist()):
+                if v is None or (isinstance(v, float) and v != v):
+                    raise DataError(f"{_where(self.party, self.source, k, False, row0)}: id column "
+                                    f"'{self.id_col}' is empty")
+                try:
+                    out.append(normalize_id(v))
+                except DataError as e:
+                    raise DataError(f"{_where(self.party, self.source, k, False, row0)}: id column "
+                                    f"'{self.id_col}': {e}") from None
+            yield out
+
+
+def read_ids_stream(path: str | Path, *, party: str, id_col: str = "id",
+                    batch_rows: int = STREAM_BATCH_ROWS) -> ParquetIds:
+    """A Parquet file's ids as a stream for :func:`fedcredit.protocols.psi.run_psi` (bounded memory)."""
+    return ParquetIds(path, party=party, id_col=id_col, batch_rows=batch_rows)
+
+
+def iter_feature_batches(path: str | Path, *, party: str, feature_cols: Sequence[str],
+                         kinds: Mapping[str, str] | None = None, missing_values: Sequence[str] = (),
+                         categories: Mapping[str, Sequence[str]] | None = None,
+                         batch_rows: int = STREAM_BATCH_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, float64 block)`` of ``feature_cols`` per batch, validated as :func:`load_table` does.
+
+    Numeric columns: the loader's parsing, missing values and errors (naming file, column and
+    file row).  A categorical column's codes index ``categories[col]`` (its vocabulary, which a
+    whole-file pass or the table's schema gives); a value outside it is an error.  A column's
+    kind is its declared kind, else numeric if its Parquet type is (inference that needs
+    the whole column is the loader's job).
+    """
+    kinds = dict(kinds or {})
+    vocab = {c: {v: float(k) for k, v in enumerate(vs)} for c, vs in (categories or {}).items()}
+    path = Path(path)
+    for row0, df in iter_row_groups(path, party=party, columns=list(feature_cols), batch_rows=batch_rows):
+        X = np.empty((len(df), len(feature_cols)), dtype=np.float64)
+        for j, c in enumerate(feature_cols):
+            miss = _missing_mask(df[c], missing_values)
+            kind = kinds.get(c) or ("numeric" if pd.api.types.is_numeric_dtype(df[c]) or
+                                    pd.api.types.is_bool_dtype(df[c]) else None)
+            if kind == "numeric":
+                X[:, j] = _numeric_column(df, c, party, str(path), False, missing=miss, row0=row0)
+            elif kind == "categorical":
+                if c not in vocab:
+                    raise DataError(f"party '{party}', file {path}: categorical column '{c}' needs its vocabulary "
+                                    "(categories) to be read in batches")
+                text = _text(df[c])
+                codes = np.full(len(df), np.nan)
+                for k, (t, m) in enumerate(zip(text.tolist(), miss.tolist())):
+                    if m:
+                        continue
+                    code = vocab[c].get(t)
+                    if code is None:
+                        raise DataError(f"{_where(party, str(path), k, False, row0)}: column '{c}' has category "
+                                        f"{t!r}, not among its {len(vocab[c])} known categories")
+                    codes[k] = code
+                X[:, j] = codes
+            else:
+                raise DataError(f"party '{party}', file {path}: column '{c}' is not a numeric Parquet column; "
+                                "declare its kind in [datasets.<key>].columns to read it in batches")
+        yield row0, X
+
+
+def id_hashes(ids: Sequence[str]) -> np.ndarray:
+    """A 64-bit hash of each id (vectorized): finds repeated ids by sorting 8 bytes per id instead of a set of strings.
+
+    Equal ids hash equal; a repeated hash is only a candidate (confirm on the ids themselves).
+    """
+    return pd.util.hash_array(np.asarray(ids, dtype=object), categorize=False)
+
+
+class IdColumn(Sequence[str]):
+    """Ids held as one Arrow string column (not one Python object per id), e.g. a streamed PSI's intersection.
+
+    Why: at 10M ids a list of ``str`` costs ~70 bytes per id; this costs the id's UTF-8
+    bytes plus an 8-byte offset.  Compares equal to any sequence with the same ids in order.
+    """
+
+    def __init__(self, arr: object) -> None:
+        self._arr: Any = arr  # pyarrow.Array of large_string
+
+    @classmethod
+    def gather(cls, batches: Iterable[Sequence[str]], positions: np.ndarray) -> IdColumn:
+        """The ids at ``positions`` of the stream ``batches`` (row order), in the order of ``positions``; one pass."""
+        import pyarrow as pa
+
+        pos = np.sort(positions)
+        chunks: list[Any] = []
+        lo = 0
+        for batch in batches:
+            hi = lo + len(batch)
+            a, b = np.searchsorted(pos, [lo, hi])
+            if b > a:
+                chunks.append(pa.array([batch[j] for j in (pos[a:b] - lo).tolist()], type=pa.large_string()))
+            lo = hi
+        if len(pos) and (pos[0] < 0 or pos[-1] >= lo):
+            raise IndexError(f"id positions outside the {lo} ids of the stream")
+        col = pa.chunked_array(chunks, type=pa.large_string()).combine_chunks() if chunks else \
+            pa.array([], type=pa.large_string())
+        return cls(col.take(pa.array(np.searchsorted(pos, positions))))
+
+    def __len__(self) -> int:
+        return len(self._arr)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return self._arr[i].to_pylist()
+        return self._arr[i].as_py()
+
+    def __iter__(self) -> Iterator[str]:
+        for at in range(0, len(self._arr), 65_536):
+            yield from self._arr[at : at + 65_536].to_pylist()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, IdColumn):
+            return bool(self._arr.equals(other._arr))
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"IdColumn({len(self)} ids)"

@@ -17,10 +17,18 @@ only confirms what both already computed; for more it also removes the ids missi
 at some third party.
 
 Work per party: blinding its own ids once and each peer's ids once (X25519 scalar
-multiplications, ~25-30k/s per core), hashing its own ids.  Large sets are blinded
-by helper processes (``workers``), batch by batch, so memory stays at flat 16-byte
-buffers per id plus a few batches in flight.  The blinding scalar reaches the
-helpers over their stdin pipe, and — in a deployed job — the party's own checkpoint.
+multiplications, ~25-30k/s per core), hashing its own ids.  The blinding runs on the
+party's compute pool (:mod:`fedcredit.compute`, one session per run holding the scalar;
+it reaches the workers over the pool's pipe and — in a deployed job — the party's own
+checkpoint), each round's batch split across the workers.
+
+Memory (docs/psi.md, "Memory"): the ids are read as a stream (:class:`IdSource`, e.g. a
+Parquet file row group by row group: :func:`fedcredit.data.read_ids_stream`) in three
+passes — check (8 bytes per id: a 64-bit hash to find repeats), exchange, and the
+intersection's ids — so they are never all Python objects at once.  What is held for the
+whole run is flat: 16 bytes per own id and per peer id per peer (the doubly-blinded
+values), plus, while intersecting, ~8 bytes per id per sort order and a few temporaries;
+per round only one batch per peer is in flight.
 
 Checkpoints (``checkpoint=``, docs/resume.md): batch index i is round i; a party saves
 its own scalar once (``psi_key``) and after round i that round's values (``psi_batch``
@@ -35,30 +43,40 @@ import hashlib
 import json
 import math
 import os
-import struct
-import subprocess
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from crypto.files import write_text
-from crypto.psi import POINT_LEN, PsiKey, hash_to_point, normalize_id
+from crypto.psi import (
+    OP_BLIND,
+    OP_HASH_BLIND,
+    POINT_LEN,
+    PsiKey,
+    blind_task,
+    normalize_id,
+    pack_ids,
+    worker_key,
+)
 from fedcredit.checkpoint import CheckpointStore, ResumeTags, agree_step
 from fedcredit.codec import loads_json
+from fedcredit.compute import WorkerPool, default_pool
+from fedcredit.data import IdColumn, id_hashes
 from fedcredit.errors import DataError, ProtocolError, SecurityError
 from fedcredit.transport import Transport
 
-__all__ = ["PsiResult", "Tags", "run_psi", "save_intersection", "load_intersection", "DEFAULT_BATCH", "MATCH_LEN",
+__all__ = ["PsiResult", "Tags", "run_psi", "IdSource", "save_intersection", "load_intersection", "DEFAULT_BATCH", "MATCH_LEN",
            "KEY_STAGE", "BATCH_STAGE", "drop_progress"]
 
 DEFAULT_BATCH = 50_000
+#: most ids a peer may announce (its doubly-blinded values are held in a flat array of that size)
+MAX_IDS = 2_000_000_000
 MATCH_LEN = 16  # bytes of a doubly-blinded point kept for matching/ordering (128-bit: collisions ~2^-88 at 1M ids)
 _VERSION = 1
-_PARALLEL_THRESHOLD = 20_000  # below this many own ids helper processes cost more than they save
+_PARALLEL_THRESHOLD = 20_000  # below this many own ids worker processes cost more than they save
 #: checkpoint stage of a PSI in progress: this party's scalar and the run's parameters (step 1)
 KEY_STAGE = "psi_key"
 #: checkpoint stage of a PSI in progress: step k = rounds 0..k-1 done; each file holds only round k-1's values
@@ -71,7 +89,7 @@ Progress = Callable[[str, int, int], None]
 class PsiResult:
     """What one party holds after PSI: its own ids of the intersection, in the order shared by every party."""
 
-    intersection_ids: list[str]
+    intersection_ids: Sequence[str]  # a list, or an IdColumn (Arrow) for a streamed source
     size: int
     indices: np.ndarray = field(repr=False)  # positions of intersection_ids in this party's input ids
     own_size: int = 0
@@ -111,203 +129,174 @@ class Tags:
         return f"{self.prefix}/final"
 
 
-# --------------------------------------------------------------------------- blinding workers
-
-_OP_HASH_BLIND, _OP_BLIND, _OP_ERROR = 1, 2, 255
-_FRAME = struct.Struct("<BI")
+# --------------------------------------------------------------------------- id sources
 
 
-def _hash_blind(key: PsiKey, ids: Sequence[bytes]) -> bytes:
-    return b"".join(key.blind([hash_to_point(i) for i in ids]))
+@runtime_checkable
+class IdSource(Protocol):
+    """A party's ids as a re-iterable stream: PSI reads it in passes instead of holding every id as a Python object.
+
+    ``batches()`` starts over at each call and yields normalized id strings in row order
+    (any batch sizes); ``len()`` is the number of ids it will yield; ``source`` names it in
+    errors.  :func:`fedcredit.data.read_ids_stream` makes one from a Parquet file (row group
+    by row group); a plain sequence of ids is one source held in memory.
+    """
+
+    source: str
+
+    def __len__(self) -> int: ...
+
+    def batches(self) -> Iterator[Sequence[str]]: ...
 
 
-def _blind_buf(key: PsiKey, buf: bytes, keep: int) -> bytes:
-    pts = [buf[o : o + POINT_LEN] for o in range(0, len(buf), POINT_LEN)]
-    out = key.blind(pts)
-    return b"".join(out) if keep == POINT_LEN else b"".join(p[:keep] for p in out)
+class _SequenceIds:
+    """An in-memory sequence of ids as an :class:`IdSource`."""
+
+    def __init__(self, ids: Sequence[str], source: str) -> None:
+        self.ids, self.source = ids, source
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batches(self) -> Iterator[Sequence[str]]:
+        yield self.ids
 
 
-def _pack_ids(ids: Sequence[bytes]) -> bytes:
-    lens = np.fromiter((len(i) for i in ids), dtype="<u4", count=len(ids))
-    return struct.pack("<I", len(ids)) + lens.tobytes() + b"".join(ids)
+def _rechunk(batches: Iterable[Sequence[str]], size: int) -> Iterator[list[str]]:
+    """Batches of exactly ``size`` ids (the last one shorter), whatever sizes the source yields."""
+    buf: list[str] = []
+    for b in batches:
+        at = 0
+        if not buf and len(b) == size:  # the source's batch is already one: no copy
+            yield list(b)
+            continue
+        while at < len(b):
+            take = min(size - len(buf), len(b) - at)
+            buf.extend(b[at : at + take])
+            at += take
+            if len(buf) == size:
+                yield buf
+                buf = []
+
+    if buf:
+        yield buf
 
 
-def _unpack_ids(buf: bytes) -> list[bytes]:
-    (n,) = struct.unpack_from("<I", buf, 0)
-    lens = np.frombuffer(buf, dtype="<u4", count=n, offset=4)
-    ends = np.cumsum(lens) + 4 + 4 * n
-    starts = ends - lens
-    return [buf[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
+# --------------------------------------------------------------------------- blinding on the party's compute pool
 
-
-def _read_exact(f: Any, n: int) -> bytes:
-    chunks = []
-    while n:
-        c = f.read(n)
-        if not c:
-            raise EOFError
-        chunks.append(c)
-        n -= len(c)
-    return b"".join(chunks)
-
-
-def _write_frame(f: Any, op: int, payload: bytes) -> None:
-    f.write(_FRAME.pack(op, len(payload)))
-    f.write(payload)
-    f.flush()
-
-
-def _read_frame(f: Any) -> tuple[int, bytes]:
-    op, n = _FRAME.unpack(_read_exact(f, _FRAME.size))
-    return op, _read_exact(f, n)
-
-
-def _worker_main() -> None:
-    """Blinding helper process: key from stdin first, then (op, batch) frames; replies on stdout."""
-    inp = os.fdopen(os.dup(0), "rb", buffering=0)
-    out = os.fdopen(os.dup(1), "wb")
-    sys.stdout = sys.stderr  # nothing but frames may reach the parent's pipe
-    try:
-        _, raw = _read_frame(inp)
-    except EOFError:
-        return
-    key = PsiKey.import_from_parent(raw)
-    del raw
-    while True:
-        try:
-            op, payload = _read_frame(inp)
-        except EOFError:
-            return
-        try:
-            if op == _OP_HASH_BLIND:
-                res = _hash_blind(key, _unpack_ids(payload))
-            else:
-                res = _blind_buf(key, payload[1:], payload[0])
-            _write_frame(out, op, res)
-        except Exception as e:  # reported to the parent, which raises it as a protocol error
-            _write_frame(out, _OP_ERROR, f"{type(e).__name__}: {e}".encode())
+#: below this many ids in a batch it is not split further across workers
+_MIN_CHUNK = 2_000
+#: queries per step of a lookup: bounds its temporaries (~50 bytes per query) to a few tens of MB
+_FIND_CHUNK = 1 << 20
 
 
 class _Blinder:
-    """One party's PSI scalar, plus helper processes holding the same scalar for large sets.
+    """This party's scalar on its compute pool (:mod:`fedcredit.compute`): one session, booted once per PSI run.
 
-    Helpers are plain ``python -m fedcredit.protocols.psi --blind-worker`` children
-    fed over their stdin/stdout pipes (no multiprocessing re-import of the caller's
-    main module); each has at most one batch in flight, so pipes never deadlock.
+    Each batch is split into chunks, one per worker or so, so the cores share every round.
     """
 
-    def __init__(self, workers: int) -> None:
-        """Boot the helpers now (they wait for the key), so they start while the ids are checked."""
-        self._key: PsiKey | None = None
-        self._procs: list[subprocess.Popen[bytes]] = []
-        for _ in range(max(0, workers)):
-            self._procs.append(subprocess.Popen(
-                [sys.executable, "-m", "fedcredit.protocols.psi", "--blind-worker"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-            ))
+    def __init__(self, pool: WorkerPool, key: PsiKey) -> None:
+        self.key = key
+        self._session = pool.session(worker_key, key.export_for_local_helper())
+        self._parts = max(1, self._session.workers)
 
-    @property
-    def key(self) -> PsiKey:
-        assert self._key is not None, "PSI blinder used before its key was set"
-        return self._key
+    def _split(self, n: int) -> list[tuple[int, int]]:
+        step = max(_MIN_CHUNK, -(-n // self._parts))
+        return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
-    def set_key(self, key: PsiKey) -> None:
-        """The run's scalar (fresh, or this party's own from its checkpoint), to this process and its helpers."""
-        self._key = key
-        raw = key.export_for_local_helper()
-        for p in self._procs:
-            _write_frame(p.stdin, 0, raw)
+    def round(self, own: Sequence[bytes] | None, peer_bufs: Sequence[bytes]) -> tuple[bytes | None, list[bytes]]:
+        """(own ids hashed and blinded, each peer buffer blinded again and cut to MATCH_LEN) — one map on the pool."""
+        items: list[bytes] = []
+        spans: list[int] = []
+        for buf in peer_bufs:
+            parts = self._split(len(buf) // POINT_LEN)
+            spans.append(len(parts))
+            items += [bytes([OP_BLIND, MATCH_LEN]) + buf[lo * POINT_LEN : hi * POINT_LEN] for lo, hi in parts]
+        if own is not None:
+            items += [bytes([OP_HASH_BLIND]) + pack_ids(own[lo:hi]) for lo, hi in self._split(len(own))]
+        out = list(self._session.map(blind_task, items))
+        peers, at = [], 0
+        for k in spans:
+            peers.append(b"".join(out[at : at + k]))
+            at += k
+        return (b"".join(out[at:]) if own is not None else None), peers
 
     def close(self) -> None:
-        for p in self._procs:
-            try:
-                if p.stdin:
-                    p.stdin.close()
-            except OSError:
-                pass
-        for p in self._procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            if p.stdout:
-                p.stdout.close()
-        self._procs = []
-
-    def _run(self, op: int, payloads: Iterable[bytes]) -> Iterator[bytes]:
-        """Round-robin over helpers, results in input order."""
-        procs = self._procs
-        inflight: list[subprocess.Popen[bytes]] = []
-        it = iter(payloads)
-        for p in procs:  # prime: one batch per helper
-            pl = next(it, None)
-            if pl is None:
-                break
-            _write_frame(p.stdin, op, pl)
-            inflight.append(p)
-        while inflight:
-            p = inflight.pop(0)
-            rop, res = _read_frame(p.stdout)
-            if rop == _OP_ERROR:
-                raise ProtocolError(f"PSI blinding helper failed: {res.decode(errors='replace')}")
-            pl = next(it, None)
-            if pl is not None:
-                _write_frame(p.stdin, op, pl)
-                inflight.append(p)
-            yield res
-
-    def hash_blind(self, batches: Iterable[Sequence[bytes]]) -> Iterator[bytes]:
-        if not self._procs:
-            for b in batches:
-                yield _hash_blind(self.key, b)
-        else:
-            yield from self._run(_OP_HASH_BLIND, (_pack_ids(b) for b in batches))
-
-    def blind(self, bufs: Iterable[bytes], keep: int) -> Iterator[bytes]:
-        if not self._procs:
-            for b in bufs:
-                yield _blind_buf(self.key, b, keep)
-        else:
-            yield from self._run(_OP_BLIND, (bytes([keep]) + b for b in bufs))
+        self._session.close()
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _encode_all(ids: Sequence[str], me: str, source: str) -> list[bytes]:
-    """UTF-8 of ids that are already normalized (a Table's): refused, never re-normalized, if they are not.
+def _id_error(v: object, k: int, me: str, source: str) -> DataError | None:
+    """The error for id #k+1 if it is not a normalized id string (the id rule's fixed point), else None."""
+    b = v.encode("utf-8", "surrogatepass") if isinstance(v, str) else None
+    try:
+        ok = b is not None and normalize_id(b) == b
+    except DataError:
+        ok = False
+    if ok:
+        return None
+    return DataError(
+        f"party '{me}': {source}, id #{k + 1}: {v!r} is not a normalized id string; ids reach PSI "
+        "normalized once, at load (fedcredit.data.normalize_ids, a Table's ids)"
+    )
 
-    The check is the id rule's fixed point (``normalize_id(x) == x``), so PSI cannot
-    come to hold a different notion of an id than the loader that normalized it.
+
+def _scan(ids: IdSource, batch_size: int, me: str, source: str, digest: bool) -> str:
+    """One pass over the ids: each is normalized (refused, never re-normalized), none repeats; their digest.
+
+    Memory: 8 bytes per id (a 64-bit hash of each, to find repeats by sorting) plus one batch.
+    A repeated hash is confirmed on the ids themselves (a second, reading pass) before it is
+    reported, so a hash collision is never a false duplicate.
     """
-    out: list[bytes] = []
-    seen: dict[bytes, int] = {}
-    for k, v in enumerate(ids):
-        b = v.encode("utf-8") if isinstance(v, str) else None
+    n = len(ids)
+    hashes = np.empty(n, dtype=np.uint64)
+    h = hashlib.sha256()
+    at = 0
+    for batch in _rechunk(ids.batches(), batch_size):
+        if at + len(batch) > n:
+            raise DataError(f"party '{me}': {source} yields more ids than the {n} it announced")
+        for k, v in enumerate(batch):
+            if type(v) is not str or not v or v.strip() != v:
+                err = _id_error(v, at + k, me, source)
+                if err is not None:
+                    raise err
         try:
-            ok = b is not None and normalize_id(b) == b
-        except DataError:
-            ok = False
-        if not ok:
-            raise DataError(
-                f"party '{me}': {source}, id #{k + 1}: {v!r} is not a normalized id string; ids reach PSI "
-                "normalized once, at load (fedcredit.data.normalize_ids, a Table's ids)"
-            )
-        if b in seen:
-            raise DataError(
-                f"party '{me}': duplicate id {b.decode('utf-8', 'replace')!r} in {source} "
-                f"(positions {seen[b] + 1} and {k + 1}); PSI needs unique ids"
-            )
-        seen[b] = k
-        out.append(b)
-    return out
-
-
-def _batches(seq: Sequence[bytes], size: int) -> Iterator[Sequence[bytes]]:
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]
+            enc = [v.encode("utf-8") for v in batch]
+        except UnicodeEncodeError:
+            bad = next(k for k, v in enumerate(batch) if _id_error(v, at + k, me, source) is not None)
+            raise _id_error(batch[bad], at + bad, me, source) from None  # type: ignore[misc]
+        if digest:
+            h.update(pack_ids(enc))
+        hashes[at : at + len(batch)] = id_hashes(batch)
+        at += len(batch)
+    if at != n:
+        raise DataError(f"party '{me}': {source} yielded {at} ids, not the {n} it announced")
+    srt = np.sort(hashes)
+    rep = np.unique(srt[1:][srt[1:] == srt[:-1]])
+    del srt
+    if rep.size:
+        pos = np.flatnonzero(np.isin(hashes, rep))[:10_000].tolist()
+        want = set(pos)
+        found: dict[int, str] = {}
+        k = 0
+        for part in ids.batches():
+            for v in part:
+                if k in want:
+                    found[k] = v
+                k += 1
+        first: dict[str, int] = {}
+        for k in pos:  # ascending: the first repeat in row order, as the loader reports it
+            v = found[k]
+            if v in first:
+                raise DataError(
+                    f"party '{me}': duplicate id {v!r} in {source} (positions {first[v] + 1} and {k + 1}); "
+                    "PSI needs unique ids"
+                )
+            first[v] = k
+    return h.hexdigest() if digest else ""
 
 
 def _hello(n: int, batch: int, min_size: int = 1, min_rule: str = "min_size") -> bytes:
@@ -323,8 +312,8 @@ def _read_hello(payload: bytes, me: str, peer: str) -> tuple[int, int, int, str]
         if d.get("v") != _VERSION:
             raise ProtocolError(f"party '{me}': party '{peer}' speaks PSI version {d.get('v')}, expected {_VERSION}")
         n, batches, floor = int(d["n"]), int(d["batches"]), max(1, int(d.get("min", 1)))
-        if n < 0 or batches < 0:
-            raise ValueError("negative count")
+        if n < 0 or batches < 0 or n > MAX_IDS or batches > n:
+            raise ValueError("count out of range")
         return n, batches, floor, str(d.get("min_rule", "min_size"))[:200]
     except (ValueError, KeyError, TypeError, OverflowError):
         raise ProtocolError(f"party '{me}': malformed PSI hello from party '{peer}'") from None
@@ -351,13 +340,6 @@ def _recv_batch(transport: Transport, peer: str, tag: str, i: int, width: int, w
         raise ProtocolError(f"party '{transport.me}': {what} batch {i} from party '{peer}' has {len(buf)} bytes, "
                             f"not k*{width}")
     return buf
-
-
-def _as_matchable(chunks: list[bytes], n: int, me: str, peer: str, what: str) -> np.ndarray:
-    arr = np.frombuffer(b"".join(chunks), dtype=f"S{MATCH_LEN}")
-    if len(arr) != n:
-        raise ProtocolError(f"party '{me}': party '{peer}' sent {len(arr)} {what}, expected {n}")
-    return arr
 
 
 def _digest(run_id: str, step: int, key_fp: str, arrays: dict[str, np.ndarray]) -> str:
@@ -447,14 +429,16 @@ def drop_progress(store: CheckpointStore) -> None:
     store.drop(KEY_STAGE)
 
 
-def _round_arrays(i: int, peers: list[str], own_batches: int, peer_batches: dict[str, int],
-                  od: dict[str, list[bytes]], pd: dict[str, list[bytes]]) -> dict[str, np.ndarray]:
+def _round_arrays(i: int, peers: list[str], n: int, batch_size: int, peer_spans: dict[str, list[tuple[int, int]]],
+                  od: dict[str, np.ndarray], pd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Round i's values (views of the run's flat arrays, as bytes): own batch i doubly blinded, each peer's batch i."""
     out: dict[str, np.ndarray] = {}
     for p in peers:
-        if i < own_batches:
-            out[f"od.{p}"] = np.frombuffer(od[p][i], dtype=np.uint8)
-        if i < peer_batches[p]:
-            out[f"pd.{p}"] = np.frombuffer(pd[p][i], dtype=np.uint8)
+        if i * batch_size < n:
+            out[f"od.{p}"] = od[p][i * batch_size : min(n, (i + 1) * batch_size)].view(np.uint8)
+        if i < len(peer_spans[p]):
+            lo, hi = peer_spans[p][i]
+            out[f"pd.{p}"] = pd[p][lo:hi].view(np.uint8)
     return out
 
 
@@ -462,57 +446,77 @@ def _exchange(
     transport: Transport,
     peers: list[str],
     blinder: _Blinder,
-    norm: list[bytes],
+    ids: IdSource,
     batch_size: int,
     peer_info: dict[str, tuple[int, int]],
     tags: Tags,
     progress: Progress | None,
     ckpt: _Progress,
     start: int,
-    od: dict[str, list[bytes]],
-    pd: dict[str, list[bytes]],
+    od: dict[str, np.ndarray],
+    pd: dict[str, np.ndarray],
+    peer_spans: dict[str, list[tuple[int, int]]],
 ) -> int:
     """Rounds ``start``.. of the exchange (see :class:`_Progress`), filling ``od``/``pd``; the rounds done now.
 
-    A round is checkpointed once its values are in: the peer's batch blinded back, this party's came back.
+    Round i: own batch i (singly blinded) out to every peer; each peer's batch i in, blinded
+    again (together with hashing own batch i+1, in one map on the pool), back; own batch i
+    back doubly blinded.  Only a round's batches are ever in flight, so memory stays at the
+    flat ``od``/``pd`` arrays plus O(batch).  A round is checkpointed once its values are in.
     """
     me = transport.me
-    n = len(norm)
+    n = len(ids)
     own_batches = math.ceil(n / batch_size)
     peer_batches = {p: peer_info[p][1] for p in peers}
     rounds = max([own_batches, *peer_batches.values()])
-    done_own = min(n, start * batch_size)
-    done_peer = {p: sum(len(b) for b in pd[p]) // MATCH_LEN for p in peers}
-    # own batches first, streamed through the helpers: they depend on nothing received (the rounds then
-    # only wait for the peers); a resumed run recomputes them bit for bit from the same scalar
-    for k, buf in enumerate(blinder.hash_blind(_batches(norm[start * batch_size :], batch_size))):
-        for p in peers:
-            transport.send(p, tags.single(start + k), buf)
-        done_own += len(buf) // POINT_LEN
-        if progress:
-            progress("hash+blind own ids", done_own, n)
-    # the peers' batches in round order, through the helpers (one batch each in flight, results in order)
-    order = [(i, p) for i in range(start, rounds) for p in peers if i < peer_batches[p]]
-    incoming = (_recv_batch(transport, p, tags.single(i), i, POINT_LEN, "singly-blinded") for i, p in order)
-    blinded = iter(blinder.blind(incoming, MATCH_LEN))
+    done_peer = {p: (peer_spans[p][-1][1] if peer_spans[p] else 0) for p in peers}
+    own_iter = _rechunk(ids.batches(), batch_size)
+    for _ in range(start):  # a resumed run recomputes nothing before its round: skip those batches
+        next(own_iter, None)
+
+    def encoded() -> list[bytes] | None:
+        b = next(own_iter, None)
+        return None if b is None else [v.encode("utf-8") for v in b]
+
+    single: bytes | None = None
+    if start < own_batches:
+        single, _ = blinder.round(encoded(), [])
     for i in range(start, rounds):
-        for p in peers:
-            if i < peer_batches[p]:
-                dbl = next(blinded)
-                transport.send(p, tags.double(i), dbl)
-                pd[p].append(dbl)
-                done_peer[p] += len(dbl) // MATCH_LEN
-                if progress:
-                    progress(f"blind ids of {p}", done_peer[p], peer_info[p][0])
         if i < own_batches:
-            want = min(batch_size, n - i * batch_size)
+            assert single is not None
+            for p in peers:
+                transport.send(p, tags.single(i), single)
+            if progress:
+                progress("hash+blind own ids", min(n, (i + 1) * batch_size), n)
+        senders = [p for p in peers if i < peer_batches[p]]
+        incoming = [_recv_batch(transport, p, tags.single(i), i, POINT_LEN, "singly-blinded") for p in senders]
+        for p, buf in zip(senders, incoming):
+            k = len(buf) // POINT_LEN
+            if done_peer[p] + k > peer_info[p][0]:
+                raise ProtocolError(f"party '{me}': party '{p}' sent more than the {peer_info[p][0]} ids it announced")
+        nxt = encoded() if i + 1 < own_batches else None
+        single, doubles = blinder.round(nxt, incoming)
+        del incoming
+        for p, dbl in zip(senders, doubles):
+            transport.send(p, tags.double(i), dbl)
+            k = len(dbl) // MATCH_LEN
+            pd[p][done_peer[p] : done_peer[p] + k] = np.frombuffer(dbl, dtype=f"S{MATCH_LEN}")
+            peer_spans[p].append((done_peer[p], done_peer[p] + k))
+            done_peer[p] += k
+            if progress:
+                progress(f"blind ids of {p}", done_peer[p], peer_info[p][0])
+        if i < own_batches:
+            lo, hi = i * batch_size, min(n, (i + 1) * batch_size)
             for p in peers:
                 buf = transport.recv(p, tags.double(i))
-                if len(buf) != want * MATCH_LEN:
+                if len(buf) != (hi - lo) * MATCH_LEN:
                     raise ProtocolError(f"party '{me}': doubly-blinded batch {i} from party '{p}' has {len(buf)} "
-                                        f"bytes, expected {want}*{MATCH_LEN}")
-                od[p].append(buf)
-        ckpt.save_round(i + 1, blinder.key, _round_arrays(i, peers, own_batches, peer_batches, od, pd))
+                                        f"bytes, expected {hi - lo}*{MATCH_LEN}")
+                od[p][lo:hi] = np.frombuffer(buf, dtype=f"S{MATCH_LEN}")
+        ckpt.save_round(i + 1, blinder.key, _round_arrays(i, peers, n, batch_size, peer_spans, od, pd))
+    for p in peers:
+        if done_peer[p] != peer_info[p][0]:
+            raise ProtocolError(f"party '{me}': party '{p}' sent {done_peer[p]} ids, expected {peer_info[p][0]}")
     return rounds
 
 
@@ -537,15 +541,19 @@ class _Lookup:
                 raise ProtocolError(f"party '{me}': {what} contain repeated values (misbehaving peer or corrupted stream)")
 
     def find(self, q: np.ndarray) -> np.ndarray:
-        """Position of each query value in ``values``, or -1."""
-        if len(self.values) == 0 or len(q) == 0:
-            return np.full(len(q), -1, dtype=np.int64)
-        if self.by_key:
-            i = np.searchsorted(self.keys, q.view("<u8")[::2], sorter=self.order)
-        else:
-            i = np.searchsorted(self.values, q, sorter=self.order)
-        cand = self.order[np.clip(i, 0, len(self.values) - 1)]
-        return np.where(self.values[cand] == q, cand, -1)
+        """Position of each query value in ``values``, or -1 (8 bytes per query; temporaries per chunk only)."""
+        out = np.full(len(q), -1, dtype=np.int64)
+        if len(self.values) == 0:
+            return out
+        for lo in range(0, len(q), _FIND_CHUNK):
+            c = q[lo : lo + _FIND_CHUNK]
+            if self.by_key:
+                i = np.searchsorted(self.keys, c.view("<u8")[::2], sorter=self.order)
+            else:
+                i = np.searchsorted(self.values, c, sorter=self.order)
+            cand = self.order[np.clip(i, 0, len(self.values) - 1)]
+            out[lo : lo + len(c)] = np.where(self.values[cand] == c, cand, -1)
+        return out
 
 
 # --------------------------------------------------------------------------- entry point
@@ -553,7 +561,7 @@ class _Lookup:
 
 def run_psi(
     transport: Transport,
-    ids: Sequence[str],
+    ids: Sequence[str] | IdSource,
     parties: list[str],
     *,
     leader: str,
@@ -561,6 +569,7 @@ def run_psi(
     batch_size: int = DEFAULT_BATCH,
     progress: Progress | None = None,
     workers: int | None = None,
+    pool: WorkerPool | None = None,
     source: str = "ids",
     tag_prefix: str = "psi",
     min_rule: str = "min_size",
@@ -570,12 +579,15 @@ def run_psi(
     """Run this party's role of the PSI; every party in ``parties`` calls it with the same ``parties``/``leader``.
 
     ``ids``: this party's customer ids, already normalized (a :class:`fedcredit.data.Table`'s
-    ids, or :func:`fedcredit.data.normalize_ids`); an id that is not, or a duplicate, is an
-    error naming ``source``.  Returns this party's own ids of the
-    intersection of *all* parties' sets, in an order identical at every party.
-    ``progress(stage, done, total)`` is called per batch.  ``workers``: blinding
-    helper processes, 0 = blind in the calling thread (default: all cores for
-    >= 20,000 own ids, else 0).  ``min_size``: the smallest intersection this party accepts
+    ids, or :func:`fedcredit.data.normalize_ids`), or an :class:`IdSource` stream of them
+    (:func:`fedcredit.data.read_ids_stream`: bounded memory); an id that is not, or a
+    duplicate, is an error naming ``source``.  Returns this party's own ids of the
+    intersection of *all* parties' sets, in an order identical at every party (a list, or
+    for a stream one Arrow column, :class:`fedcredit.data.IdColumn`).
+    ``progress(stage, done, total)`` is called per batch.  ``pool``: the compute pool that
+    blinds (default :func:`fedcredit.compute.default_pool` for >= 20,000 own ids, else
+    inline); ``workers`` is shorthand for ``WorkerPool(workers, "processes")`` (0 or 1:
+    inline).  ``min_size``: the smallest intersection this party accepts
     (``min_rule`` says who set it); every party announces its own in its hello, the leader
     refuses below the largest one before it reveals the intersection, and every other
     party checks its own again when the result arrives.
@@ -598,19 +610,25 @@ def run_psi(
     peers = [p for p in parties if p != leader] if me == leader else [leader]
     tags = Tags(tag_prefix)
 
-    if workers is None:  # decided before validation so the helpers boot while ids are checked
-        workers = (os.cpu_count() or 1) if len(ids) >= _PARALLEL_THRESHOLD else 0
-    blinder = _Blinder(workers)
+    src_ids: IdSource = ids if isinstance(ids, IdSource) else _SequenceIds(ids, source)
+    if isinstance(ids, IdSource) and source == "ids":
+        source = ids.source
+    n = len(src_ids)
+    if pool is None:
+        if workers is not None:
+            pool = WorkerPool(workers, "processes") if workers > 1 else WorkerPool(1, "inline")
+        else:
+            pool = default_pool() if n >= _PARALLEL_THRESHOLD else WorkerPool(1, "inline")
+    blinder: _Blinder | None = None
     try:
         # 1. validate locally, tell peers (a failure aborts, so they stop waiting)
         try:
-            norm = _encode_all(ids, me, source)
-            if not norm:
+            if not n:
                 raise DataError(f"party '{me}': {source} holds no ids; nothing to intersect")
+            ids_digest = _scan(src_ids, batch_size, me, source, digest=checkpoint is not None)
         except DataError as e:
             transport.abort(str(e))
             raise
-        n = len(norm)
         for p in peers:
             transport.send(p, tags.hello, _hello(n, batch_size, min_size=min_size, min_rule=min_rule))
         hellos = {p: _read_hello(transport.recv(p, tags.hello), me, p) for p in peers}
@@ -622,11 +640,12 @@ def run_psi(
 
         # 2. this party's key and the rounds already done (a resumed run agrees on the last round all hold)
         params = {"v": _VERSION, "parties": list(parties), "leader": leader, "batch_size": int(batch_size), "n": n,
-                  "ids": hashlib.sha256(_pack_ids(norm)).hexdigest() if checkpoint is not None else "",
-                  "peers": {p: list(peer_info[p]) for p in peers}}
+                  "ids": ids_digest, "peers": {p: list(peer_info[p]) for p in peers}}
         ckpt = _Progress(checkpoint, params)
-        od: dict[str, list[bytes]] = {p: [] for p in peers}  # own ids doubly blinded by each peer, per batch
-        pd: dict[str, list[bytes]] = {p: [] for p in peers}  # each peer's ids doubly blinded, per batch
+        # flat arrays, MATCH_LEN bytes per id: own ids doubly blinded by each peer; each peer's ids doubly blinded
+        od = {p: np.empty(n, dtype=f"S{MATCH_LEN}") for p in peers}
+        pd = {p: np.empty(peer_info[p][0], dtype=f"S{MATCH_LEN}") for p in peers}
+        peer_spans: dict[str, list[tuple[int, int]]] = {p: [] for p in peers}  # each peer's batch i: rows lo..hi
         key, start = None, 0
         if resume:
             try:
@@ -638,12 +657,19 @@ def run_psi(
             at = agree_step(transport, leader=leader, parties=parties, held=range(1, len(held) + 1),
                             tags=tags.batch_resume)
             if at:
-                for arrays in held[:at]:
+                for i, arrays in enumerate(held[:at]):
                     for p in peers:
                         if f"od.{p}" in arrays:
-                            od[p].append(arrays[f"od.{p}"].tobytes())
+                            v = arrays[f"od.{p}"].view(f"S{MATCH_LEN}")
+                            od[p][i * batch_size : i * batch_size + len(v)] = v
                         if f"pd.{p}" in arrays:
-                            pd[p].append(arrays[f"pd.{p}"].tobytes())
+                            v = arrays[f"pd.{p}"].view(f"S{MATCH_LEN}")
+                            lo = peer_spans[p][-1][1] if peer_spans[p] else 0
+                            if lo + len(v) > len(pd[p]):
+                                raise ProtocolError(f"party '{me}': PSI checkpoint holds more ids of party '{p}' "
+                                                    "than it announced")
+                            pd[p][lo : lo + len(v)] = v
+                            peer_spans[p].append((lo, lo + len(v)))
                 start = at
             else:
                 key = None
@@ -651,18 +677,19 @@ def run_psi(
         if key is None:
             key = PsiKey.generate()
             ckpt.start(key)  # owner-only, this party's own state dir; never sent anywhere
-        blinder.set_key(key)
+        blinder = _Blinder(pool, key)
 
-        # 3. own batches out; then round by round: the peers' batch blinded back, own batch back doubly blinded
-        _exchange(transport, peers, blinder, norm, batch_size, peer_info, tags, progress, ckpt, start, od, pd)
+        # 3. round by round: own batch out, the peers' batch blinded back, own batch back doubly blinded
+        _exchange(transport, peers, blinder, src_ids, batch_size, peer_info, tags, progress, ckpt, start, od, pd,
+                  peer_spans)
+        blinder.close()
 
         # 4. per peer: intersect pairwise
         pair_masks: dict[str, np.ndarray] = {}
         pair_own: dict[str, _Lookup] = {}
         pair_sizes: dict[str, int] = {}
         for p in peers:
-            own_d = _as_matchable(od.pop(p), n, me, p, "doubly-blinded own ids")
-            peer_d = _as_matchable(pd.pop(p), peer_info[p][0], me, p, "doubly-blinded peer ids")
+            own_d, peer_d = od.pop(p), pd.pop(p)
             own = _Lookup(own_d, me, f"the doubly-blinded ids returned by party '{p}'")
             mask = _Lookup(peer_d, me, f"the blinded ids sent by party '{p}'").find(own_d) >= 0
             pair_masks[p], pair_own[p], pair_sizes[p] = mask, own, int(mask.sum())
@@ -670,7 +697,8 @@ def run_psi(
             if progress:
                 progress(f"intersect with {p}", int(mask.sum()), n)
     finally:
-        blinder.close()
+        if blinder is not None:
+            blinder.close()
 
     # 5. the leader fixes the final set and order and tells every peer; the others map it back
     ordered: np.ndarray
@@ -705,8 +733,12 @@ def run_psi(
         if err:
             raise DataError(err)
 
+    if isinstance(src_ids, _SequenceIds):
+        common: Sequence[str] = [src_ids.ids[i] for i in ordered.tolist()]
+    else:
+        common = IdColumn.gather(src_ids.batches(), ordered)
     return PsiResult(
-        intersection_ids=[norm[i].decode("utf-8") for i in ordered],
+        intersection_ids=common,
         size=size,
         indices=ordered.astype(np.int64),
         own_size=n,
@@ -752,11 +784,3 @@ def load_intersection(path: str | os.PathLike[str]) -> list[str]:
     """Read ids written by :func:`save_intersection`."""
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f if line.strip()]
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] == ["--blind-worker"]:
-        _worker_main()
-    else:
-        print("usage: python -m fedcredit.protocols.psi --blind-worker  (internal helper of run_psi)", file=sys.stderr)
-        sys.exit(2)
