@@ -49,7 +49,7 @@ from crypto.certs import Identity
 from crypto.tls import GRPC_OPTIONS, peer_identity, secure_channel, server_credentials
 from fedcredit.artifacts import Artifact, check_peers, load_horizontal
 from fedcredit.codec import loads_json
-from fedcredit.data import ColumnKind, InputSchema, OneHotEncoding, Table, category_text, load_dataset, normalize_id
+from fedcredit.data import ColumnKind, InputSchema, OneHotEncoding, Table, load_dataset, normalize_id
 from fedcredit.decision import Contributions, DecisionPolicy, decide, lr_contributions
 from fedcredit.errors import (
     ConfigError,
@@ -245,7 +245,8 @@ class ScoringService:
         self._peers: dict[str, PeerClient] = {}
         self._aio_stubs: dict[str, Any] = {}  # grpc.aio stubs, created on the server's event loop
         self._aio_channels: dict[str, Any] = {}
-        self._queue: dict[str, list[tuple[Sequence[Application], Any]]] = {}
+        #: per model version: (applications, their encoded rows, the future of their result), waiting for a batch
+        self._queue: dict[str, list[tuple[Sequence[Application], np.ndarray, Any]]] = {}
         self._flushing: dict[str, bool] = {}
         self.max_batch = 512
         self._models: dict[str, LoadedModel] = {}
@@ -505,71 +506,85 @@ class ScoringService:
         check_peers(m.manifest, {p: r.model_hash for p, r in out.items()})
         return out
 
-    def _joint(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions]]:
+    def _joint(self, m: LoadedModel, apps: Sequence[Application], X: np.ndarray) -> tuple[np.ndarray, list[Contributions]]:
+        """PD and contributions of ``apps`` from their encoded rows ``X`` and every passive party's answer."""
         ids = [a.id for a in apps]
-        X, _ = _matrix(self.party, m, apps)
         return self._combine(m, X, ids, self._fetch_partials(m, ids))
 
-    async def _joint_async(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions]]:
+    async def _joint_async(self, m: LoadedModel, apps: Sequence[Application],
+                           X: np.ndarray) -> tuple[np.ndarray, list[Contributions]]:
         ids = [a.id for a in apps]
-        X, _ = _matrix(self.party, m, apps)
         return self._combine(m, X, ids, await self._fetch_partials_async(m, ids))
 
-    async def _joint_coalesced(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions]]:
+    async def _joint_coalesced(self, m: LoadedModel, apps: Sequence[Application],
+                               X: np.ndarray) -> tuple[np.ndarray, list[Contributions]]:
         """Requests that arrive while a joint round trip is in flight share the next one.
 
         At most one PartialScore batch per model is in flight; everything queued
         meanwhile goes in the next, so a lone request waits for nothing and concurrent
         ones cost the passive parties one round trip per batch instead of one each.
-        An application with missing or non-finite features is refused before it joins a
-        batch; if a shared batch still fails on bad input, each request is retried alone
-        so only the request at fault gets the error.
+        ``X`` is the applications' encoded rows (:func:`_matrix`, run by the caller: an
+        application with missing or non-finite features is refused before it joins a
+        batch, and its rows are encoded once); if a shared batch still fails on bad input,
+        each request is retried alone so only the request at fault gets the error.
+
+        A request that finds no batch in flight sends its own at once, in its own task
+        (no hand-over to a flushing task and back); whatever queued meanwhile is then
+        flushed by a task of its own, so the first caller is answered as soon as its batch is.
         """
         import asyncio
 
-        _matrix(self.party, m, apps)  # a bad application fails alone, before it can join (and spoil) a batch
-        fut = asyncio.get_running_loop().create_future()
-        self._queue.setdefault(m.version, []).append((apps, fut))
+        loop = asyncio.get_running_loop()
         if not self._flushing.get(m.version):
             self._flushing[m.version] = True
-            asyncio.get_running_loop().create_task(self._flush(m))
+            try:
+                return await self._joint_async(m, apps, X)
+            finally:
+                if self._queue.get(m.version):
+                    loop.create_task(self._flush(m))
+                else:
+                    self._flushing[m.version] = False
+        fut = loop.create_future()
+        self._queue.setdefault(m.version, []).append((apps, X, fut))
         return await fut
 
     async def _flush(self, m: LoadedModel) -> None:
+        """Send what queued behind the batch in flight, batch after batch, until the queue is empty."""
         import asyncio
 
         try:
             while self._queue.get(m.version):
-                batch: list[tuple[Sequence[Application], Any]] = []
+                batch: list[tuple[Sequence[Application], np.ndarray, Any]] = []
                 rest = self._queue[m.version]
                 n = 0
                 while rest and (not batch or n + len(rest[0][0]) <= self.max_batch):
                     item = rest.pop(0)
                     batch.append(item)
                     n += len(item[0])
-                apps = [a for part, _ in batch for a in part]
+                apps = [a for part, _, _ in batch for a in part]
+                X = batch[0][1] if len(batch) == 1 else np.vstack([x for _, x, _ in batch])
                 try:
-                    pd, contribs = await self._joint_async(m, apps)
+                    pd, contribs = await self._joint_async(m, apps, X)
                 except DataError as e:
                     if len(batch) == 1:
-                        batch[0][1].set_exception(e)
+                        _settle(batch[0][2], error=e)
                         continue
 
-                    async def alone(part: Sequence[Application], f: Any) -> None:
+                    async def alone(part: Sequence[Application], x: np.ndarray, f: Any) -> None:
                         try:
-                            f.set_result(await self._joint_async(m, part))
+                            _settle(f, await self._joint_async(m, part, x))
                         except Exception as err:  # noqa: BLE001 - delivered to that request
-                            f.set_exception(err)
+                            _settle(f, error=err)
 
-                    await asyncio.gather(*(alone(part, f) for part, f in batch))
+                    await asyncio.gather(*(alone(part, x, f) for part, x, f in batch))
                     continue
                 except Exception as e:  # noqa: BLE001 - a party failure is every co-batched request's failure
-                    for _, f in batch:
-                        f.set_exception(e)
+                    for _, _, f in batch:
+                        _settle(f, error=e)
                     continue
                 k = 0
-                for part, f in batch:
-                    f.set_result((pd[k:k + len(part)], contribs[k:k + len(part)]))
+                for part, _, f in batch:
+                    _settle(f, (pd[k:k + len(part)], contribs[k:k + len(part)]))
                     k += len(part)
         finally:
             self._flushing[m.version] = False
@@ -582,15 +597,17 @@ class ScoringService:
         pd, contribs = m.model.score(X, answers)
         return pd, list(contribs)
 
-    def _local(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions | None]]:
-        X, _ = _matrix(self.party, m, apps)
+    def _local(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions | None],
+                                                                          list[int]]:
+        """A label-party-only model's PD and reasons (and its unknown-category counts per application)."""
+        X, unknown = _matrix(self.party, m, apps)
         pd = m.model.predict_proba(X)
         if m.model.model.family != "lr":  # reasons need a linear model
-            return pd, [None] * len(apps)
+            return pd, [None] * len(apps), unknown
         flat = m.model.model.get_flat()
         w, b = flat[:-1], float(flat[-1])
         Z = (X - m.model.mean) / m.model.std
-        return pd, [lr_contributions(w, Z[k], m.feature_names, intercept=b) for k in range(len(apps))]
+        return pd, [lr_contributions(w, Z[k], m.feature_names, intercept=b) for k in range(len(apps))], unknown
 
     def score(self, apps: Sequence[Application], model_version: str | None = None,
               caller: str = "local") -> list[dict[str, Any]]:
@@ -601,13 +618,14 @@ class ScoringService:
         used = m
         contribs: Sequence[Contributions | None]
         if m.role == LABEL:
+            X, unknown = _matrix(self.party, m, apps)
             try:
-                pd, contribs = self._joint(m, apps)
+                pd, contribs = self._joint(m, apps, X)
             except PartyUnavailable as e:
-                used, pd, contribs, fallback_reason = self._fallback(apps, e)
+                used, pd, contribs, unknown, fallback_reason = self._fallback(apps, e)
         else:
-            pd, contribs = self._local(m, apps)
-        return self._finish(apps, used, pd, contribs, fallback_reason, caller)
+            pd, contribs, unknown = self._local(m, apps)
+        return self._finish(apps, used, pd, contribs, fallback_reason, caller, unknown)
 
     async def score_async(self, apps: Sequence[Application], model_version: str | None = None,
                           caller: str = "local") -> list[dict[str, Any]]:
@@ -617,21 +635,22 @@ class ScoringService:
         used = m
         contribs: Sequence[Contributions | None]
         if m.role == LABEL:
+            X, unknown = _matrix(self.party, m, apps)  # once: these rows go into the (shared) batch as they are
             try:
-                pd, contribs = await self._joint_coalesced(m, apps)
+                pd, contribs = await self._joint_coalesced(m, apps, X)
             except PartyUnavailable as e:
-                used, pd, contribs, fallback_reason = self._fallback(apps, e)
+                used, pd, contribs, unknown, fallback_reason = self._fallback(apps, e)
         else:
-            pd, contribs = self._local(m, apps)
-        return self._finish(apps, used, pd, contribs, fallback_reason, caller)
+            pd, contribs, unknown = self._local(m, apps)
+        return self._finish(apps, used, pd, contribs, fallback_reason, caller, unknown)
 
-    def _fallback(self, apps: Sequence[Application], err: PartyUnavailable) -> tuple[Any, Any, Any, str]:
+    def _fallback(self, apps: Sequence[Application], err: PartyUnavailable) -> tuple[Any, Any, Any, list[int], str]:
         """A passive party is down or late: the configured label-party-only model, or the error."""
         if not self.fallback_version:
             raise err
         used = self.model(self.fallback_version)
-        pd, contribs = self._local(used, apps)
-        return used, pd, contribs, str(err)
+        pd, contribs, unknown = self._local(used, apps)
+        return used, pd, contribs, unknown, str(err)
 
     def _resolve(self, model_version: str | None) -> LoadedModel:
         active = self.active_version()
@@ -647,10 +666,12 @@ class ScoringService:
         return m
 
     def _finish(self, apps: Sequence[Application], used: LoadedModel, pd: np.ndarray,
-                contribs: Sequence[Contributions | None], fallback_reason: str, caller: str) -> list[dict[str, Any]]:
+                contribs: Sequence[Contributions | None], fallback_reason: str, caller: str,
+                unknown: Sequence[int]) -> list[dict[str, Any]]:
+        """Decisions, replies and decision-log lines; ``unknown``: per application, the categories the model
+        ``used`` never saw (as :func:`_matrix` counted them while encoding)."""
         out, log = [], []
         lim = self.policy.limit
-        unknown = _unknown_categories(used, apps)
         for k, a in enumerate(apps):
             exposure = a.exposure
             if exposure is None and lim is not None and lim.exposure_feature is not None \
@@ -751,25 +772,14 @@ def _refuse_missing(party: str, m: LoadedModel, X: np.ndarray, where: Sequence[s
         "send a value, or score with a model that handles missing values (SecureBoost, or LR with the WOE transform)")
 
 
-def _unknown_categories(m: LoadedModel, apps: Sequence[Application]) -> list[int]:
-    """Per application: how many of its category texts the model never saw (cheap: categorical features only)."""
-    if m.encoding is not None:
-        vocab = {f: set(v) for f, v in m.encoding.categories.items()}
-    elif m.input_schema is not None:
-        vocab = {f: set(m.input_schema.categories.get(f, ())) for f, k in
-                 zip(m.input_schema.feature_names, m.input_schema.kinds) if k == "categorical"}
+def _settle(fut: Any, result: Any = None, error: BaseException | None = None) -> None:
+    """Deliver a queued request's result, unless its caller went away (cancelled: nothing to deliver)."""
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
     else:
-        return [0] * len(apps)
-    out = []
-    for a in apps:
-        n = 0
-        for f, known in vocab.items():
-            v = a.features.get(f)
-            if v is None or (isinstance(v, float) and np.isnan(v)):
-                continue
-            n += category_text(v) not in known
-        out.append(n)
-    return out
+        fut.set_result(result)
 
 
 def _unknown_note(n: int) -> str:
