@@ -33,6 +33,7 @@ model inputs as given — ``fedcredit party monitor`` computes their PSI) for au
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
@@ -189,6 +190,29 @@ def _input_schema(part: Any, raw: bytes, source: str) -> InputSchema | None:
 # --------------------------------------------------------------------------- the service core
 
 
+#: The label party's channel to a passive party stays connected: gRPC's default closes a channel after
+#: 30 idle minutes, and the next decision then pays TCP + TLS handshakes (here ~2 ms on 127.0.0.1, two
+#: round trips more on a WAN) inside its deadline.  Keepalive pings find a dead connection before a
+#: request does; the passive party's server accepts them (:data:`SERVER_OPTIONS`).
+KEEPALIVE_MS = 120_000
+PEER_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    *GRPC_OPTIONS,
+    ("grpc.client_idle_timeout_ms", 2**31 - 1),
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+#: The scoring server: no SO_REUSEPORT (a port another process holds must fail, not be silently shared);
+#: keepalive pings from a label party every KEEPALIVE_MS are welcome, idle or not.
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    *GRPC_OPTIONS,
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
+]
+
+
 class PeerClient:
     """The label party's stub to one passive party's scoring endpoint (one mTLS channel, reused)."""
 
@@ -253,15 +277,15 @@ class ScoringService:
         self._tables: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
         self._active: tuple[float, str | None] = (-1.0, None)
+        self._active_path = str(store.root / "active.json")  # built once: a Path per request was ~20 us
         self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="partials")
 
     # ------------------------------------------------------------------ models
 
     def active_version(self) -> str:
-        """The store's active version, re-read only when active.json changes."""
-        p = self.store.root / "active.json"
+        """The store's active version, re-read only when active.json changes (one stat per call)."""
         try:
-            mtime = p.stat().st_mtime_ns
+            mtime = os.stat(self._active_path).st_mtime_ns
         except FileNotFoundError:
             mtime = -1
         if mtime != self._active[0]:
@@ -464,6 +488,36 @@ class ScoringService:
         return {p: pb.PartialRequest(model_hash=e["model_hash"], ids=ids, run_id=m.manifest.run_id)
                 for p, e in m.manifest.peers.items()}
 
+    def _aio_stub(self, p: str) -> Any:
+        """The grpc.aio stub to passive party ``p`` (one channel, kept open; on the server's event loop only)."""
+        stub = self._aio_stubs.get(p)
+        if stub is None:
+            addr = self._peers_cfg.get(p)
+            if addr is None or self.identity is None:
+                self._peer(p)  # raises the ConfigError naming what is missing
+                raise AssertionError("unreachable")
+            from crypto.tls import channel_credentials
+
+            ch = grpc.aio.secure_channel(addr, channel_credentials(self.identity), options=PEER_CHANNEL_OPTIONS)
+            self._aio_channels[p] = ch
+            stub = self._aio_stubs[p] = pbg.ScoringStub(ch)
+        return stub
+
+    def preconnect(self) -> None:
+        """Start connecting to every passive party of the active model now (on the server's event loop), so
+        the first decision does not pay the TCP + mutual-TLS handshake inside its deadline.  Never fails:
+        a passive party that is down is reported by the first request that needs it."""
+        try:
+            m = self.model()
+        except FedCreditError:
+            return  # nothing (loadable) active yet: channels open on first use
+        if m.role != LABEL:
+            return
+        for p in m.manifest.peers:
+            if p in self._peers_cfg and self.identity is not None:
+                self._aio_stub(p)
+                self._aio_channels[p].get_state(try_to_connect=True)
+
     async def _fetch_partials_async(self, m: LoadedModel, ids: list[str]) -> dict[str, pb.PartialReply]:
         """As :meth:`_fetch_partials`, on the server's event loop (grpc.aio channels, one per passive party)."""
         import asyncio
@@ -472,17 +526,7 @@ class ScoringService:
         deadline = self.deadline_s
 
         async def call(p: str) -> pb.PartialReply | FedCreditError:
-            stub = self._aio_stubs.get(p)
-            if stub is None:
-                addr = self._peers_cfg.get(p)
-                if addr is None or self.identity is None:
-                    self._peer(p)  # raises the ConfigError naming what is missing
-                    raise AssertionError("unreachable")
-                from crypto.tls import channel_credentials
-
-                ch = grpc.aio.secure_channel(addr, channel_credentials(self.identity), options=GRPC_OPTIONS)
-                self._aio_channels[p] = ch
-                stub = self._aio_stubs[p] = pbg.ScoringStub(ch)
+            stub = self._aio_stub(p)
             try:
                 return await stub.PartialScore(req[p], timeout=deadline)
             except grpc.RpcError as e:
@@ -958,11 +1002,11 @@ class ScoringServer:
         self._loop = _server_loop()
 
         async def start() -> tuple[Any, int]:
-            # no SO_REUSEPORT: a port another process holds must fail here, not be silently shared
-            server = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)])
+            server = grpc.aio.server(options=SERVER_OPTIONS)
             pbg.add_ScoringServicer_to_server(_Servicer(service), server)
             bound = server.add_secure_port(f"{host}:{port}", server_credentials(identity))
             await server.start()
+            service.preconnect()  # the label party's channels to its passive parties, before the first request
             return server, bound
 
         try:

@@ -249,15 +249,27 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _measured(run: Any, pids: dict[str, int]) -> dict[str, Any]:
-    """Run one load phase; add each serving process's CPU per decision, the generator's, and the machine load."""
+def _gc_pauses(log: Path, since: float) -> list[float]:
+    """Durations (ms) of the server's logged garbage collections after ``since`` (``bench_scoring._serve``)."""
+    if not log.exists():
+        return []
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [float(r["ms"]) for r in rows if r["time"] >= since]
+
+
+def _measured(run: Any, pids: dict[str, int], gc_logs: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Run one load phase; add each serving process's CPU per decision, the generator's, the servers'
+    stop-the-world garbage collections (count, longest), and the machine load."""
     before = {n: _cpu_s(p) for n, p in pids.items()}
     own = time.process_time()
     load0 = os.getloadavg()[0]
+    since = time.time()
     res: dict[str, Any] = asyncio.run(run)
     n = max(1, int(res["decisions"]))
     res["cpu_ms_per_decision"] = {**{k: round((_cpu_s(p) - before[k]) / n * 1e3, 3) for k, p in pids.items()},
                                   "generator": round((time.process_time() - own) / n * 1e3, 3)}
+    pauses = {p: _gc_pauses(log, since) for p, log in (gc_logs or {}).items()}
+    res["gc_pauses"] = {p: {"n": len(v), "max_ms": round(max(v, default=0.0), 2)} for p, v in pauses.items()}
     res["load_avg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
     return res
 
@@ -358,13 +370,13 @@ def latency_curves(models: list[str], *, rates: list[float], clients: list[int],
                         spies = [s for s in (_pyspy(pid, seconds, profile / f"{model}-{p}.txt")
                                              for p, pid in pids.items()) if s is not None]
                         time.sleep(0.5)  # py-spy attaches
-                    r = _measured(_score_load(*args, c, seconds), pids)
+                    r = _measured(_score_load(*args, c, seconds), pids, dep.gc_logs)
                     for s in spies:
                         s.wait(60)
                     rows.append({"model": model, "load": f"closed {c}", **r})
                     print(json.dumps(rows[-1]), flush=True)
                 for rate in rates:
-                    r = _measured(_open_loop(*args, rate, seconds, channels=channels), pids)
+                    r = _measured(_open_loop(*args, rate, seconds, channels=channels), pids, dep.gc_logs)
                     rows.append({"model": model, "load": f"open {rate:g}/s", **r})
                     print(json.dumps(rows[-1]), flush=True)
                 if handshakes:
@@ -383,16 +395,20 @@ def latency_curves(models: list[str], *, rates: list[float], clients: list[int],
 def latency_table(rows: list[dict[str, Any]]) -> str:
     """The rows of :func:`latency_curves` as the table docs/deployment.md shows."""
     out = [f"{'model':<12} {'load':<13} {'p50 ms':>7} {'p99 ms':>7} {'p999 ms':>8} {'decisions/s':>11} "
-           f"{'errors':>6}  cpu ms/decision guest/host/generator   load avg"]
+           f"{'errors':>6}  {'CPU ms/decision guest/host/gen':<30} {'gc2 pauses, max ms':<18} load avg"]
     for r in rows:
         if r["load"] == "handshakes":
             out.append(f"{r['model']:<12} one Score call, p50/p99 ms: " + "; ".join(
                 f"{k.replace('_', ' ')} {v['p50_ms']}/{v['p99_ms']}" for k, v in r.items() if isinstance(v, dict)))
             continue
         cpu = r["cpu_ms_per_decision"]
+        gcp = r.get("gc_pauses", {})
+        pauses = sum(v["n"] for v in gcp.values())
+        longest = max((v["max_ms"] for v in gcp.values()), default=0.0)
         out.append(f"{r['model']:<12} {r['load']:<13} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['p999_ms']:>8.2f} "
-                   f"{r['decisions_per_s']:>11.0f} {r['errors']:>6}  {cpu['guest']:.3f}/{cpu['host']:.3f}/"
-                   f"{cpu['generator']:.3f}{'':>21}{r['load_avg'][0]:.1f}-{r['load_avg'][1]:.1f}")
+                   f"{r['decisions_per_s']:>11.0f} {r['errors']:>6}  "
+                   f"{cpu['guest']:.3f}/{cpu['host']:.3f}/{cpu['generator']:.3f}{'':<12} {pauses:>4}, {longest:>6.1f}"
+                   f"{'':<7} {r['load_avg'][0]:.1f}-{r['load_avg'][1]:.1f}")
     return "\n".join(out)
 
 

@@ -128,12 +128,28 @@ def _start_server(cfg: Path) -> tuple[subprocess.Popen[str], str]:
 
 def _serve(cfg_path: str) -> int:
     """Child process: one party's scoring server, as the party daemon starts it."""
+    import gc
     import signal
     import threading
 
     from fedcredit.config import load_party_config
     from party.scoring import start_from_config
 
+    # every garbage collection of generation 2 (or longer than 1 ms) is a line in <config>.gc.jsonl: a
+    # collection stops the whole server, so a latency benchmark shows how often and how long
+    gc_log = Path(cfg_path).with_suffix(".gc.jsonl")
+    started: list[float] = []
+
+    def gc_timer(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+            return
+        ms = (time.perf_counter() - (started or [time.perf_counter()])[0]) * 1e3
+        if info["generation"] == 2 or ms > 1.0:
+            with gc_log.open("a") as f:
+                f.write(json.dumps({"time": time.time(), "generation": info["generation"], "ms": round(ms, 3)}) + "\n")
+
+    gc.callbacks.append(gc_timer)
     server = start_from_config(load_party_config(cfg_path))
     print(f"ADDR {server.address}", flush=True)
     stop = threading.Event()
@@ -150,6 +166,7 @@ class Deployment:
 
     guest_address: str
     client: Any  # crypto.certs.Identity of the caller "client"
+    gc_logs: dict[str, Path]  # party -> its server's garbage-collection log (``_serve``)
     apps: list[tuple[str, dict[str, float]]]
     procs: dict[str, subprocess.Popen[str]]
     work: Path
@@ -200,7 +217,8 @@ def deployed(work: Path, model: str = "secureboost", *, n_fit: int = 20000, fede
                                                 f'peers = {{ host = "{host_addr}" }}\n{guest_scoring}')
         guest_proc, guest_addr = _start_server(guest_cfg)
         procs["guest"] = guest_proc
-        yield Deployment(guest_addr, Identity.load(pki / "client", "client"), apps, procs, mwork, lab, pas)
+        gc_logs = {p: c.with_suffix(".gc.jsonl") for p, c in (("host", host_cfg), ("guest", guest_cfg))}
+        yield Deployment(guest_addr, Identity.load(pki / "client", "client"), gc_logs, apps, procs, mwork, lab, pas)
     finally:
         for proc in procs.values():
             proc.terminate()

@@ -201,6 +201,32 @@ def test_secureboost_joint_scoring_equals_in_process_label_predict(tmp_path: Pat
         fed.close()
 
 
+def test_label_party_is_connected_to_its_passive_party_before_the_first_request(tmp_path: Path, pki, frames) -> None:
+    """serve() opens the label party's channel to each passive party: the first decision does not pay the
+    TCP + mutual-TLS handshake inside its deadline (docs/deployment.md, latency)."""
+    from party.scoring import PEER_CHANNEL_OPTIONS, _server_loop
+
+    lab, pas = _fit_lr(frames)
+    stores = _install(tmp_path, pki, "vlr-pre", _lr_parts(lab, pas))
+    fed = Fed(tmp_path, pki, stores)
+    try:
+        assert fed.guest_service.log is not None and fed.guest_service.log.path.read_text() == ""  # no decision yet
+        channel = fed.guest_service._aio_channels["host"]  # opened by serve(); no request has been made
+
+        async def ready() -> None:
+            await asyncio.wait_for(channel.channel_ready(), 10)
+
+        asyncio.run_coroutine_threadsafe(ready(), _server_loop()).result(15)
+        assert channel.get_state() == grpc.ChannelConnectivity.READY
+        apps, Xg, Xh = _apps(frames, slice(0, 1))
+        assert fed.client.score(apps[0].id, apps[0].features).pd == pytest.approx(
+            vlr.combine(lab, Xg, [vlr.passive_partial_scores(pas, Xh)])[0], abs=1e-12)
+        assert fed.guest_service._aio_channels["host"] is channel  # the first decision used that channel
+        assert dict(PEER_CHANNEL_OPTIONS)["grpc.client_idle_timeout_ms"] == 2**31 - 1  # never closed for idling
+    finally:
+        fed.close()
+
+
 def test_passive_party_down_fails_within_deadline_naming_it(tmp_path: Path, pki, frames) -> None:
     import time
 
