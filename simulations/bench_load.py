@@ -1,4 +1,4 @@
-"""Load: the scoring service under 128 concurrent clients, and the relay under 20 parties' streams.
+"""Load: the scoring service under 128 concurrent clients, the relay under 20 parties' streams, latency curves.
 
 (a) **Scoring** — the deployment of ``simulations/bench_scoring.py`` (``deployed``: a joint
 SecureBoost model signed and installed at both parties, each party's scoring server in its
@@ -15,11 +15,24 @@ window of sealed frames in flight to its partner, who echoes them, for ``--secon
 Reported: frames/s and bytes through the relay, the relay's RSS (start / peak / end),
 errors (echo mismatches and exceptions).
 
-Both loops are bounded in time, target only 127.0.0.1, and stop by themselves.
+(c) **Latency** (``--part latency``; docs/deployment.md, "Latency") — the same deployment, per model
+(SecureBoost, vertical LR): closed-loop clients (``--closed 1,16``: each sends its next request when
+the last is answered) and an **open loop** at fixed arrival rates (``--rates 200,500,1000``: Poisson
+arrivals scheduled in advance, latency counted from each request's *scheduled* send time, so
+queueing is never hidden by a generator that waits — coordinated omission).  Reported per phase:
+p50/p99/p99.9, decisions/s, errors, CPU ms per decision of each serving process and of the
+generator, the servers' generation-2 garbage collections, the load average; ``--handshakes N``
+times a call on a reused channel, a new one (full mutual-TLS 1.3 handshake) and a new one that
+resumes a cached TLS session; ``--profile DIR`` samples both servers with py-spy during the
+16-client phase (the ``profile`` extra).
+
+All loops are bounded in time, target only 127.0.0.1, and stop by themselves.
 
 Usage::
 
     python -m simulations.bench_load [--part scoring|relay|both] [--clients 128] [--parties 20] [--seconds 60]
+    python -m simulations.bench_load --part latency [--rates 200,500,1000] [--closed 1,16] [--seconds 20]
+        [--handshakes 50] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -322,11 +335,18 @@ def _pyspy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | Non
                             stderr=subprocess.DEVNULL)
 
 
+#: leaf frames of a thread that waits (a lock, the event loop's epoll): py-spy does not always see such a
+#: thread as idle, so these samples are counted apart and left out of the shares
+_WAITING = {"Condition.wait (threading.py)", "Event.wait (threading.py)", "EpollSelector.select (selectors.py)"}
+
+
 def profile_summary(raw: Path, top: int = 25) -> dict[str, Any]:
-    """Share of py-spy samples per function (``name (file)``): inclusive and self, the largest ``top`` of each."""
+    """Share of busy py-spy samples per function (``name (file)``): inclusive and self, the largest ``top`` of
+    each.  ``Thread.run (threading.py)`` as a *self* entry is native code of a thread with no Python frame
+    above it: in a scoring server, gRPC's completion-queue poller (TLS, HTTP/2, socket calls; no GIL)."""
     incl: Counter[str] = Counter()
     own: Counter[str] = Counter()
-    total = 0
+    total = waiting = 0
 
     def key(frame: str) -> str:
         name, _, where = frame.partition(" (")
@@ -337,13 +357,16 @@ def profile_summary(raw: Path, top: int = 25) -> dict[str, Any]:
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        total += n
         frames = [key(f) for f in stack.split(";")]
+        if frames[-1] in _WAITING:
+            waiting += n
+            continue
+        total += n
         for f in set(frames):
             incl[f] += n
         own[frames[-1]] += n
     pct = {"inclusive": incl, "self": own}
-    return {"samples": total, **{k: [(f, round(100 * c / max(total, 1), 1)) for f, c in v.most_common(top)]
+    return {"samples": total, "waiting_samples": waiting, **{k: [(f, round(100 * c / max(total, 1), 1)) for f, c in v.most_common(top)]
                                  for k, v in pct.items()}}
 
 

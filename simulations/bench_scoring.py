@@ -9,8 +9,8 @@ single-application ``Score`` requests to the label party from 1, 16 and 128
 concurrent clients; every request costs one label->passive ``PartialScore`` round
 trip, the decision layer, and a line in the decision log.
 
-Beside it, the **in-process floor**: the same model parts scored in one process
-with no network (passive partial + combine + decision), one application at a time.
+Beside it, the **in-process floor**: the same online model parts scored in one process
+with no network (passive answer + PD and reasons + decision), one application at a time.
 
 Models are trained quickly in-process on the shared hetero data: by default with
 the plaintext reference trainers (SecureBoost: ``train_plaintext_reference``, the
@@ -266,11 +266,14 @@ async def _load(address: str, identity: Any, apps: list[tuple[str, dict[str, flo
 
 
 def _floor(kind: str, lab: Any, pas: Any, g: pd.DataFrame, h: pd.DataFrame, n: int) -> tuple[np.ndarray, float]:
-    """In-process: passive partial + combine + decision, one application at a time, no network."""
+    """In-process: what the two scoring services compute for one application, with no network — the passive
+    part's answer, the label part's PD **and reasons**, the decision (``fedcredit.kinds`` online parts)."""
     from fedcredit.decision import DecisionPolicy, decide
-    from fedcredit.protocols import secureboost as sb
-    from fedcredit.protocols import vertical_lr as vlr
+    from fedcredit.kinds import load_part
 
+    parts = _parts(kind, lab, pas)
+    label = load_part(parts["guest"]["kind"], parts["guest"]["files"]["model.json"], "bench label part")
+    passive = load_part(parts["host"]["kind"], parts["host"]["files"]["model.json"], "bench passive part")
     policy = DecisionPolicy()
     Xg, Xh = g[lab.feature_names].to_numpy(), h[pas.feature_names].to_numpy()
     lat = []
@@ -278,11 +281,8 @@ def _floor(kind: str, lab: Any, pas: Any, g: pd.DataFrame, h: pd.DataFrame, n: i
     for k in range(n):
         t = time.perf_counter()
         i = k % len(Xg)
-        if kind == "secureboost":
-            pd_ = sb.label_predict(lab, Xg[i:i + 1], {"host": sb.passive_decisions(pas, Xh[i:i + 1])})
-        else:
-            pd_ = vlr.combine(lab, Xg[i:i + 1], [vlr.passive_partial_scores(pas, Xh[i:i + 1])])
-        decide(float(pd_[0]), None, None, policy)
+        pd_, contribs = label.score(Xg[i:i + 1], {"host": passive.answer(Xh[i:i + 1])})
+        decide(float(pd_[0]), contribs[0], None, policy)
         lat.append(time.perf_counter() - t)
     return np.asarray(lat), time.perf_counter() - t0
 
