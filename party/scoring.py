@@ -33,6 +33,7 @@ model inputs as given — ``fedcredit party monitor`` computes their PSI) for au
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
@@ -49,7 +50,7 @@ from crypto.certs import Identity
 from crypto.tls import GRPC_OPTIONS, peer_identity, secure_channel, server_credentials
 from fedcredit.artifacts import Artifact, check_peers, load_horizontal
 from fedcredit.codec import loads_json
-from fedcredit.data import ColumnKind, InputSchema, OneHotEncoding, Table, category_text, load_dataset, normalize_id
+from fedcredit.data import ColumnKind, InputSchema, OneHotEncoding, Table, load_dataset, normalize_id
 from fedcredit.decision import Contributions, DecisionPolicy, decide, lr_contributions
 from fedcredit.errors import (
     ConfigError,
@@ -189,6 +190,29 @@ def _input_schema(part: Any, raw: bytes, source: str) -> InputSchema | None:
 # --------------------------------------------------------------------------- the service core
 
 
+#: The label party's channel to a passive party stays connected: gRPC's default closes a channel after
+#: 30 idle minutes, and the next decision then pays TCP + TLS handshakes (here ~2 ms on 127.0.0.1, two
+#: round trips more on a WAN) inside its deadline.  Keepalive pings find a dead connection before a
+#: request does; the passive party's server accepts them (:data:`SERVER_OPTIONS`).
+KEEPALIVE_MS = 120_000
+PEER_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    *GRPC_OPTIONS,
+    ("grpc.client_idle_timeout_ms", 2**31 - 1),
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+#: The scoring server: no SO_REUSEPORT (a port another process holds must fail, not be silently shared);
+#: keepalive pings from a label party every KEEPALIVE_MS are welcome, idle or not.
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    *GRPC_OPTIONS,
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
+]
+
+
 class PeerClient:
     """The label party's stub to one passive party's scoring endpoint (one mTLS channel, reused)."""
 
@@ -245,22 +269,23 @@ class ScoringService:
         self._peers: dict[str, PeerClient] = {}
         self._aio_stubs: dict[str, Any] = {}  # grpc.aio stubs, created on the server's event loop
         self._aio_channels: dict[str, Any] = {}
-        self._queue: dict[str, list[tuple[Sequence[Application], Any]]] = {}
+        #: per model version: (applications, their encoded rows, the future of their result), waiting for a batch
+        self._queue: dict[str, list[tuple[Sequence[Application], np.ndarray, Any]]] = {}
         self._flushing: dict[str, bool] = {}
         self.max_batch = 512
         self._models: dict[str, LoadedModel] = {}
         self._tables: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
         self._active: tuple[float, str | None] = (-1.0, None)
+        self._active_path = str(store.root / "active.json")  # built once: a Path per request was ~20 us
         self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="partials")
 
     # ------------------------------------------------------------------ models
 
     def active_version(self) -> str:
-        """The store's active version, re-read only when active.json changes."""
-        p = self.store.root / "active.json"
+        """The store's active version, re-read only when active.json changes (one stat per call)."""
         try:
-            mtime = p.stat().st_mtime_ns
+            mtime = os.stat(self._active_path).st_mtime_ns
         except FileNotFoundError:
             mtime = -1
         if mtime != self._active[0]:
@@ -463,6 +488,36 @@ class ScoringService:
         return {p: pb.PartialRequest(model_hash=e["model_hash"], ids=ids, run_id=m.manifest.run_id)
                 for p, e in m.manifest.peers.items()}
 
+    def _aio_stub(self, p: str) -> Any:
+        """The grpc.aio stub to passive party ``p`` (one channel, kept open; on the server's event loop only)."""
+        stub = self._aio_stubs.get(p)
+        if stub is None:
+            addr = self._peers_cfg.get(p)
+            if addr is None or self.identity is None:
+                self._peer(p)  # raises the ConfigError naming what is missing
+                raise AssertionError("unreachable")
+            from crypto.tls import channel_credentials
+
+            ch = grpc.aio.secure_channel(addr, channel_credentials(self.identity), options=PEER_CHANNEL_OPTIONS)
+            self._aio_channels[p] = ch
+            stub = self._aio_stubs[p] = pbg.ScoringStub(ch)
+        return stub
+
+    def preconnect(self) -> None:
+        """Start connecting to every passive party of the active model now (on the server's event loop), so
+        the first decision does not pay the TCP + mutual-TLS handshake inside its deadline.  Never fails:
+        a passive party that is down is reported by the first request that needs it."""
+        try:
+            m = self.model()
+        except FedCreditError:
+            return  # nothing (loadable) active yet: channels open on first use
+        if m.role != LABEL:
+            return
+        for p in m.manifest.peers:
+            if p in self._peers_cfg and self.identity is not None:
+                self._aio_stub(p)
+                self._aio_channels[p].get_state(try_to_connect=True)
+
     async def _fetch_partials_async(self, m: LoadedModel, ids: list[str]) -> dict[str, pb.PartialReply]:
         """As :meth:`_fetch_partials`, on the server's event loop (grpc.aio channels, one per passive party)."""
         import asyncio
@@ -471,17 +526,7 @@ class ScoringService:
         deadline = self.deadline_s
 
         async def call(p: str) -> pb.PartialReply | FedCreditError:
-            stub = self._aio_stubs.get(p)
-            if stub is None:
-                addr = self._peers_cfg.get(p)
-                if addr is None or self.identity is None:
-                    self._peer(p)  # raises the ConfigError naming what is missing
-                    raise AssertionError("unreachable")
-                from crypto.tls import channel_credentials
-
-                ch = grpc.aio.secure_channel(addr, channel_credentials(self.identity), options=GRPC_OPTIONS)
-                self._aio_channels[p] = ch
-                stub = self._aio_stubs[p] = pbg.ScoringStub(ch)
+            stub = self._aio_stub(p)
             try:
                 return await stub.PartialScore(req[p], timeout=deadline)
             except grpc.RpcError as e:
@@ -505,71 +550,85 @@ class ScoringService:
         check_peers(m.manifest, {p: r.model_hash for p, r in out.items()})
         return out
 
-    def _joint(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions]]:
+    def _joint(self, m: LoadedModel, apps: Sequence[Application], X: np.ndarray) -> tuple[np.ndarray, list[Contributions]]:
+        """PD and contributions of ``apps`` from their encoded rows ``X`` and every passive party's answer."""
         ids = [a.id for a in apps]
-        X, _ = _matrix(self.party, m, apps)
         return self._combine(m, X, ids, self._fetch_partials(m, ids))
 
-    async def _joint_async(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions]]:
+    async def _joint_async(self, m: LoadedModel, apps: Sequence[Application],
+                           X: np.ndarray) -> tuple[np.ndarray, list[Contributions]]:
         ids = [a.id for a in apps]
-        X, _ = _matrix(self.party, m, apps)
         return self._combine(m, X, ids, await self._fetch_partials_async(m, ids))
 
-    async def _joint_coalesced(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions]]:
+    async def _joint_coalesced(self, m: LoadedModel, apps: Sequence[Application],
+                               X: np.ndarray) -> tuple[np.ndarray, list[Contributions]]:
         """Requests that arrive while a joint round trip is in flight share the next one.
 
         At most one PartialScore batch per model is in flight; everything queued
         meanwhile goes in the next, so a lone request waits for nothing and concurrent
         ones cost the passive parties one round trip per batch instead of one each.
-        An application with missing or non-finite features is refused before it joins a
-        batch; if a shared batch still fails on bad input, each request is retried alone
-        so only the request at fault gets the error.
+        ``X`` is the applications' encoded rows (:func:`_matrix`, run by the caller: an
+        application with missing or non-finite features is refused before it joins a
+        batch, and its rows are encoded once); if a shared batch still fails on bad input,
+        each request is retried alone so only the request at fault gets the error.
+
+        A request that finds no batch in flight sends its own at once, in its own task
+        (no hand-over to a flushing task and back); whatever queued meanwhile is then
+        flushed by a task of its own, so the first caller is answered as soon as its batch is.
         """
         import asyncio
 
-        _matrix(self.party, m, apps)  # a bad application fails alone, before it can join (and spoil) a batch
-        fut = asyncio.get_running_loop().create_future()
-        self._queue.setdefault(m.version, []).append((apps, fut))
+        loop = asyncio.get_running_loop()
         if not self._flushing.get(m.version):
             self._flushing[m.version] = True
-            asyncio.get_running_loop().create_task(self._flush(m))
+            try:
+                return await self._joint_async(m, apps, X)
+            finally:
+                if self._queue.get(m.version):
+                    loop.create_task(self._flush(m))
+                else:
+                    self._flushing[m.version] = False
+        fut = loop.create_future()
+        self._queue.setdefault(m.version, []).append((apps, X, fut))
         return await fut
 
     async def _flush(self, m: LoadedModel) -> None:
+        """Send what queued behind the batch in flight, batch after batch, until the queue is empty."""
         import asyncio
 
         try:
             while self._queue.get(m.version):
-                batch: list[tuple[Sequence[Application], Any]] = []
+                batch: list[tuple[Sequence[Application], np.ndarray, Any]] = []
                 rest = self._queue[m.version]
                 n = 0
                 while rest and (not batch or n + len(rest[0][0]) <= self.max_batch):
                     item = rest.pop(0)
                     batch.append(item)
                     n += len(item[0])
-                apps = [a for part, _ in batch for a in part]
+                apps = [a for part, _, _ in batch for a in part]
+                X = batch[0][1] if len(batch) == 1 else np.vstack([x for _, x, _ in batch])
                 try:
-                    pd, contribs = await self._joint_async(m, apps)
+                    pd, contribs = await self._joint_async(m, apps, X)
                 except DataError as e:
                     if len(batch) == 1:
-                        batch[0][1].set_exception(e)
+                        _settle(batch[0][2], error=e)
                         continue
 
-                    async def alone(part: Sequence[Application], f: Any) -> None:
+                    async def alone(part: Sequence[Application], x: np.ndarray, f: Any) -> None:
                         try:
-                            f.set_result(await self._joint_async(m, part))
+                            _settle(f, await self._joint_async(m, part, x))
                         except Exception as err:  # noqa: BLE001 - delivered to that request
-                            f.set_exception(err)
+                            _settle(f, error=err)
 
-                    await asyncio.gather(*(alone(part, f) for part, f in batch))
+                    await asyncio.gather(*(alone(part, x, f) for part, x, f in batch))
                     continue
                 except Exception as e:  # noqa: BLE001 - a party failure is every co-batched request's failure
-                    for _, f in batch:
-                        f.set_exception(e)
+                    for _, _, f in batch:
+                        _settle(f, error=e)
                     continue
                 k = 0
-                for part, f in batch:
-                    f.set_result((pd[k:k + len(part)], contribs[k:k + len(part)]))
+                for part, _, f in batch:
+                    _settle(f, (pd[k:k + len(part)], contribs[k:k + len(part)]))
                     k += len(part)
         finally:
             self._flushing[m.version] = False
@@ -582,15 +641,17 @@ class ScoringService:
         pd, contribs = m.model.score(X, answers)
         return pd, list(contribs)
 
-    def _local(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions | None]]:
-        X, _ = _matrix(self.party, m, apps)
+    def _local(self, m: LoadedModel, apps: Sequence[Application]) -> tuple[np.ndarray, list[Contributions | None],
+                                                                          list[int]]:
+        """A label-party-only model's PD and reasons (and its unknown-category counts per application)."""
+        X, unknown = _matrix(self.party, m, apps)
         pd = m.model.predict_proba(X)
         if m.model.model.family != "lr":  # reasons need a linear model
-            return pd, [None] * len(apps)
+            return pd, [None] * len(apps), unknown
         flat = m.model.model.get_flat()
         w, b = flat[:-1], float(flat[-1])
         Z = (X - m.model.mean) / m.model.std
-        return pd, [lr_contributions(w, Z[k], m.feature_names, intercept=b) for k in range(len(apps))]
+        return pd, [lr_contributions(w, Z[k], m.feature_names, intercept=b) for k in range(len(apps))], unknown
 
     def score(self, apps: Sequence[Application], model_version: str | None = None,
               caller: str = "local") -> list[dict[str, Any]]:
@@ -601,13 +662,14 @@ class ScoringService:
         used = m
         contribs: Sequence[Contributions | None]
         if m.role == LABEL:
+            X, unknown = _matrix(self.party, m, apps)
             try:
-                pd, contribs = self._joint(m, apps)
+                pd, contribs = self._joint(m, apps, X)
             except PartyUnavailable as e:
-                used, pd, contribs, fallback_reason = self._fallback(apps, e)
+                used, pd, contribs, unknown, fallback_reason = self._fallback(apps, e)
         else:
-            pd, contribs = self._local(m, apps)
-        return self._finish(apps, used, pd, contribs, fallback_reason, caller)
+            pd, contribs, unknown = self._local(m, apps)
+        return self._finish(apps, used, pd, contribs, fallback_reason, caller, unknown)
 
     async def score_async(self, apps: Sequence[Application], model_version: str | None = None,
                           caller: str = "local") -> list[dict[str, Any]]:
@@ -617,21 +679,22 @@ class ScoringService:
         used = m
         contribs: Sequence[Contributions | None]
         if m.role == LABEL:
+            X, unknown = _matrix(self.party, m, apps)  # once: these rows go into the (shared) batch as they are
             try:
-                pd, contribs = await self._joint_coalesced(m, apps)
+                pd, contribs = await self._joint_coalesced(m, apps, X)
             except PartyUnavailable as e:
-                used, pd, contribs, fallback_reason = self._fallback(apps, e)
+                used, pd, contribs, unknown, fallback_reason = self._fallback(apps, e)
         else:
-            pd, contribs = self._local(m, apps)
-        return self._finish(apps, used, pd, contribs, fallback_reason, caller)
+            pd, contribs, unknown = self._local(m, apps)
+        return self._finish(apps, used, pd, contribs, fallback_reason, caller, unknown)
 
-    def _fallback(self, apps: Sequence[Application], err: PartyUnavailable) -> tuple[Any, Any, Any, str]:
+    def _fallback(self, apps: Sequence[Application], err: PartyUnavailable) -> tuple[Any, Any, Any, list[int], str]:
         """A passive party is down or late: the configured label-party-only model, or the error."""
         if not self.fallback_version:
             raise err
         used = self.model(self.fallback_version)
-        pd, contribs = self._local(used, apps)
-        return used, pd, contribs, str(err)
+        pd, contribs, unknown = self._local(used, apps)
+        return used, pd, contribs, unknown, str(err)
 
     def _resolve(self, model_version: str | None) -> LoadedModel:
         active = self.active_version()
@@ -647,10 +710,12 @@ class ScoringService:
         return m
 
     def _finish(self, apps: Sequence[Application], used: LoadedModel, pd: np.ndarray,
-                contribs: Sequence[Contributions | None], fallback_reason: str, caller: str) -> list[dict[str, Any]]:
+                contribs: Sequence[Contributions | None], fallback_reason: str, caller: str,
+                unknown: Sequence[int]) -> list[dict[str, Any]]:
+        """Decisions, replies and decision-log lines; ``unknown``: per application, the categories the model
+        ``used`` never saw (as :func:`_matrix` counted them while encoding)."""
         out, log = [], []
         lim = self.policy.limit
-        unknown = _unknown_categories(used, apps)
         for k, a in enumerate(apps):
             exposure = a.exposure
             if exposure is None and lim is not None and lim.exposure_feature is not None \
@@ -751,25 +816,14 @@ def _refuse_missing(party: str, m: LoadedModel, X: np.ndarray, where: Sequence[s
         "send a value, or score with a model that handles missing values (SecureBoost, or LR with the WOE transform)")
 
 
-def _unknown_categories(m: LoadedModel, apps: Sequence[Application]) -> list[int]:
-    """Per application: how many of its category texts the model never saw (cheap: categorical features only)."""
-    if m.encoding is not None:
-        vocab = {f: set(v) for f, v in m.encoding.categories.items()}
-    elif m.input_schema is not None:
-        vocab = {f: set(m.input_schema.categories.get(f, ())) for f, k in
-                 zip(m.input_schema.feature_names, m.input_schema.kinds) if k == "categorical"}
+def _settle(fut: Any, result: Any = None, error: BaseException | None = None) -> None:
+    """Deliver a queued request's result, unless its caller went away (cancelled: nothing to deliver)."""
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
     else:
-        return [0] * len(apps)
-    out = []
-    for a in apps:
-        n = 0
-        for f, known in vocab.items():
-            v = a.features.get(f)
-            if v is None or (isinstance(v, float) and np.isnan(v)):
-                continue
-            n += category_text(v) not in known
-        out.append(n)
-    return out
+        fut.set_result(result)
 
 
 def _unknown_note(n: int) -> str:
@@ -948,11 +1002,11 @@ class ScoringServer:
         self._loop = _server_loop()
 
         async def start() -> tuple[Any, int]:
-            # no SO_REUSEPORT: a port another process holds must fail here, not be silently shared
-            server = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)])
+            server = grpc.aio.server(options=SERVER_OPTIONS)
             pbg.add_ScoringServicer_to_server(_Servicer(service), server)
             bound = server.add_secure_port(f"{host}:{port}", server_credentials(identity))
             await server.start()
+            service.preconnect()  # the label party's channels to its passive parties, before the first request
             return server, bound
 
         try:

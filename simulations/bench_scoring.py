@@ -9,8 +9,8 @@ single-application ``Score`` requests to the label party from 1, 16 and 128
 concurrent clients; every request costs one label->passive ``PartialScore`` round
 trip, the decision layer, and a line in the decision log.
 
-Beside it, the **in-process floor**: the same model parts scored in one process
-with no network (passive partial + combine + decision), one application at a time.
+Beside it, the **in-process floor**: the same online model parts scored in one process
+with no network (passive answer + PD and reasons + decision), one application at a time.
 
 Models are trained quickly in-process on the shared hetero data: by default with
 the plaintext reference trainers (SecureBoost: ``train_plaintext_reference``, the
@@ -128,12 +128,28 @@ def _start_server(cfg: Path) -> tuple[subprocess.Popen[str], str]:
 
 def _serve(cfg_path: str) -> int:
     """Child process: one party's scoring server, as the party daemon starts it."""
+    import gc
     import signal
     import threading
 
     from fedcredit.config import load_party_config
     from party.scoring import start_from_config
 
+    # every garbage collection of generation 2 (or longer than 1 ms) is a line in <config>.gc.jsonl: a
+    # collection stops the whole server, so a latency benchmark shows how often and how long
+    gc_log = Path(cfg_path).with_suffix(".gc.jsonl")
+    started: list[float] = []
+
+    def gc_timer(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+            return
+        ms = (time.perf_counter() - (started or [time.perf_counter()])[0]) * 1e3
+        if info["generation"] == 2 or ms > 1.0:
+            with gc_log.open("a") as f:
+                f.write(json.dumps({"time": time.time(), "generation": info["generation"], "ms": round(ms, 3)}) + "\n")
+
+    gc.callbacks.append(gc_timer)
     server = start_from_config(load_party_config(cfg_path))
     print(f"ADDR {server.address}", flush=True)
     stop = threading.Event()
@@ -150,6 +166,7 @@ class Deployment:
 
     guest_address: str
     client: Any  # crypto.certs.Identity of the caller "client"
+    gc_logs: dict[str, Path]  # party -> its server's garbage-collection log (``_serve``)
     apps: list[tuple[str, dict[str, float]]]
     procs: dict[str, subprocess.Popen[str]]
     work: Path
@@ -200,7 +217,8 @@ def deployed(work: Path, model: str = "secureboost", *, n_fit: int = 20000, fede
                                                 f'peers = {{ host = "{host_addr}" }}\n{guest_scoring}')
         guest_proc, guest_addr = _start_server(guest_cfg)
         procs["guest"] = guest_proc
-        yield Deployment(guest_addr, Identity.load(pki / "client", "client"), apps, procs, mwork, lab, pas)
+        gc_logs = {p: c.with_suffix(".gc.jsonl") for p, c in (("host", host_cfg), ("guest", guest_cfg))}
+        yield Deployment(guest_addr, Identity.load(pki / "client", "client"), gc_logs, apps, procs, mwork, lab, pas)
     finally:
         for proc in procs.values():
             proc.terminate()
@@ -248,11 +266,14 @@ async def _load(address: str, identity: Any, apps: list[tuple[str, dict[str, flo
 
 
 def _floor(kind: str, lab: Any, pas: Any, g: pd.DataFrame, h: pd.DataFrame, n: int) -> tuple[np.ndarray, float]:
-    """In-process: passive partial + combine + decision, one application at a time, no network."""
+    """In-process: what the two scoring services compute for one application, with no network — the passive
+    part's answer, the label part's PD **and reasons**, the decision (``fedcredit.kinds`` online parts)."""
     from fedcredit.decision import DecisionPolicy, decide
-    from fedcredit.protocols import secureboost as sb
-    from fedcredit.protocols import vertical_lr as vlr
+    from fedcredit.kinds import load_part
 
+    parts = _parts(kind, lab, pas)
+    label = load_part(parts["guest"]["kind"], parts["guest"]["files"]["model.json"], "bench label part")
+    passive = load_part(parts["host"]["kind"], parts["host"]["files"]["model.json"], "bench passive part")
     policy = DecisionPolicy()
     Xg, Xh = g[lab.feature_names].to_numpy(), h[pas.feature_names].to_numpy()
     lat = []
@@ -260,11 +281,8 @@ def _floor(kind: str, lab: Any, pas: Any, g: pd.DataFrame, h: pd.DataFrame, n: i
     for k in range(n):
         t = time.perf_counter()
         i = k % len(Xg)
-        if kind == "secureboost":
-            pd_ = sb.label_predict(lab, Xg[i:i + 1], {"host": sb.passive_decisions(pas, Xh[i:i + 1])})
-        else:
-            pd_ = vlr.combine(lab, Xg[i:i + 1], [vlr.passive_partial_scores(pas, Xh[i:i + 1])])
-        decide(float(pd_[0]), None, None, policy)
+        pd_, contribs = label.score(Xg[i:i + 1], {"host": passive.answer(Xh[i:i + 1])})
+        decide(float(pd_[0]), contribs[0], None, policy)
         lat.append(time.perf_counter() - t)
     return np.asarray(lat), time.perf_counter() - t0
 

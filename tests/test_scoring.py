@@ -21,7 +21,7 @@ import pytest
 
 from crypto.certs import Identity, init_ca, issue
 from fedcredit.artifacts import build_run_artifacts, sign_artifact
-from fedcredit.data import load_table
+from fedcredit.data import load_dataset, load_table
 from fedcredit.errors import ConfigError, DataError, SecurityError
 from fedcredit.protocols import secureboost as sb
 from fedcredit.protocols import vertical_lr as vlr
@@ -197,6 +197,32 @@ def test_secureboost_joint_scoring_equals_in_process_label_predict(tmp_path: Pat
         assert set(c.parties) == {"host"} and set(c.features) <= set(lab.feature_names)
         r = fed.guest_service.score(apps[:1])[0]
         assert r["party_contributions"]["host"] == pytest.approx(c.parties["host"], abs=1e-12)
+    finally:
+        fed.close()
+
+
+def test_label_party_is_connected_to_its_passive_party_before_the_first_request(tmp_path: Path, pki, frames) -> None:
+    """serve() opens the label party's channel to each passive party: the first decision does not pay the
+    TCP + mutual-TLS handshake inside its deadline (docs/deployment.md, latency)."""
+    from party.scoring import PEER_CHANNEL_OPTIONS, _server_loop
+
+    lab, pas = _fit_lr(frames)
+    stores = _install(tmp_path, pki, "vlr-pre", _lr_parts(lab, pas))
+    fed = Fed(tmp_path, pki, stores)
+    try:
+        assert fed.guest_service.log is not None and fed.guest_service.log.path.read_text() == ""  # no decision yet
+        channel = fed.guest_service._aio_channels["host"]  # opened by serve(); no request has been made
+
+        async def ready() -> None:
+            await asyncio.wait_for(channel.channel_ready(), 10)
+
+        asyncio.run_coroutine_threadsafe(ready(), _server_loop()).result(15)
+        assert channel.get_state() == grpc.ChannelConnectivity.READY
+        apps, Xg, Xh = _apps(frames, slice(0, 1))
+        assert fed.client.score(apps[0].id, apps[0].features).pd == pytest.approx(
+            vlr.combine(lab, Xg, [vlr.passive_partial_scores(pas, Xh)])[0], abs=1e-12)
+        assert fed.guest_service._aio_channels["host"] is channel  # the first decision used that channel
+        assert dict(PEER_CHANNEL_OPTIONS)["grpc.client_idle_timeout_ms"] == 2**31 - 1  # never closed for idling
     finally:
         fed.close()
 
@@ -772,3 +798,93 @@ def test_e2e_vertical_train_publish_and_score_online(tmp_path: Path, frames, jty
             except Exception:  # noqa: BLE001 - already stopped
                 pass
         fed.stop()
+
+
+# ----------------------------------------------------------------- latency work (issue 11): same answers, less work
+
+
+def test_online_secureboost_equals_the_reference_walk_bit_for_bit_with_missing_and_categorical(tmp_path: Path) -> None:
+    """The online scorers (one walk per row for PD and reasons; passive splits compiled to arrays) give exactly
+    ``label_predict``, ``decision_paths`` + ``tree_contributions`` and ``passive_decisions``: on German credit
+    (categorical splits at both parties) with a tenth of the values missing, at depth 3 and 5."""
+    from fedcredit.config import DatasetSection
+    from fedcredit.decision import tree_contributions
+    from fedcredit.protocols.secureboost.scoring import (
+        OnlineLabel,
+        OnlinePassive,
+        parse_decisions,
+        passive_decisions,
+    )
+    from simulations.german_credit import write_german_vertical
+
+    specs = write_german_vertical(tmp_path / "data")
+    bank = load_dataset(DatasetSection(**specs["bank"]["train"]), party="bank")  # type: ignore[arg-type]
+    fintech = load_dataset(DatasetSection(**specs["fintech"]["train"]), party="fintech")  # type: ignore[arg-type]
+    rng = np.random.default_rng(3)
+    for depth in (3, 5):
+        cfg = sb.SecureBoostConfig(n_trees=6, max_depth=depth, n_bins=8)
+        lab, pas = sb.train_plaintext_reference_tables(bank, {"fintech": fintech}, cfg)
+        part = pas["fintech"]
+        kinds = {nd.get("categories") is not None for t in lab.trees for nd in t if not nd.get("leaf") and
+                 nd["owner"] == "bank"}
+        assert True in kinds and any(r.categories is not None for r in part.splits.values())
+        Xl, _ = lab.encode(bank)
+        Xp, _ = part.encode(fintech)
+        Xl[rng.random(Xl.shape) < 0.1] = np.nan
+        Xp[rng.random(Xp.shape) < 0.1] = np.nan
+        online_l, online_p = OnlineLabel(lab), OnlinePassive(part)
+        for rows in (slice(0, 1), slice(5, 21), slice(0, len(Xl))):
+            answer = online_p.answer(Xp[rows])
+            assert answer == passive_decisions(part, Xp[rows])
+            pd_, contribs = online_l.score(Xl[rows], {"fintech": answer})
+            assert np.array_equal(pd_, sb.label_predict(lab, Xl[rows], {"fintech": answer}))
+            bits = parse_decisions("fintech", answer, len(pd_))
+            for k in range(0, len(pd_), 37):
+                paths = online_l.scorer.decision_paths(Xl[rows][k], {"fintech": {s: b[k] for s, b in bits.items()}})
+                assert contribs[k] == tree_contributions(paths, passive_parties=["fintech"], base_score=lab.base_score)
+
+
+def test_coalesced_requests_encode_each_application_once(tmp_path: Path, pki, frames, monkeypatch) -> None:
+    """Concurrent requests share partial round trips, and each application's features are encoded once
+    (the rows go into the shared batch as they are), not once to check and again to score."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fedcredit.data import InputSchema
+
+    encoded: list[int] = []
+    original = InputSchema.encode_rows
+
+    def counting(self, rows, *, who):  # type: ignore[no-untyped-def]
+        encoded.append(len(rows))
+        return original(self, rows, who=who)
+
+    monkeypatch.setattr(InputSchema, "encode_rows", counting)
+    lab, pas = _fit_lr(frames)
+    stores = _install(tmp_path, pki, "vlr-once", _lr_parts(lab, pas))
+    calls: list[int] = []
+
+    class Slow(ScoringService):
+        def partial(self, model_hash, ids, caller, role="party"):
+            calls.append(len(ids))
+
+            async def later():
+                await asyncio.sleep(0.15)  # keep a round trip in flight while the others queue
+                return ScoringService.partial(self, model_hash, ids, caller, role)
+            return later()
+
+    host = serve(Slow("host", stores["host"], identity=pki["host"], table_loader=_host_loader), pki["host"])
+    guest = serve(ScoringService("guest", stores["guest"], identity=pki["guest"], peers={"host": host.address},
+                                 deadline_s=5.0, callers=["client"]), pki["guest"])
+    client = ScoringClient(guest.address, pki["client"])
+    try:
+        apps, Xg, Xh = _apps(frames, slice(0, 12))
+        encoded.clear()
+        with ThreadPoolExecutor(12) as pool:
+            out = list(pool.map(lambda a: client.score(a.id, a.features).pd, apps))
+        np.testing.assert_allclose(out, vlr.combine(lab, Xg, [vlr.passive_partial_scores(pas, Xh)]), rtol=0, atol=1e-12)
+        assert max(calls) > 1  # coalesced
+        assert encoded == [1] * len(apps)  # the label party encoded each application exactly once
+    finally:
+        client.close()
+        guest.stop(0)
+        host.stop(0)

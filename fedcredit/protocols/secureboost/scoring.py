@@ -134,6 +134,33 @@ def mean_leaf_values(tree: Sequence[Mapping[str, Any]]) -> list[float]:
 
 DecisionPath = list[tuple[str | None, float]]  # one tree's decision path: (split key, node value) root -> leaf
 
+_LEAF, _NUMERIC, _CATEGORICAL, _PASSIVE = 0, 1, 2, 3
+#: one node for :meth:`LabelScorer.walk`: (kind, split key, node value, feature index | split id,
+#: threshold | category codes, missing_left, left child, right child)
+_WalkNode = tuple[int, Any, float, int, Any, bool, int, int]
+
+
+def _compile_walk(tree: Sequence[Mapping[str, Any]], me: str, names: Sequence[str],
+                  values: Sequence[float]) -> list[_WalkNode]:
+    """One tree as flat tuples of plain Python values (no per-row rule parsing, no numpy per node)."""
+    out: list[_WalkNode] = []
+    for i, nd in enumerate(tree):
+        if nd.get("leaf"):
+            out.append((_LEAF, None, float(nd["value"]), 0, None, False, i, i))
+            continue
+        left, right = int(nd["left"]), int(nd["right"])
+        if nd["owner"] != me:
+            out.append((_PASSIVE, nd["owner"], values[i], int(nd["split_id"]), None, False, left, right))
+            continue
+        rule = node_rule(nd)
+        if rule.categories is not None:
+            out.append((_CATEGORICAL, names[rule.feature], values[i], rule.feature,
+                        frozenset(float(c) for c in rule.categories), rule.missing_left, left, right))
+        else:
+            out.append((_NUMERIC, names[rule.feature], values[i], rule.feature, float(rule.threshold),
+                        rule.missing_left, left, right))
+    return out
+
 
 class LabelScorer:
     """A label model part compiled once into arrays for batch scoring (what a scoring service caches).
@@ -146,6 +173,14 @@ class LabelScorer:
         self.part = part
         self.trees = [TreeArrays.of(t, part.party) for t in part.trees]
         self.node_values = [mean_leaf_values(t) for t in part.trees]
+        self._walk_trees = [_compile_walk(t, part.party, part.feature_names, v)
+                            for t, v in zip(part.trees, self.node_values)]
+        need: dict[str, dict[int, int]] = {}  # passive party -> split id -> first tree that needs it
+        for t, ta in enumerate(self.trees):
+            for p, (_, sids) in ta.passive.items():
+                for sid in sids:
+                    need.setdefault(p, {}).setdefault(sid, t)
+        self._needed = need
 
     def margin(self, X: np.ndarray, bits: Mapping[str, Mapping[int, np.ndarray]]) -> np.ndarray:
         """Raw score (log-odds) of a batch from own features ``X`` and every passive party's parsed bits."""
@@ -185,6 +220,52 @@ class LabelScorer:
     def predict(self, X: np.ndarray, bits: Mapping[str, Mapping[int, np.ndarray]]) -> np.ndarray:
         """Probability of the positive class (default) for a batch."""
         return sigmoid(self.margin(X, bits))
+
+    def walk(self, X: np.ndarray, bits: Mapping[str, Mapping[int, np.ndarray]]) -> tuple[np.ndarray, list[list[DecisionPath]]]:
+        """Margin and decision paths of every row in **one** walk per row and tree (what online scoring needs).
+
+        The same values as :meth:`margin` (leaf values added in tree order to ``base_score``, so
+        bit for bit) and :meth:`decision_paths`; for the few rows of an online batch a plain
+        walk beats :meth:`margin`'s per-tree array passes, and the reasons need the paths anyway.
+        """
+        for p, sids in self._needed.items():
+            pb = bits.get(p)
+            if pb is None:
+                raise ProtocolError(f"scoring needs decisions from party '{p}', which sent none")
+            for sid, t in sids.items():
+                if sid not in pb:
+                    raise ProtocolError(f"tree {t}: party '{p}' sent no decision for its split id {sid} "
+                                        "(is its model part from the same training run?)")
+        row_bits = {p: {sid: pb[sid].tolist() for sid in self._needed.get(p, ())} for p, pb in bits.items()}
+        base = float(self.part.base_score)
+        margins = np.empty(X.shape[0], dtype=np.float64)
+        paths: list[list[DecisionPath]] = []
+        for k, x in enumerate(np.asarray(X, dtype=np.float64).tolist()):
+            m = base
+            row: list[DecisionPath] = []
+            for tree in self._walk_trees:
+                i = 0
+                path: DecisionPath = []
+                while True:
+                    kind, key, value, a, b, missing_left, left, right = tree[i]
+                    if kind == _LEAF:
+                        path.append((None, value))
+                        m += value
+                        break
+                    path.append((key, value))
+                    if kind == _PASSIVE:
+                        go = row_bits[key][a][k]
+                    else:
+                        v = x[a]
+                        if v != v:  # NaN: missing, the learned default direction
+                            go = missing_left
+                        else:
+                            go = v <= b if kind == _NUMERIC else v in b
+                    i = left if go else right
+                row.append(path)
+            margins[k] = m
+            paths.append(row)
+        return margins, paths
 
     def decision_paths(self, x: np.ndarray, bits: Mapping[str, Mapping[int, bool]]) -> list[DecisionPath]:
         """One row's path through every tree, each split keyed by the label party's feature name or the owner party.
@@ -252,12 +333,10 @@ class OnlineLabel:
             raise ProtocolError(f"scoring needs decisions from every passive party; missing {missing}")
         n = X.shape[0]
         bits = {p: parse_decisions(p, bytes(partials[p]), n) for p in self.passive_parties}
-        pd = self.scorer.predict(X, bits)
-        contribs = [tree_contributions(self.scorer.decision_paths(X[k], {p: {s: b[k] for s, b in bp.items()}
-                                                                         for p, bp in bits.items()}),
-                                       passive_parties=self.passive_parties, base_score=self.part.base_score)
-                    for k in range(n)]
-        return pd, contribs
+        margin, paths = self.scorer.walk(X, bits)  # one walk gives the PD and the reasons
+        contribs = [tree_contributions(row, passive_parties=self.passive_parties, base_score=self.part.base_score)
+                    for row in paths]
+        return sigmoid(margin), contribs
 
 
 class OnlinePassive:
@@ -271,7 +350,30 @@ class OnlinePassive:
         self.input_schema = part.input_schema or numeric_schema(part.feature_names)
         #: NaN (missing, or an unknown category) is scored by each split's learned default direction
         self.accepts_missing = True
+        ids = sorted(self.part.splits)
+        rules = [self.part.splits[i] for i in ids]
+        num = [k for k, r in enumerate(rules) if r.categories is None]
+        #: the splits as arrays, so a batch's bits are a few array operations however many splits there are
+        self._ids = np.array(ids, dtype=np.int64)
+        self._num = np.array(num, dtype=np.int64)
+        self._num_feature = np.array([rules[k].feature for k in num], dtype=np.int64)
+        self._num_threshold = np.array([rules[k].threshold for k in num], dtype=np.float64)
+        self._missing_left = np.array([r.missing_left for r in rules], dtype=bool)
+        self._feature = np.array([r.feature for r in rules], dtype=np.int64)
+        self._cat = [(k, r) for k, r in enumerate(rules) if r.categories is not None]
 
     def answer(self, X: np.ndarray) -> bytes:
-        """Decision bits for own features ``X`` (in :attr:`input_schema` codes, NaN = missing)."""
-        return passive_decisions(self.part, X)
+        """Decision bits for own features ``X`` (in :attr:`input_schema` codes, NaN = missing): the bytes of
+        :func:`passive_decisions`, computed on the compiled split arrays."""
+        X = np.asarray(X, dtype=np.float64)
+        check_columns(self.part.feature_names, X, f"party '{self.part.party}'")
+        bits = np.zeros((len(self._ids), X.shape[0]), dtype=bool)
+        with np.errstate(invalid="ignore"):
+            bits[self._num] = X[:, self._num_feature].T <= self._num_threshold[:, None]  # NaN compares false
+        for k, rule in self._cat:
+            bits[k] = rule.left(X[:, rule.feature])
+        bits |= np.isnan(X[:, self._feature].T) & self._missing_left[:, None]
+        return pack_arrays(
+            {"split_ids": self._ids, "bits": np.packbits(bits, axis=1)},
+            {"party": self.part.party, "n": int(X.shape[0])},
+        )
