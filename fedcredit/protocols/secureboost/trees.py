@@ -617,10 +617,10 @@ def _best_split(
 ) -> tuple[int, int, float] | None:
     """(source, candidate, gain) maximising the XGBoost gain.
 
-    Ties: candidates of one party whose (G_L, H_L) equal the best's within
-    :data:`_TIE_EPS` split the node's rows identically (no row lies between their
-    thresholds); the lowest candidate id among them wins, so the choice does not
-    depend on CKKS noise.
+    Ties: candidates whose (G_L, H_L) equal the best's within :data:`_TIE_EPS` split the
+    node's rows identically (no row lies between their thresholds, or two parties' features
+    partition the node alike); the first of them (lowest party, then lowest candidate id)
+    wins, so the choice does not depend on CKKS noise.
     """
     sizes = [len(a) for a, _ in hs]
     if sum(sizes) == 0:
@@ -636,12 +636,14 @@ def _best_split(
     k = int(np.argmax(gain))
     if not np.isfinite(gain[k]) or gain[k] <= max(cfg.min_split_gain, 1e-12):
         return None
+    # every candidate (of any party) whose left sums equal the best's: the first one (lowest party,
+    # then lowest candidate id) wins, so CKKS noise picks neither the party nor the candidate
+    same = valid & (np.abs(GL - GL[k]) <= _TIE_EPS) & (np.abs(HL - HL[k]) <= _TIE_EPS)
+    k = int(np.flatnonzero(same)[0])
     bounds = np.cumsum(sizes)
     s = int(np.searchsorted(bounds, k, side="right"))
     lo = int(bounds[s - 1]) if s else 0
-    hi = int(bounds[s])
-    same = valid[lo:hi] & (np.abs(GL[lo:hi] - GL[k]) <= _TIE_EPS) & (np.abs(HL[lo:hi] - HL[k]) <= _TIE_EPS)
-    c = int(np.flatnonzero(same)[0])
+    c = k - lo
     return s, c, float(gain[lo + c])
 
 
