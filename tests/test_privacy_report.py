@@ -122,7 +122,8 @@ def test_a_real_vertical_lr_run_with_label_dp_reports_epsilon_at_the_label_party
     pas = json.loads((models["fintech"] / "report.json").read_text())["privacy"]
     assert lab["dp"]["target_epsilon"] == 4.0 and 0 < lab["dp"]["epsilon"] <= 4.0 + 1e-6, lab["dp"]
     assert lab["attacks"]["defence"].startswith("label-dp") or lab["attacks"]["note"]
-    assert pas["dp"] is None  # the passive party is not told the label party's DP parameters
+    # [model.dp] is part of the job both parties approved: the passive party reports the same parameters
+    assert pas["dp"]["noise_multiplier"] == lab["dp"]["noise_multiplier"], pas["dp"]
     for pv in (lab, pas):
         assert pv["sent"] and all(r["form"] != "undeclared" for r in pv["sent"]), pv["sent"]
     assert {r["tag"]: r["form"] for r in pas["sent"]}["vlr/g"] == "masked"
