@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-out/many-banks"))
     ap.add_argument("--cpus", type=int, default=2, help="Ray CPUs = ClientApp actors (one CPU each)")
     ap.add_argument("--object-store-mb", type=int, default=1024, help="Ray object store bound")
+    ap.add_argument("--table-only", action="store_true",
+                    help="print the table from the banks-N.json files already in --out (runs nothing federated)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one n in this process
     a = ap.parse_args(argv)
     for f in [*FILES, TEST]:
@@ -170,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     pooled = sklearn_pooled(tables, test, l2=HorizontalJob(run_id="x", parties=["a"]).l2)
     runs = []
     for n in [int(x) for x in a.banks.split(",") if x]:
+        if a.table_only:
+            runs.append(json.loads((a.out / f"banks-{n}.json").read_text()))
+            continue
         cmd = [sys.executable, "-m", "simulations.bench_many_banks", "--one", str(n), "--data-dir", str(a.data_dir),
                "--out", str(a.out), "--cpus", str(a.cpus), "--object-store-mb", str(a.object_store_mb)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
