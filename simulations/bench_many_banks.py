@@ -124,7 +124,7 @@ def print_table(runs: list[dict[str, Any]], pooled: dict[str, Any]) -> None:
     print(f"pooled plaintext, sklearn LR at the federation's objective ({pooled['rows']} rows): "
           f"AUC {pooled['auc']:.4f}  KS {pooled['ks']:.4f}")
     hdr = (f"{'banks':>5} {'rows/bank':>9} {'FedAvg round s':>14} {'Newton round s':>14} {'run s':>7} "
-           f"{'coord RSS peak':>14} {'(+ over start)':>14} {'actors RSS':>10} {'up/bank/round':>13} "
+           f"{'coord RSS peak':>14} {'(+ over start)':>14} {'ray:: RSS':>10} {'up/bank/round':>13} "
            f"{'down/bank/round':>15} {'holder setup':>12} {'AUC enc':>8} {'AUC plain FedAvg':>16} {'max|dw|':>8}  load")
     print(hdr)
     print("-" * len(hdr))

@@ -223,7 +223,7 @@ class _MemorySampler:
         self.period = period_s
         self.base = _rss(os.getpid())
         self.driver_peak = self.base
-        self.workers_peak = 0  # sum over Ray's ClientApp actor processes
+        self.workers_peak = 0  # sum over Ray's worker processes ("ray::...": the ClientApp actors and Ray's agents)
         self.ray_peak = 0  # every other Ray process (raylet, GCS, object store, ...)
         self._stop = threading.Event()
         self._th = threading.Thread(target=self._loop, daemon=True)
