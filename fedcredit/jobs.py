@@ -43,4 +43,5 @@ def horizontal_public_result(result: horizontal.HorizontalResult) -> dict[str, A
         "bytes_per_round": result.bytes_per_round(),
         "traffic": result.traffic,
         "protocol_wall_time_s": result.wall_time_s,
+        "secagg": result.secagg,  # threshold, max dropouts, which aggregations were unmasked after dropouts
     }
