@@ -47,7 +47,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def rel_error(est: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.linalg.norm(est - truth) / max(np.linalg.norm(truth), 1e-300))
+    return float(np.linalg.norm(est - truth)) / max(float(np.linalg.norm(truth)), 1e-300)
 
 
 def _stored(kept: Mapping[str, bytes], run_id: str, what: str) -> bytes:
@@ -97,7 +97,12 @@ def run_attack(train: Mapping[str, Path], out: Path, *, rounds: int = 3, min_par
     kept: dict[str, bytes] = {}  # the colluder's state as written (its keys are deleted when its part ends)
     st = fed.states[colluder]
     put = st.put
-    st.put = lambda k, v: (kept.__setitem__(k, v), put(k, v))[1]  # type: ignore[method-assign]
+
+    def recording_put(key: str, value: bytes) -> None:
+        kept[key] = value
+        put(key, value)
+
+    st.put = recording_put  # type: ignore[method-assign]
     job = HorizontalJob(run_id="attack", parties=banks, rounds=rounds, newton_rounds=0, min_parties=min_parties)
     res = run_coordinator(fed.channel, job)
     pub_ctx = next(b["public_ctx"] for r in records if r.receiver == "coordinator"
@@ -122,7 +127,7 @@ def run_attack(train: Mapping[str, Path], out: Path, *, rounds: int = 3, min_par
             "self_seed_guess": new["self_seed_guess"],
         })
     return {"banks": banks, "colluder": colluder, "target": target, "threshold": job.threshold,
-            "max_dropouts": job.max_dropouts, "n_values": int(rows and len(truth[target])), "rounds": rows,
+            "max_dropouts": job.max_dropouts, "n_values": len(plain[target][1][1]), "rounds": rows,
             "dropped": res.dropped}
 
 

@@ -491,7 +491,7 @@ def test_run_inprocess_generated_writes_report_and_plot(tmp_path: Path) -> None:
     assert g["n_test"] == 600  # the test file split across banks: every row counted once
     assert abs(g["auc"] - saved["harness_check"]["full_test_auc"]) < 0.002
     assert (tmp_path / "roc_ks.png").read_bytes()[:4] == b"\x89PNG"
-    assert len((tmp_path / "messages.jsonl").read_text().splitlines()) == rep["messages"]["count"] == 2 * (3 + 2 + (2 + 8) * 3 + 3 + 1)  # 2 FedAvg + 8 Newton rounds
+    assert len((tmp_path / "messages.jsonl").read_text().splitlines()) == rep["messages"]["count"] == 2 * (3 + 3 + (2 + 8) * 3 + 3 + 1)  # 2 FedAvg + 8 Newton rounds
     assert isinstance(rep["bytes_per_round"]["bank1"]["from_party"], float)
     with pytest.raises(FedCreditError):
         run_inprocess(None, None, {"rounds": 0}, tmp_path / "bad")

@@ -15,13 +15,19 @@ Message flow (each line is one coordinator->parties hop; a hop costs 3-6 s in
 Flower deployment mode, so steps are merged wherever the data dependencies allow):
 
 1. ``setup``         -> all:   job spec.  Each party validates its data and replies its
-   public schema (feature names + fingerprint).  The key holder also creates the
-   CKKS context and replies the public context, one envelope per other party
-   (the secret context sealed to that party's X25519 key from its certificate)
-   and its encrypted standardization sums.
-2. ``install_key``   -> others: the sealed envelope.  The party opens it (authenticated
-   as coming from the key holder), stores the secret context, replies its encrypted
-   standardization sums ``[sum x, sum x^2, n]`` (exact: see :func:`encode_exact`).
+   public schema (feature names + fingerprint) and its secure-aggregation material: mask
+   public keys per aggregation and, sealed to each peer, those keys and the peer's Shamir
+   shares of its mask keys and self-mask seeds.  The key holder also creates the
+   CKKS context and replies the public context and one envelope per other party
+   (the secret context sealed to that party's X25519 key from its certificate).
+2. ``install_key``   -> all:   the sealed envelope (not to the holder) and the peers' sealed
+   bundles.  The party opens them (authenticated), stores the secret context and the shares,
+   replies its *masked* encrypted standardization sums ``[sum x, sum x^2, n]``.
+
+   Every aggregated vector is masked (crypto/secagg.py): Enc((limbs + masks) mod M), so one
+   bank's ciphertext alone decrypts to noise even with the shared key; when dropouts are
+   allowed (``min_parties`` < n) an ``unmask`` hop after each aggregation collects the
+   survivors' shares and the coordinator removes the remaining masks homomorphically.
 3. ``fit`` (r=1..R)  -> all:   round 1 carries the summed statistics, later rounds the
    summed previous updates.  The party decrypts, derives the global model
    (``sum_k n_k w_k / sum_k n_k`` -- the total weight rides in the same
@@ -42,7 +48,7 @@ calls and deletes it when its part of the job ends -- at ``finalize`` (all but t
 named to decrypt the global metrics), after ``global_metrics``, when one of its own calls
 fails, or on ``end``.  No deployed model needs it (the global model is plaintext per bank).
 
-Hops: R + 4 (+1 ``end`` after a failure).  Every payload is ``fedcredit.codec`` framing: a JSON header plus named binary
+Hops: R + 4, or 2R + 6 with dropouts allowed (+1 ``end`` after a failure).  Every payload is ``fedcredit.codec`` framing: a JSON header plus named binary
 blobs (no pickle).  The leakage table (what each role sees in plaintext) is in
 ``docs/horizontal.md``.
 """
