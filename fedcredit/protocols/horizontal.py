@@ -818,14 +818,14 @@ class _Party:
             run={k: v for k, v in meta.items() if k not in ("local_test", "convergence")},
             sections={"convergence": curve} if curve else None)}
         out_b: dict[str, bytes] = {}
-        if test is not None:
+        if test is not None and header.get("members"):
             assert test.y is not None and p_fed is not None
             hist = metrics.score_histogram(test.y, p_fed, bins=job.hist_bins)
             out_b["hist"] = self._masked(job, ctx, state, HIST_TAG, "histogram", hist.ravel(),
                                          self._members(job, header, HIST_TAG, state), counts=True)
         if header.get("metrics_party") != self.env.name:  # no further decryption asked of this party
             self._drop_key(job.run_id, state)
-        if job.max_dropouts == 0 or test is None:  # no unmask of the histogram will ask for this bank's shares
+        if job.max_dropouts == 0 or "hist" not in out_b:  # no unmask of the histogram will ask for this bank's shares
             self._drop_secagg(job.run_id, state)
         return {"metrics": m, "model_path": str(path)}, out_b
 
@@ -1199,6 +1199,8 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
     final_parties = sorted(c.alive)
     target = holder if holder in c.alive else c.alive[0]  # keeps its key to decrypt the summed histogram
     testers = [p for p in c.alive if has_test.get(p)]  # banks without a test table have no histogram to mask
+    if len(testers) < job.threshold:  # fewer than t histograms: their sum would not hide one bank's; no global metrics
+        testers = []
     payload = c.msg({"round": job.total_rounds, "parties": final_parties, "metrics_party": target,
                      "members": testers}, {"model": agg})  # type: ignore[dict-item]
     rep = c.call(Method.FINALIZE, {p: payload for p in c.alive})
