@@ -329,6 +329,23 @@ def scale_encrypted(ctx: Context, blob: bytes, factor: float) -> bytes:
     return _join(n, out)
 
 
+def add_plain(ctx: Context, blob: bytes, values: np.ndarray) -> bytes:
+    """Ciphertext + plaintext vector of the same length (public context suffices; no level used).
+
+    Secure aggregation's coordinator removes reconstructed masks this way without decrypting."""
+    arr = np.asarray(values, dtype=np.float64)
+    n, chunks = _split(blob, "blob")
+    if arr.shape != (n,):
+        raise ProtocolError(f"add_plain: plaintext has shape {arr.shape}, the blob holds {n} values")
+    slots = slot_count(ctx)
+    tctx = _ts(ctx)
+    out = []
+    for i, c in enumerate(chunks):
+        v = _load_chunk(tctx, c, "blob", i)
+        out.append((v + arr[i * slots : (i + 1) * slots].tolist()).serialize())
+    return _join(n, out)
+
+
 class Workers(Protocol):
     """A compute session whose workers hold this context's :class:`PublicContext` (``fedcredit.compute``).
 

@@ -44,4 +44,5 @@ def horizontal_public_result(result: horizontal.HorizontalResult) -> dict[str, A
         "traffic": result.traffic,
         "protocol_wall_time_s": result.wall_time_s,
         **({"privacy": result.privacy} if result.privacy else {}),
+        "secagg": result.secagg,  # threshold, max dropouts, which aggregations were unmasked after dropouts
     }

@@ -289,6 +289,9 @@ class HorizontalParams(Params):
     ckks_coeff_mod_bit_sizes: list[int] = Field(default_factory=lambda: [40, 20, 40])
     ckks_scale_bits: int = Field(20, ge=10, le=60)
     dp: HorizontalDP | None = None  # [model.dp]: client-level differential privacy (off without the table)
+    # Secure aggregation (crypto/secagg.py): the coordinator with fewer than this many banks learns nothing about a
+    # bank's vectors beyond their sum; also the survivors needed to unmask a round after a dropout.  None: ceil(n/2)
+    secagg_threshold: int | None = Field(None, ge=1, le=255)
 
     @model_validator(mode="before")
     @classmethod
@@ -355,7 +358,24 @@ class HorizontalJob(HorizontalParams):
             raise ValueError(f"key_holder '{self.key_holder}' is not one of the parties {self.parties}")
         if self.min_parties is not None and self.min_parties > len(self.parties):
             raise ValueError(f"min_parties must be between 1 and {len(self.parties)}, got {self.min_parties}")
+        if self.secagg_threshold is not None and self.secagg_threshold > len(self.parties):
+            raise ValueError(f"secagg_threshold must be between 1 and {len(self.parties)} (the parties), "
+                             f"got {self.secagg_threshold}")
+        if self.min_parties is not None and self.min_parties < self.threshold:
+            raise ValueError(f"min_parties ({self.min_parties}) is below the secure-aggregation threshold "
+                             f"({self.threshold}): a round after that many dropouts could not be unmasked; "
+                             "raise min_parties or lower secagg_threshold")
         return self
+
+    @property
+    def threshold(self) -> int:
+        """Shamir threshold t of secure aggregation (default ceil(n/2))."""
+        return self.secagg_threshold if self.secagg_threshold is not None else (len(self.parties) + 1) // 2
+
+    @property
+    def max_dropouts(self) -> int:
+        """Banks that may drop out of the run (n - min_parties); 0 means no self-masks and no unmask hops."""
+        return len(self.parties) - self.required
 
     @property
     def holder(self) -> str:

@@ -433,6 +433,27 @@ def _noniid_files(files: Mapping[str, Path], out: Path, **kw: Any) -> dict[str, 
     return paths
 
 
+def secagg_cost(files: Mapping[str, Path], test_file: Path, out: Path, family: str = "lr") -> None:
+    """Round time, hops and bytes of the encrypted protocol with no dropout allowed and with one (self-masks and
+    an unmask hop per aggregation).  Uses only APIs main @ d103525 also has, so the same function measures the
+    scheme before secure aggregation (run this file from an export of that commit)."""
+    for mp in (None, 2):
+        job = {"family": family, "min_parties": mp}
+        t = time.perf_counter()
+        rep = run_inprocess(files, test_file, job, out / f"secagg-{family}-{mp}")
+        wall = time.perf_counter() - t
+        res = rep["result"]
+        unmask_hops = len(res.get("secagg", {}).get("unmasked", []))
+        per_round = [h["seconds"] for h in res["history"]]
+        to_p = sum(d["to_party"] for m in res["traffic"].values() for d in m.values())
+        from_p = sum(d["from_party"] for m in res["traffic"].values() for d in m.values())
+        unmask = res["traffic"].get("unmask", {})
+        print(f"{family} min_parties={mp}: wall {wall:.1f} s, {len(per_round)} rounds, mean round "
+              f"{np.mean(per_round):.2f} s, unmask hops {unmask_hops}, bytes to banks {to_p / 1e6:.2f} MB, "
+              f"from banks {from_p / 1e6:.2f} MB, of which unmask {sum(d['from_party'] + d['to_party'] for d in unmask.values()) / 1e3:.1f} kB, "
+              f"global AUC {res['global_metrics']['auc']:.4f}, load {os.getloadavg()[0]:.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", type=Path, default=DATA)
@@ -440,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--families", default="lr,mlp")
     ap.add_argument("--skip-noniid", action="store_true")
     ap.add_argument("--skip-heavy", action="store_true")
+    ap.add_argument("--secagg-cost", action="store_true", help="only the secure-aggregation cost runs")
     a = ap.parse_args(argv)
     fams = [f for f in a.families.split(",") if f]
     files = {p: a.data_dir / f"default_credit_homo_{p}.csv" for p in BANKS}
@@ -447,6 +469,10 @@ def main(argv: list[str] | None = None) -> int:
     for f in [*files.values(), test_file]:
         if not f.exists():
             raise SystemExit(f"missing data file {f} (expected the shared credit data beside the project)")
+    if a.secagg_cost:
+        for fam in fams:
+            secagg_cost(files, test_file, a.out, fam)
+        return 0
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results: dict[str, Any] = {

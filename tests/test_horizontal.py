@@ -252,7 +252,7 @@ def test_coordinator_receives_only_undecryptable_ciphertexts(tmp_path: Path) -> 
     public_ctx = None
     allowed_header = {"ok", "features", "fingerprint", "has_test", "round", "metrics", "model_path", "auc", "ks", "n_test"}
     replies = [r for r in records if r.receiver == "coordinator"]
-    assert len(replies) == 3 + 2 + 3 * 3 + 3 + 1
+    assert len(replies) == 3 + 3 + 3 * 3 + 3 + 1  # setup, install_key (all: secagg bundles), fit x3, finalize, metrics
     n_ckks = 0
     for r in replies:
         h, blobs = decode_message(r.payload)
@@ -260,7 +260,9 @@ def test_coordinator_receives_only_undecryptable_ciphertexts(tmp_path: Path) -> 
         for name, blob in blobs.items():
             if name == "public_ctx":
                 public_ctx = ckks.load_public(blob)  # refuses a context carrying the secret key
-            elif name.startswith("envelope:"):
+            elif name == "sa:pub":  # secure-aggregation mask public keys: 32 bytes per aggregation
+                assert len(blob) == 32 * (1 + 3 + 1)
+            elif name.startswith(("envelope:", "sa:to:")):
                 assert not ckks.is_ckks_blob(blob) and b"FCKK" not in blob  # sealed, opaque
             else:
                 assert ckks.is_ckks_blob(blob), f"{r.sender} {r.tag} blob '{name}' is not a CKKS blob"
@@ -489,7 +491,7 @@ def test_run_inprocess_generated_writes_report_and_plot(tmp_path: Path) -> None:
     assert g["n_test"] == 600  # the test file split across banks: every row counted once
     assert abs(g["auc"] - saved["harness_check"]["full_test_auc"]) < 0.002
     assert (tmp_path / "roc_ks.png").read_bytes()[:4] == b"\x89PNG"
-    assert len((tmp_path / "messages.jsonl").read_text().splitlines()) == rep["messages"]["count"] == 2 * (3 + 2 + (2 + 8) * 3 + 3 + 1)  # 2 FedAvg + 8 Newton rounds
+    assert len((tmp_path / "messages.jsonl").read_text().splitlines()) == rep["messages"]["count"] == 2 * (3 + 3 + (2 + 8) * 3 + 3 + 1)  # 2 FedAvg + 8 Newton rounds
     assert isinstance(rep["bytes_per_round"]["bank1"]["from_party"], float)
     with pytest.raises(FedCreditError):
         run_inprocess(None, None, {"rounds": 0}, tmp_path / "bad")

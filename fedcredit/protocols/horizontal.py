@@ -15,13 +15,19 @@ Message flow (each line is one coordinator->parties hop; a hop costs 3-6 s in
 Flower deployment mode, so steps are merged wherever the data dependencies allow):
 
 1. ``setup``         -> all:   job spec.  Each party validates its data and replies its
-   public schema (feature names + fingerprint).  The key holder also creates the
-   CKKS context and replies the public context, one envelope per other party
-   (the secret context sealed to that party's X25519 key from its certificate)
-   and its encrypted standardization sums.
-2. ``install_key``   -> others: the sealed envelope.  The party opens it (authenticated
-   as coming from the key holder), stores the secret context, replies its encrypted
-   standardization sums ``[sum x, sum x^2, n]`` (exact: see :func:`encode_exact`).
+   public schema (feature names + fingerprint) and its secure-aggregation material: mask
+   public keys per aggregation and, sealed to each peer, those keys and the peer's Shamir
+   shares of its mask keys and self-mask seeds.  The key holder also creates the
+   CKKS context and replies the public context and one envelope per other party
+   (the secret context sealed to that party's X25519 key from its certificate).
+2. ``install_key``   -> all:   the sealed envelope (not to the holder) and the peers' sealed
+   bundles.  The party opens them (authenticated), stores the secret context and the shares,
+   replies its *masked* encrypted standardization sums ``[sum x, sum x^2, n]``.
+
+   Every aggregated vector is masked (crypto/secagg.py): Enc((limbs + masks) mod M), so one
+   bank's ciphertext alone decrypts to noise even with the shared key; when dropouts are
+   allowed (``min_parties`` < n) an ``unmask`` hop after each aggregation collects the
+   survivors' shares and the coordinator removes the remaining masks homomorphically.
 3. ``fit`` (r=1..R)  -> all:   round 1 carries the summed statistics, later rounds the
    summed previous updates.  The party decrypts, derives the global model
    (``sum_k n_k w_k / sum_k n_k`` -- the total weight rides in the same
@@ -42,7 +48,7 @@ calls and deletes it when its part of the job ends -- at ``finalize`` (all but t
 named to decrypt the global metrics), after ``global_metrics``, when one of its own calls
 fails, or on ``end``.  No deployed model needs it (the global model is plaintext per bank).
 
-Hops: R + 4 (+1 ``end`` after a failure).  Every payload is ``fedcredit.codec`` framing: a JSON header plus named binary
+Hops: R + 4, or 2R + 6 with dropouts allowed (+1 ``end`` after a failure).  Every payload is ``fedcredit.codec`` framing: a JSON header plus named binary
 blobs (no pickle).  The leakage table (what each role sees in plaintext) is in
 ``docs/horizontal.md``.
 """
@@ -63,7 +69,7 @@ from typing import Any, Final
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from crypto import ckks
+from crypto import ckks, secagg
 from crypto.envelope import open_sealed, seal
 from fedcredit import codec, dp, metrics
 from fedcredit.channel import Handler, PartyChannel, StateStore
@@ -97,39 +103,86 @@ def decode_message(data: bytes, what: str = "message") -> tuple[dict[str, Any], 
 
 # --------------------------------------------------------------------------- exact encrypted sums
 
-_FRAC_BITS = 40
-_LIMB_BITS = 24
-_LIMBS = 6  # covers |v| < 2**(6*24-40) = 2**104 at a resolution of 2**-40
+@dataclass(frozen=True)
+class ExactSpec:
+    """Fixed-point layout of exact sums: ``limbs`` integer limbs of ``limb_bits`` at a resolution of 2**-frac_bits."""
+
+    frac_bits: int
+    limb_bits: int
+    limbs: int
+
+    @property
+    def int_bits(self) -> int:
+        return self.limbs * self.limb_bits - self.frac_bits
 
 
-def encode_exact(v: np.ndarray) -> np.ndarray:
-    """Split each value into integer limbs of 24 bits so CKKS sums of them are exact.
+VALUES = ExactSpec(40, 24, 6)  # |v| < 2**104 at a resolution of 2**-40 (statistics, updates, Newton sums)
+
+
+def value_spec(plan: secagg.Plan) -> ExactSpec:
+    """Statistics/updates/Newton sums: 144 bits (|v| < 2**104, resolution 2**-40) in the plan's limbs."""
+    return ExactSpec(40, plan.limb_bits, -(-144 // plan.limb_bits))
+
+
+def count_spec(plan: secagg.Plan) -> ExactSpec:
+    """Histogram counts: integers below 2**48."""
+    return ExactSpec(0, plan.limb_bits, -(-48 // plan.limb_bits))
+
+
+def encode_exact(v: np.ndarray, spec: ExactSpec = VALUES) -> np.ndarray:
+    """Split each value into integer limbs so CKKS sums of them are exact (and maskable mod M).
 
     CKKS error is relative to the *largest* slot of a ciphertext (~1e-15 of it), so a
     sum of squared bill amounts (~1e14) next to a row count would drown the count.
-    Limbs are integers below 2**24; summed over parties and decrypted they round back
-    exactly, whatever the magnitudes of the data.  Layout: limb-major, ``_LIMBS * len(v)``.
+    Limbs are integers below 2**limb_bits; summed over parties and decrypted they round back
+    exactly, whatever the magnitudes of the data.  Layout: limb-major, ``spec.limbs * len(v)``.
     """
     v = np.asarray(v, dtype=np.float64).ravel()
-    r = np.round(np.abs(v) * 2.0**_FRAC_BITS)
-    top = 2.0 ** (_LIMBS * _LIMB_BITS)
+    r = np.round(np.abs(v) * 2.0**spec.frac_bits)
+    top = 2.0 ** (spec.limbs * spec.limb_bits)
     if np.any(r >= top):
         i = int(np.argmax(r >= top))
-        raise DataError(f"statistic #{i} ({v[i]:.3g}) is too large for exact encrypted sums (|v| < 2**104)")
+        raise DataError(f"statistic #{i} ({v[i]:.3g}) is too large for exact encrypted sums "
+                        f"(|v| < 2**{spec.int_bits})")
     sign = np.sign(v)
-    out = np.empty((_LIMBS, v.shape[0]))
-    for k in reversed(range(_LIMBS)):
-        base = 2.0 ** (_LIMB_BITS * k)
+    out = np.empty((spec.limbs, v.shape[0]))
+    for k in reversed(range(spec.limbs)):
+        base = 2.0 ** (spec.limb_bits * k)
         d = np.floor(r / base)
         r = r - d * base
         out[k] = d * sign
     return out.ravel()
 
 
-def decode_exact(enc: np.ndarray, n: int) -> np.ndarray:
-    limbs = np.rint(np.asarray(enc, dtype=np.float64)).reshape(_LIMBS, n)
-    scale = 2.0 ** (_LIMB_BITS * np.arange(_LIMBS) - _FRAC_BITS)
+def decode_exact(enc: np.ndarray, n: int, spec: ExactSpec = VALUES) -> np.ndarray:
+    limbs = np.rint(np.asarray(enc, dtype=np.float64)).reshape(spec.limbs, n)
+    scale = 2.0 ** (spec.limb_bits * np.arange(spec.limbs) - spec.frac_bits)
     return (limbs * scale[:, None]).sum(axis=0)
+
+
+# --------------------------------------------------------------------------- secure aggregation (crypto/secagg.py)
+
+STATS_TAG: Final = "stats"
+HIST_TAG: Final = "hist"
+
+
+def secagg_tags(job: HorizontalJob) -> list[str]:
+    """Every vector a run aggregates, in order: each gets its own mask keys and self-mask seeds."""
+    return [STATS_TAG, *[f"fit-{r}" for r in range(1, job.total_rounds + 1)], HIST_TAG]
+
+
+def secagg_plan(job: HorizontalJob) -> secagg.Plan:
+    """Limb width and mask modulus for the job's parties and CKKS parameters (identical at every role).
+
+    The exact range of a slot: the data primes (all but the last, special one) less the scale,
+    less 2 bits of margin (measured: N=4096, [40, 20, 40], scale 2**20 decodes |v| < 2**42)."""
+    bits = list(job.ckks_coeff_mod_bit_sizes)
+    data_bits = sum(bits[:-1]) if len(bits) > 1 else bits[0]
+    return secagg.plan(len(job.parties), data_bits - job.ckks_scale_bits - 2)
+
+
+def secagg_context(job: HorizontalJob, tag: str) -> bytes:
+    return f"fedcredit/{PROTOCOL}/{job.run_id}/{tag}".encode()
 
 
 # --------------------------------------------------------------------------- shared math
@@ -328,15 +381,18 @@ class Method:
     reply is ``{"ok": true, ...}`` or ``{"ok": false, "kind", "error"}``.
     """
 
-    SETUP: Final = "setup"  # coordinator -> all: job spec; key holder replies public ctx, envelopes, stats
-    INSTALL_KEY: Final = "install_key"  # coordinator -> all but the holder: its sealed key envelope; replies stats
-    FIT: Final = "fit"  # coordinator -> all: summed stats (r=1) or summed updates; replies enc update + metrics
-    FINALIZE: Final = "finalize"  # coordinator -> all: last sum, metrics_party; replies metrics + enc histogram
+    SETUP: Final = "setup"  # coordinator -> all: job spec; replies schema, secagg keys + sealed shares (holder: ctx)
+    INSTALL_KEY: Final = "install_key"  # coordinator -> all: key envelope (not the holder), peers' secagg bundles;
+    # replies masked stats
+    FIT: Final = "fit"  # coordinator -> all: summed stats (r=1) or summed updates; replies masked update + metrics
+    UNMASK: Final = "unmask"  # coordinator -> survivors of one aggregation: who sent, who dropped; replies shares
+    FINALIZE: Final = "finalize"  # coordinator -> all: last sum, metrics_party; replies metrics + masked histogram
     GLOBAL_METRICS: Final = "global_metrics"  # coordinator -> metrics_party: summed histogram; replies AUC/KS
     END: Final = "end"  # coordinator -> parties that may hold the key (after failure/drop): delete it
 
 
-_METHODS = (Method.SETUP, Method.INSTALL_KEY, Method.FIT, Method.FINALIZE, Method.GLOBAL_METRICS, Method.END)
+_METHODS = (Method.SETUP, Method.INSTALL_KEY, Method.FIT, Method.UNMASK, Method.FINALIZE, Method.GLOBAL_METRICS,
+            Method.END)
 
 
 def _safe(run_id: str) -> str:
@@ -370,6 +426,80 @@ class _Party:
     def _drop_key(self, run_id: str, state: StateStore) -> None:
         """The job's CKKS secret context leaves this party's state (its part of the job is over)."""
         state.delete(self._key(run_id, "ckks"))
+
+    def _drop_secagg(self, run_id: str, state: StateStore) -> None:
+        """This bank's mask keys, self-mask seeds and the shares it holds of others' leave its state."""
+        raw = state.get(self._key(run_id, "job"))
+        if raw is None:
+            return
+        job = HorizontalJob.from_dict(json.loads(raw))
+        for k in ("sa-own", *[f"sa-from-{p}" for p in job.parties],
+                  *[f"sa-{w}-{t}" for t in secagg_tags(job) for w in ("members", "revealed")]):
+            state.delete(self._key(run_id, k))
+
+    # -- secure aggregation
+    def _sa_own(self, job: HorizontalJob, state: StateStore) -> dict[str, secagg.TagSecrets]:
+        raw = state.get(self._key(job.run_id, "sa-own"))
+        if raw is None:
+            raise ProtocolError(f"party '{self.env.name}': no secure-aggregation keys for run '{job.run_id}' "
+                                "(its part of the run is over, or 'setup' did not reach it)")
+        _, b = decode_message(raw, "stored secure-aggregation keys")
+        return {t: secagg.TagSecrets(b[f"s:{t}"], b[f"b:{t}"]) for t in secagg_tags(job)}
+
+    def _sa_bundle(self, job: HorizontalJob, state: StateStore, sender: str) -> dict[str, bytes]:
+        """What ``sender`` sealed to this bank at setup: its mask public keys and this bank's shares of its secrets."""
+        raw = state.get(self._key(job.run_id, f"sa-from-{sender}"))
+        if raw is None:
+            raise ProtocolError(f"party '{self.env.name}': no secure-aggregation keys from party '{sender}' "
+                                f"in run '{job.run_id}'")
+        return decode_message(raw, f"stored secure-aggregation bundle from '{sender}'")[1]
+
+    def _sa_aad(self, job: HorizontalJob, sender: str, recipient: str) -> bytes:
+        return f"fedcredit/{PROTOCOL}/{job.run_id}/secagg/{sender}->{recipient}".encode()
+
+    def _members(self, job: HorizontalJob, header: Mapping[str, Any], tag: str, state: StateStore) -> list[str]:
+        """The banks this aggregation masks among, as the coordinator announced; the same on a re-ask."""
+        members = [str(p) for p in header.get("members", [])]
+        me = self.env.name
+        if me not in members or len(set(members)) != len(members) or not set(members) <= set(job.parties):
+            raise ProtocolError(f"party '{me}': aggregation '{tag}' of run '{job.run_id}' announces members "
+                                f"{members}; expected distinct parties of {job.parties} including '{me}'")
+        if len(members) < job.threshold:
+            raise SecurityError(f"party '{me}': aggregation '{tag}' has {len(members)} member(s) {members}, fewer "
+                                f"than the secure-aggregation threshold {job.threshold}; refusing to contribute")
+        key = self._key(job.run_id, f"sa-members-{tag}")
+        prev = state.get(key)
+        if prev is not None and json.loads(prev) != members:
+            raise SecurityError(f"party '{me}': aggregation '{tag}' was announced with members {json.loads(prev)} "
+                                f"and now with {members}; refusing a second masking of the same vector")
+        state.put(key, json.dumps(members).encode())
+        return members
+
+    def _masked(self, job: HorizontalJob, ctx: ckks.Context, state: StateStore, tag: str, what: str,
+                vec: np.ndarray, members: list[str], counts: bool = False) -> bytes:
+        """Enc((limbs(vec) + self-mask + Σ ±pairwise masks) mod M): alone, it decrypts to uniform noise."""
+        if self.env.tap is not None:
+            self.env.tap(what, np.array(vec, dtype=np.float64, copy=True))
+        plan = secagg_plan(job)
+        limbs = encode_exact(vec, count_spec(plan) if counts else value_spec(plan))
+        me = self.env.name
+        i = secagg_tags(job).index(tag)
+        pubs = {v: self._sa_bundle(job, state, v)["pub"][32 * i : 32 * (i + 1)] for v in members if v != me}
+        y = secagg.mask(limbs, me, self._sa_own(job, state)[tag], pubs, plan, secagg_context(job, tag),
+                        self_mask=job.max_dropouts > 0)
+        return ckks.encrypt_vector(ctx, y)
+
+    def _open(self, job: HorizontalJob, ctx: ckks.SecretContext, blob: bytes, n: int, what: str,
+              counts: bool = False) -> np.ndarray:
+        """A summed, unmasked aggregate: decrypt, round, reduce mod M, join the limbs."""
+        plan = secagg_plan(job)
+        spec = count_spec(plan) if counts else value_spec(plan)
+        vals = ckks.decrypt_vector(ctx, blob)
+        if vals.shape[0] != spec.limbs * n:
+            raise ProtocolError(f"party '{self.env.name}': {what} has {vals.shape[0]} slots; expected "
+                                f"{spec.limbs * n} ({n} values x {spec.limbs} limbs)")
+        ints = secagg.unmask(vals, plan, f"party '{self.env.name}': {what}")
+        return decode_exact(ints.astype(np.float64), n, spec)
 
     def _std(self, job: HorizontalJob, state: StateStore) -> tuple[np.ndarray, np.ndarray]:
         raw = state.get(self._key(job.run_id, "std"))
@@ -438,13 +568,6 @@ class _Party:
         if missing:
             raise ProtocolError(f"party '{self.env.name}': '{method}' request lacks {missing} (has {sorted(blobs)})")
 
-    def _encrypt(self, ctx: ckks.Context, what: str, vec: np.ndarray) -> bytes:
-        if self.env.tap is not None:
-            self.env.tap(what, np.array(vec, dtype=np.float64, copy=True))
-        return ckks.encrypt_vector(ctx, vec)
-
-    def _stats_blob(self, job: HorizontalJob, ctx: ckks.Context, t: Table) -> bytes:
-        return self._encrypt(ctx, "stats", encode_exact(local_stats(t.X)))
 
     def _aad(self, job: HorizontalJob, recipient: str) -> bytes:
         return f"fedcredit/{PROTOCOL}/{job.run_id}/ckks-secret/{job.holder}->{recipient}".encode()
@@ -481,30 +604,113 @@ class _Party:
             for p in job.parties:
                 if p != me:
                     out_b[f"envelope:{p}"] = seal(secret, self.env.peers[p], self.env.envelope_private, self._aad(job, p))
-            out_b["stats"] = self._stats_blob(job, ctx, t)
+        out_b.update(self._sa_setup(job, state))
         return out_h, out_b
+
+    def _sa_setup(self, job: HorizontalJob, state: StateStore) -> dict[str, bytes]:
+        """Per aggregation tag: a fresh mask key and self-mask seed, Shamir-shared t-of-n; each peer's shares and
+        this bank's mask public keys sealed to that peer (the coordinator relays them, cannot open or swap them).
+
+        Replies ``sa:pub`` (the public keys, for the coordinator's corrections) and ``sa:to:<peer>``."""
+        me, tags = self.env.name, secagg_tags(job)
+        missing = [p for p in job.parties if p != me and p not in self.env.peers]
+        if missing:
+            raise SecurityError(f"party '{me}' has no verified envelope key (certificate) for part(ies) {missing}")
+        key = self._key(job.run_id, "sa-own")
+        if state.get(key) is None:  # a re-asked setup keeps the keys it already shared
+            own = {t: secagg.new_tag_secrets() for t in tags}
+            state.put(key, encode_message({}, {**{f"s:{t}": k.mask_key for t, k in own.items()},
+                                               **{f"b:{t}": k.self_seed for t, k in own.items()}}))
+        own = self._sa_own(job, state)
+        n, thr = len(job.parties), job.threshold
+        s_sh = {t: secagg.share(own[t].mask_key, thr, n) for t in tags}
+        b_sh = {t: secagg.share(own[t].self_seed, thr, n) for t in tags}
+        pubs = b"".join(own[t].public for t in tags)
+        out: dict[str, bytes] = {"sa:pub": pubs}
+        for i, p in enumerate(job.parties):
+            bundle = encode_message({"from": me, "to": p, "tags": tags},
+                                    {"pub": pubs, "s": b"".join(s_sh[t][i] for t in tags),
+                                     "b": b"".join(b_sh[t][i] for t in tags)})
+            if p == me:
+                state.put(self._key(job.run_id, f"sa-from-{me}"), bundle)
+            else:
+                out[f"sa:to:{p}"] = seal(bundle, self.env.peers[p], self.env.envelope_private, self._sa_aad(job, me, p))
+        return out
 
     def install_key(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
         job = self._job(header, state)
         me, holder = self.env.name, job.holder
-        if holder not in self.env.peers:
-            raise SecurityError(f"party '{me}' has no verified envelope key (certificate) for key holder '{holder}'")
-        self._need(Method.INSTALL_KEY, blobs, "envelope")
-        try:
-            secret = open_sealed(blobs["envelope"], self.env.envelope_private, self.env.peers[holder], self._aad(job, me))
-        except SecurityError as e:
-            raise SecurityError(f"party '{me}': the CKKS key envelope from '{holder}' failed to open: {e}") from None
-        ctx = ckks.load_secret(secret, what=f"party '{me}': the key envelope from '{holder}'")
-        state.put(self._key(job.run_id, "ckks"), secret)
-        return {}, {"stats": self._stats_blob(job, ctx, self._train(job))}
+        if me != holder:
+            if holder not in self.env.peers:
+                raise SecurityError(f"party '{me}' has no verified envelope key (certificate) for key holder '{holder}'")
+            self._need(Method.INSTALL_KEY, blobs, "envelope")
+            try:
+                secret = open_sealed(blobs["envelope"], self.env.envelope_private, self.env.peers[holder],
+                                     self._aad(job, me))
+            except SecurityError as e:
+                raise SecurityError(f"party '{me}': the CKKS key envelope from '{holder}' failed to open: {e}") from None
+            ckks.load_secret(secret, what=f"party '{me}': the key envelope from '{holder}'")
+            state.put(self._key(job.run_id, "ckks"), secret)
+        ctx = self._ctx(job, state)
+        members = self._members(job, header, STATS_TAG, state)
+        tags = secagg_tags(job)
+        for u in members:
+            if u == me:
+                continue
+            self._need(Method.INSTALL_KEY, blobs, f"sa:from:{u}")
+            if u not in self.env.peers:
+                raise SecurityError(f"party '{me}' has no verified envelope key (certificate) for party '{u}'")
+            try:
+                raw = open_sealed(blobs[f"sa:from:{u}"], self.env.envelope_private, self.env.peers[u],
+                                  self._sa_aad(job, u, me))
+            except SecurityError as e:
+                raise SecurityError(f"party '{me}': the secure-aggregation keys from '{u}' failed to open: {e}") from None
+            h, b = decode_message(raw, f"secure-aggregation bundle from '{u}'")
+            if h.get("tags") != tags or any(len(b.get(k, b"")) != w * len(tags)
+                                            for k, w in (("pub", 32), ("s", secagg.SHARE_BYTES),
+                                                         ("b", secagg.SHARE_BYTES))):
+                raise ProtocolError(f"party '{me}': the secure-aggregation bundle from '{u}' does not cover the "
+                                    f"run's {len(tags)} aggregations")
+            state.put(self._key(job.run_id, f"sa-from-{u}"), raw)
+        t = self._train(job)
+        return {}, {"stats": self._masked(job, ctx, state, STATS_TAG, "stats", local_stats(t.X), members)}
+
+    def unmask(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
+        """Reveal this bank's shares for one aggregation: of the self-mask seed of each bank whose masked vector
+        arrived, of the mask key of each bank that dropped before sending -- never both for one bank."""
+        job = self._job(header, state)
+        me, tag = self.env.name, str(header.get("tag", ""))
+        if tag not in secagg_tags(job):
+            raise ProtocolError(f"party '{me}': unmask of unknown aggregation '{tag}' in run '{job.run_id}'")
+        if job.max_dropouts == 0:
+            raise SecurityError(f"party '{me}': run '{job.run_id}' allows no dropouts (min_parties = all parties); "
+                                f"refusing to reveal secure-aggregation shares for '{tag}'")
+        raw = state.get(self._key(job.run_id, f"sa-members-{tag}"))
+        if raw is None:
+            raise ProtocolError(f"party '{me}': unmask of '{tag}' before this bank contributed to it")
+        members = json.loads(raw)
+        survivors, dropped = [str(p) for p in header.get("survivors", [])], [str(p) for p in header.get("dropped", [])]
+        if (me not in survivors or set(survivors) & set(dropped) or set(survivors) | set(dropped) != set(members)
+                or len(survivors) < job.threshold):
+            raise SecurityError(f"party '{me}': unmask of '{tag}' names survivors {survivors} and dropped {dropped}; "
+                                f"expected a split of the members {members} with at least {job.threshold} survivors "
+                                "including this bank")
+        key = self._key(job.run_id, f"sa-revealed-{tag}")
+        revealed: dict[str, str] = json.loads(state.get(key) or b"{}")
+        asked = {**{u: "b" for u in survivors}, **{d: "s" for d in dropped}}
+        if clash := sorted(u for u, w in asked.items() if revealed.get(u, w) != w):
+            raise SecurityError(f"party '{me}': aggregation '{tag}': refusing to reveal both the self-mask seed and "
+                                f"the mask key of {clash}")
+        state.put(key, json.dumps({**revealed, **asked}).encode())
+        i = secagg_tags(job).index(tag)
+        w = secagg.SHARE_BYTES
+        out = {f"{kind}:{u}": self._sa_bundle(job, state, u)[kind][w * i : w * (i + 1)] for u, kind in asked.items()}
+        if tag == HIST_TAG:  # the run's last aggregation: this bank's secure-aggregation material goes
+            self._drop_secagg(job.run_id, state)
+        return {}, out
 
     def _global(self, job: HorizontalJob, ctx: ckks.SecretContext, blob: bytes, n_params: int) -> np.ndarray:
-        agg = ckks.decrypt_vector(ctx, blob)
-        if agg.shape[0] != n_params + 1:
-            raise ProtocolError(
-                f"party '{self.env.name}': aggregate has {agg.shape[0] - 1} parameters, the "
-                f"{job.family} model has {n_params}"
-            )
+        agg = self._open(job, ctx, blob, n_params + 1, f"aggregate of the {job.family} model's {n_params} parameters")
         total = agg[-1]
         if not total > 0.5:
             raise ProtocolError(f"party '{self.env.name}': aggregate total weight is {total:.3g}; expected >= 1")
@@ -522,10 +728,11 @@ class _Party:
         r = int(header["round"])
         self._need(Method.FIT, blobs, "stats" if r == 1 else "model")
         ctx = self._ctx(job, state)
+        members = self._members(job, header, f"fit-{r}", state)
         t = self._train(job)
         d = t.n_features
         if "stats" in blobs:
-            sums = decode_exact(ckks.decrypt_vector(ctx, blobs["stats"]), 2 * d + 1)
+            sums = self._open(job, ctx, blobs["stats"], 2 * d + 1, "summed statistics")
             mean, std = standardizer_from_sums(sums, d, job.standardize)
             state.put(self._key(job.run_id, "std"), np.concatenate([mean, std]).astype("<f8").tobytes())
         mean, std = self._std(job, state)
@@ -535,7 +742,8 @@ class _Party:
             nst = self._newton_state(job, ctx, state, r, blobs["model"], model.n_params)
             model.set_flat(nst.trial)
             out_h: dict[str, Any] = {"round": r, "metrics": self._eval(model, self._test(job, t.feature_names), mean, std)}
-            return out_h, {"update": self._encrypt(ctx, "newton", newton_sums(nst.trial, (t.X - mean) / std, t.y))}
+            return out_h, {"update": self._masked(job, ctx, state, f"fit-{r}", "newton",
+                                                  newton_sums(nst.trial, (t.X - mean) / std, t.y), members)}
         if "model" in blobs:
             model.set_flat(self._global(job, ctx, blobs["model"], model.n_params))
         global_flat = model.get_flat()
@@ -545,7 +753,8 @@ class _Party:
         if job.dp is not None:  # client-level DP (fedcredit/dp.py): clipped + this bank's noise share, weight 1
             plan = dp.horizontal_plan(job.dp, job.rounds, job.required, len(job.parties))
             new, n_k = dp.private_update(new, global_flat, plan, job.required), 1.0
-        return out_h, {"update": self._encrypt(ctx, "update", np.concatenate([new * n_k, [n_k]]))}
+        return out_h, {"update": self._masked(job, ctx, state, f"fit-{r}", "update", np.concatenate([new * n_k, [n_k]]),
+                                              members)}
 
     def _newton_state(self, job: HorizontalJob, ctx: ckks.SecretContext, state: StateStore, r: int, blob: bytes,
                       n_params: int) -> NewtonState:
@@ -558,7 +767,8 @@ class _Party:
             if prev is None:
                 raise ProtocolError(f"party '{self.env.name}': Newton round {r} of run '{job.run_id}' without the "
                                     f"state of round {r - 1}")
-            nst = newton_step(NewtonState.from_bytes(prev), ckks.decrypt_vector(ctx, blob), job.l2)
+            nst = newton_step(NewtonState.from_bytes(prev),
+                              self._open(job, ctx, blob, newton_sums_length(n_params), "Newton sums"), job.l2)
         state.put(self._key(job.run_id, f"newton-{r}"), nst.to_bytes())
         return nst
 
@@ -575,7 +785,8 @@ class _Party:
             prev = state.get(self._key(job.run_id, f"newton-{R}"))
             if prev is None:
                 raise ProtocolError(f"party '{self.env.name}': finalize of run '{job.run_id}' without Newton round {R}")
-            nst = newton_step(NewtonState.from_bytes(prev), ckks.decrypt_vector(ctx, blobs["model"]), job.l2)
+            nst = newton_step(NewtonState.from_bytes(prev), self._open(
+                job, ctx, blobs["model"], newton_sums_length(model.n_params), "Newton sums"), job.l2)
             assert nst.best is not None
             model.set_flat(nst.best)
             curve = [{"epoch": job.rounds + 1 + i, "train_loss": v, "val_loss": None} for i, v in enumerate(nst.losses)]
@@ -612,26 +823,27 @@ class _Party:
             run={k: v for k, v in meta.items() if k not in ("local_test", "convergence")},
             sections={"convergence": curve} if curve else None)}
         out_b: dict[str, bytes] = {}
-        if test is not None:
+        if test is not None and header.get("members"):
             assert test.y is not None and p_fed is not None
             hist = metrics.score_histogram(test.y, p_fed, bins=job.hist_bins)
-            out_b["hist"] = self._encrypt(ctx, "histogram", hist.ravel())
+            out_b["hist"] = self._masked(job, ctx, state, HIST_TAG, "histogram", hist.ravel(),
+                                         self._members(job, header, HIST_TAG, state), counts=True)
         if header.get("metrics_party") != self.env.name:  # no further decryption asked of this party
             self._drop_key(job.run_id, state)
+        if job.max_dropouts == 0 or "hist" not in out_b:  # no unmask of the histogram will ask for this bank's shares
+            self._drop_secagg(job.run_id, state)
         return {"metrics": m, "model_path": str(path)}, out_b
 
     def global_metrics(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
         job = self._job(header, state)
         self._need(Method.GLOBAL_METRICS, blobs, "hist")
         ctx = self._ctx(job, state)
-        try:
-            raw = ckks.decrypt_vector(ctx, blobs["hist"]).reshape(2, -1)
+        try:  # exact counts: unmasking rounds away the CKKS error and refuses a slot far from an integer
+            hist = self._open(job, ctx, blobs["hist"], 2 * job.hist_bins, "summed score histogram",
+                              counts=True).reshape(2, -1)
         finally:
             self._drop_key(job.run_id, state)
-        # counts are integers: rounding removes the CKKS error before anything derived from it
-        # leaves (a slot more than 1/4 from an integer is no honest sum of counts)
-        hist = np.rint(raw)
-        if np.any(np.abs(raw - hist) > 0.25) or np.any(hist < 0):
+        if np.any(hist < 0):
             raise ProtocolError(f"party '{self.env.name}': the summed score histogram does not hold counts")
         a, k = metrics.auc_ks_from_histogram(hist)
         from fedcredit.report import add_figures
@@ -644,6 +856,7 @@ class _Party:
         run_id = str(header.get("run_id", ""))
         if run_id:
             self._drop_key(run_id, state)
+            self._drop_secagg(run_id, state)
         return {}, {}
 
 
@@ -655,6 +868,7 @@ def _forget_key(role: _Party, run_id: str, state: StateStore) -> None:
     if run_id:
         try:
             role._drop_key(run_id, state)
+            role._drop_secagg(run_id, state)
         except Exception:  # noqa: BLE001 - the error reply matters more; the sweep at 'end' retries
             log.exception("party %s: could not delete the CKKS key of run %s", role.env.name, run_id)
 
@@ -717,6 +931,8 @@ class HorizontalResult:
     wall_time_s: float
     public_context_bytes: int
     privacy: dict[str, Any] = field(default_factory=dict)  # {"dp": ...} when the job has [model.dp]
+    # threshold, max_dropouts, limb/modulus bits, and per aggregation that needed unmasking: survivors, dropped
+    secagg: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -739,6 +955,9 @@ class _Coordinator:
         self.kinds: dict[str, str] = {}
         self.traffic: dict[str, dict[str, dict[str, int]]] = {}
         self.t0 = time.perf_counter()
+        self.plan = secagg_plan(job)
+        self.publics: dict[str, dict[str, bytes]] = {}  # party -> tag -> its mask public key (from setup)
+        self.unmasked: list[dict[str, Any]] = []
 
     def emit(self, ev: dict[str, Any]) -> None:
         ev.setdefault("run_id", self.job.run_id)
@@ -803,6 +1022,41 @@ class _Coordinator:
         self.kinds[party] = kind
         self.emit({"event": "party_failed", "party": party, "reason": why, "alive": list(self.alive)})
         self.check()
+
+    def aggregate(self, pub: ckks.PublicContext, tag: str, members: list[str], blobs: Mapping[str, bytes]) -> bytes:
+        """Sum the members' masked ciphertexts of one aggregation and, when self-masks or dropouts call for it,
+        remove the masks homomorphically from the seeds the survivors' shares rebuild (coordinator: no key)."""
+        survivors = sorted(p for p in members if p in blobs)
+        dropped = sorted(p for p in members if p not in blobs)
+        if not survivors:
+            self.check()
+            raise ProtocolError(f"run '{self.job.run_id}': no masked contribution to '{tag}' arrived")
+        total = ckks.add_encrypted(pub, [blobs[p] for p in survivors])
+        if self.job.max_dropouts == 0 and not dropped:  # pairwise masks cancel; there are no self-masks
+            return total
+        asked = [p for p in survivors if p in self.alive]
+        rep = self.call(Method.UNMASK, {p: self.msg({"tag": tag, "survivors": survivors, "dropped": dropped})
+                                        for p in asked})
+        thr = self.job.threshold
+        if len(rep) < thr:
+            reasons = "; ".join(f"party '{p}': {self.dropped.get(p, 'no reply')}" for p in sorted(set(members) - set(rep)))
+            raise ProtocolError(
+                f"run '{self.job.run_id}' failed: aggregation '{tag}' cannot be unmasked: {len(rep)} bank(s) "
+                f"{sorted(rep)} revealed shares, the threshold is {thr}. {reasons}")
+        shares = {p: b for p, (_, b) in rep.items()}
+
+        def rebuild(kind: str, u: str, what: str) -> bytes:
+            have = [b[f"{kind}:{u}"] for b in shares.values() if f"{kind}:{u}" in b]
+            return secagg.combine(have, thr, f"run '{self.job.run_id}', '{tag}': {what} of party '{u}'")
+
+        i = secagg_tags(self.job).index(tag)
+        corr = secagg.correction(
+            ckks.blob_length(total), self.plan, secagg_context(self.job, tag),
+            self_seeds={u: rebuild("b", u, "self-mask seed") for u in survivors},
+            dropped_keys={d: rebuild("s", d, "mask key") for d in dropped},
+            publics={u: self.publics[u][secagg_tags(self.job)[i]] for u in survivors})
+        self.unmasked.append({"tag": tag, "survivors": survivors, "dropped": dropped, "revealed_by": sorted(rep)})
+        return ckks.add_plain(pub, total, corr)
 
     def check(self) -> None:
         if len(self.alive) >= self.job.required:
@@ -880,6 +1134,7 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
     c.require_holder("setup")
     ref = rep[holder][0]
     features, fp = list(ref["features"]), str(ref["fingerprint"])
+    has_test = {p: bool(h.get("has_test")) for p, (h, _) in rep.items()}
     for p, (h, _) in rep.items():
         if p != holder and h.get("fingerprint") != fp:
             c.drop(p, "DataError", _schema_diff(p, list(h.get("features", [])), holder, features))
@@ -889,11 +1144,20 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
     pub = ckks.load_public(
         pub_raw, what=f"run '{job.run_id}': the CKKS context key holder '{holder}' sent to the coordinator"
     )
-    stats = {holder: rep[holder][1]["stats"]}
     envelopes: dict[str, bytes] = {}
     for p in c.alive:
         if p != holder and (env_blob := rep[holder][1].get(f"envelope:{p}")) is not None:
             envelopes[p] = env_blob
+    tags = secagg_tags(job)
+    bundles: dict[str, Mapping[str, bytes]] = {}
+    for p in list(c.alive):
+        pubs = rep[p][1].get("sa:pub", b"") if p in rep else b""
+        if len(pubs) != 32 * len(tags):
+            c.drop(p, "ProtocolError", f"setup: party '{p}' sent {len(pubs) // 32} secure-aggregation keys, "
+                                       f"{len(tags)} expected")
+            continue
+        c.publics[p] = {t: pubs[32 * i : 32 * (i + 1)] for i, t in enumerate(tags)}
+        bundles[p] = rep[p][1]
     timings["setup_s"] = time.perf_counter() - t
     c.emit({"event": "setup", "features": features, "fingerprint": fp, "alive": list(c.alive),
             "public_context_bytes": len(pub_raw)})
@@ -902,12 +1166,15 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
     t = time.perf_counter()
     for p in [q for q in c.alive if q != holder and q not in envelopes]:
         c.drop(p, "ProtocolError", f"key holder '{holder}' produced no key envelope for it")
-    others = [p for p in c.alive if p != holder]
-    if others:
-        rep = c.call(Method.INSTALL_KEY, {p: c.msg({}, {"envelope": envelopes[p]}) for p in others})
-        for p, (_, b) in rep.items():
-            stats[p] = b["stats"]
-    stats_sum = ckks.add_encrypted(pub, [stats[p] for p in c.alive])
+    members = list(c.alive)
+    reqs = {}
+    for p in members:  # each bank: its key envelope and every other member's sealed secure-aggregation bundle
+        b = {f"sa:from:{u}": bundles[u][f"sa:to:{p}"] for u in members if u != p and f"sa:to:{p}" in bundles[u]}
+        if p != holder:
+            b["envelope"] = envelopes[p]
+        reqs[p] = c.msg({"members": members}, b)
+    rep = c.call(Method.INSTALL_KEY, reqs)
+    stats_sum = c.aggregate(pub, STATS_TAG, members, {p: b["stats"] for p, (_, b) in rep.items() if "stats" in b})
     timings["keys_and_stats_s"] = time.perf_counter() - t
     c.emit({"event": "keys", "alive": list(c.alive)})
 
@@ -918,11 +1185,12 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
     for r in range(1, job.total_rounds + 1):  # FedAvg rounds, then (lr family) Newton rounds
         tr = time.perf_counter()
         blobs = {"stats": stats_sum} if r == 1 else {"model": agg}
-        payload = c.msg({"round": r}, blobs)  # type: ignore[arg-type]
+        members = list(c.alive)
+        payload = c.msg({"round": r, "members": members}, blobs)  # type: ignore[arg-type]
         rep = c.call(Method.FIT, {p: payload for p in c.alive})
         if not rep:
             c.check()
-        agg = ckks.add_encrypted(pub, [b["update"] for _, (_, b) in sorted(rep.items())])
+        agg = c.aggregate(pub, f"fit-{r}", members, {p: b["update"] for p, (_, b) in rep.items() if "update" in b})
         per_party = {p: {"status": "ok", **h.get("metrics", {})} for p, (h, _) in rep.items()}
         for p in job.parties:
             if p not in per_party:
@@ -936,17 +1204,21 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
     t = time.perf_counter()
     final_parties = sorted(c.alive)
     target = holder if holder in c.alive else c.alive[0]  # keeps its key to decrypt the summed histogram
-    payload = c.msg({"round": job.total_rounds, "parties": final_parties, "metrics_party": target}, {"model": agg})  # type: ignore[dict-item]
+    testers = [p for p in c.alive if has_test.get(p)]  # banks without a test table have no histogram to mask
+    if len(testers) < job.threshold:  # fewer than t histograms: their sum would not hide one bank's; no global metrics
+        testers = []
+    payload = c.msg({"round": job.total_rounds, "parties": final_parties, "metrics_party": target,
+                     "members": testers}, {"model": agg})  # type: ignore[dict-item]
     rep = c.call(Method.FINALIZE, {p: payload for p in c.alive})
     party_metrics = {p: dict(h.get("metrics", {})) for p, (h, _) in rep.items()}
-    hists = [b["hist"] for _, (_, b) in sorted(rep.items()) if "hist" in b]
+    hists = {p: b["hist"] for p, (_, b) in rep.items() if "hist" in b}
     timings["finalize_s"] = time.perf_counter() - t
 
     # 5. global metrics from the summed histogram, decrypted by one party (AUC/KS come back only)
     global_m: dict[str, Any] | None = None
     if hists and target in c.alive:
         t = time.perf_counter()
-        hsum = ckks.add_encrypted(pub, hists)
+        hsum = c.aggregate(pub, HIST_TAG, testers, hists)
         rep = c.call(Method.GLOBAL_METRICS, {target: c.msg({}, {"hist": hsum})})
         if target in rep:
             h = rep[target][0]
@@ -954,6 +1226,8 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
         timings["global_metrics_s"] = time.perf_counter() - t
     elif target in c.alive:  # nothing to decrypt after all: the metrics party's key goes now
         _end(c, [target])
+    if target not in c.alive or not hists:  # (no histogram unmask asked for their shares) their masks go
+        _end(c, [p for p in testers if p in c.alive])
     wall = time.perf_counter() - c.t0
     result = HorizontalResult(
         run_id=job.run_id,
@@ -971,6 +1245,8 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
         public_context_bytes=len(pub_raw),
         privacy={"dp": dp.horizontal_plan(job.dp, job.rounds, job.required, len(job.parties)).report()}
         if job.dp is not None else {},
+        secagg={"threshold": job.threshold, "max_dropouts": job.max_dropouts, "limb_bits": c.plan.limb_bits,
+                "modulus_bits": c.plan.modulus_bits, "unmasked": c.unmasked},
     )
     c.emit({"event": "done", "parties": result.parties, "dropped": result.dropped,
             "party_metrics": party_metrics, "global_metrics": global_m, "wall_time_s": result.wall_time_s})
