@@ -63,7 +63,7 @@ def test_five_banks_on_ray_equal_inprocess_and_coordinator_sees_only_ciphertexts
     # what the coordinator received: headers of public fields only; blobs are CKKS ciphertexts that its
     # public context cannot decrypt, or sealed envelopes; never a plaintext vector a bank encrypted
     replies = sorted(f for f in capture.glob("*.bin") if "sim.hello" not in f.name)
-    assert len(replies) == 5 + 4 + 5 * job.total_rounds + 5 + 1  # setup, install_key, fit, finalize, global_metrics
+    assert len(replies) == 5 + 5 + 5 * job.total_rounds + 5 + 1  # setup, install_key (secagg shares), fit, finalize, global_metrics
     decoded = [decode_message(f.read_bytes()) for f in replies]
     public = next(ckks.load_public(b["public_ctx"]) for _, b in decoded if "public_ctx" in b)  # refuses a secret key
     n_ckks = 0
@@ -72,7 +72,7 @@ def test_five_banks_on_ray_equal_inprocess_and_coordinator_sees_only_ciphertexts
         for name, blob in blobs.items():
             if name == "public_ctx":
                 continue
-            if name.startswith("envelope:"):
+            if name.startswith(("envelope:", "sa:")):  # sealed key/share bundles; "sa:pub": X25519 public keys
                 assert not ckks.is_ckks_blob(blob)
                 continue
             assert ckks.is_ckks_blob(blob), name
