@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from crypto import ckks
-from crypto.ckks_hist import HistogramEvaluator, _check_histogram_context, n_chunks, n_outputs
+from crypto.ckks_hist import HistogramEvaluator, LaneLayout, _check_histogram_context, n_chunks, n_outputs
 from fedcredit.errors import DataError, ProtocolError
 
 __all__ = ["PooledHistogramEvaluator", "shard_groups"]
@@ -49,19 +49,27 @@ def shard_groups(n_candidates: int, pack: int, shards: int) -> list[tuple[int, i
     return [(bounds[i] * pack, min(bounds[i + 1] * pack, n_candidates)) for i in range(k) if bounds[i + 1] > bounds[i]]
 
 
-def _boot(arg: tuple[bytes, np.ndarray, np.ndarray, np.ndarray, int, float, str]) -> HistogramEvaluator:
-    ctx_bytes, Xb, cand_f, cand_bin, pack, cache_mb, what = arg
-    return HistogramEvaluator(ckks.load_public(ctx_bytes, what=what), Xb, cand_f, cand_bin, pack, cache_mb, what=what)
+def _boot(
+    arg: tuple[bytes, np.ndarray, np.ndarray, np.ndarray, int, float, str, bytes | None],
+) -> HistogramEvaluator:
+    ctx_bytes, Xb, cand_f, cand_bin, pack, cache_mb, what, galois = arg
+    return HistogramEvaluator(ckks.load_public(ctx_bytes, what=what), Xb, cand_f, cand_bin, pack, cache_mb, what=what,
+                              galois=galois)
 
 
-def _outputs(ev: HistogramEvaluator, _item: None) -> int:
-    return ev.n_outputs
+def _outputs(ev: HistogramEvaluator, _item: None) -> tuple[int, int]:
+    return ev.n_outputs, ev.rotations_per_pass
 
 
-def _pass(ev: HistogramEvaluator, item: tuple[list[list[bytes]], str]) -> tuple[list[list[bytes]], dict[str, float]]:
-    nodes, sender = item
+_Lanes = tuple[LaneLayout, np.ndarray] | None
+
+
+def _pass(
+    ev: HistogramEvaluator, item: tuple[list[list[bytes]], str, _Lanes]
+) -> tuple[list[list[bytes]], dict[str, float]]:
+    nodes, sender, lanes = item
     before = dict(ev.stats)
-    out = [ev.histogram(blobs, sender) for blobs in nodes]
+    out = [ev.histogram(blobs, sender, lanes=lanes) for blobs in nodes]
     return out, {k: ev.stats[k] - before[k] for k in ev.stats}
 
 
@@ -86,8 +94,9 @@ class PooledHistogramEvaluator:
         what: str = "the CKKS context",
         work: str = "SecureBoost histograms",
         party: str | None = None,
+        galois: bytes | None = None,
     ) -> None:
-        _check_histogram_context(ctx, what)  # in the parent: a wrong context fails before any worker starts
+        _check_histogram_context(ctx, what, galois is not None)  # in the parent: a wrong context fails before any worker starts
         if len(cand_feature) != len(cand_bin):
             raise DataError(f"{len(cand_feature)} candidate features but {len(cand_bin)} candidate bins")
         cand_f = np.asarray(cand_feature)
@@ -104,40 +113,45 @@ class PooledHistogramEvaluator:
             feats = np.unique(cand_f[lo:hi])
             args.append(
                 (ctx_bytes, np.ascontiguousarray(Xb[:, feats]), np.searchsorted(feats, cand_f[lo:hi]),
-                 cand_bin[lo:hi], pack, cache_mb / len(ranges), what)
+                 cand_bin[lo:hi], pack, cache_mb / len(ranges), what, galois)
             )
         self._shards = pool.shards(_boot, args, what=work, party=party) if ranges else None
         self.stats: dict[str, float] = {"mask_encode_s": 0.0, "hist_s": 0.0, "rotations": 0, "plain_mults": 0}
+        self.rotations_per_pass = 0
         if self._shards is not None:  # boot now: a bad shard fails at setup, and mask pre-encoding is setup time
             try:
                 got = self._shards.broadcast(_outputs, None)
             except BaseException:
                 self.close()
                 raise
-            if sum(got) != self.n_outputs:
+            if sum(o for o, _ in got) != self.n_outputs:
                 self.close()
-                raise ProtocolError(f"histogram shards return {sum(got)} ciphertexts, expected {self.n_outputs}")
+                raise ProtocolError(f"histogram shards return {sum(o for o, _ in got)} ciphertexts, "
+                                    f"expected {self.n_outputs}")
+            self.rotations_per_pass = sum(r for _, r in got)
 
     @property
     def n_shards(self) -> int:
         return self._shards.n if self._shards is not None else 0
 
-    def histograms(self, nodes: Sequence[Sequence[bytes]], sender: str = "label party") -> list[list[bytes]]:
-        """Several nodes, each :attr:`n_chunks` gradient ciphertexts in, :attr:`n_outputs` out (one round trip)."""
+    def histograms(self, nodes: Sequence[Sequence[bytes]], sender: str = "label party", *,
+                   lanes: _Lanes = None) -> list[list[bytes]]:
+        """Several passes in one round trip to the workers: each :attr:`n_chunks` gradient ciphertexts in (or,
+        with ``lanes``, a level's lane layout as :meth:`HistogramEvaluator.histogram`), :attr:`n_outputs` out."""
         for blobs in nodes:
-            if len(blobs) != self.n_chunks:
+            if lanes is None and len(blobs) != self.n_chunks:
                 raise ProtocolError(f"histogram needs {self.n_chunks} gradient ciphertexts from {sender}, got {len(blobs)}")
         if self._shards is None:
             return [[] for _ in nodes]
-        parts = self._shards.broadcast(_pass, ([list(b) for b in nodes], sender))
+        parts = self._shards.broadcast(_pass, ([list(b) for b in nodes], sender, lanes))
         for _, st in parts:
             for k, v in st.items():
                 self.stats[k] = self.stats.get(k, 0) + v
         return [[ct for out, _ in parts for ct in out[k]] for k in range(len(nodes))]
 
-    def histogram(self, blobs: Sequence[bytes], sender: str = "label party") -> list[bytes]:
-        """One node, as :meth:`HistogramEvaluator.histogram`."""
-        return self.histograms([blobs], sender)[0]
+    def histogram(self, blobs: Sequence[bytes], sender: str = "label party", *, lanes: _Lanes = None) -> list[bytes]:
+        """One pass, as :meth:`HistogramEvaluator.histogram` (fixed layout, or a level's lanes)."""
+        return self.histograms([blobs], sender, lanes=lanes)[0]
 
     def close(self) -> None:
         if self._shards is not None:

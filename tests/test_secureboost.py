@@ -717,3 +717,30 @@ def test_german_credit_with_blank_amounts_and_sentinels_trains_through_the_loade
     assert lab.test_auc == pytest.approx(auc_ks(bank.take(te).y, ref)[0], abs=0.005)
     assert np.mean(np.abs(lab.test_scores - ref) < 1e-3) > 0.97
     assert lab.report["splits_by_party"].get("fintech", 0) > 0
+
+
+@pytest.mark.parametrize("mode", ["hide_membership", "per_level"])
+def test_passive_histograms_on_two_worker_processes_equal_the_reference(mode):
+    """[compute] workers = 2: each passive party's passes shard over worker processes (crypto/ckks_hist_pool.py),
+    in both histogram modes, and the trees are still the plaintext reference's."""
+    from fedcredit import compute
+
+    cfg = CFG.model_copy(update={"n_trees": 1, "max_depth": 4 if mode == "per_level" else 3, "histogram_mode": mode})
+    pool = compute.WorkerPool(2, "processes")
+    boots: list[str] = []
+    real = sb.passive.PooledHistogramEvaluator
+
+    def counting(*a, **k):
+        boots.append(k["party"])
+        return real(*a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compute, "_default", pool)
+        mp.setattr(sb.passive, "PooledHistogramEvaluator", counting)
+        if mode == "per_level":
+            mp.setattr(ckks_hist, "ENCODE_COST", 0.0)  # lanes on every level of >= 2 nodes
+        fed2 = _train(cfg)
+    assert sorted(boots) == ["bank", "telco"]  # both passive parties used the pool
+    _assert_equals_reference(fed2, cfg)
+    if mode == "per_level":
+        assert fed2["res"].label.report["label_timings"]["lane_levels"] > 0

@@ -16,6 +16,8 @@ import numpy as np
 
 from crypto import ckks
 from crypto.ckks_hist import HistogramEvaluator, lane_layout, max_lane_nodes
+from crypto.ckks_hist_pool import PooledHistogramEvaluator
+from fedcredit import compute
 from fedcredit.checkpoint import Checkpoint, CheckpointStore, agree_step
 from fedcredit.codec import pack_arrays, unpack_arrays
 from fedcredit.data import Table
@@ -71,7 +73,7 @@ def run_secureboost_passive(
             raise
         restored = checkpoint.load(STAGE, step) if step else None
     src = source_of(me, table, cfg, own=False, shuffle=True)
-    engine: HistogramEvaluator | None = None
+    engine: HistogramEvaluator | PooledHistogramEvaluator | None = None
     lookup: dict[str, tuple[int, int]] = {}  # id -> (table number, row)
     tables = [tb for tb in (table, test_table) if tb is not None]
     encoded: list[np.ndarray] | None = None  # each table in the model's codes (built at the first scoring request)
@@ -117,8 +119,14 @@ def run_secureboost_passive(
                     src.restore(restored.arrays["perm"], {int(c): int(s) for c, s in restored.meta["split_ids"]})
                 what = f"party '{me}': the CKKS context from label party '{label_party}'"
                 ctx = ckks.load_public(blobs[0], what=what)
-                engine = HistogramEvaluator(ctx, src.Xb, src.cand_f, src.cand_left, cfg.pack, cfg.mask_cache_mb, what=what,
-                                            galois=blobs[1] if len(blobs) == 2 and blobs[1] else None)
+                galois = blobs[1] if len(blobs) == 2 and blobs[1] else None
+                pool = compute.default_pool()  # [compute] in party.toml: the passes shard over its workers
+                if pool.parallel:
+                    engine = PooledHistogramEvaluator(ctx, src.Xb, src.cand_f, src.cand_left, cfg.pack, cfg.mask_cache_mb,
+                                                      pool=pool, what=what, party=me, galois=galois)
+                else:
+                    engine = HistogramEvaluator(ctx, src.Xb, src.cand_f, src.cand_left, cfg.pack, cfg.mask_cache_mb,
+                                                what=what, galois=galois)
                 answer(n_candidates=src.n_candidates)
             elif op == Op.HIST:
                 if engine is None:
@@ -192,7 +200,7 @@ def run_secureboost_passive(
             engine.close()
 
 
-def _lane_pass(engine: HistogramEvaluator, blobs: list[bytes], groups: Any, cfg: SecureBoostConfig, me: str,
+def _lane_pass(engine: HistogramEvaluator | PooledHistogramEvaluator, blobs: list[bytes], groups: Any, cfg: SecureBoostConfig, me: str,
                label_party: str) -> tuple[list[bytes], int]:
     """One per-level histogram request: check the revealed node rows, then one pass per lane group."""
     who = f"party '{me}': per-level histogram request from '{label_party}'"
