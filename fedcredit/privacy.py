@@ -178,6 +178,34 @@ TABLES: Final[tuple[ProtocolTable, ...]] = (
         ),
     ),
     ProtocolTable(
+        "horizontal", "default", "docs/horizontal.md#4-leakage-table-what-each-role-receives-in-plaintext",
+        (
+            Message("h/setup", "bank", "plaintext", "feature names, schema fingerprint, whether it has a test table; "
+                    "its secure-aggregation public keys and its mask seeds' Shamir shares sealed to each other bank "
+                    "(the key holder also the public CKKS context)"),
+            Message("h/install_key", "bank", "ciphertext", "its standardization sums, Enc((limbs + masks) mod M)"),
+            Message("h/fit", "bank", "ciphertext", "its update (or Newton sums), Enc((limbs + masks) mod M), and "
+                    "public AUC/KS/n_test of the decrypted global model on its test rows"),
+            Message("h/unmask", "bank", "plaintext", "only with dropouts allowed: the shares it holds of the survivors' "
+                    "self-mask seeds and the dropped banks' mask keys, for that one aggregation"),
+            Message("h/finalize", "bank", "ciphertext", "its test-score histogram, masked and encrypted; public final "
+                    "AUC/KS/n_test"),
+            Message("h/global_metrics", "bank", "plaintext aggregate", "the key holder only: global AUC/KS/n_test from "
+                    "the summed histogram"),
+        ),
+        (
+            LeakageRow("bank", "the global mean/std, Σn_k, the global model after every round; in Newton rounds the "
+                       "pooled gradient, Hessian and log-loss; the key holder also the summed test-score histogram",
+                       "— (it holds the shared key but only ever decrypts sums)",
+                       "another bank's rows, labels, n_k, statistics, update, Newton sums or histogram"),
+            LeakageRow("coordinator / relay", "banks' secure-aggregation public keys, schema fingerprints, public test "
+                       "metrics, message sizes and timing; per unmasked aggregation who sent and who dropped",
+                       "every statistic, update and histogram (CKKS, masked)",
+                       "any key, rows, labels, n_k, any bank's vector, the global model; with up to t-1 colluding "
+                       "banks still nothing beyond the sum (section 4a)"),
+        ),
+    ),
+    ProtocolTable(
         "vertical-job", "default", "docs/vertical_deployment.md",
         (Message("vjob/split", "label", "plaintext", "the test-row bitmask over the PSI order and its rule"),),
         (LeakageRow("passive", "which common rows are test rows", "—", "anything label-derived"),),
@@ -213,7 +241,8 @@ def table(protocol: str, mode: str = "default") -> ProtocolTable:
 
 def _protocol_of(kind: str) -> str | None:
     head = kind.split("/", 1)[0].split(".", 1)[0]
-    return {"vlr": "vertical-lr", "sb": "secureboost", "psi": "psi", "vjob": "vertical-job", "bin": "binning"}.get(head)
+    return {"vlr": "vertical-lr", "sb": "secureboost", "psi": "psi", "vjob": "vertical-job", "bin": "binning",
+            "h": "horizontal"}.get(head)
 
 
 def form_of(kind: str, tables: Sequence[ProtocolTable] = TABLES) -> tuple[str, str, str] | None:

@@ -201,6 +201,8 @@ def main() -> None:
     if not a.vlr and not a.no_sb:  # only a complete run replaces the shipped figures
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
         doc = figures(vlr, sb, f"python -m simulations.bench_attacks (at {rev.strip() or 'unknown'})")
+        old = json.loads(a.figures.read_text()) if a.figures.exists() else {}
+        doc["entries"] += [e for e in old.get("entries", []) if e.get("protocol") not in ("vertical-lr", "secureboost")]
         a.figures.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"figures written to {a.figures}")
 

@@ -100,7 +100,8 @@ def test_shipped_figures_cover_both_protocols_and_the_default() -> None:
     keys = {(e["protocol"], e["mode"], e["defence"], e["attacker"]) for e in doc["entries"]}
     assert ("vertical-lr", "default", "none", "passive party") in keys
     assert ("secureboost", "hide_membership", "none", "passive party") in keys
-    assert all(e["metric"] in ("AUC", "median R²") for e in doc["entries"])
+    assert all(e["metric"] in ("AUC", "median R²") for e in doc["entries"] if e["protocol"] != "horizontal")
+    assert ("horizontal", "default", "none", "coordinator + one colluding bank (with the shared CKKS key)") in keys
 
 
 
@@ -129,3 +130,32 @@ def test_a_real_vertical_lr_run_with_label_dp_reports_epsilon_at_the_label_party
     assert {r["tag"]: r["form"] for r in pas["sent"]}["vlr/g"] == "masked"
     html = (models["bank"] / "report.html").read_text()
     assert "Privacy report" in html and "Differential privacy" in html and "RdpAccountant" in html
+
+
+def test_a_horizontal_run_reports_what_each_bank_sent_and_the_secagg_rows(tmp_path: Path) -> None:
+    """Every bank's run report has a privacy section: its replies per method (as the coordinator counted them),
+    each with its declared form, the horizontal leakage rows, the secagg threshold and the measured
+    coordinator-plus-one-bank attack."""
+    from fedcredit.protocols.horizontal import HorizontalJob, run_coordinator
+    from simulations.generator import write_bank_files
+    from simulations.horizontal_sim import make_local_federation
+
+    files = write_bank_files(tmp_path / "gen", n_banks=3, rows_per_bank=600, test_rows=300, seed=5)
+    train = {p: f for p, f in files.items() if p != "test"}
+    fed = make_local_federation(train, {p: files["test"] for p in train}, tmp_path / "fed")
+    job = HorizontalJob(run_id="pv", parties=sorted(train), rounds=2, newton_rounds=1)
+    run_coordinator(fed.channel, job)
+    for p in train:
+        pv = json.loads((fed.envs[p].output_dir / "pv" / "report.json").read_text())["privacy"]
+        assert pv["protocol"] == "horizontal" and pv["role"] == "bank"
+        sent = {r["tag"]: r for r in pv["sent"]}
+        assert {"h/setup", "h/install_key", "h/fit", "h/finalize"} <= set(sent), sent
+        assert sent["h/fit"]["messages"] == job.total_rounds and sent["h/fit"]["bytes"] > 0
+        assert all(r["form"] != "undeclared" for r in pv["sent"]) and sent["h/fit"]["form"] == "ciphertext"
+        roles = {r["role"] for r in pv["leakage"]}
+        assert roles == {"bank", "coordinator / relay"}
+        assert pv["secagg"]["threshold"] == 2
+        assert [e["attacker"] for e in pv["attacks"]["entries"]] == ["coordinator + one colluding bank (with the "
+                                                                    "shared CKKS key)"]
+        html = (fed.envs[p].output_dir / "pv" / "report.html").read_text()
+        assert "Privacy report" in html and "h/install_key" in html

@@ -226,7 +226,7 @@ def test_horizontal_bank_reports_federated_local_only_and_global(tmp_path: Path)
             assert len(models) == 2
         assert doc["data"]["rows"] == 600
         page = Page((d / "report.html").read_text())
-        assert page.sections == ["run", "data", "convergence", "evaluation"]  # LR: the Newton rounds' pooled loss
+        assert page.sections == ["run", "data", "convergence", "evaluation", "privacy"]  # LR: Newton rounds; privacy report
         assert [r["epoch"] for r in doc["convergence"]][:1] == [3] and all(r["train_loss"] > 0 for r in doc["convergence"])
         _self_contained(page)
         assert (d / "reference.json").exists()

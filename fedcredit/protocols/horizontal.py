@@ -772,6 +772,23 @@ class _Party:
         state.put(self._key(job.run_id, f"newton-{r}"), nst.to_bytes())
         return nst
 
+    def _privacy_report(self, job: HorizontalJob, header: Mapping[str, Any], has_test: bool,
+                        privacy: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The report's privacy section: what this bank sent (sizes as the coordinator counted them), in what form,
+        and the leakage rows that applied (fedcredit/privacy.py)."""
+        from fedcredit.privacy import privacy_section
+
+        got = header.get("sent")
+        sent: Mapping[str, Any] = got if isinstance(got, Mapping) else {}
+        rows = [{"to": "coordinator", "tag": f"h/{m}", "messages": v.get("messages"), "bytes": v.get("bytes")}
+                for m, v in sorted(sent.items()) if isinstance(m, str) and m in _METHODS and isinstance(v, Mapping)
+                and all(isinstance(v.get(k), int) for k in ("messages", "bytes"))]
+        if has_test and header.get("members"):
+            rows.append({"to": "coordinator", "tag": "h/finalize", "messages": 1, "bytes": None})
+        out = privacy_section(protocol="horizontal", role="bank", sent_by_tag=rows, privacy=privacy)
+        out["secagg"] = {"threshold": job.threshold, "max_dropouts": job.max_dropouts}
+        return out
+
     def finalize(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
         job = self._job(header, state)
         self._need(Method.FINALIZE, blobs, "model")
@@ -821,7 +838,8 @@ class _Party:
             local_only=lambda tt: local_only_scores(job, t, tt),
             train_scores=lambda: model.predict_proba((t.X - mean) / std),
             run={k: v for k, v in meta.items() if k not in ("local_test", "convergence")},
-            sections={"convergence": curve} if curve else None)}
+            sections={**({"convergence": curve} if curve else {}),
+                      "privacy": self._privacy_report(job, header, test is not None, meta.get("privacy"))})}  # type: ignore[arg-type]
         out_b: dict[str, bytes] = {}
         if test is not None and header.get("members"):
             assert test.y is not None and p_fed is not None
@@ -971,6 +989,14 @@ class _Coordinator:
         d = self.traffic.setdefault(method, {}).setdefault(party, {"to_party": 0, "from_party": 0})
         d["to_party"] += to_party
         d["from_party"] += from_party
+        if from_party:
+            d["replies"] = d.get("replies", 0) + 1
+
+    def sent_by(self, party: str) -> dict[str, dict[str, int]]:
+        """What ``party`` has sent so far, per method: replies and bytes (sizes the coordinator sees anyway);
+        the bank's privacy report lists them."""
+        return {m: {"messages": int(d[party].get("replies", 0)), "bytes": int(d[party]["from_party"])}
+                for m, d in self.traffic.items() if party in d and d[party]["from_party"]}
 
     def call(self, method: str, requests: Mapping[str, bytes]) -> dict[str, tuple[dict[str, Any], dict[str, bytes]]]:
         """One hop to ``requests``' parties; returns the good replies, drops the failed parties."""
@@ -1207,9 +1233,9 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
     testers = [p for p in c.alive if has_test.get(p)]  # banks without a test table have no histogram to mask
     if len(testers) < job.threshold:  # fewer than t histograms: their sum would not hide one bank's; no global metrics
         testers = []
-    payload = c.msg({"round": job.total_rounds, "parties": final_parties, "metrics_party": target,
-                     "members": testers}, {"model": agg})  # type: ignore[dict-item]
-    rep = c.call(Method.FINALIZE, {p: payload for p in c.alive})
+    rep = c.call(Method.FINALIZE, {p: c.msg({"round": job.total_rounds, "parties": final_parties, "metrics_party": target,
+                                            "members": testers, "sent": c.sent_by(p)},
+                                           {"model": agg}) for p in c.alive})  # type: ignore[dict-item]
     party_metrics = {p: dict(h.get("metrics", {})) for p, (h, _) in rep.items()}
     hists = {p: b["hist"] for p, (_, b) in rep.items() if "hist" in b}
     timings["finalize_s"] = time.perf_counter() - t
