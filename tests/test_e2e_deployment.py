@@ -117,8 +117,12 @@ def test_encrypted_fedavg_job_completes_and_coordinator_sees_no_plaintext(fed: L
         for name, blob in blobs.items():
             if name == "public_ctx":
                 continue
-            if name.startswith("envelope:"):
-                continue  # sealed to another party; the coordinator holds no envelope key
+            if name == "sa:pub":  # secure-aggregation mask public keys (32 bytes each): public by design
+                assert len(blob) % 32 == 0 and not ckks.is_ckks_blob(blob)
+                continue
+            if name.startswith(("envelope:", "sa:to:")):  # sealed to another party (key / secagg shares)
+                assert not ckks.is_ckks_blob(blob) and b"FCKK" not in blob
+                continue  # the coordinator holds no envelope key
             assert ckks.is_ckks_blob(blob), f"{p.name}: blob '{name}' is not a CKKS ciphertext"
             with pytest.raises(SecurityError):
                 ckks.decrypt_vector(pub, blob)
