@@ -138,14 +138,7 @@ class FederatedBackend(Backend):
             rem.send(Op.HIST, blobs, nodes=len(reqs))
         per_remote = []
         for rem in self.remotes:
-            t = time.perf_counter()
-            out, _ = rem.recv(Op.HIST)
-            self.stats["wait_s"] += time.perf_counter() - t
-            J = n_outputs(rem.n_candidates, self.pack)
-            if len(out) != J * len(reqs):
-                raise ProtocolError(
-                    f"passive party '{rem.party}' returned {len(out)} histogram ciphertexts, expected {J * len(reqs)}"
-                )
+            out, J = self._receive(rem, len(reqs))
             t = time.perf_counter()
             per_remote.append(
                 [
@@ -155,6 +148,18 @@ class FederatedBackend(Backend):
             )
             self.stats["decrypt_s"] += time.perf_counter() - t
         return [[own[k]] + [pr[k] for pr in per_remote] for k in range(len(reqs))]
+
+    def _receive(self, rem: RemotePassive, passes: int) -> tuple[list[bytes], int]:
+        """One passive party's histogram reply: ``passes`` sets of J ciphertexts (J per its candidate count)."""
+        t = time.perf_counter()
+        out, _ = rem.recv(Op.HIST)
+        self.stats["wait_s"] += time.perf_counter() - t
+        J = n_outputs(rem.n_candidates, self.pack)
+        if len(out) != J * passes:
+            raise ProtocolError(
+                f"passive party '{rem.party}' returned {len(out)} histogram ciphertexts, expected {J * passes}"
+            )
+        return out, J
 
     def _lane_histograms(self, reqs, g, h, own):
         """Per-level layout: the level's nodes' rows (revealed) and their gradients once, compacted per node."""
@@ -171,14 +176,7 @@ class FederatedBackend(Backend):
             rem.send(Op.HIST, blobs, lanes=[len(grp) for grp in groups])
         per_remote = []
         for rem in self.remotes:
-            t = time.perf_counter()
-            out, _ = rem.recv(Op.HIST)
-            self.stats["wait_s"] += time.perf_counter() - t
-            J = n_outputs(rem.n_candidates, self.pack)
-            if len(out) != J * len(groups):
-                raise ProtocolError(
-                    f"passive party '{rem.party}' returned {len(out)} histogram ciphertexts, expected {J * len(groups)}"
-                )
+            out, J = self._receive(rem, len(groups))
             t = time.perf_counter()
             res: list[tuple[np.ndarray, np.ndarray]] = []
             for k, lay in enumerate(layouts):
