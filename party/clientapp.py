@@ -27,6 +27,7 @@ checkpoints.  A failed ``vertical.run`` that the checkpoints can cure answers wi
 from __future__ import annotations
 
 import json
+import sys
 import traceback
 from collections.abc import Mapping
 from dataclasses import replace
@@ -266,6 +267,14 @@ def run_vertical_party(rt: PartyRuntime) -> dict[str, Any]:
         raise
     view = rt.vertical_party()
     pool = rt.config.compute.pool(rt.name)
+    if pool.engine == "processes" and pool.workers > 1:
+        # Known limit (docs/scale.md "Cores"): local worker processes started from Flower's ClientApp process
+        # fail (the forkserver's pipe breaks on the first submit), so a deployed run keeps its HE work inline
+        # until that is fixed; the in-process simulation, the benchmarks and engine = "ray" use the pool.
+        print(f"party '{rt.name}': [compute] processes engine not used inside Flower's ClientApp process "
+              "(known limit, docs/scale.md); this run's HE work runs in one process", file=sys.stderr)
+        pool.close()
+        pool = compute.WorkerPool(1, "inline")
     compute.configure(pool)  # the HE work of this run happens in this process: [compute] of the party config
     try:
         return run_vertical_party_core(raw, view)
