@@ -202,6 +202,11 @@ PEER_CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # preconnect() may meet a passive party that is not up yet; gRPC's default reconnect backoff (1 s, x1.6,
+    # up to 120 s) would then hold the first decision past its deadline: retry at most every second instead
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 #: The scoring server: no SO_REUSEPORT (a port another process holds must fail, not be silently shared);
 #: keepalive pings from a label party every KEEPALIVE_MS are welcome, idle or not.
