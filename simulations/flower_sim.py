@@ -28,7 +28,8 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
@@ -57,6 +58,22 @@ FEDERATION_FILE = "federation.json"
 
 
 # --------------------------------------------------------------------------- the banks' side
+
+
+@contextmanager
+def _environ_restored() -> Iterator[None]:
+    """Undo what Flower's ``run_simulation`` and Ray write into this process's environment.
+
+    Why: they set ``PYTHONPATH`` (the app directory, Ray's vendored packages), ``PYTHONBREAKPOINT`` and
+    ``GRPC_VERBOSITY=error``; left in place, every later subprocess of the caller (a CLI, a pip, a party
+    daemon) would import from the wrong place and hide gRPC errors.
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def write_federation(out_dir: Path, train: Mapping[str, Path], test: Mapping[str, Path | None], *,
@@ -271,8 +288,6 @@ def run_flower_simulation(train: Mapping[str, Path], test: Mapping[str, Path | N
     (so ``cpus`` actors serve all banks in turn), and an object store of ``object_store_mb``.
     Each run starts its own local Ray instance (its own temp dir) and shuts it down.
     """
-    from flwr.simulation import run_simulation  # the [simulation] extra (Ray): only this module needs it
-
     if sorted(job.parties) != sorted(train):
         raise ValueError(f"job parties {job.parties} do not match the banks {sorted(train)}")
     fed_file = write_federation(out_dir, train, test, tap=tap)
@@ -282,7 +297,9 @@ def run_flower_simulation(train: Mapping[str, Path], test: Mapping[str, Path | N
         "init_args": {"address": "local", "num_cpus": cpus, "object_store_memory": object_store_mb * 1024 * 1024,
                       "_temp_dir": f"/tmp/ray-fcsim-{os.getpid()}", "include_dashboard": False},
     }
-    with _MemorySampler() as mem:
+    with _MemorySampler() as mem, _environ_restored():
+        from flwr.simulation import run_simulation  # the [simulation] extra (Ray): only this module needs it
+
         run_simulation(server_app=make_server_app(fed_file, job, box, timeout=timeout, progress=progress),
                        client_app=make_client_app(fed_file), num_supernodes=len(train),
                        backend_config=backend, verbose_logging=verbose)

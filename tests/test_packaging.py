@@ -31,28 +31,32 @@ def test_wheel_installs_and_runs_a_simulation(tmp_path: Path) -> None:
         if (ROOT / rel).is_file():
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, src / rel)
+    # nothing from this process's environment decides what is imported (an earlier test's library may have
+    # set PYTHONPATH: pip would then see the source tree's editable install and skip the wheel)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-                    str(src)], check=True, cwd=tmp_path)
+                    str(src)], check=True, cwd=tmp_path, env=env)
     (wheel,) = dist.glob("fedcredit-*.whl")
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+                               check=True, capture_output=True, text=True, env=env).stdout.strip())
     # The dependencies come from this test's environment (a plain path entry: its .pth files, among them the
     # editable install of the source tree, are NOT processed); fedcredit itself only from the wheel.
     (site / "deps-from-test-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q", str(wheel)],
-                   check=True, cwd=tmp_path)
+                   check=True, cwd=tmp_path, env=env)
 
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    probe = subprocess.run(
+    run_probe = subprocess.run(
         [str(py), "-c",
          "import coordinator.flower as f, simulations.harness as h, fedcredit; "
          "print(f.APP_DIR / 'pyproject.toml'); print(fedcredit.__file__); print(h.builtin_scenarios())"],
-        check=True, capture_output=True, text=True, cwd=tmp_path, env=env).stdout.splitlines()
+        capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert run_probe.returncode == 0, run_probe.stderr[-3000:]
+    probe = run_probe.stdout.splitlines()
     descriptor, pkg_file = Path(probe[0]), probe[1]
     assert descriptor.is_file() and "party.clientapp:client_app" in descriptor.read_text()
     assert str(site) in pkg_file and str(ROOT) not in pkg_file, pkg_file
