@@ -107,9 +107,14 @@ def start_superlink(
 def flwr_cli(home: Path, *args: str, timeout: float = 120.0) -> dict[str, Any]:
     """Run a ``flwr`` subcommand with ``--format json`` and return the parsed answer."""
     env = flower_env(FLWR_HOME=str(home))
-    proc = subprocess.run(
-        [find_executable("flwr"), *args, "--format", "json"], capture_output=True, text=True, env=env, timeout=timeout
-    )
+    try:
+        proc = subprocess.run(
+            [find_executable("flwr"), *args, "--format", "json"], capture_output=True, text=True, env=env,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise FedCreditError(f"flwr {' '.join(args[:2])} did not answer within {timeout:g} s "
+                             f"(is the SuperLink up and reachable?)") from None
     out = proc.stdout.strip()
     start = out.find("{")
     try:

@@ -175,7 +175,7 @@ def test_party_that_disconnects_mid_run_is_dropped_and_run_continues(fed: LocalF
     path = fed.write_job("e2e-drop", {
         "job": {"name": "e2e-drop", "type": "horizontal", "parties": list(BANKS), "min_parties": 2,
                 "round_timeout_s": 120.0},  # a per-call bound; the killed bank is seen dead by heartbeat, not this
-        "model": {"family": "lr", "algorithm": "fedprox", "rounds": 3},
+        "model": {"family": "lr", "algorithm": "fedprox", "rounds": 3, "newton_rounds": 0},
     })
     client = fed.client()
     run_id = client.submit(path)

@@ -98,7 +98,8 @@ def hfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
 def _horizontal_job(fed: LocalFederation, name: str, parties: list[str], rounds: int = 50, **job: Any) -> Path:
     return fed.write_job(name, {"job": {"name": name, "type": "horizontal", "parties": parties,
                                         "round_timeout_s": ROUND_TIMEOUT_S, **job},
-                                "model": {"family": "lr", "algorithm": "fedavg", "rounds": rounds}})
+                                "model": {"family": "lr", "algorithm": "fedavg", "rounds": rounds,
+                                          "newton_rounds": 0}})
 
 
 def _kill_after_round_1(fed: LocalFederation, job: Path, victim: str) -> tuple[str, Any, float, list[Any]]:

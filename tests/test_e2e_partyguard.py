@@ -146,7 +146,7 @@ def test_own_jobs_still_run_after_a_refusal(fed: LocalFederation) -> None:
     """The refusal did not wedge any SuperNode: fedcredit's own app is accepted and a job finishes."""
     info = fed.run_job("guarded-lr", {"job": {"name": "guarded-lr", "type": "horizontal", "parties": list(BANKS),
                                               "round_timeout_s": 120.0},
-                                      "model": {"family": "lr", "rounds": 1}})
+                                      "model": {"family": "lr", "rounds": 1, "newton_rounds": 0}})
     assert info.status == "finished", info.error
 
 

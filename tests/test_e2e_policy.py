@@ -60,7 +60,7 @@ def _jobs_cli(fed: LocalFederation, party: str, *args: str) -> subprocess.Comple
 
 
 def _job(fed: LocalFederation, name: str, **job: Any) -> Path:
-    model = {"family": "lr", "rounds": 1, "local_epochs": 1, "feature_columns": job.pop("features", FEATURES)}
+    model = {"family": "lr", "rounds": 1, "newton_rounds": 0, "local_epochs": 1, "feature_columns": job.pop("features", FEATURES)}
     return fed.write_job(name, {"job": {"name": name, "type": "horizontal", "parties": list(BANKS),
                                         "round_timeout_s": 60.0, **job}, "model": model})
 
