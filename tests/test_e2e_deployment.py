@@ -65,7 +65,8 @@ def _run(fed: LocalFederation, name: str, model: dict, **job) -> tuple[str, obje
 
 
 def test_encrypted_fedavg_job_completes_and_coordinator_sees_no_plaintext(fed: LocalFederation) -> None:
-    run_id, (info, events) = _run(fed, "e2e-fedavg", {"family": "lr", "algorithm": "fedavg", "rounds": 2})
+    run_id, (info, events) = _run(fed, "e2e-fedavg", {"family": "lr", "algorithm": "fedavg", "rounds": 2,
+                                                      "newton_rounds": 2})  # Newton's messages captured too
     assert info.status == "finished", info.error
     result = json.loads(info.result_json)
     # quality: the joint model is a real credit model on held-out rows of every bank
