@@ -43,14 +43,14 @@ import concurrent.futures as cf
 import faulthandler
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import sys
-import shutil
 import tempfile
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Generic, Literal, TypeVar
 
@@ -155,7 +155,7 @@ class _Workers:
         self.exs: list[cf.ProcessPoolExecutor] = []
         self.actors: list[Any] = []
         self._ray: Any = None
-        self._procs: list[dict[int, Any]] = []  # each executor's pid -> Process (kept: exit codes after a death)
+        self._procs: list[MutableMapping[int, Any]] = []  # each executor's pid -> Process (kept: exit codes after a death)
         self._errdir: str | None = None
         engine = pool.engine
         if engine == "inline" or (engine == "processes" and self.n <= 1):
