@@ -138,8 +138,10 @@ def _forkserver_state() -> str:
         info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except (ChildProcessError, OSError):
         return ""
-    if info is None:
-        return f"; the forkserver (pid {pid}) is still running"
+    if info is None:  # the new worker itself died while it started
+        return (f"; the forkserver (pid {pid}) is still running: the worker it started died before its session "
+                "started (it could not re-import this program's __main__ or the session's functions; its stderr "
+                "is this process's)")
     code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
     return f"; the forkserver (pid {pid}) is gone ({_exit_text(code)}; its stderr is this process's)"
 
