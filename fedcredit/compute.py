@@ -222,6 +222,10 @@ class _Workers:
 
     def _why(self) -> str:
         """The dead workers' exit codes and what they wrote on failure (processes engine)."""
+        for ex in self.exs:  # let the pool finish reaping first: two threads reading one exit status race (255)
+            manager = getattr(ex, "_executor_manager_thread", None)
+            if manager is not None:
+                manager.join(timeout=10)
         dead = [(pid, p.exitcode) for procs in self._procs for pid, p in list(procs.items()) if p.exitcode is not None]
         # the pool SIGTERMs the survivors once one died: name the others first
         dead.sort(key=lambda d: d[1] == -signal.SIGTERM)
