@@ -21,20 +21,36 @@ Two kinds of session:
 
 Functions given to a session must be module-level (picklable); items and results are bytes or
 numpy arrays.  Results come back in input order, with a bounded number of items in flight so
-memory stays flat on long streams.  A worker that dies (killed, out of memory) is reported as a
-:class:`ComputeError` naming the party and the work; an exception raised by ``fn`` itself is
-re-raised unchanged.  Closing a session stops its workers (no process outlives it).
+memory stays flat on long streams.  A worker that dies (killed, out of memory, a failing ``init``,
+a native crash) is reported as a :class:`ComputeError` naming the party, the work and the engine,
+and saying why: the worker's exit code or signal, and what it wrote when it failed (the ``init``
+traceback, or a native crash's fault trace, captured in a per-session file); an exception raised
+by ``fn`` itself is re-raised unchanged.  Closing a session stops its workers (no process outlives it).
+
+The processes engine starts workers from a forkserver, which re-imports the parent program's
+``__main__`` (in the forkserver and in every worker) before it runs anything: a program that
+uses this pool must keep its main code under ``if __name__ == "__main__":`` (Python's rule for
+the spawn and forkserver start methods).  ``party.appguard``'s task command, the ``__main__`` of
+Flower's ClientApp process at a party, is written that way; tests/test_appguard.py checks it.
+
+Every pool counts what ran remotely (:meth:`WorkerPool.usage`: sessions, items, worker pids),
+so a party's run report can show its HE work really ran on its workers.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import faulthandler
 import multiprocessing as mp
 import os
+import shutil
+import signal
 import socket
 import sys
+import tempfile
+import traceback
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Generic, Literal, TypeVar
 
@@ -49,15 +65,26 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _state: Any = None  # the worker process's session state (processes engine)
+_errfile: Any = None  # the worker's failure file: init traceback, native crash trace (kept open for faulthandler)
 
 
 class ComputeError(FedCreditError):
     """A compute worker died or could not start: names the party, the work and the engine."""
 
 
-def _boot(init: Callable[[Any], Any], arg: Any) -> None:
-    global _state
-    _state = init(arg)
+def _boot(init: Callable[[Any], Any], arg: Any, errpath: str | None = None) -> None:
+    """Worker start: the session's state; on failure the traceback goes to ``errpath`` for the parent's error."""
+    global _state, _errfile
+    if errpath:
+        _errfile = open(errpath, "a", encoding="utf-8")  # noqa: SIM115 - open for the worker's lifetime
+        faulthandler.enable(_errfile)  # a segfault or abort in native code (TenSEAL, numpy) leaves its trace here
+    try:
+        _state = init(arg)
+    except BaseException:
+        if _errfile is not None:
+            _errfile.write(traceback.format_exc())
+            _errfile.flush()
+        raise
 
 
 def _call(fn: Callable[[Any, Any], Any], item: Any) -> Any:
@@ -89,6 +116,36 @@ def _ray() -> Any:
     return ray
 
 
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _forkserver_state() -> str:
+    """How this process's forkserver ended, if it did (peeked with WNOWAIT: multiprocessing still reaps it)."""
+    from multiprocessing import forkserver
+
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if not pid:
+        return ""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except (ChildProcessError, OSError):
+        return ""
+    if info is None:  # the new worker itself died while it started
+        return (f"; the forkserver (pid {pid}) is still running: the worker it started died before its session "
+                "started (it could not re-import this program's __main__ or the session's functions; its stderr "
+                "is this process's)")
+    code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+    return f"; the forkserver (pid {pid}) is gone ({_exit_text(code)}; its stderr is this process's)"
+
+
 class _Workers:
     """The worker handles of one session, whatever the engine; ``submit`` to a given worker."""
 
@@ -100,19 +157,26 @@ class _Workers:
         self.exs: list[cf.ProcessPoolExecutor] = []
         self.actors: list[Any] = []
         self._ray: Any = None
+        self._procs: list[MutableMapping[int, Any]] = []  # each executor's pid -> Process (kept: exit codes after a death)
+        self._errdir: str | None = None
         engine = pool.engine
         if engine == "inline" or (engine == "processes" and self.n <= 1):
             self.inline = [init(arg) for init, arg in (boots if not shared else boots[:1])]
             self.n = len(self.inline)
         elif engine == "processes":
             ctx = mp.get_context("forkserver")  # never fork a process that runs gRPC threads
+            self._errdir = tempfile.mkdtemp(prefix="fedcredit-workers-")  # owner-only: the workers' failure files
+            err = os.path.join(self._errdir, "failures.txt")
             if shared:
                 init, arg = boots[0]
-                self.exs = [cf.ProcessPoolExecutor(self.n, mp_context=ctx, initializer=_boot, initargs=(init, arg))]
+                self.exs = [cf.ProcessPoolExecutor(self.n, mp_context=ctx, initializer=_boot, initargs=(init, arg, err))]
             else:
                 self.exs = [
-                    cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_boot, initargs=(init, arg)) for init, arg in boots
+                    cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_boot, initargs=(init, arg, err))
+                    for init, arg in boots
                 ]
+            self._procs = [ex._processes for ex in self.exs]
+            pool._sessions += 1
         elif engine == "ray":
             ray = self._ray = pool._ray_ready()
             if shared:
@@ -120,6 +184,7 @@ class _Workers:
                 boots = [boots[0]] * self.n
             actor = ray.remote(num_cpus=1)(_RayWorker)
             self.actors = [actor.remote(init, arg) for init, arg in boots]
+            pool._sessions += 1
         else:
             raise ConfigError(f"[compute].engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
 
@@ -129,13 +194,18 @@ class _Workers:
 
     def submit(self, i: int, fn: Callable[[Any, Any], Any], item: Any) -> Any:
         """A handle for ``fn(state, item)`` on worker ``i`` (shared process pools pick their own worker)."""
+        self.pool._items += 1
         try:
             if self.actors:
                 return self.actors[i % len(self.actors)].call.remote(fn, item)
-            ex = self.exs[i % len(self.exs)] if len(self.exs) > 1 else self.exs[0]
-            return ex.submit(_call, fn, item)
+            k = i % len(self.exs)
+            handle = self.exs[k].submit(_call, fn, item)
+            self.pool._worker_pids.update(self._procs[k])  # the executor starts its workers on submit
+            return handle
         except BrokenProcessPool as e:
             raise self._died(e) from None
+        except (OSError, EOFError) as e:  # starting a worker: the forkserver's pipe broke (it died)
+            raise self._died(e, why=_forkserver_state()) from None
 
     def result(self, handle: Any, n: int) -> Any:
         """Wait for a handle; a dead worker becomes a :class:`ComputeError` naming the party and the work."""
@@ -150,19 +220,53 @@ class _Workers:
         except BrokenProcessPool as e:
             raise self._died(e, n) from None
 
-    def _died(self, e: BaseException, n: int | None = None) -> ComputeError:
+    def _why(self) -> str:
+        """The dead workers' exit codes and what they wrote on failure (processes engine)."""
+        for ex in self.exs:  # let the pool finish reaping first: two threads reading one exit status race (255)
+            manager = getattr(ex, "_executor_manager_thread", None)
+            if manager is not None:
+                manager.join(timeout=10)
+        dead = [(pid, p.exitcode) for procs in self._procs for pid, p in list(procs.items()) if p.exitcode is not None]
+        # the pool SIGTERMs the survivors once one died: name the others first
+        dead.sort(key=lambda d: d[1] == -signal.SIGTERM)
+        parts = [f"worker {pid} {_exit_text(code)}" for pid, code in dead[:4]]
+        text: str | None = None  # None: no worker of this session got as far as booting it
+        if self._errdir:
+            try:
+                with open(os.path.join(self._errdir, "failures.txt"), encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+            except FileNotFoundError:
+                pass
+        lines = [ln.rstrip() for ln in (text or "").splitlines() if ln.strip()]
+        if lines:
+            parts.append("it wrote: " + " | ".join(lines[-6:]))
+        elif dead and text is None:
+            parts.append("it died before its session started (it could not re-import this program's __main__ "
+                         "or the session's functions; its stderr is this process's)")
+        elif dead:
+            parts.append("it left no traceback (killed, e.g. out of memory)")
+        return ("; " + "; ".join(parts)) if parts else ""
+
+    def _died(self, e: BaseException, n: int | None = None, why: str | None = None) -> ComputeError:
         at = f" at item {n}" if n is not None else ""
         lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
         first = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"  # Ray: the cause is the last line
+        if isinstance(e, OSError):
+            first = f"{type(e).__name__}: {first}"
+        if why is None:
+            why = self._why()
         return ComputeError(
             f"party '{self.party}': a compute worker ({self.pool.engine} engine) died or failed to start "
-            f"during {self.what}{at}: {first}"
+            f"during {self.what}{at}: {first}{why}"
         )
 
     def close(self) -> None:
         for ex in self.exs:
             ex.shutdown(wait=True, cancel_futures=True)
         self.exs = []
+        if self._errdir:
+            shutil.rmtree(self._errdir, ignore_errors=True)
+            self._errdir = None
         if self.actors:
             for a in self.actors:
                 try:
@@ -274,6 +378,14 @@ class WorkerPool:
         self.ray_address = ray_address
         self.party = party
         self._ray_started = False
+        self._sessions = 0  # sessions started on workers outside this process
+        self._items = 0  # items sent to those workers
+        self._worker_pids: set[int] = set()  # processes engine: the pids of the workers its sessions started
+
+    def usage(self) -> dict[str, Any]:
+        """What this pool ran outside this process so far (a run report's ``compute`` section)."""
+        return {"engine": self.engine, "workers": self.workers, "pid": os.getpid(), "sessions": self._sessions,
+                "items": self._items, "worker_pids": sorted(self._worker_pids)}
 
     def _ray_ready(self) -> Any:
         """Ray, connected: joins ``ray_address`` or starts a local instance of ``workers`` CPUs once."""

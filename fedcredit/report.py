@@ -38,8 +38,8 @@ FORMAT: Final = "fedcredit-report/1"
 REPORT_HTML: Final = "report.html"
 REPORT_JSON: Final = "report.json"
 #: every top-level key a run report may carry, in the order they are rendered (docs/reports.md)
-SECTIONS: Final = ("run", "data", "binning", "selection", "convergence", "trees", "scorecard", "evaluation",
-                   "sent", "privacy", "psi")
+SECTIONS: Final = ("run", "compute", "data", "binning", "selection", "convergence", "trees", "scorecard",
+                   "evaluation", "sent", "privacy", "psi")
 _TOP_CATEGORIES = 20  # a category-count table longer than this lists the rest as one "(other)" row
 _CURVE_POINTS = 201  # ROC/KS curves are resampled to this many points in the JSON
 
@@ -534,6 +534,8 @@ def _sections(doc: Mapping[str, Any]) -> dict[str, Any]:
                     "bin_charts": [c for c in (_chart_psi_bins(i) for i in items) if c]}
     if isinstance(doc.get("run"), Mapping):
         v["run"] = doc["run"]
+    if isinstance(doc.get("compute"), Mapping):
+        v["compute"] = doc["compute"]
     return v
 
 

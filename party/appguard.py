@@ -120,7 +120,13 @@ def prepare_bin_dir(state_dir: Path) -> Path:
             shutil.rmtree(entry)
         else:
             entry.unlink()
-    script = f"#!{sys.executable}\nimport sys\nfrom party.appguard import main\nsys.exit(main())\n".encode()
+    # The guard: this script is the ``__main__`` of Flower's ClientApp process, and the forkserver of the party's
+    # compute pool (fedcredit.compute, engine "processes") re-imports a program's ``__main__`` — in the forkserver
+    # and in every worker — before it runs anything.  Unguarded, that re-import ran a second ``flwr-clientapp``
+    # there, which exited (no task token) and took the forkserver with it: the first submit broke its pipe.
+    script = (f"#!{sys.executable}\nimport sys\nfrom party.appguard import main\n\n"
+              "if __name__ == \"__main__\":  # re-imported by worker processes (fedcredit.compute): run nothing\n"
+              "    sys.exit(main())\n").encode()
     for cmd in TASK_COMMANDS:
         write_file(bindir / cmd, script, 0o700)
     return bindir

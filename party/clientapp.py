@@ -245,6 +245,15 @@ def _party_horizontal(rt: PartyRuntime, method: str, payload: bytes) -> bytes:
     return handler(method, payload, DirState(rt.run_dir / "state"))
 
 
+def _say_compute(rt: PartyRuntime, pool: compute.WorkerPool) -> None:
+    """The party's log line on where this run's HE work ran (its run report's ``compute`` section has the same)."""
+    u = pool.usage()
+    where = (f"{u['items']} items in {u['sessions']} sessions on worker processes {u['worker_pids']}"
+             if u["sessions"] else "in this process")
+    print(f"party '{rt.name}': run {rt.run_id} HE work ({u['engine']} engine, {u['workers']} workers): {where}",
+          file=sys.stderr, flush=True)
+
+
 def run_vertical_party(rt: PartyRuntime) -> dict[str, Any]:
     """The deployment wrapper: joins the run's data-plane session, then ``run_vertical_party_core``.
 
@@ -267,17 +276,11 @@ def run_vertical_party(rt: PartyRuntime) -> dict[str, Any]:
         raise
     view = rt.vertical_party()
     pool = rt.config.compute.pool(rt.name)
-    if pool.engine == "processes" and pool.workers > 1:
-        # Known limit (docs/scale.md "Cores"): local worker processes started from Flower's ClientApp process
-        # fail (the forkserver's pipe breaks on the first submit), so a deployed run keeps its HE work inline
-        # until that is fixed; the in-process simulation, the benchmarks and engine = "ray" use the pool.
-        print(f"party '{rt.name}': [compute] processes engine not used inside Flower's ClientApp process "
-              "(known limit, docs/scale.md); this run's HE work runs in one process", file=sys.stderr)
-        pool.close()
-        pool = compute.WorkerPool(1, "inline")
-    compute.configure(pool)  # the HE work of this run happens in this process: [compute] of the party config
+    compute.configure(pool)  # this run's HE work runs on [compute] of the party config (worker processes by default)
     try:
-        return run_vertical_party_core(raw, view)
+        out = run_vertical_party_core(raw, view)
+        _say_compute(rt, pool)
+        return out
     except FedCreditError as e:
         if is_final_failure(e):
             raise

@@ -74,6 +74,9 @@ class PartySpec:
     role: str = "bank"
     #: keys over the generated [policy] (see :func:`local_policy`), e.g. {"approval": "manual"}
     policy: dict[str, Any] = field(default_factory=dict)
+    #: the party's [compute] section (None: this machine's cores split between the parties), e.g.
+    #: {"workers": 2, "engine": "processes"}
+    compute: dict[str, Any] | None = None
 
 
 JOB_TYPES = ("horizontal", "vertical-lr", "secureboost")
@@ -160,7 +163,8 @@ class LocalFederation:
                 },
                 "datasets": {k: {kk: str(vv) if isinstance(vv, Path) else vv for kk, vv in v.items()} for k, v in p.datasets.items()},
                 # every party of a local federation shares this machine: its cores split between them
-                "compute": {"workers": max(1, (os.cpu_count() or 1) // len(self.parties))},
+                "compute": p.compute if p.compute is not None
+                else {"workers": max(1, (os.cpu_count() or 1) // len(self.parties))},
                 "policy": local_policy(p, [q.name for q in self.parties], p.policy),
             }
             (self.root / f"{p.name}.toml").write_text(to_toml(cfg))

@@ -94,3 +94,15 @@ def test_guard_fails_closed_without_its_expected_app(tmp_path: Path) -> None:
     out = subprocess.run([str(bindir / "flwr-clientapp"), "--runtime-api-address", "127.0.0.1:9", "--token", "x"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 2 and "refusing to run any task" in out.stderr
+
+
+def test_task_command_reimported_as_a_worker_main_runs_nothing(tmp_path: Path) -> None:
+    """The task command is the ClientApp process's ``__main__``; the compute pool's forkserver and workers
+    re-import it as ``__mp_main__`` (runpy.run_path) before they run anything.  That re-import must run
+    nothing: unguarded it started a second flwr-clientapp there, which exited and broke the pool."""
+    bindir = appguard.prepare_bin_dir(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDCREDIT_GUARD_")}  # main() would refuse, rc 2
+    for cmd in appguard.TASK_COMMANDS:
+        code = f"import runpy; runpy.run_path({str(bindir / cmd)!r}, run_name='__mp_main__'); print('imported')"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        assert (out.returncode, out.stdout.strip(), out.stderr) == (0, "imported", ""), (cmd, out)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,7 +117,8 @@ def test_shards_give_each_worker_its_own_state_and_stop() -> None:
 def test_a_killed_worker_names_the_party_and_the_work() -> None:
     pool = WorkerPool(2, "processes", party="bank1")
     s = pool.session(_init_offset, 0, what="vertical LR products")
-    with pytest.raises(ComputeError, match=r"party 'bank1': .* died .* during vertical LR products at item \d"):
+    with pytest.raises(ComputeError, match=r"party 'bank1': .* \(processes engine\) died .* during vertical LR "
+                                           r"products at item \d.*worker \d+ killed by SIGKILL.*no traceback"):
         list(s.map(_die_on_3, range(8)))
     pids = [p for p in s._w.exs[0]._processes] if s._w.exs[0]._processes else []
     s.close()
@@ -128,11 +132,53 @@ def test_an_exception_in_the_work_is_reraised_unchanged() -> None:
 
 
 def test_a_failing_init_names_the_party_and_the_work() -> None:
-    with pytest.raises(ComputeError, match="party 'fintech': .* during PSI blinding"):
+    # ... and says why: the worker's own traceback, captured in the session's failure file
+    with pytest.raises(ComputeError, match=r"party 'fintech': .* during PSI blinding.*"
+                                           r"it wrote: .*RuntimeError: cannot load the context"):
         with WorkerPool(2, "processes", party="fintech").session(_bad_init, None, what="PSI blinding") as s:
             list(s.map(_noop, [None]))
     with pytest.raises(RuntimeError, match="cannot load the context"):  # inline: the error itself
         WorkerPool(1, "inline").session(_bad_init, None)
+
+
+def test_usage_counts_what_ran_on_worker_processes() -> None:
+    pool = WorkerPool(2, "processes")
+    assert pool.usage() == {"engine": "processes", "workers": 2, "pid": os.getpid(), "sessions": 0, "items": 0,
+                            "worker_pids": []}
+    with pool.session(_init_offset, 0) as s:
+        list(s.map(_add, [np.zeros(1)] * 5))
+        pids = s.pids()
+    u = pool.usage()
+    assert (u["sessions"], u["items"]) == (1, 5) and set(u["worker_pids"]) >= set(pids) and os.getpid() not in pids
+    inline = WorkerPool(1, "processes")
+    with inline.session(_init_offset, 0) as s:
+        list(s.map(_add, [np.zeros(1)] * 5))
+    assert (inline.usage()["sessions"], inline.usage()["items"], inline.usage()["worker_pids"]) == (0, 0, [])
+
+
+UNGUARDED_MAIN = """
+import sys
+if __name__ != "__main__":  # each worker re-imports the program's unguarded __main__: it exits there
+    sys.exit(3)
+from fedcredit.compute import ComputeError, WorkerPool, _pid
+try:
+    with WorkerPool(2, "processes", party="bank1").session(len, "ab", what="PSI blinding") as s:
+        list(s.map(_pid, range(4)))
+except ComputeError as e:
+    print(e)
+"""
+
+
+def test_a_program_whose_main_breaks_the_forkserver_gets_a_named_error(tmp_path: Path) -> None:
+    """Not a raw BrokenPipeError: the party, the work, the engine and how the forkserver or worker ended."""
+    script = tmp_path / "flwr-clientapp"
+    script.write_text(UNGUARDED_MAIN)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+    assert out.returncode == 0, out.stderr
+    msg = out.stdout
+    assert "party 'bank1': a compute worker (processes engine) died or failed to start during PSI blinding" in msg
+    assert "exit code 1" in msg and "died before its session started" in msg, msg
 
 
 def test_pool_config_errors_name_the_field() -> None:

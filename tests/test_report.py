@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -177,20 +178,21 @@ def test_vertical_label_and_passive_reports(tmp_path: Path) -> None:
     assert ev["n"] == rep["global"]["n_test"] and ev["auc"] == pytest.approx(rep["global"]["auc"], abs=1e-6)
     assert ev["gains"] and ev["calibration"] and ev["roc"] and ev["score_hist"]
     page = Page((models[label] / "report.html").read_text())
-    assert page.sections == ["run", "data", "trees", "evaluation", "privacy"]
+    assert page.sections == ["run", "compute", "data", "trees", "evaluation", "privacy"]
     _self_contained(page)
     ref = json.loads((models[label] / "reference.json").read_text())
     assert ref["score"]["rows"] == ev["n"] and abs(sum(ref["score"]["shares"]) - 1) < 1e-6
     assert set(ref["features"]) == {f["name"] for f in lab["data"]["features"]}
 
     pas = json.loads((models[passive] / "report.json").read_text())
-    assert set(pas) - {"format", "title", "party", "role", "run_id", "job_type", "created"} == {"run", "data", "sent",
-                                                                                                 "privacy"}
+    assert set(pas) - {"format", "title", "party", "role", "run_id", "job_type", "created"} == {"run", "compute", "data",
+                                                                                                 "sent", "privacy"}
     assert pas["sent"]["bytes_sent"] == rep["parties"][passive]["bytes_sent"]
     assert sum(r["bytes"] for r in pas["sent"]["by_tag"]) == pas["sent"]["bytes_sent"]
     assert {r["to"] for r in pas["sent"]["by_tag"]} == {label}
     assert not any(seg.isdigit() for r in pas["sent"]["by_tag"] for seg in r["tag"].split("/"))  # kinds, bounded
-    assert Page((models[passive] / "report.html").read_text()).sections == ["run", "data", "sent", "privacy"]
+    assert Page((models[passive] / "report.html").read_text()).sections == ["run", "compute", "data", "sent", "privacy"]
+    assert pas["compute"]["engine"] == lab["compute"]["engine"] and pas["compute"]["pid"] == os.getpid()  # one pool
     # the privacy report: every message it sent has a declared form, the rows of the protocols it ran, the attacks
     for doc, role in ((lab, "label"), (pas, "passive")):
         pv = doc["privacy"]

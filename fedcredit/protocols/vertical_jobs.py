@@ -62,6 +62,7 @@ import numpy as np
 from crypto.files import write_text
 from fedcredit.checkpoint import CheckpointStore, NoCheckpoint, agree_step
 from fedcredit.codec import loads_json
+from fedcredit.compute import default_pool
 from fedcredit.config import JobConfig
 from fedcredit.data import Table, require_numbers
 from fedcredit.errors import ConfigError, DataError, PeerAborted, PolicyRefused, ProtocolError
@@ -585,6 +586,10 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
         **extra,
     }
     from fedcredit.report import vertical_report  # the party's own report: nothing in it leaves the party
+
+    # where this party's HE work ran ([compute]: engine, workers, what went to worker processes and their pids);
+    # in-process simulations share one pool between parties, so there it counts them all
+    report_sections["compute"] = default_pool().usage()
 
     out["report"] = vertical_report(model_dir=model_dir, state_dir=rt.state_dir, reply=out, train=raw_train,
                                     test_y=test.y if is_label else None, test_scores=test_scores if is_label else None,
