@@ -36,6 +36,7 @@ FORMS: Final = {
     "masked": "values masked with randomness only the sender knows (or zero-sum masks among passives)",
     "plaintext aggregate": "plaintext, but a sum over many rows (never one row's value)",
     "plaintext": "plaintext values the receiver reads as they are",
+    "sealed": "a sealed envelope (crypto/envelope.py) to one named peer: the relay can neither open nor alter it",
 }
 
 ATTACK_FIGURES: Final = Path(__file__).with_name("attack_figures.json")
@@ -186,6 +187,8 @@ TABLES: Final[tuple[ProtocolTable, ...]] = (
             Message("h/install_key", "bank", "ciphertext", "its standardization sums, Enc((limbs + masks) mod M)"),
             Message("h/fit", "bank", "ciphertext", "its update (or Newton sums), Enc((limbs + masks) mod M), and "
                     "public AUC/KS/n_test of the decrypted global model on its test rows"),
+            Message("h/attest", "bank", "sealed", "only when a bank dropped out of an aggregation: the survivor set it "
+                    "was told, sealed to each other survivor (the consistency check before any share is revealed)"),
             Message("h/unmask", "bank", "plaintext", "only with dropouts allowed: the shares it holds of the survivors' "
                     "self-mask seeds and the dropped banks' mask keys, for that one aggregation"),
             Message("h/finalize", "bank", "ciphertext", "its test-score histogram, masked and encrypted; public final "
@@ -202,7 +205,8 @@ TABLES: Final[tuple[ProtocolTable, ...]] = (
                        "metrics, message sizes and timing; per unmasked aggregation who sent and who dropped",
                        "every statistic, update and histogram (CKKS, masked)",
                        "any key, rows, labels, n_k, any bank's vector, the global model; with up to t-1 colluding "
-                       "banks still nothing beyond the sum (section 4a)"),
+                       "banks still nothing beyond the sum; lying about who dropped, the sum of one survivor set per "
+                       "aggregation, never two (the consistency check, section 4a)"),
         ),
     ),
     ProtocolTable(
