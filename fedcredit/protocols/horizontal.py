@@ -751,7 +751,8 @@ class _Party:
         """The banks (this one included) whose sealed attestation states exactly ``view``; at least the quorum."""
         me, tag = self.env.name, str(view["tag"])
         body = canonical_json(dict(view))
-        agree, other = [me], []
+        agree: list[str] = [me]
+        other: list[str] = []
         for u in view["survivors"]:
             if u == me or f"att:{u}" not in blobs or u not in self.env.peers:
                 continue
