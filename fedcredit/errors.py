@@ -27,6 +27,10 @@ class ModelMismatch(SecurityError):
     """Parties of a joint model serve different versions of it (activate the same run everywhere)."""
 
 
+class ConsistencyCheckFailed(SecurityError):
+    """A bank was shown a survivor set of a secure aggregation that too few banks attested (a lying coordinator)."""
+
+
 class NotAuthorized(SecurityError):
     """An authenticated caller asked for something its name or role may not have."""
 

@@ -365,7 +365,20 @@ class HorizontalJob(HorizontalParams):
             raise ValueError(f"min_parties ({self.min_parties}) is below the secure-aggregation threshold "
                              f"({self.threshold}): a round after that many dropouts could not be unmasked; "
                              "raise min_parties or lower secagg_threshold")
+        if self.max_dropouts > 0 and self.required < self.view_quorum:
+            raise ValueError(f"min_parties ({self.required}) is below the survivor-set consistency quorum "
+                             f"({self.view_quorum} = max(secagg_threshold, a majority of the {len(self.parties)} "
+                             "parties)): a round after that many dropouts could not be unmasked; raise min_parties")
         return self
+
+    @property
+    def view_quorum(self) -> int:
+        """Banks that must attest one survivor set before any reveals a mask key share (docs/horizontal.md, 4a).
+
+        A strict majority: two different sets attested by a majority each share an attester, and an
+        honest bank attests one set per aggregation.  (Only t attesters would let a lying coordinator
+        split the banks into two groups of t, e.g. 4 banks with t = 2.)"""
+        return max(self.threshold, len(self.parties) // 2 + 1)
 
     @property
     def threshold(self) -> int:

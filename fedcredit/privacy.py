@@ -36,6 +36,7 @@ FORMS: Final = {
     "masked": "values masked with randomness only the sender knows (or zero-sum masks among passives)",
     "plaintext aggregate": "plaintext, but a sum over many rows (never one row's value)",
     "plaintext": "plaintext values the receiver reads as they are",
+    "sealed": "a sealed envelope (crypto/envelope.py) to one named peer: the relay can neither open nor alter it",
 }
 
 ATTACK_FIGURES: Final = Path(__file__).with_name("attack_figures.json")
@@ -186,6 +187,8 @@ TABLES: Final[tuple[ProtocolTable, ...]] = (
             Message("h/install_key", "bank", "ciphertext", "its standardization sums, Enc((limbs + masks) mod M)"),
             Message("h/fit", "bank", "ciphertext", "its update (or Newton sums), Enc((limbs + masks) mod M), and "
                     "public AUC/KS/n_test of the decrypted global model on its test rows"),
+            Message("h/attest", "bank", "sealed", "only when a bank dropped out of an aggregation: the survivor set it "
+                    "was told, sealed to each other survivor (the consistency check before any share is revealed)"),
             Message("h/unmask", "bank", "plaintext", "only with dropouts allowed: the shares it holds of the survivors' "
                     "self-mask seeds and the dropped banks' mask keys, for that one aggregation"),
             Message("h/finalize", "bank", "ciphertext", "its test-score histogram, masked and encrypted; public final "
@@ -202,7 +205,8 @@ TABLES: Final[tuple[ProtocolTable, ...]] = (
                        "metrics, message sizes and timing; per unmasked aggregation who sent and who dropped",
                        "every statistic, update and histogram (CKKS, masked)",
                        "any key, rows, labels, n_k, any bank's vector, the global model; with up to t-1 colluding "
-                       "banks still nothing beyond the sum (section 4a)"),
+                       "banks still nothing beyond the sum; lying about who dropped, the sum of one survivor set per "
+                       "aggregation, never two (the consistency check, section 4a)"),
         ),
     ),
     ProtocolTable(
@@ -310,14 +314,32 @@ def _dp_eps(defence: str) -> float | None:
         return None
 
 
+def _job_dp_epsilon(protocol: str, config: Mapping[str, Any] | None) -> float | None:
+    """ε of the job's ``[model.dp]`` when this party holds no DP report of its own.
+
+    Why: in SecureBoost only the label party adds the noise and reports ε; the passive party approved
+    the same job, so its report must show the label-DP figures too, not the no-DP ones."""
+    d = (config or {}).get("dp")
+    if not isinstance(d, Mapping):
+        return None
+    if isinstance(d.get("epsilon"), int | float):
+        return float(d["epsilon"])
+    z = d.get("noise_multiplier")
+    if protocol == "secureboost" and isinstance(z, int | float):  # one release per tree (fedcredit/dp.py)
+        from fedcredit import dp as dp_
+
+        return dp_.epsilon(float(z), int((config or {}).get("n_trees", 30)), float(d.get("delta", 1e-5)))
+    return None
+
+
 def _applying_figures(protocol: str, config: Mapping[str, Any] | None, dp: Mapping[str, Any]) -> dict[str, Any]:
     """The measured entries for this run's mode; with DP, those of the measured ε nearest the run's (log scale)."""
     doc = attack_figures()
     mode = attack_mode(protocol, config)
     entries = [e for e in doc.get("entries", []) if e.get("protocol") == protocol and e.get("mode") == mode]
-    eps = (dp.get("target_epsilon") or dp.get("epsilon")) if dp else None
+    eps = (dp.get("target_epsilon") or dp.get("epsilon")) if dp else _job_dp_epsilon(protocol, config)
     want, note = "none", ""
-    if dp:
+    if dp or eps is not None:
         measured = sorted({x for e in entries for x in [_dp_eps(str(e.get("defence")))] if x})
         if isinstance(eps, int | float) and eps > 0 and measured:
             near = min(measured, key=lambda m: abs(math.log(m / float(eps))))
@@ -327,8 +349,9 @@ def _applying_figures(protocol: str, config: Mapping[str, Any] | None, dp: Mappi
         else:
             note = "no figure was measured with DP for this configuration: the figures are without DP"
     chosen = [e for e in entries if e.get("defence") == want]
+    measured_by = next((e["command"] for e in chosen if e.get("command")), doc.get("command", "not measured"))
     return {"mode": mode, "defence": want, "entries": chosen, "note": note,
-            "source": "fedcredit/attack_figures.json: " + str(doc.get("command", "not measured")),
+            "source": "fedcredit/attack_figures.json: " + str(measured_by),
             "goal": "passive-party label inference AUC <= 0.55"}
 
 

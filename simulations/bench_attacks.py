@@ -1,6 +1,7 @@
 """Attacks on the vertical protocols, on real transcripts of the benchmark split (issue 12 item 3).
 
     python -m simulations.bench_attacks                 # --data ../shared/data --figures fedcredit/attack_figures.json
+    python -m simulations.bench_attacks --no-vlr --sb-dp-only   # SecureBoost with label DP only
 
 Vertical LR (label party = guest, 13 features + labels; passive = host, 10 features; test = the
 6,000 homo test ids, train = the other 24,000), each configuration run once for real (CKKS,
@@ -22,8 +23,11 @@ winning splits' partitions (and the revealed node rows); label party's reconstru
 features from the left/right bits.
 
 Defences: ``min_batch`` (the label party refuses batches below 512) and label DP (``[model.dp]``,
-fedcredit/dp.py: Gaussian noise on every residual, ε by the RDP accountant) at ε = 8 and 1.
-The figures the privacy report shows are written to ``--figures``.
+fedcredit/dp.py, ε by the RDP accountant): for vertical LR Gaussian noise on every residual at
+ε = 8 and 1; for SecureBoost noise on every gradient at ε = 8, 16 and 64 (``--sb-eps``), both modes.
+The figures the privacy report shows are written to ``--figures``: the entries a run measured
+replace the same protocol / mode / defence, every other entry is kept with the command that
+measured it (so ``--no-vlr --sb-dp-only`` adds the SecureBoost label-DP rows alone).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -101,24 +106,54 @@ def run_vlr(data: Path, only: set[str] | None) -> list[dict[str, Any]]:
     return out
 
 
-def run_sb(data: Path, trees: int) -> list[dict[str, Any]]:
+#: SecureBoost label DP at these target ε (docs/privacy.md's AUC-vs-ε figures: 16 costs 0.04 AUC, 64 0.009)
+SB_EPS = (8.0, 16.0, 64.0)
+
+
+def sb_defence(eps: float | None) -> str:
+    """The figures' defence key of a SecureBoost run: ``none`` or ``label-dp eps=16`` (fedcredit/privacy.py reads it)."""
+    return "none" if eps is None else f"label-dp eps={eps:g}"
+
+
+def run_sb(data: Path, trees: int, eps_list: tuple[float, ...] = SB_EPS, with_none: bool = True) -> list[dict[str, Any]]:
     g = pd.read_csv(data / "default_credit_hetero_guest.csv", dtype={"id": str})
     h = pd.read_csv(data / "default_credit_hetero_host.csv", dtype={"id": str})
     test_ids = set(pd.read_csv(data / "default_credit_homo_test.csv", dtype={"id": str}, usecols=["id"])["id"])
     out = []
+    runs: list[float | None] = ([None] if with_none else []) + list(eps_list)
     for mode in ("hide_membership", "per_level"):
-        cfg = SecureBoostConfig(n_trees=trees, histogram_mode=mode)
-        t0 = time.perf_counter()
-        tr = sba.record(g, h, cfg, test_ids=test_ids)
-        secs = time.perf_counter() - t0
-        li, fr = sba.label_inference(tr), sba.reconstruct_features(tr)
-        print(f"  SecureBoost {mode}: {secs:.1f} s, test AUC {tr.test_auc}, {li['passive_splits']} passive splits, "
-              f"{li['revealed_nodes']} nodes' rows revealed; passive attack AUC {li['best_auc']:.4f} "
-              f"{li['attacks']}; label R² {fr['r2_median_from_bits']:.3f}", flush=True)
-        out.append({"mode": mode, "defence": "none", "description": f"{trees} trees, depth {cfg.max_depth}, {mode}",
-                    "seconds": round(secs, 1), "test_auc": tr.test_auc, "label_inference": li,
-                    "feature_reconstruction": fr})
+        for eps in runs:
+            dp_over: dict[str, Any] = {} if eps is None else {"dp": {"epsilon": eps}}
+            cfg = SecureBoostConfig(n_trees=trees, histogram_mode=mode, **dp_over)
+            t0 = time.perf_counter()
+            tr = sba.record(g, h, cfg, test_ids=test_ids)
+            secs = time.perf_counter() - t0
+            li, fr = sba.label_inference(tr), sba.reconstruct_features(tr)
+            defence = sb_defence(eps)
+            print(f"  SecureBoost {mode} / {defence}: {secs:.1f} s, test AUC {tr.test_auc}, {li['passive_splits']} "
+                  f"passive splits, {li['revealed_nodes']} nodes' rows revealed; passive attack AUC "
+                  f"{li['best_auc']:.4f} {li['attacks']}; label R² {fr['r2_median_from_bits']:.3f}", flush=True)
+            desc = f"{trees} trees, depth {cfg.max_depth}, {mode}" + ("" if eps is None else
+                                                                        f" + [model.dp] epsilon = {eps:g} (noise on every gradient)")
+            out.append({"mode": mode, "defence": defence, "description": desc, "seconds": round(secs, 1),
+                        "test_auc": tr.test_auc, "label_inference": li, "feature_reconstruction": fr})
     return out
+
+
+def merge(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """``new`` figures plus every ``old`` entry this run did not measure (same protocol / mode / defence).
+
+    Why: a partial run (one protocol, the DP rows only) must not drop the others' figures; an
+    entry kept from an earlier run keeps the command that measured it."""
+    def key(e: dict[str, Any]) -> tuple[Any, ...]:
+        return e.get("protocol"), e.get("mode"), e.get("defence")
+
+    measured = {key(e) for e in new["entries"]}
+    kept = [{"command": old.get("command", "unknown"), **e} for e in old.get("entries", []) if key(e) not in measured]
+    done = {(e["protocol"], e["defence"] != "none") for e in new["entries"] + kept}
+    not_measured = [w for w in old.get("not_measured", []) if not (w == "SecureBoost with label DP"
+                                                                      and ("secureboost", True) in done)]
+    return {**new, "not_measured": not_measured, "entries": new["entries"] + kept}
 
 
 def figures(vlr: list[dict[str, Any]], sb: list[dict[str, Any]], command: str) -> dict[str, Any]:
@@ -128,7 +163,7 @@ def figures(vlr: list[dict[str, Any]], sb: list[dict[str, Any]], command: str) -
         for r in runs:
             li, fr = r["label_inference"], r["feature_reconstruction"]
             base = {"protocol": proto, "mode": r["mode"], "defence": r.get("defence", "none"),
-                    "configuration": r["description"], "joint_test_auc": r.get("test_auc")}
+                    "configuration": r["description"], "joint_test_auc": r.get("test_auc"), "command": command}
             if proto == "vertical-lr":
                 entries.append({**base, "attacker": "passive party", "attack": "label inference (gradient inversion "
                                 "/ direction, best)", "metric": "AUC", "value": round(li["best_transcript_attack_auc"], 4),
@@ -153,7 +188,7 @@ def figures(vlr: list[dict[str, Any]], sb: list[dict[str, Any]], command: str) -
                                 "baseline_name": "from its own features"})
     return {"format": "fedcredit-attack-figures/1", "command": command,
             "data": "benchmark split: default_credit_hetero_{guest,host}.csv, test = homo test ids",
-            "not_measured": ["SecureBoost with label DP"],
+            "not_measured": [],
             "entries": entries}
 
 
@@ -164,17 +199,24 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/fedcredit_bench_attacks"))
     ap.add_argument("--vlr", default="", help="comma-separated vertical LR modes to run (default: all)")
     ap.add_argument("--sb-trees", type=int, default=30)
+    ap.add_argument("--sb-eps", default=",".join(f"{e:g}" for e in SB_EPS),
+                    help="SecureBoost label-DP target ε to attack (comma-separated; empty: none)")
+    ap.add_argument("--sb-dp-only", action="store_true", help="SecureBoost: only the label-DP runs")
     ap.add_argument("--no-sb", action="store_true")
+    ap.add_argument("--no-vlr", action="store_true", help="skip vertical LR (its figures are kept)")
     ap.add_argument("--reuse-vlr", action="store_true", help="take the vertical LR results from --out/bench_attacks.json")
     a = ap.parse_args()
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     print(f"attacks on real transcripts of the benchmark split (load average {' '.join(load)})", flush=True)
-    if a.reuse_vlr:
+    if a.no_vlr:
+        vlr: list[dict[str, Any]] = []
+    elif a.reuse_vlr:
         vlr = json.loads((a.out / "bench_attacks.json").read_text())["vertical_lr"]
         print(f"  vertical LR: {len(vlr)} runs from {a.out / 'bench_attacks.json'}")
     else:
         vlr = run_vlr(a.data, set(a.vlr.split(",")) if a.vlr else None)
-    sb = [] if a.no_sb else run_sb(a.data, a.sb_trees)
+    eps = tuple(float(x) for x in a.sb_eps.split(",") if x.strip())
+    sb = [] if a.no_sb else run_sb(a.data, a.sb_trees, eps, with_none=not a.sb_dp_only)
     print()
     print(f"{'protocol / configuration':44s} {'attacker: attack':46s} {'value':>7s} {'baseline':>9s} {'reference':>9s}")
     for r in vlr:
@@ -185,8 +227,8 @@ def main() -> None:
               f"{fr['r2_median_from_own_features']:9.3f} {fr['r2_median_column_space']:9.3f}")
     for r in sb:
         li, fr = r["label_inference"], r["feature_reconstruction"]
-        print(f"{'SecureBoost ' + r['mode']:44s} {'passive: label inference AUC (best sign)':46s} "
-              f"{li['best_auc']:7.4f} {li['no_information_auc']:9.4f} {'':>9s}")
+        print(f"{'SecureBoost ' + r['mode'] + ' / ' + r['defence']:44s} {'passive: label inference AUC (best sign)':46s} "
+              f"{li['best_auc']:7.4f} {li['no_information_auc']:9.4f} {'':>9s}   joint test AUC {r['test_auc']:.4f}")
         print(f"{'':44s} {'label: feature reconstruction median R²':46s} {fr['r2_median_from_bits']:7.3f} "
               f"{fr['r2_median_from_own_features']:9.3f} {'':>9s}")
     print("baseline: no-information AUC (random score) / R² from the label party's own features; reference: the "
@@ -198,12 +240,12 @@ def main() -> None:
               f"{'met' if v <= BAR else 'NOT met'}")
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "bench_attacks.json").write_text(json.dumps({"vertical_lr": vlr, "secureboost": sb}, indent=2))
-    if not a.vlr and not a.no_sb:  # only a complete run replaces the shipped figures
+    if vlr or sb:  # the entries measured here replace theirs; every other entry is kept (merge)
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-        doc = figures(vlr, sb, f"python -m simulations.bench_attacks (at {rev.strip() or 'unknown'})")
+        args = " ".join(sys.argv[1:])
+        cmd = f"python -m simulations.bench_attacks{' ' + args if args else ''} (at {rev.strip() or 'unknown'})"
         old = json.loads(a.figures.read_text()) if a.figures.exists() else {}
-        doc["entries"] += [e for e in old.get("entries", []) if e.get("protocol") not in ("vertical-lr", "secureboost")]
-        a.figures.write_text(json.dumps(doc, indent=2) + "\n")
+        a.figures.write_text(json.dumps(merge(figures(vlr, sb, cmd), old), indent=2) + "\n")
         print(f"figures written to {a.figures}")
 
 

@@ -106,6 +106,36 @@ def test_shipped_figures_cover_both_protocols_and_the_default() -> None:
 
 
 
+def test_a_secureboost_run_with_label_dp_shows_the_label_dp_attack_figures_at_both_parties() -> None:
+    """SecureBoost + [model.dp]: the label party's report has ε (its run JSON), the passive party only the job's
+    [model.dp]; both show the label-inference figures measured with label DP at the nearest ε, in the run's mode."""
+    keys = {(e["mode"], e["defence"]) for e in privacy.attack_figures()["entries"] if e["protocol"] == "secureboost"}
+    assert {(m, f"label-dp eps={x}") for m in ("hide_membership", "per_level") for x in (8, 16, 64)} <= keys
+    cfg = SecureBoostConfig(dp={"epsilon": 16.0}).model_dump()
+    dp = {"option": "label (SecureBoost gradients)", "noise_multiplier": 1.985, "epsilon": 16.0, "target_epsilon": 16.0,
+          "delta": 1e-5}
+    sent = [{"to": "host", "tag": "sb.cmd", "messages": 90, "bytes": 1_000_000}]
+    label = privacy.privacy_section(protocol="secureboost", role="label", sent_by_tag=sent, config=cfg,
+                                    privacy={"dp": dp})
+    passive = privacy.privacy_section(protocol="secureboost", role="passive", sent_by_tag=sent, config=cfg)
+    for pv in (label, passive):
+        att = pv["attacks"]
+        assert (att["mode"], att["defence"], att["note"]) == ("hide_membership", "label-dp eps=16", ""), att
+        fig = {e["attacker"]: e for e in att["entries"]}["passive party"]
+        assert fig["metric"] == "AUC" and fig["baseline_name"] == "no information" and fig["joint_test_auc"] > 0.7
+        assert "--sb-dp-only" in att["source"]  # the command that measured these entries, not the file's last
+    none = {e["attacker"]: e for e in privacy.privacy_section(protocol="secureboost", role="label", sent_by_tag=sent,
+                                                              config=SecureBoostConfig().model_dump())["attacks"]["entries"]}
+    assert fig["value"] < none["passive party"]["value"]  # the DP figure is the lower one
+    near = privacy.privacy_section(protocol="secureboost", role="passive", sent_by_tag=sent,
+                                   config=SecureBoostConfig(histogram_mode="per_level", dp={"epsilon": 10.0}).model_dump())
+    assert (near["attacks"]["mode"], near["attacks"]["defence"]) == ("per_level", "label-dp eps=8")
+    assert "nearest" in near["attacks"]["note"]
+    z = privacy.privacy_section(protocol="secureboost", role="passive", sent_by_tag=sent,  # a noise multiplier: its ε
+                                config=SecureBoostConfig(dp={"noise_multiplier": 0.718}).model_dump())
+    assert z["attacks"]["defence"] == "label-dp eps=64", z["attacks"]
+
+
 def test_a_real_vertical_lr_run_with_label_dp_reports_epsilon_at_the_label_party(tmp_path: Path) -> None:
     """fedcredit simulate (in-process, the same party code as a deployment): PSI + vertical LR with [model.dp]."""
     from rich.console import Console

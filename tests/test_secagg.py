@@ -189,6 +189,16 @@ def test_bank_dropped_mid_round_the_round_completes_with_the_survivors_sum(
     else:  # bank3's update is in the sum; its self-mask came back from the others' shares
         assert entry["survivors"] == BANKS and entry["revealed_by"] == ["bank1", "bank2"]
     assert len(upd["bank3"]) == (1 if when == "before_sending" else 2)  # and it took no part in round 3
+    # the consistency check ran exactly where a bank dropped before sending: one attest hop, to the survivors,
+    # each relayed the other's sealed attestation in its unmask request
+    attests = [(x.receiver, decode_message(x.payload)[0]["tag"]) for x in records if x.tag == "attest"]
+    if when == "before_sending":
+        assert sorted(attests) == [("bank1", "fit-2"), ("bank2", "fit-2")]
+        unmask = next(x for x in records if x.tag == "unmask" and x.receiver == "bank1"
+                      and decode_message(x.payload)[0]["tag"] == "fit-2")
+        assert set(decode_message(unmask.payload)[1]) == {"att:bank2"}
+    else:  # bank3's masked update arrived: nobody dropped out of fit-2, no attest hop
+        assert attests == []
 
 
 def test_too_many_dropouts_fail_the_round_naming_the_banks(banks: dict[str, Path], tmp_path: Path) -> None:
@@ -228,5 +238,115 @@ def test_a_bank_refuses_to_reveal_both_masks_of_one_bank(banks: dict[str, Path],
     handlers["bank2"] = bank2
     job = HorizontalJob(run_id="liar", parties=BANKS, rounds=1, newton_rounds=0, min_parties=2)
     run_coordinator(LocalChannel(handlers, fed.states), job)
-    assert len(forged) == 1
-    assert forged[0]["ok"] is False and "refusing to reveal both" in forged[0]["error"] and "bank1" in forged[0]["error"]
+    assert len(forged) == 1  # bank2 revealed by "nobody dropped" and is bound to that survivor set
+    assert forged[0]["ok"] is False and forged[0]["kind"] == "ConsistencyCheckFailed", forged[0]
+    assert "did not attest" in forged[0]["error"] and "bank1" in forged[0]["error"]
+
+
+# --------------------------------------------------------------------------- (e) a coordinator lying about survivors
+
+
+class _Stop(BaseException):
+    """Ends the run once the attacker has played (BaseException: the coordinator's re-ask logic does not catch it)."""
+
+
+def _lying_coordinator(banks: Mapping[str, Path], tmp: Path, parties: list[str], min_parties: int, tag: str,
+                       play: Any) -> dict[str, Any]:
+    """Run the real protocol up to the first unmask of ``tag``; there the coordinator plays ``play(ask)`` instead,
+    where ``ask(bank, method, survivors, dropped, blobs)`` sends one request and returns the decoded reply."""
+    from fedcredit.protocols.horizontal import encode_message
+
+    fed = make_local_federation({p: banks[p] for p in parties}, {p: None for p in parties}, tmp)
+    job = HorizontalJob(run_id="lies", parties=parties, rounds=2, newton_rounds=0, min_parties=min_parties)
+    out: dict[str, Any] = {}
+
+    class Lying(LocalChannel):
+        def call_all(self, requests: Mapping[str, tuple[str, bytes]]) -> dict[str, bytes]:
+            m, pl = next(iter(requests.values()))  # one hop: the same method and aggregation to every bank
+            if m in ("attest", "unmask") and decode_message(pl)[0].get("tag") == tag:
+                def ask(bank: str, method: str, survivors: list[str], dropped: list[str],
+                        blobs: Mapping[str, bytes] | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
+                    head = {"run_id": job.run_id, "tag": tag, "survivors": survivors, "dropped": dropped}
+                    return decode_message(super(Lying, self).call_all({bank: (method, encode_message(head, blobs))})[bank])
+                out.update(play(ask))
+                raise _Stop
+            return super().call_all(requests)
+
+    with pytest.raises(_Stop):
+        run_coordinator(Lying(fed.channel._handlers, fed.states), job)
+    return out
+
+
+def _held(replies: list[tuple[dict[str, Any], dict[str, bytes]]], kind: str, bank: str) -> int:
+    """How many shares of ``bank``'s self-mask seed (``b``) or mask key (``s``) the coordinator collected."""
+    return len({b[f"{kind}:{bank}"] for h, b in replies if h.get("ok") and f"{kind}:{bank}" in b})
+
+
+@pytest.mark.parametrize("order", ["attest_first", "reveal_first"])
+def test_a_coordinator_telling_banks_different_survivor_sets_cannot_unmask_a_bank(
+    banks: dict[str, Path], tmp_path: Path, order: str
+) -> None:
+    """bank1 sent its masked update of round 1.  The coordinator tells bank2 (and bank3) that bank1 dropped, to
+    collect t = 2 shares of bank1's mask key, and tells bank1 and bank3 nobody dropped, to collect t shares of its
+    self-mask seed: with both it strips every mask off bank1's ciphertext.  An honest bank acts on one survivor
+    set per aggregation and reveals a mask key share only when a majority attested the same set: whichever it
+    asks first, the coordinator ends with fewer than t shares of one of the two, and the banks refuse by name."""
+    everyone, lie = ["bank1", "bank2", "bank3"], ["bank2", "bank3"]
+    seen: list[tuple[dict[str, Any], dict[str, bytes]]] = []
+
+    def play(ask: Any) -> dict[str, Any]:
+        def truth(bank: str) -> None:
+            seen.append(ask(bank, "unmask", everyone, []))
+
+        def claim_dropped() -> None:
+            atts = {b: ask(b, "attest", lie, ["bank1"]) for b in lie}
+            seen.extend(atts.values())
+            for b in lie:  # relay every attestation it got (they are sealed: it can only forward or withhold)
+                relay = {f"att:{u}": r[1][f"att:{b}"] for u, r in atts.items() if r[0]["ok"] and f"att:{b}" in r[1]}
+                seen.append(ask(b, "unmask", lie, ["bank1"], relay))
+
+        if order == "attest_first":
+            claim_dropped()
+            truth("bank1"), truth("bank3")
+        else:
+            truth("bank1"), truth("bank3")
+            claim_dropped()
+        return {}
+
+    _lying_coordinator(banks, tmp_path, everyone, 2, "fit-1", play)
+    b_shares, s_shares = _held(seen, "b", "bank1"), _held(seen, "s", "bank1")
+    assert min(b_shares, s_shares) < 2, (b_shares, s_shares)  # never t of both: bank1's update stays masked
+    refusals = [h for h, _ in seen if not h["ok"]]
+    # a bank that refuses leaves the run (its secure-aggregation material is deleted): later asks find nothing
+    assert refusals and refusals[0]["kind"] == "ConsistencyCheckFailed", refusals
+    assert all(h["kind"] == "ConsistencyCheckFailed" or "before this bank contributed" in h["error"] for h in refusals)
+    assert any("party 'bank3'" in h["error"] and "refusing a second survivor set" in h["error"] for h in refusals)
+    if order == "reveal_first":  # bank2 alone attested "bank1 dropped": below the quorum, it reveals nothing
+        assert s_shares == 0 and any("attested by ['bank2']" in h["error"] for h in refusals)
+
+
+def test_four_banks_split_into_two_groups_of_t_each_refuse(tmp_path: Path) -> None:
+    """4 banks, t = 2: two groups of two, each told the other pair dropped, would each give t shares -- of one
+    pair's mask keys and of the other's self-mask seeds -- if t attestations sufficed.  The quorum is a majority
+    (3): each bank sees two attesters of its set (and the other pair's attestations do not match it)."""
+    four = write_bank_files(tmp_path / "gen", n_banks=4, rows_per_bank=500, test_rows=300, seed=3)
+    parties = ["bank1", "bank2", "bank3", "bank4"]
+    assert HorizontalJob(run_id="q", parties=parties, min_parties=3).view_quorum == 3
+    with pytest.raises(ConfigError, match="consistency quorum"):  # 2 survivors could never pass the check
+        HorizontalJob.from_dict({"run_id": "q", "parties": parties, "min_parties": 2})
+    seen: list[tuple[dict[str, Any], dict[str, bytes]]] = []
+    views = {"bank1": (["bank1", "bank2", "bank3"], ["bank4"]), "bank3": (["bank1", "bank2", "bank3"], ["bank4"]),
+             "bank2": (["bank1", "bank2", "bank4"], ["bank3"]), "bank4": (["bank1", "bank2", "bank4"], ["bank3"])}
+
+    def play(ask: Any) -> dict[str, Any]:
+        atts = {b: ask(b, "attest", *views[b]) for b in parties}
+        assert all(r[0]["ok"] for r in atts.values())  # each bank attests the (first) set it is told
+        for b in parties:  # the coordinator relays every attestation addressed to b, the other group's too
+            relay = {f"att:{u}": r[1][f"att:{b}"] for u, r in atts.items() if f"att:{b}" in r[1]}
+            seen.append(ask(b, "unmask", *views[b], relay))
+        return {}
+
+    _lying_coordinator(four, tmp_path / "fed", parties, 3, "fit-1", play)
+    assert all(h["ok"] is False and h["kind"] == "ConsistencyCheckFailed" for h, _ in seen), seen
+    assert "attested by ['bank1', 'bank3']" in seen[0][0]["error"] and "a different set by ['bank2']" in seen[0][0]["error"]
+    assert not any(b for _, b in seen)  # not one share: with t = 2 attesters bank4's seed and key would both be out

@@ -27,7 +27,10 @@ Flower deployment mode, so steps are merged wherever the data dependencies allow
    Every aggregated vector is masked (crypto/secagg.py): Enc((limbs + masks) mod M), so one
    bank's ciphertext alone decrypts to noise even with the shared key; when dropouts are
    allowed (``min_parties`` < n) an ``unmask`` hop after each aggregation collects the
-   survivors' shares and the coordinator removes the remaining masks homomorphically.
+   survivors' shares and the coordinator removes the remaining masks homomorphically.  When a
+   bank dropped out of that aggregation, an ``attest`` hop comes first: each survivor commits to
+   the survivor set it was told and seals it to every other survivor; a bank reveals mask-key
+   shares only when a majority of the banks (``view_quorum``) attested the same set.
 3. ``fit`` (r=1..R)  -> all:   round 1 carries the summed statistics, later rounds the
    summed previous updates.  The party decrypts, derives the global model
    (``sum_k n_k w_k / sum_k n_k`` -- the total weight rides in the same
@@ -48,7 +51,8 @@ calls and deletes it when its part of the job ends -- at ``finalize`` (all but t
 named to decrypt the global metrics), after ``global_metrics``, when one of its own calls
 fails, or on ``end``.  No deployed model needs it (the global model is plaintext per bank).
 
-Hops: R + 4, or 2R + 6 with dropouts allowed (+1 ``end`` after a failure).  Every payload is ``fedcredit.codec`` framing: a JSON header plus named binary
+Hops: R + 4, or 2R + 6 with dropouts allowed, plus one ``attest`` per aggregation a bank dropped out of
+(+1 ``end`` after a failure).  Every payload is ``fedcredit.codec`` framing: a JSON header plus named binary
 blobs (no pickle).  The leakage table (what each role sees in plaintext) is in
 ``docs/horizontal.md``.
 """
@@ -71,10 +75,18 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from crypto import ckks, secagg
 from crypto.envelope import open_sealed, seal
+from crypto.signing import canonical_json
 from fedcredit import codec, dp, metrics
 from fedcredit.channel import Handler, PartyChannel, StateStore
 from fedcredit.data import OneHotEncoding, Table, schema_fingerprint
-from fedcredit.errors import ConfigError, DataError, FedCreditError, ProtocolError, SecurityError
+from fedcredit.errors import (
+    ConfigError,
+    ConsistencyCheckFailed,
+    DataError,
+    FedCreditError,
+    ProtocolError,
+    SecurityError,
+)
 from fedcredit.models import Model, make_model, save_model
 from fedcredit.params import HorizontalJob
 
@@ -385,14 +397,17 @@ class Method:
     INSTALL_KEY: Final = "install_key"  # coordinator -> all: key envelope (not the holder), peers' secagg bundles;
     # replies masked stats
     FIT: Final = "fit"  # coordinator -> all: summed stats (r=1) or summed updates; replies masked update + metrics
-    UNMASK: Final = "unmask"  # coordinator -> survivors of one aggregation: who sent, who dropped; replies shares
+    ATTEST: Final = "attest"  # coordinator -> survivors of an aggregation a bank dropped out of: who sent, who
+    # dropped; replies that view sealed to each other survivor (the consistency check, before any share is revealed)
+    UNMASK: Final = "unmask"  # coordinator -> survivors of one aggregation: who sent, who dropped (+ the others'
+    # attestations of that view when a bank dropped); replies shares
     FINALIZE: Final = "finalize"  # coordinator -> all: last sum, metrics_party; replies metrics + masked histogram
     GLOBAL_METRICS: Final = "global_metrics"  # coordinator -> metrics_party: summed histogram; replies AUC/KS
     END: Final = "end"  # coordinator -> parties that may hold the key (after failure/drop): delete it
 
 
-_METHODS = (Method.SETUP, Method.INSTALL_KEY, Method.FIT, Method.UNMASK, Method.FINALIZE, Method.GLOBAL_METRICS,
-            Method.END)
+_METHODS = (Method.SETUP, Method.INSTALL_KEY, Method.FIT, Method.ATTEST, Method.UNMASK, Method.FINALIZE,
+            Method.GLOBAL_METRICS, Method.END)
 
 
 def _safe(run_id: str) -> str:
@@ -434,7 +449,7 @@ class _Party:
             return
         job = HorizontalJob.from_dict(json.loads(raw))
         for k in ("sa-own", *[f"sa-from-{p}" for p in job.parties],
-                  *[f"sa-{w}-{t}" for t in secagg_tags(job) for w in ("members", "revealed")]):
+                  *[f"sa-{w}-{t}" for t in secagg_tags(job) for w in ("members", "revealed", "view")]):
             state.delete(self._key(run_id, k))
 
     # -- secure aggregation
@@ -675,26 +690,104 @@ class _Party:
         t = self._train(job)
         return {}, {"stats": self._masked(job, ctx, state, STATS_TAG, "stats", local_stats(t.X), members)}
 
-    def unmask(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
-        """Reveal this bank's shares for one aggregation: of the self-mask seed of each bank whose masked vector
-        arrived, of the mask key of each bank that dropped before sending -- never both for one bank."""
-        job = self._job(header, state)
+    def _view(self, job: HorizontalJob, header: Mapping[str, Any], state: StateStore, what: str) -> dict[str, Any]:
+        """The survivor set of one aggregation as the coordinator states it, checked against what this bank knows:
+        a split of the members it masked among, with at least t survivors including this bank."""
         me, tag = self.env.name, str(header.get("tag", ""))
         if tag not in secagg_tags(job):
-            raise ProtocolError(f"party '{me}': unmask of unknown aggregation '{tag}' in run '{job.run_id}'")
+            raise ProtocolError(f"party '{me}': {what} of unknown aggregation '{tag}' in run '{job.run_id}'")
         if job.max_dropouts == 0:
             raise SecurityError(f"party '{me}': run '{job.run_id}' allows no dropouts (min_parties = all parties); "
                                 f"refusing to reveal secure-aggregation shares for '{tag}'")
         raw = state.get(self._key(job.run_id, f"sa-members-{tag}"))
         if raw is None:
-            raise ProtocolError(f"party '{me}': unmask of '{tag}' before this bank contributed to it")
+            raise ProtocolError(f"party '{me}': {what} of '{tag}' before this bank contributed to it")
         members = json.loads(raw)
-        survivors, dropped = [str(p) for p in header.get("survivors", [])], [str(p) for p in header.get("dropped", [])]
+        survivors = sorted(str(p) for p in header.get("survivors", []))
+        dropped = sorted(str(p) for p in header.get("dropped", []))
         if (me not in survivors or set(survivors) & set(dropped) or set(survivors) | set(dropped) != set(members)
-                or len(survivors) < job.threshold):
-            raise SecurityError(f"party '{me}': unmask of '{tag}' names survivors {survivors} and dropped {dropped}; "
+                or len(survivors) != len(set(survivors)) or len(survivors) < job.threshold):
+            raise SecurityError(f"party '{me}': {what} of '{tag}' names survivors {survivors} and dropped {dropped}; "
                                 f"expected a split of the members {members} with at least {job.threshold} survivors "
                                 "including this bank")
+        return {"tag": tag, "survivors": survivors, "dropped": dropped}
+
+    def _commit_view(self, job: HorizontalJob, view: Mapping[str, Any], state: StateStore) -> None:
+        """This bank acts on ONE survivor set per aggregation (attests it, reveals by it): a second one is refused."""
+        key = self._key(job.run_id, f"sa-view-{view['tag']}")
+        prev = state.get(key)
+        if prev is not None and json.loads(prev) != dict(view):
+            old = json.loads(prev)
+            raise ConsistencyCheckFailed(
+                f"party '{self.env.name}': aggregation '{view['tag']}' of run '{job.run_id}' was stated with survivors "
+                f"{old['survivors']} / dropped {old['dropped']} and now with survivors {view['survivors']} / dropped "
+                f"{view['dropped']}; refusing a second survivor set")
+        state.put(key, json.dumps(dict(view)).encode())
+
+    def _view_aad(self, job: HorizontalJob, tag: str, sender: str, recipient: str) -> bytes:
+        return f"fedcredit/{PROTOCOL}/{job.run_id}/secagg-view/{tag}/{sender}->{recipient}".encode()
+
+    def attest(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
+        """The consistency check's first half (Bonawitz et al. 2017, ConsistencyCheck), asked only when a bank
+        dropped out of the aggregation: commit to the survivor set stated and tell each other survivor, sealed
+        with this bank's certificate-bound envelope key (the coordinator relays it, cannot forge or alter it)."""
+        job = self._job(header, state)
+        view = self._view(job, header, state, "attest")
+        if len(view["survivors"]) < job.view_quorum:
+            raise ConsistencyCheckFailed(
+                f"party '{self.env.name}': aggregation '{view['tag']}' names {len(view['survivors'])} survivor(s) "
+                f"{view['survivors']}; the consistency check needs {job.view_quorum} banks attesting one survivor set")
+        self._commit_view(job, view, state)
+        body = canonical_json(view)
+        me = self.env.name
+        missing = [u for u in view["survivors"] if u != me and u not in self.env.peers]
+        if missing:
+            raise SecurityError(f"party '{me}' has no verified envelope key (certificate) for party(ies) {missing}")
+        return {}, {f"att:{u}": seal(body, self.env.peers[u], self.env.envelope_private,
+                                     self._view_aad(job, view["tag"], me, u))
+                    for u in view["survivors"] if u != me}
+
+    def _check_quorum(self, job: HorizontalJob, view: Mapping[str, Any], blobs: Mapping[str, bytes]) -> list[str]:
+        """The banks (this one included) whose sealed attestation states exactly ``view``; at least the quorum."""
+        me, tag = self.env.name, str(view["tag"])
+        body = canonical_json(dict(view))
+        agree: list[str] = [me]
+        other: list[str] = []
+        for u in view["survivors"]:
+            if u == me or f"att:{u}" not in blobs or u not in self.env.peers:
+                continue
+            try:
+                said = open_sealed(blobs[f"att:{u}"], self.env.envelope_private, self.env.peers[u],
+                                   self._view_aad(job, tag, u, me))
+            except SecurityError as e:
+                raise ConsistencyCheckFailed(f"party '{me}': the attestation of '{tag}' relayed as party '{u}''s "
+                                             f"failed to open: {e}") from None
+            (agree if said == body else other).append(u)
+        if len(agree) < job.view_quorum:
+            raise ConsistencyCheckFailed(
+                f"party '{me}': aggregation '{tag}' of run '{job.run_id}': survivors {view['survivors']} / dropped "
+                f"{view['dropped']} attested by {sorted(agree)}" + (f" (a different set by {sorted(other)})" if other
+                                                                    else "") +
+                f"; {job.view_quorum} banks must attest the same set before this bank reveals any share")
+        return agree
+
+    def unmask(self, header: Mapping[str, Any], blobs: Mapping[str, bytes], state: StateStore):
+        """Reveal this bank's shares for one aggregation: of the self-mask seed of each bank whose masked vector
+        arrived, of the mask key of each bank that dropped before sending -- never both for one bank.
+
+        When a bank dropped, only after ``view_quorum`` banks attested this same survivor set (:meth:`attest`):
+        a coordinator that states different sets to different banks gets no mask key shares."""
+        job = self._job(header, state)
+        view = self._view(job, header, state, "unmask")
+        me, tag, survivors, dropped = self.env.name, view["tag"], view["survivors"], view["dropped"]
+        if dropped:
+            prev = state.get(self._key(job.run_id, f"sa-view-{tag}"))
+            if prev is None or json.loads(prev) != view:
+                raise ConsistencyCheckFailed(f"party '{me}': unmask of '{tag}' names dropped bank(s) {dropped} but "
+                                             "this bank did not attest that survivor set; refusing to reveal")
+            self._check_quorum(job, view, blobs)
+        else:  # nobody dropped: only self-mask seeds, and this bank is bound to that set from now on
+            self._commit_view(job, view, state)
         key = self._key(job.run_id, f"sa-revealed-{tag}")
         revealed: dict[str, str] = json.loads(state.get(key) or b"{}")
         asked = {**{u: "b" for u in survivors}, **{d: "s" for d in dropped}}
@@ -1061,8 +1154,17 @@ class _Coordinator:
         if self.job.max_dropouts == 0 and not dropped:  # pairwise masks cancel; there are no self-masks
             return total
         asked = [p for p in survivors if p in self.alive]
-        rep = self.call(Method.UNMASK, {p: self.msg({"tag": tag, "survivors": survivors, "dropped": dropped})
-                                        for p in asked})
+        view = {"tag": tag, "survivors": survivors, "dropped": dropped}
+        relay: dict[str, dict[str, bytes]] = {p: {} for p in asked}
+        if dropped:  # the consistency check: every survivor attests this set to the others before any reveals
+            att = self.call(Method.ATTEST, {p: self.msg(view) for p in asked})
+            if len(att) < self.job.view_quorum:
+                raise ProtocolError(
+                    f"run '{self.job.run_id}' failed: aggregation '{tag}' cannot be unmasked: {len(att)} bank(s) "
+                    f"{sorted(att)} attested its survivor set, the consistency quorum is {self.job.view_quorum}")
+            asked = sorted(att)
+            relay = {p: {f"att:{u}": b[f"att:{p}"] for u, (_, b) in att.items() if f"att:{p}" in b} for p in asked}
+        rep = self.call(Method.UNMASK, {p: self.msg(view, relay[p]) for p in asked})
         thr = self.job.threshold
         if len(rep) < thr:
             reasons = "; ".join(f"party '{p}': {self.dropped.get(p, 'no reply')}" for p in sorted(set(members) - set(rep)))
