@@ -107,3 +107,19 @@ def test_secureboost_per_level_mode_reveals_node_rows_to_the_passive() -> None:
     li = sba.label_inference(t)
     assert {"small_nodes", "co_membership"} <= set(li["attacks"]) and li["revealed_nodes"] == len(t.node_rows)
     assert li["best_auc"] > li["no_information_auc"]
+
+
+def test_shared_weights_leave_the_passive_nothing_that_ranks_the_labels(tables: tuple[Table, Table]) -> None:
+    """passive_weights = "shared": the same attacks on everything the passive holds (its gradient shares, its weight
+    share at the best point, the control bits) rank the training rows no better than chance (issue 12's bar,
+    AUC <= 0.55), where plaintext mode's own model part alone ranks them at ~0.7 on this data."""
+    g, h = _head(tables, 3000)
+    plain = vla.label_inference(vla.record(g, h, VerticalLRConfig(full_batch_steps=10)))
+    t = vla.record(g, h, VerticalLRConfig(full_batch_steps=10, passive_weights="shared"))
+    li = vla.label_inference(t)
+    assert plain["own_model_part_auc"] > 0.62, plain
+    assert all(s.gradient is not None for s in t.steps)
+    assert li["best_auc"] <= 0.55, li
+    assert li["own_model_part_auc"] <= 0.55 and li["best_transcript_attack_auc"] <= 0.55, li
+    # the label party's view is unchanged: it still decrypts the partial logits X_k w_k (the stated limit)
+    assert t.steps[0].partial is not None and np.all(np.isfinite(t.steps[0].partial))
