@@ -111,15 +111,19 @@ def test_secureboost_per_level_mode_reveals_node_rows_to_the_passive() -> None:
 
 def test_shared_weights_leave_the_passive_nothing_that_ranks_the_labels(tables: tuple[Table, Table]) -> None:
     """passive_weights = "shared": the same attacks on everything the passive holds (its gradient shares, its weight
-    share at the best point, the control bits) rank the training rows no better than chance (issue 12's bar,
-    AUC <= 0.55), where plaintext mode's own model part alone ranks them at ~0.7 on this data."""
+    share at the best point, the control bits).  Its shares are sums of its own uniform masks, so any score built
+    from them is a random direction in its feature space: its AUC is 0.5 in expectation, and one run lands inside
+    the spread of random directions (which ranks the rows by chance).  Plaintext mode's own model part ranks them
+    at ~0.7 on this data, outside that spread."""
     g, h = _head(tables, 3000)
-    plain = vla.label_inference(vla.record(g, h, VerticalLRConfig(full_batch_steps=10)))
-    t = vla.record(g, h, VerticalLRConfig(full_batch_steps=10, passive_weights="shared"))
+    plain = vla.label_inference(vla.record(g, h, VerticalLRConfig(max_epochs=5, full_batch_steps=4)))
+    t = vla.record(g, h, VerticalLRConfig(max_epochs=5, full_batch_steps=4, passive_weights="shared"), mask_seed=12)
     li = vla.label_inference(t)
-    assert plain["own_model_part_auc"] > 0.62, plain
+    band = li["random_direction_auc_p95_deviation"]
+    assert plain["own_model_part_auc"] > 0.5 + band, plain
     assert all(s.gradient is not None for s in t.steps)
-    assert li["best_auc"] <= 0.55, li
-    assert li["own_model_part_auc"] <= 0.55 and li["best_transcript_attack_auc"] <= 0.55, li
+    for name, a in [*li["attacks"].items(), ("own model share", li["own_model_part_auc"])]:
+        assert abs(a - 0.5) <= band, (name, a, li)
+    assert li["inversion_sign_accuracy"] < li["majority_accuracy"]
     # the label party's view is unchanged: it still decrypts the partial logits X_k w_k (the stated limit)
     assert t.steps[0].partial is not None and np.all(np.isfinite(t.steps[0].partial))

@@ -93,12 +93,14 @@ def _recording_final_share(store: list[np.ndarray]) -> Iterator[None]:
 
 
 @contextmanager
-def _recording_masks(store: list[np.ndarray]) -> Iterator[None]:
-    """The passive's own slot masks, in order (a curious passive keeps them: it drew them)."""
+def _recording_masks(store: list[np.ndarray], seed: int | None = None) -> Iterator[None]:
+    """The passive's own slot masks, in order (a curious passive keeps them: it drew them); ``seed``: drawn from a
+    seeded generator instead of the OS CSPRNG, so a measurement can be repeated exactly."""
     orig = vlr._uniform_mask
+    rng = np.random.default_rng(seed) if seed is not None else None
 
     def keep(n: int, bound: float) -> np.ndarray:
-        m = orig(n, bound)
+        m = orig(n, bound) if rng is None else rng.uniform(-bound, bound, n)
         store.append(m)
         return m
 
@@ -110,8 +112,11 @@ def _recording_masks(store: list[np.ndarray]) -> Iterator[None]:
 
 
 def record(guest: Table, host: Table, cfg: VerticalLRConfig, *, test_ids: set[str] | frozenset[str] | None = None,
-           hub_timeout: float = 600.0) -> Transcript:
-    """Run vertical LR for real (CKKS, in-process roles, every message observed) and rebuild both views."""
+           hub_timeout: float = 600.0, mask_seed: int | None = None) -> Transcript:
+    """Run vertical LR for real (CKKS, in-process roles, every message observed) and rebuild both views.
+
+    ``mask_seed``: the passive's slot masks from a seeded generator (reproducible tests; with shared weights they
+    are the whole of its weight share)."""
     common = set(host.ids)
     order = [i for i in guest.ids if i in common]
     guest, host = guest.align(order), host.align(order)
@@ -119,7 +124,7 @@ def record(guest: Table, host: Table, cfg: VerticalLRConfig, *, test_ids: set[st
     masks: list[np.ndarray] = []
     final_share: list[np.ndarray] = []
     shared = cfg.passive_weights == "shared"
-    with _recording_masks(masks), _recording_final_share(final_share):
+    with _recording_masks(masks, mask_seed), _recording_final_share(final_share):
         out = run_vertical_lr_inprocess(guest, {host.party: host}, cfg, test_ids=test_ids, psi=False,
                                         observers=[wire.append], hub_timeout=hub_timeout)
     secret = ckks.load_secret(out.label.model.secret_context) if out.label.model.secret_context else None
@@ -251,6 +256,11 @@ def label_inference(t: Transcript) -> dict[str, Any]:
     acc = float(np.mean((inv > 0) == (y > 0.5)))  # the sign rule: d̂ < 0 <=> y = 1
     transcript_best = max(attacks.values())
     own = auc(y, t.X_passive @ t.passive_weights)
+    # a score that knows nothing about the labels but uses the passive's features: random directions in its
+    # column space.  Their AUC spreads around 0.5 (a random direction correlates with the predictive one by
+    # chance); an attack inside this band tells the passive nothing it could not draw itself.
+    rng = np.random.default_rng(0)
+    rand = np.array([auc(y, t.X_passive @ rng.normal(size=t.X_passive.shape[1])) for _ in range(200)])
     return {
         "attacks": attacks,
         "best_transcript_attack_auc": transcript_best,
@@ -258,6 +268,8 @@ def label_inference(t: Transcript) -> dict[str, Any]:
         "own_model_part_auc": own,
         "best_auc": max(transcript_best, own),
         "no_information_auc": random_baseline(y),
+        "random_direction_auc_sd": float(np.std(rand)),
+        "random_direction_auc_p95_deviation": float(np.percentile(np.abs(rand - 0.5), 95)),
         "majority_accuracy": float(max(y.mean(), 1 - y.mean())),
         "n_rows": len(y),
         "n_steps": len(t.steps),
