@@ -443,3 +443,16 @@ def test_shared_weights_refuse_a_scorecard() -> None:
 
     with pytest.raises((ConfigError, ValueError), match="shared"):
         VerticalLRModel.from_dict({"passive_weights": "shared", "binning": {}, "scorecard": {}})
+
+
+def test_shared_weights_privacy_report_uses_its_own_leakage_rows() -> None:
+    from fedcredit.privacy import privacy_section
+
+    sent = [{"to": "guest", "tag": "vlr/z/0/0", "messages": 1, "bytes": 10}]
+    sec = privacy_section(protocol="vertical-lr", role="passive", sent_by_tag=sent,
+                          config=VerticalLRConfig(passive_weights="shared").public())
+    assert sec["mode"] == "shared-weights" and sec["sent"][0]["form"] == "ciphertext"
+    assert any(r["mode"] == "shared-weights" and r["role"] == "passive" for r in sec["leakage"])
+    plain = privacy_section(protocol="vertical-lr", role="passive", sent_by_tag=sent,
+                            config=VerticalLRConfig().public())
+    assert plain["mode"] == "default" and plain["sent"][0]["form"] == "masked"
