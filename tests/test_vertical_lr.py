@@ -448,7 +448,7 @@ def test_shared_weights_refuse_a_scorecard() -> None:
 def test_shared_weights_privacy_report_uses_its_own_leakage_rows() -> None:
     from fedcredit.privacy import privacy_section
 
-    sent = [{"to": "guest", "tag": "vlr/z/0/0", "messages": 1, "bytes": 10}]
+    sent = [{"to": "guest", "tag": "vlr/z", "messages": 1, "bytes": 10}]
     sec = privacy_section(protocol="vertical-lr", role="passive", sent_by_tag=sent,
                           config=VerticalLRConfig(passive_weights="shared").public())
     assert sec["mode"] == "shared-weights" and sec["sent"][0]["form"] == "ciphertext"
