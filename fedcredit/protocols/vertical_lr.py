@@ -24,6 +24,17 @@ per passive per step.  The ciphertext work is :func:`crypto.ckks.encrypt_chunks`
 each passive returns ``z_k`` for the requested ids; L adds them to its own logit
 (:func:`passive_partial_scores`, :func:`combine`, :func:`request_scores`,
 :func:`serve_scores`).  The leakage table is in docs/vertical_lr.md.
+
+``passive_weights = "shared"`` (docs/vertical_lr.md, "Shared weights"): ``w_k = a_k + b_k``, ``a_k``
+at P_k and ``b_k`` at L.  Per step L sends Enc(b_k + mu v^b_k) (one replicated ciphertext per
+feature), P_k returns Enc(X_k (a + b) + pair masks + noise) and L decrypts Σ_k z_k as before; L
+keeps the masked gradient sums as its share (no ``gs`` message), P_k's share is minus its masks.
+At the end P_k keeps only Enc(w_k) and scoring answers ciphertexts.  Deviations from the brief,
+with reasons: the passive adds its share to Enc(b) *before* the plaintext products (so shares of
+~10^5 lose no precision and float64 shares suffice, no fixed-point ring); the full-batch momentum
+restart (g·v > 0) of a passive block is skipped (the test needs both shares; the label party's
+guard and settled-loss stop still apply); P_k adds Gaussian noise 2^-10 to its encrypted partial
+logits so the CKKS error of its products (a function of X_k) reaches L drowned.
 """
 
 from __future__ import annotations
