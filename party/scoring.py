@@ -415,8 +415,8 @@ class ScoringService:
         X = X_all[rows]
         rep = pb.PartialReply(party=self.party, model_hash=man.model_hash, kind=m.kind)
         answer = m.model.answer(X)
-        if isinstance(answer, bytes):  # a shared-weights vertical LR part: Enc(X_k w_k), opened by the label party
-            rep.encrypted_partials = answer
+        if KINDS[m.kind].answer_field == "partial_logits" and isinstance(answer, bytes):
+            rep.encrypted_partials = answer  # a shared-weights vertical LR part: Enc(X_k w_k), opened by the label party
         elif KINDS[m.kind].answer_field == "partial_logits":
             rep.partial_logits.extend(np.asarray(answer, dtype=np.float64).tolist())
         else:
