@@ -433,6 +433,105 @@ def masked_column_products(
     return out
 
 
+def encrypt_replicated(ctx: Context, values: np.ndarray) -> list[bytes]:
+    """One serialized CKKS vector per value, the value in every slot (vertical LR's shared weights).
+
+    Why replicated: the receiver multiplies each by a plaintext column of any chunk of rows
+    (:func:`encrypted_dot_chunks`) with no rotation; a constant encodes almost exactly, so a large
+    share loses no precision.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or not np.all(np.isfinite(arr)):
+        raise DataError(f"encrypt_replicated expects a finite 1-D vector, got shape {arr.shape}")
+    tctx = _ts(ctx)
+    slots = slot_count(ctx)
+    return [ts.ckks_vector(tctx, [float(v)] * slots).serialize() for v in arr]
+
+
+def _load_all(ctx: Context, cts: Sequence[bytes], what: str) -> list[ts.CKKSVector]:
+    try:
+        return [ts.ckks_vector_from(_ts(ctx), blob) for blob in cts]
+    except Exception as e:  # TenSEAL raises bare exceptions for foreign ciphertexts
+        raise ProtocolError(f"{what} is invalid: {e}") from None
+
+
+def shift_replicated(ctx: Context, cts: Sequence[bytes], shift: np.ndarray, *, what: str) -> list[bytes]:
+    """``Enc(b_j) + shift_j`` for :func:`encrypt_replicated` ciphertexts (no level used): ``Enc(w) = Enc(b) + a``."""
+    vecs = _load_all(ctx, cts, what)
+    sh = np.asarray(shift, dtype=np.float64)
+    if sh.shape != (len(vecs),):
+        raise DataError(f"{what}: {len(vecs)} ciphertexts but a shift of shape {sh.shape}")
+    slots = slot_count(ctx)
+    out = []
+    for v, s in zip(vecs, sh, strict=True):
+        if v.size() != slots:
+            raise ProtocolError(f"{what}: a weight ciphertext holds {v.size()} values, expected {slots} (replicated)")
+        out.append((v + [float(s)] * slots).serialize())
+    return out
+
+
+def encrypted_dot_chunks(
+    ctx: Context, weights: Sequence[bytes], X: np.ndarray, add: np.ndarray, *, what: str,
+    shift: np.ndarray | None = None,
+) -> list[bytes]:
+    """``Enc(X w + add)`` in chunks of ``slot_count`` rows from replicated weight ciphertexts ``Enc(w_j)``.
+
+    ``weights`` are :func:`encrypt_replicated` ciphertexts (one per column of ``X``); ``shift``
+    (plaintext, optional) is added to each weight first -- ``Enc(b) + a`` -- so the product is
+    taken on the small sum ``w`` and large shares cost no precision.  One plaintext
+    multiplication per column and chunk, no rotation; ``X`` and ``add`` are zero-padded to
+    whole chunks.  The key holder decrypts with :func:`decrypt_chunks`.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    add = np.asarray(add, dtype=np.float64)
+    if X.ndim != 2 or add.shape != (X.shape[0],) or len(weights) != X.shape[1]:
+        raise DataError(f"{what}: matrix {X.shape}, addend {add.shape} and {len(weights)} weight ciphertexts do not fit")
+    slots = slot_count(ctx)
+    vecs = _load_all(ctx, shift_replicated(ctx, weights, shift, what=what) if shift is not None else weights, what)
+    if any(v.size() != slots for v in vecs):
+        raise ProtocolError(f"{what}: a weight ciphertext is not replicated over {slots} slots")
+    n = X.shape[0]
+    k = max(1, -(-n // slots))
+    Xp = np.zeros((k * slots, X.shape[1]))
+    Xp[:n] = X
+    ap = np.zeros(k * slots)
+    ap[:n] = add
+    out: list[bytes] = []
+    tctx = _ts(ctx)
+    for i in range(k):
+        rows = slice(i * slots, (i + 1) * slots)
+        if not vecs:  # no column: the addend alone
+            out.append(ts.ckks_vector(tctx, ap[rows].tolist()).serialize())
+            continue
+        acc = vecs[0] * Xp[rows, 0].tolist()
+        for j in range(1, len(vecs)):
+            acc += vecs[j] * Xp[rows, j].tolist()
+        acc += ap[rows].tolist()
+        out.append(acc.serialize())
+    return out
+
+
+def decrypt_chunks(ctx: SecretContext, cts: Sequence[bytes], n: int, *, what: str) -> np.ndarray:
+    """The first ``n`` values of the concatenated slots of :func:`encrypted_dot_chunks` ciphertexts (key holder only).
+
+    Unflooded: the key holder keeps these values (vertical LR's partial logits, which it learns by design).
+    """
+    tctx = _require_secret(ctx, f"decrypt {what}")
+    slots = slot_count(ctx)
+    if len(cts) != max(1, -(-n // slots)):
+        raise ProtocolError(f"{what}: {len(cts)} ciphertexts for {n} values ({slots} per ciphertext expected)")
+    parts = []
+    for c, blob in enumerate(cts):
+        try:
+            vals = np.asarray(ts.ckks_vector_from(tctx, blob).decrypt(), dtype=np.float64)
+        except Exception as e:  # TenSEAL raises bare exceptions for foreign ciphertexts
+            raise ProtocolError(f"{what}: ciphertext {c} is invalid: {e}") from None
+        if len(vals) != slots:
+            raise ProtocolError(f"{what}: ciphertext {c} holds {len(vals)} values, expected {slots}")
+        parts.append(vals)
+    return np.concatenate(parts)[:n]
+
+
 # Bound on the CKKS error of one slot sum returned by decrypt_sums, for ciphertexts made by
 # masked_column_products at N=8192, coeff_mod_bit_sizes (60, 40, 40, 60), scale 2^40, from a
 # residual chunk |r| <= 2^12 and a column whose squares sum to <= 2^15 over the chunk (a

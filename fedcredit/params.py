@@ -449,6 +449,9 @@ class VerticalLRConfig(Params):
     tag_prefix: str = Field("vlr", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     timeout: float | None = Field(None, gt=0)  # per message; None = transport default
     dp: LabelDP | None = None  # [model.dp]: label DP, noise on every residual (off without the table)
+    # "shared": each passive block's weights are additive shares (passive a_k + label party b_k), never in plaintext
+    # at the passive; its final part is Enc(w_k) under the label party's key (docs/vertical_lr.md, "Shared weights")
+    passive_weights: Literal["plaintext", "shared"] = "plaintext"
 
     _n = field_validator("poly_modulus_degree")(classmethod(lambda cls, v: _poly_degree(v)))
     _bits = field_validator("coeff_mod_bit_sizes")(classmethod(lambda cls, v: tuple(_coeff_bits(list(v)))))
@@ -479,7 +482,7 @@ class VerticalLRConfig(Params):
     def public(self) -> dict[str, Any]:
         """The part the label party announces to passive parties."""
         keys = ("learning_rate", "momentum", "precondition", "l2", "max_epochs", "batch_size", "validation_fraction",
-                "seed", "full_batch_steps", "full_batch_learning_rate", "full_batch_momentum")
+                "seed", "full_batch_steps", "full_batch_learning_rate", "full_batch_momentum", "passive_weights")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -592,6 +595,10 @@ class VerticalLRModel(VerticalLRConfig, VerticalJobParams):
         if self.scorecard is not None and self.binning is not None and getattr(self.binning, "only", False):
             raise ValueError("[model.scorecard] with [model.binning].only = true: binning alone trains no LR, "
                              "so there are no points")
+        if self.scorecard is not None and self.passive_weights == "shared":
+            raise ValueError("[model.scorecard] with [model].passive_weights = \"shared\": a passive party's points per "
+                             "bin are its plaintext weights, which shared mode never gives it; use "
+                             "passive_weights = \"plaintext\" for a scorecard")
         return self
 
 

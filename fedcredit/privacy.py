@@ -116,6 +116,47 @@ TABLES: Final[tuple[ProtocolTable, ...]] = (
         ),
     ),
     ProtocolTable(
+        "vertical-lr", "shared-weights", "docs/vertical_lr.md#shared-weights",
+        (
+            Message("vlr/setup", "label", "plaintext", "hyper-parameters (passive_weights = \"shared\"), party list, "
+                    "row counts, id digests"),
+            Message("vlr/ctx", "label", "public", "the public CKKS context (no secret key)"),
+            Message("vlr/hello", "passive", "plaintext", "its feature count"),
+            Message("vlr/pairseed", "passive", "plaintext", "a 32-byte zero-sum mask seed for another passive (>= 2)"),
+            Message("vlr/wb", "label", "ciphertext", "Enc(b_k + μ·v_k): its share of the passive's look-ahead weights, "
+                    "one replicated ciphertext per passive feature"),
+            Message("vlr/z", "passive", "ciphertext", "Enc(X_k·(a_k + b_k) + pair masks + noise σ = 2^-10) of the batch "
+                    "rows (one passive: the label party decrypts X_k·w_k; >= 2: only the sum is unmasked)"),
+            Message("vlr/r", "label", "ciphertext", "Enc(2^12·d): the batch residuals"),
+            Message("vlr/g", "passive", "masked", "per own column Enc(2^12·d) ⊙ x_c + m_c; the label party keeps the "
+                    "slot sums as its gradient share (nothing returns)"),
+            Message("vlr/wbv", "label", "ciphertext", "Enc(b_k) for the validation rows"),
+            Message("vlr/zv", "passive", "ciphertext", "encrypted partial logits on the validation rows, as vlr/z"),
+            Message("vlr/ctl", "label", "plaintext", "three bits per epoch: improved, stop, full"),
+            Message("vlr/wfinal", "label", "ciphertext", "Enc(b_k) at the best point, once: the passive keeps "
+                    "Enc(a_k + b_k) = Enc(w_k) as its model part and drops a_k"),
+            Message("vlr/score/req", "label", "plaintext", "ids to score (customers both hold)"),
+            Message("vlr/score/resp", "passive", "ciphertext", "Enc(X_k·w_k + noise) per requested id"),
+            Message("vlr/resume*", "any", "plaintext", "resumed runs: epoch numbers held / to resume after"),
+        ),
+        (
+            LeakageRow("label", "each passive's feature count; per step Σ_k z_k for every batch row (one passive: its "
+                       "X_k·w_k, ± noise 2^-10), the same on validation rows each epoch; the final partial logit per "
+                       "test id (as in plaintext mode); its share b_k of each passive's weights and per step the "
+                       "masked sums 2^12·X_kᵀd + Σ m (its gradient share)",
+                       "per step and passive column a ciphertext of 2^12·x_ic·d_i + m_ic (mask uniform in ±2^42)",
+                       "passive raw features (only X_k up to an unknown linear map), the passive's weights w_k = "
+                       "a_k + b_k and gradients (hidden by the passive's masks); which passive contributed what (>= 2)"),
+            LeakageRow("passive", "hyper-parameters, row counts, id digests; three control bits per epoch; its own "
+                       "masks (its gradient share is minus their sums, its weight share a_k their running sum: both "
+                       "independent of the labels given the control bits)",
+                       "Enc(d), Enc(b_k) under the label party's key; its final part Enc(w_k)",
+                       "labels, residuals, predictions, its own weights w_k and gradients X_kᵀd, the label party's "
+                       "features and weights"),
+            _RELAY,
+        ),
+    ),
+    ProtocolTable(
         "secureboost", "hide_membership", "docs/secureboost.md#leakage-table",
         (
             Message("sb.cmd", "label", "ciphertext", "setup (public CKKS context, row digest, n_bins, pack); per level "
@@ -348,6 +389,8 @@ def _applying_figures(protocol: str, config: Mapping[str, Any] | None, dp: Mappi
                 note = f"measured at ε = {near:g}, the nearest to this run's ε = {float(eps):g}"
         else:
             note = "no figure was measured with DP for this configuration: the figures are without DP"
+    if protocol == "vertical-lr" and (config or {}).get("passive_weights") == "shared" and not dp:
+        want = "shared-weights"
     chosen = [e for e in entries if e.get("defence") == want]
     measured_by = next((e["command"] for e in chosen if e.get("command")), doc.get("command", "not measured"))
     return {"mode": mode, "defence": want, "entries": chosen, "note": note,
@@ -366,12 +409,14 @@ def privacy_section(*, protocol: str, role: str, sent_by_tag: Sequence[Mapping[s
     party sent messages of (a vertical job's PSI and test-row split: a passive party only receives the split).
     """
     cfg = dict(config or {})
-    mode = attack_mode(protocol, cfg) if protocol == "secureboost" else "default"
+    mode = attack_mode(protocol, cfg) if protocol == "secureboost" else \
+        "shared-weights" if protocol == "vertical-lr" and cfg.get("passive_weights") == "shared" else "default"
+    ordered = sorted(TABLES, key=lambda t: not (t.protocol == protocol and t.mode == mode))  # this mode's forms first
     sent = []
     used = {protocol, *also}
     for r in sent_by_tag:
         kind = str(r.get("tag", ""))
-        hit = form_of(kind)
+        hit = form_of(kind, ordered)
         p = hit[0] if hit else _protocol_of(kind)
         if p:
             used.add(p)

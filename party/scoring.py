@@ -415,7 +415,9 @@ class ScoringService:
         X = X_all[rows]
         rep = pb.PartialReply(party=self.party, model_hash=man.model_hash, kind=m.kind)
         answer = m.model.answer(X)
-        if KINDS[m.kind].answer_field == "partial_logits":
+        if KINDS[m.kind].answer_field == "partial_logits" and isinstance(answer, bytes):
+            rep.encrypted_partials = answer  # a shared-weights vertical LR part: Enc(X_k w_k), opened by the label party
+        elif KINDS[m.kind].answer_field == "partial_logits":
             rep.partial_logits.extend(np.asarray(answer, dtype=np.float64).tolist())
         else:
             rep.decisions = bytes(answer)
@@ -641,7 +643,8 @@ class ScoringService:
     def _combine(self, m: LoadedModel, X: np.ndarray, ids: list[str],
                  parts: Mapping[str, pb.PartialReply]) -> tuple[np.ndarray, list[Contributions]]:
         """The label part's score from each passive party's answer (the field its kind answers in)."""
-        answers = {p: getattr(r, KINDS[r.kind].answer_field) if r.kind in KINDS and KINDS[r.kind].answer_field
+        answers = {p: r.encrypted_partials if r.encrypted_partials else
+                   getattr(r, KINDS[r.kind].answer_field) if r.kind in KINDS and KINDS[r.kind].answer_field
                    else b"" for p, r in parts.items()}
         pd, contribs = m.model.score(X, answers)
         return pd, list(contribs)

@@ -132,15 +132,17 @@ class PartialRequest(_message.Message):
     def __init__(self, model_hash: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class PartialReply(_message.Message):
-    __slots__ = ("party", "model_hash", "kind", "partial_logits", "decisions")
+    __slots__ = ("party", "model_hash", "kind", "partial_logits", "decisions", "encrypted_partials")
     PARTY_FIELD_NUMBER: _ClassVar[int]
     MODEL_HASH_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_LOGITS_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_PARTIALS_FIELD_NUMBER: _ClassVar[int]
     party: str
     model_hash: str
     kind: str
     partial_logits: _containers.RepeatedScalarFieldContainer[float]
     decisions: bytes
-    def __init__(self, party: _Optional[str] = ..., model_hash: _Optional[str] = ..., kind: _Optional[str] = ..., partial_logits: _Optional[_Iterable[float]] = ..., decisions: _Optional[bytes] = ...) -> None: ...
+    encrypted_partials: bytes
+    def __init__(self, party: _Optional[str] = ..., model_hash: _Optional[str] = ..., kind: _Optional[str] = ..., partial_logits: _Optional[_Iterable[float]] = ..., decisions: _Optional[bytes] = ..., encrypted_partials: _Optional[bytes] = ...) -> None: ...

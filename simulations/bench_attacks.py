@@ -68,6 +68,8 @@ def _head(guest: Table, host: Table, n: int) -> tuple[Table, Table]:
 VLR_RUNS: list[tuple[str, str, str, int | None, dict[str, Any]]] = [
     ("default", "none", "defaults: batch_size 4096 (3,600 rows/step here), 10 mini-batch epochs, then full-batch "
      "steps", None, {}),
+    ("default", "shared-weights", "defaults + passive_weights = \"shared\" (the passive's weights are additive shares, "
+     "its final part Enc(w_k); attacks on its gradient shares and weight share)", None, {"passive_weights": "shared"}),
     ("default", "label-dp eps=8", "defaults + [model.dp] epsilon = 8 (label DP on every residual; DP needs validation_fraction 0)", None,
      {"validation_fraction": 0.0, "dp": {"epsilon": 8.0}}),
     ("default", "label-dp eps=1", "defaults + [model.dp] epsilon = 1", None, {"validation_fraction": 0.0, "dp": {"epsilon": 1.0}}),
@@ -99,10 +101,11 @@ def run_vlr(data: Path, only: set[str] | None) -> list[dict[str, Any]]:
         secs = time.perf_counter() - t0
         li, fr = vla.label_inference(tr), vla.reconstruct_features(tr)
         out.append({"mode": mode, "defence": defence, "description": desc, "seconds": round(secs, 1), "test_auc": tr.test_auc,
-                    "label_inference": li, "feature_reconstruction": fr})
+                    "bytes_sent": tr.bytes_sent, "label_inference": li, "feature_reconstruction": fr})
         print(f"  vertical LR {mode} / {defence}: {secs:.1f} s, test AUC {tr.test_auc}, {li['n_steps']} steps of {li['batch_size']} rows; passive "
               f"attack AUC {li['best_transcript_attack_auc']:.4f} (own model part {li['own_model_part_auc']:.4f}); "
-              f"label R² {fr['r2_median_from_partials']:.3f}", flush=True)
+              f"label R² {fr['r2_median_from_partials']:.3f}; random-direction band ±"
+              f"{li['random_direction_auc_p95_deviation']:.3f}; bytes sent {tr.bytes_sent}", flush=True)
     return out
 
 
@@ -169,7 +172,9 @@ def figures(vlr: list[dict[str, Any]], sb: list[dict[str, Any]], command: str) -
                                 "/ direction, best)", "metric": "AUC", "value": round(li["best_transcript_attack_auc"], 4),
                                 "baseline": round(li["no_information_auc"], 4), "baseline_name": "no information",
                                 "reference": round(li["own_model_part_auc"], 4),
-                                "reference_name": "its own model part X_k·w_k (by design)"})
+                                "reference_name": "its weight share X_k·C·a_k (shared weights: its part is Enc(w_k))"
+                                if r.get("defence") == "shared-weights" else "its own model part X_k·w_k (by design)",
+                                "random_direction_band": round(li.get("random_direction_auc_p95_deviation", 0.0), 4)})
                 entries.append({**base, "attacker": "label party", "attack": "feature reconstruction from summed "
                                 "partial logits (1 % known rows)", "metric": "median R²",
                                 "value": round(fr["r2_median_from_partials"], 4),

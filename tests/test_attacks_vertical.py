@@ -133,3 +133,23 @@ def test_secureboost_label_dp_lowers_the_passive_partys_label_inference(monkeypa
     assert plain["best_auc"] > 0.65, plain  # without DP the attack works on this slice
     assert noisy["best_auc"] < plain["best_auc"] - 0.1 and noisy["best_auc"] < 0.6, (plain, noisy)
     assert noisy["no_information_auc"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_shared_weights_leave_the_passive_nothing_that_ranks_the_labels(tables: tuple[Table, Table]) -> None:
+    """passive_weights = "shared": the same attacks on everything the passive holds (its gradient shares, its weight
+    share at the best point, the control bits).  Its shares are sums of its own uniform masks, so any score built
+    from them is a random direction in its feature space: its AUC is 0.5 in expectation, and one run lands inside
+    the spread of random directions (which ranks the rows by chance).  Plaintext mode's own model part ranks them
+    at ~0.7 on this data, outside that spread."""
+    g, h = _head(tables, 3000)
+    plain = vla.label_inference(vla.record(g, h, VerticalLRConfig(max_epochs=5, full_batch_steps=4)))
+    t = vla.record(g, h, VerticalLRConfig(max_epochs=5, full_batch_steps=4, passive_weights="shared"), mask_seed=12)
+    li = vla.label_inference(t)
+    band = li["random_direction_auc_p95_deviation"]
+    assert plain["own_model_part_auc"] > 0.5 + band, plain
+    assert all(s.gradient is not None for s in t.steps)
+    for name, a in [*li["attacks"].items(), ("own model share", li["own_model_part_auc"])]:
+        assert abs(a - 0.5) <= band, (name, a, li)
+    assert li["inversion_sign_accuracy"] < li["majority_accuracy"]
+    # the label party's view is unchanged: it still decrypts the partial logits X_k w_k (the stated limit)
+    assert t.steps[0].partial is not None and np.all(np.isfinite(t.steps[0].partial))

@@ -633,3 +633,26 @@ def test_psi_resume_with_three_parties_around_the_leader(tmp_path: Path, monkeyp
     ref = _psi(tmp_path / "ref", keys=keys, sets=sets)
     for p in sets:
         assert got[p].intersection_ids == ref[p].intersection_ids and got[p].size == 250
+
+
+def test_vertical_lr_shared_weights_resume_from_each_sides_own_share(tables, tmp_path: Path, crash_after) -> None:
+    """passive_weights = "shared": each side checkpoints only its own share (the passive its a_k, the label party its
+    b_k); a resumed run continues from them and ends with the passive holding Enc(w_k) only."""
+    job = _job("vertical-lr", "max_epochs = 2\nfull_batch_steps = 2\nbatch_size = 512\npatience = 10\n"
+                              "passive_weights = \"shared\"")
+    ref = _run(tables, job, tmp_path / "ref")
+    root = tmp_path / "crash"
+    crash_after("fintech", "vlr", 3)
+    with _crashes():
+        _run(tables, job, root)
+    ck = CheckpointStore(root / "bank", RUN, "bank").load("vlr", 3)
+    assert {"b0", "vb0", "bb0"} <= set(ck.arrays) and ck.meta["passive_weights"] == "shared"
+    crash_after("nobody", "", 0)
+    (root / "fintech" / "checkpoints" / RUN / "vlr-00000003.ckpt").unlink()
+    records: list[WireRecord] = []
+    out = _run(tables, job, root, resume=True, records=records)
+    assert [json.loads(r.payload) for r in records if r.tag == "vlr/resume/at"] == [{"step": 2}]
+    got = _models(root, "vertical_lr")
+    assert got["fintech"]["weights"] is None and got["fintech"]["passive_weights"] == "shared"
+    assert out["bank"]["metrics"]["auc"] == pytest.approx(ref["bank"]["metrics"]["auc"], abs=2e-3)
+    assert out["bank"]["epochs_run"] == ref["bank"]["epochs_run"] == 4

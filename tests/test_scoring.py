@@ -888,3 +888,30 @@ def test_coalesced_requests_encode_each_application_once(tmp_path: Path, pki, fr
         client.close()
         guest.stop(0)
         host.stop(0)
+
+
+def test_vertical_lr_shared_weights_scores_online_through_ciphertexts(tmp_path: Path, pki, frames) -> None:
+    """passive_weights = "shared": the passive part holds only Enc(w_k); its PartialReply carries ciphertexts
+    (encrypted_partials, no plaintext partial logit) and the label party decrypts them with its model's key."""
+    from crypto import ckks
+
+    lab, pas = _fit_lr(frames)
+    sk = ckks.new_context()
+    d = len(pas.feature_names)
+    basis = np.eye(d)
+    enc = ckks.shift_replicated(sk.public(), ckks.encrypt_replicated(sk, np.zeros(d)), pas.weights, what="test")
+    lab_s = vlr.LabelModel(lab.party, lab.feature_names, lab.standardizer, lab.weights, lab.intercept,
+                           lab.passive_parties, secret_context=ckks.secret_bytes(sk))
+    pas_s = vlr.PassiveModel(pas.party, pas.feature_names, pas.standardizer, np.full(d, np.nan), "guest",
+                             encrypted_weights=enc, public_context=ckks.public_bytes(sk), basis=basis)
+    stores = _install(tmp_path, pki, "vlr-s", _lr_parts(lab_s, pas_s))
+    fed = Fed(tmp_path, pki, stores)
+    try:
+        apps, Xg, Xh = _apps(frames, slice(N_FIT, N_FIT + 30))
+        expected = vlr.combine(lab, Xg, [vlr.passive_partial_scores(pas, Xh)])
+        replies = fed.client.score_batch(apps)
+        np.testing.assert_allclose([r.pd for r in replies], expected, rtol=0, atol=2e-3)
+        single = fed.client.score(apps[0].id, apps[0].features)
+        assert set(single.party_contributions) == {"host"}  # one number per passive party, as in plaintext mode
+    finally:
+        fed.close()

@@ -15,7 +15,7 @@ from crypto import ckks
 from fedcredit.codec import unpack_arrays, unpack_blobs
 from fedcredit.compute import WorkerPool
 from fedcredit.data import Table, load_table, split_by_ids
-from fedcredit.errors import ConfigError, DataError, PeerAborted, ProtocolError
+from fedcredit.errors import ConfigError, DataError, PeerAborted, ProtocolError, SecurityError
 from fedcredit.protocols.vertical_common import epoch_batches, validation_split
 from fedcredit.protocols.vertical_lr import (
     LabelModel,
@@ -335,3 +335,124 @@ def test_a_two_worker_pool_trains_the_same_model(tables) -> None:  # type: ignor
     np.testing.assert_allclose(b.model.weights, a.model.weights, atol=2e-3)
     np.testing.assert_allclose(pooled.passives["host"].model.weights, inline.passives["host"].model.weights, atol=2e-3)
     assert abs(b.test_metrics["auc"] - a.test_metrics["auc"]) < 1e-3
+
+
+# --------------------------------------------------------------------------- passive_weights = "shared"
+
+_SHARED_CFG = dict(max_epochs=5, full_batch_steps=6)
+
+
+@pytest.fixture(scope="module")
+def shared_pair(tables):  # type: ignore[no-untyped-def]
+    """The same 3000-row job in both modes (few epochs: the comparison, not the optimum, is under test)."""
+    g, h, test_ids = tables
+    g3 = g.take(np.sort(np.random.default_rng(3).choice(len(g), 3000, replace=False)).tolist())
+    out = {}
+    for mode in ("plaintext", "shared"):
+        wire: list[WireRecord] = []
+        res = run_vertical_lr_inprocess(g3, {"host": h}, VerticalLRConfig(**_SHARED_CFG, passive_weights=mode),
+                                        test_ids=test_ids, observers=[wire.append])
+        out[mode] = (res, wire)
+    return g3, out
+
+
+def test_shared_weights_train_the_plaintext_model(shared_pair) -> None:  # type: ignore[no-untyped-def]
+    _, out = shared_pair
+    plain, shared = out["plaintext"][0].label, out["shared"][0].label
+    assert plain.test_metrics["n"] == shared.test_metrics["n"] > 300
+    assert abs(plain.test_metrics["auc"] - shared.test_metrics["auc"]) <= 0.002, (plain.test_metrics,
+                                                                                  shared.test_metrics)
+    for a, b in zip(plain.history, shared.history, strict=True):  # the same trajectory, epoch by epoch
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=2e-3), (plain.history, shared.history)
+    np.testing.assert_allclose(shared.model.weights, plain.model.weights, atol=0.05)  # its own block, same optimiser
+    assert shared.epochs_run == plain.epochs_run
+
+
+def test_shared_weights_passive_holds_no_plaintext_weight_or_gradient(shared_pair) -> None:  # type: ignore[no-untyped-def]
+    """As the passive: everything it receives is the setup, the public context, control bits, a scoring request
+    or CKKS ciphertexts -- no gradient sums (vlr/gs) -- and its saved part carries Enc(w) only."""
+    _, out = shared_pair
+    res, wire = out["shared"]
+    to_passive = [r for r in wire if r.receiver == "host" and r.tag.startswith("vlr/")]
+    pub = ckks.load_public(next(r.payload for r in to_passive if r.tag == "vlr/ctx"))
+    kinds = {r.tag.split("/")[1] for r in to_passive}
+    assert kinds == {"setup", "ctx", "wb", "r", "wbv", "ctl", "wfinal", "score"}, kinds
+    n_ct = 0
+    for r in to_passive:
+        if r.tag.split("/")[1] in {"wb", "r", "wbv", "wfinal"}:
+            blobs, _ = unpack_blobs(r.payload)
+            for b in blobs:  # each one a ciphertext under the label party's key, nothing else
+                ts_ct = ckks._load_all(pub, [b], r.tag)[0]
+                assert r.tag.startswith("vlr/r/") or ts_ct.size() == ckks.slot_count(pub)  # weights: replicated
+                n_ct += 1
+    assert n_ct > 50
+    pm = res.passives["host"].model
+    assert pm.shared and np.all(np.isnan(pm.weights)) and len(pm.encrypted_weights or []) == len(pm.feature_names)
+    doc = json.loads(pm.to_json())
+    assert doc["weights"] is None and doc["passive_weights"] == "shared"
+    back = PassiveModel.from_json(pm.to_json())
+    assert back.shared and back.encrypted_weights == pm.encrypted_weights
+    np.testing.assert_array_equal(back.basis, pm.basis)
+    with pytest.raises(SecurityError):  # the passive cannot open its own part
+        ckks.decrypt_chunks(ckks.load_public(back.public_context or b""), back.encrypted_weights or [], 1,  # type: ignore[arg-type]
+                            what="the passive's own part")
+    with pytest.raises(ConfigError, match="shared"):
+        passive_partial_scores(back, np.zeros((1, len(back.feature_names))))
+
+
+def test_shared_weights_online_scoring_equals_batch_scoring(tables, shared_pair) -> None:  # type: ignore[no-untyped-def]
+    from fedcredit.protocols.vertical_lr import OnlineLabel, OnlinePassive
+
+    g, h, _ = tables
+    g3, out = shared_pair
+    res = out["shared"][0]
+    label = OnlineLabel(LabelModel.from_json(res.label.model.to_json()))
+    passive = OnlinePassive(PassiveModel.from_json(res.passives["host"].model.to_json()))
+    ids = res.label.test_ids[:200]
+    answer = passive.answer(h.align(ids).X)
+    assert isinstance(answer, bytes)
+    pd, contribs = label.score(g.align(ids).X, {"host": answer})
+    np.testing.assert_allclose(pd, res.label.test_scores[:200], rtol=0, atol=2e-3)
+    assert set(contribs[0].parties) == {"host"}  # one number per passive party: no per-feature reasons there
+    with pytest.raises(ProtocolError, match="plaintext"):
+        label.score(g.align(ids).X, {"host": np.zeros(len(ids))})
+
+
+def test_shared_weights_two_passives_label_learns_only_the_sum(tables) -> None:  # type: ignore[no-untyped-def]
+    g, h, test_ids = tables
+    g2 = g.take(np.sort(np.random.default_rng(4).choice(len(g), 2500, replace=False)).tolist())
+    h_al = h.align(g2.ids)
+    ha = Table("bank_a", "a.csv", h_al.ids, h_al.X[:, :5], h_al.feature_names[:5])
+    hb = Table("bank_b", "b.csv", h_al.ids, h_al.X[:, 5:], h_al.feature_names[5:])
+    wire: list[WireRecord] = []
+    res = run_vertical_lr_inprocess(g2, {"bank_a": ha, "bank_b": hb},
+                                    VerticalLRConfig(max_epochs=3, full_batch_steps=2, passive_weights="shared"),
+                                    test_ids=test_ids, observers=[wire.append])
+    assert res.label.test_metrics["auc"] > 0.70
+    secret = ckks.load_secret(res.label.model.secret_context or b"")
+    z = {r.sender: r.payload for r in wire if r.tag == "vlr/z/0/0"}
+    n = unpack_blobs(z["bank_a"])[1]["rows"]
+    alone = ckks.decrypt_chunks(secret, unpack_blobs(z["bank_a"])[0], n, what="a")
+    total = alone + ckks.decrypt_chunks(secret, unpack_blobs(z["bank_b"])[0], n, what="b")
+    assert np.median(np.abs(alone)) > 1e6  # one passive's encrypted partial logits are masked...
+    assert np.max(np.abs(total)) < 10  # ...only the sum of all passives is meaningful
+
+
+def test_shared_weights_refuse_a_scorecard() -> None:
+    from fedcredit.params import VerticalLRModel
+
+    with pytest.raises((ConfigError, ValueError), match="shared"):
+        VerticalLRModel.from_dict({"passive_weights": "shared", "binning": {}, "scorecard": {}})
+
+
+def test_shared_weights_privacy_report_uses_its_own_leakage_rows() -> None:
+    from fedcredit.privacy import privacy_section
+
+    sent = [{"to": "guest", "tag": "vlr/z", "messages": 1, "bytes": 10}]
+    sec = privacy_section(protocol="vertical-lr", role="passive", sent_by_tag=sent,
+                          config=VerticalLRConfig(passive_weights="shared").public())
+    assert sec["mode"] == "shared-weights" and sec["sent"][0]["form"] == "ciphertext"
+    assert any(r["mode"] == "shared-weights" and r["role"] == "passive" for r in sec["leakage"])
+    plain = privacy_section(protocol="vertical-lr", role="passive", sent_by_tag=sent,
+                            config=VerticalLRConfig().public())
+    assert plain["mode"] == "default" and plain["sent"][0]["form"] == "masked"

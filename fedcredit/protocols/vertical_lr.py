@@ -24,10 +24,23 @@ per passive per step.  The ciphertext work is :func:`crypto.ckks.encrypt_chunks`
 each passive returns ``z_k`` for the requested ids; L adds them to its own logit
 (:func:`passive_partial_scores`, :func:`combine`, :func:`request_scores`,
 :func:`serve_scores`).  The leakage table is in docs/vertical_lr.md.
+
+``passive_weights = "shared"`` (docs/vertical_lr.md, "Shared weights"): ``w_k = a_k + b_k``, ``a_k``
+at P_k and ``b_k`` at L.  Per step L sends Enc(b_k + mu v^b_k) (one replicated ciphertext per
+feature), P_k returns Enc(X_k (a + b) + pair masks + noise) and L decrypts Σ_k z_k as before; L
+keeps the masked gradient sums as its share (no ``gs`` message), P_k's share is minus its masks.
+At the end P_k keeps only Enc(w_k) and scoring answers ciphertexts.  Deviations from the brief,
+with reasons: the passive adds its share to Enc(b) *before* the plaintext products (so shares of
+~10^5 lose no precision and float64 shares suffice, no fixed-point ring); the full-batch momentum
+restart (g·v > 0) of a passive block is skipped (the test needs both shares; the label party's
+guard and settled-loss stop still apply); P_k adds Gaussian noise 2^-10 to its encrypted partial
+logits so the CKKS error of its products (a function of X_k) reaches L drowned.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
@@ -82,8 +95,9 @@ _FIXED_SCALE = 2.0**32  # fixed-point scale for masked partial logits (|z| < 2^3
 _VERSION = 1  # model file format
 #: checkpoint stage of vertical LR at both roles (step = epochs done; fedcredit.checkpoint)
 STAGE = "vlr"
-PROTOCOL_VERSION = 3  # wire protocol (2: residuals scaled by 2^RESIDUAL_SCALE_BITS, flooded gradient sums;
-# 3: full-batch phase after the mini-batch epochs, switched on by "full" in vlr/ctl)
+PROTOCOL_VERSION = 4  # wire protocol (2: residuals scaled by 2^RESIDUAL_SCALE_BITS, flooded gradient sums;
+# 3: full-batch phase after the mini-batch epochs, switched on by "full" in vlr/ctl;
+# 4: passive_weights = "shared" -- secret-shared passive weights, encrypted partial logits)
 # The label party encrypts 2^12 * d and the passive masks with 2^12 * mask_bound, so the
 # mask still hides each slot product as before while the CKKS error -- and the noise that
 # floods it before the sums go back (crypto.ckks.decrypt_sums) -- shrinks 2^12-fold
@@ -91,6 +105,13 @@ PROTOCOL_VERSION = 3  # wire protocol (2: residuals scaled by 2^RESIDUAL_SCALE_B
 RESIDUAL_SCALE_BITS = 12
 FLOOD_SIGMA_BITS = 40  # statistical parameter of the flooding of decrypted gradient sums
 _SETTLED_STEPS = 3  # full-batch steps in a row whose training log-loss changed by < tol: converged
+# shared weights: the pair masks among passives, added to the encrypted partial logits as reals (|z| << 2^30 hides z
+# statistically, 2^-25 per value at |z| <= 32; the decrypted sum keeps ~1e-6 absolute precision)
+_PAIR_MASK_BOUND = 2.0**30
+# shared weights: Gaussian noise the passive adds to each encrypted partial logit it returns, so the CKKS error of its
+# plaintext products (a function of its features X, ~1e-6) reaches the key holder drowned (a heuristic flooding: no
+# measured bound as for decrypt_sums; 2^-10 = 0.001 is far below what moves a probability)
+_LOGIT_FLOOD = 2.0**-10
 
 
 # --------------------------------------------------------------------------- wire vocabulary
@@ -136,6 +157,16 @@ class Tags:
 
     def zv(self, epoch: int) -> str:  # P_k -> L: masked partial logits of the validation rows
         return f"{self.prefix}/zv/{epoch}"
+
+    def wb(self, step: str) -> str:  # L -> P_k (shared weights): Enc(b_k + mu v^b_k), one replicated ct per feature
+        return f"{self.prefix}/wb/{step}"
+
+    def wbv(self, epoch: int) -> str:  # L -> P_k (shared weights): Enc(b_k) for the validation rows
+        return f"{self.prefix}/wbv/{epoch}"
+
+    @property
+    def wfinal(self) -> str:  # L -> P_k (shared weights): Enc(b_k) at the best point, once, at the end
+        return f"{self.prefix}/wfinal"
 
     def ctl(self, epoch: int) -> str:  # L -> P_k: {"improved", "stop", "full"} after the epoch's validation
         return f"{self.prefix}/ctl/{epoch}"
@@ -184,7 +215,9 @@ def _model_doc(text: str | bytes, kind: str, source: str) -> tuple[dict[str, Any
         names, sd = d["feature_names"], d["standardizer"]
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not isinstance(sd, dict):
             raise DataError(f"{source}: 'feature_names' must be a list of names and 'standardizer' an object")
-        w = np.asarray(d["weights"], dtype=np.float64)
+        # a shared-weights passive part has no plaintext weights ("weights": null, "encrypted_weights" instead)
+        w = (np.full(len(names), np.nan) if d["weights"] is None and "encrypted_weights" in d
+             else np.asarray(d["weights"], dtype=np.float64))
         std = Standardizer.from_dict(sd)
     except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise DataError(f"{source}: not a {kind} model: {e!r}") from None
@@ -193,6 +226,19 @@ def _model_doc(text: str | bytes, kind: str, source: str) -> tuple[dict[str, Any
         raise DataError(f"{source}: {k} feature names but weights {w.shape}, standardizer "
                         f"{std.mean.shape}/{std.scale.shape}")
     return d, list(names), std, w
+
+
+def _b64(raw: bytes | None) -> str:
+    return base64.b64encode(raw or b"").decode("ascii")
+
+
+def _unb64(text: Any, source: str, key: str) -> bytes:
+    if not isinstance(text, str):
+        raise DataError(f"{source}: '{key}' must be base64 text")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error) as e:
+        raise DataError(f"{source}: '{key}' is not base64: {e}") from None
 
 
 def _scorecard_doc(part: ScorecardPart | None) -> dict[str, Any]:
@@ -226,6 +272,9 @@ class LabelModel:
     passive_parties: list[str]
     #: binned jobs: this party's scorecard (fedcredit.scorecard); online scoring then goes through its points
     scorecard: ScorecardPart | None = None
+    #: passive_weights = "shared": the CKKS secret context (with its key) under which every passive part's weights
+    #: are encrypted; scoring decrypts the passives' Enc(X_k w_k) with it.  None: plaintext passive parts.
+    secret_context: bytes | None = field(default=None, repr=False)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -239,6 +288,8 @@ class LabelModel:
                 "intercept": self.intercept,
                 "passive_parties": self.passive_parties,
                 **_scorecard_doc(self.scorecard),
+                **({"passive_weights": "shared", "ckks_secret_context": _b64(self.secret_context)}
+                   if self.secret_context is not None else {}),
             },
             indent=2,
         )
@@ -257,8 +308,10 @@ class LabelModel:
                 raise DataError(f"{source}: 'party' must be a string")
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise DataError(f"{source}: not a vertical LR label-party model: {e!r}") from None
+        secret = _unb64(d["ckks_secret_context"], source, "ckks_secret_context") if d.get("ckks_secret_context") else None
         return cls(party=party, feature_names=names, standardizer=std, weights=w, intercept=intercept,
-                   passive_parties=list(passives), scorecard=_scorecard_of(d, "label", party, source))
+                   passive_parties=list(passives), scorecard=_scorecard_of(d, "label", party, source),
+                   secret_context=secret)
 
     def save(self, path: str | Path) -> None:
         write_text(Path(path), self.to_json())
@@ -266,7 +319,12 @@ class LabelModel:
 
 @dataclass
 class PassiveModel:
-    """A passive party's part: its standardizer and weights over its own features only."""
+    """A passive party's part: its standardizer and weights over its own features only.
+
+    With ``passive_weights = "shared"`` the weights are not here in plaintext (``weights`` is all NaN):
+    ``encrypted_weights`` holds ``Enc(w'_j)`` under the label party's key (one replicated CKKS vector per
+    column, ``public_context`` to compute with), on the columns ``standardizer.transform(X) @ basis``.
+    """
 
     party: str
     feature_names: list[str]
@@ -275,8 +333,21 @@ class PassiveModel:
     label_party: str
     #: binned jobs: this party's own scorecard (its points; never sent to anyone)
     scorecard: ScorecardPart | None = None
+    encrypted_weights: list[bytes] | None = field(default=None, repr=False)
+    public_context: bytes | None = field(default=None, repr=False)
+    basis: np.ndarray | None = field(default=None, repr=False)  # C with C Cᵀ = this party's preconditioner
+
+    @property
+    def shared(self) -> bool:
+        """Trained with shared weights: scoring answers Enc(X w) ciphertexts only the label party can open."""
+        return self.encrypted_weights is not None
 
     def to_json(self) -> str:
+        enc: dict[str, Any] = {}
+        if self.encrypted_weights is not None:
+            assert self.public_context is not None and self.basis is not None
+            enc = {"passive_weights": "shared", "encrypted_weights": [_b64(c) for c in self.encrypted_weights],
+                   "ckks_public_context": _b64(self.public_context), "basis": self.basis.tolist()}
         return json.dumps(
             {
                 "kind": "vertical_lr/passive",
@@ -284,9 +355,10 @@ class PassiveModel:
                 "party": self.party,
                 "feature_names": self.feature_names,
                 "standardizer": self.standardizer.to_dict(),
-                "weights": self.weights.tolist(),
+                "weights": None if self.shared else self.weights.tolist(),
                 "label_party": self.label_party,
                 **_scorecard_doc(self.scorecard),
+                **enc,
             },
             indent=2,
         )
@@ -298,8 +370,22 @@ class PassiveModel:
         party, label = d.get("party"), d.get("label_party")
         if not isinstance(party, str) or not isinstance(label, str):
             raise DataError(f"{source}: 'party' and 'label_party' must be strings")
+        enc = basis = ctx = None
+        if "encrypted_weights" in d:
+            cts = d["encrypted_weights"]
+            if not isinstance(cts, list) or len(cts) != len(names):
+                raise DataError(f"{source}: 'encrypted_weights' must list one ciphertext per feature ({len(names)})")
+            enc = [_unb64(c, source, "encrypted_weights") for c in cts]
+            ctx = _unb64(d.get("ckks_public_context"), source, "ckks_public_context")
+            try:
+                basis = np.asarray(d["basis"], dtype=np.float64)
+            except (KeyError, TypeError, ValueError) as e:
+                raise DataError(f"{source}: a shared-weights part needs its 'basis' matrix: {e!r}") from None
+            if basis.shape != (len(names), len(names)):
+                raise DataError(f"{source}: 'basis' is {basis.shape}, expected {(len(names), len(names))}")
         return cls(party=party, feature_names=names, standardizer=std, weights=w, label_party=label,
-                   scorecard=_scorecard_of(d, "passive", party, source))
+                   scorecard=_scorecard_of(d, "passive", party, source), encrypted_weights=enc, public_context=ctx,
+                   basis=basis)
 
     def save(self, path: str | Path) -> None:
         write_text(Path(path), self.to_json())
@@ -338,6 +424,10 @@ def with_scorecard(model: LabelModel | PassiveModel, transform: BinningTransform
     ``transform``: this party's binning transform (``fedcredit.protocols.binning``), whose
     output columns are the columns the part's weights are on, in order.
     """
+    if isinstance(model, PassiveModel) and model.shared:
+        raise ConfigError(f"party '{model.party}': no scorecard from a shared-weights part (passive_weights = "
+                          "\"shared\"): its points per bin would be its plaintext weights; train with "
+                          "passive_weights = \"plaintext\" for a scorecard")
     if transform.output_names != list(model.feature_names):
         raise DataError(f"party '{model.party}': the binning transform gives columns {transform.output_names[:4]}..., "
                         f"the LR part has {list(model.feature_names)[:4]}...")
@@ -355,11 +445,43 @@ def with_scorecard(model: LabelModel | PassiveModel, transform: BinningTransform
 
 def passive_partial_scores(model: PassiveModel, X: np.ndarray) -> np.ndarray:
     """A passive party's contribution to the logit of each row of its raw feature matrix ``X``."""
+    if model.shared:
+        raise ConfigError(f"party '{model.party}': a shared-weights part has no plaintext partial logit; it answers "
+                          "Enc(X w) (passive_encrypted_scores), which only the label party decrypts")
     if X.shape[1] != len(model.weights):
         raise DataError(
             f"party '{model.party}': scoring needs {len(model.weights)} features {model.feature_names}, got {X.shape[1]}"
         )
     return model.standardizer.transform(X) @ model.weights
+
+
+def passive_encrypted_scores(model: PassiveModel, X: np.ndarray, ctx: ckks.PublicContext | None = None) -> bytes:
+    """A shared-weights part's answer: ``Enc(X' w' + noise)`` for the rows of raw ``X`` (the payload of a reply).
+
+    ``X' = standardize(X) @ basis``; the noise (std 2^-10) floods the CKKS error of the products.
+    ``ctx``: the part's loaded public context (loaded here when not given).
+    """
+    if not model.shared or model.encrypted_weights is None or model.basis is None:
+        raise ConfigError(f"party '{model.party}': not a shared-weights part")
+    if X.shape[1] != len(model.feature_names):
+        raise DataError(f"party '{model.party}': scoring needs {len(model.feature_names)} features "
+                        f"{model.feature_names}, got {X.shape[1]}")
+    ctx = ctx if ctx is not None else ckks.load_public(model.public_context or b"", what=f"party '{model.party}': "
+                                                       "the CKKS context of its model part")
+    Z = model.standardizer.transform(X) @ model.basis
+    cts = ckks.encrypted_dot_chunks(ctx, model.encrypted_weights, Z, ckks.gaussian(len(Z), _LOGIT_FLOOD),
+                                    what=f"party '{model.party}': its encrypted weights")
+    return pack_blobs(cts, {"rows": len(Z)})
+
+
+def decrypt_partial_scores(secret: ckks.SecretContext, payload: bytes, n: int, *, what: str) -> np.ndarray:
+    """The label party's side of :func:`passive_encrypted_scores`: ``n`` partial logits (or the reply's error)."""
+    blobs, meta = unpack_blobs(payload, what=what)
+    if meta.get("error"):
+        raise DataError(f"{what} could not score: {meta['error']}")
+    if meta.get("rows") != n:
+        raise ProtocolError(f"{what}: encrypted scores for {meta.get('rows')} rows, expected {n}")
+    return ckks.decrypt_chunks(secret, blobs, n, what=what)
 
 
 def combine(model: LabelModel, X_label: np.ndarray, partials: Sequence[np.ndarray]) -> np.ndarray:
@@ -389,17 +511,30 @@ class OnlineLabel:
         if self.card is not None:  # raw inputs with categories; a missing value scores its missing bin
             self.input_schema, self.accepts_missing = self.card.schema_dict(), True
         self.passive_parties = list(model.passive_parties)
+        self.secret = (ckks.load_secret(model.secret_context, what=f"party '{model.party}': the CKKS key of its model")
+                       if model.secret_context is not None else None)
 
     def score(self, X: np.ndarray, partials: Mapping[str, Any]) -> tuple[np.ndarray, list[Contributions]]:
         """(PD per row, contributions per row) from own features ``X`` and every passive party's partial logits.
 
         With a scorecard the contributions carry the points: base, own per-feature points and each passive
         party's subtotal (``-factor`` x its partial logit: the sum of its bins' points, computed there).
+        Shared-weights model: each passive's answer is its ``Enc(X_k w_k)`` payload, decrypted here; as in
+        plaintext mode a passive party contributes one number per row (its partial logit) -- per-feature reasons
+        exist for this party's own features only.
         """
         z: dict[str, np.ndarray] = {}
         for p in self.passive_parties:
             if p not in partials:
                 raise ProtocolError(f"scoring needs the partial scores of every passive party; missing '{p}'")
+            if self.secret is not None:
+                raw = partials[p]
+                if not isinstance(raw, bytes | bytearray | memoryview):
+                    raise ProtocolError(f"passive party '{p}' answered plaintext partial scores to a shared-weights "
+                                        "model (expected its encrypted scores)")
+                z[p] = decrypt_partial_scores(self.secret, bytes(raw), X.shape[0],
+                                              what=f"encrypted scores of passive party '{p}'")
+                continue
             v = np.asarray(partials[p], dtype=np.float64)
             if v.shape != (X.shape[0],):
                 raise ProtocolError(f"passive party '{p}' returned {v.shape[0]} partial scores for {X.shape[0]} ids")
@@ -442,20 +577,32 @@ class OnlinePassive:
         if self.card is not None:
             self.input_schema, self.accepts_missing = self.card.schema_dict(), True
         self.label_party = model.label_party
+        self.ctx = (ckks.load_public(model.public_context or b"", what=f"party '{model.party}': its model's CKKS context")
+                    if model.shared else None)
 
-    def answer(self, X: np.ndarray) -> np.ndarray:
+    def answer(self, X: np.ndarray) -> np.ndarray | bytes:
+        """Partial logits; a shared-weights part answers the :func:`passive_encrypted_scores` payload (bytes)."""
         if self.card is not None:
             return self.card.partial_logit(X)
+        if self.ctx is not None:
+            return passive_encrypted_scores(self.model, X, self.ctx)
         return passive_partial_scores(self.model, X)
 
 
 def request_scores(
-    transport: Transport, passive: str, ids: Sequence[str], *, tag: str = SCORE_TAG, timeout: float | None = None
+    transport: Transport, passive: str, ids: Sequence[str], *, tag: str = SCORE_TAG, timeout: float | None = None,
+    secret: ckks.SecretContext | None = None,
 ) -> np.ndarray:
-    """Label side of one joint-scoring round trip: send ids, get that passive party's partial logits in id order."""
+    """Label side of one joint-scoring round trip: send ids, get that passive party's partial logits in id order.
+
+    ``secret``: a shared-weights model's key; the passive then answers Enc(X_k w_k), decrypted here.
+    """
     t = ScoreTags(tag)
     payload = json.dumps({"ids": list(ids)}).encode()
     transport.send(passive, t.req, payload)
+    if secret is not None:
+        return decrypt_partial_scores(secret, transport.recv(passive, t.resp, timeout), len(ids),
+                                      what=f"party '{passive}'")
     arrays, meta = unpack_arrays(transport.recv(passive, t.resp, timeout), what=f"scores from '{passive}'")
     if meta.get("error"):
         raise DataError(f"party '{passive}' could not score: {meta['error']}")
@@ -490,9 +637,12 @@ def serve_scores(
     missing = [i for i in ids if i not in index]
     if missing:
         msg = f"{len(missing)} requested ids are not in {table.source}"
-        transport.send(label, t.resp, pack_arrays({}, {"error": msg}))
+        transport.send(label, t.resp, pack_blobs([], {"error": msg}) if model.shared else pack_arrays({}, {"error": msg}))
         raise DataError(f"party '{transport.me}': {msg} (first: {missing[0]!r})")
     rows = np.fromiter((index[i] for i in ids), dtype=np.int64, count=len(ids))
+    if model.shared:
+        transport.send(label, t.resp, passive_encrypted_scores(model, table.X[rows]))
+        return len(ids)
     z = passive_partial_scores(model, table.X[rows]) if len(rows) else np.zeros(0)
     transport.send(label, t.resp, pack_arrays({"z": z}))
     return len(ids)
@@ -528,6 +678,15 @@ class _PairMasks:
         for other, seed in self.seeds.items():
             r = _prg_u64(seed, label, n)
             m = m + r if self.me < other else m - r  # uint64 arithmetic wraps mod 2^64
+        return m
+
+    def real_mask(self, label: str, n: int) -> np.ndarray:
+        """The same zero-sum construction over the reals (uniform in ±_PAIR_MASK_BOUND per pair), for masks added
+        to CKKS ciphertexts (shared weights), where there is no mod-2^64 ring."""
+        m = np.zeros(n)
+        for other, seed in self.seeds.items():
+            r = ((_prg_u64(seed, label, n) >> np.uint64(11)).astype(np.float64) / 2.0**53 * 2.0 - 1.0) * _PAIR_MASK_BOUND
+            m = m + r if self.me < other else m - r
         return m
 
 
@@ -718,6 +877,12 @@ def _label_role(
     full, calm, prev_loss = False, 0, math.inf  # full-batch phase; steps in a row with a settled training loss
     guard = math.inf  # full-batch phase: a validation loss above this means divergence
     total_epochs = cfg.max_epochs + cfg.full_batch_steps
+    # shared weights: this party's share b_k of each passive block (w_k = a_k + b_k), its velocity and best point
+    shared = cfg.passive_weights == "shared"
+    secret = ctx if shared else None
+    B = {p: np.zeros(dims[p]) for p in passives} if shared else {}
+    VB = {p: np.zeros(dims[p]) for p in passives} if shared else {}
+    BB = {p: np.zeros(dims[p]) for p in passives} if shared else {}
     if resume:
         if checkpoint is None:
             raise ConfigError(f"party '{me}': a resumed vertical LR run needs a checkpoint store")
@@ -732,6 +897,14 @@ def _label_role(
             full, calm = bool(ck.meta.get("full", False)), int(ck.meta.get("calm", 0))
             prev_loss = float(ck.meta.get("prev_loss", math.inf))
             guard = float(ck.meta.get("guard", math.inf))
+            if ck.meta.get("passive_weights", "plaintext") != cfg.passive_weights:
+                raise DataError(f"party '{me}': the checkpoint of epoch {at} was saved with passive_weights = "
+                                f"{ck.meta.get('passive_weights', 'plaintext')!r}, this job has {cfg.passive_weights!r}")
+            for i, p in enumerate(passives if shared else []):
+                B[p], VB[p], BB[p] = ck.arrays[f"b{i}"], ck.arrays[f"vb{i}"], ck.arrays[f"bb{i}"]
+                if B[p].shape != (dims[p],):
+                    raise DataError(f"party '{me}': the checkpoint of epoch {at} holds {B[p].shape} weight shares "
+                                    f"for '{p}', which has {dims[p]} features")
             if progress:
                 progress(f"resuming after epoch {at}", at, total_epochs)
     for epoch in range(first, 0 if stopped else total_epochs):
@@ -743,7 +916,16 @@ def _label_role(
             step = f"{epoch}/{bi}"
             look = theta + e_mu * vel  # Nesterov look-ahead point
             z = Xf[rows] @ look
-            z += _sum_partials(transport, passives, tg.z(step), len(rows), to)
+            for p in B:  # shared weights: this party's share of each passive's look-ahead point, encrypted
+                t1 = time.perf_counter()
+                enc_b = ckks.encrypt_replicated(ctx, B[p] + e_mu * VB[p])
+                tm["encrypt"] += time.perf_counter() - t1
+                counters["encryptions"] += len(enc_b)
+                transport.send(p, tg.wb(step), pack_blobs(enc_b, {"step": step}))
+            t1 = time.perf_counter()
+            z += _sum_partials(transport, passives, tg.z(step), len(rows), to, secret)
+            if shared:
+                tm["decrypt"] += time.perf_counter() - t1
             pz = sigmoid(z)
             loss_sum += _logloss(yf[rows], pz) * len(rows)
             resid = pz - yf[rows]
@@ -777,7 +959,13 @@ def _label_role(
                 sums = ckks.decrypt_sums(ctx, blobs, flood=flood, what=f"party '{me}': gradient from '{p}'")
                 counters["decryptions"] += len(blobs)
                 tm["decrypt"] += time.perf_counter() - t1
-                transport.send(p, tg.gs(step), pack_arrays({"s": sums}, {"step": step}))
+                if shared:  # keep the masked sums as this party's gradient share; the passive's is -its masks
+                    lb = B[p] + e_mu * VB[p]
+                    g_b = sums / (2.0**RESIDUAL_SCALE_BITS * len(rows)) + cfg.l2 * lb
+                    VB[p] = e_mu * VB[p] - e_lr * g_b
+                    B[p] = B[p] + VB[p]
+                else:
+                    transport.send(p, tg.gs(step), pack_arrays({"s": sums}, {"step": step}))
             steps += 1
         epochs_run = epoch + 1
         # training log-loss of the epoch: exact on all fit rows at the look-ahead point in the full-batch phase, the
@@ -787,7 +975,11 @@ def _label_role(
                                  "train_loss": train_loss}
         loss = math.nan
         if len(val_rows):  # validation at the label party: partial logits on the validation rows, current weights
-            zv = XA[val_rows] @ theta + _sum_partials(transport, passives, tg.zv(epoch), len(val_rows), to)
+            for p in B:
+                enc_b = ckks.encrypt_replicated(ctx, B[p])
+                counters["encryptions"] += len(enc_b)
+                transport.send(p, tg.wbv(epoch), pack_blobs(enc_b, {"epoch": epoch}))
+            zv = XA[val_rows] @ theta + _sum_partials(transport, passives, tg.zv(epoch), len(val_rows), to, secret)
             pv = sigmoid(zv)
             loss = _logloss(y[val_rows], pv)
             vauc = auc_ks(y[val_rows], pv)[0] if len(np.unique(y[val_rows])) == 2 else float("nan")
@@ -825,11 +1017,20 @@ def _label_role(
                 guard = 2.0 * max(math.log(2.0), best[0]) if math.isfinite(best[0]) else math.inf
         for p in passives:
             transport.send(p, tg.ctl(epoch), json.dumps({"improved": improved, "stop": stop, "full": switch}).encode())
+        for p in B:  # the passive block's shares follow the same control as the passive's own (_passive_role)
+            if improved:
+                BB[p] = B[p].copy()
+            else:
+                B[p], VB[p] = BB[p].copy(), np.zeros_like(VB[p])
+            if switch:
+                VB[p] = np.zeros_like(VB[p])
         if checkpoint is not None:  # this party's own optimiser state after the epoch
+            shares = {k: v for i, p in enumerate(B) for k, v in ((f"b{i}", B[p]), (f"vb{i}", VB[p]), (f"bb{i}", BB[p]))}
             checkpoint.save(STAGE, epoch + 1, {"lr": lr, "best_loss": best[0], "best_epoch": best[1], "stale": stale,
                                                "steps": steps, "history": history, "stop": bool(stop), "full": full,
-                                               "calm": calm, "prev_loss": prev_loss, "guard": guard},
-                            {"theta": theta, "vel": vel, "best_theta": best[2]})
+                                               "calm": calm, "prev_loss": prev_loss, "guard": guard,
+                                               "passive_weights": cfg.passive_weights},
+                            {"theta": theta, "vel": vel, "best_theta": best[2], **shares})
         if progress:
             h = history[-1]
             note = f"epoch {epoch + 1} ({h['phase'].replace('_', '-')}): train_loss={h['train_loss']:.5f}" + (
@@ -840,12 +1041,16 @@ def _label_role(
     _, best_epoch, theta = best
     w, b = theta[:d], float(theta[d])
     train_seconds = time.perf_counter() - t0
-    model = LabelModel(me, list(train.feature_names), std, w, float(b), passives)
+    for p in B:  # shared weights: the passive turns Enc(b_k) into its encrypted part Enc(a_k + b_k); b_k is forgotten
+        transport.send(p, tg.wfinal, pack_blobs(ckks.encrypt_replicated(ctx, BB[p]), {}))
+    B, VB, BB = {}, {}, {}
+    model = LabelModel(me, list(train.feature_names), std, w, float(b), passives,
+                       secret_context=ckks.secret_bytes(ctx) if shared else None)
 
     test_metrics = None
     scores = None
     if test is not None:
-        partials = [request_scores(transport, p, test.ids, tag=tg.score, timeout=to) for p in passives]
+        partials = [request_scores(transport, p, test.ids, tag=tg.score, timeout=to, secret=secret) for p in passives]
         scores = combine(model, test.X, partials)
         if test.y is not None and len(np.unique(test.y)) == 2:
             auc, ks = auc_ks(test.y, scores)
@@ -876,8 +1081,18 @@ def _label_role(
                        {"dp": noise.plan.report(epochs_run)} if noise is not None else {})
 
 
-def _sum_partials(transport: Transport, passives: Sequence[str], tag: str, n: int, timeout: float | None) -> np.ndarray:
-    """Σ_k z_k from the passives (each masked so only the sum is revealed when there are several)."""
+def _sum_partials(transport: Transport, passives: Sequence[str], tag: str, n: int, timeout: float | None,
+                  secret: ckks.SecretContext | None = None) -> np.ndarray:
+    """Σ_k z_k from the passives (each masked so only the sum is revealed when there are several).
+
+    ``secret`` (shared weights): each passive sends Enc(z_k + real pair masks), decrypted and summed here.
+    """
+    if secret is not None:
+        tot = np.zeros(n)
+        for p in passives:
+            tot += decrypt_partial_scores(secret, transport.recv(p, tag, timeout), n,
+                                          what=f"party '{transport.me}': encrypted partial logits from '{p}' ({tag})")
+        return tot
     acc = np.zeros(n, dtype=np.uint64)
     for p in passives:
         arrays, meta = unpack_arrays(transport.recv(p, tag, timeout), what=f"partial logits from '{p}'")
@@ -987,8 +1202,17 @@ def _passive_role(
     fit_rows, val_rows = validation_split(len(train), val_fraction, seed, train.ids)
     fit_ids = [train.ids[i] for i in fit_rows]
     Xf = X[fit_rows]
-    Xcols = np.asfortranarray(Xf)
     P = _preconditioner(Xf, np.full(d, l2), precondition)
+    # shared weights: w, v, best_w below are this party's SHARES a_k (w_k = a_k + b_k, b_k at the label party), and
+    # the preconditioner becomes a change of basis X' = X C (C Cᵀ = P): both shares then take plain gradient steps on
+    # w' (w = C w'), which is what makes the update linear in the shares; l2 applies to w' (docs/vertical_lr.md)
+    shared = pc.get("passive_weights", "plaintext") == "shared"
+    basis = np.linalg.cholesky(P) if shared else None
+    if basis is not None:
+        X = X @ basis
+        Xf = X[fit_rows]
+        P = np.eye(d)
+    Xcols = np.asfortranarray(Xf)
     counters = {"plain_multiplications": 0, "rotations": 0}
     tm = {"he_gradient": 0.0, "wait": 0.0}
     steps = 0
@@ -1002,6 +1226,10 @@ def _passive_role(
         if at:
             ck = checkpoint.load(STAGE, at)
             w, v, best_w, lr = ck.arrays["w"], ck.arrays["v"], ck.arrays["best_w"], float(ck.meta["lr"])
+            if ck.meta.get("passive_weights", "plaintext") != pc.get("passive_weights", "plaintext"):
+                raise DataError(f"party '{me}': the checkpoint of epoch {at} was saved with passive_weights = "
+                                f"{ck.meta.get('passive_weights', 'plaintext')!r}, this job has "
+                                f"{pc.get('passive_weights')!r}")
             if w.shape != (d,):
                 raise DataError(f"party '{me}': the checkpoint of epoch {at} holds {w.shape} weights, "
                                 f"this table has {d} features")
@@ -1014,7 +1242,14 @@ def _passive_role(
         for bi, rows in enumerate(batches):
             step = f"{epoch}/{bi}"
             wl = w + e_mu * v
-            _send_partial(transport, label_party, tg.z(step), Xf[rows] @ wl, masks)
+            if shared:  # Enc(X (a + b)) from the label party's Enc(b) and this party's share a (look-ahead points)
+                enc_b = _recv_weights(transport, label_party, tg.wb(step), d, to)
+                t1 = time.perf_counter()
+                k = _send_encrypted_partial(transport, label_party, tg.z(step), ctx, enc_b, wl, Xf[rows], masks)
+                counters["plain_multiplications"] += d * k
+                tm["he_gradient"] += time.perf_counter() - t1
+            else:
+                _send_partial(transport, label_party, tg.z(step), Xf[rows] @ wl, masks)
             t1 = time.perf_counter()
             msg = transport.recv(label_party, tg.r(step), to)
             tm["wait"] += time.perf_counter() - t1
@@ -1035,18 +1270,25 @@ def _passive_role(
             counters["plain_multiplications"] += d * len(blobs)
             tm["he_gradient"] += time.perf_counter() - t1
             transport.send(label_party, tg.g(step), pack_blobs(out, {"step": step}))
-            arrays, meta = unpack_arrays(transport.recv(label_party, tg.gs(step), to), what="gradient sums")
-            s = arrays.get("s")
-            if s is None or s.shape != (d,) or meta.get("step") != step:
-                raise ProtocolError(f"party '{me}': malformed decrypted gradient sums for step {step}")
-            g = (s - mask_sums) / (2.0**RESIDUAL_SCALE_BITS * len(rows)) + l2 * wl
-            if full and float(g @ v) > 0:  # this block's own momentum restart: nothing crosses for it
-                v = np.zeros_like(v)
+            if shared:  # this party's gradient share: minus its own masks (the label party keeps the masked sums)
+                # no momentum restart for this block: g·v needs both shares (the label party's guard still applies)
+                g = -mask_sums / (2.0**RESIDUAL_SCALE_BITS * len(rows)) + l2 * wl
+            else:
+                arrays, meta = unpack_arrays(transport.recv(label_party, tg.gs(step), to), what="gradient sums")
+                s = arrays.get("s")
+                if s is None or s.shape != (d,) or meta.get("step") != step:
+                    raise ProtocolError(f"party '{me}': malformed decrypted gradient sums for step {step}")
+                g = (s - mask_sums) / (2.0**RESIDUAL_SCALE_BITS * len(rows)) + l2 * wl
+                if full and float(g @ v) > 0:  # this block's own momentum restart: nothing crosses for it
+                    v = np.zeros_like(v)
             v = e_mu * v - e_lr * (P @ g)
             w = w + v
             steps += 1
         epochs_run = epoch + 1
-        if len(val_rows):
+        if len(val_rows) and shared:
+            enc_b = _recv_weights(transport, label_party, tg.wbv(epoch), d, to)
+            _send_encrypted_partial(transport, label_party, tg.zv(epoch), ctx, enc_b, w, X[val_rows], masks)
+        elif len(val_rows):
             _send_partial(transport, label_party, tg.zv(epoch), X[val_rows] @ w, masks)
         ctl = loads_json(transport.recv(label_party, tg.ctl(epoch), to), what=f"party '{me}': control from '{label_party}'")
         if ctl.get("improved"):
@@ -1058,11 +1300,19 @@ def _passive_role(
         if ctl.get("full") and not full:  # full-batch steps from here, from the best point without its velocity
             full, v = True, np.zeros_like(v)
         if checkpoint is not None:  # this party's own block only
-            checkpoint.save(STAGE, epoch + 1, {"lr": lr, "steps": steps, "stop": bool(ctl.get("stop")), "full": full},
+            checkpoint.save(STAGE, epoch + 1, {"lr": lr, "steps": steps, "stop": bool(ctl.get("stop")), "full": full,
+                                               "passive_weights": pc.get("passive_weights", "plaintext")},
                             {"w": w, "v": v, "best_w": best_w})
         if ctl.get("stop"):
             break
-    model = PassiveModel(me, list(train.feature_names), std, best_w, label_party)
+    if shared:  # the part kept: Enc(w') = Enc(b) + a under the label party's key; the share a is dropped here
+        enc_w = ckks.shift_replicated(ctx, _recv_weights(transport, label_party, tg.wfinal, d, to), best_w,
+                                      what=f"party '{me}': the final Enc(b) from '{label_party}'")
+        w = v = best_w = np.full(d, np.nan)
+        model = PassiveModel(me, list(train.feature_names), std, np.full(d, np.nan), label_party,
+                             encrypted_weights=enc_w, public_context=ctx_raw, basis=basis)
+    else:
+        model = PassiveModel(me, list(train.feature_names), std, best_w, label_party)
     if setup["n_test"] and test is not None:
         serve_scores(transport, label_party, model, test, tag=tg.score, timeout=to)
     if out_dir is not None:
@@ -1074,6 +1324,25 @@ def _uniform_mask(n: int, bound: float) -> np.ndarray:
     """Uniform reals in [-bound, bound) from the OS CSPRNG (the label party must not predict them)."""
     u = np.frombuffer(os.urandom(8 * n), dtype="<u8") >> np.uint64(11)  # 53 random bits
     return (u.astype(np.float64) / 2.0**53 * 2.0 - 1.0) * bound
+
+
+def _recv_weights(transport: Transport, label: str, tag: str, d: int, timeout: float | None) -> list[bytes]:
+    """Shared weights: the label party's Enc(b) (one replicated ciphertext per own column)."""
+    blobs, meta = unpack_blobs(transport.recv(label, tag, timeout), what=f"encrypted weight shares ({tag})")
+    if len(blobs) != d:
+        raise ProtocolError(f"party '{transport.me}': {len(blobs)} encrypted weight shares for {tag}, expected {d}")
+    return blobs
+
+
+def _send_encrypted_partial(transport: Transport, label: str, tag: str, ctx: ckks.PublicContext, enc_b: list[bytes],
+                            a: np.ndarray, X: np.ndarray, masks: _PairMasks | None) -> int:
+    """Shared weights: Enc(X (a + b) + pair masks + flooding) from Enc(b) and this party's share a; returns the ct count."""
+    add = ckks.gaussian(len(X), _LOGIT_FLOOD)
+    if masks is not None:
+        add = add + masks.real_mask(tag, len(X))
+    cts = ckks.encrypted_dot_chunks(ctx, enc_b, X, add, shift=a, what=f"party '{transport.me}': Enc(b) of {tag}")
+    transport.send(label, tag, pack_blobs(cts, {"rows": len(X)}))
+    return len(cts)
 
 
 def _send_partial(transport: Transport, label: str, tag: str, z: np.ndarray, masks: _PairMasks | None) -> None:

@@ -12,6 +12,12 @@ its own model part ``w_k``.  Its attacks score every training row (higher = "def
 * ``own_model``: ``X_k w_k``, the passive's own part of the trained model, which it receives
   by design; what the model itself says about a row, not a leak of the transcript.
 
+With ``passive_weights = "shared"`` the passive holds far less: no gradient sums come back
+(its gradient share is minus its own masks), its weights are a share ``a_k`` (``w_k = a_k + b_k``,
+``b_k`` at the label party) on its basis-changed columns ``X_k C``, and its final part is
+``Enc(w_k)``.  The same attacks then run on what it has: ``gradient`` = its share, ``own_model``
+= ``X_k C a_k`` at the best point (a curious passive keeps the share it is told to drop).
+
 What the label party holds: per step ``Σ_k z_k`` (one passive: its ``X_k w_k^look``) on the
 batch rows, the same on validation rows each epoch, and the final partial logits of the test
 rows.  Its attack (``reconstruct_features``): a few rows whose passive features it knows
@@ -30,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from fedcredit.codec import loads_json, unpack_arrays
+from crypto import ckks
+from fedcredit.codec import loads_json, unpack_arrays, unpack_blobs
 from fedcredit.data import Table, split_by_ids
 from fedcredit.params import VerticalLRConfig
 from fedcredit.protocols import vertical_lr as vlr
@@ -39,7 +46,7 @@ from fedcredit.transport import WireRecord
 from simulations.attacks.common import auc, known_mask, known_rows_r2, median, random_baseline
 from simulations.inprocess import run_vertical_lr_inprocess
 
-_STEP = re.compile(r"^(?P<p>.+)/(?P<kind>z|gs)/(?P<e>\d+)/(?P<b>\d+)$")
+_STEP = re.compile(r"^(?P<p>.+)/(?P<kind>z|gs|g)/(?P<e>\d+)/(?P<b>\d+)$")
 
 
 @dataclass
@@ -70,12 +77,30 @@ class Transcript:
 
 
 @contextmanager
-def _recording_masks(store: list[np.ndarray]) -> Iterator[None]:
-    """The passive's own slot masks, in order (a curious passive keeps them: it drew them)."""
+def _recording_final_share(store: list[np.ndarray]) -> Iterator[None]:
+    """Shared weights: the passive's share a_k at the best point, as it adds it to Enc(b_k) (then told to drop it)."""
+    orig = ckks.shift_replicated
+
+    def keep(ctx: Any, cts: Any, shift: np.ndarray, *, what: str) -> list[bytes]:
+        store.append(np.array(shift))
+        return orig(ctx, cts, shift, what=what)
+
+    ckks.shift_replicated = keep
+    try:
+        yield
+    finally:
+        ckks.shift_replicated = orig
+
+
+@contextmanager
+def _recording_masks(store: list[np.ndarray], seed: int | None = None) -> Iterator[None]:
+    """The passive's own slot masks, in order (a curious passive keeps them: it drew them); ``seed``: drawn from a
+    seeded generator instead of the OS CSPRNG, so a measurement can be repeated exactly."""
     orig = vlr._uniform_mask
+    rng = np.random.default_rng(seed) if seed is not None else None
 
     def keep(n: int, bound: float) -> np.ndarray:
-        m = orig(n, bound)
+        m = orig(n, bound) if rng is None else rng.uniform(-bound, bound, n)
         store.append(m)
         return m
 
@@ -87,16 +112,22 @@ def _recording_masks(store: list[np.ndarray]) -> Iterator[None]:
 
 
 def record(guest: Table, host: Table, cfg: VerticalLRConfig, *, test_ids: set[str] | frozenset[str] | None = None,
-           hub_timeout: float = 600.0) -> Transcript:
-    """Run vertical LR for real (CKKS, in-process roles, every message observed) and rebuild both views."""
+           hub_timeout: float = 600.0, mask_seed: int | None = None) -> Transcript:
+    """Run vertical LR for real (CKKS, in-process roles, every message observed) and rebuild both views.
+
+    ``mask_seed``: the passive's slot masks from a seeded generator (reproducible tests; with shared weights they
+    are the whole of its weight share)."""
     common = set(host.ids)
     order = [i for i in guest.ids if i in common]
     guest, host = guest.align(order), host.align(order)
     wire: list[WireRecord] = []
     masks: list[np.ndarray] = []
-    with _recording_masks(masks):
+    final_share: list[np.ndarray] = []
+    shared = cfg.passive_weights == "shared"
+    with _recording_masks(masks, mask_seed), _recording_final_share(final_share):
         out = run_vertical_lr_inprocess(guest, {host.party: host}, cfg, test_ids=test_ids, psi=False,
                                         observers=[wire.append], hub_timeout=hub_timeout)
+    secret = ckks.load_secret(out.label.model.secret_context) if out.label.model.secret_context else None
     P = host.party
     g_train = split_by_ids(guest, test_ids)[0] if test_ids else guest
     h_train = split_by_ids(host, test_ids)[0] if test_ids else host
@@ -123,6 +154,17 @@ def record(guest: Table, host: Table, cfg: VerticalLRConfig, *, test_ids: set[st
         if not m or m["p"] != cfg.tag_prefix:
             continue
         st = step(int(m["e"]), int(m["b"]))
+        if shared:
+            if m["kind"] == "z" and r.sender == P and secret is not None:  # the label party decrypts them
+                st.partial = vlr.decrypt_partial_scores(secret, r.payload, len(st.rows), what=r.tag)
+            elif m["kind"] == "g" and r.sender == P:  # passive's view: its gradient share, minus its own masks
+                mk = masks[n_gs]
+                n_gs += 1
+                d = len(unpack_blobs(r.payload, what=r.tag)[0])
+                st.gradient = -mk.reshape(d, -1).sum(axis=1) / (2.0**vlr.RESIDUAL_SCALE_BITS * len(st.rows))
+            continue
+        if m["kind"] == "g":
+            continue
         arrays, _ = unpack_arrays(r.payload, what=r.tag)
         if m["kind"] == "z" and r.sender == P:  # label party's view: the (only) passive's partial logits
             st.partial = vlr._from_fixed(arrays["q"])
@@ -137,10 +179,15 @@ def record(guest: Table, host: Table, cfg: VerticalLRConfig, *, test_ids: set[st
     std = Standardizer.fit(h_train.X)
     y = g_train.y
     assert y is not None
+    Xp = std.transform(h_train.X)[fit]
+    weights = out.passives[P].model.weights
+    if shared:  # what the passive computes with: its basis-changed columns, and its share of the weights
+        Xp = Xp @ np.linalg.cholesky(vlr._preconditioner(Xp, np.full(Xp.shape[1], cfg.l2), cfg.precondition))
+        weights = final_share[-1]
     return Transcript(
         cfg=cfg, batch_size=batch, steps=[steps[k] for k in sorted(steps)], ctl=ctl,
-        X_passive=std.transform(h_train.X)[fit], X_passive_raw=h_train.X[fit], X_label=g_train.X[fit],
-        y=y[fit].astype(np.float64), passive_weights=out.passives[P].model.weights,
+        X_passive=Xp, X_passive_raw=h_train.X[fit], X_label=g_train.X[fit],
+        y=y[fit].astype(np.float64), passive_weights=weights,
         test_auc=None if out.label.test_metrics is None else float(out.label.test_metrics["auc"]),
         bytes_sent=dict(out.bytes_by_sender),
     )
@@ -209,6 +256,11 @@ def label_inference(t: Transcript) -> dict[str, Any]:
     acc = float(np.mean((inv > 0) == (y > 0.5)))  # the sign rule: d̂ < 0 <=> y = 1
     transcript_best = max(attacks.values())
     own = auc(y, t.X_passive @ t.passive_weights)
+    # a score that knows nothing about the labels but uses the passive's features: random directions in its
+    # column space.  Their AUC spreads around 0.5 (a random direction correlates with the predictive one by
+    # chance); an attack inside this band tells the passive nothing it could not draw itself.
+    rng = np.random.default_rng(0)
+    rand = np.array([auc(y, t.X_passive @ rng.normal(size=t.X_passive.shape[1])) for _ in range(200)])
     return {
         "attacks": attacks,
         "best_transcript_attack_auc": transcript_best,
@@ -216,6 +268,8 @@ def label_inference(t: Transcript) -> dict[str, Any]:
         "own_model_part_auc": own,
         "best_auc": max(transcript_best, own),
         "no_information_auc": random_baseline(y),
+        "random_direction_auc_sd": float(np.std(rand)),
+        "random_direction_auc_p95_deviation": float(np.percentile(np.abs(rand - 0.5), 95)),
         "majority_accuracy": float(max(y.mean(), 1 - y.mean())),
         "n_rows": len(y),
         "n_steps": len(t.steps),

@@ -109,8 +109,9 @@ class BinnedOnline:
     def score(self, X: np.ndarray, partials: Mapping[str, Any]) -> Any:
         return self.inner.score(self.transform.apply(X), partials)
 
-    def answer(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.inner.answer(self.transform.apply(X)))
+    def answer(self, X: np.ndarray) -> np.ndarray | bytes:
+        out = self.inner.answer(self.transform.apply(X))
+        return out if isinstance(out, bytes) else np.asarray(out)  # bytes: a shared-weights part's Enc(X w)
 
 
 def with_binning(inner: Any, raw: bytes, source: str) -> Any:
