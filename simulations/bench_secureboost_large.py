@@ -17,6 +17,7 @@ import os
 import resource
 import time
 
+from fedcredit import compute
 from fedcredit.metrics import auc_ks
 from fedcredit.protocols import secureboost as sb
 from simulations.bench_secureboost import traffic_lines
@@ -36,7 +37,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--depth", type=int, default=5)
     ap.add_argument("--mode", choices=["hide_membership", "per_level"], default="per_level")
     ap.add_argument("--cache-mb", type=float, default=1024.0)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes for the passive party's histogram passes (as [compute] workers)")
+    ap.add_argument("--engine", choices=["processes", "ray"], default="processes")
     args = ap.parse_args(argv)
+    if args.workers > 1:  # what a party daemon does from its [compute] section
+        compute.configure(compute.WorkerPool(args.workers, args.engine))
     cfg = sb.SecureBoostConfig(n_trees=args.trees, max_depth=args.depth, histogram_mode=args.mode,
                                mask_cache_mb=args.cache_mb, timeout_s=7200)
     load0 = os.getloadavg()
@@ -73,10 +79,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(line)
     print(f"federated timings (label): {lab.report['label_timings']}")
     print(f"federated timings (host):  {lab.report['passive']['host']['timings']}")
-    print(f"peak RSS of the process (both parties + the reference): {_rss_mb():.0f} MB")
+    print(f"peak RSS of the process (both parties + the reference): {_rss_mb():.0f} MB; largest worker process: "
+          f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0:.0f} MB")
     load1 = os.getloadavg()
-    print(f"machine: {os.cpu_count()} cores shared with other jobs; load average at start {load0[0]:.2f}, "
-          f"at end {load1[0]:.2f}")
+    print(f"machine: {os.cpu_count()} cores, passive histogram workers {args.workers}; load average at start "
+          f"{load0[0]:.2f}, at end {load1[0]:.2f}")
     return {"ref_auc": ref_auc, "auc": lab.test_auc, "train_s": lab.train_seconds, "bytes": n_bytes,
             "rss_mb": _rss_mb(), "report": lab.report, "rows": args.rows}
 
