@@ -68,7 +68,7 @@ class LeakageRow:
 @dataclass(frozen=True)
 class ProtocolTable:
     protocol: str  # "vertical-lr", "secureboost", "psi", "binning", "vertical-job"
-    mode: str  # "default", or the protocol's mode ("hide_membership")
+    mode: str  # "default", or the protocol's mode ("hide_membership", "shared-weights")
     doc: str  # where the rows are explained and tested
     messages: tuple[Message, ...]
     rows: tuple[LeakageRow, ...]
@@ -83,7 +83,7 @@ _RELAY = LeakageRow("coordinator / relay", "message sizes and timing only (paylo
 
 TABLES: Final[tuple[ProtocolTable, ...]] = (
     ProtocolTable(
-        "vertical-lr", "default", "docs/vertical_lr.md#leakage-table",
+        "vertical-lr", "plaintext-weights", "docs/vertical_lr.md#leakage-table",
         (
             Message("vlr/setup", "label", "plaintext", "hyper-parameters, party list, row counts, id digests"),
             Message("vlr/ctx", "label", "public", "the public CKKS context (no secret key)"),
@@ -389,13 +389,20 @@ def _applying_figures(protocol: str, config: Mapping[str, Any] | None, dp: Mappi
                 note = f"measured at ε = {near:g}, the nearest to this run's ε = {float(eps):g}"
         else:
             note = "no figure was measured with DP for this configuration: the figures are without DP"
-    if protocol == "vertical-lr" and (config or {}).get("passive_weights") == "shared" and not dp:
+    if protocol == "vertical-lr" and vlr_weights_mode(config or {}) == "shared-weights" and not dp:
         want = "shared-weights"
     chosen = [e for e in entries if e.get("defence") == want]
     measured_by = next((e["command"] for e in chosen if e.get("command")), doc.get("command", "not measured"))
     return {"mode": mode, "defence": want, "entries": chosen, "note": note,
             "source": "fedcredit/attack_figures.json: " + str(measured_by),
             "goal": "passive-party label inference AUC <= 0.55"}
+
+
+def vlr_weights_mode(config: Mapping[str, Any]) -> str:
+    """The vertical LR leakage table of a job's model parameters: ``"shared-weights"`` (the default since
+    ``passive_weights = "shared"`` became it) or ``"plaintext-weights"``; a run recorded before the key existed
+    trained with plaintext weights."""
+    return "shared-weights" if config.get("passive_weights", "plaintext") == "shared" else "plaintext-weights"
 
 
 def privacy_section(*, protocol: str, role: str, sent_by_tag: Sequence[Mapping[str, Any]],
@@ -409,8 +416,8 @@ def privacy_section(*, protocol: str, role: str, sent_by_tag: Sequence[Mapping[s
     party sent messages of (a vertical job's PSI and test-row split: a passive party only receives the split).
     """
     cfg = dict(config or {})
-    mode = attack_mode(protocol, cfg) if protocol == "secureboost" else \
-        "shared-weights" if protocol == "vertical-lr" and cfg.get("passive_weights") == "shared" else "default"
+    mode = attack_mode(protocol, cfg) if protocol == "secureboost" else vlr_weights_mode(cfg) \
+        if protocol == "vertical-lr" else "default"
     ordered = sorted(TABLES, key=lambda t: not (t.protocol == protocol and t.mode == mode))  # this mode's forms first
     sent = []
     used = {protocol, *also}

@@ -190,7 +190,12 @@ def test_psi_and_vertical_lr_job(fed: LocalFederation) -> None:
     bm = json.loads((mb / "vertical_lr_bank_model.json").read_text())
     fm = json.loads((mf / "vertical_lr_fintech_model.json").read_text())
     assert bm["feature_names"] == BANK_FEATURES and len(bm["weights"]) == 13
-    assert fm["feature_names"] == FINTECH_FEATURES and len(fm["weights"]) == 10
+    # the default (passive_weights = "shared"): the fintech's part is Enc(w_k) under the bank's key, no plaintext
+    # weight; the bank's file holds that key (owner-only, never published)
+    assert fm["feature_names"] == FINTECH_FEATURES and fm["weights"] is None and fm["passive_weights"] == "shared"
+    assert len(fm["encrypted_weights"]) == 10 and "ckks_secret_context" not in fm
+    assert bm["passive_weights"] == "shared" and bm["ckks_secret_context"]
+    assert (mb / "vertical_lr_bank_model.json").stat().st_mode & 0o077 == 0
     assert not set(BANK_FEATURES) & set(json.dumps(fm).split('"')) and "f0" not in json.dumps(bm)
     assert sorted(p.name for p in mf.iterdir()) == ["report.html", "report.json", "vertical_lr_fintech_model.json"]
     assert fintech["report"] == f"models/{run_id}/report.html" and bank["report"] == fintech["report"]
@@ -202,6 +207,7 @@ def test_psi_and_vertical_lr_job(fed: LocalFederation) -> None:
         assert pv["role"] == role and pv["sent"] and all(r["form"] != "undeclared" for r in pv["sent"]), pv["sent"]
         assert {r["protocol"] for r in pv["leakage"]} >= {"psi", "vertical-job", "vertical-lr"} and pv["dp"] is None
         assert pv["attacks"]["mode"] == "default" and pv["attacks"]["entries"]
+        assert pv["mode"] == "shared-weights" and pv["attacks"]["defence"] == "shared-weights", pv["attacks"]
         assert "Privacy report" in (m / "report.html").read_text()
     _check_privacy(fed, run_id, result)
 

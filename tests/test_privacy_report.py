@@ -38,15 +38,17 @@ def test_every_message_of_real_vertical_runs_is_declared_with_its_form() -> None
     h = load_table(DATA / "default_credit_hetero_host.csv", party="host")
     ids = g.ids[:900]
     wire: list[WireRecord] = []
-    run_vertical_lr_inprocess(g.align(ids), {"host": h.align(ids)}, VerticalLRConfig(max_epochs=1, full_batch_steps=1),
-                              test_ids=set(ids[:200]), observers=[wire.append])
+    for weights in ("shared", "plaintext"):  # the default and the other mode: both transcripts are declared
+        run_vertical_lr_inprocess(g.align(ids), {"host": h.align(ids)},
+                                  VerticalLRConfig(max_epochs=1, full_batch_steps=1, passive_weights=weights),
+                                  test_ids=set(ids[:200]), observers=[wire.append])
     gdf = pd.read_csv(DATA / "default_credit_hetero_guest.csv", dtype={"id": str}).iloc[:600]
     hdf = pd.read_csv(DATA / "default_credit_hetero_host.csv", dtype={"id": str})
     run_secureboost_inprocess(gdf, {"host": hdf[hdf["id"].isin(set(gdf["id"]))]},
                               SecureBoostConfig(n_trees=1, max_depth=2), test_ids=set(gdf["id"][:100]),
                               observers=[wire.append])
     kinds = {_kind(r.tag) for r in wire}
-    assert {"psi/s", "vlr/g", "vlr/gs", "sb.cmd", "sb.reply"} <= kinds
+    assert {"psi/s", "vlr/g", "vlr/gs", "vlr/wb", "vlr/wfinal", "sb.cmd", "sb.reply"} <= kinds
     undeclared = sorted(k for k in kinds if privacy.form_of(k) is None)
     assert not undeclared, f"message kinds missing from fedcredit/privacy.py: {undeclared}"
     assert privacy.form_of("vlr/r") == ("vertical-lr", "ciphertext", privacy.form_of("vlr/r")[2])  # type: ignore[index]
@@ -60,7 +62,10 @@ def _section(role: str, **kw):  # type: ignore[no-untyped-def]
 
 
 def test_privacy_section_forms_rows_and_the_figures_of_the_configuration() -> None:
-    pv = _section("passive", config=VerticalLRConfig().model_dump())
+    default = _section("passive", config=VerticalLRConfig().model_dump())["attacks"]
+    assert default["defence"] == "shared-weights" and default["entries"]  # the default's own measured figures
+    assert all(e["value"] <= 0.55 for e in default["entries"] if e["attacker"] == "passive party"), default
+    pv = _section("passive", config=VerticalLRConfig(passive_weights="plaintext").model_dump())
     forms = {r["tag"]: r["form"] for r in pv["sent"]}
     assert forms == {"vlr/g": "masked", "vlr/unheard-of": "undeclared"}  # an unknown kind is shown, never dropped
     assert {(r["protocol"], r["role"]) for r in pv["leakage"]} >= {("vertical-lr", "passive"), ("vertical-lr", "label")}

@@ -155,8 +155,10 @@ def test_secureboost_resumes_from_the_tree_both_roles_hold(tables, tmp_path: Pat
 
 
 def test_vertical_lr_resumes_from_the_epoch_both_roles_hold(tables, tmp_path: Path, crash_after) -> None:
-    # two mini-batch epochs, then two full-batch steps: the crash after epoch 3 falls in the full-batch phase
-    job = _job("vertical-lr", "max_epochs = 2\nfull_batch_steps = 2\nbatch_size = 512\npatience = 10")
+    # two mini-batch epochs, then two full-batch steps: the crash after epoch 3 falls in the full-batch phase;
+    # plaintext weights, so both parts' weights can be compared (the default, shared, is the test below)
+    job = _job("vertical-lr", "max_epochs = 2\nfull_batch_steps = 2\nbatch_size = 512\npatience = 10\n"
+                              "passive_weights = \"plaintext\"")
     ref = _run(tables, job, tmp_path / "ref")
     ref_models = _models(tmp_path / "ref", "vertical_lr")
 

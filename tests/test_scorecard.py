@@ -377,7 +377,7 @@ def test_federated_binning_then_vertical_lr_then_scorecard_in_process(mode: str)
     train_g, test_g = f.guest.take(np.arange(n)), f.guest.take(np.arange(n, n + n_test))
     train_h, test_h = f.host.take(np.arange(n)), f.host.take(np.arange(n, n + n_test))
     bp = BinningParams(transform=mode, min_iv=0.0)  # type: ignore[arg-type]
-    lr = VerticalLRConfig(max_epochs=4, batch_size=0)
+    lr = VerticalLRConfig(max_epochs=4, batch_size=0, passive_weights="plaintext")  # points per bin: plaintext w_k
     card_params = ScorecardParams(pdo=40)
     seen: dict[str, RecordingTransport] = {}
 

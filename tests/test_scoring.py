@@ -765,18 +765,23 @@ def test_e2e_vertical_train_publish_and_score_online(tmp_path: Path, frames, jty
         pas_bytes = fin.service.model().artifact.files["model.json"]
         rows = slice(300, 340)  # customers both parties hold
         apps, Xg, Xh = _apps(frames, rows)
+        tol = 1e-12
         if jtype == "vertical-lr":
             lab, pas = LabelModel.from_json(lab_bytes.decode()), PassiveModel.from_json(pas_bytes.decode())
-            expected = vlr.combine(lab, Xg, [vlr.passive_partial_scores(pas, Xh)])
+            # the default, shared weights: the fintech's installed part is Enc(w) and answers ciphertexts with
+            # flooding noise (σ 2^-10 on each partial logit), which only the bank's installed part decrypts
+            assert pas.shared and lab.secret_context
+            expected, _ = vlr.OnlineLabel(lab).score(Xg, {"fintech": vlr.OnlinePassive(pas).answer(Xh)})
+            tol = 2e-3
         else:
             lab, pas = sb.LabelModelPart.from_bytes(lab_bytes), sb.PassiveModelPart.from_bytes(pas_bytes)
             expected = sb.label_predict(lab, Xg, {"fintech": sb.passive_decisions(pas, Xh)})
         sc = ScoringClient(bank.address, Identity.load(fed.certs / "operator", "operator"))
         try:
             got = [r.pd for r in sc.score_batch(apps)]
-            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(got, expected, rtol=0, atol=tol)
             one = sc.score(apps[0].id, apps[0].features)
-            assert one.pd == pytest.approx(expected[0], abs=1e-12) and one.model_version == pub["parties"]["bank"]["version"]
+            assert one.pd == pytest.approx(expected[0], abs=tol) and one.model_version == pub["parties"]["bank"]["version"]
             # a customer only the bank has: answered like any other (no membership oracle), flagged at the fintech
             only_bank = sc.score(str(ids[0]), dict(zip(lab.feature_names, Xg[0])))
             assert 0.0 < only_bank.pd < 1.0

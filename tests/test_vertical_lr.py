@@ -33,6 +33,9 @@ from simulations.inprocess import run_vertical_lr_inprocess
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 N_SUBSET = 9000
+#: the tests down to the "shared" section check the plaintext-weights protocol's wire and counters (an option since
+#: passive_weights = "shared" became the default; the shared section below checks the default's)
+PLAIN = {"passive_weights": "plaintext"}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,7 @@ def tables() -> tuple[Table, Table, set[str]]:
 def one_passive(tables):  # type: ignore[no-untyped-def]
     g, h, test_ids = tables
     wire: list[WireRecord] = []
-    res = run_vertical_lr_inprocess(g, {"host": h}, VerticalLRConfig(), test_ids=test_ids, observers=[wire.append])
+    res = run_vertical_lr_inprocess(g, {"host": h}, VerticalLRConfig(**PLAIN), test_ids=test_ids, observers=[wire.append])
     return res, wire
 
 
@@ -174,7 +177,7 @@ def test_two_passives_label_learns_only_the_sum(tables) -> None:  # type: ignore
     hb = Table("bank_b", "b.csv", h_al.ids, h_al.X[:, 5:], h_al.feature_names[5:])
     wire: list[WireRecord] = []
     res = run_vertical_lr_inprocess(
-        g2, {"bank_a": ha, "bank_b": hb}, VerticalLRConfig(batch_size=2048, max_epochs=4), test_ids=test_ids,
+        g2, {"bank_a": ha, "bank_b": hb}, VerticalLRConfig(batch_size=2048, max_epochs=4, **PLAIN), test_ids=test_ids,
         observers=[wire.append],
     )
     assert res.label.test_metrics["auc"] > 0.70
@@ -226,7 +229,7 @@ def test_models_are_saved_per_party_with_reports(tables, tmp_path: Path) -> None
     rows = np.sort(np.random.default_rng(2).choice(len(g), 3000, replace=False))
     g2 = g.take(rows)
     res = run_vertical_lr_inprocess(
-        g2, {"host": h.align(g2.ids)}, VerticalLRConfig(max_epochs=2, batch_size=1024), test_ids=test_ids,
+        g2, {"host": h.align(g2.ids)}, VerticalLRConfig(max_epochs=2, batch_size=1024, **PLAIN), test_ids=test_ids,
         psi=False, out_dir=tmp_path,
     )
     report = json.loads((tmp_path / "vertical_lr_report.json").read_text())
@@ -324,7 +327,7 @@ def test_a_two_worker_pool_trains_the_same_model(tables) -> None:  # type: ignor
     """Encryption (label) and gradient products (passive) on 2 worker processes: same ciphertext counts, same model
     up to CKKS noise and the flooding of returned sums (fresh randomness in every run)."""
     g, h, test_ids = tables
-    cfg = VerticalLRConfig(max_epochs=2, full_batch_steps=2)
+    cfg = VerticalLRConfig(max_epochs=2, full_batch_steps=2, **PLAIN)
     inline = run_vertical_lr_inprocess(g, {"host": h}, cfg, test_ids=test_ids)
     pool = _RecordingPool(2, "processes")
     pooled = run_vertical_lr_inprocess(g, {"host": h}, cfg, test_ids=test_ids, pool=pool)
@@ -438,11 +441,30 @@ def test_shared_weights_two_passives_label_learns_only_the_sum(tables) -> None: 
     assert np.max(np.abs(total)) < 10  # ...only the sum of all passives is meaningful
 
 
+def test_the_default_is_shared_weights_at_pooled_quality(tables) -> None:  # type: ignore[no-untyped-def]
+    """A job that names nothing trains with shared weights (issue 12: the passive's label inference <= 0.55 in the
+    default configuration) and still reaches the pooled model on the benchmark subset."""
+    from fedcredit.params import VerticalLRModel
+
+    assert VerticalLRConfig().passive_weights == "shared"
+    assert VerticalLRModel.from_dict({}).passive_weights == "shared"
+    g, h, test_ids = tables
+    res = run_vertical_lr_inprocess(g, {"host": h}, VerticalLRConfig(), test_ids=test_ids)
+    pm = res.passives["host"].model
+    assert pm.shared and np.all(np.isnan(pm.weights))
+    pooled, label_only = _pooled_auc(g, h, test_ids, VerticalLRConfig())
+    assert res.label.test_metrics["auc"] >= pooled - 0.006, (res.label.test_metrics, pooled)
+    assert res.label.test_metrics["auc"] >= label_only + 0.03
+
+
 def test_shared_weights_refuse_a_scorecard() -> None:
     from fedcredit.params import VerticalLRModel
 
     with pytest.raises((ConfigError, ValueError), match="shared"):
         VerticalLRModel.from_dict({"passive_weights": "shared", "binning": {}, "scorecard": {}})
+    # a scorecard job that does not name the mode gets plaintext weights (its points per bin are those weights)
+    assert VerticalLRModel.from_dict({"binning": {}, "scorecard": {}}).passive_weights == "plaintext"
+    assert VerticalLRModel.from_dict({"binning": {}}).passive_weights == "shared"
 
 
 def test_shared_weights_privacy_report_uses_its_own_leakage_rows() -> None:
@@ -454,5 +476,10 @@ def test_shared_weights_privacy_report_uses_its_own_leakage_rows() -> None:
     assert sec["mode"] == "shared-weights" and sec["sent"][0]["form"] == "ciphertext"
     assert any(r["mode"] == "shared-weights" and r["role"] == "passive" for r in sec["leakage"])
     plain = privacy_section(protocol="vertical-lr", role="passive", sent_by_tag=sent,
-                            config=VerticalLRConfig().public())
-    assert plain["mode"] == "default" and plain["sent"][0]["form"] == "masked"
+                            config=VerticalLRConfig(passive_weights="plaintext").public())
+    assert plain["mode"] == "plaintext-weights" and plain["sent"][0]["form"] == "masked"
+    default = privacy_section(protocol="vertical-lr", role="passive", sent_by_tag=sent,
+                              config=VerticalLRConfig().public())
+    assert default["mode"] == "shared-weights"
+    old_run = privacy_section(protocol="vertical-lr", role="passive", sent_by_tag=sent, config={"batch_size": 4096})
+    assert old_run["mode"] == "plaintext-weights"  # a run recorded before the key existed
