@@ -581,10 +581,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parties", type=int, default=20)
     ap.add_argument("--client-procs", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--model", default="secureboost", choices=["secureboost", "vertical-lr"])
+    ap.add_argument("--model", default="secureboost", choices=["secureboost", "vertical-lr", "vertical-lr-shared"])
     ap.add_argument("--default-rate-limits", action="store_true",
                     help="keep the passive party's default [scoring.partial_rate] (the benchmark raises it)")
-    ap.add_argument("--models", default="secureboost,vertical-lr", help="(c): models to measure")
+    ap.add_argument("--models", default="secureboost,vertical-lr,vertical-lr-shared",
+                    help="(c): models to measure (vertical-lr: plaintext weights; vertical-lr-shared: the default's "
+                         "shared weights, the passive answering ciphertexts)")
     ap.add_argument("--rates", default="200,500,1000", help="(c): open-loop arrival rates, decisions/s")
     ap.add_argument("--closed", default="1,16", help="(c): closed-loop client counts")
     ap.add_argument("--channels", type=int, default=4, help="(c): open-loop generator's mTLS channels")

@@ -70,10 +70,12 @@ def _train(kind: str, g: pd.DataFrame, h: pd.DataFrame, n_fit: int, federated: b
                                                 cfg, label_party="guest", label_feature_names=gf,
                                                 passive_feature_names={"host": hf})
         return lab, pas["host"]
+    shared = kind == "vertical-lr-shared"
     if federated:
         guest = table_from_frame(gt, party="guest", source="guest", id_col="id", label_col="y")
         host = table_from_frame(ht, party="host", source="host", id_col="id")
-        vres = run_vertical_lr_inprocess(guest, {"host": host}, vlr.VerticalLRConfig(max_epochs=2), psi=False)
+        vres = run_vertical_lr_inprocess(guest, {"host": host}, vlr.VerticalLRConfig(
+            max_epochs=2, passive_weights="shared" if shared else "plaintext"), psi=False)
         return vres.label.model, vres.passives["host"].model
     from sklearn.linear_model import LogisticRegression
 
@@ -81,8 +83,26 @@ def _train(kind: str, g: pd.DataFrame, h: pd.DataFrame, n_fit: int, federated: b
     clf = LogisticRegression(max_iter=500).fit(
         np.hstack([sg.transform(gt[gf].to_numpy()), sh.transform(ht[hf].to_numpy())]), gt["y"].to_numpy())
     w = clf.coef_.ravel()
-    return (vlr.LabelModel("guest", gf, sg, w[: len(gf)], float(clf.intercept_[0]), ["host"]),
-            vlr.PassiveModel("host", hf, sh, w[len(gf):], "guest"))
+    lm = vlr.LabelModel("guest", gf, sg, w[: len(gf)], float(clf.intercept_[0]), ["host"])
+    pm = vlr.PassiveModel("host", hf, sh, w[len(gf):], "guest")
+    return _as_shared(lm, pm) if shared else (lm, pm)
+
+
+def _as_shared(lab: Any, pas: Any) -> tuple[Any, Any]:
+    """The parts a shared-weights run installs (passive_weights = "shared", the default), from plaintext weights:
+    the passive holds Enc(w_k) (one replicated ciphertext per feature) under a key only the label part holds, so
+    every request costs the passive's ciphertext products and the label party's decryption.  The training basis
+    is the identity here (a run's is its preconditioner: the same per-request cost)."""
+    from crypto import ckks
+    from fedcredit.protocols import vertical_lr as vlr
+
+    sk = ckks.new_context()
+    d = len(pas.feature_names)
+    enc = ckks.shift_replicated(sk.public(), ckks.encrypt_replicated(sk, np.zeros(d)), pas.weights, what="bench")
+    return (vlr.LabelModel(lab.party, lab.feature_names, lab.standardizer, lab.weights, lab.intercept,
+                           lab.passive_parties, secret_context=ckks.secret_bytes(sk)),
+            vlr.PassiveModel(pas.party, pas.feature_names, pas.standardizer, np.full(d, np.nan), lab.party,
+                             encrypted_weights=enc, public_context=ckks.public_bytes(sk), basis=np.eye(d)))
 
 
 def _parts(kind: str, lab: Any, pas: Any) -> dict[str, Any]:

@@ -735,3 +735,28 @@ def test_psi_key_survives_handoff_to_local_helper_only_as_32_bytes() -> None:
     assert helper.blind(pts) == key.blind(pts)
     with pytest.raises(SecurityError):
         PsiKey.import_from_parent(b"short")
+
+
+def test_replicated_weights_answer_one_row_without_rescaling_and_many_rows_in_chunks() -> None:
+    """Online scoring's fast path (one row, no rescale) and the batch path give Enc(X w + add); the public side
+    cannot open either, the key holder reads exactly the row's value."""
+    sk = ckks.new_context()
+    pub = sk.public()
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=7)
+    enc = ckks.shift_replicated(pub, ckks.encrypt_replicated(sk, np.zeros(7)), w, what="w")
+    rw = ckks.ReplicatedWeights(pub, enc, what="w")
+    x, add = rng.normal(size=(1, 7)), np.array([0.37])
+    one = rw.dot(x, add)
+    assert len(one) == 1
+    np.testing.assert_allclose(ckks.decrypt_chunks(sk, one, 1, what="one"), x @ w + add, atol=1e-6)
+    zero = rw.dot(np.zeros((1, 7)), add)  # no column to carry the addend: the rescaling path
+    np.testing.assert_allclose(ckks.decrypt_chunks(sk, zero, 1, what="zero"), add, atol=1e-6)
+    X, A = rng.normal(size=(5000, 7)), rng.normal(size=5000)
+    many = rw.dot(X, A)
+    assert len(many) == 2  # 4096 slots per chunk
+    np.testing.assert_allclose(ckks.decrypt_chunks(sk, many, 5000, what="many"), X @ w + A, atol=1e-5)
+    with pytest.raises(SecurityError):
+        ckks.decrypt_chunks(pub, one, 1, what="the public side")  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="do not fit"):
+        rw.dot(np.zeros((1, 6)), add)

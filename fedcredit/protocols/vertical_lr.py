@@ -458,11 +458,13 @@ def passive_partial_scores(model: PassiveModel, X: np.ndarray) -> np.ndarray:
     return model.standardizer.transform(X) @ model.weights
 
 
-def passive_encrypted_scores(model: PassiveModel, X: np.ndarray, ctx: ckks.PublicContext | None = None) -> bytes:
+def passive_encrypted_scores(model: PassiveModel, X: np.ndarray, ctx: ckks.PublicContext | None = None,
+                             weights: ckks.ReplicatedWeights | None = None) -> bytes:
     """A shared-weights part's answer: ``Enc(X' w' + noise)`` for the rows of raw ``X`` (the payload of a reply).
 
     ``X' = standardize(X) @ basis``; the noise (std 2^-10) floods the CKKS error of the products.
-    ``ctx``: the part's loaded public context (loaded here when not given).
+    ``ctx``: the part's loaded public context (loaded here when not given); ``weights``: its ciphertexts loaded
+    once (:class:`OnlinePassive` keeps them; loaded here when not given).
     """
     if not model.shared or model.encrypted_weights is None or model.basis is None:
         raise ConfigError(f"party '{model.party}': not a shared-weights part")
@@ -472,8 +474,9 @@ def passive_encrypted_scores(model: PassiveModel, X: np.ndarray, ctx: ckks.Publi
     ctx = ctx if ctx is not None else ckks.load_public(model.public_context or b"", what=f"party '{model.party}': "
                                                        "the CKKS context of its model part")
     Z = model.standardizer.transform(X) @ model.basis
-    cts = ckks.encrypted_dot_chunks(ctx, model.encrypted_weights, Z, ckks.gaussian(len(Z), _LOGIT_FLOOD),
-                                    what=f"party '{model.party}': its encrypted weights")
+    if weights is None:
+        weights = ckks.ReplicatedWeights(ctx, model.encrypted_weights, what=f"party '{model.party}': its encrypted weights")
+    cts = weights.dot(Z, ckks.gaussian(len(Z), _LOGIT_FLOOD))
     return pack_blobs(cts, {"rows": len(Z)})
 
 
@@ -582,13 +585,16 @@ class OnlinePassive:
         self.label_party = model.label_party
         self.ctx = (ckks.load_public(model.public_context or b"", what=f"party '{model.party}': its model's CKKS context")
                     if model.shared else None)
+        self.weights = (ckks.ReplicatedWeights(self.ctx, model.encrypted_weights or [],
+                                               what=f"party '{model.party}': its encrypted weights")
+                        if self.ctx is not None else None)
 
     def answer(self, X: np.ndarray) -> np.ndarray | bytes:
         """Partial logits; a shared-weights part answers the :func:`passive_encrypted_scores` payload (bytes)."""
         if self.card is not None:
             return self.card.partial_logit(X)
         if self.ctx is not None:
-            return passive_encrypted_scores(self.model, X, self.ctx)
+            return passive_encrypted_scores(self.model, X, self.ctx, self.weights)
         return passive_partial_scores(self.model, X)
 
 
