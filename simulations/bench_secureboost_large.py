@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import threading
 import time
 
 from fedcredit import compute
@@ -27,6 +28,44 @@ from simulations.inprocess import run_secureboost_inprocess
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _WorkerRss:
+    """Peak resident memory of any one descendant process (the pool's workers: children of its forkserver, so
+    ``RUSAGE_CHILDREN`` never sees them), sampled every second from /proc."""
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.wait(1.0):
+            parent: dict[int, int] = {}
+            rss: dict[int, float] = {}
+            for d in os.listdir("/proc"):
+                if not d.isdigit():
+                    continue
+                try:
+                    status = open(f"/proc/{d}/status").read()
+                except OSError:
+                    continue
+                fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+                parent[int(d)] = int(fields.get("PPid", "0").strip() or 0)
+                rss[int(d)] = float(fields.get("VmRSS", "0 kB").split()[0]) / 1024.0
+            for pid, mb in rss.items():
+                q, seen = parent.get(pid, 0), 0
+                while q and q != me and seen < 20:
+                    q, seen = parent.get(q, 0), seen + 1
+                if q == me and pid != me:
+                    self.peak_mb = max(self.peak_mb, mb)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._t.join(5)
+        return self.peak_mb
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  federated: tree {done}/{total}  ({time.perf_counter() - t0:.1f} s, peak RSS {_rss_mb():.0f} MB)",
                   flush=True)
 
+    workers_rss = _WorkerRss()
     t0 = time.perf_counter()
     res = run_secureboost_inprocess(guest, {"host": host}, cfg, test_ids=test_ids, progress=progress)
     lab = res.label
@@ -80,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"federated timings (label): {lab.report['label_timings']}")
     print(f"federated timings (host):  {lab.report['passive']['host']['timings']}")
     print(f"peak RSS of the process (both parties + the reference): {_rss_mb():.0f} MB; largest worker process: "
-          f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0:.0f} MB")
+          f"{workers_rss.stop():.0f} MB")
     load1 = os.getloadavg()
     print(f"machine: {os.cpu_count()} cores, passive histogram workers {args.workers}; load average at start "
           f"{load0[0]:.2f}, at end {load1[0]:.2f}")

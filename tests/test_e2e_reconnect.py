@@ -33,7 +33,9 @@ from simulations.deployment import LocalFederation, PartySpec
 pytestmark = pytest.mark.e2e
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MODEL = {"test_fraction": 0.25, "split_seed": 7, "max_epochs": 6}
+# plaintext weights: the two runs' model files are compared field by field below; a shared-weights part (the
+# default) holds fresh ciphertexts and keys every run (that mode's e2e run is tests/test_e2e_vertical.py)
+MODEL = {"test_fraction": 0.25, "split_seed": 7, "max_epochs": 6, "passive_weights": "plaintext"}
 # Vertical LR rather than SecureBoost: in this set-up SecureBoost's passive histogram sometimes fails
 # with TenSEAL's "result ciphertext is transparent" (an all-zero mask plaintext in crypto/ckks_hist.py,
 # depending on the PSI's row order), pause or not -- a protocol bug outside the data plane.
