@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedcredit import compute
 from fedcredit.metrics import auc_ks
 from fedcredit.protocols import secureboost as sb
 from simulations.inprocess import run_secureboost_inprocess
@@ -137,7 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pack", type=int, default=sb.SecureBoostConfig().pack)
     ap.add_argument("--mode", choices=["hide_membership", "per_level"], default="hide_membership",
                     help="histogram_mode (docs/secureboost.md: leakage table)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes for the passive party's histogram passes (as [compute] workers)")
     args = ap.parse_args(argv)
+    if args.workers > 1:  # what a party daemon does from its [compute] section
+        compute.configure(compute.WorkerPool(args.workers, "processes"))
     cfg = sb.SecureBoostConfig(
         n_trees=args.trees, max_depth=args.depth, n_bins=args.bins, learning_rate=args.lr, pack=args.pack,
         histogram_mode=args.mode,
@@ -209,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"federated timings (host):  {lab.report['passive']['host']['timings']}")
     print(f"setup {lab.report['setup_seconds']} s, joint scoring of {len(te)} rows {lab.report['eval_seconds']} s")
     load1 = os.getloadavg()
-    print(f"machine: {os.cpu_count()} cores shared with other jobs; load average at start {load0[0]:.2f}, at end {load1[0]:.2f}")
+    print(f"machine: {os.cpu_count()} cores, passive histogram workers {args.workers}; load average at start "
+          f"{load0[0]:.2f}, at end {load1[0]:.2f}")
 
     out = {
         "config": cfg.to_dict(),
