@@ -486,11 +486,16 @@ class ReplicatedWeights:
         self._lock = threading.Lock()
         self._unscaled: list[ts.CKKSVector] | None = None
 
-    def _one_row(self, x: np.ndarray, add: float) -> bytes:
-        """``Enc(x·w + add)`` for one row without a rescale: the products stay at scale², which the modulus
-        holds (one level of the context) and decryption reads from the ciphertext's own scale.  A rescale is the
-        costly part of a product (≈ 1 ms each at N = 8192); skipping the d rescales cut an online answer 7×.
-        The addend goes into the largest column's weight before its product (a plaintext at the fresh scale)."""
+    def _one_row(self, x: np.ndarray, add: float, flood_std: float) -> bytes:
+        """``Enc(x·w + add)`` for one row, in every slot, without a rescale: the products stay at scale², which
+        the modulus holds (one level of the context) and decryption reads from the ciphertext's own scale.  A
+        rescale is the costly part of a product (≈ 1 ms each at N = 8192); skipping the d rescales cut an online
+        answer 7×.  The addend goes into the largest column's weight before its product (a plaintext at the
+        fresh scale).
+
+        Every slot holds ``x·(w_j + e_j[slot])``, and the key holder knows each ``e_j`` (the encryption error of
+        the weights it encrypted), so unflooded slots would give it ``x`` by least squares (the attack in
+        tests/test_crypto.py).  Slot 0 carries ``add``; every other slot gets fresh N(0, ``flood_std``) noise."""
         with self._lock:
             if self._unscaled is None:  # the weights again, on a private copy of the context that never rescales
                 tctx = _ts(self.ctx).copy()
@@ -498,24 +503,27 @@ class ReplicatedWeights:
                 self._unscaled = [ts.ckks_vector_from(tctx, b) for b in self._blobs]
         vecs = self._unscaled
         j0 = int(np.argmax(np.abs(x)))
-        acc = (vecs[j0] + add / float(x[j0])) * float(x[j0])
+        addend = gaussian(self.slots, flood_std)
+        addend[0] = add
+        acc = (vecs[j0] + (addend / float(x[j0])).tolist()) * float(x[j0])
         for j, v in enumerate(vecs):
             if j != j0:
                 acc += v * float(x[j])
         return acc.serialize()
 
-    def dot(self, X: np.ndarray, add: np.ndarray) -> list[bytes]:
-        """``Enc(X w + add)``, as :func:`encrypted_dot_chunks`.  One row (an online request) multiplies by scalars
-        (:meth:`_one_row`): every slot then holds that row's value, and slot 0 is what :func:`decrypt_chunks`
-        reads."""
+    def dot(self, X: np.ndarray, add: np.ndarray, *, flood_std: float = 0.0) -> list[bytes]:
+        """``Enc(X w + add)``, as :func:`encrypted_dot_chunks`.  With ``flood_std`` > 0, one row (an online
+        request) multiplies by scalars (:meth:`_one_row`): every slot then holds that row's value, flooded, and
+        slot 0 is what :func:`decrypt_chunks` reads.  Otherwise a row's products stay in its own slot (the
+        padding slots multiply zeros)."""
         X = np.asarray(X, dtype=np.float64)
         add = np.asarray(add, dtype=np.float64)
         vecs = self._vecs
         if X.ndim != 2 or add.shape != (X.shape[0],) or len(vecs) != X.shape[1]:
             raise DataError(f"{self.what}: matrix {X.shape}, addend {add.shape} and {len(vecs)} weight ciphertexts "
                             "do not fit")
-        if X.shape[0] == 1 and vecs and float(np.max(np.abs(X[0]))) > 1e-6:
-            return [self._one_row(X[0], float(add[0]))]
+        if flood_std > 0 and X.shape[0] == 1 and vecs and float(np.max(np.abs(X[0]))) > 1e-6:
+            return [self._one_row(X[0], float(add[0]), flood_std)]
         slots, n = self.slots, X.shape[0]
         k = max(1, -(-n // slots))
         Xp = np.zeros((k * slots, X.shape[1]))

@@ -747,10 +747,11 @@ def test_replicated_weights_answer_one_row_without_rescaling_and_many_rows_in_ch
     enc = ckks.shift_replicated(pub, ckks.encrypt_replicated(sk, np.zeros(7)), w, what="w")
     rw = ckks.ReplicatedWeights(pub, enc, what="w")
     x, add = rng.normal(size=(1, 7)), np.array([0.37])
-    one = rw.dot(x, add)
+    one = rw.dot(x, add, flood_std=2.0**-10)
     assert len(one) == 1
-    np.testing.assert_allclose(ckks.decrypt_chunks(sk, one, 1, what="one"), x @ w + add, atol=1e-6)
-    zero = rw.dot(np.zeros((1, 7)), add)  # no column to carry the addend: the rescaling path
+    np.testing.assert_allclose(ckks.decrypt_chunks(sk, one, 1, what="one"), x @ w + add, atol=1e-2)  # flooded
+    np.testing.assert_allclose(ckks.decrypt_chunks(sk, rw.dot(x, add), 1, what="one"), x @ w + add, atol=1e-6)
+    zero = rw.dot(np.zeros((1, 7)), add, flood_std=2.0**-10)  # no column to carry the addend: the rescaling path
     np.testing.assert_allclose(ckks.decrypt_chunks(sk, zero, 1, what="zero"), add, atol=1e-6)
     X, A = rng.normal(size=(5000, 7)), rng.normal(size=5000)
     many = rw.dot(X, A)
@@ -760,3 +761,27 @@ def test_replicated_weights_answer_one_row_without_rescaling_and_many_rows_in_ch
         ckks.decrypt_chunks(pub, one, 1, what="the public side")  # type: ignore[arg-type]
     with pytest.raises(DataError, match="do not fit"):
         rw.dot(np.zeros((1, 6)), add)
+
+
+def test_the_key_holder_cannot_solve_a_one_row_answer_for_the_passive_row() -> None:
+    """As the label party: it encrypted the weights, so it knows each weight ciphertext's error in every slot;
+    a one-row answer puts x·(w + e[slot]) in every slot, and least squares over the slots would give x -- unless
+    every slot is flooded (the control, with the flooding turned down, shows the attack works)."""
+    sk = ckks.new_context()
+    pub = sk.public()
+    slots, d = ckks.slot_count(pub), 10
+    enc_b = ckks.encrypt_replicated(sk, np.zeros(d))  # the label party's ciphertexts (its share b = 0 here)
+    err = np.stack([ckks.decrypt_chunks(sk, [c], slots, what="b") for c in enc_b], 1)  # what it can compute
+    rng = np.random.default_rng(9)
+    rw = ckks.ReplicatedWeights(pub, ckks.shift_replicated(pub, enc_b, rng.normal(size=d), what="w"), what="w")
+    x = rng.normal(size=(1, d))
+
+    def solve(blobs: list[bytes]) -> np.ndarray:
+        y = ckks.decrypt_chunks(sk, blobs, slots, what="answer")[1:]  # slot 0 is the answer itself
+        e = err[1:]
+        return np.linalg.lstsq(e - e.mean(0), y - y.mean(), rcond=None)[0]
+
+    control = solve(rw.dot(x, ckks.gaussian(1, 2.0**-10), flood_std=1e-12))
+    np.testing.assert_allclose(control, x[0], atol=1e-2)  # unflooded slots: the row comes out
+    attacked = solve(rw.dot(x, ckks.gaussian(1, 2.0**-10), flood_std=2.0**-10))
+    assert np.median(np.abs(attacked - x[0])) > 10 * np.abs(x).max()  # flooded: nothing near the row

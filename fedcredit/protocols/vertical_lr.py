@@ -476,7 +476,7 @@ def passive_encrypted_scores(model: PassiveModel, X: np.ndarray, ctx: ckks.Publi
     Z = model.standardizer.transform(X) @ model.basis
     if weights is None:
         weights = ckks.ReplicatedWeights(ctx, model.encrypted_weights, what=f"party '{model.party}': its encrypted weights")
-    cts = weights.dot(Z, ckks.gaussian(len(Z), _LOGIT_FLOOD))
+    cts = weights.dot(Z, ckks.gaussian(len(Z), _LOGIT_FLOOD), flood_std=_LOGIT_FLOOD)
     return pack_blobs(cts, {"rows": len(Z)})
 
 
