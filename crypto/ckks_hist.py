@@ -73,6 +73,8 @@ __all__ = [
     "ENCODE_COST",
     "ROTATE_COST",
     "MASK_PLAIN_BYTES",
+    "SealIO",
+    "check_histogram_context",
 ]
 
 # CKKS parameters of the histogram protocol.  N=8192 with a 160-bit modulus is within the
@@ -194,7 +196,7 @@ def lane_layout(sizes: Sequence[int], pack: int) -> LaneLayout:
     return LaneLayout(C, tuple(starts), tuple(widths), tuple(int(n) for n in sizes), pack)
 
 
-class _SealIO:
+class SealIO:
     """Bytes <-> SEAL ciphertexts.  The bindings only (de)serialize through a path, so we use
     an anonymous in-memory file (memfd) — nothing touches disk; only ciphertexts pass here."""
 
@@ -235,7 +237,7 @@ class _SealIO:
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _check_histogram_context(ctx: ckks.PublicContext, what: str, galois_apart: bool = False) -> None:
+def check_histogram_context(ctx: ckks.PublicContext, what: str, galois_apart: bool = False) -> None:
     """The evaluator's context must be public and carry this protocol's parameters and Galois keys."""
     if not isinstance(ctx, ckks.PublicContext):
         raise SecurityError(
@@ -260,7 +262,8 @@ class HistogramKeeper:
     :attr:`public_bytes` ever leaves it.  Call :meth:`close` when done.
     """
 
-    def __init__(self, pack: int | None = None) -> None:
+    def __init__(self, pack: int | None = None, extra_steps: Sequence[int] = ()) -> None:
+        # ``extra_steps``: more rotation steps to key (the hidden-split selection kernel, crypto.ckks_select).
         # With ``pack`` known, only the rotations the kernel uses get Galois keys (steps 1, 2, 4 .. K:
         # the baby step 1 and every possible giant step), sent apart as :attr:`galois_bytes` —
         # 7 keys at K=64 instead of TenSEAL's full set (the 18.6 MB context becomes ~6.5 MB).
@@ -271,13 +274,13 @@ class HistogramKeeper:
         self._sctx = tctx.seal_context().data
         self.galois_bytes: bytes | None = None
         if pack is not None:
-            steps = [1 << i for i in range(int(pack).bit_length()) if (1 << i) <= pack]
+            steps = sorted({1 << i for i in range(int(pack).bit_length()) if (1 << i) <= pack} | {int(s) for s in extra_steps})
             # SEAL's Galois element of a left rotation by ``step`` slots: 3^step mod 2N (the list
             # overload of create_galois_keys that pybind picks takes elements, not steps)
             elts = [pow(3, st, 2 * CKKS_POLY_MODULUS_DEGREE) for st in steps]
             gk = _sa.GaloisKeys()
             _sa.KeyGenerator(self._sctx, tctx.secret_key().data).create_galois_keys(elts, gk)
-            io = _SealIO(self._sctx)
+            io = SealIO(self._sctx)
             try:
                 self.galois_bytes = io.dump(gk)
             finally:
@@ -286,7 +289,7 @@ class HistogramKeeper:
         sk = tctx.secret_key().data
         self._encryptor = _sa.Encryptor(self._sctx, sk)
         self._decryptor = _sa.Decryptor(self._sctx, sk)
-        self._io = _SealIO(self._sctx)
+        self._io = SealIO(self._sctx)
         self._top = self._sctx.first_parms_id()
         self._last = self._sctx.last_parms_id()
 
@@ -372,7 +375,7 @@ class HistogramEvaluator:
         what: str = "the CKKS context",
         galois: bytes | None = None,
     ) -> None:
-        _check_histogram_context(ctx, what, galois is not None)
+        check_histogram_context(ctx, what, galois is not None)
         if len(cand_feature) != len(cand_bin):
             raise DataError(f"{len(cand_feature)} candidate features but {len(cand_bin)} candidate bins")
         cand_bin = np.asarray(cand_bin)
@@ -386,7 +389,7 @@ class HistogramEvaluator:
         self._encoder = _sa.CKKSEncoder(self._sctx)
         self._evaluator = _sa.Evaluator(self._sctx)
         self._public_key = tctx.public_key().data
-        self._io = _SealIO(self._sctx)
+        self._io = SealIO(self._sctx)
         if galois is None:
             self._galois = tctx.galois_keys().data
         else:  # the key holder's subset of rotation keys (HistogramKeeper.galois_bytes)
@@ -570,7 +573,7 @@ def describe_ciphertext(ctx: ckks.Context, blob: bytes, what: str = "ciphertext"
     if not isinstance(ctx, (ckks.PublicContext, ckks.SecretContext)):
         raise TypeError(f"expected a crypto.ckks context, got {type(ctx).__name__}")
     sctx = ctx.tenseal_context.seal_context().data
-    io = _SealIO(sctx)
+    io = SealIO(sctx)
     try:
         ct = io.load(blob, what)
         return CiphertextInfo(int(ct.size()), int(sctx.get_context_data(ct.parms_id()).chain_index()))

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from crypto import ckks
-from crypto.ckks_hist import HistogramEvaluator, LaneLayout, _check_histogram_context, n_chunks, n_outputs
+from crypto.ckks_hist import HistogramEvaluator, LaneLayout, check_histogram_context, n_chunks, n_outputs
 from fedcredit.errors import DataError, ProtocolError
 
 __all__ = ["PooledHistogramEvaluator", "shard_groups"]
@@ -96,7 +96,7 @@ class PooledHistogramEvaluator:
         party: str | None = None,
         galois: bytes | None = None,
     ) -> None:
-        _check_histogram_context(ctx, what, galois is not None)  # in the parent: a wrong context fails before any worker starts
+        check_histogram_context(ctx, what, galois is not None)  # in the parent: a wrong context fails before any worker starts
         if len(cand_feature) != len(cand_bin):
             raise DataError(f"{len(cand_feature)} candidate features but {len(cand_bin)} candidate bins")
         cand_f = np.asarray(cand_feature)

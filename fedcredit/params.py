@@ -512,6 +512,12 @@ class SecureBoostConfig(Params):
     rows once, compacted per node, so a level costs about one pass over at most half the rows
     whatever the number of nodes, and the passive party learns every node's rows (as in FATE and
     SecretFlow).  The default keeps the stronger privacy; docs/secureboost.md has both leakage rows.
+    ``passive_splits``: ``hidden`` (default with ``hide_membership``) — the label party names a passive
+    party's winning candidate only under encryption and the passive party returns the split's bits
+    encrypted (crypto/ckks_select.py), so it never learns which of its candidates won nor the
+    partition (its label inference falls to the no-information level, docs/attacks.md); ``revealed``
+    (default with ``per_level``, whose node rows reveal the partitions anyway) — the passive party
+    learns the winning candidate and answers with the bits in plaintext.
     """
 
     what = "secureboost config"
@@ -527,6 +533,7 @@ class SecureBoostConfig(Params):
         10, ge=1, le=1_000_000,
         description="a category seen in fewer training rows joins its feature's 'other' group (at its owner)")
     histogram_mode: Literal["hide_membership", "per_level"] = "hide_membership"
+    passive_splits: Literal["hidden", "revealed"] = "hidden"
     pack: Annotated[int, Field(ge=1)] = 64
     mask_cache_mb: float = Field(1024.0, ge=0, allow_inf_nan=False)
     predict_batch: int = Field(4096, ge=1, le=1_000_000)
@@ -534,6 +541,23 @@ class SecureBoostConfig(Params):
     dp: LabelDP | None = None  # [model.dp]: label DP, noise on every gradient (off without the table)
 
     _pack = field_validator("pack")(classmethod(lambda cls, v: _power_of_two(v)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _splits_follow_mode(cls, data: Any) -> Any:
+        """Per-level mode shows the passive party every node's rows, and so every split's partition: a config that
+        picks it and does not name ``passive_splits`` gets ``"revealed"``; naming ``"hidden"`` is an error below."""
+        if isinstance(data, dict) and data.get("histogram_mode") == "per_level" and "passive_splits" not in data:
+            return {**data, "passive_splits": "revealed"}
+        return data
+
+    @model_validator(mode="after")
+    def _hidden_needs_hidden_membership(self) -> Self:
+        if self.passive_splits == "hidden" and self.histogram_mode == "per_level":
+            raise ValueError("passive_splits = \"hidden\" with histogram_mode = \"per_level\": per-level mode sends "
+                             "the passive party every node's rows, which give away each split's partition; use "
+                             "histogram_mode = \"hide_membership\" or passive_splits = \"revealed\"")
+        return self
 
 
 class BinningParams(Params):

@@ -157,6 +157,33 @@ TABLES: Final[tuple[ProtocolTable, ...]] = (
         ),
     ),
     ProtocolTable(
+        "secureboost", "hidden-splits", "docs/secureboost.md#leakage-table",
+        (
+            Message("sb.cmd", "label", "ciphertext", "setup (public CKKS context and rotation keys, row digest, n_bins, "
+                    "pack); per level Enc(g + 1j·h) of each computed node over all rows; per passive split won, a new "
+                    "split id and the winner as Enc(one-hot over its candidates), replicated and placed; scoring ids; "
+                    "checkpoint and finish commands"),
+            Message("sb.reply", "passive", "masked", "per node the masked candidate sums (CKKS, zero-sum masked); per "
+                    "selection the winner's left/right bit of every training row as CKKS ciphertexts under the label "
+                    "party's key, flooded; scoring: every split's bits for the scored ids, encrypted the same way; "
+                    "model digest and timings"),
+            Message("sb/resume*", "any", "plaintext", "resumed runs: tree numbers held / to resume after"),
+        ),
+        (
+            LeakageRow("label", "each passive's candidate count; per computed node the left sums G_L, H_L of every "
+                       "passive candidate (no feature identity); per chosen passive split the left/right bit of every "
+                       "training row (decrypted); at scoring the bits per scored id", "—",
+                       "passive raw features, thresholds, feature names, bin edges"),
+            LeakageRow("passive", "how many of its candidates won on each level (one selection per level names new "
+                       "split ids); the number of trees, levels and computed nodes; the ids scored",
+                       "Enc(g + 1j·h) of every node; Enc(one-hot winner) of each of its splits (it never learns which "
+                       "candidate won, its threshold, or the partition)", "labels, gradients/hessians, node "
+                       "membership, its own splits' rules and partitions, the label party's features, thresholds or "
+                       "tree structure"),
+            _RELAY,
+        ),
+    ),
+    ProtocolTable(
         "secureboost", "hide_membership", "docs/secureboost.md#leakage-table",
         (
             Message("sb.cmd", "label", "ciphertext", "setup (public CKKS context, row digest, n_bins, pack); per level "
@@ -326,11 +353,13 @@ def attack_mode(protocol: str, config: Mapping[str, Any] | None) -> str:
 
     Vertical LR: the measured batch size that is the largest not above the run's (a smaller
     batch leaks more, so the figure is an upper bound for the run), ``batch_size=0`` for full
-    batch; SecureBoost: its histogram mode.
+    batch; SecureBoost: ``hidden-splits`` (the default since ``passive_splits`` existed), else its
+    histogram mode (a run recorded before the key existed revealed its splits).
     """
     cfg = dict(config or {})
     if protocol == "secureboost":
-        return str(cfg.get("histogram_mode", "hide_membership"))
+        mode = str(cfg.get("histogram_mode", "hide_membership"))
+        return "hidden-splits" if mode == "hide_membership" and cfg.get("passive_splits") == "hidden" else mode
     if protocol != "vertical-lr":
         return "default"
     b = int(cfg.get("batch_size", 4096))

@@ -17,9 +17,11 @@ in-process roles, every message observed):
 Small-batch configurations (below ``min_batch`` = 512, which the label party refuses by default)
 run on the first 2,000 / 600 aligned rows with ``min_batch`` lowered: they show the attack works.
 
-SecureBoost, both histogram modes (membership-hiding and per-level, which reveals the rows of
-each computed node when the label party picks the lane layout): passive label inference from its
-winning splits' partitions (and the revealed node rows); label party's reconstruction of passive
+SecureBoost in three configurations: ``hidden-splits`` (the default: membership hiding and
+``passive_splits = "hidden"``, the passive party never learns which candidate won), ``hide_membership``
+(the same with ``passive_splits = "revealed"``) and ``per_level`` (which also reveals the rows of each
+computed node when the label party picks the lane layout): passive label inference from the
+partitions it can read (and the revealed node rows); label party's reconstruction of passive
 features from the left/right bits.
 
 Defences: ``min_batch`` (the label party refuses batches below 512) and label DP (``[model.dp]``,
@@ -120,25 +122,36 @@ def sb_defence(eps: float | None) -> str:
     return "none" if eps is None else f"label-dp eps={eps:g}"
 
 
-def run_sb(data: Path, trees: int, eps_list: tuple[float, ...] = SB_EPS, with_none: bool = True) -> list[dict[str, Any]]:
+#: the SecureBoost configurations attacked (figure mode -> config overrides); the first is the default
+SB_MODES: dict[str, dict[str, Any]] = {
+    "hidden-splits": {"passive_splits": "hidden"},
+    "hide_membership": {"passive_splits": "revealed"},
+    "per_level": {"histogram_mode": "per_level"},
+}
+
+
+def run_sb(data: Path, trees: int, eps_list: tuple[float, ...] = SB_EPS, with_none: bool = True,
+           modes: tuple[str, ...] = tuple(SB_MODES)) -> list[dict[str, Any]]:
     g = pd.read_csv(data / "default_credit_hetero_guest.csv", dtype={"id": str})
     h = pd.read_csv(data / "default_credit_hetero_host.csv", dtype={"id": str})
     test_ids = set(pd.read_csv(data / "default_credit_homo_test.csv", dtype={"id": str}, usecols=["id"])["id"])
     out = []
     runs: list[float | None] = ([None] if with_none else []) + list(eps_list)
-    for mode in ("hide_membership", "per_level"):
+    for mode in modes:
         for eps in runs:
             dp_over: dict[str, Any] = {} if eps is None else {"dp": {"epsilon": eps}}
-            cfg = SecureBoostConfig(n_trees=trees, histogram_mode=mode, **dp_over)
+            cfg = SecureBoostConfig(n_trees=trees, **SB_MODES[mode], **dp_over)
             t0 = time.perf_counter()
             tr = sba.record(g, h, cfg, test_ids=test_ids)
             secs = time.perf_counter() - t0
             li, fr = sba.label_inference(tr), sba.reconstruct_features(tr)
             defence = sb_defence(eps)
             print(f"  SecureBoost {mode} / {defence}: {secs:.1f} s, test AUC {tr.test_auc}, {li['passive_splits']} "
-                  f"passive splits, {li['revealed_nodes']} nodes' rows revealed; passive attack AUC "
-                  f"{li['best_auc']:.4f} {li['attacks']}; label R² {fr['r2_median_from_bits']:.3f}", flush=True)
-            desc = f"{trees} trees, depth {cfg.max_depth}, {mode}" + ("" if eps is None else
+                  f"passive splits ({li['partitions_readable_by_passive']} partitions readable by the passive), "
+                  f"{li['revealed_nodes']} nodes' rows revealed; passive attack AUC {li['best_auc']:.4f} "
+                  f"{li['attacks']} (its best own feature with the labels' sign: {li['own_best_feature_auc']:.4f}); "
+                  f"label R² {fr['r2_median_from_bits']:.3f}", flush=True)
+            desc = f"{trees} trees, depth {cfg.max_depth}, {cfg.histogram_mode}, {cfg.passive_splits} splits" + ("" if eps is None else
                                                                         f" + [model.dp] epsilon = {eps:g} (noise on every gradient)")
             out.append({"mode": mode, "defence": defence, "description": desc, "seconds": round(secs, 1),
                         "test_auc": tr.test_auc, "label_inference": li, "feature_reconstruction": fr})
@@ -184,10 +197,15 @@ def figures(vlr: list[dict[str, Any]], sb: list[dict[str, Any]], command: str) -
                                 "baseline_name": "from its own features", "reference": round(fr["r2_median_column_space"], 4),
                                 "reference_name": "column-space bound (every row known)"})
             else:
-                entries.append({**base, "attacker": "passive party", "attack": "label inference (minority side of its "
-                                "winning splits" + (", revealed node membership" if r["mode"] == "per_level" else "")
-                                + "; best sign)", "metric": "AUC", "value": round(li["best_auc"], 4),
-                                "baseline": round(li["no_information_auc"], 4), "baseline_name": "no information"})
+                hidden = r["mode"] == "hidden-splits"
+                entries.append({**base, "attacker": "passive party", "attack": "label inference (minority side of "
+                                + ("the partitions it can read: none, its splits are hidden" if hidden else
+                                   "its winning splits") + (", revealed node membership" if r["mode"] == "per_level"
+                                                            else "") + "; best sign)", "metric": "AUC",
+                                "value": round(li["best_auc"], 4),
+                                "baseline": round(li["no_information_auc"], 4), "baseline_name": "no information",
+                                "reference": li.get("own_best_feature_auc"),
+                                "reference_name": "its best own feature with the labels' sign (needs the labels)"})
                 entries.append({**base, "attacker": "label party", "attack": "feature reconstruction from passive "
                                 "split bits (1 % known rows)", "metric": "median R²",
                                 "value": round(fr["r2_median_from_bits"], 4),
@@ -209,6 +227,7 @@ def main() -> None:
     ap.add_argument("--sb-eps", default=",".join(f"{e:g}" for e in SB_EPS),
                     help="SecureBoost label-DP target ε to attack (comma-separated; empty: none)")
     ap.add_argument("--sb-dp-only", action="store_true", help="SecureBoost: only the label-DP runs")
+    ap.add_argument("--sb-modes", default=",".join(SB_MODES), help=f"SecureBoost configurations ({', '.join(SB_MODES)})")
     ap.add_argument("--no-sb", action="store_true")
     ap.add_argument("--no-vlr", action="store_true", help="skip vertical LR (its figures are kept)")
     ap.add_argument("--reuse-vlr", action="store_true", help="take the vertical LR results from --out/bench_attacks.json")
@@ -223,7 +242,11 @@ def main() -> None:
     else:
         vlr = run_vlr(a.data, set(a.vlr.split(",")) if a.vlr else None)
     eps = tuple(float(x) for x in a.sb_eps.split(",") if x.strip())
-    sb = [] if a.no_sb else run_sb(a.data, a.sb_trees, eps, with_none=not a.sb_dp_only)
+    modes = tuple(m for m in a.sb_modes.split(",") if m)
+    unknown = [m for m in modes if m not in SB_MODES]
+    if unknown:
+        ap.error(f"--sb-modes: unknown {unknown}; known: {list(SB_MODES)}")
+    sb = [] if a.no_sb else run_sb(a.data, a.sb_trees, eps, with_none=not a.sb_dp_only, modes=modes)
     print()
     print(f"{'protocol / configuration':44s} {'attacker: attack':46s} {'value':>7s} {'baseline':>9s} {'reference':>9s}")
     for r in vlr:
@@ -240,13 +263,13 @@ def main() -> None:
               f"{fr['r2_median_from_own_features']:9.3f} {'':>9s}")
     print("baseline: no-information AUC (random score) / R² from the label party's own features; reference: the "
           "passive's own model part (AUC) / the column-space bound (R²)")
-    # the default configuration: vertical LR with shared weights (since issue 12), SecureBoost in hide_membership
+    # the default configuration: vertical LR with shared weights, SecureBoost with hidden splits (since issue 12)
     default = next((r for r in vlr if r["mode"] == "default" and r["defence"] == "shared-weights"), None)
     if default is not None:
         v = default["label_inference"]["best_transcript_attack_auc"]
         print(f"goal: passive label inference AUC <= {BAR} in the default configuration (vertical LR): {v:.4f} -> "
               f"{'met' if v <= BAR else 'NOT met'}")
-    sb_default = next((r for r in sb if r["mode"] == "hide_membership" and r["defence"] == "none"), None)
+    sb_default = next((r for r in sb if r["mode"] == "hidden-splits" and r["defence"] == "none"), None)
     if sb_default is not None:
         v = sb_default["label_inference"]["best_auc"]
         print(f"goal: passive label inference AUC <= {BAR} in the default configuration (SecureBoost): {v:.4f} -> "

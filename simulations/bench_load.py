@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parties", type=int, default=20)
     ap.add_argument("--client-procs", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--model", default="secureboost", choices=["secureboost", "vertical-lr", "vertical-lr-shared"])
+    ap.add_argument("--model", default="secureboost", choices=["secureboost", "secureboost-hidden", "vertical-lr", "vertical-lr-shared"])
     ap.add_argument("--default-rate-limits", action="store_true",
                     help="keep the passive party's default [scoring.partial_rate] (the benchmark raises it)")
     ap.add_argument("--models", default="secureboost,vertical-lr,vertical-lr-shared",

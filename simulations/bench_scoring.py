@@ -61,9 +61,12 @@ def _train(kind: str, g: pd.DataFrame, h: pd.DataFrame, n_fit: int, federated: b
     gf = [c for c in g.columns if c.startswith("x")]
     hf = [c for c in h.columns if c.startswith("x")]
     gt, ht = g.iloc[:n_fit], h.iloc[:n_fit]
-    if kind == "secureboost":
-        cfg = sb.SecureBoostConfig(n_trees=10, max_depth=3, n_bins=16)
-        if federated:
+    if kind.startswith("secureboost"):
+        # "secureboost-hidden": the default passive_splits = "hidden" parts (candidate rules + encrypted
+        # selectors at the passive party, the key at the label party) exist only from a federated run
+        hidden = kind == "secureboost-hidden"
+        cfg = sb.SecureBoostConfig(n_trees=10, max_depth=3, n_bins=16, passive_splits="hidden" if hidden else "revealed")
+        if federated or hidden:
             res = run_secureboost_inprocess(gt, {"host": ht}, cfg, guest_name="guest")
             return res.label.model, res.passive_models["host"]
         lab, pas = sb.train_plaintext_reference(gt[gf].to_numpy(), gt["y"].to_numpy(), {"host": ht[hf].to_numpy()},
@@ -106,7 +109,7 @@ def _as_shared(lab: Any, pas: Any) -> tuple[Any, Any]:
 
 
 def _parts(kind: str, lab: Any, pas: Any) -> dict[str, Any]:
-    if kind == "secureboost":
+    if kind.startswith("secureboost"):
         lb, pb_ = lab.to_bytes(), pas.to_bytes()
         kl, kp = "secureboost-label", "secureboost-passive"
     else:

@@ -87,13 +87,32 @@ def test_secureboost_split_bits_reconstruct_passive_features_and_hide_labels() -
     g = pd.read_csv(DATA / "default_credit_hetero_guest.csv", dtype={"id": str}).iloc[:1200]
     h = pd.read_csv(DATA / "default_credit_hetero_host.csv", dtype={"id": str})
     h = h[h["id"].isin(set(g["id"]))]
-    t = sba.record(g, h, SecureBoostConfig(n_trees=3, max_depth=2))
+    t = sba.record(g, h, SecureBoostConfig(n_trees=3, max_depth=2, passive_splits="revealed"))
     assert t.bits.shape[1] == len(t.y) and len(t.bits) >= 1
     li = sba.label_inference(t)
     assert 0.5 <= li["best_auc"] <= 1.0
     fr = sba.reconstruct_features(t, known_fraction=0.05)
     best = int(np.nanargmax(fr["r2_per_feature_from_bits"]))
     assert fr["r2_per_feature_from_bits"][best] > fr["r2_per_feature_from_own_features"][best], fr
+
+
+def test_hidden_splits_leave_the_passive_party_no_partition_to_attack() -> None:
+    """The default, passive_splits = "hidden": on the same rows and trees where the revealed transcript's
+    minority-side attack separates the labels (control), the passive party can parse no partition from its
+    messages, so its score is constant over rows (AUC 0.5); the label party still reads the bits (with its key)
+    and reconstructs passive features from them as before."""
+    g = pd.read_csv(DATA / "default_credit_hetero_guest.csv", dtype={"id": str}).iloc[:3000]
+    h = pd.read_csv(DATA / "default_credit_hetero_host.csv", dtype={"id": str})
+    h = h[h["id"].isin(set(g["id"]))]
+    cfg = SecureBoostConfig(n_trees=6, max_depth=3)
+    revealed = sba.record(g, h, cfg.model_copy(update={"passive_splits": "revealed"}))
+    hidden = sba.record(g, h, cfg)
+    assert sba.label_inference(revealed)["best_auc"] > 0.6  # the attack works on what revealed splits send
+    li = sba.label_inference(hidden)
+    assert len(hidden.bits) == 0 and li["best_auc"] == 0.5 and li["passive_splits"] == len(revealed.bits)
+    assert hidden.label_bits is not None and np.array_equal(np.sort(hidden.label_bits.sum(axis=1)),
+                                                            np.sort(revealed.bits.sum(axis=1)))
+    assert hidden.test_auc == revealed.test_auc
 
 
 def test_secureboost_per_level_mode_reveals_node_rows_to_the_passive() -> None:
@@ -128,8 +147,9 @@ def test_secureboost_label_dp_lowers_the_passive_partys_label_inference(monkeypa
         init(self, plan_, np.random.default_rng(0))
 
     monkeypatch.setattr(dp.LabelNoise, "__init__", seeded)
-    plain = sba.label_inference(sba.record(g, h, SecureBoostConfig(n_trees=4, max_depth=3)))
-    noisy = sba.label_inference(sba.record(g, h, SecureBoostConfig(n_trees=4, max_depth=3, dp={"epsilon": 1.0})))
+    plain = sba.label_inference(sba.record(g, h, SecureBoostConfig(n_trees=4, max_depth=3, passive_splits="revealed")))
+    noisy = sba.label_inference(sba.record(g, h, SecureBoostConfig(n_trees=4, max_depth=3, dp={"epsilon": 1.0},
+                                                                    passive_splits="revealed")))
     assert made and made[0] > 1.0  # the label party did add noise (std in units of the gradient's range)
     assert plain["best_auc"] > 0.65, plain  # without DP the attack works on this slice
     assert noisy["best_auc"] < plain["best_auc"] - 0.1 and noisy["best_auc"] < 0.6, (plain, noisy)

@@ -105,6 +105,7 @@ def test_shipped_figures_cover_both_protocols_and_the_default() -> None:
     keys = {(e["protocol"], e["mode"], e["defence"], e["attacker"]) for e in doc["entries"]}
     assert ("vertical-lr", "default", "none", "passive party") in keys
     assert ("secureboost", "hide_membership", "none", "passive party") in keys
+    assert ("secureboost", "hidden-splits", "none", "passive party") in keys  # the default since issue 12
     assert all(e["metric"] in ("AUC", "median R²") for e in doc["entries"] if e["protocol"] != "horizontal")
     assert ("horizontal", "default", "none", "coordinator + one colluding bank (with the shared CKKS key)") in keys
 
@@ -116,7 +117,7 @@ def test_a_secureboost_run_with_label_dp_shows_the_label_dp_attack_figures_at_bo
     [model.dp]; both show the label-inference figures measured with label DP at the nearest ε, in the run's mode."""
     keys = {(e["mode"], e["defence"]) for e in privacy.attack_figures()["entries"] if e["protocol"] == "secureboost"}
     assert {(m, f"label-dp eps={x}") for m in ("hide_membership", "per_level") for x in (8, 16, 64)} <= keys
-    cfg = SecureBoostConfig(dp={"epsilon": 16.0}).model_dump()
+    cfg = SecureBoostConfig(dp={"epsilon": 16.0}, passive_splits="revealed").model_dump()
     dp = {"option": "label (SecureBoost gradients)", "noise_multiplier": 1.985, "epsilon": 16.0, "target_epsilon": 16.0,
           "delta": 1e-5}
     sent = [{"to": "host", "tag": "sb.cmd", "messages": 90, "bytes": 1_000_000}]
@@ -130,14 +131,22 @@ def test_a_secureboost_run_with_label_dp_shows_the_label_dp_attack_figures_at_bo
         assert fig["metric"] == "AUC" and fig["baseline_name"] == "no information" and fig["joint_test_auc"] > 0.7
         assert "--sb-dp-only" in att["source"]  # the command that measured these entries, not the file's last
     none = {e["attacker"]: e for e in privacy.privacy_section(protocol="secureboost", role="label", sent_by_tag=sent,
-                                                              config=SecureBoostConfig().model_dump())["attacks"]["entries"]}
+                                                              config=SecureBoostConfig(passive_splits="revealed").model_dump()
+                                                              )["attacks"]["entries"]}
     assert fig["value"] < none["passive party"]["value"]  # the DP figure is the lower one
+    # the default (hidden splits) with DP: no DP figure was measured there; its no-DP figure (no partition reaches
+    # the passive party, 0.5) applies, with a note saying so
+    hid = privacy.privacy_section(protocol="secureboost", role="passive", sent_by_tag=sent,
+                                  config=SecureBoostConfig(dp={"epsilon": 16.0}).model_dump())["attacks"]
+    assert (hid["mode"], hid["defence"]) == ("hidden-splits", "none") and "without DP" in hid["note"]
+    assert {e["attacker"]: e for e in hid["entries"]}["passive party"]["value"] <= 0.55
     near = privacy.privacy_section(protocol="secureboost", role="passive", sent_by_tag=sent,
                                    config=SecureBoostConfig(histogram_mode="per_level", dp={"epsilon": 10.0}).model_dump())
     assert (near["attacks"]["mode"], near["attacks"]["defence"]) == ("per_level", "label-dp eps=8")
     assert "nearest" in near["attacks"]["note"]
     z = privacy.privacy_section(protocol="secureboost", role="passive", sent_by_tag=sent,  # a noise multiplier: its ε
-                                config=SecureBoostConfig(dp={"noise_multiplier": 0.718}).model_dump())
+                                config=SecureBoostConfig(dp={"noise_multiplier": 0.718},
+                                                         passive_splits="revealed").model_dump())
     assert z["attacks"]["defence"] == "label-dp eps=64", z["attacks"]
 
 

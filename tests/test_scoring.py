@@ -25,6 +25,7 @@ from fedcredit.data import load_dataset, load_table
 from fedcredit.errors import ConfigError, DataError, SecurityError
 from fedcredit.protocols import secureboost as sb
 from fedcredit.protocols import vertical_lr as vlr
+from fedcredit.protocols.secureboost.scoring import OnlineLabel, OnlinePassive
 from fedcredit.protocols.vertical_common import Standardizer
 from party.audit import read_audit_events
 from party.models import ModelStore
@@ -775,7 +776,10 @@ def test_e2e_vertical_train_publish_and_score_online(tmp_path: Path, frames, jty
             tol = 2e-3
         else:
             lab, pas = sb.LabelModelPart.from_bytes(lab_bytes), sb.PassiveModelPart.from_bytes(pas_bytes)
-            expected = sb.label_predict(lab, Xg, {"fintech": sb.passive_decisions(pas, Xh)})
+            # the default, hidden splits: the fintech's installed part holds every candidate rule and an
+            # encrypted selector per split, and answers ciphertexts only the bank's installed part decrypts
+            assert pas.hidden and not pas.splits and lab.secret_context
+            expected, _ = OnlineLabel(lab).score(Xg, {"fintech": OnlinePassive(pas).answer(Xh)})
         sc = ScoringClient(bank.address, Identity.load(fed.certs / "operator", "operator"))
         try:
             got = [r.pd for r in sc.score_batch(apps)]

@@ -15,14 +15,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crypto import ckks, ckks_hist
-from fedcredit.codec import pack_blobs, unpack_arrays, unpack_blobs
+from crypto import ckks, ckks_hist, ckks_select
+from fedcredit.codec import pack_arrays, pack_blobs, unpack_arrays, unpack_blobs
 from fedcredit.config import parse_job_text
 from fedcredit.data import InputSchema, Table, table_from_frame
 from fedcredit.errors import ConfigError, DataError, PeerAborted, ProtocolError, SecurityError
 from fedcredit.metrics import auc_ks, sigmoid
 from fedcredit.protocols import secureboost as sb
-from fedcredit.protocols.secureboost.trees import PlainSource
+from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION
+from fedcredit.protocols.secureboost.scoring import OnlineLabel, OnlinePassive
+from fedcredit.protocols.secureboost.trees import PlainSource, source_of
 from fedcredit.protocols.vertical_common import ids_digest
 from fedcredit.transport import InMemoryHub, WireRecord
 from simulations.inprocess import run_roles, run_secureboost_inprocess
@@ -34,7 +36,8 @@ HOST_CSV = DATA / "default_credit_hetero_host.csv"
 pytestmark = pytest.mark.usefixtures("shared_data")
 
 N_ROWS, N_TEST = 3000, 500
-CFG = sb.SecureBoostConfig(n_trees=3, max_depth=3, n_bins=32, learning_rate=0.3, timeout_s=120)
+#: passive_splits = "revealed": these tests read each passive split's rule and bits (hidden splits: below)
+CFG = sb.SecureBoostConfig(n_trees=3, max_depth=3, n_bins=32, learning_rate=0.3, timeout_s=120, passive_splits="revealed")
 H1 = [f"x{i}" for i in range(5)]
 H2 = [f"x{i}" for i in range(5, 10)]
 
@@ -207,7 +210,7 @@ def test_binning_thresholds_match_bins():
 
 
 _PASSIVE_META = {"op", "seq", "version", "n_rows", "ids_digest", "pack", "n_bins", "min_category_count", "nodes", "candidates",
-                 "ids", "status", "reason", "histogram_mode", "lanes"}
+                 "ids", "status", "reason", "histogram_mode", "lanes", "passive_splits"}
 _LABEL_META = {"op", "seq", "n_candidates", "split_ids", "model_sha256", "splits", "timings", "message"}
 
 
@@ -384,6 +387,151 @@ def test_model_parts_hold_only_their_owners_information(fed, tmp_path):
     np.testing.assert_allclose(sb.label_predict(label, fed["X_label_test"], dec), res.label.test_scores, atol=1e-12)
 
 
+# --------------------------------------------------------------------------- hidden passive splits (the default)
+
+
+@pytest.fixture(scope="module")
+def fed_hidden():
+    return _train(CFG.model_copy(update={"passive_splits": "hidden"}))
+
+
+def _selections(records: list[WireRecord]) -> tuple[list[tuple[str, list[bytes], dict]], list[tuple[str, list[bytes]]]]:
+    """(select commands as (receiver, blobs, meta), select replies as (sender, blobs)) in protocol order."""
+    cmds, replies = [], []
+    for r in records:
+        blobs, meta = unpack_blobs(r.payload)
+        if meta.get("op") == "select":
+            (cmds if r.tag == "sb.cmd" else replies).append((r.receiver, blobs, meta) if r.tag == "sb.cmd"
+                                                            else (r.sender, blobs))
+    return cmds, replies
+
+
+def test_the_default_hides_passive_splits_and_gives_the_same_model(fed, fed_hidden):
+    assert sb.SecureBoostConfig().passive_splits == "hidden"
+    assert sb.SecureBoostConfig(histogram_mode="per_level").passive_splits == "revealed"
+    a, b = fed["res"], fed_hidden["res"]  # the revealed run equals the plaintext reference (test above)
+    for ta, tb in zip(a.label.model.trees, b.label.model.trees):
+        for na, nb in zip(ta, tb):
+            assert na.get("owner") == nb.get("owner") and na.get("left") == nb.get("left")
+            if na.get("leaf"):
+                assert na["value"] == pytest.approx(nb["value"], abs=1e-9)
+    np.testing.assert_allclose(b.label.test_scores, a.label.test_scores, atol=1e-9)
+    assert b.label.test_auc == pytest.approx(a.label.test_auc, abs=1e-9)
+
+
+def test_a_passive_party_with_hidden_splits_never_learns_a_partition(fed, fed_hidden):
+    """The passive party as attacker: everything it received and sent, and its model part.  In revealed mode
+    (control) its split replies are each winner's partition of the training rows in plaintext, which the
+    minority-side attack ranks labels by; with hidden splits no plaintext row-level bit crosses at all —
+    what it computed for the label party are ciphertexts under a key it does not hold — yet the label
+    party decrypts from them exactly the partitions the model was grown on."""
+    n = len(fed["y"])
+    revealed = [np.unpackbits(unpack_arrays(unpack_blobs(r.payload)[0][0])[0]["bits"], axis=1, count=n)
+                for r in fed["records"] if r.tag == "sb.reply" and unpack_blobs(r.payload)[1]["op"] == "split"]
+    assert revealed and sum(len(b) for b in revealed) == sum(fed["res"].label.model.splits_by_party().get(p, 0)
+                                                           for p in ("bank", "telco"))
+    rec = fed_hidden["records"]
+    ops = {unpack_blobs(r.payload)[1]["op"] for r in rec}
+    assert "split" not in ops and "select" in ops
+    setup = next(r for r in rec if r.receiver == "bank" and unpack_blobs(r.payload)[1]["op"] == "setup")
+    ctx = ckks.load_public(unpack_blobs(setup.payload)[0][0])  # all the passive party holds: the public context
+    cmds, replies = _selections(rec)
+    for _to, blobs, meta in cmds:
+        assert set(meta) == {"op", "seq", "split_ids"} and len(blobs) == 2 * len(meta["split_ids"])
+        assert all(ckks_hist.describe_ciphertext(ctx, b, "selector").size == 2 for b in blobs)
+    selectors = [b for _, blobs, _ in cmds for b in blobs]
+    assert len(set(selectors)) == len(selectors)  # fresh randomness: it cannot even tell two equal winners apart
+    for _p, part in fed_hidden["res"].passive_models.items():
+        assert part.hidden and not part.splits and len(part.candidates) > 1  # no rule per split: every candidate
+        with pytest.raises(SecurityError):
+            ckks.load_secret(part.context)
+    # the label party's key turns the replies into the partitions it split on
+    keeper = ckks_select.SelectionKeeper(ckks.load_secret(fed_hidden["res"].label.model.secret_context))
+    n_sel = 0
+    pairs = [(frm, blobs, meta) for party in ("bank", "telco")
+             for (frm, blobs), (_, _, meta) in zip([x for x in replies if x[0] == party], [c for c in cmds if c[0] == party])]
+    assert len(pairs) == len(cmds) == len(replies)
+    for frm, blobs, meta in pairs:
+        C2 = ckks_select.n_pairs(n)
+        for k in range(len(meta["split_ids"])):
+            bits = keeper.decrypt_bits(blobs[k * C2 : (k + 1) * C2], n, frm)
+            assert 0 < bits.sum() < n
+            n_sel += 1
+    assert n_sel == sum(fed_hidden["res"].label.model.splits_by_party().get(p, 0) for p in ("bank", "telco"))
+
+
+def test_the_label_party_gets_the_winners_bits_flooded_and_nothing_of_other_candidates(fed_hidden):
+    """The label party as attacker: it knows the selector it encrypted; what is left in a decrypted bit beyond
+    0/1 is fresh noise of ckks_select.FLOOD_STD, uncorrelated with any other candidate's partition."""
+    n = len(fed_hidden["y"])
+    keeper = ckks_select.SelectionKeeper(ckks.load_secret(fed_hidden["res"].label.model.secret_context))
+    cmds, replies = _selections(fed_hidden["records"])
+    frm, blobs = next((f, b) for f, b in replies if f == "bank")
+    C2 = ckks_select.n_pairs(n)
+    vals = np.concatenate([np.stack([v.real, v.imag]).ravel() for v in keeper._decrypt(blobs[:C2], frm)])[:n]
+    bits = np.rint(vals)
+    resid = vals - bits
+    assert set(np.unique(bits)) <= {0.0, 1.0}
+    assert 0.5 * ckks_select.FLOOD_STD < resid.std() < 2 * ckks_select.FLOOD_STD
+    g, hosts, test_ids = _frames()
+    table = table_from_frame(hosts["bank"], party="bank", source="bank")
+    train_ids = [i for i in g["id"] if i not in test_ids]
+    # every candidate partition the bank has (its own bins on its training rows, in any order)
+    others = source_of("bank", table.align(train_ids), CFG, own=False, shuffle=False).candidate_table()
+    corr = [abs(np.corrcoef(resid, c)[0, 1]) for c in others.astype(np.float64) if 0 < c.sum() < n]
+    assert len(corr) > 20 and max(corr) < 0.12, max(corr)
+
+
+def test_hidden_split_parties_refuse_to_reveal_and_a_mode_mismatch():
+    g, hosts, _ = _frames()
+    host = table_from_frame(hosts["telco"].iloc[:200], party="telco", source="telco.csv")
+    keeper = ckks_hist.HistogramKeeper(CFG.pack, extra_steps=ckks_select.galois_steps())
+    hidden = CFG.model_copy(update={"passive_splits": "hidden"})
+    base = {"op": "setup", "seq": 1, "version": PROTOCOL_VERSION, "n_rows": len(host), "ids_digest": ids_digest(host.ids),
+            "pack": CFG.pack, "n_bins": CFG.n_bins}
+    # a label party that asks this hidden-split job to run revealed is refused at setup ...
+    hub = InMemoryHub(default_timeout=20)
+    hub.endpoint("guest").send("telco", "sb.cmd", pack_blobs([keeper.public_bytes, keeper.galois_bytes or b""],
+                                                             {**base, "passive_splits": "revealed"}))
+    with pytest.raises(ProtocolError, match="passive_splits = 'revealed', this party's approved job says 'hidden'"):
+        sb.run_secureboost_passive(hub.endpoint("telco"), host, "guest", hidden)
+    # ... and one that asks for a split in the clear after a hidden setup too
+    hub = InMemoryHub(default_timeout=20)
+    ep = hub.endpoint("guest")
+    ep.send("telco", "sb.cmd", pack_blobs([keeper.public_bytes, keeper.galois_bytes or b""],
+                                          {**base, "passive_splits": "hidden"}))
+    ep.send("telco", "sb.cmd", pack_blobs([], {"op": "split", "seq": 2, "candidates": [0]}))
+    with pytest.raises(ProtocolError, match="asked for a split in the clear"):
+        sb.run_secureboost_passive(hub.endpoint("telco"), host, "guest", hidden)
+    keeper.close()
+
+
+def test_hidden_split_models_save_load_and_score_online_like_the_joint_evaluation(fed_hidden, tmp_path):
+    res = fed_hidden["res"]
+    label_path = res.label.model.save(tmp_path / "guest.json")
+    assert (label_path.stat().st_mode & 0o777) == 0o600  # it holds the CKKS key
+    label = sb.LabelModelPart.load(label_path)
+    assert label.secret_context is not None and set(label.selection_blocks) == {"bank", "telco"}
+    parts = {p: sb.PassiveModelPart.load(part.save(tmp_path / f"{p}.json")) for p, part in res.passive_models.items()}
+    for p in parts:
+        doc = json.loads((tmp_path / f"{p}.json").read_text())
+        assert doc["splits"] == [] and doc["passive_splits"] == "hidden"
+    online_label = OnlineLabel(label)
+    passives = {p: OnlinePassive(part) for p, part in parts.items()}
+    k = 12
+    X = fed_hidden["X_label_test"][:k]
+    got = np.array([online_label.score(X[i : i + 1], {p: passives[p].answer(fed_hidden["passive_X_test"][p][i : i + 1])
+                                                      for p in parts})[0][0] for i in range(k)])
+    np.testing.assert_allclose(got, res.label.test_scores[:k], atol=1e-12)
+    batch, _ = online_label.score(X, {p: passives[p].answer(fed_hidden["passive_X_test"][p][:k]) for p in parts})
+    np.testing.assert_allclose(batch, res.label.test_scores[:k], atol=1e-12)
+    # a plaintext answer to a hidden model is refused, naming the party
+    plain = pack_arrays({"split_ids": np.array([0]), "bits": np.zeros((1, 1), np.uint8)}, {"party": "bank", "n": 1})
+    telco = passives["telco"].answer(fed_hidden["passive_X_test"]["telco"][:1])
+    with pytest.raises(ProtocolError, match="party 'bank' answered with plaintext split bits"):
+        online_label.score(X[:1], {"bank": plain, "telco": telco})
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -414,8 +562,8 @@ def test_passive_refuses_a_secret_context():
     host = table_from_frame(hosts["telco"].iloc[:200], party="telco", source="telco.csv")
     secret = ckks.new_context(8192, (60, 40, 60), 40, galois_keys=True)
     hub = InMemoryHub(default_timeout=20)
-    setup = {"op": "setup", "seq": 1, "version": 1, "n_rows": len(host), "ids_digest": ids_digest(host.ids),
-             "pack": CFG.pack, "n_bins": CFG.n_bins}
+    setup = {"op": "setup", "seq": 1, "version": PROTOCOL_VERSION, "n_rows": len(host), "ids_digest": ids_digest(host.ids),
+             "pack": CFG.pack, "n_bins": CFG.n_bins, "passive_splits": CFG.passive_splits}
     hub.endpoint("guest").send("telco", "sb.cmd", pack_blobs([secret.secret_bytes()], setup))
     with pytest.raises(SecurityError, match="party 'telco': the CKKS context from label party 'guest' contains a secret key"):
         sb.run_secureboost_passive(hub.endpoint("telco"), host, "guest", CFG)
@@ -484,7 +632,8 @@ def test_passive_failure_reaches_label_party_with_its_reason():
 
 # --------------------------------------------------------------------------- missing values and categoricals
 
-MESSY_CFG = sb.SecureBoostConfig(n_trees=5, max_depth=3, n_bins=16, learning_rate=0.3, timeout_s=120)
+MESSY_CFG = sb.SecureBoostConfig(n_trees=5, max_depth=3, n_bins=16, learning_rate=0.3, timeout_s=120,
+                                 passive_splits="revealed")
 LC = ["A", "B", "C", "D", "E", "R"]  # label party's categories; "R" is rare (< min_category_count rows)
 HC = ["h1", "h2", "h3", "h4", "h5"]
 G_NAMES, H_NAMES = ["a", "lm", "lc"], ["hm", "hc", "hx"]

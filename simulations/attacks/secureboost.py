@@ -1,4 +1,10 @@
-"""Attacks on SecureBoost transcripts (membership-hiding mode, today's only mode).
+"""Attacks on SecureBoost transcripts: hidden splits (the default), revealed splits, per-level mode.
+
+Hidden splits (``passive_splits = "hidden"``): the passive party's view has no row-level plaintext —
+it computes each winner's bits under the label party's key without learning the winner
+(crypto/ckks_select.py) — so :attr:`SBTranscript.bits`, the partitions it can read, is empty and
+every score it can derive from the transcript is the same for every row (AUC 0.5).  The label
+party still decrypts the bits (:attr:`SBTranscript.label_bits`), which its attack uses.
 
 What the passive party holds (docs/secureboost.md, leakage table): the public context, per
 computed node CKKS ciphertexts of ``g + 1j·h`` it cannot decrypt, and which of its own split
@@ -38,13 +44,15 @@ from simulations.inprocess import run_secureboost_inprocess
 
 @dataclass
 class SBTranscript:
-    bits: np.ndarray  # (splits, rows) bool: left/right of every training row per passive split, in protocol order
+    bits: np.ndarray  # (splits, rows) bool: the partitions the *passive* party can read (none with hidden splits)
     hist_nodes: list[int]  # nodes per histogram command (the passive's view of the tree shape)
     node_rows: list[np.ndarray]  # per-level mode: the rows of every computed node it was shown
     X_passive_raw: np.ndarray
     X_label: np.ndarray
     y: np.ndarray
     test_auc: float | None
+    label_bits: np.ndarray | None = None  # (splits, rows): what the label party reads (None: = bits)
+    own_feature_auc: float = 0.5  # context: the passive's best single own feature, best sign (needs the labels)
 
 
 def record(guest_df: pd.DataFrame, host_df: pd.DataFrame, cfg: SecureBoostConfig, *, host: str = "host",
@@ -62,6 +70,13 @@ def record(guest_df: pd.DataFrame, host_df: pd.DataFrame, cfg: SecureBoostConfig
     g_train = split_by_ids(guest.align(order), frozenset(test_ids or ()))[0]
     h_train = split_by_ids(hosts.align(order), frozenset(test_ids or ()))[0]
     n = len(g_train)
+    keeper = None
+    if out.label.model.secret_context is not None:  # hidden splits: the label party reads the bits with its key
+        from crypto import ckks
+        from crypto.ckks_select import SelectionKeeper, n_pairs
+
+        keeper = SelectionKeeper(ckks.load_secret(out.label.model.secret_context))
+    label_bits: list[np.ndarray] = []
     for r in wire:
         if not r.tag.endswith((".cmd", ".reply")):
             continue
@@ -77,11 +92,17 @@ def record(guest_df: pd.DataFrame, host_df: pd.DataFrame, cfg: SecureBoostConfig
         if r.tag.endswith(".reply") and meta.get("op") == "split":
             arrays, _ = unpack_arrays(blobs[0], what="split bits")
             bits.append(np.unpackbits(arrays["bits"], axis=1, count=n).astype(bool))
+        if r.tag.endswith(".reply") and meta.get("op") == "select" and keeper is not None:
+            C2 = n_pairs(n)
+            label_bits += [keeper.decrypt_bits(blobs[k : k + C2], n, host)[None, :] for k in range(0, len(blobs), C2)]
     y = g_train.y
     assert y is not None
+    own = [auc(y.astype(np.float64), np.nan_to_num(h_train.X[:, j])) for j in range(h_train.X.shape[1])]
     return SBTranscript(np.vstack(bits) if bits else np.zeros((0, n), dtype=bool), nodes, node_rows, h_train.X,
                         g_train.X,
-                        y.astype(np.float64), out.label.test_auc)
+                        y.astype(np.float64), out.label.test_auc,
+                        label_bits=np.vstack(label_bits) if label_bits else None,
+                        own_feature_auc=max(max(a, 1.0 - a) for a in own) if own else 0.5)
 
 
 def minority_side_scores(t: SBTranscript) -> np.ndarray:
@@ -125,14 +146,16 @@ def label_inference(t: SBTranscript) -> dict[str, Any]:
         a = auc(t.y, sc)
         attacks[k] = max(a, 1.0 - a)
     return {"attacks": attacks, "best_auc": max(attacks.values()), "no_information_auc": random_baseline(t.y),
-            "passive_splits": int(len(t.bits)), "hist_commands": len(t.hist_nodes),
-            "revealed_nodes": len(t.node_rows), "n_rows": len(t.y)}
+            "passive_splits": int(len(t.bits) if t.label_bits is None else len(t.label_bits)),
+            "partitions_readable_by_passive": int(len(t.bits)), "hist_commands": len(t.hist_nodes),
+            "revealed_nodes": len(t.node_rows), "n_rows": len(t.y),
+            "own_best_feature_auc": round(t.own_feature_auc, 4)}
 
 
 def reconstruct_features(t: SBTranscript, known_fraction: float = 0.01, seed: int = 0) -> dict[str, Any]:
     known = known_mask(len(t.y), known_fraction, seed)
     Xp = t.X_passive_raw
-    B = t.bits.T.astype(np.float64)
+    B = (t.bits if t.label_bits is None else t.label_bits).T.astype(np.float64)
     ok = [j for j in range(Xp.shape[1]) if np.all(np.isfinite(Xp[:, j]))]
     from_bits = [known_rows_r2(Xp[:, j], B, known) for j in ok] if B.shape[1] else [0.0 for _ in ok]
     from_own = [known_rows_r2(Xp[:, j], t.X_label, known) for j in ok]

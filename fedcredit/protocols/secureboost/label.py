@@ -27,6 +27,7 @@ from crypto.ckks_hist import (
     n_outputs,
     pass_cost,
 )
+from crypto.ckks_select import SelectionKeeper, block_size, galois_steps, n_pairs
 from fedcredit import dp
 from fedcredit.checkpoint import CheckpointStore, agree_step
 from fedcredit.codec import pack_arrays, unpack_arrays, unpack_blobs
@@ -34,7 +35,7 @@ from fedcredit.data import Table
 from fedcredit.errors import ConfigError, PeerAborted, ProtocolError
 from fedcredit.metrics import auc_ks, sigmoid, write_evaluation
 from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, STAGE, Op, send, tags
-from fedcredit.protocols.secureboost.scoring import label_predict
+from fedcredit.protocols.secureboost.scoring import LabelScorer, read_decisions
 from fedcredit.protocols.secureboost.trees import (
     Backend,
     LabelModelPart,
@@ -63,6 +64,8 @@ class RemotePassive:
         self.seq = 0
         self.n_candidates = 0
         self.bytes_in = 0
+        self.next_split_id = 0  # hidden splits: the label party numbers this party's splits
+        self.selected: list[int] = []  # hidden splits: the winning candidate of each split id (checkpointed here)
 
     def send(self, op: str, blobs: Sequence[bytes] = (), **meta: Any) -> None:
         self.seq += 1
@@ -87,8 +90,9 @@ class FederatedBackend(Backend):
     """Label party's view: own candidates in plaintext, passive candidates through CKKS."""
 
     def __init__(self, own: PlainSource, remotes: list[RemotePassive], crypto: HistogramKeeper, pack: int,
-                 mode: str = "hide_membership", cache_mb: float = 1024.0) -> None:
+                 mode: str = "hide_membership", cache_mb: float = 1024.0, selector: SelectionKeeper | None = None) -> None:
         self.own = own
+        self.selector = selector  # hidden splits: encrypts each winner, decrypts its bits
         self.remotes = remotes
         self.crypto = crypto
         self.pack = pack
@@ -193,6 +197,10 @@ class FederatedBackend(Backend):
                 out[k] = (self.own.split_record(c), self.own.left_mask(c))
             else:
                 asked.setdefault(s, []).append(k)
+        if self.selector is not None:
+            self._select(picks, asked, out)
+            self.stats["split_rounds"] += 1
+            return out
         for s, ks in asked.items():
             self.remotes[s - 1].send(Op.SPLIT, candidates=[int(picks[k][1]) for k in ks])
         n = len(self.own.Xb)
@@ -213,6 +221,42 @@ class FederatedBackend(Backend):
                 out[k] = ({"owner": rem.party, "split_id": int(sid)}, masks[row])
         self.stats["split_rounds"] += 1
         return out
+
+
+    def _select(self, picks, asked, out) -> None:
+        """Hidden splits: each winner goes out only as Enc(one-hot) (crypto/ckks_select.py); its bits come back
+        encrypted and are decrypted here."""
+        assert self.selector is not None
+        t = time.perf_counter()
+        sent: dict[int, list[int]] = {}
+        for s, ks in asked.items():
+            rem = self.remotes[s - 1]
+            blobs: list[bytes] = []
+            sids = []
+            for k in ks:
+                sid = rem.next_split_id
+                rem.next_split_id += 1
+                blobs += self.selector.selectors(int(picks[k][1]), rem.n_candidates, sid)
+                sids.append(sid)
+                rem.selected.append(int(picks[k][1]))
+            sent[s] = sids
+            rem.send(Op.SELECT, blobs, split_ids=sids)
+        self.stats["encrypt_s"] += time.perf_counter() - t
+        n = len(self.own.Xb)
+        C2 = n_pairs(n)
+        for s, ks in asked.items():
+            rem = self.remotes[s - 1]
+            t = time.perf_counter()
+            blobs, _ = rem.recv(Op.SELECT)
+            self.stats["wait_s"] += time.perf_counter() - t
+            if len(blobs) != C2 * len(ks):
+                raise ProtocolError(f"passive party '{rem.party}' returned {len(blobs)} selection ciphertexts, "
+                                    f"expected {C2 * len(ks)}")
+            t = time.perf_counter()
+            for j, (k, sid) in enumerate(zip(ks, sent[s])):
+                out[k] = ({"owner": rem.party, "split_id": sid},
+                          self.selector.decrypt_bits(blobs[j * C2 : (j + 1) * C2], n, rem.party))
+            self.stats["decrypt_s"] += time.perf_counter() - t
 
 
 # --------------------------------------------------------------------------- label party role
@@ -263,6 +307,7 @@ def run_secureboost_label(
     own = source_of(me, table, cfg, own=True, shuffle=False)
     remotes = [RemotePassive(transport, p, tag_prefix, cfg.timeout_s) for p in passive_parties]
     start: tuple[list[list[dict[str, Any]]], np.ndarray] | None = None
+    selected: dict[str, list[int]] = {}  # hidden splits, resumed run: each passive's winners so far
     if resume:
         if checkpoint is None:
             raise ConfigError(f"label party '{me}': a resumed SecureBoost run needs a checkpoint store")
@@ -275,9 +320,12 @@ def run_secureboost_label(
         if step:
             ck = checkpoint.load(STAGE, step)
             start = (list(ck.meta["trees"]), ck.arrays["F"])
+            selected = {str(p): [int(c) for c in v] for p, v in dict(ck.meta.get("selected", {})).items()}
             if progress:
                 progress(f"resuming after tree {step}", step, cfg.n_trees)
-    crypto = HistogramKeeper(cfg.pack) if remotes else None
+    hidden = cfg.passive_splits == "hidden" and bool(remotes)
+    crypto = HistogramKeeper(cfg.pack, extra_steps=galois_steps() if hidden else ()) if remotes else None
+    selector = SelectionKeeper(crypto.ctx) if hidden and crypto is not None else None
 
     def after_tree(trees: list[list[dict[str, Any]]], F: np.ndarray) -> None:
         if checkpoint is None:
@@ -286,7 +334,8 @@ def run_secureboost_label(
             rem.send(Op.CHECKPOINT, tree=len(trees))
         for rem in remotes:
             rem.recv(Op.CHECKPOINT)
-        checkpoint.save(STAGE, len(trees), {"trees": trees}, {"F": F})
+        checkpoint.save(STAGE, len(trees), {"trees": trees, "selected": {r.party: r.selected for r in remotes}},
+                        {"F": F})
 
     try:
         for rem in remotes:
@@ -298,6 +347,7 @@ def run_secureboost_label(
                 ids_digest=ids_digest(table.ids),
                 pack=cfg.pack,
                 histogram_mode=cfg.histogram_mode,
+                passive_splits=cfg.passive_splits,
                 n_bins=cfg.n_bins,
                 min_category_count=cfg.min_category_count,
             )
@@ -306,9 +356,25 @@ def run_secureboost_label(
             rem.n_candidates = int(meta.get("n_candidates", -1))
             if rem.n_candidates < 0:
                 raise ProtocolError(f"passive party '{rem.party}' did not report its number of split candidates")
+            if hidden and rem.n_candidates:
+                block_size(rem.n_candidates)  # more candidates than one selector holds: a clear error, now
+        if hidden and start is not None:  # a resumed run: this attempt's key is new, so the passives get the
+            for rem in remotes:           # earlier splits' selectors again (no bits computed), then number on
+                used = 1 + max((int(nd["split_id"]) for tree in start[0] for nd in tree
+                                if not nd.get("leaf") and nd["owner"] == rem.party), default=-1)
+                old = selected.get(rem.party, [])
+                if len(old) != used:
+                    raise ProtocolError(f"label party '{me}': the checkpoint names {len(old)} hidden splits of "
+                                        f"'{rem.party}', its trees use {used}; start the job afresh")
+                if old and selector is not None:
+                    blobs = [b for sid, c in enumerate(old) for b in selector.selectors(c, rem.n_candidates, sid)]
+                    rem.send(Op.SELECT, blobs, split_ids=list(range(len(old))), replay=True)
+                    rem.recv(Op.SELECT)
+                rem.next_split_id, rem.selected = len(old), list(old)
         setup_s = time.perf_counter() - t_start
         backend: Backend = (
-            FederatedBackend(own, remotes, crypto, cfg.pack, cfg.histogram_mode, cfg.mask_cache_mb) if crypto else PlainBackend([own])
+            FederatedBackend(own, remotes, crypto, cfg.pack, cfg.histogram_mode, cfg.mask_cache_mb, selector)
+            if crypto else PlainBackend([own])
         )
         stats: dict[str, float] = {}
         noise = dp.LabelNoise(dp.label_plan(cfg.dp, cfg.n_trees, "secureboost")) if cfg.dp is not None else None
@@ -317,6 +383,9 @@ def run_secureboost_label(
         train_s = time.perf_counter() - t_start
         model = LabelModelPart(me, passive_parties, list(table.feature_names), base, trees, cfg.to_dict(),
                                input_schema=own.schema)
+        if selector is not None and crypto is not None:  # the key that reads the passives' encrypted bits at scoring
+            model.secret_context = crypto.ctx.secret_bytes()
+            model.selection_blocks = {rem.party: block_size(rem.n_candidates) for rem in remotes if rem.n_candidates}
         train_auc, train_ks = auc_ks(y, sigmoid(F))
 
         test_auc = test_ks = None
@@ -324,7 +393,7 @@ def run_secureboost_label(
         unknown: dict[str, int] = {}
         t_eval = time.perf_counter()
         if test_table is not None and len(test_table):
-            scores, unknown = _joint_predict(model, test_table, remotes, cfg, progress)
+            scores, unknown = _joint_predict(model, test_table, remotes, cfg, progress, selector)
         eval_s = time.perf_counter() - t_eval
         passive_stats = {}
         for rem in remotes:
@@ -342,6 +411,8 @@ def run_secureboost_label(
     finally:
         if crypto:
             crypto.close()
+        if selector is not None:
+            selector.close()
 
     report: dict[str, Any] = {
         "model": "secureboost",
@@ -380,16 +451,21 @@ def _joint_predict(
     remotes: list[RemotePassive],
     cfg: SecureBoostConfig,
     progress: Progress | None,
+    selector: SelectionKeeper | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Joint inference: per batch one round trip per passive party (ids out, decision bits back).
 
+    Hidden splits: the bits come back encrypted and ``selector`` decrypts them; batches are whole
+    answer ciphertexts (``2 * 4096`` rows), because a passive party's cost is per split and ciphertext.
     Returns (scores, unknown-category count per own feature: scored as missing)."""
     n = len(table)
     X, unknown = model.encode(table)
     out = np.empty(n)
-    batches = list(range(0, n, cfg.predict_batch))
+    scorer = LabelScorer(model)
+    step = cfg.predict_batch if selector is None else -(-cfg.predict_batch // 8192) * 8192
+    batches = list(range(0, n, step))
     for b, lo in enumerate(batches):
-        hi = min(n, lo + cfg.predict_batch)
+        hi = min(n, lo + step)
         ids = table.ids[lo:hi]
         for rem in remotes:
             rem.send(Op.PREDICT, ids=ids)
@@ -398,8 +474,8 @@ def _joint_predict(
             blobs, _ = rem.recv(Op.PREDICT)
             if len(blobs) != 1:
                 raise ProtocolError(f"passive party '{rem.party}' sent a malformed decision reply")
-            dec[rem.party] = blobs[0]
-        out[lo:hi] = label_predict(model, X[lo:hi], dec)
+            dec[rem.party] = read_decisions(rem.party, blobs[0], hi - lo, keeper=selector)
+        out[lo:hi] = scorer.predict(X[lo:hi], dec)
         if progress:
             progress("predict", b + 1, len(batches))
     return out, unknown

@@ -19,7 +19,7 @@ from fedcredit.transport import Transport
 
 __all__ = ["PROTOCOL_VERSION", "STAGE", "Op", "Tags", "tags", "send", "recv"]
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2  # 2: passive_splits in setup, the select command
 #: checkpoint stage of SecureBoost training at both roles (step = trees done; fedcredit.checkpoint)
 STAGE: Final = "sb"
 
@@ -29,7 +29,8 @@ class Op:
 
     SETUP: Final = "setup"  # label -> passive: public CKKS context, row digest, pack, n_bins, min_category_count
     HIST: Final = "hist"  # encrypted node gradients -> encrypted masked candidate sums
-    SPLIT: Final = "split"  # chosen candidates -> opaque split ids + left-row bits
+    SPLIT: Final = "split"  # chosen candidates -> opaque split ids + left-row bits (passive_splits = "revealed")
+    SELECT: Final = "select"  # hidden splits: new split ids + Enc(one-hot winner) x2 -> Enc(left-row bits)
     PREDICT: Final = "predict"  # scoring ids -> decision bits
     FINISH: Final = "finish"  # end of the job -> model digest, timings
     CHECKPOINT: Final = "checkpoint"  # {"tree": t} after tree t: the passive saves its own state, then the label

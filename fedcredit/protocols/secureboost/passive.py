@@ -4,6 +4,8 @@ It serves the label party's commands (:class:`~fedcredit.protocols.secureboost.m
 encrypted histograms through its :class:`~crypto.ckks_hist.HistogramEvaluator`, the
 partition of a chosen split, and scoring decisions.  For a split on one of its features
 it alone knows the feature and threshold; the label party only gets an opaque split id.
+With hidden splits (the default) it does not know them either: it computes each winner's bits
+from an encrypted selector (crypto/ckks_select.py).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import numpy as np
 from crypto import ckks
 from crypto.ckks_hist import HistogramEvaluator, lane_layout, max_lane_nodes
 from crypto.ckks_hist_pool import PooledHistogramEvaluator
+from crypto.ckks_select import SelectionEvaluator
 from fedcredit import compute
 from fedcredit.checkpoint import Checkpoint, CheckpointStore, agree_step
 from fedcredit.codec import pack_arrays, unpack_arrays
 from fedcredit.data import Table
 from fedcredit.errors import DataError, FedCreditError, PeerAborted, ProtocolError
 from fedcredit.protocols.secureboost.messages import PROTOCOL_VERSION, STAGE, Op, recv, send, tags
-from fedcredit.protocols.secureboost.scoring import passive_decisions
+from fedcredit.protocols.secureboost.scoring import CompiledRules, hidden_batch_answer, passive_decisions
 from fedcredit.protocols.secureboost.trees import (
     PassiveModelPart,
     Progress,
@@ -74,6 +77,14 @@ def run_secureboost_passive(
         restored = checkpoint.load(STAGE, step) if step else None
     src = source_of(me, table, cfg, own=False, shuffle=True)
     engine: HistogramEvaluator | PooledHistogramEvaluator | None = None
+    # hidden splits (crypto/ckks_select.py): the label party's context, its Galois keys, the selection kernel
+    # over the training rows, and per split id the replicated and placed selectors it sent
+    ctx: ckks.PublicContext | None = None
+    ctx_bytes = b""
+    galois: bytes | None = None
+    selection: SelectionEvaluator | None = None
+    replicated: dict[int, bytes] = {}
+    placed: dict[int, bytes] = {}
     lookup: dict[str, tuple[int, int]] = {}  # id -> (table number, row)
     tables = [tb for tb in (table, test_table) if tb is not None]
     encoded: list[np.ndarray] | None = None  # each table in the model's codes (built at the first scoring request)
@@ -102,6 +113,10 @@ def run_secureboost_passive(
                         f"party '{label_party}' ({meta.get('n_rows')} rows): the ordered id lists differ; align both "
                         "tables to the same PSI intersection"
                     )
+                if meta.get("passive_splits", "revealed") != cfg.passive_splits:
+                    raise ProtocolError(
+                        f"party '{me}': label party '{label_party}' runs SecureBoost with passive_splits = "
+                        f"{meta.get('passive_splits', 'revealed')!r}, this party's approved job says {cfg.passive_splits!r}")
                 peer = {k: meta.get(k, getattr(cfg, k)) for k in ("n_bins", "pack", "min_category_count", "histogram_mode")}
                 if peer != {k: getattr(cfg, k) for k in peer}:
                     cfg = SecureBoostConfig.from_dict({**cfg.to_dict(), **peer})  # a peer's values: checked
@@ -119,6 +134,7 @@ def run_secureboost_passive(
                     src.restore(restored.arrays["perm"], {int(c): int(s) for c, s in restored.meta["split_ids"]})
                 what = f"party '{me}': the CKKS context from label party '{label_party}'"
                 ctx = ckks.load_public(blobs[0], what=what)
+                ctx_bytes = bytes(blobs[0])
                 galois = blobs[1] if len(blobs) == 2 and blobs[1] else None
                 pool = compute.default_pool()  # [compute] in party.toml: the passes shard over its workers
                 if pool.parallel:
@@ -148,7 +164,29 @@ def run_secureboost_passive(
                 answer(out)
                 if progress:
                     progress("histograms", hist_calls, 0)
+            elif op == Op.SELECT:
+                if cfg.passive_splits != "hidden" or ctx is None:
+                    raise ProtocolError(f"party '{me}': a hidden-split selection from '{label_party}', but this job "
+                                        "reveals its splits (or setup has not run)")
+                sids = meta.get("split_ids")
+                if (not isinstance(sids, list) or not sids or len(blobs) != 2 * len(sids)
+                        or sids != list(range(len(replicated), len(replicated) + len(sids)))):
+                    raise ProtocolError(f"party '{me}': selection from '{label_party}' must carry two selectors per "
+                                        f"new split id, numbered from {len(replicated)}")
+                if selection is None:  # the kernel's masks depend on the training rows only: built once
+                    selection = SelectionEvaluator(ctx, src.candidate_table(), galois=galois, cache_mb=cfg.mask_cache_mb,
+                                                   what=f"party '{me}': the CKKS context from '{label_party}'")
+                out = []
+                replay = meta.get("replay") is True  # a resumed run: the earlier splits' selectors, under its new key
+                for k, sid in enumerate(sids):
+                    if not replay:
+                        out += selection.bits(blobs[2 * k], f"label party '{label_party}'")
+                    replicated[sid], placed[sid] = bytes(blobs[2 * k]), bytes(blobs[2 * k + 1])
+                answer(out)
             elif op == Op.SPLIT:
+                if cfg.passive_splits == "hidden":
+                    raise ProtocolError(f"party '{me}': label party '{label_party}' asked for a split in the clear, "
+                                        "but this job hides passive splits (passive_splits = \"hidden\")")
                 cands = meta.get("candidates")
                 if not isinstance(cands, list) or not all(isinstance(c, int) and 0 <= c < src.n_candidates for c in cands):
                     raise ProtocolError(f"party '{me}': split request names unknown candidates")
@@ -168,7 +206,10 @@ def run_secureboost_passive(
                     if hit is None:
                         raise DataError(f"party '{me}': scoring id {i!r} is not in {table.source} or the test table")
                     X[k] = encoded[hit[0]][hit[1]]
-                answer([passive_decisions(part, X)])
+                if cfg.passive_splits == "hidden":
+                    answer([_hidden_predict(ctx, galois, cfg, src.candidate_rules(), X, replicated, me, label_party)])
+                else:
+                    answer([passive_decisions(part, X)])
             elif op == Op.CHECKPOINT:
                 tree = meta.get("tree")
                 if not isinstance(tree, int) or tree < 1:
@@ -179,13 +220,16 @@ def run_secureboost_passive(
                                     {"perm": src.perm})
                 answer()
             elif op == Op.FINISH:
-                part = src.model_part(label_party)
+                part = (src.model_part(label_party, selectors=placed, context=ctx_bytes)
+                        if cfg.passive_splits == "hidden" else src.model_part(label_party))
                 timings = {k: round(float(v), 3) for k, v in (engine.stats if engine else {}).items()}
                 if engine is not None:
                     timings["rotations_per_pass"] = engine.rotations_per_pass
+                if selection is not None:
+                    timings |= {f"selection_{k}": round(float(v), 3) for k, v in selection.stats.items()}
                 answer(
                     model_sha256=hashlib.sha256(part.to_bytes()).hexdigest(),
-                    splits=len(part.splits),
+                    splits=len(part.selectors) if part.hidden else len(part.splits),
                     timings=timings,
                 )
                 return part
@@ -198,6 +242,26 @@ def run_secureboost_passive(
     finally:
         if engine is not None:
             engine.close()
+        if selection is not None:
+            selection.close()
+
+
+def _hidden_predict(ctx: ckks.PublicContext | None, galois: bytes | None, cfg: SecureBoostConfig, rules: list[Any],
+                    X: np.ndarray, replicated: dict[int, bytes], me: str, label_party: str) -> bytes:
+    """Hidden splits, a scoring batch: every split's bits for the batch rows, encrypted (its replicated selector
+    over the batch's candidate table)."""
+    if ctx is None:
+        raise ProtocolError(f"party '{me}': scoring request before setup")
+    if not replicated:  # none of its candidates won: nothing to answer
+        return hidden_batch_answer(me, X.shape[0], [], [])
+    ev = SelectionEvaluator(ctx, CompiledRules(rules).bits(X), galois=galois, cache_mb=cfg.mask_cache_mb,
+                            what=f"party '{me}': the CKKS context from '{label_party}'")
+    try:
+        sids = sorted(replicated)
+        cts = [ct for sid in sids for ct in ev.bits(replicated[sid], f"label party '{label_party}'")]
+    finally:
+        ev.close()
+    return hidden_batch_answer(me, X.shape[0], sids, cts)
 
 
 def _lane_pass(engine: HistogramEvaluator | PooledHistogramEvaluator, blobs: list[bytes], groups: Any, cfg: SecureBoostConfig, me: str,

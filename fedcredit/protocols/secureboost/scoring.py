@@ -4,6 +4,11 @@ A passive party answers a scoring batch with only the left/right bit of every sp
 owns (:func:`passive_decisions`); the label party walks every tree with its own
 thresholds and those bits (:func:`label_margin`, :func:`label_predict`).  Used for the
 joint evaluation at the end of training and by the party's scoring service.
+
+Hidden splits (``passive_splits = "hidden"``): the passive party does not know its splits' rules,
+so it answers with ciphertexts whose decryption at the label party gives the same bits — per
+applicant from its placed selectors (:class:`OnlinePassive`), per training-time batch from its
+replicated ones (the passive role); :func:`read_decisions` decodes either form.
 """
 
 from __future__ import annotations
@@ -14,20 +19,93 @@ from typing import Any
 
 import numpy as np
 
-from fedcredit.codec import pack_arrays, unpack_arrays
+from crypto import ckks
+from crypto.ckks_select import PlacedSelectors, SelectionKeeper, n_pairs
+from fedcredit.codec import pack, pack_arrays, pack_blobs, unpack, unpack_arrays
 from fedcredit.decision import Contributions, tree_contributions
 from fedcredit.errors import ProtocolError
 from fedcredit.metrics import sigmoid
 from fedcredit.protocols.secureboost.trees import (
     LabelModelPart,
     PassiveModelPart,
+    SplitRule,
     check_columns,
     node_rule,
     numeric_schema,
 )
 
-__all__ = ["passive_decisions", "parse_decisions", "LabelScorer", "TreeArrays", "mean_leaf_values", "label_margin",
-           "label_predict", "OnlineLabel", "OnlinePassive"]
+__all__ = ["passive_decisions", "parse_decisions", "read_decisions", "hidden_batch_answer", "CompiledRules",
+           "LabelScorer", "TreeArrays", "mean_leaf_values", "label_margin", "label_predict", "OnlineLabel",
+           "OnlinePassive"]
+
+
+class CompiledRules:
+    """Split rules as arrays, so a batch's bits are a few array operations however many rules there are."""
+
+    def __init__(self, rules: Sequence[SplitRule]) -> None:
+        self.n = len(rules)
+        num = [k for k, r in enumerate(rules) if r.categories is None]
+        self._num = np.array(num, dtype=np.int64)
+        self._num_feature = np.array([rules[k].feature for k in num], dtype=np.int64)
+        self._num_threshold = np.array([rules[k].threshold for k in num], dtype=np.float64)
+        self._missing_left = np.array([r.missing_left for r in rules], dtype=bool)
+        self._feature = np.array([r.feature for r in rules], dtype=np.int64)
+        self._cat = [(k, r) for k, r in enumerate(rules) if r.categories is not None]
+
+    def bits(self, X: np.ndarray) -> np.ndarray:
+        """(rules x rows) bool: which rows go left under each rule (NaN: each rule's default direction)."""
+        bits = np.zeros((self.n, X.shape[0]), dtype=bool)
+        if not self.n:
+            return bits
+        with np.errstate(invalid="ignore"):
+            bits[self._num] = X[:, self._num_feature].T <= self._num_threshold[:, None]  # NaN compares false
+        for k, rule in self._cat:
+            bits[k] = rule.left(X[:, rule.feature])
+        bits |= np.isnan(X[:, self._feature].T) & self._missing_left[:, None]
+        return bits
+
+
+def hidden_batch_answer(party: str, n: int, split_ids: Sequence[int], cts: Sequence[bytes]) -> bytes:
+    """A hidden-split passive party's batch answer: per split id, :func:`~crypto.ckks_select.n_pairs` ciphertexts."""
+    return pack_blobs(list(cts), {"party": party, "n": int(n), "hidden": "batch", "split_ids": [int(s) for s in split_ids]})
+
+
+def read_decisions(party: str, payload: bytes, n: int, *, keeper: SelectionKeeper | None = None, block: int = 0,
+                   split_ids: Sequence[int] = ()) -> dict[int, np.ndarray]:
+    """Split id -> bit per row from one passive party's answer for ``n`` rows, plaintext or hidden.
+
+    A hidden answer needs the label party's ``keeper`` (its key), the party's selector ``block`` and,
+    for a per-applicant answer, the ``split_ids`` the model uses at that party."""
+    meta, _, blobs_d = unpack(payload, what=f"decisions from party '{party}'")
+    kind = meta.get("hidden")
+    if kind is None:
+        if keeper is not None:
+            raise ProtocolError(f"party '{party}' answered with plaintext split bits, but this model hides its splits")
+        return parse_decisions(party, payload, n)
+    if keeper is None:
+        raise ProtocolError(f"party '{party}' answered with encrypted split bits, but this model does not hide its splits")
+    if meta.get("party") != party:
+        raise ProtocolError(f"decisions labelled as party {meta.get('party')!r} were given for party '{party}'")
+    if meta.get("n") != n or isinstance(meta.get("n"), bool):
+        raise ProtocolError(f"decisions from party '{party}' cover {meta.get('n')!r} rows, the batch has {n}")
+    blobs = list(blobs_d.values())
+    if kind == "batch":
+        sids = meta.get("split_ids")
+        C2 = n_pairs(n)
+        if not isinstance(sids, list) or len(blobs) != len(sids) * C2:
+            raise ProtocolError(f"the encrypted decisions from party '{party}' are malformed")
+        return {int(s): keeper.decrypt_bits(blobs[k * C2 : (k + 1) * C2], n, party) for k, s in enumerate(sids)}
+    if kind == "placed":
+        per = meta.get("per_row")
+        if not isinstance(per, int) or isinstance(per, bool) or per < 1 or len(blobs) != per * n:
+            raise ProtocolError(f"the encrypted decisions from party '{party}' are malformed")
+        out = {int(s): np.zeros(n, dtype=bool) for s in split_ids}
+        for r in range(n):
+            got = keeper.decrypt_placed(blobs[r * per : (r + 1) * per], list(split_ids), block, party)
+            for s, b in got.items():
+                out[s][r] = b
+        return out
+    raise ProtocolError(f"decisions from party '{party}' are of an unknown kind {kind!r}")
 
 
 def passive_decisions(model_part: PassiveModelPart, X: np.ndarray) -> bytes:
@@ -38,6 +116,9 @@ def passive_decisions(model_part: PassiveModelPart, X: np.ndarray) -> bytes:
     :meth:`PassiveModelPart.encode`; NaN = missing, which takes each split's learned
     default direction).  Only bits leave: never a value, threshold or category.
     """
+    if model_part.hidden:
+        raise ProtocolError(f"party '{model_part.party}': its SecureBoost splits are hidden from it; score with "
+                            "OnlinePassive, whose answer only the label party can read")
     X = np.asarray(X, dtype=np.float64)
     check_columns(model_part.feature_names, X, f"party '{model_part.party}'")
     ids = np.array(sorted(model_part.splits), dtype=np.int64)
@@ -324,6 +405,16 @@ class OnlineLabel:
         self.input_schema = part.input_schema or numeric_schema(part.feature_names)
         #: NaN (missing, or an unknown category) is scored by each split's learned default direction
         self.accepts_missing = True
+        #: hidden splits: the key that reads the passive parties' encrypted bits (loaded once)
+        self.keeper = (SelectionKeeper(ckks.load_secret(part.secret_context, what=f"party '{part.party}': the CKKS "
+                                                        "key of its SecureBoost model"))
+                       if part.secret_context is not None else None)
+        self._split_ids = {p: sorted(self.scorer._needed.get(p, {})) for p in self.passive_parties}
+
+    def decisions(self, party: str, payload: bytes, n: int) -> dict[int, np.ndarray]:
+        """One passive party's answer for ``n`` rows as split id -> bits (decrypted when the splits are hidden)."""
+        return read_decisions(party, payload, n, keeper=self.keeper, block=self.part.selection_blocks.get(party, 0),
+                              split_ids=self._split_ids.get(party, []))
 
     def score(self, X: np.ndarray, partials: Mapping[str, Any]) -> tuple[np.ndarray, list[Contributions]]:
         """(PD per row, contributions per row) from own features ``X`` (in :attr:`input_schema` codes, NaN =
@@ -332,7 +423,7 @@ class OnlineLabel:
         if missing:
             raise ProtocolError(f"scoring needs decisions from every passive party; missing {missing}")
         n = X.shape[0]
-        bits = {p: parse_decisions(p, bytes(partials[p]), n) for p in self.passive_parties}
+        bits = {p: self.decisions(p, bytes(partials[p]), n) for p in self.passive_parties}
         margin, paths = self.scorer.walk(X, bits)  # one walk gives the PD and the reasons
         contribs = [tree_contributions(row, passive_parties=self.passive_parties, base_score=self.part.base_score)
                     for row in paths]
@@ -340,7 +431,8 @@ class OnlineLabel:
 
 
 class OnlinePassive:
-    """A passive party's side of online joint scoring: the left/right bit of each of its splits per row."""
+    """A passive party's side of online joint scoring: the left/right bit of each of its splits per row
+    (hidden splits: per applicant, ciphertexts of them from its placed selectors)."""
 
     def __init__(self, part: PassiveModelPart) -> None:
         self.part = part
@@ -351,28 +443,26 @@ class OnlinePassive:
         #: NaN (missing, or an unknown category) is scored by each split's learned default direction
         self.accepts_missing = True
         ids = sorted(self.part.splits)
-        rules = [self.part.splits[i] for i in ids]
-        num = [k for k, r in enumerate(rules) if r.categories is None]
-        #: the splits as arrays, so a batch's bits are a few array operations however many splits there are
         self._ids = np.array(ids, dtype=np.int64)
-        self._num = np.array(num, dtype=np.int64)
-        self._num_feature = np.array([rules[k].feature for k in num], dtype=np.int64)
-        self._num_threshold = np.array([rules[k].threshold for k in num], dtype=np.float64)
-        self._missing_left = np.array([r.missing_left for r in rules], dtype=bool)
-        self._feature = np.array([r.feature for r in rules], dtype=np.int64)
-        self._cat = [(k, r) for k, r in enumerate(rules) if r.categories is not None]
+        self._rules = CompiledRules([self.part.splits[i] for i in ids])
+        self._placed: PlacedSelectors | None = None
+        if part.hidden:
+            assert part.context is not None
+            what = f"party '{part.party}': its SecureBoost model"
+            self._rules = CompiledRules(part.candidates)
+            self._placed = PlacedSelectors(ckks.load_public(part.context, what=f"{what}'s CKKS context"), part.selectors,
+                                           len(part.candidates), what=what)
 
     def answer(self, X: np.ndarray) -> bytes:
         """Decision bits for own features ``X`` (in :attr:`input_schema` codes, NaN = missing): the bytes of
-        :func:`passive_decisions`, computed on the compiled split arrays."""
+        :func:`passive_decisions`, computed on the compiled split arrays; hidden splits: their ciphertexts."""
         X = np.asarray(X, dtype=np.float64)
         check_columns(self.part.feature_names, X, f"party '{self.part.party}'")
-        bits = np.zeros((len(self._ids), X.shape[0]), dtype=bool)
-        with np.errstate(invalid="ignore"):
-            bits[self._num] = X[:, self._num_feature].T <= self._num_threshold[:, None]  # NaN compares false
-        for k, rule in self._cat:
-            bits[k] = rule.left(X[:, rule.feature])
-        bits |= np.isnan(X[:, self._feature].T) & self._missing_left[:, None]
+        bits = self._rules.bits(X)
+        if self._placed is not None:
+            cts = [ct for r in range(X.shape[0]) for ct in self._placed.answer(bits[:, r])]
+            return pack({"party": self.part.party, "n": int(X.shape[0]), "hidden": "placed",
+                         "per_row": self._placed.n_answers}, None, {str(i): b for i, b in enumerate(cts)})
         return pack_arrays(
             {"split_ids": self._ids, "bits": np.packbits(bits, axis=1)},
             {"party": self.part.party, "n": int(X.shape[0])},

@@ -10,6 +10,8 @@ noise (ties are broken so that the noise cannot change the choice; see :func:`_b
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import secrets
@@ -320,26 +322,54 @@ def encode_for(schema: InputSchema | None, names: Sequence[str], table: Table) -
     return schema.encode(table)
 
 
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def _unb64(s: Any, field_name: str) -> bytes:
+    if not isinstance(s, str):
+        raise TypeError(f"{field_name} must be base64 text")
+    try:
+        return base64.b64decode(s.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as e:
+        raise ValueError(f"{field_name} is not base64: {e}") from None
+
+
 @dataclass
 class PassiveModelPart:
-    """What a passive party keeps: its own split table (opaque id -> :class:`SplitRule`) and input schema, nothing else."""
+    """What a passive party keeps: its own split table (opaque id -> :class:`SplitRule`) and input schema, nothing else.
+
+    Hidden splits (``passive_splits = "hidden"``): it never learned which rule a split uses, so it keeps
+    every one of its split ``candidates`` (its own rules, in its own shuffled order), each split's
+    *placed selector* (``Enc(e)``, crypto/ckks_select.py, under the label party's key) and the label
+    party's public CKKS ``context`` to evaluate them with; ``splits`` is empty.
+    """
 
     party: str
     label_party: str
     feature_names: list[str]
     splits: dict[int, SplitRule] = field(default_factory=dict)  # split id -> rule on this party's raw values
     input_schema: InputSchema | None = None  # None: a model from before categorical support (all numeric)
+    candidates: list[SplitRule] = field(default_factory=list)  # hidden splits: every candidate rule
+    selectors: dict[int, bytes] = field(default_factory=dict, repr=False)  # hidden splits: split id -> placed Enc(e)
+    context: bytes | None = field(default=None, repr=False)  # hidden splits: the label party's public CKKS context
 
     def __post_init__(self) -> None:
         self.splits = {int(k): v if isinstance(v, SplitRule) else SplitRule(int(v[0]), float(v[1]), *v[2:])
                        for k, v in self.splits.items()}
+        self.selectors = {int(k): bytes(v) for k, v in self.selectors.items()}
+
+    @property
+    def hidden(self) -> bool:
+        """Whether this part's splits are hidden from it (selectors instead of rules)."""
+        return self.context is not None
 
     def encode(self, table: Table) -> tuple[np.ndarray, dict[str, int]]:
         """``table`` in this part's columns and category codes (unknown category = missing, counted)."""
         return encode_for(self.input_schema, self.feature_names, table)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "format": _PASSIVE_FORMAT,
             "party": self.party,
             "label_party": self.label_party,
@@ -350,6 +380,13 @@ class PassiveModelPart:
                 for k, r in sorted(self.splits.items())
             ],
         }
+        if self.hidden:
+            assert self.context is not None
+            d["passive_splits"] = "hidden"
+            d["candidates"] = [{"feature": self.feature_names[r.feature], **r.to_dict()} for r in self.candidates]
+            d["selectors"] = [{"id": int(k), "ckks": _b64(v)} for k, v in sorted(self.selectors.items())]
+            d["ckks_public_context"] = _b64(self.context)
+        return d
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_dict(), indent=1).encode("utf-8")
@@ -365,8 +402,15 @@ class PassiveModelPart:
             names = [str(n) for n in d["feature_names"]]
             pos = {n: i for i, n in enumerate(names)}
             splits = {int(s["id"]): SplitRule.parse(pos[s["feature"]], s) for s in d["splits"]}
-            return cls(party=str(d["party"]), label_party=str(d["label_party"]), feature_names=names, splits=splits,
+            part = cls(party=str(d["party"]), label_party=str(d["label_party"]), feature_names=names, splits=splits,
                        input_schema=_schema_of(d, names, source))
+            if d.get("passive_splits") == "hidden":
+                part.candidates = [SplitRule.parse(pos[c["feature"]], c) for c in d["candidates"]]
+                part.selectors = {int(x["id"]): _unb64(x["ckks"], f"selector {x.get('id')}") for x in d["selectors"]}
+                part.context = _unb64(d["ckks_public_context"], "ckks_public_context")
+                if sorted(part.selectors) != list(range(len(part.selectors))) or not part.candidates:
+                    raise ValueError("hidden splits need candidates and selectors with ids 0..n-1")
+            return part
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError, RecursionError, DataError) as e:
             raise DataError(f"{source}: not a SecureBoost passive model part: {e!r}") from None
 
@@ -398,13 +442,19 @@ class LabelModelPart:
     trees: list[list[dict[str, Any]]]
     config: dict[str, Any] = field(default_factory=dict)
     input_schema: InputSchema | None = None  # None: a model from before categorical support (all numeric)
+    #: hidden splits: the CKKS secret context the passive parties' selectors are under (decrypts their answers)
+    secret_context: bytes | None = field(default=None, repr=False)
+    #: hidden splits: each passive party's selector block (crypto.ckks_select.block_size of its candidate count)
+    selection_blocks: dict[str, int] = field(default_factory=dict)
 
     def encode(self, table: Table) -> tuple[np.ndarray, dict[str, int]]:
         """``table`` in this part's columns and category codes (unknown category = missing, counted)."""
         return encode_for(self.input_schema, self.feature_names, table)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        hidden = ({"passive_splits": "hidden", "ckks_secret_context": _b64(self.secret_context),
+                   "selection_blocks": dict(self.selection_blocks)} if self.secret_context is not None else {})
+        return hidden | {
             "format": _LABEL_FORMAT,
             "party": self.party,
             "passive_parties": list(self.passive_parties),
@@ -435,6 +485,9 @@ class LabelModelPart:
                 config=dict(d.get("config", {})),
             )
             m.input_schema = _schema_of(d, m.feature_names, source)
+            if d.get("passive_splits") == "hidden":
+                m.secret_context = _unb64(d["ckks_secret_context"], "ckks_secret_context")
+                m.selection_blocks = {str(k): int(v) for k, v in dict(d["selection_blocks"]).items()}
             m._check()
             return m
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError, RecursionError, DataError) as e:
@@ -542,6 +595,15 @@ class PlainSource:
     def left_mask(self, cand: int) -> np.ndarray:
         return self.cand_left[cand][self.Xb[:, self.cand_f[cand]]]
 
+    def candidate_table(self) -> np.ndarray:
+        """(candidates x rows) bool: every candidate's left/right bit of every training row (hidden splits)."""
+        P = self.n_candidates
+        return self.cand_left[np.arange(P)[:, None], self.Xb[:, self.cand_f].T] if P else np.zeros((0, len(self.Xb)), bool)
+
+    def candidate_rules(self) -> list[SplitRule]:
+        """Every candidate as a raw-value rule, in this party's (shuffled) candidate order (hidden splits)."""
+        return [self.rule(c) for c in range(self.n_candidates)]
+
     def rule(self, cand: int) -> SplitRule:
         return self.binner.rule(int(self.cand_f[cand]), self.cand_left[cand])
 
@@ -557,7 +619,13 @@ class PlainSource:
             return {"owner": self.party, "feature": r.feature, **r.to_dict()}
         return {"owner": self.party, "split_id": self.register(cand)}
 
-    def model_part(self, label_party: str) -> PassiveModelPart:
+    def model_part(self, label_party: str, *, selectors: Mapping[int, bytes] | None = None,
+                   context: bytes | None = None) -> PassiveModelPart:
+        """This party's model part; with ``context`` (hidden splits) its candidates and placed ``selectors``."""
+        if context is not None:
+            return PassiveModelPart(party=self.party, label_party=label_party,
+                                    feature_names=list(self.binner.feature_names), input_schema=self.schema,
+                                    candidates=self.candidate_rules(), selectors=dict(selectors or {}), context=context)
         return PassiveModelPart(
             party=self.party,
             label_party=label_party,
