@@ -17,8 +17,9 @@ bits for the label party without learning the candidate, the bits, or the thresh
   imaginary parts: ``e`` is real), so a selection costs ``B * ceil(C/2)`` plaintext products.
 * Online scoring of one applicant uses the *placed* selector: ``Enc(e)`` in block ``j`` of a
   ciphertext (real or imaginary part), so ``sum_nodes placed_node * t(x)`` (``t(x)``: the
-  applicant's candidate bits, replicated) puts node ``j``'s ``e * t(x)`` in block ``j``: one product
-  per node, one plaintext per applicant.  A zero-sum mask per block hides every slot but the
+  applicant's candidate bits, replicated) puts node ``j``'s ``e * t(x)`` in block ``j``; as the blocks
+  are disjoint, the placed selectors of one answer ciphertext are summed once at load, so an
+  applicant costs one plaintext and one product per answer ciphertext.  A zero-sum mask per block hides every slot but the
   block's sum, which is the node's bit.
 * Every returned value is flooded with fresh Gaussian noise (:data:`FLOOD_STD`, far above the
   CKKS error the key holder could know, far below the 0.5 that separates a 0 from a 1 bit), so
@@ -340,12 +341,22 @@ class PlacedSelectors:
         self._evaluator = _sa.Evaluator(self._sctx)
         self._io = SealIO(self._sctx)
         self._top = self._sctx.first_parms_id()
-        self._groups: dict[int, list[Any]] = {}
+        groups: dict[int, list[Any]] = {}
         for sid, blob in sorted(placed.items()):
             ct = self._io.load(blob, f"{what}: the placed selector of split {sid}")
             _check_fresh(ct, self._top, f"{what}: the placed selector of split {sid}")
-            self._groups.setdefault(placed_position(sid, self.block)[0], []).append(ct)
-        self.n_answers = max(self._groups, default=-1) + 1
+            groups.setdefault(placed_position(sid, self.block)[0], []).append(ct)
+        # every split of a group sits in its own block and all meet the same plaintext t(x), so their sum is
+        # taken once here: one product per group and applicant instead of one per split
+        self._sums: dict[int, Any] = {}
+        for g, cts in groups.items():
+            acc = cts[0]
+            for ct in cts[1:]:
+                self._evaluator.add_inplace(acc, ct)
+            self._sums[g] = acc
+        self.n_answers = max(self._sums, default=-1) + 1
+        if sorted(self._sums) != list(range(self.n_answers)):
+            raise ProtocolError(f"{what}: the placed selectors' split ids are not dense")
         self._lock = threading.Lock()
 
     def answer(self, t: np.ndarray) -> list[bytes]:
@@ -361,19 +372,10 @@ class PlacedSelectors:
             pt = sa.Plaintext()
             self._encoder.encode(rep.ravel().astype(np.complex128), self._top, 2.0**CKKS_SCALE_BITS, pt)
             out: list[bytes] = []
-            tmp, mask = sa.Ciphertext(), sa.Plaintext()
+            mask = sa.Plaintext()
             for g in range(self.n_answers):
-                cts = self._groups.get(g, [])
-                o = None
-                for ct in cts:
-                    if o is None:
-                        o = sa.Ciphertext()
-                        ev.multiply_plain(ct, pt, o)
-                    else:
-                        ev.multiply_plain(ct, pt, tmp)
-                        ev.add_inplace(o, tmp)
-                if o is None:
-                    raise ProtocolError("a placed-selector group is empty (split ids must be dense)")
+                o = sa.Ciphertext()
+                ev.multiply_plain(self._sums[g], pt, o)
                 ev.rescale_to_next_inplace(o)
                 z = (ckks.gaussian(SLOTS, _MASK_STD) + 1j * ckks.gaussian(SLOTS, _MASK_STD)).reshape(per, B)
                 z -= z.mean(axis=1, keepdims=True)  # zero-sum per block ...
