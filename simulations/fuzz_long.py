@@ -383,8 +383,36 @@ def _scoring() -> list[Target]:
     return [Target("scoring ScoreBatch request", score, seeds_s), Target("scoring PartialScore request", partial, seeds_p)]
 
 
+def _ckks_select() -> list[Target]:
+    """Hidden SecureBoost splits: the passive party's selection kernel (a selector from the label party) and the
+    label party's decryption of a selection answer and of a hidden scoring reply."""
+    from crypto import ckks, ckks_hist, ckks_select
+    from fedcredit import codec
+    from fedcredit.protocols.secureboost import scoring as sbs
+
+    keeper = ckks_hist.HistogramKeeper(8, extra_steps=ckks_select.galois_steps())
+    pub = ckks.load_public(keeper.public_bytes)
+    sel = ckks_select.SelectionKeeper(keeper.ctx)
+    T = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0]], dtype=bool)
+    ev = ckks_select.SelectionEvaluator(pub, T, galois=keeper.galois_bytes, cache_mb=8)
+    rep, placed = sel.selectors(1, 3, 0)
+    out = ev.bits(rep)
+    answer = ckks_select.PlacedSelectors(pub, {0: placed}, 3, what="fuzz").answer(np.array([1, 0, 1], dtype=bool))
+    reply = codec.pack_blobs(answer, {"party": "host", "n": 1, "hidden": "placed", "per_row": 1})
+    return [
+        Target("ckks_select.SelectionEvaluator.bits (selector ciphertext)", lambda b: ev.bits(b), [rep],
+               max_size=len(rep) + 64, alloc_floor=32 << 20),
+        Target("ckks_select.SelectionKeeper.decrypt_bits (selection answer)",
+               lambda b: sel.decrypt_bits([b], 3, "host"), out, max_size=len(out[0]) + 64, alloc_floor=32 << 20),
+        Target("secureboost.read_decisions (hidden scoring reply)",
+               lambda b: sbs.read_decisions("host", b, 1, keeper=sel, block=4, split_ids=[0]), [reply],
+               max_size=len(reply) + 64, alloc_floor=32 << 20),
+    ]
+
+
 BUILDERS: dict[str, Callable[[], list[Target]]] = {
-    "codec": _codec, "envelope": _envelope, "ckks": _ckks, "ckks_hist": _ckks_hist, "models": _models,
+    "codec": _codec, "envelope": _envelope, "ckks": _ckks, "ckks_hist": _ckks_hist, "ckks_select": _ckks_select,
+    "models": _models,
     "artifacts": _artifacts, "control_plane": _control_plane, "protocols": _protocol_messages,
     "dataplane": _dataplane, "scoring": _scoring,
 }

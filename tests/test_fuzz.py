@@ -18,7 +18,7 @@ from simulations.fuzz_long import BUILDERS, Finding, Target, check, run_target
 
 EXAMPLES = int(os.environ.get("FEDCREDIT_FUZZ_EXAMPLES", "400"))
 # the CKKS parsers cost ~10-100 ms per input; the rest well under 1 ms
-SLOW = {"ckks", "ckks_hist", "artifacts", "scoring"}
+SLOW = {"ckks", "ckks_hist", "ckks_select", "artifacts", "scoring"}
 
 _CACHE: dict[str, list[Target]] = {}
 

@@ -552,7 +552,7 @@ def _run_party(transport: Transport, rt: VerticalParty, store: CheckpointStore) 
                                               checkpoint=store, resume=rt.resume)
             part.save(model_dir / f"secureboost_{me}_model.json")
             files += [f"secureboost_{me}_model.json"]
-            extra = {"splits": len(part.splits)}
+            extra = {"splits": len(part.selectors) if part.hidden else len(part.splits)}
     if getattr(cfg, "dp", None) is not None and not binning_only:  # label DP: ε, δ in the run JSON (docs/privacy.md)
         extra["privacy"] = label_privacy or _passive_dp_report(cfg, extra)
     if binned is not None:
