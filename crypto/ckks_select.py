@@ -196,17 +196,29 @@ class SelectionKeeper:
 class SelectionEvaluator:
     """Passive side, one fixed set of rows: the winner's bits from a replicated selector (module docstring).
 
-    ``T``: bool (candidates x rows), this party's own candidate bits for the rows, in its own
-    (shuffled) candidate order.  Masks are encoded on first use and cached up to ``cache_mb``.
+    ``T``: this party's own candidate bits for the rows, in its own (shuffled) candidate order: a
+    bool (candidates x rows) array, or — for the training rows, where that array would be
+    candidates x rows bytes (2 GB at 2,000 candidates and a million rows) — the bins ``(Xb,
+    cand_feature, cand_left)`` it is read from (``T[c, i] = cand_left[c, Xb[i, cand_feature[c]]]``).
+    Masks are encoded on first use and cached up to ``cache_mb``.
     """
 
-    def __init__(self, ctx: ckks.PublicContext, T: np.ndarray, *, galois: bytes | None, cache_mb: float,
-                 what: str = "the CKKS context") -> None:
+    def __init__(self, ctx: ckks.PublicContext, T: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray], *,
+                 galois: bytes | None, cache_mb: float, what: str = "the CKKS context") -> None:
         check_histogram_context(ctx, what, galois is not None)
-        T = np.asarray(T, dtype=bool)
-        if T.ndim != 2:
-            raise DataError("the candidate table must be (candidates x rows)")
-        self.n_candidates, self.n_rows = T.shape
+        self._bins: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        if isinstance(T, tuple):
+            Xb, cf, cl = (np.asarray(a) for a in T)
+            if Xb.ndim != 2 or cf.ndim != 1 or cl.ndim != 2 or len(cf) != len(cl) or cl.dtype != bool:
+                raise DataError("candidate bins must be (rows x features) bins, a feature per candidate and a "
+                                "boolean (candidates x bins) left-bin table")
+            self._bins = (Xb, cf.astype(np.int64), cl)
+            self.n_candidates, self.n_rows = len(cf), Xb.shape[0]
+        else:
+            T = np.asarray(T, dtype=bool)
+            if T.ndim != 2:
+                raise DataError("the candidate table must be (candidates x rows)")
+            self.n_candidates, self.n_rows = T.shape
         self.block = B = block_size(self.n_candidates)
         tctx = ctx.tenseal_context
         self._sctx = tctx.seal_context().data
@@ -219,8 +231,9 @@ class SelectionEvaluator:
         self._top = self._sctx.first_parms_id()
         self.n_pairs = C2 = n_pairs(self.n_rows)
         self.baby_step = _baby(B, C2)
-        self._T = np.zeros((B, 2 * C2 * SLOTS), dtype=bool)
-        self._T[: self.n_candidates, : self.n_rows] = T
+        if self._bins is None:
+            self._T = np.zeros((B, 2 * C2 * SLOTS), dtype=bool)
+            self._T[: self.n_candidates, : self.n_rows] = T
         self._cache: dict[tuple[int, int], Any] = {}
         self._cache_limit = int(cache_mb * 2**20 // MASK_PLAIN_BYTES)
         self._lock = threading.Lock()
@@ -236,8 +249,7 @@ class SelectionEvaluator:
         B, a = self.block, self.baby_step
         s = np.arange(SLOTS)
         c = (s + k) % B
-        re = self._T[c, 2 * q * SLOTS + s]
-        im = self._T[c, (2 * q + 1) * SLOTS + s]
+        re, im = self._lookup(c, 2 * q * SLOTS + s), self._lookup(c, (2 * q + 1) * SLOTS + s)
         m = re.astype(np.float64) + 1j * im.astype(np.float64)
         giant = a * (k // a)
         if giant:
@@ -250,6 +262,15 @@ class SelectionEvaluator:
             self._cache[(q, k)] = pt
         self.stats["mask_encode_s"] += time.perf_counter() - t
         return pt
+
+    def _lookup(self, c: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``T[c, rows]`` elementwise, 0 for padding candidates (>= the count) and rows (>= the row count)."""
+        if self._bins is None:
+            return self._T[c, rows]
+        Xb, cf, cl = self._bins
+        ok = (c < self.n_candidates) & (rows < self.n_rows)
+        cc, rr = np.where(ok, c, 0), np.where(ok, rows, 0)
+        return cl[cc, Xb[rr, cf[cc]]] & ok
 
     def bits(self, selector: bytes, sender: str = "label party") -> list[bytes]:
         """:attr:`n_pairs` ciphertexts of the selected candidate's (flooded) bits for every row."""

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, r in rows.items():
         print(f"{name:56s} {r['auc']:9.4f} {r['ks']:8.4f} {r['train_s']:8.2f} {r['bytes']:16,d}")
     print("(train s = wall time of training; the federated time includes the CKKS setup)")
-    host_rules = list(host_part.splits.values())
+    host_rules = list(host_part.splits.values())  # empty with hidden splits (the default): the host never knew them
     own = [sb.SplitRule.parse(nd["feature"], nd) for t in lab.model.trees for nd in t if nd.get("owner") == "guest"]
     print(f"splits: {lab.model.splits_by_party()}; categorical splits guest {sum(r.categories is not None for r in own)}, "
           f"host {sum(r.categories is not None for r in host_rules)}; missing rows sent left in "

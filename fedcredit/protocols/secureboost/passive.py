@@ -174,7 +174,8 @@ def run_secureboost_passive(
                     raise ProtocolError(f"party '{me}': selection from '{label_party}' must carry two selectors per "
                                         f"new split id, numbered from {len(replicated)}")
                 if selection is None:  # the kernel's masks depend on the training rows only: built once
-                    selection = SelectionEvaluator(ctx, src.candidate_table(), galois=galois, cache_mb=cfg.mask_cache_mb,
+                    selection = SelectionEvaluator(ctx, (src.Xb, src.cand_f, src.cand_left), galois=galois,
+                                                   cache_mb=cfg.mask_cache_mb,
                                                    what=f"party '{me}': the CKKS context from '{label_party}'")
                 out = []
                 replay = meta.get("replay") is True  # a resumed run: the earlier splits' selectors, under its new key
