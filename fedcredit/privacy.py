@@ -80,6 +80,8 @@ class ProtocolTable:
 _RELAY = LeakageRow("coordinator / relay", "message sizes and timing only (payloads are sealed end to end by the data "
                     "plane): step and epoch counts, n, a party's feature or ciphertext counts", "every payload",
                     "any key, any plaintext")
+#: every SecureBoost mode: the resume agreement (fedcredit.checkpoint)
+_SB_RESUME = Message("sb/resume*", "any", "plaintext", "resumed runs: tree numbers held / to resume after")
 
 TABLES: Final[tuple[ProtocolTable, ...]] = (
     ProtocolTable(
@@ -167,7 +169,7 @@ TABLES: Final[tuple[ProtocolTable, ...]] = (
                     "selection the winner's left/right bit of every training row as CKKS ciphertexts under the label "
                     "party's key, flooded; scoring: every split's bits for the scored ids, encrypted the same way; "
                     "model digest and timings"),
-            Message("sb/resume*", "any", "plaintext", "resumed runs: tree numbers held / to resume after"),
+            _SB_RESUME,
         ),
         (
             LeakageRow("label", "each passive's candidate count; per computed node the left sums G_L, H_L of every "
@@ -192,7 +194,7 @@ TABLES: Final[tuple[ProtocolTable, ...]] = (
             Message("sb.reply", "passive", "masked", "per node the masked candidate sums (CKKS, zero-sum masked); for "
                     "each chosen split an opaque split id and the left/right bit of every training row (plaintext); "
                     "scoring decision bits; model digest and timings"),
-            Message("sb/resume*", "any", "plaintext", "resumed runs: tree numbers held / to resume after"),
+            _SB_RESUME,
         ),
         (
             LeakageRow("label", "each passive's candidate count; per computed node the left sums G_L, H_L of every "
@@ -216,7 +218,7 @@ TABLES: Final[tuple[ProtocolTable, ...]] = (
             Message("sb.reply", "passive", "masked", "per node the masked candidate sums; for each chosen split an "
                     "opaque split id and the left/right bit of every training row (plaintext); scoring decision "
                     "bits; model digest and timings"),
-            Message("sb/resume*", "any", "plaintext", "resumed runs: tree numbers held / to resume after"),
+            _SB_RESUME,
         ),
         (
             LeakageRow("label", "as in hide_membership: per computed node the left sums of every passive candidate; "

@@ -10,6 +10,7 @@ Jobs are submitted through the Control service like ``fedcredit train job.toml``
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -295,8 +296,15 @@ def test_psi_and_secureboost_job_with_agreed_test_ids(fed: LocalFederation) -> N
     lp = json.loads((mb / "secureboost_bank_model.json").read_text())
     pp = json.loads((mf / "secureboost_fintech_model.json").read_text())
     assert lp["feature_names"] == BANK_FEATURES
-    assert pp["feature_names"] == FINTECH_FEATURES and pp["splits"]
-    assert {s["feature"] for s in pp["splits"]} <= set(FINTECH_FEATURES)
+    assert pp["feature_names"] == FINTECH_FEATURES
+    # the default, hidden splits: the fintech never learned which of its candidates won — its part has every
+    # candidate rule of its own and one encrypted selector per split, no rule per split; the bank's part has
+    # the key that reads the fintech's encrypted answers (owner-only file)
+    assert pp["passive_splits"] == "hidden" and pp["splits"] == []
+    assert {c["feature"] for c in pp["candidates"]} <= set(FINTECH_FEATURES)
+    assert len(pp["selectors"]) == bank["splits_by_party"]["fintech"] == fintech["splits"]
+    assert lp["passive_splits"] == "hidden" and lp["ckks_secret_context"]
+    assert stat.S_IMODE((mb / "secureboost_bank_model.json").stat().st_mode) == 0o600
     # the bank knows a fintech split only by its opaque id: no fintech feature name or threshold
     for node in (n for tree in lp["trees"] for n in tree):
         if node.get("owner") == "fintech":
