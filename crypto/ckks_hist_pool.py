@@ -9,6 +9,9 @@ bin-matrix columns its candidates read, so its pre-encoded masks (the memory of 
 that worker alone: the mask budget is split, not multiplied.  What stays per worker: loading the
 gradient ciphertexts and rotating them (``C*(a-1)`` input rotations are repeated by every shard).
 
+The hidden-split selection kernel (:class:`~crypto.ckks_select.SelectionEvaluator`) shards the same
+way over *row pairs* (its outputs are independent per 8,192-row pair): :class:`PooledSelectionEvaluator`.
+
 The pool is anything with ``shards(init, args, what=...)`` — ``fedcredit.compute.WorkerPool``
 (this layer may not import it; the protocol passes ``default_pool()`` in).
 """
@@ -21,10 +24,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from crypto import ckks
-from crypto.ckks_hist import HistogramEvaluator, LaneLayout, check_histogram_context, n_chunks, n_outputs
+from crypto.ckks_hist import SLOTS, HistogramEvaluator, LaneLayout, check_histogram_context, n_chunks, n_outputs
+from crypto.ckks_select import SelectionEvaluator, block_size, n_pairs
 from fedcredit.errors import DataError, ProtocolError
 
-__all__ = ["PooledHistogramEvaluator", "shard_groups"]
+__all__ = ["PooledHistogramEvaluator", "PooledSelectionEvaluator", "shard_groups", "shard_pairs"]
 
 
 class _Shards(Protocol):
@@ -152,6 +156,71 @@ class PooledHistogramEvaluator:
     def histogram(self, blobs: Sequence[bytes], sender: str = "label party", *, lanes: _Lanes = None) -> list[bytes]:
         """One pass, as :meth:`HistogramEvaluator.histogram` (fixed layout, or a level's lanes)."""
         return self.histograms([blobs], sender, lanes=lanes)[0]
+
+    def close(self) -> None:
+        if self._shards is not None:
+            self._shards.close()
+            self._shards = None
+
+
+def shard_pairs(n_rows: int, shards: int) -> list[tuple[int, int]]:
+    """Row ranges ``[lo, hi)`` of at most ``shards`` contiguous runs of whole 8,192-row pairs (balanced)."""
+    C2 = n_pairs(n_rows)
+    k = max(1, min(shards, C2))
+    bounds = [i * C2 // k for i in range(k + 1)]
+    return [(bounds[i] * 2 * SLOTS, min(bounds[i + 1] * 2 * SLOTS, n_rows)) for i in range(k) if bounds[i + 1] > bounds[i]]
+
+
+def _boot_select(arg: tuple[bytes, np.ndarray, np.ndarray, np.ndarray, float, str, bytes | None]) -> SelectionEvaluator:
+    ctx_bytes, Xb, cand_f, cand_left, cache_mb, what, galois = arg
+    return SelectionEvaluator(ckks.load_public(ctx_bytes, what=what), (Xb, cand_f, cand_left), galois=galois,
+                              cache_mb=cache_mb, what=what)
+
+
+def _select(ev: SelectionEvaluator, item: tuple[list[bytes], str]) -> tuple[list[list[bytes]], dict[str, float]]:
+    selectors, sender = item
+    before = dict(ev.stats)
+    out = ev.bits_many(selectors, sender)
+    return out, {k: ev.stats[k] - before[k] for k in ev.stats}
+
+
+class PooledSelectionEvaluator:
+    """:class:`~crypto.ckks_select.SelectionEvaluator` over the training rows, sharded over a pool by row pairs.
+
+    Each worker holds its rows' bins and its own mask cache (``cache_mb`` is split); each repeats the
+    selector's baby-step rotations (``a - 1``, a few ms).  Outputs concatenated in row order are the
+    single-process evaluator's.  Call :meth:`close` to stop the workers.
+    """
+
+    def __init__(self, ctx: ckks.PublicContext, Xb: np.ndarray, cand_feature: np.ndarray, cand_left: np.ndarray, *,
+                 pool: _Pool, cache_mb: float, what: str = "the CKKS context", party: str | None = None,
+                 galois: bytes | None = None) -> None:
+        check_histogram_context(ctx, what, galois is not None)
+        self.n_rows, self.n_candidates = int(Xb.shape[0]), int(len(cand_feature))
+        self.block = block_size(self.n_candidates)
+        self.n_pairs = n_pairs(self.n_rows)
+        ranges = shard_pairs(self.n_rows, pool.workers)
+        ctx_bytes = ctx.to_bytes()
+        args = [(ctx_bytes, np.ascontiguousarray(Xb[lo:hi]), np.asarray(cand_feature), np.asarray(cand_left),
+                 cache_mb / len(ranges), what, galois) for lo, hi in ranges]
+        self._shards: _Shards | None = pool.shards(_boot_select, args, what="SecureBoost hidden-split selections",
+                                                   party=party)
+        self.stats: dict[str, float] = {"select_s": 0.0, "mask_encode_s": 0.0, "selections": 0, "rotations": 0,
+                                        "plain_mults": 0}
+
+    def bits_many(self, selectors: Sequence[bytes], sender: str = "label party") -> list[list[bytes]]:
+        """Per selector, its :attr:`n_pairs` answer ciphertexts (one round trip to the workers for all)."""
+        if self._shards is None:
+            raise ProtocolError("the selection workers are closed")
+        parts = self._shards.broadcast(_select, (list(selectors), sender))
+        for _, st in parts:
+            for k, v in st.items():
+                self.stats[k] = self.stats.get(k, 0) + (v if k != "selections" else 0)
+        self.stats["selections"] += len(selectors)
+        return [[ct for out, _ in parts for ct in out[i]] for i in range(len(selectors))]
+
+    def bits(self, selector: bytes, sender: str = "label party") -> list[bytes]:
+        return self.bits_many([selector], sender)[0]
 
     def close(self) -> None:
         if self._shards is not None:

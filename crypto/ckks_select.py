@@ -277,6 +277,10 @@ class SelectionEvaluator:
         with self._lock:
             return self._bits(selector, sender)
 
+    def bits_many(self, selectors: Sequence[bytes], sender: str = "label party") -> list[list[bytes]]:
+        """:meth:`bits` of each selector (the interface the pooled evaluator shares)."""
+        return [self.bits(s, sender) for s in selectors]
+
     def _bits(self, selector: bytes, sender: str) -> list[bytes]:
         t0 = time.perf_counter()
         sa, ev = _sa, self._evaluator

@@ -121,3 +121,26 @@ def test_the_label_party_cannot_read_an_applicants_other_candidate_bits_from_a_p
     masked = _slot_attack(sel, pub, rng, 600)
     assert control > 0.025, control
     assert abs(masked) < 0.025, masked
+
+
+def test_a_pool_of_two_workers_gives_the_same_bits(keys) -> None:
+    """[compute] workers = 2: the selection shards over row pairs (crypto/ckks_hist_pool.py); 17,000 rows are
+    three pairs, so two shards, and the bits are the single-process kernel's."""
+    from crypto.ckks_hist_pool import PooledSelectionEvaluator, shard_pairs
+    from fedcredit import compute
+
+    keeper, pub, sel = keys
+    rng = np.random.default_rng(4)
+    Xb, cf, cl = rng.integers(0, 6, (17000, 4)), rng.integers(0, 4, 50), rng.random((50, 6)) < 0.5
+    dense = cl[np.arange(50)[:, None], Xb[:, cf].T]
+    assert shard_pairs(17000, 2) == [(0, 8192), (8192, 17000)]
+    pool = compute.WorkerPool(2, "processes")
+    ev = PooledSelectionEvaluator(pub, Xb, cf, cl, pool=pool, cache_mb=64, galois=keeper.galois_bytes, party="host")
+    try:
+        picks = [0, 23, 49]
+        outs = ev.bits_many([sel.selectors(c, 50, k)[0] for k, c in enumerate(picks)])
+        for c, out in zip(picks, outs):
+            assert len(out) == 3 and np.array_equal(sel.decrypt_bits(out, 17000, "host"), dense[c])
+        assert ev.stats["selections"] == 3 and ev.stats["plain_mults"] > 0
+    finally:
+        ev.close()

@@ -893,3 +893,26 @@ def test_passive_histograms_on_two_worker_processes_equal_the_reference(mode):
     _assert_equals_reference(fed2, cfg)
     if mode == "per_level":
         assert fed2["res"].label.report["label_timings"]["lane_levels"] > 0
+
+
+def test_hidden_splits_on_two_worker_processes_give_the_reference_scores():
+    """[compute] workers = 2 with the default hidden splits: histograms and selections run on the pool
+    (crypto/ckks_hist_pool.py) and the joint test scores are the plaintext reference's."""
+    from fedcredit import compute
+
+    cfg = CFG.model_copy(update={"n_trees": 2, "passive_splits": "hidden"})
+    pool = compute.WorkerPool(2, "processes")
+    boots: list[str] = []
+    real = sb.passive.PooledSelectionEvaluator
+
+    def counting(*a, **k):
+        boots.append(k["party"])
+        return real(*a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compute, "_default", pool)
+        mp.setattr(sb.passive, "PooledSelectionEvaluator", counting)
+        fed2 = _train(cfg)
+    assert sorted(boots) == ["bank", "telco"]
+    ref = _margin(fed2["ref_label"], fed2["ref_passive"], fed2["X_label_test"], fed2["passive_X_test"])
+    np.testing.assert_allclose(fed2["res"].label.test_scores, sigmoid(ref), atol=1e-9)

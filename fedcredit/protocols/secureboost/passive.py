@@ -18,7 +18,7 @@ import numpy as np
 
 from crypto import ckks
 from crypto.ckks_hist import HistogramEvaluator, lane_layout, max_lane_nodes
-from crypto.ckks_hist_pool import PooledHistogramEvaluator
+from crypto.ckks_hist_pool import PooledHistogramEvaluator, PooledSelectionEvaluator
 from crypto.ckks_select import SelectionEvaluator
 from fedcredit import compute
 from fedcredit.checkpoint import Checkpoint, CheckpointStore, agree_step
@@ -82,7 +82,7 @@ def run_secureboost_passive(
     ctx: ckks.PublicContext | None = None
     ctx_bytes = b""
     galois: bytes | None = None
-    selection: SelectionEvaluator | None = None
+    selection: SelectionEvaluator | PooledSelectionEvaluator | None = None
     replicated: dict[int, bytes] = {}
     placed: dict[int, bytes] = {}
     lookup: dict[str, tuple[int, int]] = {}  # id -> (table number, row)
@@ -173,15 +173,23 @@ def run_secureboost_passive(
                         or sids != list(range(len(replicated), len(replicated) + len(sids)))):
                     raise ProtocolError(f"party '{me}': selection from '{label_party}' must carry two selectors per "
                                         f"new split id, numbered from {len(replicated)}")
-                if selection is None:  # the kernel's masks depend on the training rows only: built once
-                    selection = SelectionEvaluator(ctx, (src.Xb, src.cand_f, src.cand_left), galois=galois,
-                                                   cache_mb=cfg.mask_cache_mb,
-                                                   what=f"party '{me}': the CKKS context from '{label_party}'")
-                out = []
                 replay = meta.get("replay") is True  # a resumed run: the earlier splits' selectors, under its new key
+                if selection is None and not replay:  # the kernel's masks depend on the training rows only: built once
+                    swhat = f"party '{me}': the CKKS context from '{label_party}'"
+                    spool = compute.default_pool()  # [compute] in party.toml: row pairs shard over its workers
+                    selection = (PooledSelectionEvaluator(ctx, src.Xb, src.cand_f, src.cand_left, pool=spool,
+                                                          cache_mb=cfg.mask_cache_mb, what=swhat, party=me,
+                                                          galois=galois)
+                                 if spool.parallel else
+                                 SelectionEvaluator(ctx, (src.Xb, src.cand_f, src.cand_left), galois=galois,
+                                                    cache_mb=cfg.mask_cache_mb, what=swhat))
+                out = []
+                if not replay:
+                    assert selection is not None
+                    for cts in selection.bits_many([blobs[2 * k] for k in range(len(sids))],
+                                                   f"label party '{label_party}'"):
+                        out += cts
                 for k, sid in enumerate(sids):
-                    if not replay:
-                        out += selection.bits(blobs[2 * k], f"label party '{label_party}'")
                     replicated[sid], placed[sid] = bytes(blobs[2 * k]), bytes(blobs[2 * k + 1])
                 answer(out)
             elif op == Op.SPLIT:
