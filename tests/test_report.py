@@ -196,7 +196,7 @@ def test_vertical_label_and_passive_reports(tmp_path: Path) -> None:
     # the privacy report: every message it sent has a declared form, the rows of the protocols it ran, the attacks
     for doc, role in ((lab, "label"), (pas, "passive")):
         pv = doc["privacy"]
-        assert pv["protocol"] == "secureboost" and pv["mode"] == "hide_membership" and pv["role"] == role
+        assert pv["protocol"] == "secureboost" and pv["mode"] == "hidden-splits" and pv["role"] == role  # the default since issue 12
         assert pv["sent"] and all(r["form"] in FORMS for r in pv["sent"]), pv["sent"]
         assert {r["protocol"] for r in pv["leakage"]} >= {"psi", "secureboost"}
         assert pv["dp"] is None
