@@ -868,24 +868,29 @@ def test_german_credit_with_blank_amounts_and_sentinels_trains_through_the_loade
     assert lab.report["splits_by_party"].get("fintech", 0) > 0
 
 
-@pytest.mark.parametrize("mode", ["hide_membership", "per_level"])
-def test_passive_histograms_on_two_worker_processes_equal_the_reference(mode):
-    """[compute] workers = 2: each passive party's passes shard over worker processes (crypto/ckks_hist_pool.py),
-    in both histogram modes, and the trees are still the plaintext reference's."""
+def _on_two_workers(mp: pytest.MonkeyPatch, evaluator: str) -> list[str]:
+    """A two-process default pool, and the parties that built a pooled ``evaluator`` (filled as they do)."""
     from fedcredit import compute
 
-    cfg = CFG.model_copy(update={"n_trees": 1, "max_depth": 4 if mode == "per_level" else 3, "histogram_mode": mode})
-    pool = compute.WorkerPool(2, "processes")
+    mp.setattr(compute, "_default", compute.WorkerPool(2, "processes"))
     boots: list[str] = []
-    real = sb.passive.PooledHistogramEvaluator
+    real = getattr(sb.passive, evaluator)
 
     def counting(*a, **k):
         boots.append(k["party"])
         return real(*a, **k)
 
+    mp.setattr(sb.passive, evaluator, counting)
+    return boots
+
+
+@pytest.mark.parametrize("mode", ["hide_membership", "per_level"])
+def test_passive_histograms_on_two_worker_processes_equal_the_reference(mode):
+    """[compute] workers = 2: each passive party's passes shard over worker processes (crypto/ckks_hist_pool.py),
+    in both histogram modes, and the trees are still the plaintext reference's."""
+    cfg = CFG.model_copy(update={"n_trees": 1, "max_depth": 4 if mode == "per_level" else 3, "histogram_mode": mode})
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(compute, "_default", pool)
-        mp.setattr(sb.passive, "PooledHistogramEvaluator", counting)
+        boots = _on_two_workers(mp, "PooledHistogramEvaluator")
         if mode == "per_level":
             mp.setattr(ckks_hist, "ENCODE_COST", 0.0)  # lanes on every level of >= 2 nodes
         fed2 = _train(cfg)
@@ -898,20 +903,9 @@ def test_passive_histograms_on_two_worker_processes_equal_the_reference(mode):
 def test_hidden_splits_on_two_worker_processes_give_the_reference_scores():
     """[compute] workers = 2 with the default hidden splits: histograms and selections run on the pool
     (crypto/ckks_hist_pool.py) and the joint test scores are the plaintext reference's."""
-    from fedcredit import compute
-
     cfg = CFG.model_copy(update={"n_trees": 2, "passive_splits": "hidden"})
-    pool = compute.WorkerPool(2, "processes")
-    boots: list[str] = []
-    real = sb.passive.PooledSelectionEvaluator
-
-    def counting(*a, **k):
-        boots.append(k["party"])
-        return real(*a, **k)
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(compute, "_default", pool)
-        mp.setattr(sb.passive, "PooledSelectionEvaluator", counting)
+        boots = _on_two_workers(mp, "PooledSelectionEvaluator")
         fed2 = _train(cfg)
     assert sorted(boots) == ["bank", "telco"]
     ref = _margin(fed2["ref_label"], fed2["ref_passive"], fed2["X_label_test"], fed2["passive_X_test"])
