@@ -75,6 +75,7 @@ __all__ = [
     "MASK_PLAIN_BYTES",
     "SealIO",
     "check_histogram_context",
+    "zero_product",
 ]
 
 # CKKS parameters of the histogram protocol.  N=8192 with a 160-bit modulus is within the
@@ -194,6 +195,15 @@ def lane_layout(sizes: Sequence[int], pack: int) -> LaneLayout:
         starts.append(a)
         a += w + gap
     return LaneLayout(C, tuple(starts), tuple(widths), tuple(int(n) for n in sizes), pack)
+
+
+def zero_product(sctx: Any, encoder: Any, public_key: Any) -> Any:
+    """An encryption of zero under the public key at the top level and the scale of a product (scale²), for a
+    kernel output no mask selected: SEAL refuses a product that would be a transparent (all-zero) ciphertext."""
+    pt, ct = _sa.Plaintext(), _sa.Ciphertext()
+    encoder.encode([0.0] * SLOTS, sctx.first_parms_id(), 2.0 ** (2 * CKKS_SCALE_BITS), pt)
+    _sa.Encryptor(sctx, public_key).encrypt(pt, ct)
+    return ct
 
 
 class SealIO:
@@ -457,11 +467,7 @@ class HistogramEvaluator:
         return out
 
     def _zero_ciphertext(self) -> Any:
-        """An encryption of zero under the public key, at the level a product would have."""
-        pt, ct = _sa.Plaintext(), _sa.Ciphertext()
-        self._encoder.encode([0.0] * SLOTS, self._top, 2.0 ** (2 * CKKS_SCALE_BITS), pt)
-        _sa.Encryptor(self._sctx, self._public_key).encrypt(pt, ct)
-        return ct
+        return zero_product(self._sctx, self._encoder, self._public_key)
 
     def _masks(self, c: int, r: int, pos: np.ndarray | None, a: int) -> list[Any]:
         m = self._cache.get((c, r)) if pos is None else None

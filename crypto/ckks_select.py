@@ -52,6 +52,7 @@ from crypto.ckks_hist import (
     SLOTS,
     SealIO,
     check_histogram_context,
+    zero_product,
 )
 from fedcredit.errors import DataError, ProtocolError
 
@@ -324,7 +325,7 @@ class SelectionEvaluator:
                     else:
                         ev.add_inplace(o, acc[r2])
             if o is None:  # no row of this pair goes left under any candidate: an encryption of zero
-                o = self._zero_ciphertext()
+                o = zero_product(self._sctx, self._encoder, self._public_key)
             ev.rescale_to_next_inplace(o)
             z = ckks.gaussian(SLOTS, FLOOD_STD) + 1j * ckks.gaussian(SLOTS, FLOOD_STD)
             self._encoder.encode(z, o.parms_id(), o.scale, flood)
@@ -333,14 +334,6 @@ class SelectionEvaluator:
         self.stats["selections"] += 1
         self.stats["select_s"] += time.perf_counter() - t0
         return out
-
-    def _zero_ciphertext(self) -> Any:
-        """A fresh encryption of zero under the public key at the scale of a product (SEAL refuses a product
-        that would be a transparent ciphertext)."""
-        pt, ct = _sa.Plaintext(), _sa.Ciphertext()
-        self._encoder.encode(np.zeros(SLOTS, dtype=np.complex128), self._top, 2.0 ** (2 * CKKS_SCALE_BITS), pt)
-        _sa.Encryptor(self._sctx, self._public_key).encrypt(pt, ct)
-        return ct
 
     def close(self) -> None:
         self._io.close()

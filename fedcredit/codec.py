@@ -15,6 +15,8 @@ Layout (little-endian)::
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
@@ -24,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from fedcredit.errors import ProtocolError
+from fedcredit.errors import DataError, ProtocolError
 
-__all__ = ["pack", "unpack", "pack_arrays", "unpack_arrays", "pack_blobs", "unpack_blobs", "loads_json", "MAGIC"]
+__all__ = ["pack", "unpack", "pack_arrays", "unpack_arrays", "pack_blobs", "unpack_blobs", "loads_json", "MAGIC",
+           "b64_text", "b64_bytes"]
 
 MAGIC = b"FCW1"
 _HEAD = struct.Struct("<4sI")
@@ -171,3 +174,18 @@ def unpack_blobs(payload: bytes, *, what: str = "message") -> tuple[list[bytes],
     """(blobs in order, meta) of :func:`pack_blobs`."""
     meta, _, blobs = unpack(payload, what=what)
     return list(blobs.values()), meta
+
+
+def b64_text(raw: bytes | None) -> str:
+    """Bytes (ciphertexts, contexts) as base64 text for a JSON model part."""
+    return base64.b64encode(raw or b"").decode("ascii")
+
+
+def b64_bytes(text: Any, source: str, key: str) -> bytes:
+    """The bytes of a model part's base64 field ``key``; DataError naming ``source`` and the field otherwise."""
+    if not isinstance(text, str):
+        raise DataError(f"{source}: '{key}' must be base64 text")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error) as e:
+        raise DataError(f"{source}: '{key}' is not base64: {e}") from None

@@ -42,8 +42,6 @@ logits so the CKKS error of its products (a function of X_k) reaches L drowned.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import math
@@ -61,7 +59,7 @@ from crypto import ckks
 from crypto.files import write_text
 from fedcredit import dp
 from fedcredit.checkpoint import CheckpointStore, ResumeTags, agree_step
-from fedcredit.codec import loads_json, pack_arrays, pack_blobs, unpack_arrays, unpack_blobs
+from fedcredit.codec import b64_bytes, b64_text, loads_json, pack_arrays, pack_blobs, unpack_arrays, unpack_blobs
 from fedcredit.compute import WorkerPool, default_pool
 from fedcredit.data import Table
 from fedcredit.decision import Contributions, ScorecardPoints, lr_contributions
@@ -231,19 +229,6 @@ def _model_doc(text: str | bytes, kind: str, source: str) -> tuple[dict[str, Any
     return d, list(names), std, w
 
 
-def _b64(raw: bytes | None) -> str:
-    return base64.b64encode(raw or b"").decode("ascii")
-
-
-def _unb64(text: Any, source: str, key: str) -> bytes:
-    if not isinstance(text, str):
-        raise DataError(f"{source}: '{key}' must be base64 text")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (ValueError, binascii.Error) as e:
-        raise DataError(f"{source}: '{key}' is not base64: {e}") from None
-
-
 def _scorecard_doc(part: ScorecardPart | None) -> dict[str, Any]:
     return {} if part is None else {"scorecard": part.to_dict()}
 
@@ -291,7 +276,7 @@ class LabelModel:
                 "intercept": self.intercept,
                 "passive_parties": self.passive_parties,
                 **_scorecard_doc(self.scorecard),
-                **({"passive_weights": "shared", "ckks_secret_context": _b64(self.secret_context)}
+                **({"passive_weights": "shared", "ckks_secret_context": b64_text(self.secret_context)}
                    if self.secret_context is not None else {}),
             },
             indent=2,
@@ -311,7 +296,7 @@ class LabelModel:
                 raise DataError(f"{source}: 'party' must be a string")
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise DataError(f"{source}: not a vertical LR label-party model: {e!r}") from None
-        secret = _unb64(d["ckks_secret_context"], source, "ckks_secret_context") if d.get("ckks_secret_context") else None
+        secret = b64_bytes(d["ckks_secret_context"], source, "ckks_secret_context") if d.get("ckks_secret_context") else None
         return cls(party=party, feature_names=names, standardizer=std, weights=w, intercept=intercept,
                    passive_parties=list(passives), scorecard=_scorecard_of(d, "label", party, source),
                    secret_context=secret)
@@ -349,8 +334,8 @@ class PassiveModel:
         enc: dict[str, Any] = {}
         if self.encrypted_weights is not None:
             assert self.public_context is not None and self.basis is not None
-            enc = {"passive_weights": "shared", "encrypted_weights": [_b64(c) for c in self.encrypted_weights],
-                   "ckks_public_context": _b64(self.public_context), "basis": self.basis.tolist()}
+            enc = {"passive_weights": "shared", "encrypted_weights": [b64_text(c) for c in self.encrypted_weights],
+                   "ckks_public_context": b64_text(self.public_context), "basis": self.basis.tolist()}
         return json.dumps(
             {
                 "kind": "vertical_lr/passive",
@@ -378,8 +363,8 @@ class PassiveModel:
             cts = d["encrypted_weights"]
             if not isinstance(cts, list) or len(cts) != len(names):
                 raise DataError(f"{source}: 'encrypted_weights' must list one ciphertext per feature ({len(names)})")
-            enc = [_unb64(c, source, "encrypted_weights") for c in cts]
-            ctx = _unb64(d.get("ckks_public_context"), source, "ckks_public_context")
+            enc = [b64_bytes(c, source, "encrypted_weights") for c in cts]
+            ctx = b64_bytes(d.get("ckks_public_context"), source, "ckks_public_context")
             try:
                 basis = np.asarray(d["basis"], dtype=np.float64)
             except (KeyError, TypeError, ValueError) as e:

@@ -20,6 +20,7 @@ import numpy as np
 
 from crypto.ckks_hist import (
     MASK_PLAIN_BYTES,
+    SLOTS,
     HistogramKeeper,
     lane_layout,
     max_lane_nodes,
@@ -221,7 +222,6 @@ class FederatedBackend(Backend):
                 out[k] = ({"owner": rem.party, "split_id": int(sid)}, masks[row])
         self.stats["split_rounds"] += 1
         return out
-
 
     def _select(self, picks, asked, out) -> None:
         """Hidden splits: each winner goes out only as Enc(one-hot) (crypto/ckks_select.py); its bits come back
@@ -462,7 +462,8 @@ def _joint_predict(
     X, unknown = model.encode(table)
     out = np.empty(n)
     scorer = LabelScorer(model)
-    step = cfg.predict_batch if selector is None else -(-cfg.predict_batch // 8192) * 8192
+    pair = 2 * SLOTS  # rows per hidden-split answer ciphertext (crypto.ckks_select.n_pairs)
+    step = cfg.predict_batch if selector is None else -(-cfg.predict_batch // pair) * pair
     batches = list(range(0, n, step))
     for b, lo in enumerate(batches):
         hi = min(n, lo + step)

@@ -263,6 +263,10 @@ class LabelScorer:
                     need.setdefault(p, {}).setdefault(sid, t)
         self._needed = need
 
+    def split_ids(self, party: str) -> list[int]:
+        """The split ids of ``party`` the trees use, in order (what a hidden-split answer is decrypted for)."""
+        return sorted(self._needed.get(party, {}))
+
     def margin(self, X: np.ndarray, bits: Mapping[str, Mapping[int, np.ndarray]]) -> np.ndarray:
         """Raw score (log-odds) of a batch from own features ``X`` and every passive party's parsed bits."""
         n = X.shape[0]
@@ -409,7 +413,7 @@ class OnlineLabel:
         self.keeper = (SelectionKeeper(ckks.load_secret(part.secret_context, what=f"party '{part.party}': the CKKS "
                                                         "key of its SecureBoost model"))
                        if part.secret_context is not None else None)
-        self._split_ids = {p: sorted(self.scorer._needed.get(p, {})) for p in self.passive_parties}
+        self._split_ids = {p: self.scorer.split_ids(p) for p in self.passive_parties}
 
     def decisions(self, party: str, payload: bytes, n: int) -> dict[int, np.ndarray]:
         """One passive party's answer for ``n`` rows as split id -> bits (decrypted when the splits are hidden)."""

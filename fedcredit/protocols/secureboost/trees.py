@@ -10,8 +10,6 @@ noise (ties are broken so that the noise cannot change the choice; see :func:`_b
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import secrets
@@ -23,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from crypto.files import write_file
+from fedcredit.codec import b64_bytes, b64_text
 from fedcredit.data import ColumnKind, InputSchema, Table
 from fedcredit.errors import DataError
 from fedcredit.metrics import sigmoid
@@ -322,19 +321,6 @@ def encode_for(schema: InputSchema | None, names: Sequence[str], table: Table) -
     return schema.encode(table)
 
 
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode("ascii")
-
-
-def _unb64(s: Any, field_name: str) -> bytes:
-    if not isinstance(s, str):
-        raise TypeError(f"{field_name} must be base64 text")
-    try:
-        return base64.b64decode(s.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as e:
-        raise ValueError(f"{field_name} is not base64: {e}") from None
-
-
 @dataclass
 class PassiveModelPart:
     """What a passive party keeps: its own split table (opaque id -> :class:`SplitRule`) and input schema, nothing else.
@@ -384,8 +370,8 @@ class PassiveModelPart:
             assert self.context is not None
             d["passive_splits"] = "hidden"
             d["candidates"] = [{"feature": self.feature_names[r.feature], **r.to_dict()} for r in self.candidates]
-            d["selectors"] = [{"id": int(k), "ckks": _b64(v)} for k, v in sorted(self.selectors.items())]
-            d["ckks_public_context"] = _b64(self.context)
+            d["selectors"] = [{"id": int(k), "ckks": b64_text(v)} for k, v in sorted(self.selectors.items())]
+            d["ckks_public_context"] = b64_text(self.context)
         return d
 
     def to_bytes(self) -> bytes:
@@ -406,8 +392,8 @@ class PassiveModelPart:
                        input_schema=_schema_of(d, names, source))
             if d.get("passive_splits") == "hidden":
                 part.candidates = [SplitRule.parse(pos[c["feature"]], c) for c in d["candidates"]]
-                part.selectors = {int(x["id"]): _unb64(x["ckks"], f"selector {x.get('id')}") for x in d["selectors"]}
-                part.context = _unb64(d["ckks_public_context"], "ckks_public_context")
+                part.selectors = {int(x["id"]): b64_bytes(x["ckks"], source, f"selector {x.get('id')}") for x in d["selectors"]}
+                part.context = b64_bytes(d["ckks_public_context"], source, "ckks_public_context")
                 if sorted(part.selectors) != list(range(len(part.selectors))) or not part.candidates:
                     raise ValueError("hidden splits need candidates and selectors with ids 0..n-1")
             return part
@@ -452,7 +438,7 @@ class LabelModelPart:
         return encode_for(self.input_schema, self.feature_names, table)
 
     def to_dict(self) -> dict[str, Any]:
-        hidden = ({"passive_splits": "hidden", "ckks_secret_context": _b64(self.secret_context),
+        hidden = ({"passive_splits": "hidden", "ckks_secret_context": b64_text(self.secret_context),
                    "selection_blocks": dict(self.selection_blocks)} if self.secret_context is not None else {})
         return hidden | {
             "format": _LABEL_FORMAT,
@@ -486,7 +472,7 @@ class LabelModelPart:
             )
             m.input_schema = _schema_of(d, m.feature_names, source)
             if d.get("passive_splits") == "hidden":
-                m.secret_context = _unb64(d["ckks_secret_context"], "ckks_secret_context")
+                m.secret_context = b64_bytes(d["ckks_secret_context"], source, "ckks_secret_context")
                 m.selection_blocks = {str(k): int(v) for k, v in dict(d["selection_blocks"]).items()}
             m._check()
             return m
