@@ -96,11 +96,25 @@ def test_secureboost_split_bits_reconstruct_passive_features_and_hide_labels() -
     assert fr["r2_per_feature_from_bits"][best] > fr["r2_per_feature_from_own_features"][best], fr
 
 
+def _threshold_partition_columns(bits: np.ndarray, X: np.ndarray) -> list[int]:
+    """The passive columns on which ``bits`` is a threshold split (every set row's value on one side of every unset
+    row's value; missing values may go either way)."""
+    out = []
+    for j in range(X.shape[1]):
+        x = X[:, j]
+        ok = ~np.isnan(x)
+        a, b = x[ok & bits], x[ok & ~bits]
+        if len(a) and len(b) and (a.max() < b.min() or b.max() < a.min()):
+            out.append(j)
+    return out
+
+
 def test_hidden_splits_leave_the_passive_party_no_partition_to_attack() -> None:
-    """The default, passive_splits = "hidden": on the same rows and trees where the revealed transcript's
-    minority-side attack separates the labels (control), the passive party can parse no partition from its
-    messages, so its score is constant over rows (AUC 0.5); the label party still reads the bits (with its key)
-    and reconstructs passive features from them as before."""
+    """The default, passive_splits = "hidden": where the revealed transcript's minority-side attack separates the
+    labels (control), the passive party can parse no partition from its messages, so its score is constant over
+    rows (AUC 0.5); the label party still reads, with its key, exact threshold partitions of the passive's
+    features.  (The two runs are not compared split by split: CKKS noise on the histograms can flip a near-tie
+    between two adjacent bins from one run to the next, in either mode.)"""
     g = pd.read_csv(DATA / "default_credit_hetero_guest.csv", dtype={"id": str}).iloc[:3000]
     h = pd.read_csv(DATA / "default_credit_hetero_host.csv", dtype={"id": str})
     h = h[h["id"].isin(set(g["id"]))]
@@ -109,10 +123,13 @@ def test_hidden_splits_leave_the_passive_party_no_partition_to_attack() -> None:
     hidden = sba.record(g, h, cfg)
     assert sba.label_inference(revealed)["best_auc"] > 0.6  # the attack works on what revealed splits send
     li = sba.label_inference(hidden)
-    assert len(hidden.bits) == 0 and li["best_auc"] == 0.5 and li["passive_splits"] == len(revealed.bits)
-    assert hidden.label_bits is not None and np.array_equal(np.sort(hidden.label_bits.sum(axis=1)),
-                                                            np.sort(revealed.bits.sum(axis=1)))
-    assert hidden.test_auc == revealed.test_auc
+    assert len(hidden.bits) == 0 and li["best_auc"] == 0.5
+    assert hidden.label_bits is not None and li["passive_splits"] == len(hidden.label_bits) >= 10
+    for k, row in enumerate(hidden.label_bits):  # each decrypted selection is a real split of a passive column
+        assert 0 < row.sum() < len(row) and _threshold_partition_columns(row, hidden.X_passive_raw), k
+    fr = sba.reconstruct_features(hidden, known_fraction=0.05)
+    best = int(np.nanargmax(fr["r2_per_feature_from_bits"]))
+    assert fr["r2_per_feature_from_bits"][best] > fr["r2_per_feature_from_own_features"][best], fr
 
 
 def test_secureboost_per_level_mode_reveals_node_rows_to_the_passive() -> None:
