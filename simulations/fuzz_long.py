@@ -14,8 +14,10 @@ model store.
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
+import shutil
 import tarfile
 import tempfile
 import time
@@ -211,12 +213,20 @@ def _models() -> list[Target]:
     return targets
 
 
+def _scratch(prefix: str) -> Path:
+    """A temporary directory the targets write their files to, removed when the process exits (the targets'
+    closures use it for the whole run)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, tmp, True)
+    return tmp
+
+
 def _artifacts() -> list[Target]:
     from crypto.certs import init_ca
     from fedcredit import artifacts as A
 
     files, _ = _model_files()
-    tmp = Path(tempfile.mkdtemp(prefix="fuzz-art-"))
+    tmp = _scratch("fuzz-art-")
     ca = init_ca(tmp / "ca", "fuzz")
     arts = A.build_run_artifacts(tmp / "build", run_id="fuzz-1", created="2026-01-01T00:00:00Z", parts={
         "guest": {"kind": "vertical-lr-label", "files": {"model.json": files["vertical-lr-label"]},
@@ -334,7 +344,7 @@ def _scoring() -> list[Target]:
     from party.scoring_guard import RateLimiter
     from protos import scoring_pb2 as pb
 
-    tmp = Path(tempfile.mkdtemp(prefix="fuzz-score-"))
+    tmp = _scratch("fuzz-score-")
     ca = init_ca(tmp / "ca", "fuzz")
     m = make_model("lr", 2)
     m.set_flat(np.array([0.5, -0.5, 0.1]))
