@@ -211,7 +211,13 @@ def print_summary(report: Mapping[str, Any], con: Console | None = None) -> None
             t.add_row(p, _f(m.get("auc")), _f(m.get("ks")), str(m.get("n_test", "")))
     t.add_row(Text("global (all banks' test rows)", style="bold"), _f(g.get("auc")), _f(g.get("ks")), str(g.get("n_test", "")))
     con.print(t)
-    print_reports(report.get("parties") or {}, con)
+    files = report.get("report_files")
+    if files:  # a simulation knows where every party's state dir is
+        con.print("  reports:", markup=False)
+        for p, path in files.items():
+            con.print(f"    {p}: {path}", markup=False, highlight=False)
+    else:
+        print_reports(report.get("parties") or {}, con)
     status = report.get("status", "finished")
     con.print(f"status: {status}  wall time: {report.get('wall_time_s')} s"
               + (f"  error: {report['error']}" if report.get("error") else ""), markup=False)

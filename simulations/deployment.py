@@ -134,7 +134,7 @@ class LocalFederation:
             "coordinator": {
                 "name": "coordinator",
                 "identity_dir": str(self.certs / "coordinator"),
-                "state_dir": str(self.root / "state" / "coordinator"),
+                "state_dir": str(self.state_dir("coordinator")),
                 "host": "127.0.0.1",
                 "flower_port": self.flower_port,
                 "relay_port": self.relay_port,
@@ -155,7 +155,7 @@ class LocalFederation:
                     "name": p.name,
                     "role": p.role,
                     "identity_dir": str(self.certs / p.name),
-                    "state_dir": str(self.root / "state" / p.name),
+                    "state_dir": str(self.state_dir(p.name)),
                 },
                 "coordinator": {
                     "flower_address": f"127.0.0.1:{self.flower_port}",
@@ -169,6 +169,10 @@ class LocalFederation:
             }
             (self.root / f"{p.name}.toml").write_text(to_toml(cfg))
         return self
+
+    def state_dir(self, name: str) -> Path:
+        """The state dir of the coordinator or of a party daemon of this federation."""
+        return self.root / "state" / name
 
     def write_job(self, name: str, job: Mapping[str, Any]) -> Path:
         data = dict(job)

@@ -139,10 +139,32 @@ def simulate(scenario: str, *, deployment: bool = False, out_dir: Path | None = 
     report["scenario"] = name
     report["mode"] = "deployment" if deployment else "in-process"
     report["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    report["report_files"] = _report_files(report)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     print_summary(report, console)
     console.print(f"report: {out / 'report.json'}")
     return report
+
+
+def _report_files(report: Mapping[str, Any]) -> dict[str, str]:
+    """Each party's HTML report on this machine, for the closing summary: a simulation knows every party's
+    state dir (a coordinator does not, so its run view names ``<state_dir>/...``).  Only files that exist."""
+    from fedcredit.report import REPORT_HTML
+
+    found: dict[str, str] = {}
+    models, states = report.get("models") or {}, report.get("state_dirs") or {}
+    for party, m in (report.get("parties") or {}).items():
+        if not isinstance(m, dict) or not isinstance(m.get("report"), str):
+            continue
+        if party in models:  # in-process: the run's model dir of that party
+            path = Path(models[party]) / REPORT_HTML
+        elif party in states:  # deployment: relative to the party daemon's state dir
+            path = Path(states[party]) / m["report"]
+        else:
+            continue
+        if path.is_file():
+            found[party] = str(path)
+    return found
 
 
 def _run_inprocess(tables: dict[str, Any], banks: dict[str, dict[str, Path]], out: Path, console: Console,
@@ -195,7 +217,8 @@ def _run_deployment(tables: dict[str, Any], banks: dict[str, dict[str, Path]], o
         console.print(f"run {run_id} submitted")
         info = follow(client.watch(run_id), lambda: client.get(run_id), console)
         client.close()
-    report: dict[str, Any] = {"run_id": run_id, "status": info.status, "error": info.error or None}
+    report: dict[str, Any] = {"run_id": run_id, "status": info.status, "error": info.error or None,
+                              "state_dirs": {p.name: str(fed.state_dir(p.name)) for p in parties}}
     if info.result_json:
         report.update(json.loads(info.result_json))
     return report

@@ -53,6 +53,16 @@ def test_scenario_runs_in_process(name: str, tmp_path: Path, request: pytest.Fix
         (m.get("auc") for m in (saved.get("parties") or {}).values() if isinstance(m, dict) and m.get("auc")), None)
     assert auc is not None and 0.55 < auc <= 1.0, saved  # it learned something, on every scenario
     assert "summary (in-process)" in out.getvalue()
+    _assert_reports_named(report, out.getvalue())
+
+
+def _assert_reports_named(report: dict, printed: str) -> None:
+    """The closing summary names every party's HTML report by its real path on this machine."""
+    parties = {p for p, m in (report.get("parties") or {}).items() if isinstance(m, dict) and m.get("report")}
+    assert parties and set(report["report_files"]) == parties, report
+    for p, path in report["report_files"].items():
+        assert Path(path).is_file() and path.endswith(report["parties"][p]["report"]), (p, path)
+        assert f"    {p}: {path}" in printed, printed
 
 
 def test_a_bad_split_is_an_error_naming_the_file_and_field(tmp_path: Path) -> None:
@@ -85,3 +95,4 @@ def test_the_readme_first_command_runs_over_real_processes(tmp_path: Path) -> No
     assert report["mode"] == "deployment" and set(report["parties"]) == {"bank1", "bank2", "bank3"}
     assert 0.55 < report["global"]["auc"] <= 1.0
     assert "summary (deployment)" in out.getvalue()
+    _assert_reports_named(report, out.getvalue())
