@@ -161,7 +161,8 @@ def horizontal_plan(params: HorizontalDP, rounds: int, contributors: int, banks:
     ``contributors`` is the fewest banks whose updates a round may sum (``min_parties``):
     each bank adds noise of std σ/√contributors, so any round that completes carries at
     least σ in its sum.  ``epsilon_if_update_seen`` is ε for one bank's own noised update
-    (std σ/√contributors): what remains if the coordinator can decrypt a single update."""
+    (std σ/√contributors): what remains if the coordinator and at least ``secagg_threshold``
+    banks collude to unmask a single update."""
     base = plan(params, rounds, option="client-level (horizontal)", sensitivity=params.clip,
                 unit="one bank's whole contribution (add/remove one bank), every round",
                 released="the sum of the banks' clipped round updates (FedAvg rounds)",
