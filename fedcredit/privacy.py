@@ -254,7 +254,9 @@ TABLES: Final[tuple[ProtocolTable, ...]] = (
             Message("h/setup", "bank", "plaintext", "feature names, schema fingerprint, whether it has a test table; "
                     "its secure-aggregation public keys and its mask seeds' Shamir shares sealed to each other bank "
                     "(the key holder also the public CKKS context)"),
-            Message("h/install_key", "bank", "ciphertext", "its standardization sums, Enc((limbs + masks) mod M)"),
+            Message("h/install_key", "bank", "ciphertext", "its standardization sums, Enc((limbs + masks) mod M); with "
+                    "dropouts allowed, the size and digest of the member list it masked among, sealed to each other "
+                    "member (as with h/fit and h/finalize: checked by every survivor before it reveals a share)"),
             Message("h/fit", "bank", "ciphertext", "its update (or Newton sums), Enc((limbs + masks) mod M), and "
                     "public AUC/KS/n_test of the decrypted global model on its test rows"),
             Message("h/attest", "bank", "sealed", "only when a bank dropped out of an aggregation: the survivor set it "
@@ -276,7 +278,8 @@ TABLES: Final[tuple[ProtocolTable, ...]] = (
                        "every statistic, update and histogram (CKKS, masked)",
                        "any key, rows, labels, n_k, any bank's vector, the global model; with up to t-1 colluding "
                        "banks still nothing beyond the sum; lying about who dropped, the sum of one survivor set per "
-                       "aggregation, never two (the consistency check, section 4a)"),
+                       "aggregation, never two (the consistency check, section 4a); announcing different member lists, a "
+                       "refusal (each survivor checks the others' sealed lists)"),
         ),
     ),
     ProtocolTable(

@@ -191,13 +191,13 @@ def test_bank_dropped_mid_round_the_round_completes_with_the_survivors_sum(
         assert entry["survivors"] == BANKS and entry["revealed_by"] == ["bank1", "bank2"]
     assert len(upd["bank3"]) == (1 if when == "before_sending" else 2)  # and it took no part in round 3
     # the consistency check ran exactly where a bank dropped before sending: one attest hop, to the survivors,
-    # each relayed the other's sealed attestation in its unmask request
+    # each relayed the other's sealed attestation (and its sealed member list) in its unmask request
     attests = [(x.receiver, decode_message(x.payload)[0]["tag"]) for x in records if x.tag == "attest"]
     if when == "before_sending":
         assert sorted(attests) == [("bank1", "fit-2"), ("bank2", "fit-2")]
         unmask = next(x for x in records if x.tag == "unmask" and x.receiver == "bank1"
                       and decode_message(x.payload)[0]["tag"] == "fit-2")
-        assert set(decode_message(unmask.payload)[1]) == {"att:bank2"}
+        assert set(decode_message(unmask.payload)[1]) == {"att:bank2", "mem:bank2"}
     else:  # bank3's masked update arrived: nobody dropped out of fit-2, no attest hop
         assert attests == []
 
@@ -233,7 +233,8 @@ def test_a_bank_refuses_to_reveal_both_masks_of_one_bank(banks: dict[str, Path],
         head = decode_message(payload)[0]
         if m == "unmask" and head["tag"] == "fit-1":
             lie = {**head, "survivors": ["bank2", "bank3"], "dropped": ["bank1"]}
-            forged.append(decode_message(inner(m, encode_message(lie), state))[0])
+            relayed = decode_message(payload)[1]  # the sealed member lists it holds: the check passes on them
+            forged.append(decode_message(inner(m, encode_message(lie, relayed), state))[0])
         return out
 
     handlers["bank2"] = bank2
@@ -252,30 +253,50 @@ class _Stop(BaseException):
 
 
 def _lying_coordinator(banks: Mapping[str, Path], tmp: Path, parties: list[str], min_parties: int, tag: str,
-                       play: Any) -> dict[str, Any]:
-    """Run the real protocol up to the first unmask of ``tag``; there the coordinator plays ``play(ask)`` instead,
-    where ``ask(bank, method, survivors, dropped, blobs)`` sends one request and returns the decoded reply."""
+                       play: Any, members: Mapping[str, list[str]] | None = None,
+                       tap: Any = None) -> tuple[dict[str, dict[str, bytes]], dict[str, dict[str, bytes]]]:
+    """Run the real protocol up to the first unmask of fit round ``tag``; there the coordinator plays
+    ``play(ask)`` instead, where ``ask(bank, method, survivors, dropped, blobs)`` sends one request and returns the
+    decoded reply.  It relays every member list the banks sealed to ``bank`` with their vectors (all it has),
+    and ``blobs`` besides.  ``members``: the member list the coordinator announces to some banks for ``tag`` (a
+    lie).  Returns everything each bank stored (a colluder's whole state: its secrets, its shares) and each bank's
+    reply to the fit call of ``tag`` (what the coordinator holds)."""
     from fedcredit.protocols.horizontal import encode_message
 
-    fed = make_local_federation({p: banks[p] for p in parties}, {p: None for p in parties}, tmp)
+    fed = make_local_federation({p: banks[p] for p in parties}, {p: None for p in parties}, tmp, tap=tap)
+    kept: dict[str, dict[str, bytes]] = {p: {} for p in parties}
+    for p in parties:
+        st, put = fed.states[p], fed.states[p].put
+        st.put = (lambda k, v, p=p, put=put: (kept[p].__setitem__(k, v), put(k, v))[1])  # type: ignore[method-assign]
     job = HorizontalJob(run_id="lies", parties=parties, rounds=2, newton_rounds=0, min_parties=min_parties)
-    out: dict[str, Any] = {}
+    sent: dict[str, dict[str, bytes]] = {}
 
     class Lying(LocalChannel):
         def call_all(self, requests: Mapping[str, tuple[str, bytes]]) -> dict[str, bytes]:
             m, pl = next(iter(requests.values()))  # one hop: the same method and aggregation to every bank
-            if m in ("attest", "unmask") and decode_message(pl)[0].get("tag") == tag:
+            head = decode_message(pl)[0]
+            if m in ("attest", "unmask") and head.get("tag") == tag:
                 def ask(bank: str, method: str, survivors: list[str], dropped: list[str],
                         blobs: Mapping[str, bytes] | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
                     head = {"run_id": job.run_id, "tag": tag, "survivors": survivors, "dropped": dropped}
-                    return decode_message(super(Lying, self).call_all({bank: (method, encode_message(head, blobs))})[bank])
-                out.update(play(ask))
+                    relay = {f"mem:{u}": b[f"mem:{bank}"] for u, b in sent.items() if f"mem:{bank}" in b}
+                    msg = encode_message(head, {**relay, **(blobs or {})})
+                    return decode_message(super(Lying, self).call_all({bank: (method, msg)})[bank])
+                ask.sent = sent  # type: ignore[attr-defined]
+                play(ask)
                 raise _Stop
+            if m == "fit" and f"fit-{head.get('round')}" == tag:
+                if members:
+                    requests = {b: (m, encode_message({**head, "members": members[b]}, decode_message(q)[1])
+                                    if b in members else q) for b, (m, q) in requests.items()}
+                replies = super().call_all(requests)
+                sent.update({b: decode_message(r)[1] for b, r in replies.items()})
+                return replies
             return super().call_all(requests)
 
     with pytest.raises(_Stop):
         run_coordinator(Lying(fed.channel._handlers, fed.states), job)
-    return out
+    return kept, sent
 
 
 def _held(replies: list[tuple[dict[str, Any], dict[str, bytes]]], kind: str, bank: str) -> int:
@@ -295,7 +316,7 @@ def test_a_coordinator_telling_banks_different_survivor_sets_cannot_unmask_a_ban
     everyone, lie = ["bank1", "bank2", "bank3"], ["bank2", "bank3"]
     seen: list[tuple[dict[str, Any], dict[str, bytes]]] = []
 
-    def play(ask: Any) -> dict[str, Any]:
+    def play(ask: Any) -> None:
         def truth(bank: str) -> None:
             seen.append(ask(bank, "unmask", everyone, []))
 
@@ -312,7 +333,6 @@ def test_a_coordinator_telling_banks_different_survivor_sets_cannot_unmask_a_ban
         else:
             truth("bank1"), truth("bank3")
             claim_dropped()
-        return {}
 
     _lying_coordinator(banks, tmp_path, everyone, 2, "fit-1", play)
     b_shares, s_shares = _held(seen, "b", "bank1"), _held(seen, "s", "bank1")
@@ -339,15 +359,77 @@ def test_four_banks_split_into_two_groups_of_t_each_refuse(tmp_path: Path) -> No
     views = {"bank1": (["bank1", "bank2", "bank3"], ["bank4"]), "bank3": (["bank1", "bank2", "bank3"], ["bank4"]),
              "bank2": (["bank1", "bank2", "bank4"], ["bank3"]), "bank4": (["bank1", "bank2", "bank4"], ["bank3"])}
 
-    def play(ask: Any) -> dict[str, Any]:
+    def play(ask: Any) -> None:
         atts = {b: ask(b, "attest", *views[b]) for b in parties}
         assert all(r[0]["ok"] for r in atts.values())  # each bank attests the (first) set it is told
         for b in parties:  # the coordinator relays every attestation addressed to b, the other group's too
             relay = {f"att:{u}": r[1][f"att:{b}"] for u, r in atts.items() if f"att:{b}" in r[1]}
             seen.append(ask(b, "unmask", *views[b], relay))
-        return {}
 
     _lying_coordinator(four, tmp_path / "fed", parties, 3, "fit-1", play)
     assert all(h["ok"] is False and h["kind"] == "ConsistencyCheckFailed" for h, _ in seen), seen
     assert "attested by ['bank1', 'bank3']" in seen[0][0]["error"] and "a different set by ['bank2']" in seen[0][0]["error"]
     assert not any(b for _, b in seen)  # not one share: with t = 2 attesters bank4's seed and key would both be out
+
+
+@pytest.mark.parametrize("checked", [True, False])
+def test_a_bank_told_to_mask_only_with_a_colluder_is_not_stripped(
+    banks: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checked: bool
+) -> None:
+    """The coordinator tells bank1 that fit-1's members are bank1 and bank2 (the colluder; t = 2, so bank1 agrees)
+    and tells bank3 the truth.  Nobody "dropped", so bank3 would reveal its share of bank1's self-mask seed; with
+    the colluder's own share that is t, and the colluder's mask key removes bank1's only pairwise mask: bank1's
+    ciphertext, decrypted with the colluder's CKKS key, is its update.  Control (``checked=False``, the member
+    check switched off): the attack recovers the update exactly.  The real bank refuses: bank1's member list,
+    sealed to bank3 with its vector, is not bank3's."""
+    from fedcredit.protocols import horizontal as hz
+
+    if not checked:
+        monkeypatch.setattr(hz._Party, "_check_members", lambda *a, **k: None)
+    seen: list[tuple[dict[str, Any], dict[str, bytes]]] = []
+    plain: list[np.ndarray] = []
+    job = HorizontalJob(run_id="lies", parties=BANKS, rounds=2, newton_rounds=0, min_parties=2)
+    kept, sent = _lying_coordinator(
+        banks, tmp_path, BANKS, 2, "fit-1", lambda ask: seen.append(ask("bank3", "unmask", BANKS, [])),
+        members={"bank1": ["bank1", "bank2"]},
+        tap=lambda party, what, v: plain.append(v) if (party, what) == ("bank1", "update") else None)
+    (head, got), = seen
+    if checked:
+        assert head["ok"] is False and head["kind"] == "ConsistencyCheckFailed", head
+        assert "sealed by survivor 'bank1'" in head["error"], head  # bank1 masked without bank3: sealed it nothing
+        assert not got  # not one share
+        return
+    # the attack, as the coordinator with the colluder bank2's whole state
+    st2 = kept["bank2"]
+    w, i = secagg.SHARE_BYTES, hz.secagg_tags(job).index("fit-1")
+    own2 = decode_message(st2.get("hz-lies-sa-own") or b"")[1]
+    from1 = decode_message(st2.get("hz-lies-sa-from-bank1") or b"")[1]
+    seed1 = secagg.combine([got["b:bank1"], from1["b"][w * i : w * (i + 1)]], 2, "bank1's self-mask seed")
+    blob, plan = sent["bank1"]["update"], secagg_plan(job)
+    vals = ckks.decrypt_vector(ckks.load_secret(st2.get("hz-lies-ckks") or b""), blob)
+    corr = secagg.correction(len(vals), plan, hz.secagg_context(job, "fit-1"), self_seeds={"bank1": seed1},
+                             dropped_keys={"bank2": own2["s:fit-1"]},
+                             publics={"bank1": from1["pub"][32 * i : 32 * (i + 1)]})
+    n = plain[0].shape[0]
+    est = decode_exact(secagg.unmask(vals + corr, plan, "stripped").astype(float), n, value_spec(plan))
+    np.testing.assert_allclose(est, plain[0], rtol=0, atol=1e-9)  # bank1's update, exactly
+
+
+def test_member_lists_that_differ_are_refused_by_name_and_a_replayed_one_fails_to_open(tmp_path: Path) -> None:
+    """4 banks: bank1 is told fit-1's members are bank1..bank3, the others all four.  bank3, asked to unmask,
+    opens bank1's sealed list (its size and digest), sees it is not its own and says so.  Relaying another bank's true list to bank4
+    as bank1's does not open: sender and recipient are in its authenticated data."""
+    four = write_bank_files(tmp_path / "gen", n_banks=4, rows_per_bank=500, test_rows=300, seed=3)
+    parties = ["bank1", "bank2", "bank3", "bank4"]
+    seen: list[tuple[dict[str, Any], dict[str, bytes]]] = []
+
+    def play(ask: Any) -> None:
+        seen.append(ask("bank3", "unmask", parties, []))
+        seen.append(ask("bank4", "unmask", parties, [], {"mem:bank1": ask.sent["bank2"]["mem:bank4"]}))
+
+    _lying_coordinator(four, tmp_path / "fed", parties, 3, "fit-1", play, members={"bank1": ["bank1", "bank2", "bank3"]})
+    (h3, b3), (h4, b4) = seen
+    assert h3["kind"] == "ConsistencyCheckFailed" and not b3, h3
+    assert ("survivor 'bank1' masked 'fit-1' of run 'lies' among a different member list (3 banks)" in h3["error"]
+            and "['bank1', 'bank2', 'bank3', 'bank4']" in h3["error"]), h3
+    assert h4["kind"] == "ConsistencyCheckFailed" and "failed to open" in h4["error"] and not b4, h4

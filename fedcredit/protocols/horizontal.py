@@ -30,7 +30,9 @@ Flower deployment mode, so steps are merged wherever the data dependencies allow
    survivors' shares and the coordinator removes the remaining masks homomorphically.  When a
    bank dropped out of that aggregation, an ``attest`` hop comes first: each survivor commits to
    the survivor set it was told and seals it to every other survivor; a bank reveals mask-key
-   shares only when a majority of the banks (``view_quorum``) attested the same set.
+   shares only when a majority of the banks (``view_quorum``) attested the same set.  With
+   dropouts allowed each masked vector travels with the member list it was masked among, sealed
+   to each other member, and a bank reveals nothing unless every survivor's list is its own.
 3. ``fit`` (r=1..R)  -> all:   round 1 carries the summed statistics, later rounds the
    summed previous updates.  The party decrypts, derives the global model
    (``sum_k n_k w_k / sum_k n_k`` -- the total weight rides in the same
@@ -491,8 +493,10 @@ class _Party:
         return members
 
     def _masked(self, job: HorizontalJob, ctx: ckks.Context, state: StateStore, tag: str, what: str,
-                vec: np.ndarray, members: list[str], counts: bool = False) -> bytes:
-        """Enc((limbs(vec) + self-mask + Σ ±pairwise masks) mod M): alone, it decrypts to uniform noise."""
+                vec: np.ndarray, members: list[str], counts: bool = False, name: str = "update") -> dict[str, bytes]:
+        """``name``: Enc((limbs(vec) + self-mask + Σ ±pairwise masks) mod M) -- alone, it decrypts to uniform noise --
+        and, when dropouts are allowed, ``mem:<bank>``: the member list it was masked among, sealed to each other
+        member (:meth:`_check_members` at unmasking: a coordinator cannot have banks mask among different lists)."""
         if self.env.tap is not None:
             self.env.tap(what, np.array(vec, dtype=np.float64, copy=True))
         plan = secagg_plan(job)
@@ -502,7 +506,54 @@ class _Party:
         pubs = {v: self._sa_bundle(job, state, v)["pub"][32 * i : 32 * (i + 1)] for v in members if v != me}
         y = secagg.mask(limbs, me, self._sa_own(job, state)[tag], pubs, plan, secagg_context(job, tag),
                         self_mask=job.max_dropouts > 0)
-        return ckks.encrypt_vector(ctx, y)
+        out = {name: ckks.encrypt_vector(ctx, y)}
+        if job.max_dropouts > 0:  # without dropouts nothing is ever revealed: no list to check
+            body = self._members_word(tag, members)
+            missing = [v for v in members if v != me and v not in self.env.peers]
+            if missing:
+                raise SecurityError(f"party '{me}' has no verified envelope key (certificate) for party(ies) {missing}")
+            out.update({f"mem:{v}": seal(body, self.env.peers[v], self.env.envelope_private,
+                                         self._members_aad(job, tag, me, v)) for v in members if v != me})
+        return out
+
+    @staticmethod
+    def _members_word(tag: str, members: list[str]) -> bytes:
+        """What a bank seals about its member list: its size and digest (~100 bytes at any n, not the list)."""
+        digest = hashlib.sha256(canonical_json(sorted(members))).hexdigest()
+        return canonical_json({"tag": tag, "members": len(members), "digest": digest})
+
+    def _members_aad(self, job: HorizontalJob, tag: str, sender: str, recipient: str) -> bytes:
+        return f"fedcredit/{PROTOCOL}/{job.run_id}/secagg-members/{tag}/{sender}->{recipient}".encode()
+
+    def _check_members(self, job: HorizontalJob, view: Mapping[str, Any], blobs: Mapping[str, bytes],
+                       state: StateStore) -> None:
+        """Before revealing any share: every survivor masked among the same members as this bank, by its own
+        sealed word (``mem:<survivor>``, relayed by the coordinator with the unmask request).
+
+        Without it a coordinator could tell one bank "you mask only with bank C" (a colluder) and everyone
+        else the full list: the others' self-mask shares of that bank plus C's mask key would strip its
+        ciphertext bare, and C's copy of the CKKS key would decrypt its vector."""
+        me, tag = self.env.name, str(view["tag"])
+        members = sorted(json.loads(state.get(self._key(job.run_id, f"sa-members-{tag}")) or b"[]"))
+        body = self._members_word(tag, members)
+        for u in view["survivors"]:
+            if u == me:
+                continue
+            if f"mem:{u}" not in blobs or u not in self.env.peers:
+                raise ConsistencyCheckFailed(f"party '{me}': unmask of '{tag}' carries no member list sealed by "
+                                             f"survivor '{u}'; refusing to reveal")
+            try:
+                said = open_sealed(blobs[f"mem:{u}"], self.env.envelope_private, self.env.peers[u],
+                                   self._members_aad(job, tag, u, me))
+            except SecurityError as e:
+                raise ConsistencyCheckFailed(f"party '{me}': the member list of '{tag}' relayed as party '{u}''s "
+                                             f"failed to open: {e}") from None
+            if said != body:
+                theirs = json.loads(said).get("members")
+                raise ConsistencyCheckFailed(
+                    f"party '{me}': survivor '{u}' masked '{tag}' of run '{job.run_id}' among a different member list "
+                    f"({theirs} banks) than this bank's {members}; refusing to reveal (the coordinator announced "
+                    "different member lists)")
 
     def _open(self, job: HorizontalJob, ctx: ckks.SecretContext, blob: bytes, n: int, what: str,
               counts: bool = False) -> np.ndarray:
@@ -688,7 +739,7 @@ class _Party:
                                     f"run's {len(tags)} aggregations")
             state.put(self._key(job.run_id, f"sa-from-{u}"), raw)
         t = self._train(job)
-        return {}, {"stats": self._masked(job, ctx, state, STATS_TAG, "stats", local_stats(t.X), members)}
+        return {}, self._masked(job, ctx, state, STATS_TAG, "stats", local_stats(t.X), members, name="stats")
 
     def _view(self, job: HorizontalJob, header: Mapping[str, Any], state: StateStore, what: str) -> dict[str, Any]:
         """The survivor set of one aggregation as the coordinator states it, checked against what this bank knows:
@@ -776,10 +827,12 @@ class _Party:
         arrived, of the mask key of each bank that dropped before sending -- never both for one bank.
 
         When a bank dropped, only after ``view_quorum`` banks attested this same survivor set (:meth:`attest`):
-        a coordinator that states different sets to different banks gets no mask key shares."""
+        a coordinator that states different sets to different banks gets no mask key shares.  Always only when
+        every survivor sealed the same member list as this bank's (:meth:`_check_members`)."""
         job = self._job(header, state)
         view = self._view(job, header, state, "unmask")
         me, tag, survivors, dropped = self.env.name, view["tag"], view["survivors"], view["dropped"]
+        self._check_members(job, view, blobs, state)
         if dropped:
             prev = state.get(self._key(job.run_id, f"sa-view-{tag}"))
             if prev is None or json.loads(prev) != view:
@@ -835,8 +888,8 @@ class _Party:
             nst = self._newton_state(job, ctx, state, r, blobs["model"], model.n_params)
             model.set_flat(nst.trial)
             out_h: dict[str, Any] = {"round": r, "metrics": self._eval(model, self._test(job, t.feature_names), mean, std)}
-            return out_h, {"update": self._masked(job, ctx, state, f"fit-{r}", "newton",
-                                                  newton_sums(nst.trial, (t.X - mean) / std, t.y), members)}
+            return out_h, self._masked(job, ctx, state, f"fit-{r}", "newton",
+                                       newton_sums(nst.trial, (t.X - mean) / std, t.y), members)
         if "model" in blobs:
             model.set_flat(self._global(job, ctx, blobs["model"], model.n_params))
         global_flat = model.get_flat()
@@ -846,8 +899,7 @@ class _Party:
         if job.dp is not None:  # client-level DP (fedcredit/dp.py): clipped + this bank's noise share, weight 1
             plan = dp.horizontal_plan(job.dp, job.rounds, job.required, len(job.parties))
             new, n_k = dp.private_update(new, global_flat, plan, job.required), 1.0
-        return out_h, {"update": self._masked(job, ctx, state, f"fit-{r}", "update", np.concatenate([new * n_k, [n_k]]),
-                                              members)}
+        return out_h, self._masked(job, ctx, state, f"fit-{r}", "update", np.concatenate([new * n_k, [n_k]]), members)
 
     def _newton_state(self, job: HorizontalJob, ctx: ckks.SecretContext, state: StateStore, r: int, blob: bytes,
                       n_params: int) -> NewtonState:
@@ -937,8 +989,8 @@ class _Party:
         if test is not None and header.get("members"):
             assert test.y is not None and p_fed is not None
             hist = metrics.score_histogram(test.y, p_fed, bins=job.hist_bins)
-            out_b["hist"] = self._masked(job, ctx, state, HIST_TAG, "histogram", hist.ravel(),
-                                         self._members(job, header, HIST_TAG, state), counts=True)
+            out_b.update(self._masked(job, ctx, state, HIST_TAG, "histogram", hist.ravel(),
+                                      self._members(job, header, HIST_TAG, state), counts=True, name="hist"))
         if header.get("metrics_party") != self.env.name:  # no further decryption asked of this party
             self._drop_key(job.run_id, state)
         if job.max_dropouts == 0 or "hist" not in out_b:  # no unmask of the histogram will ask for this bank's shares
@@ -1142,9 +1194,12 @@ class _Coordinator:
         self.emit({"event": "party_failed", "party": party, "reason": why, "alive": list(self.alive)})
         self.check()
 
-    def aggregate(self, pub: ckks.PublicContext, tag: str, members: list[str], blobs: Mapping[str, bytes]) -> bytes:
-        """Sum the members' masked ciphertexts of one aggregation and, when self-masks or dropouts call for it,
-        remove the masks homomorphically from the seeds the survivors' shares rebuild (coordinator: no key)."""
+    def aggregate(self, pub: ckks.PublicContext, tag: str, members: list[str],
+                  replies: Mapping[str, Mapping[str, bytes]], name: str) -> bytes:
+        """Sum the members' masked ciphertexts (``replies[bank][name]``) of one aggregation and, when self-masks or
+        dropouts call for it, remove the masks homomorphically from the seeds the survivors' shares rebuild
+        (coordinator: no key).  Each survivor's sealed member lists (``mem:<bank>``) are relayed to the others."""
+        blobs = {p: r[name] for p, r in replies.items() if name in r}
         survivors = sorted(p for p in members if p in blobs)
         dropped = sorted(p for p in members if p not in blobs)
         if not survivors:
@@ -1164,6 +1219,8 @@ class _Coordinator:
                     f"{sorted(att)} attested its survivor set, the consistency quorum is {self.job.view_quorum}")
             asked = sorted(att)
             relay = {p: {f"att:{u}": b[f"att:{p}"] for u, (_, b) in att.items() if f"att:{p}" in b} for p in asked}
+        for p in asked:  # each survivor's member list, sealed to p when it sent its vector
+            relay[p].update({f"mem:{u}": replies[u][f"mem:{p}"] for u in survivors if f"mem:{p}" in replies[u]})
         rep = self.call(Method.UNMASK, {p: self.msg(view, relay[p]) for p in asked})
         thr = self.job.threshold
         if len(rep) < thr:
@@ -1302,7 +1359,7 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
             b["envelope"] = envelopes[p]
         reqs[p] = c.msg({"members": members}, b)
     rep = c.call(Method.INSTALL_KEY, reqs)
-    stats_sum = c.aggregate(pub, STATS_TAG, members, {p: b["stats"] for p, (_, b) in rep.items() if "stats" in b})
+    stats_sum = c.aggregate(pub, STATS_TAG, members, {p: b for p, (_, b) in rep.items()}, "stats")
     timings["keys_and_stats_s"] = time.perf_counter() - t
     c.emit({"event": "keys", "alive": list(c.alive)})
 
@@ -1318,7 +1375,7 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
         rep = c.call(Method.FIT, {p: payload for p in c.alive})
         if not rep:
             c.check()
-        agg = c.aggregate(pub, f"fit-{r}", members, {p: b["update"] for p, (_, b) in rep.items() if "update" in b})
+        agg = c.aggregate(pub, f"fit-{r}", members, {p: b for p, (_, b) in rep.items()}, "update")
         per_party = {p: {"status": "ok", **h.get("metrics", {})} for p, (h, _) in rep.items()}
         for p in job.parties:
             if p not in per_party:
@@ -1339,14 +1396,14 @@ def _run(c: _Coordinator, channel: PartyChannel, job: HorizontalJob) -> Horizont
                                             "members": testers, "sent": c.sent_by(p)},
                                            {"model": agg}) for p in c.alive})  # type: ignore[dict-item]
     party_metrics = {p: dict(h.get("metrics", {})) for p, (h, _) in rep.items()}
-    hists = {p: b["hist"] for p, (_, b) in rep.items() if "hist" in b}
+    hists = {p: b for p, (_, b) in rep.items() if "hist" in b}
     timings["finalize_s"] = time.perf_counter() - t
 
     # 5. global metrics from the summed histogram, decrypted by one party (AUC/KS come back only)
     global_m: dict[str, Any] | None = None
     if hists and target in c.alive:
         t = time.perf_counter()
-        hsum = c.aggregate(pub, HIST_TAG, testers, hists)
+        hsum = c.aggregate(pub, HIST_TAG, testers, hists, "hist")
         rep = c.call(Method.GLOBAL_METRICS, {target: c.msg({}, {"hist": hsum})})
         if target in rep:
             h = rep[target][0]
