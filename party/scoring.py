@@ -336,15 +336,36 @@ class ScoringService:
                 self._peers[party] = c
         return c
 
-    def warm(self) -> None:
-        """Load the active version (and, at a passive party, its id-indexed dataset) before the first request,
-        so the first partial answer is not spent reading a CSV inside the label party's deadline."""
+    def warm(self) -> str | None:
+        """Load the active version (and, at a passive party, its id-indexed dataset and the table in the part's
+        codes) before the first request, so the first partial answer is not spent reading a CSV or parsing
+        ciphertexts inside the label party's deadline.  Returns the version warmed (None: nothing active)."""
         try:
             m = self.model()
         except ConfigError:
-            return  # nothing active yet; loaded on first use
+            return None  # nothing active yet; loaded on first use
         if m.role == PASSIVE and self.table_loader is not None:
-            self._table(m.feature_names).index()
+            table = self._table(m.feature_names)
+            table.index()
+            self._passive_matrix(m, table)
+        return m.version
+
+    def watch_activations(self, stop: threading.Event, interval_s: float = 1.0) -> None:
+        """Warm each version as soon as ``fedcredit party models activate`` makes it active (a running daemon
+        learns of it from active.json; without this the first request after an activation paid for the load).
+        A version that fails to load is left to the request path, which reports why."""
+        seen: str | None = None
+        while not stop.wait(interval_s):
+            try:
+                version = self.active_version()
+            except FedCreditError:
+                continue  # nothing active
+            if version != seen:
+                seen = version  # tried once per activation
+                try:
+                    self.warm()
+                except Exception:  # noqa: BLE001 - a bad version: the request path reports why, to the caller
+                    pass
 
     # ------------------------------------------------------------------ passive side
 
@@ -1008,6 +1029,7 @@ class ScoringServer:
         self.service = service
         self.host = host
         self._loop = _server_loop()
+        self._watch_stop = threading.Event()
 
         async def start() -> tuple[Any, int]:
             server = grpc.aio.server(options=SERVER_OPTIONS)
@@ -1022,6 +1044,9 @@ class ScoringServer:
         except Exception as e:  # noqa: BLE001 - a bind failure names the address
             raise ConfigError(f"party '{service.party}': cannot start the scoring server on {host}:{port}: {e}") from None
 
+        threading.Thread(target=service.watch_activations, args=(self._watch_stop,), name="scoring-warm",
+                         daemon=True).start()
+
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
@@ -1029,6 +1054,7 @@ class ScoringServer:
     def stop(self, grace: float | None = 0.5) -> None:
         import asyncio
 
+        self._watch_stop.set()
         asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result(timeout=30)
         self.service.close()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -675,6 +676,29 @@ def test_rate_limiter_bucket_and_daily_quota() -> None:
         rl.take("guest", 100)
     day[0] += 86400.0  # a new UTC day
     rl.take("guest", 100)
+
+
+def test_a_version_activated_while_serving_is_loaded_before_its_first_request(tmp_path: Path, pki, frames) -> None:
+    """`fedcredit party models activate` on a running daemon: the passive party loads the new part, its dataset and
+    the table in the part's codes within a second or so, not inside the label party's deadline of the first
+    decision (the README walkthrough's first score after activation missed its 2 s deadline on a loaded box)."""
+    lab, pas = _fit_sb(frames)
+    stores = _install(tmp_path, pki, "sb-warm", _sb_parts(lab, pas), activate=False)
+    stores["guest"].activate(stores["guest"].list()[0].version)
+    fed = Fed(tmp_path, pki, stores)
+    try:
+        assert not fed.host_service._models  # nothing active at start-up: nothing loaded
+        version = stores["host"].list()[0].version
+        stores["host"].activate(version)
+        deadline = time.monotonic() + 30
+        while not any(k[:2] == ("encoded", version) for k in fed.host_service._tables):
+            assert time.monotonic() < deadline, "the activated version was not loaded before any request"
+            time.sleep(0.05)
+        assert version in fed.host_service._models
+        apps, _, _ = _apps(frames, slice(0, 5))
+        assert [r.model_version for r in fed.client.score_batch(apps)] == [stores["guest"].active_version()] * 5
+    finally:
+        fed.close()
 
 
 def test_passive_errors_name_no_file(tmp_path: Path, pki, frames) -> None:
