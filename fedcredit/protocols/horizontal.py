@@ -522,6 +522,14 @@ class _Party:
         digest = hashlib.sha256(canonical_json(sorted(members))).hexdigest()
         return canonical_json({"tag": tag, "members": len(members), "digest": digest})
 
+    def _open_relayed(self, blob: bytes, sender: str, aad: bytes, what: str) -> bytes:
+        """A peer's sealed word the coordinator relayed; one that does not open is a ConsistencyCheckFailed."""
+        try:
+            return open_sealed(blob, self.env.envelope_private, self.env.peers[sender], aad)
+        except SecurityError as e:
+            raise ConsistencyCheckFailed(f"party '{self.env.name}': the {what} relayed as party '{sender}''s "
+                                         f"failed to open: {e}") from None
+
     def _members_aad(self, job: HorizontalJob, tag: str, sender: str, recipient: str) -> bytes:
         return f"fedcredit/{PROTOCOL}/{job.run_id}/secagg-members/{tag}/{sender}->{recipient}".encode()
 
@@ -542,12 +550,8 @@ class _Party:
             if f"mem:{u}" not in blobs or u not in self.env.peers:
                 raise ConsistencyCheckFailed(f"party '{me}': unmask of '{tag}' carries no member list sealed by "
                                              f"survivor '{u}'; refusing to reveal")
-            try:
-                said = open_sealed(blobs[f"mem:{u}"], self.env.envelope_private, self.env.peers[u],
-                                   self._members_aad(job, tag, u, me))
-            except SecurityError as e:
-                raise ConsistencyCheckFailed(f"party '{me}': the member list of '{tag}' relayed as party '{u}''s "
-                                             f"failed to open: {e}") from None
+            said = self._open_relayed(blobs[f"mem:{u}"], u, self._members_aad(job, tag, u, me),
+                                      f"member list of '{tag}'")
             if said != body:
                 theirs = json.loads(said).get("members")
                 raise ConsistencyCheckFailed(
@@ -807,12 +811,7 @@ class _Party:
         for u in view["survivors"]:
             if u == me or f"att:{u}" not in blobs or u not in self.env.peers:
                 continue
-            try:
-                said = open_sealed(blobs[f"att:{u}"], self.env.envelope_private, self.env.peers[u],
-                                   self._view_aad(job, tag, u, me))
-            except SecurityError as e:
-                raise ConsistencyCheckFailed(f"party '{me}': the attestation of '{tag}' relayed as party '{u}''s "
-                                             f"failed to open: {e}") from None
+            said = self._open_relayed(blobs[f"att:{u}"], u, self._view_aad(job, tag, u, me), f"attestation of '{tag}'")
             (agree if said == body else other).append(u)
         if len(agree) < job.view_quorum:
             raise ConsistencyCheckFailed(
