@@ -336,19 +336,18 @@ class ScoringService:
                 self._peers[party] = c
         return c
 
-    def warm(self) -> str | None:
+    def warm(self) -> None:
         """Load the active version (and, at a passive party, its id-indexed dataset and the table in the part's
         codes) before the first request, so the first partial answer is not spent reading a CSV or parsing
-        ciphertexts inside the label party's deadline.  Returns the version warmed (None: nothing active)."""
+        ciphertexts inside the label party's deadline."""
         try:
             m = self.model()
         except ConfigError:
-            return None  # nothing active yet; loaded on first use
+            return  # nothing active yet; loaded on first use
         if m.role == PASSIVE and self.table_loader is not None:
             table = self._table(m.feature_names)
             table.index()
             self._passive_matrix(m, table)
-        return m.version
 
     def watch_activations(self, stop: threading.Event, interval_s: float = 1.0) -> None:
         """Warm each version as soon as ``fedcredit party models activate`` makes it active (a running daemon
@@ -456,6 +455,14 @@ class ScoringService:
         X = self._tables.get(key)
         if X is not None:
             return X
+        with self._lock:  # once per version, whether the activation watcher or a request gets here first
+            X = self._tables.get(key)
+            if X is None:
+                X = self._encode_passive(m, table)
+                self._tables[key] = X
+        return X
+
+    def _encode_passive(self, m: LoadedModel, table: Table) -> np.ndarray:
         if m.input_schema is not None:
             X, unknown = m.input_schema.encode(table)
             if unknown:
@@ -468,7 +475,6 @@ class ScoringService:
                                 f"model version {m.version} has no input schema (it was trained on numbers)")
             X = table.X
         _refuse_missing(self.party, m, X, [f"row {r + 1} of {table.source}" for r in range(len(table))])
-        self._tables[key] = X
         return X
 
     def outgoing_error(self, e: Exception, caller: str) -> FedCreditError:

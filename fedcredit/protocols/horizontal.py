@@ -31,8 +31,8 @@ Flower deployment mode, so steps are merged wherever the data dependencies allow
    bank dropped out of that aggregation, an ``attest`` hop comes first: each survivor commits to
    the survivor set it was told and seals it to every other survivor; a bank reveals mask-key
    shares only when a majority of the banks (``view_quorum``) attested the same set.  With
-   dropouts allowed each masked vector travels with the member list it was masked among, sealed
-   to each other member, and a bank reveals nothing unless every survivor's list is its own.
+   dropouts allowed each masked vector travels with the size and digest of the member list it was
+   masked among, sealed to each other member, and a bank reveals nothing unless every survivor's list is its own.
 3. ``fit`` (r=1..R)  -> all:   round 1 carries the summed statistics, later rounds the
    summed previous updates.  The party decrypts, derives the global model
    (``sum_k n_k w_k / sum_k n_k`` -- the total weight rides in the same
@@ -495,8 +495,8 @@ class _Party:
     def _masked(self, job: HorizontalJob, ctx: ckks.Context, state: StateStore, tag: str, what: str,
                 vec: np.ndarray, members: list[str], counts: bool = False, name: str = "update") -> dict[str, bytes]:
         """``name``: Enc((limbs(vec) + self-mask + Σ ±pairwise masks) mod M) -- alone, it decrypts to uniform noise --
-        and, when dropouts are allowed, ``mem:<bank>``: the member list it was masked among, sealed to each other
-        member (:meth:`_check_members` at unmasking: a coordinator cannot have banks mask among different lists)."""
+        and, when dropouts are allowed, ``mem:<bank>``: the size and digest of the member list it was masked among,
+        sealed to each other member (:meth:`_check_members` at unmasking: a coordinator cannot have banks mask among different lists)."""
         if self.env.tap is not None:
             self.env.tap(what, np.array(vec, dtype=np.float64, copy=True))
         plan = secagg_plan(job)
