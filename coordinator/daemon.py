@@ -132,8 +132,9 @@ def start(config_path: Path, *, log=_print) -> CoordinatorHandle:
                 log(f"registered party '{p.name}' as SuperNode {node_id}")
         # the door opens only once every key is registered: a SuperNode already waiting (its party was started
         # before this coordinator) that got through earlier would be refused (401) and stop for good
+        registry.forget_supernodes()  # only this SuperLink's own heartbeats count (Registry.forget_supernodes)
         door = FrontDoor(identity, c.host, c.flower_port, f"https://{flower.LOOPBACK}:{link_port}", loop_ca,
-                         party_keys, log).start()
+                         party_keys, log, heard=registry.supernode_heard).start()
 
         def launch(run_id: str) -> str:
             return flower.run_app(

@@ -56,6 +56,8 @@ FLEET_ROUTES = frozenset({
     "get-run", "get-fab", "push-object", "pull-object", "confirm-message-received",
 })  # fmt: skip
 FLEET_PREFIX = "/v1/fleet/"
+#: The routes whose success means the SuperLink now counts the node online (it sets ``online_until``).
+HEARD_ROUTES = frozenset({"activate-node", "send-node-heartbeat"})
 PUBLIC_KEY_HEADER = b"flwr-public-key"  # flwr.supercore.constant.FLEET_HTTP_PUBLIC_KEY_HEADER
 
 MAX_BODY_BYTES = MAX_MESSAGE_BYTES
@@ -111,6 +113,9 @@ class FrontDoor:
     upstream_ca: Path  # the coordinator's loopback CA
     parties: Mapping[str, bytes]
     log: Callable[[str], None] = print
+    #: called with the party's name when the SuperLink accepted its node's activation or heartbeat
+    #: (``Registry.supernode_heard``: a job waits for it after a coordinator restart)
+    heard: Callable[[str], None] | None = None
     _bg: BackgroundLoop | None = field(default=None, init=False, repr=False)
     _server: asyncio.Server | None = field(default=None, init=False, repr=False)
     _client: httpx.AsyncClient | None = field(default=None, init=False, repr=False)
@@ -212,7 +217,7 @@ class FrontDoor:
                 self.log(f"front door: refused {who}: {method} {target}: {reason}")
                 await self._reply(conn, writer, status, reason)
                 return
-            if not await self._forward(conn, reader, writer, target, headers):
+            if not await self._forward(conn, reader, writer, target, headers, name):
                 return
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
@@ -269,6 +274,7 @@ class FrontDoor:
         writer: asyncio.StreamWriter,
         target: str,
         headers: list[tuple[bytes, bytes]],
+        name: str,
     ) -> bool:
         """Stream one request to the SuperLink and its answer back; False when the connection must close."""
         assert self._client is not None
@@ -290,6 +296,11 @@ class FrontDoor:
             self.log(f"front door: SuperLink did not answer {target}: {exc!r}")
             await self._reply(conn, writer, 502, "the SuperLink did not answer")
             return False
+        if self.heard is not None and response.status_code == 200 and target[len(FLEET_PREFIX):] in HEARD_ROUTES:
+            try:  # recorded before the SuperNode sees the answer: once it has it, a job may count on it
+                await asyncio.to_thread(self.heard, name)
+            except Exception as exc:  # noqa: BLE001 - bookkeeping must not break the party's Fleet traffic
+                self.log(f"front door: could not record that party {name!r}'s SuperNode was heard: {exc!r}")
         try:
             await self._send(conn, writer, h11.Response(
                 status_code=response.status_code, headers=_headers(list(response.headers.raw)),

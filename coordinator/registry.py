@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS liveness (
     last_seen REAL NOT NULL,
     interval_s REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS supernode_heard (
+    party TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
 """
 
 ACTIVE = ("queued", "running")
@@ -285,6 +289,30 @@ class Registry:
         """party -> (unix time of its last heartbeat, the interval it announced)."""
         with self._conn() as c:
             return {p: (float(t), float(i)) for p, t, i in c.execute("SELECT party, last_seen, interval_s FROM liveness")}
+
+
+    # ------------------------------------------------------------------ Flower's own view of the SuperNodes
+    def forget_supernodes(self) -> None:
+        """At start-up, before the front door opens: no SuperNode has been heard by the SuperLink just started.
+
+        Why: the SuperLink keeps its nodes (and each one's ``online_until``) in its database, so right
+        after a restart it lists a node as online on the strength of a heartbeat the *previous* process
+        received, until that expires.  A SuperNode that lost the old SuperLink retries its heartbeat with
+        a back-off of up to 20 s (flwr 1.41), so a job sent meanwhile came back "Node Unavailable".
+        """
+        with self._conn() as c:
+            c.execute("DELETE FROM supernode_heard")
+
+    def supernode_heard(self, party: str) -> None:
+        """The SuperLink accepted an activation or a heartbeat from ``party``'s SuperNode (seen by the front door)."""
+        with self._conn() as c:
+            c.execute("INSERT INTO supernode_heard (party, at) VALUES (?,?) "
+                      "ON CONFLICT(party) DO UPDATE SET at=excluded.at", (party, time.time()))
+
+    def supernodes_heard(self) -> set[str]:
+        """Parties whose SuperNode the running SuperLink has heard since it started."""
+        with self._conn() as c:
+            return {p for (p,) in c.execute("SELECT party FROM supernode_heard")}
 
 
 def _record(row: tuple[Any, ...]) -> RunRecord:

@@ -178,12 +178,16 @@ class FlowerChannel:
 
 
 def wait_for_nodes(grid: Grid, nodes: Mapping[str, int], timeout: float, progress: Progress,
-                   live: LivenessCheck | None = None, party_wait_s: float = 0.0) -> None:
+                   live: LivenessCheck | None = None, party_wait_s: float = 0.0,
+                   heard: Callable[[], Collection[str]] | None = None) -> None:
     """Block until every job party is live and its SuperNode connected (or fail naming the missing ones).
 
     A party that is not live (no recent heartbeat) fails the run after ``party_wait_s``
     (``[coordinator].party_wait_s``), not after ``timeout``: a daemon that is down is not
-    going to connect its SuperNode either.
+    going to connect its SuperNode either.  ``heard``: the parties whose SuperNode this
+    SuperLink has heard since it started (``Registry.supernodes_heard``); Flower's node list
+    alone is not enough right after a coordinator restart, when it still counts a node online
+    on a heartbeat the previous SuperLink received (``Registry.forget_supernodes``).
     """
     start = time.monotonic()
     deadline = start + timeout
@@ -193,14 +197,17 @@ def wait_for_nodes(grid: Grid, nodes: Mapping[str, int], timeout: float, progres
             raise PartyFailure({p: f"{why}; the run waited {party_wait_s:g} s for it (party_wait_s)"
                                 for p, why in silent.items()}, {})
         online = set(grid.get_node_ids())
-        missing = [p for p, n in nodes.items() if n not in online]
+        unheard = set(nodes) - set(heard()) if heard is not None else set()
+        missing = [p for p, n in nodes.items() if n not in online or p in unheard]
         if not missing and not silent:
             return
         missing = list(dict.fromkeys([*silent, *missing]))
         if time.monotonic() > deadline:
             raise ProtocolError(f"parties not connected after {timeout:.0f} s: {', '.join(missing)}")
-        progress({"event": "waiting", "message": "waiting for parties: "
-                  + ", ".join(f"{p} (not live)" if p in silent else p for p in missing)})
+        progress({"event": "waiting", "message": "waiting for parties: " + ", ".join(
+            f"{p} (not live)" if p in silent else
+            f"{p} (its SuperNode has not reached this coordinator's SuperLink yet)" if p in unheard else p
+            for p in missing)})
         time.sleep(1.0)  # poll Flower's node list; there is no push notification for it
 
 
@@ -276,7 +283,7 @@ def run_coordinator_role(
     # a vertical call is abandoned only once the party is also past the relay's reconnect window
     grace = 0.0 if job.job.type == "horizontal" else coord.coordinator.reconnect_window_s
     wait_for_nodes(grid, nodes, timeout=job.job.round_timeout_s, progress=progress, live=live,
-                   party_wait_s=coord.coordinator.party_wait_s)
+                   party_wait_s=coord.coordinator.party_wait_s, heard=registry.supernodes_heard)
     meta: dict[str, Any] = {"run_id": run_id, "job_toml": job_toml, "peer_certs": certs}
     if attempt > 1:
         meta.update({"resume": True, "attempt": attempt})

@@ -71,9 +71,10 @@ class _World:
         self.upstream = _Upstream(ssl_loopback_server_context(cert, key))
         threading.Thread(target=self.upstream.serve_forever, daemon=True).start()
         self.log: list[str] = []
+        self.heard: list[str] = []
         self.door = FrontDoor(self.ids["coordinator"], "127.0.0.1", free_port(),
                               f"https://127.0.0.1:{self.upstream.server_address[1]}", loop_ca,
-                              self.keys, self.log.append).start()  # fmt: skip
+                              self.keys, self.log.append, heard=self.heard.append).start()  # fmt: skip
         self.url = f"https://{self.door.address}"
 
     def client(self, who: str | Identity) -> httpx.Client:
@@ -180,6 +181,21 @@ def test_outsiders_never_complete_a_request(world: _World, tmp_path: Path) -> No
         c.post(f"http://{world.door.address}/v1/control/list-runs", content=b"")  # plain HTTP
     assert len(world.upstream.seen) == before
     assert sum("TLS handshake" in line for line in world.log) >= 3
+
+
+def test_a_node_heard_by_the_superlink_is_recorded_under_its_certificate_name(world: _World) -> None:
+    """What a job waits for after a coordinator restart (Registry.forget_supernodes): only an activation or
+    heartbeat the SuperLink accepted, from the certificate's own party, counts as hearing it."""
+    before = len(world.heard)
+    with world.client("bank1") as c:
+        assert world.fleet(c, "pull-messages").status_code == 200  # traffic, but not a heartbeat
+        assert world.fleet(c, "send-node-heartbeat", key="bank2").status_code == 401  # bank2's key: refused
+        assert world.heard[before:] == []
+        assert world.fleet(c, "send-node-heartbeat").status_code == 200
+        assert world.heard[before:] == ["bank1"]  # already recorded when the answer arrives
+    with world.client("bank2") as c:
+        assert world.fleet(c, "activate-node", key="bank2").status_code == 200
+    assert world.heard[before:] == ["bank1", "bank2"]
 
 
 def test_oversized_and_unframed_bodies_are_refused_before_they_are_read(world: _World) -> None:

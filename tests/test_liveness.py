@@ -212,3 +212,39 @@ def test_a_vertical_job_waits_the_reconnect_window_before_abandoning_a_silent_pa
     silent = vertical(["bank1", "fintech", "bank2"])
     assert set(silent) == {"bank2"}
     assert "stopped sending heartbeats 45 s ago" in silent["bank2"] and "reconnect_window_s = 30" in silent["bank2"]
+
+
+class _Grid:
+    """Flower's node list as a restarted SuperLink reports it: both nodes online (from its database)."""
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2]
+
+
+def test_after_a_coordinator_restart_a_job_waits_until_the_superlink_has_heard_each_supernode(tmp_path: Path) -> None:
+    """A restarted SuperLink lists a node online on a heartbeat its predecessor received; a job sent then
+    came back "Node Unavailable" once that expired (a SuperNode backs off up to 20 s before its next try)."""
+    from coordinator.serverapp import wait_for_nodes
+    from fedcredit.errors import ProtocolError
+
+    registry = Registry(tmp_path / "registry.db")
+    registry.supernode_heard("bank")
+    registry.supernode_heard("fintech")
+    registry.forget_supernodes()  # the coordinator daemon's start-up
+    registry.supernode_heard("bank")
+    nodes = {"bank": 1, "fintech": 2}
+    with pytest.raises(ProtocolError, match="not connected after 0 s: fintech$"):
+        wait_for_nodes(_Grid(), nodes, 0.0, lambda ev: None, heard=registry.supernodes_heard)
+
+    polls: list[set[str]] = []
+
+    def heard() -> set[str]:
+        polls.append(registry.supernodes_heard())
+        if len(polls) == 2:
+            registry.supernode_heard("fintech")  # its heartbeat gets through
+        return polls[-1]
+
+    events: list[str] = []
+    wait_for_nodes(_Grid(), nodes, 30.0, lambda ev: events.append(ev["message"]), heard=heard)
+    assert polls == [{"bank"}, {"bank"}, {"bank", "fintech"}]
+    assert events == ["waiting for parties: fintech (its SuperNode has not reached this coordinator's SuperLink yet)"] * 2
